@@ -1,0 +1,76 @@
+"""`wtours download` and `wtours add`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from wtours.cli.common import is_quiet, root_option, say, verbosity_options
+from wtours.download import DownloadConfig, add_local, describe_plan, download as download_video, resolve_targets
+from wtours.layout import Layout
+
+
+@click.command()
+@click.option("--city", "cities", multiple=True, metavar="SLUG", help="Corpus video (slug or alias); repeatable.")
+@click.option("--all", "all_videos", is_flag=True, help="All ten corpus videos.")
+@click.option("--url", help="Any other source yt-dlp understands (a mirror, a direct file URL); needs --name.")
+@click.option("--name", help="Name for --url: lowercase letters, digits and '-'.")
+@root_option
+@click.option("--max-height", default=2160, show_default=True, help="Best video stream up to this height, any codec.")
+@click.option("--retries", default=10, show_default=True, type=click.IntRange(0), help="Retries per request.")
+@click.option("--rate-limit", metavar="RATE", help="Bytes per second, e.g. 5M.")
+@click.option("--cookies", type=click.Path(dir_okay=False), help="cookies.txt (Netscape format) for YouTube's sign-in check.")
+@click.option("--cookies-from-browser", metavar="BROWSER", help="Take cookies from a browser (firefox, chrome, ...).")
+@click.option("--verify", is_flag=True, help="Re-hash completed files instead of trusting size and mtime.")
+@click.option("--dry-run", is_flag=True, help="Print what would be fetched and where; no network.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON.")
+@verbosity_options
+def download(cities, all_videos, url, name, root, max_height, retries, rate_limit, cookies, cookies_from_browser,
+             verify, dry_run, as_json) -> None:
+    """Download corpus videos with yt-dlp: resumable, verified, with provenance in info.json.
+
+    \b
+    Examples:
+      wtours download --city venice --dry-run
+      wtours download --city venice --city zurich --cookies cookies.txt
+      wtours download --all --root /data/wtours --rate-limit 20M
+      wtours download --url https://example.org/walk.mp4 --name my-walk
+    """
+    layout = Layout(root)
+    targets = resolve_targets(cities, all_videos, url, name)
+    config = DownloadConfig(root=layout.root, max_height=max_height, retries=retries, rate_limit=rate_limit,
+                            cookies=cookies, cookies_from_browser=cookies_from_browser, verify=verify,
+                            progress=not is_quiet())
+    if dry_run:
+        plan = describe_plan(targets, layout, config)
+        if as_json:
+            click.echo(json.dumps(plan, indent=2))
+        for row in [] if as_json else plan:
+            state = "complete, would skip" if row["complete"] else "would fetch"
+            click.echo(f"{row['slug']}: {row['id'] or '-'} {row['url']} -> {row['target']} ({state})")
+        return
+    for target in targets:
+        result = download_video(target, config, say=say)
+        if is_quiet():
+            click.echo(f"{result.slug}: {result.status} {result.path}")
+
+
+@click.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--name", required=True, help="Video name: a corpus slug (e.g. venice) or your own.")
+@root_option
+@click.option("--mode", type=click.Choice(["link", "copy", "symlink", "move"]), default="link", show_default=True,
+              help="How the file enters the root: hard link (copy across filesystems), copy, symlink or move.")
+@verbosity_options
+def add(path, name, root, mode) -> None:
+    """Register a local video file (e.g. from the figshare mirror) under the data root.
+
+    \b
+    Examples:
+      wtours add ~/Downloads/Venice.mp4 --name venice
+      wtours add walk.mp4 --name my-walk --mode copy
+    """
+    result = add_local(path, name, Layout(root).root, mode=mode, say=say)
+    if is_quiet():
+        click.echo(f"{result.slug}: {result.status} {result.path}")

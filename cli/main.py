@@ -1,0 +1,32 @@
+"""`wtours` entry point: the command group."""
+
+from __future__ import annotations
+
+import click
+
+from wtours import __version__
+from wtours.cli.common import WtoursGroup
+from wtours.cli.fetch import add, download
+from wtours.cli.listing import list_videos
+
+
+@click.group(cls=WtoursGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="wtours")
+def cli() -> None:
+    """Walking Tours toolkit: download -> shard -> stats -> train -> hub.
+
+    \b
+    Typical run:
+      wtours list                       # the corpus and what your data root holds
+      wtours download --city venice     # fetch a video (yt-dlp, resumable, verified)
+      wtours shard --city venice        # decode into time-ordered WebDataset shards
+    """
+
+
+cli.add_command(list_videos)
+cli.add_command(download)
+cli.add_command(add)
+
+
+def main() -> None:
+    cli(prog_name="wtours")

@@ -1,0 +1,1 @@
+"""The Walking Tours corpus manifest (data files only)."""

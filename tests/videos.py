@@ -1,0 +1,37 @@
+"""Small synthetic test videos made on the fly with ffmpeg's lavfi sources."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from wtours.media import ffmpeg_exe
+
+SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+STREET_VIDEO = SHARED_TESTDATA / "vtest.avi"  # real street footage; absent from a user's clone
+
+
+def run_ffmpeg(args: list[str]) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def make_video(path: Path, seconds: float = 3.0, size: str = "320x240", rate: int = 30,
+               source: str = "testsrc2", faststart: bool = False, gop: int | None = None) -> Path:
+    """An H.264 mp4 of a moving lavfi pattern."""
+    args = ["-f", "lavfi", "-i", f"{source}=size={size}:rate={rate}", "-t", str(seconds),
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+    if gop:
+        args += ["-g", str(gop)]
+    if faststart:
+        args += ["-movflags", "+faststart"]
+    run_ffmpeg([*args, str(path)])
+    return path
+
+
+def make_video_with_black_tail(path: Path, seconds: float, tail: float, size: str = "320x240", rate: int = 30) -> Path:
+    """testsrc2 for `seconds`, then `tail` seconds of black (a blank tail like the mirror's Venice)."""
+    graph = (f"testsrc2=size={size}:rate={rate}:duration={seconds}[a];"
+             f"color=c=black:size={size}:rate={rate}:duration={tail}[b];[a][b]concat=n=2:v=1:a=0[v]")
+    run_ffmpeg(["-filter_complex", graph, "-map", "[v]", "-c:v", "libx264", "-preset", "ultrafast",
+                "-pix_fmt", "yuv420p", str(path)])
+    return path

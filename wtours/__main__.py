@@ -1,0 +1,3 @@
+from wtours.cli.main import main
+
+main()

@@ -1,0 +1,80 @@
+"""What a data root holds: the manifest joined with what is downloaded, sharded and analysed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wtours.layout import Layout
+from wtours.manifest import load_manifest
+
+
+def catalog(layout: Layout) -> list[dict[str, Any]]:
+    """One row per manifest video and per video added to the root, manifest order first."""
+    manifest = load_manifest()
+    slugs = manifest.slugs + [s for s in layout.video_slugs() if s not in manifest.slugs]
+    for extra in _other_slugs(layout):
+        if extra not in slugs:
+            slugs.append(extra)
+    return [_row(layout, slug, manifest.get(slug)) for slug in slugs]
+
+
+def _other_slugs(layout: Layout) -> list[str]:
+    base = layout.root / "shards"
+    return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
+def _row(layout: Layout, slug: str, entry) -> dict[str, Any]:
+    info = layout.read_info(slug) or {}
+    probe = info.get("probe") or {}
+    index = layout.read_index(slug) or {}
+    stats = layout.stats_dir(slug) / "summary.json"
+    return {
+        "slug": slug,
+        "city": entry.city if entry else None,
+        "kind": entry.kind if entry else "added",
+        "id": entry.youtube_id if entry else (info.get("source") or {}).get("id"),
+        "downloaded": bool(info.get("sha256")),
+        "bytes": info.get("bytes"),
+        "duration": probe.get("duration"),
+        "width": probe.get("width"),
+        "height": probe.get("height"),
+        "fps": probe.get("fps"),
+        "sharded": bool(index),
+        "shards": len(index.get("shards", [])) if index else 0,
+        "samples": index.get("samples") if index else None,
+        "shard_bytes": sum(s.get("bytes", 0) for s in index.get("shards", [])) if index else None,
+        "analysed": stats.is_file(),
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    headers = ["slug", "city", "id", "video", "duration", "resolution", "shards", "samples", "stats"]
+    lines = [[r["slug"], r["city"] or "-", r["id"] or "-",
+              _size(r["bytes"]) if r["downloaded"] else "-",
+              _duration(r["duration"]),
+              f"{r['width']}x{r['height']}@{r['fps']:.0f}" if r["width"] else "-",
+              f"{r['shards']} ({_size(r['shard_bytes'])})" if r["sharded"] else "-",
+              str(r["samples"]) if r["sharded"] else "-",
+              "yes" if r["analysed"] else "-"] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return "0 B"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _duration(seconds: float | None) -> str:
+    if not seconds:
+        return "-"
+    h, rem = divmod(int(round(seconds)), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"

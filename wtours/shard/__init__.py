@@ -1,0 +1,1 @@
+"""Video -> time-ordered WebDataset shards (plan, decode, blank filter, tar writer, index)."""
