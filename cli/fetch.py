@@ -62,8 +62,10 @@ def download(cities, all_videos, url, name, root, max_height, retries, rate_limi
 @root_option
 @click.option("--mode", type=click.Choice(["link", "copy", "symlink", "move"]), default="link", show_default=True,
               help="How the file enters the root: hard link (copy across filesystems), copy, symlink or move.")
+@click.option("--allow-damaged", is_flag=True,
+              help="Register a file that does not decode to its end (shard keeps what decodes).")
 @verbosity_options
-def add(path, name, root, mode) -> None:
+def add(path, name, root, mode, allow_damaged) -> None:
     """Register a local video file (e.g. from the figshare mirror) under the data root.
 
     \b
@@ -71,6 +73,6 @@ def add(path, name, root, mode) -> None:
       wtours add ~/Downloads/Venice.mp4 --name venice
       wtours add walk.mp4 --name my-walk --mode copy
     """
-    result = add_local(path, name, Layout(root).root, mode=mode, say=say)
+    result = add_local(path, name, Layout(root).root, mode=mode, allow_damaged=allow_damaged, say=say)
     if is_quiet():
         click.echo(f"{result.slug}: {result.status} {result.path}")

@@ -6,8 +6,10 @@ import click
 
 from wtours import __version__
 from wtours.cli.common import WtoursGroup
+from wtours.cli.demo import demo
 from wtours.cli.fetch import add, download
 from wtours.cli.listing import list_videos
+from wtours.cli.shard import shard
 
 
 @click.group(cls=WtoursGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,6 +28,8 @@ def cli() -> None:
 cli.add_command(list_videos)
 cli.add_command(download)
 cli.add_command(add)
+cli.add_command(shard)
+cli.add_command(demo)
 
 
 def main() -> None:

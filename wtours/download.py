@@ -148,7 +148,7 @@ def _reject(path: Path, error: WtoursError) -> WtoursError:
 
 
 def write_info(layout: Layout, slug: str, path: Path, probed: media.ProbeResult, source: dict[str, Any],
-               entry: VideoEntry | None) -> dict[str, Any]:
+               entry: VideoEntry | None, damaged: str | None = None) -> dict[str, Any]:
     stat = path.stat()
     info = {
         "slug": slug,
@@ -163,6 +163,8 @@ def write_info(layout: Layout, slug: str, path: Path, probed: media.ProbeResult,
         "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": {"wtours": __version__, "ffmpeg": media.find_tools().source},
     }
+    if damaged:
+        info["damaged"] = damaged
     write_json_atomic(layout.info_path(slug), info)
     return info
 
@@ -372,14 +374,26 @@ def _source_record(info: dict[str, Any], target: DownloadTarget) -> dict[str, An
 # ---------------------------------------------------------------- local files
 
 
-def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link",
+def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link", allow_damaged: bool = False,
               say: Callable[[str], None] = print) -> DownloadResult:
-    """Register a video file already on disk (e.g. from the figshare mirror) as <root>/videos/<name>/."""
+    """Register a video file already on disk (e.g. from the figshare mirror) as <root>/videos/<name>/.
+
+    A file that probes but does not decode to its end is refused unless `allow_damaged`: then it is
+    recorded with the reason, and `wtours shard` keeps what decodes."""
     slug = validate_slug(name)
     source_path = Path(path).expanduser().resolve()
     if not source_path.is_file():
         raise WtoursError(f"{path} does not exist or is not a file", "give the path of a video file")
-    probed = probe_and_verify(source_path)
+    probed = media.probe(source_path)
+    damaged = None
+    try:
+        media.verify_decodes(source_path, probed.duration)
+    except media.ProbeError as e:
+        if not allow_damaged:
+            e.hint = (e.hint or "") + "; or register it anyway with --allow-damaged (shard keeps what decodes)"
+            raise
+        damaged = e.message
+        say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
     layout = Layout(root)
     folder = layout.video_dir(slug)
     folder.mkdir(parents=True, exist_ok=True)
@@ -392,7 +406,7 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
     source = {"type": "local", "path": str(source_path), "url": entry.url if entry else None,
               "id": entry.youtube_id if entry else None, "title": None, "uploader": None,
               "license": entry.license if entry else None}
-    record = write_info(layout, slug, final, probed, source, entry)
+    record = write_info(layout, slug, final, probed, source, entry, damaged=damaged)
     say(f"{slug}: added {final} ({probed.width}x{probed.height}, {probed.fps:.2f} fps, {probed.duration:.1f} s)")
     return DownloadResult(slug, final, "added", record)
 

@@ -200,3 +200,14 @@ def _float(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+@lru_cache(maxsize=None)
+def _hwaccels(ffmpeg: str) -> tuple[str, ...]:
+    out = _run([ffmpeg, "-hide_banner", "-hwaccels"])
+    return tuple(line.strip() for line in out.stdout.splitlines()[1:] if line.strip())
+
+
+def cuda_decoding_available() -> bool:
+    """ffmpeg was built with CUDA decoding and an NVIDIA device is present."""
+    return "cuda" in _hwaccels(ffmpeg_exe()) and Path("/dev/nvidia0").exists()

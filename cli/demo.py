@@ -1,0 +1,25 @@
+"""`wtours demo`."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from wtours.cli.common import is_quiet, say, verbosity_options
+from wtours.demo import DemoConfig, run_demo
+
+
+@click.command()
+@click.option("--root", type=click.Path(file_okay=False), default="demo-root", show_default=True,
+              help="Data root for the demo's outputs (kept apart from your real root).")
+@click.option("--workers", default=os.cpu_count() or 1, show_default="CPU cores", type=int)
+@verbosity_options
+def demo(root: str, workers: int) -> None:
+    """Run the whole pipeline offline on a built-in synthetic walking video.
+
+    \b
+    Example:
+      wtours demo --root /tmp/wtours-demo
+    """
+    run_demo(DemoConfig(root=os.path.abspath(root), workers=workers, progress=not is_quiet()), say=say)

@@ -1,0 +1,142 @@
+"""Decoding one segment with ffmpeg: the grid-sampled frames, scaled, as RGB arrays with timestamps."""
+
+from __future__ import annotations
+
+import queue
+import re
+import subprocess
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from wtours.media import ProbeResult, ffmpeg_exe
+from wtours.shard.plan import EPS, Segment, cell_of
+
+SEEK_MARGIN = 0.25  # seconds decoded before a segment, so its first grid frame is never cut by the seek
+_TIME_BASE_RE = re.compile(r"config in time_base: (\d+)/(\d+)")
+_SHOWINFO_RE = re.compile(r"\] n:\s*\d+ pts:\s*(-?\d+)")
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    cell: int  # grid cell (sample slot) the frame fills
+    frame: int  # index of the frame in the source video
+    t: float  # seconds from the video's first timestamp
+    rgb: np.ndarray  # (H, W, 3) uint8
+
+
+@dataclass
+class DecodeOutcome:
+    last_cell: int | None = None  # the furthest grid cell a frame was decoded for
+    returncode: int | None = None
+    stopped_early: bool = False  # we ended ffmpeg after the segment's last cell: a clean end
+    log_tail: list[str] = field(default_factory=list)
+
+    def errors(self) -> list[str]:
+        words = ("error", "invalid", "corrupt", "truncat", "partial file", "missing")
+        return [line for line in self.log_tail if any(w in line.lower() for w in words)]
+
+
+def select_expression(fps: float, start_time: float) -> str:
+    """Keep the first frame of each grid cell: its cell differs from the previous frame's."""
+    cell = "floor((({t})-({s}))*{f}+{e})"
+    now = cell.format(t="t", s=repr(start_time), f=repr(fps), e=repr(EPS))
+    before = cell.format(t="prev_t", s=repr(start_time), f=repr(fps), e=repr(EPS))
+    return f"isnan(prev_t)+gt({now},{before})"
+
+
+def build_command(video: Path, probe: ProbeResult, fps: float, segment: Segment, size: tuple[int, int],
+                  hwaccel: str = "none") -> list[str]:
+    import ffmpeg  # ffmpeg-python builds the filter graph and escapes it
+
+    seek = max(0.0, segment.t_start(fps) - SEEK_MARGIN)
+    duration = segment.t_end(fps) - seek + SEEK_MARGIN
+    input_args = {"copyts": None, "t": f"{duration:.6f}"}
+    if seek > 0:
+        input_args["ss"] = f"{seek:.6f}"
+    if hwaccel == "cuda":
+        input_args["hwaccel"] = "cuda"
+    width, height = size
+    stream = (ffmpeg.input(str(video), **input_args).video
+              .filter("select", select_expression(fps, probe.start_time))
+              .filter("scale", width, height, flags="area")
+              .filter("showinfo")
+              .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
+              .global_args("-nostdin", "-hide_banner", "-nostats", "-v", "info"))
+    return stream.compile(cmd=ffmpeg_exe())
+
+
+class SegmentDecoder:
+    """Runs ffmpeg for one segment; iterate for frames, then read `outcome`."""
+
+    def __init__(self, video: Path, probe: ProbeResult, fps: float, segment: Segment, size: tuple[int, int],
+                 hwaccel: str = "none"):
+        self.command = build_command(video, probe, fps, segment, size, hwaccel)
+        self.probe, self.fps, self.segment, self.size = probe, fps, segment, size
+        self.outcome = DecodeOutcome()
+
+    def __iter__(self) -> Iterator[DecodedFrame]:
+        width, height = self.size
+        frame_bytes = width * height * 3
+        pts_queue: queue.Queue = queue.Queue()
+        log: deque[str] = deque(maxlen=40)
+        process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        reader = threading.Thread(target=_read_log, args=(process.stderr, pts_queue, log), daemon=True)
+        reader.start()
+        try:
+            while True:
+                data = _read_exact(process.stdout, frame_bytes)
+                if data is None:
+                    break
+                time_base, pts = pts_queue.get(timeout=60)
+                t_abs = pts * (time_base.numerator / time_base.denominator)  # as ffmpeg computes `t`
+                cell = cell_of(t_abs - self.probe.start_time, self.fps)
+                if cell < self.segment.first_cell:
+                    continue  # decoded in the seek margin: belongs to the previous segment
+                if cell >= self.segment.end_cell:
+                    self.outcome.stopped_early = True
+                    break
+                self.outcome.last_cell = cell
+                t = float(Fraction(pts) * time_base - Fraction(self.probe.start_time))
+                frame = round(t * float(Fraction(self.probe.fps_fraction)) + EPS)
+                rgb = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+                yield DecodedFrame(cell, frame, round(t, 6), rgb)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.stdout.close()
+            self.outcome.returncode = process.wait()
+            reader.join(timeout=10)
+            self.outcome.log_tail = list(log)
+
+
+def _read_exact(stream, size: int) -> bytes | None:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            return None  # end of stream (a partial frame at the very end is discarded)
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_log(stderr, pts_queue: queue.Queue, log: deque) -> None:
+    """Parse showinfo lines (one per output frame, in order) and keep the rest of the log."""
+    time_base = Fraction(1, 1)
+    for raw in iter(stderr.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip()
+        if match := _TIME_BASE_RE.search(line):
+            if "config in" in line:
+                time_base = Fraction(int(match.group(1)), int(match.group(2)))
+            continue
+        if match := _SHOWINFO_RE.search(line):
+            pts_queue.put((time_base, int(match.group(1))))
+        elif "Parsed_showinfo" not in line:
+            log.append(line)
+    stderr.close()

@@ -1,0 +1,82 @@
+"""Shard parameters (what the bytes depend on) and run options (how the work is spread)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from wtours.errors import WtoursError
+
+# Defaults for DoRA: clips are 8 frames 1 s apart, so 2 frames/s lets clips start on half-second
+# offsets (twice the distinct clips of 1 fps). The 300 px clip crop takes 20..100% of the frame's
+# area; a 512 px short side keeps even the smallest crop (about 0.45 of each side) above 300 px.
+DEFAULT_FPS = 2.0
+DEFAULT_SHORT_SIDE = 512
+DEFAULT_QUALITY = 90
+DEFAULT_SAMPLES_PER_SHARD = 1000  # 500 s of video at 2 fps, about 100-150 MB of JPEGs
+DEFAULT_BLANK_THRESHOLD = 3.0  # luma standard deviation (0..255) under which a frame is blank
+
+
+@dataclass(frozen=True)
+class ShardParams:
+    """Everything the shard bytes depend on; recorded in the plan and the index."""
+
+    fps: float = DEFAULT_FPS
+    short_side: int = DEFAULT_SHORT_SIDE
+    quality: int = DEFAULT_QUALITY
+    samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
+    start: float = 0.0  # seconds from the video's first timestamp
+    end: float | None = None
+    blank_threshold: float = DEFAULT_BLANK_THRESHOLD
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.fps > 0, "--fps must be positive"),
+            (16 <= self.short_side <= 4320, "--short-side must be between 16 and 4320 pixels"),
+            (1 <= self.quality <= 100, "--quality must be between 1 and 100"),
+            (self.samples_per_shard >= 1, "--samples-per-shard must be at least 1"),
+            (self.start >= 0, "--start must be >= 0"),
+            (self.end is None or self.end > self.start, "--end must be after --start"),
+            (self.blank_threshold >= 0, "--blank-threshold must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise WtoursError(message, "see `wtours shard --help` for the ranges")
+
+    @property
+    def segment_seconds(self) -> float:
+        return self.samples_per_shard / self.fps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one invocation works: none of this changes the bytes written."""
+
+    workers: int = 1
+    hwaccel: str = "none"  # "auto", "none" or "cuda"
+    num_nodes: int = 1
+    node_rank: int = 0
+    overwrite: bool = False
+    finalize_only: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise WtoursError("--workers must be at least 1", "use the number of CPU cores, e.g. --workers 8")
+        if not 0 <= self.node_rank < self.num_nodes:
+            raise WtoursError(f"--node-rank {self.node_rank} is outside 0..{self.num_nodes - 1}",
+                              "give each of the --num-nodes machines a distinct rank from 0")
+
+
+def nodes_from_environment(env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(num_nodes, node_rank) from a SLURM array job or SLURM tasks; (1, 0) elsewhere."""
+    env = dict(os.environ) if env is None else env
+    if "SLURM_ARRAY_TASK_COUNT" in env and "SLURM_ARRAY_TASK_ID" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return int(env["SLURM_ARRAY_TASK_COUNT"]), int(env["SLURM_ARRAY_TASK_ID"]) - first
+    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
+        return int(env["SLURM_NTASKS"]), int(env["SLURM_PROCID"])
+    return 1, 0

@@ -1,0 +1,64 @@
+"""Cutting a video's timeline into segments: one segment is one work unit and one shard.
+
+Sampling uses a fixed grid: cell k covers [k/F, (k+1)/F) seconds from the first timestamp, and its
+sample is the first decoded frame whose timestamp falls in it. A segment covers
+`samples_per_shard` consecutive cells, so every shard spans the same stretch of time, shard N+1
+starts where N ends, and the work can be split over processes and machines without changing a byte.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from wtours.media import ProbeResult
+from wtours.shard.params import ShardParams
+
+EPS = 1e-6  # guards floor() against timestamps a hair under a cell boundary; used identically by ffmpeg
+
+
+def cell_of(t: float, fps: float) -> int:
+    """Grid cell of a time in seconds from the first timestamp (same formula as the ffmpeg select)."""
+    return math.floor(t * fps + EPS)
+
+
+@dataclass(frozen=True)
+class Segment:
+    number: int
+    first_cell: int
+    end_cell: int  # exclusive
+    expected_last_cell: int  # the last cell that holds a source frame, per the probe
+
+    def t_start(self, fps: float) -> float:
+        return self.first_cell / fps
+
+    def t_end(self, fps: float) -> float:
+        return self.end_cell / fps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Scale so the short side is `short_side`, keeping the aspect; never upscale."""
+    short = min(width, height)
+    if short <= short_side:
+        return width, height
+    scale = short_side / short
+    if width <= height:
+        return short_side, max(1, round(height * scale))
+    return max(1, round(width * scale)), short_side
+
+
+def plan_segments(probe: ProbeResult, params: ShardParams) -> list[Segment]:
+    fps = params.fps
+    end = min(probe.duration, params.end) if params.end is not None else probe.duration
+    first = math.ceil(params.start * fps - EPS)
+    stop = math.ceil(end * fps - EPS)
+    last_frame_t = (probe.frames - 1) / probe.fps if probe.frames and probe.fps else end
+    last_source_cell = min(cell_of(last_frame_t, fps), stop - 1)
+    segments = []
+    for number, a in enumerate(range(first, stop, params.samples_per_shard)):
+        b = min(a + params.samples_per_shard, stop)
+        segments.append(Segment(number, a, b, min(b - 1, last_source_cell)))
+    return segments
