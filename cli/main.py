@@ -8,6 +8,7 @@ from wtours import __version__
 from wtours.cli.common import WtoursGroup
 from wtours.cli.demo import demo
 from wtours.cli.fetch import add, download
+from wtours.cli.inspect_cmd import inspect_shards
 from wtours.cli.listing import list_videos
 from wtours.cli.shard import shard
 
@@ -29,6 +30,7 @@ cli.add_command(list_videos)
 cli.add_command(download)
 cli.add_command(add)
 cli.add_command(shard)
+cli.add_command(inspect_shards)
 cli.add_command(demo)
 
 

@@ -150,6 +150,7 @@ def test_black_tail_is_dropped_and_counted(tmp_path):
     assert index["samples"] == 20
     assert index["blank_stretches"] == [[10.0, 14.5]]
     assert index["shards"][-1]["t_end"] < 10.0
+    assert [s["cell_runs"] for s in index["shards"]] == [[[0, 7]], [[8, 15]], [[16, 19]]]
     assert index["complete"]
 
 

@@ -135,6 +135,17 @@ def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOpti
     return summary
 
 
+def cell_runs(cells: list[int]) -> list[list[int]]:
+    """Sorted grid cells -> [[first, last], ...] runs of consecutive cells (inclusive)."""
+    runs: list[list[int]] = []
+    for cell in cells:
+        if runs and cell == runs[-1][1] + 1:
+            runs[-1][1] = cell
+        else:
+            runs.append([cell, cell])
+    return runs
+
+
 def _done(layout: Layout, slug: str, segment: Segment) -> bool:
     record = read_segment_record(layout, slug, segment.number)
     return record is not None and record["complete"]
@@ -176,6 +187,7 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
     shard_path = layout.shard_dir(job.slug) / shard_name(job.slug, segment.number)
     writer: ShardWriter | None = None
     frames: list[tuple[int, float]] = []  # (frame, t) of written samples
+    cells: list[int] = []  # grid cells of written samples
     blank_times: list[float] = []
     dropped = {"blank": 0, "duplicate": 0}
     reported = segment.first_cell
@@ -198,12 +210,13 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
             writer.write(sample_key(job.slug, decoded.frame),
                          {"jpg": encode_jpeg(decoded.rgb, params.quality), "json": encode_json(meta)})
             frames.append((decoded.frame, decoded.t))
+            cells.append(decoded.cell)
         shard = None
         if writer is not None:
             size, digest = writer.close()
             shard = {"name": shard_path.name, "samples": len(frames), "first_frame": frames[0][0],
                      "last_frame": frames[-1][0], "t_start": frames[0][1], "t_end": frames[-1][1],
-                     "bytes": size, "sha256": digest}
+                     "cell_runs": cell_runs(cells), "bytes": size, "sha256": digest}
         else:
             shard_path.unlink(missing_ok=True)  # a rerun of a segment that is all blank now
     except BaseException:

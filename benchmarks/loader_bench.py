@@ -1,0 +1,135 @@
+"""Clips per second of the DoRA data path from shards, per CPU core and with all cores.
+
+Input: shards made with the default settings (2 fps, short side 512, quality 90) from a 4K60 street
+clip (the 12 s clip of shard_bench looped to 2 min by stream copy). Measures the CPU path (PIL in
+DataLoader workers) with 1 worker and with workers = cores, the GPU path when CUDA is present, and
+an authors-style baseline on the same machine: per clip, reopen the 4K video, decode 8 full-size
+frames 60 source frames apart, and apply the same augmentation.
+
+    python benchmarks/loader_bench.py [--batches 12] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, header, street_4k60  # noqa: E402
+
+from wtours.clips.augment import MultiCropConfig, multicrop_pil  # noqa: E402
+from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader  # noqa: E402
+from wtours.clips.spec import resolve  # noqa: E402
+from wtours.download import add_local  # noqa: E402
+from wtours.layout import Layout  # noqa: E402
+from wtours.media import ffmpeg_exe, probe  # noqa: E402
+from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
+from wtours.shard.run import shard_video  # noqa: E402
+
+
+def bench_shards(loops: int = 10) -> tuple[Layout, Path]:
+    root = Layout(DATA / "loader-root")
+    looped = DATA / f"street4k60-{12 * loops}s.mp4"
+    if not looped.is_file():
+        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(street_4k60(12)),
+                        "-c", "copy", str(looped)], check=True)
+    if root.read_index("street") is None:
+        add_local(looped, "street", root.root, mode="symlink", say=lambda m: None)
+        shard_video(root, "street", ShardParams(), RunOptions(workers=os.cpu_count() or 1), say=print)
+    return root, looped
+
+
+def cpu_rate(shards, workers: int, batches: int, batch_size: int) -> float:
+    config = LoaderConfig(batch_size=batch_size, workers=workers, shuffle_buffer=16)
+    dataset = ClipDataset(shards, config)
+    count, start, epoch = 0, None, 0
+    while count < batches:
+        dataset.set_epoch(epoch)
+        for batch in make_loader(dataset):
+            if start is None:  # the first batch pays for worker start-up
+                start = time.perf_counter()
+                continue
+            count += 1
+            if count == batches:
+                break
+        epoch += 1
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def gpu_rate(shards, batches: int, batch_size: int) -> float:
+    config = LoaderConfig(batch_size=batch_size, workers=os.cpu_count() or 1, augment="gpu", shuffle_buffer=16)
+    dataset = ClipDataset(shards, config)
+    augment = GpuAugmenter(config.multicrop, "cuda")
+    count, start, epoch = 0, None, 0
+    while count < batches:
+        dataset.set_epoch(epoch)
+        for raw in make_loader(dataset):
+            views = augment(raw)
+            torch.cuda.synchronize()
+            if start is None:
+                start = time.perf_counter()
+                continue
+            count += 1
+            if count == batches:
+                break
+        epoch += 1
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def authors_style_rate(video: Path, clips: int) -> float:
+    """Reopen the 4K video per clip, decode 8 full-resolution frames 60 apart, augment."""
+    from PIL import Image
+
+    info = probe(video)
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for _ in range(clips):
+        t0 = rng.uniform(0, info.duration - 8.5)
+        raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-threads", "1", "-ss", f"{t0:.3f}", "-i", str(video),
+                              "-vf", "select='not(mod(n\\,60))'", "-fps_mode", "passthrough", "-frames:v", "8",
+                              "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+        frame = info.width * info.height * 3
+        images = [Image.frombuffer("RGB", (info.width, info.height), raw[i * frame:(i + 1) * frame])
+                  for i in range(len(raw) // frame)]
+        multicrop_pil(images, rng, MultiCropConfig())
+    return clips / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--authors-clips", type=int, default=3)
+    args = parser.parse_args()
+    root, video = bench_shards()
+    shards = resolve("street", root.root)
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(1)
+    print(header("loader_bench"))
+    index = root.read_index("street")
+    print(f"shards: {len(index['shards'])} x {index['shards'][0]['samples']} frames "
+          f"{index['shards'][0]['name']}, {index['params']}")
+    one = cpu_rate(shards, 1, args.batches, args.batch_size)
+    print(f"cpu path, 1 worker:      {one:6.2f} clips/s  (per core)")
+    many = cpu_rate(shards, cores, args.batches, args.batch_size)
+    print(f"cpu path, {cores} workers:     {many:6.2f} clips/s")
+    if torch.cuda.is_available():
+        print(f"gpu path, {cores} workers:     {gpu_rate(shards, args.batches, args.batch_size):6.2f} clips/s "
+              f"({torch.cuda.get_device_name()})")
+    else:
+        print("gpu path: no CUDA here")
+    authors = authors_style_rate(video, args.authors_clips)
+    print(f"authors-style (4K decode per clip, 1 thread): {authors:6.3f} clips/s")
+    print(f"ratio cpu 1 worker / authors-style: {one / authors:.0f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Streaming DoRA clips from shards: spec -> shard shuffle -> node/worker split -> tar -> clips -> augment -> batch."""

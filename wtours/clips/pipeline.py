@@ -1,0 +1,144 @@
+"""The clip data pipeline: an IterableDataset of DoRA batches, and the DataLoader around it.
+
+Stages, in order: shard list (spec.resolve) -> epoch-seeded shuffle + balanced split over
+(rank, worker) slots (epoch.plan_epoch) -> open + tar to samples -> clips -> quota -> shuffle buffer
+-> decode + augment (CPU) or raw JPEG batches for the GPU augmenter -> batch."""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from wtours.clips.augment import MultiCropConfig, multicrop_pil, multicrop_tensor
+from wtours.clips.epoch import ClipConfig, EpochPlan, clips_per_epoch, epoch_starts, plan_epoch
+from wtours.clips.spec import ShardRef
+from wtours.clips.stages import Problems, batched, open_shards, samples_to_clips, shuffle, tar_samples, take_quota
+from wtours.errors import WtoursError
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    batch_size: int = 16
+    workers: int = 4  # DataLoader worker processes per rank (0: in the main process)
+    shuffle_buffer: int = 64  # clips; each holds T JPEGs (about 1 MB at the default shard settings)
+    augment: str = "cpu"  # "cpu": PIL in the workers; "gpu": JPEG decode and tensor ops on the device
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    multicrop: MultiCropConfig = field(default_factory=MultiCropConfig)
+
+    def __post_init__(self) -> None:
+        if self.augment not in ("cpu", "gpu"):
+            raise WtoursError(f"augment={self.augment!r}", "use 'cpu' or 'gpu'")
+        if self.batch_size < 1:
+            raise WtoursError("--batch-size must be at least 1", "DoRA's authors used 16 clips per GPU")
+
+
+@dataclass
+class RawClipBatch:
+    """A batch for the GPU path: the clips' JPEGs, undecoded."""
+
+    jpgs: list[torch.Tensor]  # B*T uint8 1-D tensors, clip-major
+    sizes: np.ndarray  # (B, 2) frame (height, width) per clip
+    keys: list[str]
+    frames: int  # T
+
+    def pin_memory(self) -> "RawClipBatch":
+        return self
+
+
+class ClipDataset(IterableDataset):
+    """DoRA batches from shards; call `set_epoch(e)` before iterating each epoch."""
+
+    def __init__(self, shards: list[ShardRef], config: LoaderConfig, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        if not shards:
+            raise WtoursError("no shards to read", "check the --shards SPEC")
+        self.shards, self.config, self.rank, self.world_size = shards, config, rank, world_size
+        self.epoch = 0
+        self.problems = Problems()  # filled in this process (workers log their own warnings)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def workers(self) -> int:
+        return max(1, self.config.workers)
+
+    def plan(self, workers: int | None = None) -> EpochPlan:
+        slots = self.world_size * (workers or self.workers)
+        return plan_epoch(self.shards, self.config.clip, self.epoch, slots, self.config.batch_size)
+
+    def clips_per_epoch(self) -> int:
+        return clips_per_epoch(self.shards, self.config.clip)
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (the same on every rank)."""
+        return self.workers * self.plan().quota // self.config.batch_size
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        slot = self.rank * workers + worker
+        plan = self.plan(workers)
+        seed = (self.config.clip.seed, self.epoch, self.rank, worker)
+        rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
+        clips = take_quota(lambda n: self._clip_pass(plan, slot, n), plan.quota)
+        clips = shuffle(clips, self.config.shuffle_buffer, random.Random(str(seed)))
+        for batch in batched(clips, self.config.batch_size):
+            yield self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng)
+
+    def _clip_pass(self, plan: EpochPlan, slot: int, pass_number: int) -> Iterator[dict[str, Any]]:
+        order = list(plan.shards_of(slot))
+        if pass_number:  # a repeat pass (to fill the quota) reads its shards in another order
+            random.Random(f"{self.config.clip.seed}:{self.epoch}:{slot}:{pass_number}").shuffle(order)
+        refs = [self.shards[i] for i in order]
+        starts = {r.url: set(epoch_starts(r, self.config.clip, self.epoch)) for r in refs}
+        samples = tar_samples(open_shards(refs, self.problems), self.problems)
+        yield from samples_to_clips(samples, {r.url: r for r in refs}, starts, self.config.clip, self.problems)
+
+    def _augment(self, batch: list[dict[str, Any]], rng: np.random.Generator) -> list[torch.Tensor]:
+        from PIL import Image
+
+        views = [multicrop_pil([Image.open(io.BytesIO(j)).convert("RGB") for j in clip["jpgs"]], rng,
+                               self.config.multicrop) for clip in batch]
+        return [torch.stack([v[i] for v in views]) for i in range(len(views[0]))]
+
+    def _raw(self, batch: list[dict[str, Any]]) -> RawClipBatch:
+        jpgs = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for clip in batch for j in clip["jpgs"]]
+        sizes = np.array([[c["meta"][0]["height"], c["meta"][0]["width"]] for c in batch])
+        return RawClipBatch(jpgs, sizes, [c["__key__"] for c in batch], self.config.clip.frames)
+
+
+class GpuAugmenter:
+    """Decodes a RawClipBatch's JPEGs on the device (nvJPEG) and applies the multi-crop there."""
+
+    def __init__(self, config: MultiCropConfig, device: torch.device | str, seed: int = 0):
+        self.config, self.device = config, torch.device(device)
+        self.rng = np.random.default_rng(seed)
+
+    def reseed(self, *seed: int) -> None:
+        self.rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
+
+    def __call__(self, batch: RawClipBatch) -> list[torch.Tensor]:
+        from torchvision.io import decode_jpeg
+
+        device = self.device if self.device.type == "cuda" else "cpu"
+        decoded = decode_jpeg(batch.jpgs, device=device)  # list of (3, h, w) uint8
+        height, width = int(batch.sizes[:, 0].max()), int(batch.sizes[:, 1].max())
+        frames = torch.zeros(len(decoded), 3, height, width, dtype=torch.uint8, device=self.device)
+        for i, image in enumerate(decoded):  # frames of different videos may differ in size
+            frames[i, :, : image.shape[1], : image.shape[2]] = image.to(self.device)
+        if self.device.type != "cpu":
+            frames = frames.float()  # antialiased resizes on CUDA take float
+        return multicrop_tensor(frames, batch.sizes, batch.frames, self.rng, self.config)
+
+
+def make_loader(dataset: ClipDataset, pin_memory: bool = False) -> DataLoader:
+    workers = dataset.config.workers
+    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      prefetch_factor=2 if workers else None, persistent_workers=False)

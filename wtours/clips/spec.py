@@ -1,0 +1,177 @@
+"""SPEC -> shard list: a slug in the root, local paths/braces/globs, http(s) braces, hf:// braces.
+
+Every shard comes with what its set's index.json says about it (samples, grid fps, cell runs), so
+epoch lengths are computed exactly before any shard is opened."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import posixpath
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterable
+
+from braceexpand import braceexpand
+
+from wtours.errors import WtoursError
+from wtours.layout import INDEX_FILE, SLUG_PATTERN, Layout
+from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION
+
+SPEC_SEPARATOR = "::"
+HTTP_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    url: str  # local path, http(s) URL or hf:// URL
+    name: str
+    slug: str
+    samples: int
+    fps: float  # the set's sampling grid (cells per second)
+    cell_runs: tuple[tuple[int, int], ...]
+    t_start: float
+    t_end: float
+
+
+def split_specs(specs: str | Iterable[str]) -> list[str]:
+    """One string with '::' or whitespace between specs, or a list of them."""
+    items = [specs] if isinstance(specs, str) else list(specs)
+    return [part for item in items for chunk in item.split(SPEC_SEPARATOR) for part in chunk.split()]
+
+
+def resolve(specs: str | Iterable[str], root: str | os.PathLike | None = None) -> list[ShardRef]:
+    """All shards named by the specs, in order; fails before any work when one matches nothing."""
+    refs: list[ShardRef] = []
+    parts = split_specs(specs)
+    if not parts:
+        raise WtoursError("no shard SPEC given", "pass a slug (venice), a path pattern, an http(s) or hf:// pattern")
+    for spec in parts:
+        found = _resolve_one(spec, Layout(root))
+        if not found:
+            raise WtoursError(f"SPEC {spec!r} matches no shard", _spec_hint(spec))
+        refs.extend(found)
+    return refs
+
+
+def _spec_hint(spec: str) -> str:
+    return ("a SPEC is a video slug with shards under --root, a folder holding index.json, a local pattern such as "
+            "'/data/shards/venice/venice-{000000..000009}.tar', or the same as an http(s):// or "
+            "hf://datasets/USER/NAME/... URL; run `wtours list` to see what is sharded")
+
+
+def _resolve_one(spec: str, layout: Layout) -> list[ShardRef]:
+    if "://" in spec:
+        return _resolve_remote(spec)
+    if SLUG_PATTERN.match(spec) and "/" not in spec and not Path(spec).exists():
+        if not layout.index_path(spec).is_file():
+            raise WtoursError(f"SPEC {spec!r}: no shard index at {layout.index_path(spec)}",
+                              f"run `wtours shard --city {spec}` first, or pass --root")
+        return _refs_from_index(_read_local_index(layout.index_path(spec)), str(layout.shard_dir(spec)), None)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _refs_from_index(_read_local_index(path / INDEX_FILE), str(path), None)
+    if path.name == INDEX_FILE:
+        return _refs_from_index(_read_local_index(path), str(path.parent), None)
+    files = sorted({f for pattern in braceexpand(str(path)) for f in (glob.glob(pattern) or [])})
+    refs: list[ShardRef] = []
+    for folder in sorted({str(Path(f).parent) for f in files}):
+        names = {Path(f).name for f in files if str(Path(f).parent) == folder}
+        refs.extend(_refs_from_index(_read_local_index(Path(folder) / INDEX_FILE), folder, names))
+    return refs
+
+
+def _resolve_remote(spec: str) -> list[ShardRef]:
+    if spec.startswith("hf://"):
+        urls = list(braceexpand(spec))
+        if any(ch in spec for ch in "*?["):
+            urls = sorted(f"hf://{p}" for u in urls for p in _hf_fs().glob(u[len('hf://'):]))
+    elif spec.startswith(("http://", "https://")):
+        urls = list(braceexpand(spec))
+    else:
+        raise WtoursError(f"SPEC {spec!r}: unsupported URL scheme", "use a local path, http(s):// or hf://")
+    refs: list[ShardRef] = []
+    for folder in dict.fromkeys(posixpath.dirname(u) for u in urls):
+        names = {posixpath.basename(u) for u in urls if posixpath.dirname(u) == folder}
+        if names == {INDEX_FILE}:
+            names = None  # the spec named an index: take all its shards
+        refs.extend(_refs_from_index(read_remote_index(f"{folder}/{INDEX_FILE}"), folder, names))
+    return refs
+
+
+def _read_local_index(path: Path) -> dict[str, Any]:
+    try:
+        return _check_index(json.loads(path.read_text(encoding="utf-8")), str(path))
+    except FileNotFoundError as e:
+        raise WtoursError(f"no shard index at {path}",
+                          "shards made by `wtours shard` have index.json beside them; rerun `wtours shard` to finish it") from e
+
+
+def read_remote_index(url: str) -> dict[str, Any]:
+    with open_url(url) as f:
+        return _check_index(json.loads(f.read()), url)
+
+
+def _check_index(index: dict[str, Any], where: str) -> dict[str, Any]:
+    if index.get("format") != INDEX_FORMAT or index.get("version") != INDEX_VERSION:
+        raise WtoursError(f"{where} is not a version-{INDEX_VERSION} wtours shard index",
+                          "reshard with this version of wtours (`wtours shard --overwrite`)")
+    return index
+
+
+def _refs_from_index(index: dict[str, Any], folder: str, names: set[str] | None) -> list[ShardRef]:
+    listed = {s["name"]: s for s in index["shards"]}
+    if names is not None and (unknown := sorted(names - listed.keys() - {INDEX_FILE})):
+        raise WtoursError(f"{folder}: {', '.join(unknown[:3])} not listed in its index.json",
+                          "the index and the shards disagree: rerun `wtours shard` for this video")
+    slug, fps = index["video"]["slug"], float(index["params"]["fps"])
+    join = posixpath.join if "://" in folder else os.path.join
+    return [ShardRef(url=join(folder, s["name"]), name=s["name"], slug=slug, samples=s["samples"], fps=fps,
+                     cell_runs=tuple(tuple(r) for r in s["cell_runs"]), t_start=s["t_start"], t_end=s["t_end"])
+            for s in index["shards"] if names is None or s["name"] in names]
+
+
+# ------------------------------------------------------------------ opening
+
+
+def _hf_fs():
+    try:
+        from huggingface_hub import HfFileSystem
+    except ImportError as e:
+        raise WtoursError("hf:// needs huggingface_hub", "pip install 'wtours[hub]'") from e
+    return HfFileSystem()
+
+
+def open_url(url: str) -> IO[bytes]:
+    """A readable binary stream for a local path, an http(s) URL or an hf:// URL (streamed)."""
+    if url.startswith(("http://", "https://")):
+        try:
+            return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT)  # noqa: S310 (scheme checked)
+        except urllib.error.HTTPError as e:
+            raise WtoursError(f"{url}: HTTP {e.code} {e.reason}", "check the URL (and access rights)") from e
+        except urllib.error.URLError as e:
+            raise WtoursError(f"{url}: {e.reason}", "check the network and the URL") from e
+    if url.startswith("hf://"):
+        return _open_hf(url)
+    return open(url, "rb")
+
+
+def _open_hf(url: str) -> IO[bytes]:
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        return _hf_fs().open(url[len("hf://"):], "rb", block_size=8 << 20)
+    except RepositoryNotFoundError as e:
+        raise WtoursError(f"{url}: repository not found or private",
+                          "log in with `huggingface-cli login` (or set HF_TOKEN) if the repository is private") from e
+    except FileNotFoundError as e:
+        raise WtoursError(f"{url}: no such file on the Hub", "check the path and --revision") from e
+    except HfHubHTTPError as e:
+        status = getattr(e.response, "status_code", None)
+        if status in (401, 403):
+            raise WtoursError(f"{url}: access denied (HTTP {status})",
+                              "log in with `huggingface-cli login` or set HF_TOKEN; the token needs read access") from e
+        raise WtoursError(f"{url}: {e}", "check the network and rerun") from e

@@ -1,0 +1,42 @@
+"""Reading our shards back in time order: the one place that knows a sample's member names."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from wtours.layout import Layout
+from wtours.shard.index import load_index
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    key: str
+    jpg: bytes
+    meta: dict  # {"video", "source_id", "frame", "t", "width", "height"}
+
+
+def iter_shard(path: Path) -> Iterator[StoredSample]:
+    """Samples of one local shard, in stored (time) order."""
+    with tarfile.open(path, mode="r|") as tar:
+        pending: dict[str, dict[str, bytes]] = {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, extension = member.name.partition(".")
+            data = tar.extractfile(member).read()
+            fields = pending.setdefault(key, {})
+            fields[extension] = data
+            if "jpg" in fields and "json" in fields:
+                del pending[key]
+                yield StoredSample(key, fields["jpg"], json.loads(fields["json"]))
+
+
+def iter_video_samples(layout: Layout, slug: str) -> Iterator[StoredSample]:
+    """Every sample of a sharded video, in time order (shard by shard)."""
+    index = load_index(layout, slug)
+    for entry in index["shards"]:
+        yield from iter_shard(layout.shard_dir(slug) / entry["name"])
