@@ -7,6 +7,7 @@ Stages, in order: shard list (spec.resolve) -> epoch-seeded shuffle + balanced s
 from __future__ import annotations
 
 import io
+import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -38,6 +39,20 @@ class LoaderConfig:
             raise WtoursError("--batch-size must be at least 1", "DoRA's authors used 16 clips per GPU")
 
 
+class ClipBatch(list):
+    """[global (B, T, 3, G, G), local_1 .. local_n (B, T, 3, L, L)], plus the clips' keys."""
+
+    def __init__(self, views: list[torch.Tensor], keys: list[str]):
+        super().__init__(views)
+        self.keys = keys
+
+    def pin_memory(self) -> "ClipBatch":
+        return ClipBatch([v.pin_memory() for v in self], self.keys)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "ClipBatch":
+        return ClipBatch([v.to(device, non_blocking=non_blocking) for v in self], self.keys)
+
+
 @dataclass
 class RawClipBatch:
     """A batch for the GPU path: the clips' JPEGs, undecoded."""
@@ -60,10 +75,12 @@ class ClipDataset(IterableDataset):
             raise WtoursError("no shards to read", "check the --shards SPEC")
         self.shards, self.config, self.rank, self.world_size = shards, config, rank, world_size
         self.epoch = 0
+        self.skip_batches = 0
         self.problems = Problems()  # filled in this process (workers log their own warnings)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Start `epoch`, optionally past its first `skip_batches` batches (resuming mid-epoch)."""
+        self.epoch, self.skip_batches = epoch, skip_batches
 
     @property
     def workers(self) -> int:
@@ -89,6 +106,9 @@ class ClipDataset(IterableDataset):
         rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
         clips = take_quota(lambda n: self._clip_pass(plan, slot, n), plan.quota)
         clips = shuffle(clips, self.config.shuffle_buffer, random.Random(str(seed)))
+        # the DataLoader takes batches from its workers in turn: this worker made every workers-th one
+        skipped = len(range(worker, self.skip_batches, workers)) * self.config.batch_size
+        clips = itertools.islice(clips, skipped, None)  # skipped before decoding: cheap
         for batch in batched(clips, self.config.batch_size):
             yield self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng)
 
@@ -101,12 +121,13 @@ class ClipDataset(IterableDataset):
         samples = tar_samples(open_shards(refs, self.problems), self.problems)
         yield from samples_to_clips(samples, {r.url: r for r in refs}, starts, self.config.clip, self.problems)
 
-    def _augment(self, batch: list[dict[str, Any]], rng: np.random.Generator) -> list[torch.Tensor]:
+    def _augment(self, batch: list[dict[str, Any]], rng: np.random.Generator) -> ClipBatch:
         from PIL import Image
 
         views = [multicrop_pil([Image.open(io.BytesIO(j)).convert("RGB") for j in clip["jpgs"]], rng,
                                self.config.multicrop) for clip in batch]
-        return [torch.stack([v[i] for v in views]) for i in range(len(views[0]))]
+        stacked = [torch.stack([v[i] for v in views]) for i in range(len(views[0]))]
+        return ClipBatch(stacked, [clip["__key__"] for clip in batch])
 
     def _raw(self, batch: list[dict[str, Any]]) -> RawClipBatch:
         jpgs = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for clip in batch for j in clip["jpgs"]]
@@ -124,7 +145,7 @@ class GpuAugmenter:
     def reseed(self, *seed: int) -> None:
         self.rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
 
-    def __call__(self, batch: RawClipBatch) -> list[torch.Tensor]:
+    def __call__(self, batch: RawClipBatch) -> ClipBatch:
         from torchvision.io import decode_jpeg
 
         device = self.device if self.device.type == "cuda" else "cpu"
@@ -135,7 +156,7 @@ class GpuAugmenter:
             frames[i, :, : image.shape[1], : image.shape[2]] = image.to(self.device)
         if self.device.type != "cpu":
             frames = frames.float()  # antialiased resizes on CUDA take float
-        return multicrop_tensor(frames, batch.sizes, batch.frames, self.rng, self.config)
+        return ClipBatch(multicrop_tensor(frames, batch.sizes, batch.frames, self.rng, self.config), batch.keys)
 
 
 def make_loader(dataset: ClipDataset, pin_memory: bool = False) -> DataLoader:

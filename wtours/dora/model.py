@@ -1,0 +1,166 @@
+"""The DoRA model: student and teacher (DINO-named `.backbone` + `.head`), tracker, loss, checkpoint loading."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from wtours.dora.loss import DoRALoss
+from wtours.dora.tracker import apply_masks, discover, track
+from wtours.errors import WtoursError
+from wtours.models import DINOHead, create_vit
+from wtours.models.vit import cls_attention
+
+
+class Encoder(nn.Module):
+    """Backbone + head, named as DINO's MultiCropWrapper so checkpoints load without conversion.
+
+    Given a list of batches (one per resolution) it runs the backbone on each and the head once on
+    all [CLS] features, in ONE forward call: DistributedDataParallel needs exactly that."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(x, torch.Tensor):
+            return self.head(self.backbone(x))
+        features = torch.cat([self.backbone(batch) for batch in x])  # (sum of batches, D)
+        return list(self.head(features).split([len(batch) for batch in x]))
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar
+    teacher: torch.Tensor  # (T, B, out) g_t, for the centre update
+    masks: torch.Tensor  # (K, B, T, N) bool
+
+
+class DoRA(nn.Module):
+    """`DoRA(arch="vit_small", out_dim=65536, n_local=6)`; `compute_loss(crops)` runs on CPU without a process group."""
+
+    def __init__(self, arch: str = "vit_small", out_dim: int = 65536, n_local: int = 6, objects: int = 3,
+                 drop_path: float = 0.1, norm_last_layer: bool = False, teacher_temp: float = 0.04,
+                 student_temp: float = 0.1, center_momentum: float = 0.9, weighting: str = "authors",
+                 sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 30):
+        super().__init__()
+        self.arch, self.n_local, self.objects = arch, n_local, objects
+        self.sinkhorn_epsilon, self.sinkhorn_iterations = sinkhorn_epsilon, sinkhorn_iterations
+        student = create_vit(arch, drop_path)
+        dim = student.embed_dim
+        self.student = Encoder(student, DINOHead(dim, out_dim, norm_last_layer=norm_last_layer))
+        self.teacher = Encoder(create_vit(arch, 0.0), DINOHead(dim, out_dim, norm_last_layer=norm_last_layer))
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.requires_grad_(False)
+        self.loss = DoRALoss(out_dim, teacher_temp, student_temp, center_momentum, weighting)
+        if objects > student.config.heads:
+            raise WtoursError(f"{objects} objects need as many attention heads; {arch} has {student.config.heads}",
+                              "use fewer objects or a wider architecture")
+
+    @property
+    def patch_size(self) -> int:
+        return self.student.backbone.config.patch_size
+
+    def draw_heads(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """K distinct heads at random: one draw per step, shared by the batch."""
+        heads = self.teacher.backbone.config.heads
+        return torch.randperm(heads, generator=generator)[: self.objects]
+
+    @torch.no_grad()
+    def teacher_pass(self, global_view: torch.Tensor, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """global_view (B, T, 3, H, W) -> g (T, B, out), masked clips (K, B, T, 3, H, W), masks (K, B, T, N)."""
+        b, t = global_view.shape[:2]
+        frames = global_view.flatten(0, 1)  # (B*T, 3, H, W), clip-major
+        last = self.teacher.backbone.forward_last_attention(frames)
+        g = self.teacher.head(last.tokens[:, 0]).reshape(b, t, -1).transpose(0, 1)  # (T, B, out)
+        _, h, tokens, hd = last.queries.shape
+        q0 = last.queries.reshape(b, t, h, tokens, hd)[:, 0]  # (B, h, 1+N, d) frame 0
+        k0 = last.keys.reshape(b, t, h, tokens, hd)[:, 0]
+        cls_row = cls_attention(q0, k0)[:, :, 1:]  # (B, h, N)
+        queries = q0[:, :, 1:].transpose(1, 2).reshape(b, tokens - 1, h * hd)  # (B, N, D) heads concatenated
+        patch_tokens = last.tokens.reshape(b, t, tokens, -1)[:, 0, 1:]  # (B, N, D)
+        prototypes = discover(cls_row, queries, patch_tokens, heads.to(cls_row.device),
+                              self.sinkhorn_epsilon, self.sinkhorn_iterations)  # (B, K, D)
+        keys = last.keys[:, :, 1:].transpose(1, 2).reshape(b * t, tokens - 1, h * hd)  # (B*T, N, D)
+        masks = track(prototypes.float(), keys.float(), t)  # (K, B, T, N)
+        return g, apply_masks(global_view, masks, self.patch_size), masks
+
+    def forward(self, crops: list[torch.Tensor], heads: torch.Tensor | None = None,
+                student: nn.Module | None = None) -> StepOutput:
+        """crops: [global (B, T, 3, 224, 224), local_1 .. local_n (B, T, 3, 112, 112)].
+
+        `student` may be a DistributedDataParallel wrapper of `self.student`."""
+        global_view, locals_ = crops[0], crops[1:]
+        if len(locals_) != self.n_local:
+            raise WtoursError(f"got {len(locals_)} local views, the model was built for {self.n_local}",
+                              "make the loader's n_local match --n-local")
+        heads = self.draw_heads() if heads is None else torch.as_tensor(heads)
+        g, masked, masks = self.teacher_pass(global_view, heads)
+        k, b, t = masked.shape[:3]
+        stacked = torch.stack(locals_)  # (n, B, T, 3, L, L)
+        n = stacked.shape[0]
+        s, l_out = (student or self.student)([masked.flatten(0, 2), stacked.flatten(0, 2)])
+        s = s.reshape(k, b, t, -1).transpose(1, 2)  # (K, T, B, out)
+        l_out = l_out.reshape(n, b, t, -1).transpose(1, 2)  # (n, T, B, out)
+        return StepOutput(self.loss(g, s, l_out), g, masks)
+
+    def compute_loss(self, crops: list[torch.Tensor], epoch: int = 0, heads: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar loss for a batch in the method doc's layout (the centre is not updated)."""
+        return self.forward(crops, heads).loss
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def load_official_checkpoint(self, checkpoint: str | os.PathLike | dict[str, Any]) -> None:
+        """Load the authors' (or DINO's, or our) checkpoint: a dict with 'student' and 'teacher'."""
+        state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+        for name in ("student", "teacher"):
+            if name not in state:
+                raise WtoursError(f"checkpoint has no {name!r} entry (keys: {', '.join(list(state)[:8])})",
+                                  "pass a DoRA/DINO training checkpoint (with 'student' and 'teacher' dicts)")
+            _load_strict(getattr(self, name), strip_prefix(state[name]), name)
+        center = (state.get("dora_loss") or state.get("dino_loss") or {}).get("center")
+        if center is not None and center.shape == self.loss.center.shape:
+            self.loss.center.copy_(center)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    torch.serialization.add_safe_globals([argparse.Namespace])  # the authors' checkpoints carry their args
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise WtoursError(f"checkpoint {path} not found", "check the path") from e
+    except Exception as e:  # noqa: BLE001 (torch raises many types for a bad file)
+        raise WtoursError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})",
+                          "pass a .pth file written by torch.save") from e
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("module.", "_orig_mod.")) -> dict:
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in prefixes:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    own = module.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                           for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                               ("shape differs", wrong)) if keys)
+        raise WtoursError(f"the checkpoint's {name} does not fit this model ({detail})",
+                          "build the model with the checkpoint's --arch and --out-dim")
+    module.load_state_dict(state)

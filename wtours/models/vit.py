@@ -1,0 +1,216 @@
+"""Vision Transformer as in DINO's vision_transformer.py: same parameter names, so DINO/DoRA
+checkpoints load as they are and exported backbones load into timm's `vit_*_patch*_224`.
+
+Attention is fused (scaled_dot_product_attention) everywhere; `forward_last_attention` also returns
+the last block's per-head queries and keys and the [CLS] attention row, which DoRA's tracker needs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wtours.errors import WtoursError
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    patch_size: int = 16
+    dim: int = 384
+    depth: int = 12
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    image_size: int = 224  # the size the position embedding is learned at
+    drop_path: float = 0.0
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]  # each (B, h, n, D/h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_heads(x)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, n, D/h)
+        return self.proj(out.transpose(1, 2).reshape(x.shape))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (drops the residual branch)."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+@dataclass
+class LastAttention:
+    """What the teacher's last block exposes for DoRA's tracker."""
+
+    tokens: torch.Tensor  # (B, 1+N, D) final-norm tokens
+    queries: torch.Tensor  # (B, h, 1+N, D/h) of the last block
+    keys: torch.Tensor  # (B, h, 1+N, D/h) of the last block
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.patch_embed = PatchEmbed(config.patch_size, d)
+        grid = config.image_size // config.patch_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, d))
+        rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        self.blocks = nn.ModuleList(Block(d, config.heads, config.mlp_ratio, r) for r in rates)
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.dim
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """DINO's interpolation (bicubic, with its +0.1 scale offset) for inputs other than image_size."""
+        n = self.pos_embed.shape[1] - 1
+        h0, w0 = height // self.config.patch_size, width // self.config.patch_size
+        if h0 * w0 == n and h0 == w0:
+            return self.pos_embed
+        side = int(math.sqrt(n))
+        cls, patches = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        grid = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, scale_factor=((h0 + 0.1) / side, (w0 + 0.1) / side), mode="bicubic")
+        return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, -1, grid.shape[1])], dim=1)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 1+N, D) embedded tokens with position."""
+        b, _, h, w = x.shape
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
+        return x + self.interpolate_pos_encoding(h, w)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)  # (B, 1+N, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[:, 0]  # [CLS] (B, D)
+
+    def forward_last_attention(self, x: torch.Tensor) -> LastAttention:
+        """Like forward_features, also returning the last block's per-head queries and keys."""
+        x = self.tokens(x)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        last = self.blocks[-1]
+        q, k, v = last.attn.qkv_heads(last.norm1(x))
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
+        x = x + last.drop_path(last.attn.proj(attended))
+        x = x + last.drop_path(last.mlp(last.norm2(x)))
+        return LastAttention(self.norm(x), q, k)
+
+
+def cls_attention(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The [CLS] row of attention probabilities: (B, h, 1+N, d) x2 -> (B, h, 1+N)."""
+    scale = queries.shape[-1] ** -0.5
+    return torch.softmax((queries[:, :, :1] @ keys.transpose(-2, -1)).squeeze(2) * scale, dim=-1)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# ------------------------------------------------------------------ registry
+
+_ARCHS: dict[str, Callable[..., ViTConfig]] = {}
+
+
+def _register(name: str, dim: int, depth: int, heads: int) -> None:
+    for patch in (16, 8):
+        _ARCHS[f"{name}_patch{patch}"] = lambda drop_path=0.0, p=patch: ViTConfig(p, dim, depth, heads, drop_path=drop_path)
+    _ARCHS[name] = _ARCHS[f"{name}_patch16"]
+
+
+_register("vit_micro", 96, 4, 3)  # for tests and the CPU demo; no timm counterpart
+_register("vit_tiny", 192, 12, 3)
+_register("vit_small", 384, 12, 6)
+_register("vit_base", 768, 12, 12)
+
+
+def vit_names() -> list[str]:
+    return sorted(_ARCHS)
+
+
+def create_vit(arch: str, drop_path: float = 0.0) -> VisionTransformer:
+    if arch not in _ARCHS:
+        raise WtoursError(f"unknown architecture {arch!r}", f"choose one of {', '.join(vit_names())}")
+    return VisionTransformer(_ARCHS[arch](drop_path=drop_path))
+
+
+def timm_name(arch: str) -> str | None:
+    """The timm model our exported backbone loads into, e.g. vit_small -> vit_small_patch16_224."""
+    config = _ARCHS[arch]()
+    base = arch.split("_patch")[0]
+    return None if base == "vit_micro" else f"{base}_patch{config.patch_size}_224"

@@ -1,0 +1,1 @@
+"""`wtours train`: DoRA from shards (config, schedules, optimisation, checkpoints, the loop, export)."""

@@ -1,0 +1,61 @@
+"""Optimisation pieces: schedules, AdamW groups, per-tensor clipping, last-layer freeze, EMA teacher.
+
+All of it works on whole parameter lists with torch._foreach ops: no host sync per parameter."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
+                    warmup_start: float = 0.0) -> np.ndarray:
+    """DINO's per-iteration schedule: linear warm-up from `warmup_start`, then cosine to `final`."""
+    warmup_steps = min(warmup_steps, total_steps)
+    warmup = np.linspace(warmup_start, base, warmup_steps, endpoint=False) if warmup_steps else np.array([])
+    rest = np.arange(total_steps - warmup_steps)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(math.pi * rest / max(len(rest), 1)))
+    return np.concatenate([warmup, cosine])
+
+
+def param_groups(module: nn.Module) -> list[dict]:
+    """Weight decay on matrices only: biases and 1-D parameters (norms, tokens' gains) get none."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def clip_per_tensor(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """The authors' clipping: each parameter's gradient norm capped at max_norm on its own.
+
+    Returns the norms (on device). Scaling by min(1, max/(norm+1e-6)) everywhere equals DINO's
+    `if clip_coef < 1: grad *= clip_coef` without reading any norm on the host."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(0)
+    norms = torch.stack(torch._foreach_norm(grads))
+    scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, list(scales.unbind()))
+    return norms
+
+
+def cancel_last_layer_gradients(student: nn.Module, epoch: int, freeze_epochs: int) -> None:
+    if epoch >= freeze_epochs:
+        return
+    for name, param in student.named_parameters():
+        if "last_layer" in name:
+            param.grad = None
+
+
+@torch.no_grad()
+def ema_update(teacher: list[torch.Tensor], student: list[torch.Tensor], momentum: float) -> None:
+    """teacher = m * teacher + (1 - m) * student, on whole lists."""
+    torch._foreach_mul_(teacher, momentum)
+    torch._foreach_add_(teacher, student, alpha=1 - momentum)
