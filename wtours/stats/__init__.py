@@ -1,0 +1,1 @@
+"""Video statistics: lightness, scene transitions and class counts per frame, per video and per corpus."""

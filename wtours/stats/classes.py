@@ -1,0 +1,212 @@
+"""Objects and classes per frame: a pluggable detector interface and the torchvision backends.
+
+The default backend is torchvision's Faster R-CNN with a MobileNetV3-Large FPN backbone at 320 px
+(`fasterrcnn_mobilenet_v3_large_320_fpn`, COCO weights `FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1`,
+file `fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth`): the 80 COCO object classes. torch and
+torchvision are imported only when classes are counted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from wtours.errors import WtoursError
+from wtours.stats.params import DetectorParams
+
+# Placeholders in torchvision's 91-entry COCO list (ids the 80 classes skip): never counted.
+IGNORED_LABELS = frozenset({"__background__", "N/A"})
+
+
+@dataclass(frozen=True)
+class Detections:
+    """What a detector found in one frame, above its score threshold."""
+
+    labels: tuple[str, ...]  # one class name per object
+    scores: tuple[float, ...]
+
+    @property
+    def objects(self) -> int:
+        return len(self.labels)
+
+    @property
+    def classes(self) -> int:
+        return len(set(self.labels))
+
+
+class Detector(Protocol):
+    """Anything that maps a batch of RGB frames to detections can count classes."""
+
+    name: str  # recorded in summary.json (and part of the resume key)
+    vocabulary: str  # e.g. "COCO (80 classes)"
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        """(H, W, 3) uint8 frames -> one Detections per frame, in order."""
+        ...
+
+
+class TorchDetector:
+    """A torchvision-style detection model: list of (3, H, W) float tensors in 0..1 -> list of
+    {"boxes", "labels", "scores"} dicts. Any such `nn.Module` can be injected (tests use a small one)."""
+
+    def __init__(self, model: Any, categories: Sequence[str], name: str, vocabulary: str,
+                 score_threshold: float = 0.5, device: str = "cpu", weights: str | None = None):
+        self.model = model.eval().to(device)
+        self.categories = list(categories)
+        self.name, self.vocabulary, self.weights = name, vocabulary, weights
+        self.score_threshold, self.device = score_threshold, device
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        import torch
+
+        with torch.inference_mode():
+            # (H, W, 3) uint8 -> (3, H, W) float on the device; the model resizes and normalises itself.
+            batch = [torch.from_numpy(np.require(f, requirements=["C", "W"])).to(self.device)
+                     .permute(2, 0, 1).float().div_(255) for f in frames]
+            outputs = self.model(batch)
+        return [self._keep(o["labels"].tolist(), o["scores"].tolist()) for o in outputs]
+
+    def _keep(self, labels: list[int], scores: list[float]) -> Detections:
+        kept = [(self.categories[label], score) for label, score in zip(labels, scores)
+                if score >= self.score_threshold and self.categories[label] not in IGNORED_LABELS]
+        return Detections(tuple(name for name, _ in kept), tuple(round(s, 4) for _, s in kept))
+
+
+def detect_stage(items: Iterable[Any], detector: Detector, batch_size: int,
+                 frame_of: Callable[[Any], np.ndarray]) -> Iterator[tuple[Any, Detections]]:
+    """Batch items for the detector and hand each back with its detections, in order."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield from zip(batch, detector.detect([frame_of(x) for x in batch]))
+            batch = []
+    if batch:
+        yield from zip(batch, detector.detect([frame_of(x) for x in batch]))
+
+
+# ---------------------------------------------------------------- torchvision backends
+
+
+@dataclass(frozen=True)
+class Backend:
+    builder: str  # torchvision.models.detection function
+    weights: str  # its weights enum member, "Enum.MEMBER"
+
+
+# Named factories (docs/stats.md compares them); the first is the default.
+BACKENDS: dict[str, Backend] = {
+    # Faster R-CNN, MobileNetV3-Large FPN, 320 px: COCO box mAP 22.8, 19.4 M parameters, 74 MB.
+    "fasterrcnn-mobilenet-320": Backend("fasterrcnn_mobilenet_v3_large_320_fpn",
+                                        "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1"),
+    # SSDlite, MobileNetV3-Large, 320 px: COCO box mAP 21.3, 3.4 M parameters, 13 MB; faster on a CPU.
+    "ssdlite-320": Backend("ssdlite320_mobilenet_v3_large", "SSDLite320_MobileNet_V3_Large_Weights.COCO_V1"),
+}
+
+
+def backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise WtoursError(f"unknown detector {name!r}", f"choose one of: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def resolve_device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise WtoursError("--device cuda: torch sees no CUDA device",
+                          "use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU")
+    return choice
+
+
+def load_detector(params: DetectorParams) -> TorchDetector:
+    """Build the named torchvision backend with its COCO weights (torchvision's cache, else a download)."""
+    spec = backend(params.name)
+    torch, detection = _import_torchvision()
+    device = resolve_device(params.device)
+    enum_name, member = spec.weights.split(".")
+    weights = getattr(getattr(detection, enum_name), member)
+    categories = weights.meta["categories"]
+    # No weights through the builder: it would also fetch ImageNet backbone weights we overwrite anyway.
+    model = getattr(detection, spec.builder)(weights=None, weights_backbone=None, num_classes=len(categories))
+    state = _state_dict(torch, weights, spec, params.weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WtoursError(f"the weights do not fit {spec.builder} ({str(e).splitlines()[0]})",
+                          f"pass the COCO weights file {weights_file(weights)} (or another state dict of this "
+                          "architecture) with --weights, or pick the matching --detector") from e
+    counted = sum(name not in IGNORED_LABELS for name in categories)
+    return TorchDetector(model, categories, params.name, f"COCO ({counted} classes)", params.score_threshold, device,
+                         weights=str(params.weights) if params.weights else weights_file(weights))
+
+
+def weights_file(weights: Any) -> str:
+    return os.path.basename(weights.url)
+
+
+def checkpoint_dir() -> Path:
+    """Where torch hub caches downloaded weights: $TORCH_HOME/hub/checkpoints (~/.cache/torch/...)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _state_dict(torch: Any, weights: Any, spec: Backend, path: Path | None) -> dict:
+    if path is not None:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as e:
+            raise WtoursError(f"cannot read the weights file {path} ({e})",
+                              f"pass a state dict saved with torch.save, e.g. {weights_file(weights)}") from e
+    cached = checkpoint_dir() / weights_file(weights)
+    was_cached = cached.is_file()
+    try:
+        # torchvision's usual way: load from the torch hub cache, downloading it there the first time.
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError, ValueError, EOFError) as e:  # URLError is an OSError; a bad hash a RuntimeError
+        reason = str(getattr(e, "reason", None) or e).splitlines()[0]
+        if was_cached:
+            raise WtoursError(f"the cached weights {cached} cannot be read ({reason})",
+                              "delete the file so that torchvision downloads it again, or pass --weights FILE") from e
+        raise WtoursError(
+            f"cannot load the COCO weights of the {spec.builder} detector: {weights_file(weights)} is not in "
+            f"{cached.parent} and downloading it failed ({reason})",
+            f"torchvision downloads it once into $TORCH_HOME/hub/checkpoints (here {cached.parent}); on a machine "
+            f"without internet fetch {weights.url} elsewhere and copy it to {cached}, or pass "
+            f"--weights FILE; or skip class counts with --no-classes") from e
+
+
+def _import_torchvision() -> tuple[Any, Any]:
+    try:
+        import torch
+        from torchvision.models import detection
+    except ImportError as e:
+        raise WtoursError(f"class counts need torch and torchvision ({e})",
+                          "pip install 'wtours[train]' (torch, torchvision), or run with --no-classes") from e
+    return torch, detection
+
+
+# ---------------------------------------------------------------- per-video table
+
+
+def class_table(labels: Iterable[Sequence[str]]) -> list[dict[str, Any]]:
+    """Per class: objects (instances), frames (frames showing it) and the share of frames; most frequent first."""
+    objects: dict[str, int] = {}
+    frames: dict[str, int] = {}
+    n = 0
+    for frame_labels in labels:
+        n += 1
+        for name in frame_labels:
+            objects[name] = objects.get(name, 0) + 1
+        for name in set(frame_labels):
+            frames[name] = frames.get(name, 0) + 1
+    rows = [{"name": name, "objects": objects[name], "frames": frames[name],
+             "frame_share": round(frames[name] / n, 6)} for name in objects]
+    return sorted(rows, key=lambda r: (-r["frames"], -r["objects"], r["name"]))

@@ -1,0 +1,177 @@
+"""Frame sources as generator stages: shard samples or a video decoded on the sampling grid, in time order."""
+
+from __future__ import annotations
+
+import io
+import math
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from wtours.errors import WtoursError
+from wtours.layout import Layout
+from wtours.media import ProbeResult
+from wtours.shard.decode import SegmentDecoder
+from wtours.shard.index import load_index
+from wtours.shard.params import DEFAULT_SHORT_SIDE, ShardParams
+from wtours.shard.plan import EPS, cell_of, output_size, plan_segments
+from wtours.shard.read import StoredSample, iter_shard
+from wtours.stats.params import DEFAULT_VIDEO_EVERY
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Frame:
+    t: float  # seconds from the video's first timestamp
+    frame: int  # index of the frame in the source video
+    rgb: np.ndarray  # (H, W, 3) uint8
+
+
+@dataclass
+class SourceInfo:
+    """What a source says about itself; `complete` turns false when decoding stopped early."""
+
+    kind: str  # "shards" or "video"
+    every: float  # seconds between analysed frames
+    expected: int  # grid cells in the whole video (the progress bar's total)
+    frame_size: tuple[int, int]  # (width, height) of the frames handed on
+    video: dict[str, Any]  # the source video: duration (s), fps, width, height, sha256
+    complete: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def on_grid(items: Iterable[T], every: float, after: float | None = None,
+            time_of: Callable[[T], float] = lambda item: item.t) -> Iterator[T]:
+    """Keep the first item in each `every`-second grid cell (the shards' sampling rule), past `after`."""
+    fps = 1 / every
+    last = cell_of(after, fps) if after is not None else -1
+    for item in items:
+        cell = cell_of(time_of(item), fps)
+        if cell > last:
+            last = cell
+            yield item
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+
+
+def prefetch(items: Iterable[T], depth: int = 16) -> Iterator[T]:
+    """Run the upstream stages in a thread (JPEG and ffmpeg reads release the GIL) while we measure."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    break
+                box.put(item)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            box.put(error)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # e.g. ends an ffmpeg process when the consumer stopped early
+            box.put(done)
+
+    worker = threading.Thread(target=fill, daemon=True)
+    worker.start()
+    try:
+        while (item := box.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a put so the thread sees `stop`
+            try:
+                box.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
+
+
+class ShardSource:
+    """The frames of a sharded video (default and fastest: already sampled and scaled)."""
+
+    def __init__(self, layout: Layout, slug: str, every: float | None):
+        index = layout.read_index(slug)
+        if index is None:
+            raise WtoursError(f"{slug} is not sharded yet (no {layout.index_path(slug)})",
+                              f"run `wtours shard --city {slug}` first, or analyse the video directly with "
+                              f"`wtours stats --city {slug} --from video`")
+        self.index = load_index(layout, slug)  # checks format and version
+        self.layout, self.slug = layout, slug
+        shard_every = 1 / self.index["params"]["fps"]
+        if every is not None and every < shard_every - EPS:
+            raise WtoursError(f"--every {every:g} s is finer than the shards, sampled every {shard_every:g} s",
+                              f"use --every {shard_every:g} or more, or --from video to decode the video itself")
+        self.every = every if every is not None else shard_every
+        video = self.index["video"]
+        params = self.index["params"]
+        end = min(video["duration"], params["end"]) if params.get("end") else video["duration"]
+        size = output_size(video["width"], video["height"], params["short_side"])
+        described = {k: video[k] for k in ("duration", "fps", "width", "height", "sha256")}
+        # Every sample when reading at the shards' own rate (blank frames are not in them), else grid cells.
+        expected = self.index["samples"] if abs(self.every - shard_every) < EPS else _cells(
+            params.get("start", 0.0), end, self.every)
+        self.info = SourceInfo("shards", self.every, expected, size, described)
+        if not self.index["complete"]:
+            self.info.complete = False
+            self.info.notes.append(f"the shards stop at {self.index['decoded_until']:.2f} s (damaged video)")
+
+    def samples(self, after: float | None) -> Iterator[StoredSample]:
+        for entry in self.index["shards"]:
+            if after is not None and entry["t_end"] <= after:
+                continue  # whole shard done in an earlier run: not even read
+            yield from iter_shard(self.layout.shard_dir(self.slug) / entry["name"])
+
+    def frames(self, after: float | None = None) -> Iterator[Frame]:
+        chosen = on_grid(self.samples(after), self.every, after, time_of=lambda s: s.meta["t"])
+        # Grid selection reads only the json; JPEGs are decoded for the samples kept.
+        return (Frame(s.meta["t"], s.meta["frame"], decode_jpeg(s.jpg)) for s in chosen)
+
+
+class VideoSource:
+    """The registered video decoded with ffmpeg on a grid of one frame per `every` seconds."""
+
+    def __init__(self, path: Path, probe: ProbeResult, sha256: str, every: float | None,
+                 short_side: int = DEFAULT_SHORT_SIDE):
+        self.path, self.probe = path, probe
+        self.every = every if every is not None else DEFAULT_VIDEO_EVERY
+        # Same scale as the default shards, so the two sources give the same numbers.
+        self.size = output_size(probe.width, probe.height, short_side)
+        described = {"duration": probe.duration, "fps": probe.fps, "width": probe.width, "height": probe.height,
+                     "sha256": sha256}
+        self.info = SourceInfo("video", self.every, _cells(0.0, probe.duration, self.every), self.size, described)
+
+    def frames(self, after: float | None = None) -> Iterator[Frame]:
+        fps = 1 / self.every
+        start = (cell_of(after, fps) + 1) / fps if after is not None else 0.0
+        if start >= self.probe.duration:
+            return
+        whole = ShardParams(fps=fps, samples_per_shard=2**62, start=start)  # one segment: the rest of the video
+        for segment in plan_segments(self.probe, whole):
+            decoder = SegmentDecoder(self.path, self.probe, fps, segment, self.size)
+            for decoded in decoder:
+                yield Frame(decoded.t, decoded.frame, decoded.rgb)
+            last = decoder.outcome.last_cell
+            if not decoder.outcome.stopped_early and (last is None or last < segment.expected_last_cell):
+                self.info.complete = False
+                until = (last + 1) / fps if last is not None else start
+                errors = "; ".join(decoder.outcome.errors()[-2:]) or "no frames past that point"
+                self.info.notes.append(f"decoding stopped at {until:.2f} s of {self.probe.duration:.2f} s ({errors})")
+
+
+def _cells(start: float, end: float, every: float) -> int:
+    return max(0, math.ceil(end / every - EPS) - math.ceil(start / every - EPS))
+

@@ -1,0 +1,75 @@
+"""Resume state: the per-frame rows of a run in parquet parts, under a key naming what they depend on.
+
+A run appends a part every `chunk` frames (written atomically); a rerun with the same key continues
+after the last part's time, one with another key (other source, sampling or detector) starts again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from wtours.layout import read_json, write_json_atomic
+from wtours.stats.report import replace_atomically
+
+PARTS_DIR = "_parts"
+KEY_FILE = "key.json"
+HIST_COLUMN = "hist"  # uint16 histogram bytes: needed to find transitions, not written to frames.parquet
+
+
+class Parts:
+    def __init__(self, folder: Path, key: dict[str, Any]):
+        self.folder = folder / PARTS_DIR
+        self.key = key
+
+    def prepare(self, overwrite: bool, say: Callable[[str], None]) -> tuple[float | None, int]:
+        """Keep the parts of an earlier run with the same key: (time to resume after, rows done)."""
+        existing = read_json(self.folder / KEY_FILE)
+        if existing is not None and (overwrite or existing != self.key):
+            if not overwrite:
+                say(f"{self.folder.parent.name}: the source or parameters changed since the last run; starting over")
+            shutil.rmtree(self.folder)
+        elif existing is None and self.folder.exists():
+            shutil.rmtree(self.folder)  # parts without a key: from an interrupted first write
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(".*.tmp-*"):
+            stale.unlink()  # a part being written when the run was killed
+        write_json_atomic(self.folder / KEY_FILE, self.key)
+        paths = self.paths()
+        if not paths:
+            return None, 0
+        import pyarrow.parquet as pq
+
+        done = sum(pq.read_metadata(p).num_rows for p in paths)
+        last = pq.read_table(paths[-1], columns=["t"]).column("t").to_pylist()
+        return (max(last) if last else None), done
+
+    def paths(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.parquet"))
+
+    def write(self, rows: list[dict[str, Any]], hists: list[np.ndarray]) -> Path:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        types = {"t": pa.float64(), "frame": pa.int64(), "width": pa.int32(), "height": pa.int32(),
+                 "objects": pa.int32(), "classes": pa.int32(), "labels": pa.list_(pa.string())}
+        columns = {name: pa.array([row[name] for row in rows], type=types.get(name, pa.float64())) for name in rows[0]}
+        columns[HIST_COLUMN] = pa.array([h.astype("<u2").tobytes() for h in hists], type=pa.binary())
+        table = pa.table(columns)
+        path = self.folder / f"part-{len(self.paths()):06d}.parquet"
+        replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
+        return path
+
+    def read(self) -> tuple[Any, np.ndarray]:
+        """All rows in time order as a DataFrame (without histograms) and the (N, BINS) uint16 histograms."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.concat_tables([pq.read_table(p) for p in self.paths()])
+        frame = table.drop_columns([HIST_COLUMN]).to_pandas()
+        hists = np.stack([np.frombuffer(b, dtype="<u2") for b in table.column(HIST_COLUMN).to_pylist()])
+        order = np.argsort(frame["t"].to_numpy(), kind="stable")
+        return frame.iloc[order].reset_index(drop=True), hists[order]

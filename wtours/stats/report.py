@@ -1,0 +1,129 @@
+"""Writing one video's outputs: frames.parquet, summary.json and PNG plots, each atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from wtours.layout import write_json_atomic
+
+FRAMES_FILE = "frames.parquet"
+SUMMARY_FILE = "summary.json"
+PLOTS = {
+    "lightness": "lightness.png",
+    "change": "change.png",
+    "classes": "classes.png",
+    "objects": "objects.png",
+}
+CLASS_PLOTS = ("classes", "objects")
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a temporary name in the same folder, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    replace_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
+
+
+def write_outputs(folder: Path, frames: Any, summary: dict[str, Any]) -> dict[str, Path]:
+    """Write the table, the plots and, last, the summary (its presence means the set is complete)."""
+    written = {"frames": folder / FRAMES_FILE}
+    replace_atomically(written["frames"], lambda tmp: frames.to_parquet(tmp, index=False))
+    with_classes = "classes" in summary
+    for name, file in PLOTS.items():
+        path = folder / file
+        if name in CLASS_PLOTS and not with_classes:
+            path.unlink(missing_ok=True)  # left by an earlier run with classes: no longer true
+            continue
+        save_figure(PLOTTERS[name](frames, summary), path)
+        written[name] = path
+    written["summary"] = folder / SUMMARY_FILE
+    write_json_atomic(written["summary"], summary)
+    return written
+
+
+def _figure(width: float = 10, height: float = 4):
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend switch
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return figure
+
+
+def _minutes(frames: Any) -> tuple[np.ndarray, str]:
+    t = frames["t"].to_numpy()
+    span = t[-1] - t[0] if len(t) else 0
+    return (t / 60, "time (min)") if span > 300 else (t, "time (s)")
+
+
+def plot_lightness(frames: Any, summary: dict[str, Any]):
+    figure = _figure()
+    course, distribution = figure.subplots(1, 2, width_ratios=[4, 1], sharey=True)
+    x, label = _minutes(frames)
+    course.fill_between(x, frames["lightness_p10"], frames["lightness_p90"], alpha=0.25, label="10th-90th percentile")
+    course.plot(x, frames["lightness"], lw=1, label="mean L*")
+    course.set(xlabel=label, ylabel="CIELAB L*", ylim=(0, 100), title=f"{summary['video'].get('slug', '')} lightness")
+    course.legend(loc="lower left")
+    histogram = summary["lightness"]["histogram"]
+    edges = np.array(histogram["edges"])
+    distribution.barh(edges[:-1], histogram["counts"], height=np.diff(edges), align="edge")
+    distribution.set(xlabel="frames", title="distribution")
+    return figure
+
+
+def plot_change(frames: Any, summary: dict[str, Any]):
+    figure = _figure()
+    axes = figure.subplots()
+    x, label = _minutes(frames)
+    scale = 1 / 60 if label.startswith("time (min") else 1
+    axes.plot(x, frames["change"], lw=0.8, label="change to previous frame")
+    axes.plot(x, frames["drift"], lw=0.8, alpha=0.7,
+              label=f"drift over {summary['transition_params']['drift_window']:g} s")
+    for i, t in enumerate(summary["cuts"]):
+        axes.axvline(t * scale, color="red", lw=0.8, ls="--", label="hard cut" if i == 0 else None)
+    for i, segment in enumerate(summary["scene_change_segments"]):
+        axes.axvspan(segment["start"] * scale, segment["end"] * scale, color="orange", alpha=0.15,
+                     label="gradual scene change" if i == 0 else None)
+    axes.axhline(summary["transition_params"]["cut_min"], color="grey", lw=0.6, ls=":", label="cut floor")
+    axes.set(xlabel=label, ylabel="histogram distance (0..1)", ylim=(0, 1.02),
+             title=f"{len(summary['cuts'])} cuts, {len(summary['scene_changes'])} gradual scene changes")
+    axes.legend(loc="upper right", fontsize="small")
+    return figure
+
+
+def plot_classes(frames: Any, summary: dict[str, Any]):
+    top = summary["classes"]["top"]
+    figure = _figure(8, max(2.5, 0.3 * len(top) + 1))
+    axes = figure.subplots()
+    names = [row["name"] for row in top][::-1]
+    axes.barh(names, [row["frame_share"] * 100 for row in top][::-1])
+    axes.set(xlabel="% of frames showing the class",
+             title=f"top {len(top)} of {summary['classes']['unique']} classes ({summary['classes']['detector']})")
+    return figure
+
+
+def plot_objects(frames: Any, summary: dict[str, Any]):
+    figure = _figure(8, 4)
+    axes = figure.subplots()
+    objects = frames["objects"].to_numpy()
+    from matplotlib.ticker import MaxNLocator
+
+    axes.hist(objects, bins=np.arange(0, max(1, objects.max()) + 2) - 0.5, rwidth=0.85)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set(xlabel="objects detected in a frame", ylabel="frames",
+             title=f"objects per frame: mean {objects.mean():.2f}, classes per frame: mean "
+                   f"{summary['classes']['per_frame_mean']:.2f}")
+    return figure
+
+
+PLOTTERS = {"lightness": plot_lightness, "change": plot_change, "classes": plot_classes, "objects": plot_objects}

@@ -1,0 +1,193 @@
+"""`wtours stats`: a video's frames -> per-frame table (resumable) -> transitions, summary and plots."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from wtours.errors import WtoursError
+from wtours.layout import Layout, read_json, validate_slug
+from wtours.stats.classes import Detector, detect_stage, load_detector
+from wtours.stats.corpus import write_corpus
+from wtours.stats.frames import ShardSource, VideoSource, prefetch
+from wtours.stats.measure import Measured, measure
+from wtours.stats.params import StatsConfig
+from wtours.stats.parts import Parts
+from wtours.stats.report import SUMMARY_FILE, write_outputs
+from wtours.stats.summary import summarise
+
+PARTS_FORMAT = "wtours-stats-parts"
+
+
+@dataclass
+class VideoStats:
+    slug: str
+    folder: Path
+    summary: dict[str, Any]
+    analysed: int  # frames measured by this run (0: everything came from earlier parts)
+    seconds: float
+
+    def line(self) -> str:
+        s = self.summary
+        rate = self.analysed / self.seconds if self.seconds else 0.0
+        text = (f"{self.slug}: {s['frames']} frames, lightness L* {s['lightness']['mean']:.1f} "
+                f"({s['lightness']['min']:.1f}..{s['lightness']['max']:.1f}), {len(s['cuts'])} cuts, "
+                f"{len(s['scene_changes'])} gradual scene changes")
+        if "classes" in s:
+            text += (f", {s['classes']['unique']} classes ({s['classes']['objects_per_frame_mean']:.1f} objects, "
+                     f"{s['classes']['per_frame_mean']:.1f} classes per frame)")
+        work = (f"{self.analysed} frames analysed at {rate:.0f} frames/s" if self.analysed
+                else "every frame analysed by an earlier run")
+        return text + f"; {work} -> {self.folder}"
+
+
+def stats_base(layout: Layout, out: Path | None) -> Path:
+    """The folder holding one folder per video and the corpus tables: --out, else <root>/stats."""
+    return Path(out) if out is not None else layout.root / "stats"  # the parent of Layout.stats_dir(slug)
+
+
+def stats_dir(layout: Layout, slug: str, out: Path | None) -> Path:
+    return layout.stats_dir(slug) if out is None else Path(out) / validate_slug(slug)
+
+
+def open_source(layout: Layout, slug: str, config: StatsConfig) -> ShardSource | VideoSource:
+    analysis = config.analysis
+    if layout.read_info(slug) is None and layout.read_index(slug) is None:
+        raise WtoursError(f"no video registered as {slug!r} under {layout.root}",
+                          f"run `wtours download --city {slug}` or `wtours add FILE --name {slug}` first")
+    if analysis.source == "shards":
+        return ShardSource(layout, slug, analysis.every)
+    from wtours.shard.params import ShardParams
+    from wtours.shard.run import prepare_job
+
+    job = prepare_job(layout, slug, ShardParams(), "none")  # checks the file is there and unchanged
+    return VideoSource(job.video_path, job.probe, layout.read_info(slug)["sha256"], analysis.every)
+
+
+def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detector | None = None,
+                say: Callable[[str], None] = print) -> VideoStats:
+    """Analyse one video (continuing an interrupted run) and write its table, summary and plots."""
+    _require_stats_extra()
+    started = time.monotonic()
+    source = open_source(layout, slug, config)
+    if config.classes and detector is None:
+        detector = load_detector(config.detector)  # before any decoding: missing weights fail at once
+    elif not config.classes:
+        detector = None
+    folder = stats_dir(layout, slug, config.out)
+    parts = Parts(folder, _key(source, config, detector))
+    after, done = parts.prepare(config.overwrite, say)
+    if done:
+        say(f"{slug}: {done} frames already analysed; continuing after {after:.2f} s")
+    frames = measure(prefetch(source.frames(after)), config.analysis.analysis_pixels)
+    analysed = _write_parts(frames, parts, config, detector, slug, total=source.info.expected - done)
+    for note in source.info.notes:
+        say(f"{slug}: warning: {note}; the statistics cover the frames before it")
+    table, hists = parts.read() if parts.paths() else (None, None)
+    if table is None or not len(table):
+        raise WtoursError(f"{slug}: no frames to analyse", "check the video (`wtours list`) or reshard it")
+    frames_table, summary = summarise(slug, table, hists, source.info, config.analysis.analysis_pixels,
+                                      config.transitions, _describe(detector, config) if detector else None, config.top)
+    write_outputs(folder, frames_table, summary)
+    return VideoStats(slug, folder, summary, analysed, time.monotonic() - started)
+
+
+def stats_videos(layout: Layout, slugs: list[str], config: StatsConfig, detector: Detector | None = None,
+                 corpus: bool = False, say: Callable[[str], None] = print,
+                 finished: Callable[[VideoStats], None] = lambda result: None
+                 ) -> tuple[list[VideoStats], dict[str, Path]]:
+    """Analyse videos one after the other (`finished` hears of each); with `corpus`, then write the table
+    over every video analysed under the same folder. A video that fails is reported and skipped, and the
+    run ends with an error naming it."""
+    if config.classes and detector is None:
+        detector = load_detector(config.detector)  # loaded once for all videos
+    results, failed = [], []
+    for slug in slugs:
+        try:
+            results.append(stats_video(layout, slug, config, detector, say))
+            finished(results[-1])
+        except WtoursError as e:
+            if len(slugs) == 1:
+                raise
+            failed.append((slug, e))
+            say(f"{slug}: skipped: {e.message}")
+    written = compare(layout, config.out, say) if corpus and results else {}
+    if failed:
+        names = ", ".join(slug for slug, _ in failed)
+        raise WtoursError(f"{len(failed)} of {len(slugs)} videos were not analysed: {names}",
+                          failed[0][1].hint or "see the messages above")
+    return results, written
+
+
+def compare(layout: Layout, out: Path | None, say: Callable[[str], None] = print) -> dict[str, Path]:
+    """The corpus table and comparison plots over every video with a summary under the stats folder."""
+    base = stats_base(layout, out)
+    summaries = [s for s in (read_json(p) for p in sorted(base.glob(f"*/{SUMMARY_FILE}"))) if s is not None]
+    if not summaries:
+        raise WtoursError(f"no video statistics under {base}", "run `wtours stats --city SLUG` (or --all) first")
+    written = write_corpus(base, summaries)
+    say(f"corpus table of {len(summaries)} videos: {written['csv']} and {written['markdown']}")
+    return written
+
+
+def _write_parts(frames: Iterator[Measured], parts: Parts, config: StatsConfig, detector: Detector | None,
+                 slug: str, total: int) -> int:
+    from tqdm import tqdm
+
+    stream = (detect_stage(frames, detector, config.detector.batch_size, frame_of=lambda m: m.frame.rgb)
+              if detector is not None else ((m, None) for m in frames))
+    rows: list[dict[str, Any]] = []
+    hists: list[Any] = []
+    count = 0
+    with tqdm(total=max(total, 0), unit="frame", desc=slug, disable=not config.progress) as bar:
+        for measured, found in stream:
+            row = dict(measured.row)
+            if found is not None:
+                row.update(objects=found.objects, classes=found.classes, labels=list(found.labels))
+            rows.append(row)
+            hists.append(measured.hist)
+            count += 1
+            bar.update(1)
+            if len(rows) == config.chunk:
+                parts.write(rows, hists)
+                rows, hists = [], []
+        if rows:
+            parts.write(rows, hists)
+    return count
+
+
+def _key(source: ShardSource | VideoSource, config: StatsConfig, detector: Detector | None) -> dict[str, Any]:
+    """What the parts depend on: a rerun with another key starts over."""
+    info = source.info
+    return {
+        "format": PARTS_FORMAT,
+        "version": 1,
+        "source": info.kind,
+        "video_sha256": info.video["sha256"],
+        "shard_params": source.index["params"] if isinstance(source, ShardSource) else None,
+        "every": info.every,
+        "frame_size": list(info.frame_size),
+        "analysis_pixels": config.analysis.analysis_pixels,
+        "detector": _describe(detector, config) if detector is not None else None,
+    }
+
+
+def _describe(detector: Detector, config: StatsConfig) -> dict[str, Any]:
+    return {
+        "detector": detector.name,
+        "vocabulary": getattr(detector, "vocabulary", None),
+        "score_threshold": getattr(detector, "score_threshold", config.detector.score_threshold),
+        "weights": getattr(detector, "weights", None),
+    }
+
+
+def _require_stats_extra() -> None:
+    try:
+        import matplotlib  # noqa: F401
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+        import skimage  # noqa: F401
+    except ImportError as e:
+        raise WtoursError(f"wtours stats needs the `stats` extra ({e})", "pip install 'wtours[stats]'") from e

@@ -1,0 +1,92 @@
+"""One video's per-frame table -> transitions over the whole video, lightness course, class table, summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from wtours import __version__
+from wtours.stats.classes import class_table
+from wtours.stats.frames import SourceInfo
+from wtours.stats.lightness import video_lightness
+from wtours.stats.measure import grid_step
+from wtours.stats.params import TransitionParams
+from wtours.stats.transitions import (change_scores, detect_cuts, detect_scene_changes, drift_scores, gaps,
+                                      normalise, shots)
+
+SUMMARY_FORMAT = "wtours-stats"
+SUMMARY_VERSION = 1
+# Columns other tools rely on come first in frames.parquet (docs/stats.md lists them all).
+LEADING_COLUMNS = ["t", "frame", "lightness", "change", "objects", "classes"]
+
+
+def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, analysis_pixels: int,
+              params: TransitionParams, detector: dict[str, Any] | None, top: int) -> tuple[Any, dict[str, Any]]:
+    """(per-frame table from the parts, (N, BINS) histograms) -> (frames table to write, summary dict)."""
+    t = table["t"].to_numpy(dtype=np.float64)
+    dist = normalise(hists)  # (N, BINS)
+    change = change_scores(dist)
+    cuts = detect_cuts(t, change, dist, params)
+    after_gap = gaps(t, info.every)
+    shot = shots(len(t), cuts, after_gap)
+    drift, reference = drift_scores(t, dist, table["lightness"].to_numpy(), shot, params)
+    changes = detect_scene_changes(t, drift, reference, params)
+
+    frames = table.copy()
+    frames["change"] = change
+    frames["drift"] = drift
+    frames["shot"] = shot
+    frames["cut"] = np.isin(np.arange(len(t)), cuts)
+    frames = frames[[c for c in LEADING_COLUMNS if c in frames] + [c for c in frames if c not in LEADING_COLUMNS]]
+    hours = (t[-1] - t[0] + info.every) / 3600  # time the analysed frames stand for
+    summary: dict[str, Any] = {
+        "format": SUMMARY_FORMAT,
+        "version": SUMMARY_VERSION,
+        "video": {"slug": slug, **info.video},
+        "source": {"kind": info.kind, "every": info.every, "frame_size": list(info.frame_size),
+                   "analysis_grid": _grid(info.frame_size, analysis_pixels), "complete": info.complete,
+                   "notes": info.notes},
+        "frames": int(len(t)),
+        "span": [float(t[0]), float(t[-1])],
+        "hours": hours,
+        "lightness": video_lightness(t, frames["lightness"].to_numpy()),
+        "change": {"mean": _stat(np.nanmean, change), "median": _stat(np.nanmedian, change),
+                   "p99": _stat(lambda x: np.nanpercentile(x, 99), change)},
+        "cuts": [float(t[i]) for i in cuts],
+        "cuts_per_hour": len(cuts) / hours,
+        "scene_changes": [c.t for c in changes],
+        "scene_change_segments": [{"start": c.start, "end": c.end, "drift": round(c.drift, 4)} for c in changes],
+        "scene_changes_per_hour": len(changes) / hours,
+        "shots": int(shot[-1]) + 1,
+        "gaps": [[float(t[i - 1]), float(t[i])] for i in after_gap],
+        "transition_params": params.to_dict(),
+        "created_by": f"wtours {__version__}",
+    }
+    if detector is not None:
+        summary["classes"] = _classes(frames, detector, top)
+    return frames, summary
+
+
+def _classes(frames: Any, detector: dict[str, Any], top: int) -> dict[str, Any]:
+    table = class_table(frames["labels"])
+    return {
+        **detector,
+        "unique": len(table),
+        "per_frame_mean": float(frames["classes"].mean()),
+        "objects_per_frame_mean": float(frames["objects"].mean()),
+        "objects_per_frame_max": int(frames["objects"].max()),
+        "top": table[:top],
+        "table": table,
+    }
+
+
+def _grid(size: tuple[int, int], pixels: int) -> list[int]:
+    """(width, height) of the pixel grid lightness and histograms are measured on."""
+    width, height = size
+    step = grid_step(height, width, pixels)
+    return [len(range(0, width, step)), len(range(0, height, step))]
+
+
+def _stat(function, values: np.ndarray) -> float | None:
+    return float(function(values)) if np.isfinite(values).any() else None

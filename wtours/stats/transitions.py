@@ -1,0 +1,167 @@
+"""Scene transitions: a colour-histogram change score, hard cuts (adaptive threshold) and gradual scene changes.
+
+Each frame's colour content is a joint CIELAB histogram (8 L* x 8 a* x 8 b* bins); the change score
+of two frames is the total-variation distance of their histograms: the fraction of pixels whose colour
+would have to move to another bin, 0 (same colours) .. 1 (no colour in common). Histograms ignore where
+colours are, so a walking camera's motion barely moves the score while a cut to another place does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from wtours.stats.params import TransitionParams
+
+L_BINS, AB_BINS = 8, 8
+AB_RANGE = 32.0  # a*, b* in [-32, 32) over 8 bins; beyond is clipped to the outer bins (street colours are muted)
+BINS = L_BINS * AB_BINS * AB_BINS
+
+
+def colour_histograms(lab: np.ndarray) -> np.ndarray:
+    """(B, h, w, 3) L*a*b* -> (B, BINS) uint16 pixel counts (each row sums to h*w)."""
+    batch = lab.shape[0]
+    qL = np.minimum((lab[..., 0] * (L_BINS / 100)).astype(np.int32), L_BINS - 1)  # L* >= 0 always
+    qa = np.clip(((lab[..., 1] + AB_RANGE) * (AB_BINS / (2 * AB_RANGE))).astype(np.int32), 0, AB_BINS - 1)
+    qb = np.clip(((lab[..., 2] + AB_RANGE) * (AB_BINS / (2 * AB_RANGE))).astype(np.int32), 0, AB_BINS - 1)
+    bins = ((qL * AB_BINS + qa) * AB_BINS + qb).reshape(batch, -1)  # (B, h*w)
+    bins += (np.arange(batch, dtype=np.int32) * BINS)[:, None]  # one bincount for the whole batch
+    counts = np.bincount(bins.ravel(), minlength=batch * BINS).reshape(batch, BINS)
+    return counts.astype(np.uint16)
+
+
+def normalise(counts: np.ndarray) -> np.ndarray:
+    """(N, BINS) counts -> (N, BINS) float32 distributions."""
+    counts = counts.astype(np.float32)
+    return counts / np.maximum(counts.sum(axis=-1, keepdims=True), 1)
+
+
+def distance(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Total-variation distance of distributions along the last axis, 0..1."""
+    return 0.5 * np.abs(p - q).sum(axis=-1)
+
+
+def change_scores(hists: np.ndarray) -> np.ndarray:
+    """(N, BINS) distributions -> (N,) score to the previous frame; NaN for the first."""
+    scores = np.full(len(hists), np.nan)
+    if len(hists) > 1:
+        scores[1:] = distance(hists[1:], hists[:-1])
+    return scores
+
+
+def detect_cuts(t: np.ndarray, scores: np.ndarray, hists: np.ndarray, params: TransitionParams) -> list[int]:
+    """Indices of frames that open a new shot (the cut lies between frame i-1 and frame i).
+
+    A frame is a candidate when its score exceeds both `cut_min` and the local level: the median of
+    the scores within `cut_window` seconds each side plus `cut_k` robust standard deviations
+    (1.4826 x median absolute deviation), so busy stretches (fast walking, crowds) raise their own
+    threshold. Candidates closer than `min_gap` keep the strongest; a candidate whose content comes
+    back within `min_gap` (a flash, a passer-by covering the lens) is dropped.
+    """
+    step = _spacing(t)
+    half = max(4, round(params.cut_window / step))  # at least 4 neighbours a side for a stable median
+    candidates = []
+    for i in np.flatnonzero(scores >= params.cut_min):
+        around = np.r_[scores[max(1, i - half):i], scores[i + 1:i + 1 + half]]
+        around = around[np.isfinite(around)]
+        level = np.median(around) if len(around) else 0.0
+        spread = 1.4826 * np.median(np.abs(around - level)) if len(around) else 0.0
+        if scores[i] >= level + params.cut_k * spread:
+            candidates.append(int(i))
+    kept: list[int] = []
+    for i in sorted(candidates, key=lambda i: -scores[i]):  # strongest first
+        if all(abs(t[i] - t[j]) >= params.min_gap for j in kept) and _scene_differs(t, hists, i, params):
+            kept.append(i)
+    return sorted(kept)
+
+
+def _scene_differs(t: np.ndarray, hists: np.ndarray, i: int, params: TransitionParams) -> bool:
+    """Every frame within `min_gap` before the cut differs from every frame within `min_gap` after it."""
+    before = np.flatnonzero((t >= t[i] - params.min_gap) & (t < t[i]))
+    after = np.flatnonzero((t >= t[i]) & (t <= t[i] + params.min_gap))
+    pairs = distance(hists[before][:, None, :], hists[after][None, :, :])  # (len(before), len(after))
+    return bool(pairs.size == 0 or pairs.min() >= params.cut_min)
+
+
+@dataclass(frozen=True)
+class SceneChange:
+    start: float  # seconds: the drift window's two ends
+    end: float
+    drift: float  # histogram distance between the two ends
+
+    @property
+    def t(self) -> float:
+        return round((self.start + self.end) / 2, 6)
+
+
+def drift_scores(t: np.ndarray, hists: np.ndarray, lightness: np.ndarray, shot: np.ndarray,
+                 params: TransitionParams) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: how far the content moved from `drift_window` seconds earlier in the same shot.
+
+    Both ends average the frames of `drift_smooth` seconds, so one odd frame does not count, and the
+    earlier end is shifted along L* by the change of mean lightness in between: a sunset or a tunnel is
+    a lighting change (measured as lightness), not a new scene. Returns (drift (N,) with NaN where the
+    window would leave the shot, the index of the frame compared with (N,) or -1).
+    """
+    n = len(t)
+    first = np.searchsorted(t, t - params.drift_smooth, side="right")  # (N,) first frame of each smoothing span
+    ref = np.searchsorted(t, t - params.drift_window, side="right") - 1  # (N,) last frame >= window ago
+    valid = ref >= 0
+    ref_safe = np.where(valid, ref, 0)
+    valid &= (shot[ref_safe] == shot) & (shot[first[ref_safe]] == shot)  # both ends inside this shot
+
+    def spans(values: np.ndarray) -> np.ndarray:  # (N, ...) -> (N, ...) mean over each smoothing span
+        cumulative = np.cumsum(np.concatenate([np.zeros_like(values[:1], dtype=np.float64), values]), axis=0)
+        count = (np.arange(n) + 1 - first).reshape(-1, *([1] * (values.ndim - 1)))
+        return (cumulative[1:] - cumulative[first]) / count
+
+    hist, light = spans(hists), spans(lightness)  # (N, BINS), (N,)
+    rows = np.flatnonzero(valid)
+    then = shift_lightness(hist[ref[rows]], light[rows] - light[ref[rows]])
+    drift = np.full(n, np.nan)
+    drift[rows] = distance(hist[rows], then)
+    return drift, np.where(valid, ref, -1)
+
+
+def shift_lightness(hists: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Move each (BINS,) histogram's mass by `delta` L* units, split linearly between L* bins."""
+    by_l = hists.reshape(len(hists), L_BINS, AB_BINS * AB_BINS)  # (M, L_BINS, AB_BINS * AB_BINS)
+    steps = np.asarray(delta, dtype=np.float64) / (100 / L_BINS)  # (M,) in bins
+    whole = np.floor(steps).astype(np.int64)
+    part = steps - whole
+    transfer = np.zeros((len(hists), L_BINS, L_BINS))  # (M, to, from)
+    source = np.arange(L_BINS)
+    for offset, weight in ((0, 1 - part), (1, part)):
+        to = np.clip(source[None, :] + whole[:, None] + offset, 0, L_BINS - 1)  # (M, L_BINS)
+        np.add.at(transfer, (np.arange(len(hists))[:, None], to, source[None, :]), weight[:, None])
+    return (transfer @ by_l).reshape(hists.shape)
+
+
+def detect_scene_changes(t: np.ndarray, drift: np.ndarray, reference: np.ndarray,
+                         params: TransitionParams) -> list[SceneChange]:
+    """Greedy: the first frame whose drift reaches the threshold closes a change; the next window starts there."""
+    changes: list[SceneChange] = []
+    free_from = -1  # a window may not reach back into the previous change
+    for i in np.flatnonzero(np.nan_to_num(drift) >= params.drift_threshold):
+        r = reference[i]
+        if r >= free_from:
+            changes.append(SceneChange(float(t[r]), float(t[i]), float(drift[i])))
+            free_from = i
+    return changes
+
+
+def shots(n: int, cuts: list[int], gaps: list[int]) -> np.ndarray:
+    """(N,) shot number per frame: a new shot starts at each cut and after each gap in the sampling."""
+    starts = np.zeros(n, dtype=np.int64)
+    starts[sorted(set(cuts) | set(gaps))] = 1
+    return np.cumsum(starts)
+
+
+def gaps(t: np.ndarray, every: float) -> list[int]:
+    """Indices of frames that follow a stretch with no analysed frame (blank frames left out of the shards)."""
+    return [int(i) + 1 for i in np.flatnonzero(np.diff(t) > 1.5 * every)]
+
+
+def _spacing(t: np.ndarray) -> float:
+    return float(np.median(np.diff(t))) if len(t) > 1 else 1.0
