@@ -14,12 +14,13 @@ from wtours.demo import DemoConfig, run_demo
 @click.option("--root", type=click.Path(file_okay=False), default="demo-root", show_default=True,
               help="Data root for the demo's outputs (kept apart from your real root).")
 @click.option("--workers", default=os.cpu_count() or 1, show_default="CPU cores", type=int)
+@click.option("--steps", default=30, show_default=True, help="Training steps.")
 @verbosity_options
-def demo(root: str, workers: int) -> None:
+def demo(root: str, workers: int, steps: int) -> None:
     """Run the whole pipeline offline on a built-in synthetic walking video.
 
     \b
     Example:
       wtours demo --root /tmp/wtours-demo
     """
-    run_demo(DemoConfig(root=os.path.abspath(root), workers=workers, progress=not is_quiet()), say=say)
+    run_demo(DemoConfig(root=os.path.abspath(root), workers=workers, steps=steps, progress=not is_quiet()), say=say)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from wtours.cli.common import root_option, say, verbosity_options
-from wtours.models.vit import vit_names
+from wtours.models.registry import vit_names
 
 
 @click.command("train")

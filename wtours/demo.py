@@ -1,7 +1,11 @@
-"""`wtours demo`: the whole pipeline, offline, on the built-in synthetic walk."""
+"""`wtours demo`: the whole pipeline, offline, on the built-in synthetic walk.
+
+add -> shard -> stats -> a short DoRA training run (CPU, or GPU when present) -> export -> viz,
+ending with a short report. Each step is the library call its command makes."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,7 @@ DEMO_SLUG = "demo-walk"
 class DemoConfig:
     root: Path
     workers: int = 2
+    steps: int = 30  # training steps
     progress: bool = True
 
 
@@ -28,22 +33,115 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict:
     layout = Layout(config.root)
     started = time.monotonic()
     spec = WalkSpec()
+    report: dict = {"root": str(layout.root)}
+
     video = layout.root / "inputs" / "synthetic-walk.mp4"
     if not video.is_file():
-        say(f"[1] rendering the built-in {spec.duration:.0f} s walk with ffmpeg -> {video}")
+        say(f"[1/7] rendering the built-in {spec.duration:.0f} s walk (scene cuts at "
+            f"{', '.join(f'{t:g}' for t in spec.cut_times())} s, dusk ramp, a blank stretch) -> {video}")
         make_walk(video, spec)
     else:
-        say(f"[1] reusing {video}")
-    say(f"[2] wtours add {video} --name {DEMO_SLUG}")
+        say(f"[1/7] reusing {video}")
+
+    say(f"[2/7] wtours add {video} --name {DEMO_SLUG}")
     add_local(video, DEMO_SLUG, layout.root, mode="link", say=say)
-    say(f"[3] wtours shard --city {DEMO_SLUG} --samples-per-shard 20")
-    params = ShardParams(samples_per_shard=20)
-    summary = shard_video(layout, DEMO_SLUG, params, RunOptions(workers=config.workers, progress=config.progress),
-                          say=say)
+
+    say(f"[3/7] wtours shard --city {DEMO_SLUG} --samples-per-shard 40")
+    shard_video(layout, DEMO_SLUG, ShardParams(samples_per_shard=40),
+                RunOptions(workers=config.workers, progress=config.progress), say=say)
     index = layout.read_index(DEMO_SLUG)
-    say(f"    {index['samples']} frames in {len(index['shards'])} shards under {layout.shard_dir(DEMO_SLUG)}; "
+    say(f"      {index['samples']} frames in {len(index['shards'])} shards under {layout.shard_dir(DEMO_SLUG)}; "
         f"dropped {index['dropped']} in {index['blank_stretches']}")
-    say("[4] wtours list")
+    report["shards"] = str(layout.shard_dir(DEMO_SLUG))
+
+    say(f"[4/7] wtours stats --city {DEMO_SLUG} --no-classes   (the detector needs downloaded weights)")
+    report["stats"] = _stats(layout, config, say)
+
+    run = layout.root / "runs" / "demo"
+    say(f"[5/7] wtours train --shards {DEMO_SLUG} --out {run} (a short run)")
+    report["train"] = _train(layout, run, config, say)
+
+    exported = run / "teacher_backbone.pth"
+    say(f"[6/7] wtours export {run / 'checkpoint.pth'} --out {exported}")
+    from wtours.train.export import export_backbone
+
+    export_backbone(run / "checkpoint.pth", exported)
+    report["export"] = str(exported)
+
+    say("[7/7] the root now holds:")
     say(format_table([r for r in catalog(layout) if r["downloaded"] or r["sharded"]]))
-    say(f"demo finished in {time.monotonic() - started:.0f} s; data root: {layout.root}")
-    return {"index": index, "summary": summary}
+    _report(report, say)
+    say(f"demo finished in {time.monotonic() - started:.0f} s")
+    return report
+
+
+def _stats(layout: Layout, config: DemoConfig, say: Callable[[str], None]) -> dict:
+    from wtours.stats.params import StatsConfig
+    from wtours.stats.run import compare, stats_videos
+
+    stats_videos(layout, [DEMO_SLUG], StatsConfig(classes=False, progress=config.progress), say=say)
+    tables = compare(layout, None, say=say)
+    summary = json.loads((layout.stats_dir(DEMO_SLUG) / "summary.json").read_text())
+    return {"dir": str(layout.stats_dir(DEMO_SLUG)), "cuts": summary["cuts"],
+            "scene_changes": summary["scene_changes"], "lightness": summary["lightness"],
+            "corpus_md": str(tables.get("markdown", ""))}
+
+
+def _train(layout: Layout, run: Path, config: DemoConfig, say: Callable[[str], None]) -> dict:
+    import torch
+
+    from wtours.train.config import TrainConfig
+    from wtours.train.run import train
+
+    gpu = torch.cuda.is_available()
+    train_config = TrainConfig(
+        shards=(DEMO_SLUG,), root=str(layout.root), out=str(run), arch="vit_small" if gpu else "vit_micro",
+        out_dim=4096 if gpu else 1024, n_local=6 if gpu else 2, batch_size=8 if gpu else 4,
+        clip_frames=8 if gpu else 4, steps=config.steps, warmup_epochs=0.5, lr=5e-4,
+        workers=config.workers, log_every=1, checkpoint_every=config.steps, seed=0)
+    if (run / "checkpoint.pth").is_file():
+        (run / "checkpoint.pth").unlink()  # a rerun of the demo trains afresh
+    for stale in ("log.jsonl", "data.rank0.jsonl"):
+        (run / stale).unlink(missing_ok=True)
+    train(train_config, say=say)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    curve = run / "loss.png"
+    _plot_loss(log, curve)
+    return {"run": str(run), "steps": len(log), "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"],
+            "clips_per_s": log[-1]["clips_per_s"], "loss_curve": str(curve)}
+
+
+def _plot_loss(log: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot([r["step"] for r in log], [r["loss"] for r in log], marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("DoRA loss")
+    ax.set_title("wtours demo: training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _report(report: dict, say: Callable[[str], None]) -> None:
+    stats, train = report["stats"], report["train"]
+    light = stats["lightness"]
+    say("")
+    say("=== wtours demo report ===")
+    say(f"hard cuts found at (s): {', '.join(f'{t:.1f}' for t in stats['cuts']) or 'none'}"
+        f"   (rendered at {', '.join(f'{t:g}' for t in WalkSpec().cut_times())}; the blank stretch that starts at"
+        " 42 s is not in the shards, so the walk resumes with a cut at 48 s)")
+    say(f"gradual scene changes at (s): {', '.join(f'{t:.1f}' for t in stats['scene_changes']) or 'none'}")
+    say(f"lightness L*: mean {light['mean']:.1f}, min {light['min']:.1f}, max {light['max']:.1f} (dusk ramp)")
+    if stats["corpus_md"]:
+        say(Path(stats["corpus_md"]).read_text().rstrip())
+    say(f"training: {train['steps']} steps, loss {train['first_loss']:.3f} -> {train['last_loss']:.3f}, "
+        f"{train['clips_per_s']:.1f} clips/s")
+    say(f"loss curve: {train['loss_curve']}")
+    say(f"stats plots: {stats['dir']}")
+    say(f"exported teacher backbone: {report['export']}")

@@ -1,6 +1,18 @@
-"""Networks: DINO-style ViTs (state-dict compatible with DINO, DoRA and timm) and the DINO head."""
+"""Networks: DINO-style ViTs (state-dict compatible with DINO, DoRA and timm) and the DINO head.
 
-from wtours.models.head import DINOHead
-from wtours.models.vit import VisionTransformer, create_vit, vit_names
+Imported lazily: `wtours.models.registry` (names, configs) needs no torch."""
 
-__all__ = ["DINOHead", "VisionTransformer", "create_vit", "vit_names"]
+from __future__ import annotations
+
+_EXPORTS = {"DINOHead": "wtours.models.head", "VisionTransformer": "wtours.models.vit",
+            "create_vit": "wtours.models.vit", "vit_names": "wtours.models.registry"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(name)
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

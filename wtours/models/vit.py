@@ -8,24 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wtours.errors import WtoursError
-
-
-@dataclass(frozen=True)
-class ViTConfig:
-    patch_size: int = 16
-    dim: int = 384
-    depth: int = 12
-    heads: int = 6
-    mlp_ratio: float = 4.0
-    image_size: int = 224  # the size the position embedding is learned at
-    drop_path: float = 0.0
+from wtours.models.registry import _ARCHS, ViTConfig, vit_config, vit_names  # noqa: F401 (re-exported)
 
 
 class Attention(nn.Module):
@@ -182,35 +170,5 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-# ------------------------------------------------------------------ registry
-
-_ARCHS: dict[str, Callable[..., ViTConfig]] = {}
-
-
-def _register(name: str, dim: int, depth: int, heads: int) -> None:
-    for patch in (16, 8):
-        _ARCHS[f"{name}_patch{patch}"] = lambda drop_path=0.0, p=patch: ViTConfig(p, dim, depth, heads, drop_path=drop_path)
-    _ARCHS[name] = _ARCHS[f"{name}_patch16"]
-
-
-_register("vit_micro", 96, 4, 3)  # for tests and the CPU demo; no timm counterpart
-_register("vit_tiny", 192, 12, 3)
-_register("vit_small", 384, 12, 6)
-_register("vit_base", 768, 12, 12)
-
-
-def vit_names() -> list[str]:
-    return sorted(_ARCHS)
-
-
 def create_vit(arch: str, drop_path: float = 0.0) -> VisionTransformer:
-    if arch not in _ARCHS:
-        raise WtoursError(f"unknown architecture {arch!r}", f"choose one of {', '.join(vit_names())}")
-    return VisionTransformer(_ARCHS[arch](drop_path=drop_path))
-
-
-def timm_name(arch: str) -> str | None:
-    """The timm model our exported backbone loads into, e.g. vit_small -> vit_small_patch16_224."""
-    config = _ARCHS[arch]()
-    base = arch.split("_patch")[0]
-    return None if base == "vit_micro" else f"{base}_patch{config.patch_size}_224"
+    return VisionTransformer(vit_config(arch, drop_path))

@@ -1,0 +1,53 @@
+"""The ViT registry: named configurations (no torch import, so the CLI can list them cheaply)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from wtours.errors import WtoursError
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    patch_size: int = 16
+    dim: int = 384
+    depth: int = 12
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    image_size: int = 224  # the size the position embedding is learned at
+    drop_path: float = 0.0
+
+
+# ------------------------------------------------------------------ registry
+
+_ARCHS: dict[str, Callable[..., ViTConfig]] = {}
+
+
+def _register(name: str, dim: int, depth: int, heads: int) -> None:
+    for patch in (16, 8):
+        _ARCHS[f"{name}_patch{patch}"] = lambda drop_path=0.0, p=patch: ViTConfig(p, dim, depth, heads, drop_path=drop_path)
+    _ARCHS[name] = _ARCHS[f"{name}_patch16"]
+
+
+_register("vit_micro", 96, 4, 3)  # for tests and the CPU demo; no timm counterpart
+_register("vit_tiny", 192, 12, 3)
+_register("vit_small", 384, 12, 6)
+_register("vit_base", 768, 12, 12)
+
+
+def vit_names() -> list[str]:
+    return sorted(_ARCHS)
+
+
+def vit_config(arch: str, drop_path: float = 0.0) -> ViTConfig:
+    if arch not in _ARCHS:
+        raise WtoursError(f"unknown architecture {arch!r}", f"choose one of {', '.join(vit_names())}")
+    return _ARCHS[arch](drop_path=drop_path)
+
+
+def timm_name(arch: str) -> str | None:
+    """The timm model our exported backbone loads into, e.g. vit_small -> vit_small_patch16_224."""
+    config = _ARCHS[arch]()
+    base = arch.split("_patch")[0]
+    return None if base == "vit_micro" else f"{base}_patch{config.patch_size}_224"
