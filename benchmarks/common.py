@@ -24,20 +24,26 @@ def header(name: str) -> str:
     return f"# {name} | {dt.date.today()} | {os.cpu_count()} cores, {cpu} | ffmpeg {ffmpeg_exe()}"
 
 
-def street_4k60(seconds: int = 12) -> Path:
-    """Real street footage (vtest.avi) upscaled to 3840x2160 at 60 fps, H.264 at a camera-like bitrate.
-
-    Mild temporal noise brings the bitrate to about 17 Mb/s, near a real 4K60 upload, since an
-    upscaled 768x576 source alone compresses unrealistically well."""
-    out = DATA / f"street4k60-{seconds}s.mp4"
+def cached_video(name: str, args: list[str]) -> Path:
+    """bench-data/<name>, made once by `ffmpeg <args> <out>` from the street footage (temporary name, then rename)."""
+    out = DATA / name
     if out.is_file():
         return out
     if not STREET.is_file():
         raise SystemExit(f"{STREET} is missing: the benchmark needs ../shared/testdata/vtest.avi")
     DATA.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".tmp.mp4")
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-stream_loop", "-1", "-i", str(STREET), "-t", str(seconds),
-                    "-vf", "scale=3840:2160:flags=bicubic,fps=60,noise=alls=6:allf=t", "-c:v", "libx264",
-                    "-preset", "veryfast", "-crf", "20", "-g", "120", "-pix_fmt", "yuv420p", str(tmp)], check=True)
+    tmp = out.with_suffix(".tmp" + out.suffix)
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", *args, str(tmp)], check=True)
     tmp.rename(out)
     return out
+
+
+def street_4k60(seconds: int = 12) -> Path:
+    """Real street footage (vtest.avi) upscaled to 3840x2160 at 60 fps, H.264 at a camera-like bitrate.
+
+    Mild temporal noise brings the bitrate to about 17 Mb/s, near a real 4K60 upload, since an
+    upscaled 768x576 source alone compresses unrealistically well."""
+    return cached_video(f"street4k60-{seconds}s.mp4", [
+        "-stream_loop", "-1", "-i", str(STREET), "-t", str(seconds),
+        "-vf", "scale=3840:2160:flags=bicubic,fps=60,noise=alls=6:allf=t", "-c:v", "libx264",
+        "-preset", "veryfast", "-crf", "20", "-g", "120", "-pix_fmt", "yuv420p"])

@@ -15,7 +15,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, header, street_4k60  # noqa: E402
+from common import DATA, cached_video, header, street_4k60  # noqa: E402
 
 from wtours.clips.augment import MultiCropConfig, multicrop_pil  # noqa: E402
 from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader  # noqa: E402
@@ -37,10 +36,8 @@ from wtours.shard.run import shard_video  # noqa: E402
 
 def bench_shards(loops: int = 10) -> tuple[Layout, Path]:
     root = Layout(DATA / "loader-root")
-    looped = DATA / f"street4k60-{12 * loops}s.mp4"
-    if not looped.is_file():
-        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(street_4k60(12)),
-                        "-c", "copy", str(looped)], check=True)
+    looped = cached_video(f"street4k60-{12 * loops}s.mp4",
+                          ["-stream_loop", str(loops - 1), "-i", str(street_4k60(12)), "-c", "copy"])
     if root.read_index("street") is None:
         add_local(looped, "street", root.root, mode="symlink", say=lambda m: None)
         shard_video(root, "street", ShardParams(), RunOptions(workers=os.cpu_count() or 1), say=print)
@@ -72,7 +69,7 @@ def gpu_rate(shards, batches: int, batch_size: int) -> float:
     while count < batches:
         dataset.set_epoch(epoch)
         for raw in make_loader(dataset):
-            views = augment(raw)
+            augment(raw)
             torch.cuda.synchronize()
             if start is None:
                 start = time.perf_counter()

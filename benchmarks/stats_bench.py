@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +31,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, STREET, header  # noqa: E402
+from common import STREET, cached_video, header  # noqa: E402
 
 from wtours.download import add_local  # noqa: E402
 from wtours.layout import Layout  # noqa: E402
-from wtours.media import ffmpeg_exe  # noqa: E402
 from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
 from wtours.shard.run import shard_video  # noqa: E402
 from wtours.stats.frames import ShardSource  # noqa: E402
@@ -50,17 +48,9 @@ SLUG = "street"
 
 
 def street_loop(loops: int = 6) -> Path:
-    out = DATA / f"street-loop{loops}.mp4"
-    if out.is_file():
-        return out
-    if not STREET.is_file():
-        raise SystemExit(f"{STREET} is missing: the benchmark needs ../shared/testdata/vtest.avi")
-    DATA.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".tmp.mp4")
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(STREET), "-c:v",
-                    "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", str(tmp)], check=True)
-    tmp.rename(out)
-    return out
+    return cached_video(f"street-loop{loops}.mp4", [
+        "-stream_loop", str(loops - 1), "-i", str(STREET), "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
+        "-pix_fmt", "yuv420p"])
 
 
 def psd_default(frames_bgr: list[np.ndarray]) -> int:

@@ -63,7 +63,6 @@ def reference_loss(model, crops, heads, center, weighting="authors"):
     glob, locals_ = crops[0], crops[1:]
     b, t = glob.shape[:2]
     d = teacher.backbone.config.dim
-    nh = teacher.backbone.config.heads
     patch = teacher.backbone.config.patch_size
     g, z, att, qs, ks = [], [], [], [], []
     with torch.no_grad():

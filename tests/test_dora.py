@@ -66,7 +66,6 @@ def test_threshold_is_one_mean_over_the_batch():
 
 
 def test_loss_weighting_authors_and_mean():
-    loss = DoRALoss(out_dim=10)
     terms = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # (K=3, T=2)
     # reconstruct inputs whose per-term cross-entropies are known is hard; check the accumulation itself
     acc, total = 0.0, 0.0

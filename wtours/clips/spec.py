@@ -88,7 +88,10 @@ def _resolve_remote(spec: str) -> list[ShardRef]:
     if spec.startswith("hf://"):
         urls = list(braceexpand(spec))
         if any(ch in spec for ch in "*?["):
-            urls = sorted(f"hf://{p}" for u in urls for p in _hf_fs().glob(u[len('hf://'):]))
+            from wtours.hub.client import hub_errors
+
+            with hub_errors(spec):
+                urls = sorted(f"hf://{p}" for u in urls for p in _hf_fs().glob(u[len('hf://'):]))
     elif spec.startswith(("http://", "https://")):
         urls = list(braceexpand(spec))
     else:
@@ -138,11 +141,9 @@ def _refs_from_index(index: dict[str, Any], folder: str, names: set[str] | None)
 
 
 def _hf_fs():
-    try:
-        from huggingface_hub import HfFileSystem
-    except ImportError as e:
-        raise WtoursError("hf:// needs huggingface_hub", "pip install 'wtours[hub]'") from e
-    return HfFileSystem()
+    from wtours.hub.client import require_hub
+
+    return require_hub().HfFileSystem()  # endpoint (HF_ENDPOINT) and token (login, HF_TOKEN) from huggingface_hub
 
 
 def open_url(url: str) -> IO[bytes]:
@@ -160,18 +161,17 @@ def open_url(url: str) -> IO[bytes]:
 
 
 def _open_hf(url: str) -> IO[bytes]:
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    """Stream an hf:// file with one GET (the client resumes a broken stream once with a Range request).
 
-    try:
-        return _hf_fs().open(url[len("hf://"):], "rb", block_size=8 << 20)
-    except RepositoryNotFoundError as e:
-        raise WtoursError(f"{url}: repository not found or private",
-                          "log in with `huggingface-cli login` (or set HF_TOKEN) if the repository is private") from e
-    except FileNotFoundError as e:
-        raise WtoursError(f"{url}: no such file on the Hub", "check the path and --revision") from e
-    except HfHubHTTPError as e:
-        status = getattr(e.response, "status_code", None)
-        if status in (401, 403):
-            raise WtoursError(f"{url}: access denied (HTTP {status})",
-                              "log in with `huggingface-cli login` or set HF_TOKEN; the token needs read access") from e
-        raise WtoursError(f"{url}: {e}", "check the network and rerun") from e
+    The first read(0) opens the connection, so a missing file, a private repo without a token or a
+    revoked token fails here, as a WtoursError with a login hint (the token itself is never shown)."""
+    from wtours.hub.client import hub_errors
+
+    with hub_errors(url):
+        stream = _hf_fs().open(url[len("hf://"):], "rb", block_size=0)
+        try:
+            stream.read(0)
+        except BaseException:
+            stream.close()
+            raise
+        return stream

@@ -1,0 +1,91 @@
+"""`wtours push` and `wtours pull`."""
+
+from __future__ import annotations
+
+import click
+
+from wtours.cli.common import is_quiet, root_option, say, verbosity_options
+from wtours.errors import WtoursError
+from wtours.layout import SLUG_PATTERN, Layout
+from wtours.manifest import load_manifest
+
+
+@click.command("push")
+@click.option("--city", "cities", multiple=True, metavar="SLUG", help="Shard set to upload; repeatable.")
+@click.option("--all", "all_sets", is_flag=True, help="Every shard set (with an index.json) under the root.")
+@click.option("--repo", required=True, metavar="USER/NAME", help="Hub dataset repo (created if missing).")
+@root_option
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--revision", default="main", show_default=True, metavar="BRANCH", help="Branch to commit to (created).")
+@click.option("--max-commit-files", default=50, show_default=True, help="Files per commit (the Hub advises < 100).")
+@click.option("--max-commit-gb", default=10.0, show_default=True, help="Gigabytes per commit.")
+@click.option("--dry-run", is_flag=True, help="Show what would be uploaded; change nothing.")
+@verbosity_options
+def push(cities, all_sets, repo, root, private, revision, max_commit_files, max_commit_gb, dry_run) -> None:
+    """Upload shard sets, their index.json and a dataset card to a Hub dataset repo.
+
+    Layout in the repo: <slug>/<slug>-NNNNNN.tar, <slug>/index.json, <slug>/source.json and README.md.
+    A rerun uploads only what the repo lacks (checked by sha256), so an interrupted push resumes; an
+    index is committed with or after its last shard. Uses your `hf auth login` token or HF_TOKEN.
+
+    \b
+    Examples:
+      wtours push --city venice --repo alice/walking-tours
+      wtours push --all --repo alice/walking-tours --private
+      wtours push --city venice --repo alice/walking-tours --revision fps1 --dry-run
+    """
+    from wtours.hub.client import HubTarget
+    from wtours.hub.push import PushConfig, push as run_push
+
+    layout = Layout(root)
+    config = PushConfig(target=HubTarget(repo, revision), slugs=tuple(_slugs(layout, cities, all_sets)),
+                        private=private, max_commit_files=max_commit_files,
+                        max_commit_bytes=int(max_commit_gb * 1e9), dry_run=dry_run, progress=not is_quiet())
+    summary = run_push(layout, config, say=say)
+    click.echo("dry run: nothing uploaded" if dry_run else summary.line(repo))
+
+
+@click.command("pull")
+@click.option("--repo", required=True, metavar="USER/NAME", help="Hub dataset repo to download from.")
+@click.option("--city", "cities", multiple=True, metavar="SLUG",
+              help="Shard set to download (default: all); repeatable.")
+@root_option
+@click.option("--revision", default="main", show_default=True, metavar="BRANCH", help="Branch, tag or commit.")
+@verbosity_options
+def pull(repo, cities, root, revision) -> None:
+    """Download shard sets from a Hub dataset repo into <root>/shards/<slug>/.
+
+    Every shard is checked against the sha256 in its index before it gets its final name; shards
+    already present with the right checksum are kept, and a partial download continues where it
+    stopped. The index is written last. Uses your `hf auth login` token or HF_TOKEN.
+
+    \b
+    Examples:
+      wtours pull --repo alice/walking-tours
+      wtours pull --repo alice/walking-tours --city venice --root /data/wtours
+      wtours train --shards venice --root /data/wtours --out runs/venice   # then train locally
+    """
+    from wtours.hub.client import HubTarget
+    from wtours.hub.pull import PullConfig, pull as run_pull
+
+    for name in cities:
+        if not SLUG_PATTERN.match(name):
+            raise WtoursError(f"{name!r} is not a shard set name", "use the slug as in the repo, e.g. --city venice")
+    summary = run_pull(Layout(root), PullConfig(HubTarget(repo, revision), tuple(cities), progress=not is_quiet()),
+                       say=say)
+    click.echo(summary.line())
+
+
+def _slugs(layout: Layout, cities: tuple[str, ...], all_sets: bool) -> list[str]:
+    if all_sets:
+        base = layout.root / "shards"
+        slugs = sorted(p.name for p in base.glob("*")
+                       if SLUG_PATTERN.match(p.name) and layout.index_path(p.name).is_file())
+        if not slugs:
+            raise WtoursError(f"no shard sets under {base}", "run `wtours shard --city SLUG` first")
+        return slugs
+    if not cities:
+        raise WtoursError("nothing to push", "name a shard set with --city SLUG, or pass --all")
+    # A shard folder's name, else a corpus city as `wtours shard` takes it ('Chiang Mai' -> chiang-mai).
+    return [name if SLUG_PATTERN.match(name) and layout.index_path(name).is_file()
+            else load_manifest().resolve(name).slug for name in cities]

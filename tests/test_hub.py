@@ -1,0 +1,473 @@
+"""Shards on the Hub, offline: push, pull, streaming training and errors against tests/hub_server.py.
+
+huggingface_hub reads HF_ENDPOINT when it is imported, and another test module may import it first,
+so the CLI runs in subprocesses with the endpoint in their environment; library calls in this process
+pass the endpoint explicitly (HubTarget.endpoint)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.hub_server import HubServer
+from tests.videos import make_video
+from wtours.download import add_local
+from wtours.errors import WtoursError
+from wtours.hub import source as provenance
+from wtours.hub.card import CardVideo, is_generated, render_card
+from wtours.hub.client import HubTarget, RemoteFile, describe_error, git_blob_id, is_transport_error
+from wtours.hub.paths import shard_spec
+from wtours.hub.pull import PullConfig, pull
+from wtours.hub.push import Delete, PushConfig, Upload, batch_operations, plan_set, push
+from wtours.layout import Layout, write_json_atomic
+from wtours.shard.params import RunOptions, ShardParams
+from wtours.shard.run import shard_video
+
+TOKEN = "hf_alice_Zq81secret"  # alice's; must never appear in any output
+BOB = "hf_bob_Kd02secret"  # a valid token without access to alice's private repos
+SETS = {"venice": 8.0, "zurich": 5.0}  # seconds; 2 fps and 4 samples per shard: 4 and 3 shards
+CREATOR = {"title": "Venice 4K | walking tour", "uploader": "Test Walker",
+           "channel_url": "https://www.youtube.com/@testwalker",
+           "license": "Creative Commons Attribution license (reuse allowed)"}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """Two sharded corpus videos; venice's provenance as `wtours download` records it (creator and
+    channel), zurich's as `wtours add` does (the manifest's URL and licence, no creator)."""
+    folder = tmp_path_factory.mktemp("hub")
+    layout = Layout(folder / "root")
+    for slug, seconds in SETS.items():
+        video = make_video(folder / f"{slug}.mp4", seconds=seconds, size="192x128", rate=10)
+        add_local(video, slug, layout.root, mode="symlink", say=lambda m: None)
+        if slug == "venice":
+            info = layout.read_info(slug)
+            info["source"].update(CREATOR)
+            write_json_atomic(layout.info_path(slug), info)
+        shard_video(layout, slug, ShardParams(fps=2.0, short_side=128, samples_per_shard=4),
+                    RunOptions(workers=2, progress=False), say=lambda m: None)
+    return layout.root
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with HubServer({TOKEN: "alice", BOB: "bob"}, page_size=3) as server:  # small pages: listings paginate
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def no_xet(monkeypatch):
+    """In this process too: LFS bodies go over plain HTTP (hf_xet would ignore the server)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+
+
+def env_for(hub: HubServer, home: Path, token: str | None = TOKEN) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(home / "hf-home"), WTOURS_ROOT="",
+               HF_HUB_DISABLE_TELEMETRY="1")
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def wtours(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "wtours", *args], env=env, capture_output=True, text=True,
+                            timeout=300)
+    for token in (TOKEN, BOB):
+        assert token not in result.stdout + result.stderr, "a token was printed"
+    return result
+
+
+def local_files(root: Path, slug: str) -> dict[str, bytes]:
+    folder = Layout(root).shard_dir(slug)
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name.endswith((".tar", "index.json"))}
+
+
+@pytest.fixture(scope="module")
+def pushed(root, hub, tmp_path_factory):
+    """alice/walks after one `wtours push --all`, in commits of at most 3 files."""
+    env = env_for(hub, tmp_path_factory.mktemp("home"))
+    result = wtours(["push", "--all", "--repo", "alice/walks", "--root", str(root), "--max-commit-files", "3"], env)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+# ---------------------------------------------------------------------- push
+
+
+def test_push_uploads_the_layout_with_lfs_shards_and_index_last(root, hub, pushed):
+    files = hub.files("alice/walks")
+    layout = Layout(root)
+    for slug in SETS:
+        index = layout.read_index(slug)
+        for shard in index["shards"]:
+            assert sha256(files[f"{slug}/{shard['name']}"]) == shard["sha256"]
+        assert files[f"{slug}/index.json"] == layout.index_path(slug).read_bytes()
+        assert json.loads(files[f"{slug}/source.json"])["source"]["url"].startswith("https://www.youtube.com/")
+    assert set(files) == {".gitattributes", "README.md", *(f"{s}/{n}" for s in SETS for n in
+                                                          ("index.json", "source.json"))} | {
+        f"{s}/{sh['name']}" for s in SETS for sh in layout.read_index(s)["shards"]}
+    # tars are LFS objects, like on the Hub
+    assert all(name in hub.lfs_objects for name in (sha256(b) for p, b in files.items() if p.endswith(".tar")))
+    # commits of at most 3 files, and each index in a commit no earlier than its last shard
+    history = hub.history("alice/walks")[1:]
+    assert len(history) >= 4 and all(len(c["paths"]) <= 3 for c in history)
+    when = {p: i for i, c in enumerate(history) for p in c["paths"]}
+    for slug in SETS:
+        assert all(when[f"{slug}/index.json"] >= when[p] for p in when if p.startswith(f"{slug}/{slug}-"))
+    assert "pushed 12 files" in pushed.stdout  # 7 shards, 2 index.json, 2 source.json, the card
+
+
+def test_second_push_uploads_nothing(root, hub, pushed, tmp_path):
+    mark, commits = len(hub.requests), len(hub.history("alice/walks"))
+    # -v: debug logs of huggingface_hub and httpx go to stderr, and must not show the token either
+    result = wtours(["push", "--all", "--repo", "alice/walks", "--root", str(root), "-v"], env_for(hub, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "up to date, nothing to upload" in result.stdout and "DEBUG" in result.stderr
+    assert hub.uploads(mark) == [] and len(hub.history("alice/walks")) == commits
+
+
+def test_interrupted_push_resumes_without_resending(root, hub, tmp_path):
+    """A commit fails midway; the repo never has an index without its shards, and the rerun sends
+    only what is missing (LFS bodies already stored are not sent again)."""
+    env = env_for(hub, tmp_path)
+    hub.fail_commit("alice/resume", number=2)  # commit 1: venice-000000..2; commit 2 (venice-000003, ...) fails
+    first = wtours(["push", "--all", "--repo", "alice/resume", "--root", str(root), "--max-commit-files", "3"], env)
+    assert first.returncode == 2 and "error: push to alice/resume" in first.stderr
+    partial = hub.files("alice/resume")
+    for slug in SETS:
+        if f"{slug}/index.json" in partial:
+            index = json.loads(partial[f"{slug}/index.json"])
+            assert all(f"{slug}/{s['name']}" in partial for s in index["shards"])
+    assert sorted(partial) == [".gitattributes", *(f"venice/venice-00000{i}.tar" for i in range(3))]
+    stored = set(hub.lfs_objects)
+    uncommitted = (Layout(root).shard_dir("venice") / "venice-000003.tar").read_bytes()
+    assert sha256(uncommitted) in stored  # its body went up before the failed commit
+    mark = len(hub.requests)
+    second = wtours(["push", "--all", "--repo", "alice/resume", "--root", str(root), "--max-commit-files", "3"], env)
+    assert second.returncode == 0, second.stderr
+    resumed, whole = hub.files("alice/resume"), hub.files("alice/walks")
+    assert resumed.keys() == whole.keys()
+    assert all(resumed[p] == whole[p] for p in whole if p != "README.md")  # the card names its repo
+    sent = [r["path"].rsplit("/", 1)[1] for r in hub.uploads(mark) if r["method"] == "PUT"]
+    assert not set(sent) & stored, "an LFS body stored before the failure was sent again"
+    committed = [p for c in hub.history("alice/resume")[2:] for p in c["paths"]]
+    assert not set(committed) & {p for p in partial if p != "README.md"}
+
+
+# ---------------------------------------------------------------------- pull
+
+
+def test_pull_into_a_fresh_root_matches_the_index_and_resumes(root, hub, pushed, tmp_path):
+    env = env_for(hub, tmp_path)
+    fresh = tmp_path / "fresh"
+    result = wtours(["pull", "--repo", "alice/walks", "--root", str(fresh)], env)
+    assert result.returncode == 0, result.stderr
+    layout, original = Layout(fresh), Layout(root)
+    for slug in SETS:
+        index = layout.read_index(slug)
+        assert layout.index_path(slug).read_bytes() == original.index_path(slug).read_bytes()
+        for shard in index["shards"]:
+            assert sha256((layout.shard_dir(slug) / shard["name"]).read_bytes()) == shard["sha256"]
+        assert (layout.shard_dir(slug) / f"{slug}.wids.json").is_file()
+        assert provenance.source_record(layout, slug) == provenance.source_record(original, slug)
+
+    # interrupted midway through one shard, another corrupted on disk, a third gone
+    folder = layout.shard_dir("venice")
+    whole = (folder / "venice-000001.tar").read_bytes()
+    (folder / "venice-000001.tar").unlink()
+    (folder / ".venice-000001.tar.tmp-pull").write_bytes(whole[:7000])
+    damaged = bytearray((folder / "venice-000002.tar").read_bytes())
+    damaged[600] ^= 0xFF
+    (folder / "venice-000002.tar").write_bytes(bytes(damaged))
+    (layout.shard_dir("zurich") / "zurich-000000.tar").unlink()
+    mark = len(hub.requests)
+    again = wtours(["pull", "--repo", "alice/walks", "--root", str(fresh), "-q"], env)
+    assert again.returncode == 0, again.stderr
+    fetched = hub.downloads(mark)
+    assert sorted({r["path"].split("/resolve/main/")[1] for r in fetched if r["path"].endswith(".tar")}) == [
+        "venice/venice-000001.tar", "venice/venice-000002.tar", "zurich/zurich-000000.tar"]
+    resumed = [r for r in fetched if r["path"].endswith("venice-000001.tar")]
+    assert resumed[0]["range"].startswith("bytes=7000-")
+    assert local_files(fresh, "venice") == local_files(root, "venice")
+    assert local_files(fresh, "zurich") == local_files(root, "zurich")
+    assert not list(folder.glob(".*tmp-pull"))
+    assert "pulled 3 shards" in again.stdout and "4 already present" in again.stdout
+
+
+def test_pull_refuses_an_unknown_set_and_names_the_ones_there(hub, pushed, tmp_path):
+    target = HubTarget("alice/walks", endpoint=hub.url, token=TOKEN)
+    with pytest.raises(WtoursError) as error:
+        pull(Layout(tmp_path), PullConfig(target, ("amsterdam",), progress=False), say=lambda m: None)
+    assert "no shard set 'amsterdam'" in error.value.message and "venice, zurich" in error.value.hint
+
+
+def test_pull_never_mixes_with_another_local_set(hub, pushed, tmp_path):
+    target = HubTarget("alice/walks", endpoint=hub.url, token=TOKEN)
+    layout = Layout(tmp_path / "root")
+    summary = pull(layout, PullConfig(target, ("zurich",), progress=False), say=lambda m: None)
+    assert len(summary.downloaded) == 3 and layout.read_index("venice") is None
+    index = layout.read_index("zurich")
+    index["params"]["quality"] = 80  # as if resharded locally with other parameters
+    write_json_atomic(layout.index_path("zurich"), index)
+    with pytest.raises(WtoursError) as error:
+        pull(layout, PullConfig(target, ("zurich",), progress=False), say=lambda m: None)
+    assert "holds another shard set of zurich" in error.value.message and "--root" in error.value.hint
+
+
+# ---------------------------------------------------------------------- streaming
+
+
+def test_train_and_inspect_stream_from_hf_patterns(root, hub, pushed, tmp_path):
+    env = env_for(hub, tmp_path)
+    mark = len(hub.requests)
+    out = tmp_path / "run"
+    spec = "hf://datasets/alice/walks/venice/venice-{000000..000003}.tar"
+    result = wtours(["train", "--shards", spec, "--out", str(out), "--arch", "vit_micro", "--out-dim", "64",
+                     "--batch-size", "2", "--clip-frames", "2", "--n-local", "2", "--workers", "0", "--steps", "2",
+                     "--log-every", "1"], env)
+    assert result.returncode == 0, result.stderr
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    assert {r["path"] for r in hub.downloads(mark)} & {f"/datasets/alice/walks/resolve/main/venice/venice-00000{i}.tar"
+                                                      for i in range(4)}
+    # a glob pattern resolves through the Hub's listing and counts the same clips as the local set
+    remote = wtours(["inspect", "hf://datasets/alice/walks/zurich/*.tar", "--clip-frames", "2", "--json"], env)
+    local = wtours(["inspect", "zurich", "--root", str(root), "--clip-frames", "2", "--json"], env)
+    assert remote.returncode == 0, remote.stderr
+    assert json.loads(remote.stdout)["clips_per_epoch"] == json.loads(local.stdout)["clips_per_epoch"] > 0
+
+
+STREAM_SCRIPT = """
+import json, sys
+from wtours.clips.spec import resolve
+from wtours.clips.stages import Problems, open_shards, tar_samples
+problems = Problems()
+counts = {}
+for sample in tar_samples(open_shards(resolve(sys.argv[1]), problems), problems):
+    if "__key__" in sample:
+        counts[sample["__url__"].rsplit("/", 1)[1]] = counts.get(sample["__url__"].rsplit("/", 1)[1], 0) + 1
+print(json.dumps({"counts": counts, "bad": sorted(u.rsplit("/", 1)[1] for u in problems.bad_shards)}))
+"""
+
+
+def test_a_shard_that_vanishes_mid_stream_is_skipped_with_a_warning(root, hub, tmp_path):
+    push(Layout(root), PushConfig(HubTarget("alice/vanish", endpoint=hub.url, token=TOKEN), ("venice",),
+                                  progress=False), say=lambda m: None)
+    size = len(hub.files("alice/vanish")["venice/venice-000001.tar"])
+    hub.cut_after("alice/vanish", "venice/venice-000001.tar", size // 2)
+    env = env_for(hub, tmp_path)
+    result = subprocess.run([sys.executable, "-c", STREAM_SCRIPT, "hf://datasets/alice/vanish/venice/index.json"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["bad"] == ["venice-000001.tar"]
+    assert "skipping unreadable shard" in result.stderr and "venice-000001.tar" in result.stderr
+    assert {k: v for k, v in report["counts"].items() if k != "venice-000001.tar"} == {
+        "venice-000000.tar": 4, "venice-000002.tar": 4, "venice-000003.tar": 4}
+    assert 1 <= report["counts"]["venice-000001.tar"] < 4  # what arrived before the cut was used
+    gets = [r for r in hub.downloads() if r["path"].endswith("alice/vanish/resolve/main/venice/venice-000001.tar")]
+    assert [r.get("cut") for r in gets] == [size // 2, None]  # cut, then the client's resume: 404
+    assert gets[1]["range"].startswith("bytes=") and gets[1]["status"] == 404
+
+
+# ---------------------------------------------------------------------- access
+
+
+def test_private_repo_without_a_token_fails_with_a_login_hint(root, hub, tmp_path):
+    push(Layout(root), PushConfig(HubTarget("alice/secret", endpoint=hub.url, token=TOKEN), ("zurich",),
+                                  private=True, progress=False), say=lambda m: None)
+    spec = "hf://datasets/alice/secret/zurich/zurich-{000000..000002}.tar"
+    anonymous = env_for(hub, tmp_path, token=None)
+    for args in (["inspect", spec], ["pull", "--repo", "alice/secret", "--root", str(tmp_path / "r")],
+                 ["train", "--shards", spec, "--out", str(tmp_path / "run"), "--arch", "vit_micro", "--steps", "1"]):
+        result = wtours(args, anonymous)
+        assert result.returncode == 2, result.stderr
+        assert "private and you are not logged in" in result.stderr, result.stderr
+        assert "hf auth login" in result.stderr and "HF_TOKEN" in result.stderr
+        assert "Traceback" not in result.stderr
+    stranger = wtours(["inspect", spec], env_for(hub, tmp_path, token=BOB))
+    assert stranger.returncode == 2 and "your token has no read access" in stranger.stderr
+    revoked = wtours(["pull", "--repo", "alice/secret", "--root", str(tmp_path / "r")],
+                     env_for(hub, tmp_path, token="hf_revoked_0000"))
+    assert revoked.returncode == 2 and "refused your token" in revoked.stderr
+    owner = wtours(["inspect", spec, "--clip-frames", "2"], env_for(hub, tmp_path))
+    assert owner.returncode == 0, owner.stderr
+
+
+def test_pushing_to_someone_elses_namespace_is_refused(root, hub):
+    target = HubTarget("alice/by-bob", endpoint=hub.url, token=BOB)
+    with pytest.raises(WtoursError) as error:
+        push(Layout(root), PushConfig(target, ("zurich",), progress=False), say=lambda m: None)
+    assert "no write access" in error.value.message and "write access" in error.value.hint
+
+
+def test_connection_failures_say_the_hub_cannot_be_reached():
+    """(Against a dead endpoint the client retries for ~20 s first, so the mapping is tested alone.)"""
+    httpx2 = pytest.importorskip("httpx2")  # the HTTP library huggingface_hub 2.x uses
+
+    error = httpx2.ConnectError("[Errno 111] Connection refused")
+    assert is_transport_error(error) and not is_transport_error(ValueError("x"))
+    described = describe_error(error, "pull alice/walks")
+    assert "pull alice/walks: cannot reach the Hub" in described.message and "HF_ENDPOINT" in described.hint
+
+
+# ---------------------------------------------------------------------- library, no subprocess
+
+
+def test_regular_file_storage_is_compared_by_git_blob_id(root, tmp_path):
+    """A server that stores every file as a regular git blob (no LFS): resume compares blob ids."""
+    with HubServer({TOKEN: "alice"}, lfs=False) as server:
+        target = HubTarget("alice/plain", endpoint=server.url, token=TOKEN)
+        first = push(Layout(root), PushConfig(target, ("zurich",), progress=False), say=lambda m: None)
+        assert first.commits == 1 and len(first.uploaded) == 6  # 3 shards, source, index, card
+        assert not server.lfs_objects
+        mark = len(server.requests)
+        second = push(Layout(root), PushConfig(target, ("zurich",), progress=False), say=lambda m: None)
+        assert second.uploaded == [] and server.uploads(mark) == []
+
+
+def test_a_readme_written_by_someone_else_is_kept(root, hub):
+    from huggingface_hub import HfApi
+
+    owner = HfApi(endpoint=hub.url, token=TOKEN)
+    owner.create_repo("alice/curated", repo_type="dataset")
+    owner.upload_file(path_or_fileobj=b"# My own card\n", path_in_repo="README.md", repo_id="alice/curated",
+                      repo_type="dataset")
+    lines: list[str] = []
+    push(Layout(root), PushConfig(HubTarget("alice/curated", endpoint=hub.url, token=TOKEN), ("zurich",),
+                                  progress=False), say=lines.append)
+    assert hub.files("alice/curated")["README.md"] == b"# My own card\n"
+    assert "zurich/index.json" in hub.files("alice/curated") and any("left as is" in line for line in lines)
+
+
+def test_dry_run_creates_and_uploads_nothing(root, hub):
+    lines: list[str] = []
+    mark = len(hub.requests)
+    summary = push(Layout(root), PushConfig(HubTarget("alice/dry", endpoint=hub.url, token=TOKEN), ("venice",),
+                                            dry_run=True, progress=False), say=lines.append)
+    assert summary.uploaded == [] and hub.uploads(mark) == [] and ("dataset", "alice/dry") not in hub.repos
+    assert "venice: to upload: 4 of 4 shards" in lines[0]
+
+
+def test_pushing_to_a_branch(root, hub):
+    target = HubTarget("alice/branched", revision="fps2", endpoint=hub.url, token=TOKEN)
+    push(Layout(root), PushConfig(target, ("zurich",), progress=False), say=lambda m: None)
+    assert "zurich/index.json" in hub.files("alice/branched", revision="fps2")
+    assert "zurich/index.json" not in hub.files("alice/branched", revision="main")
+    card = hub.files("alice/branched", revision="fps2")["README.md"].decode()
+    assert "@fps2/zurich/zurich-{000000..000002}.tar" in card and "--revision fps2" in card
+
+
+def test_a_set_without_provenance_is_refused(small_video, tmp_path):
+    layout = Layout(tmp_path / "root")
+    add_local(small_video, "my-walk", layout.root, mode="symlink", say=lambda m: None)
+    with pytest.raises(WtoursError) as error:
+        provenance.check_attribution("my-walk", provenance.source_record(layout, "my-walk"), layout)
+    assert "no source url and license" in error.value.message
+    assert "--url URL --name my-walk" in error.value.hint and "info.json" in error.value.hint
+
+
+# ---------------------------------------------------------------------- planning and card (pure)
+
+
+def fake_index(slug: str, shards: list[tuple[str, int, str]]) -> dict:
+    return {"shards": [{"name": n, "bytes": b, "sha256": s} for n, b, s in shards]}
+
+
+def test_plan_uploads_what_is_missing_or_changed_and_retires_the_old_index(tmp_path):
+    index = fake_index("v", [("v-000000.tar", 10, "a" * 64), ("v-000001.tar", 10, "b" * 64)])
+    meta = (b'{"index": 1}', b'{"source": 1}')
+    remote_same = {"v/v-000000.tar": RemoteFile("v/v-000000.tar", 10, "x", "a" * 64)}
+    ops = plan_set("v", index, tmp_path, *meta, remote_same)
+    assert [(type(o).__name__, o.path) for o in ops] == [
+        ("Upload", "v/v-000001.tar"), ("Upload", "v/source.json"), ("Upload", "v/index.json")]
+
+    # shard 0 changed, a stale shard 5, an old index: the old index goes first, the new one last
+    remote_old = {"v/v-000000.tar": RemoteFile("v/v-000000.tar", 10, "x", "f" * 64),
+                  "v/v-000005.tar": RemoteFile("v/v-000005.tar", 10, "y", "e" * 64),
+                  "v/index.json": RemoteFile("v/index.json", 12, git_blob_id(meta[0]), None)}
+    ops = plan_set("v", index, tmp_path, *meta, remote_old)
+    assert [(type(o).__name__, o.path) for o in ops] == [
+        ("Delete", "v/index.json"), ("Upload", "v/v-000000.tar"), ("Upload", "v/v-000001.tar"),
+        ("Delete", "v/v-000005.tar"), ("Upload", "v/source.json"), ("Upload", "v/index.json")]
+    batches = batch_operations(ops, max_files=2, max_bytes=1 << 30)
+    assert [[o.path for o in b] for b in batches][0] == ["v/index.json", "v/v-000000.tar"]
+    assert batches[-1][-1].path == "v/index.json"
+    assert batch_operations(ops, 50, 1 << 30) == [ops[1:]]  # one commit: no need to delete the index first
+
+    everything = {**remote_same, "v/v-000001.tar": RemoteFile("v/v-000001.tar", 10, "z", "b" * 64),
+                  "v/index.json": RemoteFile("v/index.json", 12, git_blob_id(meta[0]), None),
+                  "v/source.json": RemoteFile("v/source.json", 13, git_blob_id(meta[1]), None)}
+    assert plan_set("v", index, tmp_path, *meta, everything) == []
+
+
+def test_batches_respect_file_and_byte_limits():
+    ops = [Upload(f"v/v-{i:06d}.tar", size) for i, size in enumerate([5, 5, 20, 1, 1, 1])]
+    batches = batch_operations([*ops, Delete("v/old.tar"), Upload("v/index.json", 1)], max_files=3, max_bytes=10)
+    assert [[o.path[-8:] for o in b] for b in batches] == [
+        ["0000.tar", "0001.tar"], ["0002.tar"], ["0003.tar", "0004.tar", "0005.tar"], ["/old.tar", "dex.json"]]
+
+
+def test_card_attributes_every_video_and_says_how_to_load(root):
+    layout = Layout(root)
+    videos = [CardVideo(s, layout.read_index(s), provenance.source_record(layout, s)) for s in SETS]
+    card = render_card("alice/walks", videos, "https://huggingface.co")
+    assert is_generated(card)
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["license"] == "cc-by-4.0" and meta["size_categories"] == ["n<1K"]
+    assert [c["config_name"] for c in meta["configs"]] == ["all", "venice", "zurich"]
+    from huggingface_hub import DatasetCard
+
+    assert DatasetCard(card).data.license == "cc-by-4.0"
+    for slug in SETS:
+        record = provenance.source_record(layout, slug)["source"]
+        assert f"<{record['url']}>" in card and record["license"] in card
+    assert "[Test Walker](https://www.youtube.com/@testwalker)" in card and "Venice 4K \\| walking tour" in card
+    assert "as credited at the source" in card  # zurich: no creator recorded
+    assert "| `venice` | 2 | 128 px | 90 | 4 (2 s) |" in card  # fps, short side, quality, samples per shard
+    assert "| `venice` | 0:00:08 | 192x128 @ 10.00 fps | 16 |" in card
+    assert "wds.WebDataset(\"https://huggingface.co/datasets/alice/walks/resolve/main/venice/" \
+           "venice-{000000..000003}.tar\"" in card
+    assert 'load_dataset("alice/walks", "venice", split="train", streaming=True)' in card
+    assert f"wtours train --shards '{shard_spec('alice/walks', 'venice', videos[0].shard_names)}'" in card
+    assert render_card("alice/walks", videos[::-1], "https://huggingface.co") == card  # deterministic
+
+
+DATASETS_SCRIPT = """
+import json
+from datasets import load_dataset
+zurich = list(load_dataset("alice/walks", "zurich", split="train", streaming=True))
+every = load_dataset("alice/walks", split="train", streaming=True)
+print(json.dumps({"zurich": len(zurich), "all": sum(1 for _ in every), "keys": sorted(zurich[0]),
+                  "video": zurich[0]["json"]["video"]}))
+"""
+
+
+def test_datasets_loads_the_configs_the_card_declares(hub, pushed, tmp_path):
+    env = {**env_for(hub, tmp_path), "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
+    result = subprocess.run([sys.executable, "-c", DATASETS_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"zurich": 10, "all": 26, "keys": ["__key__", "__url__", "jpg", "json"],
+                                         "video": "zurich"}
+
+
+def test_pushed_card_names_every_source_and_licence(hub, pushed):
+    card = hub.files("alice/walks")["README.md"].decode()
+    for slug in SETS:
+        record = json.loads(hub.files("alice/walks")[f"{slug}/source.json"])["source"]
+        assert record["url"] in card and record["license"] in card

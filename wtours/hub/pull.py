@@ -1,0 +1,151 @@
+"""`wtours pull`: download shard sets from a Hub dataset repo into the local layout, verified, resumable.
+
+A shard is fetched to `.<name>.tmp-pull` beside its final name (a rerun continues it with a Range
+request), checked against the index's sha256, then renamed: a final name never holds a partial or
+unverified file. A shard already present with the right checksum is kept. The index is written last
+(docs/data-format.md), so its presence still means the set is complete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from wtours.download import sha256_file
+from wtours.errors import WtoursError
+from wtours.hub.client import HubTarget, RemoteFile, hub_errors, open_remote, read_remote, remote_files
+from wtours.hub.paths import SOURCE_FILE, index_path, shard_path, slugs_in, source_path
+from wtours.layout import Layout, write_json_atomic
+from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION, write_index
+
+BLOCK_SIZE = 8 << 20  # bytes per ranged GET (each one retried by the client on transient errors)
+PART_SUFFIX = ".tmp-pull"  # `.<name>.tmp-*`: the shard folder's temporary-file pattern (`shard --overwrite` clears it)
+
+
+@dataclass(frozen=True)
+class PullConfig:
+    target: HubTarget
+    slugs: tuple[str, ...] = ()  # empty: every shard set in the repo
+    progress: bool = True
+
+
+@dataclass
+class PullSummary:
+    root: Path
+    downloaded: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+    def line(self) -> str:
+        kept = f"; {len(self.kept)} already present and verified" if self.kept else ""
+        return f"pulled {len(self.downloaded)} shards ({self.bytes / 1e6:.1f} MB) into {self.root}{kept}"
+
+
+@dataclass(frozen=True)
+class RemoteSet:
+    slug: str
+    index: dict[str, Any]
+    source: dict[str, Any] | None
+    missing: list[dict[str, Any]]  # shard entries to download
+    present: list[dict[str, Any]]  # shard entries already on disk with their checksum
+
+
+def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print) -> PullSummary:
+    target = config.target
+    remote = remote_files(target)
+    sets = [_remote_set(layout, target, slug, remote) for slug in _chosen_slugs(target, remote, config.slugs)]
+    summary = PullSummary(layout.root)
+    total = sum(s["bytes"] for item in sets for s in item.missing)
+    for item in sets:
+        size = sum(s["bytes"] for s in item.missing) / 1e6
+        say(f"{item.slug}: {len(item.missing)} of {len(item.index['shards'])} shards to download ({size:.1f} MB)"
+            if item.missing else f"{item.slug}: up to date ({len(item.index['shards'])} shards verified)")
+    with tqdm(total=total, unit="B", unit_scale=True, desc="pull", disable=not config.progress) as bar:
+        for item in sets:
+            folder = layout.shard_dir(item.slug)
+            folder.mkdir(parents=True, exist_ok=True)
+            for shard in item.missing:
+                fetch_shard(target, shard_path(item.slug, shard["name"]), folder / shard["name"], shard, bar.update)
+                summary.downloaded.append(shard_path(item.slug, shard["name"]))
+                summary.bytes += shard["bytes"]
+            summary.kept += [shard_path(item.slug, s["name"]) for s in item.present]
+            if item.source is not None:
+                write_json_atomic(folder / SOURCE_FILE, item.source)
+            write_index(layout, item.slug, item.index)  # last: its presence means every shard is here
+    return summary
+
+
+def _chosen_slugs(target: HubTarget, remote: dict[str, RemoteFile], wanted: tuple[str, ...]) -> list[str]:
+    available = slugs_in(list(remote))
+    if not available:
+        raise WtoursError(f"{target.repo}@{target.revision} holds no shard sets (no <slug>/index.json)",
+                          "check --repo and --revision; `wtours push --city SLUG --repo USER/NAME` uploads one")
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise WtoursError(f"{target.repo} has no shard set {', '.join(map(repr, unknown))}",
+                          f"it holds: {', '.join(available)}")
+    return list(wanted) or available
+
+
+def _remote_set(layout: Layout, target: HubTarget, slug: str, remote: dict[str, RemoteFile]) -> RemoteSet:
+    index = json.loads(read_remote(target, index_path(slug)))
+    where = f"{target.repo}/{index_path(slug)}"
+    if index.get("format") != INDEX_FORMAT or index.get("version") != INDEX_VERSION:
+        raise WtoursError(f"{where} is not a version-{INDEX_VERSION} wtours shard index",
+                          "pull with the wtours version that pushed it, or re-push it with this one")
+    if index["video"]["slug"] != slug:
+        raise WtoursError(f"{where} describes {index['video']['slug']!r}, not {slug!r}", "re-push the set")
+    local = layout.read_index(slug)
+    if local is not None and local != index:
+        raise WtoursError(f"{layout.shard_dir(slug)} holds another shard set of {slug} (its index.json differs)",
+                          "pull into another --root, or move that folder away first")
+    absent = [s["name"] for s in index["shards"] if shard_path(slug, s["name"]) not in remote]
+    if absent:
+        raise WtoursError(f"{where} lists {len(absent)} shards the repo does not hold ({', '.join(absent[:3])})",
+                          "the repo was edited after the push: rerun `wtours push` from the machine with the shards")
+    source = json.loads(read_remote(target, source_path(slug))) if source_path(slug) in remote else None
+    present, missing = [], []
+    for shard in index["shards"]:
+        path = layout.shard_dir(slug) / shard["name"]
+        ok = path.is_file() and path.stat().st_size == shard["bytes"] and sha256_file(path) == shard["sha256"]
+        (present if ok else missing).append(shard)
+    return RemoteSet(slug, index, source, missing, present)
+
+
+def fetch_shard(target: HubTarget, repo_path: str, final: Path, shard: dict[str, Any],
+                progress: Callable[[int], Any] = lambda n: None) -> None:
+    """Download to the temporary name (continuing one a previous run left), verify, rename."""
+    part = final.with_name(f".{final.name}{PART_SUFFIX}")
+    digest, offset = hashlib.sha256(), 0
+    if part.is_file() and part.stat().st_size <= shard["bytes"]:
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(BLOCK_SIZE), b""):
+                digest.update(block)
+                offset += len(block)
+        progress(offset)
+    else:
+        part.unlink(missing_ok=True)
+    with hub_errors(f"download {target.repo}/{repo_path}", target):
+        with open_remote(target, repo_path, BLOCK_SIZE) as src, open(part, "ab") as out:
+            src.seek(offset)
+            while offset < shard["bytes"]:
+                block = src.read(min(BLOCK_SIZE, shard["bytes"] - offset))
+                if not block:
+                    break
+                out.write(block)
+                digest.update(block)
+                offset += len(block)
+                progress(len(block))
+            out.flush()
+            os.fsync(out.fileno())
+    if offset != shard["bytes"] or digest.hexdigest() != shard["sha256"]:
+        part.unlink()
+        raise WtoursError(f"{target.repo}/{repo_path}: downloaded {offset} bytes whose sha256 is not the index's",
+                          "rerun `wtours pull` (it downloads the shard again); if it fails again, the repo holds "
+                          "another file than its index describes: re-push it")
+    os.replace(part, final)

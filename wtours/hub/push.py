@@ -1,0 +1,291 @@
+"""`wtours push`: upload shard sets, their index and the dataset card to a Hub dataset repo.
+
+Resumable by comparison, not by local state: what the repo already holds with the index's sha256 (LFS
+files) or git blob id (regular files) is skipped, so a rerun uploads only what is missing or changed.
+Files go up in commits of at most `max_commit_files` files / `max_commit_bytes` bytes, each set's
+index.json in the commit with (or after) its last shard: the repo never has an index naming a shard
+it lacks, and when shards are replaced the old index is removed first."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+from tqdm import tqdm
+
+from wtours.errors import WtoursError
+from wtours.hub import source as provenance
+from wtours.hub.card import CardVideo, is_generated, render_card
+from wtours.hub.client import (HubTarget, RemoteFile, api, endpoint_of, git_blob_id, hub_errors, read_remote,
+                               remote_files)
+from wtours.hub.paths import CARD_FILE, REPO_TYPE, index_path, is_shard_path, shard_path, slugs_in, source_path
+from wtours.layout import Layout
+from wtours.shard.index import load_index
+
+MAX_COMMIT_FILES = 50  # the Hub recommends under 100 files per commit
+MAX_COMMIT_BYTES = 10 << 30  # LFS bodies are stored before their commit; this bounds what a failed commit leaves
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    target: HubTarget
+    slugs: tuple[str, ...]
+    private: bool = False
+    max_commit_files: int = MAX_COMMIT_FILES
+    max_commit_bytes: int = MAX_COMMIT_BYTES
+    dry_run: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Upload:
+    path: str  # in the repo
+    size: int
+    local: Path | None = None  # a shard on disk
+    data: bytes | None = None  # generated content: index, source record, card
+    sha256: str | None = None  # the index's checksum, checked against what the client hashed before committing
+
+
+@dataclass(frozen=True)
+class Delete:
+    path: str
+    size: int = 0
+
+
+Operation = Union[Upload, Delete]
+
+
+@dataclass
+class PushSummary:
+    repo_url: str
+    uploaded: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    bytes: int = 0
+    commits: int = 0
+
+    def line(self, repo: str) -> str:
+        if not self.uploaded and not self.deleted:
+            return f"{repo}: up to date, nothing to upload ({self.repo_url})"
+        deleted = f", {len(self.deleted)} deleted" if self.deleted else ""
+        return (f"pushed {len(self.uploaded)} files ({self.bytes / 1e6:.1f} MB){deleted} in {self.commits} "
+                f"commit{'s' if self.commits != 1 else ''}: {self.repo_url}")
+
+
+# ---------------------------------------------------------------------- planning (no network)
+
+
+def plan_set(slug: str, index: dict, shard_dir: Path, index_bytes: bytes, source_bytes: bytes,
+             remote: dict[str, RemoteFile]) -> list[Operation]:
+    """What to send for one shard set, in order: [old index removal], shards, stale shard removals,
+    source.json, index.json. Empty when the repo already holds exactly these files."""
+    shards = [Upload(shard_path(slug, s["name"]), s["bytes"], local=shard_dir / s["name"], sha256=s["sha256"])
+              for s in index["shards"]
+              if not _same_shard(remote.get(shard_path(slug, s["name"])), shard_dir / s["name"], s)]
+    listed = {shard_path(slug, s["name"]) for s in index["shards"]}
+    stale = [Delete(p) for p in sorted(remote) if is_shard_path(p, slug) and p not in listed]
+    meta = [Upload(path, len(data), data=data) for path, data in
+            ((source_path(slug), source_bytes), (index_path(slug), index_bytes))]
+    unchanged = {op.path for op in meta if _same_bytes(remote.get(op.path), op.data)}
+    if not shards and not stale and len(unchanged) == len(meta):
+        return []
+    # An index must never describe shards other than the ones beside it: when shards already in the
+    # repo are replaced or removed, the old index goes in the first commit and comes back with the last.
+    replaces = bool(stale) or any(op.path in remote for op in shards)
+    first = [Delete(index_path(slug))] if replaces and index_path(slug) in remote else []
+    meta = [op for op in meta if op.path not in unchanged or (first and op.path == index_path(slug))]
+    return first + shards + stale + meta
+
+
+def batch_operations(operations: list[Operation], max_files: int, max_bytes: int) -> list[list[Operation]]:
+    """Consecutive runs of operations within the limits (a file larger than max_bytes goes alone); order
+    is kept, so an index is never committed before its shards. A delete and a re-upload of the same
+    path in one commit are just the upload."""
+    batches: list[list[Operation]] = []
+    for op in operations:
+        current = batches[-1] if batches else None
+        if current is None or len(current) >= max_files or sum(o.size for o in current) + op.size > max_bytes:
+            batches.append([op])
+        else:
+            current.append(op)
+    for i, ops in enumerate(batches):
+        uploaded = {op.path for op in ops if isinstance(op, Upload)}
+        batches[i] = [op for op in ops if not (isinstance(op, Delete) and op.path in uploaded)]
+    return batches
+
+
+def _same_shard(remote: RemoteFile | None, local: Path, shard: dict) -> bool:
+    if remote is None or remote.size != shard["bytes"]:
+        return False
+    if remote.sha256:
+        return remote.sha256 == shard["sha256"]
+    return remote.blob_id == git_blob_id(local.read_bytes())  # stored as a regular file (under 10 MB)
+
+
+def _same_bytes(remote: RemoteFile | None, data: bytes) -> bool:
+    if remote is None or remote.size != len(data):
+        return False
+    if remote.sha256:
+        return remote.sha256 == hashlib.sha256(data).hexdigest()
+    return remote.blob_id == git_blob_id(data)
+
+
+# ---------------------------------------------------------------------- push
+
+
+def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print) -> PushSummary:
+    target = config.target
+    sets = {slug: _local_set(layout, slug) for slug in config.slugs}
+    url = _prepare_repo(target, config, say)
+    remote = _remote_state(target, config.dry_run)
+    operations: list[Operation] = []
+    for slug, (index, index_bytes, record) in sets.items():
+        ops = plan_set(slug, index, layout.shard_dir(slug), index_bytes, provenance.encode(record),
+                       {p: f for p, f in remote.items() if p.startswith(slug + "/")})
+        say(_describe_plan(slug, index, ops))
+        operations += ops
+    operations += _card_operation(target, sets, remote, say)
+    summary = PushSummary(url)
+    if config.dry_run or not operations:
+        return summary
+    batches = batch_operations(operations, config.max_commit_files, config.max_commit_bytes)
+    with hub_errors(f"push to {target.repo}", target, write=True):
+        _commit_batches(target, batches, config.progress, summary)
+    return summary
+
+
+def _local_set(layout: Layout, slug: str) -> tuple[dict, bytes, dict]:
+    """The index (as written), its bytes, and the provenance record; every shard present at its size."""
+    index = load_index(layout, slug)
+    for shard in index["shards"]:
+        path = layout.shard_dir(slug) / shard["name"]
+        if not path.is_file() or path.stat().st_size != shard["bytes"]:
+            raise WtoursError(f"{path} is missing or not the size its index records ({shard['bytes']} bytes)",
+                              f"rerun `wtours shard --city {slug}` (it resumes and rewrites missing shards)")
+    record = provenance.check_attribution(slug, provenance.source_record(layout, slug), layout)
+    return index, layout.index_path(slug).read_bytes(), record
+
+
+def _prepare_repo(target: HubTarget, config: PushConfig, say: Callable[[str], None]) -> str:
+    hub = api(target)
+    base = f"{hub.endpoint}/datasets/{target.repo}"
+    if config.dry_run:
+        return base
+    with hub_errors(f"create {target.repo}", target, write=True):
+        if not hub.repo_exists(target.repo, repo_type=REPO_TYPE):
+            hub.create_repo(target.repo, repo_type=REPO_TYPE, private=config.private, exist_ok=True)
+        elif config.private and not hub.repo_info(target.repo, repo_type=REPO_TYPE).private:
+            say(f"warning: {target.repo} already exists and is public; --private does not change that "
+                "(change it in the repo's settings)")
+        if target.revision != "main":
+            hub.create_branch(target.repo, branch=target.revision, repo_type=REPO_TYPE, exist_ok=True)
+    return base
+
+
+def _remote_state(target: HubTarget, dry_run: bool) -> dict[str, RemoteFile]:
+    if dry_run:  # nothing created: a missing repo or branch is simply empty
+        hub = api(target)
+        with hub_errors(target.repo, target):
+            if not hub.repo_exists(target.repo, repo_type=REPO_TYPE):
+                return {}
+            if not hub.revision_exists(target.repo, target.revision, repo_type=REPO_TYPE):
+                return remote_files(HubTarget(target.repo, "main", target.endpoint, target.token))
+    return remote_files(target)
+
+
+def _card_operation(target: HubTarget, sets: dict[str, tuple[dict, bytes, dict]], remote: dict[str, RemoteFile],
+                    say: Callable[[str], None]) -> list[Operation]:
+    """The card describes every set in the repo after this push: these sets, and those already there."""
+    videos = [CardVideo(slug, index, record) for slug, (index, _, record) in sets.items()]
+    for slug in slugs_in(list(remote)):
+        if slug not in sets:
+            videos.append(_remote_video(target, slug, remote))
+    if CARD_FILE in remote and not is_generated(read_remote(target, CARD_FILE).decode("utf-8", "replace")):
+        say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
+        return []
+    data = render_card(target.repo, videos, endpoint_of(target), target.revision).encode("utf-8")
+    if _same_bytes(remote.get(CARD_FILE), data):
+        return []
+    say(f"{CARD_FILE}: dataset card for {len(videos)} video{'s' if len(videos) != 1 else ''}")
+    return [Upload(CARD_FILE, len(data), data=data)]
+
+
+def _remote_video(target: HubTarget, slug: str, remote: dict[str, RemoteFile]) -> CardVideo:
+    if source_path(slug) not in remote:
+        raise WtoursError(f"{target.repo} holds {slug}/ without {source_path(slug)}, so the card cannot attribute it",
+                          f"push it from a data root that has its provenance: `wtours push --city {slug} --repo "
+                          f"{target.repo}`")
+    index = json.loads(read_remote(target, index_path(slug)))
+    return CardVideo(slug, index, json.loads(read_remote(target, source_path(slug))))
+
+
+def _describe_plan(slug: str, index: dict, ops: list[Operation]) -> str:
+    if not ops:
+        return f"{slug}: up to date ({len(index['shards'])} shards)"
+    shards = [op for op in ops if isinstance(op, Upload) and op.local is not None]
+    parts = [f"{len(shards)} of {len(index['shards'])} shards ({sum(op.size for op in shards) / 1e6:.1f} MB)"]
+    parts += [op.path.split("/")[-1] for op in ops if isinstance(op, Upload) and op.local is None]
+    stale = [op for op in ops if isinstance(op, Delete) and is_shard_path(op.path, slug)]
+    if stale:
+        parts.append(f"removing {len(stale)} shards no longer in the index")
+    return f"{slug}: to upload: " + ", ".join(parts)
+
+
+def _commit_batches(target: HubTarget, batches: list[list[Operation]], progress: bool, summary: PushSummary) -> None:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    hub = api(target)
+    total = sum(op.size for ops in batches for op in ops if isinstance(op, Upload))
+    with _client_bars_off(), tqdm(total=total, unit="B", unit_scale=True, desc="push", disable=not progress) as bar:
+        for ops in batches:
+            commit_ops = []
+            for op in ops:
+                if isinstance(op, Delete):
+                    commit_ops.append(CommitOperationDelete(op.path))
+                    continue
+                add = CommitOperationAdd(op.path, str(op.local) if op.local is not None else op.data)
+                # One file at a time, so the bar moves per file; the commit then finds it uploaded.
+                hub.preupload_lfs_files(target.repo, additions=[add], repo_type=REPO_TYPE, revision=target.revision)
+                _check_checksum(op, add)
+                commit_ops.append(add)
+                bar.update(op.size)
+            hub.create_commit(target.repo, commit_ops, commit_message=_commit_message(ops), repo_type=REPO_TYPE,
+                              revision=target.revision)
+            summary.commits += 1
+            summary.uploaded += [op.path for op in ops if isinstance(op, Upload)]
+            summary.deleted += [op.path for op in ops if isinstance(op, Delete)]
+            summary.bytes += sum(op.size for op in ops if isinstance(op, Upload))
+
+
+def _check_checksum(op: Upload, add) -> None:
+    """The client hashed the file to upload it: it must be the file the index describes."""
+    if op.sha256 and add.upload_info.sha256.hex() != op.sha256:
+        slug = op.path.split("/")[0]
+        raise WtoursError(f"{op.local} changed after it was indexed (its sha256 is not the one in index.json)",
+                          f"reshard it with `wtours shard --city {slug} --overwrite`, then push again "
+                          "(nothing of this commit was committed)")
+
+
+def _commit_message(ops: list[Operation]) -> str:
+    slugs = sorted({op.path.split("/")[0] for op in ops if "/" in op.path})
+    added = sum(isinstance(op, Upload) for op in ops)
+    deleted = len(ops) - added
+    what = f"{added} file{'s' if added != 1 else ''}" + (f", delete {deleted}" if deleted else "")
+    return f"wtours push: {', '.join(slugs) or 'dataset card'} ({what})"
+
+
+@contextlib.contextmanager
+def _client_bars_off() -> Iterator[None]:
+    """huggingface_hub draws a bar per file; ours counts the whole push."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()

@@ -1,0 +1,60 @@
+"""Provenance of a shard set: where its video came from, who made it, and under which licence.
+
+The dataset card attributes every video from these records (CC BY requires it). A record comes from
+the video's info.json (written by `wtours download` / `wtours add`), else from
+<root>/shards/<slug>/source.json (written by `wtours pull`), else from the corpus manifest (source URL
+and licence, no creator)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from wtours.errors import WtoursError
+from wtours.hub.paths import SOURCE_FILE
+from wtours.layout import Layout, read_json
+from wtours.manifest import load_manifest
+
+SOURCE_KEYS = ("url", "webpage_url", "id", "title", "uploader", "channel_url", "upload_date", "license")
+VIDEO_KEYS = ("duration", "width", "height", "fps", "codec")
+
+
+def source_record(layout: Layout, slug: str) -> dict[str, Any] | None:
+    info = layout.read_info(slug)
+    if info:
+        return from_info(info)
+    pulled = read_json(layout.shard_dir(slug) / SOURCE_FILE)
+    if pulled:
+        return pulled
+    entry = load_manifest().get(slug)
+    if entry:
+        source = dict.fromkeys(SOURCE_KEYS)
+        source.update(url=entry.url, id=entry.youtube_id, license=entry.license)
+        return {"slug": slug, "city": entry.city, "kind": entry.kind, "source": source, "video": None}
+    return None
+
+
+def from_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The shareable part of a video's info.json: no local paths, no machine details."""
+    source = info.get("source") or {}
+    probe = info.get("probe") or {}
+    video = {"sha256": info.get("sha256"), "bytes": info.get("bytes"), **{k: probe.get(k) for k in VIDEO_KEYS}}
+    return {"slug": info["slug"], "city": info.get("city"), "kind": info.get("kind"),
+            "source": {k: source.get(k) for k in SOURCE_KEYS}, "video": video}
+
+
+def check_attribution(slug: str, record: dict[str, Any] | None, layout: Layout) -> dict[str, Any]:
+    """The card must name each video's source and licence: refuse a set whose video has neither."""
+    source = (record or {}).get("source") or {}
+    if not source.get("url") or not source.get("license"):
+        missing = " and ".join(k for k in ("url", "license") if not source.get(k))
+        raise WtoursError(
+            f"{slug}: no source {missing} recorded, and the dataset card must attribute every video",
+            f"record where the video comes from: `wtours download --url URL --name {slug}` does it; for a file "
+            f"added from disk, fill 'url', 'uploader' and 'license' under 'source' in {layout.info_path(slug)}")
+    return record
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    """Canonical bytes, so an unchanged record is never uploaded twice."""
+    return (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
