@@ -8,19 +8,23 @@ import click
 
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
 from wtours.errors import WtoursError
+from wtours.clips.spec import shard_sets
 from wtours.layout import Layout
 from wtours.manifest import load_manifest
 from wtours.stats import params as defaults
 from wtours.stats.classes import BACKENDS
 from wtours.stats.params import AnalysisParams, DetectorParams, StatsConfig
 from wtours.stats.run import compare as compare_videos
-from wtours.stats.run import stats_videos
+from wtours.stats.run import stats_video, stats_videos
 
 
 @click.group(invoke_without_command=True)
 @click.option("--city", "cities", multiple=True, metavar="SLUG",
               help="Video to analyse (corpus slug or added name); repeatable.")
 @click.option("--all", "all_videos", is_flag=True, help="Every registered video, then the corpus table.")
+@click.option("--shards", "shard_specs", multiple=True, metavar="SPEC",
+              help="Stream shards instead of the root's: an hf:// or http(s):// pattern (or index.json URL), "
+                   "or a local pattern; repeatable.")
 @root_option
 @click.option("--from", "source", type=click.Choice(defaults.SOURCES), default="shards", show_default=True,
               help="Read the shards (fast), or decode the video itself.")
@@ -47,7 +51,7 @@ from wtours.stats.run import stats_videos
 @click.option("--overwrite", is_flag=True, help="Start again instead of continuing an interrupted run.")
 @verbosity_options
 @click.pass_context
-def stats(ctx, cities, all_videos, root, source, every, classes, detector, weights, device, batch_size,
+def stats(ctx, cities, all_videos, shard_specs, root, source, every, classes, detector, weights, device, batch_size,
           score_threshold, top, out, chunk, overwrite) -> None:
     """Lightness, scene transitions and class counts of videos: tables and plots under <root>/stats/<slug>/.
 
@@ -61,16 +65,22 @@ def stats(ctx, cities, all_videos, root, source, every, classes, detector, weigh
       wtours stats --city venice --from video --every 1 --no-classes
       wtours stats --all --device cuda --root /data/wtours
       wtours stats compare            # corpus table from the videos analysed so far
+      wtours stats --shards hf://datasets/me/wtours/venice/index.json --no-classes
     """
     if ctx.invoked_subcommand is not None:
         return
     layout = Layout(root)
-    slugs = _slugs(layout, cities, all_videos)
     config = StatsConfig(
         analysis=AnalysisParams(source=source, every=every), classes=classes,
         detector=DetectorParams(name=detector, score_threshold=score_threshold, device=device, batch_size=batch_size,
                                 weights=weights),
         out=out, top=top, chunk=chunk, overwrite=overwrite, progress=not is_quiet())
+    if shard_specs:
+        for folder, index in shard_sets(shard_specs, root):  # streamed; outputs under <root>/stats/<slug>/
+            slug = index["video"]["slug"]
+            click.echo(stats_video(layout, slug, config, say=say, remote=(folder, index)).line())
+        return
+    slugs = _slugs(layout, cities, all_videos)
     stats_videos(layout, slugs, config, corpus=all_videos, say=say, finished=lambda result: click.echo(result.line()))
 
 

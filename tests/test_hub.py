@@ -251,6 +251,21 @@ def test_train_and_inspect_stream_from_hf_patterns(root, hub, pushed, tmp_path):
     assert json.loads(remote.stdout)["clips_per_epoch"] == json.loads(local.stdout)["clips_per_epoch"] > 0
 
 
+def test_stats_stream_from_an_hf_index(root, hub, pushed, tmp_path):
+    env = env_for(hub, tmp_path)
+    fresh = tmp_path / "fresh"
+    result = wtours(["stats", "--shards", "hf://datasets/alice/walks/venice/index.json", "--root", str(fresh),
+                     "--no-classes", "-q"], env)
+    assert result.returncode == 0, result.stderr
+    remote = json.loads((fresh / "stats" / "venice" / "summary.json").read_text())
+    local_run = wtours(["stats", "--city", "venice", "--root", str(root), "--out", str(tmp_path / "local"),
+                        "--no-classes", "-q"], env)
+    assert local_run.returncode == 0, local_run.stderr
+    local = json.loads((tmp_path / "local" / "venice" / "summary.json").read_text())
+    assert remote["lightness"] == local["lightness"] and remote["cuts"] == local["cuts"]
+    assert not (fresh / "shards").exists()  # streamed, nothing stored
+
+
 STREAM_SCRIPT = """
 import json, sys
 from wtours.clips.spec import resolve

@@ -57,6 +57,14 @@ def resolve(specs: str | Iterable[str], root: str | os.PathLike | None = None) -
     return refs
 
 
+def shard_sets(specs: str | Iterable[str], root: str | os.PathLike | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The (folder, index) of every shard set the specs touch: for tools that read whole videos (stats)."""
+    folders = dict.fromkeys(posixpath.dirname(r.url) if "://" in r.url else os.path.dirname(r.url)
+                            for r in resolve(specs, root))
+    return [(f, read_remote_index(f"{f}/{INDEX_FILE}") if "://" in f else _read_local_index(Path(f) / INDEX_FILE))
+            for f in folders]
+
+
 def _spec_hint(spec: str) -> str:
     return ("a SPEC is a video slug with shards under --root, a folder holding index.json, a local pattern such as "
             "'/data/shards/venice/venice-{000000..000009}.tar', or the same as an http(s):// or "

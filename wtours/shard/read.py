@@ -6,7 +6,7 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from wtours.layout import Layout
 from wtours.shard.index import load_index
@@ -19,9 +19,10 @@ class StoredSample:
     meta: dict  # {"video", "source_id", "frame", "t", "width", "height"}
 
 
-def iter_shard(path: Path) -> Iterator[StoredSample]:
-    """Samples of one local shard, in stored (time) order."""
-    with tarfile.open(path, mode="r|") as tar:
+def iter_shard(source: Path | IO[bytes]) -> Iterator[StoredSample]:
+    """Samples of one shard (a local path or an open stream), in stored (time) order."""
+    opened = tarfile.open(source, mode="r|") if isinstance(source, (str, Path)) else tarfile.open(fileobj=source, mode="r|")
+    with opened as tar:
         pending: dict[str, dict[str, bytes]] = {}
         for member in tar:
             if not member.isfile():

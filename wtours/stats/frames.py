@@ -103,13 +103,14 @@ def prefetch(items: Iterable[T], depth: int = 16) -> Iterator[T]:
 class ShardSource:
     """The frames of a sharded video (default and fastest: already sampled and scaled)."""
 
-    def __init__(self, layout: Layout, slug: str, every: float | None):
-        index = layout.read_index(slug)
-        if index is None:
+    def __init__(self, layout: Layout, slug: str, every: float | None, remote: tuple[str, dict] | None = None):
+        """Local shards under the root, or `remote` = (folder URL, index) from `spec.shard_sets` (hf://, http)."""
+        if remote is None and layout.read_index(slug) is None:
             raise WtoursError(f"{slug} is not sharded yet (no {layout.index_path(slug)})",
                               f"run `wtours shard --city {slug}` first, or analyse the video directly with "
                               f"`wtours stats --city {slug} --from video`")
-        self.index = load_index(layout, slug)  # checks format and version
+        self.folder, index = remote if remote is not None else (None, None)
+        self.index = index if index is not None else load_index(layout, slug)  # checks format and version
         self.layout, self.slug = layout, slug
         shard_every = 1 / self.index["params"]["fps"]
         if every is not None and every < shard_every - EPS:
@@ -133,7 +134,13 @@ class ShardSource:
         for entry in self.index["shards"]:
             if after is not None and entry["t_end"] <= after:
                 continue  # whole shard done in an earlier run: not even read
-            yield from iter_shard(self.layout.shard_dir(self.slug) / entry["name"])
+            if self.folder is None:
+                yield from iter_shard(self.layout.shard_dir(self.slug) / entry["name"])
+            else:
+                from wtours.clips.spec import open_url
+
+                with open_url(f"{self.folder}/{entry['name']}") as stream:  # streamed, never stored
+                    yield from iter_shard(stream)
 
     def frames(self, after: float | None = None) -> Iterator[Frame]:
         chosen = on_grid(self.samples(after), self.every, after, time_of=lambda s: s.meta["t"])

@@ -52,8 +52,11 @@ def stats_dir(layout: Layout, slug: str, out: Path | None) -> Path:
     return layout.stats_dir(slug) if out is None else Path(out) / validate_slug(slug)
 
 
-def open_source(layout: Layout, slug: str, config: StatsConfig) -> ShardSource | VideoSource:
+def open_source(layout: Layout, slug: str, config: StatsConfig,
+                remote: tuple[str, dict] | None = None) -> ShardSource | VideoSource:
     analysis = config.analysis
+    if remote is not None:
+        return ShardSource(layout, slug, analysis.every, remote)
     if layout.read_info(slug) is None and layout.read_index(slug) is None:
         raise WtoursError(f"no video registered as {slug!r} under {layout.root}",
                           f"run `wtours download --city {slug}` or `wtours add FILE --name {slug}` first")
@@ -67,11 +70,13 @@ def open_source(layout: Layout, slug: str, config: StatsConfig) -> ShardSource |
 
 
 def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detector | None = None,
-                say: Callable[[str], None] = print) -> VideoStats:
-    """Analyse one video (continuing an interrupted run) and write its table, summary and plots."""
+                say: Callable[[str], None] = print, remote: tuple[str, dict] | None = None) -> VideoStats:
+    """Analyse one video (continuing an interrupted run) and write its table, summary and plots.
+
+    `remote`: (folder URL, index) of shards to stream instead of the root's (see `spec.shard_sets`)."""
     _require_stats_extra()
     started = time.monotonic()
-    source = open_source(layout, slug, config)
+    source = open_source(layout, slug, config, remote)
     if config.classes and detector is None:
         detector = load_detector(config.detector)  # before any decoding: missing weights fail at once
     elif not config.classes:
