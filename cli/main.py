@@ -7,10 +7,15 @@ import click
 from wtours import __version__
 from wtours.cli.common import WtoursGroup
 from wtours.cli.demo import demo
+from wtours.cli.eval_cmd import eval_group
 from wtours.cli.fetch import add, download
+from wtours.cli.hub import pull, push
 from wtours.cli.inspect_cmd import inspect_shards
 from wtours.cli.listing import list_videos
 from wtours.cli.shard import shard
+from wtours.cli.train_cmd import export, train
+from wtours.cli.stats import stats
+from wtours.cli.viz import viz
 
 
 @click.group(cls=WtoursGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -30,8 +35,15 @@ cli.add_command(list_videos)
 cli.add_command(download)
 cli.add_command(add)
 cli.add_command(shard)
+cli.add_command(stats)
 cli.add_command(inspect_shards)
+cli.add_command(train)
+cli.add_command(export)
+cli.add_command(push)
+cli.add_command(pull)
 cli.add_command(demo)
+cli.add_command(viz)
+cli.add_command(eval_group)
 
 
 def main() -> None:

@@ -114,6 +114,8 @@ def test_wheel_ships_cli_and_manifest(tmp_path):
     assert "wtours/manifests/walking_tours.json" in names
     assert "wtours/cli/main.py" in names
     assert not any(n.startswith("cli/") or n.startswith("manifests/") for n in names)
+    for package in (REPO / "wtours").glob("*/__init__.py"):  # every subpackage ships
+        assert f"wtours/{package.parent.name}/__init__.py" in names, package.parent.name
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True)

@@ -37,16 +37,16 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict:
 
     video = layout.root / "inputs" / "synthetic-walk.mp4"
     if not video.is_file():
-        say(f"[1/7] rendering the built-in {spec.duration:.0f} s walk (scene cuts at "
+        say(f"[1/8] rendering the built-in {spec.duration:.0f} s walk (scene cuts at "
             f"{', '.join(f'{t:g}' for t in spec.cut_times())} s, dusk ramp, a blank stretch) -> {video}")
         make_walk(video, spec)
     else:
-        say(f"[1/7] reusing {video}")
+        say(f"[1/8] reusing {video}")
 
-    say(f"[2/7] wtours add {video} --name {DEMO_SLUG}")
+    say(f"[2/8] wtours add {video} --name {DEMO_SLUG}")
     add_local(video, DEMO_SLUG, layout.root, mode="link", say=say)
 
-    say(f"[3/7] wtours shard --city {DEMO_SLUG} --samples-per-shard 40")
+    say(f"[3/8] wtours shard --city {DEMO_SLUG} --samples-per-shard 40")
     shard_video(layout, DEMO_SLUG, ShardParams(samples_per_shard=40),
                 RunOptions(workers=config.workers, progress=config.progress), say=say)
     index = layout.read_index(DEMO_SLUG)
@@ -54,21 +54,29 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict:
         f"dropped {index['dropped']} in {index['blank_stretches']}")
     report["shards"] = str(layout.shard_dir(DEMO_SLUG))
 
-    say(f"[4/7] wtours stats --city {DEMO_SLUG} --no-classes   (the detector needs downloaded weights)")
+    say(f"[4/8] wtours stats --city {DEMO_SLUG} --no-classes   (the detector needs downloaded weights)")
     report["stats"] = _stats(layout, config, say)
 
     run = layout.root / "runs" / "demo"
-    say(f"[5/7] wtours train --shards {DEMO_SLUG} --out {run} (a short run)")
+    say(f"[5/8] wtours train --shards {DEMO_SLUG} --out {run} (a short run)")
     report["train"] = _train(layout, run, config, say)
 
     exported = run / "teacher_backbone.pth"
-    say(f"[6/7] wtours export {run / 'checkpoint.pth'} --out {exported}")
+    say(f"[6/8] wtours export {run / 'checkpoint.pth'} --out {exported}")
     from wtours.train.export import export_backbone
 
     export_backbone(run / "checkpoint.pth", exported)
     report["export"] = str(exported)
 
-    say("[7/7] the root now holds:")
+    viz_dir = run / "viz"
+    say(f"[7/8] wtours viz {run / 'checkpoint.pth'} --shards {DEMO_SLUG} --clips 2 --frames 4 --out {viz_dir}")
+    from wtours.viz import VizConfig, visualise
+
+    viz = visualise(run / "checkpoint.pth", DEMO_SLUG, viz_dir, VizConfig(clips=2, frames=4), root=layout.root,
+                    say=say)
+    report["viz"] = [str(viz_dir / f) for clip in viz["clips"] for f in (clip["png"], clip["gif"])]
+
+    say("[8/8] the root now holds:")
     say(format_table([r for r in catalog(layout) if r["downloaded"] or r["sharded"]]))
     _report(report, say)
     say(f"demo finished in {time.monotonic() - started:.0f} s")
@@ -145,3 +153,4 @@ def _report(report: dict, say: Callable[[str], None]) -> None:
     say(f"loss curve: {train['loss_curve']}")
     say(f"stats plots: {stats['dir']}")
     say(f"exported teacher backbone: {report['export']}")
+    say(f"tracking pictures (frames x [frame, heads' attention, objects]): {', '.join(report['viz'])}")

@@ -117,6 +117,7 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
         f"{steps_per_epoch} steps per epoch x {dist.world_size} process(es), {schedules.total_steps} steps, "
         f"{precision} on {dist.device}")
     logger = _RunLogger(out, dist, config.log_every)
+    knn = _knn_monitor(config, dist)  # k-NN monitoring (--knn-train/--knn-val): folders checked now
     gpu_augment = GpuAugmenter(dataset.config.multicrop, dist.device) if config.augment == "gpu" else None
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     try:
@@ -143,6 +144,7 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
                 logger.step(state, loss_value, optimizer, float(schedules.momentum[it]), data_seconds, batch.keys)
                 if dist.is_main and (state.step % config.checkpoint_every == 0 or state.step == schedules.total_steps):
                     _save(out, model, optimizer, scaler, state, config)
+                _knn_evaluate(knn, model, state, schedules, logger, dist.device, say)
                 if state.step >= schedules.total_steps:
                     break
                 waited = time.perf_counter()
@@ -224,6 +226,33 @@ def _resume(out: Path, model: DoRA, optimizer, scaler, say: Callable[[str], None
     return state
 
 
+# ---------------------------------------------------------------- k-NN monitoring (wtours.eval)
+
+
+def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
+    """A KnnMonitor on rank 0 when --knn-train/--knn-val are given, else None."""
+    if not config.knn or not dist.is_main:
+        return None
+    from wtours.eval.knn import KnnConfig, KnnMonitor
+
+    return KnnMonitor(config.knn["train"], config.knn["val"], int(config.knn.get("every", 1)),
+                      KnnConfig(workers=min(config.workers, 4)))
+
+
+def _knn_evaluate(knn, model: DoRA, state: RunState, schedules: Schedules, logger: "_RunLogger", device,
+                  say: Callable[[str], None]) -> None:
+    """After the last step of every --knn-every-th epoch and of the run: the teacher backbone's k-NN, logged."""
+    if knn is None:
+        return
+    epochs_done = state.epoch + 1 if state.step_in_epoch == schedules.steps_per_epoch else None
+    if knn.due(epochs_done, run_over=state.step == schedules.total_steps):
+        from wtours.eval.knn import result_line
+
+        result = knn.evaluate(model.teacher.backbone, device)
+        logger.knn(state, result.top1, result.top5)
+        say(f"step {state.step}: {result_line(result)}")
+
+
 class _RunLogger:
     """log.jsonl (every log_every steps), TensorBoard events (rank 0), and data.rank<r>.jsonl (clip keys)."""
 
@@ -264,6 +293,17 @@ class _RunLogger:
             for key in ("loss", "lr", "wd", "momentum", "clips_per_s", "data_wait"):
                 self.tb.add_scalar(f"train/{key}", record[key], state.step)
         self.window_start, self.clips, self.data_seconds, self.losses = time.perf_counter(), 0, 0.0, []
+
+    def knn(self, state: RunState, top1: float, top5: float) -> None:
+        """A k-NN evaluation: its own log.jsonl line and TensorBoard scalars."""
+        if self.log is None:
+            return
+        record = {"step": state.step, "epoch": state.epoch, "knn_top1": top1, "knn_top5": top5}
+        self.log.write(json.dumps(record) + "\n")
+        self.log.flush()
+        if self.tb is not None:
+            self.tb.add_scalar("knn/top1", top1, state.step)
+            self.tb.add_scalar("knn/top5", top5, state.step)
 
     def close(self) -> None:
         self.data.close()

@@ -1,0 +1,56 @@
+"""`wtours eval knn`."""
+
+from __future__ import annotations
+
+import click
+
+from wtours.cli.common import say, verbosity_options
+from wtours.models.registry import vit_names
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Measure a trained encoder on labelled images (frozen backbone).
+
+    \b
+    Examples:
+      wtours eval knn runs/venice/checkpoint.pth --train imagenet/train --val imagenet/val
+    """
+
+
+@eval_group.command("knn")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.option("--train", "train_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Labelled images: DIR/<class>/<image>.")
+@click.option("--val", "val_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Held-out images, class folders named as in --train.")
+@click.option("--k", default=20, show_default=True, help="Neighbours voting for each val image.")
+@click.option("--temperature", default=0.07, show_default=True, help="Vote weight exp(cosine / T).")
+@click.option("--arch", type=click.Choice(vit_names()), help="Default: inferred from the weights' shapes.")
+@click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
+              help="Which network of a training checkpoint.")
+@click.option("--batch-size", default=128, show_default=True, help="Images per forward pass.")
+@click.option("--workers", default=4, show_default=True, help="Image-decoding processes.")
+@click.option("--device", help="cuda, cuda:1 or cpu (default: cuda when available).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Result json (default: CHECKPOINT's name + .knn.json).")
+@verbosity_options
+def knn(checkpoint, train_dir, val_dir, k, temperature, arch, which, batch_size, workers, device, out) -> None:
+    """DINO's weighted k-NN top-1/top-5 of a checkpoint's frozen backbone on ImageFolder sets.
+
+    [CLS] features, L2-normalised; resize 256, centre crop 224, ImageNet normalisation. CHECKPOINT is a
+    wtours training checkpoint, the authors' DoRA/DINO checkpoint, or a `wtours export` backbone.
+    Protocol and formulas: docs/eval.md.
+
+    \b
+    Examples:
+      wtours eval knn runs/venice/checkpoint.pth --train imagenet/train --val imagenet/val
+      wtours eval knn dora_vits16.pth --train pets/train --val pets/val --k 10 --device cuda
+      wtours eval knn venice_vits16.pth --train digits/train --val digits/val --arch vit_small --out knn.json
+    """
+    from wtours.eval.knn import KnnConfig, knn_checkpoint, result_line
+
+    config = KnnConfig(k=k, temperature=temperature, batch_size=batch_size, workers=workers)
+    result, path = knn_checkpoint(checkpoint, train_dir, val_dir, config, out=out, arch=arch, which=which,
+                                  device=device)
+    click.echo(result_line(result))
+    say(f"wrote {path}")

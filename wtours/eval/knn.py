@@ -1,0 +1,157 @@
+"""DINO's weighted k-NN evaluation of a frozen backbone (Caron et al. 2021, eval_knn.py).
+
+Features are the backbone's [CLS] token, L2-normalised. Each val image votes with its k most similar
+train images (cosine similarity s), each weighted exp(s / T); a class's score is the sum of its
+neighbours' weights. Top-1 / top-5 are the shares of val images whose class is among the 1 / 5
+best-scored classes (ties go to the lower class index)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from wtours.errors import WtoursError
+from wtours.eval.backbone import load_backbone
+from wtours.eval.data import LabelledFolder, labelled_pair
+from wtours.layout import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KnnConfig:
+    k: int = 20
+    temperature: float = 0.07
+    resize: int = 256
+    crop: int = 224
+    batch_size: int = 128  # DINO's per-GPU default
+    workers: int = 0  # DataLoader processes decoding images (0: in this process)
+    chunk: int = 256  # val images per similarity block (bounds memory at chunk x train images)
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise WtoursError(f"--k {self.k}", "k must be at least 1 (DINO uses 20)")
+        if self.temperature <= 0:
+            raise WtoursError(f"--temperature {self.temperature}", "the temperature must be positive (DINO: 0.07)")
+
+
+@dataclass
+class KnnResult:
+    top1: float  # percent
+    top5: float  # percent (top-min(5, classes))
+    k: int  # neighbours used (k, or the train set's size when smaller)
+    temperature: float
+    classes: int
+    train_images: int
+    val_images: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, dataset: LabelledFolder, config: KnnConfig,
+                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) L2-normalised [CLS] features and (N,) labels, in the dataset's order, on `device`."""
+    device = torch.device(device)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
+                        pin_memory=device.type == "cuda")
+    features, labels = [], []
+    for images, targets in loader:
+        cls = backbone(images.to(device, non_blocking=True)).float()  # (B, D)
+        features.append(F.normalize(cls, dim=1, p=2))
+        labels.append(targets.to(device))
+    return torch.cat(features), torch.cat(labels)
+
+
+@torch.no_grad()
+def weighted_knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
+                        k: int, temperature: float, num_classes: int, chunk: int = 256) -> torch.Tensor:
+    """(V, C) class scores: for each val row, sum over its top-k train neighbours of exp(cosine / T)."""
+    k = min(k, len(train_features))
+    scores = []
+    for start in range(0, len(val_features), chunk):
+        similarity = val_features[start:start + chunk] @ train_features.T  # (v, N_train), cosine: rows are unit
+        nearest, index = similarity.topk(k, dim=1)  # (v, k)
+        weights = (nearest / temperature).exp()
+        block = torch.zeros(len(index), num_classes, device=val_features.device, dtype=weights.dtype)
+        scores.append(block.scatter_add_(1, train_labels[index], weights))  # (v, C)
+    return torch.cat(scores) if scores else torch.zeros(0, num_classes, device=val_features.device)
+
+
+def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    """How many rows have their label among the k best-scored classes (stable: ties go to the lower index)."""
+    ranking = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]  # (V, k)
+    return int((ranking == labels[:, None]).any(dim=1).sum())
+
+
+def evaluate_knn(backbone: nn.Module, train: LabelledFolder, val: LabelledFolder, config: KnnConfig = KnnConfig(),
+                 device: torch.device | str = "cpu") -> KnnResult:
+    """Top-1/top-5 of DINO's weighted k-NN; the backbone runs in eval mode and is restored afterwards."""
+    started = time.perf_counter()
+    if config.k > len(train):
+        log.warning("k = %d is more than the %d train images: using k = %d", config.k, len(train), len(train))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        train_features, train_labels = extract_features(backbone, train, config, device)
+        val_features, val_labels = extract_features(backbone, val, config, device)
+    finally:
+        backbone.train(was_training)
+    classes = train.num_classes
+    scores = weighted_knn_scores(train_features, train_labels, val_features, config.k, config.temperature, classes,
+                                 config.chunk)
+    n = max(len(val), 1)
+    return KnnResult(top1=100.0 * topk_hits(scores, val_labels, 1) / n,
+                     top5=100.0 * topk_hits(scores, val_labels, min(5, classes)) / n,
+                     k=min(config.k, len(train)), temperature=config.temperature, classes=classes,
+                     train_images=len(train), val_images=len(val), seconds=time.perf_counter() - started)
+
+
+def knn_checkpoint(checkpoint: str | os.PathLike, train_dir: str | os.PathLike, val_dir: str | os.PathLike,
+                   config: KnnConfig = KnnConfig(), out: str | os.PathLike | None = None, arch: str | None = None,
+                   which: str = "teacher", device: str | None = None) -> tuple[KnnResult, Path]:
+    """`wtours eval knn`: load the backbone, evaluate, write the result json (default: beside the checkpoint)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone, arch = load_backbone(checkpoint, arch, which)
+    train, val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
+    result = evaluate_knn(backbone.to(device), train, val, config, device)
+    out = Path(out) if out else Path(checkpoint).with_name(f"{Path(checkpoint).stem}.knn.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, {"checkpoint": str(checkpoint), "arch": arch, "which": which,
+                            "train": str(train_dir), "val": str(val_dir), "resize": config.resize,
+                            "crop": config.crop, "device": str(device), **result.to_dict()})
+    return result, out
+
+
+class KnnMonitor:
+    """The trainer's periodic k-NN: folders are read when the run starts, so a bad path fails at once."""
+
+    def __init__(self, train_dir: str | os.PathLike, val_dir: str | os.PathLike, every: int = 1,
+                 config: KnnConfig = KnnConfig()):
+        if every < 1:
+            raise WtoursError(f"--knn-every {every}", "evaluate every 1 or more epochs")
+        self.every, self.config = every, config
+        self.train, self.val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
+
+    def due(self, epochs_done: int | None, run_over: bool) -> bool:
+        """epochs_done: epochs completed when an epoch has just ended, else None."""
+        return run_over or (epochs_done is not None and epochs_done % self.every == 0)
+
+    def evaluate(self, backbone: nn.Module, device: torch.device | str) -> KnnResult:
+        return evaluate_knn(backbone, self.train, self.val, self.config, device)
+
+
+def result_line(result: KnnResult) -> str:
+    return (f"k-NN (k={result.k}, T={result.temperature:g}) on {result.val_images} val / {result.train_images} "
+            f"train images, {result.classes} classes: top-1 {result.top1:.2f}%, top-5 {result.top5:.2f}% "
+            f"({result.seconds:.1f} s)")

@@ -1,0 +1,167 @@
+"""`wtours viz`: a checkpoint's teacher tracks objects through clips read from shards; pictures per clip.
+
+Each clip is read unaugmented: its T frames, short side resized to `size` and centre-cropped to a
+size x size square (the global view's size), ImageNet-normalised, then passed through
+`DoRA.teacher_pass`, the trainer's own discovery and tracking, on its own (B = 1)."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from wtours.clips.augment import normalize
+from wtours.clips.epoch import ClipConfig, clip_starts
+from wtours.clips.spec import ShardRef, resolve
+from wtours.clips.stages import Problems, open_shards, samples_to_clips, tar_samples
+from wtours.dora import DoRA
+from wtours.dora.model import read_checkpoint, strip_prefix
+from wtours.errors import WtoursError
+from wtours.eval.backbone import infer_arch
+from wtours.layout import write_json_atomic
+from wtours.models.vit import cls_attention
+from wtours.train.export import backbone_state
+from wtours.viz.render import (HEADER, MASK_ALPHA, OUTSIDE, ClipPictures, column_labels, gif_frames, grid_image,
+                               object_colour, save_gif)
+
+INDEX_FILE = "index.json"
+
+
+@dataclass(frozen=True)
+class VizConfig:
+    clips: int = 4
+    frames: int = 8  # T
+    stride: float = 1.0  # seconds between a clip's frames
+    size: int = 224  # the square input (a multiple of the patch size)
+    heads: tuple[int, ...] | None = None  # discovery heads; None: drawn once with `seed`, shared by all clips
+    seed: int = 0
+    device: str | None = None  # None: cuda when available
+    gif_ms: int = 400  # per GIF frame
+
+    def __post_init__(self) -> None:
+        if self.clips < 1:
+            raise WtoursError("--clips must be at least 1", "")
+        if self.heads is not None and len(set(self.heads)) != len(self.heads):
+            raise WtoursError(f"--heads {','.join(map(str, self.heads))} repeats a head", "name distinct heads")
+
+
+def load_model(checkpoint: str | os.PathLike) -> DoRA:
+    """A DoRA model shaped after a training checkpoint's teacher (ours or the authors'), weights loaded."""
+    raw = read_checkpoint(checkpoint)
+    if "teacher" not in raw:
+        raise WtoursError(f"{checkpoint} has no 'teacher' network",
+                          "viz needs a training checkpoint (wtours train's checkpoint.pth or the authors' .pth), "
+                          "not an exported backbone: the tracker runs the teacher")
+    arch = infer_arch(backbone_state(raw, "teacher"))
+    out_dim = strip_prefix(raw["teacher"])["head.last_layer.weight_v"].shape[0]
+    objects = (raw.get("config") or {}).get("objects", 3)  # our runs record K; the authors used 3
+    model = DoRA(arch, out_dim=out_dim, n_local=0, objects=objects, drop_path=0.0)
+    model.load_official_checkpoint(raw)
+    return model.eval()
+
+
+def pick_starts(shards: list[ShardRef], config: ClipConfig, count: int) -> dict[str, set[int]]:
+    """`count` clip starts spread evenly over all valid starts of all shards, in time order."""
+    candidates = [(ref.url, start) for ref in shards for start in clip_starts(ref, config)]
+    if not candidates:
+        raise WtoursError(f"no clip of {config.frames} frames {config.stride} s apart fits in these shards",
+                          "use fewer --frames or a shorter --stride")
+    n = min(count, len(candidates))
+    chosen: dict[str, set[int]] = {}
+    for i in range(n):
+        url, start = candidates[int((i + 0.5) * len(candidates) / n)]  # the middle of each of n equal parts
+        chosen.setdefault(url, set()).add(start)
+    return chosen
+
+
+def read_clips(shards: list[ShardRef], starts: dict[str, set[int]], config: ClipConfig) -> Iterator[dict[str, Any]]:
+    """The clips at `starts`, through the trainer's own stages (open -> tar samples -> clips)."""
+    refs = [ref for ref in shards if ref.url in starts]
+    problems = Problems()
+    samples = tar_samples(open_shards(refs, problems), problems)
+    yield from samples_to_clips(samples, {r.url: r for r in refs}, starts, config, problems)
+    if problems.bad_shards:
+        raise WtoursError(f"{len(problems.bad_shards)} shard(s) could not be read: {next(iter(problems.bad_shards))}",
+                          "check the shards (wtours inspect), or reshard")
+
+
+def square_frames(jpgs: list[bytes], size: int) -> np.ndarray:
+    """JPEGs -> (T, size, size, 3) uint8: short side resized to `size` (bicubic), centre-cropped square."""
+    return np.stack([np.asarray(ImageOps.fit(Image.open(io.BytesIO(j)).convert("RGB"), (size, size),
+                                             Image.Resampling.BICUBIC)) for j in jpgs])
+
+
+def model_input(frames: np.ndarray) -> torch.Tensor:
+    """(T, S, S, 3) uint8 -> (1, T, 3, S, S) ImageNet-normalised float: the unaugmented global view."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    return normalize(x)[None]
+
+
+@torch.no_grad()
+def track_clip(model: DoRA, view: torch.Tensor, heads: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """view (1, T, 3, S, S) -> [CLS] attention (T, h, g, g) and the tracker's masks (K, T, g, g) bool."""
+    _, t, _, s, _ = view.shape
+    g = s // model.patch_size
+    _, _, masks = model.teacher_pass(view, heads)  # (K, 1, T, N): the trainer's discovery and tracking
+    last = model.teacher.backbone.forward_last_attention(view[0])  # (T, ...) the same last block
+    attention = cls_attention(last.queries, last.keys)[:, :, 1:]  # (T, h, N)
+    return (attention.reshape(t, -1, g, g).float().cpu().numpy(),
+            masks[:, 0].reshape(len(heads), t, g, g).cpu().numpy())
+
+
+def choose_heads(model: DoRA, config: VizConfig) -> torch.Tensor:
+    available = model.teacher.backbone.config.heads
+    if config.heads is None:
+        return model.draw_heads(torch.Generator().manual_seed(config.seed))
+    if not config.heads or not all(0 <= h < available for h in config.heads):
+        raise WtoursError(f"--heads {','.join(map(str, config.heads))}: this model has heads 0..{available - 1}",
+                          "name distinct heads of the teacher's last block")
+    return torch.tensor(config.heads)
+
+
+def render_clip(model: DoRA, clip: dict[str, Any], heads: torch.Tensor, labels: list[str], out: Path,
+                config: VizConfig) -> dict[str, Any]:
+    """Track one clip, write its PNG grid and GIF, and return its index record."""
+    frames = square_frames(clip["jpgs"], config.size)
+    attention, masks = track_clip(model, model_input(frames).to(heads.device), heads)
+    pictures = ClipPictures(frames, attention, masks, model.patch_size)
+    png, gif = out / f"clip-{clip['__key__']}.png", out / f"clip-{clip['__key__']}.gif"
+    grid_image(pictures, labels).save(png)
+    save_gif(gif_frames(pictures), gif, config.gif_ms)
+    return {"key": clip["__key__"], "png": png.name, "gif": gif.name, "shard": clip["url"],
+            "times": [m["t"] for m in clip["meta"]], "source_frames": [m["frame"] for m in clip["meta"]],
+            "coverage": masks.reshape(len(masks), len(frames), -1).mean(axis=2).round(4).tolist()}  # [k][t]
+
+
+def visualise(checkpoint: str | os.PathLike, shards: str | list[str], out: str | os.PathLike,
+              config: VizConfig = VizConfig(), root: str | os.PathLike | None = None,
+              say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Render clip-<key>.png and clip-<key>.gif for `config.clips` clips, and index.json; returns the index."""
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(checkpoint).to(device)
+    if config.size % model.patch_size:
+        raise WtoursError(f"--size {config.size} is not a multiple of the patch size {model.patch_size}", "use 224")
+    heads = choose_heads(model, config)
+    refs = resolve(shards, root)
+    clip_config = ClipConfig(config.frames, config.stride)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = column_labels(model.teacher.backbone.config.heads, len(heads), heads.tolist())
+    records = []
+    for clip in read_clips(refs, pick_starts(refs, clip_config, config.clips), clip_config):
+        records.append(render_clip(model, clip, heads.to(device), labels, out, config))
+        say(f"{records[-1]['png']}: objects cover "
+            f"{', '.join(f'{sum(c) / len(c):.0%}' for c in records[-1]['coverage'])} of the frames")
+    index = {"checkpoint": str(checkpoint), "arch": model.arch, "patch_size": model.patch_size,
+             "heads": heads.tolist(), "objects": len(heads), "frames": config.frames, "stride": config.stride,
+             "size": config.size, "cell": config.size, "header": HEADER, "columns": labels,
+             "colours": [list(object_colour(k)) for k in range(len(heads))], "mask_alpha": MASK_ALPHA,
+             "outside": OUTSIDE, "gif_ms": config.gif_ms, "clips": records}
+    write_json_atomic(out / INDEX_FILE, index)
+    return index
