@@ -154,15 +154,18 @@ def test_trained_tiny_model_monitored_and_evaluated(digits, tmp_path):
     result = json.loads((out / "checkpoint.knn.json").read_text())
     assert result["arch"] == "vit_micro" and result["k"] == 20 and result["temperature"] == 0.07
     assert (result["train_images"], result["val_images"]) == (337, 113)
-    assert result["top1"] == knn_lines[-1]["knn_top1"]  # the monitor ran on the final teacher: the same number
+    # Features are recomputed in other batch shapes (monitor, CLI, timm): float rounding can flip a near-tie
+    # for one image, so agreement is asked to within one of the 113 validation images.
+    one_image = 100 / 113 + 1e-6
+    assert result["top1"] == pytest.approx(knn_lines[-1]["knn_top1"], abs=one_image)  # the final teacher
 
     exported = tmp_path / "backbone.pth"
     assert wtours("export", str(checkpoint), "--out", str(exported))[0] == 0
     train_f, train_l = independent_features(exported, train_dir)
     val_f, val_l = independent_features(exported, val_dir)
     scores = numpy_vote(train_f, train_l, val_f, 20, 0.07, 10)
-    assert result["top1"] == pytest.approx(numpy_accuracy(scores, val_l, 1))
-    assert result["top5"] == pytest.approx(numpy_accuracy(scores, val_l, 5))
+    assert result["top1"] == pytest.approx(numpy_accuracy(scores, val_l, 1), abs=one_image)
+    assert result["top5"] == pytest.approx(numpy_accuracy(scores, val_l, 5), abs=one_image)
     print(f"\nbriefly trained vit_micro on digits: top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%")
 
     ours = torch.load(checkpoint, weights_only=False)
