@@ -44,33 +44,14 @@ def bench_shards(loops: int = 10) -> tuple[Layout, Path]:
     return root, looped
 
 
-def cpu_rate(shards, workers: int, batches: int, batch_size: int) -> float:
-    config = LoaderConfig(batch_size=batch_size, workers=workers, shuffle_buffer=16)
+def loader_rate(shards, config: LoaderConfig, batches: int, consume=lambda batch: None) -> float:
+    """Clips per second after the first batch (which pays for worker start-up), over epochs as needed."""
     dataset = ClipDataset(shards, config)
     count, start, epoch = 0, None, 0
     while count < batches:
         dataset.set_epoch(epoch)
         for batch in make_loader(dataset):
-            if start is None:  # the first batch pays for worker start-up
-                start = time.perf_counter()
-                continue
-            count += 1
-            if count == batches:
-                break
-        epoch += 1
-    return batches * batch_size / (time.perf_counter() - start)
-
-
-def gpu_rate(shards, batches: int, batch_size: int) -> float:
-    config = LoaderConfig(batch_size=batch_size, workers=os.cpu_count() or 1, augment="gpu", shuffle_buffer=16)
-    dataset = ClipDataset(shards, config)
-    augment = GpuAugmenter(config.multicrop, "cuda")
-    count, start, epoch = 0, None, 0
-    while count < batches:
-        dataset.set_epoch(epoch)
-        for raw in make_loader(dataset):
-            augment(raw)
-            torch.cuda.synchronize()
+            consume(batch)
             if start is None:
                 start = time.perf_counter()
                 continue
@@ -78,7 +59,22 @@ def gpu_rate(shards, batches: int, batch_size: int) -> float:
             if count == batches:
                 break
         epoch += 1
-    return batches * batch_size / (time.perf_counter() - start)
+    return batches * config.batch_size / (time.perf_counter() - start)
+
+
+def cpu_rate(shards, workers: int, batches: int, batch_size: int) -> float:
+    return loader_rate(shards, LoaderConfig(batch_size=batch_size, workers=workers, shuffle_buffer=16), batches)
+
+
+def gpu_rate(shards, batches: int, batch_size: int) -> float:
+    config = LoaderConfig(batch_size=batch_size, workers=os.cpu_count() or 1, augment="gpu", shuffle_buffer=16)
+    augment = GpuAugmenter(config.multicrop, "cuda")
+
+    def consume(raw) -> None:
+        augment(raw)
+        torch.cuda.synchronize()
+
+    return loader_rate(shards, config, batches, consume)
 
 
 def authors_style_rate(video: Path, clips: int) -> float:

@@ -13,12 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.videos import make_video
+from tests.videos import sharded_root
 from wtours.dora import DoRA
-from wtours.download import add_local
-from wtours.layout import Layout
-from wtours.shard.params import RunOptions, ShardParams
-from wtours.shard.run import shard_video
 from wtours.train.optim import clip_per_tensor, cosine_schedule, ema_update, param_groups
 
 WTOURS = [sys.executable, "-m", "wtours"]
@@ -28,13 +24,7 @@ TINY = ["--arch", "vit_tiny", "--out-dim", "512", "--batch-size", "2", "--clip-f
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("train")
-    video = make_video(folder / "walk.mp4", seconds=20.0, size="192x128", rate=10)
-    layout = Layout(folder / "root")
-    add_local(video, "walk", layout.root, mode="symlink", say=lambda m: None)
-    shard_video(layout, "walk", ShardParams(fps=2.0, short_side=128, samples_per_shard=10),
-                RunOptions(workers=2, progress=False), say=lambda m: None)
-    return layout.root
+    return sharded_root(tmp_path_factory.mktemp("train"), seconds=20.0, samples_per_shard=10)
 
 
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:

@@ -14,16 +14,12 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from tests.videos import make_video
+from tests.videos import sharded_root
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.clips.epoch import ClipConfig, clip_starts
 from wtours.clips.spec import resolve
 from wtours.dora import DoRA
-from wtours.download import add_local
-from wtours.layout import Layout
 from wtours.models.vit import cls_attention
-from wtours.shard.params import RunOptions, ShardParams
-from wtours.shard.run import shard_video
 from wtours.viz.run import pick_starts
 
 WTOURS = [sys.executable, "-m", "wtours"]
@@ -38,12 +34,7 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 
 def make_walk_root(folder: Path) -> Path:
     """A 12 s moving test pattern sharded at 2 fps into 2 shards of 12 samples: root with slug 'walk'."""
-    video = make_video(folder / "walk.mp4", seconds=12.0, size="192x128", rate=10)
-    layout = Layout(folder / "root")
-    add_local(video, "walk", layout.root, mode="symlink", say=lambda m: None)
-    shard_video(layout, "walk", ShardParams(fps=2.0, short_side=128, samples_per_shard=12),
-                RunOptions(workers=2, progress=False), say=lambda m: None)
-    return layout.root
+    return sharded_root(folder, seconds=12.0, samples_per_shard=12)
 
 
 def train_tiny(root: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:

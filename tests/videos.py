@@ -35,3 +35,18 @@ def make_video_with_black_tail(path: Path, seconds: float, tail: float, size: st
     run_ffmpeg(["-filter_complex", graph, "-map", "[v]", "-c:v", "libx264", "-preset", "ultrafast",
                 "-pix_fmt", "yuv420p", str(path)])
     return path
+
+
+def sharded_root(folder: Path, seconds: float = 20.0, samples_per_shard: int = 10, slug: str = "walk") -> Path:
+    """A data root holding a small moving test pattern, added as `slug` and sharded at 2 fps, 128 px."""
+    from wtours.download import add_local
+    from wtours.layout import Layout
+    from wtours.shard.params import RunOptions, ShardParams
+    from wtours.shard.run import shard_video
+
+    video = make_video(folder / f"{slug}.mp4", seconds=seconds, size="192x128", rate=10)
+    layout = Layout(folder / "root")
+    add_local(video, slug, layout.root, mode="symlink", say=lambda m: None)
+    shard_video(layout, slug, ShardParams(fps=2.0, short_side=128, samples_per_shard=samples_per_shard),
+                RunOptions(workers=2, progress=False), say=lambda m: None)
+    return layout.root

@@ -81,7 +81,7 @@ def _attribution(videos: list[CardVideo]) -> str:
         s = v.source.get("source") or {}
         rows.append(f"| `{v.slug}` | {_cell(s.get('title') or v.source.get('city') or '')} | {_creator(s)} | "
                     f"<{s.get('url')}> | {_cell(s.get('license'))} |")
-    return f"""## Licence and attribution
+    return """## Licence and attribution
 
 This dataset is released under the [Creative Commons Attribution 4.0](https://creativecommons.org/licenses/by/4.0/)
 licence (CC BY 4.0). Its frames are derived from the videos below, each published by its creator under

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wtours.models.registry import ViTConfig, vit_config, vit_names  # noqa: F401 (re-exported)
+from wtours.models.registry import ViTConfig, vit_config
 
 
 class Attention(nn.Module):
