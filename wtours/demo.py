@@ -13,7 +13,7 @@ from typing import Callable
 
 from wtours.catalog import catalog, format_table
 from wtours.download import add_local
-from wtours.layout import Layout
+from wtours.layout import Layout, replace_atomically
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
 from wtours.synthetic import WalkSpec, make_walk
@@ -132,7 +132,7 @@ def _plot_loss(log: list[dict], path: Path) -> None:
     ax.set_title("wtours demo: training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
 

@@ -9,7 +9,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from wtours.errors import WtoursError
 
@@ -95,6 +95,18 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
     except json.JSONDecodeError as e:
         raise WtoursError(f"{path} is not valid JSON ({e})", "delete it and rerun the command that writes it") from e
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a temporary name in the same folder, then rename it into place: a killed run
+    never leaves a partial file under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

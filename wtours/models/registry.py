@@ -44,10 +44,3 @@ def vit_config(arch: str, drop_path: float = 0.0) -> ViTConfig:
     if arch not in _ARCHS:
         raise WtoursError(f"unknown architecture {arch!r}", f"choose one of {', '.join(vit_names())}")
     return _ARCHS[arch](drop_path=drop_path)
-
-
-def timm_name(arch: str) -> str | None:
-    """The timm model our exported backbone loads into, e.g. vit_small -> vit_small_patch16_224."""
-    config = _ARCHS[arch]()
-    base = arch.split("_patch")[0]
-    return None if base == "vit_micro" else f"{base}_patch{config.patch_size}_224"

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from wtours.stats.report import replace_atomically, save_figure
+from wtours.layout import replace_atomically
+from wtours.stats.report import save_figure
 
 CSV_FILE = "corpus.csv"
 MARKDOWN_FILE = "corpus.md"

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from wtours.layout import read_json, write_json_atomic
-from wtours.stats.report import replace_atomically
+from wtours.layout import replace_atomically
 
 PARTS_DIR = "_parts"
 KEY_FILE = "key.json"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from wtours.layout import write_json_atomic
+from wtours.layout import replace_atomically, write_json_atomic
 
 FRAMES_FILE = "frames.parquet"
 SUMMARY_FILE = "summary.json"
@@ -19,17 +18,6 @@ PLOTS = {
     "objects": "objects.png",
 }
 CLASS_PLOTS = ("classes", "objects")
-
-
-def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a temporary name in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_figure(figure: Any, path: Path) -> None:

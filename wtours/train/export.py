@@ -9,6 +9,7 @@ import torch
 
 from wtours.dora.model import read_checkpoint, strip_prefix
 from wtours.errors import WtoursError
+from wtours.layout import replace_atomically
 
 
 def backbone_state(checkpoint: dict, which: str = "teacher") -> dict[str, torch.Tensor]:
@@ -26,8 +27,5 @@ def backbone_state(checkpoint: dict, which: str = "teacher") -> dict[str, torch.
 def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher") -> Path:
     state = backbone_state(read_checkpoint(checkpoint_path), which)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({k: v.contiguous() for k, v in state.items()}, tmp)
-    os.replace(tmp, out)
+    replace_atomically(out, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
     return out

@@ -105,4 +105,5 @@ def gif_frames(pictures: ClipPictures) -> list[Image.Image]:
 
 def save_gif(frames: list[Image.Image], path, milliseconds: int = 400) -> None:
     """An endlessly looping GIF; the progress bar keeps consecutive frames distinct, so none are merged."""
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=milliseconds, loop=0, optimize=False)
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=milliseconds, loop=0,
+                   optimize=False)

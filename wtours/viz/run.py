@@ -24,7 +24,7 @@ from wtours.dora import DoRA
 from wtours.dora.model import read_checkpoint, strip_prefix
 from wtours.errors import WtoursError
 from wtours.eval.backbone import infer_arch
-from wtours.layout import write_json_atomic
+from wtours.layout import replace_atomically, write_json_atomic
 from wtours.models.vit import cls_attention
 from wtours.train.export import backbone_state
 from wtours.viz.render import (HEADER, MASK_ALPHA, OUTSIDE, ClipPictures, column_labels, gif_frames, grid_image,
@@ -132,8 +132,9 @@ def render_clip(model: DoRA, clip: dict[str, Any], heads: torch.Tensor, labels: 
     attention, masks = track_clip(model, model_input(frames).to(heads.device), heads)
     pictures = ClipPictures(frames, attention, masks, model.patch_size)
     png, gif = out / f"clip-{clip['__key__']}.png", out / f"clip-{clip['__key__']}.gif"
-    grid_image(pictures, labels).save(png)
-    save_gif(gif_frames(pictures), gif, config.gif_ms)
+    grid = grid_image(pictures, labels)
+    replace_atomically(png, lambda tmp: grid.save(tmp, format="PNG"))
+    replace_atomically(gif, lambda tmp: save_gif(gif_frames(pictures), tmp, config.gif_ms))
     return {"key": clip["__key__"], "png": png.name, "gif": gif.name, "shard": clip["url"],
             "times": [m["t"] for m in clip["meta"]], "source_frames": [m["frame"] for m in clip["meta"]],
             "coverage": masks.reshape(len(masks), len(frames), -1).mean(axis=2).round(4).tolist()}  # [k][t]
