@@ -2,9 +2,8 @@
 
 Random parameters are drawn on the host with numpy (`plan_crops`, `plan_colours`), in the same order
 by both paths, so both draw from the same distributions. The pixel work then runs either
-- per clip on the CPU with PIL (`multicrop_pil`, in DataLoader workers): PIL's resampling and
-  ImageEnhance/HSV/GaussianBlur are the same operations DINO's and DoRA's PIL pipelines use, and
-  the fastest per-image kernels on a CPU; or
+- per clip on the CPU (`augment_cpu.multicrop_cpu`, in DataLoader workers): the operations of DINO's
+  and DoRA's PIL pipelines, run with faster uint8 kernels; or
 - per batch as tensor ops on any device (`multicrop_tensor`, after decoding the JPEGs on the GPU):
   antialiased resizes, torchvision's colour formulas batched with per-image factors, a separable
   Gaussian blur."""
@@ -257,79 +256,3 @@ def multicrop_tensor(frames: torch.Tensor, sizes: np.ndarray, frames_per_clip: i
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
     """uint8 or [0, 255] float -> float32 in [0, 1] (bicubic overshoot clamped)."""
     return (x.float() / 255.0).clamp_(0, 1)
-
-
-# ----------------------------------------------------------------------------- PIL (CPU) path
-
-
-def multicrop_pil(images: list, rng: np.random.Generator, config: MultiCropConfig) -> list[torch.Tensor]:
-    """One clip's T decoded PIL frames -> [global (T, 3, G, G), local_1 .. local_n (T, 3, L, L)].
-
-    Draws its randomness in the same order as `multicrop_tensor` with B = 1."""
-    from PIL import Image
-
-    t, n = len(images), config.n_local
-    sizes = np.array([[images[0].height, images[0].width]])
-    plan = plan_crops(rng, sizes, t, config)
-    s = config.clip_size
-    clips = [im.resize((s, s), Image.BILINEAR, box=tuple(int(v) for v in plan.clip_boxes[0])) for im in images]
-    g = config.global_size
-    views = [c.resize((g, g), Image.BICUBIC, box=tuple(int(v) for v in plan.global_boxes[0])) for c in clips]
-    if plan.flips[0]:
-        views = [v.transpose(Image.FLIP_LEFT_RIGHT) for v in views]
-    views = _colour_pil(views, plan_colours(rng, t, config.global_blur_p, config))
-    size = config.local_size
-    locals_ = [clips[j].resize((size, size), Image.BICUBIC, box=tuple(int(v) for v in plan.local_boxes[0, v, j]))
-               for v in range(n) for j in range(t)]
-    locals_ = _colour_pil(locals_, plan_colours(rng, n * t, config.local_blur_p, config))
-    out = [_pil_stack(views)]  # (T, 3, G, G)
-    local_tensor = _pil_stack(locals_).reshape(n, t, 3, size, size)
-    out.extend(local_tensor[v] for v in range(n))
-    return out
-
-
-def _colour_pil(images: list, plan: ColourPlan) -> list:
-    """torchvision's PIL colour ops (ImageEnhance, HSV hue shift), called directly: no per-call wrapper cost."""
-    from PIL import ImageFilter
-
-    out = []
-    for i, image in enumerate(images):
-        if plan.jitter[i]:
-            for op in plan.order[i]:
-                image = _PIL_OPS[op](image, float(plan.factors[i, op]))
-        if plan.gray[i]:
-            image = image.convert("L").convert("RGB")
-        if not np.isnan(plan.blur_sigma[i]):
-            image = image.filter(ImageFilter.GaussianBlur(radius=float(plan.blur_sigma[i])))
-        out.append(image)
-    return out
-
-
-def _pil_hue(image, shift: float):
-    """As torchvision's PIL adjust_hue: add shift*255 to the HSV hue byte, wrapping around."""
-    from PIL import Image
-
-    h, s, v = image.convert("HSV").split()
-    hue = np.asarray(h, dtype=np.uint8) + np.uint8(int(shift * 255) % 256)  # truncated like torchvision; wraps
-    return Image.merge("HSV", (Image.fromarray(hue, "L"), s, v)).convert("RGB")
-
-
-def _pil_ops():
-    from PIL import ImageEnhance
-
-    return (lambda im, f: ImageEnhance.Brightness(im).enhance(f),
-            lambda im, f: ImageEnhance.Contrast(im).enhance(f),
-            lambda im, f: ImageEnhance.Color(im).enhance(f),
-            _pil_hue)
-
-
-_PIL_OPS = _pil_ops()
-_PIXEL_SCALE = torch.tensor([1 / (255.0 * s) for s in IMAGENET_STD])[None, :, None, None]
-_PIXEL_SHIFT = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])[None, :, None, None]
-
-
-def _pil_stack(images: list) -> torch.Tensor:
-    """PIL RGB images -> (N, 3, S, S) float32, normalised in one multiply-subtract."""
-    array = np.stack([np.asarray(im) for im in images])  # (N, S, S, 3) uint8
-    x = torch.from_numpy(array).permute(0, 3, 1, 2).float()
-    return x.mul_(_PIXEL_SCALE).sub_(_PIXEL_SHIFT)

@@ -6,7 +6,6 @@ Stages, in order: shard list (spec.resolve) -> epoch-seeded shuffle + balanced s
 
 from __future__ import annotations
 
-import io
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from wtours.clips.augment import MultiCropConfig, multicrop_pil, multicrop_tensor
+from wtours.clips.augment import MultiCropConfig, multicrop_tensor
 from wtours.clips.epoch import ClipConfig, EpochPlan, clips_per_epoch, epoch_starts, plan_epoch
 from wtours.clips.spec import ShardRef
 from wtours.clips.stages import Problems, batched, open_shards, samples_to_clips, shuffle, tar_samples, take_quota
@@ -122,12 +121,24 @@ class ClipDataset(IterableDataset):
         yield from samples_to_clips(samples, {r.url: r for r in refs}, starts, self.config.clip, self.problems)
 
     def _augment(self, batch: list[dict[str, Any]], rng: np.random.Generator) -> ClipBatch:
-        from PIL import Image
-
-        views = [multicrop_pil([Image.open(io.BytesIO(j)).convert("RGB") for j in clip["jpgs"]], rng,
-                               self.config.multicrop) for clip in batch]
-        stacked = [torch.stack([v[i] for v in views]) for i in range(len(views[0]))]
-        return ClipBatch(stacked, [clip["__key__"] for clip in batch])
+        """Decode and multi-crop; a clip with a frame that does not decode is counted, and its place
+        in the batch goes to another clip of the batch (with new crops), so batches keep their size."""
+        decode_clip, multicrop_cpu = cpu_augmenter()
+        frames, keys = [], []
+        for clip in batch:
+            try:
+                frames.append(decode_clip(clip["jpgs"]))
+                keys.append(clip["__key__"])
+            except RuntimeError as error:
+                self.problems.clip_failed(clip["__key__"], clip["url"], error)
+        if not frames:
+            raise WtoursError(f"no clip of a batch decodes (first: {batch[0]['__key__']} in {batch[0]['url']})",
+                              "the shard's JPEGs are damaged: re-make it with wtours shard, or leave it out of "
+                              "the SPEC")
+        for i in range(len(batch) - len(frames)):
+            frames.append(frames[i])
+            keys.append(keys[i])
+        return ClipBatch(multicrop_cpu(frames, rng, self.config.multicrop), keys)
 
     def _raw(self, batch: list[dict[str, Any]]) -> RawClipBatch:
         jpgs = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for clip in batch for j in clip["jpgs"]]
@@ -157,6 +168,16 @@ class GpuAugmenter:
         if self.device.type != "cpu":
             frames = frames.float()  # antialiased resizes on CUDA take float
         return ClipBatch(multicrop_tensor(frames, batch.sizes, batch.frames, self.rng, self.config), batch.keys)
+
+
+def cpu_augmenter():
+    """`augment_cpu`'s (decode_clip, multicrop_cpu), or a clear error where OpenCV (its colour kernels) is missing."""
+    try:
+        from wtours.clips.augment_cpu import decode_clip, multicrop_cpu
+    except ImportError as exc:
+        raise WtoursError(f"the CPU augmentation cannot load: {exc}",
+                          "install OpenCV: pip install opencv-python-headless (it comes with wtours[train])") from exc
+    return decode_clip, multicrop_cpu
 
 
 def make_loader(dataset: ClipDataset, pin_memory: bool = False) -> DataLoader:

@@ -25,6 +25,15 @@ class Problems:
 
     bad_shards: dict[str, str] = field(default_factory=dict)  # url -> error
     bad_samples: int = 0
+    bad_clips: int = 0  # clips with a frame that does not decode
+    shards_with_bad_frames: set[str] = field(default_factory=set)
+
+    def clip_failed(self, key: str, url: str, error: BaseException) -> None:
+        self.bad_clips += 1
+        if url not in self.shards_with_bad_frames:
+            self.shards_with_bad_frames.add(url)
+            log.warning("skipping clips of %s with a frame that does not decode (first: %s, %s)", url, key,
+                        str(error).splitlines()[0])
 
     def shard_failed(self, url: str, error: BaseException) -> bool:
         if url not in self.bad_shards:

@@ -1,0 +1,123 @@
+"""DoRA's multi-crop on the CPU, for DataLoader workers: the authors' operations with faster kernels.
+
+DINO's and DoRA's PIL pipelines decode with libjpeg, resample with PIL's antialiased filters and
+colour-jitter with ImageEnhance and PIL's HSV conversion. The same operations here, per clip:
+libjpeg-turbo decoding (torchvision), PyTorch's vectorised uint8 antialiased resizes (ported from
+PIL's filters), OpenCV's lookup tables, blends, float HSV conversions and Gaussian blur. The random
+parameters come from `augment.plan_crops` / `augment.plan_colours`, so this path and the batched
+tensor path (`augment.multicrop_tensor`) draw from the same distributions. docs/benchmarks.md has
+the speed of both against PIL's."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from wtours.clips.augment import (IMAGENET_MEAN, IMAGENET_STD, ColourPlan, MultiCropConfig, plan_colours, plan_crops,
+                                  resized_crop)
+
+
+def decode_clip(jpgs: list[bytes]) -> list[torch.Tensor]:
+    """T JPEGs -> T x (3, H, W) uint8 (libjpeg-turbo). Raises RuntimeError for a frame that does not decode.
+
+    Each frame is a channels-last view of the decoder's (H, W, 3) rows: crops of it are row copies,
+    where stacking the frames would transpose them whole."""
+    return decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpgs], mode=ImageReadMode.RGB)
+
+
+def multicrop_cpu(clips: list[list[torch.Tensor]], rng: np.random.Generator,
+                  config: MultiCropConfig) -> list[torch.Tensor]:
+    """B clips of T decoded frames (`decode_clip`) -> [global (B, T, 3, G, G), local_1 .. local_n (B, T, 3, L, L)],
+    float32, normalised.
+
+    Per clip, as the authors' PIL pipeline orders it, with faster kernels for the same operations:
+    PyTorch's vectorised uint8 antialiased resizes (PIL's filters) and OpenCV's colour kernels
+    (`colour_cpu`). Randomness is drawn per clip in `multicrop_tensor`'s order for B = 1. One thread
+    per worker: DataLoader workers are the parallelism."""
+    cv2.setNumThreads(1)
+    b, t, n = len(clips), len(clips[0]), config.n_local
+    g, size = config.global_size, config.local_size
+    globals_ = np.empty((b, t, g, g, 3), np.uint8)
+    locals_ = np.empty((n, b, t, size, size, 3), np.uint8)  # view-major: each local view is one contiguous block
+    for i, frames in enumerate(clips):
+        plan = plan_crops(rng, np.array([frames[0].shape[1:]]), t, config)
+        clip = torch.cat([resized_crop(f[None], plan.clip_boxes[0], config.clip_size, "bilinear")
+                          for f in frames])  # (T, 3, 300, 300), one window for all frames
+        view = resized_crop(clip, plan.global_boxes[0], g, "bicubic")  # (T, 3, G, G), one window
+        if plan.flips[0]:
+            view = view.flip(-1)
+        globals_[i] = view.permute(0, 2, 3, 1).numpy()
+        colour_cpu(globals_[i], plan_colours(rng, t, config.global_blur_p, config))
+        for v in range(n):
+            for j in range(t):  # a window per view and per frame
+                crop = resized_crop(clip[j:j + 1], plan.local_boxes[0, v, j], size, "bicubic")
+                locals_[v, i, j] = crop[0].permute(1, 2, 0).numpy()
+        colour_cpu([locals_[v, i, j] for v in range(n) for j in range(t)],
+                   plan_colours(rng, n * t, config.local_blur_p, config))
+    local_views = _normalise_hwc(locals_)  # (n, B, T, 3, L, L)
+    return [_normalise_hwc(globals_)] + list(local_views.unbind(0))
+
+
+def colour_cpu(images, plan: ColourPlan) -> None:
+    """Jitter (random op order per image) -> grayscale -> blur, in place, with OpenCV's uint8 kernels.
+
+    images: M arrays (H, W, 3) uint8 RGB, each contiguous (an (M, H, W, 3) array will do). The
+    operations are torchvision's ColorJitter, RandomGrayscale and DINO's GaussianBlur; results are
+    rounded to uint8 after each op, as the PIL pipeline does (it truncates; this rounds, and rotates
+    the hue in float where PIL quantises it to a byte)."""
+    for i, image in enumerate(images):
+        if plan.jitter[i]:
+            for op in plan.order[i]:
+                _CPU_OPS[op](image, float(plan.factors[i, op]))
+        if plan.gray[i]:
+            cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB, dst=image)
+        if not np.isnan(plan.blur_sigma[i]):
+            sigma = float(plan.blur_sigma[i])
+            size = 2 * int(np.ceil(3 * sigma)) + 1  # cut at 3 sigma, as the tensor path's kernels
+            cv2.GaussianBlur(image, (size, size), sigma, dst=image, borderType=cv2.BORDER_REFLECT_101)
+
+
+_LEVELS = np.arange(256, dtype=np.float32)
+
+
+def _linear_lut(image: np.ndarray, scale: float, offset: float) -> None:
+    """image <- clip(round(scale * image + offset)) per channel, as one 256-entry table."""
+    cv2.LUT(image, np.clip(np.rint(_LEVELS * scale + offset), 0, 255).astype(np.uint8), dst=image)
+
+
+def _cpu_brightness(image: np.ndarray, factor: float) -> None:
+    _linear_lut(image, factor, 0.0)
+
+
+def _cpu_contrast(image: np.ndarray, factor: float) -> None:
+    """Blend with the image's mean grey (torchvision: the mean of its grayscale image)."""
+    mean = float(cv2.mean(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))[0])
+    _linear_lut(image, factor, (1 - factor) * mean)
+
+
+def _cpu_saturation(image: np.ndarray, factor: float) -> None:
+    """Blend with the grayscale image."""
+    gray = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    cv2.addWeighted(image, factor, gray, 1 - factor, 0.0, dst=image)
+
+
+def _cpu_hue(image: np.ndarray, shift: float) -> None:
+    """Rotate the hue by `shift` turns, on float HSV: exact up to the final rounding, and faster than
+    OpenCV's uint8 HSV conversions."""
+    hsv = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2HSV)  # hue in [0, 360) degrees
+    # HSV2RGB wraps hues up to 720 but its vectorised loop mishandles negative ones: shift forwards
+    cv2.add(hsv, ((360.0 * shift) % 360.0, 0.0, 0.0, 0.0), dst=hsv)
+    cv2.convertScaleAbs(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), dst=image)  # round, saturate (values are >= 0)
+
+
+_CPU_OPS = (_cpu_brightness, _cpu_contrast, _cpu_saturation, _cpu_hue)  # the order of ColourPlan.factors
+_PIXEL_SCALE = torch.tensor([1 / (255.0 * s) for s in IMAGENET_STD])
+_PIXEL_SHIFT = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _normalise_hwc(images: np.ndarray) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32, contiguous, ImageNet-normalised."""
+    planar = torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, -3)))  # uint8 transpose: 4x cheaper
+    return planar.float().mul_(_PIXEL_SCALE[:, None, None]).sub_(_PIXEL_SHIFT[:, None, None])
