@@ -168,8 +168,8 @@ def test_sample_with_missing_field_is_dropped_and_counted(tmp_path):
 
 
 def test_clip_with_an_undecodable_frame_is_counted_and_replaced(gapped, tmp_path, caplog):
-    """A JPEG damaged inside a readable shard: its clips are counted and dropped with one warning,
-    and batches keep their size."""
+    """A JPEG damaged inside a readable shard: its clips are counted with one warning, and other clips
+    of their batches take their places, so batches keep their size."""
     source = resolve("gap", gapped.root)[0]
     problems = Problems()
     samples = list(tar_samples(open_shards([source], problems), problems))
