@@ -1,7 +1,7 @@
-# The README's two commands: `make demo` and `make test`.
+# The README's two commands: `make demo` and `make test`; `make lint` and `make test-fast` for development.
 VENV ?= .venv
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast lint
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
@@ -13,3 +13,11 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+# The edit-test loop: everything but the end-to-end runs marked slow.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy

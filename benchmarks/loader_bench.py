@@ -8,9 +8,13 @@ clip (the 12 s clip of shard_bench looped to 2 min by stream copy). Measures
 - the GPU path: its workers' side (reading tars into clips of JPEGs) always, and decode + multi-crop
   on the device when CUDA is present;
 - an authors-style baseline: per clip, reopen the 4K video, decode 8 full-size frames 60 source
-  frames apart, and apply the PIL augmentation.
+  frames apart, and apply the PIL augmentation;
+- the cost of partial shard reads (the epoch plan hands each slot parts of shards): time and bytes to
+  reach the middle sample of a 1000-sample shard by seek / http Range request against reading from
+  the start and skipping, and the plan's clips read / distinct clips for 8 x 10 and 64 x 8 slots on a
+  corpus-shaped set (`--reading-only` runs just this part).
 
-    python benchmarks/loader_bench.py [--batches 12] [--batch-size 8]
+    python benchmarks/loader_bench.py [--batches 12] [--batch-size 8] [--reading-only]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import DATA, cached_video, header, street_4k60  # noqa: E402
+from common import DATA, STREET, cached_video, header, street_4k60  # noqa: E402
 
 from tests.reference_multicrop import multicrop_pil  # noqa: E402
 from wtours.clips.augment import MultiCropConfig  # noqa: E402
@@ -129,12 +133,118 @@ def authors_style_rate(video: Path, clips: int) -> float:
     return clips / (time.perf_counter() - start)
 
 
+def reading_shard():
+    """One full 1000-sample shard at the default settings (2 fps, short side 512, quality 90) from the
+    street footage (20 s) looped to 520 s (stream copy): the size of a corpus shard."""
+    from wtours.clips.spec import ShardRef
+
+    root = Layout(DATA / "reading-root")
+    if root.read_index("street") is None:
+        looped = cached_video("street-loop26.avi", ["-stream_loop", "25", "-i", str(STREET), "-c", "copy"])
+        add_local(looped, "street", root.root, mode="symlink", say=lambda m: None)
+        shard_video(root, "street", ShardParams(), RunOptions(workers=1, progress=False), say=lambda m: None)
+    ref: ShardRef = max(resolve("street", root.root), key=lambda r: r.samples)
+    if ref.offsets is None:  # an index written before version 2: take the offsets from the tar itself
+        import dataclasses
+        import tarfile
+
+        offsets: dict[str, int] = {}
+        with tarfile.open(ref.url) as tar:
+            for member in tar:
+                offsets.setdefault(member.name.split(".")[0], member.offset)
+        ref = dataclasses.replace(ref, offsets=tuple(offsets.values()))
+    return root, ref
+
+
+def time_part(read, repeats: int = 5) -> tuple[float, int]:
+    """Median ms to open a shard part and get its samples, and the bytes read from the stream."""
+    from wtours.clips.stages import Problems, open_part, tar_samples
+
+    times, size = [], 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        source = open_part(read)
+        raw = source.stream
+        counted = _CountingStream(raw)
+        source.stream = counted
+        samples = list(tar_samples([source], Problems()))
+        raw.close()
+        times.append((time.perf_counter() - start) * 1000)
+        size = counted.bytes
+        assert samples, "no sample read"
+    return float(np.median(times)), size
+
+
+class _CountingStream:
+    def __init__(self, raw):
+        self.raw, self.bytes = raw, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.bytes += len(data)
+        return data
+
+
+def reading_costs() -> None:
+    import dataclasses
+
+    from tests.http_server import FileServer
+    from wtours.clips.epoch import ClipConfig, ShardRead, plan_epoch
+    from wtours.clips.spec import ShardRef
+
+    root, ref = reading_shard()
+    mid = ref.samples // 2
+    print(f"partial reads: {ref.name}, {ref.samples} samples, {Path(ref.url).stat().st_size / 1e6:.0f} MB; "
+          f"reaching sample {mid} (one sample):")
+    plain = dataclasses.replace(ref, offsets=None)
+    rows = [("local seek", ShardRead(ref, frozenset(), mid, mid + 1)),
+            ("local from start + skip", ShardRead(plain, frozenset(), mid, mid + 1))]
+    for name, read in rows:
+        ms, size = time_part(read)
+        print(f"  {name:28s} {ms:8.1f} ms  {size / 1e6:7.2f} MB read")
+    with FileServer(Path(ref.url).parent) as server:
+        remote = dataclasses.replace(ref, url=server.url(ref.name))
+        for name, read in (("http Range request", ShardRead(remote, frozenset(), mid, mid + 1)),
+                           ("http from start + skip", ShardRead(dataclasses.replace(remote, offsets=None),
+                                                                frozenset(), mid, mid + 1))):
+            ms, size = time_part(read)
+            print(f"  {name:28s} {ms:8.1f} ms  {size / 1e6:7.2f} MB read")
+    # a 64 x 8 slot's typical part: about a quarter of a shard, from its middle
+    quarter = ShardRead(ref, frozenset(), mid, mid + ref.samples // 4)
+    ms, size = time_part(quarter, repeats=3)
+    whole_ms, whole = time_part(ShardRead(ref, frozenset()), repeats=3)
+    print(f"  a quarter of the shard (seek):  {ms:8.1f} ms  {size / 1e6:7.2f} MB; the whole shard: {whole_ms:.1f} ms "
+          f"{whole / 1e6:.2f} MB")
+    # the plan on a corpus-shaped set: 118 shards of up to 1000 samples at 2 fps, indexes only
+    shards = []
+    for v, count in enumerate([41, 17, 33, 27]):
+        for n in range(count):
+            last = 999 if n < count - 1 else 136 + 97 * v
+            shards.append(ShardRef(url=f"w{v}-{n}", name=f"w{v}-{n}", slug=f"w{v}", samples=last + 1, fps=2.0,
+                                   cell_runs=((n * 1000, n * 1000 + last),), t_start=n * 500.0,
+                                   t_end=(n * 1000 + last) / 2))
+    for ranks, workers in ((8, 10), (64, 8)):
+        start = time.perf_counter()
+        plan = plan_epoch(shards, ClipConfig(frames=8, stride=1.0), 0, ranks, workers, 32)
+        planned = (time.perf_counter() - start) * 1000
+        touched = [len({r.ref.url for r in plan.reads(s)}) for s in range(len(plan.slots))]
+        print(f"plan, {len(shards)} shards, {ranks} x {workers} slots, B=32: {plan.total_clips} clips, "
+              f"{plan.clips_read} read ({plan.clips_read / plan.total_clips:.4f}x, "
+              f"+{plan.clips_read - plan.total_clips} <= ranks x B = {ranks * 32}), {plan.steps} steps per rank, "
+              f"shards per slot {min(touched)}-{max(touched)}, planned in {planned:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--authors-clips", type=int, default=3)
+    parser.add_argument("--reading-only", action="store_true", help="only the partial-read costs and plan ratios")
     args = parser.parse_args()
+    if args.reading_only:
+        print(header("loader_bench (reading)"))
+        reading_costs()
+        return
     root, video = bench_shards()
     shards = resolve("street", root.root)
     cores = os.cpu_count() or 1
@@ -161,6 +271,7 @@ def main() -> None:
     authors = authors_style_rate(video, args.authors_clips)
     print(f"authors-style (4K decode per clip, 1 thread): {authors:6.3f} clips/s")
     print(f"ratio cpu 1 worker / authors-style: {one / authors:.0f}x")
+    reading_costs()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """wtours stats vs PySceneDetect's ContentDetector on the same frames, side by side.
 
-Frames: real street footage (../shared/testdata/vtest.avi) looped to 8 minutes and sharded with the
-defaults (2 fps, short side 512: 683x512 JPEGs), about 950 frames. Rows, in frames per second:
+Frames: real street footage (tests/data/vtest.mp4, 20 s) looped to 8 minutes and sharded with the
+defaults (2 fps, short side 512: 683x512 JPEGs), about 960 frames. Rows, in frames per second:
 
   psd_default    ContentDetector as PySceneDetect's SceneManager runs it by default: each frame
                  resized to about 256 px wide (cv2.resize), then HSV deltas to the previous frame
@@ -47,7 +47,7 @@ from wtours.stats.transitions import (change_scores, detect_cuts, detect_scene_c
 SLUG = "street"
 
 
-def street_loop(loops: int = 6) -> Path:
+def street_loop(loops: int = 24) -> Path:
     return cached_video(f"street-loop{loops}.mp4", [
         "-stream_loop", str(loops - 1), "-i", str(STREET), "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
         "-pix_fmt", "yuv420p"])

@@ -1,6 +1,6 @@
 """Clips per second of the DoRA training step, ours against a plain authors-style step, side by side.
 
-Synthetic clips (B in --batch-sizes, T=8, 6 local views, out 65536 by default) through one full step
+Synthetic clips (B in --batch-sizes, T=8, 6 local views, the model's default out_dim) through one full step
 (forward, backward, per-tensor clipping, AdamW, EMA, centre), for:
 - wtours: batched frames, fused attention except the teacher's last block, foreach updates;
 - authors-style: the plain transcription in tests/reference_dora.py (per-frame and per-object
@@ -27,6 +27,7 @@ from common import header  # noqa: E402
 from tests.reference_dora import reference_loss  # noqa: E402
 
 from wtours.dora import DoRA  # noqa: E402
+from wtours.dora.config import DoRAConfig  # noqa: E402
 from wtours.train.optim import param_groups  # noqa: E402
 from wtours.train.run import StepSettings, train_step  # noqa: E402
 
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--n-local", type=int, default=6)
-    parser.add_argument("--out-dim", type=int, default=65536)
+    parser.add_argument("--out-dim", type=int, default=DoRAConfig.out_dim)  # the model's one declaration
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
@@ -115,6 +116,9 @@ def main() -> None:
             line += f" | authors-style {batch / authors:8.2f} clips/s | ratio {authors / ours:5.2f}x"
         if args.shards:
             line += f" | from shards {batch / shard_step_seconds(args, batch, device, settings):8.2f} clips/s"
+        if device.type == "cuda":  # the most any of this batch size's steps held
+            line += f" | peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+            torch.cuda.reset_peak_memory_stats()
         print(line, flush=True)
 
 
@@ -135,7 +139,7 @@ def shard_step_seconds(args, batch: int, device: torch.device, settings: StepSet
     while done < args.steps:
         dataset.set_epoch(epoch)
         for raw in make_loader(dataset, pin_memory=device.type == "cuda"):
-            crops = gpu(raw) if gpu else raw.to(device)
+            crops = gpu(raw) if gpu else raw.to(device, non_blocking=True).normalised()  # uint8 -> float on the device
             step(list(crops))
             if start is None and done + 1 >= args.warmup:
                 sync(device)

@@ -8,12 +8,13 @@ import click
 
 from wtours.cli.common import is_quiet, say, verbosity_options
 from wtours.demo import DemoConfig, run_demo
+from wtours.system import usable_cpus
 
 
 @click.command()
 @click.option("--root", type=click.Path(file_okay=False), default="demo-root", show_default=True,
               help="Data root for the demo's outputs (kept apart from your real root).")
-@click.option("--workers", default=os.cpu_count() or 1, show_default="CPU cores", type=int)
+@click.option("--workers", default=usable_cpus, show_default="the CPUs this process may use", type=int)
 @click.option("--steps", default=30, show_default=True, help="Training steps.")
 @verbosity_options
 def demo(root: str, workers: int, steps: int) -> None:

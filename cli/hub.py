@@ -7,7 +7,7 @@ import click
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
 from wtours.errors import WtoursError
 from wtours.layout import SLUG_PATTERN, Layout
-from wtours.manifest import load_manifest
+from wtours.selection import shard_set_slugs
 
 
 @click.command("push")
@@ -38,7 +38,8 @@ def push(cities, all_sets, repo, root, private, revision, max_commit_files, max_
     from wtours.hub.push import PushConfig, push as run_push
 
     layout = Layout(root)
-    config = PushConfig(target=HubTarget(repo, revision), slugs=tuple(_slugs(layout, cities, all_sets)),
+    slugs = tuple(shard_set_slugs(layout, cities, all_sets, "push"))
+    config = PushConfig(target=HubTarget(repo, revision), slugs=slugs,
                         private=private, max_commit_files=max_commit_files,
                         max_commit_bytes=int(max_commit_gb * 1e9), dry_run=dry_run, progress=not is_quiet())
     summary = run_push(layout, config, say=say)
@@ -74,18 +75,3 @@ def pull(repo, cities, root, revision) -> None:
     summary = run_pull(Layout(root), PullConfig(HubTarget(repo, revision), tuple(cities), progress=not is_quiet()),
                        say=say)
     click.echo(summary.line())
-
-
-def _slugs(layout: Layout, cities: tuple[str, ...], all_sets: bool) -> list[str]:
-    if all_sets:
-        base = layout.root / "shards"
-        slugs = sorted(p.name for p in base.glob("*")
-                       if SLUG_PATTERN.match(p.name) and layout.index_path(p.name).is_file())
-        if not slugs:
-            raise WtoursError(f"no shard sets under {base}", "run `wtours shard --city SLUG` first")
-        return slugs
-    if not cities:
-        raise WtoursError("nothing to push", "name a shard set with --city SLUG, or pass --all")
-    # A shard folder's name, else a corpus city as `wtours shard` takes it ('Chiang Mai' -> chiang-mai).
-    return [name if SLUG_PATTERN.match(name) and layout.index_path(name).is_file()
-            else load_manifest().resolve(name).slug for name in cities]

@@ -7,10 +7,9 @@ from pathlib import Path
 import click
 
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
-from wtours.errors import WtoursError
 from wtours.clips.spec import shard_sets
 from wtours.layout import Layout
-from wtours.manifest import load_manifest
+from wtours.selection import video_slugs
 from wtours.stats import params as defaults
 from wtours.stats.classes import BACKENDS
 from wtours.stats.params import AnalysisParams, DetectorParams, StatsConfig
@@ -77,10 +76,10 @@ def stats(ctx, cities, all_videos, shard_specs, root, source, every, classes, de
         out=out, top=top, chunk=chunk, overwrite=overwrite, progress=not is_quiet())
     if shard_specs:
         for folder, index in shard_sets(shard_specs, root):  # streamed; outputs under <root>/stats/<slug>/
-            slug = index["video"]["slug"]
+            slug = index.slug
             click.echo(stats_video(layout, slug, config, say=say, remote=(folder, index)).line())
         return
-    slugs = _slugs(layout, cities, all_videos)
+    slugs = video_slugs(layout, cities, all_videos, "analyse")
     stats_videos(layout, slugs, config, corpus=all_videos, say=say, finished=lambda result: click.echo(result.line()))
 
 
@@ -98,16 +97,3 @@ def compare(root, out) -> None:
     """
     written = compare_videos(Layout(root), out, say=lambda m: None)
     click.echo(f"wrote {', '.join(str(p) for p in written.values())}")
-
-
-def _slugs(layout: Layout, cities: tuple[str, ...], all_videos: bool) -> list[str]:
-    if all_videos:
-        slugs = [s for s in layout.video_slugs() if layout.read_info(s)]
-        if not slugs:
-            raise WtoursError(f"no videos registered under {layout.root}",
-                              "run `wtours download` or `wtours add` first")
-        return slugs
-    if not cities:
-        raise WtoursError("no video to analyse", "name a video with --city SLUG, or pass --all")
-    registered = set(layout.video_slugs())
-    return [name if name in registered else load_manifest().resolve(name).slug for name in cities]

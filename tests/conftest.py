@@ -2,17 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.videos import STREET_VIDEO, make_video
+from tests.videos import make_video
 
 
 @pytest.fixture(scope="session")
 def small_video(tmp_path_factory):
     """3 s, 320x240, 30 fps H.264 (faststart, so a cut-off copy still probes)."""
     return make_video(tmp_path_factory.mktemp("videos") / "small.mp4", seconds=3.0, faststart=True)
-
-
-@pytest.fixture
-def street_video():
-    if not STREET_VIDEO.is_file():
-        pytest.skip("../shared/testdata/vtest.avi is absent (a user's clone has no ../shared)")
-    return STREET_VIDEO

@@ -58,7 +58,7 @@ def sinkhorn_one(scores, eps=0.05, iters=30):
     return q.t()
 
 
-def reference_loss(model, crops, heads, center, weighting="authors"):
+def reference_loss(model, crops, heads, center, weighting="authors", teacher_temp=0.04, student_temp=0.1):
     teacher, student = model.teacher, model.student
     glob, locals_ = crops[0], crops[1:]
     b, t = glob.shape[:2]
@@ -98,13 +98,13 @@ def reference_loss(model, crops, heads, center, weighting="authors"):
     for obj in range(len(heads)):
         obj_sum = 0.0
         for f in range(t):
-            q = F.softmax((g[f] - center) / 0.04, dim=-1)
+            q = F.softmax((g[f] - center) / teacher_temp, dim=-1)
             s_out = head_forward(student.head, vit_forward(student.backbone, masked_clips[obj][f]))
-            mask_term = torch.sum(-q * F.log_softmax(s_out / 0.1, dim=-1), dim=-1).mean()
+            mask_term = torch.sum(-q * F.log_softmax(s_out / student_temp, dim=-1), dim=-1).mean()
             local_terms = []
             for v in range(1, len(locals_)):
                 l_out = head_forward(student.head, vit_forward(student.backbone, locals_[v][:, f]))
-                local_terms.append(torch.sum(-q * F.log_softmax(l_out / 0.1, dim=-1), dim=-1).mean())
+                local_terms.append(torch.sum(-q * F.log_softmax(l_out / student_temp, dim=-1), dim=-1).mean())
             term = 0.5 * (mask_term + sum(local_terms) / len(local_terms))
             terms.append(term)
             obj_sum = obj_sum + term

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
+import os
 import random
+import socket
+import subprocess
+import sys
+import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +22,38 @@ from click.testing import CliRunner
 
 from tests.http_server import FileServer
 from tests.reference_multicrop import PIL_OPS, multicrop_pil
-from tests.videos import run_ffmpeg
+from tests.videos import run_ffmpeg, sharded_root
 from wtours.cli.main import cli
 from wtours.clips import augment as A
 from wtours.clips.augment_cpu import _CPU_OPS, colour_cpu, decode_clip, multicrop_cpu
-from wtours.clips.epoch import ClipConfig, clip_starts, clips_per_epoch, plan_epoch
+from wtours.clips.epoch import (
+    ClipConfig,
+    ShardRead,
+    clip_starts,
+    clips_per_epoch,
+    epoch_starts,
+    plan_epoch,
+    sample_index,
+)
 from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader
 from wtours.clips.spec import ShardRef, resolve
-from wtours.clips.stages import Problems, open_shards, samples_to_clips, shuffle, tar_samples, take_quota
+from wtours.clips.stages import (
+    Clip,
+    Problems,
+    open_part,
+    open_shards,
+    samples_to_clips,
+    shuffle,
+    take_quota,
+    tar_samples,
+)
 from wtours.download import add_local
 from wtours.errors import WtoursError
-from wtours.layout import Layout
+from wtours.layout import Layout, parse_sample_key, sample_key
+from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
-from wtours.shard.writer import ShardWriter, encode_json
+from wtours.shard.writer import encode_json
 
 CLIP = ClipConfig(frames=4, stride=1.0)
 
@@ -49,13 +74,10 @@ def gapped(tmp_path_factory) -> Layout:
     return layout
 
 
-def all_clips(shards: list[ShardRef], config: ClipConfig, epoch: int = 0) -> list[dict]:
-    from wtours.clips.epoch import epoch_starts
-
+def all_clips(shards: list[ShardRef], config: ClipConfig, epoch: int = 0) -> list[Clip]:
     problems = Problems()
-    starts = {s.url: set(epoch_starts(s, config, epoch)) for s in shards}
-    samples = tar_samples(open_shards(shards, problems), problems)
-    return list(samples_to_clips(samples, {s.url: s for s in shards}, starts, config, problems))
+    reads = [ShardRead.whole(s, epoch_starts(s, config, epoch)) for s in shards]
+    return list(samples_to_clips(tar_samples(open_shards(reads, problems), problems), config, problems))
 
 
 def test_clips_never_span_a_gap_and_keep_their_stride(gapped):
@@ -65,7 +87,7 @@ def test_clips_never_span_a_gap_and_keep_their_stride(gapped):
     clips = all_clips(shards, CLIP)
     assert len(clips) == clips_per_epoch(shards, CLIP)
     for clip in clips:
-        times = [m["t"] for m in clip["meta"]]
+        times = [m["t"] for m in clip.meta]
         assert np.allclose(np.diff(times), 1.0, atol=0.05), times
         assert not any(10.0 <= t < 14.0 for t in times)
         assert times[-1] < 10.0 or times[0] >= 14.0, f"clip spans the blank stretch: {times}"
@@ -95,40 +117,213 @@ def ref(name: str, cells: int, first: int = 0) -> ShardRef:
                     t_start=first / 2, t_end=(first + cells - 1) / 2)
 
 
-def test_epoch_plan_balances_and_is_deterministic():
+def check_exact_plan(plan, shards: list[ShardRef], config: ClipConfig, ranks: int, workers: int, batch: int,
+                     epoch: int) -> None:
+    """Every clip start of the epoch read by exactly one slot as its own; padding under one batch per
+    rank; every worker whole batches, batch j of a rank from worker j % workers; equal steps."""
+    everything = {(s.url, c) for s in shards for c in epoch_starts(s, config, epoch)}
+    assert plan.total_clips == len(everything) == clips_per_epoch(shards, config)
+    own = [(p.first, p.stop) for p in plan.slots]
+    assert own[0][0] == 0 and own[-1][1] == plan.total_clips and all(a[1] == b[0] for a, b in zip(own, own[1:]))
+    mine = [plan.clip_at(i) for i in range(plan.total_clips)]
+    assert sorted((r.url, c) for r, c in mine) == sorted(everything)  # each start exactly once
+    read = Counter((r.ref.url, c) for slot in range(len(plan.slots)) for r in plan.reads(slot) for c in r.starts)
+    assert set(read) == everything and sum(read.values()) == plan.clips_read
+    for slot in range(len(plan.slots)):
+        for r in plan.reads(slot):  # the sample range holds every frame of the part's clips
+            span = (config.frames - 1) * round(config.stride * r.ref.fps)
+            assert r.first_sample <= sample_index(r.ref, min(r.starts))
+            assert (r.stop_sample or r.ref.samples) >= sample_index(r.ref, max(r.starts) + span) + 1
+    assert len(plan.slots) == ranks * workers
+    rank_clips = []
+    for rank in range(ranks):
+        slots = plan.slots[rank * workers:(rank + 1) * workers]
+        assert [s.batches for s in slots] == [len(range(w, plan.steps, workers)) for w in range(workers)]
+        assert all(s.clips_read == s.batches * batch for s in slots)
+        rank_clips.append(sum(s.clips for s in slots))
+        assert sum(s.clips_read for s in slots) - rank_clips[-1] <= batch  # padding: at most one batch
+        assert max(s.clips for s in slots) - min(s.clips for s in slots if s.batches) <= batch + 1
+    assert max(rank_clips) - min(rank_clips) <= 1
+    assert plan.clips_read - plan.total_clips <= ranks * batch
+
+
+@pytest.mark.parametrize("cells, ranks, workers, batch", [
+    ([40, 30, 30, 20, 20, 20, 10, 12], 2, 3, 4),  # the issue's 8 shards over 2 x 3 slots
+    ([40, 30, 9], 4, 5, 2),  # more slots than shards
+    ([20], 3, 2, 8),  # fewer clips than ranks x B: workers without a clip of their own
+    ([25, 7, 31, 18, 60, 6, 22, 13, 40, 11, 9, 33], 1, 4, 3),
+    ([1000] * 6, 8, 10, 32),
+])
+def test_epoch_plan_reads_every_clip_once(cells, ranks, workers, batch):
+    shards = [ref(f"s{i}", n, first=100 * i) for i, n in enumerate(cells)]
+    for config in (CLIP, ClipConfig(frames=4, stride=1.0, clips_per_shard=5, seed=2)):
+        for epoch in (0, 7):
+            plan = plan_epoch(shards, config, epoch, ranks, workers, batch)
+            check_exact_plan(plan, shards, config, ranks, workers, batch, epoch)
+
+
+def test_epoch_plan_with_gaps_and_clip_subsets_reads_every_clip_once():
+    gappy = [ShardRef(url=f"g{i}", name=f"g{i}", slug="v", samples=20, fps=2.0,
+                      cell_runs=((i * 30, i * 30 + 9), (i * 30 + 14, i * 30 + 23)), t_start=i * 15.0,
+                      t_end=i * 15 + 11.5) for i in range(5)]
+    check_exact_plan(plan_epoch(gappy, CLIP, 3, 2, 2, 2), gappy, CLIP, 2, 2, 2, 3)
+    part = ShardRead.needed(gappy[1], {44, 45}, CLIP)  # second run: cells 44..53 are samples 10..19
+    assert (part.first_sample, part.stop_sample) == (10 + 44 - 44, 10 + 45 + 6 - 44 + 1)
+
+
+def test_epoch_plan_is_deterministic_and_changes_with_the_epoch():
     shards = [ref(f"s{i}", cells) for i, cells in enumerate([40, 30, 30, 20, 20, 20, 10, 12])]
-    plan = plan_epoch(shards, CLIP, epoch=3, num_slots=4, batch_size=4)
-    assert sorted(i for slot in plan.slots for i in slot) == list(range(8))
-    assert plan == plan_epoch(shards, CLIP, epoch=3, num_slots=4, batch_size=4)
-    assert plan.slots != plan_epoch(shards, CLIP, epoch=4, num_slots=4, batch_size=4).slots
-    assert plan.quota % 4 == 0 and plan.quota >= max(plan.slot_clips)
-    assert max(plan.slot_clips) - min(plan.slot_clips) <= 34  # no slot far heavier than another
-    assert plan.total_clips == clips_per_epoch(shards, CLIP)
+    plan = plan_epoch(shards, CLIP, 3, 2, 2, 4)
+    assert plan == plan_epoch(shards, CLIP, 3, 2, 2, 4)
+    other = plan_epoch(shards, CLIP, 4, 2, 2, 4)
+    assert [s.url for s in plan.shards] != [s.url for s in other.shards]
+    assert plan.reads(0) != other.reads(0)
+    assert plan != plan_epoch(shards, dataclasses.replace(CLIP, seed=1), 3, 2, 2, 4)
+    with pytest.raises(WtoursError, match="at least 1"):
+        plan_epoch(shards, CLIP, 0, 0, 2, 4)
 
 
-def test_two_ranks_two_workers_disjoint_and_covering(gapped):
-    shards = resolve("gap", gapped.root)
-    config = LoaderConfig(batch_size=2, workers=2, augment="gpu", clip=CLIP, shuffle_buffer=4)
-    seen: dict[int, list[str]] = {}
-    lengths = []
+def corpus_shaped(folder: Path) -> list[str]:
+    """Indexes only (no tar files) shaped like the corpus: 4 videos, 118 shards of up to 1000 samples
+    at 2 fps, the last shard of each video shorter, some with a dropped blank stretch."""
+    folders = []
+    for v, count in enumerate([41, 17, 33, 27]):
+        slug, shards = f"walk{v}", []
+        for n in range(count):
+            first = n * 1000
+            runs = [[first, first + (999 if n < count - 1 else 136 + 97 * v)]]
+            if n < count - 1 and (n + v) % 9 == 4:  # a blank stretch of 40 cells dropped
+                runs = [[first, first + 299], [first + 340, first + 999]]
+            samples = sum(last - first_cell + 1 for first_cell, last in runs)
+            shards.append({"name": f"{slug}-{n:06d}.tar", "samples": samples, "first_frame": first * 15,
+                           "last_frame": runs[-1][1] * 15, "t_start": first / 2, "t_end": runs[-1][1] / 2,
+                           "cell_runs": runs, "bytes": samples * 114_000, "sha256": "0" * 64})
+        index = {"format": INDEX_FORMAT, "version": INDEX_VERSION,
+                 "video": {"slug": slug, "source_id": None, "sha256": "0" * 64, "duration": count * 500.0,
+                           "fps": 30.0, "width": 910, "height": 512},
+                 "params": {"fps": 2.0, "short_side": 512, "quality": 90, "samples_per_shard": 1000, "start": 0.0,
+                            "end": None, "blank_threshold": 3.0},
+                 "shards": shards, "samples": sum(s["samples"] for s in shards), "dropped": {},
+                 "blank_stretches": [], "complete": True, "created_by": "test"}
+        (folder / slug).mkdir(parents=True)
+        (folder / slug / "index.json").write_text(json.dumps(index))
+        folders.append(str(folder / slug))
+    return folders
+
+
+@pytest.mark.parametrize("ranks, workers", [(8, 10), (64, 8), (2, 3)])
+def test_corpus_shaped_plan_reads_within_ranks_times_batch(tmp_path, ranks, workers):
+    """The issue's acceptance: 8 x 10 and 64 x 8 slots at B = 32 read the distinct clips plus less than
+    ranks x B, and `wtours inspect` reports it."""
+    shards = resolve(corpus_shaped(tmp_path))
+    assert len(shards) == 118
+    config = ClipConfig(frames=8, stride=1.0)
+    plan = plan_epoch(shards, config, 0, ranks, workers, 32)
+    check_exact_plan(plan, shards, config, ranks, workers, 32, 0)
+    # locality: a slot reads one stretch of the shard order, so it touches about its share of the
+    # shards plus the partly read ones at its ends (8 x 10: 1.5 shards of clips; 64 x 8: a quarter)
+    for slot, part in enumerate(plan.slots):
+        touched = len({r.ref.url for r in plan.reads(slot)})
+        assert touched <= len(shards) * part.clips_read / plan.total_clips + 3
+    result = CliRunner().invoke(cli, ["inspect", *corpus_shaped(tmp_path / "cli"), "--world-size", str(ranks),
+                                      "--workers", str(workers), "--batch-size", "32", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["clips_per_epoch"] == plan.total_clips
+    assert info["clips_read_per_epoch"] == plan.clips_read
+    assert plan.total_clips <= info["clips_read_per_epoch"] <= plan.total_clips + ranks * 32
+    assert info["steps_per_epoch"] * 32 * ranks == plan.clips_read
+
+
+def with_offsets(shard: ShardRef) -> ShardRef:
+    """The shard with its samples' byte offsets, as index version 2 lists them: read from the tar itself."""
+    offsets: dict[str, int] = {}
+    with tarfile.open(shard.url) as tar:
+        for member in tar:
+            offsets.setdefault(member.name.split(".")[0], member.offset)
+    assert len(offsets) == shard.samples
+    return dataclasses.replace(shard, offsets=tuple(offsets.values()))
+
+
+def part_keys(read: ShardRead) -> tuple[list[str], int]:
+    problems = Problems()
+    streams = list(open_shards([read], problems))  # (closed when the generator moved on: reopen to read)
+    assert len(streams) == 1 and not problems.bad_shards
+    stream = open_part(read)
+    keys = [s.key for s in tar_samples([stream], problems)]
+    assert not problems.bad_shards
+    return keys, stream.first_sample
+
+
+def test_partial_reads_seek_to_the_samples_a_part_needs(gapped):
+    source = with_offsets(resolve("gap", gapped.root)[0])
+    keys = [sample_key("gap", m) for m in _frames(source)]
+    assert len(keys) == 12
+    for first, stop in ((3, 11), (0, 4), (7, None), (11, None), (5, 6)):
+        seeked = part_keys(ShardRead(source, frozenset(), first, stop))
+        assert seeked == (keys[first:stop], first)  # the stream started at sample `first`
+        skipped = part_keys(ShardRead(dataclasses.replace(source, offsets=None), frozenset(), first, stop))
+        assert skipped == (keys[first:stop], 0)  # no offsets (index version 1): read from the start
+    part = ShardRead.needed(source, {3, 4}, CLIP)
+    assert (part.first_sample, part.stop_sample) == (3, 11)  # 4 frames 2 cells apart after start 4
+    problems = Problems()
+    clips = list(samples_to_clips(tar_samples(open_shards([part], problems), problems), CLIP, problems))
+    whole = [c for c in all_clips([source], CLIP) if c.start_cell in (3, 4)]
+    assert [(c.key, c.jpgs) for c in clips] == [(c.key, c.jpgs) for c in whole] and len(clips) == 2
+
+
+def _frames(shard: ShardRef) -> list[int]:
+    problems = Problems()
+    return [json.loads(s.json)["frame"] for s in tar_samples(open_shards([shard], problems), problems)]
+
+
+def test_partial_reads_over_http_use_range_requests(gapped):
+    local = with_offsets(resolve("gap", gapped.root)[3])
+    keys = [sample_key("gap", m) for m in _frames(local)]
+    with FileServer(gapped.shard_dir("gap")) as server:
+        remote = dataclasses.replace(local, url=server.url(local.name))
+        assert part_keys(ShardRead(remote, frozenset(), 2, 9)) == (keys[2:9], 2)
+        assert server.body_requests()[-1]["range"] == f"bytes={local.offsets[2]}-{local.offsets[9] - 1}"
+        assert part_keys(ShardRead(remote, frozenset(), 6, None)) == (keys[6:], 6)
+        assert server.body_requests()[-1]["range"] == f"bytes={local.offsets[6]}-"
+        part = ShardRead.needed(remote, {local.cell_runs[0][0] + 1}, CLIP)
+        problems = Problems()
+        clips = list(samples_to_clips(tar_samples(open_shards([part], problems), problems), CLIP, problems))
+    assert [c.start_cell for c in clips] == [local.cell_runs[0][0] + 1] and not problems.bad_shards
+
+
+def loader_keys(shards: list[ShardRef], config: LoaderConfig, rank: int, ranks: int, epoch: int,
+                skip: int = 0) -> tuple[list[list[str]], int]:
+    dataset = ClipDataset(shards, config, rank=rank, world_size=ranks)
+    dataset.set_epoch(epoch, skip_batches=skip)
+    return [batch.keys for batch in make_loader(dataset)], len(dataset)
+
+
+def test_ranks_and_workers_read_every_clip_once_with_partial_reads(gapped):
+    """Real DataLoader workers over shards with byte offsets: 2 ranks x 3 workers read every clip of the
+    epoch, with equal steps per rank and under ranks x B repeats."""
+    shards = [with_offsets(s) for s in resolve("gap", gapped.root)]
+    config = LoaderConfig(batch_size=2, workers=3, augment="gpu", clip=CLIP, shuffle_buffer=4)
+    expected = Counter(c.key for c in all_clips(shards, CLIP))
+    seen: Counter[str] = Counter()
+    steps = set()
     for rank in range(2):
-        dataset = ClipDataset(shards, config, rank=rank, world_size=2)
-        dataset.set_epoch(1)
-        batches = list(make_loader(dataset))
-        lengths.append((len(batches), len(dataset)))
-        seen[rank] = [key for batch in batches for key in batch.keys]
-    assert lengths[0] == lengths[1] and lengths[0][0] == lengths[0][1]
-    plan = ClipDataset(shards, config, world_size=2).plan()
-    plan_1 = plan_epoch(shards, CLIP, epoch=1, num_slots=4, batch_size=2)
-    assert [sorted(s) for s in plan_1.slots if s] and sum(len(s) for s in plan_1.slots) == len(shards)
-    assert plan.quota > 0
-    expected = {c["__key__"] for c in all_clips(shards, CLIP)}
-    assert set(seen[0]) | set(seen[1]) == expected  # together they cover the epoch
-    shard_of = {}
-    for s in shards:
-        for c in all_clips([s], CLIP):
-            shard_of[c["__key__"]] = s.name
-    assert not {shard_of[k] for k in seen[0]} & {shard_of[k] for k in seen[1]}  # disjoint shards
+        batches, length = loader_keys(shards, config, rank, 2, epoch=1)
+        assert len(batches) == length and all(len(b) == 2 for b in batches)
+        steps.add(length)
+        seen.update(k for b in batches for k in b)
+    assert len(steps) == 1
+    assert set(seen) == set(expected) and sum(seen.values()) - len(expected) <= 2 * 2
+
+
+def test_resume_mid_epoch_gives_the_remaining_batches(gapped):
+    shards = [with_offsets(s) for s in resolve("gap", gapped.root)]
+    config = LoaderConfig(batch_size=2, workers=2, augment="gpu", clip=CLIP, shuffle_buffer=4)
+    whole, _ = loader_keys(shards, config, 0, 1, epoch=2)
+    assert len(whole) == 8
+    for skip in (1, 3, 6):
+        assert loader_keys(shards, config, 0, 1, epoch=2, skip=skip)[0] == whole[skip:]
+    assert loader_keys(shards, config, 0, 1, epoch=3)[0] != whole  # another epoch, another order
 
 
 def test_corrupted_and_missing_shards_are_skipped_and_counted(gapped, tmp_path, caplog):
@@ -149,22 +344,30 @@ def test_corrupted_and_missing_shards_are_skipped_and_counted(gapped, tmp_path, 
     assert len(keys) == len(dataset) * 2 and keys
 
 
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """A shard as written by hand: any members, including a sample that lacks a file."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
 def test_sample_with_missing_field_is_dropped_and_counted(tmp_path):
-    writer = ShardWriter(tmp_path / "v-000000.tar")
+    members = []
     for cell in range(6):
-        fields = {"jpg": b"\xff\xd8fake", "json": encode_json({"t": cell / 2, "frame": cell, "video": "v"})}
-        if cell == 2:
-            del fields["json"]
-        writer.write(f"v-{cell:08d}", fields)
-    writer.close()
+        members.append((f"v-{cell:08d}.jpg", b"\xff\xd8fake"))
+        if cell != 2:
+            members.append((f"v-{cell:08d}.json", encode_json({"t": cell / 2, "frame": cell, "video": "v"})))
+    write_tar(tmp_path / "v-000000.tar", members)
     shard = ShardRef(url=str(tmp_path / "v-000000.tar"), name="v-000000.tar", slug="v", samples=6, fps=2.0,
                      cell_runs=((0, 5),), t_start=0, t_end=2.5)
     problems = Problems()
     config = ClipConfig(frames=2, stride=0.5)
-    clips = list(samples_to_clips(tar_samples(open_shards([shard], problems), problems), {shard.url: shard},
-                                  {shard.url: {0, 1, 2, 3, 4}}, config, problems))
+    clips = list(samples_to_clips(tar_samples(open_shards([ShardRead.whole(shard, range(5))], problems), problems),
+                                  config, problems))
     assert problems.bad_samples == 1
-    assert [c["start_cell"] for c in clips] == [0, 3, 4]  # no clip uses the broken cell 2
+    assert [c.start_cell for c in clips] == [0, 3, 4]  # no clip uses the broken cell 2
 
 
 def test_clip_with_an_undecodable_frame_is_counted_and_replaced(gapped, tmp_path, caplog):
@@ -173,14 +376,13 @@ def test_clip_with_an_undecodable_frame_is_counted_and_replaced(gapped, tmp_path
     source = resolve("gap", gapped.root)[0]
     problems = Problems()
     samples = list(tar_samples(open_shards([source], problems), problems))
-    damaged = samples[5]["__key__"]
-    writer = ShardWriter(tmp_path / "gap-000000.tar")
-    for sample in samples:
-        jpg = sample["jpg"][: len(sample["jpg"]) // 3] if sample["__key__"] == damaged else sample["jpg"]
-        writer.write(sample["__key__"], {"jpg": jpg, "json": sample["json"]})
-    writer.close()
+    damaged = samples[5].key
+    write_tar(tmp_path / "gap-000000.tar",
+              [member for sample in samples for member in (
+                  (f"{sample.key}.jpg", sample.jpg[: len(sample.jpg) // 3] if sample.key == damaged else sample.jpg),
+                  (f"{sample.key}.json", sample.json))])
     shard = dataclasses.replace(source, url=str(tmp_path / "gap-000000.tar"))
-    affected = sum(samples[5]["jpg"] in clip["jpgs"] for clip in all_clips([source], CLIP))
+    affected = sum(samples[5].jpg in clip.jpgs for clip in all_clips([source], CLIP))
     assert affected > 0
     dataset = ClipDataset([shard], LoaderConfig(batch_size=3, workers=0, clip=CLIP))
     with caplog.at_level(logging.WARNING):
@@ -205,14 +407,42 @@ def test_specs_mix_local_patterns_and_http(gapped):
         remote = resolve(server.url("gap-{000002..000003}.tar"))
         mixed = resolve([str(folder / "gap-{000000..000001}.tar"), server.url("gap-{000002..000003}.tar")])
         assert len(mixed) == 4 and mixed[2].url.startswith("http://")
-        http_keys = [c["__key__"] for c in all_clips(remote, CLIP)]
-    local_keys = [c["__key__"] for c in all_clips(resolve("gap", gapped.root)[2:], CLIP)]
+        http_keys = [c.key for c in all_clips(remote, CLIP)]
+    local_keys = [c.key for c in all_clips(resolve("gap", gapped.root)[2:], CLIP)]
     assert http_keys == local_keys and http_keys
 
 
 def test_stages_work_on_plain_lists():
     assert sorted(shuffle(range(50), 8, random.Random(0))) == list(range(50))
     assert list(take_quota(lambda n: iter(["a", "b"]), 5)) == ["a", "b", "a", "b", "a"]
+
+
+@pytest.mark.slow
+def test_torchrun_epoch_reads_every_clip_once(tmp_path):
+    """The issue's acceptance run: `torchrun --nproc-per-node 2` on CPU, `--workers 3`, one epoch; the
+    clip keys both ranks log (data.rank*.jsonl) are every clip of the epoch, plus under ranks x B."""
+    root = sharded_root(tmp_path, seconds=20.0, samples_per_shard=10)  # 4 shards of 10 samples at 2 fps
+    shards = resolve("walk", root)
+    expected = {c.key for c in all_clips(shards, ClipConfig(frames=2, stride=1.0))}
+    assert len(expected) == 32
+    with socket.socket() as s:  # torchrun needs a real free port (port 0 hangs its rendezvous)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out, batch, ranks = tmp_path / "ddp", 5, 2  # 16 clips per rank: 4 steps of 5, 4 clips of padding
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr",
+           "127.0.0.1", "--master-port", str(port), "-m", "wtours", "train", "--shards", "walk", "--root", str(root),
+           "--out", str(out), "--arch", "vit_micro", "--out-dim", "64", "--batch-size", str(batch), "--clip-frames",
+           "2", "--n-local", "2", "--workers", "3", "--epochs", "1", "--warmup-epochs", "0", "--log-every", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = [[json.loads(line) for line in (out / f"data.rank{r}.jsonl").read_text().splitlines()]
+              for r in range(ranks)]
+    assert len(logged[0]) == len(logged[1]) == 4  # the same steps on both ranks
+    keys = [k for rank in logged for step in rank for k in step["keys"]]
+    assert all(parse_sample_key(k)[0] == "walk" for k in keys) and {s["epoch"] for r in logged for s in r} == {0}
+    assert set(keys) == expected
+    assert len(keys) == 40 <= len(expected) + ranks * batch
 
 
 # ------------------------------------------------------------------------------- augmentation
@@ -245,15 +475,17 @@ def test_colour_probabilities_follow_the_spec():
 
 
 def frames_of(clips: list[dict]):
-    from PIL import Image
     import io
 
-    return [[Image.open(io.BytesIO(j)).convert("RGB") for j in clip["jpgs"]] for clip in clips]
+    from PIL import Image
+
+    return [[Image.open(io.BytesIO(j)).convert("RGB") for j in clip.jpgs] for clip in clips]
 
 
 def jpeg_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     out = io.BytesIO()
     Image.fromarray(array).save(out, "JPEG", quality=95)
@@ -278,7 +510,8 @@ def test_cpu_and_tensor_paths_agree(gapped):
     """Same parameters, same frames: the CPU (workers) and tensor (GPU) paths give nearly the same pixels."""
     clip = all_clips(resolve("gap", gapped.root), CLIP)[0]
     images = frames_of([clip])[0]
-    cpu = multicrop_cpu([decode_clip(clip["jpgs"])], np.random.default_rng(11), A.MultiCropConfig())
+    cpu = [A.normalise_uint8(v) for v in multicrop_cpu([decode_clip(clip.jpgs)], np.random.default_rng(11),
+                                                         A.MultiCropConfig())]
     frames = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).contiguous()
     tensor = A.multicrop_tensor(frames, np.array([[images[0].height, images[0].width]]), 4,
                                 np.random.default_rng(11), A.MultiCropConfig())
@@ -291,7 +524,8 @@ def test_cpu_and_tensor_paths_agree(gapped):
 def test_cpu_path_matches_the_authors_pil_pipeline(gapped):
     """The fast CPU kernels make the same views as DINO's/DoRA's PIL pipeline from the same parameters."""
     clip = all_clips(resolve("gap", gapped.root), CLIP)[0]
-    fast = multicrop_cpu([decode_clip(clip["jpgs"])], np.random.default_rng(5), A.MultiCropConfig())
+    fast = [A.normalise_uint8(v) for v in multicrop_cpu([decode_clip(clip.jpgs)], np.random.default_rng(5),
+                                                          A.MultiCropConfig())]
     authors = multicrop_pil(frames_of([clip])[0], np.random.default_rng(5), A.MultiCropConfig())
     grey_level = 1 / (255 * 0.226)  # one uint8 step in normalised units
     for a, b in zip(fast, authors):
@@ -334,12 +568,42 @@ def test_batches_have_the_method_layout_and_normalisation(gapped):
     config = LoaderConfig(batch_size=3, workers=0, clip=CLIP)
     batch = next(iter(ClipDataset(resolve("gap", gapped.root), config)))
     assert [tuple(x.shape) for x in batch] == [(3, 4, 3, 224, 224)] + [(3, 4, 3, 112, 112)] * 6
-    assert all(x.dtype == torch.float32 and x.is_contiguous() for x in batch)
-    mean = torch.tensor(A.IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(A.IMAGENET_STD)[:, None, None]
-    lo, hi = (0 - mean) / std, (1 - mean) / std
-    for x in batch:
-        assert (x >= lo - 1e-5).all() and (x <= hi + 1e-5).all()
+    assert all(x.dtype == torch.uint8 and x.is_contiguous() for x in batch)  # sent as uint8
+    mean = torch.tensor(A.IMAGENET_MEAN, dtype=torch.float64)[:, None, None]
+    std = torch.tensor(A.IMAGENET_STD, dtype=torch.float64)[:, None, None]
+    normalised = batch.normalised()
+    assert normalised.keys == batch.keys
+    for x, levels in zip(normalised, batch):
+        assert x.dtype == torch.float32 and x.is_contiguous() and x.shape == levels.shape
+        # the float path's formula, in float64: equal within float32 rounding
+        assert torch.allclose(x.double(), (levels.double() / 255 - mean) / std, rtol=0, atol=1e-6)
+    with pytest.raises(TypeError, match="uint8"):
+        normalised.normalised()  # float views are normalised already: a second pass would be a silent bug
+
+
+def test_uint8_views_normalise_to_the_float_views_sent_before(gapped):
+    """The CPU path sent float32 views made by uint8 -> float -> x / (255 std) - mean / std; the uint8
+    views normalised on the consumer's side are those same float32 values, bit for bit."""
+    clip = all_clips(resolve("gap", gapped.root), CLIP)[0]
+    views = multicrop_cpu([decode_clip(clip.jpgs)] * 2, np.random.default_rng(3), A.MultiCropConfig())
+    scale = torch.tensor([1 / (255.0 * s) for s in A.IMAGENET_STD])[:, None, None]  # as the float path had them
+    shift = torch.tensor([m / s for m, s in zip(A.IMAGENET_MEAN, A.IMAGENET_STD)])[:, None, None]
+    for levels in views:  # (2, 4, 3, S, S) uint8
+        hwc = np.ascontiguousarray(levels.permute(0, 1, 3, 4, 2).numpy())  # the layout the float path converted
+        before = torch.from_numpy(np.ascontiguousarray(np.moveaxis(hwc, -1, -3))).float().mul_(scale).sub_(shift)
+        assert torch.equal(A.normalise_uint8(levels), before)
+
+
+def test_worker_batches_are_the_in_process_batches(gapped):
+    """A DataLoader worker allocates its uint8 views in shared memory (so sending them copies nothing):
+    the main process receives the views an in-process loader makes."""
+    config = LoaderConfig(batch_size=2, workers=0, clip=CLIP)
+    in_process = list(make_loader(ClipDataset(resolve("gap", gapped.root), config)))
+    worker = list(make_loader(ClipDataset(resolve("gap", gapped.root), dataclasses.replace(config, workers=1))))
+    assert len(worker) == len(in_process) > 1
+    for a, b in zip(worker, in_process):
+        assert a.keys == b.keys
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_gpu_augmenter_runs_on_cpu_too(gapped):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from tests.reference_dora import reference_loss, sinkhorn_one
 from wtours.dora import DoRA, DoRALoss
+from wtours.dora.config import DoRAConfig, LossConfig, teacher_temperature
 from wtours.dora.tracker import apply_masks, discover, sinkhorn, track
 from wtours.errors import WtoursError
 from wtours.models import create_vit
@@ -65,37 +68,59 @@ def test_threshold_is_one_mean_over_the_batch():
     assert torch.equal(masks[0, :, 0], s > s.mean())
 
 
-def test_loss_weighting_authors_and_mean():
-    terms = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # (K=3, T=2)
-    # reconstruct inputs whose per-term cross-entropies are known is hard; check the accumulation itself
-    acc, total = 0.0, 0.0
-    for row in terms:
-        acc = (acc + row.sum()) / 2
+def plain_loss(teacher, masked, local, center, teacher_temp, student_temp, weighting):
+    """The authors' loss loop written out: per object, per frame, per local view (view 1 skipped)."""
+    k, t = masked.shape[:2]
+    total, acc, terms = 0.0, 0.0, []
+    for obj in range(k):
+        obj_sum = 0.0
+        for f in range(t):
+            q = torch.softmax((teacher[f] - center) / teacher_temp, -1)
+            h = lambda x, q=q: -(q * torch.log_softmax(x / student_temp, -1)).sum(-1).mean()  # noqa: E731
+            term = 0.5 * (h(masked[obj, f]) + sum(h(local[v, f]) for v in range(1, len(local))) / (len(local) - 1))
+            terms.append(term)
+            obj_sum = obj_sum + term
+        acc = (acc + obj_sum) / t
         total = total + acc
-    expected = total / 3
-    accumulated = torch.zeros(())
-    out = torch.zeros(())
-    for per_object in terms.sum(dim=1):
-        accumulated = (accumulated + per_object) / 2
-        out = out + accumulated
-    assert torch.isclose(out / 3, expected)
-    teacher = torch.randn(2, 4, 10)
-    masked = torch.randn(3, 2, 4, 10)
-    local = torch.randn(3, 2, 4, 10)
-    mean_loss = DoRALoss(10, weighting="mean")(teacher, masked, local)
-    targets = torch.softmax(teacher / 0.04, -1)
-    h = lambda x: -(targets * torch.log_softmax(x / 0.1, -1)).sum(-1).mean(-1)  # noqa: E731
-    manual = 0.5 * (h(masked) + h(local[1:]).mean(0))
-    assert torch.isclose(mean_loss, manual.mean(), rtol=1e-5)
+    return total / k if weighting == "authors" else sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("weighting", ["authors", "mean"])
+def test_loss_matches_the_plain_loop(weighting):
+    """The library's DoRALoss (both weightings, a non-zero centre, non-default temperatures from its
+    config) against the loop above."""
+    g = torch.Generator().manual_seed(3)
+    teacher, masked, local = torch.randn(4, 2, 10, generator=g), torch.randn(3, 4, 2, 10, generator=g), \
+        torch.randn(3, 4, 2, 10, generator=g)
+    config = LossConfig(teacher_temp=0.06, student_temp=0.2, weighting=weighting)
+    loss = DoRALoss(10, config)
+    loss.center.copy_(torch.randn(1, 10, generator=g) * 0.1)
+    expected = plain_loss(teacher, masked, local, loss.center, 0.06, 0.2, weighting)
+    assert torch.isclose(loss(teacher, masked, local), expected, rtol=1e-5)
+    assert not torch.isclose(DoRALoss(10, LossConfig(weighting=weighting))(teacher, masked, local), expected)
+
+
+def test_teacher_temperature_warms_up_by_epoch_as_dino():
+    """DINOLoss: concatenate(linspace(warmup, temp, W), ones(n - W) * temp)[epoch], transcribed."""
+    config = LossConfig(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=30)
+    dino = np.concatenate((np.linspace(0.04, 0.07, 30), np.ones(100 - 30) * 0.07))
+    assert [teacher_temperature(config, e) for e in range(100)] == dino.tolist()
+    assert teacher_temperature(LossConfig(), 5) == 0.04
+    teacher, masked, local = torch.randn(2, 2, 8), torch.randn(3, 2, 2, 8), torch.randn(3, 2, 2, 8)
+    loss = DoRALoss(8, config)
+    for epoch in (0, 10, 29, 50):  # the epoch argument reaches the temperature
+        expected = plain_loss(teacher, masked, local, loss.center, dino[epoch], 0.1, "authors")
+        assert torch.isclose(loss(teacher, masked, local, epoch), expected, rtol=1e-5), epoch
 
 
 def test_center_update():
-    loss = DoRALoss(out_dim=4)
+    loss = DoRALoss(4, LossConfig(center_momentum=0.8))
     teacher = torch.arange(24, dtype=torch.float32).reshape(3, 2, 4)
     loss.update_center(teacher)
-    assert torch.allclose(loss.center, 0.1 * teacher.reshape(-1, 4).mean(0, keepdim=True))
+    assert torch.allclose(loss.center, 0.2 * teacher.reshape(-1, 4).mean(0, keepdim=True))
 
 
+@pytest.mark.slow
 def test_last_attention_matches_explicit_attention():
     vit = create_vit("vit_micro").eval()
     x = torch.randn(2, 3, 224, 224)
@@ -105,10 +130,11 @@ def test_last_attention_matches_explicit_attention():
     assert torch.allclose(cls_attention(last.queries, last.keys), explicit[:, :, 0], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weighting", ["authors", "mean"])
 def test_compute_loss_and_gradients_match_the_reference(weighting):
     torch.manual_seed(0)
-    model = DoRA("vit_micro", out_dim=256, n_local=3, drop_path=0.0, weighting=weighting)
+    model = DoRA("vit_micro", out_dim=256, n_local=3, drop_path=0.0, loss=LossConfig(weighting=weighting))
     with torch.no_grad():  # a non-zero centre, so its use is checked too
         model.loss.center.copy_(torch.randn(1, 256) * 0.1)
     batch = crops()
@@ -133,6 +159,7 @@ def test_heads_are_drawn_distinct_and_injectable():
         model.compute_loss(crops(n=3))
 
 
+@pytest.mark.slow
 def test_official_checkpoint_layout_loads(tmp_path):
     """A checkpoint in the authors' layout: 'student'/'teacher' dicts, keys prefixed 'module.', args inside."""
     import argparse
@@ -150,3 +177,21 @@ def test_official_checkpoint_layout_loads(tmp_path):
     assert torch.equal(target.loss.center, torch.full((1, 64), 0.5))
     with pytest.raises(WtoursError, match="does not fit"):
         DoRA("vit_micro", out_dim=128, n_local=2).load_official_checkpoint(path)
+
+
+def test_the_model_takes_its_loss_temperatures_from_its_config():
+    """DoRA(config): change the temperatures (and their per-epoch warm-up) in the config, and the loss follows."""
+    torch.manual_seed(0)
+    base = DoRA(DoRAConfig(arch="vit_micro", out_dim=128, n_local=3, drop_path=0.0))
+    config = replace(base.config, loss=LossConfig(teacher_temp=0.07, warmup_teacher_temp=0.05,
+                                                  warmup_teacher_temp_epochs=3, student_temp=0.2))
+    model = DoRA(config)
+    model.load_state_dict(base.state_dict())  # the same weights, only the loss settings differ
+    assert model.config == config and model.loss.config == config.loss
+    batch, heads = crops(), torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        for epoch, temp in ((1, 0.06), (5, 0.07)):  # in the warm-up, then after it
+            ours = model.compute_loss(batch, heads=heads, epoch=epoch)
+            expected = reference_loss(model, batch, heads, model.loss.center, teacher_temp=temp, student_temp=0.2)
+            assert torch.isclose(ours, expected, rtol=1e-4), (epoch, ours.item(), expected.item())
+        assert not torch.isclose(base.compute_loss(batch, heads=heads, epoch=5), ours, rtol=1e-3)

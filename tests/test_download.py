@@ -65,6 +65,7 @@ def test_path_names_are_rejected(tmp_path, args):
     assert "not a valid video name" in result.stderr
 
 
+@pytest.mark.slow
 def test_download_resume_and_skip(served, tmp_path):
     root = tmp_path / "root"
     target = root / "videos" / "testwalk" / "testwalk.mp4"
@@ -100,6 +101,7 @@ def test_download_resume_and_skip(served, tmp_path):
         assert "already downloaded" in third.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body", ["garbage", "truncated"])
 def test_bad_body_is_never_recorded_complete(served, tmp_path, body):
     folder = tmp_path / "srv"

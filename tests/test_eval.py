@@ -94,6 +94,7 @@ def test_weighted_vote_matches_numpy():
     assert 30 < top1 < 100  # a test set where the vote matters: neither chance (14%) nor perfect
 
 
+@pytest.mark.slow
 def test_random_backbone_is_well_above_chance_on_digits(all_digits):
     """k-NN is meaningful: even a frozen randomly initialised vit_micro separates the digits (chance: 10%)."""
     train, val = labelled_pair(*all_digits)
@@ -125,6 +126,7 @@ def independent_features(backbone_file: Path, folder: Path) -> tuple[np.ndarray,
     return features.numpy(), np.array(labels)
 
 
+@pytest.mark.slow
 def test_trained_tiny_model_monitored_and_evaluated(digits, tmp_path):
     """A real DoRA run with --knn-* logs k-NN lines; `wtours eval knn` on its checkpoint gives the top-1 of
     timm features + the numpy vote, and the same number for the exported and the authors' layouts."""
@@ -136,7 +138,7 @@ def test_trained_tiny_model_monitored_and_evaluated(digits, tmp_path):
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     knn_lines = [line for line in lines if "knn_top1" in line]
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / "run.json").read_text())
     assert config["steps_per_epoch"] == 1  # so epochs end at steps 1, 2, 3: every 2nd epoch, and the run's end
     assert [(r["step"], r["epoch"]) for r in knn_lines] == [(2, 1), (3, 2)]
     assert all(set(r) == {"step", "epoch", "knn_top1", "knn_top5"} for r in knn_lines)
@@ -180,6 +182,7 @@ def test_trained_tiny_model_monitored_and_evaluated(digits, tmp_path):
                                           for k, v in backbone.state_dict().items())
 
 
+@pytest.mark.slow
 def test_arch_inference_and_refusals(digits, tmp_path):
     for name in ("vit_micro", "vit_micro_patch8", "vit_tiny"):
         assert infer_arch(create_vit(name).state_dict()) == name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -106,9 +107,17 @@ def test_probe_rejects_a_non_video(tmp_path):
 
 @pytest.mark.slow
 def test_wheel_ships_cli_and_manifest(tmp_path):
-    """A non-editable install carries wtours.cli and the manifest, and claims no top-level `cli`."""
+    """A non-editable install carries wtours.cli and the manifest, and claims no top-level `cli`.
+
+    Built from a copy of the sources, so setuptools' build/ and wtours.egg-info/ land in tmp_path."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for name in ("wtours", "cli", "manifests"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True)
+                    str(tmp_path), str(source)], check=True)
     wheel = next(tmp_path.glob("wtours-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "wtours/manifests/walking_tours.json" in names

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,7 @@ def pushed(root, hub, tmp_path_factory):
 # ---------------------------------------------------------------------- push
 
 
+@pytest.mark.slow
 def test_push_uploads_the_layout_with_lfs_shards_and_index_last(root, hub, pushed):
     files = hub.files("alice/walks")
     layout = Layout(root)
@@ -140,6 +142,7 @@ def test_second_push_uploads_nothing(root, hub, pushed, tmp_path):
     assert hub.uploads(mark) == [] and len(hub.history("alice/walks")) == commits
 
 
+@pytest.mark.slow
 def test_interrupted_push_resumes_without_resending(root, hub, tmp_path):
     """A commit fails midway; the repo never has an index without its shards, and the rerun sends
     only what is missing (LFS bodies already stored are not sent again)."""
@@ -171,6 +174,7 @@ def test_interrupted_push_resumes_without_resending(root, hub, tmp_path):
 # ---------------------------------------------------------------------- pull
 
 
+@pytest.mark.slow
 def test_pull_into_a_fresh_root_matches_the_index_and_resumes(root, hub, pushed, tmp_path):
     env = env_for(hub, tmp_path)
     fresh = tmp_path / "fresh"
@@ -231,6 +235,7 @@ def test_pull_never_mixes_with_another_local_set(hub, pushed, tmp_path):
 # ---------------------------------------------------------------------- streaming
 
 
+@pytest.mark.slow
 def test_train_and_inspect_stream_from_hf_patterns(root, hub, pushed, tmp_path):
     env = env_for(hub, tmp_path)
     mark = len(hub.requests)
@@ -251,6 +256,7 @@ def test_train_and_inspect_stream_from_hf_patterns(root, hub, pushed, tmp_path):
     assert json.loads(remote.stdout)["clips_per_epoch"] == json.loads(local.stdout)["clips_per_epoch"] > 0
 
 
+@pytest.mark.slow
 def test_stats_stream_from_an_hf_index(root, hub, pushed, tmp_path):
     env = env_for(hub, tmp_path)
     fresh = tmp_path / "fresh"
@@ -273,12 +279,13 @@ from wtours.clips.stages import Problems, open_shards, tar_samples
 problems = Problems()
 counts = {}
 for sample in tar_samples(open_shards(resolve(sys.argv[1]), problems), problems):
-    if "__key__" in sample:
-        counts[sample["__url__"].rsplit("/", 1)[1]] = counts.get(sample["__url__"].rsplit("/", 1)[1], 0) + 1
+    if sample.key:
+        counts[sample.url.rsplit("/", 1)[1]] = counts.get(sample.url.rsplit("/", 1)[1], 0) + 1
 print(json.dumps({"counts": counts, "bad": sorted(u.rsplit("/", 1)[1] for u in problems.bad_shards)}))
 """
 
 
+@pytest.mark.slow
 def test_a_shard_that_vanishes_mid_stream_is_skipped_with_a_warning(root, hub, tmp_path):
     push(Layout(root), PushConfig(HubTarget("alice/vanish", endpoint=hub.url, token=TOKEN), ("venice",),
                                   progress=False), say=lambda m: None)
@@ -299,9 +306,40 @@ def test_a_shard_that_vanishes_mid_stream_is_skipped_with_a_warning(root, hub, t
     assert gets[1]["range"].startswith("bytes=") and gets[1]["status"] == 404
 
 
+PART_SCRIPT = """
+import json, sys
+from wtours.clips.epoch import ShardRead
+from wtours.clips.spec import resolve
+from wtours.clips.stages import Problems, open_shards, tar_samples
+ref = resolve(sys.argv[1])[1]
+problems = Problems()
+keys = [s.key for s in tar_samples(open_shards([ShardRead(ref, frozenset(), 1, 3)], problems), problems)]
+print(json.dumps({"keys": keys, "offsets": list(ref.offsets), "bad": sorted(problems.bad_shards)}))
+"""
+
+
+@pytest.mark.slow
+def test_partial_hf_reads_fetch_only_the_needed_bytes(root, hub, pushed, tmp_path):
+    """A slot that needs samples [1, 3) of an hf:// shard asks for a byte range from sample 1's
+    offset (index version 2), not for the whole shard, and gets exactly those samples."""
+    mark = len(hub.requests)
+    result = subprocess.run([sys.executable, "-c", PART_SCRIPT, "hf://datasets/alice/walks/venice/index.json"],
+                            env=env_for(hub, tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    local = Layout(root).shard_dir("venice") / "venice-000001.tar"
+    with tarfile.open(local) as tar:
+        expected = sorted({m.name.split(".")[0] for m in tar.getmembers()})[1:3]
+    assert report["keys"] == expected and not report["bad"]
+    gets = [r for r in hub.downloads(mark) if r["path"].endswith("/venice/venice-000001.tar")]
+    assert gets and all(r["range"] for r in gets)
+    assert gets[0]["range"].startswith(f"bytes={report['offsets'][1]}-")
+
+
 # ---------------------------------------------------------------------- access
 
 
+@pytest.mark.slow
 def test_private_repo_without_a_token_fails_with_a_login_hint(root, hub, tmp_path):
     push(Layout(root), PushConfig(HubTarget("alice/secret", endpoint=hub.url, token=TOKEN), ("zurich",),
                                   private=True, progress=False), say=lambda m: None)
@@ -472,6 +510,7 @@ print(json.dumps({"zurich": len(zurich), "all": sum(1 for _ in every), "keys": s
 """
 
 
+@pytest.mark.slow
 def test_datasets_loads_the_configs_the_card_declares(hub, pushed, tmp_path):
     env = {**env_for(hub, tmp_path), "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
     result = subprocess.run([sys.executable, "-c", DATASETS_SCRIPT], env=env, capture_output=True, text=True,
@@ -486,3 +525,24 @@ def test_pushed_card_names_every_source_and_licence(hub, pushed):
     for slug in SETS:
         record = json.loads(hub.files("alice/walks")[f"{slug}/source.json"])["source"]
         assert record["url"] in card and record["license"] in card
+
+
+def test_pull_refuses_a_hostile_index_and_writes_nothing_outside_the_root(root, hub, tmp_path):
+    """An index naming `../../../x.tar` once made pull write outside the data root: names are checked
+    against the shard-name pattern before any path is built from them."""
+    from huggingface_hub import HfApi
+
+    push(Layout(root), PushConfig(HubTarget("alice/hostile", endpoint=hub.url, token=TOKEN), ("zurich",),
+                                  progress=False), say=lambda m: None)
+    index = json.loads(hub.files("alice/hostile")["zurich/index.json"])
+    index["shards"][0]["name"] = "../../../escaped.tar"
+    HfApi(endpoint=hub.url, token=TOKEN).upload_file(
+        path_or_fileobj=json.dumps(index).encode(), path_in_repo="zurich/index.json", repo_id="alice/hostile",
+        repo_type="dataset")
+    target = tmp_path / "a" / "b" / "c" / "root"
+    with pytest.raises(WtoursError) as error:
+        pull(Layout(target), PullConfig(HubTarget("alice/hostile", endpoint=hub.url, token=TOKEN), progress=False),
+             say=lambda m: None)
+    assert "alice/hostile/zurich/index.json" in error.value.message
+    assert "'../../../escaped.tar' is not a shard name" in error.value.message and error.value.hint
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing written, inside or outside the root

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage.color import rgb2lab
 
-from tests.videos import STREET_VIDEO, make_video, run_ffmpeg
+from tests.videos import STREET_SECONDS, STREET_VIDEO, make_video, run_ffmpeg
 from wtours.cli.main import cli
 from wtours.download import add_local
 from wtours.errors import WtoursError
@@ -72,26 +72,19 @@ def ramp(seconds: float) -> str:
 
 
 @pytest.fixture(scope="module")
-def street():
-    if not STREET_VIDEO.is_file():
-        pytest.skip("../shared/testdata/vtest.avi is absent (a user's clone has no ../shared)")
-    return STREET_VIDEO
-
-
-@pytest.fixture(scope="module")
-def shots_video(street, tmp_path_factory):
+def shots_video(tmp_path_factory):
     """Five shots of SHOT seconds joined by hard cuts at 6, 12, 18 and 24 s, under one lighting ramp.
 
     Three are real street footage taken at distinct times and from distinct parts of the frame (as
     different camera set-ups would see it), two are lavfi sources."""
-    pieces = [(2, "crop=384:288:0:0"), (None, "mandelbrot=size=320x240:rate=10"), (30, "crop=384:288:384:288,hflip"),
-              (55, "null"), (None, "life=size=80x60:rate=10:mold=10:seed=3:ratio=0.4,scale=320:240:flags=neighbor")]
+    pieces = [(1, "crop=384:288:0:0"), (None, "mandelbrot=size=320x240:rate=10"), (7, "crop=384:288:384:288,hflip"),
+              (13, "null"), (None, "life=size=80x60:rate=10:mold=10:seed=3:ratio=0.4,scale=320:240:flags=neighbor")]
     inputs, chains = [], []
     for i, (start, graph) in enumerate(pieces):
         if start is None:
             chains.append(f"{graph},trim=duration={SHOT},setpts=PTS-STARTPTS,format=yuv420p[s{i}]")
         else:
-            inputs += ["-ss", str(start), "-t", str(SHOT), "-i", str(street)]
+            inputs += ["-ss", str(start), "-t", str(SHOT), "-i", str(STREET_VIDEO)]
             chains.append(f"[{len(inputs) // 6 - 1}:v]{graph},scale=320:240,setsar=1,fps=10,setpts=PTS-STARTPTS,"
                           f"format=yuv420p[s{i}]")
     joined = "".join(f"[s{i}]" for i in range(len(pieces)))
@@ -103,13 +96,13 @@ def shots_video(street, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def continuous(street, tmp_path_factory):
-    """One continuous 40 s stretch of the street (people walking), plain and under the lighting ramp."""
+def continuous(tmp_path_factory):
+    """The whole street excerpt (20 s of people walking, no cut), plain and under the lighting ramp."""
     folder = tmp_path_factory.mktemp("continuous")
     videos = {}
-    for name, extra in (("plain", ""), ("ramped", "," + ramp(40))):
+    for name, extra in (("plain", ""), ("ramped", "," + ramp(STREET_SECONDS))):
         videos[name] = folder / f"{name}.mp4"
-        run_ffmpeg(["-t", "40", "-i", str(street), "-vf", f"scale=320:240{extra}", "-c:v", "libx264", "-preset",
+        run_ffmpeg(["-i", str(STREET_VIDEO), "-vf", f"scale=320:240{extra}", "-c:v", "libx264", "-preset",
                     "ultrafast", "-pix_fmt", "yuv420p", str(videos[name])])
     return videos
 
@@ -130,6 +123,7 @@ def assert_cuts(found: list[float], expected: list[float], step: float = 0.5) ->
 # ------------------------------------------------------------------ transitions
 
 
+@pytest.mark.slow
 def test_cuts_between_real_shots_at_the_right_times(shots_video, tmp_path):
     layout = sharded(tmp_path, shots_video, "shots")
     summary = run_stats(layout, "shots")
@@ -145,6 +139,7 @@ def test_cuts_between_real_shots_at_the_right_times(shots_video, tmp_path):
     assert_cuts(from_video["cuts"], [6.0, 12.0, 18.0, 24.0])
 
 
+@pytest.mark.slow
 def test_continuous_street_has_no_cut_and_lightness_follows_the_ramp(continuous, tmp_path):
     tables = {}
     for name, video in continuous.items():
@@ -153,7 +148,7 @@ def test_continuous_street_has_no_cut_and_lightness_follows_the_ramp(continuous,
         assert summary["cuts"] == [] and summary["scene_changes"] == [], name
         tables[name] = frames_table(layout, name)
     plain, ramped = tables["plain"], tables["ramped"]
-    assert list(plain["t"]) == list(ramped["t"]) and len(plain) == 80
+    assert list(plain["t"]) == list(ramped["t"]) and len(plain) == 2 * STREET_SECONDS
     # What the ramp alone did to L*: falls steadily, in step with the brightness ramp.
     drop = (ramped["lightness"] - plain["lightness"]).to_numpy()
     assert np.corrcoef(ramped["t"], drop)[0, 1] < -0.99
@@ -162,6 +157,7 @@ def test_continuous_street_has_no_cut_and_lightness_follows_the_ramp(continuous,
     assert np.all(np.diff(smoothed) < 0.05)  # monotonic up to sampling noise
 
 
+@pytest.mark.slow
 def test_synthetic_walk_from_shards_and_from_video(walk, tmp_path):
     layout = sharded(tmp_path, walk, "walk")
     shards = run_stats(layout, "walk")
@@ -220,13 +216,14 @@ def test_drift_ignores_a_lighting_change_but_not_new_content():
 def test_on_grid_keeps_the_first_item_per_cell_after_a_resume_point():
     items = [Frame(t, i, np.zeros((1, 1, 3), np.uint8)) for i, t in enumerate([0.0, 0.4, 0.5, 0.9, 1.0, 1.7, 2.2])]
     assert [f.t for f in on_grid(items, 1.0)] == [0.0, 1.0, 2.2]
-    assert [f.t for f in on_grid(items, 0.5)] == [0.0, 0.5, 1.0, 1.7, 2.2]
+    assert [f.t for f in on_grid(items, 2.0)] == [0.0, 0.5, 1.0, 1.7, 2.2]  # cells per second
     assert [f.t for f in on_grid(items, 1.0, after=1.0)] == [2.2]
 
 
 # ------------------------------------------------------------------ lightness
 
 
+@pytest.mark.slow
 def test_lightness_agrees_with_rgb2lab_on_the_same_pixels(walk, tmp_path):
     """Against skimage's rgb2lab on every pixel of the very frames analysed (the decoded shard JPEGs).
 
@@ -234,7 +231,7 @@ def test_lightness_agrees_with_rgb2lab_on_the_same_pixels(walk, tmp_path):
     its percentiles within 1.5: a difference of 1 L* is about the smallest a viewer notices, and the
     grid's error is measured at 0.1-0.4 (mean) and up to 1.2 (percentiles) on the fractal textures
     of the synthetic walk, the worst case. With every pixel the numbers are rgb2lab's own."""
-    videos = [walk] + ([STREET_VIDEO] if STREET_VIDEO.is_file() else [])
+    videos = [walk, STREET_VIDEO]
     for i, video in enumerate(videos):
         layout = sharded(tmp_path / str(i), video, "v")
         run_stats(layout, "v")
@@ -243,11 +240,11 @@ def test_lightness_agrees_with_rgb2lab_on_the_same_pixels(walk, tmp_path):
         for sample in iter_video_samples(layout, "v"):
             rgb = np.asarray(Image.open(io.BytesIO(sample.jpg)).convert("RGB"))
             L = rgb2lab(rgb)[..., 0]
-            reference[sample.meta["t"]] = (L.mean(), *np.percentile(L, [10, 50, 90]))
+            reference[sample.meta.t] = (L.mean(), *np.percentile(L, [10, 50, 90]))
             if len(reference) <= 3:  # every pixel: exact up to float32
                 row = next(measure([Frame(0.0, 0, rgb)], pixels=0)).row
                 got = [row[k] for k in ("lightness", "lightness_p10", "lightness_p50", "lightness_p90")]
-                assert np.allclose(got, reference[sample.meta["t"]], atol=1e-3)
+                assert np.allclose(got, reference[sample.meta.t], atol=1e-3)
         ref = pd.DataFrame.from_dict(reference, orient="index", columns=["mean", "p10", "p50", "p90"])
         assert list(ref.index) == list(table.index)
         assert np.abs(table["lightness"] - ref["mean"]).max() < 0.5
@@ -265,6 +262,7 @@ def test_analysis_grid_is_a_regular_sample():
 # ------------------------------------------------------------------ outputs and corpus
 
 
+@pytest.mark.slow
 def test_outputs_are_consistent_and_the_corpus_table_matches(walk, boxes_video, tmp_path):
     layout = Layout(tmp_path / "root")
     for name, video in (("walk", walk), ("boxes", boxes_video)):
@@ -365,6 +363,7 @@ def boxes_video(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_injected_detector_counts_objects_and_classes(boxes_video, tmp_path):
     layout = sharded(tmp_path, boxes_video, "boxes")
     detector = TorchDetector(ColourBoxes(), ["__background__", "person", "bicycle", "car"], "colour-boxes",
@@ -400,6 +399,7 @@ def torch_home(tmp_path, monkeypatch):
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
+@pytest.mark.slow
 def test_torchvision_backend_loads_cached_weights_and_a_weights_file(torch_home, small_video, tmp_path):
     """The default backend, built as a user gets it, with COCO-shaped weights placed where torch hub caches
     downloads. The real file cannot be fetched here: random weights whose classifier is biased towards
@@ -471,6 +471,7 @@ def test_unknown_detector_and_missing_cuda_are_clear():
 # ------------------------------------------------------------------ resume
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_gives_the_same_table(tmp_path):
     video = make_video(tmp_path / "long.mp4", seconds=40.0, size="640x360", rate=30)
     layout = registered(tmp_path / "root", video, "long")
@@ -495,6 +496,7 @@ def test_resume_after_kill_9_gives_the_same_table(tmp_path):
                                   pd.read_parquet(tmp_path / "reference" / "long" / "frames.parquet"))
 
 
+@pytest.mark.slow
 def test_resume_from_shards_reads_only_what_is_left_and_a_change_starts_over(walk, tmp_path):
     layout = sharded(tmp_path, walk, "walk")
     config = StatsConfig(chunk=10, **QUIET)

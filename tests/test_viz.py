@@ -85,6 +85,7 @@ def cell(image: np.ndarray, header: int, row: int, column: int, size: int = 224)
     return image[header + row * size: header + (row + 1) * size, column * size: (column + 1) * size]
 
 
+@pytest.mark.slow
 def test_grid_layout_and_masks_are_the_trackers(tiny_run, tmp_path):
     root, checkpoint = tiny_run
     out = tmp_path / "viz"
@@ -135,6 +136,7 @@ def test_grid_layout_and_masks_are_the_trackers(tiny_run, tmp_path):
     assert differing_objects > 0  # the masks are per object, not one mask repeated
 
 
+@pytest.mark.slow
 def test_drawn_heads_default_clips_and_errors(tiny_run, tmp_path):
     root, checkpoint = tiny_run
     out = tmp_path / "viz"
@@ -157,6 +159,7 @@ def test_drawn_heads_default_clips_and_errors(tiny_run, tmp_path):
     assert wrong.returncode == 2 and "heads 0..2" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_clips_are_spread_evenly_in_time(tiny_run):
     root, _ = tiny_run
     shards = resolve("walk", root)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from wtours.media import ffmpeg_exe
 
-SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
-STREET_VIDEO = SHARED_TESTDATA / "vtest.avi"  # real street footage; absent from a user's clone
+# Real street footage in the repository: 20 s of OpenCV's vtest.avi, 768x576, 10 fps, H.264 (tests/data/README.md).
+STREET_VIDEO = Path(__file__).resolve().parent / "data" / "vtest.mp4"
+STREET_SECONDS = 20.0
 
 
 def run_ffmpeg(args: list[str]) -> None:

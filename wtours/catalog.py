@@ -6,28 +6,23 @@ from typing import Any
 
 from wtours.layout import Layout
 from wtours.manifest import load_manifest
+from wtours.shard.index import ShardIndex
 
 
 def catalog(layout: Layout) -> list[dict[str, Any]]:
     """One row per manifest video and per video added to the root, manifest order first."""
     manifest = load_manifest()
     slugs = manifest.slugs + [s for s in layout.video_slugs() if s not in manifest.slugs]
-    for extra in _other_slugs(layout):
+    for extra in layout.sharded_slugs():
         if extra not in slugs:
             slugs.append(extra)
     return [_row(layout, slug, manifest.get(slug)) for slug in slugs]
 
 
-def _other_slugs(layout: Layout) -> list[str]:
-    base = layout.root / "shards"
-    return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-
-
 def _row(layout: Layout, slug: str, entry) -> dict[str, Any]:
     info = layout.read_info(slug) or {}
     probe = info.get("probe") or {}
-    index = layout.read_index(slug) or {}
-    stats = layout.stats_dir(slug) / "summary.json"
+    index = ShardIndex.read(layout.index_path(slug))
     return {
         "slug": slug,
         "city": entry.city if entry else None,
@@ -39,11 +34,11 @@ def _row(layout: Layout, slug: str, entry) -> dict[str, Any]:
         "width": probe.get("width"),
         "height": probe.get("height"),
         "fps": probe.get("fps"),
-        "sharded": bool(index),
-        "shards": len(index.get("shards", [])) if index else 0,
-        "samples": index.get("samples") if index else None,
-        "shard_bytes": sum(s.get("bytes", 0) for s in index.get("shards", [])) if index else None,
-        "analysed": stats.is_file(),
+        "sharded": index is not None,
+        "shards": len(index.shards) if index else 0,
+        "samples": index.samples if index else None,
+        "shard_bytes": sum(s.bytes for s in index.shards) if index else None,
+        "analysed": layout.stats_summary_path(slug).is_file(),
     }
 
 

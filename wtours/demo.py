@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from wtours.catalog import catalog, format_table
 from wtours.download import add_local
 from wtours.layout import Layout, replace_atomically
+from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
 from wtours.synthetic import WalkSpec, make_walk
@@ -35,7 +36,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict:
     spec = WalkSpec()
     report: dict = {"root": str(layout.root)}
 
-    video = layout.root / "inputs" / "synthetic-walk.mp4"
+    video = layout.demo_video_path()
     if not video.is_file():
         say(f"[1/8] rendering the built-in {spec.duration:.0f} s walk (scene cuts at "
             f"{', '.join(f'{t:g}' for t in spec.cut_times())} s, dusk ramp, a blank stretch) -> {video}")
@@ -49,15 +50,15 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict:
     say(f"[3/8] wtours shard --city {DEMO_SLUG} --samples-per-shard 40")
     shard_video(layout, DEMO_SLUG, ShardParams(samples_per_shard=40),
                 RunOptions(workers=config.workers, progress=config.progress), say=say)
-    index = layout.read_index(DEMO_SLUG)
-    say(f"      {index['samples']} frames in {len(index['shards'])} shards under {layout.shard_dir(DEMO_SLUG)}; "
-        f"dropped {index['dropped']} in {index['blank_stretches']}")
+    index = load_index(layout, DEMO_SLUG)
+    say(f"      {index.samples} frames in {len(index.shards)} shards under {layout.shard_dir(DEMO_SLUG)}; "
+        f"dropped {index.dropped} in {[list(s) for s in index.blank_stretches]}")
     report["shards"] = str(layout.shard_dir(DEMO_SLUG))
 
     say(f"[4/8] wtours stats --city {DEMO_SLUG} --no-classes   (the detector needs downloaded weights)")
     report["stats"] = _stats(layout, config, say)
 
-    run = layout.root / "runs" / "demo"
+    run = layout.demo_run_dir()
     say(f"[5/8] wtours train --shards {DEMO_SLUG} --out {run} (a short run)")
     report["train"] = _train(layout, run, config, say)
 
@@ -89,7 +90,7 @@ def _stats(layout: Layout, config: DemoConfig, say: Callable[[str], None]) -> di
 
     stats_videos(layout, [DEMO_SLUG], StatsConfig(classes=False, progress=config.progress), say=say)
     tables = compare(layout, None, say=say)
-    summary = json.loads((layout.stats_dir(DEMO_SLUG) / "summary.json").read_text())
+    summary = json.loads(layout.stats_summary_path(DEMO_SLUG).read_text())
     return {"dir": str(layout.stats_dir(DEMO_SLUG)), "cuts": summary["cuts"],
             "scene_changes": summary["scene_changes"], "lightness": summary["lightness"],
             "corpus_md": str(tables.get("markdown", ""))}
@@ -98,13 +99,15 @@ def _stats(layout: Layout, config: DemoConfig, say: Callable[[str], None]) -> di
 def _train(layout: Layout, run: Path, config: DemoConfig, say: Callable[[str], None]) -> dict:
     import torch
 
+    from wtours.dora.config import DoRAConfig
     from wtours.train.config import TrainConfig
     from wtours.train.run import train
 
     gpu = torch.cuda.is_available()
     train_config = TrainConfig(
-        shards=(DEMO_SLUG,), root=str(layout.root), out=str(run), arch="vit_small" if gpu else "vit_micro",
-        out_dim=4096 if gpu else 1024, n_local=6 if gpu else 2, batch_size=8 if gpu else 4,
+        shards=(DEMO_SLUG,), root=str(layout.root), out=str(run), model=DoRAConfig(
+            arch="vit_small" if gpu else "vit_micro", out_dim=4096 if gpu else 1024, n_local=6 if gpu else 2),
+        batch_size=8 if gpu else 4,
         clip_frames=8 if gpu else 4, steps=config.steps, warmup_epochs=0.5, lr=5e-4,
         workers=config.workers, log_every=1, checkpoint_every=config.steps, seed=0)
     if (run / "checkpoint.pth").is_file():

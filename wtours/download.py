@@ -8,13 +8,14 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from wtours import __version__, media
 from wtours.errors import WtoursError
-from wtours.layout import Layout, validate_slug, write_json_atomic
+from wtours.layout import Layout, replace_atomically, validate_slug, write_json_atomic
 from wtours.manifest import VideoEntry, load_manifest
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,11 @@ class DownloadTarget:
     entry: VideoEntry | None = None  # manifest entry, for corpus videos
 
     @classmethod
-    def from_manifest(cls, entry: VideoEntry) -> "DownloadTarget":
+    def from_manifest(cls, entry: VideoEntry) -> DownloadTarget:
         return cls(entry.slug, entry.url, entry.youtube_id, entry)
 
     @classmethod
-    def from_url(cls, url: str, name: str) -> "DownloadTarget":
+    def from_url(cls, url: str, name: str) -> DownloadTarget:
         if not url.startswith(("http://", "https://")):
             raise WtoursError(f"--url {url!r} is not an http(s) URL", "for a file on disk use `wtours add PATH --name NAME`")
         slug = validate_slug(name)
@@ -91,7 +92,7 @@ def describe_plan(targets: list[DownloadTarget], layout: Layout, config: Downloa
     """What a download would fetch and where; touches no network (for --dry-run)."""
     rows = []
     for t in targets:
-        rows.append({"slug": t.slug, "id": t.source_id, "url": t.url, "target": str(layout.video_dir(t.slug) / f"{t.slug}.<ext>"),
+        rows.append({"slug": t.slug, "id": t.source_id, "url": t.url, "target": str(layout.download_template(t.slug, "<ext>")),
                      "format": format_selector(config.max_height), "complete": completed_file(layout, t.slug) is not None})
     return rows
 
@@ -111,7 +112,7 @@ def completed_file(layout: Layout, slug: str, rehash: bool = False) -> Path | No
     info = layout.read_info(slug)
     if not info or "sha256" not in info or "file" not in info:
         return None
-    path = layout.video_dir(slug) / info["file"]
+    path = layout.video_file(slug, info["file"])
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -141,7 +142,7 @@ def probe_and_verify(path: Path) -> media.ProbeResult:
 def _reject(path: Path, error: WtoursError) -> WtoursError:
     """Move a file that failed verification off its final name, keeping it for inspection."""
     if path.exists():
-        rejected = path.with_name(path.name + ".invalid")
+        rejected = Layout.rejected_path(path)
         os.replace(path, rejected)
         error.message += f" (kept as {rejected.name} for inspection)"
     return error
@@ -322,7 +323,7 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
 
     logger = _YtdlpLogger()
     bar = _ProgressBar(target.slug, config.progress)
-    options = _ytdlp_options(config, str(folder / f"{target.slug}.%(ext)s"), logger, [bar.hook])
+    options = _ytdlp_options(config, str(layout.download_template(target.slug)), logger, [bar.hook])
     try:
         with yt_dlp.YoutubeDL(options) as ydl:
             info = ydl.extract_info(target.url, download=False)
@@ -397,7 +398,7 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
     layout = Layout(root)
     folder = layout.video_dir(slug)
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{slug}{source_path.suffix.lower() or '.mp4'}"
+    final = layout.added_video_path(slug, source_path.suffix)
     existing = layout.read_info(slug)
     if existing:
         say(f"{slug}: replacing the previous record ({existing.get('file')})")
@@ -415,19 +416,21 @@ def _place(source: Path, final: Path, mode: str) -> None:
     """Copy, hard-link, symlink or move `source` to `final`, atomically (temporary name, then rename)."""
     if final.exists() and final.resolve() == source:
         return
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    if mode == "link":
+    if mode not in ("link", "symlink", "copy", "move"):
+        raise WtoursError(f"unknown mode {mode!r}", "use copy, link, symlink or move")
+    replace_atomically(final, lambda tmp: _put(source, tmp, mode))
+    if mode == "move":
+        source.unlink()  # only once the copy is in place: a failure never loses the original
+
+
+def _put(source: Path, tmp: Path, mode: str) -> None:
+    if mode == "symlink":
+        os.symlink(source, tmp)
+        return
+    if mode in ("link", "move"):
         try:
             os.link(source, tmp)
+            return
         except OSError:
-            shutil.copyfile(source, tmp)  # another filesystem: fall back to a copy
-    elif mode == "symlink":
-        os.symlink(source, tmp)
-    elif mode == "copy":
-        shutil.copyfile(source, tmp)
-    elif mode == "move":
-        shutil.move(source, tmp)
-    else:
-        raise WtoursError(f"unknown mode {mode!r}", "use copy, link, symlink or move")
-    os.replace(tmp, final)
+            pass  # another filesystem: fall back to a copy
+    shutil.copyfile(source, tmp)

@@ -8,16 +8,28 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TypeVar
 
 from wtours.errors import WtoursError
 
 ROOT_ENV = "WTOURS_ROOT"
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 SHARD_NAME_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<number>\d{6})\.tar$")
+SAMPLE_KEY_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<frame>\d{8,})$")
 INFO_FILE = "info.json"
 INDEX_FILE = "index.json"
+PLAN_FILE = "plan.json"
+SEGMENTS_DIR = "_segments"
+WIDS_SUFFIX = ".wids.json"
+SOURCE_FILE = "source.json"
+STATS_SUMMARY_FILE = "summary.json"
+STATS_PARTS_DIR = "_parts"
+TEMPORARY_GLOB = ".*.tmp-*"  # what `replace_atomically` leaves behind when the process is killed mid-write
+
+T = TypeVar("T")
 
 
 def default_root() -> Path:
@@ -44,42 +56,137 @@ def validate_slug(name: str) -> str:
 
 
 class Layout:
-    """Paths under one data root, per `docs/data-format.md`."""
+    """Paths under one data root, per `docs/data-format.md`: the only code that knows folder and file names."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = resolve_root(root)
 
+    # ---- videos
     def video_dir(self, slug: str) -> Path:
         return self.root / "videos" / validate_slug(slug)
 
     def info_path(self, slug: str) -> Path:
         return self.video_dir(slug) / INFO_FILE
 
+    def video_file(self, slug: str, file_name: str) -> Path:
+        """The video file info.json names: a plain name inside the video's folder, never a path."""
+        if not file_name or Path(file_name).name != file_name or file_name in (".", ".."):
+            raise WtoursError(f"{self.info_path(slug)} names {file_name!r}, not a file in {self.video_dir(slug)}",
+                              f"register the video again with `wtours add FILE --name {slug}`")
+        return self.video_dir(slug) / file_name
+
+    def download_template(self, slug: str, ext: str = "%(ext)s") -> Path:
+        """Where yt-dlp writes a video: `<slug>.<ext>` in its folder (`ext` is yt-dlp's template field)."""
+        return self.video_dir(slug) / f"{slug}.{ext}"
+
+    def added_video_path(self, slug: str, suffix: str) -> Path:
+        """Where `wtours add` places a file: `<slug><suffix>` (suffix lowercased; .mp4 when it has none)."""
+        return self.video_dir(slug) / f"{slug}{suffix.lower() or '.mp4'}"
+
+    @staticmethod
+    def rejected_path(video: Path) -> Path:
+        """Where a downloaded body that failed verification is kept for inspection, never under its name."""
+        return video.with_name(video.name + ".invalid")
+
+    def video_slugs(self) -> list[str]:
+        """Slugs with a folder under videos/ (downloaded, partly downloaded or added)."""
+        return _slug_folders(self.root / "videos")
+
+    # ---- shards
+    def shards_base(self) -> Path:
+        return self.root / "shards"
+
     def shard_dir(self, slug: str) -> Path:
-        return self.root / "shards" / validate_slug(slug)
+        return self.shards_base() / validate_slug(slug)
+
+    def sharded_slugs(self) -> list[str]:
+        """Slugs with a folder under shards/ (sharded here or pulled from the Hub)."""
+        return _slug_folders(self.shards_base())
+
+    def shard_path(self, slug: str, number: int) -> Path:
+        return self.shard_dir(slug) / shard_name(slug, number)
+
+    def shard_file(self, slug: str, name: str) -> Path:
+        """The local path of a shard named in an index or a listing (checked: never a path of its own)."""
+        return self.shard_dir(slug) / validate_shard_name(name, slug)
+
+    def shard_files(self, slug: str) -> list[Path]:
+        return sorted(self.shard_dir(slug).glob(f"{slug}-*.tar"))
 
     def index_path(self, slug: str) -> Path:
         return self.shard_dir(slug) / INDEX_FILE
 
-    def stats_dir(self, slug: str) -> Path:
-        return self.root / "stats" / validate_slug(slug)
+    def wids_path(self, slug: str) -> Path:
+        return self.shard_dir(slug) / f"{slug}{WIDS_SUFFIX}"
 
-    def video_slugs(self) -> list[str]:
-        """Slugs with a folder under videos/ (downloaded, partly downloaded or added)."""
-        base = self.root / "videos"
-        if not base.is_dir():
-            return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and SLUG_PATTERN.match(p.name))
+    def plan_path(self, slug: str) -> Path:
+        return self.shard_dir(slug) / PLAN_FILE
 
+    def source_path(self, slug: str) -> Path:
+        """Provenance of a set pulled from the Hub (docs/hub.md)."""
+        return self.shard_dir(slug) / SOURCE_FILE
+
+    def segments_dir(self, slug: str) -> Path:
+        return self.shard_dir(slug) / SEGMENTS_DIR
+
+    def segment_record_path(self, slug: str, number: int) -> Path:
+        return self.segments_dir(slug) / f"{slug}-{number:06d}.json"
+
+    # ---- statistics
+    def stats_base(self, out: str | os.PathLike | None = None) -> Path:
+        """The folder holding one folder per video and the corpus tables: `out`, else <root>/stats."""
+        return Path(out) if out is not None else self.root / "stats"
+
+    def stats_dir(self, slug: str, out: str | os.PathLike | None = None) -> Path:
+        return self.stats_base(out) / validate_slug(slug)
+
+    def stats_summary_path(self, slug: str, out: str | os.PathLike | None = None) -> Path:
+        return self.stats_dir(slug, out) / STATS_SUMMARY_FILE
+
+    def stats_summary_paths(self, out: str | os.PathLike | None = None) -> list[Path]:
+        return sorted(self.stats_base(out).glob(f"*/{STATS_SUMMARY_FILE}"))
+
+    def stats_parts_dir(self, slug: str, out: str | os.PathLike | None = None) -> Path:
+        return self.stats_dir(slug, out) / STATS_PARTS_DIR
+
+    # ---- demo
+    def demo_video_path(self) -> Path:
+        return self.root / "inputs" / "synthetic-walk.mp4"
+
+    def demo_run_dir(self) -> Path:
+        return self.root / "runs" / "demo"
+
+    # ---- reading
     def read_info(self, slug: str) -> dict[str, Any] | None:
         return read_json(self.info_path(slug))
 
     def read_index(self, slug: str) -> dict[str, Any] | None:
-        return read_json(self.index_path(slug))
+        """The shard index as JSON data, validated by `ShardIndex` (None when the video is not sharded)."""
+        from wtours.shard.index import ShardIndex  # the index model builds on this module
+
+        index = ShardIndex.read(self.index_path(slug))
+        return index.to_dict() if index is not None else None
+
+
+def _slug_folders(base: Path) -> list[str]:
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and SLUG_PATTERN.match(p.name))
 
 
 def shard_name(slug: str, number: int) -> str:
     return f"{slug}-{number:06d}.tar"
+
+
+def validate_shard_name(name: str, slug: str | None = None) -> str:
+    """A shard name from outside (a remote index or listing) before any path is built from it:
+    `<slug>-<number:06d>.tar`, of this set's slug, never a path (`../x.tar` is refused)."""
+    match = SHARD_NAME_PATTERN.match(name) if isinstance(name, str) else None
+    if match is None or (slug is not None and match.group("slug") != slug):
+        expected = f"{slug}-NNNNNN.tar" if slug else "<slug>-NNNNNN.tar"
+        raise WtoursError(f"{name!r} is not a shard name of this set (expected {expected})",
+                          "the index or listing is damaged or hostile: re-push or reshard the set; nothing was written")
+    return name
 
 
 def sample_key(slug: str, frame: int) -> str:
@@ -87,35 +194,58 @@ def sample_key(slug: str, frame: int) -> str:
     return f"{slug}-{frame:08d}"
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def parse_sample_key(key: str) -> tuple[str, int]:
+    """`<slug>-<frame:08d>` -> (slug, frame); the inverse of `sample_key`."""
+    match = SAMPLE_KEY_PATTERN.match(key) if isinstance(key, str) else None
+    if match is None:
+        raise WtoursError(f"{key!r} is not a wtours sample key (<slug>-<frame:08d>)",
+                          "the shard was not written by `wtours shard`: reshard the video")
+    return match.group("slug"), int(match.group("frame"))
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed file, None when it does not exist; invalid JSON is a WtoursError naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WtoursError(f"{path} is not valid JSON ({e})", "delete it and rerun the command that writes it") from e
 
 
-def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Let `write` fill a temporary name in the same folder, then rename it into place: a killed run
-    never leaves a partial file under the final name."""
+def replace_atomically(path: Path, write: Callable[[Path], T]) -> T:
+    """The one atomic write: `write` fills a temporary name in the same folder, which is fsynced and
+    renamed into place, then the folder is fsynced (so the rename survives a power cut). A killed or
+    failed write never leaves a partial file under the final name, and the temporary is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident():x}")
     try:
-        write(tmp)
+        result = write(tmp)
+        _fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_path(path.parent)
+    return result
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_bytes(data))
+
+
+def json_bytes(data: Any) -> bytes:
+    """Indented, key order kept, UTF-8, ending in a newline: the same data always gives the same bytes."""
+    return (json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, json_bytes(data))
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -218,9 +218,29 @@ def colour_augment(x: torch.Tensor, plan: ColourPlan) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 1] -> ImageNet-normalised."""
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[None, :, None, None]
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[None, :, None, None]
     return (x - mean) / std
+
+
+# uint8 level v -> v / (255 std) - mean / std, as two float32 operations: the same values the CPU
+# path sent as float32 before it sent uint8 (the constants are float32-rounded once, here)
+_PIXEL_SCALE = torch.tensor([1 / (255.0 * s) for s in IMAGENET_STD])
+_PIXEL_SHIFT = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def normalise_uint8(x: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) uint8 views (the CPU path's output) -> float32, ImageNet-normalised, on x's device.
+
+    Run it after `.to(device)`: uint8 crosses processes and the PCIe bus at a quarter of float32's
+    bytes, and on a GPU this is one elementwise pass."""
+    if x.dtype != torch.uint8:
+        raise TypeError(f"normalise_uint8 takes uint8 views, not {x.dtype} (the GPU path's views are normalised "
+                        "already)")
+    scale = _PIXEL_SCALE.to(x.device)[:, None, None]  # (3, 1, 1)
+    shift = _PIXEL_SHIFT.to(x.device)[:, None, None]
+    return x.float().mul_(scale).sub_(shift)
 
 
 # ----------------------------------------------------------------------------- views

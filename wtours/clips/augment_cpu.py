@@ -10,13 +10,15 @@ the speed of both against PIL's."""
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from wtours.clips.augment import (IMAGENET_MEAN, IMAGENET_STD, ColourPlan, MultiCropConfig, plan_colours, plan_crops,
-                                  resized_crop)
+from wtours.clips.augment import ColourPlan, MultiCropConfig, plan_colours, plan_crops, resized_crop
 
 
 def decode_clip(jpgs: list[bytes]) -> list[torch.Tensor]:
@@ -30,7 +32,8 @@ def decode_clip(jpgs: list[bytes]) -> list[torch.Tensor]:
 def multicrop_cpu(clips: list[list[torch.Tensor]], rng: np.random.Generator,
                   config: MultiCropConfig) -> list[torch.Tensor]:
     """B clips of T decoded frames (`decode_clip`) -> [global (B, T, 3, G, G), local_1 .. local_n (B, T, 3, L, L)],
-    float32, normalised.
+    uint8, contiguous: a quarter of float32's bytes to send between processes. The consumer normalises
+    them after moving them to its device (`augment.normalise_uint8`, `ClipBatch.normalised`).
 
     Per clip, as the authors' PIL pipeline orders it, with faster kernels for the same operations:
     PyTorch's vectorised uint8 antialiased resizes (PIL's filters) and OpenCV's colour kernels
@@ -39,25 +42,50 @@ def multicrop_cpu(clips: list[list[torch.Tensor]], rng: np.random.Generator,
     cv2.setNumThreads(1)
     b, t, n = len(clips), len(clips[0]), config.n_local
     g, size = config.global_size, config.local_size
-    globals_ = np.empty((b, t, g, g, 3), np.uint8)
-    locals_ = np.empty((n, b, t, size, size, 3), np.uint8)  # view-major: each local view is one contiguous block
+    globals_ = _output((b, t, 3, g, g))  # (B, T, 3, G, G): the model's planar layout
+    locals_ = _output((n, b, t, 3, size, size))  # view-major: each local view is one contiguous block
+    planar_g, planar_l = globals_.numpy(), locals_.numpy()
     for i, frames in enumerate(clips):
         plan = plan_crops(rng, np.array([frames[0].shape[1:]]), t, config)
-        clip = torch.cat([resized_crop(f[None], plan.clip_boxes[0], config.clip_size, "bilinear")
-                          for f in frames])  # (T, 3, 300, 300), one window for all frames
-        view = resized_crop(clip, plan.global_boxes[0], g, "bicubic")  # (T, 3, G, G), one window
+        x0, y0, x1, y1 = (int(v) for v in plan.clip_boxes[0])
+        window = torch.empty((t, y1 - y0, x1 - x0, 3), dtype=torch.uint8)  # (T, h, w, 3)
+        for j, frame in enumerate(frames):  # the frames' rows inside the clip window, copied once
+            window[j] = frame.permute(1, 2, 0)[y0:y1, x0:x1]
+        # one resize call for the T frames: the window is already the channels-last block it takes
+        clip = resized_crop(window.permute(0, 3, 1, 2), np.array([0, 0, x1 - x0, y1 - y0]), config.clip_size,
+                            "bilinear")  # (T, 3, 300, 300), channels-last
+        # the resizes' channels-last outputs are coloured in place as (H, W, 3) arrays, then split into the
+        # planar outputs (ascontiguousarray copies nothing when, as here, they are contiguous already)
+        view = np.ascontiguousarray(resized_crop(clip, plan.global_boxes[0], g, "bicubic")
+                                    .permute(0, 2, 3, 1).numpy())  # (T, G, G, 3), one window
         if plan.flips[0]:
-            view = view.flip(-1)
-        globals_[i] = view.permute(0, 2, 3, 1).numpy()
-        colour_cpu(globals_[i], plan_colours(rng, t, config.global_blur_p, config))
-        for v in range(n):
-            for j in range(t):  # a window per view and per frame
-                crop = resized_crop(clip[j:j + 1], plan.local_boxes[0, v, j], size, "bicubic")
-                locals_[v, i, j] = crop[0].permute(1, 2, 0).numpy()
-        colour_cpu([locals_[v, i, j] for v in range(n) for j in range(t)],
-                   plan_colours(rng, n * t, config.local_blur_p, config))
-    local_views = _normalise_hwc(locals_)  # (n, B, T, 3, L, L)
-    return [_normalise_hwc(globals_)] + list(local_views.unbind(0))
+            view = np.ascontiguousarray(view[:, :, ::-1])
+        colour_cpu(view, plan_colours(rng, t, config.global_blur_p, config))
+        crops = [np.ascontiguousarray(resized_crop(clip[j:j + 1], plan.local_boxes[0, v, j], size, "bicubic")[0]
+                                      .permute(1, 2, 0).numpy())
+                 for v in range(n) for j in range(t)]  # n*T x (L, L, 3), a window per view and per frame
+        colour_cpu(crops, plan_colours(rng, n * t, config.local_blur_p, config))
+        for j in range(t):
+            _split(view[j], planar_g[i, j])
+            for v in range(n):
+                _split(crops[v * t + j], planar_l[v, i, j])
+    return [globals_] + list(locals_.unbind(0))
+
+
+def _output(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor. In a DataLoader worker it is allocated in shared memory, as
+    torch's default_collate allocates its batches: a tensor in private memory is copied into shared
+    memory when the worker sends it, one this size is not."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    elem = torch.empty(0, dtype=torch.uint8)
+    storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
+    return elem.new(storage).resize_(shape)
+
+
+def _split(image: np.ndarray, planes: np.ndarray) -> None:
+    """(H, W, 3) -> (3, H, W) uint8: OpenCV's vectorised channel split, about 10x numpy's strided transpose."""
+    cv2.split(image, [planes[0], planes[1], planes[2]])
 
 
 def colour_cpu(images, plan: ColourPlan) -> None:
@@ -67,15 +95,18 @@ def colour_cpu(images, plan: ColourPlan) -> None:
     operations are torchvision's ColorJitter, RandomGrayscale and DINO's GaussianBlur; results are
     rounded to uint8 after each op, as the PIL pipeline does (it truncates; this rounds, and rotates
     the hue in float where PIL quantises it to a byte)."""
+    # Python lists: indexing numpy arrays per image costs more than the small images' kernels
+    jitter, order, factors = plan.jitter.tolist(), plan.order.tolist(), plan.factors.tolist()
+    gray, sigmas = plan.gray.tolist(), plan.blur_sigma.tolist()
     for i, image in enumerate(images):
-        if plan.jitter[i]:
-            for op in plan.order[i]:
-                _CPU_OPS[op](image, float(plan.factors[i, op]))
-        if plan.gray[i]:
+        if jitter[i]:
+            for op in order[i]:
+                _CPU_OPS[op](image, factors[i][op])
+        if gray[i]:
             cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB, dst=image)
-        if not np.isnan(plan.blur_sigma[i]):
-            sigma = float(plan.blur_sigma[i])
-            size = 2 * int(np.ceil(3 * sigma)) + 1  # cut at 3 sigma, as the tensor path's kernels
+        sigma = sigmas[i]
+        if not math.isnan(sigma):
+            size = 2 * math.ceil(3 * sigma) + 1  # cut at 3 sigma, as the tensor path's kernels
             cv2.GaussianBlur(image, (size, size), sigma, dst=image, borderType=cv2.BORDER_REFLECT_101)
 
 
@@ -113,11 +144,4 @@ def _cpu_hue(image: np.ndarray, shift: float) -> None:
 
 
 _CPU_OPS = (_cpu_brightness, _cpu_contrast, _cpu_saturation, _cpu_hue)  # the order of ColourPlan.factors
-_PIXEL_SCALE = torch.tensor([1 / (255.0 * s) for s in IMAGENET_STD])
-_PIXEL_SHIFT = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
 
-
-def _normalise_hwc(images: np.ndarray) -> torch.Tensor:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32, contiguous, ImageNet-normalised."""
-    planar = torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, -3)))  # uint8 transpose: 4x cheaper
-    return planar.float().mul_(_PIXEL_SCALE[:, None, None]).sub_(_PIXEL_SHIFT[:, None, None])

@@ -3,12 +3,19 @@
 A clip is T frames `stride` seconds apart, i.e. T grid cells `step = stride * fps` apart. It must lie
 inside one run of consecutive cells of one shard, so it never spans a dropped stretch. Everything
 here is a pure function of (shards, config, seed, epoch): every rank and worker computes the same
-plan, and the epoch length is known before a shard is opened."""
+plan, and the epoch length is known before a shard is opened.
+
+The plan is exact at clip granularity: every clip start of the epoch goes to exactly one
+(rank, worker) slot, as a contiguous stretch of the epoch's shard order (so a slot reads parts of one
+or a few shards), and the only repeats are the padding that gives every rank the same number of
+whole batches: at most one batch per rank."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wtours.clips.spec import ShardRef
@@ -64,46 +71,171 @@ def clips_per_epoch(shards: list[ShardRef], config: ClipConfig) -> int:
     return total
 
 
+def clip_span(shard: ShardRef, config: ClipConfig) -> int:
+    """Grid cells from a clip's first frame to its last."""
+    return (config.frames - 1) * cell_step(config.stride, shard.fps)
+
+
+def sample_index(shard: ShardRef, cell: int) -> int:
+    """Position in the shard (0-based, time order) of the sample of grid cell `cell`, from the cell runs."""
+    before = 0
+    for first, last in shard.cell_runs:
+        if first <= cell <= last:
+            return before + cell - first
+        before += last - first + 1
+    raise WtoursError(f"{shard.url}: cell {cell} is not among the shard's samples",
+                      "the index and the plan disagree: rerun `wtours shard` for this video")
+
+
 @dataclass(frozen=True)
-class EpochPlan:
-    slots: list[list[int]]  # per (rank, worker) slot: shard positions, in reading order
-    slot_clips: list[int]  # clips each slot's shards hold
-    quota: int  # clips every slot yields (its own, then repeats of them to fill up)
-    total_clips: int  # the epoch's distinct clips
+class ShardRead:
+    """The part of one shard a slot reads: the clip starts it forms there and the samples they need.
+
+    Samples [first_sample, stop_sample) hold every frame of those clips; a reader with the shard's
+    byte offsets (index version 2) seeks there (a Range request for http), else it reads from the start
+    and skips. stop_sample None: to the shard's end."""
+
+    ref: ShardRef
+    starts: frozenset[int]
+    first_sample: int = 0
+    stop_sample: int | None = None
+
+    @classmethod
+    def whole(cls, ref: ShardRef, starts: Iterable[int]) -> ShardRead:
+        return cls(ref, frozenset(starts))
+
+    @classmethod
+    def needed(cls, ref: ShardRef, starts: Iterable[int], config: ClipConfig) -> ShardRead:
+        """Only the samples from the first start to the last clip's last frame."""
+        starts = frozenset(starts)
+        if not starts:
+            return cls(ref, starts, 0, 0)
+        first = sample_index(ref, min(starts))
+        stop = sample_index(ref, max(starts) + clip_span(ref, config)) + 1
+        return cls(ref, starts, first, None if stop >= ref.samples else stop)
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """One (rank, worker) slot: positions [first, stop) of the epoch's clip sequence, then `padding`
+    (positions read again) so that it yields exactly `batches` whole batches."""
+
+    first: int
+    stop: int
+    padding: tuple[int, ...]
+    batches: int
 
     @property
-    def repeated_clips(self) -> int:
-        return self.quota * len(self.slots) - self.total_clips
+    def clips(self) -> int:
+        return self.stop - self.first
 
-    def shards_of(self, slot: int) -> list[int]:
-        """A slot's shards; a slot left without any (fewer shards than slots) borrows another's."""
-        if self.slots[slot]:
-            return self.slots[slot]
-        filled = [s for s in self.slots if s]
-        return filled[slot % len(filled)]
+    @property
+    def clips_read(self) -> int:
+        return self.clips + len(self.padding)
 
 
-def plan_epoch(shards: list[ShardRef], config: ClipConfig, epoch: int, num_slots: int, batch_size: int = 1) -> EpochPlan:
-    """Shuffle the shards for this epoch, balance them over the slots, and set an equal quota.
+@dataclass(frozen=True)
+class EpochPlan:
+    """The epoch's clip sequence (shards in this epoch's order, each with its starts) cut into slots."""
 
-    Slots are `rank * workers + worker`. Every slot yields the same number of clips, a whole number
-    of batches, so all ranks run the same number of steps (DDP needs that); a slot short of its quota
-    repeats its own clips, and together the slots cover every clip of the epoch."""
+    shards: tuple[ShardRef, ...]  # this epoch's shard order
+    starts: tuple[tuple[int, ...], ...]  # each of those shards' clip starts this epoch, ascending
+    bounds: tuple[int, ...]  # sequence position of each shard's first clip, then the total
+    slots: tuple[SlotPlan, ...]  # slot = rank * workers + worker
+    workers: int
+    batch_size: int
+    steps: int  # batches per rank, the same on every rank
+    config: ClipConfig
+
+    @property
+    def total_clips(self) -> int:
+        """The epoch's distinct clips."""
+        return self.bounds[-1]
+
+    @property
+    def clips_read(self) -> int:
+        """Clips all slots read together: the distinct ones plus the padding (< one batch per rank)."""
+        return sum(s.clips_read for s in self.slots)
+
+    @property
+    def ranks(self) -> int:
+        return len(self.slots) // self.workers
+
+    def clip_at(self, position: int) -> tuple[ShardRef, int]:
+        shard = bisect.bisect_right(self.bounds, position) - 1
+        return self.shards[shard], self.starts[shard][position - self.bounds[shard]]
+
+    def reads(self, slot: int) -> list[ShardRead]:
+        """What a slot opens, in order: its own stretch, then its padding."""
+        plan = self.slots[slot]
+        return self._reads(range(plan.first, plan.stop)) + self._reads(plan.padding)
+
+    def _reads(self, positions: Iterable[int]) -> list[ShardRead]:
+        groups: list[tuple[int, list[int]]] = []
+        for position in positions:
+            shard = bisect.bisect_right(self.bounds, position) - 1
+            start = self.starts[shard][position - self.bounds[shard]]
+            # a new read where the shard changes or a start comes again (padding that wraps around)
+            if not groups or groups[-1][0] != shard or start <= groups[-1][1][-1]:
+                groups.append((shard, []))
+            groups[-1][1].append(start)
+        return [ShardRead.needed(self.shards[s], starts, self.config) for s, starts in groups]
+
+
+def _even_cuts(lo: int, hi: int, parts: int) -> list[int]:
+    """parts + 1 cut points splitting [lo, hi) into pieces whose sizes differ by at most one."""
+    return [lo + (hi - lo) * k // parts for k in range(parts + 1)]
+
+
+def plan_epoch(shards: list[ShardRef], config: ClipConfig, epoch: int, ranks: int = 1, workers: int = 1,
+               batch_size: int = 1) -> EpochPlan:
+    """Every clip start of the epoch in exactly one slot; every rank the same number of whole batches.
+
+    1. Shuffle the shards with (seed, epoch) and lay their starts out in that order: the epoch's
+       clip sequence of N clips (a clip lives in one shard).
+    2. Cut it into `ranks` contiguous pieces of N // ranks or N // ranks + 1 clips.
+    3. Steps per rank = ceil(ceil(N / ranks) / B). The DataLoader takes whole batches from its
+       workers in turn, so batch j of a rank is made by worker j % workers: worker w makes
+       len(range(w, steps, workers)) batches. A rank's padding (steps * B minus its clips, at most B)
+       is spread over its workers, and each worker takes the next contiguous stretch of the rank's
+       piece that fills its batches; it pads by reading the first clips of its own stretch again (a
+       worker with no clips of its own, possible only when N < ranks * B, repeats clips from the
+       rank's position in the sequence).
+    Slots of a rank differ by at most one batch (whole batches per worker) and ranks by at most one
+    clip; clips read = N + padding < N + ranks * B."""
+    if ranks < 1 or workers < 1 or batch_size < 1:
+        raise WtoursError(f"cannot plan an epoch for {ranks} rank(s) x {workers} worker(s), batch size {batch_size}",
+                          "ranks, workers and the batch size must be at least 1")
     rng = random.Random(f"{config.seed}:{epoch}:shards")
     order = list(range(len(shards)))
     rng.shuffle(order)
-    counts = {i: len(epoch_starts(shards[i], config, epoch)) for i in order}
-    slots: list[list[int]] = [[] for _ in range(num_slots)]
-    totals = [0] * num_slots
-    for i in sorted(order, key=lambda i: -counts[i]):  # largest first onto the lightest slot (stable)
-        target = min(range(num_slots), key=lambda s: (totals[s], s))
-        slots[target].append(i)
-        totals[target] += counts[i]
-    for slot in slots:
-        rng.shuffle(slot)
-    total = sum(counts.values())
+    starts = tuple(tuple(epoch_starts(shards[i], config, epoch)) for i in order)
+    bounds = [0]
+    for s in starts:
+        bounds.append(bounds[-1] + len(s))
+    total = bounds[-1]
     if total == 0:
         raise WtoursError(f"no clip of {config.frames} frames {config.stride} s apart fits in these shards",
                           "use fewer --clip-frames, a shorter --clip-stride, or shards with more samples per shard")
-    quota = math.ceil(max(totals) / batch_size) * batch_size
-    return EpochPlan(slots, totals, quota, total)
+    steps = math.ceil(math.ceil(total / ranks) / batch_size)
+    slots: list[SlotPlan] = []
+    rank_cuts = _even_cuts(0, total, ranks)
+    for rank in range(ranks):
+        lo, hi = rank_cuts[rank], rank_cuts[rank + 1]
+        batches = [len(range(w, steps, workers)) for w in range(workers)]
+        active = [w for w in range(workers) if batches[w]]
+        pad = steps * batch_size - (hi - lo)
+        pads = [0] * workers
+        for k, w in enumerate(active):  # spread evenly; a worker's padding never exceeds one batch
+            pads[w] = pad // len(active) + (k < pad % len(active))
+        position = lo
+        for w in range(workers):
+            own = batches[w] * batch_size - pads[w]
+            first, position = position, position + own
+            if own:
+                padding = tuple(first + k % own for k in range(pads[w]))
+            else:
+                padding = tuple((lo + k) % total for k in range(pads[w]))
+            slots.append(SlotPlan(first, position, padding, batches[w]))
+    return EpochPlan(tuple(shards[i] for i in order), starts, tuple(bounds), tuple(slots), workers, batch_size,
+                     steps, config)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from wtours.clips.epoch import ClipConfig, clips_per_epoch
+from wtours.clips.epoch import ClipConfig, clips_per_epoch, plan_epoch
 from wtours.clips.spec import ShardRef
 
 
-def describe(shards: list[ShardRef], config: ClipConfig) -> dict[str, Any]:
+def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, workers: int = 1,
+             batch_size: int = 1, epoch: int = 0) -> dict[str, Any]:
+    """What the shards hold, and what one epoch reads with `world_size` ranks x `workers` DataLoader
+    workers at `batch_size` clips per step: distinct clips, clips read (with the padding that gives
+    every rank the same steps), steps per rank."""
     videos: dict[str, dict[str, Any]] = {}
     for ref in shards:
         video = videos.setdefault(ref.slug, {"shards": 0, "frames": 0, "seconds": 0.0, "gaps": [], "fps": ref.fps,
@@ -31,7 +35,18 @@ def describe(shards: list[ShardRef], config: ClipConfig) -> dict[str, Any]:
         "clip_stride": config.stride,
         "clips_per_shard": config.clips_per_shard,
         "clips_per_epoch": clips_per_epoch(shards, config),
+        **_reading(shards, config, world_size, workers, batch_size, epoch),
     }
+
+
+def _reading(shards: list[ShardRef], config: ClipConfig, world_size: int, workers: int, batch_size: int,
+             epoch: int) -> dict[str, Any]:
+    plan = plan_epoch(shards, config, epoch, world_size, max(1, workers), batch_size)
+    slot_clips = [s.clips for s in plan.slots]
+    return {"world_size": world_size, "workers": workers, "batch_size": batch_size,
+            "clips_read_per_epoch": plan.clips_read, "steps_per_epoch": plan.steps,
+            "slot_clips": [min(slot_clips), max(slot_clips)],
+            "shards_per_slot": max(len({r.ref.url for r in plan.reads(i)}) for i in range(len(plan.slots)))}
 
 
 def format_description(info: dict[str, Any]) -> str:
@@ -43,4 +58,9 @@ def format_description(info: dict[str, Any]) -> str:
     per_shard = f", at most {info['clips_per_shard']} per shard" if info["clips_per_shard"] else ""
     lines.append(f"clips per epoch: {info['clips_per_epoch']} ({info['clip_frames']} frames, "
                  f"{info['clip_stride']:g} s apart{per_shard})")
+    lines.append(f"read per epoch by {info['world_size']} rank(s) x {info['workers']} worker(s) at batch size "
+                 f"{info['batch_size']}: {info['clips_read_per_epoch']} clips "
+                 f"({info['clips_read_per_epoch'] - info['clips_per_epoch']} padding), "
+                 f"{info['steps_per_epoch']} steps per rank; {info['slot_clips'][0]}-{info['slot_clips'][1]} "
+                 f"distinct clips per worker, at most {info['shards_per_slot']} shard(s) each")
     return "\n".join(lines)

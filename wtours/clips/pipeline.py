@@ -1,8 +1,9 @@
 """The clip data pipeline: an IterableDataset of DoRA batches, and the DataLoader around it.
 
-Stages, in order: shard list (spec.resolve) -> epoch-seeded shuffle + balanced split over
-(rank, worker) slots (epoch.plan_epoch) -> open + tar to samples -> clips -> quota -> shuffle buffer
--> decode + augment (CPU) or raw JPEG batches for the GPU augmenter -> batch."""
+Stages, in order: shard list (spec.resolve) -> epoch plan (epoch.plan_epoch: the epoch's clips in a
+seeded shard order, cut into one contiguous stretch per (rank, worker) slot, whole batches per worker,
+equal steps per rank) -> open the slot's shard parts (seek / Range) + tar to samples -> clips ->
+quota -> shuffle buffer -> decode + augment (CPU) or raw JPEG batches for the GPU augmenter -> batch."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from wtours.clips.augment import MultiCropConfig, multicrop_tensor
-from wtours.clips.epoch import ClipConfig, EpochPlan, clips_per_epoch, epoch_starts, plan_epoch
+from wtours.clips.augment import MultiCropConfig, multicrop_tensor, normalise_uint8
+from wtours.clips.epoch import ClipConfig, EpochPlan, clips_per_epoch, plan_epoch
 from wtours.clips.spec import ShardRef
-from wtours.clips.stages import Problems, batched, open_shards, samples_to_clips, shuffle, tar_samples, take_quota
+from wtours.clips.stages import Clip, Problems, batched, open_shards, samples_to_clips, shuffle, take_quota, tar_samples
 from wtours.errors import WtoursError
 
 
@@ -27,7 +28,7 @@ class LoaderConfig:
     batch_size: int = 16
     workers: int = 4  # DataLoader worker processes per rank (0: in the main process)
     shuffle_buffer: int = 64  # clips; each holds T JPEGs (about 1 MB at the default shard settings)
-    augment: str = "cpu"  # "cpu": PIL in the workers; "gpu": JPEG decode and tensor ops on the device
+    augment: str = "cpu"  # "cpu": decode + uint8 multi-crop kernels in the workers; "gpu": on the device
     clip: ClipConfig = field(default_factory=ClipConfig)
     multicrop: MultiCropConfig = field(default_factory=MultiCropConfig)
 
@@ -39,7 +40,11 @@ class LoaderConfig:
 
 
 class ClipBatch(list):
-    """[global (B, T, 3, G, G), local_1 .. local_n (B, T, 3, L, L)], plus the clips' keys."""
+    """[global (B, T, 3, G, G), local_1 .. local_n (B, T, 3, L, L)], plus the clips' keys.
+
+    The CPU path's batches hold uint8 views (a quarter of float32's bytes between processes): the
+    consumer calls `.to(device).normalised()` to get the model's float input. GpuAugmenter's batches
+    are normalised float already."""
 
     def __init__(self, views: list[torch.Tensor], keys: list[str]):
         super().__init__(views)
@@ -50,6 +55,10 @@ class ClipBatch(list):
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "ClipBatch":
         return ClipBatch([v.to(device, non_blocking=non_blocking) for v in self], self.keys)
+
+    def normalised(self) -> ClipBatch:
+        """uint8 views -> float32 ImageNet-normalised views, on the views' device (`augment.normalise_uint8`)."""
+        return ClipBatch([normalise_uint8(v) for v in self], self.keys)
 
 
 @dataclass
@@ -86,53 +95,55 @@ class ClipDataset(IterableDataset):
         return max(1, self.config.workers)
 
     def plan(self, workers: int | None = None) -> EpochPlan:
-        slots = self.world_size * (workers or self.workers)
-        return plan_epoch(self.shards, self.config.clip, self.epoch, slots, self.config.batch_size)
+        return plan_epoch(self.shards, self.config.clip, self.epoch, self.world_size, workers or self.workers,
+                          self.config.batch_size)
 
     def clips_per_epoch(self) -> int:
         return clips_per_epoch(self.shards, self.config.clip)
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (the same on every rank)."""
-        return self.workers * self.plan().quota // self.config.batch_size
+        return self.plan().steps
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        slot = self.rank * workers + worker
+        # The DataLoader takes whole batches from its workers in turn, starting with worker 0, and the
+        # plan gives worker w the batches w, w + workers, ... of the epoch. Resumed after k batches,
+        # the loader still asks worker 0 first, so worker w plays the worker that made batch k + w
+        # (its role): its slot, its seeds, and its share of the k skipped batches.
+        role = (worker + self.skip_batches) % workers
+        slot = self.rank * workers + role
         plan = self.plan(workers)
-        seed = (self.config.clip.seed, self.epoch, self.rank, worker)
+        seed = (self.config.clip.seed, self.epoch, self.rank, role)
         rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
-        clips = take_quota(lambda n: self._clip_pass(plan, slot, n), plan.quota)
+        mine = plan.slots[slot]
+        clips = take_quota(lambda n: self._clip_pass(plan, slot), mine.batches * self.config.batch_size)
         clips = shuffle(clips, self.config.shuffle_buffer, random.Random(str(seed)))
-        # the DataLoader takes batches from its workers in turn: this worker made every workers-th one
-        skipped = len(range(worker, self.skip_batches, workers)) * self.config.batch_size
+        skipped = len(range(role, self.skip_batches, workers)) * self.config.batch_size
         clips = itertools.islice(clips, skipped, None)  # skipped before decoding: cheap
         for batch in batched(clips, self.config.batch_size):
             yield self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng)
 
-    def _clip_pass(self, plan: EpochPlan, slot: int, pass_number: int) -> Iterator[dict[str, Any]]:
-        order = list(plan.shards_of(slot))
-        if pass_number:  # a repeat pass (to fill the quota) reads its shards in another order
-            random.Random(f"{self.config.clip.seed}:{self.epoch}:{slot}:{pass_number}").shuffle(order)
-        refs = [self.shards[i] for i in order]
-        starts = {r.url: set(epoch_starts(r, self.config.clip, self.epoch)) for r in refs}
-        samples = tar_samples(open_shards(refs, self.problems), self.problems)
-        yield from samples_to_clips(samples, {r.url: r for r in refs}, starts, self.config.clip, self.problems)
+    def _clip_pass(self, plan: EpochPlan, slot: int) -> Iterator[Clip]:
+        """The slot's clips: its own stretch, then its padding. A further pass (take_quota) happens only
+        when a shard failed to read, to keep this rank's step count."""
+        samples = tar_samples(open_shards(plan.reads(slot), self.problems), self.problems)
+        yield from samples_to_clips(samples, self.config.clip, self.problems)
 
-    def _augment(self, batch: list[dict[str, Any]], rng: np.random.Generator) -> ClipBatch:
+    def _augment(self, batch: list[Clip], rng: np.random.Generator) -> ClipBatch:
         """Decode and multi-crop; a clip with a frame that does not decode is counted, and its place
         in the batch goes to another clip of the batch (with new crops), so batches keep their size."""
         decode_clip, multicrop_cpu = cpu_augmenter()
         frames, keys = [], []
         for clip in batch:
             try:
-                frames.append(decode_clip(clip["jpgs"]))
-                keys.append(clip["__key__"])
+                frames.append(decode_clip(clip.jpgs))
+                keys.append(clip.key)
             except RuntimeError as error:
-                self.problems.clip_failed(clip["__key__"], clip["url"], error)
+                self.problems.clip_failed(clip.key, clip.url, error)
         if not frames:
-            raise WtoursError(f"no clip of a batch decodes (first: {batch[0]['__key__']} in {batch[0]['url']})",
+            raise WtoursError(f"no clip of a batch decodes (first: {batch[0].key} in {batch[0].url})",
                               "the shard's JPEGs are damaged: re-make it with wtours shard, or leave it out of "
                               "the SPEC")
         for i in range(len(batch) - len(frames)):
@@ -140,10 +151,10 @@ class ClipDataset(IterableDataset):
             keys.append(keys[i])
         return ClipBatch(multicrop_cpu(frames, rng, self.config.multicrop), keys)
 
-    def _raw(self, batch: list[dict[str, Any]]) -> RawClipBatch:
-        jpgs = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for clip in batch for j in clip["jpgs"]]
-        sizes = np.array([[c["meta"][0]["height"], c["meta"][0]["width"]] for c in batch])
-        return RawClipBatch(jpgs, sizes, [c["__key__"] for c in batch], self.config.clip.frames)
+    def _raw(self, batch: list[Clip]) -> RawClipBatch:
+        jpgs = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for clip in batch for j in clip.jpgs]
+        sizes = np.array([[c.meta[0]["height"], c.meta[0]["width"]] for c in batch])
+        return RawClipBatch(jpgs, sizes, [c.key for c in batch], self.config.clip.frames)
 
 
 class GpuAugmenter:

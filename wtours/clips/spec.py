@@ -6,20 +6,20 @@ epoch lengths are computed exactly before any shard is opened."""
 from __future__ import annotations
 
 import glob
-import json
 import os
 import posixpath
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Iterable
 
 from braceexpand import braceexpand
 
 from wtours.errors import WtoursError
 from wtours.layout import INDEX_FILE, SLUG_PATTERN, Layout
-from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION
+from wtours.shard.index import ShardIndex
+from wtours.shard.plan import sample_cell
 
 SPEC_SEPARATOR = "::"
 HTTP_TIMEOUT = 60
@@ -35,6 +35,12 @@ class ShardRef:
     cell_runs: tuple[tuple[int, int], ...]
     t_start: float
     t_end: float
+    offsets: tuple[int, ...] | None = None  # each sample's byte offset in the tar (index version 2)
+    t_decimals: int | None = None  # version-1 indexes rounded the samples' `t` to 6 decimals
+
+    def cell_of_sample(self, t: float) -> int:
+        """The grid cell of one of this shard's samples, from its recorded `t` (shard.plan.sample_cell)."""
+        return sample_cell(t, self.fps, self.t_decimals)
 
 
 def split_specs(specs: str | Iterable[str]) -> list[str]:
@@ -57,7 +63,7 @@ def resolve(specs: str | Iterable[str], root: str | os.PathLike | None = None) -
     return refs
 
 
-def shard_sets(specs: str | Iterable[str], root: str | os.PathLike | None = None) -> list[tuple[str, dict[str, Any]]]:
+def shard_sets(specs: str | Iterable[str], root: str | os.PathLike | None = None) -> list[tuple[str, ShardIndex]]:
     """The (folder, index) of every shard set the specs touch: for tools that read whole videos (stats)."""
     folders = dict.fromkeys(posixpath.dirname(r.url) if "://" in r.url else os.path.dirname(r.url)
                             for r in resolve(specs, root))
@@ -113,36 +119,31 @@ def _resolve_remote(spec: str) -> list[ShardRef]:
     return refs
 
 
-def _read_local_index(path: Path) -> dict[str, Any]:
-    try:
-        return _check_index(json.loads(path.read_text(encoding="utf-8")), str(path))
-    except FileNotFoundError as e:
+def _read_local_index(path: Path) -> ShardIndex:
+    index = ShardIndex.read(path)
+    if index is None:
         raise WtoursError(f"no shard index at {path}",
-                          "shards made by `wtours shard` have index.json beside them; rerun `wtours shard` to finish it") from e
-
-
-def read_remote_index(url: str) -> dict[str, Any]:
-    with open_url(url) as f:
-        return _check_index(json.loads(f.read()), url)
-
-
-def _check_index(index: dict[str, Any], where: str) -> dict[str, Any]:
-    if index.get("format") != INDEX_FORMAT or index.get("version") != INDEX_VERSION:
-        raise WtoursError(f"{where} is not a version-{INDEX_VERSION} wtours shard index",
-                          "reshard with this version of wtours (`wtours shard --overwrite`)")
+                          "shards made by `wtours shard` have index.json beside them; "
+                          "rerun `wtours shard` to finish it")
     return index
 
 
-def _refs_from_index(index: dict[str, Any], folder: str, names: set[str] | None) -> list[ShardRef]:
-    listed = {s["name"]: s for s in index["shards"]}
-    if names is not None and (unknown := sorted(names - listed.keys() - {INDEX_FILE})):
+def read_remote_index(url: str) -> ShardIndex:
+    with open_url(url) as f:
+        return ShardIndex.parse(f.read(), url)
+
+
+def _refs_from_index(index: ShardIndex, folder: str, names: set[str] | None) -> list[ShardRef]:
+    listed = {s.name for s in index.shards}
+    if names is not None and (unknown := sorted(names - listed - {INDEX_FILE})):
         raise WtoursError(f"{folder}: {', '.join(unknown[:3])} not listed in its index.json",
                           "the index and the shards disagree: rerun `wtours shard` for this video")
-    slug, fps = index["video"]["slug"], float(index["params"]["fps"])
     join = posixpath.join if "://" in folder else os.path.join
-    return [ShardRef(url=join(folder, s["name"]), name=s["name"], slug=slug, samples=s["samples"], fps=fps,
-                     cell_runs=tuple(tuple(r) for r in s["cell_runs"]), t_start=s["t_start"], t_end=s["t_end"])
-            for s in index["shards"] if names is None or s["name"] in names]
+    t_decimals = 6 if index.version == 1 else None
+    return [ShardRef(url=join(folder, s.name), name=s.name, slug=index.slug, samples=s.samples, fps=index.fps,
+                     cell_runs=s.cell_runs, t_start=s.t_start, t_end=s.t_end, offsets=s.offsets,
+                     t_decimals=t_decimals)
+            for s in index.shards if names is None or s.name in names]
 
 
 # ------------------------------------------------------------------ opening
@@ -166,6 +167,25 @@ def open_url(url: str) -> IO[bytes]:
     if url.startswith("hf://"):
         return _open_hf(url)
     return open(url, "rb")
+
+
+HF_READ_BLOCK = 4 << 20  # bytes per Range request when reading part of an hf:// shard
+
+
+def open_hf_at(url: str, offset: int) -> IO[bytes]:
+    """An hf:// file positioned at `offset`: huggingface_hub's buffered file fetches what is read with
+    Range requests of HF_READ_BLOCK bytes, so a slot reading part of a shard skips the rest."""
+    from wtours.hub.client import hub_errors
+
+    with hub_errors(url):
+        stream = _hf_fs().open(url[len("hf://"):], "rb", block_size=HF_READ_BLOCK, cache_type="readahead")
+        try:
+            stream.seek(offset)
+            stream.read(0)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
 
 
 def _open_hf(url: str) -> IO[bytes]:

@@ -1,22 +1,78 @@
-"""Generator stages of the clip pipeline; each takes an iterable and yields, testable on lists."""
+"""Generator stages of the clip pipeline; each takes an iterable and yields, testable on lists.
+
+Records passed between stages: ShardRead (epoch.py: a shard part to read) -> ShardStream (its open
+bytes) -> Sample (one frame's files) -> Clip (T frames)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
+import urllib.error
+import urllib.request
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Protocol
 
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from wtours.clips.epoch import ClipConfig, cell_step
-from wtours.clips.spec import ShardRef, open_url
+from wtours.clips.epoch import ClipConfig, ShardRead, cell_step
+from wtours.clips.spec import HTTP_TIMEOUT, ShardRef, open_hf_at, open_url
 from wtours.errors import WtoursError
-from wtours.shard.plan import cell_of
+from wtours.layout import sample_key
 
 log = logging.getLogger(__name__)
+
+TAR_END = bytes(1024)  # two zero blocks: the end-of-archive marker a cut-out member range lacks
+
+
+class ByteStream(Protocol):
+    """What the tar reader needs of a shard's bytes: a file, an HTTP response, an hf:// stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ShardStream:
+    """An open shard part: `stream` starts at the tar header of sample `first_sample` (0 when the
+    reader could not seek: then the samples before `read.first_sample` are read and skipped)."""
+
+    read: ShardRead
+    stream: ByteStream
+    first_sample: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.read.ref.url
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One frame of a shard: its files as stored (either may be missing in a damaged shard)."""
+
+    key: str
+    index: int  # position in the shard
+    read: ShardRead
+    jpg: bytes | None
+    json: bytes | None
+
+    @property
+    def url(self) -> str:
+        return self.read.ref.url
+
+
+@dataclass(frozen=True)
+class Clip:
+    """T frames `stride` seconds apart from one shard; `key` is its first frame's sample key."""
+
+    key: str
+    url: str
+    start_cell: int
+    jpgs: list[bytes]
+    meta: list[dict[str, Any]]
 
 
 @dataclass
@@ -42,79 +98,151 @@ class Problems:
         return True  # keep going with the next shard
 
 
-def open_shards(refs: Iterable[ShardRef], problems: Problems) -> Iterator[dict[str, Any]]:
-    """ShardRef -> {"url", "stream"}; an unopenable shard is skipped and counted.
+class _MemberRange:
+    """A byte stream cut to `length` bytes (None: to the end), then the tar end-of-archive blocks, so
+    a member range read out of a shard is itself a complete tar for any reader."""
 
-    The tar expander reads a stream to its end before asking for the next, so each stream is closed
-    when the next is requested (or when the pipeline stops)."""
+    def __init__(self, raw: ByteStream, length: int | None):
+        self.raw, self.left, self.tail = raw, length, TAR_END
+
+    def read(self, size: int = -1) -> bytes:
+        size = size if size is not None and size >= 0 else 1 << 62
+        if self.left is None:  # to the shard's end, which has its own end marker
+            return self.raw.read(size)
+        if self.left > 0:
+            data = self.raw.read(min(size, self.left))
+            self.left -= len(data)
+            if not data:  # the file ended inside the range: no end marker, so the tar reader reports it
+                self.left, self.tail = 0, b""
+            return data
+        data, self.tail = self.tail[:size], self.tail[size:]
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def open_part(read: ShardRead) -> ShardStream:
+    """Open a shard part: seek (local file, hf://) or a Range request (http) to its first sample when
+    the index gives byte offsets; otherwise (a version-1 index) from the shard's start."""
+    ref, offsets = read.ref, read.ref.offsets
+    whole = read.first_sample == 0 and read.stop_sample is None
+    if offsets is None or whole:
+        return ShardStream(read, open_url(ref.url), 0)
+    begin = offsets[read.first_sample]
+    stop = read.stop_sample
+    end = offsets[stop] if stop is not None and stop < len(offsets) else None  # exclusive; None: to the end
+    if ref.url.startswith(("http://", "https://")):
+        raw = _http_range(ref.url, begin, end)
+        if raw is None:  # the server ignored the Range header: read from the start
+            return ShardStream(read, open_url(ref.url), 0)
+    elif ref.url.startswith("hf://"):
+        raw = open_hf_at(ref.url, begin)
+    else:
+        raw = open(ref.url, "rb")
+        raw.seek(begin)
+    return ShardStream(read, _MemberRange(raw, None if end is None else end - begin), read.first_sample)
+
+
+def _http_range(url: str, begin: int, end: int | None) -> IO[bytes] | None:
+    request = urllib.request.Request(url, headers={"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
+    try:
+        response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)  # noqa: S310 (scheme checked)
+    except urllib.error.HTTPError as e:
+        raise WtoursError(f"{url}: HTTP {e.code} {e.reason}", "check the URL (and access rights)") from e
+    except urllib.error.URLError as e:
+        raise WtoursError(f"{url}: {e.reason}", "check the network and the URL") from e
+    if response.status != 206:
+        response.close()
+        return None
+    return response
+
+
+def open_shards(reads: Iterable[ShardRead | ShardRef], problems: Problems) -> Iterator[ShardStream]:
+    """ShardRead (or a whole ShardRef) -> ShardStream; an unopenable shard is skipped and counted.
+
+    Each stream is closed when the next is requested (or when the pipeline stops): the samples stage
+    reads a stream to its end, or as far as it needs, before asking for the next."""
     stream = None
     try:
-        for ref in refs:
+        for read in reads:
+            if isinstance(read, ShardRef):
+                read = ShardRead.whole(read, ())
             try:
-                stream = open_url(ref.url)
+                stream = open_part(read)
             except (OSError, WtoursError) as e:
-                problems.shard_failed(ref.url, e)
+                problems.shard_failed(read.ref.url, e)
                 continue
-            yield {"url": ref.url, "stream": stream}
-            stream.close()
+            yield stream
+            stream.stream.close()
             stream = None
     finally:
         if stream is not None:
-            stream.close()
+            stream.stream.close()
 
 
-def tar_samples(sources: Iterable[dict[str, Any]], problems: Problems) -> Iterator[dict[str, Any]]:
-    """Open streams -> samples {"__key__", "__url__", "jpg", "json"} (webdataset's tar expander).
+def tar_samples(sources: Iterable[ShardStream], problems: Problems) -> Iterator[Sample]:
+    """Open streams -> the samples of each part (webdataset's tar reader and key grouping).
 
-    Errors are charged to the shard being read, which the expander requests one at a time."""
-    current = {"url": "<no shard>"}
+    Samples before the part's first sample (a stream that could not seek) are skipped, and reading
+    stops after its last one. A tar error ends that shard's samples and is charged to it."""
+    for source in sources:
+        url = source.url
 
-    def track(items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for item in items:
-            current["url"] = item["url"]
-            yield item
+        def handler(error: BaseException, url: str = url) -> bool:
+            return problems.shard_failed(url, error)
 
-    def handler(error: BaseException) -> bool:
-        return problems.shard_failed(current["url"], error)
+        def files(source: ShardStream = source, url: str = url) -> Iterator[dict[str, Any]]:
+            # a tar or stream failure ends this shard's files here, so the key grouping still yields
+            # the sample it holds (what arrived before the failure is used)
+            try:
+                for item in tar_file_iterator(source.stream, handler=handler):
+                    yield {**item, "__url__": url}
+            except Exception as error:  # noqa: BLE001 (any tar or stream failure: count the shard, go on)
+                problems.shard_failed(url, error)
 
-    files = tar_file_expander(track(sources), handler=handler)
-    yield from group_by_keys(files, handler=handler)
+        index = source.first_sample
+        stop = source.read.stop_sample
+        for item in group_by_keys(files(), handler=handler):
+            if stop is not None and index >= stop:
+                break
+            if index >= source.read.first_sample:
+                yield Sample(item["__key__"], index, source.read, item.get("jpg"), item.get("json"))
+            index += 1
 
 
-def samples_to_clips(samples: Iterable[dict[str, Any]], refs: dict[str, ShardRef], starts: dict[str, set[int]],
-                     config: ClipConfig, problems: Problems) -> Iterator[dict[str, Any]]:
-    """Time-ordered samples of a shard -> clips of T frames `step` cells apart, inside one run of cells.
+def samples_to_clips(samples: Iterable[Sample], config: ClipConfig, problems: Problems) -> Iterator[Clip]:
+    """Time-ordered samples of a shard part -> clips of T frames `step` cells apart, inside one run.
 
-    A sliding window over the shard holds the last `span + 1` cells; a clip is emitted at its last
-    frame when its start is among this epoch's starts and every cell of its span is present."""
-    window: deque[tuple[int, dict[str, Any]]] = deque()
-    url = None
+    A sliding window over the part holds the last `span + 1` cells; a clip is emitted at its last
+    frame when its start is among the part's starts and every cell of its span is present."""
+    window: deque[tuple[int, dict[str, Any], bytes]] = deque()
+    read = None
     for sample in samples:
-        if sample["__url__"] != url:
-            url, window = sample["__url__"], deque()
-            ref = refs[url]
+        if sample.read is not read:  # a new part (the same shard may come twice: padding)
+            read, window = sample.read, deque()
+            ref = read.ref
             step = cell_step(config.stride, ref.fps)
             span = (config.frames - 1) * step
-            wanted = starts[url]
-        if "jpg" not in sample or "json" not in sample:
+        if sample.jpg is None or sample.json is None:
             problems.bad_samples += 1
             continue
         try:
-            meta = json.loads(sample["json"])
-            cell = cell_of(meta["t"], ref.fps)
+            meta = json.loads(sample.json)
+            cell = ref.cell_of_sample(meta["t"])
         except (ValueError, KeyError, TypeError):
             problems.bad_samples += 1
             continue
         if window and cell != window[-1][0] + 1:
             window.clear()  # a gap (dropped stretch or bad sample): no clip spans it
-        window.append((cell, {"jpg": sample["jpg"], "meta": meta}))
+        window.append((cell, meta, sample.jpg))
         if len(window) > span + 1:
             window.popleft()
         start = cell - span
-        if len(window) == span + 1 and start in wanted:
-            frames = [window[j * step][1] for j in range(config.frames)]
-            yield {"__key__": f"{ref.slug}-{frames[0]['meta']['frame']:08d}", "url": url, "start_cell": start,
-                   "jpgs": [f["jpg"] for f in frames], "meta": [f["meta"] for f in frames]}
+        if len(window) == span + 1 and start in read.starts:
+            frames = [window[j * step] for j in range(config.frames)]
+            yield Clip(sample_key(ref.slug, frames[0][1]["frame"]), ref.url, start, [f[2] for f in frames],
+                       [f[1] for f in frames])
 
 
 def shuffle(items: Iterable[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
@@ -133,6 +261,8 @@ def shuffle(items: Iterable[Any], buffer_size: int, rng: random.Random) -> Itera
 
 def take_quota(make_pass: Callable[[int], Iterable[Any]], quota: int) -> Iterator[Any]:
     """Exactly `quota` items: pass 0, then further passes (repeats) until the quota is met."""
+    if quota <= 0:  # a worker the plan gives no batch (fewer batches per rank than workers)
+        return
     produced = 0
     for pass_number in range(1_000_000):
         before = produced

@@ -1,6 +1,19 @@
-"""DoRA (Venkataramanan et al., ICLR 2024) as the authors' code computes it: model, tracker, loss."""
+"""DoRA (Venkataramanan et al., ICLR 2024) as the authors' code computes it: model, tracker, loss.
 
-from wtours.dora.loss import DoRALoss
-from wtours.dora.model import DoRA, Encoder, StepOutput
+Imported lazily: `wtours.dora.config` (the settings) needs no torch, so the CLI reads it cheaply."""
 
-__all__ = ["DoRA", "DoRALoss", "Encoder", "StepOutput"]
+from __future__ import annotations
+
+_EXPORTS = {"DoRA": "wtours.dora.model", "DoRALoss": "wtours.dora.loss", "Encoder": "wtours.dora.model",
+            "StepOutput": "wtours.dora.model", "DoRAConfig": "wtours.dora.config", "LossConfig": "wtours.dora.config",
+            "SinkhornConfig": "wtours.dora.config"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(name)
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

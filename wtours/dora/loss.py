@@ -7,33 +7,32 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wtours.dora.config import LossConfig, teacher_temperature
+
 
 class DoRALoss(nn.Module):
     """Owns the centre buffer. `weighting="authors"` reproduces the authors' accumulation across
     objects (acc += sum_t term; acc /= T; total += acc, without resetting acc); `"mean"` is the
-    plain mean over objects and frames."""
+    plain mean over objects and frames. The teacher temperature of `epoch` follows DINOLoss's schedule."""
 
-    def __init__(self, out_dim: int, teacher_temp: float = 0.04, student_temp: float = 0.1,
-                 center_momentum: float = 0.9, weighting: str = "authors"):
+    def __init__(self, out_dim: int, config: LossConfig = LossConfig()):
         super().__init__()
-        if weighting not in ("authors", "mean"):
-            raise ValueError(f"weighting must be 'authors' or 'mean', not {weighting!r}")
-        self.teacher_temp, self.student_temp = teacher_temp, student_temp
-        self.center_momentum, self.weighting = center_momentum, weighting
+        self.config = config
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def cross_entropy(self, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """H(q, x) per frame: targets (T, B, out), logits (..., T, B, out) -> (..., T), mean over B."""
-        log_probs = F.log_softmax(logits.float() / self.student_temp, dim=-1)
+        log_probs = F.log_softmax(logits.float() / self.config.student_temp, dim=-1)
         return -(targets * log_probs).sum(dim=-1).mean(dim=-1)
 
-    def forward(self, teacher: torch.Tensor, masked: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    def forward(self, teacher: torch.Tensor, masked: torch.Tensor, local: torch.Tensor, epoch: int = 0) -> torch.Tensor:
         """teacher: (T, B, out) g_t; masked: (K, T, B, out) s^k_t; local: (n, T, B, out) l^v_t."""
-        targets = F.softmax((teacher.float() - self.center) / self.teacher_temp, dim=-1).detach()  # (T, B, out)
+        temp = teacher_temperature(self.config, epoch)
+        targets = F.softmax((teacher.float() - self.center) / temp, dim=-1).detach()  # (T, B, out)
         mask_terms = self.cross_entropy(targets, masked)  # (K, T)
         local_terms = self.cross_entropy(targets, local[1:]).mean(dim=0)  # (T,): view 1 skipped as the authors do
         terms = 0.5 * (mask_terms + local_terms)  # (K, T)
-        if self.weighting == "mean":
+        if self.config.weighting == "mean":
             return terms.mean()
         frames = terms.shape[1]
         accumulated = terms.new_zeros(())
@@ -52,4 +51,5 @@ class DoRALoss(nn.Module):
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_sum)
             dist.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(batch_sum / count, alpha=1 - self.center_momentum)
+        m = self.config.center_momentum
+        self.center.mul_(m).add_(batch_sum / count, alpha=1 - m)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from wtours.dora.config import DoRAConfig
 from wtours.dora.loss import DoRALoss
 from wtours.dora.tracker import apply_masks, discover, track
 from wtours.errors import WtoursError
@@ -42,25 +43,24 @@ class StepOutput:
 
 
 class DoRA(nn.Module):
-    """`DoRA(arch="vit_small", out_dim=65536, n_local=6)`; `compute_loss(crops)` runs on CPU without a process group."""
+    """`DoRA(DoRAConfig(...))`, or `DoRA("vit_micro", out_dim=64)` (an arch and field overrides of the
+    defaults). `compute_loss(crops)` runs on CPU without a process group."""
 
-    def __init__(self, arch: str = "vit_small", out_dim: int = 65536, n_local: int = 6, objects: int = 3,
-                 drop_path: float = 0.1, norm_last_layer: bool = False, teacher_temp: float = 0.04,
-                 student_temp: float = 0.1, center_momentum: float = 0.9, weighting: str = "authors",
-                 sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 30):
+    def __init__(self, config: DoRAConfig | str = DoRAConfig(), **overrides: Any):
         super().__init__()
-        self.arch, self.n_local, self.objects = arch, n_local, objects
-        self.sinkhorn_epsilon, self.sinkhorn_iterations = sinkhorn_epsilon, sinkhorn_iterations
-        student = create_vit(arch, drop_path)
+        config = DoRAConfig(arch=config) if isinstance(config, str) else config
+        self.config = config = replace(config, **overrides)
+        self.arch, self.n_local, self.objects = config.arch, config.n_local, config.objects
+        student = create_vit(config.arch, config.drop_path)
         dim = student.embed_dim
-        self.student = Encoder(student, DINOHead(dim, out_dim, norm_last_layer=norm_last_layer))
-        self.teacher = Encoder(create_vit(arch, 0.0), DINOHead(dim, out_dim, norm_last_layer=norm_last_layer))
+        self.student = Encoder(student, DINOHead(dim, config.out_dim, config.head))
+        self.teacher = Encoder(create_vit(config.arch, 0.0), DINOHead(dim, config.out_dim, config.head))
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.requires_grad_(False)
-        self.loss = DoRALoss(out_dim, teacher_temp, student_temp, center_momentum, weighting)
-        if objects > student.config.heads:
-            raise WtoursError(f"{objects} objects need as many attention heads; {arch} has {student.config.heads}",
-                              "use fewer objects or a wider architecture")
+        self.loss = DoRALoss(config.out_dim, config.loss)
+        if config.objects > student.config.heads:
+            raise WtoursError(f"{config.objects} objects need as many attention heads; {config.arch} has "
+                              f"{student.config.heads}", "use fewer objects or a wider architecture")
 
     @property
     def patch_size(self) -> int:
@@ -85,16 +85,18 @@ class DoRA(nn.Module):
         queries = q0[:, :, 1:].transpose(1, 2).reshape(b, tokens - 1, h * hd)  # (B, N, D) heads concatenated
         patch_tokens = last.tokens.reshape(b, t, tokens, -1)[:, 0, 1:]  # (B, N, D)
         prototypes = discover(cls_row, queries, patch_tokens, heads.to(cls_row.device),
-                              self.sinkhorn_epsilon, self.sinkhorn_iterations)  # (B, K, D)
+                              self.config.sinkhorn.sinkhorn_epsilon,
+                              self.config.sinkhorn.sinkhorn_iterations)  # (B, K, D)
         keys = last.keys[:, :, 1:].transpose(1, 2).reshape(b * t, tokens - 1, h * hd)  # (B*T, N, D)
         masks = track(prototypes.float(), keys.float(), t)  # (K, B, T, N)
         return g, apply_masks(global_view, masks, self.patch_size), masks
 
     def forward(self, crops: list[torch.Tensor], heads: torch.Tensor | None = None,
-                student: nn.Module | None = None) -> StepOutput:
+                student: nn.Module | None = None, epoch: int = 0) -> StepOutput:
         """crops: [global (B, T, 3, 224, 224), local_1 .. local_n (B, T, 3, 112, 112)].
 
-        `student` may be a DistributedDataParallel wrapper of `self.student`."""
+        `student` may be a DistributedDataParallel wrapper of `self.student`; `epoch` sets the
+        teacher temperature (its warm-up is per epoch, as in DINO)."""
         global_view, locals_ = crops[0], crops[1:]
         if len(locals_) != self.n_local:
             raise WtoursError(f"got {len(locals_)} local views, the model was built for {self.n_local}",
@@ -107,11 +109,12 @@ class DoRA(nn.Module):
         s, l_out = (student or self.student)([masked.flatten(0, 2), stacked.flatten(0, 2)])
         s = s.reshape(k, b, t, -1).transpose(1, 2)  # (K, T, B, out)
         l_out = l_out.reshape(n, b, t, -1).transpose(1, 2)  # (n, T, B, out)
-        return StepOutput(self.loss(g, s, l_out), g, masks)
+        return StepOutput(self.loss(g, s, l_out, epoch), g, masks)
 
-    def compute_loss(self, crops: list[torch.Tensor], epoch: int = 0, heads: torch.Tensor | None = None) -> torch.Tensor:
-        """The scalar loss for a batch in the method doc's layout (the centre is not updated)."""
-        return self.forward(crops, heads).loss
+    def compute_loss(self, crops: list[torch.Tensor], epoch: int = 0,
+                     heads: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar loss for a batch at `epoch` (the centre is not updated)."""
+        return self.forward(crops, heads, epoch=epoch).loss
 
     # ---------------------------------------------------------------- checkpoints
 

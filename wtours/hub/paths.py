@@ -12,12 +12,11 @@ import re
 from urllib.parse import quote
 
 from wtours.errors import WtoursError
-from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, SLUG_PATTERN
+from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, SLUG_PATTERN, SOURCE_FILE, validate_shard_name
 
 REPO_TYPE = "dataset"
 DEFAULT_REVISION = "main"
 CARD_FILE = "README.md"
-SOURCE_FILE = "source.json"
 # The Hub's rule for user/org and repo names: letters, digits, '-', '_', '.', no leading/trailing '-' or '.'.
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 REPO_ID_PATTERN = re.compile(rf"^{_NAME}/{_NAME}$")
@@ -31,7 +30,8 @@ def validate_repo_id(repo: str) -> str:
 
 
 def shard_path(slug: str, name: str) -> str:
-    return f"{slug}/{name}"
+    """A shard's path in the repo; `name` is checked (it may come from a remote index)."""
+    return f"{slug}/{validate_shard_name(name, slug)}"
 
 
 def index_path(slug: str) -> str:

@@ -10,18 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
 from wtours.download import sha256_file
 from wtours.errors import WtoursError
 from wtours.hub.client import HubTarget, RemoteFile, hub_errors, open_remote, read_remote, remote_files
-from wtours.hub.paths import SOURCE_FILE, index_path, shard_path, slugs_in, source_path
-from wtours.layout import Layout, write_json_atomic
-from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION, write_index
+from wtours.hub.paths import index_path, shard_path, slugs_in, source_path
+from wtours.layout import Layout, replace_atomically, write_json_atomic
+from wtours.shard.index import ShardEntry, ShardIndex
 
 BLOCK_SIZE = 8 << 20  # bytes per ranged GET (each one retried by the client on transient errors)
 PART_SUFFIX = ".tmp-pull"  # `.<name>.tmp-*`: the shard folder's temporary-file pattern (`shard --overwrite` clears it)
@@ -49,10 +50,10 @@ class PullSummary:
 @dataclass(frozen=True)
 class RemoteSet:
     slug: str
-    index: dict[str, Any]
+    index: ShardIndex
     source: dict[str, Any] | None
-    missing: list[dict[str, Any]]  # shard entries to download
-    present: list[dict[str, Any]]  # shard entries already on disk with their checksum
+    missing: list[ShardEntry]  # shard entries to download
+    present: list[ShardEntry]  # shard entries already on disk with their checksum
 
 
 def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print) -> PullSummary:
@@ -60,23 +61,23 @@ def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print)
     remote = remote_files(target)
     sets = [_remote_set(layout, target, slug, remote) for slug in _chosen_slugs(target, remote, config.slugs)]
     summary = PullSummary(layout.root)
-    total = sum(s["bytes"] for item in sets for s in item.missing)
+    total = sum(s.bytes for item in sets for s in item.missing)
     for item in sets:
-        size = sum(s["bytes"] for s in item.missing) / 1e6
-        say(f"{item.slug}: {len(item.missing)} of {len(item.index['shards'])} shards to download ({size:.1f} MB)"
-            if item.missing else f"{item.slug}: up to date ({len(item.index['shards'])} shards verified)")
+        size = sum(s.bytes for s in item.missing) / 1e6
+        say(f"{item.slug}: {len(item.missing)} of {len(item.index.shards)} shards to download ({size:.1f} MB)"
+            if item.missing else f"{item.slug}: up to date ({len(item.index.shards)} shards verified)")
     with tqdm(total=total, unit="B", unit_scale=True, desc="pull", disable=not config.progress) as bar:
         for item in sets:
-            folder = layout.shard_dir(item.slug)
-            folder.mkdir(parents=True, exist_ok=True)
+            layout.shard_dir(item.slug).mkdir(parents=True, exist_ok=True)
             for shard in item.missing:
-                fetch_shard(target, shard_path(item.slug, shard["name"]), folder / shard["name"], shard, bar.update)
-                summary.downloaded.append(shard_path(item.slug, shard["name"]))
-                summary.bytes += shard["bytes"]
-            summary.kept += [shard_path(item.slug, s["name"]) for s in item.present]
+                final = layout.shard_file(item.slug, shard.name)
+                fetch_shard(target, shard_path(item.slug, shard.name), final, shard, bar.update)
+                summary.downloaded.append(shard_path(item.slug, shard.name))
+                summary.bytes += shard.bytes
+            summary.kept += [shard_path(item.slug, s.name) for s in item.present]
             if item.source is not None:
-                write_json_atomic(folder / SOURCE_FILE, item.source)
-            write_index(layout, item.slug, item.index)  # last: its presence means every shard is here
+                write_json_atomic(layout.source_path(item.slug), item.source)
+            item.index.write(layout)  # last: its presence means every shard is here
     return summary
 
 
@@ -93,36 +94,34 @@ def _chosen_slugs(target: HubTarget, remote: dict[str, RemoteFile], wanted: tupl
 
 
 def _remote_set(layout: Layout, target: HubTarget, slug: str, remote: dict[str, RemoteFile]) -> RemoteSet:
-    index = json.loads(read_remote(target, index_path(slug)))
     where = f"{target.repo}/{index_path(slug)}"
-    if index.get("format") != INDEX_FORMAT or index.get("version") != INDEX_VERSION:
-        raise WtoursError(f"{where} is not a version-{INDEX_VERSION} wtours shard index",
-                          "pull with the wtours version that pushed it, or re-push it with this one")
-    if index["video"]["slug"] != slug:
-        raise WtoursError(f"{where} describes {index['video']['slug']!r}, not {slug!r}", "re-push the set")
-    local = layout.read_index(slug)
+    # Validated before any path is built: shard names must be this set's, never paths (`../x.tar`).
+    index = ShardIndex.parse(read_remote(target, index_path(slug)), where)
+    if index.slug != slug:
+        raise WtoursError(f"{where} describes {index.slug!r}, not {slug!r}", "re-push the set")
+    local = ShardIndex.read(layout.index_path(slug))
     if local is not None and local != index:
         raise WtoursError(f"{layout.shard_dir(slug)} holds another shard set of {slug} (its index.json differs)",
                           "pull into another --root, or move that folder away first")
-    absent = [s["name"] for s in index["shards"] if shard_path(slug, s["name"]) not in remote]
+    absent = [s.name for s in index.shards if shard_path(slug, s.name) not in remote]
     if absent:
         raise WtoursError(f"{where} lists {len(absent)} shards the repo does not hold ({', '.join(absent[:3])})",
                           "the repo was edited after the push: rerun `wtours push` from the machine with the shards")
     source = json.loads(read_remote(target, source_path(slug))) if source_path(slug) in remote else None
     present, missing = [], []
-    for shard in index["shards"]:
-        path = layout.shard_dir(slug) / shard["name"]
-        ok = path.is_file() and path.stat().st_size == shard["bytes"] and sha256_file(path) == shard["sha256"]
+    for shard in index.shards:
+        path = layout.shard_file(slug, shard.name)
+        ok = path.is_file() and path.stat().st_size == shard.bytes and sha256_file(path) == shard.sha256
         (present if ok else missing).append(shard)
     return RemoteSet(slug, index, source, missing, present)
 
 
-def fetch_shard(target: HubTarget, repo_path: str, final: Path, shard: dict[str, Any],
+def fetch_shard(target: HubTarget, repo_path: str, final: Path, shard: ShardEntry,
                 progress: Callable[[int], Any] = lambda n: None) -> None:
     """Download to the temporary name (continuing one a previous run left), verify, rename."""
     part = final.with_name(f".{final.name}{PART_SUFFIX}")
     digest, offset = hashlib.sha256(), 0
-    if part.is_file() and part.stat().st_size <= shard["bytes"]:
+    if part.is_file() and part.stat().st_size <= shard.bytes:
         with open(part, "rb") as f:
             for block in iter(lambda: f.read(BLOCK_SIZE), b""):
                 digest.update(block)
@@ -133,19 +132,19 @@ def fetch_shard(target: HubTarget, repo_path: str, final: Path, shard: dict[str,
     with hub_errors(f"download {target.repo}/{repo_path}", target):
         with open_remote(target, repo_path, BLOCK_SIZE) as src, open(part, "ab") as out:
             src.seek(offset)
-            while offset < shard["bytes"]:
-                block = src.read(min(BLOCK_SIZE, shard["bytes"] - offset))
+            while offset < shard.bytes:
+                block = src.read(min(BLOCK_SIZE, shard.bytes - offset))
                 if not block:
                     break
                 out.write(block)
                 digest.update(block)
                 offset += len(block)
                 progress(len(block))
-            out.flush()
-            os.fsync(out.fileno())
-    if offset != shard["bytes"] or digest.hexdigest() != shard["sha256"]:
+    if offset != shard.bytes or digest.hexdigest() != shard.sha256:
         part.unlink()
         raise WtoursError(f"{target.repo}/{repo_path}: downloaded {offset} bytes whose sha256 is not the index's",
                           "rerun `wtours pull` (it downloads the shard again); if it fails again, the repo holds "
                           "another file than its index describes: re-push it")
-    os.replace(part, final)
+    # The resumable part outlives a failed run, so it is moved to the atomic writer's temporary name only
+    # once verified; `replace_atomically` then fsyncs it and the folder around the rename.
+    replace_atomically(final, lambda tmp: os.replace(part, tmp))

@@ -11,20 +11,29 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Union
 
 from tqdm import tqdm
 
 from wtours.errors import WtoursError
 from wtours.hub import source as provenance
 from wtours.hub.card import CardVideo, is_generated, render_card
-from wtours.hub.client import (HubTarget, RemoteFile, api, endpoint_of, git_blob_id, hub_errors, read_remote,
-                               remote_files)
+from wtours.hub.client import (
+    HubTarget,
+    RemoteFile,
+    api,
+    endpoint_of,
+    git_blob_id,
+    hub_errors,
+    read_remote,
+    remote_files,
+)
 from wtours.hub.paths import CARD_FILE, REPO_TYPE, index_path, is_shard_path, shard_path, slugs_in, source_path
 from wtours.layout import Layout
-from wtours.shard.index import load_index
+from wtours.shard.index import ShardIndex, load_index
 
 MAX_COMMIT_FILES = 50  # the Hub recommends under 100 files per commit
 MAX_COMMIT_BYTES = 10 << 30  # LFS bodies are stored before their commit; this bounds what a failed commit leaves
@@ -158,15 +167,15 @@ def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print)
 
 
 def _local_set(layout: Layout, slug: str) -> tuple[dict, bytes, dict]:
-    """The index (as written), its bytes, and the provenance record; every shard present at its size."""
+    """The index (as written, validated), its bytes, and the provenance record; every shard present at its size."""
     index = load_index(layout, slug)
-    for shard in index["shards"]:
-        path = layout.shard_dir(slug) / shard["name"]
-        if not path.is_file() or path.stat().st_size != shard["bytes"]:
-            raise WtoursError(f"{path} is missing or not the size its index records ({shard['bytes']} bytes)",
+    for shard in index.shards:
+        path = layout.shard_file(slug, shard.name)
+        if not path.is_file() or path.stat().st_size != shard.bytes:
+            raise WtoursError(f"{path} is missing or not the size its index records ({shard.bytes} bytes)",
                               f"rerun `wtours shard --city {slug}` (it resumes and rewrites missing shards)")
     record = provenance.check_attribution(slug, provenance.source_record(layout, slug), layout)
-    return index, layout.index_path(slug).read_bytes(), record
+    return index.to_dict(), layout.index_path(slug).read_bytes(), record
 
 
 def _prepare_repo(target: HubTarget, config: PushConfig, say: Callable[[str], None]) -> str:
@@ -218,8 +227,8 @@ def _remote_video(target: HubTarget, slug: str, remote: dict[str, RemoteFile]) -
         raise WtoursError(f"{target.repo} holds {slug}/ without {source_path(slug)}, so the card cannot attribute it",
                           f"push it from a data root that has its provenance: `wtours push --city {slug} --repo "
                           f"{target.repo}`")
-    index = json.loads(read_remote(target, index_path(slug)))
-    return CardVideo(slug, index, json.loads(read_remote(target, source_path(slug))))
+    index = ShardIndex.parse(read_remote(target, index_path(slug)), f"{target.repo}/{index_path(slug)}")
+    return CardVideo(slug, index.to_dict(), json.loads(read_remote(target, source_path(slug))))
 
 
 def _describe_plan(slug: str, index: dict, ops: list[Operation]) -> str:

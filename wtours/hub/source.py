@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 from wtours.errors import WtoursError
-from wtours.hub.paths import SOURCE_FILE
 from wtours.layout import Layout, read_json
 from wtours.manifest import load_manifest
 
@@ -23,7 +22,7 @@ def source_record(layout: Layout, slug: str) -> dict[str, Any] | None:
     info = layout.read_info(slug)
     if info:
         return from_info(info)
-    pulled = read_json(layout.shard_dir(slug) / SOURCE_FILE)
+    pulled = read_json(layout.source_path(slug))
     if pulled:
         return pulled
     entry = load_manifest().get(slug)

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wtours.models.registry import HeadConfig
+
 
 class WeightNormLinear(nn.Module):
     def __init__(self, in_dim: int, out_dim: int):
@@ -23,9 +25,9 @@ class WeightNormLinear(nn.Module):
 
 
 class DINOHead(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden: int = 2048, bottleneck: int = 256,
-                 norm_last_layer: bool = False):
+    def __init__(self, in_dim: int, out_dim: int, config: HeadConfig = HeadConfig()):
         super().__init__()
+        hidden, bottleneck = config.hidden_dim, config.bottleneck_dim
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, bottleneck))
         for layer in self.mlp:
@@ -33,7 +35,7 @@ class DINOHead(nn.Module):
                 nn.init.trunc_normal_(layer.weight, std=0.02)
                 nn.init.zeros_(layer.bias)
         self.last_layer = WeightNormLinear(bottleneck, out_dim)
-        self.last_layer.weight_g.requires_grad_(not norm_last_layer)
+        self.last_layer.weight_g.requires_grad_(not config.norm_last_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1, p=2)  # (B, bottleneck)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from wtours.errors import WtoursError
@@ -17,6 +17,16 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     image_size: int = 224  # the size the position embedding is learned at
     drop_path: float = 0.0
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """DINO's projection head (wtours/models/head.py); its output dimension is the model's out_dim."""
+
+    hidden_dim: int = field(default=2048, metadata={"help": "Width of the head's two hidden layers."})
+    bottleneck_dim: int = field(default=256, metadata={"help": "Width before the weight-normalised last layer."})
+    norm_last_layer: bool = field(default=False, metadata={
+        "help": "Fix the last layer's weight-norm gain to 1 (the authors ran ViT-S without)."})
 
 
 # ------------------------------------------------------------------ registry

@@ -19,8 +19,7 @@ from wtours.models.registry import ViTConfig, vit_config
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.heads = heads
-        self.scale = (dim // heads) ** -0.5
+        self.heads = heads  # the 1/sqrt(d) scale is scaled_dot_product_attention's default
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 

@@ -7,15 +7,15 @@ import re
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from wtours.media import ProbeResult, ffmpeg_exe
-from wtours.shard.plan import EPS, Segment, cell_of
+from wtours.shard.plan import EPS, Segment, cell_of, frame_time
 
 SEEK_MARGIN = 0.25  # seconds decoded before a segment, so its first grid frame is never cut by the seek
 _TIME_BASE_RE = re.compile(r"config in time_base: (\d+)/(\d+)")
@@ -26,7 +26,7 @@ _SHOWINFO_RE = re.compile(r"\] n:\s*\d+ pts:\s*(-?\d+)")
 class DecodedFrame:
     cell: int  # grid cell (sample slot) the frame fills
     frame: int  # index of the frame in the source video
-    t: float  # seconds from the video's first timestamp
+    t: float  # seconds from the video's first timestamp, as `frame_time` gives it (never rounded)
     rgb: np.ndarray  # (H, W, 3) uint8
 
 
@@ -94,18 +94,18 @@ class SegmentDecoder:
                 if data is None:
                     break
                 time_base, pts = pts_queue.get(timeout=60)
-                t_abs = pts * (time_base.numerator / time_base.denominator)  # as ffmpeg computes `t`
-                cell = cell_of(t_abs - self.probe.start_time, self.fps)
+                t = frame_time(pts, time_base, self.probe.start_time)  # as ffmpeg's select computes it
+                cell = cell_of(t, self.fps)
                 if cell < self.segment.first_cell:
                     continue  # decoded in the seek margin: belongs to the previous segment
                 if cell >= self.segment.end_cell:
                     self.outcome.stopped_early = True
                     break
                 self.outcome.last_cell = cell
-                t = float(Fraction(pts) * time_base - Fraction(self.probe.start_time))
-                frame = round(t * float(Fraction(self.probe.fps_fraction)) + EPS)
+                exact = Fraction(pts) * time_base - Fraction(self.probe.start_time)
+                frame = round(float(exact) * float(Fraction(self.probe.fps_fraction)) + EPS)
                 rgb = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
-                yield DecodedFrame(cell, frame, round(t, 6), rgb)
+                yield DecodedFrame(cell, frame, t, rgb)  # t unrounded: readers recompute `cell` from it
         finally:
             if process.poll() is None:
                 process.kill()

@@ -1,75 +1,311 @@
-"""The shard index (docs/data-format.md), per-segment records, the run plan and the wids descriptor.
+"""The shard index as a typed model (docs/data-format.md), the segment records, the run plan and the
+wids descriptor.
 
-Workers write one record per finished segment under `_segments/`; the index is assembled from the
-records once every segment has one, and written last, atomically."""
+Every reader and writer of index.json goes through `ShardIndex`: local or remote, a file that is not
+JSON or not a wtours index is a WtoursError naming it, never a KeyError later on. Workers write one
+`SegmentRecord` per finished segment under `_segments/`; the index is assembled from the records once
+every segment has one, and written last, atomically."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from wtours import __version__
 from wtours.errors import WtoursError
-from wtours.layout import Layout, read_json, shard_name, write_json_atomic
+from wtours.layout import (
+    TEMPORARY_GLOB,
+    Layout,
+    json_bytes,
+    read_json,
+    validate_shard_name,
+    validate_slug,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from wtours.shard.params import ShardParams
+from wtours.shard.plan import Segment
 
 INDEX_FORMAT = "wtours-shards"
-INDEX_VERSION = 1
-PLAN_FILE = "plan.json"
-SEGMENTS_DIR = "_segments"
-WIDS_SUFFIX = ".wids.json"
+INDEX_VERSION = 2  # 2: shard entries carry `offsets`; 1 (no offsets) is still read
+READABLE_VERSIONS = (1, 2)
+RESHARD_HINT = "reshard with this version of wtours (`wtours shard --overwrite`), or re-push the set"
 
 
-def plan_path(layout: Layout, slug: str) -> Path:
-    return layout.shard_dir(slug) / PLAN_FILE
+class _Invalid(Exception):
+    """A structural problem found while parsing; turned into a WtoursError naming the file."""
 
 
-def segment_record_path(layout: Layout, slug: str, number: int) -> Path:
-    return layout.shard_dir(slug) / SEGMENTS_DIR / shard_name(slug, number).replace(".tar", ".json")
+def _need(data: Any, key: str, kinds: type | tuple[type, ...], where: str = "") -> Any:
+    if not isinstance(data, dict) or key not in data:
+        raise _Invalid(f"{where}{key!r} is missing")
+    value = data[key]
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise _Invalid(f"{where}{key!r} has the wrong type")
+    if not isinstance(value, kinds):
+        raise _Invalid(f"{where}{key!r} has the wrong type ({type(value).__name__})")
+    return value
 
 
-def wids_path(layout: Layout, slug: str) -> Path:
-    return layout.shard_dir(slug) / f"{slug}{WIDS_SUFFIX}"
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard file: its samples, their frames, times and grid cells, its size and checksum."""
+
+    name: str
+    samples: int
+    first_frame: int
+    last_frame: int
+    t_start: float
+    t_end: float
+    cell_runs: tuple[tuple[int, int], ...]  # consecutive grid cells of the samples, inclusive
+    bytes: int
+    sha256: str
+    offsets: tuple[int, ...] | None = None  # byte offset of each sample's first tar header (version 2)
+
+    @classmethod
+    def from_dict(cls, data: Any, slug: str) -> ShardEntry:
+        number = (int, float)
+        name = validate_shard_name(_need(data, "name", str), slug)
+        where = f"shard {name}: "
+        runs = _need(data, "cell_runs", list, where)
+        if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(c, int) for c in r) for r in runs):
+            raise _Invalid(f"{where}'cell_runs' must be [[first, last], ...] of integers")
+        offsets = data.get("offsets")
+        if offsets is not None and not (isinstance(offsets, list) and all(isinstance(o, int) for o in offsets)):
+            raise _Invalid(f"{where}'offsets' must be a list of integers")
+        entry = cls(name, _need(data, "samples", int, where), _need(data, "first_frame", int, where),
+                    _need(data, "last_frame", int, where), float(_need(data, "t_start", number, where)),
+                    float(_need(data, "t_end", number, where)), tuple((a, b) for a, b in runs),
+                    _need(data, "bytes", int, where), _need(data, "sha256", str, where),
+                    tuple(offsets) if offsets is not None else None)
+        entry.check()
+        return entry
+
+    def check(self) -> None:
+        cells = sum(last - first + 1 for first, last in self.cell_runs)
+        if cells != self.samples:
+            raise _Invalid(f"shard {self.name}: its cell_runs hold {cells} cells for {self.samples} samples")
+        if self.offsets is not None and (len(self.offsets) != self.samples
+                                         or any(b <= a for a, b in zip(self.offsets, self.offsets[1:]))):
+            raise _Invalid(f"shard {self.name}: 'offsets' must be {self.samples} increasing byte offsets")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "offsets"}
+        data["cell_runs"] = [list(run) for run in self.cell_runs]
+        if self.offsets is not None:
+            data["offsets"] = list(self.offsets)
+        return data
 
 
-def read_segment_record(layout: Layout, slug: str, number: int) -> dict[str, Any] | None:
-    """A finished segment's record, if its shard (when it has one) is on disk with the recorded size."""
-    record = read_json(segment_record_path(layout, slug, number))
-    if record is None:
+@dataclass(frozen=True)
+class IndexVideo:
+    """The source video a shard set was made from."""
+
+    slug: str
+    source_id: str | None
+    sha256: str
+    duration: float
+    fps: float
+    width: int
+    height: int
+
+    @classmethod
+    def from_dict(cls, data: Any) -> IndexVideo:
+        number = (int, float)
+        source_id = data.get("source_id") if isinstance(data, dict) else None
+        return cls(validate_slug(_need(data, "slug", str, "video: ")), source_id,
+                   _need(data, "sha256", str, "video: "), _need(data, "duration", number, "video: "),
+                   _need(data, "fps", number, "video: "), _need(data, "width", int, "video: "),
+                   _need(data, "height", int, "video: "))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """index.json: what a shard set holds, exactly, so that readers never need to open a shard to plan."""
+
+    video: IndexVideo
+    params: ShardParams
+    shards: tuple[ShardEntry, ...]
+    samples: int
+    dropped: dict[str, int]
+    blank_stretches: tuple[tuple[float, float], ...]
+    complete: bool
+    created_by: str
+    decoded_until: float | None = None  # only where decoding stopped early
+    errors: tuple[str, ...] = ()
+    version: int = INDEX_VERSION
+
+    @property
+    def slug(self) -> str:
+        return self.video.slug
+
+    @property
+    def fps(self) -> float:
+        return float(self.params.fps)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> ShardIndex:
+        """Validate and convert parsed JSON; `where` (a path or URL) names the file in the error."""
+        try:
+            return cls._parse(data)
+        except (_Invalid, WtoursError) as e:
+            detail = e.message if isinstance(e, WtoursError) else str(e)
+            raise WtoursError(f"{where} is not a valid wtours shard index: {detail}", RESHARD_HINT) from e
+
+    @classmethod
+    def _parse(cls, data: Any) -> ShardIndex:
+        if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+            raise _Invalid(f"its 'format' is not {INDEX_FORMAT!r}")
+        if data.get("version") not in READABLE_VERSIONS:
+            raise _Invalid(f"version {data.get('version')!r} is not one of {list(READABLE_VERSIONS)}")
+        video = IndexVideo.from_dict(_need(data, "video", dict))
+        shards = tuple(ShardEntry.from_dict(s, video.slug) for s in _need(data, "shards", list))
+        samples = _need(data, "samples", int)
+        if samples != sum(s.samples for s in shards):
+            raise _Invalid(f"'samples' is {samples}, but its shards hold {sum(s.samples for s in shards)}")
+        if data["version"] == 1 and any(s.offsets is not None for s in shards):
+            raise _Invalid("a version-1 index has no 'offsets'")
+        params = _need(data, "params", dict)
+        known = {f.name for f in fields(ShardParams)}
+        try:
+            shard_params = ShardParams(**{k: v for k, v in params.items() if k in known})
+        except (TypeError, WtoursError) as e:
+            raise _Invalid(f"'params' are not shard parameters ({e})") from e
+        decoded_until = data.get("decoded_until")
+        return cls(video, shard_params, shards, samples, dict(_need(data, "dropped", dict)),
+                   tuple((a, b) for a, b in _need(data, "blank_stretches", list)),
+                   _need(data, "complete", bool), str(data.get("created_by", "")),
+                   float(decoded_until) if decoded_until is not None else None,
+                   tuple(data.get("errors") or ()), data["version"])
+
+    @classmethod
+    def parse(cls, text: str | bytes, where: str) -> ShardIndex:
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise WtoursError(f"{where} is not valid JSON ({e})", RESHARD_HINT) from e
+        return cls.from_dict(data, where)
+
+    @classmethod
+    def read(cls, path: Path) -> ShardIndex | None:
+        """The index at `path`, None when there is none."""
+        data = read_json(path)
+        return None if data is None else cls.from_dict(data, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format": INDEX_FORMAT,
+            "version": self.version,
+            "video": self.video.to_dict(),
+            "params": self.params.to_dict(),
+            "shards": [s.to_dict() for s in self.shards],
+            "samples": self.samples,
+            "dropped": dict(self.dropped),
+            "blank_stretches": [list(s) for s in self.blank_stretches],
+            "complete": self.complete,
+            "created_by": self.created_by,
+        }
+        if not self.complete:
+            data["decoded_until"] = self.decoded_until
+            data["errors"] = list(self.errors)
+        return data
+
+    def to_bytes(self) -> bytes:
+        """Deterministic: the same set always gives the same bytes (no wall-clock time)."""
+        return json_bytes(self.to_dict())
+
+    def entry(self, name: str) -> ShardEntry | None:
+        return next((s for s in self.shards if s.name == name), None)
+
+    def wids_descriptor(self) -> dict[str, Any]:
+        """A wids dataset description; shard URLs are relative to the descriptor's folder."""
+        return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": self.slug,
+                "shardlist": [{"url": s.name, "nsamples": s.samples} for s in self.shards]}
+
+    def write(self, layout: Layout) -> None:
+        write_json_atomic(layout.wids_path(self.slug), self.wids_descriptor())
+        write_bytes_atomic(layout.index_path(self.slug), self.to_bytes())  # last: its presence means complete
+
+
+def load_index(layout: Layout, slug: str) -> ShardIndex:
+    """The index of a sharded video in the root; a missing one says how to make it."""
+    index = ShardIndex.read(layout.index_path(slug))
+    if index is None:
+        raise WtoursError(f"{slug} has no shard index at {layout.index_path(slug)}",
+                          f"run `wtours shard --city {slug}` first (a rerun resumes)")
+    return index
+
+
+# ------------------------------------------------------------------ segment records
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """What one finished segment produced: its shard (None when all blank), drops and blank stretches."""
+
+    segment: Segment
+    shard: ShardEntry | None
+    dropped: dict[str, int]
+    blank_stretches: tuple[tuple[float, float], ...]
+    complete: bool
+    decoded_until: float
+    errors: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"segment": self.segment.to_dict(), "shard": self.shard.to_dict() if self.shard else None,
+                "dropped": dict(self.dropped), "blank_stretches": [list(s) for s in self.blank_stretches],
+                "complete": self.complete, "decoded_until": self.decoded_until, "errors": list(self.errors)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], slug: str) -> SegmentRecord | None:
+        """The record, or None for a stale or foreign one (its segment is then redone)."""
+        try:
+            shard = ShardEntry.from_dict(data["shard"], slug) if data["shard"] else None
+            return cls(Segment(**data["segment"]), shard, dict(data["dropped"]),
+                       tuple((a, b) for a, b in data["blank_stretches"]), bool(data["complete"]),
+                       float(data["decoded_until"]), tuple(data.get("errors") or ()))
+        except (_Invalid, WtoursError, KeyError, TypeError, ValueError):
+            return None
+
+
+def write_segment_record(layout: Layout, slug: str, record: SegmentRecord) -> None:
+    write_json_atomic(layout.segment_record_path(slug, record.segment.number), record.to_dict())
+
+
+def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord | None:
+    """A finished segment's record, if its shard (when it has one) is on disk with the recorded size.
+    A record from an older version (no offsets) is not trusted: that segment is redone."""
+    path = layout.segment_record_path(slug, number)
+    data = read_json(path)
+    record = SegmentRecord.from_dict(data, slug) if isinstance(data, dict) else None
+    if record is None or (record.shard is not None and record.shard.offsets is None):
         return None
-    if record["shard"]:
-        path = layout.shard_dir(slug) / record["shard"]["name"]
-        if not path.is_file() or path.stat().st_size != record["shard"]["bytes"]:
+    if record.shard:
+        shard_path = layout.shard_file(slug, record.shard.name)
+        if not shard_path.is_file() or shard_path.stat().st_size != record.shard.bytes:
             return None
     return record
 
 
-def build_index(video: dict[str, Any], params: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-    records = sorted(records, key=lambda r: r["segment"]["number"])
-    shards = [r["shard"] for r in records if r["shard"]]
-    stretches = [stretch for r in records for stretch in r["blank_stretches"]]
+def build_index(video: IndexVideo, params: ShardParams, records: list[SegmentRecord]) -> ShardIndex:
+    records = sorted(records, key=lambda r: r.segment.number)
+    shards = tuple(r.shard for r in records if r.shard)
+    stretches = [list(stretch) for r in records for stretch in r.blank_stretches]
     dropped: dict[str, int] = {}
     for record in records:
-        for reason, count in record["dropped"].items():
+        for reason, count in record.dropped.items():
             dropped[reason] = dropped.get(reason, 0) + count
-    incomplete = [r for r in records if not r["complete"]]
-    fps = params["fps"]
-    index = {
-        "format": INDEX_FORMAT,
-        "version": INDEX_VERSION,
-        "video": video,
-        "params": params,
-        "shards": shards,
-        "samples": sum(s["samples"] for s in shards),
-        "dropped": dropped,
-        "blank_stretches": _merge_stretch_list(stretches, gap=1.5 / fps),
-        "complete": not incomplete,
-        "created_by": f"wtours {__version__}",
-    }
-    if incomplete:
-        first = incomplete[0]
-        index["decoded_until"] = first["decoded_until"]
-        index["errors"] = first["errors"]
-    return index
+    incomplete = [r for r in records if not r.complete]
+    merged = _merge_stretch_list(stretches, gap=1.5 / params.fps)
+    return ShardIndex(video, params, shards, sum(s.samples for s in shards), dropped,
+                      tuple((a, b) for a, b in merged), not incomplete, f"wtours {__version__}",
+                      incomplete[0].decoded_until if incomplete else None,
+                      incomplete[0].errors if incomplete else ())
 
 
 def _merge_stretch_list(stretches: list[list[float]], gap: float) -> list[list[float]]:
@@ -83,43 +319,36 @@ def _merge_stretch_list(stretches: list[list[float]], gap: float) -> list[list[f
     return merged
 
 
-def wids_descriptor(slug: str, index: dict[str, Any]) -> dict[str, Any]:
-    """A wids dataset description; shard URLs are relative to the descriptor's folder."""
-    return {
-        "__kind__": "wids-shard-index-v1",
-        "wids_version": 1,
-        "name": slug,
-        "shardlist": [{"url": s["name"], "nsamples": s["samples"]} for s in index["shards"]],
-    }
+# ------------------------------------------------------------------ plan
 
 
-def write_index(layout: Layout, slug: str, index: dict[str, Any]) -> None:
-    write_json_atomic(wids_path(layout, slug), wids_descriptor(slug, index))
-    write_json_atomic(layout.index_path(slug), index)  # last: its presence means the set is complete
+@dataclass(frozen=True)
+class ShardPlan:
+    """What a shard set is made of: the video, the parameters, the segment count and the frame size."""
+
+    video: IndexVideo
+    params: ShardParams
+    segments: int
+    output: tuple[int, int]  # (width, height)
+    format: str = field(default="wtours-shard-plan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "video": self.video.to_dict(), "params": self.params.to_dict(),
+                "segments": self.segments, "output": {"width": self.output[0], "height": self.output[1]}}
 
 
-def load_index(layout: Layout, slug: str) -> dict[str, Any]:
-    index = layout.read_index(slug)
-    if index is None:
-        raise WtoursError(f"{slug} has no shard index at {layout.index_path(slug)}",
-                          f"run `wtours shard --city {slug}` first (a rerun resumes)")
-    if index.get("format") != INDEX_FORMAT or index.get("version") != INDEX_VERSION:
-        raise WtoursError(f"{layout.index_path(slug)} is not a version-{INDEX_VERSION} wtours index",
-                          "reshard with this version of wtours (`wtours shard --overwrite`)")
-    return index
-
-
-def write_plan(layout: Layout, slug: str, plan: dict[str, Any], overwrite: bool) -> None:
+def write_plan(layout: Layout, slug: str, plan: ShardPlan, overwrite: bool) -> None:
     """Record what this shard set is made of; refuse to mix sets made from other inputs."""
-    existing = read_json(plan_path(layout, slug))
-    if existing is not None and existing != plan and not overwrite:
-        changes = [k for k in ("video", "params", "segments") if existing.get(k) != plan.get(k)]
-        detail = _describe_changes(existing, plan)
+    existing = read_json(layout.plan_path(slug))
+    new = plan.to_dict()
+    if existing is not None and existing != new and not overwrite:
+        changes = [k for k in ("video", "params", "segments") if existing.get(k) != new.get(k)]
         raise WtoursError(
-            f"{layout.shard_dir(slug)} holds shards made with other {' and '.join(changes)}: {detail}",
+            f"{layout.shard_dir(slug)} holds shards made with other {' and '.join(changes)}: "
+            f"{_describe_changes(existing, new)}",
             "rerun with --overwrite to replace them, or keep the old parameters (a rerun resumes)")
-    if existing != plan:
-        write_json_atomic(plan_path(layout, slug), plan)
+    if existing != new:
+        write_json_atomic(layout.plan_path(slug), new)
 
 
 def _describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -137,11 +366,11 @@ def clear_shard_dir(layout: Layout, slug: str) -> None:
     folder = layout.shard_dir(slug)
     if not folder.is_dir():
         return
-    for path in folder.glob(f"{slug}-*.tar"):
+    for path in layout.shard_files(slug):
         path.unlink()
-    for path in (folder / SEGMENTS_DIR).glob("*.json"):
+    for path in layout.segments_dir(slug).glob("*.json"):
         path.unlink()
-    for path in (layout.index_path(slug), wids_path(layout, slug), plan_path(layout, slug)):
+    for path in (layout.index_path(slug), layout.wids_path(slug), layout.plan_path(slug)):
         path.unlink(missing_ok=True)
-    for path in folder.glob(".*.tmp-*"):
+    for path in folder.glob(TEMPORARY_GLOB):
         path.unlink()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from wtours.errors import WtoursError
 
@@ -21,13 +21,16 @@ DEFAULT_BLANK_THRESHOLD = 3.0  # luma standard deviation (0..255) under which a 
 class ShardParams:
     """Everything the shard bytes depend on; recorded in the plan and the index."""
 
-    fps: float = DEFAULT_FPS
-    short_side: int = DEFAULT_SHORT_SIDE
-    quality: int = DEFAULT_QUALITY
-    samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD
-    start: float = 0.0  # seconds from the video's first timestamp
-    end: float | None = None
-    blank_threshold: float = DEFAULT_BLANK_THRESHOLD
+    fps: float = field(default=DEFAULT_FPS, metadata={"help": "Frames sampled per second."})
+    short_side: int = field(default=DEFAULT_SHORT_SIDE, metadata={
+        "help": "Scale so the short side has this many pixels (never upscales)."})
+    quality: int = field(default=DEFAULT_QUALITY, metadata={"help": "JPEG quality (1..100)."})
+    samples_per_shard: int = field(default=DEFAULT_SAMPLES_PER_SHARD, metadata={
+        "help": "Grid slots per shard: each shard covers samples-per-shard / fps seconds."})
+    start: float = field(default=0.0, metadata={"help": "First second to shard, from the video's first timestamp."})
+    end: float | None = field(default=None, metadata={"help": "Last second to shard (default: the end)."})
+    blank_threshold: float = field(default=DEFAULT_BLANK_THRESHOLD, metadata={
+        "help": "Frames whose luma standard deviation (0..255) is below this are blank and dropped."})
 
     def __post_init__(self) -> None:
         checks = [
@@ -42,10 +45,6 @@ class ShardParams:
         for ok, message in checks:
             if not ok:
                 raise WtoursError(message, "see `wtours shard --help` for the ranges")
-
-    @property
-    def segment_seconds(self) -> float:
-        return self.samples_per_shard / self.fps
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 from wtours.media import ProbeResult
 from wtours.shard.params import ShardParams
@@ -18,8 +19,30 @@ EPS = 1e-6  # guards floor() against timestamps a hair under a cell boundary; us
 
 
 def cell_of(t: float, fps: float) -> int:
-    """Grid cell of a time in seconds from the first timestamp (same formula as the ffmpeg select)."""
+    """Grid cell of a time in seconds from the first timestamp (same formula as the ffmpeg select).
+
+    Exact only for the float `frame_time` gives: a value rounded on the way (`t` to 6 decimals, or a
+    rate as `1 / every`) can fall a hair under a cell boundary and land in the cell before."""
     return math.floor(t * fps + EPS)
+
+
+def frame_time(pts: int, time_base: Fraction, start_time: float) -> float:
+    """A decoded frame's time in seconds from the first timestamp, computed as ffmpeg's select computes
+    `t - start`; the decoder takes the frame's cell from it and records it, unrounded, as the sample's `t`,
+    so every reader that applies `cell_of` to a recorded `t` finds the decoder's cell, bit for bit."""
+    return pts * (time_base.numerator / time_base.denominator) - start_time
+
+
+def sample_cell(t: float, fps: float, t_decimals: int | None = None) -> int:
+    """Grid cell of a stored sample from its recorded `t`: the one rule every reader uses.
+
+    Shards of index version 2 record `t` as `frame_time` gave it, so this is `cell_of`, exactly.
+    Version 1 rounded `t` to `t_decimals` (6) decimals, up to half a unit low: on a 30 or 60 fps source
+    sampled at 3, 6, 12 or 15 fps the frame that opens a cell sits exactly on its boundary, and the
+    rounded time fell into the cell before. Half a unit is added back for those (exact unless a source
+    frame lies within a microsecond before a boundary, which no real time base gives)."""
+    slack = 0.5 * 10.0 ** -t_decimals if t_decimals is not None else 0.0
+    return cell_of(t + slack, fps)
 
 
 @dataclass(frozen=True)

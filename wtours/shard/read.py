@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from wtours.layout import Layout
 from wtours.shard.index import load_index
+from wtours.shard.writer import SampleMeta
 
 
 @dataclass(frozen=True)
 class StoredSample:
     key: str
     jpg: bytes
-    meta: dict  # {"video", "source_id", "frame", "t", "width", "height"}
+    meta: SampleMeta
 
 
 def iter_shard(source: Path | IO[bytes]) -> Iterator[StoredSample]:
@@ -33,11 +35,10 @@ def iter_shard(source: Path | IO[bytes]) -> Iterator[StoredSample]:
             fields[extension] = data
             if "jpg" in fields and "json" in fields:
                 del pending[key]
-                yield StoredSample(key, fields["jpg"], json.loads(fields["json"]))
+                yield StoredSample(key, fields["jpg"], SampleMeta(**json.loads(fields["json"])))
 
 
 def iter_video_samples(layout: Layout, slug: str) -> Iterator[StoredSample]:
     """Every sample of a sharded video, in time order (shard by shard)."""
-    index = load_index(layout, slug)
-    for entry in index["shards"]:
-        yield from iter_shard(layout.shard_dir(slug) / entry["name"])
+    for entry in load_index(layout, slug).shards:
+        yield from iter_shard(layout.shard_file(slug, entry.name))

@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 from wtours import media
 from wtours.download import completed_file
 from wtours.errors import IncompleteError, WtoursError
-from wtours.layout import Layout, sample_key, shard_name, write_json_atomic
+from wtours.layout import Layout, sample_key, shard_name
 from wtours.shard.blank import is_blank, merge_stretches
-from wtours.shard.decode import SegmentDecoder
-from wtours.shard.index import (build_index, clear_shard_dir, read_segment_record, segment_record_path,
-                                write_index, write_plan)
+from wtours.shard.decode import DecodedFrame, SegmentDecoder
+from wtours.shard.index import (
+    IndexVideo,
+    SegmentRecord,
+    ShardEntry,
+    ShardIndex,
+    ShardPlan,
+    build_index,
+    clear_shard_dir,
+    read_segment_record,
+    write_plan,
+    write_segment_record,
+)
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.plan import Segment, output_size, plan_segments
-from wtours.shard.writer import ShardWriter, encode_jpeg, encode_json
-
-PLAN_FORMAT = "wtours-shard-plan"
+from wtours.shard.writer import SampleMeta, ShardSample, WrittenShard, encode_jpeg, write_shard
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ class ShardSummary:
     dropped: int = 0
     seconds: float = 0.0
     source_seconds: float = 0.0  # seconds of video decoded by this run
-    index: dict[str, Any] | None = None
+    index: ShardIndex | None = None
     missing_segments: int = 0  # segments other nodes still have to do
 
     def line(self, source_fps: float) -> str:
@@ -72,7 +80,7 @@ def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) ->
     if info is None or "file" not in info:
         raise WtoursError(f"no video registered as {slug!r} under {layout.root}",
                           f"run `wtours download --city {slug}` or `wtours add FILE --name {slug}` first")
-    path = layout.video_dir(slug) / info["file"]
+    path = layout.video_file(slug, info["file"])
     if not path.is_file():
         raise WtoursError(f"{path} is missing", f"download or add {slug} again")
     if completed_file(layout, slug) is None:
@@ -84,10 +92,9 @@ def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) ->
     return ShardJob(slug, path, probe, source_id, params, size, resolve_hwaccel(hwaccel))
 
 
-def video_record(job: ShardJob, sha256: str) -> dict[str, Any]:
+def video_record(job: ShardJob, sha256: str) -> IndexVideo:
     p = job.probe
-    return {"slug": job.slug, "source_id": job.source_id, "sha256": sha256, "duration": p.duration, "fps": p.fps,
-            "width": p.width, "height": p.height}
+    return IndexVideo(job.slug, job.source_id, sha256, p.duration, p.fps, p.width, p.height)
 
 
 def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOptions,
@@ -99,8 +106,7 @@ def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOpti
         raise WtoursError(f"{slug}: nothing to shard between --start {params.start} and --end {params.end}",
                           f"the video lasts {job.probe.duration:.1f} s")
     video = video_record(job, info["sha256"])
-    plan = {"format": PLAN_FORMAT, "video": video, "params": params.to_dict(), "segments": len(segments),
-            "output": {"width": job.size[0], "height": job.size[1]}}
+    plan = ShardPlan(video, params, len(segments), job.size)
     if options.overwrite and not options.finalize_only:
         clear_shard_dir(layout, slug)
     write_plan(layout, slug, plan, options.overwrite)
@@ -123,32 +129,21 @@ def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOpti
                               "run the remaining nodes (or `wtours shard` without --finalize) first")
         say(f"{slug}: {len(missing)} segments are left to other nodes; the last to finish writes the index")
         return summary
-    index = build_index(video, params.to_dict(), records)
-    write_index(layout, slug, index)
+    index = build_index(video, params, [r for r in records if r is not None])
+    index.write(layout)
     summary.index = index
-    if not index["complete"]:
+    if not index.complete:
         raise IncompleteError(
-            f"{slug}: decoding stopped at {index['decoded_until']:.2f} s of {job.probe.duration:.2f} s "
-            f"({'; '.join(index['errors'][-2:]) or 'no frames past that point'})",
-            f"the video is damaged or truncated; {index['samples']} frames before the damage are sharded and indexed. "
+            f"{slug}: decoding stopped at {index.decoded_until:.2f} s of {job.probe.duration:.2f} s "
+            f"({'; '.join(index.errors[-2:]) or 'no frames past that point'})",
+            f"the video is damaged or truncated; {index.samples} frames before the damage are sharded and indexed. "
             "Download it again for the rest")
     return summary
 
 
-def cell_runs(cells: list[int]) -> list[list[int]]:
-    """Sorted grid cells -> [[first, last], ...] runs of consecutive cells (inclusive)."""
-    runs: list[list[int]] = []
-    for cell in cells:
-        if runs and cell == runs[-1][1] + 1:
-            runs[-1][1] = cell
-        else:
-            runs.append([cell, cell])
-    return runs
-
-
 def _done(layout: Layout, slug: str, segment: Segment) -> bool:
     record = read_segment_record(layout, slug, segment.number)
-    return record is not None and record["complete"]
+    return record is not None and record.complete
 
 
 def _run_segments(layout: Layout, job: ShardJob, todo: list[Segment], options: RunOptions,
@@ -168,74 +163,92 @@ def _run_segments(layout: Layout, job: ShardJob, todo: list[Segment], options: R
         with ThreadPoolExecutor(max_workers=options.workers) as pool:
             for record in pool.map(lambda s: shard_segment(layout, job, s, advance), todo):
                 summary.segments_done += 1
-                summary.dropped += sum(record["dropped"].values())
-                summary.source_seconds += (record["segment"]["end_cell"] - record["segment"]["first_cell"]) / job.params.fps
-                if record["shard"]:
+                summary.dropped += sum(record.dropped.values())
+                summary.source_seconds += (record.segment.end_cell - record.segment.first_cell) / job.params.fps
+                if record.shard:
                     summary.shards += 1
-                    summary.samples += record["shard"]["samples"]
-                    summary.bytes += record["shard"]["bytes"]
+                    summary.samples += record.shard.samples
+                    summary.bytes += record.shard.bytes
     finally:
         bar.close()
         summary.seconds = time.monotonic() - started
 
 
 def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
-                  advance: Callable[[int], None] = lambda cells: None) -> dict[str, Any]:
+                  advance: Callable[[int], None] = lambda cells: None) -> SegmentRecord:
     """Decode one segment, drop blank frames, write its shard and its record."""
-    params, fps = job.params, job.params.fps
+    fps = job.params.fps
     decoder = SegmentDecoder(job.video_path, job.probe, fps, segment, job.size, job.hwaccel)
-    shard_path = layout.shard_dir(job.slug) / shard_name(job.slug, segment.number)
-    writer: ShardWriter | None = None
-    frames: list[tuple[int, float]] = []  # (frame, t) of written samples
-    cells: list[int] = []  # grid cells of written samples
-    blank_times: list[float] = []
-    dropped = {"blank": 0, "duplicate": 0}
-    reported = segment.first_cell
-    try:
-        for decoded in decoder:
-            advance(decoded.cell + 1 - reported)
-            reported = decoded.cell + 1
-            if is_blank(decoded.rgb, params.blank_threshold):
-                dropped["blank"] += 1
-                blank_times.append(decoded.t)
-                continue
-            if frames and decoded.frame <= frames[-1][0]:
-                dropped["duplicate"] += 1  # variable frame rate: two grid cells mapped to one frame index
-                continue
-            if writer is None:
-                writer = ShardWriter(shard_path)
-            height, width = decoded.rgb.shape[:2]
-            meta = {"video": job.slug, "source_id": job.source_id, "frame": decoded.frame, "t": decoded.t,
-                    "width": width, "height": height}
-            writer.write(sample_key(job.slug, decoded.frame),
-                         {"jpg": encode_jpeg(decoded.rgb, params.quality), "json": encode_json(meta)})
-            frames.append((decoded.frame, decoded.t))
-            cells.append(decoded.cell)
-        shard = None
-        if writer is not None:
-            size, digest = writer.close()
-            shard = {"name": shard_path.name, "samples": len(frames), "first_frame": frames[0][0],
-                     "last_frame": frames[-1][0], "t_start": frames[0][1], "t_end": frames[-1][1],
-                     "cell_runs": cell_runs(cells), "bytes": size, "sha256": digest}
-        else:
-            shard_path.unlink(missing_ok=True)  # a rerun of a segment that is all blank now
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    advance(segment.end_cell - reported)
+    tally = SegmentTally(reported=segment.first_cell)
+    kept = keep_frames(decoder, job.params.blank_threshold, tally, advance)
+    written = write_shard(layout.shard_path(job.slug, segment.number), encode_samples(kept, job, tally))
+    advance(segment.end_cell - tally.reported)
     outcome = decoder.outcome
     last = outcome.last_cell
     complete = outcome.stopped_early or segment.expected_last_cell < segment.first_cell or (
         last is not None and last >= segment.expected_last_cell)
-    record = {
-        "segment": segment.to_dict(),
-        "shard": shard,
-        "dropped": {k: v for k, v in dropped.items() if v},
-        "blank_stretches": merge_stretches(blank_times, gap=1.5 / fps),
-        "complete": complete,
-        "decoded_until": (last + 1) / fps if last is not None else segment.t_start(fps),
-        "errors": [] if complete else outcome.errors()[-5:],
-    }
-    write_json_atomic(segment_record_path(layout, job.slug, segment.number), record)
+    record = SegmentRecord(
+        segment=segment,
+        shard=tally.entry(shard_name(job.slug, segment.number), written) if written else None,
+        dropped={k: v for k, v in tally.dropped.items() if v},
+        blank_stretches=tuple((a, b) for a, b in merge_stretches(tally.blank_times, gap=1.5 / fps)),
+        complete=complete,
+        decoded_until=(last + 1) / fps if last is not None else segment.t_start(fps),
+        errors=() if complete else tuple(outcome.errors()[-5:]),
+    )
+    write_segment_record(layout, job.slug, record)
     return record
+
+
+@dataclass
+class SegmentTally:
+    """What the stages of one segment saw: the written samples' frames, times and cells, and the drops."""
+
+    reported: int  # the next cell the progress bar has not counted yet
+    frames: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    cells: list[int] = field(default_factory=list)
+    blank_times: list[float] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=lambda: {"blank": 0, "duplicate": 0})
+
+    def entry(self, name: str, written: WrittenShard) -> ShardEntry:
+        return ShardEntry(name, len(self.frames), self.frames[0], self.frames[-1], self.times[0], self.times[-1],
+                          cell_runs(self.cells), written.bytes, written.sha256, written.offsets)
+
+
+def keep_frames(decoded: Iterable[DecodedFrame], blank_threshold: float, tally: SegmentTally,
+                advance: Callable[[int], None]) -> Iterator[DecodedFrame]:
+    """Stage: decoded frames -> the frames to store (blank and repeated frames are counted, not kept)."""
+    for frame in decoded:
+        advance(frame.cell + 1 - tally.reported)
+        tally.reported = frame.cell + 1
+        if is_blank(frame.rgb, blank_threshold):
+            tally.dropped["blank"] += 1
+            tally.blank_times.append(frame.t)
+            continue
+        if tally.frames and frame.frame <= tally.frames[-1]:
+            tally.dropped["duplicate"] += 1  # variable frame rate: two grid cells mapped to one frame index
+            continue
+        tally.frames.append(frame.frame)
+        tally.times.append(frame.t)
+        tally.cells.append(frame.cell)
+        yield frame
+
+
+def encode_samples(frames: Iterable[DecodedFrame], job: ShardJob, tally: SegmentTally) -> Iterator[ShardSample]:
+    """Stage: frames to store -> encoded samples for the writer."""
+    for frame in frames:
+        height, width = frame.rgb.shape[:2]
+        meta = SampleMeta(job.slug, job.source_id, frame.frame, frame.t, width, height)
+        yield ShardSample(sample_key(job.slug, frame.frame), encode_jpeg(frame.rgb, job.params.quality), meta)
+
+
+def cell_runs(cells: list[int]) -> tuple[tuple[int, int], ...]:
+    """Sorted grid cells -> ((first, last), ...) runs of consecutive cells (inclusive)."""
+    runs: list[list[int]] = []
+    for cell in cells:
+        if runs and cell == runs[-1][1] + 1:
+            runs[-1][1] = cell
+        else:
+            runs.append([cell, cell])
+    return tuple((first, last) for first, last in runs)

@@ -1,16 +1,51 @@
-"""Deterministic WebDataset tar writing: fixed member metadata, temporary name, atomic rename."""
+"""Deterministic WebDataset tar writing: typed samples in, fixed member metadata, written atomically."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
-import os
 import tarfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from wtours.layout import replace_atomically
+
+
+@dataclass(frozen=True)
+class SampleMeta:
+    """A sample's `<key>.json` (docs/data-format.md)."""
+
+    video: str
+    source_id: str | None
+    frame: int  # index of the frame in the source video
+    t: float  # seconds from the first timestamp, unrounded (see `shard.plan.frame_time`)
+    width: int
+    height: int
+
+    def encode(self) -> bytes:
+        return encode_json(asdict(self))
+
+
+@dataclass(frozen=True)
+class ShardSample:
+    """Stage record handed to the writer: one frame, encoded."""
+
+    key: str
+    jpg: bytes
+    meta: SampleMeta
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    bytes: int
+    sha256: str
+    offsets: tuple[int, ...]  # byte offset of each sample's first tar header, in sample order
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
@@ -38,38 +73,34 @@ class _HashingFile:
         return self.size
 
 
-class ShardWriter:
-    """Writes one shard under a temporary name; `close()` fsyncs and renames it into place.
+def write_shard(path: Path, samples: Iterable[ShardSample]) -> WrittenShard | None:
+    """Consume the samples into the shard at `path`, atomically; None (and no file) when there are none.
 
     Members are `<key>.jpg` then `<key>.json` per sample, with mtime 0, uid/gid 0, mode 0644 and no
     user names, so the same samples always give the same bytes."""
+    stream = iter(samples)
+    first = next(stream, None)
+    if first is None:
+        path.unlink(missing_ok=True)  # a rerun of a segment that is all blank now
+        return None
+    return replace_atomically(path, lambda tmp: _write_tar(tmp, itertools.chain([first], stream)))
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(self):x}")
-        self._raw = open(self.tmp, "wb")
-        self._file = _HashingFile(self._raw)
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
-        self.samples = 0
 
-    def write(self, key: str, members: dict[str, bytes]) -> None:
-        for extension, data in members.items():
-            info = tarfile.TarInfo(f"{key}.{extension}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
-        self.samples += 1
+def _write_tar(path: Path, samples: Iterable[ShardSample]) -> WrittenShard:
+    offsets: list[int] = []
+    with open(path, "wb") as raw:
+        counted = _HashingFile(raw)
+        with tarfile.open(fileobj=counted, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in samples:
+                offsets.append(tar.offset)  # where this sample's first header goes
+                _add(tar, f"{sample.key}.jpg", sample.jpg)
+                _add(tar, f"{sample.key}.json", sample.meta.encode())
+    return WrittenShard(counted.size, counted.digest.hexdigest(), tuple(offsets))
 
-    def close(self) -> tuple[int, str]:
-        """Finish the archive and rename it into place; returns (bytes, sha256)."""
-        self._tar.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self.tmp, self.path)
-        return self._file.size, self._file.digest.hexdigest()
 
-    def abort(self) -> None:
-        self._raw.close()
-        self.tmp.unlink(missing_ok=True)
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))

@@ -6,9 +6,10 @@ import io
 import math
 import queue
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -16,9 +17,9 @@ from wtours.errors import WtoursError
 from wtours.layout import Layout
 from wtours.media import ProbeResult
 from wtours.shard.decode import SegmentDecoder
-from wtours.shard.index import load_index
+from wtours.shard.index import ShardIndex, load_index
 from wtours.shard.params import DEFAULT_SHORT_SIDE, ShardParams
-from wtours.shard.plan import EPS, cell_of, output_size, plan_segments
+from wtours.shard.plan import EPS, output_size, plan_segments, sample_cell
 from wtours.shard.read import StoredSample, iter_shard
 from wtours.stats.params import DEFAULT_VIDEO_EVERY
 
@@ -38,6 +39,7 @@ class SourceInfo:
 
     kind: str  # "shards" or "video"
     every: float  # seconds between analysed frames
+    fps: float  # the analysis grid in cells per second: the shards' own rate exactly, never 1 / every
     expected: int  # grid cells in the whole video (the progress bar's total)
     frame_size: tuple[int, int]  # (width, height) of the frames handed on
     video: dict[str, Any]  # the source video: duration (s), fps, width, height, sha256
@@ -45,13 +47,13 @@ class SourceInfo:
     notes: list[str] = field(default_factory=list)
 
 
-def on_grid(items: Iterable[T], every: float, after: float | None = None,
-            time_of: Callable[[T], float] = lambda item: item.t) -> Iterator[T]:
-    """Keep the first item in each `every`-second grid cell (the shards' sampling rule), past `after`."""
-    fps = 1 / every
-    last = cell_of(after, fps) if after is not None else -1
+def on_grid(items: Iterable[T], fps: float, after: float | None = None,
+            time_of: Callable[[T], float] = lambda item: item.t, t_decimals: int | None = None) -> Iterator[T]:
+    """Keep the first item in each grid cell of `fps` cells per second (the shards' sampling rule), past
+    `after`; cells come from `sample_cell`, the one rule the shard writer and the clip loader share."""
+    last = sample_cell(after, fps, t_decimals) if after is not None else -1
     for item in items:
-        cell = cell_of(time_of(item), fps)
+        cell = sample_cell(time_of(item), fps, t_decimals)
         if cell > last:
             last = cell
             yield item
@@ -103,49 +105,56 @@ def prefetch(items: Iterable[T], depth: int = 16) -> Iterator[T]:
 class ShardSource:
     """The frames of a sharded video (default and fastest: already sampled and scaled)."""
 
-    def __init__(self, layout: Layout, slug: str, every: float | None, remote: tuple[str, dict] | None = None):
+    def __init__(self, layout: Layout, slug: str, every: float | None,
+                 remote: tuple[str, ShardIndex] | None = None):
         """Local shards under the root, or `remote` = (folder URL, index) from `spec.shard_sets` (hf://, http)."""
-        if remote is None and layout.read_index(slug) is None:
+        if remote is None and not layout.index_path(slug).is_file():
             raise WtoursError(f"{slug} is not sharded yet (no {layout.index_path(slug)})",
                               f"run `wtours shard --city {slug}` first, or analyse the video directly with "
                               f"`wtours stats --city {slug} --from video`")
         self.folder, index = remote if remote is not None else (None, None)
-        self.index = index if index is not None else load_index(layout, slug)  # checks format and version
+        self.index: ShardIndex = index if index is not None else load_index(layout, slug)
         self.layout, self.slug = layout, slug
-        shard_every = 1 / self.index["params"]["fps"]
+        shard_every = 1 / self.index.fps
         if every is not None and every < shard_every - EPS:
             raise WtoursError(f"--every {every:g} s is finer than the shards, sampled every {shard_every:g} s",
                               f"use --every {shard_every:g} or more, or --from video to decode the video itself")
-        self.every = every if every is not None else shard_every
-        video = self.index["video"]
-        params = self.index["params"]
-        end = min(video["duration"], params["end"]) if params.get("end") else video["duration"]
-        size = output_size(video["width"], video["height"], params["short_side"])
-        described = {k: video[k] for k in ("duration", "fps", "width", "height", "sha256")}
-        # Every sample when reading at the shards' own rate (blank frames are not in them), else grid cells.
-        expected = self.index["samples"] if abs(self.every - shard_every) < EPS else _cells(
-            params.get("start", 0.0), end, self.every)
-        self.info = SourceInfo("shards", self.every, expected, size, described)
-        if not self.index["complete"]:
+        # At the shards' own rate every sample is its own cell: they are all read, none re-selected.
+        self.own_rate = every is None or abs(every - shard_every) < EPS
+        self.every: float = shard_every if self.own_rate or every is None else every
+        video, params = self.index.video, self.index.params
+        end = min(video.duration, params.end) if params.end else video.duration
+        size = output_size(video.width, video.height, params.short_side)
+        described = {k: getattr(video, k) for k in ("duration", "fps", "width", "height", "sha256")}
+        expected = self.index.samples if self.own_rate else _cells(params.start, end, self.every)
+        fps = self.index.fps if self.own_rate else 1 / self.every
+        self.info = SourceInfo("shards", self.every, fps, expected, size, described)
+        if not self.index.complete:
             self.info.complete = False
-            self.info.notes.append(f"the shards stop at {self.index['decoded_until']:.2f} s (damaged video)")
+            self.info.notes.append(f"the shards stop at {self.index.decoded_until:.2f} s (damaged video)")
 
     def samples(self, after: float | None) -> Iterator[StoredSample]:
-        for entry in self.index["shards"]:
-            if after is not None and entry["t_end"] <= after:
+        for entry in self.index.shards:
+            if after is not None and entry.t_end <= after:
                 continue  # whole shard done in an earlier run: not even read
             if self.folder is None:
-                yield from iter_shard(self.layout.shard_dir(self.slug) / entry["name"])
+                yield from iter_shard(self.layout.shard_file(self.slug, entry.name))
             else:
                 from wtours.clips.spec import open_url
 
-                with open_url(f"{self.folder}/{entry['name']}") as stream:  # streamed, never stored
+                with open_url(f"{self.folder}/{entry.name}") as stream:  # streamed, never stored
                     yield from iter_shard(stream)
 
     def frames(self, after: float | None = None) -> Iterator[Frame]:
-        chosen = on_grid(self.samples(after), self.every, after, time_of=lambda s: s.meta["t"])
+        samples = self.samples(after)
+        chosen: Iterator[StoredSample]
+        if self.own_rate:
+            chosen = (s for s in samples if after is None or s.meta.t > after)
+        else:
+            t_decimals = 6 if self.index.version == 1 else None  # version 1 rounded `t` (see `sample_cell`)
+            chosen = on_grid(samples, self.info.fps, after, time_of=lambda s: s.meta.t, t_decimals=t_decimals)
         # Grid selection reads only the json; JPEGs are decoded for the samples kept.
-        return (Frame(s.meta["t"], s.meta["frame"], decode_jpeg(s.jpg)) for s in chosen)
+        return (Frame(s.meta.t, s.meta.frame, decode_jpeg(s.jpg)) for s in chosen)
 
 
 class VideoSource:
@@ -159,11 +168,12 @@ class VideoSource:
         self.size = output_size(probe.width, probe.height, short_side)
         described = {"duration": probe.duration, "fps": probe.fps, "width": probe.width, "height": probe.height,
                      "sha256": sha256}
-        self.info = SourceInfo("video", self.every, _cells(0.0, probe.duration, self.every), self.size, described)
+        self.info = SourceInfo("video", self.every, 1 / self.every, _cells(0.0, probe.duration, self.every),
+                               self.size, described)
 
     def frames(self, after: float | None = None) -> Iterator[Frame]:
-        fps = 1 / self.every
-        start = (cell_of(after, fps) + 1) / fps if after is not None else 0.0
+        fps = self.info.fps
+        start = (sample_cell(after, fps) + 1) / fps if after is not None else 0.0
         if start >= self.probe.duration:
             return
         whole = ShardParams(fps=fps, samples_per_shard=2**62, start=start)  # one segment: the rest of the video

@@ -7,15 +7,15 @@ after the last part's time, one with another key (other source, sampling or dete
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from wtours.layout import read_json, write_json_atomic
-from wtours.layout import replace_atomically
+from wtours.layout import STATS_PARTS_DIR, TEMPORARY_GLOB, read_json, replace_atomically, write_json_atomic
 
-PARTS_DIR = "_parts"
+PARTS_DIR = STATS_PARTS_DIR  # Layout.stats_parts_dir(slug, out) names the same folder
 KEY_FILE = "key.json"
 HIST_COLUMN = "hist"  # uint16 histogram bytes: needed to find transitions, not written to frames.parquet
 
@@ -35,7 +35,7 @@ class Parts:
         elif existing is None and self.folder.exists():
             shutil.rmtree(self.folder)  # parts without a key: from an interrupted first write
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.glob(".*.tmp-*"):
+        for stale in self.folder.glob(TEMPORARY_GLOB):
             stale.unlink()  # a part being written when the run was killed
         write_json_atomic(self.folder / KEY_FILE, self.key)
         paths = self.paths()

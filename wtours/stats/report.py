@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from wtours.layout import replace_atomically, write_json_atomic
+from wtours.layout import STATS_SUMMARY_FILE, replace_atomically, write_json_atomic
 
 FRAMES_FILE = "frames.parquet"
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = STATS_SUMMARY_FILE
 PLOTS = {
     "lightness": "lightness.png",
     "change": "change.png",

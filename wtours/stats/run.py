@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from wtours.errors import WtoursError
-from wtours.layout import Layout, read_json, validate_slug
+from wtours.layout import Layout, read_json
+from wtours.shard.index import ShardIndex
 from wtours.stats.classes import Detector, detect_stage, load_detector
 from wtours.stats.corpus import write_corpus
 from wtours.stats.frames import ShardSource, VideoSource, prefetch
 from wtours.stats.measure import Measured, measure
 from wtours.stats.params import StatsConfig
 from wtours.stats.parts import Parts
-from wtours.stats.report import SUMMARY_FILE, write_outputs
+from wtours.stats.report import write_outputs
 from wtours.stats.summary import summarise
 
 PARTS_FORMAT = "wtours-stats-parts"
@@ -43,21 +45,12 @@ class VideoStats:
         return text + f"; {work} -> {self.folder}"
 
 
-def stats_base(layout: Layout, out: Path | None) -> Path:
-    """The folder holding one folder per video and the corpus tables: --out, else <root>/stats."""
-    return Path(out) if out is not None else layout.root / "stats"  # the parent of Layout.stats_dir(slug)
-
-
-def stats_dir(layout: Layout, slug: str, out: Path | None) -> Path:
-    return layout.stats_dir(slug) if out is None else Path(out) / validate_slug(slug)
-
-
 def open_source(layout: Layout, slug: str, config: StatsConfig,
-                remote: tuple[str, dict] | None = None) -> ShardSource | VideoSource:
+                remote: tuple[str, ShardIndex] | None = None) -> ShardSource | VideoSource:
     analysis = config.analysis
     if remote is not None:
         return ShardSource(layout, slug, analysis.every, remote)
-    if layout.read_info(slug) is None and layout.read_index(slug) is None:
+    if layout.read_info(slug) is None and not layout.index_path(slug).is_file():
         raise WtoursError(f"no video registered as {slug!r} under {layout.root}",
                           f"run `wtours download --city {slug}` or `wtours add FILE --name {slug}` first")
     if analysis.source == "shards":
@@ -70,7 +63,7 @@ def open_source(layout: Layout, slug: str, config: StatsConfig,
 
 
 def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detector | None = None,
-                say: Callable[[str], None] = print, remote: tuple[str, dict] | None = None) -> VideoStats:
+                say: Callable[[str], None] = print, remote: tuple[str, ShardIndex] | None = None) -> VideoStats:
     """Analyse one video (continuing an interrupted run) and write its table, summary and plots.
 
     `remote`: (folder URL, index) of shards to stream instead of the root's (see `spec.shard_sets`)."""
@@ -81,7 +74,7 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
         detector = load_detector(config.detector)  # before any decoding: missing weights fail at once
     elif not config.classes:
         detector = None
-    folder = stats_dir(layout, slug, config.out)
+    folder = layout.stats_dir(slug, config.out)
     parts = Parts(folder, _key(source, config, detector))
     after, done = parts.prepare(config.overwrite, say)
     if done:
@@ -128,8 +121,8 @@ def stats_videos(layout: Layout, slugs: list[str], config: StatsConfig, detector
 
 def compare(layout: Layout, out: Path | None, say: Callable[[str], None] = print) -> dict[str, Path]:
     """The corpus table and comparison plots over every video with a summary under the stats folder."""
-    base = stats_base(layout, out)
-    summaries = [s for s in (read_json(p) for p in sorted(base.glob(f"*/{SUMMARY_FILE}"))) if s is not None]
+    base = layout.stats_base(out)
+    summaries = [s for s in (read_json(p) for p in layout.stats_summary_paths(out)) if s is not None]
     if not summaries:
         raise WtoursError(f"no video statistics under {base}", "run `wtours stats --city SLUG` (or --all) first")
     written = write_corpus(base, summaries)
@@ -171,7 +164,7 @@ def _key(source: ShardSource | VideoSource, config: StatsConfig, detector: Detec
         "version": 1,
         "source": info.kind,
         "video_sha256": info.video["sha256"],
-        "shard_params": source.index["params"] if isinstance(source, ShardSource) else None,
+        "shard_params": source.index.params.to_dict() if isinstance(source, ShardSource) else None,
         "every": info.every,
         "frame_size": list(info.frame_size),
         "analysis_pixels": config.analysis.analysis_pixels,

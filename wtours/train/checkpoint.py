@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,19 +9,14 @@ import torch
 
 from wtours import __version__
 from wtours.dora.model import read_checkpoint
+from wtours.layout import replace_atomically
 
 CHECKPOINT_FILE = "checkpoint.pth"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary name in the same folder, fsync, rename: a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save({**state, "wtours": __version__}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save through the one atomic writer: a kill never leaves half a file."""
+    replace_atomically(path, lambda tmp: torch.save({**state, "wtours": __version__}, tmp))
 
 
 def latest_checkpoint(out: Path) -> Path | None:

@@ -1,12 +1,20 @@
-"""One process or many (torchrun): rank, world size, device, and the process group."""
+"""One process or many: rank, world size, device, and the process group.
+
+Many processes come from torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set) or from
+SLURM's srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NODELIST, SLURM_JOB_ID), as DINO's
+init_distributed_mode reads them: the rendezvous is the node list's first host, on a port derived
+from the job id unless MASTER_PORT is set."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.distributed as dist
+
+from wtours.system import first_host
 
 
 @dataclass(frozen=True)
@@ -15,26 +23,57 @@ class Dist:
     world_size: int
     local_rank: int
     device: torch.device
+    local_world_size: int = 1  # processes on this node that share one CPU affinity mask
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits, read from the launcher's environment."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1  # for sharing the CPUs: srun binds each task's own, torchrun does not
+    init_method: str = "env://"
+
+
+def slurm_port(job_id: str) -> int:
+    """A port per job, so two jobs sharing a node do not collide: 15000 + the job id's last 4 digits."""
+    digits = "".join(ch for ch in job_id if ch.isdigit())
+    return 15000 + int(digits[-4:] or 0)
+
+
+def read_launch(env: Mapping[str, str] = os.environ) -> Launch:
+    """torchrun's variables first (torchrun inside a SLURM job sets them), then srun's, else one process."""
+    if "RANK" in env:
+        return Launch(int(env["RANK"]), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")),
+                      int(env.get("LOCAL_WORLD_SIZE", "1")))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env["SLURM_NODELIST"]
+        addr = env.get("MASTER_ADDR") or first_host(nodelist)
+        port = env.get("MASTER_PORT") or slurm_port(env.get("SLURM_JOB_ID", "0"))
+        return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),
+                      1, f"tcp://{addr}:{port}")
+    return Launch()
+
+
 def setup(device: str | None = None) -> Dist:
-    """Join torchrun's process group when its environment is set (nccl on GPUs, gloo on CPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    """Join the process group when launched as many processes (nccl on GPUs, gloo on CPUs)."""
+    launch = read_launch()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     target = torch.device(device)
     if target.type == "cuda":
-        target = torch.device("cuda", local_rank)
+        target = torch.device("cuda", launch.local_rank)
         torch.cuda.set_device(target)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
-    return Dist(rank, world, local_rank, target)
+    if launch.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo", init_method=launch.init_method,
+                                rank=launch.rank, world_size=launch.world_size)
+    return Dist(launch.rank, launch.world_size, launch.local_rank, target, launch.local_world_size)
 
 
 def teardown() -> None:

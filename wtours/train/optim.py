@@ -4,21 +4,30 @@ All of it works on whole parameter lists with torch._foreach ops: no host sync p
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn as nn
 
 
+def warmup_iterations(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """DINO's `warmup_epochs * niter_per_ep`, truncated: a fractional epoch count warms up for the
+    whole iterations it covers (DINO takes integer epochs; numpy needs an integer count)."""
+    return int(warmup_epochs * steps_per_epoch)
+
+
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
                     warmup_start: float = 0.0) -> np.ndarray:
-    """DINO's per-iteration schedule: linear warm-up from `warmup_start`, then cosine to `final`."""
+    """DINO's utils.cosine_scheduler per iteration: np.linspace(warmup_start, base, warmup_steps)
+    (reaching `base` at the last warm-up iteration), then a cosine from `base` to `final` over the
+    remaining iterations. A warm-up longer than the run (a short --steps run) is shortened to the
+    run: it then reaches `base` at the last step."""
     warmup_steps = min(warmup_steps, total_steps)
-    warmup = np.linspace(warmup_start, base, warmup_steps, endpoint=False) if warmup_steps else np.array([])
-    rest = np.arange(total_steps - warmup_steps)
-    cosine = final + 0.5 * (base - final) * (1 + np.cos(math.pi * rest / max(len(rest), 1)))
-    return np.concatenate([warmup, cosine])
+    warmup = np.linspace(warmup_start, base, warmup_steps) if warmup_steps > 0 else np.array([])
+    iters = np.arange(total_steps - warmup_steps)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
+    schedule = np.concatenate((warmup, cosine))
+    assert len(schedule) == total_steps
+    return schedule
 
 
 def param_groups(module: nn.Module) -> list[dict]:

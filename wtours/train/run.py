@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,10 +19,18 @@ from wtours.clips.spec import resolve
 from wtours.dora import DoRA
 from wtours.errors import WtoursError
 from wtours.layout import write_json_atomic
+from wtours.system import default_workers
 from wtours.train import distributed
 from wtours.train.checkpoint import CHECKPOINT_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from wtours.train.config import TrainConfig
-from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
+from wtours.train.optim import (
+    cancel_last_layer_gradients,
+    clip_per_tensor,
+    cosine_schedule,
+    ema_update,
+    param_groups,
+    warmup_iterations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +60,23 @@ def build_data(config: TrainConfig, dist: distributed.Dist) -> ClipDataset:
     loader = LoaderConfig(batch_size=config.batch_size, workers=config.workers, shuffle_buffer=config.shuffle_buffer,
                           augment=config.augment,
                           clip=ClipConfig(config.clip_frames, config.clip_stride, config.clips_per_shard, config.seed),
-                          multicrop=MultiCropConfig(n_local=config.n_local))
+                          multicrop=MultiCropConfig(n_local=config.model.n_local))
     return ClipDataset(shards, loader, rank=dist.rank, world_size=dist.world_size)
 
 
 def build_model(config: TrainConfig, device: torch.device) -> DoRA:
-    model = DoRA(config.arch, out_dim=config.out_dim, n_local=config.n_local, objects=config.objects,
-                 drop_path=config.drop_path, norm_last_layer=config.norm_last_layer, weighting=config.weighting)
+    model = DoRA(config.model)
     if config.init_from:
         model.load_official_checkpoint(config.init_from)
     return model.to(device)
 
 
 def build_schedules(config: TrainConfig, steps_per_epoch: int, world_size: int) -> Schedules:
+    """DINO's main_dino.py schedules, per iteration; --steps replaces epochs x steps per epoch as
+    their length (the warm-up still counts int(warmup_epochs x steps_per_epoch) iterations)."""
     total = config.steps or config.epochs * steps_per_epoch
     base_lr = config.lr if config.lr is not None else 0.0005 * config.batch_size * world_size / 256
-    warmup = int(config.warmup_epochs * steps_per_epoch)
+    warmup = warmup_iterations(config.warmup_epochs, steps_per_epoch)
     return Schedules(
         lr=cosine_schedule(base_lr, config.min_lr, total, warmup),
         wd=cosine_schedule(config.weight_decay, config.weight_decay_end, total),
@@ -81,6 +90,8 @@ def precision_of(config: TrainConfig, device: torch.device) -> str:
 
 def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
     dist = distributed.setup(config.device)
+    if config.workers is None:  # resolved here, so config.json records what ran
+        config = replace(config, workers=default_workers(dist.local_world_size))
     try:
         return _train(config, dist, say if dist.is_main else (lambda m: None))
     finally:
@@ -88,12 +99,13 @@ def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
 
 
 def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], None]) -> RunState:
-    torch.manual_seed(config.seed + dist.rank)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = build_data(config, dist)
     steps_per_epoch = len(dataset)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
     model = build_model(config, dist.device)
+    torch.manual_seed(config.seed + dist.rank)  # then each rank its own heads and dropout
     if config.compile:  # compiled graphs run the same modules: state-dict names do not change
         model.student.backbone.forward = torch.compile(model.student.backbone.forward)
         model.teacher.backbone.forward_last_attention = torch.compile(model.teacher.backbone.forward_last_attention)
@@ -108,12 +120,12 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
     state = RunState()
     if config.resume:
         state = _resume(out, model, optimizer, scaler, say)
-    if dist.is_main:
-        write_json_atomic(out / "config.json", {**config.to_dict(), "steps_per_epoch": steps_per_epoch,
-                                                 "total_steps": schedules.total_steps, "precision": precision,
-                                                 "world_size": dist.world_size,
-                                                 "clips_per_epoch": dataset.clips_per_epoch()})
-    say(f"training {config.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips per epoch, "
+    if dist.is_main:  # config.json is the config itself (--config reads it back); run.json what it implied
+        write_json_atomic(out / "config.json", config.to_dict())
+        write_json_atomic(out / "run.json", {"steps_per_epoch": steps_per_epoch, "total_steps": schedules.total_steps,
+                                              "precision": precision, "world_size": dist.world_size,
+                                              "workers": config.workers, "clips_per_epoch": dataset.clips_per_epoch()})
+    say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips per epoch, "
         f"{steps_per_epoch} steps per epoch x {dist.world_size} process(es), {schedules.total_steps} steps, "
         f"{precision} on {dist.device}")
     logger = _RunLogger(out, dist, config.log_every)
@@ -128,7 +140,9 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
             waited = time.perf_counter()
             for batch in make_loader(dataset, pin_memory=dist.device.type == "cuda"):
                 data_seconds = time.perf_counter() - waited
-                crops = gpu_augment(batch) if gpu_augment is not None else batch.to(dist.device, non_blocking=True)
+                # the CPU path sends uint8 views: normalised on the device, after the (4x smaller) copy
+                crops = (gpu_augment(batch) if gpu_augment is not None
+                         else batch.to(dist.device, non_blocking=True).normalised())
                 it = state.step
                 loss_value, output = train_step(
                     model, student, list(crops), optimizer, scaler, StepSettings(
@@ -181,7 +195,7 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
     device_type = crops[0].device.type
     with torch.autocast(device_type, dtype=settings.autocast_dtype or torch.float32,
                         enabled=settings.autocast_dtype is not None):
-        output = model(crops, student=student)
+        output = model(crops, student=student, epoch=settings.epoch)
     loss = output.loss.detach()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         loss = loss.clone()  # every rank must see a non-finite loss, or the others hang in backward
@@ -194,7 +208,8 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
     scaler.scale(output.loss).backward()
     scaler.unscale_(optimizer)
     params = list(model.student.parameters())
-    clip_per_tensor(params, settings.clip_grad)
+    if settings.clip_grad:  # DINO: `if args.clip_grad:` (0 turns clipping off)
+        clip_per_tensor(params, settings.clip_grad)
     cancel_last_layer_gradients(model.student, settings.epoch, settings.freeze_last_layer)
     scaler.step(optimizer)
     scaler.update()
@@ -208,7 +223,7 @@ def _save(out: Path, model: DoRA, optimizer, scaler, state: RunState, config: Tr
         "student": model.student.state_dict(), "teacher": model.teacher.state_dict(),
         "dora_loss": {"center": model.loss.center}, "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(), "step": state.step, "epoch": state.epoch,
-        "step_in_epoch": state.step_in_epoch, "arch": config.arch, "out_dim": config.out_dim,
+        "step_in_epoch": state.step_in_epoch, "arch": config.model.arch, "out_dim": config.model.out_dim,
         "config": config.to_dict()})
 
 
@@ -231,12 +246,11 @@ def _resume(out: Path, model: DoRA, optimizer, scaler, say: Callable[[str], None
 
 def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
     """A KnnMonitor on rank 0 when --knn-train/--knn-val are given, else None."""
-    if not config.knn or not dist.is_main:
+    if not config.knn_train or not dist.is_main:
         return None
     from wtours.eval.knn import KnnConfig, KnnMonitor
 
-    return KnnMonitor(config.knn["train"], config.knn["val"], int(config.knn.get("every", 1)),
-                      KnnConfig(workers=min(config.workers, 4)))
+    return KnnMonitor(config.knn_train, config.knn_val, config.knn_every, KnnConfig(workers=min(config.workers, 4)))
 
 
 def _knn_evaluate(knn, model: DoRA, state: RunState, schedules: Schedules, logger: "_RunLogger", device,

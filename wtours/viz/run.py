@@ -17,9 +17,9 @@ import torch
 from PIL import Image, ImageOps
 
 from wtours.clips.augment import normalize
-from wtours.clips.epoch import ClipConfig, clip_starts
+from wtours.clips.epoch import ClipConfig, ShardRead, clip_starts
 from wtours.clips.spec import ShardRef, resolve
-from wtours.clips.stages import Problems, open_shards, samples_to_clips, tar_samples
+from wtours.clips.stages import Clip, Problems, open_shards, samples_to_clips, tar_samples
 from wtours.dora import DoRA
 from wtours.dora.model import read_checkpoint, strip_prefix
 from wtours.errors import WtoursError
@@ -60,7 +60,8 @@ def load_model(checkpoint: str | os.PathLike) -> DoRA:
                           "not an exported backbone: the tracker runs the teacher")
     arch = infer_arch(backbone_state(raw, "teacher"))
     out_dim = strip_prefix(raw["teacher"])["head.last_layer.weight_v"].shape[0]
-    objects = (raw.get("config") or {}).get("objects", 3)  # our runs record K; the authors used 3
+    recorded = raw.get("config") or {}
+    objects = (recorded.get("model") or recorded).get("objects", 3)  # our runs record K; the authors used 3
     model = DoRA(arch, out_dim=out_dim, n_local=0, objects=objects, drop_path=0.0)
     model.load_official_checkpoint(raw)
     return model.eval()
@@ -80,12 +81,13 @@ def pick_starts(shards: list[ShardRef], config: ClipConfig, count: int) -> dict[
     return chosen
 
 
-def read_clips(shards: list[ShardRef], starts: dict[str, set[int]], config: ClipConfig) -> Iterator[dict[str, Any]]:
+def read_clips(shards: list[ShardRef], starts: dict[str, set[int]], config: ClipConfig) -> Iterator[Clip]:
     """The clips at `starts`, through the trainer's own stages (open -> tar samples -> clips)."""
     refs = [ref for ref in shards if ref.url in starts]
     problems = Problems()
-    samples = tar_samples(open_shards(refs, problems), problems)
-    yield from samples_to_clips(samples, {r.url: r for r in refs}, starts, config, problems)
+    reads = [ShardRead.needed(r, starts[r.url], config) for r in refs]
+    samples = tar_samples(open_shards(reads, problems), problems)
+    yield from samples_to_clips(samples, config, problems)
     if problems.bad_shards:
         raise WtoursError(f"{len(problems.bad_shards)} shard(s) could not be read: {next(iter(problems.bad_shards))}",
                           "check the shards (wtours inspect), or reshard")
@@ -125,18 +127,18 @@ def choose_heads(model: DoRA, config: VizConfig) -> torch.Tensor:
     return torch.tensor(config.heads)
 
 
-def render_clip(model: DoRA, clip: dict[str, Any], heads: torch.Tensor, labels: list[str], out: Path,
+def render_clip(model: DoRA, clip: Clip, heads: torch.Tensor, labels: list[str], out: Path,
                 config: VizConfig) -> dict[str, Any]:
     """Track one clip, write its PNG grid and GIF, and return its index record."""
-    frames = square_frames(clip["jpgs"], config.size)
+    frames = square_frames(clip.jpgs, config.size)
     attention, masks = track_clip(model, model_input(frames).to(heads.device), heads)
     pictures = ClipPictures(frames, attention, masks, model.patch_size)
-    png, gif = out / f"clip-{clip['__key__']}.png", out / f"clip-{clip['__key__']}.gif"
+    png, gif = out / f"clip-{clip.key}.png", out / f"clip-{clip.key}.gif"
     grid = grid_image(pictures, labels)
     replace_atomically(png, lambda tmp: grid.save(tmp, format="PNG"))
     replace_atomically(gif, lambda tmp: save_gif(gif_frames(pictures), tmp, config.gif_ms))
-    return {"key": clip["__key__"], "png": png.name, "gif": gif.name, "shard": clip["url"],
-            "times": [m["t"] for m in clip["meta"]], "source_frames": [m["frame"] for m in clip["meta"]],
+    return {"key": clip.key, "png": png.name, "gif": gif.name, "shard": clip.url,
+            "times": [m["t"] for m in clip.meta], "source_frames": [m["frame"] for m in clip.meta],
             "coverage": masks.reshape(len(masks), len(frames), -1).mean(axis=2).round(4).tolist()}  # [k][t]
 
 

@@ -1,0 +1,167 @@
+"""The on-disk contract: names, keys, the one atomic writer, and the typed shard index (v1 and v2)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+
+from tests.videos import sharded_root
+from wtours.errors import WtoursError
+from wtours.layout import (
+    Layout,
+    parse_sample_key,
+    replace_atomically,
+    sample_key,
+    validate_shard_name,
+    write_json_atomic,
+)
+from wtours.shard.index import INDEX_VERSION, ShardIndex, load_index
+
+
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory) -> Layout:
+    """8 s at 2 fps, 6 samples per shard: three shards, written by the real ffmpeg and tar writer."""
+    return Layout(sharded_root(tmp_path_factory.mktemp("walk"), seconds=8.0, samples_per_shard=6))
+
+
+# ---------------------------------------------------------------- names and keys
+
+
+@pytest.mark.parametrize("name", ["../../../x.tar", "walk-000000.tar/../../x.tar", "/etc/walk-000000.tar",
+                                  "other-000000.tar", "walk-0.tar", "walk-000000.json", ".walk-000000.tar", 7])
+def test_shard_names_from_outside_are_refused(name):
+    with pytest.raises(WtoursError) as error:
+        validate_shard_name(name, "walk")
+    assert "is not a shard name" in error.value.message and error.value.hint
+
+
+def test_a_valid_shard_name_passes_and_builds_the_path(tmp_path):
+    assert validate_shard_name("walk-000012.tar", "walk") == "walk-000012.tar"
+    assert Layout(tmp_path).shard_file("walk", "walk-000012.tar") == tmp_path / "shards" / "walk" / "walk-000012.tar"
+    assert Layout(tmp_path).shard_path("walk", 12) == tmp_path / "shards" / "walk" / "walk-000012.tar"
+
+
+def test_sample_keys_round_trip():
+    for slug, frame in [("walk", 0), ("my-walk-2", 123456), ("v", 10**9)]:
+        assert parse_sample_key(sample_key(slug, frame)) == (slug, frame)
+    for bad in ["walk", "walk-12", "walk-00000012.jpg", "Walk-00000012"]:
+        with pytest.raises(WtoursError):
+            parse_sample_key(bad)
+
+
+def test_every_shard_folder_file_is_named_by_the_layout(tmp_path):
+    layout = Layout(tmp_path)
+    folder = tmp_path / "shards" / "walk"
+    assert layout.plan_path("walk") == folder / "plan.json"
+    assert layout.wids_path("walk") == folder / "walk.wids.json"
+    assert layout.segment_record_path("walk", 3) == folder / "_segments" / "walk-000003.json"
+    assert layout.source_path("walk") == folder / "source.json"
+    assert layout.stats_summary_path("walk") == tmp_path / "stats" / "walk" / "summary.json"
+    assert layout.stats_dir("walk", tmp_path / "out") == tmp_path / "out" / "walk"
+
+
+# ---------------------------------------------------------------- the atomic writer
+
+
+def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "a.json"
+    write_json_atomic(path, {"a": 1})
+    write_json_atomic(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"old")
+
+    def half_then_fail(tmp):
+        tmp.write_bytes(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        replace_atomically(path, half_then_fail)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+# ---------------------------------------------------------------- the index model
+
+
+def test_index_v2_round_trips_byte_for_byte(walk):
+    raw = walk.index_path("walk").read_bytes()
+    index = load_index(walk, "walk")
+    assert index.version == INDEX_VERSION == 2 and len(index.shards) == 3
+    assert index.to_bytes() == raw
+    assert all(len(s.offsets) == s.samples for s in index.shards)
+
+
+def test_offsets_point_at_each_samples_first_tar_header(walk):
+    """Seek to each recorded offset in the real shard: a valid USTAR header naming `<key>.jpg`."""
+    index = load_index(walk, "walk")
+    checked = 0
+    for entry in index.shards:
+        with open(walk.shard_file("walk", entry.name), "rb") as f:
+            names = [m.name for m in tarfile.open(fileobj=f, mode="r:") if m.name.endswith(".jpg")]
+            for offset, name in zip(entry.offsets, names, strict=True):
+                f.seek(offset)
+                header = tarfile.TarInfo.frombuf(f.read(tarfile.BLOCKSIZE), "utf-8", "surrogateescape")
+                assert header.name == name
+                checked += 1
+    assert checked == index.samples
+
+
+def test_version_1_indexes_are_still_read(walk, tmp_path):
+    data = json.loads(walk.index_path("walk").read_text())
+    data["version"] = 1
+    for shard in data["shards"]:
+        del shard["offsets"]
+    index = ShardIndex.from_dict(data, "old/index.json")
+    assert index.version == 1 and all(s.offsets is None for s in index.shards)
+    assert json.loads(index.to_bytes()) == data
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda d: d.pop("shards"), "'shards' is missing"),
+    (lambda d: d.update(version=9), "version 9"),
+    (lambda d: d.update(format="other"), "'format'"),
+    (lambda d: d["shards"][0].update(samples="many"), "'samples' has the wrong type"),
+    (lambda d: d["shards"][0].update(offsets=[0]), "'offsets' must be"),
+    (lambda d: d.update(samples=1), "'samples' is 1"),
+    (lambda d: d["shards"][1].update(name="../x.tar"), "is not a shard name"),
+])
+def test_a_wrong_structure_is_a_clear_error_naming_the_file(walk, tmp_path, damage, expected):
+    data = json.loads(walk.index_path("walk").read_text())
+    damage(data)
+    path = tmp_path / "index.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(WtoursError) as error:
+        ShardIndex.read(path)
+    assert str(path) in error.value.message and expected in error.value.message and error.value.hint
+
+
+def test_invalid_json_is_a_clear_error_naming_the_file(tmp_path):
+    path = tmp_path / "index.json"
+    path.write_text('{"format": "wtours-shards", ')
+    with pytest.raises(WtoursError) as error:
+        ShardIndex.read(path)
+    assert str(path) in error.value.message and "not valid JSON" in error.value.message
+    with pytest.raises(WtoursError) as error:
+        ShardIndex.parse(b"\xff\xfe", "https://host/set/index.json")
+    assert "https://host/set/index.json" in error.value.message
+
+
+def test_add_with_move_places_the_file_atomically_and_then_removes_the_original(tmp_path):
+    from tests.videos import make_video
+    from wtours.download import add_local
+
+    video = make_video(tmp_path / "walk.mp4", seconds=1.0, size="64x36")
+    data = video.read_bytes()
+    layout = Layout(tmp_path / "root")
+    add_local(video, "walk", layout.root, mode="move", say=lambda m: None)
+    assert not video.exists()
+    placed = [p for p in layout.video_dir("walk").iterdir() if p.suffix == ".mp4"]
+    assert len(placed) == 1 and placed[0].read_bytes() == data
+    assert not list(layout.video_dir("walk").glob(".*.tmp-*"))

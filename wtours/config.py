@@ -1,0 +1,311 @@
+"""Typed dataclass configs as the single declaration of a command's settings.
+
+A config is a (frozen) dataclass whose fields carry their help in `field(metadata=...)`; nested
+dataclass fields are sub-configs. From it this module derives the Click options (one per leaf
+field: `--kebab-case`, type from the annotation, default and help from the field), and builds the
+config from, in increasing precedence: the dataclass defaults, environment variables named in the
+metadata, a `--config FILE` (YAML or JSON, nested as `asdict(config)` or flat by leaf name),
+`--set key=value` (leaf name or dotted path), and options given on the command line. Every key is
+checked (unknown -> the closest names) and every value type-checked against its annotation.
+
+Field metadata keys: help, choices (a tuple, or a callable returning one), metavar, envvar."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from wtours.errors import WtoursError
+
+
+@dataclass(frozen=True)
+class Leaf:
+    path: tuple[str, ...]  # field names from the top config down to this field
+    field: dataclasses.Field
+    type: Any  # the resolved annotation
+
+    @property
+    def name(self) -> str:
+        return self.path[-1]
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_config(kind: Any) -> bool:
+    """A nested sub-config (a dataclass type), as opposed to a value type."""
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def leaves(cls: type, prefix: tuple[str, ...] = ()) -> list[Leaf]:
+    """Every non-dataclass field of `cls` and of its nested sub-configs, depth first."""
+    out: list[Leaf] = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if _is_config(kind):
+            out += leaves(kind, (*prefix, f.name))
+        else:
+            out.append(Leaf((*prefix, f.name), f, kind))
+    names = [leaf.name for leaf in out]
+    repeated = {n for n in names if names.count(n) > 1}
+    if repeated and not prefix:  # leaf names are the option names: they must be unique
+        raise TypeError(f"{cls.__name__}: leaf field names repeat: {sorted(repeated)}")
+    return out
+
+
+# ---------------------------------------------------------------- types
+
+
+def _optional(kind: Any) -> tuple[Any, bool]:
+    """(T, True) for `T | None`, else (kind, False)."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(kind)) == 2:
+            return args[0], True
+    return kind, False
+
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+
+
+def _type_name(kind: Any) -> str:
+    base, optional = _optional(kind)
+    name = "a list of text" if typing.get_origin(base) is tuple else _NAMES.get(base, str(base))
+    return f"{name} or null" if optional else name
+
+
+_TRUE, _FALSE, _NULL = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}, {"null", "none", "~", ""}
+
+
+def coerce(value: Any, kind: Any, key: str) -> Any:
+    """`value` as type `kind`; text (from --set or a YAML scalar) is parsed; anything else must fit."""
+    base, optional = _optional(kind)
+    bad = WtoursError(f"{key}: {value!r} is not {_type_name(kind)}", f"{key} takes {_type_name(kind)}")
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NULL):
+        if optional:
+            return None
+        raise bad
+    if typing.get_origin(base) is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise bad
+        return tuple(i.strip() for i in items if i.strip())
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if isinstance(value, str):  # text for a number or a switch: parse it
+        text = value.strip().lower()
+        try:
+            if base is bool:
+                if text in _TRUE | _FALSE:
+                    return text in _TRUE
+                raise ValueError(text)
+            return base(text)
+        except ValueError:
+            raise bad from None
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise bad
+
+
+# ---------------------------------------------------------------- building a config
+
+
+def _unknown(key: str, known: list[str], where: str) -> WtoursError:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known keys: {', '.join(sorted(known))}"
+    return WtoursError(f"unknown setting {key!r}{where}", hint)
+
+
+def nest(cls: type, flat: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """{leaf name or dotted path: value} -> a nested dict shaped as `asdict(cls(...))`."""
+    by_name = {leaf.name: leaf.path for leaf in leaves(cls)}
+    paths = {".".join(leaf.path): leaf.path for leaf in leaves(cls)}
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        name = key.replace("-", "_")
+        path = by_name.get(name) or paths.get(name)
+        if path is None:
+            raise _unknown(key, sorted(by_name) + sorted(p for p in paths if "." in p), where)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dicts merged, `top` winning."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+    return out
+
+
+def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
+    """A `cls` from a nested dict (as `asdict` writes it; flat leaf names accepted at the top):
+    unknown keys and ill-typed values are WtoursErrors; missing fields take their defaults."""
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    nested = {k: v for k, v in values.items() if k in fields}
+    others = {k: v for k, v in values.items() if k not in fields}
+    if others:  # flat leaf names ("teacher_temp") placed where they belong
+        nested = merge(nest(cls, others, where), nested)
+    kwargs = {}
+    for name, value in nested.items():
+        kind = hints[name]
+        if _is_config(kind):
+            if not isinstance(value, Mapping):
+                raise WtoursError(f"{name}: expected a mapping of settings, got {value!r}", "")
+            kwargs[name] = build(kind, value, where)
+        else:
+            kwargs[name] = _check_choice(fields[name], coerce(value, kind, name))
+    missing = [f.option for f in leaves(cls) if f.path[0] not in kwargs and _required(f.field)]
+    if missing:
+        raise WtoursError(f"{', '.join(missing)} missing{where}", "pass it as an option or in --config FILE")
+    return cls(**kwargs)
+
+
+def _check_choice(f: dataclasses.Field, value: Any) -> Any:
+    choices = f.metadata.get("choices")
+    if choices is None or value is None:
+        return value
+    allowed = list(choices() if callable(choices) else choices)
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), [str(c) for c in allowed], n=3, cutoff=0.6)
+        raise WtoursError(f"{f.name}: {value!r} is not one of its choices",
+                          f"did you mean {', '.join(map(repr, close))}?" if close else f"choose {', '.join(allowed)}")
+    return value
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON mapping of settings (a run folder's config.json reads back as it was written)."""
+    text = Path(path).read_text()
+    try:
+        if Path(path).suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 (json and yaml raise their own types)
+        raise WtoursError(f"--config {path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'} ({e})",
+                          "fix the file, or write it as `key: value` lines") from e
+    if not isinstance(data, dict):
+        raise WtoursError(f"--config {path} holds no mapping of settings", "write `key: value` lines")
+    return data
+
+
+def parse_assignments(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise WtoursError(f"--set {item!r} is not KEY=VALUE", "e.g. --set teacher_temp=0.07")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# ---------------------------------------------------------------- Click
+
+
+def click_options(cls: type, skip: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """A decorator adding one Click option per leaf field of `cls` (in field order)."""
+    import click
+
+    def decorate(func: Callable) -> Callable:
+        for leaf in reversed([leaf for leaf in leaves(cls) if leaf.name not in skip]):
+            func = click.option(*_option_args(leaf), **_option_kwargs(leaf, click))(func)
+        return func
+
+    return decorate
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _option_args(leaf: Leaf) -> list[str]:
+    base, _ = _optional(leaf.type)
+    if base is bool:  # always a pair: a --config file's true can be turned off on the command line
+        return [f"{leaf.option}/--no-{leaf.option[2:]}", leaf.name]
+    return [leaf.option, leaf.name]
+
+
+def _option_kwargs(leaf: Leaf, click) -> dict[str, Any]:
+    meta = leaf.field.metadata
+    base, _ = _optional(leaf.type)
+    default = _default(leaf.field)
+    kwargs: dict[str, Any] = {"help": meta.get("help", ""), "default": default,
+                              "show_default": default not in (None, ())}
+    choices = meta.get("choices")
+    if choices is not None:
+        kwargs["type"] = click.Choice(list(choices() if callable(choices) else choices))
+    elif typing.get_origin(base) is tuple:
+        kwargs["multiple"], kwargs["type"] = True, str
+    elif base is not bool:
+        kwargs["type"] = base
+    for key in ("metavar", "envvar"):
+        if key in meta:
+            kwargs[key] = meta[key]
+    if "envvar" in meta:
+        kwargs["show_envvar"] = True
+    return kwargs
+
+
+def from_command(cls: type, ctx, values: Mapping[str, Any], config_file: str | None,
+                 assignments: tuple[str, ...]) -> Any:
+    """The config of a Click command built with `click_options(cls)`: defaults < environment <
+    --config FILE < --set KEY=VALUE < options on the command line."""
+    from click.core import ParameterSource
+
+    names = {leaf.name for leaf in leaves(cls)}
+    environment = {k: v for k, v in values.items()
+                   if k in names and ctx.get_parameter_source(k) is ParameterSource.ENVIRONMENT}
+    layers = nest(cls, environment)
+    if config_file:
+        layers = merge(layers, build_dict(cls, read_file(config_file), f" in --config {config_file}"))
+    layers = merge(layers, nest(cls, parse_assignments(assignments), " in --set"))
+    given = {k: _from_click(v) for k, v in values.items()
+             if k in names and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
+    return build(cls, merge(layers, nest(cls, given)))
+
+
+def build_dict(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A file's settings checked against `cls` (unknown keys fail here, naming the file), still nested."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    flat = {k: v for k, v in data.items() if k not in fields}
+    nested = {k: v for k, v in data.items() if k in fields}
+    for name, kind in _hints(cls).items():
+        if name in nested and _is_config(kind) and isinstance(nested[name], Mapping):
+            nested[name] = build_dict(kind, nested[name], where)
+    return merge(nest(cls, flat, where), nested)
+
+
+def _from_click(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

@@ -1,0 +1,101 @@
+"""What this process may use of the machine: CPUs (affinity, SLURM's allocation) and SLURM's layout."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+from wtours.errors import WtoursError
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (what taskset, cgroups' cpusets and
+    srun bind), capped by SLURM_CPUS_PER_TASK when set; never the node's whole core count."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity call
+        cpus = os.cpu_count() or 1
+    per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if per_task.isdigit() and int(per_task) > 0:
+        cpus = min(cpus, int(per_task))
+    return max(1, cpus)
+
+
+def default_workers(local_processes: int = 1) -> int:
+    """Data-loader processes for one training process: the usable CPUs shared among the training
+    processes of this node that share one affinity mask (torchrun's; srun gives each task its own)."""
+    return max(1, usable_cpus() // max(1, local_processes))
+
+
+# ---------------------------------------------------------------- SLURM node lists
+
+_TOKEN = re.compile(r"([^,\[]*)(?:\[([^\]]*)\])?")
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compressed host list, expanded as `scontrol show hostnames` does:
+    'node[01-03,07]' -> node01 node02 node03 node07; 'gpu-a[1-2],gpu-b5' -> gpu-a1 gpu-a2 gpu-b5;
+    'r[1-2]-n[1-2]' -> r1-n1 r1-n2 r2-n1 r2-n2 (zero padding kept)."""
+    hosts: list[str] = []
+    for group in _split_top(nodelist.strip()):
+        hosts += _expand_group(group)
+    if not hosts:
+        raise ValueError(f"empty node list {nodelist!r}")
+    return hosts
+
+
+def _split_top(text: str) -> list[str]:
+    """Split at commas outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth < 0 or depth > 1:
+            raise ValueError(f"unbalanced brackets in {text!r}")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f"unbalanced brackets in {text!r}")
+    return [p for p in [*parts, text[start:]] if p]
+
+
+def _expand_group(group: str) -> list[str]:
+    """'a[1-2]-b[3,5]c' -> the product of its bracketed ranges, in order."""
+    names = [""]
+    pos = 0
+    while pos < len(group):
+        match = _TOKEN.match(group, pos)
+        if match is None or match.end() == pos:
+            raise ValueError(f"cannot read {group!r}")
+        prefix, ranges = match.group(1), match.group(2)
+        names = [n + prefix for n in names]
+        if ranges is not None:
+            names = [n + item for n in names for item in _expand_ranges(ranges)]
+        pos = match.end()
+    return names
+
+
+def _expand_ranges(ranges: str) -> list[str]:
+    out = []
+    for part in ranges.split(","):
+        low, sep, high = part.partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise ValueError(f"bad range {part!r}")
+        width = len(low)  # node[01-10]: zero padding to the lower bound's width
+        out += [str(i).zfill(width) for i in range(int(low), int(high or low) + 1)]
+    return out
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list; `scontrol show hostnames` only if our parser fails."""
+    try:
+        return expand_nodelist(nodelist)[0]
+    except ValueError as e:
+        if shutil.which("scontrol"):
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+            if out.returncode == 0 and out.stdout.split():
+                return out.stdout.split()[0]
+        raise WtoursError(f"cannot read SLURM_NODELIST {nodelist!r} ({e})",
+                          "set MASTER_ADDR to the first node's host name") from e
