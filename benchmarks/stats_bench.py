@@ -41,8 +41,15 @@ from wtours.stats.frames import ShardSource  # noqa: E402
 from wtours.stats.measure import measure  # noqa: E402
 from wtours.stats.params import StatsConfig, TransitionParams  # noqa: E402
 from wtours.stats.run import stats_video  # noqa: E402
-from wtours.stats.transitions import (change_scores, detect_cuts, detect_scene_changes, drift_scores, gaps,  # noqa: E402
-                                      normalise, shots)
+from wtours.stats.transitions import (  # noqa: E402
+    change_scores,
+    detect_cuts,
+    detect_scene_changes,
+    drift_scores,
+    gaps,
+    normalise,
+    shots,
+)
 
 SLUG = "street"
 
@@ -55,8 +62,8 @@ def street_loop(loops: int = 24) -> Path:
 
 def psd_default(frames_bgr: list[np.ndarray]) -> int:
     import cv2
-    from scenedetect.detectors import ContentDetector
     from scenedetect import FrameTimecode
+    from scenedetect.detectors import ContentDetector
     from scenedetect.scene_manager import compute_downscale_factor
 
     detector, cuts = ContentDetector(), 0
@@ -70,8 +77,8 @@ def psd_default(frames_bgr: list[np.ndarray]) -> int:
 
 
 def psd_full(frames_bgr: list[np.ndarray]) -> int:
-    from scenedetect.detectors import ContentDetector
     from scenedetect import FrameTimecode
+    from scenedetect.detectors import ContentDetector
 
     detector = ContentDetector()
     return sum(len(detector.process_frame(FrameTimecode(i, 2.0), frame)) for i, frame in enumerate(frames_bgr))

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import header  # noqa: E402
-from tests.reference_dora import reference_loss  # noqa: E402
 
+from tests.reference_dora import reference_loss  # noqa: E402
 from wtours.dora import DoRA  # noqa: E402
 from wtours.dora.config import DoRAConfig  # noqa: E402
 from wtours.train.optim import param_groups  # noqa: E402
@@ -107,11 +107,13 @@ def main() -> None:
             model.teacher.backbone.forward_last_attention = torch.compile(model.teacher.backbone.forward_last_attention)
         settings = StepSettings(1e-4, 0.04, 0.996, epoch=1, autocast_dtype=dtype)
         pool = [synthetic(batch, args.frames, args.n_local, device) for _ in range(2)]
-        ours = time_steps(make_step(model, settings, False), lambda i: pool[i % 2], args.steps, args.warmup, device)
+        ours = time_steps(make_step(model, settings, False), lambda i, pool=pool: pool[i % 2], args.steps,
+                          args.warmup, device)
         line = f"B={batch:3d}: wtours {batch / ours:8.2f} clips/s"
         if not args.skip_authors:
             model = DoRA(args.arch, out_dim=args.out_dim, n_local=args.n_local).to(device)
-            authors = time_steps(make_step(model, settings, True), lambda i: pool[i % 2], max(2, args.steps // 3),
+            authors = time_steps(make_step(model, settings, True), lambda i, pool=pool: pool[i % 2],
+                                 max(2, args.steps // 3),
                                  1, device)
             line += f" | authors-style {batch / authors:8.2f} clips/s | ratio {authors / ours:5.2f}x"
         if args.shards:

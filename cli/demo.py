@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import click
 
@@ -24,4 +24,4 @@ def demo(root: str, workers: int, steps: int) -> None:
     Example:
       wtours demo --root /tmp/wtours-demo
     """
-    run_demo(DemoConfig(root=os.path.abspath(root), workers=workers, steps=steps, progress=not is_quiet()), say=say)
+    run_demo(DemoConfig(root=Path(root).absolute(), workers=workers, steps=steps, progress=not is_quiet()), say=say)

@@ -64,15 +64,18 @@ def download(cities, all_videos, url, name, root, max_height, retries, rate_limi
               help="How the file enters the root: hard link (copy across filesystems), copy, symlink or move.")
 @click.option("--allow-damaged", is_flag=True,
               help="Register a file that does not decode to its end (shard keeps what decodes).")
+@click.option("--force", is_flag=True,
+              help="Replace a video already registered under --name (refused without it).")
 @verbosity_options
-def add(path, name, root, mode, allow_damaged) -> None:
+def add(path, name, root, mode, allow_damaged, force) -> None:
     """Register a local video file (e.g. from the figshare mirror) under the data root.
 
     \b
     Examples:
       wtours add ~/Downloads/Venice.mp4 --name venice
       wtours add walk.mp4 --name my-walk --mode copy
+      wtours add walk-fixed.mp4 --name my-walk --force   # replace the registered video
     """
-    result = add_local(path, name, Layout(root).root, mode=mode, allow_damaged=allow_damaged, say=say)
+    result = add_local(path, name, Layout(root).root, mode=mode, allow_damaged=allow_damaged, say=say, force=force)
     if is_quiet():
         click.echo(f"{result.slug}: {result.status} {result.path}")

@@ -9,7 +9,7 @@ import click
 from wtours.cli.common import root_option
 from wtours.clips.epoch import ClipConfig
 from wtours.clips.inspect import describe, format_description
-from wtours.clips.spec import resolve
+from wtours.clips.spec import resolve, shard_sets
 
 
 @click.command("inspect")
@@ -42,5 +42,5 @@ def inspect_shards(specs, root, clip_frames, clip_stride, clips_per_shard, world
     """
     shards = resolve(specs, root)
     info = describe(shards, ClipConfig(frames=clip_frames, stride=clip_stride, clips_per_shard=clips_per_shard),
-                    world_size=world_size, workers=workers, batch_size=batch_size)
+                    world_size=world_size, workers=workers, batch_size=batch_size, sets=shard_sets(specs, root))
     click.echo(json.dumps(info, indent=2) if as_json else format_description(info))

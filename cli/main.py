@@ -13,8 +13,9 @@ from wtours.cli.hub import pull, push
 from wtours.cli.inspect_cmd import inspect_shards
 from wtours.cli.listing import list_videos
 from wtours.cli.shard import shard
-from wtours.cli.train_cmd import export, train
 from wtours.cli.stats import stats
+from wtours.cli.train_cmd import export, train
+from wtours.cli.verify import verify
 from wtours.cli.viz import viz
 
 
@@ -44,6 +45,7 @@ cli.add_command(pull)
 cli.add_command(demo)
 cli.add_command(viz)
 cli.add_command(eval_group)
+cli.add_command(verify)
 
 
 def main() -> None:

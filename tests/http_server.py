@@ -92,7 +92,7 @@ class FileServer:
     def body_requests(self) -> list[dict]:
         return [r for r in self.requests if r["method"] == "GET"]
 
-    def __enter__(self) -> "FileServer":
+    def __enter__(self) -> FileServer:
         self.thread.start()
         return self
 

@@ -101,6 +101,20 @@ class Repo:
         return (oid, self.commits[oid]) if oid in self.commits else None
 
 
+STALL_SECONDS = 30  # a stalled request answers nothing for this long at most (bounded: tests never hang)
+
+
+@dataclass
+class Fault:
+    """An injected failure (HubServer.inject)."""
+
+    method: str  # "GET", "PUT", ... or "*"
+    path_part: str
+    fault: int | str | bytes
+    times: int | None  # how many more requests get it (None: all)
+    hits: int = 0
+
+
 class HubError(Exception):
     """An HTTP error answered the way the Hub does (status, X-Error-Code, X-Error-Message)."""
 
@@ -125,6 +139,8 @@ class HubServer:
         self.requests: list[dict[str, Any]] = []  # {"method", "path", "range", "user", "status"}
         self.cuts: dict[tuple[str, str], int] = {}  # (repo_id, path) -> bytes served before the file vanishes
         self.failing_commits: dict[str, int] = {}  # repo_id -> number of the commit that fails
+        self.faults: list[Fault] = []  # injected by `inject`: checked in order, before routing
+        self.stopping = threading.Event()  # set on exit: stalled requests give up
         self.lock = threading.RLock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
         self.httpd.daemon_threads = True
@@ -141,6 +157,7 @@ class HubServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -162,6 +179,30 @@ class HubServer:
     def fail_commit(self, repo_id: str, number: int) -> None:
         """The repo's `number`-th commit after its initial one answers 503 (once): an interrupted push."""
         self.failing_commits[repo_id] = number
+
+    def inject(self, method: str, path_part: str, fault: int | str | bytes, times: int | None = None) -> "Fault":
+        """The next `times` (None: every) `method` requests whose path contains `path_part` get `fault`:
+        an HTTP status (an error body, and `Retry-After: 0` on 429/5xx so a retrying client does not
+        sleep long), "stall" (no answer until the server stops or STALL_SECONDS pass), or bytes (200
+        with that body instead of the real one)."""
+        fault_ = Fault(method.upper(), path_part, fault, times)
+        with self.lock:
+            self.faults.append(fault_)
+        return fault_
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def _fault_for(self, method: str, path: str) -> "Fault | None":
+        with self.lock:
+            for fault_ in self.faults:
+                if fault_.method in (method, "*") and fault_.path_part in path and fault_.times != 0:
+                    if fault_.times is not None:
+                        fault_.times -= 1
+                    fault_.hits += 1
+                    return fault_
+        return None
 
     def uploads(self, since: int = 0) -> list[dict[str, Any]]:
         """Requests that send data to the repo: preupload, LFS batch and PUT, commits."""
@@ -365,6 +406,8 @@ def _handler_class(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self.query = {k: v[-1] for k, v in parse_qs(split.query).items()}
             try:
                 body = self._read_body()
+                if (fault := hub._fault_for(self.command, unquote(split.path))) is not None:
+                    return self._inject(fault)
                 self.user = self._authenticate()
                 self.record["user"] = self.user
                 self._route(split.path, body)
@@ -372,6 +415,20 @@ def _handler_class(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 payload = json.dumps({"error": e.message, **e.extra}).encode()
                 headers = {"X-Error-Message": e.message, **({"X-Error-Code": e.code} if e.code else {})}
                 self._reply(e.status, payload, headers=headers)
+
+        def _inject(self, fault: Fault) -> None:
+            self.record["fault"] = fault.fault if not isinstance(fault.fault, bytes) else "body"
+            if fault.fault == "stall":
+                hub.stopping.wait(STALL_SECONDS)
+                self.close_connection = True
+                return
+            if isinstance(fault.fault, bytes):
+                return self._reply(200, fault.fault)
+            status = int(fault.fault)
+            headers = {"X-Error-Message": f"injected fault: HTTP {status}"}
+            if status == 429 or status >= 500:
+                headers["Retry-After"] = "0"
+            self._reply(status, json.dumps({"error": f"injected fault: HTTP {status}"}).encode(), headers=headers)
 
         def _read_body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -28,7 +28,8 @@ def vit_forward(backbone, x, want_last=False):
         out = (attn @ v).transpose(1, 2).reshape(b, -1, cfg.dim)
         tokens = tokens + F.linear(out, block.attn.proj.weight, block.attn.proj.bias)
         y = F.layer_norm(tokens, (cfg.dim,), block.norm2.weight, block.norm2.bias, eps=1e-6)
-        y = F.linear(F.gelu(F.linear(y, block.mlp.fc1.weight, block.mlp.fc1.bias)), block.mlp.fc2.weight, block.mlp.fc2.bias)
+        y = F.linear(F.gelu(F.linear(y, block.mlp.fc1.weight, block.mlp.fc1.bias)),
+                     block.mlp.fc2.weight, block.mlp.fc2.bias)
         tokens = tokens + y
         if i == len(backbone.blocks) - 1:
             last = (attn, q, k)

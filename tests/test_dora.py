@@ -20,7 +20,8 @@ from wtours.models.vit import cls_attention
 
 def crops(b=2, t=3, n=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, t, 3, 224, 224, generator=g)] + [torch.randn(b, t, 3, 112, 112, generator=g) for _ in range(n)]
+    return [torch.randn(b, t, 3, 224, 224, generator=g)] + [torch.randn(b, t, 3, 112, 112, generator=g)
+                                                           for _ in range(n)]
 
 
 def test_sinkhorn_plan_sums():

@@ -24,7 +24,7 @@ from wtours.errors import WtoursError
 from wtours.hub import source as provenance
 from wtours.hub.card import CardVideo, is_generated, render_card
 from wtours.hub.client import HubTarget, RemoteFile, describe_error, git_blob_id, is_transport_error
-from wtours.hub.paths import shard_spec
+from wtours.hub.paths import shard_pattern, shard_spec
 from wtours.hub.pull import PullConfig, pull
 from wtours.hub.push import Delete, PushConfig, Upload, batch_operations, plan_set, push
 from wtours.layout import Layout, write_json_atomic
@@ -473,6 +473,15 @@ def test_batches_respect_file_and_byte_limits():
     batches = batch_operations([*ops, Delete("v/old.tar"), Upload("v/index.json", 1)], max_files=3, max_bytes=10)
     assert [[o.path[-8:] for o in b] for b in batches] == [
         ["0000.tar", "0001.tar"], ["0002.tar"], ["0003.tar", "0004.tar", "0005.tar"], ["/old.tar", "dex.json"]]
+
+
+def test_shard_spec_is_a_brace_range_only_over_contiguous_shards():
+    names = [f"v-{i:06d}.tar" for i in (2, 0, 1)]
+    assert shard_pattern("v", names) == "v/v-{000000..000002}.tar"
+    assert shard_pattern("v", names[:1]) == "v/v-000002.tar"
+    assert shard_pattern("v", ["v-000000.tar", "v-000002.tar"]) is None  # a range would name v-000001.tar
+    assert shard_spec("a/b", "v", ["v-000000.tar", "v-000002.tar"]) == "hf://datasets/a/b/v/index.json"
+    assert shard_spec("a/b", "v", names, revision="dev") == "hf://datasets/a/b@dev/v/v-{000000..000002}.tar"
 
 
 def test_card_attributes_every_video_and_says_how_to_load(root):

@@ -207,7 +207,7 @@ def test_changed_parameters_are_refused_unless_overwrite(walk20, tmp_path):
 def test_changed_source_is_refused(walk20, small_video, tmp_path):
     layout = registered(tmp_path, walk20)
     shard(layout)
-    add_local(small_video, "walk", layout.root, mode="symlink", say=lambda m: None)
+    add_local(small_video, "walk", layout.root, mode="symlink", say=lambda m: None, force=True)
     with pytest.raises(WtoursError, match="source video changed"):
         shard(layout)
 

@@ -66,7 +66,7 @@ def test_tiny_run_resume_and_export_to_timm(root, tmp_path):
     assert checkpoint["step"] == 2 and set(checkpoint) >= {"student", "teacher", "dora_loss", "optimizer"}
 
     second = run(["train", "--shards", "walk", "--root", str(root), "--out", str(out), "--steps", "4", "--resume",
-                  *TINY])
+                  "--reschedule", *TINY])
     assert second.returncode == 0, second.stderr
     assert "resumed" in second.stdout and "at step 2" in second.stdout
     assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
@@ -94,7 +94,7 @@ def test_resume_continues_the_data_position(root, tmp_path):
               "--batch-size", "2", "--clip-frames", "2", "--n-local", "2", "--workers", "2", "--log-every", "1"]
     assert run([*common, "--out", str(whole), "--steps", "4"]).returncode == 0
     assert run([*common, "--out", str(split), "--steps", "2"]).returncode == 0
-    assert run([*common, "--out", str(split), "--steps", "4", "--resume"]).returncode == 0
+    assert run([*common, "--out", str(split), "--steps", "4", "--resume", "--reschedule"]).returncode == 0
     keys = lambda out: [json.loads(l)["keys"] for l in (out / "data.rank0.jsonl").read_text().splitlines()]  # noqa: E731
     assert keys(whole) == keys(split)
 
@@ -112,9 +112,10 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(root, tmp_path):
         poisoned.teacher.head.mlp[0].weight.fill_(float("nan"))
     bad = tmp_path / "nan.pth"
     torch.save({"student": poisoned.student.state_dict(), "teacher": poisoned.teacher.state_dict()}, bad)
-    result = run([*common, "--steps", "3", "--init-from", str(bad)])
+    result = run([*common, "--steps", "3", "--init-from", str(bad), "--out", str(tmp_path / "nan")])
     assert result.returncode == 4
-    assert "at step 1" in result.stderr and "checkpoint.pth" in result.stderr
+    assert "at step 1" in result.stderr and "no checkpoint was written yet" in result.stderr
+    assert not (tmp_path / "nan" / "checkpoint.pth").exists()  # nothing kept from a non-finite state
     assert hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest() == good
 
 

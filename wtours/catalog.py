@@ -60,10 +60,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def _size(n: int | None) -> str:
     if not n:
         return "0 B"
+    size = float(n)
     for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
     return ""
 
 

@@ -17,9 +17,10 @@ import difflib
 import json
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from wtours.errors import WtoursError
 

@@ -109,7 +109,7 @@ def _train(layout: Layout, run: Path, config: DemoConfig, say: Callable[[str], N
             arch="vit_small" if gpu else "vit_micro", out_dim=4096 if gpu else 1024, n_local=6 if gpu else 2),
         batch_size=8 if gpu else 4,
         clip_frames=8 if gpu else 4, steps=config.steps, warmup_epochs=0.5, lr=5e-4,
-        workers=config.workers, log_every=1, checkpoint_every=config.steps, seed=0)
+        workers=config.workers, log_every=1, checkpoint_every=config.steps, seed=0, overwrite=True)
     if (run / "checkpoint.pth").is_file():
         (run / "checkpoint.pth").unlink()  # a rerun of the demo trains afresh
     for stale in ("log.jsonl", "data.rank0.jsonl"):

@@ -16,6 +16,7 @@ from typing import Any
 from wtours import __version__, media
 from wtours.errors import WtoursError
 from wtours.layout import Layout, replace_atomically, validate_slug, write_json_atomic
+from wtours.locks import folder_lock
 from wtours.manifest import VideoEntry, load_manifest
 
 log = logging.getLogger(__name__)
@@ -376,15 +377,46 @@ def _source_record(info: dict[str, Any], target: DownloadTarget) -> dict[str, An
 
 
 def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link", allow_damaged: bool = False,
-              say: Callable[[str], None] = print) -> DownloadResult:
+              say: Callable[[str], None] = print, force: bool = False) -> DownloadResult:
     """Register a video file already on disk (e.g. from the figshare mirror) as <root>/videos/<name>/.
 
     A file that probes but does not decode to its end is refused unless `allow_damaged`: then it is
-    recorded with the reason, and `wtours shard` keeps what decodes."""
+    recorded with the reason, and `wtours shard` keeps what decodes. A name that is already registered
+    to another file is refused unless `force` (with --mode move the earlier file may be the user's only
+    copy); the only file ever deleted is the one the user named, and only with --mode move."""
     slug = validate_slug(name)
     source_path = Path(path).expanduser().resolve()
     if not source_path.is_file():
         raise WtoursError(f"{path} does not exist or is not a file", "give the path of a video file")
+    layout = Layout(root)
+    with folder_lock(layout.video_dir(slug), f"video folder of {slug}"):
+        return _add_locked(layout, slug, source_path, mode, allow_damaged, say, force)
+
+
+def _registered_elsewhere(layout: Layout, slug: str, source_path: Path) -> Path | None:
+    """The file registered as `slug` when it is not `source_path` itself (re-adding the same file is harmless)."""
+    existing = layout.read_info(slug)
+    if not existing or not existing.get("file"):
+        return None
+    current = layout.video_file(slug, existing["file"])
+    try:
+        if current.resolve() == source_path or (current.exists() and os.path.samefile(current, source_path)):
+            return None
+    except OSError:
+        pass
+    if source_path.stat().st_size == existing.get("bytes") and sha256_file(source_path) == existing.get("sha256"):
+        return None  # the same video again (e.g. a copy): nothing is lost by registering it anew
+    return current
+
+
+def _add_locked(layout: Layout, slug: str, source_path: Path, mode: str, allow_damaged: bool,
+                say: Callable[[str], None], force: bool) -> DownloadResult:
+    current = _registered_elsewhere(layout, slug, source_path)
+    if current is not None and not force:
+        raise WtoursError(
+            f"{slug!r} is already registered under {layout.root} (as {current}); nothing was changed",
+            f"choose another --name, or pass --force to replace the registered video with {source_path}"
+            + (" (the earlier file in the data root is then replaced)" if current.exists() else ""))
     probed = media.probe(source_path)
     damaged = None
     try:
@@ -395,13 +427,11 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
             raise
         damaged = e.message
         say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
-    layout = Layout(root)
     folder = layout.video_dir(slug)
     folder.mkdir(parents=True, exist_ok=True)
     final = layout.added_video_path(slug, source_path.suffix)
-    existing = layout.read_info(slug)
-    if existing:
-        say(f"{slug}: replacing the previous record ({existing.get('file')})")
+    if current is not None:
+        say(f"{slug}: replacing the registered video {current.name} (--force)")
     _place(source_path, final, mode)
     entry = load_manifest().get(slug)
     source = {"type": "local", "path": str(source_path), "url": entry.url if entry else None,

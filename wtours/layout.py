@@ -23,6 +23,7 @@ INFO_FILE = "info.json"
 INDEX_FILE = "index.json"
 PLAN_FILE = "plan.json"
 SEGMENTS_DIR = "_segments"
+NODES_DIR = "_nodes"
 WIDS_SUFFIX = ".wids.json"
 SOURCE_FILE = "source.json"
 STATS_SUMMARY_FILE = "summary.json"
@@ -128,6 +129,10 @@ class Layout:
 
     def segments_dir(self, slug: str) -> Path:
         return self.shard_dir(slug) / SEGMENTS_DIR
+
+    def node_lock_dir(self, slug: str, rank: int) -> Path:
+        """Holds the lock of one rank of a multi-node `wtours shard` (ranks share the shard folder)."""
+        return self.shard_dir(slug) / NODES_DIR / str(int(rank))
 
     def segment_record_path(self, slug: str, number: int) -> Path:
         return self.segments_dir(slug) / f"{slug}-{number:06d}.json"

@@ -98,16 +98,33 @@ def colour_cpu(images, plan: ColourPlan) -> None:
     # Python lists: indexing numpy arrays per image costs more than the small images' kernels
     jitter, order, factors = plan.jitter.tolist(), plan.order.tolist(), plan.factors.tolist()
     gray, sigmas = plan.gray.tolist(), plan.blur_sigma.tolist()
+    scratch = _Scratch()
     for i, image in enumerate(images):
         if jitter[i]:
             for op in order[i]:
-                _CPU_OPS[op](image, factors[i][op])
+                _CPU_OPS[op](image, factors[i][op], scratch)
         if gray[i]:
-            cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB, dst=image)
+            cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY, dst=scratch.get("gray", image.shape[:2], np.uint8)),
+                         cv2.COLOR_GRAY2RGB, dst=image)
         sigma = sigmas[i]
         if not math.isnan(sigma):
             size = 2 * math.ceil(3 * sigma) + 1  # cut at 3 sigma, as the tensor path's kernels
             cv2.GaussianBlur(image, (size, size), sigma, dst=image, borderType=cv2.BORDER_REFLECT_101)
+
+
+class _Scratch:
+    """Work arrays reused by the ops on one call's images. Fresh ones above glibc's mmap threshold
+    (128 KB; a 224x224 float image is 600 KB) come as new pages, faulted in on every op: for the hue
+    rotation of a global view that cost 4x the conversions themselves."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[tuple, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        key = (name, shape)
+        if key not in self.arrays:
+            self.arrays[key] = np.empty(shape, dtype)
+        return self.arrays[key]
 
 
 _LEVELS = np.arange(256, dtype=np.float32)
@@ -118,29 +135,35 @@ def _linear_lut(image: np.ndarray, scale: float, offset: float) -> None:
     cv2.LUT(image, np.clip(np.rint(_LEVELS * scale + offset), 0, 255).astype(np.uint8), dst=image)
 
 
-def _cpu_brightness(image: np.ndarray, factor: float) -> None:
+def _cpu_brightness(image: np.ndarray, factor: float, scratch: _Scratch | None = None) -> None:
     _linear_lut(image, factor, 0.0)
 
 
-def _cpu_contrast(image: np.ndarray, factor: float) -> None:
+def _cpu_contrast(image: np.ndarray, factor: float, scratch: _Scratch | None = None) -> None:
     """Blend with the image's mean grey (torchvision: the mean of its grayscale image)."""
-    mean = float(cv2.mean(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))[0])
+    gray = (scratch or _Scratch()).get("gray", image.shape[:2], np.uint8)
+    mean = float(cv2.mean(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY, dst=gray))[0])
     _linear_lut(image, factor, (1 - factor) * mean)
 
 
-def _cpu_saturation(image: np.ndarray, factor: float) -> None:
+def _cpu_saturation(image: np.ndarray, factor: float, scratch: _Scratch | None = None) -> None:
     """Blend with the grayscale image."""
-    gray = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-    cv2.addWeighted(image, factor, gray, 1 - factor, 0.0, dst=image)
+    scratch = scratch or _Scratch()
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY, dst=scratch.get("gray", image.shape[:2], np.uint8))
+    grey_rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB, dst=scratch.get("grey_rgb", image.shape, np.uint8))
+    cv2.addWeighted(image, factor, grey_rgb, 1 - factor, 0.0, dst=image)
 
 
-def _cpu_hue(image: np.ndarray, shift: float) -> None:
+def _cpu_hue(image: np.ndarray, shift: float, scratch: _Scratch | None = None) -> None:
     """Rotate the hue by `shift` turns, on float HSV: exact up to the final rounding, and faster than
     OpenCV's uint8 HSV conversions."""
-    hsv = cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2HSV)  # hue in [0, 360) degrees
+    scratch = scratch or _Scratch()
+    rgb, hsv = scratch.get("rgb", image.shape, np.float32), scratch.get("hsv", image.shape, np.float32)
+    np.copyto(rgb, image)  # uint8 -> float32, exact
+    cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV, dst=hsv)  # hue in [0, 360) degrees
     # HSV2RGB wraps hues up to 720 but its vectorised loop mishandles negative ones: shift forwards
     cv2.add(hsv, ((360.0 * shift) % 360.0, 0.0, 0.0, 0.0), dst=hsv)
-    cv2.convertScaleAbs(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), dst=image)  # round, saturate (values are >= 0)
+    cv2.convertScaleAbs(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=rgb), dst=image)  # round, saturate (values >= 0)
 
 
 _CPU_OPS = (_cpu_brightness, _cpu_contrast, _cpu_saturation, _cpu_hue)  # the order of ColourPlan.factors

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from wtours.clips.epoch import ClipConfig, clips_per_epoch, plan_epoch
 from wtours.clips.spec import ShardRef
+from wtours.shard.index import ShardIndex
 
 
 def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, workers: int = 1,
-             batch_size: int = 1, epoch: int = 0) -> dict[str, Any]:
+             batch_size: int = 1, epoch: int = 0, sets: list[tuple[str, ShardIndex]] | None = None
+             ) -> dict[str, Any]:
     """What the shards hold, and what one epoch reads with `world_size` ranks x `workers` DataLoader
     workers at `batch_size` clips per step: distinct clips, clips read (with the padding that gives
-    every rank the same steps), steps per rank."""
+    every rank the same steps), steps per rank. `sets` (folder, index): whether each index is complete.
+    Local shard files the index lists but the disk lacks are listed under `missing`."""
     videos: dict[str, dict[str, Any]] = {}
     for ref in shards:
         video = videos.setdefault(ref.slug, {"shards": 0, "frames": 0, "seconds": 0.0, "gaps": [], "fps": ref.fps,
@@ -26,7 +30,18 @@ def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, wo
             video["_last"] = last
     for video in videos.values():
         del video["_last"]
+    incomplete = []
+    for _, index in sets or ():
+        if index.slug in videos:
+            videos[index.slug]["complete"] = index.complete
+            if not index.complete:
+                videos[index.slug]["decoded_until"] = index.decoded_until
+                incomplete.append(index.slug)
+    missing = [r.url for r in shards if "://" not in r.url and not os.path.isfile(r.url)]
     return {
+        "complete": not incomplete,
+        "incomplete_videos": incomplete,
+        "missing": missing,
         "shards": len(shards),
         "frames": sum(r.samples for r in shards),
         "seconds": sum(v["seconds"] for v in videos.values()),
@@ -55,6 +70,13 @@ def format_description(info: dict[str, Any]) -> str:
         gaps = ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in v["gaps"]) or "none"
         lines.append(f"  {slug}: {v['shards']} shards, {v['frames']} frames at {v['fps']:g} fps, "
                      f"{v['seconds'] / 60:.1f} min; dropped stretches (gaps): {gaps}")
+        if v.get("complete") is False:
+            lines.append(f"  {slug}: WARNING: incomplete index (complete: false): decoding stopped at "
+                         f"{v['decoded_until']:.2f} s (damaged or truncated video)")
+    if info.get("missing"):
+        shown = ", ".join(info["missing"][:5]) + (" ..." if len(info["missing"]) > 5 else "")
+        lines.append(f"WARNING: {len(info['missing'])} shard file(s) listed in the index are missing: {shown} "
+                     "(`wtours verify --repair` reshards them)")
     per_shard = f", at most {info['clips_per_shard']} per shard" if info["clips_per_shard"] else ""
     lines.append(f"clips per epoch: {info['clips_per_epoch']} ({info['clip_frames']} frames, "
                  f"{info['clip_stride']:g} s apart{per_shard})")

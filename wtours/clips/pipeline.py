@@ -46,19 +46,20 @@ class ClipBatch(list):
     consumer calls `.to(device).normalised()` to get the model's float input. GpuAugmenter's batches
     are normalised float already."""
 
-    def __init__(self, views: list[torch.Tensor], keys: list[str]):
+    def __init__(self, views: list[torch.Tensor], keys: list[str], problems: dict | None = None):
         super().__init__(views)
         self.keys = keys
+        self.problems = problems  # what its worker skipped since its previous batch (ClipDataset.__iter__)
 
     def pin_memory(self) -> "ClipBatch":
-        return ClipBatch([v.pin_memory() for v in self], self.keys)
+        return ClipBatch([v.pin_memory() for v in self], self.keys, self.problems)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "ClipBatch":
-        return ClipBatch([v.to(device, non_blocking=non_blocking) for v in self], self.keys)
+        return ClipBatch([v.to(device, non_blocking=non_blocking) for v in self], self.keys, self.problems)
 
     def normalised(self) -> ClipBatch:
         """uint8 views -> float32 ImageNet-normalised views, on the views' device (`augment.normalise_uint8`)."""
-        return ClipBatch([normalise_uint8(v) for v in self], self.keys)
+        return ClipBatch([normalise_uint8(v) for v in self], self.keys, self.problems)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class RawClipBatch:
     sizes: np.ndarray  # (B, 2) frame (height, width) per clip
     keys: list[str]
     frames: int  # T
+    problems: dict | None = None  # as ClipBatch.problems
 
     def pin_memory(self) -> "RawClipBatch":
         return self
@@ -84,7 +86,7 @@ class ClipDataset(IterableDataset):
         self.shards, self.config, self.rank, self.world_size = shards, config, rank, world_size
         self.epoch = 0
         self.skip_batches = 0
-        self.problems = Problems()  # filled in this process (workers log their own warnings)
+        self.problems = Problems()  # filled in this process (workers: in theirs; each batch carries its delta)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Start `epoch`, optionally past its first `skip_batches` batches (resuming mid-epoch)."""
@@ -122,8 +124,14 @@ class ClipDataset(IterableDataset):
         clips = shuffle(clips, self.config.shuffle_buffer, random.Random(str(seed)))
         skipped = len(range(role, self.skip_batches, workers)) * self.config.batch_size
         clips = itertools.islice(clips, skipped, None)  # skipped before decoding: cheap
+        counted = problem_counts(self.problems)
         for batch in batched(clips, self.config.batch_size):
-            yield self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng)
+            out = self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng)
+            # what this worker skipped since its last batch travels with the batch, so the training
+            # process counts every worker's (and, gathered, every rank's) skipped shards and clips
+            now = problem_counts(self.problems)
+            out.problems, counted = problems_since(counted, now), now
+            yield out
 
     def _clip_pass(self, plan: EpochPlan, slot: int) -> Iterator[Clip]:
         """The slot's clips: its own stretch, then its padding. A further pass (take_quota) happens only
@@ -179,6 +187,19 @@ class GpuAugmenter:
         if self.device.type != "cpu":
             frames = frames.float()  # antialiased resizes on CUDA take float
         return ClipBatch(multicrop_tensor(frames, batch.sizes, batch.frames, self.rng, self.config), batch.keys)
+
+
+def problem_counts(problems: Problems) -> dict:
+    """A Problems' state as plain data: {"bad_shards": {url: error}, "bad_samples": n, "bad_clips": n}."""
+    return {"bad_shards": dict(problems.bad_shards), "bad_samples": problems.bad_samples,
+            "bad_clips": problems.bad_clips}
+
+
+def problems_since(before: dict, now: dict) -> dict:
+    """The new bad shards and the counts added between two `problem_counts`."""
+    return {"bad_shards": {u: e for u, e in now["bad_shards"].items() if u not in before["bad_shards"]},
+            "bad_samples": now["bad_samples"] - before["bad_samples"],
+            "bad_clips": now["bad_clips"] - before["bad_clips"]}
 
 
 def cpu_augmenter():

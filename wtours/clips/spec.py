@@ -6,8 +6,10 @@ epoch lengths are computed exactly before any shard is opened."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import posixpath
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ class ShardRef:
     t_end: float
     offsets: tuple[int, ...] | None = None  # each sample's byte offset in the tar (index version 2)
     t_decimals: int | None = None  # version-1 indexes rounded the samples' `t` to 6 decimals
+    bytes: int | None = None  # the shard's size and sha256 as its index records them: a whole remote read
+    sha256: str | None = None  # is checked against them (verified_whole)
 
     def cell_of_sample(self, t: float) -> int:
         """The grid cell of one of this shard's samples, from its recorded `t` (shard.plan.sample_cell)."""
@@ -142,7 +146,7 @@ def _refs_from_index(index: ShardIndex, folder: str, names: set[str] | None) -> 
     t_decimals = 6 if index.version == 1 else None
     return [ShardRef(url=join(folder, s.name), name=s.name, slug=index.slug, samples=s.samples, fps=index.fps,
                      cell_runs=s.cell_runs, t_start=s.t_start, t_end=s.t_end, offsets=s.offsets,
-                     t_decimals=t_decimals)
+                     t_decimals=t_decimals, bytes=s.bytes, sha256=s.sha256)
             for s in index.shards if names is None or s.name in names]
 
 
@@ -203,3 +207,93 @@ def _open_hf(url: str) -> IO[bytes]:
             stream.close()
             raise
         return stream
+
+
+# ------------------------------------------------------------------ verifying what a server sends
+
+VERIFY_SPOOL_BYTES = 64 << 20  # a verified shard is held in memory up to this size, then in a temporary file
+VERIFY_BLOCK = 10240  # tarfile's own read size: a stream that breaks keeps what arrived before the break, as before
+
+
+class ShardMismatchError(OSError):
+    """A remote shard whose bytes are not the ones its index describes (replaced, damaged or hostile).
+    An OSError, so the pipeline's stages count it as a bad shard and go on."""
+
+
+class VerifiedShard:
+    """A whole remote shard, read to its end and checked against its index entry (size and sha256)
+    before its first byte is served: a replaced shard contributes no sample at all.
+
+    The bytes are held in a spooled temporary file (VERIFY_SPOOL_BYTES in memory, the rest on disk,
+    removed on close). More bytes than the index records stop the read at once. A stream that breaks
+    before its end cannot be verified: what arrived is served, unverified, then the error is raised, as
+    for any broken stream (the pipeline keeps the samples read before a break and counts the shard).
+    Partial reads (byte ranges of a shard) are not wrapped: they trust the server (docs/hub.md)."""
+
+    def __init__(self, raw: IO[bytes], url: str, size: int, sha256: str):
+        self.raw, self.url, self.size, self.sha256 = raw, url, size, sha256
+        self.spool: IO[bytes] | None = None
+        self.pending: BaseException | None = None  # a break in the stream, raised once the spool is served
+        self.failed = False
+
+    def __repr__(self) -> str:  # webdataset appends str(stream) to the errors it reports
+        return f"<verified shard {self.url}>"
+
+    def _fill(self) -> None:
+        spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
+        digest, count = hashlib.sha256(), 0
+        try:
+            while True:
+                block = self.raw.read(VERIFY_BLOCK)
+                if not block:
+                    break
+                count += len(block)
+                if count > self.size:
+                    raise ShardMismatchError(f"{self.url}: the server sent more than the {self.size} bytes its "
+                                             "index.json records (replaced or hostile shard; skipped)")
+                digest.update(block)
+                spool.write(block)
+        except ShardMismatchError:
+            spool.close()
+            raise
+        except Exception as e:  # noqa: BLE001 (a broken stream: serve what arrived, then report it)
+            self.pending = e
+        else:
+            if count != self.size or digest.hexdigest() != self.sha256:
+                spool.close()
+                what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
+                        else "its sha256 is not the one its index.json records")
+                raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
+        spool.seek(0)
+        self.spool = spool
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.failed:
+            return b""
+        if self.spool is None:
+            try:
+                self._fill()
+            except BaseException:
+                self.failed = True
+                raise
+        data = self.spool.read(size if size is not None else -1)
+        if not data and self.pending is not None:
+            error, self.pending = self.pending, None
+            self.failed = True
+            raise error
+        return data
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        finally:
+            if self.spool is not None:
+                self.spool.close()
+
+
+def verified_whole(ref: ShardRef, raw: IO[bytes]) -> IO[bytes]:
+    """`raw`, the whole shard `ref` read from its start, checked against the index when it comes from a
+    server (http(s), hf://); a local file, or a ref without a recorded checksum, is returned as is."""
+    if "://" not in ref.url or ref.sha256 is None or ref.bytes is None:
+        return raw
+    return VerifiedShard(raw, ref.url, ref.bytes, ref.sha256)  # type: ignore[return-value]

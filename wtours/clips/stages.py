@@ -18,7 +18,7 @@ from typing import IO, Any, Protocol
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from wtours.clips.epoch import ClipConfig, ShardRead, cell_step
-from wtours.clips.spec import HTTP_TIMEOUT, ShardRef, open_hf_at, open_url
+from wtours.clips.spec import HTTP_TIMEOUT, ShardRef, open_hf_at, open_url, verified_whole
 from wtours.errors import WtoursError
 from wtours.layout import sample_key
 
@@ -128,7 +128,8 @@ def open_part(read: ShardRead) -> ShardStream:
     ref, offsets = read.ref, read.ref.offsets
     whole = read.first_sample == 0 and read.stop_sample is None
     if offsets is None or whole:
-        return ShardStream(read, open_url(ref.url), 0)
+        raw = open_url(ref.url)
+        return ShardStream(read, verified_whole(ref, raw) if whole else raw, 0)  # a whole remote shard is checked
     begin = offsets[read.first_sample]
     stop = read.stop_sample
     end = offsets[stop] if stop is not None and stop < len(offsets) else None  # exclusive; None: to the end

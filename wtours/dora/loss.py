@@ -15,6 +15,8 @@ class DoRALoss(nn.Module):
     objects (acc += sum_t term; acc /= T; total += acc, without resetting acc); `"mean"` is the
     plain mean over objects and frames. The teacher temperature of `epoch` follows DINOLoss's schedule."""
 
+    center: torch.Tensor  # (1, out) buffer, declared for the type checker
+
     def __init__(self, out_dim: int, config: LossConfig = LossConfig()):
         super().__init__()
         self.config = config

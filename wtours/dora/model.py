@@ -15,7 +15,7 @@ from wtours.dora.loss import DoRALoss
 from wtours.dora.tracker import apply_masks, discover, track
 from wtours.errors import WtoursError
 from wtours.models import DINOHead, create_vit
-from wtours.models.vit import cls_attention
+from wtours.models.vit import VisionTransformer, cls_attention
 
 
 class Encoder(nn.Module):
@@ -24,7 +24,10 @@ class Encoder(nn.Module):
     Given a list of batches (one per resolution) it runs the backbone on each and the head once on
     all [CLS] features, in ONE forward call: DistributedDataParallel needs exactly that."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    backbone: VisionTransformer  # declared: nn.Module's __getattr__ would type sub-modules as Tensor | Module
+    head: DINOHead
+
+    def __init__(self, backbone: VisionTransformer, head: DINOHead):
         super().__init__()
         self.backbone, self.head = backbone, head
 
@@ -72,7 +75,8 @@ class DoRA(nn.Module):
         return torch.randperm(heads, generator=generator)[: self.objects]
 
     @torch.no_grad()
-    def teacher_pass(self, global_view: torch.Tensor, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def teacher_pass(self, global_view: torch.Tensor,
+                     heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """global_view (B, T, 3, H, W) -> g (T, B, out), masked clips (K, B, T, 3, H, W), masks (K, B, T, N)."""
         b, t = global_view.shape[:2]
         frames = global_view.flatten(0, 1)  # (B*T, 3, H, W), clip-major

@@ -5,11 +5,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from wtours.errors import WtoursError
 from wtours.hub.paths import DEFAULT_REVISION, REPO_TYPE, hf_url, validate_repo_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TIMEOUT_ENV = "WTOURS_HUB_TIMEOUT"  # seconds without an answer before a Hub request fails
+DEFAULT_TIMEOUT = 60.0
+RETRIES_ENV = "WTOURS_HUB_RETRIES"  # retries of a rate-limited (429) commit or preupload
+DEFAULT_RETRIES = 5
+MAX_RETRY_WAIT = 60.0
 
 LOGIN_HINT = ("log in with `hf auth login` (`huggingface-cli login` in older huggingface_hub) or set HF_TOKEN; "
               "create a token at https://huggingface.co/settings/tokens")
@@ -42,7 +55,93 @@ def require_hub():
         import huggingface_hub
     except ImportError as e:
         raise WtoursError("the Hub commands need huggingface_hub", "pip install 'wtours[hub]'") from e
+    _bound_client_timeouts(huggingface_hub)
     return huggingface_hub
+
+
+def request_timeout() -> float:
+    """Seconds a Hub request may go without an answer (connect, each read, each write): WTOURS_HUB_TIMEOUT."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+    except ValueError as e:
+        raise WtoursError(f"{TIMEOUT_ENV}={os.environ.get(TIMEOUT_ENV)!r} is not a number of seconds",
+                          f"e.g. {TIMEOUT_ENV}=60") from e
+    return value if value > 0 else DEFAULT_TIMEOUT
+
+
+_client_bounded = False
+
+
+def _bound_client_timeouts(huggingface_hub) -> None:
+    """huggingface_hub's HTTP client has no timeout (and many API calls pass `timeout=None`), so a
+    server that stops answering hangs push and pull forever. Every request of this process gets
+    `request_timeout()` for whatever the caller left unbounded (its own, smaller limits stay)."""
+    global _client_bounded
+    if _client_bounded:
+        return
+    _client_bounded = True
+    try:
+        from huggingface_hub.utils import _http
+    except ImportError:  # pragma: no cover (huggingface_hub < 1.0: requests, with its own timeouts)
+        return
+    # huggingface_hub's loggers (set up by the import above) print through their own handler and propagate too: where the
+    # application has configured logging (the CLI), every retry warning came out twice.
+    if logging.getLogger().handlers:
+        library = logging.getLogger("huggingface_hub")
+        for handler in [h for h in library.handlers if type(h) is logging.StreamHandler]:
+            library.removeHandler(handler)
+    http = getattr(_http, "httpx2", None) or getattr(_http, "httpx", None)
+    hook = getattr(_http, "hf_request_event_hook", None)
+    set_factory = getattr(huggingface_hub, "set_client_factory", None)
+    if http is None or set_factory is None:  # pragma: no cover
+        return
+    limit = request_timeout()
+
+    class BoundedTransport(http.HTTPTransport):
+        def handle_request(self, request):
+            timeout = dict(request.extensions.get("timeout") or {})
+            for key in ("connect", "read", "write", "pool"):
+                if timeout.get(key) is None:
+                    timeout[key] = limit
+            request.extensions = {**request.extensions, "timeout": timeout}
+            return super().handle_request(request)
+
+    def factory():
+        return http.Client(event_hooks={"request": [hook]} if hook else {}, follow_redirects=True,
+                           timeout=limit, transport=BoundedTransport())
+
+    set_factory(factory)
+
+
+def default_endpoint() -> str:
+    return require_hub().constants.ENDPOINT
+
+
+def with_retries(call: Callable[[], T], what: str) -> T:
+    """`call()`, retried while the Hub answers 429 (rate limited: the request was not processed, so
+    retrying a commit is safe), honouring Retry-After; WTOURS_HUB_RETRIES times at most. The client
+    retries its uploads and downloads itself, but not commits and preuploads."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    retries = int(os.environ.get(RETRIES_ENV) or DEFAULT_RETRIES)
+    wait = 1.0
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except HfHubHTTPError as e:
+            response = getattr(e, "response", None)
+            if getattr(response, "status_code", None) != 429 or attempt == retries:
+                raise
+            try:
+                delay = float(response.headers.get("Retry-After", wait))
+            except (TypeError, ValueError):
+                delay = wait
+            delay = min(max(delay, 0.0), MAX_RETRY_WAIT)
+            log.warning("%s: the Hub is rate-limiting (HTTP 429); retry %d of %d in %g s", what, attempt + 1,
+                        retries, delay)
+            time.sleep(delay)
+            wait = min(wait * 2, MAX_RETRY_WAIT)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def api(target: HubTarget):
@@ -78,6 +177,7 @@ def describe_error(error: BaseException, what: str, token: str | None = None, wr
 
     access = "write" if write else "read"
     status = getattr(getattr(error, "response", None), "status_code", None)
+    endpoint = _endpoint_of(error)
     if isinstance(error, RevisionNotFoundError):
         return WtoursError(f"{what}: revision not found", "check --revision (or the @revision in the hf:// URL)")
     if isinstance(error, RepositoryNotFoundError) or status in (401, 403):
@@ -89,10 +189,47 @@ def describe_error(error: BaseException, what: str, token: str | None = None, wr
                            f"check the name; {LOGIN_HINT} (the token needs {access} access)")
     if isinstance(error, EntryNotFoundError) or isinstance(error, FileNotFoundError) or status == 404:
         return WtoursError(f"{what}: no such file in the repository", "check the path and the revision")
+    if status == 429:
+        return WtoursError(f"{what}: the Hub at {endpoint} is rate-limiting this client (HTTP 429, after retries)",
+                           "wait a few minutes, then rerun (it resumes)")
+    if isinstance(error, HfHubHTTPError) and status is not None and status >= 500:
+        return WtoursError(f"{what}: cannot reach the Hub at {endpoint}: it answered HTTP {status} "
+                           "(after the client's retries)",
+                           "the server failed; rerun later (it resumes: what was sent is not sent again)")
     if isinstance(error, HfHubHTTPError):
-        return WtoursError(f"{what}: {str(error).strip().splitlines()[0]}", "check the network and rerun (it resumes)")
-    return WtoursError(f"{what}: cannot reach the Hub ({type(error).__name__}: {error})",
+        return WtoursError(f"{what}: {_first_line(error)}", "check the network and rerun (it resumes)")
+    if "Timeout" in type(error).__name__:
+        return WtoursError(f"{what}: the Hub at {endpoint} did not answer within {request_timeout():g} s "
+                           f"({type(error).__name__})",
+                           f"check the network (and HF_ENDPOINT), or allow longer with {TIMEOUT_ENV}=SECONDS; "
+                           "then rerun (it resumes)")
+    return WtoursError(f"{what}: cannot reach the Hub at {endpoint} ({type(error).__name__}: {_first_line(error)})",
                        "check the network (and HF_ENDPOINT if you use a mirror), then rerun (it resumes)")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _endpoint_of(error: BaseException) -> str:
+    """The server the failed request went to (the request's origin), else the configured endpoint."""
+    request = None
+    for holder in (error, getattr(error, "response", None)):
+        try:
+            request = getattr(holder, "request", None)
+        except RuntimeError:  # httpx raises when an exception has no request attached
+            request = None
+        if request is not None:
+            break
+    url = getattr(request, "url", None)
+    if url is not None and getattr(url, "host", None):
+        port = f":{url.port}" if url.port else ""
+        return f"{url.scheme}://{url.host}{port}"
+    try:
+        return default_endpoint()
+    except Exception:  # noqa: BLE001 (a message only)
+        return "the configured endpoint"
 
 
 def is_transport_error(error: BaseException) -> bool:
@@ -116,9 +253,18 @@ def hub_errors(what: str, target: HubTarget | None = None, write: bool = False) 
         raise describe_error(e.__cause__ or e, what, token, write) from e
     except HfHubHTTPError as e:
         raise describe_error(e, what, token, write) from e
+    except WtoursError:  # already described (by an inner hub_errors)
+        raise
     except Exception as e:
         if is_transport_error(e):
             raise describe_error(e, what, token, write) from e
+        # The client wraps some failures (an LFS upload that failed after its retries is a RuntimeError
+        # raised from the HTTP error): describe the Hub's error underneath.
+        cause = e.__cause__
+        while cause is not None and not (isinstance(cause, HfHubHTTPError) or is_transport_error(cause)):
+            cause = cause.__cause__
+        if cause is not None:
+            raise describe_error(cause, what, token, write) from e
         raise
 
 
@@ -160,3 +306,22 @@ def open_remote(target: HubTarget, path: str, block_size: int) -> Any:
     with hub_errors(f"{target.repo}/{path}", target):
         return filesystem(target).open(hf_url(target.repo, path, target.revision), "rb", block_size=block_size,
                                        cache_type="none")
+
+
+def read_source_record(target: HubTarget, slug: str) -> dict[str, Any]:
+    """<slug>/source.json of the repo, checked to be a JSON object (it feeds the card and `pull`)."""
+    import json
+
+    from wtours.hub.paths import source_path
+
+    where = f"{target.repo}/{source_path(slug)}"
+    try:
+        record = json.loads(read_remote(target, source_path(slug)))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WtoursError(f"{where} is not valid JSON ({e})",
+                          f"re-push the set from a data root that has it: `wtours push --city {slug} --repo "
+                          f"{target.repo}`") from e
+    if not isinstance(record, dict) or not isinstance(record.get("source") or {}, dict):
+        raise WtoursError(f"{where} is not a provenance record (a JSON object with 'source')",
+                          f"re-push the set: `wtours push --city {slug} --repo {target.repo}`")
+    return record

@@ -8,7 +8,6 @@ unverified file. A shard already present with the right checksum is kept. The in
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from tqdm import tqdm
 
 from wtours.download import sha256_file
 from wtours.errors import WtoursError
-from wtours.hub.client import HubTarget, RemoteFile, hub_errors, open_remote, read_remote, remote_files
+from wtours.hub.client import (HubTarget, RemoteFile, hub_errors, open_remote, read_remote, read_source_record,
+                               remote_files)
 from wtours.hub.paths import index_path, shard_path, slugs_in, source_path
 from wtours.layout import Layout, replace_atomically, write_json_atomic
 from wtours.shard.index import ShardEntry, ShardIndex
@@ -107,7 +107,7 @@ def _remote_set(layout: Layout, target: HubTarget, slug: str, remote: dict[str, 
     if absent:
         raise WtoursError(f"{where} lists {len(absent)} shards the repo does not hold ({', '.join(absent[:3])})",
                           "the repo was edited after the push: rerun `wtours push` from the machine with the shards")
-    source = json.loads(read_remote(target, source_path(slug))) if source_path(slug) in remote else None
+    source = read_source_record(target, slug) if source_path(slug) in remote else None
     present, missing = [], []
     for shard in index.shards:
         path = layout.shard_file(slug, shard.name)

@@ -9,6 +9,7 @@ it lacks, and when shards are replaced the old index is removed first."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from wtours.hub import source as provenance
 from wtours.hub.card import CardVideo, is_generated, render_card
 from wtours.hub.client import (
     HubTarget,
+    read_source_record,
     RemoteFile,
     api,
     endpoint_of,
@@ -30,6 +32,7 @@ from wtours.hub.client import (
     hub_errors,
     read_remote,
     remote_files,
+    with_retries,
 )
 from wtours.hub.paths import CARD_FILE, REPO_TYPE, index_path, is_shard_path, shard_path, slugs_in, source_path
 from wtours.layout import Layout
@@ -149,14 +152,14 @@ def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print)
     target = config.target
     sets = {slug: _local_set(layout, slug) for slug in config.slugs}
     url = _prepare_repo(target, config, say)
-    remote = _remote_state(target, config.dry_run)
+    remote, current = _remote_state(target, config.dry_run)
     operations: list[Operation] = []
     for slug, (index, index_bytes, record) in sets.items():
         ops = plan_set(slug, index, layout.shard_dir(slug), index_bytes, provenance.encode(record),
                        {p: f for p, f in remote.items() if p.startswith(slug + "/")})
         say(_describe_plan(slug, index, ops))
         operations += ops
-    operations += _card_operation(target, sets, remote, say)
+    operations += _card_operation(target, current, sets, remote, say)
     summary = PushSummary(url)
     if config.dry_run or not operations:
         return summary
@@ -194,25 +197,29 @@ def _prepare_repo(target: HubTarget, config: PushConfig, say: Callable[[str], No
     return base
 
 
-def _remote_state(target: HubTarget, dry_run: bool) -> dict[str, RemoteFile]:
+def _remote_state(target: HubTarget, dry_run: bool) -> tuple[dict[str, RemoteFile], HubTarget]:
+    """The repo's files, and the target to read them from: in a dry run a branch not yet created is
+    read from main, which it would be created from."""
     if dry_run:  # nothing created: a missing repo or branch is simply empty
         hub = api(target)
         with hub_errors(target.repo, target):
             if not hub.repo_exists(target.repo, repo_type=REPO_TYPE):
-                return {}
+                return {}, target
             if not hub.revision_exists(target.repo, target.revision, repo_type=REPO_TYPE):
-                return remote_files(HubTarget(target.repo, "main", target.endpoint, target.token))
-    return remote_files(target)
+                main = HubTarget(target.repo, "main", target.endpoint, target.token)
+                return remote_files(main), main
+    return remote_files(target), target
 
 
-def _card_operation(target: HubTarget, sets: dict[str, tuple[dict, bytes, dict]], remote: dict[str, RemoteFile],
-                    say: Callable[[str], None]) -> list[Operation]:
-    """The card describes every set in the repo after this push: these sets, and those already there."""
+def _card_operation(target: HubTarget, current: HubTarget, sets: dict[str, tuple[dict, bytes, dict]],
+                    remote: dict[str, RemoteFile], say: Callable[[str], None]) -> list[Operation]:
+    """The card describes every set in the repo after this push: these sets, and those already there
+    (read from `current`, where `remote` was listed)."""
     videos = [CardVideo(slug, index, record) for slug, (index, _, record) in sets.items()]
     for slug in slugs_in(list(remote)):
         if slug not in sets:
-            videos.append(_remote_video(target, slug, remote))
-    if CARD_FILE in remote and not is_generated(read_remote(target, CARD_FILE).decode("utf-8", "replace")):
+            videos.append(_remote_video(current, slug, remote))
+    if CARD_FILE in remote and not is_generated(read_remote(current, CARD_FILE).decode("utf-8", "replace")):
         say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
         return []
     data = render_card(target.repo, videos, endpoint_of(target), target.revision).encode("utf-8")
@@ -228,7 +235,7 @@ def _remote_video(target: HubTarget, slug: str, remote: dict[str, RemoteFile]) -
                           f"push it from a data root that has its provenance: `wtours push --city {slug} --repo "
                           f"{target.repo}`")
     index = ShardIndex.parse(read_remote(target, index_path(slug)), f"{target.repo}/{index_path(slug)}")
-    return CardVideo(slug, index.to_dict(), json.loads(read_remote(target, source_path(slug))))
+    return CardVideo(slug, index.to_dict(), read_source_record(target, slug))
 
 
 def _describe_plan(slug: str, index: dict, ops: list[Operation]) -> str:
@@ -257,12 +264,16 @@ def _commit_batches(target: HubTarget, batches: list[list[Operation]], progress:
                     continue
                 add = CommitOperationAdd(op.path, str(op.local) if op.local is not None else op.data)
                 # One file at a time, so the bar moves per file; the commit then finds it uploaded.
-                hub.preupload_lfs_files(target.repo, additions=[add], repo_type=REPO_TYPE, revision=target.revision)
+                with hub_errors(f"push to {target.repo}: upload {op.path}", target, write=True):
+                    with_retries(functools.partial(hub.preupload_lfs_files, target.repo, additions=[add],
+                                                   repo_type=REPO_TYPE, revision=target.revision),
+                                 f"upload {op.path}")
                 _check_checksum(op, add)
                 commit_ops.append(add)
                 bar.update(op.size)
-            hub.create_commit(target.repo, commit_ops, commit_message=_commit_message(ops), repo_type=REPO_TYPE,
-                              revision=target.revision)
+            with_retries(functools.partial(hub.create_commit, target.repo, commit_ops,
+                                           commit_message=_commit_message(ops), repo_type=REPO_TYPE,
+                                           revision=target.revision), f"commit to {target.repo}")
             summary.commits += 1
             summary.uploaded += [op.path for op in ops if isinstance(op, Upload)]
             summary.deleted += [op.path for op in ops if isinstance(op, Delete)]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from wtours.errors import WtoursError
 
@@ -36,7 +36,8 @@ _ARCHS: dict[str, Callable[..., ViTConfig]] = {}
 
 def _register(name: str, dim: int, depth: int, heads: int) -> None:
     for patch in (16, 8):
-        _ARCHS[f"{name}_patch{patch}"] = lambda drop_path=0.0, p=patch: ViTConfig(p, dim, depth, heads, drop_path=drop_path)
+        _ARCHS[f"{name}_patch{patch}"] = lambda drop_path=0.0, p=patch: ViTConfig(p, dim, depth, heads,
+                                                                                   drop_path=drop_path)
     _ARCHS[name] = _ARCHS[f"{name}_patch16"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -145,7 +146,7 @@ class VisionTransformer(nn.Module):
         x = self.tokens(x)
         for block in self.blocks[:-1]:
             x = block(x)
-        last = self.blocks[-1]
+        last = cast(Block, self.blocks[-1])
         q, k, v = last.attn.qkv_heads(last.norm1(x))
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
         x = x + last.drop_path(last.attn.proj(attended))

@@ -30,16 +30,50 @@ class DecodedFrame:
     rgb: np.ndarray  # (H, W, 3) uint8
 
 
+_ADDRESS_RE = re.compile(r"\s*@\s*0x[0-9a-fA-F]+")  # "[h264 @ 0x55d0c6f1e2c0]": a pointer, new every run
+_HEX_RE = re.compile(r"0x[0-9a-fA-F]{6,}")
+_SIGNAL_RE = re.compile(r"received signal (\d+)")
+
+
+def normalise_log_line(line: str, video: str | None = None) -> str:
+    """ffmpeg's error text without what changes from run to run (pointer addresses, the data root's path
+    to the video, shown as its file name), so that the index that records it is byte-identical."""
+    if video:
+        line = line.replace(video, Path(video).name)
+    return _HEX_RE.sub("0x?", _ADDRESS_RE.sub("", line)).strip()
+
+
 @dataclass
 class DecodeOutcome:
     last_cell: int | None = None  # the furthest grid cell a frame was decoded for
     returncode: int | None = None
     stopped_early: bool = False  # we ended ffmpeg after the segment's last cell: a clean end
+    ended: bool = False  # ffmpeg's output ran to its end (it exited by itself, not stopped by us)
     log_tail: list[str] = field(default_factory=list)
+    video: str | None = None  # the input path as ffmpeg prints it
 
     def errors(self) -> list[str]:
         words = ("error", "invalid", "corrupt", "truncat", "partial file", "missing")
-        return [line for line in self.log_tail if any(w in line.lower() for w in words)]
+        lines = [normalise_log_line(line, self.video) for line in self.log_tail]
+        return [line for line in lines if any(w in line.lower() for w in words)]
+
+    def error_summary(self, limit: int = 5) -> tuple[str, ...]:
+        """The distinct error lines, sorted: ffmpeg's decoder threads log in an order that changes from run
+        to run, and the index that records them must not."""
+        return tuple(sorted(set(self.errors()))[:limit])
+
+    def killed_by(self) -> int | None:
+        """The signal that ended ffmpeg from outside (kill, the OOM killer, a Ctrl-C), None when it ended
+        by itself or we stopped it: a killed decoder says nothing about the video."""
+        if not self.ended or self.stopped_early or self.returncode is None:
+            return None
+        if self.returncode < 0:
+            return -self.returncode
+        if self.returncode != 0:  # ffmpeg traps SIGINT/SIGTERM, finishes cleanly and exits 255
+            for line in self.log_tail:
+                if match := _SIGNAL_RE.search(line):
+                    return int(match.group(1))
+        return None
 
 
 def select_expression(fps: float, start_time: float) -> str:
@@ -78,7 +112,7 @@ class SegmentDecoder:
                  hwaccel: str = "none"):
         self.command = build_command(video, probe, fps, segment, size, hwaccel)
         self.probe, self.fps, self.segment, self.size = probe, fps, segment, size
-        self.outcome = DecodeOutcome()
+        self.outcome = DecodeOutcome(video=str(video))
 
     def __iter__(self) -> Iterator[DecodedFrame]:
         width, height = self.size
@@ -92,6 +126,7 @@ class SegmentDecoder:
             while True:
                 data = _read_exact(process.stdout, frame_bytes)
                 if data is None:
+                    self.outcome.ended = True
                     break
                 time_base, pts = pts_queue.get(timeout=60)
                 t = frame_time(pts, time_base, self.probe.start_time)  # as ffmpeg's select computes it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -12,7 +13,8 @@ from pathlib import Path
 from wtours import media
 from wtours.download import completed_file
 from wtours.errors import IncompleteError, WtoursError
-from wtours.layout import Layout, sample_key, shard_name
+from wtours.layout import TEMPORARY_GLOB, Layout, sample_key, shard_name
+from wtours.locks import folder_lock
 from wtours.shard.blank import is_blank, merge_stretches
 from wtours.shard.decode import DecodedFrame, SegmentDecoder
 from wtours.shard.index import (
@@ -97,9 +99,47 @@ def video_record(job: ShardJob, sha256: str) -> IndexVideo:
     return IndexVideo(job.slug, job.source_id, sha256, p.duration, p.fps, p.width, p.height)
 
 
+class DecoderKilledError(WtoursError):
+    """ffmpeg was killed from outside (a signal): the video is not known to be damaged, nothing is recorded."""
+
+
+class SegmentCancelled(Exception):
+    """The run was interrupted (Ctrl-C): segments in flight stop without writing anything."""
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Temporaries (`.*.tmp-*`) left in `folder` by runs that died mid-write. Call only under the folder's
+    lock, where no live run can be writing them; they would otherwise keep a full disk full."""
+    removed = []
+    for path in folder.glob(TEMPORARY_GLOB) if folder.is_dir() else ():
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def shard_lock(layout: Layout, slug: str, options: RunOptions):
+    """One run per shard folder. Ranks of a multi-node run share the folder by design: each locks its rank
+    (so the same rank cannot run twice), and stale temporaries are only removed by single-node runs."""
+    if options.num_nodes > 1:
+        return folder_lock(layout.node_lock_dir(slug, options.node_rank),
+                           f"shard folder of {slug} (node rank {options.node_rank})")
+    return folder_lock(layout.shard_dir(slug), f"shard folder of {slug}")
+
+
 def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOptions,
                 say: Callable[[str], None] = print) -> ShardSummary:
-    job = prepare_job(layout, slug, params, options.hwaccel)
+    job = prepare_job(layout, slug, params, options.hwaccel)  # before the lock: nothing created for a typo
+    with shard_lock(layout, slug, options):
+        if options.num_nodes == 1:
+            folders = (layout.shard_dir(slug), layout.segments_dir(slug))
+            stale = [p for folder in folders for p in remove_stale_temporaries(folder)]
+            if stale:
+                say(f"{slug}: removed {len(stale)} temporary file(s) left by an interrupted run")
+        return _shard_locked(layout, slug, params, options, job, say)
+
+
+def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOptions, job: ShardJob,
+                  say: Callable[[str], None]) -> ShardSummary:
     info = layout.read_info(slug)
     segments = plan_segments(job.probe, params)
     if not segments:
@@ -159,28 +199,39 @@ def _run_segments(layout: Layout, job: ShardJob, todo: list[Segment], options: R
             bar.update(cells)
 
     started = time.monotonic()
+    cancel = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=options.workers)
     try:
-        with ThreadPoolExecutor(max_workers=options.workers) as pool:
-            for record in pool.map(lambda s: shard_segment(layout, job, s, advance), todo):
-                summary.segments_done += 1
-                summary.dropped += sum(record.dropped.values())
-                summary.source_seconds += (record.segment.end_cell - record.segment.first_cell) / job.params.fps
-                if record.shard:
-                    summary.shards += 1
-                    summary.samples += record.shard.samples
-                    summary.bytes += record.shard.bytes
+        for record in pool.map(lambda s: shard_segment(layout, job, s, advance, cancel), todo):
+            summary.segments_done += 1
+            summary.dropped += sum(record.dropped.values())
+            summary.source_seconds += (record.segment.end_cell - record.segment.first_cell) / job.params.fps
+            if record.shard:
+                summary.shards += 1
+                summary.samples += record.shard.samples
+                summary.bytes += record.shard.bytes
+    except BaseException:
+        # Ctrl-C, a full disk, a killed decoder: segments in flight stop at their next frame, writing
+        # nothing (their temporaries are removed); finished segments keep their records, so a rerun resumes.
+        cancel.set()
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         summary.seconds = time.monotonic() - started
 
 
 def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
-                  advance: Callable[[int], None] = lambda cells: None) -> SegmentRecord:
-    """Decode one segment, drop blank frames, write its shard and its record."""
+                  advance: Callable[[int], None] = lambda cells: None,
+                  cancel: threading.Event | None = None) -> SegmentRecord:
+    """Decode one segment, drop blank frames, write its shard and its record.
+
+    A decoder killed by a signal, or a run cancelled meanwhile, raises before the shard is renamed into
+    place: nothing is written for the segment (not even a "damaged" record), and a rerun redoes it."""
     fps = job.params.fps
     decoder = SegmentDecoder(job.video_path, job.probe, fps, segment, job.size, job.hwaccel)
     tally = SegmentTally(reported=segment.first_cell)
-    kept = keep_frames(decoder, job.params.blank_threshold, tally, advance)
+    kept = keep_frames(_checked(decoder, job, segment, cancel), job.params.blank_threshold, tally, advance)
     written = write_shard(layout.shard_path(job.slug, segment.number), encode_samples(kept, job, tally))
     advance(segment.end_cell - tally.reported)
     outcome = decoder.outcome
@@ -194,10 +245,36 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
         blank_stretches=tuple((a, b) for a, b in merge_stretches(tally.blank_times, gap=1.5 / fps)),
         complete=complete,
         decoded_until=(last + 1) / fps if last is not None else segment.t_start(fps),
-        errors=() if complete else tuple(outcome.errors()[-5:]),
+        errors=() if complete else outcome.error_summary(),
     )
     write_segment_record(layout, job.slug, record)
     return record
+
+
+def _checked(decoder: SegmentDecoder, job: ShardJob, segment: Segment,
+             cancel: threading.Event | None) -> Iterator[DecodedFrame]:
+    """The decoder's frames; raises at the end (inside the shard write, so nothing is renamed into place)
+    when the run was cancelled or ffmpeg was killed from outside rather than ending by itself."""
+    for frame in decoder:
+        if cancel is not None and cancel.is_set():
+            raise SegmentCancelled()
+        yield frame
+    if cancel is not None and cancel.is_set():
+        raise SegmentCancelled()
+    killed = decoder.outcome.killed_by()
+    if killed is not None:
+        if killed == signal.SIGINT:
+            raise KeyboardInterrupt  # a Ctrl-C reached ffmpeg first: this run is being interrupted
+        try:
+            name = signal.Signals(killed).name
+        except ValueError:
+            name = f"signal {killed}"
+        raise DecoderKilledError(
+            f"{job.slug}: ffmpeg was killed by {name} while decoding {shard_name(job.slug, segment.number)} "
+            f"({segment.t_start(job.params.fps):.1f}-{segment.t_end(job.params.fps):.1f} s); "
+            "this is not a fault of the video, and nothing was recorded for that segment",
+            "rerun the same command: it resumes with that segment (if something kills ffmpeg again, "
+            "e.g. the out-of-memory killer, lower --workers)", exit_code=1)
 
 
 @dataclass

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
+import tarfile
+import zlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -21,9 +24,11 @@ from wtours.shard.index import ShardIndex, load_index
 from wtours.shard.params import DEFAULT_SHORT_SIDE, ShardParams
 from wtours.shard.plan import EPS, output_size, plan_segments, sample_cell
 from wtours.shard.read import StoredSample, iter_shard
+from wtours.shard.verify import quick_problem
 from wtours.stats.params import DEFAULT_VIDEO_EVERY
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,15 @@ class SourceInfo:
     video: dict[str, Any]  # the source video: duration (s), fps, width, height, sha256
     complete: bool = True
     notes: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # shards not read: {"name", "reason"}
+
+    def skip(self, name: str, reason: str) -> None:
+        """A missing, truncated or damaged shard: counted and named, its frames left out (as `train` does)."""
+        log.warning("skipping shard %s: %s", name, reason)
+        self.skipped.append({"name": name, "reason": reason})
+        self.complete = False
+        self.notes.append(f"shard {name} skipped ({reason}); its frames are left out: repair it with "
+                          "`wtours verify --repair`, then rerun with --overwrite")
 
 
 def on_grid(items: Iterable[T], fps: float, after: float | None = None,
@@ -134,16 +148,27 @@ class ShardSource:
             self.info.notes.append(f"the shards stop at {self.index.decoded_until:.2f} s (damaged video)")
 
     def samples(self, after: float | None) -> Iterator[StoredSample]:
+        """The samples of every readable shard; a missing, truncated or damaged one is skipped and counted."""
         for entry in self.index.shards:
             if after is not None and entry.t_end <= after:
                 continue  # whole shard done in an earlier run: not even read
-            if self.folder is None:
-                yield from iter_shard(self.layout.shard_file(self.slug, entry.name))
-            else:
-                from wtours.clips.spec import open_url
+            try:
+                if self.folder is None:
+                    path = self.layout.shard_file(self.slug, entry.name)
+                    problem = quick_problem(path, entry)  # size and sha256 against the index: damage is caught
+                    if problem:
+                        self.info.skip(entry.name, problem)
+                        continue
+                    yield from iter_shard(path)
+                else:
+                    from wtours.clips.spec import open_url
 
-                with open_url(f"{self.folder}/{entry.name}") as stream:  # streamed, never stored
-                    yield from iter_shard(stream)
+                    with open_url(f"{self.folder}/{entry.name}") as stream:  # streamed, never stored
+                        yield from iter_shard(stream)
+            except (tarfile.TarError, EOFError, zlib.error, UnicodeDecodeError, ValueError, TypeError) as e:
+                self.info.skip(entry.name, f"unreadable ({e})")
+            except WtoursError as e:  # a remote shard that cannot be fetched
+                self.info.skip(entry.name, e.message)
 
     def frames(self, after: float | None = None) -> Iterator[Frame]:
         samples = self.samples(after)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wtours.errors import WtoursError
-from wtours.layout import Layout, read_json
+from wtours.layout import TEMPORARY_GLOB, Layout, read_json
+from wtours.locks import folder_lock
 from wtours.shard.index import ShardIndex
 from wtours.stats.classes import Detector, detect_stage, load_detector
 from wtours.stats.corpus import write_corpus
@@ -30,6 +31,7 @@ class VideoStats:
     summary: dict[str, Any]
     analysed: int  # frames measured by this run (0: everything came from earlier parts)
     seconds: float
+    skipped: list[dict[str, str]] = field(default_factory=list)  # shards skipped by this run: {"name", "reason"}
 
     def line(self) -> str:
         s = self.summary
@@ -42,6 +44,8 @@ class VideoStats:
                      f"{s['classes']['per_frame_mean']:.1f} classes per frame)")
         work = (f"{self.analysed} frames analysed at {rate:.0f} frames/s" if self.analysed
                 else "every frame analysed by an earlier run")
+        if self.skipped:
+            text += f"; {len(self.skipped)} damaged shard(s) skipped: {', '.join(s['name'] for s in self.skipped)}"
         return text + f"; {work} -> {self.folder}"
 
 
@@ -75,21 +79,26 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
     elif not config.classes:
         detector = None
     folder = layout.stats_dir(slug, config.out)
-    parts = Parts(folder, _key(source, config, detector))
-    after, done = parts.prepare(config.overwrite, say)
-    if done:
-        say(f"{slug}: {done} frames already analysed; continuing after {after:.2f} s")
-    frames = measure(prefetch(source.frames(after)), config.analysis.analysis_pixels)
-    analysed = _write_parts(frames, parts, config, detector, slug, total=source.info.expected - done)
-    for note in source.info.notes:
-        say(f"{slug}: warning: {note}; the statistics cover the frames before it")
-    table, hists = parts.read() if parts.paths() else (None, None)
-    if table is None or not len(table):
-        raise WtoursError(f"{slug}: no frames to analyse", "check the video (`wtours list`) or reshard it")
-    frames_table, summary = summarise(slug, table, hists, source.info, config.analysis.analysis_pixels,
-                                      config.transitions, _describe(detector, config) if detector else None, config.top)
-    write_outputs(folder, frames_table, summary)
-    return VideoStats(slug, folder, summary, analysed, time.monotonic() - started)
+    with folder_lock(folder, f"stats folder of {slug}"):
+        for stale in folder.glob(TEMPORARY_GLOB):  # left by a run that died mid-write (we hold the lock)
+            stale.unlink(missing_ok=True)
+        parts = Parts(folder, _key(source, config, detector))
+        after, done = parts.prepare(config.overwrite, say)
+        if done:
+            say(f"{slug}: {done} frames already analysed; continuing after {after:.2f} s")
+        frames = measure(prefetch(source.frames(after)), config.analysis.analysis_pixels)
+        analysed = _write_parts(frames, parts, config, detector, slug, total=source.info.expected - done)
+        for note in source.info.notes:
+            say(f"{slug}: warning: {note}")
+        table, hists = parts.read() if parts.paths() else (None, None)
+        if table is None or not len(table):
+            raise WtoursError(f"{slug}: no frames to analyse", "check the video (`wtours list`) or reshard it "
+                              f"(`wtours verify --city {slug} --repair` for damaged shards)")
+        frames_table, summary = summarise(slug, table, hists, source.info, config.analysis.analysis_pixels,
+                                          config.transitions, _describe(detector, config) if detector else None,
+                                          config.top)
+        write_outputs(folder, frames_table, summary)
+    return VideoStats(slug, folder, summary, analysed, time.monotonic() - started, list(source.info.skipped))
 
 
 def stats_videos(layout: Layout, slugs: list[str], config: StatsConfig, detector: Detector | None = None,

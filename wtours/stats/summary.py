@@ -46,7 +46,7 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, analys
         "video": {"slug": slug, **info.video},
         "source": {"kind": info.kind, "every": info.every, "frame_size": list(info.frame_size),
                    "analysis_grid": _grid(info.frame_size, analysis_pixels), "complete": info.complete,
-                   "notes": info.notes},
+                   "notes": info.notes, "skipped_shards": list(info.skipped)},
         "frames": int(len(t)),
         "span": [float(t[0]), float(t[-1])],
         "hours": hours,

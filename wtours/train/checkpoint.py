@@ -14,9 +14,39 @@ from wtours.layout import replace_atomically
 CHECKPOINT_FILE = "checkpoint.pth"
 
 
+class _KeepingErrors:
+    """A file whose write errors are kept: torch.save turns a failed write (a full disk) into a bare
+    RuntimeError ("unexpected pos ..."); the OSError underneath says what happened."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    with open(path, "wb") as file:
+        writer = _KeepingErrors(file)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save through the one atomic writer: a kill never leaves half a file."""
-    replace_atomically(path, lambda tmp: torch.save({**state, "wtours": __version__}, tmp))
+    """torch.save through the one atomic writer: a kill never leaves half a file, and a failed write
+    (ENOSPC, EROFS, ...) raises its OSError, leaves no temporary and keeps the previous checkpoint."""
+    replace_atomically(path, lambda tmp: _torch_save({**state, "wtours": __version__}, tmp))
 
 
 def latest_checkpoint(out: Path) -> Path | None:

@@ -14,6 +14,7 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
+from wtours.errors import WtoursError
 from wtours.system import first_host
 
 
@@ -61,14 +62,46 @@ def read_launch(env: Mapping[str, str] = os.environ) -> Launch:
     return Launch()
 
 
+def check_device(device: str | None, launch: Launch) -> torch.device:
+    """The device this process trains on, or a WtoursError before anything starts: `--device` must
+    name a device this machine has (cuda:N with N below the device count; under torchrun/srun each
+    process takes cuda:LOCAL_RANK, which must exist too)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        target = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise WtoursError(f"--device {device}: not a device name", "use cpu, cuda or cuda:N") from None
+    if target.type == "cpu":
+        return target
+    if target.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise WtoursError(f"--device {device}: no MPS device here", "use --device cpu")
+        return target
+    if target.type != "cuda":
+        raise WtoursError(f"--device {device}: wtours trains on cpu or cuda only", "use --device cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        raise WtoursError(f"--device {device}: no CUDA device is available here",
+                          "use --device cpu, or leave --device out (cuda when available, else cpu)")
+    count = torch.cuda.device_count()
+    if launch.world_size > 1:  # one GPU per process on the node: cuda:LOCAL_RANK
+        if launch.local_rank >= count:
+            raise WtoursError(f"process {launch.local_rank} on this node needs cuda:{launch.local_rank}, but the "
+                              f"node has {count} CUDA device(s)",
+                              "start at most one process per GPU (torchrun --nproc-per-node, srun --ntasks-per-node)")
+        return torch.device("cuda", launch.local_rank)
+    index = target.index or 0
+    if index >= count:
+        raise WtoursError(f"--device {device}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})",
+                          f"pass --device cuda:N with N < {count}, or --device cpu")
+    return torch.device("cuda", index)
+
+
 def setup(device: str | None = None) -> Dist:
     """Join the process group when launched as many processes (nccl on GPUs, gloo on CPUs)."""
     launch = read_launch()
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    target = torch.device(device)
+    target = check_device(device, launch)
     if target.type == "cuda":
-        target = torch.device("cuda", launch.local_rank)
         torch.cuda.set_device(target)
     if launch.world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo", init_method=launch.init_method,
@@ -79,3 +112,36 @@ def setup(device: str | None = None) -> Dist:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def agree(dist: Dist, work):
+    """`work()` on rank 0 only; its result, or the WtoursError it raised, reaches every rank (which
+    then raises the same error), so a refusal on rank 0 never leaves the other ranks waiting."""
+    result, error = None, None
+    if dist.is_main:
+        try:
+            result = work()
+        except WtoursError as e:
+            error = (type(e).__name__, e.message, e.hint, e.exit_code)
+            if dist.world_size == 1:
+                raise
+    if dist.world_size > 1:
+        box = [(result, error)]
+        dist_broadcast(box)
+        result, error = box[0]
+    if error is not None:
+        raise WtoursError(error[1], error[2], exit_code=error[3])
+    return result
+
+
+def dist_broadcast(box: list) -> None:
+    torch.distributed.broadcast_object_list(box, src=0)
+
+
+def all_gather(obj) -> list:
+    """Every rank's `obj` (a small picklable value), on every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts

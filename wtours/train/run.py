@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -19,8 +22,9 @@ from wtours.clips.spec import resolve
 from wtours.dora import DoRA
 from wtours.errors import WtoursError
 from wtours.layout import write_json_atomic
+from wtours.locks import LOCK_FILE, folder_lock
 from wtours.system import default_workers
-from wtours.train import distributed
+from wtours.train import distributed, folder
 from wtours.train.checkpoint import CHECKPOINT_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from wtours.train.config import TrainConfig
 from wtours.train.optim import (
@@ -89,7 +93,7 @@ def precision_of(config: TrainConfig, device: torch.device) -> str:
 
 
 def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
-    dist = distributed.setup(config.device)
+    dist = distributed.setup(config.device)  # checks --device first: nothing is created for a missing one
     if config.workers is None:  # resolved here, so config.json records what ran
         config = replace(config, workers=default_workers(dist.local_world_size))
     try:
@@ -98,77 +102,263 @@ def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
         distributed.teardown()
 
 
+class Interrupted(WtoursError):
+    exit_code = 130  # as a shell reports Ctrl-C
+
+
+def _checkpoint_note(out: Path, saved_step: int | None) -> str:
+    if saved_step is None:
+        return "no checkpoint was written yet"
+    return f"the checkpoint of step {saved_step} ({out / CHECKPOINT_FILE}) is intact"
+
+
+def non_finite_hint(out: Path, saved_step: int | None, precision: str, peak_lr: float) -> str:
+    """What to do after a non-finite loss or weights, for this run's precision."""
+    lower = f"a lower --lr (e.g. --lr {peak_lr / 4:.3g}; the peak was {peak_lr:.3g})"
+    fix = {"fp32": f"{lower} (the run is fp32 already)",
+           "bf16": f"{lower}, or --precision fp32",
+           "fp16": f"--precision bf16 (or fp32): fp16 overflows easily; or {lower}"}[precision]
+    if saved_step is None:
+        return f"no checkpoint was written yet; rerun with --overwrite and {fix}"
+    return (f"the last good checkpoint is {out / CHECKPOINT_FILE} (step {saved_step}); continue from it with "
+            f"--resume --reschedule and {fix}")
+
+
+def weights_finite(model: DoRA) -> bool:
+    """Every student and teacher weight and the centre finite (one host sync; checkpoint steps only)."""
+    tensors = [p.detach() for p in (*model.student.parameters(), *model.teacher.parameters())]
+    norms = torch.stack([n.float() for n in torch._foreach_norm(tensors)])
+    return bool(torch.isfinite(norms).all()) and bool(torch.isfinite(model.loss.center).all())
+
+
+class _ProblemTally:
+    """What the loader skipped, summed over this process's workers (from the batches' deltas); `gathered`
+    sums it over the ranks (a collective: every rank calls it at the same step)."""
+
+    def __init__(self) -> None:
+        self.bad_shards: dict[str, str] = {}
+        self.bad_samples = 0
+        self.bad_clips = 0
+
+    def add(self, delta: dict | None) -> None:
+        if delta:
+            self.bad_shards.update(delta["bad_shards"])
+            self.bad_samples += delta["bad_samples"]
+            self.bad_clips += delta["bad_clips"]
+
+    def gathered(self) -> dict:
+        shards: dict[str, str] = {}
+        samples = clips = 0
+        for part in distributed.all_gather((self.bad_shards, self.bad_samples, self.bad_clips)):
+            shards.update(part[0])
+            samples += part[1]
+            clips += part[2]
+        return {"bad_shards": shards, "bad_samples": samples, "bad_clips": clips}
+
+
+def problems_line(problems: dict) -> str | None:
+    if not (problems["bad_shards"] or problems["bad_samples"] or problems["bad_clips"]):
+        return None
+    shards = sorted(problems["bad_shards"])
+    named = ", ".join(shards[:3]) + (", ..." if len(shards) > 3 else "")
+    return (f"skipped: {len(shards)} unreadable shard(s)" + (f" ({named})" if shards else "")
+            + f", {problems['bad_samples']} damaged sample(s), {problems['bad_clips']} clip(s) with a frame that "
+            "does not decode (re-make damaged shards with wtours shard, or leave them out of --shards)")
+
+
+def _read_checkpoint_meta(path: Path) -> dict:
+    """A checkpoint's step, config and schedule facts, without reading its tensors (mmap)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 (torch raises many types for a bad file)
+        raise WtoursError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})",
+                          "pass --overwrite to start afresh (it removes that file), or choose another --out") from e
+    return {k: checkpoint.get(k) for k in ("step", "config", "schedule")}
+
+
+def _prepare_folder(out: Path, config: TrainConfig, facts: dict) -> dict:
+    """Rank 0, holding the folder's lock: refuse or clear what is there, and check a resume."""
+    for stale in folder.stale_temporaries(out):  # left by a run killed while writing
+        stale.unlink(missing_ok=True)
+    folder.refuse_existing(out, config.resume, config.overwrite)
+    if config.overwrite:
+        folder.remove_outputs(out)
+    changed: dict = {}
+    step = 0
+    path = latest_checkpoint(out)
+    if config.resume and path is not None:
+        meta = _read_checkpoint_meta(path)
+        step = int(meta.get("step") or 0)
+        if meta.get("config"):
+            saved = {**folder.flat_settings(meta["config"]), **(meta.get("schedule") or {})}
+            changed = folder.changes(saved, {**folder.flat_settings(_recorded(config)), **facts})
+            if changed and not config.reschedule:
+                folder.refuse_changes(out, step, changed)
+    if config.resume:  # steps after the checkpoint are redone: each is logged once
+        folder.trim_jsonl(out / "log.jsonl", step)
+    return {"changed": changed, "step": step}
+
+
+def _recorded(config: TrainConfig) -> dict:
+    """config.json: the run's settings; --resume/--overwrite/--reschedule act on one invocation only, so
+    `--config config.json` reruns the settings without them."""
+    return replace(config, resume=False, overwrite=False, reschedule=False).to_dict()
+
+
+@contextmanager
+def _run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: dict) -> Iterator[dict]:
+    """Hold the run folder (rank 0 takes the lock; the others follow its decision) for the block.
+
+    A refused or failed start leaves no folder behind that it created."""
+    created = not out.exists()
+    with ExitStack() as stack:
+        def take() -> dict:
+            stack.enter_context(folder_lock(out, "run folder"))
+            return _prepare_folder(out, config, facts)
+
+        try:
+            prepared = distributed.agree(dist, take)
+        except BaseException:
+            stack.close()
+            if created and dist.is_main and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        if dist.rank != 0:  # each rank's own data log, trimmed as rank 0 trimmed log.jsonl
+            folder.trim_jsonl(out / f"data.rank{dist.rank}.jsonl", prepared["step"])
+        elif config.resume:
+            folder.trim_jsonl(out / "data.rank0.jsonl", prepared["step"])
+        yield prepared
+
+
 def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], None]) -> RunState:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dataset = build_data(config, dist)
+    if out.exists() and not out.is_dir():
+        raise WtoursError(f"--out {out} is a file, not a folder", "choose a folder for --out")
+    dataset = build_data(config, dist)  # resolves the shards: still nothing written
     steps_per_epoch = len(dataset)
-    torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
-    model = build_model(config, dist.device)
-    torch.manual_seed(config.seed + dist.rank)  # then each rank its own heads and dropout
-    if config.compile:  # compiled graphs run the same modules: state-dict names do not change
-        model.student.backbone.forward = torch.compile(model.student.backbone.forward)
-        model.teacher.backbone.forward_last_attention = torch.compile(model.teacher.backbone.forward_last_attention)
-    student = model.student
-    if dist.world_size > 1:
-        student = torch.nn.parallel.DistributedDataParallel(
-            model.student, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(param_groups(model.student))
     precision = precision_of(config, dist.device)
-    scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16")
     schedules = build_schedules(config, steps_per_epoch, dist.world_size)
-    state = RunState()
-    if config.resume:
-        state = _resume(out, model, optimizer, scaler, say)
-    if dist.is_main:  # config.json is the config itself (--config reads it back); run.json what it implied
-        write_json_atomic(out / "config.json", config.to_dict())
-        write_json_atomic(out / "run.json", {"steps_per_epoch": steps_per_epoch, "total_steps": schedules.total_steps,
-                                              "precision": precision, "world_size": dist.world_size,
-                                              "workers": config.workers, "clips_per_epoch": dataset.clips_per_epoch()})
-    say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips per epoch, "
-        f"{steps_per_epoch} steps per epoch x {dist.world_size} process(es), {schedules.total_steps} steps, "
-        f"{precision} on {dist.device}")
-    logger = _RunLogger(out, dist, config.log_every)
     knn = _knn_monitor(config, dist)  # k-NN monitoring (--knn-train/--knn-val): folders checked now
+    facts = {"world_size": dist.world_size, "steps_per_epoch": steps_per_epoch, "total_steps": schedules.total_steps}
+    saved_step: int | None = None
+    state = RunState()
+    try:
+        with _run_folder(out, dist, config, facts) as prepared:
+            torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
+            model = build_model(config, dist.device)
+            torch.manual_seed(config.seed + dist.rank)  # then each rank its own heads and dropout
+            if config.compile:  # compiled graphs run the same modules: state-dict names do not change
+                model.student.backbone.forward = torch.compile(model.student.backbone.forward)
+                model.teacher.backbone.forward_last_attention = torch.compile(
+                    model.teacher.backbone.forward_last_attention)
+            student = model.student
+            if dist.world_size > 1:
+                student = torch.nn.parallel.DistributedDataParallel(
+                    model.student, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+            optimizer = torch.optim.AdamW(param_groups(model.student))
+            scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16")
+            if config.resume:
+                state = _resume(out, model, optimizer, scaler, say)
+                saved_step = state.step if latest_checkpoint(out) is not None else None
+            if dist.is_main:  # config.json is the config itself (--config reads it back); run.json what it implied
+                write_json_atomic(out / "config.json", _recorded(config))
+                write_json_atomic(out / "run.json", {**facts, "precision": precision, "workers": config.workers,
+                                                     "clips_per_epoch": dataset.clips_per_epoch()})
+            say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips "
+                f"per epoch, {steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
+                f"{schedules.total_steps} steps, {precision} on {dist.device}")
+            logger = _RunLogger(out, dist, config.log_every)
+            try:
+                if prepared["changed"]:
+                    say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
+                        f"{state.step}")
+                    logger.event({"step": state.step, "event": "reschedule", "changed": prepared["changed"]})
+                saved_step = _loop(config, dist, dataset, model, student, optimizer, scaler, schedules, state,
+                                   precision, facts, knn, logger, out, saved_step, say)
+            finally:
+                logger.close()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted at step {state.step}",
+                          f"{_checkpoint_note(out, saved_step)}; rerun the same command with --resume to continue "
+                          "from it") from None
+    return state
+
+
+def _loop(config: TrainConfig, dist: distributed.Dist, dataset: ClipDataset, model: DoRA, student, optimizer,
+          scaler, schedules: Schedules, state: RunState, precision: str, facts: dict, knn, logger: _RunLogger,
+          out: Path, saved_step: int | None, say: Callable[[str], None]) -> int | None:
+    """The steps, from `state` on (updated in place); returns the step of the last checkpoint written."""
     gpu_augment = GpuAugmenter(dataset.config.multicrop, dist.device) if config.augment == "gpu" else None
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    try:
-        while state.step < schedules.total_steps:
-            dataset.set_epoch(state.epoch, skip_batches=state.step_in_epoch)
-            if gpu_augment is not None:
-                gpu_augment.reseed(config.seed, state.epoch, dist.rank, state.step_in_epoch)
+    problems = _ProblemTally()
+    peak_lr = float(max(schedules.lr)) if len(schedules.lr) else 0.0
+
+    first_step = state.step
+
+    def stop(what: str) -> NonFiniteLoss:
+        return NonFiniteLoss(f"{what}; training stopped", non_finite_hint(out, saved_step, precision, peak_lr))
+
+    def checkpoint() -> None:
+        """Write the current state (step `state.step`), which is finite: every rank checks the same weights,
+        so all stop together otherwise."""
+        nonlocal saved_step
+        if not weights_finite(model):
+            raise stop(f"the weights are not finite after step {state.step}")
+        logger.flush()  # the data log is complete up to the checkpoint
+        if dist.is_main:
+            _save(out, model, optimizer, scaler, state, config, facts)
+        saved_step = state.step
+
+    while state.step < schedules.total_steps:
+        dataset.set_epoch(state.epoch, skip_batches=state.step_in_epoch)
+        if gpu_augment is not None:
+            gpu_augment.reseed(config.seed, state.epoch, dist.rank, state.step_in_epoch)
+        waited = time.perf_counter()
+        for batch in make_loader(dataset, pin_memory=dist.device.type == "cuda"):
+            data_seconds = time.perf_counter() - waited
+            problems.add(getattr(batch, "problems", None))
+            # the CPU path sends uint8 views: normalised on the device, after the (4x smaller) copy
+            crops = (gpu_augment(batch) if gpu_augment is not None
+                     else batch.to(dist.device, non_blocking=True).normalised())
+            it = state.step
+            # A checkpoint due after step `it` is written during the next step, once that step's loss (of
+            # exactly the state to keep) is known to be finite and before its update: a state that
+            # already diverged is never kept as the "last good" one.
+            due = it > first_step and it % config.checkpoint_every == 0
+            loss_value, output = train_step(
+                model, student, list(crops), optimizer, scaler, StepSettings(
+                    float(schedules.lr[it]), float(schedules.wd[it]), float(schedules.momentum[it]),
+                    state.epoch, config.clip_grad, config.freeze_last_layer, autocast_dtype),
+                before_update=checkpoint if due else None)
+            if not math.isfinite(loss_value):
+                raise stop(f"the loss is {loss_value} at step {state.step + 1}")
+            state.step += 1
+            state.step_in_epoch += 1
+            logged = state.step % config.log_every == 0 or state.step == 1
+            logger.step(state, loss_value, optimizer, float(schedules.momentum[it]), data_seconds, batch.keys,
+                        problems.gathered() if logged else None)
+            if state.step == schedules.total_steps:  # no next step to confirm it: finite weights suffice
+                checkpoint()
+            _knn_evaluate(knn, model, state, schedules, logger, dist.device, say)
+            if state.step >= schedules.total_steps:
+                break
             waited = time.perf_counter()
-            for batch in make_loader(dataset, pin_memory=dist.device.type == "cuda"):
-                data_seconds = time.perf_counter() - waited
-                # the CPU path sends uint8 views: normalised on the device, after the (4x smaller) copy
-                crops = (gpu_augment(batch) if gpu_augment is not None
-                         else batch.to(dist.device, non_blocking=True).normalised())
-                it = state.step
-                loss_value, output = train_step(
-                    model, student, list(crops), optimizer, scaler, StepSettings(
-                        float(schedules.lr[it]), float(schedules.wd[it]), float(schedules.momentum[it]),
-                        state.epoch, config.clip_grad, config.freeze_last_layer, autocast_dtype))
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLoss(
-                        f"the loss is {loss_value} at step {state.step + 1}; training stopped",
-                        f"the last good checkpoint is {out / CHECKPOINT_FILE}; resume with a lower --lr, "
-                        "or --precision fp32")
-                state.step += 1
-                state.step_in_epoch += 1
-                logger.step(state, loss_value, optimizer, float(schedules.momentum[it]), data_seconds, batch.keys)
-                if dist.is_main and (state.step % config.checkpoint_every == 0 or state.step == schedules.total_steps):
-                    _save(out, model, optimizer, scaler, state, config)
-                _knn_evaluate(knn, model, state, schedules, logger, dist.device, say)
-                if state.step >= schedules.total_steps:
-                    break
-                waited = time.perf_counter()
-            else:
-                state.epoch += 1
-                state.step_in_epoch = 0
-    finally:
-        logger.close()
+        else:
+            state.epoch += 1
+            state.step_in_epoch = 0
+    totals = problems.gathered()
+    logger.event({"step": state.step, "event": "end", **_problem_record(totals),
+                  "bad_shard_urls": sorted(totals["bad_shards"])})
     say(f"done: {state.step} steps; checkpoint {out / CHECKPOINT_FILE}; log {out / 'log.jsonl'}")
-    return state
+    line = problems_line(totals)
+    if line:
+        say(line)
+    return saved_step
+
+
+def _problem_record(problems: dict) -> dict:
+    return {"bad_shards": len(problems["bad_shards"]), "bad_samples": problems["bad_samples"],
+            "bad_clips": problems["bad_clips"]}
 
 
 @dataclass(frozen=True)
@@ -183,11 +373,12 @@ class StepSettings:
 
 
 def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor], optimizer, scaler,
-               settings: StepSettings) -> tuple[float, Any]:
+               settings: StepSettings, before_update: Callable[[], None] | None = None) -> tuple[float, Any]:
     """One DoRA step: loss, backward, per-tensor clipping, last-layer freeze, AdamW, EMA, centre.
 
     Returns the loss as a float (the step's one host sync) and the model output. A non-finite loss
-    is returned before anything is updated."""
+    is returned before anything is updated; `before_update` runs once the loss is known to be finite,
+    before the weights change (the loop writes a due checkpoint there)."""
     for i, group in enumerate(optimizer.param_groups):
         group["lr"] = settings.lr
         if i == 0:
@@ -204,6 +395,8 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         return loss_value, output
+    if before_update is not None:
+        before_update()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(output.loss).backward()
     scaler.unscale_(optimizer)
@@ -218,13 +411,15 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
     return loss_value, output
 
 
-def _save(out: Path, model: DoRA, optimizer, scaler, state: RunState, config: TrainConfig) -> None:
+def _save(out: Path, model: DoRA, optimizer, scaler, state: RunState, config: TrainConfig, facts: dict) -> None:
+    """The checkpoint, with the settings (`config`) and facts (`schedule`: world size, steps per epoch,
+    total steps) that --resume compares."""
     save_checkpoint(out / CHECKPOINT_FILE, {
         "student": model.student.state_dict(), "teacher": model.teacher.state_dict(),
         "dora_loss": {"center": model.loss.center}, "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(), "step": state.step, "epoch": state.epoch,
         "step_in_epoch": state.step_in_epoch, "arch": config.model.arch, "out_dim": config.model.out_dim,
-        "config": config.to_dict()})
+        "config": _recorded(config), "schedule": facts})
 
 
 def _resume(out: Path, model: DoRA, optimizer, scaler, say: Callable[[str], None]) -> RunState:
@@ -267,6 +462,9 @@ def _knn_evaluate(knn, model: DoRA, state: RunState, schedules: Schedules, logge
         say(f"step {state.step}: {result_line(result)}")
 
 
+_NO_PROBLEMS = {"bad_shards": {}, "bad_samples": 0, "bad_clips": 0}
+
+
 class _RunLogger:
     """log.jsonl (every log_every steps), TensorBoard events (rank 0), and data.rank<r>.jsonl (clip keys)."""
 
@@ -288,7 +486,8 @@ class _RunLogger:
         self.losses: list[float] = []
 
     def step(self, state: RunState, loss: float, optimizer, momentum: float, data_seconds: float,
-             keys: list[str]) -> None:
+             keys: list[str], problems: dict | None = None) -> None:
+        """One step; `problems` (what the loader skipped so far, all ranks) is given on logged steps."""
         self.data.write(json.dumps({"step": state.step, "epoch": state.epoch, "keys": keys}) + "\n")
         self.clips += len(keys)
         self.data_seconds += data_seconds
@@ -300,7 +499,7 @@ class _RunLogger:
                   "loss_mean": sum(self.losses) / len(self.losses),
                   "lr": optimizer.param_groups[0]["lr"], "wd": optimizer.param_groups[0]["weight_decay"],
                   "momentum": momentum, "clips_per_s": self.clips * self.dist.world_size / elapsed,
-                  "data_wait": self.data_seconds / elapsed}
+                  "data_wait": self.data_seconds / elapsed, **_problem_record(problems or _NO_PROBLEMS)}
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
         if self.tb is not None:
@@ -318,6 +517,17 @@ class _RunLogger:
         if self.tb is not None:
             self.tb.add_scalar("knn/top1", top1, state.step)
             self.tb.add_scalar("knn/top5", top5, state.step)
+
+    def event(self, record: dict) -> None:
+        """A line of its own in log.jsonl (a --reschedule, the end of the run)."""
+        if self.log is not None:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+
+    def flush(self) -> None:
+        self.data.flush()
+        if self.log is not None:
+            self.log.flush()
 
     def close(self) -> None:
         self.data.close()

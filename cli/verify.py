@@ -1,0 +1,74 @@
+"""`wtours verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from wtours.cli.common import root_option, say, verbosity_options
+from wtours.errors import WtoursError
+from wtours.layout import INDEX_FILE, SLUG_PATTERN, Layout
+from wtours.selection import shard_set_slugs
+from wtours.shard.verify import repair_set, verify_set
+from wtours.system import usable_cpus
+
+
+def _targets(layout: Layout, specs: tuple[str, ...], cities: tuple[str, ...], all_sets: bool
+             ) -> list[tuple[Layout, str]]:
+    """(layout, slug) per shard set: --city/--all under the root; a SPEC is a slug or a shard folder."""
+    targets = [(layout, slug) for slug in shard_set_slugs(layout, cities, all_sets, "verify")] \
+        if cities or all_sets or not specs else []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.name == INDEX_FILE:
+            path = path.parent
+        if path.is_dir() and (path / INDEX_FILE).is_file():
+            # <root>/shards/<slug>/: its root is two folders up (where --repair finds the video)
+            targets.append((Layout(path.resolve().parent.parent), path.resolve().name))
+        elif SLUG_PATTERN.match(spec):
+            targets.extend((layout, slug) for slug in shard_set_slugs(layout, (spec,), False, "verify"))
+        else:
+            raise WtoursError(f"SPEC {spec!r} is not a shard set under {layout.root} nor a folder with {INDEX_FILE}",
+                              "pass a slug (venice), a shard folder (<root>/shards/venice), --city SLUG or --all; "
+                              "remote sets are verified when pulled (`wtours pull`)")
+    return targets
+
+
+@click.command()
+@click.argument("specs", nargs=-1)
+@click.option("--city", "cities", multiple=True, metavar="SLUG", help="Shard set to verify; repeatable.")
+@click.option("--all", "all_sets", is_flag=True, help="Every shard set under the root.")
+@root_option
+@click.option("--repair", is_flag=True,
+              help="Reshard just the bad shards from the registered video (byte-identical to the index).")
+@click.option("--workers", type=int, help="ffmpeg processes for --repair (default: the usable CPUs).")
+@verbosity_options
+def verify(specs, cities, all_sets, root, repair, workers) -> None:
+    """Check local shards against index.json: size, sha256, readable members, sample count and offsets.
+
+    Names every bad shard (missing, truncated, damaged) and exits with status 1 if there is one;
+    --repair reshards just those segments from the registered video and checks them again.
+
+    SPEC: a slug under --root, or a shard folder holding index.json.
+
+    \b
+    Examples:
+      wtours verify --city venice
+      wtours verify --all --root /data/wtours
+      wtours verify venice --repair
+    """
+    layout = Layout(root)
+    bad: list[str] = []
+    for target_layout, slug in _targets(layout, specs, cities, all_sets):
+        report = verify_set(target_layout, slug)
+        for line in report.lines():
+            click.echo(line)
+        if repair and not report.ok:
+            report = repair_set(target_layout, slug, report, workers or usable_cpus(), say=say)
+            click.echo(f"{slug}: repaired; {report.shards} shards ok")
+        bad += [f"{slug}/{p.name}" for p in report.problems]
+    if bad:
+        raise WtoursError(f"{len(bad)} bad shard(s): {', '.join(bad)}",
+                          "run the same command with --repair to reshard just those (needs the registered video), "
+                          "or `wtours pull` the set again", exit_code=1)

@@ -1,0 +1,500 @@
+"""Local data faults end in one `error:` + `hint:` (no traceback), lose nothing, and a rerun completes
+byte-identical to an uninterrupted run: `add` over a registered name, concurrent and killed `shard` /
+`stats` runs (real processes, real flock), a full and a read-only disk (a real small tmpfs), a killed
+ffmpeg child, Ctrl-C (SIGINT to the process group, as a terminal sends it), damaged shards in `stats`,
+invalid indexes in `inspect`, and `wtours verify [--repair]`."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.http_server import FileServer
+from tests.videos import make_video
+from wtours.download import add_local
+from wtours.layout import TEMPORARY_GLOB, Layout
+from wtours.locks import LOCK_FILE
+from wtours.shard.decode import normalise_log_line
+from wtours.shard.params import RunOptions, ShardParams
+from wtours.shard.run import shard_video
+
+SLUG = "walk"
+PARAMS = ShardParams(fps=2.0, short_side=128, quality=90, samples_per_shard=4)
+SHARD_ARGS = ["--fps", "2", "--short-side", "128", "--quality", "90", "--samples-per-shard", "4"]
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def wtours(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wtours", *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def start(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "wtours", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def assert_clean_failure(result, *phrases: str, code: int | None = None) -> str:
+    """Non-zero, `error:` and `hint:` lines, no traceback; returns stderr."""
+    out, err = result.stdout, result.stderr
+    assert result.returncode != 0, out + err
+    if code is not None:
+        assert result.returncode == code, out + err
+    assert "Traceback" not in out + err, err
+    assert "error: " in err and "hint: " in err, err
+    for phrase in phrases:
+        assert phrase in err, f"{phrase!r} not in: {err}"
+    return err
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return sorted(folder.rglob(TEMPORARY_GLOB))
+
+
+def shard_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every shard, index and wids descriptor (what a finished set is)."""
+    files = sorted(folder.glob("*.tar")) + [p for p in (folder / "index.json", folder / f"{SLUG}.wids.json")
+                                            if p.exists()]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def register(root: Path, video: Path, name: str = SLUG, **kwargs) -> Layout:
+    layout = Layout(root)
+    add_local(video, name, layout.root, mode="symlink", say=lambda m: None, **kwargs)
+    return layout
+
+
+def shard_here(layout: Layout, params: ShardParams = PARAMS) -> None:
+    shard_video(layout, SLUG, params, RunOptions(workers=1, progress=False), say=lambda m: None)
+
+
+def records(layout: Layout) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(layout.segments_dir(SLUG).glob("*.json"))]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def wait_for_lock(folder: Path, pid: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until `pid` holds the folder's lock (its record is in the lock file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads((folder / LOCK_FILE).read_text() or "{}").get("pid") == pid:
+                return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.005)
+    raise AssertionError(f"pid {pid} never took the lock of {folder}")
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: int):
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    return {
+        "short": make_video(folder / "short.mp4", seconds=8.0, size="192x128", rate=10),  # 4 shards
+        "other": make_video(folder / "other.mp4", seconds=4.0, size="64x36", rate=10, source="mandelbrot"),
+        "long": make_video(folder / "long.mp4", seconds=40.0, size="192x128", rate=25),  # 20 shards
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(videos, tmp_path_factory):
+    """Uninterrupted runs: the bytes every interrupted or repaired run must end with."""
+    out = {}
+    for name in ("short", "long"):
+        layout = register(tmp_path_factory.mktemp(f"ref-{name}") / "root", videos[name])
+        shard_here(layout)
+        out[name] = shard_digests(layout.shard_dir(SLUG))
+    return out
+
+
+# ------------------------------------------------------------------ 1. add never replaces silently
+
+
+@pytest.mark.parametrize("mode", ["link", "copy", "symlink", "move"])
+def test_add_refuses_to_replace_a_registered_video_without_force(videos, tmp_path, mode):
+    root = tmp_path / "root"
+    first = tmp_path / "first.mp4"
+    first.write_bytes(videos["short"].read_bytes())
+    assert wtours(["add", str(first), "--name", SLUG, "--root", str(root), "--mode", "move", "-q"]).returncode == 0
+    assert not first.exists()  # moved: the root now holds the user's only copy
+    registered = root / "videos" / SLUG / f"{SLUG}.mp4"
+    before = hashlib.sha256(registered.read_bytes()).hexdigest()
+    info_before = (root / "videos" / SLUG / "info.json").read_bytes()
+    other = tmp_path / "other.mp4"
+    other.write_bytes(videos["other"].read_bytes())
+
+    result = wtours(["add", str(other), "--name", SLUG, "--root", str(root), "--mode", mode])
+    assert_clean_failure(result, "already registered", "--force", code=2)
+    assert hashlib.sha256(registered.read_bytes()).hexdigest() == before  # the earlier video is intact
+    assert (root / "videos" / SLUG / "info.json").read_bytes() == info_before
+    assert other.is_file()  # nothing the user named is touched either
+    assert not temporaries(root)
+
+    forced = wtours(["add", str(other), "--name", SLUG, "--root", str(root), "--mode", mode, "--force", "-q"])
+    assert forced.returncode == 0, forced.stderr
+    info = json.loads((root / "videos" / SLUG / "info.json").read_text())
+    assert info["sha256"] == hashlib.sha256(videos["other"].read_bytes()).hexdigest()
+    assert other.exists() == (mode != "move")  # only the file the user named, and only with move
+
+
+def test_adding_the_same_video_again_needs_no_force(videos, tmp_path):
+    root = tmp_path / "root"
+    for _ in range(2):
+        result = wtours(["add", str(videos["short"]), "--name", SLUG, "--root", str(root), "--mode", "copy", "-q"])
+        assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------ 2. locks
+
+
+@pytest.mark.slow
+def test_a_second_shard_run_names_the_holder_and_a_killed_runs_lock_frees_the_folder(videos, reference, tmp_path):
+    layout = register(tmp_path / "root", videos["long"])
+    args = ["shard", "--city", SLUG, "--root", str(layout.root), "--workers", "1", "-q", *SHARD_ARGS]
+    first = start(args)
+    try:
+        wait_for_lock(layout.shard_dir(SLUG), first.pid, first)
+        os.kill(first.pid, signal.SIGSTOP)  # holds the lock, mid-run
+        second = wtours(args)
+        err = assert_clean_failure(second, "in use by", f"pid {first.pid}", code=2)
+        assert "shard folder of walk" in err
+        os.kill(first.pid, signal.SIGKILL)  # kill -9 while holding the lock
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    stale = layout.shard_dir(SLUG) / ".walk-000003.tar.tmp-999999-1"  # as a killed run leaves it
+    stale.write_bytes(b"x" * 1000)
+    third = wtours(args)
+    assert third.returncode == 0, third.stderr
+    assert not temporaries(layout.root)
+    assert shard_digests(layout.shard_dir(SLUG)) == reference["long"]
+
+
+@pytest.mark.slow
+def test_a_second_stats_run_names_the_holder_and_a_killed_runs_lock_frees_the_folder(videos, tmp_path):
+    layout = register(tmp_path / "root", videos["long"])
+    shard_here(layout)
+    args = ["stats", "--city", SLUG, "--root", str(layout.root), "--no-classes", "--chunk", "5", "-q"]
+    first = start(args)
+    stats_dir = layout.stats_dir(SLUG)
+    try:
+        wait_for_lock(stats_dir, first.pid, first, timeout=120)
+        os.kill(first.pid, signal.SIGSTOP)
+        second = wtours(args)
+        assert_clean_failure(second, "in use by", f"pid {first.pid}", "stats folder of walk", code=2)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    (stats_dir / ".summary.json.tmp-999999-1").write_text("{")  # a dead run's temporary
+    third = wtours(args, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert not temporaries(stats_dir)
+    assert json.loads((stats_dir / "summary.json").read_text())["frames"] == 80
+
+
+# ------------------------------------------------------------------ 3. full disk, read-only disk, a file as root
+
+
+@pytest.mark.slow
+def test_full_disk_during_shard_keeps_everything_and_the_rerun_is_byte_identical(videos, reference, tmp_path):
+    ref_layout = register(tmp_path / "ref", videos["long"])
+    shard_here(ref_layout)
+    total = sum(p.stat().st_size for p in ref_layout.shard_dir(SLUG).glob("*.tar"))
+    mount = tmp_path / "disk"
+    with tmpfs(mount, size=(total // 2) // 4096 * 4096):
+        layout = register(mount / "root", videos["long"])  # a symlink: the video costs no space here
+        args = ["shard", "--city", SLUG, "--root", str(layout.root), "--workers", "2", "-q", *SHARD_ARGS]
+        result = wtours(args)
+        assert_clean_failure(result, "No space left on device", "disk is full", "rerun")
+        assert not temporaries(mount), "a failed run left temporaries that keep the disk full"
+        assert not layout.index_path(SLUG).exists()
+        kept = shard_digests(layout.shard_dir(SLUG))
+        assert kept and all(reference["long"][name] == digest for name, digest in kept.items())
+        assert all(r["complete"] for r in records(layout))  # nothing recorded as damaged
+
+        # A killed run's leftover temporary filling the disk: the rerun removes it before it starts.
+        stale = layout.shard_dir(SLUG) / ".walk-000019.tar.tmp-999999-1"
+        with contextlib.suppress(OSError), open(stale, "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+        remount(mount, f"size={(total + 2 * total // 10 + (1 << 20)) // 4096 * 4096}")
+        again = wtours(args)
+        assert again.returncode == 0, again.stderr
+        assert not stale.exists() and not temporaries(mount)
+        assert shard_digests(layout.shard_dir(SLUG)) == reference["long"]
+
+
+@pytest.mark.slow
+def test_read_only_root_is_a_clear_error(videos, tmp_path):
+    with tmpfs(tmp_path / "disk", size=8 << 20) as mount:
+        layout = register(mount / "root", videos["short"])
+        shard_here(layout)
+        before = shard_digests(layout.shard_dir(SLUG))
+        remount(mount, "ro")
+        shard = wtours(["shard", "--city", SLUG, "--root", str(layout.root), "--overwrite", *SHARD_ARGS])
+        assert_clean_failure(shard, "Read-only file system", "read-only")
+        stats = wtours(["stats", "--city", SLUG, "--root", str(layout.root), "--no-classes"])
+        assert_clean_failure(stats, "Read-only file system", "read-only")
+        assert shard_digests(layout.shard_dir(SLUG)) == before
+
+
+def test_a_root_that_is_a_file_is_a_clear_error(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    direct = wtours(["shard", "--city", SLUG, "--root", str(afile)])
+    assert direct.returncode == 2 and "Traceback" not in direct.stderr and "is a file" in direct.stderr
+    below = wtours(["add", str(afile), "--name", SLUG, "--root", str(afile / "root")])
+    assert_clean_failure(below, code=2)
+    assert afile.read_text() == "not a folder"
+
+
+# ------------------------------------------------------------------ 4. stats skips damaged shards
+
+
+def damage(folder: Path) -> list[str]:
+    """Corrupt a byte of shard 0, truncate shard 1, delete shard 2; returns their names."""
+    names = [f"{SLUG}-{n:06d}.tar" for n in range(3)]
+    data = bytearray((folder / names[0]).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / names[0]).write_bytes(bytes(data))
+    (folder / names[1]).write_bytes((folder / names[1]).read_bytes()[:3000])
+    (folder / names[2]).unlink()
+    return names
+
+
+@pytest.mark.slow
+def test_stats_skips_and_counts_truncated_corrupted_and_missing_shards(videos, tmp_path):
+    layout = register(tmp_path / "root", videos["short"])
+    shard_here(layout)
+    bad = damage(layout.shard_dir(SLUG))
+    result = wtours(["stats", "--city", SLUG, "--root", str(layout.root), "--no-classes"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "3 damaged shard(s) skipped" in result.stdout
+    for name in bad:
+        assert name in result.stdout + result.stderr
+    summary = json.loads(layout.stats_summary_path(SLUG).read_text())
+    assert [s["name"] for s in summary["source"]["skipped_shards"]] == bad
+    assert summary["source"]["complete"] is False
+    assert summary["frames"] == 16 - 12  # the one intact shard
+
+
+# ------------------------------------------------------------------ 5. invalid index.json
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"format": "wtours-shards", "version": 2})])
+@pytest.mark.slow
+def test_inspect_refuses_an_invalid_local_or_http_index(videos, tmp_path, text):
+    layout = register(tmp_path / "root", videos["short"])
+    shard_here(layout)
+    layout.index_path(SLUG).write_text(text)
+    local = wtours(["inspect", SLUG, "--root", str(layout.root)])
+    assert_clean_failure(local, str(layout.index_path(SLUG)), code=2)
+    with FileServer(layout.shards_base()) as server:
+        url = server.url(f"{SLUG}/index.json")
+        remote = wtours(["inspect", url])
+        assert_clean_failure(remote, url, code=2)
+
+
+@pytest.mark.slow
+def test_inspect_reports_an_incomplete_index_and_missing_shards(videos, tmp_path):
+    layout = register(tmp_path / "root", videos["short"])
+    shard_here(layout)
+    index = json.loads(layout.index_path(SLUG).read_text())
+    index.update(complete=False, decoded_until=7.5, errors=["[h264] error while decoding"])
+    layout.index_path(SLUG).write_text(json.dumps(index))
+    (layout.shard_dir(SLUG) / f"{SLUG}-000001.tar").unlink()
+    result = wtours(["inspect", SLUG, "--root", str(layout.root), "--clip-frames", "2", "--json"])
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["complete"] is False and info["videos"][SLUG]["complete"] is False
+    assert info["missing"] == [str(layout.shard_dir(SLUG) / f"{SLUG}-000001.tar")]
+    text = wtours(["inspect", SLUG, "--root", str(layout.root), "--clip-frames", "2"]).stdout
+    assert "incomplete index" in text and "missing" in text
+
+
+# ------------------------------------------------------------------ 6. a killed ffmpeg is not a damaged video
+
+
+@pytest.mark.slow
+def test_a_killed_ffmpeg_child_is_not_recorded_as_damage_and_the_rerun_resumes(videos, reference, tmp_path):
+    layout = register(tmp_path / "root", videos["long"])
+    args = ["shard", "--city", SLUG, "--root", str(layout.root), "--workers", "1", "-q", *SHARD_ARGS]
+    process = start(args)
+    killed = None
+    try:
+        deadline = time.monotonic() + 60
+        while killed is None and time.monotonic() < deadline and process.poll() is None:
+            for child in children(process.pid):
+                try:
+                    if "ffmpeg" not in Path(f"/proc/{child}/comm").read_text(errors="replace"):
+                        continue
+                except OSError:
+                    continue
+                os.kill(process.pid, signal.SIGSTOP)  # freeze the reader so the decoder is surely mid-segment
+                if proc_state(child) not in ("Z", "X", "gone"):
+                    os.kill(child, signal.SIGKILL)
+                    killed = child
+                os.kill(process.pid, signal.SIGCONT)
+                break
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert killed is not None, "no ffmpeg child was caught running"
+    result = subprocess.CompletedProcess(args, process.returncode, out, err)
+    assert_clean_failure(result, "ffmpeg was killed by SIGKILL", "not a fault of the video", "rerun", code=1)
+    assert "download it again" not in err.lower()
+    assert not layout.index_path(SLUG).exists()
+    assert all(r["complete"] and not r["errors"] for r in records(layout))
+    assert not temporaries(layout.root)
+    again = wtours(args)
+    assert again.returncode == 0, again.stderr
+    assert shard_digests(layout.shard_dir(SLUG)) == reference["long"]
+
+
+# ------------------------------------------------------------------ 7. the index of a damaged video is deterministic
+
+
+def test_ffmpeg_error_text_loses_its_pointer_addresses():
+    line = "[h264 @ 0x55d0c6f1e2c0] Invalid NAL unit size (1234 > 567)."
+    assert normalise_log_line(line) == "[h264] Invalid NAL unit size (1234 > 567)."
+    assert "0x7f3a2c" not in normalise_log_line("[mov,mp4 @ 0x7f3a2c001200] stream 0, offset 0x1f3: partial file")
+
+
+@pytest.mark.slow
+def test_a_truncated_video_gives_the_same_index_bytes_every_run(tmp_path):
+    full = make_video(tmp_path / "full.mp4", seconds=10.0, size="192x128", faststart=True, gop=30)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    indexes = []
+    for run in ("a", "b", "c"):  # ffmpeg's decoder threads log in a different order each run
+        layout = register(tmp_path / run, cut, allow_damaged=True)
+        result = wtours(["shard", "--city", SLUG, "--root", str(layout.root), "--workers", "2", "-q", *SHARD_ARGS])
+        assert result.returncode == 3, result.stderr
+        indexes.append(layout.index_path(SLUG).read_bytes())
+    assert indexes[0] == indexes[1] == indexes[2]
+    index = json.loads(indexes[0])
+    assert index["complete"] is False and index["errors"]
+    assert not any("@ 0x" in line for line in index["errors"])
+    assert str(tmp_path) not in indexes[0].decode()  # the root's path to the video is not recorded either
+
+
+# ------------------------------------------------------------------ 8. Ctrl-C
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_shard_exits_130_and_the_rerun_is_byte_identical(videos, reference, tmp_path):
+    layout = register(tmp_path / "root", videos["long"])
+    args = ["shard", "--city", SLUG, "--root", str(layout.root), "--workers", "2", "-q", *SHARD_ARGS]
+    process = start(args, start_new_session=True)  # its own process group, like a terminal's foreground job
+    try:
+        deadline = time.monotonic() + 60
+        while not list(layout.segments_dir(SLUG).glob("*.json")) and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.005)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: python and its ffmpeg children
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    result = subprocess.CompletedProcess(args, process.returncode, out, err)
+    assert_clean_failure(result, "interrupted", "rerun", code=130)
+    assert not layout.index_path(SLUG).exists(), "the run finished before the interrupt: make the video longer"
+    assert not temporaries(layout.root)
+    assert all(r["complete"] and not r["errors"] for r in records(layout))
+    again = wtours(args)
+    assert again.returncode == 0, again.stderr
+    assert shard_digests(layout.shard_dir(SLUG)) == reference["long"]
+
+
+# ------------------------------------------------------------------ 9. verify and repair
+
+
+@pytest.mark.slow
+def test_verify_names_every_bad_shard_and_repair_fixes_exactly_those(videos, reference, tmp_path):
+    layout = register(tmp_path / "root", videos["long"])
+    shard_here(layout)
+    folder = layout.shard_dir(SLUG)
+    assert shard_digests(folder) == reference["long"]
+    ok = wtours(["verify", "--city", SLUG, "--root", str(layout.root)])
+    assert ok.returncode == 0 and "20 shards ok" in ok.stdout, ok.stderr
+    bad = damage(folder)
+    untouched = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("*.tar") if p.name not in bad}
+
+    result = wtours(["verify", SLUG, "--root", str(layout.root)])
+    err = assert_clean_failure(result, "3 bad shard(s)", "--repair", code=1)
+    assert "3 of 20 shards bad" in result.stdout
+    for name in bad:
+        assert name in result.stdout and name in err
+    assert "sha256 differs" in result.stdout and "missing" in result.stdout and "truncated" in result.stdout
+
+    repaired = wtours(["verify", str(folder), "--repair", "--workers", "2"])
+    assert repaired.returncode == 0, repaired.stderr
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns) == untouched[p.name]
+               for p in folder.glob("*.tar") if p.name not in bad), "repair rewrote a good shard"
+    again = wtours(["verify", "--all", "--root", str(layout.root)])
+    assert again.returncode == 0, again.stderr
+    assert shard_digests(folder) == reference["long"]
+    assert not temporaries(layout.root)
+
+
+def test_verify_checks_the_index_offsets(videos, tmp_path):
+    layout = register(tmp_path / "root", videos["short"])
+    shard_here(layout)
+    index = json.loads(layout.index_path(SLUG).read_text())
+    offsets = index["shards"][1]["offsets"]
+    offsets[1] += 512  # still increasing, but inside the first sample's jpg data
+    layout.index_path(SLUG).write_text(json.dumps(index))
+    result = wtours(["verify", SLUG, "--root", str(layout.root)])
+    assert_clean_failure(result, f"{SLUG}-000001.tar", code=1)
+    assert "offset" in result.stdout and "1 of 4 shards bad" in result.stdout

@@ -1,0 +1,348 @@
+"""Hub faults end in one `error:` + `hint:` (exit 2, no traceback, no token), lose nothing, and a rerun
+resumes: a server that answers 500 to every upload, 429 to a commit, an invalid index, a server that
+stops answering, a full disk during pull, a replaced shard while streaming (tests/hub_server.py's
+`inject`). The CLI runs in subprocesses (huggingface_hub reads HF_ENDPOINT when imported) with
+WTOURS_HUB_TIMEOUT=1, so a stalled request fails within seconds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.hub_server import HubServer
+from tests.videos import make_video
+from wtours.download import add_local
+from wtours.hub.client import HubTarget
+from wtours.hub.push import PushConfig, push
+from wtours.layout import Layout
+from wtours.shard.params import RunOptions, ShardParams
+from wtours.shard.run import shard_video
+
+TOKEN = "hf_alice_Fa17secret"  # must never appear in any output
+SLUG = "zurich"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """One sharded corpus video: 5 s at 2 fps, 4 samples per shard: 3 shards."""
+    folder = tmp_path_factory.mktemp("faults")
+    layout = Layout(folder / "root")
+    video = make_video(folder / f"{SLUG}.mp4", seconds=5.0, size="192x128", rate=10)
+    add_local(video, SLUG, layout.root, mode="symlink", say=lambda m: None)
+    shard_video(layout, SLUG, ShardParams(fps=2.0, short_side=128, samples_per_shard=4),
+                RunOptions(workers=1, progress=False), say=lambda m: None)
+    return layout.root
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with HubServer({TOKEN: "alice"}) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def clean_faults(hub):
+    hub.clear_faults()
+    yield
+    hub.clear_faults()
+
+
+@pytest.fixture(autouse=True)
+def no_xet(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+
+
+def env_for(hub: HubServer, home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "WTOURS_"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(home / "hf-home"), HF_TOKEN=TOKEN,
+               HF_HUB_DISABLE_TELEMETRY="1", WTOURS_HUB_TIMEOUT="1", HF_HUB_DOWNLOAD_TIMEOUT="1",
+               HF_HUB_ETAG_TIMEOUT="1", **extra)
+    return env
+
+
+def wtours(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "wtours", *args], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert TOKEN not in result.stdout + result.stderr, "the token was printed"
+    return result
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "hint: " in result.stderr, result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, (phrase, result.stderr)
+
+
+def new_repo() -> str:
+    return f"alice/f{uuid.uuid4().hex[:8]}"
+
+
+def pushed_repo(root: Path, hub: HubServer) -> str:
+    repo = new_repo()
+    push(Layout(root), PushConfig(HubTarget(repo, endpoint=hub.url, token=TOKEN), (SLUG,), progress=False),
+         say=lambda m: None)
+    return repo
+
+
+def assert_same_set(copy: Path, root: Path) -> None:
+    names = sorted(p.name for p in Layout(root).shard_dir(SLUG).glob("*.tar"))
+    folder = Layout(copy).shard_dir(SLUG)
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".json")) == names  # no temp files
+    for name in names:
+        assert (folder / name).read_bytes() == (Layout(root).shard_dir(SLUG) / name).read_bytes()
+    assert Layout(copy).index_path(SLUG).read_bytes() == Layout(root).index_path(SLUG).read_bytes()
+
+
+# ---------------------------------------------------------------------- push
+
+
+@pytest.mark.slow
+def test_upload_failing_after_retries_says_the_hub_cannot_be_reached_and_the_rerun_resumes(root, hub, tmp_path):
+    repo, env = new_repo(), env_for(hub, tmp_path)
+    hub.inject("PUT", "/lfs-upload/", 500)  # every LFS body refused: the client retries 5 times, then gives up
+    first = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env)
+    assert_clean_failure(first, f"push to {repo}: upload {SLUG}/{SLUG}-000000.tar", hub.url, "HTTP 500")
+    assert "rerun" in first.stderr
+    assert [p for p in hub.files(repo) if p.endswith(".tar")] == []  # nothing committed
+    hub.clear_faults()
+    second = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env)
+    assert second.returncode == 0, second.stderr
+    assert f"{SLUG}/index.json" in hub.files(repo)
+
+
+def test_a_commit_answered_429_is_retried(root, hub, tmp_path):
+    repo = new_repo()
+    fault = hub.inject("POST", "/commit/", 429, times=1)
+    result = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env_for(hub, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert fault.hits == 1 and f"{SLUG}/index.json" in hub.files(repo)
+    assert "Traceback" not in result.stderr
+
+
+def test_a_commit_always_answered_429_fails_clearly(root, hub, tmp_path):
+    repo = new_repo()
+    hub.inject("POST", "/commit/", 429)
+    result = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"],
+                    env_for(hub, tmp_path, WTOURS_HUB_RETRIES="2"))
+    assert_clean_failure(result, f"push to {repo}", "429", hub.url)
+    assert [p for p in hub.files(repo) if p.startswith(SLUG)] == []
+
+
+def test_a_stalled_commit_times_out_naming_the_endpoint_and_the_rerun_resumes(root, hub, tmp_path):
+    repo, env = new_repo(), env_for(hub, tmp_path)
+    hub.inject("POST", "/commit/", "stall", times=1)
+    first = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env, timeout=60)
+    assert_clean_failure(first, hub.url, "did not answer within 1 s", "WTOURS_HUB_TIMEOUT")
+    second = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env)
+    assert second.returncode == 0, second.stderr
+    files = hub.files(repo)
+    for shard in Layout(root).read_index(SLUG)["shards"]:
+        assert hashlib.sha256(files[f"{SLUG}/{shard['name']}"]).hexdigest() == shard["sha256"]
+
+
+def test_dry_run_on_a_new_branch_of_a_repo_with_a_card(root, hub, tmp_path):
+    repo = pushed_repo(root, hub)
+    assert "README.md" in hub.files(repo)
+    mark = len(hub.requests)
+    result = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "--revision", "fps1", "--dry-run"],
+                    env_for(hub, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "dry run: nothing uploaded" in result.stdout and hub.uploads(mark) == []
+    assert "fps1" not in hub.repos[("dataset", repo)].branches
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"format": "wtours-shards", "version": 2}'])
+def test_an_invalid_remote_index_is_named_by_pull_inspect_and_push(root, hub, tmp_path, body):
+    repo = pushed_repo(root, hub)
+    hub.inject("GET", f"{repo}/resolve/main/{SLUG}/index.json", body)
+    env = env_for(hub, tmp_path)
+    where = f"{repo}/{SLUG}/index.json"
+    pulled = wtours(["pull", "--repo", repo, "--root", str(tmp_path / "copy"), "-q"], env)
+    assert_clean_failure(pulled, where)
+    assert not (tmp_path / "copy").exists() or not any(p.is_file() for p in (tmp_path / "copy").rglob("*"))
+    inspected = wtours(["inspect", f"hf://datasets/{where}"], env)
+    assert_clean_failure(inspected, where)
+    # a push of another set reads the index of each set already in the repo, for the card
+    from huggingface_hub import HfApi
+
+    owner = HfApi(endpoint=hub.url, token=TOKEN)
+    for name, data in (("index.json", body), ("source.json", b"{}")):
+        owner.upload_file(path_or_fileobj=data, path_in_repo=f"venice/{name}", repo_id=repo, repo_type="dataset")
+    pushed = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env)
+    assert_clean_failure(pushed, f"{repo}/venice/index.json")
+
+
+def test_an_invalid_remote_source_record_is_named(root, hub, tmp_path):
+    repo = pushed_repo(root, hub)
+    hub.inject("GET", f"{repo}/resolve/main/{SLUG}/source.json", b"\xff\xfe not json")
+    result = wtours(["pull", "--repo", repo, "--root", str(tmp_path / "copy"), "-q"], env_for(hub, tmp_path))
+    assert_clean_failure(result, f"{repo}/{SLUG}/source.json")
+
+
+# ---------------------------------------------------------------------- pull
+
+
+def test_a_stalled_listing_is_retried_after_the_timeout_warning_once(root, hub, tmp_path):
+    repo = pushed_repo(root, hub)
+    fault = hub.inject("GET", f"/api/datasets/{repo}/tree/", "stall", times=1)
+    copy = tmp_path / "copy"
+    result = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env_for(hub, tmp_path), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert fault.hits == 1 and result.stderr.count("Retrying in") == 1, result.stderr  # not twice
+    assert_same_set(copy, root)
+
+
+@pytest.mark.slow
+def test_a_server_that_stops_answering_fails_pull_naming_the_endpoint(root, hub, tmp_path):
+    """Every listing request stalls: the client's retries end (about 30 s with a 1 s timeout), and the
+    pull fails naming the endpoint instead of hanging; the rerun, once it answers, completes."""
+    repo = pushed_repo(root, hub)
+    env = env_for(hub, tmp_path)
+    hub.inject("GET", f"/api/datasets/{repo}/tree/", "stall")
+    copy = tmp_path / "copy"
+    first = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env, timeout=90)
+    assert_clean_failure(first, hub.url, "did not answer within 1 s", "WTOURS_HUB_TIMEOUT")
+    hub.clear_faults()
+    second = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env)
+    assert second.returncode == 0, second.stderr
+    assert_same_set(copy, root)
+
+
+def test_hub_errors_after_retries_on_download_name_the_file(root, hub, tmp_path):
+    repo = pushed_repo(root, hub)
+    env = env_for(hub, tmp_path)
+    hub.inject("GET", f"{repo}/resolve/main/{SLUG}/{SLUG}-000001.tar", 404)
+    copy = tmp_path / "copy"
+    first = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env)
+    assert_clean_failure(first, f"{repo}/{SLUG}/{SLUG}-000001.tar")
+    assert not Layout(copy).index_path(SLUG).exists() and not list(Layout(copy).shard_dir(SLUG).glob("*1.tar"))
+    hub.clear_faults()
+    second = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env)
+    assert second.returncode == 0, second.stderr
+    assert_same_set(copy, root)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 64 KiB (a root-only mount; skipped where it is not permitted)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True,
+                          text=True, timeout=10)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
+
+
+def test_a_full_disk_during_pull_is_one_line_and_the_rerun_resumes(root, hub, tmp_path, small_disk):
+    repo = pushed_repo(root, hub)
+    env = env_for(hub, tmp_path)
+    total = sum(p.stat().st_size for p in Layout(root).shard_dir(SLUG).glob("*.tar"))
+    assert total > 64 << 10, "the test set must not fit the small disk"
+    copy = small_disk / "root"
+    first = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env)
+    assert_clean_failure(first, "No space left on device", "disk is full")
+    folder = Layout(copy).shard_dir(SLUG)
+    index = Layout(root).read_index(SLUG)
+    for shard in index["shards"]:  # a shard under its final name is whole and verified
+        path = folder / shard["name"]
+        assert not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
+    assert not Layout(copy).index_path(SLUG).exists()
+    parts = list(folder.glob(".*.tmp-pull"))
+    assert [p for p in folder.iterdir() if ".tmp-" in p.name] == parts  # only the resumable part
+    kept = {p.name: p.stat().st_size for p in parts}
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True, timeout=10)
+    mark = len(hub.requests)
+    second = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env)
+    assert second.returncode == 0, second.stderr
+    assert_same_set(copy, root)
+    for name, size in kept.items():  # continued with a Range request, not from zero
+        if size:
+            shard = name[1:-len(".tmp-pull")]
+            gets = [r for r in hub.downloads(mark) if r["path"].endswith(f"/{shard}")]
+            assert gets[0]["range"].startswith(f"bytes={size}-"), gets
+
+
+# ---------------------------------------------------------------------- streaming: what the index promises
+
+STREAM_SCRIPT = """
+import json, sys
+from wtours.clips.spec import resolve
+from wtours.clips.stages import Problems, open_shards, tar_samples
+problems = Problems()
+counts = {}
+for sample in tar_samples(open_shards(resolve(sys.argv[1]), problems), problems):
+    name = sample.url.rsplit("/", 1)[1]
+    counts[name] = counts.get(name, 0) + 1
+print(json.dumps({"counts": counts, "bad": {u.rsplit("/", 1)[1]: e for u, e in problems.bad_shards.items()}}))
+"""
+
+
+def test_a_replaced_shard_is_skipped_counted_and_named_when_streamed(root, hub, tmp_path):
+    """The server holds another file under a shard's name (same size, one byte changed: still a valid
+    tar, which would train silently): none of its samples is used, the shard is counted and named."""
+    from huggingface_hub import HfApi
+
+    repo = pushed_repo(root, hub)
+    folder = Layout(root).shard_dir(SLUG)
+    name = f"{SLUG}-000001.tar"
+    replaced = bytearray((folder / name).read_bytes())
+    replaced[2000] ^= 0xFF  # inside the first JPEG: the tar headers stay valid
+    HfApi(endpoint=hub.url, token=TOKEN).upload_file(path_or_fileobj=bytes(replaced), path_in_repo=f"{SLUG}/{name}",
+                                                     repo_id=repo, repo_type="dataset")
+    before = set(os.listdir(tmp_path))
+    result = subprocess.run([sys.executable, "-c", STREAM_SCRIPT, f"hf://datasets/{repo}/{SLUG}/index.json"],
+                            env={**env_for(hub, tmp_path), "TMPDIR": str(tmp_path)}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert list(report["bad"]) == [name] and "sha256" in report["bad"][name]
+    assert report["counts"] == {f"{SLUG}-000000.tar": 4, f"{SLUG}-000002.tar": 2}  # nothing of the replaced one
+    assert "skipping unreadable shard" in result.stderr and name in result.stderr
+    assert "index.json records" in result.stderr and TOKEN not in result.stderr + result.stdout
+    assert set(os.listdir(tmp_path)) == before  # no spool file left
+
+
+def test_verified_shard_checks_size_and_sha256_and_passes_breaks_through():
+    import io
+
+    from wtours.clips.spec import ShardMismatchError, VerifiedShard
+
+    data = os.urandom(3000)
+    digest = hashlib.sha256(data).hexdigest()
+    good = VerifiedShard(io.BytesIO(data), "http://127.0.0.1/x.tar", len(data), digest)
+    assert good.read(1000) + good.read() == data and good.read() == b""
+    for body, size in ((data[:-1] + b"\0", len(data)), (data + b"more", len(data)), (data[:-5], len(data))):
+        bad = VerifiedShard(io.BytesIO(body), "http://127.0.0.1/x.tar", size, digest)
+        with pytest.raises(ShardMismatchError, match="x.tar: .*index.json records"):
+            bad.read(10)
+        assert bad.read(10) == b""  # then nothing: the stage has counted it
+
+    class Broken(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() >= 1000:
+                raise ConnectionResetError("connection reset")
+            return super().read(min(size, 1000 - self.tell()))
+
+    cut = VerifiedShard(Broken(data), "http://127.0.0.1/x.tar", len(data), digest)
+    assert cut.read() == data[:1000]  # what arrived before the break, then the break itself
+    with pytest.raises(ConnectionResetError):
+        cut.read()

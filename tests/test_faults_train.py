@@ -1,0 +1,380 @@
+"""Issue 15 for `wtours train`: nothing lost, nothing cryptic.
+
+Faults are injected for real: `python -m wtours` subprocesses, real SIGKILL/SIGINT, two runs at once,
+a truncated shard read by two loader workers, a diverging configuration, a full tmpfs and a read-only
+remount. Each fault must end in `error:` + `hint:` (no traceback) and leave the earlier checkpoint
+intact, no temporaries behind, and a run that a rerun completes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.videos import sharded_root
+from wtours.cli.main import cli
+from wtours.cli.train_cmd import config_from_args
+from wtours.config import leaves
+from wtours.errors import WtoursError
+from wtours.train.config import TrainConfig
+
+WTOURS = [sys.executable, "-m", "wtours"]
+TINY = ["--arch", "vit_micro", "--out-dim", "64", "--batch-size", "2", "--clip-frames", "2", "--n-local", "2",
+        "--workers", "0", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return sharded_root(tmp_path_factory.mktemp("faults"), seconds=20.0, samples_per_shard=10)
+
+
+def train_args(root: Path, out: Path, *more: str) -> list[str]:
+    return ["train", "--shards", "walk", "--root", str(root), "--out", str(out), *TINY, *more]
+
+
+def run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*WTOURS, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([*WTOURS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def base_run(root, tmp_path_factory) -> Path:
+    """A finished 2-step run with a checkpoint at step 2 (tests work on copies)."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    result = run(train_args(root, out, "--steps", "2", "--checkpoint-every", "1"))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def copy_run(base: Path, to: Path) -> Path:
+    shutil.copytree(base, to, dirs_exist_ok=True)
+    return to
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return list(folder.glob(".*.tmp-*"))
+
+
+def steps_logged(out: Path) -> list[int]:
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [r["step"] for r in lines if "event" not in r]
+
+
+def assert_clean_error(result, returncode: int) -> str:
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode()
+    code = result.returncode if hasattr(result, "returncode") else result.exit_code  # Popen / CliRunner
+    assert code == returncode, stderr
+    assert "error:" in stderr and "hint:" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    return stderr
+
+
+def checkpoint_step(out: Path) -> int:
+    return torch.load(out / "checkpoint.pth", weights_only=False, map_location="cpu")["step"]
+
+
+def all_finite(out: Path) -> bool:
+    checkpoint = torch.load(out / "checkpoint.pth", weights_only=False, map_location="cpu")
+    tensors = [*checkpoint["student"].values(), *checkpoint["teacher"].values(), checkpoint["dora_loss"]["center"]]
+    return all(bool(torch.isfinite(t.float()).all()) for t in tensors if t.is_floating_point())
+
+
+def wait_for(predicate, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended early: {process.returncode} {process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("timed out waiting for the run")
+        time.sleep(0.05)
+
+
+def checkpointed_and_past(out: Path, step: int):
+    def ready() -> bool:
+        try:
+            return (out / "checkpoint.pth").is_file() and max(steps_logged(out), default=0) >= step
+        except (OSError, ValueError):
+            return False
+    return ready
+
+
+# ---------------------------------------------------------------- item 3: ranges and devices (fast)
+
+
+def numeric_leaves():
+    out = []
+    for leaf in leaves(TrainConfig):
+        base = leaf.type.__args__[0] if hasattr(leaf.type, "__args__") else leaf.type
+        if len(leaf.path) == 1 and base in (int, float):
+            out.append(leaf)
+    return out
+
+
+def test_every_numeric_setting_declares_a_range_and_is_refused_outside_it():
+    assert len(numeric_leaves()) >= 15
+    for leaf in numeric_leaves():
+        allowed = leaf.field.metadata.get("range")
+        assert allowed is not None, f"{leaf.name} declares no range"
+        bad = allowed.low - 1 if allowed.low is not None else allowed.high + 1
+        with pytest.raises(WtoursError) as info:
+            config_from_args(["--shards", "s", "--out", "o", f"--{leaf.name.replace('_', '-')}", str(bad)])
+        assert f"--{leaf.name.replace('_', '-')} must be" in info.value.message and info.value.hint
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr", "-1"], "--lr must be in (0, 1]"),
+    (["--lr", "nan"], "--lr must be"),
+    (["--lr", "inf"], "--lr must be"),
+    (["--momentum-teacher", "1.5"], "--momentum-teacher must be in [0, 1]"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--warmup-epochs", "-0.5"], "--warmup-epochs must be >= 0"),
+    (["--resume", "--overwrite"], "--resume and --overwrite"),
+    (["--reschedule"], "--reschedule applies to --resume only"),
+    (["--device", "tpu"], "--device tpu"),
+    (["--device", "cuda:7"], "--device cuda:7"),
+])
+def test_refused_options_create_nothing(root, tmp_path, args, message):
+    if args == ["--device", "cuda:7"] and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, train_args(root, out, "--steps", "1", *args))
+    assert_clean_error(result, 2)
+    assert message in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused_in_a_real_process(root, tmp_path):
+    out = tmp_path / "run"
+    stderr = assert_clean_error(run(train_args(root, out, "--steps", "1", "--device", "cuda")), 2)
+    assert "no CUDA device" in stderr and "--device cpu" in stderr
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- item 1: an existing run
+
+
+@pytest.mark.slow
+def test_an_existing_run_is_refused_and_overwrite_removes_only_run_files(root, base_run, tmp_path):
+    out = copy_run(base_run, tmp_path / "run")
+    before = hashes(out)
+    stderr = assert_clean_error(run(train_args(root, out, "--steps", "1")), 2)
+    assert "already holds a training run" in stderr and "--resume" in stderr and "--overwrite" in stderr
+    assert hashes(out) == before  # the step-2 checkpoint is not replaced by a step-1 one
+
+    (out / "notes.txt").write_text("mine")
+    result = run(train_args(root, out, "--steps", "1", "--overwrite"))
+    assert result.returncode == 0, result.stderr
+    assert checkpoint_step(out) == 1 and steps_logged(out) == [1]
+    assert (out / "notes.txt").read_text() == "mine"  # not a run file: kept
+    assert not temporaries(out)
+
+
+# ---------------------------------------------------------------- items 2 and 8: two runs; kill -9
+
+
+@pytest.mark.slow
+def test_a_second_run_is_refused_and_a_killed_run_resumes(root, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(root, out, "--steps", "14", "--checkpoint-every", "2")
+    first = start(args)
+    try:
+        wait_for(checkpointed_and_past(out, 3), first)
+        second = run([*args, "--resume"])
+        stderr = assert_clean_error(second, 2)
+        assert f"in use by pid {first.pid}" in stderr
+        assert first.poll() is None, "the first run must still be running to be killed mid-run"
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        first.kill()
+        first.wait(30)
+    assert first.returncode == -signal.SIGKILL
+    killed_at = checkpoint_step(out)  # a complete checkpoint (torch.load reads it whole)
+    assert killed_at >= 2 and killed_at % 2 == 0 and all_finite(out)
+
+    third = run([*args, "--resume"])  # the dead run's lock does not block it
+    assert third.returncode == 0, third.stderr
+    assert f"at step {killed_at}" in third.stdout
+    assert steps_logged(out) == list(range(1, 15))  # each step logged once, the redone ones included
+    data = [json.loads(line)["step"] for line in (out / "data.rank0.jsonl").read_text().splitlines()]
+    assert data == list(range(1, 15))
+    assert checkpoint_step(out) == 14 and not temporaries(out)
+
+
+# ---------------------------------------------------------------- item 7: Ctrl-C
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_with_the_checkpoint_intact(root, tmp_path):
+    out = tmp_path / "run"
+    process = start(train_args(root, out, "--steps", "50", "--checkpoint-every", "2"))
+    try:
+        wait_for(checkpointed_and_past(out, 3), process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert_clean_error(process, 130)
+    step = checkpoint_step(out)
+    assert "interrupted at step" in stderr and "--resume" in stderr
+    assert f"the checkpoint of step {step}" in stderr and all_finite(out)
+    assert not temporaries(out)
+
+
+# ---------------------------------------------------------------- item 5: a diverging run
+
+
+DIVERGE = ["--resume", "--reschedule", "--steps", "6", "--lr", "1", "--warmup-epochs", "0", "--weight-decay", "1e30",
+           "--weight-decay-end", "1e30", "--checkpoint-every", "1"]
+
+
+@pytest.mark.slow
+def test_a_diverging_run_keeps_the_last_finite_checkpoint_with_a_fitting_hint(root, base_run, tmp_path):
+    """Step 3 still has a finite loss but its update blows the weights up (AdamW's decay x 1e30): the
+    checkpoint due after step 3 must not be written, and the step-2 one stays."""
+    out = copy_run(base_run, tmp_path / "run")
+    good = sha(out / "checkpoint.pth")
+    stderr = assert_clean_error(run(train_args(root, out, *DIVERGE)), 4)
+    assert "is nan" in stderr or "not finite" in stderr or "is inf" in stderr
+    assert sha(out / "checkpoint.pth") == good and checkpoint_step(out) == 2 and all_finite(out)
+    assert "(step 2)" in stderr and "--resume --reschedule" in stderr
+    assert "fp32 already" in stderr and "--precision fp32" not in stderr  # the run is fp32
+
+    stderr = assert_clean_error(run(train_args(root, out, *DIVERGE, "--precision", "bf16")), 4)
+    assert "--precision fp32" in stderr
+    assert sha(out / "checkpoint.pth") == good and not temporaries(out)
+
+
+# ---------------------------------------------------------------- item 6: resume with other settings
+
+
+@pytest.mark.slow
+def test_resume_with_other_schedule_settings_is_refused_unless_rescheduled(root, base_run, tmp_path):
+    out = copy_run(base_run, tmp_path / "run")
+    before = hashes(out)
+    stderr = assert_clean_error(run(train_args(root, out, "--resume", "--steps", "4", "--batch-size", "4",
+                                               "--lr", "0.001")), 2)
+    assert "--steps 2 -> 4" in stderr and "--batch-size 2 -> 4" in stderr and "--lr None -> 0.001" in stderr
+    assert "--reschedule" in stderr and "config.json" in stderr
+    assert hashes(out) == before
+
+    result = run(train_args(root, out, "--resume", "--reschedule", "--steps", "3"))
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"step": 2, "event": "reschedule", "changed": {"steps": [2, 3], "total_steps": [2, 3]}} in events
+    assert steps_logged(out) == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- item 4: skipped shards, loader workers
+
+
+@pytest.mark.slow
+def test_a_truncated_shard_read_by_loader_workers_is_counted_and_reported(root, tmp_path):
+    damaged = tmp_path / "root"
+    shutil.copytree(root, damaged, symlinks=True)
+    shard = damaged / "shards" / "walk" / "walk-000001.tar"
+    with open(shard, "r+b") as f:
+        f.truncate(1024)
+    out = tmp_path / "run"
+    args = ["train", "--shards", "walk", "--root", str(damaged), "--out", str(out), *TINY, "--workers", "2",
+            "--clips-per-shard", "1", "--steps", "2"]
+    result = run(args)
+    assert result.returncode == 0, result.stderr
+    assert "skipped: 1 unreadable shard(s)" in result.stdout and "walk-000001.tar" in result.stdout
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    end = records[-1]
+    assert end["event"] == "end" and end["bad_shards"] == 1
+    assert [Path(u).name for u in end["bad_shard_urls"]] == ["walk-000001.tar"]
+    assert records[-2]["step"] == 2 and records[-2]["bad_shards"] == 1  # the logged step has it too
+
+
+# ---------------------------------------------------------------- item 9: full disk, read-only folder
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    mounted = []
+
+    def mount(size: int) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+        mounted.append(folder)
+        return folder
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_a_clear_error_that_keeps_the_checkpoint_and_resumes(root, base_run, tmpfs):
+    size = (base_run / "checkpoint.pth").stat().st_size
+    disk = tmpfs(int(size * 2.6))
+    out = copy_run(base_run, disk / "run")
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * size)  # the next checkpoint does not fit beside the current one
+    good = sha(out / "checkpoint.pth")
+    args = train_args(root, out, "--resume", "--reschedule", "--steps", "3")
+    stderr = assert_clean_error(run(args), 2)
+    assert "No space left on device" in stderr and "disk is full" in stderr
+    assert sha(out / "checkpoint.pth") == good and not temporaries(out)
+
+    filler.unlink()
+    result = run(args)  # the rerun completes
+    assert result.returncode == 0, result.stderr
+    assert checkpoint_step(out) == 3 and not temporaries(out)
+
+
+@pytest.mark.slow
+def test_a_read_only_run_folder_is_a_clear_error(root, base_run, tmpfs):
+    size = (base_run / "checkpoint.pth").stat().st_size
+    disk = tmpfs(int(size * 1.5))
+    out = copy_run(base_run, disk / "run")
+    before = hashes(out)
+    done = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {done.stderr.strip()}")
+    stderr = assert_clean_error(run(train_args(root, out, "--resume", "--steps", "2")), 2)
+    assert "Read-only file system" in stderr and "writable" in stderr
+    assert hashes(out) == before
+
+
+def test_config_json_never_records_one_invocations_actions():
+    """--resume/--overwrite/--reschedule act once: a run's config.json rerun with --config does not wipe it."""
+    from wtours.train.run import _recorded
+
+    config = config_from_args(["--shards", "s", "--out", "o", "--resume", "--reschedule"])
+    recorded = _recorded(config)
+    assert not recorded["resume"] and not recorded["overwrite"] and not recorded["reschedule"]
+    assert dataclasses.replace(config, resume=False, reschedule=False).to_dict() == recorded

@@ -1,0 +1,176 @@
+"""`wtours verify`: local shards checked against their index.json, and `--repair` reshards just the bad ones.
+
+A shard is good when it exists, has the size and sha256 the index records, reads as a tar of
+`<key>.jpg` + `<key>.json` pairs with the recorded number of samples, and every recorded offset
+(index version 2) points at the tar header of its sample's `<key>.jpg`. A repair redoes only the bad
+shards' segments with the shard pipeline itself (the same decoder, writer and records), so the
+repaired files are byte-identical to the originals the index describes."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wtours.errors import WtoursError
+from wtours.layout import SHARD_NAME_PATTERN, Layout
+from wtours.locks import folder_lock
+from wtours.shard.index import ShardEntry, ShardIndex, load_index
+
+BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    name: str
+    reason: str
+
+    @property
+    def number(self) -> int:
+        return int(SHARD_NAME_PATTERN.match(self.name).group("number"))
+
+
+@dataclass
+class VerifyReport:
+    slug: str
+    folder: Path
+    shards: int
+    problems: list[ShardProblem] = field(default_factory=list)
+    complete: bool = True  # the index says the whole video was decoded
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        head = (f"{self.slug}: {self.shards} shards ok" if self.ok
+                else f"{self.slug}: {len(self.problems)} of {self.shards} shards bad")
+        return [head, *(f"  {p.name}: {p.reason}" for p in self.problems), *(f"  note: {n}" for n in self.notes)]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def quick_problem(path: Path, entry: ShardEntry) -> str | None:
+    """Missing, another size or another checksum than the index records (None: the file is the one indexed)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    if size != entry.bytes:
+        return f"{size} bytes, the index records {entry.bytes} (truncated or overwritten)"
+    if sha256_of(path) != entry.sha256:
+        return "sha256 differs from the index (the file is damaged)"
+    return None
+
+
+def member_problem(path: Path, entry: ShardEntry) -> str | None:
+    """The tar's members: `<key>.jpg` + `<key>.json` pairs, as many as recorded, at the recorded offsets."""
+    keys: list[str] = []
+    try:
+        with tarfile.open(path, mode="r|") as tar:
+            pending: str | None = None
+            for member in tar:
+                key, _, extension = member.name.partition(".")
+                data = tar.extractfile(member).read() if member.isfile() else None
+                if data is None or len(data) != member.size:
+                    return f"member {member.name} is not a complete file"
+                if extension == "jpg" and pending is None:
+                    pending = key
+                elif extension == "json" and pending == key:
+                    keys.append(key)
+                    pending = None
+                else:
+                    return f"member {member.name} is out of place (expected <key>.jpg then <key>.json)"
+            if pending is not None:
+                return f"sample {pending} has no .json"
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        return f"unreadable as a tar ({e})"
+    if len(keys) != entry.samples:
+        return f"{len(keys)} samples, the index records {entry.samples}"
+    if entry.offsets is not None:
+        with open(path, "rb") as f:
+            for i, (offset, key) in enumerate(zip(entry.offsets, keys)):
+                f.seek(offset)
+                try:
+                    name = tarfile.TarInfo.frombuf(f.read(tarfile.BLOCKSIZE), "utf-8", "surrogateescape").name
+                except tarfile.TarError:
+                    name = None
+                if name != f"{key}.jpg":
+                    return f"offset {offset} of sample {i} is not the tar header of {key}.jpg"
+    return None
+
+
+def check_shard(path: Path, entry: ShardEntry) -> str | None:
+    return quick_problem(path, entry) or member_problem(path, entry)
+
+
+def verify_set(layout: Layout, slug: str, index: ShardIndex | None = None) -> VerifyReport:
+    index = index or load_index(layout, slug)
+    report = VerifyReport(slug, layout.shard_dir(slug), len(index.shards), complete=index.complete)
+    for entry in index.shards:
+        problem = check_shard(layout.shard_file(slug, entry.name), entry)
+        if problem:
+            report.problems.append(ShardProblem(entry.name, problem))
+    if not index.complete:
+        report.notes.append(f"the index is incomplete (complete: false): decoding stopped at "
+                            f"{index.decoded_until:.2f} s of the video (damaged or truncated video)")
+    return report
+
+
+def repair_set(layout: Layout, slug: str, report: VerifyReport, workers: int = 1,
+               say: Callable[[str], None] = print) -> VerifyReport:
+    """Reshard the bad shards' segments (nothing else) and check them again; the index is not touched:
+    it describes what the shards must be, and a repaired shard that differs from it is an error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wtours.shard.plan import plan_segments
+    from wtours.shard.run import prepare_job, remove_stale_temporaries
+
+    if report.ok:
+        return report
+    with folder_lock(layout.shard_dir(slug), f"shard folder of {slug}"):
+        index = load_index(layout, slug)  # read again under the lock
+        for folder in (layout.shard_dir(slug), layout.segments_dir(slug)):
+            remove_stale_temporaries(folder)
+        info = layout.read_info(slug)
+        if info is None:
+            raise WtoursError(f"{slug}: cannot repair: no video registered under {layout.root}",
+                              f"`wtours add FILE --name {slug}` (the same file the shards were made from), "
+                              f"or `wtours pull` the set again")
+        job = prepare_job(layout, slug, index.params, "none")
+        if info.get("sha256") != index.video.sha256:
+            raise WtoursError(f"{slug}: cannot repair: the registered video is not the one the shards were made from "
+                              "(sha256 differs)", f"register the original video, or reshard everything with "
+                              f"`wtours shard --city {slug} --overwrite`")
+        segments = {s.number: s for s in plan_segments(job.probe, index.params)}
+        todo = []
+        for problem in report.problems:
+            segment = segments.get(problem.number)
+            if segment is None:
+                raise WtoursError(f"{slug}: {problem.name} is not a segment of the shard plan",
+                                  f"reshard everything with `wtours shard --city {slug} --overwrite`")
+            layout.segment_record_path(slug, segment.number).unlink(missing_ok=True)  # redo, never trust
+            todo.append(segment)
+        say(f"{slug}: resharding {len(todo)} segment(s): {', '.join(p.name for p in report.problems)}")
+        from wtours.shard.run import shard_segment
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(lambda s: shard_segment(layout, job, s), todo))
+        after = verify_set(layout, slug, index)
+    still = [p for p in after.problems]
+    if still:
+        raise WtoursError(
+            f"{slug}: {len(still)} shard(s) still differ from the index after resharding: "
+            f"{', '.join(p.name for p in still)} ({still[0].reason})",
+            "this ffmpeg or libjpeg makes other bytes than the one that made the set: reshard everything with "
+            f"`wtours shard --city {slug} --overwrite`", exit_code=1)
+    return after

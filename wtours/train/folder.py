@@ -1,0 +1,124 @@
+"""The run folder: what a run writes there, and what a new run does with a run already there.
+
+One run at a time holds the folder (wtours.locks.folder_lock, taken by rank 0; see
+docs/troubleshooting.md, "Training runs"). Without --resume or --overwrite a folder holding a run is
+refused; --overwrite removes only the files a run writes; --resume refuses changed settings that
+shape the schedules or the data unless --reschedule is given. Nothing here needs torch's process
+group: rank 0 decides and wtours.train.distributed.agree tells the other ranks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from wtours.errors import WtoursError
+from wtours.layout import write_bytes_atomic
+from wtours.train.checkpoint import CHECKPOINT_FILE
+
+RUN_FILES = (CHECKPOINT_FILE, "log.jsonl", "config.json", "run.json")  # what a run writes, and nothing else
+RUN_PATTERNS = ("data.rank*.jsonl",)
+RUN_DIRS = ("tensorboard",)
+
+# Settings that do not change what the run computes, or only how fast: free to change on --resume.
+FREE_SETTINGS = {"out", "root", "resume", "overwrite", "reschedule", "workers", "device", "compile", "precision",
+                 "augment", "knn_train", "knn_val", "knn_every", "checkpoint_every", "log_every", "init_from"}
+# What the schedules and the data order follow beyond the settings: compared on --resume too.
+DERIVED = {"world_size": "processes (world size)", "steps_per_epoch": "steps per epoch",
+           "total_steps": "total steps"}
+
+
+def run_outputs(out: Path) -> list[Path]:
+    """The files and folders of a run in `out` (never the user's own files there)."""
+    if not out.is_dir():
+        return []
+    found = [out / name for name in (*RUN_FILES, *RUN_DIRS) if (out / name).exists()]
+    for pattern in RUN_PATTERNS:
+        found += sorted(out.glob(pattern))
+    return found
+
+
+def stale_temporaries(out: Path) -> list[Path]:
+    """Temporaries of the atomic writer (`.NAME.tmp-PID-TID`) left by a killed run: safe to remove
+    while the folder is locked, since no other run writes there."""
+    if not out.is_dir():
+        return []
+    names = set(RUN_FILES)
+    return [p for p in out.glob(".*.tmp-*")
+            if p.name[1:].split(".tmp-")[0] in names or p.name[1:].startswith("data.rank")]
+
+
+def remove_outputs(out: Path) -> None:
+    for path in run_outputs(out):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def refuse_existing(out: Path, resume: bool, overwrite: bool) -> None:
+    outputs = run_outputs(out)
+    if outputs and not resume and not overwrite:
+        names = ", ".join(p.name for p in outputs[:4]) + (", ..." if len(outputs) > 4 else "")
+        raise WtoursError(f"{out} already holds a training run ({names})",
+                          "pass --resume to continue it, or --overwrite to start afresh (removes the run's "
+                          "checkpoint, logs, config.json and TensorBoard events), or choose another --out")
+
+
+def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A nested config dict (as config.json) by leaf name, JSON-normalised (tuples -> lists)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value))
+        else:
+            flat[key] = json.loads(json.dumps(value))
+    return flat
+
+
+def changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, list]:
+    """{name: [checkpoint's, this run's]} for every schedule- or data-shaping setting that differs
+    (names missing on one side, as in an older checkpoint, are not compared)."""
+    out = {}
+    for key, value in now.items():
+        if key in FREE_SETTINGS or key not in saved:
+            continue
+        if saved[key] != value:
+            out[key] = [saved[key], value]
+    return out
+
+
+def describe(changed: dict[str, list]) -> str:
+    def name(key: str) -> str:
+        return DERIVED.get(key) or "--" + key.replace("_", "-")
+
+    return ", ".join(f"{name(k)} {old} -> {new}" for k, (old, new) in changed.items())
+
+
+def refuse_changes(out: Path, step: int, changed: dict[str, list]) -> None:
+    raise WtoursError(
+        f"--resume: settings differ from the checkpoint's run (step {step}): {describe(changed)}; continuing "
+        "would change its schedules mid-run",
+        f"resume with the run's own settings (wtours train --config {out / 'config.json'} --resume), or add "
+        f"--reschedule to recompute the schedules for the new settings from step {step} (the change is logged), "
+        "or start a new run with --overwrite or another --out")
+
+
+def trim_jsonl(path: Path, last_step: int) -> None:
+    """Drop the lines after `last_step` (and a torn last line) from a run's .jsonl: a resumed run
+    redoes those steps, so each step is logged once."""
+    if not path.is_file():
+        return
+    kept, changed = [], False
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+            keep = line.endswith("\n") and record.get("step", 0) <= last_step
+        except ValueError:
+            keep = False
+        if keep:
+            kept.append(line)
+        changed |= not keep
+    if changed:
+        write_bytes_atomic(path, "".join(kept).encode("utf-8"))
