@@ -14,7 +14,7 @@ from wtours.errors import WtoursError
 
 
 def root_option(func: Callable) -> Callable:
-    return click.option("--root", type=click.Path(file_okay=False), envvar="WTOURS_ROOT", show_envvar=True,
+    return click.option("--root", type=click.Path(), metavar="DIRECTORY", envvar="WTOURS_ROOT", show_envvar=True,
                         help="Data root (default: $WTOURS_ROOT, else ~/.local/share/wtours).")(func)
 
 

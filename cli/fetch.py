@@ -7,7 +7,8 @@ import json
 import click
 
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
-from wtours.download import DownloadConfig, add_local, describe_plan, download as download_video, resolve_targets
+from wtours.download import DownloadConfig, add_local, describe_plan, resolve_targets
+from wtours.download import download as download_video
 from wtours.layout import Layout
 
 

@@ -6,6 +6,7 @@ import click
 
 from wtours import __version__
 from wtours.cli.common import WtoursGroup
+from wtours.cli.blur_faces import blur_faces
 from wtours.cli.demo import demo
 from wtours.cli.eval_cmd import eval_group
 from wtours.cli.fetch import add, download
@@ -46,6 +47,7 @@ cli.add_command(demo)
 cli.add_command(viz)
 cli.add_command(eval_group)
 cli.add_command(verify)
+cli.add_command(blur_faces)
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ from wtours.stats.run import stats_video, stats_videos
               help="Detections below this score are not counted.")
 @click.option("--top", type=int, default=StatsConfig.top, show_default=True,
               help="Classes in the frequency plot and summary.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=click.Path(path_type=Path), metavar="DIRECTORY",
               help="Folder for <slug>/ outputs and the corpus table (default: <root>/stats).")
 @click.option("--chunk", type=int, default=defaults.DEFAULT_CHUNK, show_default=True,
               help="Frames per resume checkpoint.")
@@ -69,6 +69,7 @@ def stats(ctx, cities, all_videos, shard_specs, root, source, every, classes, de
     if ctx.invoked_subcommand is not None:
         return
     layout = Layout(root)
+    layout.stats_base(out)  # an --out that is a file fails here, before any work
     config = StatsConfig(
         analysis=AnalysisParams(source=source, every=every), classes=classes,
         detector=DetectorParams(name=detector, score_threshold=score_threshold, device=device, batch_size=batch_size,
@@ -85,7 +86,7 @@ def stats(ctx, cities, all_videos, shard_specs, root, source, every, classes, de
 
 @stats.command()
 @root_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=click.Path(path_type=Path), metavar="DIRECTORY",
               help="Folder holding the <slug>/ outputs (default: <root>/stats).")
 @verbosity_options
 def compare(root, out) -> None:

@@ -28,6 +28,10 @@ def train(ctx: click.Context, config_file: str | None, assignments: tuple[str, .
     defaults, $WTOURS_ROOT, --config, --set, options on the command line. The run folder's
     config.json holds the resulting settings.
 
+    One run at a time per --out (a second one is refused, naming the holder). A folder that holds a
+    run needs --resume (continue it; changed schedule settings need --reschedule) or --overwrite
+    (start afresh). Ctrl-C exits 130 and a kill leaves the last complete checkpoint: rerun with --resume.
+
     \b
     Examples:
       wtours train --shards venice --out runs/venice

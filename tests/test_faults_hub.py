@@ -63,8 +63,12 @@ def no_xet(monkeypatch):
 
 
 def env_for(hub: HubServer, home: Path, **extra: str) -> dict[str, str]:
+    return env_for_endpoint(hub.url, home, **extra)
+
+
+def env_for_endpoint(endpoint: str, home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "WTOURS_"))}
-    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(home / "hf-home"), HF_TOKEN=TOKEN,
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HOME=str(home / "hf-home"), HF_TOKEN=TOKEN,
                HF_HUB_DISABLE_TELEMETRY="1", WTOURS_HUB_TIMEOUT="1", HF_HUB_DOWNLOAD_TIMEOUT="1",
                HF_HUB_ETAG_TIMEOUT="1", **extra)
     return env
@@ -164,6 +168,7 @@ def test_dry_run_on_a_new_branch_of_a_repo_with_a_card(root, hub, tmp_path):
     assert "fps1" not in hub.repos[("dataset", repo)].branches
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"format": "wtours-shards", "version": 2}'])
 def test_an_invalid_remote_index_is_named_by_pull_inspect_and_push(root, hub, tmp_path, body):
     repo = pushed_repo(root, hub)
@@ -195,13 +200,15 @@ def test_an_invalid_remote_source_record_is_named(root, hub, tmp_path):
 # ---------------------------------------------------------------------- pull
 
 
+@pytest.mark.slow
 def test_a_stalled_listing_is_retried_after_the_timeout_warning_once(root, hub, tmp_path):
     repo = pushed_repo(root, hub)
     fault = hub.inject("GET", f"/api/datasets/{repo}/tree/", "stall", times=1)
     copy = tmp_path / "copy"
     result = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env_for(hub, tmp_path), timeout=60)
     assert result.returncode == 0, result.stderr
-    assert fault.hits == 1 and result.stderr.count("Retrying in") == 1, result.stderr  # not twice
+    assert fault.hits == 1 and result.stderr.count("thrown while requesting") == 1, result.stderr  # not twice
+    assert "retrying" in result.stderr and "Retrying in" not in result.stderr
     assert_same_set(copy, root)
 
 
@@ -219,6 +226,28 @@ def test_a_server_that_stops_answering_fails_pull_naming_the_endpoint(root, hub,
     second = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env)
     assert second.returncode == 0, second.stderr
     assert_same_set(copy, root)
+
+
+def test_offline_mode_is_one_line(tmp_path):
+    env = {**env_for_endpoint("http://127.0.0.1:9", tmp_path), "HF_HUB_OFFLINE": "1"}
+    for args in (["pull", "--repo", "alice/x", "--root", str(tmp_path / "r")],
+                 ["inspect", "hf://datasets/alice/x/zurich/index.json"]):
+        result = wtours(args, env)
+        assert_clean_failure(result, "HF_HUB_OFFLINE is set")
+        assert result.stderr.count("\n") == 2  # the error and its hint, nothing else
+
+
+@pytest.mark.slow
+def test_an_unreachable_hub_is_one_line_after_the_retries(tmp_path):
+    """Nothing listens on the port: the client retries (about 25 s), saying so once, then one error."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    result = wtours(["pull", "--repo", "alice/x", "--root", str(tmp_path / "r")], env_for_endpoint(endpoint, tmp_path))
+    assert_clean_failure(result, f"cannot reach the Hub at {endpoint}", "HF_ENDPOINT")
+    assert result.stderr.count("thrown while requesting") == 1 and len(result.stderr.splitlines()) == 3
 
 
 def test_hub_errors_after_retries_on_download_name_the_file(root, hub, tmp_path):
@@ -296,6 +325,7 @@ print(json.dumps({"counts": counts, "bad": {u.rsplit("/", 1)[1]: e for u, e in p
 """
 
 
+@pytest.mark.slow
 def test_a_replaced_shard_is_skipped_counted_and_named_when_streamed(root, hub, tmp_path):
     """The server holds another file under a shard's name (same size, one byte changed: still a valid
     tar, which would train silently): none of its samples is used, the shard is counted and named."""
@@ -346,3 +376,151 @@ def test_verified_shard_checks_size_and_sha256_and_passes_breaks_through():
     assert cut.read() == data[:1000]  # what arrived before the break, then the break itself
     with pytest.raises(ConnectionResetError):
         cut.read()
+
+
+def test_hostile_names_from_listings_are_refused():
+    """Names from a Hub listing or a remote index never become paths unless they are plain shard
+    names: `$` alone would let "venice\\n" or "x-000000.tar\\n" through."""
+    from wtours.errors import WtoursError
+    from wtours.hub.paths import is_shard_path, shard_path, slugs_in
+    from wtours.layout import validate_shard_name
+
+    listing = ["venice/index.json", "venice\n/index.json", "../index.json", "a/../index.json", ".x/index.json",
+               "zurich/sub/index.json", "Zurich/index.json"]
+    assert slugs_in(listing) == ["venice"]
+    for name in ("venice-000000.tar\n", "../venice-000000.tar", "venice-000000.tar/x", "venice-0000001.tar"):
+        with pytest.raises(WtoursError, match="is not a shard name"):
+            validate_shard_name(name, "venice")
+        with pytest.raises(WtoursError):
+            shard_path("venice", name)
+        assert not is_shard_path(f"venice/{name}", "venice")
+    assert shard_path("venice", "venice-000001.tar") == "venice/venice-000001.tar"
+
+
+# ---------------------------------------------------------------------- eval and viz: bad inputs
+
+
+def cli_run(*args: str):
+    """The real CLI in this process (Click's runner): exit code, stdout, stderr, uncaught exception."""
+    from click.testing import CliRunner
+
+    from wtours.cli.main import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr, result.exception
+
+
+def image_folders(folder: Path) -> tuple[Path, Path]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 2)):
+        for label in ("a", "b"):
+            (folder / split / label).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8) // (1 if label == "a" else 4)
+                Image.fromarray(pixels).save(folder / split / label / f"{i}.png")
+    return folder / "train", folder / "val"
+
+
+@pytest.fixture
+def micro_backbone(tmp_path) -> Path:
+    import torch
+
+    from wtours.models.vit import create_vit
+
+    torch.manual_seed(0)
+    path = tmp_path / "micro.pth"
+    torch.save(create_vit("vit_micro").state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_knn_skips_counts_and_names_images_that_do_not_decode(tmp_path, micro_backbone, caplog):
+    train, val = image_folders(tmp_path / "images")
+    (train / "a" / "empty.png").write_bytes(b"")
+    whole = (val / "b" / "0.png").read_bytes()
+    (val / "b" / "cut.png").write_bytes(whole[: len(whole) // 2])  # truncated
+    out = tmp_path / "knn.json"
+    code, stdout, stderr, error = cli_run("eval", "knn", str(micro_backbone), "--train", str(train), "--val",
+                                          str(val), "--workers", "0", "--device", "cpu", "--k", "3",
+                                          "--out", str(out))
+    assert code == 0 and error is None, (stderr, error)
+    assert "2 images that do not decode skipped" in stdout
+    named = " ".join(r.getMessage() for r in caplog.records)
+    assert "empty.png" in named and "cut.png" in named
+    result = json.loads(out.read_text())
+    assert sorted(Path(p).name for p in result["bad_images"]) == ["cut.png", "empty.png"]
+    assert result["train_images"] == 6 and result["val_images"] == 4  # the readable ones
+
+    for path in list(val.rglob("*.png")):
+        path.write_bytes(b"not an image")
+    code, _, stderr, error = cli_run("eval", "knn", str(micro_backbone), "--train", str(train), "--val", str(val),
+                                     "--workers", "0", "--device", "cpu", "--out", str(out))
+    assert code == 2 and isinstance(error, SystemExit), (stderr, error)
+    assert "none of the 5 images" in stderr and str(val) in stderr and "hint:" in stderr
+
+
+@pytest.mark.parametrize("content", [[1, 2, 3], {"teacher": [1, 2]}, {"weights": "text"}, "a string"])
+def test_a_checkpoint_that_is_not_a_dict_of_weights_is_named(tmp_path, content):
+    import torch
+
+    train, val = image_folders(tmp_path / "images")
+    path = tmp_path / "odd.pth"
+    torch.save(content, path)
+    code, _, stderr, error = cli_run("eval", "knn", str(path), "--train", str(train), "--val", str(val),
+                                     "--workers", "0", "--device", "cpu")
+    assert code == 2 and isinstance(error, SystemExit), (stderr, error)
+    assert str(path) in stderr and "hint:" in stderr
+    code, _, stderr, error = cli_run("viz", str(path), "--shards", "venice", "--root", str(tmp_path),
+                                     "--out", str(tmp_path / "viz"), "--device", "cpu")
+    assert code == 2 and isinstance(error, SystemExit), (stderr, error)
+    assert str(path) in stderr and "hint:" in stderr
+
+
+def test_viz_out_under_a_file_fails_before_any_work(tmp_path, micro_backbone):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file")
+    code, _, stderr, error = cli_run("viz", str(micro_backbone), "--shards", "venice", "--root", str(tmp_path),
+                                     "--out", str(blocker / "viz"), "--device", "cpu")
+    assert code == 2 and isinstance(error, SystemExit), (stderr, error)
+    assert f"{blocker} is a file, not a folder" in stderr and "hint:" in stderr
+    assert blocker.read_text() == "a file"
+
+
+@pytest.mark.parametrize("url", ["hf://", "hf://datasets/alice", "hf://models/a/b/v/v-000000.tar",
+                                 "hf://datasets/a/b@/v/index.json", "hf://datasets/a/b/../v/index.json",
+                                 "hf://datasets/a/b/v/v-{000000..000001.tar"])
+def test_malformed_hf_urls_are_refused_before_the_network(url):
+    code, _, stderr, error = cli_run("inspect", url)
+    assert code == 2 and isinstance(error, SystemExit), (stderr, error)
+    assert "error: " in stderr and "hint:" in stderr and url in stderr
+
+
+def test_a_replaced_shard_served_over_http_is_skipped_and_named(root, tmp_path, caplog):
+    """The same check for http(s):// shards: a copy of the set whose shard 0 lost its last 512 bytes
+    (the tar end marker, so the tar still reads), and shard 2 had a byte changed."""
+    from tests.http_server import FileServer
+    from wtours.clips.spec import resolve
+    from wtours.clips.stages import Problems, open_shards, tar_samples
+
+    served = tmp_path / SLUG
+    shutil.copytree(Layout(root).shard_dir(SLUG), served)
+    first = served / f"{SLUG}-000000.tar"
+    first.write_bytes(first.read_bytes()[:-512])
+    last = served / f"{SLUG}-000002.tar"
+    changed = bytearray(last.read_bytes())
+    changed[2000] ^= 0xFF
+    last.write_bytes(bytes(changed))
+    with FileServer(served) as server:
+        refs = resolve(server.url(f"{SLUG}-{{000000..000002}}.tar"))
+        problems = Problems()
+        counts: dict[str, int] = {}
+        for sample in tar_samples(open_shards(refs, problems), problems):
+            name = sample.url.rsplit("/", 1)[1]
+            counts[name] = counts.get(name, 0) + 1
+    assert counts == {f"{SLUG}-000001.tar": 4}
+    assert sorted(u.rsplit("/", 1)[1] for u in problems.bad_shards) == [f"{SLUG}-000000.tar", f"{SLUG}-000002.tar"]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{SLUG}-000000.tar" in warned and "bytes" in warned and f"{SLUG}-000002.tar" in warned

@@ -37,6 +37,21 @@ def test_shard_names_from_outside_are_refused(name):
     assert "is not a shard name" in error.value.message and error.value.hint
 
 
+@pytest.mark.parametrize("name", ["venice\n", "../venice", "venice/..", "Venice", "ven ice", "", ".venice", "a" * 64])
+def test_video_names_from_outside_are_refused(name, tmp_path):
+    """A trailing newline too: a `$`-anchored pattern would let "venice\n" become a folder name."""
+    with pytest.raises(WtoursError) as error:
+        Layout(tmp_path).shard_dir(name)
+    assert "is not a valid video name" in error.value.message
+
+
+def test_trailing_newlines_never_pass_as_shard_names_or_keys():
+    with pytest.raises(WtoursError):
+        validate_shard_name("walk-000000.tar\n", "walk")
+    with pytest.raises(WtoursError):
+        parse_sample_key("walk-00000001\n")
+
+
 def test_a_valid_shard_name_passes_and_builds_the_path(tmp_path):
     assert validate_shard_name("walk-000012.tar", "walk") == "walk-000012.tar"
     assert Layout(tmp_path).shard_file("walk", "walk-000012.tar") == tmp_path / "shards" / "walk" / "walk-000012.tar"

@@ -307,7 +307,8 @@ def other_value(leaf):
     if "int" in kind:
         return (default or 0) + 3
     if "float" in kind:
-        return (default or 0.0) + 0.125
+        value, allowed = (default or 0.0) + 0.125, leaf.field.metadata.get("range")
+        return value if allowed is None or value in allowed else (default or 0.0) / 2
     return f"/tmp/{leaf.name}"
 
 

@@ -389,8 +389,30 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
     if not source_path.is_file():
         raise WtoursError(f"{path} does not exist or is not a file", "give the path of a video file")
     layout = Layout(root)
+    _refuse_replacing(layout, slug, source_path, force)  # at once, before the decode check
+    probed = media.probe(source_path)
+    damaged = None
+    try:
+        media.verify_decodes(source_path, probed.duration)
+    except media.ProbeError as e:
+        if not allow_damaged:
+            e.hint = (e.hint or "") + "; or register it anyway with --allow-damaged (shard keeps what decodes)"
+            raise
+        damaged = e.message
+        say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
     with folder_lock(layout.video_dir(slug), f"video folder of {slug}"):
-        return _add_locked(layout, slug, source_path, mode, allow_damaged, say, force)
+        current = _refuse_replacing(layout, slug, source_path, force)  # again, under the lock
+        return _add_locked(layout, slug, source_path, mode, probed, damaged, say, current)
+
+
+def _refuse_replacing(layout: Layout, slug: str, source_path: Path, force: bool) -> Path | None:
+    current = _registered_elsewhere(layout, slug, source_path)
+    if current is not None and not force:
+        raise WtoursError(
+            f"{slug!r} is already registered under {layout.root} (as {current}); nothing was changed",
+            f"choose another --name, or pass --force to replace the registered video with {source_path}"
+            + (" (the earlier file in the data root is then replaced)" if current.exists() else ""))
+    return current
 
 
 def _registered_elsewhere(layout: Layout, slug: str, source_path: Path) -> Path | None:
@@ -409,24 +431,8 @@ def _registered_elsewhere(layout: Layout, slug: str, source_path: Path) -> Path 
     return current
 
 
-def _add_locked(layout: Layout, slug: str, source_path: Path, mode: str, allow_damaged: bool,
-                say: Callable[[str], None], force: bool) -> DownloadResult:
-    current = _registered_elsewhere(layout, slug, source_path)
-    if current is not None and not force:
-        raise WtoursError(
-            f"{slug!r} is already registered under {layout.root} (as {current}); nothing was changed",
-            f"choose another --name, or pass --force to replace the registered video with {source_path}"
-            + (" (the earlier file in the data root is then replaced)" if current.exists() else ""))
-    probed = media.probe(source_path)
-    damaged = None
-    try:
-        media.verify_decodes(source_path, probed.duration)
-    except media.ProbeError as e:
-        if not allow_damaged:
-            e.hint = (e.hint or "") + "; or register it anyway with --allow-damaged (shard keeps what decodes)"
-            raise
-        damaged = e.message
-        say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
+def _add_locked(layout: Layout, slug: str, source_path: Path, mode: str, probed: media.ProbeResult,
+                damaged: str | None, say: Callable[[str], None], current: Path | None) -> DownloadResult:
     folder = layout.video_dir(slug)
     folder.mkdir(parents=True, exist_ok=True)
     final = layout.added_video_path(slug, source_path.suffix)

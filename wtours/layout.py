@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 from wtours.errors import WtoursError
 
 ROOT_ENV = "WTOURS_ROOT"
-SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-SHARD_NAME_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<number>\d{6})\.tar$")
-SAMPLE_KEY_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<frame>\d{8,})$")
+# Anchored with \Z, not $: `$` also matches before a trailing newline, so "venice\n" would pass a .match().
+SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+SHARD_NAME_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<number>\d{6})\.tar\Z")
+SAMPLE_KEY_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<frame>\d{8,})\Z")
 INFO_FILE = "info.json"
 INDEX_FILE = "index.json"
 PLAN_FILE = "plan.json"
@@ -61,6 +62,9 @@ class Layout:
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = resolve_root(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise WtoursError(f"the data root {self.root} is a file, not a folder",
+                              f"pass a folder (or a path that does not exist yet) as --root or ${ROOT_ENV}")
 
     # ---- videos
     def video_dir(self, slug: str) -> Path:
@@ -140,7 +144,11 @@ class Layout:
     # ---- statistics
     def stats_base(self, out: str | os.PathLike | None = None) -> Path:
         """The folder holding one folder per video and the corpus tables: `out`, else <root>/stats."""
-        return Path(out) if out is not None else self.root / "stats"
+        base = Path(out) if out is not None else self.root / "stats"
+        if base.exists() and not base.is_dir():
+            raise WtoursError(f"the statistics folder {base} is a file, not a folder",
+                              "pass a folder (or a path that does not exist yet) as --out")
+        return base
 
     def stats_dir(self, slug: str, out: str | os.PathLike | None = None) -> Path:
         return self.stats_base(out) / validate_slug(slug)
@@ -186,7 +194,7 @@ def shard_name(slug: str, number: int) -> str:
 def validate_shard_name(name: str, slug: str | None = None) -> str:
     """A shard name from outside (a remote index or listing) before any path is built from it:
     `<slug>-<number:06d>.tar`, of this set's slug, never a path (`../x.tar` is refused)."""
-    match = SHARD_NAME_PATTERN.match(name) if isinstance(name, str) else None
+    match = SHARD_NAME_PATTERN.fullmatch(name) if isinstance(name, str) else None  # not `match`: `$` allows a "\n"
     if match is None or (slug is not None and match.group("slug") != slug):
         expected = f"{slug}-NNNNNN.tar" if slug else "<slug>-NNNNNN.tar"
         raise WtoursError(f"{name!r} is not a shard name of this set (expected {expected})",

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from wtours.errors import WtoursError
@@ -37,7 +37,7 @@ class Tools:
     source: str  # "env", "system" or "wheel"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _find_tools(env_ffmpeg: str | None, env_ffprobe: str | None, wheel_only: bool) -> Tools:
     if env_ffmpeg:
         if not (Path(env_ffmpeg).is_file() and os.access(env_ffmpeg, os.X_OK)):
@@ -202,7 +202,7 @@ def _float(value) -> float | None:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hwaccels(ffmpeg: str) -> tuple[str, ...]:
     out = _run([ffmpeg, "-hide_banner", "-hwaccels"])
     return tuple(line.strip() for line in out.stdout.splitlines()[1:] if line.strip())

@@ -257,7 +257,8 @@ def multicrop_tensor(frames: torch.Tensor, sizes: np.ndarray, frames_per_clip: i
     plan = plan_crops(rng, sizes, t, config)
     globals_, locals_ = [], []
     for i in range(b):
-        clip = resized_crop(frames[i * t:(i + 1) * t], plan.clip_boxes[i], config.clip_size, "bilinear")  # (T, 3, 300, 300)
+        clip = resized_crop(frames[i * t:(i + 1) * t], plan.clip_boxes[i], config.clip_size,
+                            "bilinear")  # (T, 3, 300, 300)
         view = resized_crop(clip, plan.global_boxes[i], config.global_size, "bicubic")  # (T, 3, G, G)
         globals_.append(view.flip(-1) if plan.flips[i] else view)
         for v in range(n):

@@ -34,6 +34,7 @@ def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, wo
     for _, index in sets or ():
         if index.slug in videos:
             videos[index.slug]["complete"] = index.complete
+            videos[index.slug]["privacy"] = index.privacy  # None: frames stored as decoded, faces not blurred
             if not index.complete:
                 videos[index.slug]["decoded_until"] = index.decoded_until
                 incomplete.append(index.slug)
@@ -70,6 +71,8 @@ def format_description(info: dict[str, Any]) -> str:
         gaps = ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in v["gaps"]) or "none"
         lines.append(f"  {slug}: {v['shards']} shards, {v['frames']} frames at {v['fps']:g} fps, "
                      f"{v['seconds'] / 60:.1f} min; dropped stretches (gaps): {gaps}")
+        if "privacy" in v:
+            lines.append(f"  {slug}: {privacy_line(v['privacy'], v['frames'])}")
         if v.get("complete") is False:
             lines.append(f"  {slug}: WARNING: incomplete index (complete: false): decoding stopped at "
                          f"{v['decoded_until']:.2f} s (damaged or truncated video)")
@@ -86,3 +89,11 @@ def format_description(info: dict[str, Any]) -> str:
                  f"{info['steps_per_epoch']} steps per rank; {info['slot_clips'][0]}-{info['slot_clips'][1]} "
                  f"distinct clips per worker, at most {info['shards_per_slot']} shard(s) each")
     return "\n".join(lines)
+
+
+def privacy_line(privacy: dict[str, Any] | None, frames: int) -> str:
+    """One line on whether (and how) faces were blurred, from an index's `privacy` block."""
+    if not privacy:
+        return "faces: not blurred (frames stored as decoded; `wtours blur-faces` or `wtours shard --blur-faces`)"
+    return (f"faces: blurred ({privacy['mode']}) by {privacy['detector']} at threshold {privacy['threshold']:g}: "
+            f"{privacy['faces']} faces in {privacy['frames_with_faces']} of {frames} frames")

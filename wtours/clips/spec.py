@@ -12,9 +12,10 @@ import posixpath
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
 
 from braceexpand import braceexpand
 
@@ -94,7 +95,7 @@ def _resolve_one(spec: str, layout: Layout) -> list[ShardRef]:
         return _refs_from_index(_read_local_index(path / INDEX_FILE), str(path), None)
     if path.name == INDEX_FILE:
         return _refs_from_index(_read_local_index(path), str(path.parent), None)
-    files = sorted({f for pattern in braceexpand(str(path)) for f in (glob.glob(pattern) or [])})
+    files = sorted({f for pattern in _expand(str(path)) for f in (glob.glob(pattern) or [])})
     refs: list[ShardRef] = []
     for folder in sorted({str(Path(f).parent) for f in files}):
         names = {Path(f).name for f in files if str(Path(f).parent) == folder}
@@ -102,21 +103,59 @@ def _resolve_one(spec: str, layout: Layout) -> list[ShardRef]:
     return refs
 
 
+HF_URL_HINT = ("write hf://datasets/USER/NAME[@REVISION]/PATH, e.g. "
+               "'hf://datasets/alice/walking-tours/venice/venice-{000000..000013}.tar' or "
+               "'hf://datasets/alice/walking-tours/venice/index.json'")
+
+
+def check_hf_url(url: str) -> str:
+    """An hf:// URL wtours can read: a dataset repo (USER/NAME), an optional non-empty @revision, and a
+    path of plain names (no empty, '.' or '..' parts). Checked before the client parses it."""
+    from wtours.hub.paths import REPO_ID_PATTERN
+
+    body = url[len("hf://"):]
+    kind, _, rest = body.partition("/")
+    parts = rest.split("/")
+    problem = None
+    if kind != "datasets":
+        problem = "it does not start with hf://datasets/ (wtours reads shards from dataset repos)"
+    elif len(parts) < 3:
+        problem = "it names no file: it needs USER/NAME and a path in the repo"
+    else:
+        repo, _, revision = f"{parts[0]}/{parts[1]}".partition("@")
+        if not REPO_ID_PATTERN.match(repo) or ".." in repo or "--" in repo:
+            problem = f"{repo!r} is not a Hub repository name"
+        elif "@" in f"{parts[0]}/{parts[1]}" and not revision:
+            problem = "the revision after '@' is empty"
+        elif any(part in ("", ".", "..") or any(ord(c) < 32 for c in part) for part in parts[2:]):
+            problem = "its path has an empty, '.' or '..' part"
+    if problem:
+        raise WtoursError(f"{url!r} is not a valid hf:// URL: {problem}", HF_URL_HINT)
+    return url
+
+
+def _expand(spec: str) -> list[str]:
+    try:
+        return list(braceexpand(spec))
+    except Exception as e:  # noqa: BLE001 (braceexpand's UnbalancedBracesError and friends)
+        raise WtoursError(f"SPEC {spec!r}: {e}", "braces must be balanced, e.g. 'venice-{000000..000013}.tar'") from e
+
+
 def _resolve_remote(spec: str) -> list[ShardRef]:
     if spec.startswith("hf://"):
-        urls = list(braceexpand(spec))
+        urls = [check_hf_url(u) for u in _expand(spec)]
         if any(ch in spec for ch in "*?["):
             from wtours.hub.client import hub_errors
 
             with hub_errors(spec):
                 urls = sorted(f"hf://{p}" for u in urls for p in _hf_fs().glob(u[len('hf://'):]))
     elif spec.startswith(("http://", "https://")):
-        urls = list(braceexpand(spec))
+        urls = _expand(spec)
     else:
         raise WtoursError(f"SPEC {spec!r}: unsupported URL scheme", "use a local path, http(s):// or hf://")
     refs: list[ShardRef] = []
     for folder in dict.fromkeys(posixpath.dirname(u) for u in urls):
-        names = {posixpath.basename(u) for u in urls if posixpath.dirname(u) == folder}
+        names: set[str] | None = {posixpath.basename(u) for u in urls if posixpath.dirname(u) == folder}
         if names == {INDEX_FILE}:
             names = None  # the spec named an index: take all its shards
         refs.extend(_refs_from_index(read_remote_index(f"{folder}/{INDEX_FILE}"), folder, names))
@@ -140,7 +179,7 @@ def read_remote_index(url: str) -> ShardIndex:
 def _refs_from_index(index: ShardIndex, folder: str, names: set[str] | None) -> list[ShardRef]:
     listed = {s.name for s in index.shards}
     if names is not None and (unknown := sorted(names - listed - {INDEX_FILE})):
-        raise WtoursError(f"{folder}: {', '.join(unknown[:3])} not listed in its index.json",
+        raise WtoursError(f"{folder}: {', '.join(map(repr, unknown[:3]))} not listed in its index.json",
                           "the index and the shards disagree: rerun `wtours shard` for this video")
     join = posixpath.join if "://" in folder else os.path.join
     t_decimals = 6 if index.version == 1 else None
@@ -276,6 +315,7 @@ class VerifiedShard:
             except BaseException:
                 self.failed = True
                 raise
+        assert self.spool is not None  # filled above, or failed (then `failed`)
         data = self.spool.read(size if size is not None else -1)
         if not data and self.pending is not None:
             error, self.pending = self.pending, None

@@ -128,8 +128,8 @@ def open_part(read: ShardRead) -> ShardStream:
     ref, offsets = read.ref, read.ref.offsets
     whole = read.first_sample == 0 and read.stop_sample is None
     if offsets is None or whole:
-        raw = open_url(ref.url)
-        return ShardStream(read, verified_whole(ref, raw) if whole else raw, 0)  # a whole remote shard is checked
+        opened = open_url(ref.url)
+        return ShardStream(read, verified_whole(ref, opened) if whole else opened, 0)  # whole remote: checked
     begin = offsets[read.first_sample]
     stop = read.stop_sample
     end = offsets[stop] if stop is not None and stop < len(offsets) else None  # exclusive; None: to the end

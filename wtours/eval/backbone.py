@@ -49,10 +49,33 @@ def infer_arch(state: dict[str, torch.Tensor]) -> str:
                       f"pass --arch (one of {', '.join(vit_names())})")
 
 
+CHECKPOINT_HINT = "pass a wtours/DoRA/DINO training checkpoint or a `wtours export` backbone (.pth)"
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint file that holds what a checkpoint holds: a dict, whose networks (`student`,
+    `teacher`) are dicts and whose weights are tensors. Anything else (a pickled list, a dict of
+    strings) is refused with the file's name, before any key is looked up."""
+    raw = read_checkpoint(path)
+    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+        raise WtoursError(f"{path} holds a {type(raw).__name__}, not a checkpoint (a dict of networks or weights)",
+                          CHECKPOINT_HINT)
+    for name in ("student", "teacher"):
+        if name in raw and not (isinstance(raw[name], dict)
+                                and all(isinstance(v, torch.Tensor) for v in raw[name].values())):
+            raise WtoursError(f"{path}: its {name!r} entry is a {type(raw[name]).__name__}, not a dict of weights",
+                              CHECKPOINT_HINT)
+    if "student" not in raw and "teacher" not in raw and not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        odd = next(k for k, v in raw.items() if not isinstance(v, torch.Tensor))
+        raise WtoursError(f"{path} is neither a training checkpoint (no 'student'/'teacher') nor a backbone "
+                          f"({odd!r} is a {type(raw[odd]).__name__}, not a tensor)", CHECKPOINT_HINT)
+    return raw
+
+
 def load_backbone(checkpoint: str | os.PathLike | dict[str, Any], arch: str | None = None,
                   which: str = "teacher") -> tuple[VisionTransformer, str]:
     """(backbone in eval mode with frozen weights, its architecture name)."""
-    raw = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    raw = checkpoint if isinstance(checkpoint, dict) else read_weights(checkpoint)
     state = backbone_state(raw, which)
     arch = arch or infer_arch(state)
     backbone = create_vit(arch)

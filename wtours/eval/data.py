@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
+import torch
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.errors import WtoursError
+
+log = logging.getLogger(__name__)
 
 
 def eval_transform(resize: int = 256, crop: int = 224) -> Callable:
@@ -47,6 +52,30 @@ class LabelledFolder(ImageFolder):
     @property
     def num_classes(self) -> int:
         return max(self.class_to_idx.values()) + 1
+
+    def __getitem__(self, index: int) -> tuple[Any, int, str | None]:
+        """(image tensor, class index, None), or (None, class index, path) for a file that does not
+        decode (empty, truncated, not an image): skipped and counted by the caller, as the loaders
+        skip a bad shard."""
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+            if self.transform is not None:
+                image = self.transform(image)
+        except Exception as e:  # noqa: BLE001 (PIL raises OSError, ValueError, SyntaxError, DecompressionBombError)
+            log.debug("%s does not decode: %s", path, e)
+            return None, target, path
+        return image, target, None
+
+
+def collate_readable(batch: list[tuple[Any, int, str | None]]) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
+    """A DataLoader batch of LabelledFolder items -> (images of the readable ones or None, their
+    labels, the paths that did not decode)."""
+    good = [(image, target) for image, target, bad in batch if bad is None]
+    bad = [path for _, _, path in batch if path is not None]
+    if not good:
+        return None, torch.zeros(0, dtype=torch.long), bad
+    return torch.stack([image for image, _ in good]), torch.tensor([t for _, t in good], dtype=torch.long), bad
 
 
 def labelled_pair(train_dir: str | os.PathLike, val_dir: str | os.PathLike, resize: int = 256,

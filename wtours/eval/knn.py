@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from wtours.errors import WtoursError
 from wtours.eval.backbone import load_backbone
-from wtours.eval.data import LabelledFolder, labelled_pair
+from wtours.eval.data import LabelledFolder, collate_readable, labelled_pair
 from wtours.layout import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -50,26 +50,51 @@ class KnnResult:
     k: int  # neighbours used (k, or the train set's size when smaller)
     temperature: float
     classes: int
-    train_images: int
+    train_images: int  # readable images used
     val_images: int
     seconds: float
+    bad_images: list[str] = field(default_factory=list)  # files that do not decode: skipped, named
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+MAX_NAMED = 10  # bad images named one by one in the log; the rest are counted
+
+
 @torch.no_grad()
 def extract_features(backbone: nn.Module, dataset: LabelledFolder, config: KnnConfig,
-                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) L2-normalised [CLS] features and (N,) labels, in the dataset's order, on `device`."""
+                     device: torch.device | str = "cpu",
+                     bad: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) L2-normalised [CLS] features and (N,) labels of the images that decode, in the dataset's
+    order, on `device`. A file that does not decode is skipped, warned about by name and appended to
+    `bad`; none decoding at all is an error."""
     device = torch.device(device)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
-                        pin_memory=device.type == "cuda")
-    features, labels = [], []
-    for images, targets in loader:
+    loader: DataLoader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
+                                    num_workers=config.workers, pin_memory=device.type == "cuda",
+                                    collate_fn=collate_readable)
+    features: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    skipped: list[str] = []
+    for images, targets, unreadable in loader:
+        for path in unreadable:
+            if len(skipped) < MAX_NAMED:
+                log.warning("skipping an image that does not decode (empty, truncated or not an image): %s", path)
+            skipped.append(path)
+        if images is None:
+            continue
         cls = backbone(images.to(device, non_blocking=True)).float()  # (B, D)
         features.append(F.normalize(cls, dim=1, p=2))
         labels.append(targets.to(device))
+    if len(skipped) > MAX_NAMED:
+        log.warning("skipped %d images of %s that do not decode (first %d named above)", len(skipped), dataset.root,
+                    MAX_NAMED)
+    if bad is not None:
+        bad.extend(skipped)
+    if not features:
+        raise WtoursError(f"none of the {len(dataset)} images in {dataset.root} decodes (first: {skipped[0]})"
+                          if skipped else f"{dataset.root} holds no images",
+                          "check the folder: ROOT/<class name>/<image>.jpg|png, files that open in an image viewer")
     return torch.cat(features), torch.cat(labels)
 
 
@@ -102,34 +127,36 @@ def evaluate_knn(backbone: nn.Module, train: LabelledFolder, val: LabelledFolder
         log.warning("k = %d is more than the %d train images: using k = %d", config.k, len(train), len(train))
     was_training = backbone.training
     backbone.eval()
+    bad: list[str] = []
     try:
-        train_features, train_labels = extract_features(backbone, train, config, device)
-        val_features, val_labels = extract_features(backbone, val, config, device)
+        train_features, train_labels = extract_features(backbone, train, config, device, bad)
+        val_features, val_labels = extract_features(backbone, val, config, device, bad)
     finally:
         backbone.train(was_training)
     classes = train.num_classes
     scores = weighted_knn_scores(train_features, train_labels, val_features, config.k, config.temperature, classes,
                                  config.chunk)
-    n = max(len(val), 1)
+    n = max(len(val_features), 1)
     return KnnResult(top1=100.0 * topk_hits(scores, val_labels, 1) / n,
                      top5=100.0 * topk_hits(scores, val_labels, min(5, classes)) / n,
-                     k=min(config.k, len(train)), temperature=config.temperature, classes=classes,
-                     train_images=len(train), val_images=len(val), seconds=time.perf_counter() - started)
+                     k=min(config.k, len(train_features)), temperature=config.temperature, classes=classes,
+                     train_images=len(train_features), val_images=len(val_features),
+                     seconds=time.perf_counter() - started, bad_images=bad)
 
 
 def knn_checkpoint(checkpoint: str | os.PathLike, train_dir: str | os.PathLike, val_dir: str | os.PathLike,
                    config: KnnConfig = KnnConfig(), out: str | os.PathLike | None = None, arch: str | None = None,
                    which: str = "teacher", device: str | None = None) -> tuple[KnnResult, Path]:
     """`wtours eval knn`: load the backbone, evaluate, write the result json (default: beside the checkpoint)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone, arch = load_backbone(checkpoint, arch, which)
     train, val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
-    result = evaluate_knn(backbone.to(device), train, val, config, device)
+    result = evaluate_knn(backbone.to(where), train, val, config, where)
     out = Path(out) if out else Path(checkpoint).with_name(f"{Path(checkpoint).stem}.knn.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, {"checkpoint": str(checkpoint), "arch": arch, "which": which,
                             "train": str(train_dir), "val": str(val_dir), "resize": config.resize,
-                            "crop": config.crop, "device": str(device), **result.to_dict()})
+                            "crop": config.crop, "device": str(where), **result.to_dict()})
     return result, out
 
 
@@ -154,4 +181,5 @@ class KnnMonitor:
 def result_line(result: KnnResult) -> str:
     return (f"k-NN (k={result.k}, T={result.temperature:g}) on {result.val_images} val / {result.train_images} "
             f"train images, {result.classes} classes: top-1 {result.top1:.2f}%, top-5 {result.top5:.2f}% "
-            f"({result.seconds:.1f} s)")
+            f"({result.seconds:.1f} s)"
+            + (f"; {len(result.bad_images)} images that do not decode skipped" if result.bad_images else ""))

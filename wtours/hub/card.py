@@ -40,7 +40,8 @@ def is_generated(text: str) -> bool:
 def render_card(repo: str, videos: list[CardVideo], endpoint: str, revision: str = DEFAULT_REVISION) -> str:
     videos = sorted(videos, key=lambda v: v.slug)
     sections = [_front_matter(videos), GENERATED_MARK, _intro(repo, videos), _attribution(videos),
-                _sampling(videos), _contents(videos), _layout(videos), _loading(repo, videos, endpoint, revision)]
+                _sampling(videos), _faces(videos), _contents(videos), _layout(videos),
+                _loading(repo, videos, endpoint, revision)]
     return "\n\n".join(s.strip("\n") for s in sections) + "\n"
 
 
@@ -113,6 +114,24 @@ Shard N holds the cells of one stretch of time, so consecutive shards continue e
 
 | video | fps | short side | JPEG quality | samples per shard | blank threshold | span |
 |---|---|---|---|---|---|---|
+""" + "\n".join(rows)
+
+
+def _faces(videos: list[CardVideo]) -> str:
+    """Whether bystanders' faces were blurred (the index's `privacy` block, docs/privacy.md)."""
+    rows = []
+    for v in videos:
+        p = v.index.get("privacy")
+        rows.append(f"| `{v.slug}` | yes ({p['mode']}) | {p['detector']} at {p['threshold']:g} | {p['faces']:,} | "
+                    f"{p['frames_with_faces']:,} |" if p else f"| `{v.slug}` | **no** | | | |")
+    return """## Faces
+
+The videos show bystanders. Where `blurred` says yes, each stored frame went through a face detector and every
+face it found was hidden before the frame was encoded (`wtours shard --blur-faces`); a detector misses some
+faces, so treat blurred frames as reduced, not zero, risk. Where it says no, frames are stored as decoded.
+
+| video | blurred | detector | faces hidden | frames with faces |
+|---|---|---|---|---|
 """ + "\n".join(rows)
 
 

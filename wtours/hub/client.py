@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from wtours.errors import WtoursError
-from wtours.hub.paths import DEFAULT_REVISION, REPO_TYPE, hf_url, validate_repo_id
+from wtours.hub.paths import DEFAULT_REVISION, REPO_TYPE, hf_url, source_path, validate_repo_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,12 +85,13 @@ def _bound_client_timeouts(huggingface_hub) -> None:
         from huggingface_hub.utils import _http
     except ImportError:  # pragma: no cover (huggingface_hub < 1.0: requests, with its own timeouts)
         return
-    # huggingface_hub's loggers (set up by the import above) print through their own handler and propagate too: where the
-    # application has configured logging (the CLI), every retry warning came out twice.
+    # huggingface_hub's loggers (set up by the import above) print through their own handler and
+    # propagate too: where the application has configured logging (the CLI), every warning came out twice.
     if logging.getLogger().handlers:
         library = logging.getLogger("huggingface_hub")
         for handler in [h for h in library.handlers if type(h) is logging.StreamHandler]:
             library.removeHandler(handler)
+    logging.getLogger("huggingface_hub.utils._http").addFilter(_FirstRetryOnly())
     http = getattr(_http, "httpx2", None) or getattr(_http, "httpx", None)
     hook = getattr(_http, "hf_request_event_hook", None)
     set_factory = getattr(huggingface_hub, "set_client_factory", None)
@@ -97,7 +99,7 @@ def _bound_client_timeouts(huggingface_hub) -> None:
         return
     limit = request_timeout()
 
-    class BoundedTransport(http.HTTPTransport):
+    class BoundedTransport(http.HTTPTransport):  # type: ignore[name-defined]
         def handle_request(self, request):
             timeout = dict(request.extensions.get("timeout") or {})
             for key in ("connect", "read", "write", "pool"):
@@ -111,6 +113,27 @@ def _bound_client_timeouts(huggingface_hub) -> None:
                            timeout=limit, transport=BoundedTransport())
 
     set_factory(factory)
+
+
+class _FirstRetryOnly(logging.Filter):
+    """The client logs two warnings per retry (5 retries: 10 lines before our one-line error). Show the
+    first, saying that it retries; the rest only with -v (the root logger at DEBUG)."""
+
+    MARKS = ("thrown while requesting", "Retrying in", "Rate limited. Waiting")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().isEnabledFor(logging.DEBUG) or not any(m in str(record.msg) for m in self.MARKS):
+            return True
+        if self.shown:
+            return False
+        self.shown = True
+        record.msg = f"{record.getMessage()} (retrying; more retry messages with -v)"
+        record.args = None
+        return True
 
 
 def default_endpoint() -> str:
@@ -130,7 +153,7 @@ def with_retries(call: Callable[[], T], what: str) -> T:
             return call()
         except HfHubHTTPError as e:
             response = getattr(e, "response", None)
-            if getattr(response, "status_code", None) != 429 or attempt == retries:
+            if response is None or getattr(response, "status_code", None) != 429 or attempt == retries:
                 raise
             try:
                 delay = float(response.headers.get("Retry-After", wait))
@@ -172,12 +195,20 @@ def git_blob_id(data: bytes) -> str:
 
 def describe_error(error: BaseException, what: str, token: str | None = None, write: bool = False) -> WtoursError:
     """A Hub error as a WtoursError: repository hidden or missing, login, revision, file, network."""
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     access = "write" if write else "read"
     status = getattr(getattr(error, "response", None), "status_code", None)
     endpoint = _endpoint_of(error)
+    if type(error).__name__ == "OfflineModeIsEnabled":
+        return WtoursError(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted",
+                           "unset HF_HUB_OFFLINE to use the Hub; to work offline, `wtours pull` the shards first "
+                           "and pass local ones (--shards SLUG --root DIR)")
     if isinstance(error, RevisionNotFoundError):
         return WtoursError(f"{what}: revision not found", "check --revision (or the @revision in the hf:// URL)")
     if isinstance(error, RepositoryNotFoundError) or status in (401, 403):
@@ -256,7 +287,7 @@ def hub_errors(what: str, target: HubTarget | None = None, write: bool = False) 
     except WtoursError:  # already described (by an inner hub_errors)
         raise
     except Exception as e:
-        if is_transport_error(e):
+        if is_transport_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
             raise describe_error(e, what, token, write) from e
         # The client wraps some failures (an LFS upload that failed after its retries is a RuntimeError
         # raised from the HTTP error): describe the Hub's error underneath.
@@ -310,10 +341,6 @@ def open_remote(target: HubTarget, path: str, block_size: int) -> Any:
 
 def read_source_record(target: HubTarget, slug: str) -> dict[str, Any]:
     """<slug>/source.json of the repo, checked to be a JSON object (it feeds the card and `pull`)."""
-    import json
-
-    from wtours.hub.paths import source_path
-
     where = f"{target.repo}/{source_path(slug)}"
     try:
         record = json.loads(read_remote(target, source_path(slug)))

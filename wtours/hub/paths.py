@@ -19,7 +19,7 @@ DEFAULT_REVISION = "main"
 CARD_FILE = "README.md"
 # The Hub's rule for user/org and repo names: letters, digits, '-', '_', '.', no leading/trailing '-' or '.'.
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-REPO_ID_PATTERN = re.compile(rf"^{_NAME}/{_NAME}$")
+REPO_ID_PATTERN = re.compile(rf"^{_NAME}/{_NAME}\Z")  # \Z: `$` would let a trailing newline through
 
 
 def validate_repo_id(repo: str) -> str:
@@ -44,14 +44,15 @@ def source_path(slug: str) -> str:
 
 def is_shard_path(path: str, slug: str) -> bool:
     folder, _, name = path.partition("/")
-    match = SHARD_NAME_PATTERN.match(name)
+    match = SHARD_NAME_PATTERN.fullmatch(name)
     return folder == slug and match is not None and match["slug"] == slug
 
 
 def slugs_in(paths: list[str]) -> list[str]:
     """Folders holding an index.json: the shard sets of a repo (other folders are left alone)."""
+    # fullmatch: `$` alone would let a listed name end in a newline
     return sorted({p.split("/")[0] for p in paths if p.count("/") == 1 and p.endswith("/" + INDEX_FILE)
-                   and SLUG_PATTERN.match(p.split("/")[0])})
+                   and SLUG_PATTERN.fullmatch(p.split("/")[0])})
 
 
 def hf_url(repo: str, path: str, revision: str = DEFAULT_REVISION) -> str:

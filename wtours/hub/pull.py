@@ -18,8 +18,15 @@ from tqdm import tqdm
 
 from wtours.download import sha256_file
 from wtours.errors import WtoursError
-from wtours.hub.client import (HubTarget, RemoteFile, hub_errors, open_remote, read_remote, read_source_record,
-                               remote_files)
+from wtours.hub.client import (
+    HubTarget,
+    RemoteFile,
+    hub_errors,
+    open_remote,
+    read_remote,
+    read_source_record,
+    remote_files,
+)
 from wtours.hub.paths import index_path, shard_path, slugs_in, source_path
 from wtours.layout import Layout, replace_atomically, write_json_atomic
 from wtours.shard.index import ShardEntry, ShardIndex
@@ -108,7 +115,8 @@ def _remote_set(layout: Layout, target: HubTarget, slug: str, remote: dict[str, 
         raise WtoursError(f"{where} lists {len(absent)} shards the repo does not hold ({', '.join(absent[:3])})",
                           "the repo was edited after the push: rerun `wtours push` from the machine with the shards")
     source = read_source_record(target, slug) if source_path(slug) in remote else None
-    present, missing = [], []
+    present: list[ShardEntry] = []
+    missing: list[ShardEntry] = []
     for shard in index.shards:
         path = layout.shard_file(slug, shard.name)
         ok = path.is_file() and path.stat().st_size == shard.bytes and sha256_file(path) == shard.sha256

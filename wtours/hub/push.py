@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +23,13 @@ from wtours.hub import source as provenance
 from wtours.hub.card import CardVideo, is_generated, render_card
 from wtours.hub.client import (
     HubTarget,
-    read_source_record,
     RemoteFile,
     api,
     endpoint_of,
     git_blob_id,
     hub_errors,
     read_remote,
+    read_source_record,
     remote_files,
     with_retries,
 )
@@ -158,6 +157,9 @@ def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print)
         ops = plan_set(slug, index, layout.shard_dir(slug), index_bytes, provenance.encode(record),
                        {p: f for p, f in remote.items() if p.startswith(slug + "/")})
         say(_describe_plan(slug, index, ops))
+        if not index.get("privacy") and record.get("kind") != "wildlife":  # city walks: bystanders' faces
+            say(f"warning: {slug}: faces are not blurred in these shards of footage with people in it; consider "
+                f"`wtours blur-faces {slug} --out DIR` or `wtours shard --city {slug} --blur-faces --overwrite`")
         operations += ops
     operations += _card_operation(target, current, sets, remote, say)
     summary = PushSummary(url)

@@ -63,6 +63,7 @@ class ShardEntry:
     bytes: int
     sha256: str
     offsets: tuple[int, ...] | None = None  # byte offset of each sample's first tar header (version 2)
+    faces: tuple[int, ...] | None = None  # faces hidden in each sample (--blur-faces), in sample order
 
     @classmethod
     def from_dict(cls, data: Any, slug: str) -> ShardEntry:
@@ -75,11 +76,14 @@ class ShardEntry:
         offsets = data.get("offsets")
         if offsets is not None and not (isinstance(offsets, list) and all(isinstance(o, int) for o in offsets)):
             raise _Invalid(f"{where}'offsets' must be a list of integers")
+        faces = data.get("faces")
+        if faces is not None and not (isinstance(faces, list) and all(isinstance(f, int) for f in faces)):
+            raise _Invalid(f"{where}'faces' must be a list of integers")
         entry = cls(name, _need(data, "samples", int, where), _need(data, "first_frame", int, where),
                     _need(data, "last_frame", int, where), float(_need(data, "t_start", number, where)),
                     float(_need(data, "t_end", number, where)), tuple((a, b) for a, b in runs),
                     _need(data, "bytes", int, where), _need(data, "sha256", str, where),
-                    tuple(offsets) if offsets is not None else None)
+                    tuple(offsets) if offsets is not None else None, tuple(faces) if faces is not None else None)
         entry.check()
         return entry
 
@@ -90,12 +94,16 @@ class ShardEntry:
         if self.offsets is not None and (len(self.offsets) != self.samples
                                          or any(b <= a for a, b in zip(self.offsets, self.offsets[1:]))):
             raise _Invalid(f"shard {self.name}: 'offsets' must be {self.samples} increasing byte offsets")
+        if self.faces is not None and len(self.faces) != self.samples:
+            raise _Invalid(f"shard {self.name}: 'faces' must have one count per sample ({self.samples})")
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "offsets"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("offsets", "faces")}
         data["cell_runs"] = [list(run) for run in self.cell_runs]
         if self.offsets is not None:
             data["offsets"] = list(self.offsets)
+        if self.faces is not None:
+            data["faces"] = list(self.faces)
         return data
 
 
@@ -210,6 +218,8 @@ class ShardIndex:
             "complete": self.complete,
             "created_by": self.created_by,
         }
+        if self.privacy is not None:
+            data["privacy"] = self.privacy
         if not self.complete:
             data["decoded_until"] = self.decoded_until
             data["errors"] = list(self.errors)
@@ -218,6 +228,18 @@ class ShardIndex:
     def to_bytes(self) -> bytes:
         """Deterministic: the same set always gives the same bytes (no wall-clock time)."""
         return json_bytes(self.to_dict())
+
+    @property
+    def privacy(self) -> dict[str, Any] | None:
+        """How faces were hidden and how many (None: frames stored as decoded). Derived from the parameters
+        and the per-sample counts, so it cannot disagree with them."""
+        p = self.params
+        if not p.blur_faces:
+            return None
+        counts = [c for s in self.shards for c in (s.faces or ())]
+        return {"blurred": True, "detector": p.blur_detector, "threshold": p.blur_threshold, "mode": p.blur_mode,
+                "scale": p.blur_scale, "upscale": p.blur_upscale, "faces": sum(counts),
+                "frames_with_faces": sum(1 for c in counts if c), "max_faces_per_frame": max(counts, default=0)}
 
     def entry(self, name: str) -> ShardEntry | None:
         return next((s for s in self.shards if s.name == name), None)

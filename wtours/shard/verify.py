@@ -29,7 +29,10 @@ class ShardProblem:
 
     @property
     def number(self) -> int:
-        return int(SHARD_NAME_PATTERN.match(self.name).group("number"))
+        match = SHARD_NAME_PATTERN.match(self.name)
+        if match is None:  # names come from a validated index
+            raise ValueError(f"{self.name!r} is not a shard name")
+        return int(match.group("number"))
 
 
 @dataclass
@@ -80,7 +83,8 @@ def member_problem(path: Path, entry: ShardEntry) -> str | None:
             pending: str | None = None
             for member in tar:
                 key, _, extension = member.name.partition(".")
-                data = tar.extractfile(member).read() if member.isfile() else None
+                extracted = tar.extractfile(member) if member.isfile() else None
+                data = extracted.read() if extracted is not None else None
                 if data is None or len(data) != member.size:
                     return f"member {member.name} is not a complete file"
                 if extension == "jpg" and pending is None:
@@ -166,7 +170,7 @@ def repair_set(layout: Layout, slug: str, report: VerifyReport, workers: int = 1
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             list(pool.map(lambda s: shard_segment(layout, job, s), todo))
         after = verify_set(layout, slug, index)
-    still = [p for p in after.problems]
+    still = after.problems
     if still:
         raise WtoursError(
             f"{slug}: {len(still)} shard(s) still differ from the index after resharding: "

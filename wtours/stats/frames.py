@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import logging
 import math
-import tarfile
-import zlib
 import queue
+import tarfile
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,7 @@ class SourceInfo:
     complete: bool = True
     notes: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # shards not read: {"name", "reason"}
+    on_skip: Callable[[list[dict[str, str]]], None] | None = None  # records `skipped` as soon as it grows
 
     def skip(self, name: str, reason: str) -> None:
         """A missing, truncated or damaged shard: counted and named, its frames left out (as `train` does)."""
@@ -59,6 +60,8 @@ class SourceInfo:
         self.complete = False
         self.notes.append(f"shard {name} skipped ({reason}); its frames are left out: repair it with "
                           "`wtours verify --repair`, then rerun with --overwrite")
+        if self.on_skip is not None:
+            self.on_skip(self.skipped)
 
 
 def on_grid(items: Iterable[T], fps: float, after: float | None = None,
@@ -206,6 +209,10 @@ class VideoSource:
             decoder = SegmentDecoder(self.path, self.probe, fps, segment, self.size)
             for decoded in decoder:
                 yield Frame(decoded.t, decoded.frame, decoded.rgb)
+            killed = decoder.outcome.killed_by()
+            if killed is not None:  # not the video's fault: never recorded as a damaged video
+                raise WtoursError(f"ffmpeg was killed by signal {killed} while decoding {self.path.name}",
+                                  "rerun the same command: it continues after the last saved part")
             last = decoder.outcome.last_cell
             if not decoder.outcome.stopped_early and (last is None or last < segment.expected_last_cell):
                 self.info.complete = False

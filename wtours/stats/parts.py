@@ -68,8 +68,12 @@ class Parts:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.concat_tables([pq.read_table(p) for p in self.paths()])
-        frame = table.drop_columns([HIST_COLUMN]).to_pandas()
-        hists = np.stack([np.frombuffer(b, dtype="<u2") for b in table.column(HIST_COLUMN).to_pylist()])
+        tables, hist_parts = [], []
+        for path in self.paths():  # one part at a time, so no per-frame Python objects exist at once
+            table = pq.read_table(path)
+            hist_parts.append(np.frombuffer(b"".join(table.column(HIST_COLUMN).to_pylist()), dtype="<u2"))
+            tables.append(table.drop_columns([HIST_COLUMN]))
+        frame = pa.concat_tables(tables).to_pandas()
+        hists = np.concatenate(hist_parts).reshape(len(frame), -1)  # (N, BINS) uint16
         order = np.argsort(frame["t"].to_numpy(), kind="stable")
         return frame.iloc[order].reset_index(drop=True), hists[order]

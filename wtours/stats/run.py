@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from wtours.errors import WtoursError
-from wtours.layout import TEMPORARY_GLOB, Layout, read_json
+from wtours.layout import TEMPORARY_GLOB, Layout, read_json, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardIndex
 from wtours.stats.classes import Detector, detect_stage, load_detector
@@ -22,6 +22,7 @@ from wtours.stats.report import write_outputs
 from wtours.stats.summary import summarise
 
 PARTS_FORMAT = "wtours-stats-parts"
+SKIPPED_FILE = "skipped.json"  # in _parts/: the shards whose frames the parts lack
 
 
 @dataclass
@@ -44,6 +45,10 @@ class VideoStats:
                      f"{s['classes']['per_frame_mean']:.1f} classes per frame)")
         work = (f"{self.analysed} frames analysed at {rate:.0f} frames/s" if self.analysed
                 else "every frame analysed by an earlier run")
+        if "privacy" in s:
+            p = s["privacy"]
+            text += (f"; faces blurred: {p['faces']} in {p['frames_with_faces']} frames ({p['detector']})" if p
+                     else "; faces not blurred")
         if self.skipped:
             text += f"; {len(self.skipped)} damaged shard(s) skipped: {', '.join(s['name'] for s in self.skipped)}"
         return text + f"; {work} -> {self.folder}"
@@ -86,8 +91,11 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
         after, done = parts.prepare(config.overwrite, say)
         if done:
             say(f"{slug}: {done} frames already analysed; continuing after {after:.2f} s")
+        _carry_skipped(source, parts, after)
         frames = measure(prefetch(source.frames(after)), config.analysis.analysis_pixels)
         analysed = _write_parts(frames, parts, config, detector, slug, total=source.info.expected - done)
+        if isinstance(source, ShardSource):
+            write_json_atomic(parts.folder / SKIPPED_FILE, source.info.skipped)
         for note in source.info.notes:
             say(f"{slug}: warning: {note}")
         table, hists = parts.read() if parts.paths() else (None, None)
@@ -97,8 +105,27 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
         frames_table, summary = summarise(slug, table, hists, source.info, config.analysis.analysis_pixels,
                                           config.transitions, _describe(detector, config) if detector else None,
                                           config.top)
+        if isinstance(source, ShardSource):  # whether the frames' faces were blurred (None: not), from the index
+            summary["privacy"] = source.index.privacy
         write_outputs(folder, frames_table, summary)
     return VideoStats(slug, folder, summary, analysed, time.monotonic() - started, list(source.info.skipped))
+
+
+def _carry_skipped(source: ShardSource | VideoSource, parts: Parts, after: float | None) -> None:
+    """Shards an earlier run skipped, wholly before where this run continues: their frames are missing
+    from the parts for good (until --overwrite), so the summary keeps naming them."""
+    if not isinstance(source, ShardSource):
+        return
+    path = parts.folder / SKIPPED_FILE
+    earlier = read_json(path) or []
+    # Written at each skip, before any later part: a run killed after it still leaves the record.
+    source.info.on_skip = lambda skipped: write_json_atomic(path, skipped)
+    if after is None:
+        return
+    ends = {entry.name: entry.t_end for entry in source.index.shards}
+    for skipped in earlier if isinstance(earlier, list) else ():
+        if isinstance(skipped, dict) and ends.get(skipped.get("name"), float("inf")) <= after:
+            source.info.skip(str(skipped["name"]), str(skipped.get("reason")))
 
 
 def stats_videos(layout: Layout, slugs: list[str], config: StatsConfig, detector: Detector | None = None,

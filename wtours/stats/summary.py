@@ -12,8 +12,14 @@ from wtours.stats.frames import SourceInfo
 from wtours.stats.lightness import video_lightness
 from wtours.stats.measure import grid_step
 from wtours.stats.params import TransitionParams
-from wtours.stats.transitions import (change_scores, detect_cuts, detect_scene_changes, drift_scores, gaps,
-                                      normalise, shots)
+from wtours.stats.transitions import (
+    change_scores,
+    detect_cuts,
+    detect_scene_changes,
+    drift_scores,
+    gaps,
+    shots,
+)
 
 SUMMARY_FORMAT = "wtours-stats"
 SUMMARY_VERSION = 1
@@ -25,12 +31,11 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, analys
               params: TransitionParams, detector: dict[str, Any] | None, top: int) -> tuple[Any, dict[str, Any]]:
     """(per-frame table from the parts, (N, BINS) histograms) -> (frames table to write, summary dict)."""
     t = table["t"].to_numpy(dtype=np.float64)
-    dist = normalise(hists)  # (N, BINS)
-    change = change_scores(dist)
-    cuts = detect_cuts(t, change, dist, params)
+    change = change_scores(hists)  # hists stay (N, BINS) uint16: the scores normalise block by block
+    cuts = detect_cuts(t, change, hists, params)
     after_gap = gaps(t, info.every)
     shot = shots(len(t), cuts, after_gap)
-    drift, reference = drift_scores(t, dist, table["lightness"].to_numpy(), shot, params)
+    drift, reference = drift_scores(t, hists, table["lightness"].to_numpy(), shot, params)
     changes = detect_scene_changes(t, drift, reference, params)
 
     frames = table.copy()

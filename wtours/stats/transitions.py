@@ -42,11 +42,18 @@ def distance(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return 0.5 * np.abs(p - q).sum(axis=-1)
 
 
+# Frames whose float histograms exist at once: the functions below take (N, BINS) uint16 counts and
+# normalise a block at a time, so a 2-hour video's analysis needs no (N, BINS) float arrays (memory stays
+# flat: about 1 KB of counts per frame).
+BLOCK = 2048
+
+
 def change_scores(hists: np.ndarray) -> np.ndarray:
-    """(N, BINS) distributions -> (N,) score to the previous frame; NaN for the first."""
+    """(N, BINS) histograms (counts or distributions) -> (N,) score to the previous frame; NaN for the first."""
     scores = np.full(len(hists), np.nan)
-    if len(hists) > 1:
-        scores[1:] = distance(hists[1:], hists[:-1])
+    for a in range(1, len(hists), BLOCK):
+        block = normalise(hists[a - 1:a + BLOCK])  # (1 + block, BINS)
+        scores[a:a + BLOCK] = distance(block[1:], block[:-1])
     return scores
 
 
@@ -80,7 +87,7 @@ def _scene_differs(t: np.ndarray, hists: np.ndarray, i: int, params: TransitionP
     """Every frame within `min_gap` before the cut differs from every frame within `min_gap` after it."""
     before = np.flatnonzero((t >= t[i] - params.min_gap) & (t < t[i]))
     after = np.flatnonzero((t >= t[i]) & (t <= t[i] + params.min_gap))
-    pairs = distance(hists[before][:, None, :], hists[after][None, :, :])  # (len(before), len(after))
+    pairs = distance(normalise(hists[before])[:, None, :], normalise(hists[after])[None, :, :])  # (before, after)
     return bool(pairs.size == 0 or pairs.min() >= params.cut_min)
 
 
@@ -111,16 +118,19 @@ def drift_scores(t: np.ndarray, hists: np.ndarray, lightness: np.ndarray, shot: 
     ref_safe = np.where(valid, ref, 0)
     valid &= (shot[ref_safe] == shot) & (shot[first[ref_safe]] == shot)  # both ends inside this shot
 
-    def spans(values: np.ndarray) -> np.ndarray:  # (N, ...) -> (N, ...) mean over each smoothing span
-        cumulative = np.cumsum(np.concatenate([np.zeros_like(values[:1], dtype=np.float64), values]), axis=0)
-        count = (np.arange(n) + 1 - first).reshape(-1, *([1] * (values.ndim - 1)))
-        return (cumulative[1:] - cumulative[first]) / count
-
-    hist, light = spans(hists), spans(lightness)  # (N, BINS), (N,)
+    light_sums = np.concatenate([[0.0], np.cumsum(lightness, dtype=np.float64)])  # (N + 1,)
+    light = (light_sums[1:] - light_sums[first]) / (np.arange(n) + 1 - first)  # (N,) smoothed lightness
     rows = np.flatnonzero(valid)
-    then = shift_lightness(hist[ref[rows]], light[rows] - light[ref[rows]])
     drift = np.full(n, np.nan)
-    drift[rows] = distance(hist[rows], then)
+    for a in range(0, len(rows), BLOCK):
+        now, then = rows[a:a + BLOCK], ref[rows[a:a + BLOCK]]  # (M,), (M,)
+        lo, hi = int(first[then].min()), int(now.max()) + 1  # the frames these spans cover
+        sums = np.cumsum(np.concatenate([np.zeros((1, hists.shape[1])), normalise(hists[lo:hi])]), axis=0)
+
+        def span(i: np.ndarray) -> np.ndarray:  # (M,) frame indices -> (M, BINS) mean over each smoothing span
+            return (sums[i + 1 - lo] - sums[first[i] - lo]) / (i + 1 - first[i])[:, None]
+
+        drift[now] = distance(span(now), shift_lightness(span(then), light[now] - light[then]))
     return drift, np.where(valid, ref, -1)
 
 

@@ -15,8 +15,9 @@ CHECKPOINT_FILE = "checkpoint.pth"
 
 
 class _KeepingErrors:
-    """A file whose write errors are kept: torch.save turns a failed write (a full disk) into a bare
-    RuntimeError ("unexpected pos ..."); the OSError underneath says what happened."""
+    """A file whose write errors are kept: torch.save turns an exception raised by a write (a full disk's
+    OSError, a Ctrl-C's KeyboardInterrupt) into a bare RuntimeError ("unexpected pos ..."); the kept one
+    is raised instead."""
 
     def __init__(self, file):
         self.file, self.error = file, None
@@ -24,7 +25,7 @@ class _KeepingErrors:
     def write(self, data) -> int:
         try:
             return self.file.write(data)
-        except OSError as error:
+        except BaseException as error:
             self.error = error
             raise
 

@@ -59,6 +59,8 @@ def check_ranges(config) -> None:
 
 
 def _opt(default, help: str, **meta):  # noqa: A002 (the metadata key Click calls help)
+    if "range" in meta:  # the option's help states its range
+        help = f"{help} Must be {meta['range']}."  # noqa: A001
     return field(default=default, metadata={"help": help, **meta})
 
 
@@ -102,10 +104,10 @@ class TrainConfig:
     resume: bool = _opt(False, "Continue from --out/checkpoint.pth.")
     overwrite: bool = _opt(False, "Start afresh in a run folder that holds a run: its checkpoint, logs, config.json, "
                                   "run.json and TensorBoard events are removed first (other files are left).")
-    reschedule: bool = _opt(False, "With --resume: accept changed settings that shape the schedules or the data "
-                                   "(--steps, --epochs, --lr, --batch-size, world size, ...); the schedules are "
-                                   "recomputed for the new settings from the checkpoint's step, and the change is "
-                                   "logged.")
+    reschedule: bool = _opt(False, "With --resume (no effect without): accept changed settings that shape the "
+                                   "schedules or the data (--steps, --epochs, --lr, --batch-size, world size, ...); "
+                                   "the schedules are recomputed for the new settings from the checkpoint's step, "
+                                   "and run.json records the change.")
     init_from: str | None = _opt(None, "Start from a DoRA/DINO checkpoint.", metavar="FILE")
     device: str | None = _opt(None, "cuda, cuda:1 or cpu (default: cuda when available); checked before the run "
                                     "starts.")
@@ -122,8 +124,6 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise WtoursError("--resume and --overwrite contradict each other",
                               "--resume continues the run in --out; --overwrite replaces it: pass one")
-        if self.reschedule and not self.resume:
-            raise WtoursError("--reschedule applies to --resume only", "add --resume, or leave out --reschedule")
         if bool(self.knn_train) != bool(self.knn_val):
             raise WtoursError("k-NN monitoring needs both --knn-train and --knn-val", "pass both, or neither")
 

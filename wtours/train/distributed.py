@@ -115,22 +115,27 @@ def teardown() -> None:
 
 
 def agree(dist: Dist, work):
-    """`work()` on rank 0 only; its result, or the WtoursError it raised, reaches every rank (which
-    then raises the same error), so a refusal on rank 0 never leaves the other ranks waiting."""
-    result, error = None, None
+    """`work()` on rank 0 only; its result, or its failure (a WtoursError or an OSError such as a
+    read-only folder), reaches every rank: rank 0 raises its own error, the others a copy, so a
+    refusal on rank 0 never leaves the other ranks waiting in a collective."""
+    result, error, failure = None, None, None
     if dist.is_main:
         try:
             result = work()
-        except WtoursError as e:
-            error = (type(e).__name__, e.message, e.hint, e.exit_code)
+        except (WtoursError, OSError) as e:
             if dist.world_size == 1:
                 raise
+            failure = e
+            error = ((e.message, e.hint, e.exit_code) if isinstance(e, WtoursError) else
+                     (f"rank 0 could not prepare the run folder: {e}", "see rank 0's message", WtoursError.exit_code))
     if dist.world_size > 1:
         box = [(result, error)]
         dist_broadcast(box)
         result, error = box[0]
+    if failure is not None:
+        raise failure
     if error is not None:
-        raise WtoursError(error[1], error[2], exit_code=error[3])
+        raise WtoursError(*error[:2], exit_code=error[2])
     return result
 
 

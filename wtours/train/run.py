@@ -57,6 +57,7 @@ class RunState:
     step: int = 0  # optimiser steps done
     epoch: int = 0
     step_in_epoch: int = 0
+    saved_step: int | None = None  # the step of the last checkpoint written or resumed from
 
 
 def build_data(config: TrainConfig, dist: distributed.Dist) -> ClipDataset:
@@ -106,10 +107,11 @@ class Interrupted(WtoursError):
     exit_code = 130  # as a shell reports Ctrl-C
 
 
-def _checkpoint_note(out: Path, saved_step: int | None) -> str:
+def interrupted_hint(out: Path, saved_step: int | None) -> str:
     if saved_step is None:
-        return "no checkpoint was written yet"
-    return f"the checkpoint of step {saved_step} ({out / CHECKPOINT_FILE}) is intact"
+        return "no checkpoint was written yet: rerun with --resume (it starts afresh)"
+    return (f"the checkpoint of step {saved_step} ({out / CHECKPOINT_FILE}) is intact; rerun with --resume to "
+            "continue from it")
 
 
 def non_finite_hint(out: Path, saved_step: int | None, precision: str, peak_lr: float) -> str:
@@ -127,8 +129,9 @@ def non_finite_hint(out: Path, saved_step: int | None, precision: str, peak_lr: 
 def weights_finite(model: DoRA) -> bool:
     """Every student and teacher weight and the centre finite (one host sync; checkpoint steps only)."""
     tensors = [p.detach() for p in (*model.student.parameters(), *model.teacher.parameters())]
-    norms = torch.stack([n.float() for n in torch._foreach_norm(tensors)])
-    return bool(torch.isfinite(norms).all()) and bool(torch.isfinite(model.loss.center).all())
+    tensors.append(model.loss.center)
+    # element-wise: a norm of huge but finite weights would itself overflow
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 class _ProblemTally:
@@ -240,7 +243,6 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
     schedules = build_schedules(config, steps_per_epoch, dist.world_size)
     knn = _knn_monitor(config, dist)  # k-NN monitoring (--knn-train/--knn-val): folders checked now
     facts = {"world_size": dist.world_size, "steps_per_epoch": steps_per_epoch, "total_steps": schedules.total_steps}
-    saved_step: int | None = None
     state = RunState()
     try:
         with _run_folder(out, dist, config, facts) as prepared:
@@ -259,11 +261,11 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
             scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16")
             if config.resume:
                 state = _resume(out, model, optimizer, scaler, say)
-                saved_step = state.step if latest_checkpoint(out) is not None else None
             if dist.is_main:  # config.json is the config itself (--config reads it back); run.json what it implied
                 write_json_atomic(out / "config.json", _recorded(config))
                 write_json_atomic(out / "run.json", {**facts, "precision": precision, "workers": config.workers,
-                                                     "clips_per_epoch": dataset.clips_per_epoch()})
+                                                     "clips_per_epoch": dataset.clips_per_epoch(),
+                                                     "reschedules": _reschedules(out, prepared, state.step)})
             say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips "
                 f"per epoch, {steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
                 f"{schedules.total_steps} steps, {precision} on {dist.device}")
@@ -272,22 +274,19 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
                 if prepared["changed"]:
                     say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
                         f"{state.step}")
-                    logger.event({"step": state.step, "event": "reschedule", "changed": prepared["changed"]})
-                saved_step = _loop(config, dist, dataset, model, student, optimizer, scaler, schedules, state,
-                                   precision, facts, knn, logger, out, saved_step, say)
+                _loop(config, dist, dataset, model, student, optimizer, scaler, schedules, state, precision, facts,
+                      knn, logger, out, say)
             finally:
                 logger.close()
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted at step {state.step}",
-                          f"{_checkpoint_note(out, saved_step)}; rerun the same command with --resume to continue "
-                          "from it") from None
+        raise Interrupted(f"interrupted at step {state.step}", interrupted_hint(out, state.saved_step)) from None
     return state
 
 
 def _loop(config: TrainConfig, dist: distributed.Dist, dataset: ClipDataset, model: DoRA, student, optimizer,
           scaler, schedules: Schedules, state: RunState, precision: str, facts: dict, knn, logger: _RunLogger,
-          out: Path, saved_step: int | None, say: Callable[[str], None]) -> int | None:
-    """The steps, from `state` on (updated in place); returns the step of the last checkpoint written."""
+          out: Path, say: Callable[[str], None]) -> None:
+    """The steps, from `state` on (updated in place, `saved_step` included)."""
     gpu_augment = GpuAugmenter(dataset.config.multicrop, dist.device) if config.augment == "gpu" else None
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     problems = _ProblemTally()
@@ -296,18 +295,17 @@ def _loop(config: TrainConfig, dist: distributed.Dist, dataset: ClipDataset, mod
     first_step = state.step
 
     def stop(what: str) -> NonFiniteLoss:
-        return NonFiniteLoss(f"{what}; training stopped", non_finite_hint(out, saved_step, precision, peak_lr))
+        return NonFiniteLoss(f"{what}; training stopped", non_finite_hint(out, state.saved_step, precision, peak_lr))
 
     def checkpoint() -> None:
         """Write the current state (step `state.step`), which is finite: every rank checks the same weights,
         so all stop together otherwise."""
-        nonlocal saved_step
         if not weights_finite(model):
             raise stop(f"the weights are not finite after step {state.step}")
         logger.flush()  # the data log is complete up to the checkpoint
         if dist.is_main:
             _save(out, model, optimizer, scaler, state, config, facts)
-        saved_step = state.step
+        state.saved_step = state.step
 
     while state.step < schedules.total_steps:
         dataset.set_epoch(state.epoch, skip_batches=state.step_in_epoch)
@@ -334,7 +332,7 @@ def _loop(config: TrainConfig, dist: distributed.Dist, dataset: ClipDataset, mod
                 raise stop(f"the loss is {loss_value} at step {state.step + 1}")
             state.step += 1
             state.step_in_epoch += 1
-            logged = state.step % config.log_every == 0 or state.step == 1
+            logged = state.step % config.log_every == 0 or state.step in (1, schedules.total_steps)
             logger.step(state, loss_value, optimizer, float(schedules.momentum[it]), data_seconds, batch.keys,
                         problems.gathered() if logged else None)
             if state.step == schedules.total_steps:  # no next step to confirm it: finite weights suffice
@@ -347,18 +345,29 @@ def _loop(config: TrainConfig, dist: distributed.Dist, dataset: ClipDataset, mod
             state.epoch += 1
             state.step_in_epoch = 0
     totals = problems.gathered()
-    logger.event({"step": state.step, "event": "end", **_problem_record(totals),
-                  "bad_shard_urls": sorted(totals["bad_shards"])})
     say(f"done: {state.step} steps; checkpoint {out / CHECKPOINT_FILE}; log {out / 'log.jsonl'}")
     line = problems_line(totals)
     if line:
         say(line)
-    return saved_step
 
 
 def _problem_record(problems: dict) -> dict:
-    return {"bad_shards": len(problems["bad_shards"]), "bad_samples": problems["bad_samples"],
-            "bad_clips": problems["bad_clips"]}
+    """log.jsonl's counts of what the loader skipped so far (all workers and ranks), and the bad shards' URLs."""
+    record = {"bad_shards": len(problems["bad_shards"]), "bad_samples": problems["bad_samples"],
+              "bad_clips": problems["bad_clips"]}
+    if problems["bad_shards"]:
+        record["bad_shard_urls"] = sorted(problems["bad_shards"])
+    return record
+
+
+def _reschedules(out: Path, prepared: dict, step: int) -> list[dict]:
+    """run.json's history of --reschedule: the earlier ones, and this one's changes."""
+    try:
+        earlier = json.loads((out / "run.json").read_text(encoding="utf-8")).get("reschedules", [])
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    earlier = [r for r in earlier if isinstance(r, dict) and r.get("step", 0) <= step]
+    return earlier + ([{"step": step, "changed": prepared["changed"]}] if prepared["changed"] else [])
 
 
 @dataclass(frozen=True)
@@ -431,7 +440,7 @@ def _resume(out: Path, model: DoRA, optimizer, scaler, say: Callable[[str], None
     model.load_official_checkpoint(checkpoint)
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
-    state = RunState(checkpoint["step"], checkpoint["epoch"], checkpoint["step_in_epoch"])
+    state = RunState(checkpoint["step"], checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["step"])
     say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
     return state
 
@@ -462,9 +471,6 @@ def _knn_evaluate(knn, model: DoRA, state: RunState, schedules: Schedules, logge
         say(f"step {state.step}: {result_line(result)}")
 
 
-_NO_PROBLEMS = {"bad_shards": {}, "bad_samples": 0, "bad_clips": 0}
-
-
 class _RunLogger:
     """log.jsonl (every log_every steps), TensorBoard events (rank 0), and data.rank<r>.jsonl (clip keys)."""
 
@@ -492,14 +498,14 @@ class _RunLogger:
         self.clips += len(keys)
         self.data_seconds += data_seconds
         self.losses.append(loss)
-        if self.log is None or (state.step % self.every and state.step != 1):
+        if self.log is None or problems is None:
             return
         elapsed = time.perf_counter() - self.window_start
         record = {"step": state.step, "epoch": state.epoch, "loss": loss,
                   "loss_mean": sum(self.losses) / len(self.losses),
                   "lr": optimizer.param_groups[0]["lr"], "wd": optimizer.param_groups[0]["weight_decay"],
                   "momentum": momentum, "clips_per_s": self.clips * self.dist.world_size / elapsed,
-                  "data_wait": self.data_seconds / elapsed, **_problem_record(problems or _NO_PROBLEMS)}
+                  "data_wait": self.data_seconds / elapsed, **_problem_record(problems)}
         self.log.write(json.dumps(record) + "\n")
         self.log.flush()
         if self.tb is not None:
@@ -517,12 +523,6 @@ class _RunLogger:
         if self.tb is not None:
             self.tb.add_scalar("knn/top1", top1, state.step)
             self.tb.add_scalar("knn/top5", top5, state.step)
-
-    def event(self, record: dict) -> None:
-        """A line of its own in log.jsonl (a --reschedule, the end of the run)."""
-        if self.log is not None:
-            self.log.write(json.dumps(record) + "\n")
-            self.log.flush()
 
     def flush(self) -> None:
         self.data.flush()

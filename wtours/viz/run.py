@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +22,23 @@ from wtours.clips.epoch import ClipConfig, ShardRead, clip_starts
 from wtours.clips.spec import ShardRef, resolve
 from wtours.clips.stages import Clip, Problems, open_shards, samples_to_clips, tar_samples
 from wtours.dora import DoRA
-from wtours.dora.model import read_checkpoint, strip_prefix
+from wtours.dora.model import strip_prefix
 from wtours.errors import WtoursError
-from wtours.eval.backbone import infer_arch
+from wtours.eval.backbone import infer_arch, read_weights
 from wtours.layout import replace_atomically, write_json_atomic
 from wtours.models.vit import cls_attention
 from wtours.train.export import backbone_state
-from wtours.viz.render import (HEADER, MASK_ALPHA, OUTSIDE, ClipPictures, column_labels, gif_frames, grid_image,
-                               object_colour, save_gif)
+from wtours.viz.render import (
+    HEADER,
+    MASK_ALPHA,
+    OUTSIDE,
+    ClipPictures,
+    column_labels,
+    gif_frames,
+    grid_image,
+    object_colour,
+    save_gif,
+)
 
 INDEX_FILE = "index.json"
 
@@ -53,18 +63,40 @@ class VizConfig:
 
 def load_model(checkpoint: str | os.PathLike) -> DoRA:
     """A DoRA model shaped after a training checkpoint's teacher (ours or the authors'), weights loaded."""
-    raw = read_checkpoint(checkpoint)
+    raw = read_weights(checkpoint)
     if "teacher" not in raw:
         raise WtoursError(f"{checkpoint} has no 'teacher' network",
                           "viz needs a training checkpoint (wtours train's checkpoint.pth or the authors' .pth), "
                           "not an exported backbone: the tracker runs the teacher")
     arch = infer_arch(backbone_state(raw, "teacher"))
-    out_dim = strip_prefix(raw["teacher"])["head.last_layer.weight_v"].shape[0]
-    recorded = raw.get("config") or {}
-    objects = (recorded.get("model") or recorded).get("objects", 3)  # our runs record K; the authors used 3
-    model = DoRA(arch, out_dim=out_dim, n_local=0, objects=objects, drop_path=0.0)
-    model.load_official_checkpoint(raw)
+    head = strip_prefix(raw["teacher"]).get("head.last_layer.weight_v")
+    if head is None:
+        raise WtoursError(f"{checkpoint}: its teacher has no DINO head ('head.last_layer.weight_v')",
+                          "viz needs a DoRA/DINO training checkpoint (student and teacher with their heads)")
+    config = raw.get("config")
+    recorded: dict[str, Any] = config if isinstance(config, dict) else {}
+    model_config: dict[str, Any] = recorded["model"] if isinstance(recorded.get("model"), dict) else recorded
+    objects = model_config.get("objects", 3)  # our runs record K; the authors used 3
+    model = DoRA(arch, out_dim=head.shape[0], n_local=0, objects=objects, drop_path=0.0)
+    try:
+        model.load_official_checkpoint(raw)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise WtoursError(f"{checkpoint}: its weights do not load into a {arch} DoRA model "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})",
+                          "pass the checkpoint.pth of a wtours train run, or the authors' DoRA .pth") from e
     return model.eval()
+
+
+def prepare_out(out: str | os.PathLike) -> Path:
+    """The output folder, made (with its parents) before any work, or a clear error naming the file
+    that stands in its way."""
+    out = Path(out)
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise WtoursError(f"--out {out}: {parent} is a file, not a folder",
+                              "choose another --out (a folder, new or existing)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def pick_starts(shards: list[ShardRef], config: ClipConfig, count: int) -> dict[str, set[int]]:
@@ -147,14 +179,13 @@ def visualise(checkpoint: str | os.PathLike, shards: str | list[str], out: str |
               say: Callable[[str], None] = print) -> dict[str, Any]:
     """Render clip-<key>.png and clip-<key>.gif for `config.clips` clips, and index.json; returns the index."""
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = prepare_out(out)  # first: a wrong --out fails before the model loads
     model = load_model(checkpoint).to(device)
     if config.size % model.patch_size:
         raise WtoursError(f"--size {config.size} is not a multiple of the patch size {model.patch_size}", "use 224")
     heads = choose_heads(model, config)
     refs = resolve(shards, root)
     clip_config = ClipConfig(config.frames, config.stride)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     labels = column_labels(model.teacher.backbone.config.heads, len(heads), heads.tolist())
     records = []
     for clip in read_clips(refs, pick_starts(refs, clip_config, config.clips), clip_config):

