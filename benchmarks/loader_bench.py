@@ -96,7 +96,7 @@ def augment_costs(shards, clips: int, repeats: int) -> tuple[float, float]:
 
     from wtours.clips.stages import Problems, open_shards, tar_samples
 
-    jpgs = [s["jpg"] for _, s in zip(range(clips * 8), tar_samples(open_shards(shards[:1], Problems()), Problems()))]
+    jpgs = [s.jpg for _, s in zip(range(clips * 8), tar_samples(open_shards(shards[:1], Problems()), Problems()))]
     batch = [jpgs[i * 8:(i + 1) * 8] for i in range(clips)]
     config, rng = MultiCropConfig(), np.random.default_rng(0)
 

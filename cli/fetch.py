@@ -21,7 +21,8 @@ from wtours.layout import Layout
 @click.option("--max-height", default=2160, show_default=True, help="Best video stream up to this height, any codec.")
 @click.option("--retries", default=10, show_default=True, type=click.IntRange(0), help="Retries per request.")
 @click.option("--rate-limit", metavar="RATE", help="Bytes per second, e.g. 5M.")
-@click.option("--cookies", type=click.Path(dir_okay=False), help="cookies.txt (Netscape format) for YouTube's sign-in check.")
+@click.option("--cookies", type=click.Path(dir_okay=False),
+              help="cookies.txt (Netscape format) for YouTube's sign-in check.")
 @click.option("--cookies-from-browser", metavar="BROWSER", help="Take cookies from a browser (firefox, chrome, ...).")
 @click.option("--verify", is_flag=True, help="Re-hash completed files instead of trusting size and mtime.")
 @click.option("--dry-run", is_flag=True, help="Print what would be fetched and where; no network.")

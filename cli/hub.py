@@ -35,7 +35,8 @@ def push(cities, all_sets, repo, root, private, revision, max_commit_files, max_
       wtours push --city venice --repo alice/walking-tours --revision fps1 --dry-run
     """
     from wtours.hub.client import HubTarget
-    from wtours.hub.push import PushConfig, push as run_push
+    from wtours.hub.push import PushConfig
+    from wtours.hub.push import push as run_push
 
     layout = Layout(root)
     slugs = tuple(shard_set_slugs(layout, cities, all_sets, "push"))
@@ -67,7 +68,8 @@ def pull(repo, cities, root, revision) -> None:
       wtours train --shards venice --root /data/wtours --out runs/venice   # then train locally
     """
     from wtours.hub.client import HubTarget
-    from wtours.hub.pull import PullConfig, pull as run_pull
+    from wtours.hub.pull import PullConfig
+    from wtours.hub.pull import pull as run_pull
 
     for name in cities:
         if not SLUG_PATTERN.match(name):

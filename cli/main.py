@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from wtours import __version__
-from wtours.cli.common import WtoursGroup
 from wtours.cli.blur_faces import blur_faces
+from wtours.cli.common import WtoursGroup
 from wtours.cli.demo import demo
 from wtours.cli.eval_cmd import eval_group
 from wtours.cli.fetch import add, download

@@ -14,7 +14,8 @@ from wtours.system import usable_cpus
 
 
 @click.command()
-@click.option("--city", "cities", multiple=True, metavar="SLUG", help="Video to shard (corpus slug or added name); repeatable.")
+@click.option("--city", "cities", multiple=True, metavar="SLUG",
+              help="Video to shard (corpus slug or added name); repeatable.")
 @click.option("--all", "all_videos", is_flag=True, help="Every video registered under the root.")
 @root_option
 @click_options(ShardParams)
@@ -55,4 +56,4 @@ def shard(ctx: click.Context, cities, all_videos, root, workers, hwaccel, num_no
         summary = shard_video(layout, slug, params, options, say=say)
         if summary.index is not None or summary.segments_done:
             info = layout.read_info(slug)
-            click.echo(summary.line(info["probe"]["fps"]))
+            click.echo(summary.line(info["probe"]["fps"] if info else 0.0))

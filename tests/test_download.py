@@ -125,7 +125,8 @@ def test_unreachable_network_says_so(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = subprocess.run([*WTOURS, "download", "--url", f"http://127.0.0.1:{port}/walk.mp4", "--name", "x",
-                             "--retries", "1", "--root", str(tmp_path), "-q"], capture_output=True, text=True, timeout=120)
+                             "--retries", "1", "--root", str(tmp_path), "-q"],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "network failure" in result.stderr and "resumes" in result.stderr
 

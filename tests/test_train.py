@@ -95,7 +95,8 @@ def test_resume_continues_the_data_position(root, tmp_path):
     assert run([*common, "--out", str(whole), "--steps", "4"]).returncode == 0
     assert run([*common, "--out", str(split), "--steps", "2"]).returncode == 0
     assert run([*common, "--out", str(split), "--steps", "4", "--resume", "--reschedule"]).returncode == 0
-    keys = lambda out: [json.loads(l)["keys"] for l in (out / "data.rank0.jsonl").read_text().splitlines()]  # noqa: E731
+    keys = lambda out: [json.loads(line)["keys"]  # noqa: E731
+                        for line in (out / "data.rank0.jsonl").read_text().splitlines()]
     assert keys(whole) == keys(split)
 
 

@@ -8,7 +8,8 @@ metadata, a `--config FILE` (YAML or JSON, nested as `asdict(config)` or flat by
 `--set key=value` (leaf name or dotted path), and options given on the command line. Every key is
 checked (unknown -> the closest names) and every value type-checked against its annotation.
 
-Field metadata keys: help, choices (a tuple, or a callable returning one), metavar, envvar."""
+Field metadata keys: help, choices (a tuple, or a callable returning one), metavar, envvar, option (the
+option's name where it is not the field's, e.g. "--from" for `source`)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ class Leaf:
 
     @property
     def option(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        """`--kebab-case` of the field name, or the metadata's "option" where the CLI keeps another name."""
+        return self.field.metadata.get("option") or "--" + self.name.replace("_", "-")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def _optional(kind: Any) -> tuple[Any, bool]:
     return kind, False
 
 
-_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text", Path: "a path"}
 
 
 def _type_name(kind: Any) -> str:
@@ -106,6 +108,10 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
     if base is str:
         if isinstance(value, str):
             return value
+        raise bad
+    if base is Path:  # before the text parsing below, which lowercases
+        if isinstance(value, (str, Path)) and str(value):
+            return Path(value)
         raise bad
     if isinstance(value, str):  # text for a number or a switch: parse it
         text = value.strip().lower()

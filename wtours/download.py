@@ -56,7 +56,8 @@ class DownloadTarget:
     @classmethod
     def from_url(cls, url: str, name: str) -> DownloadTarget:
         if not url.startswith(("http://", "https://")):
-            raise WtoursError(f"--url {url!r} is not an http(s) URL", "for a file on disk use `wtours add PATH --name NAME`")
+            raise WtoursError(f"--url {url!r} is not an http(s) URL",
+                              "for a file on disk use `wtours add PATH --name NAME`")
         slug = validate_slug(name)
         return cls(slug, url, None, load_manifest().get(slug))
 
@@ -69,16 +70,19 @@ class DownloadResult:
     info: dict[str, Any]
 
 
-def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None, name: str | None) -> list[DownloadTarget]:
+def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
+                    name: str | None) -> list[DownloadTarget]:
     manifest = load_manifest()
     if url or name:
         if not (url and name):
-            raise WtoursError("--url and --name go together", "e.g. `wtours download --url https://host/walk.mp4 --name my-walk`")
+            raise WtoursError("--url and --name go together",
+                              "e.g. `wtours download --url https://host/walk.mp4 --name my-walk`")
         return [DownloadTarget.from_url(url, name)]
     if all_videos:
         return [DownloadTarget.from_manifest(v) for v in manifest.videos]
     if not cities:
-        raise WtoursError("nothing to download", "name a video with --city SLUG (repeatable), --all, or --url URL --name NAME")
+        raise WtoursError("nothing to download",
+                          "name a video with --city SLUG (repeatable), --all, or --url URL --name NAME")
     targets: list[DownloadTarget] = []
     for city in cities:
         if any(ch in city for ch in "/\\") or ".." in city:
@@ -93,8 +97,10 @@ def describe_plan(targets: list[DownloadTarget], layout: Layout, config: Downloa
     """What a download would fetch and where; touches no network (for --dry-run)."""
     rows = []
     for t in targets:
-        rows.append({"slug": t.slug, "id": t.source_id, "url": t.url, "target": str(layout.download_template(t.slug, "<ext>")),
-                     "format": format_selector(config.max_height), "complete": completed_file(layout, t.slug) is not None})
+        rows.append({"slug": t.slug, "id": t.source_id, "url": t.url,
+                     "target": str(layout.download_template(t.slug, "<ext>")),
+                     "format": format_selector(config.max_height),
+                     "complete": completed_file(layout, t.slug) is not None})
     return rows
 
 
@@ -218,11 +224,13 @@ def _ytdlp_options(config: DownloadConfig, outtmpl: str, logger: _YtdlpLogger,
     if config.rate_limit:
         rate = parse_bytes(config.rate_limit)
         if rate is None:
-            raise WtoursError(f"--rate-limit {config.rate_limit!r} is not a rate", "use bytes per second, e.g. 500K or 5M")
+            raise WtoursError(f"--rate-limit {config.rate_limit!r} is not a rate",
+                              "use bytes per second, e.g. 500K or 5M")
         options["ratelimit"] = rate
     if config.cookies:
         if not Path(config.cookies).is_file():
-            raise WtoursError(f"cookies file {config.cookies} not found", "export cookies.txt (Netscape format) from a logged-in browser")
+            raise WtoursError(f"cookies file {config.cookies} not found",
+                              "export cookies.txt (Netscape format) from a logged-in browser")
         options["cookiefile"] = config.cookies
     if config.cookies_from_browser:
         options["cookiesfrombrowser"] = (config.cookies_from_browser,)
@@ -246,7 +254,8 @@ def _explain(message: str, warnings: list[str], config: DownloadConfig) -> Wtour
         return WtoursError(f"network failure after {config.retries} retries: {short}",
                            "check the connection (or proxy) and rerun: a partial download resumes where it stopped")
     if "no space left" in text:
-        return WtoursError(f"disk full: {short}", "free space under the data root or pass another --root; a rerun resumes")
+        return WtoursError(f"disk full: {short}",
+                           "free space under the data root or pass another --root; a rerun resumes")
     return WtoursError(f"download failed: {short}", "rerun with -v for yt-dlp's full log; " + MIRROR_HINT)
 
 
@@ -254,7 +263,8 @@ class _ProgressBar:
     """One tqdm bar per video, fed by yt-dlp's progress hook (size, speed and ETA)."""
 
     def __init__(self, label: str, enabled: bool):
-        self.label, self.enabled, self.bar = label, enabled, None
+        self.label, self.enabled = label, enabled
+        self.bar: Any = None  # a tqdm bar, made at the first progress report
 
     def hook(self, status: dict) -> None:
         if not self.enabled or status.get("status") not in ("downloading", "finished"):

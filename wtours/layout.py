@@ -202,6 +202,13 @@ def validate_shard_name(name: str, slug: str | None = None) -> str:
     return name
 
 
+def shard_number(name: str) -> int:
+    """`<slug>-<number:06d>.tar` -> number (the name checked first)."""
+    match = SHARD_NAME_PATTERN.match(validate_shard_name(name))
+    assert match is not None  # validate_shard_name refused anything else
+    return int(match.group("number"))
+
+
 def sample_key(slug: str, frame: int) -> str:
     """`<slug>-<frame:08d>`: no dots, since WebDataset splits keys at the first dot."""
     return f"{slug}-{frame:08d}"

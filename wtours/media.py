@@ -133,7 +133,7 @@ def _probe_ffprobe(ffprobe: str, path: Path) -> ProbeResult:
         counted = _run([ffprobe, "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
                         "stream=nb_read_packets", "-of", "csv=p=0", str(path)])
         text = counted.stdout.strip().rstrip(",")
-        frames = int(text) if text.isdigit() else round(duration * float(rate or 0))
+        frames = int(text) if text.isdigit() else round((duration or 0.0) * float(rate or 0))
     return ProbeResult(
         duration=duration or 0.0, fps=float(rate or 0), fps_fraction=str(rate or "0/1"),
         width=int(s.get("width") or 0), height=int(s.get("height") or 0), codec=s.get("codec_name", "unknown"),

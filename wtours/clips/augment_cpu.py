@@ -166,7 +166,7 @@ def _cpu_hue(image: np.ndarray, shift: float, scratch: _Scratch | None = None) -
     np.copyto(rgb, image)  # uint8 -> float32, exact
     cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV, dst=hsv)  # hue in [0, 360) degrees
     # HSV2RGB wraps hues up to 720 but its vectorised loop mishandles negative ones: shift forwards
-    cv2.add(hsv, ((360.0 * shift) % 360.0, 0.0, 0.0, 0.0), dst=hsv)
+    cv2.add(hsv, ((360.0 * shift) % 360.0, 0.0, 0.0, 0.0), dst=hsv)  # type: ignore[call-overload]  # stubs: no scalars
     cv2.convertScaleAbs(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=rgb), dst=image)  # round, saturate (values >= 0)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,10 +52,10 @@ class ClipBatch(list):
         self.keys = keys
         self.problems = problems  # what its worker skipped since its previous batch (ClipDataset.__iter__)
 
-    def pin_memory(self) -> "ClipBatch":
+    def pin_memory(self) -> ClipBatch:
         return ClipBatch([v.pin_memory() for v in self], self.keys, self.problems)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "ClipBatch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ClipBatch:
         return ClipBatch([v.to(device, non_blocking=non_blocking) for v in self], self.keys, self.problems)
 
     def normalised(self) -> ClipBatch:
@@ -72,7 +73,7 @@ class RawClipBatch:
     frames: int  # T
     problems: dict | None = None  # as ClipBatch.problems
 
-    def pin_memory(self) -> "RawClipBatch":
+    def pin_memory(self) -> RawClipBatch:
         return self
 
 

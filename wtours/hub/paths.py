@@ -12,7 +12,7 @@ import re
 from urllib.parse import quote
 
 from wtours.errors import WtoursError
-from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, SLUG_PATTERN, SOURCE_FILE, validate_shard_name
+from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, SLUG_PATTERN, SOURCE_FILE, shard_number, validate_shard_name
 
 REPO_TYPE = "dataset"
 DEFAULT_REVISION = "main"
@@ -64,7 +64,7 @@ def hf_url(repo: str, path: str, revision: str = DEFAULT_REVISION) -> str:
 def shard_pattern(slug: str, shard_names: list[str]) -> str | None:
     """`<slug>/<slug>-{000000..000013}.tar` when the shard numbers are contiguous (a brace range over a
     gap would name files that do not exist), else None."""
-    numbers = sorted(int(SHARD_NAME_PATTERN.match(n)["number"]) for n in shard_names)
+    numbers = sorted(shard_number(n) for n in shard_names)
     if not numbers or numbers != list(range(numbers[0], numbers[-1] + 1)):
         return None
     span = f"{numbers[0]:06d}" if len(numbers) == 1 else f"{{{numbers[0]:06d}..{numbers[-1]:06d}}}"

@@ -14,7 +14,6 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 from tqdm import tqdm
 
@@ -67,7 +66,7 @@ class Delete:
     size: int = 0
 
 
-Operation = Union[Upload, Delete]
+Operation = Upload | Delete
 
 
 @dataclass
@@ -136,8 +135,8 @@ def _same_shard(remote: RemoteFile | None, local: Path, shard: dict) -> bool:
     return remote.blob_id == git_blob_id(local.read_bytes())  # stored as a regular file (under 10 MB)
 
 
-def _same_bytes(remote: RemoteFile | None, data: bytes) -> bool:
-    if remote is None or remote.size != len(data):
+def _same_bytes(remote: RemoteFile | None, data: bytes | None) -> bool:
+    if remote is None or data is None or remote.size != len(data):
         return False
     if remote.sha256:
         return remote.sha256 == hashlib.sha256(data).hexdigest()
@@ -259,12 +258,12 @@ def _commit_batches(target: HubTarget, batches: list[list[Operation]], progress:
     total = sum(op.size for ops in batches for op in ops if isinstance(op, Upload))
     with _client_bars_off(), tqdm(total=total, unit="B", unit_scale=True, desc="push", disable=not progress) as bar:
         for ops in batches:
-            commit_ops = []
+            commit_ops: list[CommitOperationAdd | CommitOperationDelete] = []
             for op in ops:
                 if isinstance(op, Delete):
                     commit_ops.append(CommitOperationDelete(op.path))
                     continue
-                add = CommitOperationAdd(op.path, str(op.local) if op.local is not None else op.data)
+                add = CommitOperationAdd(op.path, str(op.local) if op.local is not None else op.data or b"")
                 # One file at a time, so the bar moves per file; the commit then finds it uploaded.
                 with hub_errors(f"push to {target.repo}: upload {op.path}", target, write=True):
                     with_retries(functools.partial(hub.preupload_lfs_files, target.repo, additions=[add],

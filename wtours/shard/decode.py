@@ -144,7 +144,8 @@ class SegmentDecoder:
         finally:
             if process.poll() is None:
                 process.kill()
-            process.stdout.close()
+            if process.stdout is not None:
+                process.stdout.close()
             self.outcome.returncode = process.wait()
             reader.join(timeout=10)
             self.outcome.log_tail = list(log)

@@ -23,14 +23,20 @@ class StoredSample:
 
 def iter_shard(source: Path | IO[bytes]) -> Iterator[StoredSample]:
     """Samples of one shard (a local path or an open stream), in stored (time) order."""
-    opened = tarfile.open(source, mode="r|") if isinstance(source, (str, Path)) else tarfile.open(fileobj=source, mode="r|")
+    if isinstance(source, (str, Path)):
+        opened = tarfile.open(source, mode="r|")
+    else:
+        opened = tarfile.open(fileobj=source, mode="r|")
     with opened as tar:
         pending: dict[str, dict[str, bytes]] = {}
         for member in tar:
             if not member.isfile():
                 continue
             key, _, extension = member.name.partition(".")
-            data = tar.extractfile(member).read()
+            handle = tar.extractfile(member)
+            if handle is None:  # regular files always extract; a link or device member carries no sample
+                continue
+            data = handle.read()
             fields = pending.setdefault(key, {})
             fields[extension] = data
             if "jpg" in fields and "json" in fields:

@@ -43,6 +43,7 @@ class ShardJob:
     video_path: Path
     probe: media.ProbeResult
     source_id: str | None
+    sha256: str  # of the source video, as info.json records it
     params: ShardParams
     size: tuple[int, int]  # output (width, height)
     hwaccel: str
@@ -94,12 +95,12 @@ def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) ->
     size = output_size(probe.width, probe.height, params.short_side)
     source_id = (info.get("source") or {}).get("id")
     blur = FaceBlur.from_params(params) if params.blur_faces else None  # a missing extra fails here, early
-    return ShardJob(slug, path, probe, source_id, params, size, resolve_hwaccel(hwaccel), blur)
+    return ShardJob(slug, path, probe, source_id, info["sha256"], params, size, resolve_hwaccel(hwaccel), blur)
 
 
-def video_record(job: ShardJob, sha256: str) -> IndexVideo:
+def video_record(job: ShardJob) -> IndexVideo:
     p = job.probe
-    return IndexVideo(job.slug, job.source_id, sha256, p.duration, p.fps, p.width, p.height)
+    return IndexVideo(job.slug, job.source_id, job.sha256, p.duration, p.fps, p.width, p.height)
 
 
 class DecoderKilledError(WtoursError):
@@ -143,12 +144,11 @@ def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOpti
 
 def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOptions, job: ShardJob,
                   say: Callable[[str], None]) -> ShardSummary:
-    info = layout.read_info(slug)
     segments = plan_segments(job.probe, params)
     if not segments:
         raise WtoursError(f"{slug}: nothing to shard between --start {params.start} and --end {params.end}",
                           f"the video lasts {job.probe.duration:.1f} s")
-    video = video_record(job, info["sha256"])
+    video = video_record(job)
     plan = ShardPlan(video, params, len(segments), job.size)
     if options.overwrite and not options.finalize_only:
         clear_shard_dir(layout, slug)

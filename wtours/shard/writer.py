@@ -10,6 +10,7 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 from PIL import Image
@@ -90,7 +91,7 @@ def _write_tar(path: Path, samples: Iterable[ShardSample]) -> WrittenShard:
     offsets: list[int] = []
     with open(path, "wb") as raw:
         counted = _HashingFile(raw)
-        with tarfile.open(fileobj=counted, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        with tarfile.open(fileobj=cast(IO[bytes], counted), mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for sample in samples:
                 offsets.append(tar.offset)  # where this sample's first header goes
                 _add(tar, f"{sample.key}.jpg", sample.jpg)

@@ -65,7 +65,8 @@ class SourceInfo:
 
 
 def on_grid(items: Iterable[T], fps: float, after: float | None = None,
-            time_of: Callable[[T], float] = lambda item: item.t, t_decimals: int | None = None) -> Iterator[T]:
+            time_of: Callable[[T], float] = lambda item: item.t,  # type: ignore[attr-defined]  # items with .t
+            t_decimals: int | None = None) -> Iterator[T]:
     """Keep the first item in each grid cell of `fps` cells per second (the shards' sampling rule), past
     `after`; cells come from `sample_cell`, the one rule the shard writer and the clip loader share."""
     last = sample_cell(after, fps, t_decimals) if after is not None else -1
@@ -129,8 +130,8 @@ class ShardSource:
             raise WtoursError(f"{slug} is not sharded yet (no {layout.index_path(slug)})",
                               f"run `wtours shard --city {slug}` first, or analyse the video directly with "
                               f"`wtours stats --city {slug} --from video`")
-        self.folder, index = remote if remote is not None else (None, None)
-        self.index: ShardIndex = index if index is not None else load_index(layout, slug)
+        self.folder: str | None = remote[0] if remote is not None else None
+        self.index: ShardIndex = remote[1] if remote is not None else load_index(layout, slug)
         self.layout, self.slug = layout, slug
         shard_every = 1 / self.index.fps
         if every is not None and every < shard_every - EPS:

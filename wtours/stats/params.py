@@ -22,9 +22,13 @@ DEFAULT_CHUNK = 500  # frames per resume part: a killed run loses at most this m
 class AnalysisParams:
     """Everything the per-frame table depends on; recorded with the resume parts."""
 
-    source: str = "shards"
-    every: float | None = None  # seconds between analysed frames; None: every shard sample, or 0.5 s from video
-    analysis_pixels: int = DEFAULT_ANALYSIS_PIXELS  # 0: every pixel
+    source: str = field(default="shards", metadata={
+        "option": "--from", "choices": SOURCES, "help": "Read the shards (fast), or decode the video itself."})
+    every: float | None = field(default=None, metadata={
+        "metavar": "SECONDS",
+        "help": "Seconds between analysed frames (default: every shard sample; 0.5 from the video)."})
+    analysis_pixels: int = field(default=DEFAULT_ANALYSIS_PIXELS, metadata={
+        "help": "Pixels of the grid each frame is measured on (0: every pixel; docs/stats.md gives the error)."})
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -43,25 +47,40 @@ class AnalysisParams:
 class TransitionParams:
     """Thresholds of the hard-cut and gradual scene-change detectors (docs/stats.md says why these values)."""
 
-    cut_min: float = 0.25  # change score (0..1) below which nothing is a cut, however quiet the stretch
-    cut_k: float = 5.0  # a cut exceeds the local median by this many robust standard deviations
-    cut_window: float = 3.0  # seconds each side of a frame that set its local median and spread
-    min_gap: float = 1.0  # seconds: one cut per transition, and content that comes back within it is no cut
-    drift_window: float = 10.0  # seconds over which content must drift for a gradual scene change
-    drift_threshold: float = 0.4  # histogram distance (0..1) that counts as a new scene
-    drift_smooth: float = 2.0  # seconds of frames averaged at each end of a drift window
+    cut_min: float = field(default=0.25, metadata={
+        "help": "Change score (0..1) below which nothing is a cut, however quiet the stretch."})
+    cut_k: float = field(default=5.0, metadata={
+        "help": "A cut exceeds the local median score by this many robust standard deviations."})
+    cut_window: float = field(default=3.0, metadata={
+        "help": "Seconds each side of a frame that set its local median and spread."})
+    min_gap: float = field(default=1.0, metadata={
+        "help": "Seconds: one cut per transition; content that comes back within it is no cut."})
+    drift_window: float = field(default=10.0, metadata={
+        "help": "Seconds over which content must drift for a gradual scene change."})
+    drift_threshold: float = field(default=0.4, metadata={
+        "help": "Histogram distance (0..1) over the drift window that counts as a new scene."})
+    drift_smooth: float = field(default=2.0, metadata={
+        "help": "Seconds of frames averaged at each end of a drift window."})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _detector_names() -> tuple[str, ...]:
+    from wtours.stats.classes import BACKENDS  # the backends import these params
+
+    return tuple(BACKENDS)
+
+
 @dataclass(frozen=True)
 class DetectorParams:
-    name: str = "fasterrcnn-mobilenet-320"
-    score_threshold: float = 0.5
-    device: str = "auto"
-    batch_size: int = 8
-    weights: Path | None = None  # a state-dict file instead of torchvision's cached download
+    name: str = field(default="fasterrcnn-mobilenet-320", metadata={
+        "option": "--detector", "choices": _detector_names, "help": "Detector backend (torchvision, COCO weights)."})
+    score_threshold: float = field(default=0.5, metadata={"help": "Detections below this score are not counted."})
+    device: str = field(default="auto", metadata={"choices": DEVICES, "help": "Where the detector runs."})
+    batch_size: int = field(default=8, metadata={"help": "Frames per detector call."})
+    weights: Path | None = field(default=None, metadata={
+        "help": "Detector weights file (default: torchvision's cache, downloaded once)."})
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -76,13 +95,15 @@ class DetectorParams:
 class StatsConfig:
     analysis: AnalysisParams = field(default_factory=AnalysisParams)
     transitions: TransitionParams = field(default_factory=TransitionParams)
-    classes: bool = True
+    classes: bool = field(default=True, metadata={"help": "Count objects and classes with a detector."})
     detector: DetectorParams = field(default_factory=DetectorParams)
-    out: Path | None = None  # folder holding <slug>/ and the corpus tables; default <root>/stats
-    top: int = 20  # classes shown in the frequency plot and the summary's `top`
-    chunk: int = DEFAULT_CHUNK
-    overwrite: bool = False  # drop resume parts and start again
-    progress: bool = True
+    out: Path | None = field(default=None, metadata={
+        "metavar": "DIRECTORY", "help": "Folder for <slug>/ outputs and the corpus table (default: <root>/stats)."})
+    top: int = field(default=20, metadata={"help": "Classes in the frequency plot and the summary's `top`."})
+    chunk: int = field(default=DEFAULT_CHUNK, metadata={"help": "Frames per resume checkpoint."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Start again instead of continuing an interrupted run."})
+    progress: bool = True  # not an option: -q turns it off
 
     def __post_init__(self) -> None:
         if self.chunk < 1:

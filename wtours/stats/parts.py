@@ -64,10 +64,13 @@ class Parts:
         return path
 
     def read(self) -> tuple[Any, np.ndarray]:
-        """All rows in time order as a DataFrame (without histograms) and the (N, BINS) uint16 histograms."""
+        """All rows in time order as a DataFrame (without histograms) and the (N, BINS) uint16 histograms;
+        (None, an empty array) when no part was written yet."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if not self.paths():
+            return None, np.zeros((0, 0), dtype=np.uint16)
         tables, hist_parts = [], []
         for path in self.paths():  # one part at a time, so no per-frame Python objects exist at once
             table = pq.read_table(path)

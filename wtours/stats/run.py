@@ -68,7 +68,7 @@ def open_source(layout: Layout, slug: str, config: StatsConfig,
     from wtours.shard.run import prepare_job
 
     job = prepare_job(layout, slug, ShardParams(), "none")  # checks the file is there and unchanged
-    return VideoSource(job.video_path, job.probe, layout.read_info(slug)["sha256"], analysis.every)
+    return VideoSource(job.video_path, job.probe, job.sha256, analysis.every)
 
 
 def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detector | None = None,
@@ -98,7 +98,7 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
             write_json_atomic(parts.folder / SKIPPED_FILE, source.info.skipped)
         for note in source.info.notes:
             say(f"{slug}: warning: {note}")
-        table, hists = parts.read() if parts.paths() else (None, None)
+        table, hists = parts.read()
         if table is None or not len(table):
             raise WtoursError(f"{slug}: no frames to analyse", "check the video (`wtours list`) or reshard it "
                               f"(`wtours verify --city {slug} --repair` for damaged shards)")
@@ -124,7 +124,7 @@ def _carry_skipped(source: ShardSource | VideoSource, parts: Parts, after: float
         return
     ends = {entry.name: entry.t_end for entry in source.index.shards}
     for skipped in earlier if isinstance(earlier, list) else ():
-        if isinstance(skipped, dict) and ends.get(skipped.get("name"), float("inf")) <= after:
+        if isinstance(skipped, dict) and ends.get(str(skipped.get("name")), float("inf")) <= after:
             source.info.skip(str(skipped["name"]), str(skipped.get("reason")))
 
 

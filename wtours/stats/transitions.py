@@ -77,9 +77,9 @@ def detect_cuts(t: np.ndarray, scores: np.ndarray, hists: np.ndarray, params: Tr
         if scores[i] >= level + params.cut_k * spread:
             candidates.append(int(i))
     kept: list[int] = []
-    for i in sorted(candidates, key=lambda i: -scores[i]):  # strongest first
-        if all(abs(t[i] - t[j]) >= params.min_gap for j in kept) and _scene_differs(t, hists, i, params):
-            kept.append(i)
+    for cut in sorted(candidates, key=lambda c: -scores[c]):  # strongest first
+        if all(abs(t[cut] - t[j]) >= params.min_gap for j in kept) and _scene_differs(t, hists, cut, params):
+            kept.append(cut)
     return sorted(kept)
 
 
@@ -127,8 +127,8 @@ def drift_scores(t: np.ndarray, hists: np.ndarray, lightness: np.ndarray, shot: 
         lo, hi = int(first[then].min()), int(now.max()) + 1  # the frames these spans cover
         sums = np.cumsum(np.concatenate([np.zeros((1, hists.shape[1])), normalise(hists[lo:hi])]), axis=0)
 
-        def span(i: np.ndarray) -> np.ndarray:  # (M,) frame indices -> (M, BINS) mean over each smoothing span
-            return (sums[i + 1 - lo] - sums[first[i] - lo]) / (i + 1 - first[i])[:, None]
+        def span(i: np.ndarray, sums: np.ndarray = sums, lo: int = lo) -> np.ndarray:  # (M,) -> (M, BINS)
+            return (sums[i + 1 - lo] - sums[first[i] - lo]) / (i + 1 - first[i])[:, None]  # smoothing-span means
 
         drift[now] = distance(span(now), shift_lightness(span(then), light[now] - light[then]))
     return drift, np.where(valid, ref, -1)
@@ -157,7 +157,7 @@ def detect_scene_changes(t: np.ndarray, drift: np.ndarray, reference: np.ndarray
         r = reference[i]
         if r >= free_from:
             changes.append(SceneChange(float(t[r]), float(t[i]), float(drift[i])))
-            free_from = i
+            free_from = int(i)
     return changes
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -37,7 +37,7 @@ def _torch_save(obj: Any, path: Path) -> None:
     with open(path, "wb") as file:
         writer = _KeepingErrors(file)
         try:
-            torch.save(obj, writer)
+            torch.save(obj, cast(IO[bytes], writer))
         except RuntimeError:
             if writer.error is not None:
                 raise writer.error from None

@@ -8,8 +8,8 @@ from the job id unless MASTER_PORT is set."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 import torch.distributed as dist

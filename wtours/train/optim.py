@@ -32,7 +32,8 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
 
 def param_groups(module: nn.Module) -> list[dict]:
     """Weight decay on matrices only: biases and 1-D parameters (norms, tokens' gains) get none."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue

@@ -7,11 +7,11 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -62,7 +62,8 @@ class RunState:
 
 def build_data(config: TrainConfig, dist: distributed.Dist) -> ClipDataset:
     shards = resolve(config.shards, config.root)
-    loader = LoaderConfig(batch_size=config.batch_size, workers=config.workers, shuffle_buffer=config.shuffle_buffer,
+    workers = config.workers if config.workers is not None else default_workers(dist.local_world_size)
+    loader = LoaderConfig(batch_size=config.batch_size, workers=workers, shuffle_buffer=config.shuffle_buffer,
                           augment=config.augment,
                           clip=ClipConfig(config.clip_frames, config.clip_stride, config.clips_per_shard, config.seed),
                           multicrop=MultiCropConfig(n_local=config.model.n_local))
@@ -450,14 +451,15 @@ def _resume(out: Path, model: DoRA, optimizer, scaler, say: Callable[[str], None
 
 def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
     """A KnnMonitor on rank 0 when --knn-train/--knn-val are given, else None."""
-    if not config.knn_train or not dist.is_main:
+    if not config.knn_train or not config.knn_val or not dist.is_main:
         return None
     from wtours.eval.knn import KnnConfig, KnnMonitor
 
-    return KnnMonitor(config.knn_train, config.knn_val, config.knn_every, KnnConfig(workers=min(config.workers, 4)))
+    knn = KnnConfig(workers=min(config.workers or 0, 4))
+    return KnnMonitor(config.knn_train, config.knn_val, config.knn_every, knn)
 
 
-def _knn_evaluate(knn, model: DoRA, state: RunState, schedules: Schedules, logger: "_RunLogger", device,
+def _knn_evaluate(knn, model: DoRA, state: RunState, schedules: Schedules, logger: _RunLogger, device,
                   say: Callable[[str], None]) -> None:
     """After the last step of every --knn-every-th epoch and of the run: the teacher backbone's k-NN, logged."""
     if knn is None:
