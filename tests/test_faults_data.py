@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.http_server import FileServer
-from tests.videos import make_video
+from tests.videos import make_truncated_video, make_video
 from wtours.download import add_local
 from wtours.layout import TEMPORARY_GLOB, Layout
 from wtours.locks import LOCK_FILE
@@ -431,10 +431,7 @@ def test_ffmpeg_error_text_loses_its_pointer_addresses():
 
 @pytest.mark.slow
 def test_a_truncated_video_gives_the_same_index_bytes_every_run(tmp_path):
-    full = make_video(tmp_path / "full.mp4", seconds=10.0, size="192x128", faststart=True, gop=30)
-    data = full.read_bytes()
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: len(data) // 2])
+    cut = make_truncated_video(tmp_path, size="192x128")
     indexes = []
     for run in ("a", "b", "c"):  # ffmpeg's decoder threads log in a different order each run
         layout = register(tmp_path / run, cut, allow_damaged=True)

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.videos import make_video, make_video_with_black_tail, run_ffmpeg
+from tests.videos import make_truncated_video, make_video, make_video_with_black_tail, run_ffmpeg
 from wtours.cli.main import cli
 from wtours.download import add_local
 from wtours.errors import IncompleteError, WtoursError
@@ -170,10 +170,7 @@ def test_blank_detection_on_pixels():
 
 @pytest.mark.slow
 def test_truncated_video_keeps_what_decodes(tmp_path):
-    full = make_video(tmp_path / "full.mp4", seconds=10.0, size="320x240", faststart=True, gop=30)
-    data = full.read_bytes()
-    cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: len(data) // 2])
+    cut = make_truncated_video(tmp_path)
     with pytest.raises(WtoursError, match="does not decode"):
         add_local(cut, "walk", tmp_path / "r0", say=lambda m: None)
     layout = registered(tmp_path, cut, allow_damaged=True)

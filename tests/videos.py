@@ -29,6 +29,16 @@ def make_video(path: Path, seconds: float = 3.0, size: str = "320x240", rate: in
     return path
 
 
+def make_truncated_video(folder: Path, seconds: float = 10.0, size: str = "320x240") -> Path:
+    """`cut.mp4`: the first half of the bytes of a faststart mp4 (index up front, 1 s GOPs), so it
+    probes whole but stops decoding midway, as a download cut short does."""
+    full = make_video(folder / "full.mp4", seconds=seconds, size=size, faststart=True, gop=30)
+    data = full.read_bytes()
+    cut = folder / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    return cut
+
+
 def make_video_with_black_tail(path: Path, seconds: float, tail: float, size: str = "320x240", rate: int = 30) -> Path:
     """testsrc2 for `seconds`, then `tail` seconds of black (a blank tail like the mirror's Venice)."""
     graph = (f"testsrc2=size={size}:rate={rate}:duration={seconds}[a];"
