@@ -151,6 +151,7 @@ def reference(videos, tmp_path_factory):
 # ------------------------------------------------------------------ 1. add never replaces silently
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["link", "copy", "symlink", "move"])
 def test_add_refuses_to_replace_a_registered_video_without_force(videos, tmp_path, mode):
     root = tmp_path / "root"
@@ -178,6 +179,7 @@ def test_add_refuses_to_replace_a_registered_video_without_force(videos, tmp_pat
     assert other.exists() == (mode != "move")  # only the file the user named, and only with move
 
 
+@pytest.mark.slow
 def test_adding_the_same_video_again_needs_no_force(videos, tmp_path):
     root = tmp_path / "root"
     for _ in range(2):

