@@ -397,3 +397,19 @@ def test_a_refusal_on_rank_0_stops_every_torchrun_process(root, base_run, tmp_pa
     assert result.returncode != 0
     assert result.stderr.count("error: ") >= 2 and result.stderr.count("already holds a training run") == 2
     assert hashes(out) == before
+
+
+def test_the_worker_count_is_kept_on_resume_and_another_one_is_a_change(tmp_path):
+    """Each loader worker reads its own stretch of the epoch, so the worker count decides which clips form
+    each batch: a resume without --workers takes the run's, and another count is a setting that changed."""
+    from wtours.train.folder import changes, flat_settings
+    from wtours.train.run import _saved_workers
+
+    run = config_from_args(["--shards", "x", "--out", str(tmp_path), "--workers", "0"])
+    saved = flat_settings(dataclasses.asdict(run))
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    resumed = config_from_args(["--shards", "x", "--out", str(tmp_path), "--resume"])
+    assert resumed.workers is None and _saved_workers(resumed) == 0
+    assert _saved_workers(dataclasses.replace(resumed, resume=False)) is None
+    now = flat_settings(dataclasses.asdict(dataclasses.replace(resumed, workers=4)))
+    assert changes(saved, now) == {"workers": [0, 4]}

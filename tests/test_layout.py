@@ -146,6 +146,14 @@ def test_version_1_indexes_are_still_read(walk, tmp_path):
     (lambda d: d["shards"][0].update(offsets=[0]), "'offsets' must be"),
     (lambda d: d.update(samples=1), "'samples' is 1"),
     (lambda d: d["shards"][1].update(name="../x.tar"), "is not a shard name"),
+    # hostile or damaged numbers: absurd plans, seeks outside the shard, infinities, malformed lists
+    (lambda d: d["shards"][0].update(cell_runs=[[0, 10**10]], samples=10**10 + 1), "cannot fit in"),
+    (lambda d: d["shards"][0].update(cell_runs=[[5, 2]]), "'cell_runs' must be ascending"),
+    (lambda d: d["shards"][0].update(offsets=[-512, *d["shards"][0]["offsets"][1:]]), "'offsets' must be"),
+    (lambda d: d["shards"][0].update(offsets=[*d["shards"][0]["offsets"][:-1], 10**12]), "'offsets' must be"),
+    (lambda d: d["video"].update(fps=float("inf")), "finite positive"),
+    (lambda d: d["params"].update(fps=float("inf")), "'params' are not shard parameters"),
+    (lambda d: d.update(blank_stretches=[1]), "not a valid wtours shard index"),
 ])
 def test_a_wrong_structure_is_a_clear_error_naming_the_file(walk, tmp_path, damage, expected):
     data = json.loads(walk.index_path("walk").read_text())

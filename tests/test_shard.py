@@ -283,9 +283,16 @@ def test_wids_reads_the_descriptor(sharded):
 
 
 def test_hugging_face_datasets_reads_the_shards(sharded, tmp_path, monkeypatch):
+    # Offline for this test only: both libraries read these variables once, at import, so the imported
+    # constants are patched too (an import under the variables would leave later tests offline).
+    import datasets.config
+    import huggingface_hub.constants
+    from datasets import load_dataset
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from datasets import load_dataset
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
     files = [str(p) for p in sorted(sharded.shard_dir("walk").glob("walk-*.tar"))]
     dataset = load_dataset("webdataset", data_files={"train": files}, split="train", cache_dir=str(tmp_path))

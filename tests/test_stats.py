@@ -33,7 +33,14 @@ from wtours.stats.frames import Frame, on_grid
 from wtours.stats.measure import analysis_grid, measure
 from wtours.stats.params import AnalysisParams, DetectorParams, StatsConfig, TransitionParams
 from wtours.stats.run import stats_video
-from wtours.stats.transitions import change_scores, detect_cuts, detect_scene_changes, drift_scores, normalise
+from wtours.stats.transitions import (
+    change_scores,
+    colour_histograms,
+    detect_cuts,
+    detect_scene_changes,
+    drift_scores,
+    normalise,
+)
 from wtours.synthetic import WalkSpec, make_walk
 
 WTOURS = [sys.executable, "-m", "wtours"]
@@ -515,3 +522,15 @@ def test_resume_from_shards_reads_only_what_is_left_and_a_change_starts_over(wal
     assert coarser.analysed == coarser.summary["frames"] == 54
     assert "starting over" in messages[-1]
     assert frames_table(layout, "walk")["t"].tolist() == [float(t) for t in range(60) if not 42 <= t < 48]
+
+
+def test_histograms_of_more_than_65535_pixels_keep_their_distribution():
+    """--analysis-pixels 0 measures every pixel: a 910x512 frame has 465,920, past uint16's counts."""
+    lab = np.zeros((2, 512, 910, 3), np.float32)  # (B, h, w, 3): a black frame, then half black, half white
+    lab[1, :, 455:, 0] = 100.0
+    counts = colour_histograms(lab)
+    assert counts.dtype == np.uint16 and counts[0].max() == 65535
+    halves = np.sort(normalise(counts)[1])[-2:]
+    assert np.allclose(halves, 0.5, atol=1e-4)
+    small = colour_histograms(lab[:, :200, :300])  # 60,000 pixels: the exact counts, as before
+    assert small[0].max() == 60000 and small[1].sum() == 60000

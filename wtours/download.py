@@ -328,10 +328,16 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
         say(f"{target.slug}: already downloaded and verified ({done}); skipping")
         return DownloadResult(target.slug, done, "skipped", layout.read_info(target.slug) or {})
     media.find_tools()  # fail before any transfer when ffmpeg is missing: we cannot verify without it
-    folder.mkdir(parents=True, exist_ok=True)
+    # one writer per video folder: two downloads (or a download and an add) would share the .part file
+    with folder_lock(folder, f"video folder of {target.slug}"):
+        return _download_locked(layout, target, config, say)
 
+
+def _download_locked(layout: Layout, target: DownloadTarget, config: DownloadConfig,
+                     say: Callable[[str], None]) -> DownloadResult:
     import yt_dlp
 
+    folder = layout.video_dir(target.slug)
     logger = _YtdlpLogger()
     bar = _ProgressBar(target.slug, config.progress)
     options = _ytdlp_options(config, str(layout.download_template(target.slug)), logger, [bar.hook])

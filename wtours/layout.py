@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
+import secrets
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -239,7 +240,8 @@ def replace_atomically(path: Path, write: Callable[[Path], T]) -> T:
     renamed into place, then the folder is fsynced (so the rename survives a power cut). A killed or
     failed write never leaves a partial file under the final name, and the temporary is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident():x}")
+    # host, pid and a random token: nodes sharing a folder may have equal pids (containers)
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         result = write(tmp)
         _fsync_path(tmp)

@@ -39,25 +39,28 @@ def _holder_text(path: Path) -> str:
 
 
 @contextmanager
-def folder_lock(folder: Path, what: str) -> Iterator[Path]:
+def folder_lock(folder: Path, what: str, shared: bool = False) -> Iterator[Path]:
     """Hold `folder` exclusively for this block; a second holder fails at once with who has it.
 
-    `what` names the folder's role in the message ("run folder", "shard folder of venice")."""
+    `what` names the folder's role in the message ("run folder", "shard folder of venice").
+    `shared`: several shared holders may work in the folder together (the ranks of a multi-node
+    shard run), but never beside an exclusive one."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FolderBusyError(
                 f"the {what} {folder} is in use by {_holder_text(path)}",
                 "wait for that run to finish or stop it; two runs into one folder would mix their outputs "
                 "(a run killed with kill -9 frees the folder by itself)") from None
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                  "command": " ".join(["wtours", *sys.argv[1:2]])}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        if not shared:  # shared holders leave the record alone: it names the exclusive holder
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                      "command": " ".join(["wtours", *sys.argv[1:2]])}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the flock

@@ -265,14 +265,13 @@ class VerifiedShard:
 
     The bytes are held in a spooled temporary file (VERIFY_SPOOL_BYTES in memory, the rest on disk,
     removed on close). More bytes than the index records stop the read at once. A stream that breaks
-    before its end cannot be verified: what arrived is served, unverified, then the error is raised, as
-    for any broken stream (the pipeline keeps the samples read before a break and counts the shard).
-    Partial reads (byte ranges of a shard) are not wrapped: they trust the server (docs/hub.md)."""
+    before its end cannot be verified, so none of it is served: the shard is counted as bad (a server
+    could otherwise send replaced samples and then drop the connection). Partial reads (byte ranges
+    of a shard) are not wrapped: they trust the server (docs/hub.md)."""
 
     def __init__(self, raw: IO[bytes], url: str, size: int, sha256: str):
         self.raw, self.url, self.size, self.sha256 = raw, url, size, sha256
         self.spool: IO[bytes] | None = None
-        self.pending: BaseException | None = None  # a break in the stream, raised once the spool is served
         self.failed = False
 
     def __repr__(self) -> str:  # webdataset appends str(stream) to the errors it reports
@@ -295,14 +294,15 @@ class VerifiedShard:
         except ShardMismatchError:
             spool.close()
             raise
-        except Exception as e:  # noqa: BLE001 (a broken stream: serve what arrived, then report it)
-            self.pending = e
-        else:
-            if count != self.size or digest.hexdigest() != self.sha256:
-                spool.close()
-                what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
-                        else "its sha256 is not the one its index.json records")
-                raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
+        except Exception as e:  # noqa: BLE001 (a broken stream: nothing unverified is served)
+            spool.close()
+            raise ShardMismatchError(f"{self.url}: the stream broke after {count} of {self.size} bytes ({e}); "
+                                     "an unverified shard is not used (skipped)") from e
+        if count != self.size or digest.hexdigest() != self.sha256:
+            spool.close()
+            what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
+                    else "its sha256 is not the one its index.json records")
+            raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
         spool.seek(0)
         self.spool = spool
 
@@ -316,12 +316,7 @@ class VerifiedShard:
                 self.failed = True
                 raise
         assert self.spool is not None  # filled above, or failed (then `failed`)
-        data = self.spool.read(size if size is not None else -1)
-        if not data and self.pending is not None:
-            error, self.pending = self.pending, None
-            self.failed = True
-            raise error
-        return data
+        return self.spool.read(size if size is not None else -1)
 
     def close(self) -> None:
         try:

@@ -29,6 +29,7 @@ from wtours.hub.client import (
 )
 from wtours.hub.paths import index_path, shard_path, slugs_in, source_path
 from wtours.layout import Layout, replace_atomically, write_json_atomic
+from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex
 
 BLOCK_SIZE = 8 << 20  # bytes per ranged GET (each one retried by the client on transient errors)
@@ -74,17 +75,17 @@ def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print)
         say(f"{item.slug}: {len(item.missing)} of {len(item.index.shards)} shards to download ({size:.1f} MB)"
             if item.missing else f"{item.slug}: up to date ({len(item.index.shards)} shards verified)")
     with tqdm(total=total, unit="B", unit_scale=True, desc="pull", disable=not config.progress) as bar:
-        for item in sets:
-            layout.shard_dir(item.slug).mkdir(parents=True, exist_ok=True)
-            for shard in item.missing:
-                final = layout.shard_file(item.slug, shard.name)
-                fetch_shard(target, shard_path(item.slug, shard.name), final, shard, bar.update)
-                summary.downloaded.append(shard_path(item.slug, shard.name))
-                summary.bytes += shard.bytes
-            summary.kept += [shard_path(item.slug, s.name) for s in item.present]
-            if item.source is not None:
-                write_json_atomic(layout.source_path(item.slug), item.source)
-            item.index.write(layout)  # last: its presence means every shard is here
+        for item in sets:  # one writer per shard folder: two pulls would append to the same part file
+            with folder_lock(layout.shard_dir(item.slug), f"shard folder of {item.slug}"):
+                for shard in item.missing:
+                    final = layout.shard_file(item.slug, shard.name)
+                    fetch_shard(target, shard_path(item.slug, shard.name), final, shard, bar.update)
+                    summary.downloaded.append(shard_path(item.slug, shard.name))
+                    summary.bytes += shard.bytes
+                summary.kept += [shard_path(item.slug, s.name) for s in item.present]
+                if item.source is not None:
+                    write_json_atomic(layout.source_path(item.slug), item.source)
+                item.index.write(layout)  # last: its presence means every shard is here
     return summary
 
 
@@ -148,7 +149,7 @@ def fetch_shard(target: HubTarget, repo_path: str, final: Path, shard: ShardEntr
                 digest.update(block)
                 offset += len(block)
                 progress(len(block))
-    if offset != shard.bytes or digest.hexdigest() != shard.sha256:
+    if offset != shard.bytes or part.stat().st_size != shard.bytes or digest.hexdigest() != shard.sha256:
         part.unlink()
         raise WtoursError(f"{target.repo}/{repo_path}: downloaded {offset} bytes whose sha256 is not the index's",
                           "rerun `wtours pull` (it downloads the shard again); if it fails again, the repo holds "

@@ -9,6 +9,7 @@ every segment has one, and written last, atomically."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,22 @@ class ShardEntry:
         return entry
 
     def check(self) -> None:
-        cells = sum(last - first + 1 for first, last in self.cell_runs)
+        """Consistent with itself, so that a damaged or hostile index cannot make a reader plan absurd
+        work (a run of 10^10 cells) or seek outside the shard."""
+        runs = self.cell_runs
+        if any(not 0 <= first <= last for first, last in runs) or any(
+                b[0] <= a[1] for a, b in zip(runs, runs[1:])):
+            raise _Invalid(f"shard {self.name}: 'cell_runs' must be ascending, non-overlapping [first, last] runs")
+        cells = sum(last - first + 1 for first, last in runs)
         if cells != self.samples:
             raise _Invalid(f"shard {self.name}: its cell_runs hold {cells} cells for {self.samples} samples")
+        if not 0 <= self.samples * MIN_SAMPLE_BYTES <= self.bytes:  # every sample is at least two tar members
+            raise _Invalid(f"shard {self.name}: {self.samples} samples cannot fit in {self.bytes} bytes")
         if self.offsets is not None and (len(self.offsets) != self.samples
+                                         or (self.offsets and (self.offsets[0] != 0 or self.offsets[-1] >= self.bytes))
                                          or any(b <= a for a, b in zip(self.offsets, self.offsets[1:]))):
-            raise _Invalid(f"shard {self.name}: 'offsets' must be {self.samples} increasing byte offsets")
+            raise _Invalid(f"shard {self.name}: 'offsets' must be {self.samples} increasing byte offsets from 0, "
+                           f"inside its {self.bytes} bytes")
         if self.faces is not None and len(self.faces) != self.samples:
             raise _Invalid(f"shard {self.name}: 'faces' must have one count per sample ({self.samples})")
 
@@ -105,6 +116,9 @@ class ShardEntry:
         if self.faces is not None:
             data["faces"] = list(self.faces)
         return data
+
+
+MIN_SAMPLE_BYTES = 2048  # a sample's .jpg and .json members: a 512-byte header and at least one block each
 
 
 @dataclass(frozen=True)
@@ -161,7 +175,7 @@ class ShardIndex:
         """Validate and convert parsed JSON; `where` (a path or URL) names the file in the error."""
         try:
             return cls._parse(data)
-        except (_Invalid, WtoursError) as e:
+        except (_Invalid, WtoursError, TypeError, ValueError) as e:  # TypeError/ValueError: a malformed field
             detail = e.message if isinstance(e, WtoursError) else str(e)
             raise WtoursError(f"{where} is not a valid wtours shard index: {detail}", RESHARD_HINT) from e
 
@@ -172,6 +186,8 @@ class ShardIndex:
         if data.get("version") not in READABLE_VERSIONS:
             raise _Invalid(f"version {data.get('version')!r} is not one of {list(READABLE_VERSIONS)}")
         video = IndexVideo.from_dict(_need(data, "video", dict))
+        if not all(math.isfinite(v) and v > 0 for v in (video.fps, video.duration or 1.0)):
+            raise _Invalid("the video's fps and duration must be finite positive numbers")
         shards = tuple(ShardEntry.from_dict(s, video.slug) for s in _need(data, "shards", list))
         samples = _need(data, "samples", int)
         if samples != sum(s.samples for s in shards):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -50,7 +51,7 @@ class ShardParams:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.fps > 0, "--fps must be positive"),
+            (math.isfinite(self.fps) and self.fps > 0, "--fps must be a positive number"),
             (16 <= self.short_side <= 4320, "--short-side must be between 16 and 4320 pixels"),
             (1 <= self.quality <= 100, "--quality must be between 1 and 100"),
             (self.samples_per_shard >= 1, "--samples-per-shard must be at least 1"),

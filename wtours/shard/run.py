@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,13 +122,19 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-def shard_lock(layout: Layout, slug: str, options: RunOptions):
-    """One run per shard folder. Ranks of a multi-node run share the folder by design: each locks its rank
-    (so the same rank cannot run twice), and stale temporaries are only removed by single-node runs."""
-    if options.num_nodes > 1:
-        return folder_lock(layout.node_lock_dir(slug, options.node_rank),
-                           f"shard folder of {slug} (node rank {options.node_rank})")
-    return folder_lock(layout.shard_dir(slug), f"shard folder of {slug}")
+@contextmanager
+def shard_lock(layout: Layout, slug: str, options: RunOptions) -> Iterator[None]:
+    """One run per shard folder. Ranks of a multi-node run share the folder by design: each holds it
+    shared (so no single-node run, pull or repair works beside them) and locks its own rank (so the
+    same rank cannot run twice); stale temporaries are only removed by single-node runs."""
+    what = f"shard folder of {slug}"
+    if options.num_nodes == 1:
+        with folder_lock(layout.shard_dir(slug), what):
+            yield
+        return
+    with folder_lock(layout.shard_dir(slug), what, shared=True), \
+            folder_lock(layout.node_lock_dir(slug, options.node_rank), f"{what} (node rank {options.node_rank})"):
+        yield
 
 
 def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOptions,

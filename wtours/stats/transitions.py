@@ -20,7 +20,9 @@ BINS = L_BINS * AB_BINS * AB_BINS
 
 
 def colour_histograms(lab: np.ndarray) -> np.ndarray:
-    """(B, h, w, 3) L*a*b* -> (B, BINS) uint16 pixel counts (each row sums to h*w)."""
+    """(B, h, w, 3) L*a*b* -> (B, BINS) uint16 pixel counts (each row sums to h*w). A grid of more than
+    65,535 pixels (--analysis-pixels 0 on a large frame) would overflow uint16: its counts are scaled to a
+    total of 65,535, which keeps the distribution (everything downstream normalises) to 1/131,070."""
     batch = lab.shape[0]
     qL = np.minimum((lab[..., 0] * (L_BINS / 100)).astype(np.int32), L_BINS - 1)  # L* >= 0 always
     qa = np.clip(((lab[..., 1] + AB_RANGE) * (AB_BINS / (2 * AB_RANGE))).astype(np.int32), 0, AB_BINS - 1)
@@ -28,6 +30,9 @@ def colour_histograms(lab: np.ndarray) -> np.ndarray:
     bins = ((qL * AB_BINS + qa) * AB_BINS + qb).reshape(batch, -1)  # (B, h*w)
     bins += (np.arange(batch, dtype=np.int32) * BINS)[:, None]  # one bincount for the whole batch
     counts = np.bincount(bins.ravel(), minlength=batch * BINS).reshape(batch, BINS)
+    pixels = bins.shape[1]
+    if pixels > np.iinfo(np.uint16).max:
+        counts = np.rint(counts * (np.iinfo(np.uint16).max / pixels))
     return counts.astype(np.uint16)
 
 

@@ -122,12 +122,13 @@ def agree(dist: Dist, work):
     if dist.is_main:
         try:
             result = work()
-        except (WtoursError, OSError) as e:
+        except BaseException as e:  # anything (Ctrl-C, a damaged file's TypeError): the others must not wait
             if dist.world_size == 1:
                 raise
             failure = e
             error = ((e.message, e.hint, e.exit_code) if isinstance(e, WtoursError) else
-                     (f"rank 0 could not prepare the run folder: {e}", "see rank 0's message", WtoursError.exit_code))
+                     (f"rank 0 could not prepare the run folder: {type(e).__name__}: {e}", "see rank 0's message",
+                      WtoursError.exit_code))
     if dist.world_size > 1:
         box = [(result, error)]
         dist_broadcast(box)

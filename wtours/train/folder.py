@@ -22,7 +22,9 @@ RUN_PATTERNS = ("data.rank*.jsonl",)
 RUN_DIRS = ("tensorboard",)
 
 # Settings that do not change what the run computes, or only how fast: free to change on --resume.
-FREE_SETTINGS = {"out", "root", "resume", "overwrite", "reschedule", "workers", "device", "compile", "precision",
+# Not "workers": each loader worker reads its own stretch of the epoch, so the worker count decides which
+# clips make up each batch, and a resume with another count would repeat some clips and skip others.
+FREE_SETTINGS = {"out", "root", "resume", "overwrite", "reschedule", "device", "compile", "precision",
                  "augment", "knn_train", "knn_val", "knn_every", "checkpoint_every", "log_every", "init_from"}
 # What the schedules and the data order follow beyond the settings: compared on --resume too.
 DERIVED = {"world_size": "processes (world size)", "steps_per_epoch": "steps per epoch",

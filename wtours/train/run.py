@@ -21,7 +21,7 @@ from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_
 from wtours.clips.spec import resolve
 from wtours.dora import DoRA
 from wtours.errors import WtoursError
-from wtours.layout import write_json_atomic
+from wtours.layout import read_json, write_json_atomic
 from wtours.locks import LOCK_FILE, folder_lock
 from wtours.system import default_workers
 from wtours.train import distributed, folder
@@ -90,14 +90,22 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int, world_size: int) 
         steps_per_epoch=steps_per_epoch, total_steps=total)
 
 
+def _saved_workers(config: TrainConfig) -> int | None:
+    """--resume without --workers: the run's own worker count (it decides which clips form each batch)."""
+    saved = read_json(Path(config.out) / "config.json") if config.resume else None
+    workers = saved.get("workers") if isinstance(saved, dict) else None
+    return workers if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0 else None
+
+
 def precision_of(config: TrainConfig, device: torch.device) -> str:
     return config.precision or ("bf16" if device.type == "cuda" else "fp32")
 
 
 def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
     dist = distributed.setup(config.device)  # checks --device first: nothing is created for a missing one
-    if config.workers is None:  # resolved here, so config.json records what ran
-        config = replace(config, workers=default_workers(dist.local_world_size))
+    if config.workers is None:  # resolved here, so config.json records what ran; a resume keeps the run's
+        saved = _saved_workers(config)
+        config = replace(config, workers=saved if saved is not None else default_workers(dist.local_world_size))
     try:
         return _train(config, dist, say if dist.is_main else (lambda m: None))
     finally:
