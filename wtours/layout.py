@@ -252,6 +252,16 @@ def replace_atomically(path: Path, write: Callable[[Path], T]) -> T:
     return result
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Temporaries (`TEMPORARY_GLOB`) left in `folder` by runs that died mid-write. Call only under the
+    folder's lock, where no live run can be writing them; they would otherwise keep a full disk full."""
+    removed = []
+    for path in folder.glob(TEMPORARY_GLOB) if folder.is_dir() else ():
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     replace_atomically(path, lambda tmp: tmp.write_bytes(data))
 

@@ -17,10 +17,10 @@ from typing import Any
 from wtours import __version__
 from wtours.errors import WtoursError
 from wtours.layout import (
-    TEMPORARY_GLOB,
     Layout,
     json_bytes,
     read_json,
+    remove_stale_temporaries,
     validate_shard_name,
     validate_slug,
     write_bytes_atomic,
@@ -410,5 +410,4 @@ def clear_shard_dir(layout: Layout, slug: str) -> None:
         path.unlink()
     for path in (layout.index_path(slug), layout.wids_path(slug), layout.plan_path(slug)):
         path.unlink(missing_ok=True)
-    for path in folder.glob(TEMPORARY_GLOB):
-        path.unlink()
+    remove_stale_temporaries(folder)

@@ -14,7 +14,7 @@ from pathlib import Path
 from wtours import media
 from wtours.download import completed_file
 from wtours.errors import IncompleteError, WtoursError
-from wtours.layout import TEMPORARY_GLOB, Layout, sample_key, shard_name
+from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name
 from wtours.locks import folder_lock
 from wtours.privacy.stage import FaceBlur, blur_frames
 from wtours.shard.blank import is_blank, merge_stretches
@@ -110,16 +110,6 @@ class DecoderKilledError(WtoursError):
 
 class SegmentCancelled(Exception):
     """The run was interrupted (Ctrl-C): segments in flight stop without writing anything."""
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Temporaries (`.*.tmp-*`) left in `folder` by runs that died mid-write. Call only under the folder's
-    lock, where no live run can be writing them; they would otherwise keep a full disk full."""
-    removed = []
-    for path in folder.glob(TEMPORARY_GLOB) if folder.is_dir() else ():
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
 
 
 @contextmanager

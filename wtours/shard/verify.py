@@ -136,8 +136,9 @@ def repair_set(layout: Layout, slug: str, report: VerifyReport, workers: int = 1
     it describes what the shards must be, and a repaired shard that differs from it is an error."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from wtours.layout import remove_stale_temporaries
     from wtours.shard.plan import plan_segments
-    from wtours.shard.run import prepare_job, remove_stale_temporaries
+    from wtours.shard.run import prepare_job
 
     if report.ok:
         return report

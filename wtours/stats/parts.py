@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from wtours.layout import STATS_PARTS_DIR, TEMPORARY_GLOB, read_json, replace_atomically, write_json_atomic
+from wtours.layout import (
+    STATS_PARTS_DIR,
+    read_json,
+    remove_stale_temporaries,
+    replace_atomically,
+    write_json_atomic,
+)
 
 PARTS_DIR = STATS_PARTS_DIR  # Layout.stats_parts_dir(slug, out) names the same folder
 KEY_FILE = "key.json"
@@ -35,8 +41,7 @@ class Parts:
         elif existing is None and self.folder.exists():
             shutil.rmtree(self.folder)  # parts without a key: from an interrupted first write
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.glob(TEMPORARY_GLOB):
-            stale.unlink()  # a part being written when the run was killed
+        remove_stale_temporaries(self.folder)  # a part being written when the run was killed
         write_json_atomic(self.folder / KEY_FILE, self.key)
         paths = self.paths()
         if not paths:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from wtours.errors import WtoursError
-from wtours.layout import TEMPORARY_GLOB, Layout, read_json, write_json_atomic
+from wtours.layout import Layout, read_json, remove_stale_temporaries, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardIndex
 from wtours.stats.classes import Detector, detect_stage, load_detector
@@ -85,8 +85,7 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
         detector = None
     folder = layout.stats_dir(slug, config.out)
     with folder_lock(folder, f"stats folder of {slug}"):
-        for stale in folder.glob(TEMPORARY_GLOB):  # left by a run that died mid-write (we hold the lock)
-            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(folder)  # left by a run that died mid-write (we hold the lock)
         parts = Parts(folder, _key(source, config, detector))
         after, done = parts.prepare(config.overwrite, say)
         if done:

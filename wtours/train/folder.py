@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wtours.errors import WtoursError
-from wtours.layout import write_bytes_atomic
+from wtours.layout import TEMPORARY_GLOB, write_bytes_atomic
 from wtours.train.checkpoint import CHECKPOINT_FILE
 
 RUN_FILES = (CHECKPOINT_FILE, "log.jsonl", "config.json", "run.json")  # what a run writes, and nothing else
@@ -47,7 +47,7 @@ def stale_temporaries(out: Path) -> list[Path]:
     if not out.is_dir():
         return []
     names = set(RUN_FILES)
-    return [p for p in out.glob(".*.tmp-*")
+    return [p for p in out.glob(TEMPORARY_GLOB)  # only the run's own: the folder may hold the user's files
             if p.name[1:].split(".tmp-")[0] in names or p.name[1:].startswith("data.rank")]
 
 
