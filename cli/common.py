@@ -10,12 +10,23 @@ from collections.abc import Callable
 
 import click
 
-from wtours.errors import WtoursError
+from wtours.errors import EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, WtoursError
+from wtours.layout import ROOT_URL_HINT, is_url
+
+
+def _local_root(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a URL before anything makes a local folder named after its scheme (`s3:`)."""
+    if value is not None and is_url(value):
+        source = "$WTOURS_ROOT" if ctx.get_parameter_source(param.name or "") == \
+            click.core.ParameterSource.ENVIRONMENT else "--root"
+        raise click.BadParameter(f"{value!r} is a URL; {ROOT_URL_HINT}.", ctx=ctx, param=param, param_hint=source)
+    return value
 
 
 def root_option(func: Callable) -> Callable:
     return click.option("--root", type=click.Path(), metavar="DIRECTORY", envvar="WTOURS_ROOT", show_envvar=True,
-                        help="Data root (default: $WTOURS_ROOT, else ~/.local/share/wtours).")(func)
+                        callback=_local_root,
+                        help="Data root, a local folder (default: $WTOURS_ROOT, else ~/.local/share/wtours).")(func)
 
 
 def verbosity_options(func: Callable) -> Callable:
@@ -44,8 +55,6 @@ def say(message: str) -> None:
         click.echo(message)
 
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
-
 # Faults of the machine rather than of wtours: what each means for the user, keyed by errno.
 _OS_HINTS = {
     errno.ENOSPC: "the disk is full: free space (or choose another --root/--out) and rerun; the rerun resumes",
@@ -58,15 +67,33 @@ _OS_HINTS = {
 }
 
 
+# A path the user chose names the wrong kind of thing (a file where a folder must be): a usage error,
+# as a --root that is a file is; the others are faults of the machine.
+_PATH_KIND_ERRNOS = frozenset({errno.ENOTDIR, errno.EISDIR})
+
+
 def _report(message: str, hint: str | None) -> None:
     click.secho(f"error: {message}", fg="red", err=True)
     if hint:
         click.echo(f"  hint: {hint}", err=True)
 
 
+def exit_status_epilog() -> str:
+    """The exit-status table for `wtours --help` (the same table as docs/troubleshooting.md)."""
+    rows = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
+    return f"\b\nExit status:\n{rows}"
+
+
 class WtoursGroup(click.Group):
     """Turns library errors, the machine's faults and Ctrl-C into a message with a hint and an exit
-    status (never a traceback)."""
+    status (never a traceback); the root group's help ends with the exit-status table."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        if ctx.parent is None:
+            formatter.write_paragraph()
+            with formatter.indentation():
+                formatter.write_text(exit_status_epilog())
 
     def invoke(self, ctx: click.Context):
         try:
@@ -82,4 +109,4 @@ class WtoursGroup(click.Group):
                 raise
             where = f" ({e.filename})" if e.filename else ""
             _report(f"{e.strerror or e}{where}", _OS_HINTS[e.errno])
-            sys.exit(WtoursError.exit_code)
+            sys.exit(EXIT_USAGE if e.errno in _PATH_KIND_ERRNOS else EXIT_FAILURE)

@@ -14,7 +14,8 @@ from wtours.system import usable_cpus
 @click.command()
 @click.option("--root", type=click.Path(file_okay=False), default="demo-root", show_default=True,
               help="Data root for the demo's outputs (kept apart from your real root).")
-@click.option("--workers", default=usable_cpus, show_default="the CPUs this process may use", type=int)
+@click.option("--workers", default=usable_cpus, show_default="the CPUs this process may use", type=click.IntRange(1),
+              help="Parallel processes for decoding (shard) and data loading (train).")
 @click.option("--steps", default=30, show_default=True, help="Training steps.")
 @verbosity_options
 def demo(root: str, workers: int, steps: int) -> None:
@@ -24,4 +25,10 @@ def demo(root: str, workers: int, steps: int) -> None:
     Example:
       wtours demo --root /tmp/wtours-demo
     """
-    run_demo(DemoConfig(root=Path(root).absolute(), workers=workers, steps=steps, progress=not is_quiet()), say=say)
+    report = run_demo(DemoConfig(root=Path(root).absolute(), workers=workers, steps=steps, progress=not is_quiet()),
+                      say=say)
+    if is_quiet():  # -q: the final result only, on one line
+        train = report["train"]
+        click.echo(f"demo: {train['steps']} steps, loss {train['first_loss']:.3f} -> {train['last_loss']:.3f}; "
+                   f"cuts at {', '.join(f'{t:.1f}' for t in report['stats']['cuts']) or 'none'} s; "
+                   f"outputs under {report['root']}")

@@ -7,9 +7,10 @@ import json
 import click
 
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
-from wtours.download import DownloadConfig, add_local, describe_plan, resolve_targets
+from wtours.download import DownloadConfig, add_local, describe_plan, flag_options, resolve_targets
 from wtours.download import download as download_video
 from wtours.layout import Layout
+from wtours.ytdlp_options import load_settings
 
 
 @click.command()
@@ -19,18 +20,29 @@ from wtours.layout import Layout
 @click.option("--name", help="Name for --url: lowercase letters, digits and '-'.")
 @root_option
 @click.option("--max-height", default=2160, show_default=True, help="Best video stream up to this height, any codec.")
-@click.option("--retries", default=10, show_default=True, type=click.IntRange(0), help="Retries per request.")
+@click.option("--retries", type=click.IntRange(0), show_default="10, or your yt-dlp config's",
+              help="Retries per request.")
 @click.option("--rate-limit", metavar="RATE", help="Bytes per second, e.g. 5M.")
 @click.option("--cookies", type=click.Path(dir_okay=False),
               help="cookies.txt (Netscape format) for YouTube's sign-in check.")
 @click.option("--cookies-from-browser", metavar="BROWSER", help="Take cookies from a browser (firefox, chrome, ...).")
+@click.option("--yt-dlp-option", "ytdlp_options", multiple=True, metavar="KEY=VALUE",
+              help="A YoutubeDL parameter (Python API name; VALUE as JSON, else text), e.g. proxy=socks5://host:1080 "
+                   "or http_headers='{\"User-Agent\": \"...\"}'; repeatable; wins over your yt-dlp config.")
+@click.option("--ignore-yt-dlp-config", is_flag=True,
+              help="Do not read your yt-dlp config (~/.config/yt-dlp/config, ...); it is read by default.")
 @click.option("--verify", is_flag=True, help="Re-hash completed files instead of trusting size and mtime.")
 @click.option("--dry-run", is_flag=True, help="Print what would be fetched and where; no network.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON.")
 @verbosity_options
 def download(cities, all_videos, url, name, root, max_height, retries, rate_limit, cookies, cookies_from_browser,
-             verify, dry_run, as_json) -> None:
+             ytdlp_options, ignore_yt_dlp_config, verify, dry_run, as_json) -> None:
     """Download corpus videos with yt-dlp: resumable, verified, with provenance in info.json.
+
+    Your yt-dlp config (the files a bare `yt-dlp` reads: ~/.config/yt-dlp/config, $XDG_CONFIG_HOME,
+    ~/yt-dlp.conf, /etc/yt-dlp.conf, their --config-locations) applies, except the options wtours must
+    own (output location, resuming, one video, no post-processing, progress); the command says which
+    were applied and which were not, and why. Later wins: your config, wtours flags, --yt-dlp-option.
 
     \b
     Examples:
@@ -38,12 +50,21 @@ def download(cities, all_videos, url, name, root, max_height, retries, rate_limi
       wtours download --city venice --city zurich --cookies cookies.txt
       wtours download --all --root /data/wtours --rate-limit 20M
       wtours download --url https://example.org/walk.mp4 --name my-walk
+      wtours download --city venice --yt-dlp-option proxy=socks5://127.0.0.1:1080
     """
     layout = Layout(root)
     targets = resolve_targets(cities, all_videos, url, name)
+    given = {"--rate-limit": rate_limit, "--retries": retries, "--cookies": cookies,
+             "--cookies-from-browser": cookies_from_browser}
+    settings = load_settings(read_config=not ignore_yt_dlp_config, options=ytdlp_options,
+                             flags_given=[flag for flag, value in given.items() if value is not None])
     config = DownloadConfig(root=layout.root, max_height=max_height, retries=retries, rate_limit=rate_limit,
                             cookies=cookies, cookies_from_browser=cookies_from_browser, verify=verify,
-                            progress=not is_quiet())
+                            progress=not is_quiet(), ytdlp=settings)
+    flag_options(config)  # a bad --rate-limit or a missing --cookies file fails before any transfer
+    if not as_json:
+        for line in settings.describe():
+            say(line)
     if dry_run:
         plan = describe_plan(targets, layout, config)
         if as_json:
@@ -68,16 +89,30 @@ def download(cities, all_videos, url, name, root, max_height, retries, rate_limi
               help="Register a file that does not decode to its end (shard keeps what decodes).")
 @click.option("--force", is_flag=True,
               help="Replace a video already registered under --name (refused without it).")
+@click.option("--source-url", metavar="URL",
+              help="Where the video is published (http/https); the dataset card links it (`wtours push` needs it).")
+@click.option("--uploader", metavar="NAME", help="The video's creator, credited in the dataset card.")
+@click.option("--license", "license_", metavar="LICENCE",
+              help="The video's licence: an SPDX id (CC-BY-4.0) or as the source states it; `wtours push` needs it.")
+@click.option("--title", metavar="TEXT", help="The video's title, shown in the dataset card.")
 @verbosity_options
-def add(path, name, root, mode, allow_damaged, force) -> None:
+def add(path, name, root, mode, allow_damaged, force, source_url, uploader, license_, title) -> None:
     """Register a local video file (e.g. from the figshare mirror) under the data root.
+
+    --source-url, --uploader and --license record its provenance (your own video, or one from
+    elsewhere), so `wtours push` can attribute it in the dataset card. Adding the same file again
+    updates them; fields not given keep what was recorded.
 
     \b
     Examples:
       wtours add ~/Downloads/Venice.mp4 --name venice
       wtours add walk.mp4 --name my-walk --mode copy
       wtours add walk-fixed.mp4 --name my-walk --force   # replace the registered video
+      wtours add walk.mp4 --name my-walk --source-url https://example.org/walk --uploader 'Jane Walker' \\
+          --license CC-BY-4.0
     """
-    result = add_local(path, name, Layout(root).root, mode=mode, allow_damaged=allow_damaged, say=say, force=force)
+    provenance = {"url": source_url, "uploader": uploader, "license": license_, "title": title}
+    result = add_local(path, name, Layout(root).root, mode=mode, allow_damaged=allow_damaged, say=say, force=force,
+                       provenance=provenance)
     if is_quiet():
         click.echo(f"{result.slug}: {result.status} {result.path}")

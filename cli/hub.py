@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.layout import SLUG_PATTERN, Layout
 from wtours.selection import shard_set_slugs
 
@@ -13,28 +13,50 @@ from wtours.selection import shard_set_slugs
 @click.command("push")
 @click.option("--city", "cities", multiple=True, metavar="SLUG", help="Shard set to upload; repeatable.")
 @click.option("--all", "all_sets", is_flag=True, help="Every shard set (with an index.json) under the root.")
-@click.option("--repo", required=True, metavar="USER/NAME", help="Hub dataset repo (created if missing).")
+@click.option("--model", "model_dir", type=click.Path(), metavar="DIR",
+              help="Upload a model instead: a `wtours export --format timm` folder, to a Hub model repo.")
+@click.option("--repo", required=True, metavar="USER/NAME",
+              help="Hub dataset repo (model repo with --model); created if missing.")
 @root_option
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
 @click.option("--revision", default="main", show_default=True, metavar="BRANCH", help="Branch to commit to (created).")
-@click.option("--max-commit-files", default=50, show_default=True, help="Files per commit (the Hub advises < 100).")
-@click.option("--max-commit-gb", default=10.0, show_default=True, help="Gigabytes per commit.")
+@click.option("--max-commit-files", default=50, show_default=True,
+              help="Files per commit (the Hub advises < 100); shard sets only.")
+@click.option("--max-commit-gb", default=10.0, show_default=True, help="Gigabytes per commit; shard sets only.")
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded; change nothing.")
 @verbosity_options
-def push(cities, all_sets, repo, root, private, revision, max_commit_files, max_commit_gb, dry_run) -> None:
-    """Upload shard sets, their index.json and a dataset card to a Hub dataset repo.
+def push(cities, all_sets, model_dir, repo, root, private, revision, max_commit_files, max_commit_gb,
+         dry_run) -> None:
+    """Upload shard sets, their index.json and a dataset card to a Hub dataset repo; or, with
+    --model DIR, an exported encoder and its model card to a Hub model repo.
 
-    Layout in the repo: <slug>/<slug>-NNNNNN.tar, <slug>/index.json, <slug>/source.json and README.md.
-    A rerun uploads only what the repo lacks (checked by sha256), so an interrupted push resumes; an
-    index is committed with or after its last shard. Uses your `hf auth login` token or HF_TOKEN.
+    Layout in a dataset repo: <slug>/<slug>-NNNNNN.tar, <slug>/index.json, <slug>/<slug>.wids.json,
+    <slug>/source.json and README.md. A model repo gets model.safetensors, config.json and README.md
+    (the card: method and citation, training data, the run's settings and k-NN results), which timm loads as
+    timm.create_model('hf-hub:USER/NAME', pretrained=True). A rerun uploads only what the repo lacks
+    (checked by sha256), so an interrupted push resumes. A README.md someone else wrote is kept.
+    Uses your `hf auth login` token or HF_TOKEN.
 
     \b
     Examples:
       wtours push --city venice --repo alice/walking-tours
       wtours push --all --repo alice/walking-tours --private
       wtours push --city venice --repo alice/walking-tours --revision fps1 --dry-run
+      wtours push --model venice-vits16 --repo alice/venice-vits16
     """
     from wtours.hub.client import HubTarget
+
+    if model_dir is not None:
+        if cities or all_sets:
+            raise UsageError("--model uploads a model; --city/--all upload shard sets", "push them one at a time")
+        from pathlib import Path
+
+        from wtours.hub.model import ModelPushConfig, push_model
+
+        summary = push_model(ModelPushConfig(HubTarget(repo, revision), Path(model_dir), private=private,
+                                             dry_run=dry_run, progress=not is_quiet()), say=say)
+        click.echo("dry run: nothing uploaded" if dry_run else summary.line(repo))
+        return
     from wtours.hub.push import PushConfig
     from wtours.hub.push import push as run_push
 

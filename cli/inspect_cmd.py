@@ -9,7 +9,7 @@ import click
 from wtours.cli.common import root_option
 from wtours.clips.epoch import ClipConfig
 from wtours.clips.inspect import describe, format_description
-from wtours.clips.spec import resolve, shard_sets
+from wtours.clips.spec import resolve_sets
 
 
 @click.command("inspect")
@@ -30,17 +30,24 @@ def inspect_shards(specs, root, clip_frames, clip_stride, clips_per_shard, world
     --world-size x --workers data slots at --batch-size reads (the distinct clips plus the padding that
     gives every rank the same number of steps).
 
-    SPEC: a slug under --root, a folder with index.json, a local brace/glob pattern, or an http(s)://
-    or hf://datasets/USER/NAME/... pattern; several may be given (or joined with '::').
+    SPEC: a slug under --root, a folder with index.json, a local brace/glob pattern, an http(s)://,
+    hf://datasets/USER/NAME/..., s3://, gs:// or file:// pattern (s3:// needs s3fs, gs:// gcsfs), or
+    'pipe:COMMAND' (a shell command per shard, braces expanded; its index.json is read beside the
+    command's .tar argument, and inspect never runs the command); several may be given (or joined
+    with '::').
 
     \b
     Examples:
       wtours inspect venice
       wtours inspect '/data/shards/venice/venice-{000000..000004}.tar' --clip-frames 4
       wtours inspect hf://datasets/me/wtours/venice/index.json --json
+      wtours inspect 's3://bucket/wtours/venice/venice-{000000..000004}.tar'
+      wtours inspect 'pipe:cat /data/shards/venice/venice-{000000..000004}.tar'
       wtours inspect venice --world-size 8 --workers 10 --batch-size 32 --json
     """
-    shards = resolve(specs, root)
+    sets = resolve_sets(specs, root)
+    shards = [ref for found in sets for ref in found.refs]
+    folders = {found.folder: found.index for found in sets}
     info = describe(shards, ClipConfig(frames=clip_frames, stride=clip_stride, clips_per_shard=clips_per_shard),
-                    world_size=world_size, workers=workers, batch_size=batch_size, sets=shard_sets(specs, root))
+                    world_size=world_size, workers=workers, batch_size=batch_size, sets=list(folders.items()))
     click.echo(json.dumps(info, indent=2) if as_json else format_description(info))

@@ -6,6 +6,7 @@ import click
 
 from wtours import __version__
 from wtours.cli.blur_faces import blur_faces
+from wtours.cli.card import card
 from wtours.cli.common import WtoursGroup
 from wtours.cli.demo import demo
 from wtours.cli.eval_cmd import eval_group
@@ -43,6 +44,7 @@ cli.add_command(train)
 cli.add_command(export)
 cli.add_command(push)
 cli.add_command(pull)
+cli.add_command(card)
 cli.add_command(demo)
 cli.add_command(viz)
 cli.add_command(eval_group)

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
-from wtours.clips.spec import shard_sets
+from wtours.clips.spec import ShardSet, resolve_sets
 from wtours.config import click_options, from_command
+from wtours.errors import UsageError
 from wtours.layout import Layout
 from wtours.selection import video_slugs
 from wtours.stats.params import StatsConfig
@@ -49,12 +50,32 @@ def stats(ctx, cities, all_videos, shard_specs, root, **values) -> None:
     config = replace(from_command(StatsConfig, ctx, values, None, ()), progress=not is_quiet())
     layout.stats_base(config.out)  # an --out that is a file fails here, before any work
     if shard_specs:
-        for folder, index in shard_sets(shard_specs, root):  # streamed; outputs under <root>/stats/<slug>/
-            slug = index.slug
-            click.echo(stats_video(layout, slug, config, say=say, remote=(folder, index)).line())
+        if cities or all_videos or config.analysis.source != "shards":
+            given = ", ".join(o for o, on in (("--city", cities), ("--all", all_videos),
+                                               ("--from video", config.analysis.source != "shards")) if on)
+            raise UsageError(f"--shards names the videos to analyse, and {given} cannot be combined with it",
+                             "pass either --shards SPEC, or --city/--all (with --from) for the root's videos")
+        for found in whole_sets(resolve_sets(shard_specs, root)):  # streamed; outputs under <root>/stats/<slug>/
+            click.echo(stats_video(layout, found.index.slug, config, say=say,
+                                   remote=(found.folder, found.index)).line())
         return
     slugs = video_slugs(layout, cities, all_videos, "analyse")
     stats_videos(layout, slugs, config, corpus=all_videos, say=say, finished=lambda result: click.echo(result.line()))
+
+
+def whole_sets(sets: list[ShardSet]) -> list[ShardSet]:
+    """Stats describe whole videos: a SPEC that names only some shards of a set is refused, not
+    analysed as if it were the whole walk."""
+    by_folder: dict[str, tuple[ShardSet, set[str]]] = {}
+    for found in sets:
+        by_folder.setdefault(found.folder, (found, set()))[1].update(ref.name for ref in found.refs)
+    for found, names in by_folder.values():
+        if len(names) < len(found.index.shards):
+            raise UsageError(f"the SPEC names {len(names)} of the {len(found.index.shards)} shards of "
+                             f"{found.index.slug}; stats analyse whole videos",
+                             f"pass the set's folder or index.json, or a pattern over all its shards "
+                             f"({found.index.shards[0].name}..{found.index.shards[-1].name})")
+    return [found for found, _ in by_folder.values()]
 
 
 @stats.command()

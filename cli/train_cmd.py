@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import click
 
 from wtours.cli.common import say, verbosity_options
-from wtours.config import click_options, from_command
+from wtours.config import click_options, command_settings, from_command
 from wtours.train.config import TrainConfig
+
+FORMATS = ("timm", "pth")  # wtours.train.export.FORMATS, without importing torch for --help
 
 CONFIG_HELP = ("YAML or JSON settings, nested as a run's config.json or flat by option name "
                "(e.g. `teacher_temp: 0.07`); a run's config.json runs it again.")
@@ -36,36 +40,65 @@ def train(ctx: click.Context, config_file: str | None, assignments: tuple[str, .
     Examples:
       wtours train --shards venice --out runs/venice
       torchrun --nproc-per-node 8 -m wtours train --shards venice --out runs/venice --batch-size 16
-      srun --ntasks-per-node 8 wtours train --shards venice --out runs/venice   # SLURM, no torchrun
+      srun --ntasks-per-node 8 --cpus-per-task 8 \\
+        wtours train --shards venice --out runs/venice --workers 7   # SLURM, no torchrun
       wtours train --shards 'hf://datasets/me/wtours/venice/venice-{000000..000013}.tar' --out runs/hf
       wtours train --shards demo-walk --out runs/tiny --arch vit_tiny --steps 20 --out-dim 4096 --resume
       wtours train --config runs/venice/config.json --set teacher_temp=0.07 --out runs/venice-t07
     """
     from wtours.train.run import train as run_training
 
-    run_training(from_command(TrainConfig, ctx, values, config_file, assignments), say=say)
+    run_training(training_config(ctx, values, config_file, assignments), say=say)
+
+
+def training_config(ctx: click.Context, values: dict, config_file: str | None,
+                    assignments: tuple[str, ...]) -> TrainConfig:
+    """The settings given, over defaults; with --resume in a run folder, over the run's own model settings
+    (so only a model option given explicitly differs from the checkpoint's, and is refused there)."""
+    from wtours.train.folder import refuse_reshaped_model, resumed_model_settings  # (imports torch)
+
+    given = command_settings(TrainConfig, ctx, values, config_file, assignments)
+    run_model = resumed_model_settings(given)
+    config = from_command(TrainConfig, ctx, values, config_file, assignments, base=run_model)
+    if run_model:
+        refuse_reshaped_model(run_model["model"], asdict(config.model), config.out)
+    return config
 
 
 def config_from_args(args: list[str]) -> TrainConfig:
     """The TrainConfig that `wtours train ARGS` would run, parsed by the command itself (for tests, scripts)."""
     with train.make_context("train", list(args)) as ctx:
         params = dict(ctx.params)
-        return from_command(TrainConfig, ctx, params, params.pop("config_file"), params.pop("assignments"))
+        return training_config(ctx, params, params.pop("config_file"), params.pop("assignments"))
 
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .pth (a plain state dict).")
-@click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True)
-def export(checkpoint, out, which) -> None:
-    """Write a checkpoint's backbone as a state dict that timm's ViT of the same size loads.
+@click.option("--out", required=True, type=click.Path(), metavar="DIR|FILE.pth",
+              help="A folder for --format timm, a .pth file for --format pth.")
+@click.option("--format", "format_", type=click.Choice(FORMATS), default=None,
+              help="timm: a folder (model.safetensors, config.json with the normalisation, README.md model card) "
+                   "that timm.create_model('local-dir:DIR', pretrained=True) loads and `wtours push --model` "
+                   "uploads; pth: the backbone's state dict alone. Default: from --out (NAME.pth: pth, a name "
+                   "without a suffix: timm).")
+@click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
+              help="The network of the training checkpoint to export: the teacher (the EMA of the student, "
+                   "the one DINO and DoRA evaluate and release) or the student.")
+def export(checkpoint, out, format_, which) -> None:
+    """Write a checkpoint's backbone for timm: a model folder (--format timm) or a state dict (.pth).
+
+    CHECKPOINT is a wtours training checkpoint, the authors' DoRA/DINO checkpoint, or an exported
+    backbone. The timm folder's config.json carries the architecture and sizes, the ImageNet mean/std
+    the trainer normalised with and the eval view; its model card names the run's settings, training
+    data and k-NN results. Guide: docs/models.md.
 
     \b
-    Example:
-      wtours export runs/venice/checkpoint.pth --out venice_vits16.pth
-      python -c "import timm, torch; m = timm.create_model('vit_small_patch16_224', num_classes=0); \\
-                 m.load_state_dict(torch.load('venice_vits16.pth'))"
+    Examples:
+      wtours export runs/venice/checkpoint.pth --out venice-vits16
+      python -c "import timm; m = timm.create_model('local-dir:venice-vits16', pretrained=True, num_classes=0)"
+      wtours push --model venice-vits16 --repo alice/venice-vits16
+      wtours export runs/venice/checkpoint.pth --out venice_vits16.pth   # state dict (--format pth)
     """
-    from wtours.train.export import export_backbone
+    from wtours.train.export import export as run_export
 
-    click.echo(f"wrote {export_backbone(checkpoint, out, which)}")
+    click.echo(f"wrote {run_export(checkpoint, out, which, format_)}")

@@ -112,7 +112,7 @@ def test_bad_body_is_never_recorded_complete(served, tmp_path, body):
     with FileServer(folder) as server:
         result = subprocess.run([*WTOURS, "download", "--url", server.url("walk.mp4"), "--name", "bad", "--root",
                                  str(root), "-q"], capture_output=True, text=True)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 1, result.stderr  # a damaged input: a runtime failure, not a usage error
     assert "error:" in result.stderr and "hint:" in result.stderr
     folder_out = root / "videos" / "bad"
     assert not (folder_out / "info.json").exists()
@@ -127,7 +127,7 @@ def test_unreachable_network_says_so(tmp_path):
     result = subprocess.run([*WTOURS, "download", "--url", f"http://127.0.0.1:{port}/walk.mp4", "--name", "x",
                              "--retries", "1", "--root", str(tmp_path), "-q"],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "network failure" in result.stderr and "resumes" in result.stderr
 
 
@@ -147,7 +147,7 @@ def test_add_rejects_a_non_video(tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(os.urandom(5000))
     result = CliRunner().invoke(cli, ["add", str(junk), "--name", "junk", "--root", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "not a readable video" in result.output
+    assert result.exit_code == 1 and "not a readable video" in result.output
     assert not (tmp_path / "r" / "videos" / "junk" / "info.json").exists()
 
 
@@ -172,3 +172,177 @@ def test_disk_check_refuses_what_does_not_fit(tmp_path):
     with pytest.raises(WtoursError, match="not enough free disk"):
         _check_disk({"id": "x", "filesize": free * 2}, tmp_path)
     _check_disk({"id": "x", "filesize": 1000}, tmp_path)
+
+
+# ---------------------------------------------------------------- the user's yt-dlp config and --yt-dlp-option
+
+YTDLP_CONFIG = """# a yt-dlp user's own settings
+--http-chunk-size 64K
+-o "~/Videos/%(title)s.%(ext)s"
+-f bestaudio
+"""
+
+
+@pytest.fixture
+def ytdlp_home(tmp_path, monkeypatch) -> Path:
+    """A home whose $XDG_CONFIG_HOME/yt-dlp/config holds YTDLP_CONFIG (this process and children)."""
+    xdg = tmp_path / "xdg"
+    (xdg / "yt-dlp").mkdir(parents=True)
+    (xdg / "yt-dlp" / "config").write_text(YTDLP_CONFIG)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return xdg / "yt-dlp" / "config"
+
+
+def chunked_ranges(server: FileServer) -> list[tuple[int, int]]:
+    """(first, last) byte of every ranged GET the server answered."""
+    spans = []
+    for request in server.body_requests():
+        first, _, last = (request["range"] or "").removeprefix("bytes=").partition("-")
+        if first and last:
+            spans.append((int(first), int(last)))
+    return spans
+
+
+@pytest.mark.slow
+def test_user_ytdlp_config_is_applied_and_reported(served, tmp_path, ytdlp_home):
+    size = (served / "walk.mp4").stat().st_size
+    root = tmp_path / "root"
+    with FileServer(served) as server:
+        result = subprocess.run([*WTOURS, "download", "--url", server.url("walk.mp4"), "--name", "walk", "--root",
+                                 str(root)], capture_output=True, text=True)
+        spans = chunked_ranges(server)
+    assert result.returncode == 0, result.stderr
+    # the config's --http-chunk-size reached yt-dlp: the body came in ranged requests of at most 64 KiB
+    assert len(spans) >= size // 65536 and all(last - first + 1 <= 65536 for first, last in spans), spans
+    assert f"applied from {ytdlp_home}: http_chunk_size=65536" in result.stdout
+    not_applied = next(line for line in result.stdout.splitlines() if "not applied" in line)
+    assert "outtmpl: wtours decides where the video goes" in not_applied and "format: wtours picks" in not_applied
+    # -o and -f were not applied: the file is where wtours puts it, and it has video
+    info = Layout(root).read_info("walk")
+    assert (root / "videos" / "walk" / info["file"]).is_file() and not (tmp_path / "home" / "Videos").exists()
+    assert info["probe"]["width"] == 640 and info["source"]["yt_dlp_options"] == {"http_chunk_size": "yt-dlp config"}
+
+
+@pytest.mark.slow
+def test_yt_dlp_option_wins_and_the_config_can_be_ignored(served, tmp_path, ytdlp_home):
+    with FileServer(served) as server:
+        cmd = [*WTOURS, "download", "--url", server.url("walk.mp4"), "--root", str(tmp_path / "root")]
+        chosen = subprocess.run([*cmd, "--name", "chosen", "--yt-dlp-option", "http_chunk_size=100K"],
+                                capture_output=True, text=True)
+        chosen_spans = chunked_ranges(server)
+        server.requests.clear()
+        ignored = subprocess.run([*cmd, "--name", "ignored", "--ignore-yt-dlp-config"], capture_output=True, text=True)
+        ignored_spans = chunked_ranges(server)
+    assert chosen.returncode == 0 and ignored.returncode == 0, (chosen.stderr, ignored.stderr)
+    assert max(last - first + 1 for first, last in chosen_spans) > 65536  # 100K won over the config's 64K
+    assert all(last - first + 1 <= 102400 for first, last in chosen_spans)
+    assert "applied from --yt-dlp-option: http_chunk_size=102400" in chosen.stdout
+    assert len(ignored_spans) <= 1 and "not read (--ignore-yt-dlp-config)" in ignored.stdout  # one plain GET
+    info = Layout(tmp_path / "root").read_info("ignored")
+    assert info["source"]["yt_dlp_options"] == {}
+
+
+def test_dry_run_json_shows_the_yt_dlp_settings(tmp_path, ytdlp_home):
+    result = CliRunner().invoke(cli, ["download", "--city", "venice", "--dry-run", "--json", "--root", str(tmp_path),
+                                      "--yt-dlp-option", "proxy=socks5://alice:s3cret@127.0.0.1:1080",
+                                      "--yt-dlp-option", 'http_headers={"Authorization": "Bearer tok"}'])
+    assert result.exit_code == 0, result.output
+    settings = json.loads(result.output)[0]["yt_dlp"]
+    assert settings["config_files"] == [str(ytdlp_home)]
+    assert settings["applied"]["http_chunk_size"] == {"value": 65536, "from": "yt-dlp config"}
+    assert settings["applied"]["proxy"]["value"] == "socks5://(hidden)@127.0.0.1:1080"
+    assert settings["applied"]["http_headers"]["value"] == {"Authorization": "(hidden)"}
+    assert set(settings["not_applied"]) == {"outtmpl", "format"}
+    assert "s3cret" not in result.output and "tok" not in result.output
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("outtmpl=/tmp/%(title)s.%(ext)s", "wtours sets outtmpl itself"),
+    ("nopart=true", "wtours sets nopart itself"),
+    ("ratelimt=50K", "not a YoutubeDL parameter"),
+    ("ratelimit=fast", "not a size"),
+    ("retries=many", "retries takes an integer"),
+    ("noise", "is not KEY=VALUE"),
+])
+def test_bad_yt_dlp_options_are_usage_errors(tmp_path, ytdlp_home, option, message):
+    result = CliRunner().invoke(cli, ["download", "--city", "venice", "--dry-run", "--root", str(tmp_path),
+                                      "--yt-dlp-option", option])
+    assert result.exit_code == 2 and message in result.output and "hint:" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_yt_dlp_option_contradicting_a_flag_is_refused(tmp_path, ytdlp_home):
+    result = CliRunner().invoke(cli, ["download", "--city", "venice", "--dry-run", "--root", str(tmp_path),
+                                      "--rate-limit", "1M", "--yt-dlp-option", "ratelimit=2M"])
+    assert result.exit_code == 2 and "contradicts --rate-limit" in result.output
+
+
+def test_a_broken_yt_dlp_config_names_the_file_and_the_way_out(tmp_path, ytdlp_home):
+    ytdlp_home.write_text("--no-such-yt-dlp-flag\n")
+    args = ["download", "--city", "venice", "--dry-run", "--root", str(tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert str(ytdlp_home) in result.output and "no such option" in result.output
+    assert "--ignore-yt-dlp-config" in result.output
+    assert CliRunner().invoke(cli, [*args, "--ignore-yt-dlp-config"]).exit_code == 0
+
+
+# ---------------------------------------------------------------- provenance of added videos
+
+
+def test_add_records_provenance_and_re_adding_keeps_or_updates_it(small_video, tmp_path):
+    runner = CliRunner()
+    base = ["add", str(small_video), "--name", "my-walk", "--root", str(tmp_path), "--mode", "copy"]
+    first = runner.invoke(cli, [*base, "--source-url", "https://example.org/walks/1", "--uploader", "Jane Walker",
+                                "--license", "CC-BY-4.0", "--title", "Old town | dusk"])
+    assert first.exit_code == 0, first.output
+    source = Layout(tmp_path).read_info("my-walk")["source"]
+    assert (source["url"], source["uploader"], source["license"], source["title"]) == (
+        "https://example.org/walks/1", "Jane Walker", "CC-BY-4.0", "Old town | dusk")
+    again = runner.invoke(cli, [*base, "--license", "CC-BY-SA-4.0"])  # the same file: no --force needed
+    assert again.exit_code == 0, again.output
+    assert "keeping the recorded title, uploader, url" in again.output
+    source = Layout(tmp_path).read_info("my-walk")["source"]
+    assert source["license"] == "CC-BY-SA-4.0" and source["uploader"] == "Jane Walker"
+    assert source["url"] == "https://example.org/walks/1"
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--source-url", "ftp://example.org/walk.mp4"), ("--source-url", "/home/me/walk.mp4"),
+    ("--source-url", "https:///no-host"), ("--source-url", "https://example.org/a b"),
+    ("--uploader", "Jane\nWalker"), ("--license", "x" * 101), ("--license", "  "),
+])
+def test_add_refuses_bad_provenance_before_touching_the_root(small_video, tmp_path, option, value):
+    result = CliRunner().invoke(cli, ["add", str(small_video), "--name", "my-walk", "--root", str(tmp_path / "r"),
+                                      option, value])
+    assert result.exit_code == 2 and option in result.output and "hint:" in result.output, result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_pushed_card_attributes_an_added_video(small_video, tmp_path, monkeypatch):
+    """`wtours add` with provenance, shard, push to the local Hub: the card credits the creator and licence."""
+    import huggingface_hub.constants
+
+    from tests.hub_server import HubServer
+    from wtours.hub.client import HubTarget
+    from wtours.hub.push import PushConfig, push
+    from wtours.shard.params import RunOptions, ShardParams
+    from wtours.shard.run import shard_video
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    layout = Layout(tmp_path / "root")
+    result = CliRunner().invoke(cli, ["add", str(small_video), "--name", "my-walk", "--root", str(layout.root),
+                                      "--mode", "symlink", "--source-url", "https://example.org/walks/1",
+                                      "--uploader", "Jane Walker", "--license", "CC-BY-4.0"])
+    assert result.exit_code == 0, result.output
+    shard_video(layout, "my-walk", ShardParams(fps=2.0, short_side=96, samples_per_shard=4),
+                RunOptions(workers=1, progress=False), say=lambda m: None)
+    token = "hf_jane_Xy12secret"
+    with HubServer({token: "jane"}) as hub:
+        target = HubTarget("jane/walks", endpoint=hub.url, token=token)
+        push(layout, PushConfig(target, ("my-walk",), progress=False), say=lambda m: None)
+        card = hub.files("jane/walks")["README.md"].decode()
+    row = next(line for line in card.splitlines() if line.startswith("| `my-walk` |"))
+    assert "Jane Walker" in row and "<https://example.org/walks/1>" in row and "CC-BY-4.0" in row

@@ -199,7 +199,7 @@ def test_a_second_shard_run_names_the_holder_and_a_killed_runs_lock_frees_the_fo
         wait_for_lock(layout.shard_dir(SLUG), first.pid, first)
         os.kill(first.pid, signal.SIGSTOP)  # holds the lock, mid-run
         second = wtours(args)
-        err = assert_clean_failure(second, "in use by", f"pid {first.pid}", code=2)
+        err = assert_clean_failure(second, "in use by", f"pid {first.pid}", code=1)
         assert "shard folder of walk" in err
         os.kill(first.pid, signal.SIGKILL)  # kill -9 while holding the lock
         first.wait(timeout=30)
@@ -226,7 +226,7 @@ def test_a_second_stats_run_names_the_holder_and_a_killed_runs_lock_frees_the_fo
         wait_for_lock(stats_dir, first.pid, first, timeout=120)
         os.kill(first.pid, signal.SIGSTOP)
         second = wtours(args)
-        assert_clean_failure(second, "in use by", f"pid {first.pid}", "stats folder of walk", code=2)
+        assert_clean_failure(second, "in use by", f"pid {first.pid}", "stats folder of walk", code=1)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
     finally:
@@ -357,11 +357,11 @@ def test_inspect_refuses_an_invalid_local_or_http_index(videos, tmp_path, text):
     shard_here(layout)
     layout.index_path(SLUG).write_text(text)
     local = wtours(["inspect", SLUG, "--root", str(layout.root)])
-    assert_clean_failure(local, str(layout.index_path(SLUG)), code=2)
+    assert_clean_failure(local, str(layout.index_path(SLUG)), code=1)
     with FileServer(layout.shards_base()) as server:
         url = server.url(f"{SLUG}/index.json")
         remote = wtours(["inspect", url])
-        assert_clean_failure(remote, url, code=2)
+        assert_clean_failure(remote, url, code=1)
 
 
 @pytest.mark.slow

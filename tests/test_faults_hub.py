@@ -83,7 +83,7 @@ def wtours(args: list[str], env: dict[str, str], timeout: float = 120) -> subpro
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *phrases: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.returncode == 1, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "hint: " in result.stderr, result.stderr
@@ -463,7 +463,7 @@ def test_knn_skips_counts_and_names_images_that_do_not_decode(tmp_path, micro_ba
         path.write_bytes(b"not an image")
     code, _, stderr, error = cli_run("eval", "knn", str(micro_backbone), "--train", str(train), "--val", str(val),
                                      "--workers", "0", "--device", "cpu", "--out", str(out))
-    assert code == 2 and isinstance(error, SystemExit), (stderr, error)
+    assert code == 1 and isinstance(error, SystemExit), (stderr, error)
     assert "none of the 5 images" in stderr and str(val) in stderr and "hint:" in stderr
 
 
@@ -476,11 +476,11 @@ def test_a_checkpoint_that_is_not_a_dict_of_weights_is_named(tmp_path, content):
     torch.save(content, path)
     code, _, stderr, error = cli_run("eval", "knn", str(path), "--train", str(train), "--val", str(val),
                                      "--workers", "0", "--device", "cpu")
-    assert code == 2 and isinstance(error, SystemExit), (stderr, error)
+    assert code == 1 and isinstance(error, SystemExit), (stderr, error)
     assert str(path) in stderr and "hint:" in stderr
     code, _, stderr, error = cli_run("viz", str(path), "--shards", "venice", "--root", str(tmp_path),
                                      "--out", str(tmp_path / "viz"), "--device", "cpu")
-    assert code == 2 and isinstance(error, SystemExit), (stderr, error)
+    assert code == 1 and isinstance(error, SystemExit), (stderr, error)
     assert str(path) in stderr and "hint:" in stderr
 
 

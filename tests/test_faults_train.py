@@ -207,7 +207,7 @@ def test_a_second_run_is_refused_and_a_killed_run_resumes(root, tmp_path):
     try:
         wait_for(checkpointed_and_past(out, 3), first)
         second = run([*args, "--resume"])
-        stderr = assert_clean_error(second, 2)
+        stderr = assert_clean_error(second, 1)
         assert f"in use by pid {first.pid}" in stderr
         assert first.poll() is None, "the first run must still be running to be killed mid-run"
         first.send_signal(signal.SIGKILL)
@@ -350,7 +350,7 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_checkpoint_and_resumes(root
     filler.write_bytes(b"\0" * size)  # the next checkpoint does not fit beside the current one
     good = sha(out / "checkpoint.pth")
     args = train_args(root, out, "--resume", "--reschedule", "--steps", "3")
-    stderr = assert_clean_error(run(args), 2)
+    stderr = assert_clean_error(run(args), 1)
     assert "No space left on device" in stderr and "disk is full" in stderr
     assert sha(out / "checkpoint.pth") == good and not temporaries(out)
 
@@ -369,7 +369,7 @@ def test_a_read_only_run_folder_is_a_clear_error(root, base_run, tmpfs):
     done = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot remount read-only: {done.stderr.strip()}")
-    stderr = assert_clean_error(run(train_args(root, out, "--resume", "--steps", "2")), 2)
+    stderr = assert_clean_error(run(train_args(root, out, "--resume", "--steps", "2")), 1)
     assert "Read-only file system" in stderr and "writable" in stderr
     assert hashes(out) == before
 

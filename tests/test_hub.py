@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -22,7 +23,7 @@ from tests.videos import make_video
 from wtours.download import add_local
 from wtours.errors import WtoursError
 from wtours.hub import source as provenance
-from wtours.hub.card import CardVideo, is_generated, render_card
+from wtours.hub.card import CardVideo, download_command, is_generated, render_card
 from wtours.hub.client import HubTarget, RemoteFile, describe_error, git_blob_id, is_transport_error
 from wtours.hub.paths import shard_pattern, shard_spec
 from wtours.hub.pull import PullConfig, pull
@@ -119,18 +120,20 @@ def test_push_uploads_the_layout_with_lfs_shards_and_index_last(root, hub, pushe
             assert sha256(files[f"{slug}/{shard['name']}"]) == shard["sha256"]
         assert files[f"{slug}/index.json"] == layout.index_path(slug).read_bytes()
         assert json.loads(files[f"{slug}/source.json"])["source"]["url"].startswith("https://www.youtube.com/")
+        assert files[f"{slug}/{slug}.wids.json"] == layout.wids_path(slug).read_bytes()
     assert set(files) == {".gitattributes", "README.md", *(f"{s}/{n}" for s in SETS for n in
-                                                          ("index.json", "source.json"))} | {
+                                                          ("index.json", "source.json", f"{s}.wids.json"))} | {
         f"{s}/{sh['name']}" for s in SETS for sh in layout.read_index(s)["shards"]}
     # tars are LFS objects, like on the Hub
     assert all(name in hub.lfs_objects for name in (sha256(b) for p, b in files.items() if p.endswith(".tar")))
-    # commits of at most 3 files, and each index in a commit no earlier than its last shard
+    # commits of at most 3 files, and each index and wids descriptor in a commit no earlier than its last shard
     history = hub.history("alice/walks")[1:]
-    assert len(history) >= 4 and all(len(c["paths"]) <= 3 for c in history)
+    assert len(history) >= 5 and all(len(c["paths"]) <= 3 for c in history)
     when = {p: i for i, c in enumerate(history) for p in c["paths"]}
     for slug in SETS:
-        assert all(when[f"{slug}/index.json"] >= when[p] for p in when if p.startswith(f"{slug}/{slug}-"))
-    assert "pushed 12 files" in pushed.stdout  # 7 shards, 2 index.json, 2 source.json, the card
+        for listing in (f"{slug}/index.json", f"{slug}/{slug}.wids.json"):
+            assert all(when[listing] >= when[p] for p in when if p.startswith(f"{slug}/{slug}-"))
+    assert "pushed 14 files" in pushed.stdout  # 7 shards, 2 index.json, 2 wids, 2 source.json, the card
 
 
 def test_second_push_uploads_nothing(root, hub, pushed, tmp_path):
@@ -149,7 +152,7 @@ def test_interrupted_push_resumes_without_resending(root, hub, tmp_path):
     env = env_for(hub, tmp_path)
     hub.fail_commit("alice/resume", number=2)  # commit 1: venice-000000..2; commit 2 (venice-000003, ...) fails
     first = wtours(["push", "--all", "--repo", "alice/resume", "--root", str(root), "--max-commit-files", "3"], env)
-    assert first.returncode == 2 and "error: push to alice/resume" in first.stderr
+    assert first.returncode == WtoursError.exit_code and "error: push to alice/resume" in first.stderr
     partial = hub.files("alice/resume")
     for slug in SETS:
         if f"{slug}/index.json" in partial:
@@ -348,15 +351,15 @@ def test_private_repo_without_a_token_fails_with_a_login_hint(root, hub, tmp_pat
     for args in (["inspect", spec], ["pull", "--repo", "alice/secret", "--root", str(tmp_path / "r")],
                  ["train", "--shards", spec, "--out", str(tmp_path / "run"), "--arch", "vit_micro", "--steps", "1"]):
         result = wtours(args, anonymous)
-        assert result.returncode == 2, result.stderr
+        assert result.returncode == WtoursError.exit_code, result.stderr
         assert "private and you are not logged in" in result.stderr, result.stderr
         assert "hf auth login" in result.stderr and "HF_TOKEN" in result.stderr
         assert "Traceback" not in result.stderr
     stranger = wtours(["inspect", spec], env_for(hub, tmp_path, token=BOB))
-    assert stranger.returncode == 2 and "your token has no read access" in stranger.stderr
+    assert stranger.returncode == WtoursError.exit_code and "your token has no read access" in stranger.stderr
     revoked = wtours(["pull", "--repo", "alice/secret", "--root", str(tmp_path / "r")],
                      env_for(hub, tmp_path, token="hf_revoked_0000"))
-    assert revoked.returncode == 2 and "refused your token" in revoked.stderr
+    assert revoked.returncode == WtoursError.exit_code and "refused your token" in revoked.stderr
     owner = wtours(["inspect", spec, "--clip-frames", "2"], env_for(hub, tmp_path))
     assert owner.returncode == 0, owner.stderr
 
@@ -386,7 +389,7 @@ def test_regular_file_storage_is_compared_by_git_blob_id(root, tmp_path):
     with HubServer({TOKEN: "alice"}, lfs=False) as server:
         target = HubTarget("alice/plain", endpoint=server.url, token=TOKEN)
         first = push(Layout(root), PushConfig(target, ("zurich",), progress=False), say=lambda m: None)
-        assert first.commits == 1 and len(first.uploaded) == 6  # 3 shards, source, index, card
+        assert first.commits == 1 and len(first.uploaded) == 7  # 3 shards, source, wids, index, card
         assert not server.lfs_objects
         mark = len(server.requests)
         second = push(Layout(root), PushConfig(target, ("zurich",), progress=False), say=lambda m: None)
@@ -431,7 +434,7 @@ def test_a_set_without_provenance_is_refused(small_video, tmp_path):
     with pytest.raises(WtoursError) as error:
         provenance.check_attribution("my-walk", provenance.source_record(layout, "my-walk"), layout)
     assert "no source url and license" in error.value.message
-    assert "--url URL --name my-walk" in error.value.hint and "info.json" in error.value.hint
+    assert "--url URL --name my-walk" in error.value.hint and "--source-url URL" in error.value.hint
 
 
 # ---------------------------------------------------------------------- planning and card (pure)
@@ -443,29 +446,33 @@ def fake_index(slug: str, shards: list[tuple[str, int, str]]) -> dict:
 
 def test_plan_uploads_what_is_missing_or_changed_and_retires_the_old_index(tmp_path):
     index = fake_index("v", [("v-000000.tar", 10, "a" * 64), ("v-000001.tar", 10, "b" * 64)])
-    meta = (b'{"index": 1}', b'{"source": 1}')
+    meta = [("v/source.json", b'{"source": 1}'), ("v/v.wids.json", b'{"wids": 1}'), ("v/index.json", b'{"index": 1}')]
     remote_same = {"v/v-000000.tar": RemoteFile("v/v-000000.tar", 10, "x", "a" * 64)}
-    ops = plan_set("v", index, tmp_path, *meta, remote_same)
+    ops = plan_set("v", index, tmp_path, meta, remote_same)
     assert [(type(o).__name__, o.path) for o in ops] == [
-        ("Upload", "v/v-000001.tar"), ("Upload", "v/source.json"), ("Upload", "v/index.json")]
+        ("Upload", "v/v-000001.tar"), ("Upload", "v/source.json"), ("Upload", "v/v.wids.json"),
+        ("Upload", "v/index.json")]
 
-    # shard 0 changed, a stale shard 5, an old index: the old index goes first, the new one last
+    # shard 0 changed, a stale shard 5, an old index and wids: they go first, the new ones last
     remote_old = {"v/v-000000.tar": RemoteFile("v/v-000000.tar", 10, "x", "f" * 64),
                   "v/v-000005.tar": RemoteFile("v/v-000005.tar", 10, "y", "e" * 64),
-                  "v/index.json": RemoteFile("v/index.json", 12, git_blob_id(meta[0]), None)}
-    ops = plan_set("v", index, tmp_path, *meta, remote_old)
+                  "v/v.wids.json": RemoteFile("v/v.wids.json", 11, git_blob_id(meta[1][1]), None),
+                  "v/index.json": RemoteFile("v/index.json", 12, git_blob_id(meta[2][1]), None)}
+    ops = plan_set("v", index, tmp_path, meta, remote_old)
     assert [(type(o).__name__, o.path) for o in ops] == [
-        ("Delete", "v/index.json"), ("Upload", "v/v-000000.tar"), ("Upload", "v/v-000001.tar"),
-        ("Delete", "v/v-000005.tar"), ("Upload", "v/source.json"), ("Upload", "v/index.json")]
+        ("Delete", "v/index.json"), ("Delete", "v/v.wids.json"), ("Upload", "v/v-000000.tar"),
+        ("Upload", "v/v-000001.tar"), ("Delete", "v/v-000005.tar"), ("Upload", "v/source.json"),
+        ("Upload", "v/v.wids.json"), ("Upload", "v/index.json")]
     batches = batch_operations(ops, max_files=2, max_bytes=1 << 30)
-    assert [[o.path for o in b] for b in batches][0] == ["v/index.json", "v/v-000000.tar"]
+    assert [[o.path for o in b] for b in batches][0] == ["v/index.json", "v/v.wids.json"]
     assert batches[-1][-1].path == "v/index.json"
-    assert batch_operations(ops, 50, 1 << 30) == [ops[1:]]  # one commit: no need to delete the index first
+    assert batch_operations(ops, 50, 1 << 30) == [ops[2:]]  # one commit: no need to delete them first
 
     everything = {**remote_same, "v/v-000001.tar": RemoteFile("v/v-000001.tar", 10, "z", "b" * 64),
-                  "v/index.json": RemoteFile("v/index.json", 12, git_blob_id(meta[0]), None),
-                  "v/source.json": RemoteFile("v/source.json", 13, git_blob_id(meta[1]), None)}
-    assert plan_set("v", index, tmp_path, *meta, everything) == []
+                  **{path: RemoteFile(path, len(data), git_blob_id(data), None) for path, data in meta}}
+    assert plan_set("v", index, tmp_path, meta, everything) == []
+    changed_wids = {**everything, "v/v.wids.json": RemoteFile("v/v.wids.json", 11, git_blob_id(b'{"old": 1}'), None)}
+    assert [o.path for o in plan_set("v", index, tmp_path, meta, changed_wids)] == ["v/v.wids.json"]
 
 
 def test_batches_respect_file_and_byte_limits():
@@ -555,3 +562,125 @@ def test_pull_refuses_a_hostile_index_and_writes_nothing_outside_the_root(root, 
     assert "alice/hostile/zurich/index.json" in error.value.message
     assert "'../../../escaped.tar' is not a shard name" in error.value.message and error.value.hint
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing written, inside or outside the root
+
+
+# ---------------------------------------------------------------------- hf download, wids
+
+
+@pytest.mark.slow
+def test_hf_download_as_documented_gives_a_root_wtours_verifies_and_wids_reads(root, hub, pushed, tmp_path):
+    """The Hub's own CLI (`hf download`, as docs/hub.md and the card say) into ROOT/shards: a data root
+    that `wtours verify` and `inspect` accept, byte-identical to the pushed sets; wids reads the pushed
+    descriptors, downloaded and straight from the Hub."""
+    import wids
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text()
+    assert download_command("alice/walking-tours", "/data/wtours", "venice") in docs
+    assert download_command("alice/walking-tours", "/data/wtours") in docs
+    env = env_for(hub, tmp_path)
+    fresh = tmp_path / "fresh"
+    hf = [str(Path(sys.executable).with_name("hf"))]
+    command = shlex.split(download_command("alice/walks", str(fresh)))
+    assert command[0] == "hf"
+    done = subprocess.run(hf + command[1:], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for slug in SETS:
+        assert local_files(fresh, slug) == local_files(root, slug)
+        assert Layout(fresh).wids_path(slug).read_bytes() == Layout(root).wids_path(slug).read_bytes()
+    assert not (fresh / "shards" / "README.md").exists()  # only the sets' folders
+    verified = wtours(["verify", "--all", "--root", str(fresh)], env)
+    assert verified.returncode == 0, verified.stderr + verified.stdout
+    assert all(f"{slug}:" in verified.stdout for slug in SETS)
+    inspected = wtours(["inspect", "venice", "--root", str(fresh), "--clip-frames", "2", "--json"], env)
+    original = wtours(["inspect", "venice", "--root", str(root), "--clip-frames", "2", "--json"], env)
+    assert inspected.returncode == 0, inspected.stderr
+    assert json.loads(inspected.stdout)["clips_per_epoch"] == json.loads(original.stdout)["clips_per_epoch"] > 0
+
+    index = Layout(root).read_index("zurich")
+    local = wids.ShardListDataset(str(Layout(fresh).wids_path("zurich")))
+    remote = wids.ShardListDataset(f"{hub.url}/datasets/alice/walks/resolve/main/zurich/zurich.wids.json",
+                                   cache_dir=str(tmp_path / "wids-cache"))
+    for dataset in (local, remote):
+        assert len(dataset) == index["samples"] == 10
+        last = dataset[len(dataset) - 1]
+        assert last["__key__"] == f"zurich-{index['shards'][-1]['last_frame']:08d}"
+        assert last[".json"]["video"] == "zurich" and last[".jpg"].size == (192, 128)
+
+
+# ---------------------------------------------------------------------- offline, unreachable
+
+HF_SPEC = "hf://datasets/alice/walks/venice/index.json"
+HUB_COMMANDS = {  # every command that reads or writes the Hub, with what it needs
+    "push": ["push", "--city", "venice", "--repo", "alice/walks", "--root", "{root}"],
+    "push --dry-run": ["push", "--city", "venice", "--repo", "alice/walks", "--root", "{root}", "--dry-run"],
+    "pull": ["pull", "--repo", "alice/walks", "--root", "{tmp}/pulled"],
+    "inspect index": ["inspect", HF_SPEC],
+    "inspect braces": ["inspect", "hf://datasets/alice/walks/venice/venice-{000000..000003}.tar"],
+    "inspect glob": ["inspect", "hf://datasets/alice/walks/venice/*.tar"],
+    "train": ["train", "--shards", HF_SPEC, "--out", "{tmp}/run", "--arch", "vit_micro", "--steps", "1",
+              "--workers", "0"],
+    "stats": ["stats", "--shards", HF_SPEC, "--root", "{tmp}/stats-root", "--no-classes"],
+}
+
+
+def hub_command(name: str, root: Path, tmp_path: Path) -> list[str]:
+    return [a.replace("{root}", str(root)).replace("{tmp}", str(tmp_path)) for a in HUB_COMMANDS[name]]
+
+
+def no_hub_env(tmp_path: Path, endpoint: str, offline: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "WTOURS_"))}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=TOKEN,
+               HF_HUB_DISABLE_TELEMETRY="1", WTOURS_HUB_TIMEOUT="1")
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def dead_endpoint() -> str:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode == WtoursError.exit_code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-2:-1], result.stderr
+    assert lines[-1].startswith("  hint: "), result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, (phrase, result.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", list(HUB_COMMANDS))
+def test_offline_every_hub_command_fails_in_one_line(root, tmp_path, command):
+    args = hub_command(command, root, tmp_path)
+    result = wtours(args, no_hub_env(tmp_path, dead_endpoint(), offline=True))
+    assert_one_line_failure(result, "HF_HUB_OFFLINE is set, so the Hub is not contacted")
+    assert len(result.stderr.splitlines()) == 2  # the error and its hint, nothing else
+    if command.startswith("push"):
+        assert "`wtours card" in result.stderr  # what works offline for a push: the card
+    else:
+        assert "--shards SLUG --root DIR" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c in HUB_COMMANDS if c != "pull"])  # pull: tests/test_faults_hub.py
+def test_an_unreachable_hub_fails_in_one_line(root, tmp_path, command):
+    endpoint = dead_endpoint()
+    args = hub_command(command, root, tmp_path)
+    result = wtours(args, no_hub_env(tmp_path, endpoint, offline=False))
+    assert_one_line_failure(result, f"cannot reach the Hub at {endpoint}", "HF_ENDPOINT")
+    assert result.stderr.count("thrown while requesting") <= 1 and len(result.stderr.splitlines()) <= 3
+
+
+def test_card_needs_no_hub(root, tmp_path):
+    """`wtours card` contacts nothing: offline, with a dead endpoint, it writes the card."""
+    out = tmp_path / "README.md"
+    result = wtours(["card", "--all", "--repo", "alice/walks", "--root", str(root), "--out", str(out)],
+                    no_hub_env(tmp_path, dead_endpoint(), offline=True))
+    assert result.returncode == 0, result.stderr
+    assert is_generated(out.read_text()) and result.stderr == ""

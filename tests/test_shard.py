@@ -238,7 +238,7 @@ def test_output_size_keeps_aspect_and_never_upscales():
 
 def test_missing_video_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(cli, ["shard", "--city", "venice", "--root", str(tmp_path)])
-    assert result.exit_code == 2 and "wtours download --city venice" in result.output
+    assert result.exit_code == 1 and "wtours download --city venice" in result.output
 
 
 @pytest.mark.slow

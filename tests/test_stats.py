@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage.color import rgb2lab
 
-from tests.videos import STREET_SECONDS, STREET_VIDEO, make_video, run_ffmpeg
+from tests.videos import STREET_SECONDS, STREET_VIDEO, make_video, run_ffmpeg, sharded_root
 from wtours.cli.main import cli
 from wtours.download import add_local
 from wtours.errors import WtoursError
@@ -316,10 +316,10 @@ def test_outputs_are_consistent_and_the_corpus_table_matches(walk, boxes_video, 
 def test_not_registered_or_not_sharded_is_a_clear_error(small_video, tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["stats", "--city", "venice", "--root", str(tmp_path), "--no-classes"])
-    assert result.exit_code == 2 and "wtours download --city venice" in result.output
+    assert result.exit_code == 1 and "wtours download --city venice" in result.output
     registered(tmp_path, small_video, "mine")
     result = runner.invoke(cli, ["stats", "--city", "mine", "--root", str(tmp_path), "--no-classes"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "not sharded" in result.output and "wtours shard --city mine" in result.output
     assert "--from video" in result.output
     result = runner.invoke(cli, ["stats", "--city", "mine", "--root", str(tmp_path), "--no-classes", "--from", "video"])
@@ -463,7 +463,7 @@ def test_missing_weights_is_a_clear_error_and_fails_fast(torch_home, small_video
     assert "--weights" in error.hint and "--no-classes" in error.hint
     layout = sharded(tmp_path / "root", small_video, "small")
     result = CliRunner().invoke(cli, ["stats", "--city", "small", "--root", str(layout.root), "--device", "cpu"])
-    assert result.exit_code == 2 and "cannot load the COCO weights" in result.output and "hint:" in result.output
+    assert result.exit_code == 1 and "cannot load the COCO weights" in result.output and "hint:" in result.output
     assert not (layout.stats_dir("small") / "summary.json").exists()
 
 
@@ -534,3 +534,18 @@ def test_histograms_of_more_than_65535_pixels_keep_their_distribution():
     assert np.allclose(halves, 0.5, atol=1e-4)
     small = colour_histograms(lab[:, :200, :300])  # 60,000 pixels: the exact counts, as before
     assert small[0].max() == 60000 and small[1].sum() == 60000
+
+
+def test_streamed_stats_refuse_part_of_a_set_and_options_they_would_ignore(tmp_path):
+    """Stats describe whole walks: a SPEC naming some of a set's shards, or --city/--all/--from beside
+    --shards, is a usage error before any work, not a silently different analysis."""
+    root = sharded_root(tmp_path, seconds=8.0, samples_per_shard=8)  # walk-000000.tar, walk-000001.tar
+    folder = root / "shards" / "walk"
+    cases = [([f"{folder}/walk-000000.tar"], "names 1 of the 2 shards of walk"),
+             ([str(folder), "--city", "walk"], "--city cannot be combined"),
+             ([str(folder), "--all"], "--all cannot be combined"),
+             ([str(folder), "--from", "video"], "--from video cannot be combined")]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, ["stats", "--shards", *args, "--root", str(root), "--no-classes"])
+        assert result.exit_code == 2 and message in result.output and "hint:" in result.output, result.output
+    assert not (root / "stats").exists()

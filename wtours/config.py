@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ _TRUE, _FALSE, _NULL = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}, 
 def coerce(value: Any, kind: Any, key: str) -> Any:
     """`value` as type `kind`; text (from --set or a YAML scalar) is parsed; anything else must fit."""
     base, optional = _optional(kind)
-    bad = WtoursError(f"{key}: {value!r} is not {_type_name(kind)}", f"{key} takes {_type_name(kind)}")
+    bad = UsageError(f"{key}: {value!r} is not {_type_name(kind)}", f"{key} takes {_type_name(kind)}")
     if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NULL):
         if optional:
             return None
@@ -140,7 +140,7 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
 def _unknown(key: str, known: list[str], where: str) -> WtoursError:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known keys: {', '.join(sorted(known))}"
-    return WtoursError(f"unknown setting {key!r}{where}", hint)
+    return UsageError(f"unknown setting {key!r}{where}", hint)
 
 
 def nest(cls: type, flat: Mapping[str, Any], where: str = "") -> dict[str, Any]:
@@ -182,13 +182,13 @@ def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
         kind = hints[name]
         if _is_config(kind):
             if not isinstance(value, Mapping):
-                raise WtoursError(f"{name}: expected a mapping of settings, got {value!r}", "")
+                raise UsageError(f"{name}: expected a mapping of settings, got {value!r}", "")
             kwargs[name] = build(kind, value, where)
         else:
             kwargs[name] = _check_choice(fields[name], coerce(value, kind, name))
     missing = [f.option for f in leaves(cls) if f.path[0] not in kwargs and _required(f.field)]
     if missing:
-        raise WtoursError(f"{', '.join(missing)} missing{where}", "pass it as an option or in --config FILE")
+        raise UsageError(f"{', '.join(missing)} missing{where}", "pass it as an option or in --config FILE")
     return cls(**kwargs)
 
 
@@ -199,7 +199,7 @@ def _check_choice(f: dataclasses.Field, value: Any) -> Any:
     allowed = list(choices() if callable(choices) else choices)
     if value not in allowed:
         close = difflib.get_close_matches(str(value), [str(c) for c in allowed], n=3, cutoff=0.6)
-        raise WtoursError(f"{f.name}: {value!r} is not one of its choices",
+        raise UsageError(f"{f.name}: {value!r} is not one of its choices",
                           f"did you mean {', '.join(map(repr, close))}?" if close else f"choose {', '.join(allowed)}")
     return value
 
@@ -219,10 +219,10 @@ def read_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 (json and yaml raise their own types)
-        raise WtoursError(f"--config {path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'} ({e})",
+        raise UsageError(f"--config {path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'} ({e})",
                           "fix the file, or write it as `key: value` lines") from e
     if not isinstance(data, dict):
-        raise WtoursError(f"--config {path} holds no mapping of settings", "write `key: value` lines")
+        raise UsageError(f"--config {path} holds no mapping of settings", "write `key: value` lines")
     return data
 
 
@@ -231,7 +231,7 @@ def parse_assignments(items: tuple[str, ...]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise WtoursError(f"--set {item!r} is not KEY=VALUE", "e.g. --set teacher_temp=0.07")
+            raise UsageError(f"--set {item!r} is not KEY=VALUE", "e.g. --set teacher_temp=0.07")
         out[key.strip()] = value.strip()
     return out
 
@@ -286,9 +286,16 @@ def _option_kwargs(leaf: Leaf, click) -> dict[str, Any]:
 
 
 def from_command(cls: type, ctx, values: Mapping[str, Any], config_file: str | None,
-                 assignments: tuple[str, ...]) -> Any:
-    """The config of a Click command built with `click_options(cls)`: defaults < environment <
-    --config FILE < --set KEY=VALUE < options on the command line."""
+                 assignments: tuple[str, ...], base: Mapping[str, Any] | None = None) -> Any:
+    """The config of a Click command built with `click_options(cls)`: defaults < `base` (nested, e.g. a
+    resumed run's settings) < environment < --config FILE < --set KEY=VALUE < options on the command line."""
+    return build(cls, merge(dict(base or {}), command_settings(cls, ctx, values, config_file, assignments)))
+
+
+def command_settings(cls: type, ctx, values: Mapping[str, Any], config_file: str | None,
+                     assignments: tuple[str, ...]) -> dict[str, Any]:
+    """What the command was given (environment, --config, --set, command line), nested, without the
+    defaults and not yet type-checked: the settings a user chose, as opposed to those left as they were."""
     from click.core import ParameterSource
 
     names = {leaf.name for leaf in leaves(cls)}
@@ -300,7 +307,7 @@ def from_command(cls: type, ctx, values: Mapping[str, Any], config_file: str | N
     layers = merge(layers, nest(cls, parse_assignments(assignments), " in --set"))
     given = {k: _from_click(v) for k, v in values.items()
              if k in names and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
-    return build(cls, merge(layers, nest(cls, given)))
+    return merge(layers, nest(cls, given))
 
 
 def build_dict(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -9,15 +9,16 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wtours import __version__, media
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.layout import Layout, replace_atomically, validate_slug, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.manifest import VideoEntry, load_manifest
+from wtours.ytdlp_options import YtdlpSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +29,20 @@ COOKIES_HINT = ("YouTube asks to sign in ('confirm you're not a bot'): pass cook
 JS_HINT = ("yt-dlp needs a JavaScript runtime for full YouTube support: install deno (https://deno.com) and "
            "`pip install yt-dlp-ejs`, then rerun")
 DISK_MARGIN = 1.02  # keep 2% headroom over the announced size
+DEFAULT_RETRIES = 10  # yt-dlp's command line default (its Python API has 0)
 
 
 @dataclass(frozen=True)
 class DownloadConfig:
     root: Path
     max_height: int = 2160
-    retries: int = 10
+    retries: int | None = None  # None: the user's yt-dlp config's, else DEFAULT_RETRIES
     rate_limit: str | None = None  # e.g. "5M" (bytes per second)
     cookies: str | None = None
     cookies_from_browser: str | None = None
     verify: bool = False  # re-hash completed files instead of the size/mtime quick check
     progress: bool = True
+    ytdlp: YtdlpSettings = field(default_factory=YtdlpSettings)  # the user's yt-dlp config and --yt-dlp-option
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class DownloadTarget:
     @classmethod
     def from_url(cls, url: str, name: str) -> DownloadTarget:
         if not url.startswith(("http://", "https://")):
-            raise WtoursError(f"--url {url!r} is not an http(s) URL",
+            raise UsageError(f"--url {url!r} is not an http(s) URL",
                               "for a file on disk use `wtours add PATH --name NAME`")
         slug = validate_slug(name)
         return cls(slug, url, None, load_manifest().get(slug))
@@ -75,13 +78,13 @@ def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
     manifest = load_manifest()
     if url or name:
         if not (url and name):
-            raise WtoursError("--url and --name go together",
+            raise UsageError("--url and --name go together",
                               "e.g. `wtours download --url https://host/walk.mp4 --name my-walk`")
         return [DownloadTarget.from_url(url, name)]
     if all_videos:
         return [DownloadTarget.from_manifest(v) for v in manifest.videos]
     if not cities:
-        raise WtoursError("nothing to download",
+        raise UsageError("nothing to download",
                           "name a video with --city SLUG (repeatable), --all, or --url URL --name NAME")
     targets: list[DownloadTarget] = []
     for city in cities:
@@ -95,11 +98,13 @@ def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
 
 def describe_plan(targets: list[DownloadTarget], layout: Layout, config: DownloadConfig) -> list[dict[str, Any]]:
     """What a download would fetch and where; touches no network (for --dry-run)."""
+    settings = config.ytdlp.to_dict()
     rows = []
     for t in targets:
         rows.append({"slug": t.slug, "id": t.source_id, "url": t.url,
                      "target": str(layout.download_template(t.slug, "<ext>")),
-                     "format": format_selector(config.max_height),
+                     "format": config.ytdlp.from_option.get("format") or format_selector(config.max_height),
+                     "yt_dlp": settings,
                      "complete": completed_file(layout, t.slug) is not None})
     return rows
 
@@ -202,16 +207,21 @@ class _YtdlpLogger:
 
 def _ytdlp_options(config: DownloadConfig, outtmpl: str, logger: _YtdlpLogger,
                    hooks: list[Callable[[dict], None]]) -> dict[str, Any]:
-    from yt_dlp.utils import parse_bytes
-
+    """Layered, later wins: wtours' defaults, the user's yt-dlp config, wtours flags given, --yt-dlp-option,
+    and last the options that carry wtours' contract (see wtours/ytdlp_options.py)."""
     options: dict[str, Any] = {
         "format": format_selector(config.max_height),
-        "outtmpl": {"default": outtmpl},
-        "retries": config.retries,  # the Python API defaults to 0 retries (the CLI to 10)
-        "fragment_retries": config.retries,
-        "extractor_retries": min(config.retries, 3),
+        "retries": DEFAULT_RETRIES,  # the Python API defaults to 0 retries (the CLI to 10)
+        "fragment_retries": DEFAULT_RETRIES,
+        "extractor_retries": 3,
         "file_access_retries": 3,
         "socket_timeout": 30,
+    }
+    options.update(config.ytdlp.from_config)
+    options.update(flag_options(config))
+    options.update(config.ytdlp.from_option)
+    options.update({
+        "outtmpl": {"default": outtmpl},
         "continuedl": True,  # resume a .part file with a Range request
         "updatetime": False,  # keep our own mtime, which info.json records
         "noplaylist": True,
@@ -220,25 +230,37 @@ def _ytdlp_options(config: DownloadConfig, outtmpl: str, logger: _YtdlpLogger,
         "no_warnings": False,
         "logger": logger,
         "progress_hooks": hooks,
-    }
+    })
+    return options
+
+
+def flag_options(config: DownloadConfig) -> dict[str, Any]:
+    """The YoutubeDL parameters wtours' own flags set, validated (call it before any transfer)."""
+    from yt_dlp.utils import parse_bytes
+
+    options: dict[str, Any] = {}
+    if config.retries is not None:
+        options.update(retries=config.retries, fragment_retries=config.retries,
+                       extractor_retries=min(config.retries, 3))
     if config.rate_limit:
         rate = parse_bytes(config.rate_limit)
         if rate is None:
-            raise WtoursError(f"--rate-limit {config.rate_limit!r} is not a rate",
-                              "use bytes per second, e.g. 500K or 5M")
+            raise UsageError(f"--rate-limit {config.rate_limit!r} is not a rate",
+                             "use bytes per second, e.g. 500K or 5M")
         options["ratelimit"] = rate
     if config.cookies:
         if not Path(config.cookies).is_file():
-            raise WtoursError(f"cookies file {config.cookies} not found",
-                              "export cookies.txt (Netscape format) from a logged-in browser")
+            raise UsageError(f"cookies file {config.cookies} not found",
+                             "export cookies.txt (Netscape format) from a logged-in browser")
         options["cookiefile"] = config.cookies
     if config.cookies_from_browser:
         options["cookiesfrombrowser"] = (config.cookies_from_browser,)
     return options
 
 
-def _explain(message: str, warnings: list[str], config: DownloadConfig) -> WtoursError:
-    """Turn a yt-dlp failure into an error that names the fix."""
+def _explain(message: str, warnings: list[str], config: DownloadConfig, retries: int | None = None) -> WtoursError:
+    """Turn a yt-dlp failure into an error that names the fix (`retries`: as yt-dlp was given them)."""
+    retries = retries if retries is not None else config.retries if config.retries is not None else DEFAULT_RETRIES
     text = " ".join([message, *warnings]).lower()
     short = message.replace("ERROR: ", "").strip()
     if "not a bot" in text or "sign in to confirm" in text or "cookies" in text and "sign in" in text:
@@ -251,7 +273,7 @@ def _explain(message: str, warnings: list[str], config: DownloadConfig) -> Wtour
     network = ("unable to download", "connection refused", "timed out", "network is unreachable", "name resolution",
                "urlopen error", "connection reset", "remote end closed", "failed to resolve", "giving up after")
     if any(word in text for word in network):
-        return WtoursError(f"network failure after {config.retries} retries: {short}",
+        return WtoursError(f"network failure after {retries} retries: {short}",
                            "check the connection (or proxy) and rerun: a partial download resumes where it stopped")
     if "no space left" in text:
         return WtoursError(f"disk full: {short}",
@@ -348,10 +370,10 @@ def _download_locked(layout: Layout, target: DownloadTarget, config: DownloadCon
             _check_disk(info, folder)
             info = ydl.process_ie_result(info, download=True)
     except yt_dlp.utils.DownloadError as e:
-        raise _explain(str(e), logger.warnings, config) from e
+        raise _explain(str(e), logger.warnings, config, options["retries"]) from e
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise _explain("No space left on device", [], config) from e
+            raise _explain("No space left on device", [], config, options["retries"]) from e
         raise
     finally:
         bar.close()
@@ -360,14 +382,14 @@ def _download_locked(layout: Layout, target: DownloadTarget, config: DownloadCon
         probed = probe_and_verify(path)
     except media.ProbeError as e:
         raise _reject(path, e) from e
-    source = _source_record(info, target)
+    source = _source_record(info, target, config.ytdlp)
     record = write_info(layout, target.slug, path, probed, source, target.entry)
     say(f"{target.slug}: {path} ({record['bytes'] / 1e6:.1f} MB, {probed.width}x{probed.height}, "
         f"{probed.fps:.2f} fps, {probed.duration / 60:.1f} min, sha256 {record['sha256'][:12]}…)")
     return DownloadResult(target.slug, path, "downloaded", record)
 
 
-def _source_record(info: dict[str, Any], target: DownloadTarget) -> dict[str, Any]:
+def _source_record(info: dict[str, Any], target: DownloadTarget, settings: YtdlpSettings) -> dict[str, Any]:
     import yt_dlp
 
     picked = info.get("requested_formats") or [info]
@@ -386,24 +408,60 @@ def _source_record(info: dict[str, Any], target: DownloadTarget) -> dict[str, An
         "license": info.get("license") or (entry.license if entry else None),
         "format": {k: video.get(k) for k in ("format_id", "ext", "vcodec", "acodec", "width", "height", "fps", "tbr")},
         "yt_dlp": yt_dlp.version.__version__,
+        # which of the user's yt-dlp settings shaped the download (names only: values may be secrets)
+        "yt_dlp_options": settings.origin(),
     }
 
 
 # ---------------------------------------------------------------- local files
 
+PROVENANCE_KEYS = ("url", "title", "uploader", "license")  # what `wtours add` records for attribution
+_MAX_TEXT = {"url": 2048, "title": 300, "uploader": 200, "license": 100}
+_OPTION_OF = {"url": "--source-url", "title": "--title", "uploader": "--uploader", "license": "--license"}
+
+
+def validate_provenance(provenance: dict[str, str | None]) -> dict[str, str]:
+    """The given attribution fields, checked: an http(s) URL with a host; single-line printable text of a
+    sensible length (it lands in a table of the dataset card). A licence is an SPDX id (CC-BY-4.0) or a
+    short text ("Creative Commons Attribution license (reuse allowed)", as YouTube states it)."""
+    from urllib.parse import urlsplit
+
+    out: dict[str, str] = {}
+    for key, value in provenance.items():
+        if value is None:
+            continue
+        option = _OPTION_OF[key]
+        text = value.strip()
+        if not text or len(text) > _MAX_TEXT[key] or not text.isprintable():
+            raise UsageError(f"{option} {value!r} is not a single line of 1 to {_MAX_TEXT[key]} printable characters",
+                             "give it as shown at the source, e.g. --uploader 'Jane Walker' --license CC-BY-4.0")
+        if key == "url":
+            parts = urlsplit(text)
+            if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in text):
+                raise UsageError(f"--source-url {value!r} is not an http(s) URL",
+                                 "give the page the video was published on, e.g. https://www.youtube.com/watch?v=ID")
+        out[key] = text
+    return out
+
 
 def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link", allow_damaged: bool = False,
-              say: Callable[[str], None] = print, force: bool = False) -> DownloadResult:
+              say: Callable[[str], None] = print, force: bool = False,
+              provenance: dict[str, str | None] | None = None) -> DownloadResult:
     """Register a video file already on disk (e.g. from the figshare mirror) as <root>/videos/<name>/.
 
     A file that probes but does not decode to its end is refused unless `allow_damaged`: then it is
     recorded with the reason, and `wtours shard` keeps what decodes. A name that is already registered
     to another file is refused unless `force` (with --mode move the earlier file may be the user's only
-    copy); the only file ever deleted is the one the user named, and only with --mode move."""
+    copy); the only file ever deleted is the one the user named, and only with --mode move.
+
+    `provenance` (keys of PROVENANCE_KEYS: source page URL, title, uploader, licence) is recorded under
+    'source' for the dataset card's attribution; re-adding keeps the fields recorded before unless given
+    anew (corpus videos start from the manifest's URL and licence)."""
     slug = validate_slug(name)
+    given = validate_provenance(provenance or {})
     source_path = Path(path).expanduser().resolve()
     if not source_path.is_file():
-        raise WtoursError(f"{path} does not exist or is not a file", "give the path of a video file")
+        raise UsageError(f"{path} does not exist or is not a file", "give the path of a video file")
     layout = Layout(root)
     _refuse_replacing(layout, slug, source_path, force)  # at once, before the decode check
     probed = media.probe(source_path)
@@ -418,13 +476,13 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
         say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
     with folder_lock(layout.video_dir(slug), f"video folder of {slug}"):
         current = _refuse_replacing(layout, slug, source_path, force)  # again, under the lock
-        return _add_locked(layout, slug, source_path, mode, probed, damaged, say, current)
+        return _add_locked(layout, slug, source_path, mode, probed, damaged, say, current, given)
 
 
 def _refuse_replacing(layout: Layout, slug: str, source_path: Path, force: bool) -> Path | None:
     current = _registered_elsewhere(layout, slug, source_path)
     if current is not None and not force:
-        raise WtoursError(
+        raise UsageError(
             f"{slug!r} is already registered under {layout.root} (as {current}); nothing was changed",
             f"choose another --name, or pass --force to replace the registered video with {source_path}"
             + (" (the earlier file in the data root is then replaced)" if current.exists() else ""))
@@ -448,20 +506,39 @@ def _registered_elsewhere(layout: Layout, slug: str, source_path: Path) -> Path 
 
 
 def _add_locked(layout: Layout, slug: str, source_path: Path, mode: str, probed: media.ProbeResult,
-                damaged: str | None, say: Callable[[str], None], current: Path | None) -> DownloadResult:
+                damaged: str | None, say: Callable[[str], None], current: Path | None,
+                given: dict[str, str]) -> DownloadResult:
     folder = layout.video_dir(slug)
     folder.mkdir(parents=True, exist_ok=True)
     final = layout.added_video_path(slug, source_path.suffix)
+    earlier = _earlier_provenance(layout, slug)  # read before anything is replaced
     if current is not None:
         say(f"{slug}: replacing the registered video {current.name} (--force)")
     _place(source_path, final, mode)
     entry = load_manifest().get(slug)
     source = {"type": "local", "path": str(source_path), "url": entry.url if entry else None,
-              "id": entry.youtube_id if entry else None, "title": None, "uploader": None,
+              "id": entry.youtube_id if entry else None, "title": None, "uploader": None, "channel_url": None,
               "license": entry.license if entry else None}
+    kept = {k: v for k, v in earlier.items() if k not in given and source.get(k) != v}
+    source.update(kept)
+    source.update(given)
+    if any(k in _OPTION_OF for k in kept):
+        say(f"{slug}: keeping the recorded {', '.join(sorted(kept))} "
+            f"(give {', '.join(_OPTION_OF[k] for k in sorted(kept) if k in _OPTION_OF)} to change)")
     record = write_info(layout, slug, final, probed, source, entry, damaged=damaged)
     say(f"{slug}: added {final} ({probed.width}x{probed.height}, {probed.fps:.2f} fps, {probed.duration:.1f} s)")
     return DownloadResult(slug, final, "added", record)
+
+
+def _earlier_provenance(layout: Layout, slug: str) -> dict[str, Any]:
+    """The attribution recorded for `slug` before (by an earlier add or a download), to keep on re-adding."""
+    try:
+        info = layout.read_info(slug) or {}
+    except WtoursError:
+        return {}  # a damaged info.json is replaced anyway
+    raw = info.get("source")
+    source: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    return {k: source[k] for k in (*PROVENANCE_KEYS, "channel_url", "id") if source.get(k)}
 
 
 def _place(source: Path, final: Path, mode: str) -> None:
@@ -469,7 +546,7 @@ def _place(source: Path, final: Path, mode: str) -> None:
     if final.exists() and final.resolve() == source:
         return
     if mode not in ("link", "symlink", "copy", "move"):
-        raise WtoursError(f"unknown mode {mode!r}", "use copy, link, symlink or move")
+        raise UsageError(f"unknown mode {mode!r}", "use copy, link, symlink or move")
     replace_atomically(final, lambda tmp: _put(source, tmp, mode))
     if mode == "move":
         source.unlink()  # only once the copy is in place: a failure never loses the original

@@ -1,12 +1,41 @@
-"""Errors a user can act on: what went wrong, and what to do about it."""
+"""Errors a user can act on: what went wrong, and what to do about it.
+
+Exit statuses (the CLI's contract, documented in docs/troubleshooting.md and `wtours --help`):
+
+    0    success
+    1    runtime failure: the machine, the network, a damaged input, a lock held by another run
+    2    usage error: a bad option, argument, name or value given by the user (Click's own, and
+         wtours' validation of what the user typed)
+    3    incomplete: the work finished partly (e.g. a video truncated midway); what was done is kept
+    4    training diverged (a non-finite loss); the last good checkpoint is kept
+    130  interrupted (Ctrl-C); a rerun resumes
+"""
 
 from __future__ import annotations
 
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
+EXIT_DIVERGED = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+EXIT_CODES = (
+    (EXIT_OK, "success"),
+    (EXIT_FAILURE, "runtime failure: the machine, the network, a damaged input, a lock held by another run"),
+    (EXIT_USAGE, "usage error: a bad option, argument, name or value (fix the command line)"),
+    (EXIT_INCOMPLETE, "incomplete: finished partly (e.g. a truncated video); what was done is kept"),
+    (EXIT_DIVERGED, "training diverged (non-finite loss); the last good checkpoint is kept"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); rerun the same command to resume"),
+)
+
 
 class WtoursError(Exception):
-    """A failure with an actionable hint; the CLI prints both and exits with `exit_code`."""
+    """A failure with an actionable hint; the CLI prints both and exits with `exit_code`.
 
-    exit_code = 2
+    A plain WtoursError is a runtime failure (exit 1); raise `UsageError` for bad user input (exit 2)."""
+
+    exit_code = EXIT_FAILURE
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
         super().__init__(message)
@@ -19,7 +48,13 @@ class WtoursError(Exception):
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
 
+class UsageError(WtoursError):
+    """The user's command line is wrong (an option, a name, a value): fixing it, not rerunning, helps."""
+
+    exit_code = EXIT_USAGE
+
+
 class IncompleteError(WtoursError):
     """Work finished partly (e.g. a video truncated midway): what was done is kept and indexed."""
 
-    exit_code = 3
+    exit_code = EXIT_INCOMPLETE

@@ -14,13 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 
 ROOT_ENV = "WTOURS_ROOT"
 # Anchored with \Z, not $: `$` also matches before a trailing newline, so "venice\n" would pass a .match().
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 SHARD_NAME_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<number>\d{6})\.tar\Z")
 SAMPLE_KEY_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<frame>\d{8,})\Z")
+# `scheme://...` (s3://, hf://, http://, file://): a URL, which a data root or --out never is
+URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+ROOT_URL_HINT = ("the data root is a local folder. To fetch shard sets from the Hugging Face Hub use "
+                 "`wtours pull --repo OWNER/NAME`, to publish them `wtours push`; to read shards from a URL pass it "
+                 "to --shards; for object storage (s3://, gs://) mount it (e.g. s3fs, rclone mount) and pass the "
+                 "mount point")
+
+
+def is_url(text: str) -> bool:
+    return bool(URL_PATTERN.match(text))
 INFO_FILE = "info.json"
 INDEX_FILE = "index.json"
 PLAN_FILE = "plan.json"
@@ -50,7 +60,7 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
 def validate_slug(name: str) -> str:
     """A video's name is a folder and a shard-name prefix: never a path, never a dot."""
     if not isinstance(name, str) or not SLUG_PATTERN.match(name):
-        raise WtoursError(
+        raise UsageError(
             f"{name!r} is not a valid video name",
             "use lowercase ASCII letters, digits and '-', starting with a letter or digit "
             "(at most 63 characters), e.g. 'my-walk'",
@@ -64,7 +74,7 @@ class Layout:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = resolve_root(root)
         if self.root.exists() and not self.root.is_dir():
-            raise WtoursError(f"the data root {self.root} is a file, not a folder",
+            raise UsageError(f"the data root {self.root} is a file, not a folder",
                               f"pass a folder (or a path that does not exist yet) as --root or ${ROOT_ENV}")
 
     # ---- videos
@@ -147,7 +157,7 @@ class Layout:
         """The folder holding one folder per video and the corpus tables: `out`, else <root>/stats."""
         base = Path(out) if out is not None else self.root / "stats"
         if base.exists() and not base.is_dir():
-            raise WtoursError(f"the statistics folder {base} is a file, not a folder",
+            raise UsageError(f"the statistics folder {base} is a file, not a folder",
                               "pass a folder (or a path that does not exist yet) as --out")
         return base
 

@@ -22,9 +22,7 @@ LOCK_FILE = ".wtours.lock"
 
 
 class FolderBusyError(WtoursError):
-    """Another live process holds the folder."""
-
-    exit_code = 2
+    """Another live process holds the folder (a runtime failure: exit 1, rerun when it is done)."""
 
 
 def _holder_text(path: Path) -> str:

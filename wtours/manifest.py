@@ -10,7 +10,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError
 
 MANIFEST_FILE = "walking_tours.json"
 
@@ -55,7 +55,7 @@ class Manifest:
         choices = {_fold(n): v.slug for v in self.videos for n in (v.slug, v.city, *v.aliases)}
         close = difflib.get_close_matches(wanted, list(choices), n=1, cutoff=0.6)
         suggestion = f"did you mean '{choices[close[0]]}'? " if close else ""
-        raise WtoursError(
+        raise UsageError(
             f"unknown city {name!r}",
             f"{suggestion}valid names: {', '.join(self.slugs)} (see `wtours list`); "
             "for another video use `wtours download --url URL --name NAME` or `wtours add PATH --name NAME`",

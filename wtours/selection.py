@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.layout import SLUG_PATTERN, Layout
 from wtours.manifest import load_manifest
 
@@ -16,7 +16,7 @@ def video_slugs(layout: Layout, cities: tuple[str, ...], all_videos: bool, actio
                               "run `wtours download` or `wtours add` first")
         return slugs
     if not cities:
-        raise WtoursError(f"nothing to {action}", "name a video with --city SLUG, or pass --all")
+        raise UsageError(f"nothing to {action}", "name a video with --city SLUG, or pass --all")
     registered = set(layout.video_slugs())
     return [name if name in registered else load_manifest().resolve(name).slug for name in cities]
 
@@ -29,6 +29,6 @@ def shard_set_slugs(layout: Layout, cities: tuple[str, ...], all_sets: bool, act
             raise WtoursError(f"no shard sets under {layout.shards_base()}", "run `wtours shard --city SLUG` first")
         return slugs
     if not cities:
-        raise WtoursError(f"nothing to {action}", "name a shard set with --city SLUG, or pass --all")
+        raise UsageError(f"nothing to {action}", "name a shard set with --city SLUG, or pass --all")
     return [name if SLUG_PATTERN.match(name) and layout.index_path(name).is_file()
             else load_manifest().resolve(name).slug for name in cities]

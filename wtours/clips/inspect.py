@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from wtours.clips.epoch import ClipConfig, clips_per_epoch, plan_epoch
-from wtours.clips.spec import ShardRef
+from wtours.clips.spec import ShardRef, url_scheme
 from wtours.shard.index import ShardIndex
 
 
@@ -38,7 +38,7 @@ def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, wo
             if not index.complete:
                 videos[index.slug]["decoded_until"] = index.decoded_until
                 incomplete.append(index.slug)
-    missing = [r.url for r in shards if "://" not in r.url and not os.path.isfile(r.url)]
+    missing = [r.url for r in shards if url_scheme(r.url) is None and not os.path.isfile(r.url)]  # paths only
     return {
         "complete": not incomplete,
         "incomplete_videos": incomplete,

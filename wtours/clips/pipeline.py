@@ -187,7 +187,8 @@ class GpuAugmenter:
             frames[i, :, : image.shape[1], : image.shape[2]] = image.to(self.device)
         if self.device.type != "cpu":
             frames = frames.float()  # antialiased resizes on CUDA take float
-        return ClipBatch(multicrop_tensor(frames, batch.sizes, batch.frames, self.rng, self.config), batch.keys)
+        return ClipBatch(multicrop_tensor(frames, batch.sizes, batch.frames, self.rng, self.config), batch.keys,
+                         batch.problems)
 
 
 def problem_counts(problems: Problems) -> dict:
@@ -213,7 +214,36 @@ def cpu_augmenter():
     return decode_clip, multicrop_cpu
 
 
-def make_loader(dataset: ClipDataset, pin_memory: bool = False) -> DataLoader:
+def add_problems(problems: Problems, delta: dict | None) -> None:
+    """Add a batch's `problems` (a `problems_since` delta from a worker) to this process's counts."""
+    if delta:
+        problems.bad_shards.update({u: e for u, e in delta["bad_shards"].items() if u not in problems.bad_shards})
+        problems.bad_samples += delta["bad_samples"]
+        problems.bad_clips += delta["bad_clips"]
+
+
+class ClipLoader(DataLoader):
+    """The DataLoader of a ClipDataset, keeping `dataset.problems` of this process complete.
+
+    A worker process counts what it skips in its own copy of the dataset, which this process never
+    sees; the counts travel with each batch (`batch.problems`, what the worker skipped since its
+    previous batch), and this loader adds them to `dataset.problems` as the batches arrive. With
+    workers=0 the dataset counts here directly. A shard skipped after a worker's last batch is not
+    counted (the quota stops reading once that batch is full)."""
+
+    dataset: ClipDataset
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        batches = super().__iter__()
+        return self._counted(batches) if self.num_workers else batches
+
+    def _counted(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            add_problems(self.dataset.problems, batch.problems)
+            yield batch
+
+
+def make_loader(dataset: ClipDataset, pin_memory: bool = False) -> ClipLoader:
     workers = dataset.config.workers
-    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+    return ClipLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       prefetch_factor=2 if workers else None, persistent_workers=False)

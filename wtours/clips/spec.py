@@ -1,7 +1,13 @@
-"""SPEC -> shard list: a slug in the root, local paths/braces/globs, http(s) braces, hf:// braces.
+"""SPEC -> shard list: a slug in the root, local paths/braces/globs, http(s) braces, hf:// braces,
+fsspec URLs (s3://, gs://, file://, memory://, ...) with braces/globs, and webdataset's `pipe:COMMAND`.
 
 Every shard comes with what its set's index.json says about it (samples, grid fps, cell runs), so
-epoch lengths are computed exactly before any shard is opened."""
+epoch lengths are computed exactly before any shard is opened.
+
+A `pipe:` SPEC is a shell command the user typed: it runs only as given on the command line (after
+brace expansion), one per shard. Shard URLs otherwise come from a folder and the index's names, which
+are checked (`layout.validate_shard_name`), so a fetched index.json or Hub listing can never make
+wtours run a command."""
 
 from __future__ import annotations
 
@@ -9,18 +15,22 @@ import glob
 import hashlib
 import os
 import posixpath
+import re
+import shlex
+import signal
+import subprocess
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
 from braceexpand import braceexpand
 
-from wtours.errors import WtoursError
-from wtours.layout import INDEX_FILE, SLUG_PATTERN, Layout
+from wtours.errors import UsageError, WtoursError
+from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, SLUG_PATTERN, Layout, shard_number
 from wtours.shard.index import ShardIndex
 from wtours.shard.plan import sample_cell
 
@@ -30,7 +40,7 @@ HTTP_TIMEOUT = 60
 
 @dataclass(frozen=True)
 class ShardRef:
-    url: str  # local path, http(s) URL or hf:// URL
+    url: str  # local path, http(s), hf:// or fsspec URL, or `pipe:COMMAND` (the user's, never an index's)
     name: str
     slug: str
     samples: int
@@ -48,59 +58,91 @@ class ShardRef:
         return sample_cell(t, self.fps, self.t_decimals)
 
 
+PIPE_PREFIX = "pipe:"
+PIPE_WORD = re.compile(r"(?:^|\s)(pipe:)")
+
+
 def split_specs(specs: str | Iterable[str]) -> list[str]:
-    """One string with '::' or whitespace between specs, or a list of them."""
+    """One string with '::' or whitespace between specs, or a list of them. A `pipe:` SPEC is a shell
+    command with spaces of its own: it runs to the next '::' (or the end of its string)."""
     items = [specs] if isinstance(specs, str) else list(specs)
-    return [part for item in items for chunk in item.split(SPEC_SEPARATOR) for part in chunk.split()]
+    parts: list[str] = []
+    for item in items:
+        for chunk in item.split(SPEC_SEPARATOR):
+            pipe = PIPE_WORD.search(chunk)
+            if pipe is None:
+                parts.extend(chunk.split())
+                continue
+            parts.extend(chunk[:pipe.start(1)].split())
+            parts.append(chunk[pipe.start(1):].strip())  # the command as typed, its inner spaces kept
+    return parts
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards a SPEC names in one set: `folder` holds its index.json and shard files (a local folder
+    or a URL that `open_url` reads, also for a `pipe:` SPEC); `refs` are the shards as the SPEC reads them."""
+
+    folder: str
+    index: ShardIndex
+    refs: tuple[ShardRef, ...]
 
 
 def resolve(specs: str | Iterable[str], root: str | os.PathLike | None = None) -> list[ShardRef]:
     """All shards named by the specs, in order; fails before any work when one matches nothing."""
-    refs: list[ShardRef] = []
+    return [ref for found in resolve_sets(specs, root) for ref in found.refs]
+
+
+def resolve_sets(specs: str | Iterable[str], root: str | os.PathLike | None = None) -> list[ShardSet]:
+    """The shard sets the specs name, with their shards, in order; each index is read once."""
+    sets: list[ShardSet] = []
     parts = split_specs(specs)
     if not parts:
-        raise WtoursError("no shard SPEC given", "pass a slug (venice), a path pattern, an http(s) or hf:// pattern")
+        raise UsageError("no shard SPEC given", "pass a slug (venice), a path pattern, an http(s)://, hf://, "
+                                                 "s3:// (or other fsspec) pattern, or a pipe: command")
     for spec in parts:
-        found = _resolve_one(spec, Layout(root))
+        found = [s for s in _resolve_one(spec, Layout(root)) if s.refs]
         if not found:
-            raise WtoursError(f"SPEC {spec!r} matches no shard", _spec_hint(spec))
-        refs.extend(found)
-    return refs
-
-
-def shard_sets(specs: str | Iterable[str], root: str | os.PathLike | None = None) -> list[tuple[str, ShardIndex]]:
-    """The (folder, index) of every shard set the specs touch: for tools that read whole videos (stats)."""
-    folders = dict.fromkeys(posixpath.dirname(r.url) if "://" in r.url else os.path.dirname(r.url)
-                            for r in resolve(specs, root))
-    return [(f, read_remote_index(f"{f}/{INDEX_FILE}") if "://" in f else _read_local_index(Path(f) / INDEX_FILE))
-            for f in folders]
+            raise UsageError(f"SPEC {spec!r} matches no shard", _spec_hint(spec))
+        sets.extend(found)
+    return sets
 
 
 def _spec_hint(spec: str) -> str:
     return ("a SPEC is a video slug with shards under --root, a folder holding index.json, a local pattern such as "
-            "'/data/shards/venice/venice-{000000..000009}.tar', or the same as an http(s):// or "
-            "hf://datasets/USER/NAME/... URL; run `wtours list` to see what is sharded")
+            "'/data/shards/venice/venice-{000000..000009}.tar', the same as an http(s)://, "
+            "hf://datasets/USER/NAME/..., s3://, gs:// or file:// URL, or 'pipe:COMMAND' (e.g. "
+            "'pipe:cat /data/venice/venice-{000000..000009}.tar'); run `wtours list` to see what is sharded")
 
 
-def _resolve_one(spec: str, layout: Layout) -> list[ShardRef]:
+def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
+    if spec.startswith(PIPE_PREFIX):
+        return _resolve_pipe(spec)
     if "://" in spec:
         return _resolve_remote(spec)
     if SLUG_PATTERN.match(spec) and "/" not in spec and not Path(spec).exists():
         if not layout.index_path(spec).is_file():
             raise WtoursError(f"SPEC {spec!r}: no shard index at {layout.index_path(spec)}",
                               f"run `wtours shard --city {spec}` first, or pass --root")
-        return _refs_from_index(_read_local_index(layout.index_path(spec)), str(layout.shard_dir(spec)), None)
+        return [_local_set(str(layout.shard_dir(spec)), None)]
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _refs_from_index(_read_local_index(path / INDEX_FILE), str(path), None)
+        return [_local_set(str(path), None)]
     if path.name == INDEX_FILE:
-        return _refs_from_index(_read_local_index(path), str(path.parent), None)
-    files = sorted({f for pattern in _expand(str(path)) for f in (glob.glob(pattern) or [])})
-    refs: list[ShardRef] = []
-    for folder in sorted({str(Path(f).parent) for f in files}):
-        names = {Path(f).name for f in files if str(Path(f).parent) == folder}
-        refs.extend(_refs_from_index(_read_local_index(Path(folder) / INDEX_FILE), folder, names))
-    return refs
+        return [_local_set(str(path.parent), None)]
+    patterns = _expand(str(path))
+    files = sorted({f for pattern in patterns for f in (glob.glob(pattern) or [])})
+    # A name the braces spell out (no wildcard) that is not on disk is asked for, as it is from a server:
+    # past the set's end it is an error naming the last shard, not a silently shorter range.
+    asked = files + [p for p in patterns if not glob.has_magic(p) and not os.path.exists(p)
+                     and Path(p).parent.joinpath(INDEX_FILE).is_file()]
+    return [_local_set(folder, {Path(f).name for f in asked if str(Path(f).parent) == folder})
+            for folder in sorted({str(Path(f).parent) for f in asked})]
+
+
+def _local_set(folder: str, names: set[str] | None) -> ShardSet:
+    index = _read_local_index(Path(folder) / INDEX_FILE)
+    return ShardSet(folder, index, tuple(_refs_from_index(index, folder, names)))
 
 
 HF_URL_HINT = ("write hf://datasets/USER/NAME[@REVISION]/PATH, e.g. "
@@ -130,7 +172,7 @@ def check_hf_url(url: str) -> str:
         elif any(part in ("", ".", "..") or any(ord(c) < 32 for c in part) for part in parts[2:]):
             problem = "its path has an empty, '.' or '..' part"
     if problem:
-        raise WtoursError(f"{url!r} is not a valid hf:// URL: {problem}", HF_URL_HINT)
+        raise UsageError(f"{url!r} is not a valid hf:// URL: {problem}", HF_URL_HINT)
     return url
 
 
@@ -138,10 +180,10 @@ def _expand(spec: str) -> list[str]:
     try:
         return list(braceexpand(spec))
     except Exception as e:  # noqa: BLE001 (braceexpand's UnbalancedBracesError and friends)
-        raise WtoursError(f"SPEC {spec!r}: {e}", "braces must be balanced, e.g. 'venice-{000000..000013}.tar'") from e
+        raise UsageError(f"SPEC {spec!r}: {e}", "braces must be balanced, e.g. 'venice-{000000..000013}.tar'") from e
 
 
-def _resolve_remote(spec: str) -> list[ShardRef]:
+def _resolve_remote(spec: str) -> list[ShardSet]:
     if spec.startswith("hf://"):
         urls = [check_hf_url(u) for u in _expand(spec)]
         if any(ch in spec for ch in "*?["):
@@ -152,14 +194,222 @@ def _resolve_remote(spec: str) -> list[ShardRef]:
     elif spec.startswith(("http://", "https://")):
         urls = _expand(spec)
     else:
-        raise WtoursError(f"SPEC {spec!r}: unsupported URL scheme", "use a local path, http(s):// or hf://")
-    refs: list[ShardRef] = []
+        urls = _expand(spec)
+        _fsspec_of(urls[0])  # an unknown scheme or a missing package fails here, naming it
+        if any(ch in spec for ch in "*?["):
+            urls = sorted(found for u in urls for found in _fsspec_glob(u))
+    sets: list[ShardSet] = []
     for folder in dict.fromkeys(posixpath.dirname(u) for u in urls):
         names: set[str] | None = {posixpath.basename(u) for u in urls if posixpath.dirname(u) == folder}
         if names == {INDEX_FILE}:
             names = None  # the spec named an index: take all its shards
-        refs.extend(_refs_from_index(read_remote_index(f"{folder}/{INDEX_FILE}"), folder, names))
-    return refs
+        index = read_remote_index(f"{folder}/{INDEX_FILE}")
+        sets.append(ShardSet(folder, index, tuple(_refs_from_index(index, folder, names))))
+    return sets
+
+
+# ------------------------------------------------------------------ fsspec URLs (s3://, gs://, file://, ...)
+
+# The schemes wtours reads through fsspec, and the package each needs besides fsspec (None: fsspec itself).
+FSSPEC_PACKAGES: dict[str, str | None] = {
+    "file": None, "memory": None, "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
+    "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
+
+
+def url_scheme(url: str) -> str | None:
+    """'s3' for 's3://...', 'pipe' for 'pipe:...', None for a local path."""
+    if url.startswith(PIPE_PREFIX):
+        return "pipe"
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep and scheme.isascii() and scheme.replace("+", "").isalnum() else None
+
+
+def is_local(url: str) -> bool:
+    """A file on this machine that is read as is: a path or a file:// URL (not verified against the index)."""
+    return url_scheme(url) in (None, "file")
+
+
+def _fsspec_of(url: str):
+    """(filesystem, path) for an fsspec URL; a scheme wtours does not read, or a missing package, is a
+    WtoursError naming what to install."""
+    scheme = url_scheme(url) or ""
+    if scheme not in FSSPEC_PACKAGES:
+        raise UsageError(f"SPEC {url!r}: unsupported URL scheme {scheme}://",
+                          "use a local path, http(s)://, hf://, " + ", ".join(f"{s}://" for s in FSSPEC_PACKAGES)
+                          + " or 'pipe:COMMAND'")
+    package = FSSPEC_PACKAGES[scheme]
+    needs = "fsspec" + (f" and {package}" if package else "")
+    try:
+        import fsspec
+    except ImportError as e:
+        raise WtoursError(f"{scheme}:// URLs need the fsspec package, which is not installed",
+                          f"pip install fsspec{' ' + package if package else ''}") from e
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise WtoursError(f"{scheme}:// URLs need the {package} package, which is not installed ({e})",
+                          f"pip install {package}  (wtours reads {scheme}:// through {needs}; credentials "
+                          "come from the usual environment of that package)") from e
+    except (ValueError, TypeError, OSError) as e:
+        raise WtoursError(f"{url!r}: {e}", "check the URL") from e
+
+
+def _fsspec_glob(url: str) -> list[str]:
+    fs, path = _fsspec_of(url)
+    try:
+        found = fs.glob(path)
+    except Exception as e:  # noqa: BLE001 (each backend raises its own types: credentials, network, ...)
+        raise WtoursError(f"{url}: cannot list ({type(e).__name__}: {e})",
+                          "check the URL, the network and the credentials") from e
+    return [fs.unstrip_protocol(p) for p in found]
+
+
+def open_fsspec_at(url: str, offset: int = 0) -> IO[bytes]:
+    """An fsspec file positioned at `offset`, read in blocks of HF_READ_BLOCK (a partial read fetches
+    what it reads, by seek on a local file, Range requests on s3/gs)."""
+    fs, path = _fsspec_of(url)
+    try:
+        stream = fs.open(path, "rb", block_size=HF_READ_BLOCK, cache_type="readahead")
+    except FileNotFoundError as e:
+        raise WtoursError(f"{url}: no such file", "check the URL; index.json must sit beside the shards") from e
+    except Exception as e:  # noqa: BLE001 (backend errors: credentials, network, permissions)
+        raise WtoursError(f"{url}: cannot open ({type(e).__name__}: {e})",
+                          "check the URL, the network and the credentials") from e
+    try:
+        if offset:
+            stream.seek(offset)
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
+# ------------------------------------------------------------------ pipe:COMMAND
+
+
+PIPE_INDEX_HINT = ("wtours reads a pipe: SPEC's index.json from the folder of the command's .tar argument: a local "
+                   "folder (copy the set's index.json there), or beside an http(s)://, hf:// or fsspec URL; e.g. "
+                   "'pipe:cat /data/venice/venice-{000000..000009}.tar' with /data/venice/index.json, or "
+                   "'pipe:curl -s https://host/venice/venice-{000000..000009}.tar' with "
+                   "https://host/venice/index.json")
+
+
+def _resolve_pipe(spec: str) -> list[ShardSet]:
+    """`pipe:COMMAND` -> one command per shard (braces expanded); each command's last argument ending in
+    .tar names its shard, and the index beside that argument (never read by running the command)."""
+    if not spec[len(PIPE_PREFIX):].strip():
+        raise UsageError(f"SPEC {spec!r}: no command after 'pipe:'", PIPE_INDEX_HINT)
+    by_folder: dict[str, dict[str, str]] = {}  # the .tar argument's folder -> shard name -> its pipe: URL
+    for url in _expand(spec):
+        target = _pipe_target(url)
+        folder = (posixpath.dirname(target) if "://" in target else os.path.dirname(target)) or "."
+        by_folder.setdefault(folder, {})[posixpath.basename(target)] = url
+    sets: list[ShardSet] = []
+    for folder, commands in by_folder.items():
+        index = _pipe_index(spec, folder)
+        refs = _refs_from_index(index, folder, set(commands))
+        sets.append(ShardSet(folder, index, tuple(replace(r, url=commands[r.name]) for r in refs)))
+    return sets
+
+
+def _pipe_target(url: str) -> str:
+    """The shard file a pipe: command reads: its last argument ending in .tar (a path or a URL)."""
+    lexer = shlex.shlex(url[len(PIPE_PREFIX):], posix=True, punctuation_chars=True)  # `x.tar;` -> `x.tar`, `;`
+    lexer.whitespace_split = True
+    try:
+        words = list(lexer)
+    except ValueError as e:
+        raise UsageError(f"SPEC {url!r}: {e}", "quote the command's arguments in pairs") from e
+    target = next((w for w in reversed(words) if w.endswith(".tar")), None)
+    if target is None:
+        raise UsageError(f"SPEC {url!r}: the command names no .tar file",
+                          "a pipe: command names the shard it reads, e.g. 'pipe:cat /data/venice/venice-000000.tar'; "
+                          + PIPE_INDEX_HINT)
+    return os.path.expanduser(target) if "://" not in target else target
+
+
+def _pipe_index(spec: str, folder: str) -> ShardIndex:
+    if url_scheme(folder) is None:  # a path: the index must be here (the command may read another machine's)
+        if not (Path(folder) / INDEX_FILE).is_file():
+            raise UsageError(f"SPEC {spec!r}: no {INDEX_FILE} in {folder!r} on this machine", PIPE_INDEX_HINT)
+        return _read_local_index(Path(folder) / INDEX_FILE)
+    try:
+        return read_remote_index(f"{folder}/{INDEX_FILE}")
+    except WtoursError as e:
+        raise WtoursError(f"SPEC {spec!r}: cannot read the index beside its shards: {e.message}",
+                          PIPE_INDEX_HINT) from e
+
+
+# Credentials a shard URL or pipe: command may carry (curl -H 'Authorization: Bearer ...', user:password@,
+# signed query strings, Hub tokens): never shown in warnings, errors or log.jsonl (`shown_url`).
+_SECRETS = (
+    re.compile(r"(?i)(authorization:\s*(?:bearer\s+|basic\s+|token\s+)?)[^'\"\s]+"),
+    re.compile(r"(?i)(\bbearer\s+)[^'\"\s]+"),
+    re.compile(r"(://[^/@\s:]+:)[^/@\s]+(?=@)"),
+    re.compile(r"(?i)([?&](?:token|access_token|sig|signature|x-amz-signature|x-amz-credential|"
+               r"x-goog-signature|x-goog-credential)=)[^&'\"\s]+"),
+    re.compile(r"()\bhf_[A-Za-z0-9]{8,}"),
+)
+
+
+def shown_url(url: str) -> str:
+    """`url` as warnings, errors and logs show it: credentials replaced by ***."""
+    for pattern in _SECRETS:
+        url = pattern.sub(lambda m: m.group(1) + "***", url)
+    return url
+
+
+PIPE_STOP_TIMEOUT = 5  # seconds a command has to end after SIGTERM before it is killed
+
+
+class PipeStream:
+    """The output of a `pipe:` command (run by the shell, as webdataset does). Reading it to its end
+    checks the exit status: a failed command is an OSError (the shard is counted as bad) naming the
+    command and the end of its stderr. Closing it before the end stops the command."""
+
+    def __init__(self, url: str):
+        self.url, self.command = shown_url(url), url[len(PIPE_PREFIX):]
+        self.stderr = tempfile.TemporaryFile(prefix="wtours-pipe-")  # a file: a chatty command never blocks
+        # its own process group, so that closing the stream early stops the whole pipeline (curl | zstd -d)
+        self.process = subprocess.Popen(self.command, shell=True, stdin=subprocess.DEVNULL,  # noqa: S602 (the user's)
+                                        stdout=subprocess.PIPE, stderr=self.stderr, start_new_session=True)
+        self.checked = False
+
+    def __repr__(self) -> str:
+        return f"<{self.url}>"
+
+    def read(self, size: int = -1, /) -> bytes:
+        assert self.process.stdout is not None
+        data = self.process.stdout.read(size if size is not None else -1)
+        if not data and size != 0 and not self.checked:
+            self.checked = True
+            status = self.process.wait()
+            if status != 0:
+                self.stderr.seek(0)
+                tail = self.stderr.read()[-500:].decode("utf-8", "replace").strip().splitlines()
+                raise OSError(f"{self.url}: the command exited with status {status}"
+                              + (f" ({shown_url(tail[-1])})" if tail else ""))
+        return data
+
+    def close(self) -> None:
+        try:
+            if self.process.poll() is None:  # stopped early (a part read, an error): end the command
+                self._signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=PIPE_STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self._signal(signal.SIGKILL)
+            self.process.wait()
+        finally:
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            self.stderr.close()
+
+    def _signal(self, number: int) -> None:
+        try:
+            os.killpg(self.process.pid, number)
+        except ProcessLookupError:  # ended meanwhile
+            pass
 
 
 def _read_local_index(path: Path) -> ShardIndex:
@@ -172,6 +422,9 @@ def _read_local_index(path: Path) -> ShardIndex:
 
 
 def read_remote_index(url: str) -> ShardIndex:
+    """An index.json at an http(s), hf:// or fsspec URL (never a pipe: command)."""
+    if url_scheme(url) == "pipe":
+        raise WtoursError(f"{url!r}: an index is never read by running a command", PIPE_INDEX_HINT)
     with open_url(url) as f:
         return ShardIndex.parse(f.read(), url)
 
@@ -179,14 +432,31 @@ def read_remote_index(url: str) -> ShardIndex:
 def _refs_from_index(index: ShardIndex, folder: str, names: set[str] | None) -> list[ShardRef]:
     listed = {s.name for s in index.shards}
     if names is not None and (unknown := sorted(names - listed - {INDEX_FILE})):
-        raise WtoursError(f"{folder}: {', '.join(map(repr, unknown[:3]))} not listed in its index.json",
-                          "the index and the shards disagree: rerun `wtours shard` for this video")
+        raise _unlisted_error(index, folder, unknown)
     join = posixpath.join if "://" in folder else os.path.join
     t_decimals = 6 if index.version == 1 else None
     return [ShardRef(url=join(folder, s.name), name=s.name, slug=index.slug, samples=s.samples, fps=index.fps,
                      cell_runs=s.cell_runs, t_start=s.t_start, t_end=s.t_end, offsets=s.offsets,
                      t_decimals=t_decimals, bytes=s.bytes, sha256=s.sha256)
             for s in index.shards if names is None or s.name in names]
+
+
+def _unlisted_error(index: ShardIndex, folder: str, unknown: list[str]) -> WtoursError:
+    """Shards a SPEC names that the index does not list: a range past the set's end is the user's to
+    fix (a usage error saying where the set ends); any other name means the index and shards disagree."""
+    last = index.shards[-1].name if index.shards else None
+    last_number = shard_number(last) if last else -1
+    past = [n for n in unknown if (m := SHARD_NAME_PATTERN.fullmatch(n)) and m.group("slug") == index.slug
+            and int(m.group("number")) > last_number]
+    shown = ", ".join(map(repr, unknown[:3])) + (" ..." if len(unknown) > 3 else "")
+    if past and len(past) == len(unknown):
+        span = f"{index.shards[0].name}..{last}" if last else "none"
+        return UsageError(f"{folder}: the SPEC asks for {shown}, past the last shard of {index.slug} "
+                          f"({len(index.shards)} shards: {span})",
+                          f"end the range at {last_number:06d}, e.g. '{index.slug}-{{000000..{last_number:06d}}}.tar', "
+                          "or give the set's folder or slug to take every shard")
+    return WtoursError(f"{folder}: {shown} not listed in its index.json",
+                       "the index and the shards disagree: rerun `wtours shard` for this video")
 
 
 # ------------------------------------------------------------------ opening
@@ -199,7 +469,10 @@ def _hf_fs():
 
 
 def open_url(url: str) -> IO[bytes]:
-    """A readable binary stream for a local path, an http(s) URL or an hf:// URL (streamed)."""
+    """A readable binary stream for a local path, an http(s), hf:// or fsspec URL (streamed), or the
+    output of a `pipe:` command (only ever the user's: see the module's docstring)."""
+    if url.startswith(PIPE_PREFIX):
+        return PipeStream(url)  # type: ignore[return-value]
     if url.startswith(("http://", "https://")):
         try:
             return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT)  # noqa: S310 (scheme checked)
@@ -209,6 +482,8 @@ def open_url(url: str) -> IO[bytes]:
             raise WtoursError(f"{url}: {e.reason}", "check the network and the URL") from e
     if url.startswith("hf://"):
         return _open_hf(url)
+    if url_scheme(url) is not None:
+        return open_fsspec_at(url)
     return open(url, "rb")
 
 
@@ -327,8 +602,9 @@ class VerifiedShard:
 
 
 def verified_whole(ref: ShardRef, raw: IO[bytes]) -> IO[bytes]:
-    """`raw`, the whole shard `ref` read from its start, checked against the index when it comes from a
-    server (http(s), hf://); a local file, or a ref without a recorded checksum, is returned as is."""
-    if "://" not in ref.url or ref.sha256 is None or ref.bytes is None:
+    """`raw`, the whole shard `ref` read from its start, checked against the index when it comes from
+    elsewhere (http(s), hf://, fsspec URLs but file://, pipe: commands); a local file, or a ref without a
+    recorded checksum, is returned as is."""
+    if is_local(ref.url) or ref.sha256 is None or ref.bytes is None:
         return raw
-    return VerifiedShard(raw, ref.url, ref.bytes, ref.sha256)  # type: ignore[return-value]
+    return VerifiedShard(raw, shown_url(ref.url), ref.bytes, ref.sha256)  # type: ignore[return-value]

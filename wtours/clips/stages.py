@@ -18,7 +18,16 @@ from typing import IO, Any, Protocol
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from wtours.clips.epoch import ClipConfig, ShardRead, cell_step
-from wtours.clips.spec import HTTP_TIMEOUT, ShardRef, open_hf_at, open_url, verified_whole
+from wtours.clips.spec import (
+    HTTP_TIMEOUT,
+    ShardRef,
+    open_fsspec_at,
+    open_hf_at,
+    open_url,
+    shown_url,
+    url_scheme,
+    verified_whole,
+)
 from wtours.errors import WtoursError
 from wtours.layout import sample_key
 
@@ -28,7 +37,8 @@ TAR_END = bytes(1024)  # two zero blocks: the end-of-archive marker a cut-out me
 
 
 class ByteStream(Protocol):
-    """What the tar reader needs of a shard's bytes: a file, an HTTP response, an hf:// stream."""
+    """What the tar reader needs of a shard's bytes: a file, an HTTP response, an hf:// or fsspec
+    stream, a pipe: command's output."""
 
     def read(self, size: int = -1, /) -> bytes: ...
 
@@ -86,12 +96,14 @@ class Problems:
 
     def clip_failed(self, key: str, url: str, error: BaseException) -> None:
         self.bad_clips += 1
+        url = shown_url(url)  # a pipe: command's credentials stay out of the logs
         if url not in self.shards_with_bad_frames:
             self.shards_with_bad_frames.add(url)
             log.warning("skipping clips of %s with a frame that does not decode (first: %s, %s)", url, key,
                         str(error).splitlines()[0])
 
     def shard_failed(self, url: str, error: BaseException) -> bool:
+        url = shown_url(url)  # a pipe: command's credentials stay out of the logs and log.jsonl
         if url not in self.bad_shards:
             self.bad_shards[url] = f"{type(error).__name__}: {error}"
             log.warning("skipping unreadable shard %s (%s)", url, error.args[0] if error.args else error)
@@ -123,8 +135,9 @@ class _MemberRange:
 
 
 def open_part(read: ShardRead) -> ShardStream:
-    """Open a shard part: seek (local file, hf://) or a Range request (http) to its first sample when
-    the index gives byte offsets; otherwise (a version-1 index) from the shard's start."""
+    """Open a shard part: seek (local file, hf://, fsspec URL) or a Range request (http) to its first
+    sample when the index gives byte offsets, or read and drop the bytes before it (a pipe: command's
+    output only streams); otherwise (a version-1 index) from the shard's start."""
     ref, offsets = read.ref, read.ref.offsets
     whole = read.first_sample == 0 and read.stop_sample is None
     if offsets is None or whole:
@@ -139,10 +152,31 @@ def open_part(read: ShardRead) -> ShardStream:
             return ShardStream(read, open_url(ref.url), 0)
     elif ref.url.startswith("hf://"):
         raw = open_hf_at(ref.url, begin)
+    elif url_scheme(ref.url) == "pipe":
+        raw = _skipped(open_url(ref.url), begin, ref.url)
+    elif url_scheme(ref.url) is not None:
+        raw = open_fsspec_at(ref.url, begin)
     else:
         raw = open(ref.url, "rb")
         raw.seek(begin)
     return ShardStream(read, _MemberRange(raw, None if end is None else end - begin), read.first_sample)
+
+
+SKIP_BLOCK = 1 << 20
+
+
+def _skipped(raw: IO[bytes], count: int, url: str) -> IO[bytes]:
+    """`raw` after reading and dropping its first `count` bytes (a stream that cannot seek)."""
+    try:
+        while count > 0:
+            block = raw.read(min(count, SKIP_BLOCK))
+            if not block:
+                raise OSError(f"{url}: the stream ended {count} bytes before the part's first sample")
+            count -= len(block)
+    except BaseException:
+        raw.close()
+        raise
+    return raw
 
 
 def _http_range(url: str, begin: int, end: int | None) -> IO[bytes] | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from wtours.errors import WtoursError
-from wtours.hub.paths import DEFAULT_REVISION, REPO_TYPE, hf_url, source_path, validate_repo_id
+from wtours.hub.paths import DEFAULT_REVISION, REPO_TYPE, hf_url, source_path, validate_repo_id, validate_revision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,6 +41,7 @@ class HubTarget:
 
     def __post_init__(self) -> None:
         validate_repo_id(self.repo)
+        validate_revision(self.revision)
 
 
 @dataclass(frozen=True)
@@ -206,9 +207,13 @@ def describe_error(error: BaseException, what: str, token: str | None = None, wr
     status = getattr(getattr(error, "response", None), "status_code", None)
     endpoint = _endpoint_of(error)
     if type(error).__name__ == "OfflineModeIsEnabled":
+        if write:  # nothing was sent; what can be done offline is the dataset card
+            return WtoursError(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted (nothing was sent)",
+                               "unset HF_HUB_OFFLINE to upload; offline, `wtours card --city SLUG --repo USER/NAME "
+                               "--out README.md` writes a dataset card")
         return WtoursError(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted",
-                           "unset HF_HUB_OFFLINE to use the Hub; to work offline, `wtours pull` the shards first "
-                           "and pass local ones (--shards SLUG --root DIR)")
+                           "unset HF_HUB_OFFLINE to use the Hub; to work offline, `wtours pull` the shards first (or "
+                           "`hf download`, docs/hub.md) and pass local ones (--shards SLUG --root DIR)")
     if isinstance(error, RevisionNotFoundError):
         return WtoursError(f"{what}: revision not found", "check --revision (or the @revision in the hf:// URL)")
     if isinstance(error, RepositoryNotFoundError) or status in (401, 403):
@@ -302,7 +307,8 @@ def hub_errors(what: str, target: HubTarget | None = None, write: bool = False) 
 # ---------------------------------------------------------------------- reading
 
 
-def remote_files(target: HubTarget, folder: str | None = None, recursive: bool = True) -> dict[str, RemoteFile]:
+def remote_files(target: HubTarget, folder: str | None = None, recursive: bool = True,
+                 repo_type: str = REPO_TYPE) -> dict[str, RemoteFile]:
     """The files under `folder` (the whole repo when None) at the target's revision; {} when absent."""
     from huggingface_hub.errors import EntryNotFoundError
 
@@ -311,7 +317,7 @@ def remote_files(target: HubTarget, folder: str | None = None, recursive: bool =
     with hub_errors(f"{target.repo}@{target.revision}", target):
         try:
             for item in hub.list_repo_tree(target.repo, path_in_repo=folder, recursive=recursive,
-                                           revision=target.revision, repo_type=REPO_TYPE):
+                                           revision=target.revision, repo_type=repo_type):
                 if hasattr(item, "blob_id"):  # RepoFile (RepoFolder has tree_id)
                     files[item.path] = RemoteFile(item.path, item.size, item.blob_id, _lfs_sha256(item.lfs))
         except EntryNotFoundError:

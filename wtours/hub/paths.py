@@ -4,6 +4,7 @@
     <slug>/<slug>-NNNNNN.tar       shards, byte-identical to <root>/shards/<slug>/
     <slug>/index.json              the shard index (docs/data-format.md), committed with or after its shards
     <slug>/source.json             provenance: the video's source, creator and licence (for the card)
+    <slug>/<slug>.wids.json        the shard list as a wids descriptor (shard URLs relative to it)
 """
 
 from __future__ import annotations
@@ -11,8 +12,16 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from wtours.errors import WtoursError
-from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, SLUG_PATTERN, SOURCE_FILE, shard_number, validate_shard_name
+from wtours.errors import UsageError
+from wtours.layout import (
+    INDEX_FILE,
+    SHARD_NAME_PATTERN,
+    SLUG_PATTERN,
+    SOURCE_FILE,
+    WIDS_SUFFIX,
+    shard_number,
+    validate_shard_name,
+)
 
 REPO_TYPE = "dataset"
 DEFAULT_REVISION = "main"
@@ -24,9 +33,22 @@ REPO_ID_PATTERN = re.compile(rf"^{_NAME}/{_NAME}\Z")  # \Z: `$` would let a trai
 
 def validate_repo_id(repo: str) -> str:
     if not REPO_ID_PATTERN.match(repo or "") or ".." in repo or "--" in repo:
-        raise WtoursError(f"{repo!r} is not a Hub repository name",
+        raise UsageError(f"{repo!r} is not a Hub repository name",
                           "use USER/NAME (or ORG/NAME), e.g. --repo alice/walking-tours")
     return repo
+
+
+# A branch, tag or commit: git's ref characters, no `..`, no leading '-' or '/' (it is written into the
+# card's code blocks and into URLs, so nothing that could end a string or a line).
+REVISION_PATTERN = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]{0,199}\Z")
+
+
+def validate_revision(revision: str) -> str:
+    if not isinstance(revision, str) or not REVISION_PATTERN.match(revision) or ".." in revision \
+            or revision.endswith(("/", ".lock")):
+        raise UsageError(f"{revision!r} is not a branch, tag or commit name",
+                         "use letters, digits, '-', '_', '.' and '/', e.g. --revision main or --revision fps1")
+    return revision
 
 
 def shard_path(slug: str, name: str) -> str:
@@ -40,6 +62,10 @@ def index_path(slug: str) -> str:
 
 def source_path(slug: str) -> str:
     return f"{slug}/{SOURCE_FILE}"
+
+
+def wids_path(slug: str) -> str:
+    return f"{slug}/{slug}{WIDS_SUFFIX}"
 
 
 def is_shard_path(path: str, slug: str) -> bool:

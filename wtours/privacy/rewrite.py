@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from wtours import __version__
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, WIDS_SUFFIX, Layout, write_bytes_atomic, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.privacy.stage import FaceBlur
@@ -41,7 +41,7 @@ def source_folder(spec: str, root: str | None) -> Path:
         folder = Layout(root).shard_dir(spec)
         if (folder / INDEX_FILE).is_file():
             return folder
-    raise WtoursError(f"{spec}: no shard set there (no {INDEX_FILE})",
+    raise UsageError(f"{spec}: no shard set there (no {INDEX_FILE})",
                       "give a folder holding index.json, or a slug sharded under --root (`wtours shard` first)")
 
 
@@ -57,11 +57,11 @@ def blur_shard_set(source: Path, out: Path, settings: BlurSettings, workers: int
         raise WtoursError(f"{source} holds no {INDEX_FILE}", "run `wtours shard` first")
     if index.params.blur_faces:
         done = index.privacy or {}
-        raise WtoursError(f"{source}: its frames were already blurred ({done.get('faces')} faces hidden by "
+        raise UsageError(f"{source}: its frames were already blurred ({done.get('faces')} faces hidden by "
                           f"{done.get('detector')} at threshold {done.get('threshold')})",
                           "blur the original, unblurred shards instead (or `wtours shard --blur-faces`)")
     if out.resolve() == source.resolve():
-        raise WtoursError(f"--out {out} is the source folder", "write the blurred set to a new folder")
+        raise UsageError(f"--out {out} is the source folder", "write the blurred set to a new folder")
     params = dataclasses.replace(index.params, blur_faces=True, blur_threshold=settings.threshold,
                                  blur_mode=settings.mode, blur_scale=settings.scale, blur_upscale=settings.upscale,
                                  blur_detector=settings.detector)

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from wtours.errors import WtoursError
 from wtours.layout import Layout
 from wtours.media import ProbeResult
 from wtours.shard.decode import SegmentDecoder
-from wtours.shard.index import ShardIndex, load_index
+from wtours.shard.index import ShardEntry, ShardIndex, load_index
 from wtours.shard.params import DEFAULT_SHORT_SIDE, ShardParams
 from wtours.shard.plan import EPS, output_size, plan_segments, sample_cell
 from wtours.shard.read import StoredSample, iter_shard
@@ -53,13 +53,15 @@ class SourceInfo:
     skipped: list[dict[str, str]] = field(default_factory=list)  # shards not read: {"name", "reason"}
     on_skip: Callable[[list[dict[str, str]]], None] | None = None  # records `skipped` as soon as it grows
 
-    def skip(self, name: str, reason: str) -> None:
+    def skip(self, name: str, reason: str, remote: bool = False) -> None:
         """A missing, truncated or damaged shard: counted and named, its frames left out (as `train` does)."""
         log.warning("skipping shard %s: %s", name, reason)
         self.skipped.append({"name": name, "reason": reason})
         self.complete = False
-        self.notes.append(f"shard {name} skipped ({reason}); its frames are left out: repair it with "
-                          "`wtours verify --repair`, then rerun with --overwrite")
+        remedy = ("ask the set's publisher to push it again (or `wtours pull` the set and `wtours verify --repair` "
+                  "it)" if remote else "repair it with `wtours verify --repair`")
+        self.notes.append(f"shard {name} skipped ({reason}); its frames are left out: {remedy}, then rerun "
+                          "with --overwrite")
         if self.on_skip is not None:
             self.on_skip(self.skipped)
 
@@ -125,7 +127,7 @@ class ShardSource:
 
     def __init__(self, layout: Layout, slug: str, every: float | None,
                  remote: tuple[str, ShardIndex] | None = None):
-        """Local shards under the root, or `remote` = (folder URL, index) from `spec.shard_sets` (hf://, http)."""
+        """Local shards under the root, or `remote` = (folder URL, index) from `spec.resolve_sets` (hf://, http)."""
         if remote is None and not layout.index_path(slug).is_file():
             raise WtoursError(f"{slug} is not sharded yet (no {layout.index_path(slug)})",
                               f"run `wtours shard --city {slug}` first, or analyse the video directly with "
@@ -165,14 +167,28 @@ class ShardSource:
                         continue
                     yield from iter_shard(path)
                 else:
-                    from wtours.clips.spec import open_url
-
-                    with open_url(f"{self.folder}/{entry.name}") as stream:  # streamed, never stored
-                        yield from iter_shard(stream)
+                    yield from self._streamed(entry)
             except (tarfile.TarError, EOFError, zlib.error, UnicodeDecodeError, ValueError, TypeError) as e:
-                self.info.skip(entry.name, f"unreadable ({e})")
+                self.info.skip(entry.name, f"unreadable ({e})", remote=self.folder is not None)
             except WtoursError as e:  # a remote shard that cannot be fetched
-                self.info.skip(entry.name, e.message)
+                self.info.skip(entry.name, e.message, remote=True)
+            except OSError as e:  # a remote shard that is not the one its index describes, or a broken stream
+                self.info.skip(entry.name, str(e), remote=True)
+
+    def _streamed(self, entry: ShardEntry) -> Iterator[StoredSample]:
+        """A shard from `remote`, never stored: from another machine (http(s), hf://, fsspec, pipe:) it is
+        checked whole against the index (size, sha256) before its first sample counts, as the loader does."""
+        from wtours.clips.spec import VerifiedShard, is_local, open_url, shown_url
+
+        url = f"{self.folder}/{entry.name}"
+        with open_url(url) as raw:
+            stream: IO[bytes] = raw if is_local(url) else cast(IO[bytes], VerifiedShard(raw, shown_url(url),
+                                                                                         entry.bytes, entry.sha256))
+            try:
+                yield from iter_shard(stream)
+            finally:
+                if stream is not raw:
+                    stream.close()
 
     def frames(self, after: float | None = None) -> Iterator[Frame]:
         samples = self.samples(after)

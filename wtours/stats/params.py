@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.shard.params import DEFAULT_FPS
 
 SOURCES = ("shards", "video")
@@ -32,12 +32,12 @@ class AnalysisParams:
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
-            raise WtoursError(f"--from {self.source!r} is not one of {', '.join(SOURCES)}",
+            raise UsageError(f"--from {self.source!r} is not one of {', '.join(SOURCES)}",
                               "use --from shards or --from video")
         if self.every is not None and self.every <= 0:
             raise WtoursError("--every must be positive", "e.g. --every 1 analyses one frame per second")
         if self.analysis_pixels < 0:
-            raise WtoursError("the analysis size must be >= 0 pixels (0: full frames)", "see docs/stats.md")
+            raise UsageError("the analysis size must be >= 0 pixels (0: full frames)", "see docs/stats.md")
 
     def to_dict(self) -> dict:
         return asdict(self)

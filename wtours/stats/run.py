@@ -75,7 +75,7 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
                 say: Callable[[str], None] = print, remote: tuple[str, ShardIndex] | None = None) -> VideoStats:
     """Analyse one video (continuing an interrupted run) and write its table, summary and plots.
 
-    `remote`: (folder URL, index) of shards to stream instead of the root's (see `spec.shard_sets`)."""
+    `remote`: (folder URL, index) of shards to stream instead of the root's (see `spec.resolve_sets`)."""
     _require_stats_extra()
     started = time.monotonic()
     source = open_source(layout, slug, config, remote)

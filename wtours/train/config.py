@@ -11,7 +11,8 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from wtours.dora.config import DoRAConfig
-from wtours.errors import WtoursError
+from wtours.errors import UsageError
+from wtours.layout import ROOT_URL_HINT, is_url
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def check_ranges(config) -> None:
             continue
         if value not in allowed:
             option = "--" + f.name.replace("_", "-")
-            raise WtoursError(f"{option} must be {allowed} (got {value})", f"pass {option} with a value {allowed}")
+            raise UsageError(f"{option} must be {allowed} (got {value})", f"pass {option} with a value {allowed}")
 
 
 def _opt(default, help: str, **meta):  # noqa: A002 (the metadata key Click calls help)
@@ -67,7 +68,9 @@ def _opt(default, help: str, **meta):  # noqa: A002 (the metadata key Click call
 @dataclass(frozen=True)
 class TrainConfig:
     shards: tuple[str, ...] = field(metadata={
-        "metavar": "SPEC", "help": "Shards: slug, path pattern, http(s):// or hf:// pattern; repeatable."})
+        "metavar": "SPEC", "help": "Shards: slug, folder, path pattern, http(s)://, hf://, s3:// (needs s3fs), "
+                                   "gs:// (needs gcsfs) or file:// pattern, or 'pipe:COMMAND' (braces expanded, "
+                                   "one command per shard; index.json beside its .tar argument); repeatable."})
     out: str = field(metadata={"metavar": "DIR", "help": "Run folder: checkpoints, logs, config.json."})
     root: str | None = _opt(None, "Data root (default: $WTOURS_ROOT, else ~/.local/share/wtours).",
                             envvar="WTOURS_ROOT", metavar="DIR")
@@ -100,7 +103,8 @@ class TrainConfig:
     shuffle_buffer: int = _opt(64, "Clips shuffled together in each loader worker.", range=AT_LEAST_1)
     seed: int = _opt(0, "Seeds weights, heads, clips and crops.", range=NOT_NEGATIVE)
     checkpoint_every: int = _opt(1000, "Steps between checkpoints.", range=AT_LEAST_1)
-    log_every: int = _opt(10, "Steps between log.jsonl lines.", range=AT_LEAST_1)
+    log_every: int = _opt(10, "Steps between log.jsonl lines and progress lines (step/total, epoch, loss, "
+                                "clips/s, ETA; -q silences them).", range=AT_LEAST_1)
     resume: bool = _opt(False, "Continue from --out/checkpoint.pth.")
     overwrite: bool = _opt(False, "Start afresh in a run folder that holds a run: its checkpoint, logs, config.json, "
                                   "run.json and TensorBoard events are removed first (other files are left).")
@@ -117,15 +121,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not self.shards:
-            raise WtoursError("no shards to train on", "pass --shards SPEC (a slug, a path pattern or a URL)")
+            raise UsageError("no shards to train on", "pass --shards SPEC (a slug, a path pattern or a URL)")
         if self.precision not in (None, "bf16", "fp16", "fp32"):
-            raise WtoursError(f"--precision {self.precision}", "use bf16, fp16 or fp32")
+            raise UsageError(f"--precision {self.precision}", "use bf16, fp16 or fp32")
         check_ranges(self)
+        for option, value in (("--root", self.root), ("--out", self.out)):
+            if value and is_url(value):
+                raise UsageError(f"{option} {value!r} is a URL; it must be a local folder",
+                                 ROOT_URL_HINT if option == "--root" else "write the run to a local folder; "
+                                 "`wtours export` and `wtours push --model` publish it")
         if self.resume and self.overwrite:
-            raise WtoursError("--resume and --overwrite contradict each other",
+            raise UsageError("--resume and --overwrite contradict each other",
                               "--resume continues the run in --out; --overwrite replaces it: pass one")
         if bool(self.knn_train) != bool(self.knn_val):
-            raise WtoursError("k-NN monitoring needs both --knn-train and --knn-val", "pass both, or neither")
+            raise UsageError("k-NN monitoring needs both --knn-train and --knn-val", "pass both, or neither")
 
     def to_dict(self) -> dict:
         return asdict(self)

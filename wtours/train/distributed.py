@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.system import first_host
 
 
@@ -71,7 +71,7 @@ def check_device(device: str | None, launch: Launch) -> torch.device:
     try:
         target = torch.device(device)
     except (RuntimeError, ValueError):
-        raise WtoursError(f"--device {device}: not a device name", "use cpu, cuda or cuda:N") from None
+        raise UsageError(f"--device {device}: not a device name", "use cpu, cuda or cuda:N") from None
     if target.type == "cpu":
         return target
     if target.type == "mps":
@@ -79,9 +79,9 @@ def check_device(device: str | None, launch: Launch) -> torch.device:
             raise WtoursError(f"--device {device}: no MPS device here", "use --device cpu")
         return target
     if target.type != "cuda":
-        raise WtoursError(f"--device {device}: wtours trains on cpu or cuda only", "use --device cpu or cuda[:N]")
+        raise UsageError(f"--device {device}: wtours trains on cpu or cuda only", "use --device cpu or cuda[:N]")
     if not torch.cuda.is_available():
-        raise WtoursError(f"--device {device}: no CUDA device is available here",
+        raise UsageError(f"--device {device}: no CUDA device is available here",
                           "use --device cpu, or leave --device out (cuda when available, else cpu)")
     count = torch.cuda.device_count()
     if launch.world_size > 1:  # one GPU per process on the node: cuda:LOCAL_RANK
@@ -92,7 +92,7 @@ def check_device(device: str | None, launch: Launch) -> torch.device:
         return torch.device("cuda", launch.local_rank)
     index = target.index or 0
     if index >= count:
-        raise WtoursError(f"--device {device}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})",
+        raise UsageError(f"--device {device}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})",
                           f"pass --device cuda:N with N < {count}, or --device cpu")
     return torch.device("cuda", index)
 

@@ -1,15 +1,47 @@
-"""`wtours export`: a checkpoint's backbone as a plain state dict that timm's ViT of the same size loads."""
+"""`wtours export`: a checkpoint's backbone for use outside wtours (docs/models.md).
+
+Two formats:
+- `timm`: a folder that `timm.create_model("local-dir:DIR", pretrained=True)` (and, once pushed,
+  `"hf-hub:USER/NAME"`) loads: model.safetensors, config.json (timm's architecture, the ViT's sizes
+  as `model_args`, and `pretrained_cfg` with the normalisation and eval view the trainer used) and a
+  model card (README.md). config.json's "wtours" entry records where the weights came from (the run's
+  settings, step, k-NN results): `wtours push --model DIR` renders the Hub card from it.
+- `pth`: the backbone's state dict alone (torch.save), for `model.load_state_dict` by hand.
+
+Without --format the format follows --out: NAME.pth / NAME.pt is `pth`, a name without a suffix (a
+folder) is `timm`; a suffix that contradicts the format is refused."""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from wtours import __version__
+from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.dora.model import read_checkpoint, strip_prefix
-from wtours.errors import WtoursError
-from wtours.layout import replace_atomically
+from wtours.errors import UsageError, WtoursError
+from wtours.hub.model_card import EXPORT_KEY, is_export_config, is_generated_model_card, render_model_card
+from wtours.layout import read_json, replace_atomically, write_bytes_atomic, write_json_atomic
+
+FORMATS = ("timm", "pth")
+PTH_SUFFIXES = (".pth", ".pt")
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+
+# timm's own ViT of each registered size; any other (vit_micro, vit_tiny_patch8) is timm's generic ViT
+# built with the sizes in config.json's model_args, which timm's loaders pass to the model.
+TIMM_NAMES = {(192, 16, 12): "vit_tiny_patch16_224", (384, 16, 12): "vit_small_patch16_224",
+              (384, 8, 12): "vit_small_patch8_224", (768, 16, 12): "vit_base_patch16_224",
+              (768, 8, 12): "vit_base_patch8_224"}
+GENERIC_TIMM_VIT = "vit_tiny_patch16_224"
+# The eval view of `wtours eval knn` (wtours/eval/data.py): resize 256 bicubic, centre crop 224.
+EVAL_RESIZE, EVAL_CROP = 256, 224
 
 
 def backbone_state(checkpoint: dict, which: str = "teacher") -> dict[str, torch.Tensor]:
@@ -24,8 +56,202 @@ def backbone_state(checkpoint: dict, which: str = "teacher") -> dict[str, torch.
                       "pass a wtours/DoRA/DINO training checkpoint or an exported backbone")
 
 
+# ---------------------------------------------------------------------- --format and --out
+
+
+def resolve_format(out: str | os.PathLike, format_: str | None) -> str:
+    """The export format: the one given, checked against --out's suffix, or the one --out's suffix names."""
+    path = Path(out)
+    suffix = path.suffix.lower()
+    if format_ is not None and format_ not in FORMATS:
+        raise UsageError(f"--format {format_!r} is not one of {', '.join(FORMATS)}", "pass --format timm or pth")
+    if format_ == "pth" or (format_ is None and suffix in PTH_SUFFIXES):
+        if suffix not in PTH_SUFFIXES:
+            raise UsageError(f"--format pth writes one state-dict file, but --out {out} does not end in .pth",
+                              f"pass --out {path.with_suffix('.pth').name}, or --format timm --out "
+                              f"{path.with_suffix('').name} for a timm folder (model.safetensors + config.json)")
+        if path.is_dir():
+            raise UsageError(f"--out {out} is a folder; --format pth writes one file",
+                              "pass a file name ending in .pth")
+        return "pth"
+    if suffix and not (format_ == "timm" and path.is_dir()):  # an existing folder keeps its name
+        what = "no export format writes" if format_ is None else "--format timm writes a folder, not"
+        raise UsageError(
+            f"--out {out}: {what} a {suffix} file",
+            f"for timm pass a folder name without a suffix (--out {path.with_suffix('').name} gets {WEIGHTS_FILE}, "
+            f"{CONFIG_FILE} and {CARD_FILE}), or --out NAME.pth for a plain state dict (--format pth)")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out} is a file; --format timm writes a folder", "pass a folder name")
+    return "timm"
+
+
+def export(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher",
+           format_: str | None = None) -> Path:
+    """`wtours export`: the format from --format / --out (resolve_format), then the files."""
+    if resolve_format(out, format_) == "pth":
+        return export_backbone(checkpoint_path, out, which)
+    return export_timm(checkpoint_path, out, which)
+
+
 def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher") -> Path:
+    """--format pth: the backbone's state dict, as timm's ViT of the same size names its weights."""
     state = backbone_state(read_checkpoint(checkpoint_path), which)
     out = Path(out)
     replace_atomically(out, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
     return out
+
+
+# ---------------------------------------------------------------------- --format timm
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The ViT's sizes, as timm's VisionTransformer takes them."""
+
+    arch: str  # wtours' name (wtours/models/registry.py)
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    img_size: int
+
+    @property
+    def timm_name(self) -> str:
+        return TIMM_NAMES.get((self.embed_dim, self.patch_size, self.depth), GENERIC_TIMM_VIT)
+
+    def model_args(self) -> dict[str, Any]:
+        return {"img_size": self.img_size, "patch_size": self.patch_size, "embed_dim": self.embed_dim,
+                "depth": self.depth, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio}
+
+
+def timm_config(geometry: Geometry, provenance: dict[str, Any]) -> dict[str, Any]:
+    """config.json as timm's `save_config_for_hf` writes it, read by its `local-dir:` / `hf-hub:` loaders:
+    no classifier (num_classes 0: the model returns the [CLS] feature), and the trainer's normalisation."""
+    return {
+        "architecture": geometry.timm_name,
+        "num_classes": 0,
+        "num_features": geometry.embed_dim,
+        "global_pool": "token",
+        "model_args": geometry.model_args(),
+        "pretrained_cfg": {
+            "input_size": [3, geometry.img_size, geometry.img_size],
+            "fixed_input_size": True,
+            "interpolation": "bicubic",
+            "crop_pct": EVAL_CROP / EVAL_RESIZE,
+            "crop_mode": "center",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "num_classes": 0,
+            "pool_size": None,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+            "custom_load": False,
+        },
+        EXPORT_KEY: provenance,
+    }
+
+
+def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher") -> Path:
+    """--format timm: DIR/model.safetensors, DIR/config.json and DIR/README.md.
+
+    config.json goes last and an earlier export's config.json is removed first, so the folder never
+    pairs new weights with another model's config (timm refuses a folder without one). A README.md
+    not written by wtours is kept; a config.json not written by `wtours export` refuses the folder."""
+    from wtours.eval.backbone import load_backbone, read_weights  # (it imports backbone_state from here)
+
+    out = Path(out)
+    old_config = read_json(out / CONFIG_FILE) if (out / CONFIG_FILE).is_file() else None
+    if (out / CONFIG_FILE).exists() and not is_export_config(old_config):
+        raise UsageError(f"{out / CONFIG_FILE} exists and was not written by `wtours export` (a training run's "
+                          "folder?); exporting there would replace it",
+                          "pass --out a new folder, or one an earlier `wtours export --format timm` wrote")
+    raw = read_weights(checkpoint_path)
+    backbone, arch = load_backbone(raw, None, which)
+    state = {k: v.contiguous() for k, v in backbone.state_dict().items()}  # exactly timm's ViT's keys
+    c = backbone.config
+    geometry = Geometry(arch, c.patch_size, c.dim, c.depth, c.heads, c.mlp_ratio, c.image_size)
+    provenance = export_provenance(raw, Path(checkpoint_path), which, geometry, parameter_count(state))
+    config = timm_config(geometry, provenance)
+
+    save_file = _safetensors_writer()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).unlink(missing_ok=True)
+    replace_atomically(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    card = out / CARD_FILE
+    if not card.exists() or is_generated_model_card(card.read_text(encoding="utf-8", errors="replace")):
+        write_bytes_atomic(card, render_model_card(config, repo=None, folder=out.name).encode("utf-8"))
+    write_json_atomic(out / CONFIG_FILE, config)
+    return out
+
+
+def _safetensors_writer():
+    try:
+        from safetensors.torch import save_file
+    except ImportError as e:
+        raise WtoursError("--format timm needs the safetensors package", "pip install safetensors") from e
+    return save_file
+
+
+def parameter_count(state: dict[str, torch.Tensor]) -> int:
+    return sum(v.numel() for v in state.values())
+
+
+# ---------------------------------------------------------------------- provenance
+
+
+def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, geometry: Geometry,
+                      parameters: int) -> dict[str, Any]:
+    """What the model card says about the weights: the run's settings (from the checkpoint), its step,
+    and k-NN results logged by the run (log.jsonl beside the checkpoint) or by `wtours eval knn`
+    (<checkpoint stem>.knn.json beside it)."""
+    config = raw.get("config") if isinstance(raw.get("config"), dict) else None
+    if config is not None:  # as config.json holds it (tuples as lists), whatever the checkpoint pickled
+        config = json.loads(json.dumps(config, default=str))
+    record: dict[str, Any] = {
+        "arch": geometry.arch, "which": which, "parameters": parameters, "wtours_version": __version__,
+        "step": raw.get("step") if isinstance(raw.get("step"), int) else None,
+        "epoch": raw.get("epoch") if isinstance(raw.get("epoch"), int) else None,
+        "train_config": config,
+        "knn_logged": logged_knn(checkpoint.parent / "log.jsonl") if config else None,
+        "knn_eval": evaluated_knn(checkpoint.with_name(f"{checkpoint.stem}.knn.json"), which),
+    }
+    return {k: v for k, v in record.items() if v is not None}
+
+
+def logged_knn(log: Path) -> dict[str, Any] | None:
+    """The run's last k-NN line in log.jsonl (`--knn-train/--knn-val`), if any."""
+    if not log.is_file():
+        return None
+    last = None
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn last line of a killed run
+        if isinstance(record, dict) and _is_number(record.get("knn_top1")) and _is_number(record.get("knn_top5")):
+            last = {"step": record.get("step"), "epoch": record.get("epoch"), "top1": record["knn_top1"],
+                    "top5": record["knn_top5"]}
+    return last
+
+
+def evaluated_knn(path: Path, which: str) -> dict[str, Any] | None:
+    """`wtours eval knn`'s result for this checkpoint and network; folder names only (no local paths)."""
+    try:
+        result = read_json(path)
+    except WtoursError:
+        return None
+    if not isinstance(result, dict) or result.get("which", "teacher") != which:
+        return None
+    if not (_is_number(result.get("top1")) and _is_number(result.get("top5"))):
+        return None
+    keep = ("top1", "top5", "k", "temperature", "classes", "train_images", "val_images", "resize", "crop")
+    out = {k: result[k] for k in keep if k in result}
+    for key in ("train", "val"):
+        if isinstance(result.get(key), str):
+            out[key] = Path(result[key]).name
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

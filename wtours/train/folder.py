@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from wtours.errors import WtoursError
-from wtours.layout import TEMPORARY_GLOB, write_bytes_atomic
+from wtours.errors import UsageError, WtoursError
+from wtours.layout import TEMPORARY_GLOB, read_json, write_bytes_atomic
 from wtours.train.checkpoint import CHECKPOINT_FILE
 
 RUN_FILES = (CHECKPOINT_FILE, "log.jsonl", "config.json", "run.json")  # what a run writes, and nothing else
@@ -63,9 +63,9 @@ def refuse_existing(out: Path, resume: bool, overwrite: bool) -> None:
     outputs = run_outputs(out)
     if outputs and not resume and not overwrite:
         names = ", ".join(p.name for p in outputs[:4]) + (", ..." if len(outputs) > 4 else "")
-        raise WtoursError(f"{out} already holds a training run ({names})",
-                          "pass --resume to continue it, or --overwrite to start afresh (removes the run's "
-                          "checkpoint, logs, config.json and TensorBoard events), or choose another --out")
+        raise UsageError(f"{out} already holds a training run ({names})",
+                         "pass --resume to continue it, or --overwrite to start afresh (removes the run's "
+                         "checkpoint, logs, config.json and TensorBoard events), or choose another --out")
 
 
 def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def describe(changed: dict[str, list]) -> str:
 
 
 def refuse_changes(out: Path, step: int, changed: dict[str, list]) -> None:
-    raise WtoursError(
+    raise UsageError(
         f"--resume: settings differ from the checkpoint's run (step {step}): {describe(changed)}; continuing "
         "would change its schedules mid-run",
         f"resume with the run's own settings (wtours train --config {out / 'config.json'} --resume), or add "
@@ -124,3 +124,50 @@ def trim_jsonl(path: Path, last_step: int) -> None:
         changed |= not keep
     if changed:
         write_bytes_atomic(path, "".join(kept).encode("utf-8"))
+
+
+# ---------------------------------------------------------------- --resume: the run's own model
+
+
+# The settings the checkpoint's weights are shaped by: no --reschedule can change them on --resume.
+WEIGHT_SHAPES = ("arch", "out_dim", "hidden_dim", "bottleneck_dim")
+RUN_CONFIG = "config.json"
+
+
+def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """For `wtours train --resume`: the run's model settings (architecture, sizes, head, loss, ...) from
+    --out/config.json, nested as TrainConfig's `model`, to be the layer under --config/--set/options, so
+    a resume without them continues the run's own model and only values given explicitly can differ.
+    {} when not resuming or when the folder holds no run's config.json. `given` is what the command was
+    given (wtours.config.command_settings)."""
+    from wtours.config import build_dict, coerce
+    from wtours.train.config import TrainConfig
+
+    try:
+        resume = coerce(given.get("resume", False), bool, "resume")
+        out = coerce(given.get("out"), str, "out") if given.get("out") is not None else None
+    except WtoursError:
+        return {}  # building the config names the bad value
+    if not resume or not out:
+        return {}
+    path = Path(out) / RUN_CONFIG
+    if not path.is_file():
+        return {}
+    saved = read_json(path)
+    if not isinstance(saved, dict):
+        raise WtoursError(f"{path} is not a training run's config.json (no mapping of settings)",
+                          f"--resume reads the run's model from it: restore it, or pass --overwrite to start "
+                          f"afresh in {out}")
+    model = build_dict(TrainConfig, saved, f" in {path}").get("model")  # nested, or flat by option name
+    return {"model": model} if model else {}
+
+
+def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out: str) -> None:
+    """--resume with an explicitly different architecture or head size: the checkpoint's weights do not
+    fit that model, so --reschedule cannot accept it either."""
+    saved, now = flat_settings(run_model), flat_settings(model)
+    changed = {k: [saved[k], now[k]] for k in WEIGHT_SHAPES if k in saved and k in now and saved[k] != now[k]}
+    if changed:
+        raise UsageError(f"--resume: {describe(changed)}: the run's checkpoint holds weights of another shape",
+                         f"leave these options out to resume with the run's own model (from {Path(out) / RUN_CONFIG}),"
+                         " or start a new run with --overwrite or another --out")

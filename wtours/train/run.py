@@ -278,7 +278,7 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
             say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips "
                 f"per epoch, {steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
                 f"{schedules.total_steps} steps, {precision} on {dist.device}")
-            logger = _RunLogger(out, dist, config.log_every)
+            logger = _RunLogger(out, dist, config.log_every, schedules.total_steps, say)
             try:
                 if prepared["changed"]:
                     say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
@@ -481,11 +481,34 @@ def _knn_evaluate(knn, model: DoRA, state: RunState, schedules: Schedules, logge
         say(f"step {state.step}: {result_line(result)}")
 
 
-class _RunLogger:
-    """log.jsonl (every log_every steps), TensorBoard events (rank 0), and data.rank<r>.jsonl (clip keys)."""
+def _duration(seconds: float) -> str:
+    """3:05:09 or 4:02 (hours only when there are some)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
-    def __init__(self, out: Path, dist: distributed.Dist, every: int):
-        self.dist, self.every = dist, every
+
+def progress_line(state: RunState, total_steps: int, loss: float, clips_per_s: float, eta: float | None,
+                  warmup_seconds: float | None = None) -> str:
+    """The console line of a logged step: step/total, epoch, loss, clips/s over the interval since the last
+    line (all ranks), ETA; the warm-up step shows its own duration instead of a rate."""
+    width = len(str(total_steps))
+    rate = (f"first step {warmup_seconds:.1f} s (start-up, warm-up)" if warmup_seconds is not None
+            else f"{clips_per_s:.1f} clips/s")
+    when = "done" if state.step >= total_steps else "ETA " + (_duration(eta) if eta is not None else "?")
+    return f"step {state.step:>{width}}/{total_steps}  epoch {state.epoch}  loss {loss:.4f}  {rate}  {when}"
+
+
+class _RunLogger:
+    """log.jsonl (every log_every steps), TensorBoard events and a progress line (rank 0; `say` is silenced
+    by -q), and data.rank<r>.jsonl (clip keys).
+
+    The first step of the process (torch.compile, loader start-up, CUDA warm-up) is timed apart: it is
+    left out of the clips/s of its interval and out of the ETA, which uses the steps since then."""
+
+    def __init__(self, out: Path, dist: distributed.Dist, every: int, total_steps: int = 0,
+                 say: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.perf_counter):
+        self.dist, self.every, self.total_steps, self.say, self.clock = dist, every, total_steps, say, clock
         self.log = open(out / "log.jsonl", "a", encoding="utf-8") if dist.is_main else None
         self.data = open(out / f"data.rank{dist.rank}.jsonl", "a", encoding="utf-8")
         self.tb = None
@@ -496,21 +519,29 @@ class _RunLogger:
                 self.tb = SummaryWriter(str(out / "tensorboard"))
             except ImportError:
                 log.warning("tensorboard is not installed: no event files (pip install tensorboard)")
-        self.window_start = time.perf_counter()
+        self.window_start = self.clock()
         self.clips = 0
         self.data_seconds = 0.0
         self.losses: list[float] = []
+        self.warm: tuple[int, float] | None = None  # (step, time) at the end of the process's first step
 
     def step(self, state: RunState, loss: float, optimizer, momentum: float, data_seconds: float,
              keys: list[str], problems: dict | None = None) -> None:
         """One step; `problems` (what the loader skipped so far, all ranks) is given on logged steps."""
         self.data.write(json.dumps({"step": state.step, "epoch": state.epoch, "keys": keys}) + "\n")
+        self.losses.append(loss)
+        now = self.clock()
+        warmup = self.warm is None
+        if warmup:  # the process's first step: timed apart from the rate
+            self.warm = (state.step, now)
+            if problems is None:  # not logged: the next line's rate starts after it
+                self.window_start = now
+                return
         self.clips += len(keys)
         self.data_seconds += data_seconds
-        self.losses.append(loss)
         if self.log is None or problems is None:
             return
-        elapsed = time.perf_counter() - self.window_start
+        elapsed = max(now - self.window_start, 1e-9)
         record = {"step": state.step, "epoch": state.epoch, "loss": loss,
                   "loss_mean": sum(self.losses) / len(self.losses),
                   "lr": optimizer.param_groups[0]["lr"], "wd": optimizer.param_groups[0]["weight_decay"],
@@ -521,7 +552,15 @@ class _RunLogger:
         if self.tb is not None:
             for key in ("loss", "lr", "wd", "momentum", "clips_per_s", "data_wait"):
                 self.tb.add_scalar(f"train/{key}", record[key], state.step)
-        self.window_start, self.clips, self.data_seconds, self.losses = time.perf_counter(), 0, 0.0, []
+        self.say(progress_line(state, self.total_steps, loss, record["clips_per_s"], self.eta(state.step, now),
+                               elapsed if warmup else None))
+        self.window_start, self.clips, self.data_seconds, self.losses = now, 0, 0.0, []
+
+    def eta(self, step: int, now: float) -> float | None:
+        """Seconds left at the mean pace of the steps after the warm-up step (None: none timed yet)."""
+        if self.warm is None or step <= self.warm[0]:
+            return None
+        return (self.total_steps - step) * (now - self.warm[1]) / (step - self.warm[0])
 
     def knn(self, state: RunState, top1: float, top5: float) -> None:
         """A k-NN evaluation: its own log.jsonl line and TensorBoard scalars."""

@@ -23,7 +23,7 @@ from wtours.clips.spec import ShardRef, resolve
 from wtours.clips.stages import Clip, Problems, open_shards, samples_to_clips, tar_samples
 from wtours.dora import DoRA
 from wtours.dora.model import strip_prefix
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.eval.backbone import infer_arch, read_weights
 from wtours.layout import replace_atomically, write_json_atomic
 from wtours.models.vit import cls_attention
@@ -56,22 +56,22 @@ class VizConfig:
 
     def __post_init__(self) -> None:
         if self.clips < 1:
-            raise WtoursError("--clips must be at least 1", "")
+            raise UsageError("--clips must be at least 1", "")
         if self.heads is not None and len(set(self.heads)) != len(self.heads):
-            raise WtoursError(f"--heads {','.join(map(str, self.heads))} repeats a head", "name distinct heads")
+            raise UsageError(f"--heads {','.join(map(str, self.heads))} repeats a head", "name distinct heads")
 
 
 def load_model(checkpoint: str | os.PathLike) -> DoRA:
     """A DoRA model shaped after a training checkpoint's teacher (ours or the authors'), weights loaded."""
     raw = read_weights(checkpoint)
     if "teacher" not in raw:
-        raise WtoursError(f"{checkpoint} has no 'teacher' network",
+        raise UsageError(f"{checkpoint} has no 'teacher' network",
                           "viz needs a training checkpoint (wtours train's checkpoint.pth or the authors' .pth), "
                           "not an exported backbone: the tracker runs the teacher")
     arch = infer_arch(backbone_state(raw, "teacher"))
     head = strip_prefix(raw["teacher"]).get("head.last_layer.weight_v")
     if head is None:
-        raise WtoursError(f"{checkpoint}: its teacher has no DINO head ('head.last_layer.weight_v')",
+        raise UsageError(f"{checkpoint}: its teacher has no DINO head ('head.last_layer.weight_v')",
                           "viz needs a DoRA/DINO training checkpoint (student and teacher with their heads)")
     config = raw.get("config")
     recorded: dict[str, Any] = config if isinstance(config, dict) else {}
@@ -93,7 +93,7 @@ def prepare_out(out: str | os.PathLike) -> Path:
     out = Path(out)
     for parent in (out, *out.parents):
         if parent.exists() and not parent.is_dir():
-            raise WtoursError(f"--out {out}: {parent} is a file, not a folder",
+            raise UsageError(f"--out {out}: {parent} is a file, not a folder",
                               "choose another --out (a folder, new or existing)")
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -154,7 +154,7 @@ def choose_heads(model: DoRA, config: VizConfig) -> torch.Tensor:
     if config.heads is None:
         return model.draw_heads(torch.Generator().manual_seed(config.seed))
     if not config.heads or not all(0 <= h < available for h in config.heads):
-        raise WtoursError(f"--heads {','.join(map(str, config.heads))}: this model has heads 0..{available - 1}",
+        raise UsageError(f"--heads {','.join(map(str, config.heads))}: this model has heads 0..{available - 1}",
                           "name distinct heads of the teacher's last block")
     return torch.tensor(config.heads)
 

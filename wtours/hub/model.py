@@ -1,0 +1,231 @@
+"""`wtours push --model DIR`: upload a `wtours export --format timm` folder to a Hub model repo, so
+`timm.create_model("hf-hub:USER/NAME", pretrained=True)` loads it (docs/models.md).
+
+Like the dataset push (wtours/hub/push.py): resumable by comparison (what the repo holds with the same
+sha256 or git blob id is not sent again), a dry run that changes nothing, a README written by someone
+else kept, and the Hub's errors as one actionable line. Unlike it, the namespace is checked before
+anything is created (a model repo under someone else's name is refused, not attempted), and the
+weights, config.json and card go up in one commit: the repo never pairs weights with another config."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from wtours.errors import UsageError, WtoursError
+from wtours.hub.client import (
+    LOGIN_HINT,
+    HubTarget,
+    RemoteFile,
+    api,
+    endpoint_of,
+    filesystem,
+    git_blob_id,
+    has_token,
+    hub_errors,
+    remote_files,
+    with_retries,
+)
+from wtours.hub.model_card import is_export_config, is_generated_model_card, render_model_card
+from wtours.hub.push import PushSummary
+from wtours.layout import read_json
+
+MODEL_REPO_TYPE = "model"
+WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"  # wtours.train.export's
+EXPORT_HINT = "make one with `wtours export CHECKPOINT --out DIR` (--format timm, the default for a folder name)"
+
+
+@dataclass(frozen=True)
+class ModelPushConfig:
+    target: HubTarget  # a model repo
+    folder: Path  # a `wtours export --format timm` folder
+    private: bool = False
+    dry_run: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: str  # in the repo
+    size: int
+    local: Path | None = None  # the weights, sent from disk
+    data: bytes | None = None  # config.json, the card
+
+    def sha256(self) -> str:
+        if self.data is not None:
+            return hashlib.sha256(self.data).hexdigest()
+        digest = hashlib.sha256()
+        with open(self.local or "", "rb") as f:
+            for block in iter(functools.partial(f.read, 1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def blob_id(self) -> str:
+        return git_blob_id(self.data if self.data is not None else (self.local or Path()).read_bytes())
+
+
+# ---------------------------------------------------------------------- the local folder
+
+
+def read_export(folder: Path) -> dict[str, Any]:
+    """The folder's config.json, checked to be an export's, with the weights beside it."""
+    if not folder.is_dir():
+        raise UsageError(f"--model {folder} is not a folder", EXPORT_HINT)
+    config = read_json(folder / CONFIG_FILE)
+    if not is_export_config(config) or not isinstance(config, dict):
+        why = f"no {CONFIG_FILE}" if config is None else f"its {CONFIG_FILE} was not written by `wtours export`"
+        raise UsageError(f"{folder} is not a `wtours export --format timm` folder ({why})", EXPORT_HINT)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file() or weights.stat().st_size == 0:
+        raise WtoursError(f"{weights} is missing or empty", f"export again: {EXPORT_HINT}")
+    return config
+
+
+def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str) -> list[ModelFile]:
+    """What the repo should hold: the weights, config.json and the card. A README.md the export wrote is
+    rendered again for the repo (its loading line, links); one written by its owner goes up as it is."""
+    weights = folder / WEIGHTS_FILE
+    files = [ModelFile(WEIGHTS_FILE, weights.stat().st_size, local=weights)]
+    config_bytes = (folder / CONFIG_FILE).read_bytes()
+    files.append(ModelFile(CONFIG_FILE, len(config_bytes), data=config_bytes))
+    card = folder / CARD_FILE
+    own = card.read_bytes() if card.is_file() else None
+    if own is None or is_generated_model_card(own.decode("utf-8", "replace")):
+        own = render_model_card(config, repo=repo, endpoint=endpoint).encode("utf-8")
+    files.append(ModelFile(CARD_FILE, len(own), data=own))
+    return files
+
+
+# ---------------------------------------------------------------------- the repo
+
+
+def check_namespace(target: HubTarget) -> None:
+    """Refuse a repo outside the logged-in user's namespace and organisations, before anything is created."""
+    if not has_token(target.token):
+        raise WtoursError(f"push to {target.repo}: not logged in", LOGIN_HINT)
+    with hub_errors(f"push to {target.repo}: who am I", target, write=True):
+        me = api(target).whoami()
+    user = str(me.get("name") or "")
+    namespaces = {user} | {str(org.get("name")) for org in me.get("orgs") or [] if isinstance(org, dict)}
+    namespace = target.repo.split("/")[0]
+    if namespace not in namespaces:
+        mine = ", ".join(sorted(n for n in namespaces if n))
+        raise UsageError(f"{target.repo}: {namespace!r} is not your namespace (you are logged in as {user!r})",
+                          f"push to a repo of yours: --repo {user}/{target.repo.split('/')[1]} (yours: {mine}); "
+                          "or log in as its owner (`hf auth login`)")
+
+
+def model_files(target: HubTarget) -> dict[str, RemoteFile]:
+    """The repo's files at the target's revision; {} for a repo or branch that does not exist yet."""
+    with hub_errors(f"{target.repo}@{target.revision}", target):
+        if not _exists(target):  # not there yet (a dry run's repo or branch)
+            return {}
+    return remote_files(target, repo_type=MODEL_REPO_TYPE)
+
+
+def _exists(target: HubTarget) -> bool:
+    hub = api(target)
+    return (hub.repo_exists(target.repo, repo_type=MODEL_REPO_TYPE)
+            and hub.revision_exists(target.repo, target.revision, repo_type=MODEL_REPO_TYPE))
+
+
+def read_model_file(target: HubTarget, path: str) -> bytes:
+    at = "" if target.revision == "main" else "@" + quote(target.revision, safe="")
+    with hub_errors(f"{target.repo}/{path}", target):
+        with filesystem(target).open(f"{target.repo}{at}/{path}", "rb", block_size=0) as f:
+            return f.read()
+
+
+def same_file(remote: RemoteFile | None, local: ModelFile) -> bool:
+    if remote is None or remote.size != local.size:
+        return False
+    if remote.sha256:
+        return remote.sha256 == local.sha256()
+    return remote.blob_id == local.blob_id()
+
+
+# ---------------------------------------------------------------------- push
+
+
+def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> PushSummary:
+    target = config.target
+    export = read_export(config.folder)
+    hub = api(target)
+    url = f"{hub.endpoint}/{target.repo}"
+    if not config.dry_run or has_token(target.token):  # a dry run without a login just reads
+        check_namespace(target)
+    if not config.dry_run:
+        _prepare_repo(target, config.private, say)
+    remote = model_files(target)
+    files = local_files(config.folder, export, target.repo, endpoint_of(target))
+    uploads = []
+    for file in files:
+        if same_file(remote.get(file.path), file):
+            continue
+        if file.path == CARD_FILE and CARD_FILE in remote:
+            theirs = read_model_file(target, CARD_FILE).decode("utf-8", "replace")
+            if not is_generated_model_card(theirs):
+                say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
+                continue
+        uploads.append(file)
+    summary = PushSummary(url)
+    if not uploads:
+        say(f"{target.repo}: up to date")
+        return summary
+    say(f"{target.repo}: to upload: " + ", ".join(f"{f.path} ({f.size / 1e6:.1f} MB)" for f in uploads))
+    if config.dry_run:
+        return summary
+    _commit(target, uploads, config.progress)
+    summary.commits, summary.uploaded = 1, [f.path for f in uploads]
+    summary.bytes = sum(f.size for f in uploads)
+    return summary
+
+
+def _prepare_repo(target: HubTarget, private: bool, say: Callable[[str], None]) -> None:
+    hub = api(target)
+    with hub_errors(f"create {target.repo}", target, write=True):
+        if not hub.repo_exists(target.repo, repo_type=MODEL_REPO_TYPE):
+            hub.create_repo(target.repo, repo_type=MODEL_REPO_TYPE, private=private, exist_ok=True)
+        elif private and not hub.repo_info(target.repo, repo_type=MODEL_REPO_TYPE).private:
+            say(f"warning: {target.repo} already exists and is public; --private does not change that "
+                "(change it in the repo's settings)")
+        if target.revision != "main":
+            hub.create_branch(target.repo, branch=target.revision, repo_type=MODEL_REPO_TYPE, exist_ok=True)
+
+
+def _commit(target: HubTarget, uploads: list[ModelFile], progress: bool) -> None:
+    """One commit: large files are sent first (preupload, retried on 429), then committed together."""
+    from huggingface_hub import CommitOperationAdd
+
+    hub = api(target)
+    additions = [CommitOperationAdd(f.path, str(f.local) if f.local is not None else f.data or b"")
+                 for f in uploads]
+    with _client_bars(progress), hub_errors(f"push to {target.repo}", target, write=True):
+        with_retries(functools.partial(hub.preupload_lfs_files, target.repo, additions=additions,
+                                       repo_type=MODEL_REPO_TYPE, revision=target.revision),
+                     f"upload to {target.repo}")
+        with_retries(functools.partial(hub.create_commit, target.repo, additions,
+                                       commit_message=f"wtours push --model: {', '.join(f.path for f in uploads)}",
+                                       repo_type=MODEL_REPO_TYPE, revision=target.revision),
+                     f"commit to {target.repo}")
+
+
+@contextlib.contextmanager
+def _client_bars(progress: bool) -> Iterator[None]:
+    """huggingface_hub's per-file bars, or none (-q)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    if not progress:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not progress and not was_disabled:
+            enable_progress_bars()
