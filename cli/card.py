@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from wtours.cli.common import root_option, verbosity_options
-from wtours.layout import Layout
+from wtours.errors import UsageError
+from wtours.layout import Layout, is_url
 from wtours.selection import shard_set_slugs
 
 
@@ -39,6 +40,10 @@ def card(cities, all_sets, repo, revision, out, overwrite, root) -> None:
     """
     from wtours.hub.card import local_card, write_card
 
+    if is_url(out):  # Path("hf://datasets/x") would be the local folder ./hf:/datasets/
+        raise UsageError(f"--out {out!r} is a URL; `wtours card` writes a local file",
+                         f"write it locally (--out README.md), then upload it: `wtours push --repo {repo}` "
+                         "writes the card itself, or `hf upload`")
     layout = Layout(root)
     slugs = shard_set_slugs(layout, cities, all_sets, "describe")
     write_card(Path(out), local_card(layout, slugs, repo, revision), overwrite)

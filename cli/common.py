@@ -14,7 +14,7 @@ from wtours.errors import EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from wtours.layout import ROOT_URL_HINT, is_url
 
 
-def _local_root(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def local_root(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Refuse a URL before anything makes a local folder named after its scheme (`s3:`)."""
     if value is not None and is_url(value):
         source = "$WTOURS_ROOT" if ctx.get_parameter_source(param.name or "") == \
@@ -25,7 +25,7 @@ def _local_root(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 def root_option(func: Callable) -> Callable:
     return click.option("--root", type=click.Path(), metavar="DIRECTORY", envvar="WTOURS_ROOT", show_envvar=True,
-                        callback=_local_root,
+                        callback=local_root,
                         help="Data root, a local folder (default: $WTOURS_ROOT, else ~/.local/share/wtours).")(func)
 
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from wtours.cli.common import is_quiet, say, verbosity_options
+from wtours.cli.common import is_quiet, local_root, say, verbosity_options
 from wtours.demo import DemoConfig, run_demo
 from wtours.system import usable_cpus
 
 
 @click.command()
-@click.option("--root", type=click.Path(file_okay=False), default="demo-root", show_default=True,
+@click.option("--root", type=click.Path(file_okay=False), default="demo-root", show_default=True, callback=local_root,
               help="Data root for the demo's outputs (kept apart from your real root).")
 @click.option("--workers", default=usable_cpus, show_default="the CPUs this process may use", type=click.IntRange(1),
               help="Parallel processes for decoding (shard) and data loading (train).")

@@ -24,9 +24,14 @@ from wtours.selection import shard_set_slugs
               help="Files per commit (the Hub advises < 100); shard sets only.")
 @click.option("--max-commit-gb", default=10.0, show_default=True, help="Gigabytes per commit; shard sets only.")
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded; change nothing.")
+@click.option("--license", "license_", default=None, metavar="ID",
+              help="With --model: the weights' licence in the model card (a Hub licence id); default: the one "
+                   "`wtours export --license` recorded (cc-by-4.0, the videos' licence, unless set).")
+@click.option("--dataset", "datasets", multiple=True, metavar="USER/NAME[@REV]",
+              help="With --model: a Hub dataset repo the model was trained on, linked from its card; repeatable.")
 @verbosity_options
 def push(cities, all_sets, model_dir, repo, root, private, revision, max_commit_files, max_commit_gb,
-         dry_run) -> None:
+         dry_run, license_, datasets) -> None:
     """Upload shard sets, their index.json and a dataset card to a Hub dataset repo; or, with
     --model DIR, an exported encoder and its model card to a Hub model repo.
 
@@ -46,15 +51,20 @@ def push(cities, all_sets, model_dir, repo, root, private, revision, max_commit_
     """
     from wtours.hub.client import HubTarget
 
+    if model_dir is None and (license_ is not None or datasets):
+        raise UsageError("--license and --dataset describe a model: they go with --model DIR",
+                         "a dataset's licences are its videos' (recorded when they were downloaded or added)")
     if model_dir is not None:
         if cities or all_sets:
             raise UsageError("--model uploads a model; --city/--all upload shard sets", "push them one at a time")
         from pathlib import Path
 
         from wtours.hub.model import ModelPushConfig, push_model
+        from wtours.hub.model_card import parse_dataset
 
         summary = push_model(ModelPushConfig(HubTarget(repo, revision), Path(model_dir), private=private,
-                                             dry_run=dry_run, progress=not is_quiet()), say=say)
+                                             dry_run=dry_run, progress=not is_quiet(), license=license_,
+                                             datasets=tuple(parse_dataset(d) for d in datasets)), say=say)
         click.echo("dry run: nothing uploaded" if dry_run else summary.line(repo))
         return
     from wtours.hub.push import PushConfig

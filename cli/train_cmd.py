@@ -8,9 +8,8 @@ import click
 
 from wtours.cli.common import say, verbosity_options
 from wtours.config import click_options, command_settings, from_command
+from wtours.hub.model_card import DEFAULT_LICENSE, EXPORT_FORMATS  # (no torch: --help stays fast)
 from wtours.train.config import TrainConfig
-
-FORMATS = ("timm", "pth")  # wtours.train.export.FORMATS, without importing torch for --help
 
 CONFIG_HELP = ("YAML or JSON settings, nested as a run's config.json or flat by option name "
                "(e.g. `teacher_temp: 0.07`); a run's config.json runs it again.")
@@ -55,13 +54,14 @@ def training_config(ctx: click.Context, values: dict, config_file: str | None,
                     assignments: tuple[str, ...]) -> TrainConfig:
     """The settings given, over defaults; with --resume in a run folder, over the run's own model settings
     (so only a model option given explicitly differs from the checkpoint's, and is refused there)."""
-    from wtours.train.folder import refuse_reshaped_model, resumed_model_settings  # (imports torch)
+    from wtours.train.folder import SOURCE_KEY, refuse_reshaped_model, resumed_model_settings  # (imports torch)
 
     given = command_settings(TrainConfig, ctx, values, config_file, assignments)
     run_model = resumed_model_settings(given)
-    config = from_command(TrainConfig, ctx, values, config_file, assignments, base=run_model)
+    base = {"model": run_model["model"]} if run_model else {}
+    config = from_command(TrainConfig, ctx, values, config_file, assignments, base=base)
     if run_model:
-        refuse_reshaped_model(run_model["model"], asdict(config.model), config.out)
+        refuse_reshaped_model(run_model["model"], asdict(config.model), config.out, run_model.get(SOURCE_KEY))
     return config
 
 
@@ -76,15 +76,23 @@ def config_from_args(args: list[str]) -> TrainConfig:
 @click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(), metavar="DIR|FILE.pth",
               help="A folder for --format timm, a .pth file for --format pth.")
-@click.option("--format", "format_", type=click.Choice(FORMATS), default=None,
+@click.option("--format", "format_", type=click.Choice(EXPORT_FORMATS), default=None,
               help="timm: a folder (model.safetensors, config.json with the normalisation, README.md model card) "
                    "that timm.create_model('local-dir:DIR', pretrained=True) loads and `wtours push --model` "
                    "uploads; pth: the backbone's state dict alone. Default: from --out (NAME.pth: pth, a name "
                    "without a suffix: timm).")
 @click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
               help="The network of the training checkpoint to export: the teacher (the EMA of the student, "
-                   "the one DINO and DoRA evaluate and release) or the student.")
-def export(checkpoint, out, format_, which) -> None:
+                   "the one DINO and DoRA evaluate and release) or the student. A bare backbone is exported "
+                   "as it is (--which student is refused for one).")
+@click.option("--license", "license_", default=DEFAULT_LICENSE, show_default=True, metavar="ID",
+              help="The weights' licence for the model card's metadata (a Hub licence id). The default is the "
+                   "Walking Tours videos' CC-BY 4.0, which the weights derive from.")
+@click.option("--dataset", "datasets", multiple=True, metavar="USER/NAME[@REV]",
+              help="A Hub dataset repo the run trained on, linked from the model card; repeatable. Found "
+                   "without it for hf:// shards and for shard sets fetched with `wtours pull`.")
+@verbosity_options
+def export(checkpoint, out, format_, which, license_, datasets) -> None:
     """Write a checkpoint's backbone for timm: a model folder (--format timm) or a state dict (.pth).
 
     CHECKPOINT is a wtours training checkpoint, the authors' DoRA/DINO checkpoint, or an exported
@@ -98,7 +106,8 @@ def export(checkpoint, out, format_, which) -> None:
       python -c "import timm; m = timm.create_model('local-dir:venice-vits16', pretrained=True, num_classes=0)"
       wtours push --model venice-vits16 --repo alice/venice-vits16
       wtours export runs/venice/checkpoint.pth --out venice_vits16.pth   # state dict (--format pth)
+      wtours export runs/venice/checkpoint.pth --out venice-vits16-v0.1 --dataset alice/walking-tours
     """
     from wtours.train.export import export as run_export
 
-    click.echo(f"wrote {run_export(checkpoint, out, which, format_)}")
+    click.echo(f"wrote {run_export(checkpoint, out, which, format_, license_, tuple(datasets))}")

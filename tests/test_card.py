@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,7 +26,16 @@ from wtours.cli.main import cli
 from wtours.download import add_local
 from wtours.errors import UsageError, WtoursError
 from wtours.hub import source as provenance
-from wtours.hub.card import EARLIER_MARKS, CardVideo, is_generated, local_card, render_card, sample_features
+from wtours.hub.card import (
+    EARLIER_MARKS,
+    MIXED_LICENSE_NAME,
+    CardVideo,
+    is_cc_by,
+    is_generated,
+    local_card,
+    render_card,
+    sample_features,
+)
 from wtours.hub.client import HubTarget
 from wtours.hub.push import PushConfig, push
 from wtours.layout import Layout
@@ -94,6 +104,44 @@ def test_wtours_card_writes_offline_the_card_push_uploads(root, hub, tmp_path):
     assert out.read_bytes() == hub.files("alice/mixed")["README.md"]
     assert len(hub.requests) == mark and "wrote the dataset card for 2 shard sets" in result.stdout
     assert [p.name for p in out.parent.iterdir()] == ["README.md"]  # no temporary left beside it
+
+
+def upload_command(repo: str, shards: str) -> str:
+    """docs/hub.md's `hf upload` line, for a repo and a shards folder."""
+    return (f"hf upload {repo} {shards} . --repo-type dataset --include README.md --include '*/*.tar' "
+            "--include '*/index.json' --include '*/*.wids.json'")
+
+
+@pytest.mark.slow
+def test_card_then_hf_upload_as_documented_gives_a_repo_wtours_reads(root, hub, tmp_path):
+    """`wtours card` into the shards folder, then the Hub's own `hf upload` as docs/hub.md writes it: the
+    repo holds the card, the shards, the indexes and the wids lists, and `wtours inspect` streams it."""
+    import shlex
+
+    assert upload_command("alice/walking-tours", "/data/wtours/shards") in (
+        Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text()
+    shards = Layout(root).root / "shards"
+    card = tmp_path / "README.md"
+    assert run_card(root, card).exit_code == 0
+    env = env_for(hub, tmp_path)
+    staged = tmp_path / "staged"  # the module's root stays as it is: the card goes into a copy of its shards
+    shutil.copytree(shards, staged, symlinks=True)
+    shutil.copy(card, staged / "README.md")
+    command = shlex.split(upload_command("alice/uploaded", str(staged)))
+    done = subprocess.run([str(Path(sys.executable).with_name("hf")), *command[1:]], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    files = hub.files("alice/uploaded")
+    assert files["README.md"] == card.read_bytes()
+    for slug in SETS:
+        layout = Layout(root)
+        assert files[f"{slug}/index.json"] == layout.index_path(slug).read_bytes()
+        assert files[f"{slug}/{layout.wids_path(slug).name}"] == layout.wids_path(slug).read_bytes()
+        assert all(f"{slug}/{s['name']}" in files for s in layout.read_index(slug)["shards"])
+    assert not [f for f in files if "_segments" in f or f.endswith(".lock")]
+    inspected = wtours(["inspect", "hf://datasets/alice/uploaded/venice/index.json", "--clip-frames", "2", "--json"],
+                       env)
+    assert inspected.returncode == 0 and json.loads(inspected.stdout)["shards"] == 2, inspected.stderr
 
 
 def test_card_replaces_only_a_card_of_ours_unless_told(root, tmp_path):
@@ -195,6 +243,34 @@ def test_card_cites_the_paper_and_states_privacy_and_licences(root):
         in loading
     branch = render_card("alice/walks", videos, "https://huggingface.co", revision="fps1")
     assert "--include 'my-walk/*' --revision fps1 --local-dir" in branch
+
+
+@pytest.mark.parametrize("licence,plain", [
+    ("CC-BY", True), ("CC-BY-4.0", True), ("cc by 3.0", True),
+    ("Creative Commons Attribution license (reuse allowed)", True),
+    ("CC-BY-NC-ND-4.0", False), ("CC BY-SA 4.0", False), ("cc-by-nc", False),
+    ("Creative Commons Attribution-NonCommercial 4.0", False), ("All rights reserved", False), ("", False),
+    (None, False)])
+def test_only_plain_cc_by_counts_as_cc_by(licence, plain):
+    assert is_cc_by(licence) is plain
+
+
+def test_a_video_under_another_licence_makes_the_card_say_so(root):
+    """The card claims CC BY 4.0 only when every video is under plain CC BY: one under CC BY-NC-ND
+    turns the metadata to `other` and the text to per-video licences naming it."""
+    videos = card_videos(root)
+    nd = copy.deepcopy(videos[1].source)
+    nd["source"]["license"] = "CC-BY-NC-ND-4.0"
+    card = render_card("alice/walks", [videos[0], CardVideo(videos[1].slug, videos[1].index, nd)],
+                       "https://huggingface.co")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["license"] == "other" and meta["license_name"] == MIXED_LICENSE_NAME
+    licence = card.split("## Licence and attribution")[1].split("\n## ")[0]
+    assert "no single licence" in licence and f"`{videos[1].slug}` is not under\nplain CC BY" in licence
+    assert "released under the [Creative Commons Attribution 4.0]" not in card
+    assert "| CC-BY-NC-ND-4.0 |" in licence
+    plain = yaml.safe_load(render_card("alice/walks", videos, "https://huggingface.co").split("---\n")[1])
+    assert plain["license"] == "cc-by-4.0" and "license_name" not in plain
 
 
 # ---------------------------------------------------------------------- datasets

@@ -56,7 +56,9 @@ def test_a_bad_option_is_a_usage_error(tmp_path):
 
 @pytest.mark.parametrize("args", [["download", "--city", "../etc", "--dry-run"],
                                   ["download", "--url", "http://127.0.0.1:1/x.mp4", "--name", "Bad Name", "--dry-run"],
-                                  ["download", "--dry-run"]])
+                                  ["download", "--dry-run"],
+                                  ["train", "--shards", "walk", "--out", "run", "--out-dim", "0"],
+                                  ["train", "--shards", "walk", "--out", "run", "--set", "model.loss.teacher_temp=0"]])
 def test_a_bad_name_or_value_is_a_usage_error(tmp_path, args):
     result = run(*args, "--root", str(tmp_path))
     assert result.returncode == EXIT_USAGE, result.stderr
@@ -100,4 +102,10 @@ def test_train_refuses_a_url_for_its_root_and_run_folder(tmp_path, option):
     result = run("train", "--shards", "walk", *[w for pair in args.items() for w in pair], cwd=tmp_path)
     assert result.returncode == EXIT_USAGE, result.stderr
     assert f"{option} 's3://bucket/walks' is a URL" in result.stderr and "hint:" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_refuses_a_url_for_its_root(tmp_path):
+    result = run("demo", "--root", "hf://datasets/alice/walks", cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE and "is a URL; the data root is a local folder" in result.stderr
     assert list(tmp_path.iterdir()) == []

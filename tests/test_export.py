@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from wtours.cli.main import cli
@@ -114,8 +116,12 @@ def test_the_card_names_method_data_settings_and_knn_without_local_paths(run_che
     assert "| logged by the run at step 30 | `train` / `val` | 43.75 | 81.50 |" in card  # the last k-NN line
     assert "| 55.50 | 90.00 |" in card and "`train` / `val`" in card  # wtours eval knn's result
     assert "/home/walker" not in card and '"out_dim": 64' in card and "zurich-{000000..000002}.tar" in card
+    assert "/home/walker" not in (out / "config.json").read_text()  # the Hub serves config.json too
     config = json.loads((out / "config.json").read_text())
     assert config["wtours"]["train_config"]["model"]["arch"] == "vit_micro" and config["wtours"]["step"] == 30
+    assert config["wtours"]["train_config"]["out"] == "run" and config["wtours"]["train_config"]["root"] == "data"
+    assert "license: cc-by-4.0\n" in card and "## Licence" in card and "CC-BY 4.0" in card
+    assert "trained from scratch" in card and "initialised from" not in card
 
 
 def test_pth_format_is_kept_and_inferred_from_the_suffix(run_checkpoint, tmp_path):
@@ -238,12 +244,173 @@ def test_the_card_survives_a_hand_edited_hostile_config():
     shards = ["hf://datasets/../../etc/x.tar", "hf://datasets/alice/ok@v1/a.tar", "hf://datasets/a--b/c/x.tar",
               "x`](javascript:alert(1))`.tar", "hf://datasets/alice/ok/b.tar"]
     config = {"architecture": "vit_tiny_patch16_224", "num_features": 96, "model_args": {},
-              "wtours": {"arch": "vit_micro`", "step": "abc", "parameters": "many", "which": "student`",
-                         "train_config": {"shards": shards, "out": "/secret/place"},
-                         "knn_logged": {"top1": "high", "top5": 1}, "knn_eval": ["not", "a", "dict"]}}
+              "wtours": {"arch": "vit_micro`", "which": "student`", "train_config": {"shards": shards},
+                         "license": "mit`", "datasets": [{"repo": "../x"}, {"repo": "bob/d", "revision": "v2"}]}}
     assert hub_datasets(config["wtours"]["train_config"]) == [("alice/ok", "v1"), ("alice/ok", None)]
     card = render_model_card(config, repo="alice/m")
     prose = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", card, flags=re.S))  # outside code: markup
-    assert "javascript:" not in prose and "../../etc" not in prose and "a--b" not in prose
+    assert "javascript:" not in prose and "../../etc" not in prose and "a--b" not in prose and "../x" not in card
     assert "[alice/ok](https://huggingface.co/datasets/alice/ok) (revision `v1`)" in card
-    assert "k-NN evaluation" not in card and "/secret" not in card and "abc" not in card
+    assert "[bob/d](https://huggingface.co/datasets/bob/d) (revision `v2`)" in card
+    assert "k-NN evaluation" not in card
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda c: c.update(model_args=[1]), "model_args is a list, not an object"),
+    (lambda c: c["model_args"].update(depth="12"), "model_args.depth is a string, not an integer"),
+    (lambda c: c.update(architecture=7), "architecture is an integer, not a string"),
+    (lambda c: c.update(num_features=True), "num_features is a boolean"),
+    (lambda c: c.update(wtours="x"), "wtours is a string, not an object"),
+    (lambda c: c["wtours"].update(step="abc"), "wtours.step is a string, not an integer"),
+    (lambda c: c["wtours"].update(parameters=1.5), "wtours.parameters is a number, not an integer"),
+    (lambda c: c["wtours"].update(train_config=["x"]), "wtours.train_config is a list"),
+    (lambda c: c["wtours"]["train_config"].update(shards="a.tar"), "wtours.train_config.shards is not a list"),
+    (lambda c: c["wtours"]["train_config"].update(out=["x"]), "wtours.train_config.out is a list"),
+    (lambda c: c["wtours"].update(knn_logged={"top1": "high", "top5": 1}), "wtours.knn_logged.top1 is a string"),
+    (lambda c: c["wtours"].update(knn_eval=["not", "a", "dict"]), "wtours.knn_eval is a list"),
+    (lambda c: c["wtours"].update(knn_eval={"top1": 1}), "wtours.knn_eval has no top1/top5"),
+    (lambda c: c["wtours"].update(datasets=["alice/x"]), "wtours.datasets[0] is a string, not an object"),
+    (lambda c: c["wtours"].update(license=["mit"]), "wtours.license is a list"),
+])
+def test_a_hand_edited_config_of_wrong_types_fails_naming_the_field(run_checkpoint, tmp_path, edit, field):
+    """Not a traceback at render time (`"model_args": [1]` was an AttributeError): every field the card and the
+    push read is type-checked, by `wtours push --model` before anything is contacted."""
+    from wtours.hub.model_card import render_model_card
+
+    out = tmp_path / "edited"
+    assert wtours("export", str(run_checkpoint), "--out", str(out))[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    render_model_card(config)  # as exported: fine
+    edit(config)
+    with pytest.raises(WtoursError, match=re.escape(field)):
+        render_model_card(config)
+    (out / "config.json").write_text(json.dumps(config))
+    code, _, stderr = wtours("push", "--model", str(out), "--repo", "alice/x", "--dry-run")
+    why = "was not written by `wtours export`" if field.startswith("wtours is") else field  # no export entry at all
+    assert code == (2 if why != field else 1) and why in stderr and "Traceback" not in stderr and "hint:" in stderr
+
+
+# ---------------------------------------------------------------------- what a published export holds
+
+
+SECRET_SHARDS = ("pipe:curl -s -H 'Authorization: Bearer hf_SECRETabcdef0123456789' https://h.example/a-{0..3}.tar",
+                 "https://walker:pa55word@h.example/walks/b-{0..3}.tar",
+                 "https://h.example/c.tar?token=t0ps3cret&x=1")
+
+
+def test_published_settings_hold_no_credentials_and_no_local_paths(tmp_path):
+    """Settings are cleaned once at export (wtours.clips.spec.shown_url for credentials, local paths cut to
+    their last part): config.json, which the Hub serves as is, and the card rendered from it."""
+    run = tmp_path / "review-demo" / "runs" / "demo"
+    checkpoint = write_run(run)
+    saved = torch.load(checkpoint)
+    saved["config"] |= {"shards": [*SECRET_SHARDS, str(tmp_path / "review-demo" / "shards" / "walk")],
+                        "out": str(run), "root": str(tmp_path / "review-demo"), "init_from": "/home/walker/dino.pth"}
+    torch.save(saved, checkpoint)
+    out = tmp_path / "published"
+    assert wtours("export", str(checkpoint), "--out", str(out))[0] == 0
+    for name in ("config.json", "README.md"):
+        text = (out / name).read_text()
+        for secret in ("hf_SECRET", "pa55word", "t0ps3cret", str(tmp_path), "/home/walker"):
+            assert secret not in text, (name, secret)
+    train = json.loads((out / "config.json").read_text())["wtours"]["train_config"]
+    assert train["out"] == "demo" and train["root"] == "review-demo" and train["init_from"] == "dino.pth"
+    assert train["shards"] == ["pipe:curl -s -H 'Authorization: Bearer ***' https://h.example/a-{0..3}.tar",
+                               "https://walker:***@h.example/walks/b-{0..3}.tar",
+                               "https://h.example/c.tar?token=***&x=1", "walk"]
+    card = (out / "README.md").read_text()
+    # honest: what was cut must be given again, and the run did not start from scratch
+    assert "`wtours train --config config.json` reruns them" not in card and "--out DIR --root DIR" in card
+    assert "initialised from the checkpoint `dino.pth` (`--init-from`)" in card and "from scratch" not in card
+
+
+def test_the_card_reports_the_knn_of_the_checkpoints_step_not_a_later_one(tmp_path):
+    checkpoint = write_run(tmp_path / "run")
+    log = checkpoint.parent / "log.jsonl"
+    log.write_text(log.read_text().rsplit("\n", 1)[0] + "\n" + json.dumps(
+        {"step": 40, "epoch": 4, "knn_top1": 99.0, "knn_top5": 99.5}) + "\n")  # the run went on after it
+    assert wtours("export", str(checkpoint), "--out", str(tmp_path / "a"))[0] == 0
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "| logged by the run at step 30 | `train` / `val` | 43.75 | 81.50 |" in card and "99.00" not in card
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines if line.get("step") != 30))
+    assert wtours("export", str(checkpoint), "--out", str(tmp_path / "b"))[0] == 0
+    card = (tmp_path / "b" / "README.md").read_text()  # none at step 30: the last before it, saying so
+    assert "| logged by the run at step 20 (the checkpoint is of step 30) | `train` / `val` | 41.50 |" in card
+
+
+def test_datasets_are_linked_from_pulled_sets_and_from_the_option(tmp_path):
+    """A run on local shards pulled from the Hub (source.json's "pulled_from", untrusted: checked) and
+    --dataset name the dataset repo in the card's metadata and training-data section."""
+    root = tmp_path / "root"
+    checkpoint = write_run(tmp_path / "run", knn=False)
+    saved = torch.load(checkpoint)
+    saved["config"] |= {"shards": ["venice", "zurich", "rome"], "root": str(root)}
+    torch.save(saved, checkpoint)
+    for slug, origin in (("venice", {"repo": "alice/walks", "revision": "v1"}), ("zurich", {"repo": "../../etc"}),
+                         ("rome", "alice/x")):
+        (root / "shards" / slug).mkdir(parents=True)
+        (root / "shards" / slug / "source.json").write_text(json.dumps({"slug": slug, "pulled_from": origin}))
+    out = tmp_path / "linked"
+    code, _, stderr = wtours("export", str(checkpoint), "--out", str(out), "--dataset", "bob/more@main",
+                             "--license", "apache-2.0")
+    assert code == 0, stderr
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["datasets"] == ["bob/more", "alice/walks"] and meta["license"] == "apache-2.0"
+    assert "[alice/walks](https://huggingface.co/datasets/alice/walks) (revision `v1`)" in card
+    assert "../../etc" not in card and "CC-BY 4.0" not in card
+    config = json.loads((out / "config.json").read_text())
+    assert config["wtours"]["datasets"] == [{"repo": "bob/more", "revision": "main"},
+                                            {"repo": "alice/walks", "revision": "v1"}]
+    for args, message in ((["--dataset", "../x"], "is not a Hub repository name"),
+                          (["--license", "CC BY"], "is not a licence id")):
+        code, _, stderr = wtours("export", str(checkpoint), "--out", str(tmp_path / "bad"), *args)
+        assert code == 2 and message in stderr and not (tmp_path / "bad").exists()
+
+
+def test_a_bare_backbone_is_labelled_as_such_and_has_no_student(tmp_path):
+    bare = tmp_path / "exported.pth"
+    torch.save(create_vit("vit_micro").state_dict(), bare)
+    code, _, stderr = wtours("export", str(bare), "--out", str(tmp_path / "s"), "--which", "student")
+    assert code == 2 and "bare backbone" in stderr and not (tmp_path / "s").exists()
+    assert wtours("export", str(bare), "--out", str(tmp_path / "t"))[0] == 0
+    card = (tmp_path / "t" / "README.md").read_text()
+    assert "an exported backbone (which network" in card and "the teacher (" not in card and "from scratch" not in card
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["wtours"]["which"] == "backbone"
+
+
+@pytest.mark.parametrize("command", [["export", "CKPT", "--out", "s3://bucket/model"],
+                                     ["export", "CKPT", "--out", "s3://bucket/model.pth"],
+                                     ["card", "--city", "walk", "--repo", "alice/w", "--out",
+                                      "hf://datasets/alice/w/README.md"]])
+def test_an_out_that_is_a_url_is_refused(run_checkpoint, tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = wtours(*[str(run_checkpoint) if a == "CKPT" else a for a in command])
+    assert code == 2 and "is a URL" in stderr and "hint:" in stderr
+    assert list(tmp_path.iterdir()) == []  # no ./s3:/ or ./hf:/ folder
+
+
+def test_a_dotted_folder_name_is_a_timm_folder_readable_like_the_rest(run_checkpoint, tmp_path):
+    out = tmp_path / "venice-vits16-v0.1"
+    code, stdout, stderr = wtours("export", str(run_checkpoint), "--out", str(out), "-q")
+    assert code == 0, stderr
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    # as the umask allows, the weights like the rest (safetensors creates its file 0600)
+    assert modes == dict.fromkeys(["model.safetensors", "config.json", "README.md"], 0o666 & ~umask)
+    assert timm.create_model(f"local-dir:{out}", pretrained=True).num_features == 96
+
+
+def test_resume_takes_the_model_from_the_checkpoint_without_config_json(tmp_path):
+    """A folder with only a copied checkpoint: its own saved settings, and a hint naming a file that exists."""
+    checkpoint = write_run(tmp_path / "copied", knn=False)
+    (checkpoint.parent / "config.json").write_text(json.dumps({"model": {"arch": "vit_small"}}))  # stale
+    run = config_from_args(["--shards", "walk", "--out", str(checkpoint.parent), "--resume"])
+    assert run.model.arch == "vit_micro" and run.model.out_dim == 64  # the checkpoint's, over config.json
+    (checkpoint.parent / "config.json").unlink()
+    assert config_from_args(["--shards", "walk", "--out", str(checkpoint.parent), "--resume"]).model.out_dim == 64
+    with pytest.raises(WtoursError, match="another shape") as error:
+        config_from_args(["--shards", "walk", "--out", str(checkpoint.parent), "--resume", "--arch", "vit_tiny"])
+    assert str(checkpoint) in error.value.hint and "config.json" not in error.value.hint

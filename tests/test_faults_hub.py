@@ -365,7 +365,8 @@ def test_verified_shard_checks_size_and_sha256_and_serves_nothing_of_a_broken_st
     digest = hashlib.sha256(data).hexdigest()
     good = VerifiedShard(io.BytesIO(data), "http://127.0.0.1/x.tar", len(data), digest)
     assert good.read(1000) + good.read() == data and good.read() == b""
-    for body, size in ((data[:-1] + b"\0", len(data)), (data + b"more", len(data)), (data[:-5], len(data))):
+    other_last_byte = data[:-1] + bytes([data[-1] ^ 1])  # never equal to data (a fixed byte would be, 1 in 256)
+    for body, size in ((other_last_byte, len(data)), (data + b"more", len(data)), (data[:-5], len(data))):
         bad = VerifiedShard(io.BytesIO(body), "http://127.0.0.1/x.tar", size, digest)
         with pytest.raises(ShardMismatchError, match="x.tar: .*index.json records"):
             bad.read(10)

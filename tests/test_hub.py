@@ -190,7 +190,10 @@ def test_pull_into_a_fresh_root_matches_the_index_and_resumes(root, hub, pushed,
         for shard in index["shards"]:
             assert sha256((layout.shard_dir(slug) / shard["name"]).read_bytes()) == shard["sha256"]
         assert (layout.shard_dir(slug) / f"{slug}.wids.json").is_file()
-        assert provenance.source_record(layout, slug) == provenance.source_record(original, slug)
+        pulled = dict(provenance.source_record(layout, slug) or {})
+        # where it came from, for `wtours export` to link the model card's training data
+        assert pulled.pop("pulled_from") == {"repo": "alice/walks", "revision": "main"}
+        assert pulled == provenance.source_record(original, slug)
 
     # interrupted midway through one shard, another corrupted on disk, a third gone
     folder = layout.shard_dir("venice")
@@ -365,10 +368,15 @@ def test_private_repo_without_a_token_fails_with_a_login_hint(root, hub, tmp_pat
 
 
 def test_pushing_to_someone_elses_namespace_is_refused(root, hub):
+    """Checked before anything is created (wtours.hub.client.check_namespace, shared with the model push)."""
     target = HubTarget("alice/by-bob", endpoint=hub.url, token=BOB)
-    with pytest.raises(WtoursError) as error:
-        push(Layout(root), PushConfig(target, ("zurich",), progress=False), say=lambda m: None)
-    assert "no write access" in error.value.message and "write access" in error.value.hint
+    mark = len(hub.requests)
+    for dry_run in (False, True):
+        with pytest.raises(WtoursError) as error:
+            push(Layout(root), PushConfig(target, ("zurich",), progress=False, dry_run=dry_run), say=lambda m: None)
+        assert "'alice' is not your namespace (you are logged in as 'bob')" in error.value.message
+        assert "--repo bob/by-bob" in error.value.hint
+    assert ("dataset", "alice/by-bob") not in hub.repos and hub.uploads(mark) == []
 
 
 def test_connection_failures_say_the_hub_cannot_be_reached():
@@ -665,6 +673,7 @@ def test_offline_every_hub_command_fails_in_one_line(root, tmp_path, command):
         assert "`wtours card" in result.stderr  # what works offline for a push: the card
     else:
         assert "--shards SLUG --root DIR" in result.stderr
+        assert "`wtours pull` the shards first" not in result.stderr  # (pull's own hint once sent it to itself)
 
 
 @pytest.mark.slow

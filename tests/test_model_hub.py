@@ -126,7 +126,8 @@ def test_a_second_push_sends_nothing_and_a_new_export_only_what_changed(hub, exp
     assert sorted(first.uploaded) == ["README.md", "config.json", "model.safetensors"]
     mark = len(hub.requests)
     second, lines = quiet(config)
-    assert second.uploaded == [] and hub.uploads(mark) == [] and "alice/again: up to date" in lines
+    assert second.uploaded == [] and hub.uploads(mark) == [] and lines == []  # the summary line says it, once
+    assert second.line("alice/again").startswith("alice/again: up to date")
     mine = tmp_path / "mine"
     shutil.copytree(exported, mine)
     (mine / "README.md").write_text("# alice's own card\n")  # not generated: goes up as it is
@@ -182,6 +183,44 @@ def test_pushing_to_a_branch(hub, exported):
     assert "config.json" not in hub.files("alice/branched-model", repo_type="model")
 
 
+def test_the_push_records_its_license_and_datasets_in_config_json_and_card(hub, exported):
+    """`wtours push --model DIR --license ID --dataset USER/NAME`: what the repo gets says the same in both
+    files; the folder is left as the export wrote it."""
+    before = (exported / "config.json").read_bytes()
+    summary, _ = quiet(ModelPushConfig(target(hub, "alice/licensed"), exported, progress=False,
+                                       license="apache-2.0", datasets=(("bob/city-walks", None),)))
+    assert summary.commits == 1
+    files = hub.files("alice/licensed", repo_type="model")
+    info = json.loads(files["config.json"])["wtours"]
+    assert info["license"] == "apache-2.0" and info["datasets"] == [{"repo": "bob/city-walks", "revision": None}]
+    card = files["README.md"].decode()
+    assert "license: apache-2.0\n" in card and "- alice/walks\n- bob/city-walks\n" in card
+    assert f"[bob/city-walks]({hub.url}/datasets/bob/city-walks)" in card
+    assert (exported / "config.json").read_bytes() == before
+    # the CLI's options, refused before the Hub is contacted
+    for args, message in ((["--license", "MIT!"], "is not a licence id"), (["--dataset", "../../x"], "repository"),
+                          (["--city", "venice", "--license", "mit"], None)):
+        argv = ["push", *(["--model", str(exported)] if args[0] != "--city" else []), *args, "--repo", "alice/x",
+                "--dry-run"]
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 2 and "Traceback" not in result.stderr
+        assert (message or "go with --model DIR") in result.stderr
+
+
+def test_a_config_json_with_local_paths_or_credentials_is_not_pushed(hub, exported, tmp_path):
+    """Settings are cleaned once, at export; a config.json that holds local paths or secrets anyway (an older
+    export, a hand edit) is refused before the Hub is contacted, not published."""
+    for edit in ({"out": "/home/walker/runs/venice"}, {"shards": ["https://walker:pa55word@h.example/a.tar"]}):
+        folder = tmp_path / f"old-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(exported, folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["wtours"]["train_config"] |= edit
+        (folder / "config.json").write_text(json.dumps(config))
+        result = CliRunner().invoke(cli, ["push", "--model", str(folder), "--repo", "alice/leaky"])
+        assert result.exit_code == 2 and "holds local paths or credentials" in result.stderr  # (2: not a Hub error)
+        assert "wtours export CHECKPOINT --out" in result.stderr and "pa55word" not in result.stderr
+
+
 def test_a_folder_that_is_not_an_export_is_refused(hub, tmp_path):
     run_folder = tmp_path / "run"
     run_folder.mkdir()
@@ -203,3 +242,4 @@ def test_offline_mode_is_one_line(hub, exported, tmp_path):
     result = run([sys.executable, "-m", "wtours", "push", "--model", str(exported), "--repo", "alice/off"], env)
     assert result.returncode == 1 and "HF_HUB_OFFLINE is set" in result.stderr
     assert result.stderr.count("\n") == 2 and "Traceback" not in result.stderr
+    assert "writes a dataset card" not in result.stderr  # a model push's hint, not the dataset push's

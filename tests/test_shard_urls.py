@@ -291,3 +291,10 @@ def test_streamed_stats_skip_a_replaced_remote_shard(shards, memory, tmp_path):
     assert [s["name"] for s in skipped] == ["walk-000001.tar"] and "sha256" in skipped[0]["reason"], skipped
     assert "push it again" in summary["source"]["notes"][0]
     assert summary["frames"] == 8  # the first shard's samples only
+
+
+def test_a_folder_url_reads_the_index_in_it(shards, memory):
+    """`file:///data/venice` and `memory://.../walk/` name a set's folder, as a local folder does."""
+    whole = samples_of(resolve(str(shards)))
+    for spec in (shards.as_uri(), shards.as_uri() + "/", memory, memory + "/"):
+        assert samples_of(resolve(spec)) == whole, spec

@@ -2,8 +2,10 @@
 
 DINO's and DoRA's PIL pipelines decode with libjpeg, resample with PIL's antialiased filters and
 colour-jitter with ImageEnhance and PIL's HSV conversion. The same operations here, per clip:
-libjpeg-turbo decoding (torchvision), PyTorch's vectorised uint8 antialiased resizes (ported from
-PIL's filters), OpenCV's lookup tables, blends, float HSV conversions and Gaussian blur. The random
+libjpeg-turbo decoding of only the window the crops use (`jpeg`: TurboJPEG 3, else whole frames
+through OpenCV; the same pixels either way), PyTorch's vectorised uint8 antialiased resizes (ported from
+PIL's filters), OpenCV's vectorised scalings, blends, float HSV conversions and separable Gaussian
+blur, each rounded once to uint8 (within half a level of torchvision's float formulas). The random
 parameters come from `augment.plan_crops` / `augment.plan_colours`, so this path and the batched
 tensor path (`augment.multicrop_tensor`) draw from the same distributions. docs/benchmarks.md has
 the speed of both against PIL's."""
@@ -11,22 +13,17 @@ the speed of both against PIL's."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
-from torchvision.io import ImageReadMode, decode_jpeg
 
-from wtours.clips.augment import ColourPlan, MultiCropConfig, plan_colours, plan_crops, resized_crop
+from wtours.clips.augment import ColourPlan, CropPlan, MultiCropConfig, plan_colours, plan_crops, resized_crop
+from wtours.clips.jpeg import WindowDecoder, decode_clip, not_decodable, window_decoder
 
-
-def decode_clip(jpgs: list[bytes]) -> list[torch.Tensor]:
-    """T JPEGs -> T x (3, H, W) uint8 (libjpeg-turbo). Raises RuntimeError for a frame that does not decode.
-
-    Each frame is a channels-last view of the decoder's (H, W, 3) rows: crops of it are row copies,
-    where stacking the frames would transpose them whole."""
-    return decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpgs], mode=ImageReadMode.RGB)
+__all__ = ["DecodedViews", "colour_cpu", "decode_clip", "multicrop_cpu", "multicrop_jpegs"]
 
 
 def multicrop_cpu(clips: list[list[torch.Tensor]], rng: np.random.Generator,
@@ -38,41 +35,126 @@ def multicrop_cpu(clips: list[list[torch.Tensor]], rng: np.random.Generator,
     Per clip, as the authors' PIL pipeline orders it, with faster kernels for the same operations:
     PyTorch's vectorised uint8 antialiased resizes (PIL's filters) and OpenCV's colour kernels
     (`colour_cpu`). Randomness is drawn per clip in `multicrop_tensor`'s order for B = 1. One thread
-    per worker: DataLoader workers are the parallelism."""
+    per worker: DataLoader workers are the parallelism. `multicrop_jpegs` makes the same views from
+    the JPEGs, holding one clip's frames at a time."""
     cv2.setNumThreads(1)
-    b, t, n = len(clips), len(clips[0]), config.n_local
-    g, size = config.global_size, config.local_size
-    globals_ = _output((b, t, 3, g, g))  # (B, T, 3, G, G): the model's planar layout
-    locals_ = _output((n, b, t, 3, size, size))  # view-major: each local view is one contiguous block
-    planar_g, planar_l = globals_.numpy(), locals_.numpy()
-    mirror = np.empty((t, g, g, 3), np.uint8)  # (T, G, G, 3): a flipped clip's global views, reused
+    views = _Views(len(clips), len(clips[0]), config)
     for i, frames in enumerate(clips):
-        plan = plan_crops(rng, np.array([frames[0].shape[1:]]), t, config)
+        views.crop(i, frames, rng)
+    return views.tensors()
+
+
+@dataclass
+class DecodedViews:
+    """`multicrop_jpegs`' result for B clips."""
+
+    views: list[torch.Tensor]  # as `multicrop_cpu`'s, B rows; [] when no clip decodes
+    sources: list[int]  # the clip of each row: those that decode, in order, then repeats of the first of them
+    failures: list[tuple[int, RuntimeError]]  # (clip, its decoding error) for each clip that does not decode
+
+
+def multicrop_jpegs(clips: list[list[bytes]], rng: np.random.Generator, config: MultiCropConfig) -> DecodedViews:
+    """B clips of T JPEGs -> `multicrop_cpu`'s views, each clip decoded just before its crops: only the
+    clip window its crops use where TurboJPEG 3 is at hand (`jpeg.window_decoder`), the same pixels.
+
+    A clip's frames (11 MB at 910x512) are still in the cache when their windows are copied, and
+    their memory is reused by the next clip's, where decoding the whole batch first (90 MB) leaves
+    them cold and faults fresh pages in: 1.085x decode-all-then-crop's speed in one process on a
+    loaded machine, about even on a quiet one (docs/benchmarks.md). Only one clip's frames are held
+    at a time. A clip that does not decode is reported in `failures`, and its row goes to
+    a clip that does (re-decoded, with new crops), so the batch keeps its size: the views, rows and
+    random draws are those of `multicrop_cpu` on the decodable clips' frames followed by repeats of
+    the first of them."""
+    cv2.setNumThreads(1)
+    views = _Views(len(clips), len(clips[0]), config)
+    decoder = window_decoder()
+    sources: list[int] = []
+    failures: list[tuple[int, RuntimeError]] = []
+    for i, jpgs in enumerate(clips):
+        try:
+            views.crop_jpegs(len(sources), jpgs, rng, decoder)
+        except RuntimeError as error:
+            failures.append((i, error))
+            continue
+        sources.append(i)
+    if not sources:
+        return DecodedViews([], [], failures)
+    decodable = len(sources)
+    for row in range(decodable, len(clips)):
+        source = sources[row - decodable]  # the first decodable clips again (and again, past them)
+        views.crop_jpegs(row, clips[source], rng, decoder)
+        sources.append(source)
+    return DecodedViews(views.tensors(), sources, failures)
+
+
+class _Views:
+    """The output views of B clips of T frames, filled a clip at a time."""
+
+    def __init__(self, b: int, t: int, config: MultiCropConfig) -> None:
+        n, g, size = config.n_local, config.global_size, config.local_size
+        self.config, self.t = config, t
+        self.globals_ = _output((b, t, 3, g, g))  # (B, T, 3, G, G): the model's planar layout
+        self.locals_ = _output((n, b, t, 3, size, size))  # view-major: each local view is one contiguous block
+        self.planar_g, self.planar_l = self.globals_.numpy(), self.locals_.numpy()
+        self.mirror = np.empty((t, g, g, 3), np.uint8)  # (T, G, G, 3): a flipped clip's global views, reused
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.globals_] + list(self.locals_.unbind(0))
+
+    def crop(self, i: int, frames: list[torch.Tensor], rng: np.random.Generator) -> None:
+        """Row i <- one clip's T decoded frames (3, H, W), cropped and coloured."""
+        plan = plan_crops(rng, np.array([frames[0].shape[1:]]), self.t, self.config)
         x0, y0, x1, y1 = (int(v) for v in plan.clip_boxes[0])
-        window = torch.empty((t, y1 - y0, x1 - x0, 3), dtype=torch.uint8)  # (T, h, w, 3)
+        window = np.empty((self.t, y1 - y0, x1 - x0, 3), np.uint8)  # (T, h, w, 3)
         for j, frame in enumerate(frames):  # the frames' rows inside the clip window, copied once
-            window[j] = frame.permute(1, 2, 0)[y0:y1, x0:x1]
+            np.copyto(window[j], frame.permute(1, 2, 0).numpy()[y0:y1, x0:x1])
+        self._views(i, window, plan, rng)
+
+    def crop_jpegs(self, i: int, jpgs: list[bytes], rng: np.random.Generator, decoder: WindowDecoder | None) -> None:
+        """Row i <- one clip's T JPEGs, decoding only the clip window where TurboJPEG 3 is at hand. Raises
+        RuntimeError for a frame that does not decode, leaving `rng` as it found it (the draws are then
+        those of `crop` on the clips that decode)."""
+        if decoder is None:
+            self.crop(i, decode_clip(jpgs), rng)
+            return
+        size = decoder.size(jpgs[0])
+        if size is None:
+            raise not_decodable(0, len(jpgs), jpgs[0])
+        state = rng.bit_generator.state
+        plan = plan_crops(rng, np.array([size]), self.t, self.config)
+        x0, y0, x1, y1 = (int(v) for v in plan.clip_boxes[0])
+        window = np.empty((self.t, y1 - y0, x1 - x0, 3), np.uint8)  # (T, h, w, 3)
+        for j, jpg in enumerate(jpgs):
+            if not decoder.decode_window(jpg, (x0, y0, x1, y1), window[j]):
+                rng.bit_generator.state = state
+                raise not_decodable(j, len(jpgs), jpg)
+        self._views(i, window, plan, rng)
+
+    def _views(self, i: int, window: np.ndarray, plan: CropPlan, rng: np.random.Generator) -> None:
+        """Row i <- the views of one clip's window (T, h, w, 3) under its crop plan, coloured."""
+        config, t, n = self.config, self.t, self.config.n_local
+        g, size = config.global_size, config.local_size
+        x0, y0, x1, y1 = (int(v) for v in plan.clip_boxes[0])
         # one resize call for the T frames: the window is already the channels-last block it takes
-        clip = resized_crop(window.permute(0, 3, 1, 2), np.array([0, 0, x1 - x0, y1 - y0]), config.clip_size,
-                            "bilinear")  # (T, 3, 300, 300), channels-last
+        clip = resized_crop(torch.from_numpy(window).permute(0, 3, 1, 2), np.array([0, 0, x1 - x0, y1 - y0]),
+                            config.clip_size, "bilinear")  # (T, 3, 300, 300), channels-last
         # the resizes' channels-last outputs are coloured in place as (H, W, 3) arrays, then split into the
         # planar outputs (ascontiguousarray copies nothing when, as here, they are contiguous already)
         view = np.ascontiguousarray(resized_crop(clip, plan.global_boxes[0], g, "bicubic")
                                     .permute(0, 2, 3, 1).numpy())  # (T, G, G, 3), one window
         if plan.flips[0]:
             for j in range(t):  # OpenCV's flip: about 30x numpy's copy of a reversed view
-                cv2.flip(view[j], 1, dst=mirror[j])
-            view = mirror
+                cv2.flip(view[j], 1, dst=self.mirror[j])
+            view = self.mirror
         colour_cpu(view, plan_colours(rng, t, config.global_blur_p, config))
         crops = [np.ascontiguousarray(resized_crop(clip[j:j + 1], plan.local_boxes[0, v, j], size, "bicubic")[0]
                                       .permute(1, 2, 0).numpy())
                  for v in range(n) for j in range(t)]  # n*T x (L, L, 3), a window per view and per frame
         colour_cpu(crops, plan_colours(rng, n * t, config.local_blur_p, config))
         for j in range(t):
-            _split(view[j], planar_g[i, j])
+            _split(view[j], self.planar_g[i, j])
             for v in range(n):
-                _split(crops[v * t + j], planar_l[v, i, j])
-    return [globals_] + list(locals_.unbind(0))
+                _split(crops[v * t + j], self.planar_l[v, i, j])
 
 
 def _output(shape: tuple[int, ...]) -> torch.Tensor:
@@ -96,8 +178,9 @@ def colour_cpu(images, plan: ColourPlan) -> None:
 
     images: M arrays (H, W, 3) uint8 RGB, each contiguous (an (M, H, W, 3) array will do). The
     operations are torchvision's ColorJitter, RandomGrayscale and DINO's GaussianBlur; results are
-    rounded to uint8 after each op, as the PIL pipeline does (it truncates; this rounds, and rotates
-    the hue in float where PIL quantises it to a byte)."""
+    rounded to uint8 after each op, as the PIL pipeline does (it truncates; this rounds, rotates the
+    hue in float where PIL quantises it to a byte, and blurs with a true Gaussian where PIL
+    approximates it with box blurs)."""
     # Python lists: indexing numpy arrays per image costs more than the small images' kernels
     jitter, order, factors = plan.jitter.tolist(), plan.order.tolist(), plan.factors.tolist()
     gray, sigmas = plan.gray.tolist(), plan.blur_sigma.tolist()
@@ -111,8 +194,10 @@ def colour_cpu(images, plan: ColourPlan) -> None:
                          cv2.COLOR_GRAY2RGB, dst=image)
         sigma = sigmas[i]
         if not math.isnan(sigma):
-            size = 2 * math.ceil(3 * sigma) + 1  # cut at 3 sigma, as the tensor path's kernels
-            cv2.GaussianBlur(image, (size, size), sigma, dst=image, borderType=cv2.BORDER_REFLECT_101)
+            # the tensor path's kernel (cut at 3 sigma), applied as two float 1-D passes: 2-2.7x
+            # GaussianBlur's speed, and rounded once (GaussianBlur's fixed-point weights were up to 1.4 off)
+            kernel = cv2.getGaussianKernel(2 * math.ceil(3 * sigma) + 1, sigma)
+            cv2.sepFilter2D(image, -1, kernel, kernel, dst=image, borderType=cv2.BORDER_REFLECT_101)
 
 
 class _Scratch:
@@ -131,27 +216,28 @@ class _Scratch:
         return self.arrays[key]
 
 
-_LEVELS = np.arange(256, dtype=np.float32)
-
-
-def _linear_lut(image: np.ndarray, scale: float, offset: float) -> None:
-    """image <- clip(round(scale * image + offset)) per channel, as one 256-entry table."""
-    cv2.LUT(image, np.clip(np.rint(_LEVELS * scale + offset), 0, 255).astype(np.uint8), dst=image)
+# torchvision's grayscale weights (`augment._gray`)
+_GREY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
 def _cpu_brightness(image: np.ndarray, factor: float, scratch: _Scratch | None = None) -> None:
-    _linear_lut(image, factor, 0.0)
+    """image <- clip(round(factor * image)): OpenCV's vectorised float scaling (factor > 0, so its
+    |alpha * x| is alpha * x); about 2.5x a lookup table's pass."""
+    cv2.convertScaleAbs(image, dst=image, alpha=factor)
 
 
 def _cpu_contrast(image: np.ndarray, factor: float, scratch: _Scratch | None = None) -> None:
-    """Blend with the image's mean grey (torchvision: the mean of its grayscale image)."""
-    gray = (scratch or _Scratch()).get("gray", image.shape[:2], np.uint8)
-    mean = float(cv2.mean(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY, dst=gray))[0])
-    _linear_lut(image, factor, (1 - factor) * mean)
+    """Blend with the image's mean grey. torchvision's is the mean of the float grayscale image, i.e.
+    the grey weights applied to the channel means: one read pass, no grayscale image."""
+    r, g, b, _ = cv2.mean(image)
+    mean = _GREY_WEIGHTS[0] * r + _GREY_WEIGHTS[1] * g + _GREY_WEIGHTS[2] * b
+    # factor * image + (1 - factor) * mean, rounded and saturated (negative values clip to 0, in float)
+    cv2.addWeighted(image, factor, image, 0.0, (1 - factor) * mean, dst=image)
 
 
 def _cpu_saturation(image: np.ndarray, factor: float, scratch: _Scratch | None = None) -> None:
-    """Blend with the grayscale image."""
+    """Blend with the grayscale image. (OpenCV's 3x3 `transform` would do it in one pass, but its uint8
+    path quantises the weights to 1/1024: up to 0.7 levels off the float formula.)"""
     scratch = scratch or _Scratch()
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY, dst=scratch.get("gray", image.shape[:2], np.uint8))
     grey_rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB, dst=scratch.get("grey_rgb", image.shape, np.uint8))

@@ -141,24 +141,17 @@ class ClipDataset(IterableDataset):
         yield from samples_to_clips(samples, self.config.clip, self.problems)
 
     def _augment(self, batch: list[Clip], rng: np.random.Generator) -> ClipBatch:
-        """Decode and multi-crop; a clip with a frame that does not decode is counted, and its place
-        in the batch goes to another clip of the batch (with new crops), so batches keep their size."""
-        decode_clip, multicrop_cpu = cpu_augmenter()
-        frames, keys = [], []
-        for clip in batch:
-            try:
-                frames.append(decode_clip(clip.jpgs))
-                keys.append(clip.key)
-            except RuntimeError as error:
-                self.problems.clip_failed(clip.key, clip.url, error)
-        if not frames:
+        """Decode and multi-crop, each clip decoded just before its crops; a clip with a frame that does
+        not decode is counted, and its place in the batch goes to another clip of the batch (with new
+        crops), so batches keep their size."""
+        result = cpu_augmenter()([clip.jpgs for clip in batch], rng, self.config.multicrop)
+        for i, error in result.failures:
+            self.problems.clip_failed(batch[i].key, batch[i].url, error)
+        if not result.sources:
             raise WtoursError(f"no clip of a batch decodes (first: {batch[0].key} in {batch[0].url})",
                               "the shard's JPEGs are damaged: re-make it with wtours shard, or leave it out of "
                               "the SPEC")
-        for i in range(len(batch) - len(frames)):
-            frames.append(frames[i])
-            keys.append(keys[i])
-        return ClipBatch(multicrop_cpu(frames, rng, self.config.multicrop), keys)
+        return ClipBatch(result.views, [batch[i].key for i in result.sources])
 
     def _raw(self, batch: list[Clip]) -> RawClipBatch:
         jpgs = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for clip in batch for j in clip.jpgs]
@@ -205,13 +198,14 @@ def problems_since(before: dict, now: dict) -> dict:
 
 
 def cpu_augmenter():
-    """`augment_cpu`'s (decode_clip, multicrop_cpu), or a clear error where OpenCV (its colour kernels) is missing."""
+    """`augment_cpu.multicrop_jpegs`, or a clear error where OpenCV (its decoder and colour kernels) is missing."""
     try:
-        from wtours.clips.augment_cpu import decode_clip, multicrop_cpu
+        from wtours.clips.augment_cpu import multicrop_jpegs
     except ImportError as exc:
         raise WtoursError(f"the CPU augmentation cannot load: {exc}",
-                          "install OpenCV: pip install opencv-python-headless (it comes with wtours[train])") from exc
-    return decode_clip, multicrop_cpu
+                          "install OpenCV >= 4.10: pip install 'opencv-python-headless>=4.10' (it comes with "
+                          "wtours[train])") from exc
+    return multicrop_jpegs
 
 
 def add_problems(problems: Problems, delta: dict | None) -> None:

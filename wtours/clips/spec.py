@@ -1,5 +1,5 @@
 """SPEC -> shard list: a slug in the root, local paths/braces/globs, http(s) braces, hf:// braces,
-fsspec URLs (s3://, gs://, file://, memory://, ...) with braces/globs, and webdataset's `pipe:COMMAND`.
+fsspec URLs (s3://, gs://, file://, ...) with braces/globs, and webdataset's `pipe:COMMAND`.
 
 Every shard comes with what its set's index.json says about it (samples, grid fps, cell runs), so
 epoch lengths are computed exactly before any shard is opened.
@@ -198,6 +198,8 @@ def _resolve_remote(spec: str) -> list[ShardSet]:
         _fsspec_of(urls[0])  # an unknown scheme or a missing package fails here, naming it
         if any(ch in spec for ch in "*?["):
             urls = sorted(found for u in urls for found in _fsspec_glob(u))
+    # A URL naming neither a shard nor an index is a set's folder (`s3://bucket/venice/`): its index names the shards.
+    urls = [f"{u.rstrip('/')}/{INDEX_FILE}" if "." not in u.rstrip("/").rsplit("/", 1)[-1] else u for u in urls]
     sets: list[ShardSet] = []
     for folder in dict.fromkeys(posixpath.dirname(u) for u in urls):
         names: set[str] | None = {posixpath.basename(u) for u in urls if posixpath.dirname(u) == folder}

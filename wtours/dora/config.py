@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError
 from wtours.models.registry import HeadConfig, vit_names
 
 
@@ -26,11 +26,11 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if self.weighting not in ("authors", "mean"):
-            raise WtoursError(f"weighting {self.weighting!r}", "use 'authors' (default) or 'mean'")
+            raise UsageError(f"weighting {self.weighting!r}", "use 'authors' (default) or 'mean'")
         if min(self.teacher_temp, self.warmup_teacher_temp, self.student_temp) <= 0:
-            raise WtoursError("temperatures must be positive", "check teacher_temp, warmup_teacher_temp, student_temp")
+            raise UsageError("temperatures must be positive", "check teacher_temp, warmup_teacher_temp, student_temp")
         if self.warmup_teacher_temp_epochs < 0:
-            raise WtoursError("warmup_teacher_temp_epochs must be >= 0", "")
+            raise UsageError("warmup_teacher_temp_epochs must be >= 0", "")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class DoRAConfig:
 
     def __post_init__(self) -> None:
         if self.out_dim < 1 or self.n_local < 0 or self.objects < 1:
-            raise WtoursError(f"out_dim {self.out_dim}, n_local {self.n_local}, objects {self.objects}",
+            raise UsageError(f"out_dim {self.out_dim}, n_local {self.n_local}, objects {self.objects}",
                               "out_dim and objects must be >= 1, n_local >= 0")
 
 

@@ -3,16 +3,17 @@
 
 Like the dataset push (wtours/hub/push.py): resumable by comparison (what the repo holds with the same
 sha256 or git blob id is not sent again), a dry run that changes nothing, a README written by someone
-else kept, and the Hub's errors as one actionable line. Unlike it, the namespace is checked before
-anything is created (a model repo under someone else's name is refused, not attempted), and the
-weights, config.json and card go up in one commit: the repo never pairs weights with another config."""
+else kept, the namespace checked before anything is created (a repo under someone else's name is
+refused, not attempted: wtours/hub/client.py's shared helpers), and the Hub's errors as one actionable
+line. Unlike it, the weights, config.json and card go up in one commit: the repo never pairs weights
+with another config. config.json is checked field by field before the card is rendered from it; a
+--license or --dataset given to the push is written into the uploaded config.json and card."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,24 +21,38 @@ from urllib.parse import quote
 
 from wtours.errors import UsageError, WtoursError
 from wtours.hub.client import (
-    LOGIN_HINT,
     HubTarget,
     RemoteFile,
     api,
+    check_namespace,
+    client_bars,
     endpoint_of,
     filesystem,
     git_blob_id,
     has_token,
     hub_errors,
+    prepare_repo,
     remote_files,
+    same_content,
     with_retries,
 )
-from wtours.hub.model_card import is_export_config, is_generated_model_card, render_model_card
+from wtours.hub.model_card import (
+    CARD_FILE,
+    CONFIG_FILE,
+    EXPORT_KEY,
+    WEIGHTS_FILE,
+    check_export_config,
+    check_license,
+    dataset_entries,
+    is_export_config,
+    is_generated_model_card,
+    public_settings,
+    render_model_card,
+)
 from wtours.hub.push import PushSummary
-from wtours.layout import read_json
+from wtours.layout import json_bytes, read_json
 
 MODEL_REPO_TYPE = "model"
-WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"  # wtours.train.export's
 EXPORT_HINT = "make one with `wtours export CHECKPOINT --out DIR` (--format timm, the default for a folder name)"
 
 
@@ -48,6 +63,8 @@ class ModelPushConfig:
     private: bool = False
     dry_run: bool = False
     progress: bool = True
+    license: str | None = None  # replaces the export's (`wtours push --model --license`)
+    datasets: tuple[tuple[str, str | None], ...] = ()  # (USER/NAME, revision) added to the export's
 
 
 @dataclass(frozen=True)
@@ -81,18 +98,40 @@ def read_export(folder: Path) -> dict[str, Any]:
     if not is_export_config(config) or not isinstance(config, dict):
         why = f"no {CONFIG_FILE}" if config is None else f"its {CONFIG_FILE} was not written by `wtours export`"
         raise UsageError(f"{folder} is not a `wtours export --format timm` folder ({why})", EXPORT_HINT)
+    check_export_config(config, str(folder / CONFIG_FILE))  # hand-edited? fails here naming the field
+    train = config[EXPORT_KEY].get("train_config")
+    if train and public_settings(train) != train:  # cleaned once, at export: this one was not
+        raise UsageError(f"{folder / CONFIG_FILE} holds local paths or credentials in the run's settings (an "
+                         "export by an older wtours, or edited by hand); the Hub would serve them as they are",
+                         f"export again into this folder: `wtours export CHECKPOINT --out {folder}`")
     weights = folder / WEIGHTS_FILE
     if not weights.is_file() or weights.stat().st_size == 0:
         raise WtoursError(f"{weights} is missing or empty", f"export again: {EXPORT_HINT}")
     return config
 
 
-def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str) -> list[ModelFile]:
+def with_push_options(config: dict[str, Any], license_: str | None,
+                      datasets: tuple[tuple[str, str | None], ...]) -> dict[str, Any]:
+    """The export's config.json with the push's --license and --dataset recorded (both checked first)."""
+    if license_ is None and not datasets:
+        return config
+    info = dict(config[EXPORT_KEY])
+    if license_ is not None:
+        info["license"] = check_license(license_)
+    if datasets:
+        known = [(d["repo"], d.get("revision")) for d in info.get("datasets") or []]
+        info["datasets"] = dataset_entries([*known, *datasets])
+    return {**config, EXPORT_KEY: info}
+
+
+def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str,
+                changed: bool = False) -> list[ModelFile]:
     """What the repo should hold: the weights, config.json and the card. A README.md the export wrote is
-    rendered again for the repo (its loading line, links); one written by its owner goes up as it is."""
+    rendered again for the repo (its loading line, links); one written by its owner goes up as it is.
+    config.json goes up as the export wrote it, or as `config` when the push `changed` it."""
     weights = folder / WEIGHTS_FILE
     files = [ModelFile(WEIGHTS_FILE, weights.stat().st_size, local=weights)]
-    config_bytes = (folder / CONFIG_FILE).read_bytes()
+    config_bytes = json_bytes(config) if changed else (folder / CONFIG_FILE).read_bytes()
     files.append(ModelFile(CONFIG_FILE, len(config_bytes), data=config_bytes))
     card = folder / CARD_FILE
     own = card.read_bytes() if card.is_file() else None
@@ -103,22 +142,6 @@ def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str) 
 
 
 # ---------------------------------------------------------------------- the repo
-
-
-def check_namespace(target: HubTarget) -> None:
-    """Refuse a repo outside the logged-in user's namespace and organisations, before anything is created."""
-    if not has_token(target.token):
-        raise WtoursError(f"push to {target.repo}: not logged in", LOGIN_HINT)
-    with hub_errors(f"push to {target.repo}: who am I", target, write=True):
-        me = api(target).whoami()
-    user = str(me.get("name") or "")
-    namespaces = {user} | {str(org.get("name")) for org in me.get("orgs") or [] if isinstance(org, dict)}
-    namespace = target.repo.split("/")[0]
-    if namespace not in namespaces:
-        mine = ", ".join(sorted(n for n in namespaces if n))
-        raise UsageError(f"{target.repo}: {namespace!r} is not your namespace (you are logged in as {user!r})",
-                          f"push to a repo of yours: --repo {user}/{target.repo.split('/')[1]} (yours: {mine}); "
-                          "or log in as its owner (`hf auth login`)")
 
 
 def model_files(target: HubTarget) -> dict[str, RemoteFile]:
@@ -143,11 +166,7 @@ def read_model_file(target: HubTarget, path: str) -> bytes:
 
 
 def same_file(remote: RemoteFile | None, local: ModelFile) -> bool:
-    if remote is None or remote.size != local.size:
-        return False
-    if remote.sha256:
-        return remote.sha256 == local.sha256()
-    return remote.blob_id == local.blob_id()
+    return same_content(remote, local.size, local.sha256, local.blob_id)
 
 
 # ---------------------------------------------------------------------- push
@@ -156,14 +175,15 @@ def same_file(remote: RemoteFile | None, local: ModelFile) -> bool:
 def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> PushSummary:
     target = config.target
     export = read_export(config.folder)
+    pushed = with_push_options(export, config.license, config.datasets)
     hub = api(target)
     url = f"{hub.endpoint}/{target.repo}"
     if not config.dry_run or has_token(target.token):  # a dry run without a login just reads
         check_namespace(target)
     if not config.dry_run:
-        _prepare_repo(target, config.private, say)
+        prepare_repo(target, MODEL_REPO_TYPE, config.private, say)
     remote = model_files(target)
-    files = local_files(config.folder, export, target.repo, endpoint_of(target))
+    files = local_files(config.folder, pushed, target.repo, endpoint_of(target), changed=pushed is not export)
     uploads = []
     for file in files:
         if same_file(remote.get(file.path), file):
@@ -175,8 +195,7 @@ def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> P
                 continue
         uploads.append(file)
     summary = PushSummary(url)
-    if not uploads:
-        say(f"{target.repo}: up to date")
+    if not uploads:  # the CLI's summary line says "up to date"
         return summary
     say(f"{target.repo}: to upload: " + ", ".join(f"{f.path} ({f.size / 1e6:.1f} MB)" for f in uploads))
     if config.dry_run:
@@ -187,18 +206,6 @@ def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> P
     return summary
 
 
-def _prepare_repo(target: HubTarget, private: bool, say: Callable[[str], None]) -> None:
-    hub = api(target)
-    with hub_errors(f"create {target.repo}", target, write=True):
-        if not hub.repo_exists(target.repo, repo_type=MODEL_REPO_TYPE):
-            hub.create_repo(target.repo, repo_type=MODEL_REPO_TYPE, private=private, exist_ok=True)
-        elif private and not hub.repo_info(target.repo, repo_type=MODEL_REPO_TYPE).private:
-            say(f"warning: {target.repo} already exists and is public; --private does not change that "
-                "(change it in the repo's settings)")
-        if target.revision != "main":
-            hub.create_branch(target.repo, branch=target.revision, repo_type=MODEL_REPO_TYPE, exist_ok=True)
-
-
 def _commit(target: HubTarget, uploads: list[ModelFile], progress: bool) -> None:
     """One commit: large files are sent first (preupload, retried on 429), then committed together."""
     from huggingface_hub import CommitOperationAdd
@@ -206,7 +213,7 @@ def _commit(target: HubTarget, uploads: list[ModelFile], progress: bool) -> None
     hub = api(target)
     additions = [CommitOperationAdd(f.path, str(f.local) if f.local is not None else f.data or b"")
                  for f in uploads]
-    with _client_bars(progress), hub_errors(f"push to {target.repo}", target, write=True):
+    with client_bars(progress), hub_errors(f"push to {target.repo}", target, write=True):
         with_retries(functools.partial(hub.preupload_lfs_files, target.repo, additions=additions,
                                        repo_type=MODEL_REPO_TYPE, revision=target.revision),
                      f"upload to {target.repo}")
@@ -214,18 +221,3 @@ def _commit(target: HubTarget, uploads: list[ModelFile], progress: bool) -> None
                                        commit_message=f"wtours push --model: {', '.join(f.path for f in uploads)}",
                                        repo_type=MODEL_REPO_TYPE, revision=target.revision),
                      f"commit to {target.repo}")
-
-
-@contextlib.contextmanager
-def _client_bars(progress: bool) -> Iterator[None]:
-    """huggingface_hub's per-file bars, or none (-q)."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was_disabled = are_progress_bars_disabled()
-    if not progress:
-        disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not progress and not was_disabled:
-            enable_progress_bars()

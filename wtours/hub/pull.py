@@ -64,6 +64,10 @@ class RemoteSet:
     present: list[ShardEntry]  # shard entries already on disk with their checksum
 
 
+# source.json's record of the repo a set was pulled from (read by `wtours export` to link the model card's data).
+PULLED_FROM = "pulled_from"
+
+
 def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print) -> PullSummary:
     target = config.target
     remote = remote_files(target)
@@ -83,8 +87,9 @@ def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print)
                     summary.downloaded.append(shard_path(item.slug, shard.name))
                     summary.bytes += shard.bytes
                 summary.kept += [shard_path(item.slug, s.name) for s in item.present]
-                if item.source is not None:
-                    write_json_atomic(layout.source_path(item.slug), item.source)
+                if item.source is not None:  # with where it came from: an export links the dataset repo
+                    write_json_atomic(layout.source_path(item.slug), {**item.source, PULLED_FROM: {
+                        "repo": target.repo, "revision": target.revision}})
                 item.index.write(layout)  # last: its presence means every shard is here
     return summary
 

@@ -9,10 +9,8 @@ index naming a shard it lacks, and when shards are replaced the old index is rem
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +23,18 @@ from wtours.hub.client import (
     HubTarget,
     RemoteFile,
     api,
+    check_namespace,
+    client_bars,
     endpoint_of,
     git_blob_id,
+    has_token,
     hub_errors,
+    prepare_repo,
     read_remote,
     read_source_record,
     remote_files,
+    same_bytes,
+    same_content,
     with_retries,
 )
 from wtours.hub.paths import (
@@ -118,7 +122,7 @@ def plan_set(slug: str, index: dict, shard_dir: Path, metadata: list[tuple[str, 
     listed = {shard_path(slug, s["name"]) for s in index["shards"]}
     stale = [Delete(p) for p in sorted(remote) if is_shard_path(p, slug) and p not in listed]
     meta = [Upload(path, len(data), data=data) for path, data in metadata]
-    unchanged = {op.path for op in meta if _same_bytes(remote.get(op.path), op.data)}
+    unchanged = {op.path for op in meta if same_bytes(remote.get(op.path), op.data)}
     if not shards and not stale and len(unchanged) == len(meta):
         return []
     # An index (or wids descriptor) must never describe shards other than the ones beside it: when shards
@@ -148,19 +152,8 @@ def batch_operations(operations: list[Operation], max_files: int, max_bytes: int
 
 
 def _same_shard(remote: RemoteFile | None, local: Path, shard: dict) -> bool:
-    if remote is None or remote.size != shard["bytes"]:
-        return False
-    if remote.sha256:
-        return remote.sha256 == shard["sha256"]
-    return remote.blob_id == git_blob_id(local.read_bytes())  # stored as a regular file (under 10 MB)
-
-
-def _same_bytes(remote: RemoteFile | None, data: bytes | None) -> bool:
-    if remote is None or data is None or remote.size != len(data):
-        return False
-    if remote.sha256:
-        return remote.sha256 == hashlib.sha256(data).hexdigest()
-    return remote.blob_id == git_blob_id(data)
+    """The index's sha256 stands for the shard's (checked again when it is uploaded: _check_checksum)."""
+    return same_content(remote, shard["bytes"], lambda: shard["sha256"], lambda: git_blob_id(local.read_bytes()))
 
 
 # ---------------------------------------------------------------------- push
@@ -192,18 +185,13 @@ def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print)
 
 
 def _prepare_repo(target: HubTarget, config: PushConfig, say: Callable[[str], None]) -> str:
-    hub = api(target)
-    base = f"{hub.endpoint}/datasets/{target.repo}"
-    if config.dry_run:
-        return base
-    with hub_errors(f"create {target.repo}", target, write=True):
-        if not hub.repo_exists(target.repo, repo_type=REPO_TYPE):
-            hub.create_repo(target.repo, repo_type=REPO_TYPE, private=config.private, exist_ok=True)
-        elif config.private and not hub.repo_info(target.repo, repo_type=REPO_TYPE).private:
-            say(f"warning: {target.repo} already exists and is public; --private does not change that "
-                "(change it in the repo's settings)")
-        if target.revision != "main":
-            hub.create_branch(target.repo, branch=target.revision, repo_type=REPO_TYPE, exist_ok=True)
+    """The repo's URL; the namespace checked (a dry run without a login just reads) and, unless a dry run,
+    the repo and branch created."""
+    base = f"{api(target).endpoint}/datasets/{target.repo}"
+    if not config.dry_run or has_token(target.token):
+        check_namespace(target)
+    if not config.dry_run:
+        prepare_repo(target, REPO_TYPE, config.private, say)
     return base
 
 
@@ -233,7 +221,7 @@ def _card_operation(target: HubTarget, current: HubTarget, sets: dict[str, Local
         say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
         return []
     data = render_card(target.repo, videos, endpoint_of(target), target.revision).encode("utf-8")
-    if _same_bytes(remote.get(CARD_FILE), data):
+    if same_bytes(remote.get(CARD_FILE), data):
         return []
     say(f"{CARD_FILE}: dataset card for {len(videos)} video{'s' if len(videos) != 1 else ''}")
     return [Upload(CARD_FILE, len(data), data=data)]
@@ -265,7 +253,7 @@ def _commit_batches(target: HubTarget, batches: list[list[Operation]], progress:
 
     hub = api(target)
     total = sum(op.size for ops in batches for op in ops if isinstance(op, Upload))
-    with _client_bars_off(), tqdm(total=total, unit="B", unit_scale=True, desc="push", disable=not progress) as bar:
+    with client_bars(False), tqdm(total=total, unit="B", unit_scale=True, desc="push", disable=not progress) as bar:
         for ops in batches:
             commit_ops: list[CommitOperationAdd | CommitOperationDelete] = []
             for op in ops:
@@ -305,17 +293,3 @@ def _commit_message(ops: list[Operation]) -> str:
     deleted = len(ops) - added
     what = f"{added} file{'s' if added != 1 else ''}" + (f", delete {deleted}" if deleted else "")
     return f"wtours push: {', '.join(slugs) or 'dataset card'} ({what})"
-
-
-@contextlib.contextmanager
-def _client_bars_off() -> Iterator[None]:
-    """huggingface_hub draws a bar per file; ours counts the whole push."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            enable_progress_bars()

@@ -8,8 +8,13 @@ Two formats:
   settings, step, k-NN results): `wtours push --model DIR` renders the Hub card from it.
 - `pth`: the backbone's state dict alone (torch.save), for `model.load_state_dict` by hand.
 
-Without --format the format follows --out: NAME.pth / NAME.pt is `pth`, a name without a suffix (a
-folder) is `timm`; a suffix that contradicts the format is refused."""
+Without --format the format follows --out: NAME.pth / NAME.pt is `pth`, any other name (a folder,
+dots and all: venice-vits16-v0.1) is `timm`; a weights-file suffix (.safetensors, .bin, .ckpt, ...)
+that no format writes, or one that contradicts the format, is refused. --out is a local path: a URL
+is refused (it would become a folder named `s3:`).
+
+The run's settings are made public once, here (model_card.public_settings: no credentials, local paths
+cut to their last part); config.json holds them so, and the card is rendered from config.json."""
 
 from __future__ import annotations
 
@@ -25,14 +30,30 @@ from wtours import __version__
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.dora.model import read_checkpoint, strip_prefix
 from wtours.errors import UsageError, WtoursError
-from wtours.hub.model_card import EXPORT_KEY, is_export_config, is_generated_model_card, render_model_card
-from wtours.layout import read_json, replace_atomically, write_bytes_atomic, write_json_atomic
+from wtours.hub.model_card import (
+    BACKBONE,
+    CARD_FILE,
+    CONFIG_FILE,
+    DEFAULT_LICENSE,
+    EXPORT_FORMATS,
+    EXPORT_KEY,
+    KNN_FIELDS,
+    WEIGHTS_FILE,
+    check_license,
+    dataset_entries,
+    is_export_config,
+    is_generated_model_card,
+    parse_dataset,
+    public_settings,
+    render_model_card,
+)
+from wtours.layout import Layout, is_url, read_json, replace_atomically, write_bytes_atomic, write_json_atomic
 
-FORMATS = ("timm", "pth")
 PTH_SUFFIXES = (".pth", ".pt")
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
+# Suffixes of weight and data files: --out NAME.<one of these> names a file, which --format timm does not
+# write; any other suffix (venice-vits16-v0.1) is part of a folder's name.
+FILE_SUFFIXES = (*PTH_SUFFIXES, ".safetensors", ".bin", ".ckpt", ".pkl", ".pickle", ".h5", ".onnx", ".npz",
+                 ".npy", ".json", ".yaml", ".yml", ".txt", ".md", ".tar", ".zip", ".gz", ".msgpack", ".gguf")
 
 # timm's own ViT of each registered size; any other (vit_micro, vit_tiny_patch8) is timm's generic ViT
 # built with the sizes in config.json's model_args, which timm's loaders pass to the model.
@@ -51,6 +72,9 @@ def backbone_state(checkpoint: dict, which: str = "teacher") -> dict[str, torch.
         return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     state = strip_prefix(checkpoint)
     if "pos_embed" in state and "cls_token" in state:
+        if which == "student":  # a bare backbone has no networks to choose from: its weights are not a student's
+            raise UsageError("--which student: this checkpoint is a bare backbone (no 'student' entry)",
+                              "leave --which out: a bare backbone is exported as it is")
         return state  # already a bare backbone
     raise WtoursError(f"no {which!r} entry and no backbone weights in this checkpoint",
                       "pass a wtours/DoRA/DINO training checkpoint or an exported backbone")
@@ -61,10 +85,14 @@ def backbone_state(checkpoint: dict, which: str = "teacher") -> dict[str, torch.
 
 def resolve_format(out: str | os.PathLike, format_: str | None) -> str:
     """The export format: the one given, checked against --out's suffix, or the one --out's suffix names."""
+    if is_url(str(out)):
+        raise UsageError(f"--out {out!r} is a URL; `wtours export` writes a local folder or file",
+                          "export to a local path, then publish it: `wtours push --model DIR --repo USER/NAME` "
+                          "(or copy it with your storage's own tool)")
     path = Path(out)
-    suffix = path.suffix.lower()
-    if format_ is not None and format_ not in FORMATS:
-        raise UsageError(f"--format {format_!r} is not one of {', '.join(FORMATS)}", "pass --format timm or pth")
+    suffix = path.suffix.lower() if path.suffix.lower() in FILE_SUFFIXES else ""
+    if format_ is not None and format_ not in EXPORT_FORMATS:
+        raise UsageError(f"--format {format_!r} is not one of {', '.join(EXPORT_FORMATS)}", "pass --format timm or pth")
     if format_ == "pth" or (format_ is None and suffix in PTH_SUFFIXES):
         if suffix not in PTH_SUFFIXES:
             raise UsageError(f"--format pth writes one state-dict file, but --out {out} does not end in .pth",
@@ -86,11 +114,12 @@ def resolve_format(out: str | os.PathLike, format_: str | None) -> str:
 
 
 def export(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher",
-           format_: str | None = None) -> Path:
+           format_: str | None = None, license_: str = DEFAULT_LICENSE,
+           datasets: tuple[str, ...] = ()) -> Path:
     """`wtours export`: the format from --format / --out (resolve_format), then the files."""
     if resolve_format(out, format_) == "pth":
         return export_backbone(checkpoint_path, out, which)
-    return export_timm(checkpoint_path, out, which)
+    return export_timm(checkpoint_path, out, which, license_, datasets)
 
 
 def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher") -> Path:
@@ -152,7 +181,8 @@ def timm_config(geometry: Geometry, provenance: dict[str, Any]) -> dict[str, Any
     }
 
 
-def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher") -> Path:
+def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher",
+                license_: str = DEFAULT_LICENSE, datasets: tuple[str, ...] = ()) -> Path:
     """--format timm: DIR/model.safetensors, DIR/config.json and DIR/README.md.
 
     config.json goes last and an earlier export's config.json is removed first, so the folder never
@@ -160,6 +190,8 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
     not written by wtours is kept; a config.json not written by `wtours export` refuses the folder."""
     from wtours.eval.backbone import load_backbone, read_weights  # (it imports backbone_state from here)
 
+    check_license(license_)
+    named = dataset_entries([parse_dataset(d) for d in datasets])
     out = Path(out)
     old_config = read_json(out / CONFIG_FILE) if (out / CONFIG_FILE).is_file() else None
     if (out / CONFIG_FILE).exists() and not is_export_config(old_config):
@@ -171,13 +203,18 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
     state = {k: v.contiguous() for k, v in backbone.state_dict().items()}  # exactly timm's ViT's keys
     c = backbone.config
     geometry = Geometry(arch, c.patch_size, c.dim, c.depth, c.heads, c.mlp_ratio, c.image_size)
-    provenance = export_provenance(raw, Path(checkpoint_path), which, geometry, parameter_count(state))
+    network = which if ("teacher" in raw or "student" in raw) else BACKBONE
+    provenance = export_provenance(raw, Path(checkpoint_path), network, geometry, parameter_count(state))
+    provenance["license"] = license_
+    pulled = pulled_datasets(raw.get("config"))
+    if named or pulled:
+        provenance["datasets"] = dataset_entries([(d["repo"], d["revision"]) for d in [*named, *pulled]])
     config = timm_config(geometry, provenance)
 
     save_file = _safetensors_writer()
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).unlink(missing_ok=True)
-    replace_atomically(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    replace_atomically(out / WEIGHTS_FILE, lambda tmp: _save_readable(save_file, state, tmp))
     card = out / CARD_FILE
     if not card.exists() or is_generated_model_card(card.read_text(encoding="utf-8", errors="replace")):
         write_bytes_atomic(card, render_model_card(config, repo=None, folder=out.name).encode("utf-8"))
@@ -191,6 +228,49 @@ def _safetensors_writer():
     except ImportError as e:
         raise WtoursError("--format timm needs the safetensors package", "pip install safetensors") from e
     return save_file
+
+
+def _save_readable(save_file, state: dict[str, torch.Tensor], tmp: Path) -> None:
+    """safetensors creates its file 0600; the folder's other files (and what timm's own tools write) are
+    0666 less the umask: the weights get the same, so whoever may read the folder may load the model."""
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
+PULLED_FROM = "pulled_from"  # wtours.hub.pull.PULLED_FROM (that module imports huggingface_hub's helpers)
+
+
+def pulled_datasets(train: Any) -> list[dict[str, Any]]:
+    """The Hub dataset repos the run's local shard sets were pulled from: `wtours pull` records the repo
+    and revision in <root>/shards/<slug>/source.json ("pulled_from"). Untrusted files: invalid ids are skipped."""
+    if not isinstance(train, dict) or not isinstance(train.get("shards"), (list, tuple)):
+        return []
+    root = train.get("root") if isinstance(train.get("root"), str) else None
+    try:
+        layout = Layout(root)
+    except WtoursError:
+        return []
+    found: list[tuple[str, str | None]] = []
+    for spec in train["shards"]:
+        if not isinstance(spec, str) or "/" in spec or ":" in spec or not spec:
+            continue  # a path or a URL: not a shard set of the root
+        try:
+            record = read_json(layout.source_path(spec))
+        except (WtoursError, ValueError, OSError):
+            continue
+        origin = record.get(PULLED_FROM) if isinstance(record, dict) else None
+        if isinstance(origin, dict) and isinstance(origin.get("repo"), str):
+            revision = origin.get("revision") if isinstance(origin.get("revision"), str) else None
+            found.append((origin["repo"], revision))
+    entries: list[dict[str, Any]] = []
+    for repo, revision in found:
+        try:
+            entries += dataset_entries([(repo, revision)])
+        except WtoursError:
+            continue
+    return entries
 
 
 def parameter_count(state: dict[str, torch.Tensor]) -> int:
@@ -207,32 +287,41 @@ def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, geometr
     (<checkpoint stem>.knn.json beside it)."""
     config = raw.get("config") if isinstance(raw.get("config"), dict) else None
     if config is not None:  # as config.json holds it (tuples as lists), whatever the checkpoint pickled
-        config = json.loads(json.dumps(config, default=str))
+        config = public_settings(json.loads(json.dumps(config, default=str)))
+    step = raw.get("step") if isinstance(raw.get("step"), int) else None
     record: dict[str, Any] = {
         "arch": geometry.arch, "which": which, "parameters": parameters, "wtours_version": __version__,
-        "step": raw.get("step") if isinstance(raw.get("step"), int) else None,
+        "step": step,
         "epoch": raw.get("epoch") if isinstance(raw.get("epoch"), int) else None,
         "train_config": config,
-        "knn_logged": logged_knn(checkpoint.parent / "log.jsonl") if config else None,
+        "knn_logged": logged_knn(checkpoint.parent / "log.jsonl", step) if config else None,
         "knn_eval": evaluated_knn(checkpoint.with_name(f"{checkpoint.stem}.knn.json"), which),
     }
     return {k: v for k, v in record.items() if v is not None}
 
 
-def logged_knn(log: Path) -> dict[str, Any] | None:
-    """The run's last k-NN line in log.jsonl (`--knn-train/--knn-val`), if any."""
-    if not log.is_file():
+def logged_knn(log: Path, step: int | None) -> dict[str, Any] | None:
+    """The run's k-NN line in log.jsonl (`--knn-train/--knn-val`) of these weights: the one logged at the
+    checkpoint's step, else the last one before it (the card names its step); never one logged after it
+    (other weights: the run went on after this checkpoint). None without a step to match."""
+    if step is None or not log.is_file():
         return None
-    last = None
+    best: dict[str, Any] | None = None
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue  # a torn last line of a killed run
-        if isinstance(record, dict) and _is_number(record.get("knn_top1")) and _is_number(record.get("knn_top5")):
-            last = {"step": record.get("step"), "epoch": record.get("epoch"), "top1": record["knn_top1"],
+        at = record.get("step") if isinstance(record, dict) else None
+        if not (isinstance(at, int) and not isinstance(at, bool) and at <= step):
+            continue
+        if not (_is_number(record.get("knn_top1")) and _is_number(record.get("knn_top5"))):
+            continue
+        if best is None or record["step"] >= best["step"]:  # a resumed run may log a step again: the later line
+            epoch = record.get("epoch") if isinstance(record.get("epoch"), int) else None
+            best = {"step": record["step"], "epoch": epoch, "top1": record["knn_top1"],
                     "top5": record["knn_top5"]}
-    return last
+    return best
 
 
 def evaluated_knn(path: Path, which: str) -> dict[str, Any] | None:
@@ -241,12 +330,15 @@ def evaluated_knn(path: Path, which: str) -> dict[str, Any] | None:
         result = read_json(path)
     except WtoursError:
         return None
-    if not isinstance(result, dict) or result.get("which", "teacher") != which:
+    if not isinstance(result, dict):
+        return None
+    if which != BACKBONE and result.get("which", "teacher") != which:  # a bare backbone has one network
         return None
     if not (_is_number(result.get("top1")) and _is_number(result.get("top5"))):
         return None
     keep = ("top1", "top5", "k", "temperature", "classes", "train_images", "val_images", "resize", "crop")
-    out = {k: result[k] for k in keep if k in result}
+    out = {k: result[k] for k in keep  # of the types config.json is checked for (model_card.check_export_config)
+           if isinstance(result.get(k), KNN_FIELDS[k]) and not isinstance(result.get(k), bool)}
     for key in ("train", "val"):
         if isinstance(result.get(key), str):
             out[key] = Path(result[key]).name

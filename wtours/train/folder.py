@@ -135,11 +135,12 @@ RUN_CONFIG = "config.json"
 
 
 def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
-    """For `wtours train --resume`: the run's model settings (architecture, sizes, head, loss, ...) from
-    --out/config.json, nested as TrainConfig's `model`, to be the layer under --config/--set/options, so
-    a resume without them continues the run's own model and only values given explicitly can differ.
-    {} when not resuming or when the folder holds no run's config.json. `given` is what the command was
-    given (wtours.config.command_settings)."""
+    """For `wtours train --resume`: the run's model settings (architecture, sizes, head, loss, ...), nested
+    as TrainConfig's `model`, to be the layer under --config/--set/options, so a resume without them
+    continues the run's own model and only values given explicitly can differ. They come from the
+    checkpoint's own saved settings (its "config" entry: the weights' true shapes, also in a folder that
+    holds only a copied checkpoint), else from --out/config.json. {} when not resuming or when the folder
+    records no model. `given` is what the command was given (wtours.config.command_settings)."""
     from wtours.config import build_dict, coerce
     from wtours.train.config import TrainConfig
 
@@ -150,24 +151,50 @@ def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
         return {}  # building the config names the bad value
     if not resume or not out:
         return {}
-    path = Path(out) / RUN_CONFIG
+    checkpoint = Path(out) / CHECKPOINT_FILE
+    saved: Any = checkpoint_settings(checkpoint)
+    where = checkpoint
+    if saved is None:
+        where = Path(out) / RUN_CONFIG
+        if not where.is_file():
+            return {}
+        saved = read_json(where)
+        if not isinstance(saved, dict):
+            raise WtoursError(f"{where} is not a training run's config.json (no mapping of settings)",
+                              f"--resume reads the run's model from it: restore it, or pass --overwrite to start "
+                              f"afresh in {out}")
+    model = build_dict(TrainConfig, saved, f" in {where}").get("model")  # nested, or flat by option name
+    return {"model": model, SOURCE_KEY: str(where)} if model else {}
+
+
+SOURCE_KEY = "_from"  # resumed_model_settings' note of the file the model came from (for refuse_reshaped_model)
+
+
+def checkpoint_settings(path: Path) -> dict[str, Any] | None:
+    """The run settings a wtours checkpoint saved (its "config" entry), or None: no checkpoint, or one
+    without settings (the authors'), or an unreadable one (the run itself reports that). Memory-mapped:
+    the weights are not read."""
     if not path.is_file():
-        return {}
-    saved = read_json(path)
-    if not isinstance(saved, dict):
-        raise WtoursError(f"{path} is not a training run's config.json (no mapping of settings)",
-                          f"--resume reads the run's model from it: restore it, or pass --overwrite to start "
-                          f"afresh in {out}")
-    model = build_dict(TrainConfig, saved, f" in {path}").get("model")  # nested, or flat by option name
-    return {"model": model} if model else {}
+        return None
+    import torch
+
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 (torch raises many types for a bad file; the run names it)
+        return None
+    config = raw.get("config") if isinstance(raw, dict) else None
+    return json.loads(json.dumps(config, default=str)) if isinstance(config, dict) else None
 
 
-def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out: str) -> None:
+def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out: str,
+                          source: str | None = None) -> None:
     """--resume with an explicitly different architecture or head size: the checkpoint's weights do not
-    fit that model, so --reschedule cannot accept it either."""
+    fit that model, so --reschedule cannot accept it either. `source`: the file the run's model was read
+    from (resumed_model_settings), named in the hint."""
     saved, now = flat_settings(run_model), flat_settings(model)
     changed = {k: [saved[k], now[k]] for k in WEIGHT_SHAPES if k in saved and k in now and saved[k] != now[k]}
     if changed:
         raise UsageError(f"--resume: {describe(changed)}: the run's checkpoint holds weights of another shape",
-                         f"leave these options out to resume with the run's own model (from {Path(out) / RUN_CONFIG}),"
-                         " or start a new run with --overwrite or another --out")
+                         f"leave these options out to resume with the run's own model (from "
+                         f"{source or Path(out) / CHECKPOINT_FILE}), or start a new run with --overwrite or another "
+                         "--out")

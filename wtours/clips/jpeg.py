@@ -1,0 +1,188 @@
+"""JPEG decoding for the CPU multi-crop: whole frames, or only the window a clip's crops use.
+
+A clip's views are all cut from one window of its frames (`augment.plan_crops`' clip box, 0.2-1 of the
+frame's area, 0.4 on average), so decoding the rest of each frame is wasted work: 45% of a worker's time
+went to decoding whole frames. TurboJPEG 3's cropped decompression (tj3SetCroppingRegion) decodes only
+the rows down to the window's bottom and runs the inverse DCT, upsampling and colour conversion only on
+its columns. Its pixels are those of the whole frame's decode when the region starts one iMCU (the
+JPEG's 8 or 16 px block of chroma samples) left of and above the window and ends one iMCU right of it:
+chroma upsampling near a region's edge reads samples from beyond it, which the margins hold (the tests
+compare every pixel with the whole decode, and `WindowDecoder` checks it once per process). 2.5-2.9x
+less decoding per clip on the loader benchmark's frames (docs/benchmarks.md).
+
+The library: $WTOURS_TURBOJPEG (a path to libturbojpeg.so.0 >= 3.0, or `off`), else the system's
+libturbojpeg when it is version 3 (Fedora 40+, Arch, Homebrew, conda-forge), else the copy that the
+`turbojpeg` wheel bundles (wtours[train] installs it on Linux x86_64). Without one, frames are decoded
+whole with OpenCV, with the same pixels: only the speed differs."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+if not hasattr(cv2, "IMREAD_COLOR_RGB"):  # an ImportError: the pipeline turns it into an error with a hint
+    raise ImportError(f"OpenCV {cv2.__version__} cannot decode to RGB: the CPU augmentation needs OpenCV >= 4.10")
+_DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+
+LIBRARY_ENV = "WTOURS_TURBOJPEG"
+
+
+def not_decodable(i: int, count: int, jpg: bytes) -> RuntimeError:
+    return RuntimeError(f"frame {i} of {count} is not a decodable JPEG ({len(jpg)} bytes)")
+
+
+def decode_frame(jpg: bytes) -> np.ndarray | None:
+    """A whole JPEG -> (H, W, 3) uint8 RGB, or None where it does not decode.
+
+    libjpeg-turbo through OpenCV: the same pixels as PIL's decoder (the authors') and torchvision's
+    (the same library, islow IDCT, fancy upsampling). EXIF orientation is not applied, as PIL's
+    Image.open and torchvision's decode_jpeg do not apply it by default."""
+    try:
+        return cv2.imdecode(np.frombuffer(jpg, np.uint8), _DECODE_FLAGS)  # None where it fails
+    except cv2.error:  # an empty buffer fails OpenCV's argument check
+        return None
+
+
+def decode_clip(jpgs: list[bytes]) -> list[torch.Tensor]:
+    """T JPEGs -> T x (3, H, W) uint8. Raises RuntimeError for a frame that does not decode.
+
+    Each frame is a channels-last view of the decoder's (H, W, 3) rows: crops of it are row copies,
+    where stacking the frames would transpose them whole."""
+    frames = []
+    for i, jpg in enumerate(jpgs):
+        rgb = decode_frame(jpg)
+        if rgb is None:
+            raise not_decodable(i, len(jpgs), jpg)
+        frames.append(torch.from_numpy(rgb).permute(2, 0, 1))
+    return frames
+
+
+# ------------------------------------------------------------------ TurboJPEG 3: the window only
+
+
+class _Region(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_int), ("y", ctypes.c_int), ("w", ctypes.c_int), ("h", ctypes.c_int)]
+
+
+_TJINIT_DECOMPRESS = 1
+_TJPARAM_SUBSAMP, _TJPARAM_JPEGWIDTH, _TJPARAM_JPEGHEIGHT = 4, 5, 6
+_TJPF_RGB = 0
+# The iMCU (width, height) of each chroma subsampling, by TJSAMP value: 444, 422, 420, GRAY, 440, 411, 441.
+_IMCU = {0: (8, 8), 1: (16, 8), 2: (16, 16), 3: (8, 8), 4: (8, 16), 5: (32, 8), 6: (8, 32)}
+
+
+class WindowDecoder:
+    """Decodes the part of a JPEG that a box needs, pixel for pixel as the whole decode (module doc)."""
+
+    def __init__(self, path: str):
+        lib = ctypes.CDLL(path)
+        lib.tj3Init.restype = ctypes.c_void_p
+        lib.tj3Init.argtypes = [ctypes.c_int]
+        lib.tj3Destroy.argtypes = [ctypes.c_void_p]
+        lib.tj3DecompressHeader.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.tj3Get.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.tj3SetCroppingRegion.argtypes = [ctypes.c_void_p, _Region]
+        lib.tj3Decompress8.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,
+                                       ctypes.c_int, ctypes.c_int]
+        self.path, self.lib = path, lib
+        self.handle = lib.tj3Init(_TJINIT_DECOMPRESS)
+        if not self.handle:
+            raise OSError(f"{path}: tj3Init failed")
+
+    def __del__(self) -> None:
+        if getattr(self, "handle", None):
+            self.lib.tj3Destroy(self.handle)
+
+    def size(self, jpg: bytes) -> tuple[int, int] | None:
+        """(height, width) from the JPEG's header, or None where it has none."""
+        if self.lib.tj3DecompressHeader(self.handle, jpg, len(jpg)) != 0:
+            return None
+        return self.lib.tj3Get(self.handle, _TJPARAM_JPEGHEIGHT), self.lib.tj3Get(self.handle, _TJPARAM_JPEGWIDTH)
+
+    def decode_window(self, jpg: bytes, box: tuple[int, int, int, int], out: np.ndarray) -> bool:
+        """out (y1 - y0, x1 - x0, 3) <- the box (x0, y0, x1, y1) of the decoded JPEG; False where it does
+        not decode (a warning, such as a truncated file, counts: OpenCV refuses those too)."""
+        x0, y0, x1, y1 = box
+        lib, handle = self.lib, self.handle
+        if lib.tj3DecompressHeader(handle, jpg, len(jpg)) != 0:
+            return False
+        width, height = lib.tj3Get(handle, _TJPARAM_JPEGWIDTH), lib.tj3Get(handle, _TJPARAM_JPEGHEIGHT)
+        imcu = _IMCU.get(lib.tj3Get(handle, _TJPARAM_SUBSAMP))
+        if imcu is None or not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            return False
+        mw, mh = imcu
+        left = max(0, x0 - x0 % mw - mw)  # one iMCU of margin, on an iMCU boundary as the library requires
+        top = max(0, y0 - mh)
+        right = min(width, x1 + mw)
+        region = np.empty((y1 - top, right - left, 3), np.uint8)  # (h', w', 3)
+        if lib.tj3SetCroppingRegion(handle, _Region(left, top, right - left, y1 - top)) != 0:
+            return False
+        if lib.tj3Decompress8(handle, jpg, len(jpg), region.ctypes.data, region.strides[0], _TJPF_RGB) != 0:
+            return False
+        np.copyto(out, region[y0 - top:, x0 - left:x1 - left])
+        return True
+
+
+def _library_paths() -> list[str]:
+    chosen = os.environ.get(LIBRARY_ENV)
+    if chosen:
+        return [] if chosen.lower() in ("off", "0", "none") else [chosen]
+    paths = []
+    system = ctypes.util.find_library("turbojpeg")
+    if system:
+        paths.append(system)
+    spec = importlib.util.find_spec("turbojpeg")  # the wheel's bundled copy (auditwheel's <name>.libs folder)
+    if spec is not None and spec.origin:
+        paths += sorted(glob.glob(str(Path(spec.origin).parent / "turbojpeg.libs" / "libturbojpeg*.so*")))
+    return paths
+
+
+def _self_check(decoder: WindowDecoder) -> bool:
+    """The window of a 4:2:0 and a 4:4:4 JPEG against their whole decode: a library that differs is not used."""
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (96, 136, 3), dtype=np.uint8), (5, 5), 2)
+    for sampling in (cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444):
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90,
+                                                   cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
+        jpg = encoded.tobytes()
+        whole = decode_frame(jpg)
+        box = (21, 19, 117, 83)
+        window = np.empty((box[3] - box[1], box[2] - box[0], 3), np.uint8)
+        if whole is None or not decoder.decode_window(jpg, box, window):
+            return False
+        if not np.array_equal(window, whole[box[1]:box[3], box[0]:box[2]]):
+            return False
+    return True
+
+
+_decoders: dict[int, WindowDecoder | None] = {}
+
+
+def window_decoder() -> WindowDecoder | None:
+    """This process's TurboJPEG 3 decoder, or None (frames are then decoded whole). One per process: a
+    DataLoader worker makes its own after the fork."""
+    pid = os.getpid()
+    if pid not in _decoders:
+        _decoders[pid] = None
+        for path in _library_paths():
+            try:
+                decoder = WindowDecoder(path)
+            except (OSError, AttributeError) as e:  # not loadable, or TurboJPEG 2 (no tj3 functions)
+                log.debug("%s: not a TurboJPEG 3 library (%s)", path, e)
+                continue
+            if _self_check(decoder):
+                _decoders[pid] = decoder
+                break
+            log.warning("%s decodes JPEG windows unlike the whole decode; decoding whole frames instead", path)
+    return _decoders[pid]
