@@ -138,6 +138,8 @@ SETUPS = {
                       "2 shards of 40 samples)", "doc_root", False),
     "venice-run": ("venice-shards, and runs/venice/ in the working folder: a 2-step vit_micro `wtours train` run "
                    "on it (checkpoint.pth, config.json, log.jsonl)", "doc_run", True),
+    "hub-model": ("venice-run exported (`wtours export`) and pushed as alice/venice-vits16 to a local Hub "
+                  "(tests/hub_server.py); HF_ENDPOINT points at it, HF_HUB_OFFLINE is unset", "doc_hub", True),
     "digits": ("digits/train/<digit>/*.png and digits/val/<digit>/*.png in the working folder: scikit-learn's digits "
                "as eval.md's script writes them, a quarter of them (337 train, 113 val)", "doc_digits", False),
 }
@@ -176,6 +178,23 @@ def doc_run(doc_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def doc_hub(doc_run, tmp_path_factory):
+    """A local Hub holding the doc run's export as alice/venice-vits16 (what docs/models.md pushes)."""
+    from tests.hub_server import HubServer
+    from tests.test_hub import TOKEN, env_for
+
+    home = tmp_path_factory.mktemp("doc-hub")
+    with HubServer({TOKEN: "alice"}) as hub:
+        env = env_for(hub, home)
+        for args in (["export", str(doc_run / "checkpoint.pth"), "--out", str(home / "venice-vits16"), "-q"],
+                     ["push", "--model", str(home / "venice-vits16"), "--repo", "alice/venice-vits16", "-q"]):
+            result = subprocess.run([sys.executable, "-m", "wtours", *args], env=env, capture_output=True, text=True,
+                                    timeout=300)
+            assert result.returncode == 0, result.stderr[-3000:]
+        yield hub
+
+
+@pytest.fixture(scope="session")
 def doc_digits(tmp_path_factory) -> Path:
     import numpy as np
     from PIL import Image
@@ -200,6 +219,10 @@ def prepare(names: list[str], request, work: Path, env: dict) -> None:
         elif name == "venice-run":
             env["WTOURS_ROOT"] = str(request.getfixturevalue("doc_root"))
             shutil.copytree(fixture, work / "runs" / "venice")  # a copy: snippets may write beside it (viz)
+        elif name == "hub-model":
+            for key in ("HF_HUB_OFFLINE", "HF_TOKEN"):
+                env.pop(key, None)
+            env.update(HF_ENDPOINT=fixture.url, HF_HUB_DISABLE_XET="1")
         elif name == "digits":
             (work / "digits").symlink_to(fixture, target_is_directory=True)
 
