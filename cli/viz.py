@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from wtours.cli.common import root_option, say, verbosity_options
-from wtours.errors import WtoursError
+from wtours.errors import UsageError
 
 
 def _heads(value: str | None) -> tuple[int, ...] | None:
@@ -14,7 +14,7 @@ def _heads(value: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(part) for part in value.split(","))
     except ValueError as e:
-        raise WtoursError(f"--heads {value!r}", "a comma-separated list of head numbers, e.g. 0,2,5") from e
+        raise UsageError(f"--heads {value!r}", "a comma-separated list of head numbers, e.g. 0,2,5") from e
 
 
 @click.command("viz")

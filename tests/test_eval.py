@@ -209,7 +209,7 @@ def test_arch_inference_and_refusals(digits, tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
     code, _, stderr = wtours("eval", "knn", str(text), "--train", str(train_dir), "--val", str(val_dir))
-    assert code == 2 and "not a readable PyTorch checkpoint" in stderr
+    assert code == 1 and "not a readable PyTorch checkpoint" in stderr
     code, _, stderr = wtours("eval", "knn", str(micro), "--train", str(train_dir), "--val", str(val_dir), "--k", "0")
     assert code == 2 and "k must be at least 1" in stderr
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wtours.clips.spec import ShardRef
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,11 @@ class ClipConfig:
 
     def __post_init__(self) -> None:
         if self.frames < 1:
-            raise WtoursError("--clip-frames must be at least 1", "DoRA uses 8")
+            raise UsageError("--clip-frames must be at least 1", "DoRA uses 8")
         if self.stride <= 0:
-            raise WtoursError("--clip-stride must be positive", "DoRA uses 1.0 s")
+            raise UsageError("--clip-stride must be positive", "DoRA uses 1.0 s")
         if self.clips_per_shard is not None and self.clips_per_shard < 1:
-            raise WtoursError("--clips-per-shard must be at least 1", "or leave it out for every clip")
+            raise UsageError("--clips-per-shard must be at least 1", "or leave it out for every clip")
 
 
 def cell_step(stride: float, fps: float) -> int:

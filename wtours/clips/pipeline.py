@@ -21,7 +21,7 @@ from wtours.clips.augment import MultiCropConfig, multicrop_tensor, normalise_ui
 from wtours.clips.epoch import ClipConfig, EpochPlan, clips_per_epoch, plan_epoch
 from wtours.clips.spec import ShardRef
 from wtours.clips.stages import Clip, Problems, batched, open_shards, samples_to_clips, shuffle, take_quota, tar_samples
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class LoaderConfig:
         if self.augment not in ("cpu", "gpu"):
             raise WtoursError(f"augment={self.augment!r}", "use 'cpu' or 'gpu'")
         if self.batch_size < 1:
-            raise WtoursError("--batch-size must be at least 1", "DoRA's authors used 16 clips per GPU")
+            raise UsageError("--batch-size must be at least 1", "DoRA's authors used 16 clips per GPU")
 
 
 class ClipBatch(list):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from wtours.dora.model import read_checkpoint
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.models.registry import vit_config, vit_names
 from wtours.models.vit import VisionTransformer, create_vit
 from wtours.train.export import backbone_state
@@ -45,7 +45,7 @@ def infer_arch(state: dict[str, torch.Tensor]) -> str:
         if (config.dim, config.patch_size, config.depth) == signature:
             return name.replace("_patch16", "")
     width, patch, depth = signature
-    raise WtoursError(f"no registered architecture has width {width}, patch size {patch} and {depth} blocks",
+    raise UsageError(f"no registered architecture has width {width}, patch size {patch} and {depth} blocks",
                       f"pass --arch (one of {', '.join(vit_names())})")
 
 
@@ -84,7 +84,7 @@ def load_backbone(checkpoint: str | os.PathLike | dict[str, Any], arch: str | No
     wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
     if missing or wrong:
         detail = ", ".join((missing + wrong)[:4])
-        raise WtoursError(f"the checkpoint's {which} backbone does not fit {arch} (missing or reshaped: {detail})",
+        raise UsageError(f"the checkpoint's {which} backbone does not fit {arch} (missing or reshaped: {detail})",
                           "leave out --arch to infer it from the weights, or pass the right one")
     unexpected = sorted(state.keys() - own.keys())
     if unexpected:  # e.g. a classifier head on a fine-tuned backbone: ignored, as DINO's eval does

@@ -12,7 +12,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
-from wtours.errors import WtoursError
+from wtours.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class LabelledFolder(ImageFolder):
         try:
             super().__init__(os.fspath(root), transform=transform)
         except FileNotFoundError as e:
-            raise WtoursError(f"{root} is not a labelled image folder ({e})",
+            raise UsageError(f"{root} is not a labelled image folder ({e})",
                               "lay it out as ROOT/<class name>/<image>.jpg|png, one folder per class") from e
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
@@ -45,7 +45,7 @@ class LabelledFolder(ImageFolder):
             return classes, mapping
         unknown = sorted(set(classes) - self._fixed.keys())
         if unknown:
-            raise WtoursError(f"{directory} has classes the train folder lacks: {', '.join(unknown[:5])}",
+            raise UsageError(f"{directory} has classes the train folder lacks: {', '.join(unknown[:5])}",
                               "the val folder's class folders must be named as the train folder's")
         return classes, {c: self._fixed[c] for c in classes}
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.eval.backbone import load_backbone
 from wtours.eval.data import LabelledFolder, collate_readable, labelled_pair
 from wtours.layout import write_json_atomic
@@ -38,9 +38,9 @@ class KnnConfig:
 
     def __post_init__(self) -> None:
         if self.k < 1:
-            raise WtoursError(f"--k {self.k}", "k must be at least 1 (DINO uses 20)")
+            raise UsageError(f"--k {self.k}", "k must be at least 1 (DINO uses 20)")
         if self.temperature <= 0:
-            raise WtoursError(f"--temperature {self.temperature}", "the temperature must be positive (DINO: 0.07)")
+            raise UsageError(f"--temperature {self.temperature}", "the temperature must be positive (DINO: 0.07)")
 
 
 @dataclass
@@ -166,7 +166,7 @@ class KnnMonitor:
     def __init__(self, train_dir: str | os.PathLike, val_dir: str | os.PathLike, every: int = 1,
                  config: KnnConfig = KnnConfig()):
         if every < 1:
-            raise WtoursError(f"--knn-every {every}", "evaluate every 1 or more epochs")
+            raise UsageError(f"--knn-every {every}", "evaluate every 1 or more epochs")
         self.every, self.config = every, config
         self.train, self.val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
 

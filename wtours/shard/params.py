@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 
 # Defaults for DoRA: clips are 8 frames 1 s apart, so 2 frames/s lets clips start on half-second
 # offsets (twice the distinct clips of 1 fps). The 300 px clip crop takes 20..100% of the frame's
@@ -88,9 +88,9 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if self.workers < 1:
-            raise WtoursError("--workers must be at least 1", "use the number of CPU cores, e.g. --workers 8")
+            raise UsageError("--workers must be at least 1", "use the number of CPU cores, e.g. --workers 8")
         if not 0 <= self.node_rank < self.num_nodes:
-            raise WtoursError(f"--node-rank {self.node_rank} is outside 0..{self.num_nodes - 1}",
+            raise UsageError(f"--node-rank {self.node_rank} is outside 0..{self.num_nodes - 1}",
                               "give each of the --num-nodes machines a distinct rank from 0")
 
 

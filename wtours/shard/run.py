@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wtours import media
 from wtours.download import completed_file
-from wtours.errors import IncompleteError, WtoursError
+from wtours.errors import IncompleteError, UsageError, WtoursError
 from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name
 from wtours.locks import folder_lock
 from wtours.privacy.stage import FaceBlur, blur_frames
@@ -76,7 +76,7 @@ def resolve_hwaccel(choice: str) -> str:
     if choice == "auto":
         return "cuda" if media.cuda_decoding_available() else "none"
     if choice == "cuda" and not media.cuda_decoding_available():
-        raise WtoursError("--hwaccel cuda: this ffmpeg or machine has no CUDA decoding",
+        raise UsageError("--hwaccel cuda: this ffmpeg or machine has no CUDA decoding",
                           "use --hwaccel none (or auto), or an ffmpeg built with NVDEC on a machine with an NVIDIA GPU")
     return choice
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.stats.params import DetectorParams
 
 # Placeholders in torchvision's 91-entry COCO list (ids the 80 classes skip): never counted.
@@ -121,7 +121,7 @@ def resolve_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
-        raise WtoursError("--device cuda: torch sees no CUDA device",
+        raise UsageError("--device cuda: torch sees no CUDA device",
                           "use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU")
     return choice
 

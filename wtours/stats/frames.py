@@ -16,7 +16,7 @@ from typing import IO, Any, TypeVar, cast
 
 import numpy as np
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.layout import Layout
 from wtours.media import ProbeResult
 from wtours.shard.decode import SegmentDecoder
@@ -137,7 +137,7 @@ class ShardSource:
         self.layout, self.slug = layout, slug
         shard_every = 1 / self.index.fps
         if every is not None and every < shard_every - EPS:
-            raise WtoursError(f"--every {every:g} s is finer than the shards, sampled every {shard_every:g} s",
+            raise UsageError(f"--every {every:g} s is finer than the shards, sampled every {shard_every:g} s",
                               f"use --every {shard_every:g} or more, or --from video to decode the video itself")
         # At the shards' own rate every sample is its own cell: they are all read, none re-selected.
         self.own_rate = every is None or abs(every - shard_every) < EPS

@@ -35,7 +35,7 @@ class AnalysisParams:
             raise UsageError(f"--from {self.source!r} is not one of {', '.join(SOURCES)}",
                               "use --from shards or --from video")
         if self.every is not None and self.every <= 0:
-            raise WtoursError("--every must be positive", "e.g. --every 1 analyses one frame per second")
+            raise UsageError("--every must be positive", "e.g. --every 1 analyses one frame per second")
         if self.analysis_pixels < 0:
             raise UsageError("the analysis size must be >= 0 pixels (0: full frames)", "see docs/stats.md")
 
@@ -84,11 +84,11 @@ class DetectorParams:
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
-            raise WtoursError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}", "use auto, cpu or cuda")
+            raise UsageError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}", "use auto, cpu or cuda")
         if not 0 <= self.score_threshold <= 1:
             raise WtoursError("the detection score threshold must be within 0..1", "the default is 0.5")
         if self.batch_size < 1:
-            raise WtoursError("--batch-size must be at least 1", "e.g. 8 on a GPU")
+            raise UsageError("--batch-size must be at least 1", "e.g. 8 on a GPU")
 
 
 @dataclass(frozen=True)
@@ -107,4 +107,4 @@ class StatsConfig:
 
     def __post_init__(self) -> None:
         if self.chunk < 1:
-            raise WtoursError("--chunk must be at least 1 frame", f"the default is {DEFAULT_CHUNK}")
+            raise UsageError("--chunk must be at least 1 frame", f"the default is {DEFAULT_CHUNK}")

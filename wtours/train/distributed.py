@@ -76,7 +76,7 @@ def check_device(device: str | None, launch: Launch) -> torch.device:
         return target
     if target.type == "mps":
         if not torch.backends.mps.is_available():
-            raise WtoursError(f"--device {device}: no MPS device here", "use --device cpu")
+            raise UsageError(f"--device {device}: no MPS device here", "use --device cpu")
         return target
     if target.type != "cuda":
         raise UsageError(f"--device {device}: wtours trains on cpu or cuda only", "use --device cpu or cuda[:N]")

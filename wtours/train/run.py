@@ -20,7 +20,7 @@ from wtours.clips.epoch import ClipConfig
 from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader
 from wtours.clips.spec import resolve
 from wtours.dora import DoRA
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.layout import read_json, write_json_atomic
 from wtours.locks import LOCK_FILE, folder_lock
 from wtours.system import default_workers
@@ -245,7 +245,7 @@ def _run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: d
 def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], None]) -> RunState:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
-        raise WtoursError(f"--out {out} is a file, not a folder", "choose a folder for --out")
+        raise UsageError(f"--out {out} is a file, not a folder", "choose a folder for --out")
     dataset = build_data(config, dist)  # resolves the shards: still nothing written
     steps_per_epoch = len(dataset)
     precision = precision_of(config, dist.device)

@@ -182,7 +182,7 @@ def visualise(checkpoint: str | os.PathLike, shards: str | list[str], out: str |
     out = prepare_out(out)  # first: a wrong --out fails before the model loads
     model = load_model(checkpoint).to(device)
     if config.size % model.patch_size:
-        raise WtoursError(f"--size {config.size} is not a multiple of the patch size {model.patch_size}", "use 224")
+        raise UsageError(f"--size {config.size} is not a multiple of the patch size {model.patch_size}", "use 224")
     heads = choose_heads(model, config)
     refs = resolve(shards, root)
     clip_config = ClipConfig(config.frames, config.stride)
