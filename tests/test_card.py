@@ -46,6 +46,9 @@ OWN = {"url": "https://example.org/my-walk", "title": "My walk", "uploader": "Me
 SETS = {"venice": 3.0, "my-walk": 2.0}  # 2 fps, 4 samples per shard: 6 and 4 frames, 2 and 1 shards
 
 
+pytestmark = pytest.mark.usefixtures("no_xet")  # tests/conftest.py
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """A corpus video (venice: its YouTube id is each sample's `source_id`) and an own video (my-walk:
@@ -65,13 +68,6 @@ def root(tmp_path_factory) -> Path:
 def hub():
     with HubServer({TOKEN: "alice"}) as server:
         yield server
-
-
-@pytest.fixture(autouse=True)
-def no_xet(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
 
 
 def push_sets(root: Path, hub: HubServer, repo: str) -> None:

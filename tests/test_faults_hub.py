@@ -31,6 +31,9 @@ TOKEN = "hf_alice_Fa17secret"  # must never appear in any output
 SLUG = "zurich"
 
 
+pytestmark = pytest.mark.usefixtures("no_xet")  # tests/conftest.py
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """One sharded corpus video: 5 s at 2 fps, 4 samples per shard: 3 shards."""
@@ -54,13 +57,6 @@ def clean_faults(hub):
     hub.clear_faults()
     yield
     hub.clear_faults()
-
-
-@pytest.fixture(autouse=True)
-def no_xet(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
 
 
 def env_for(hub: HubServer, home: Path, **extra: str) -> dict[str, str]:

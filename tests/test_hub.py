@@ -44,6 +44,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+pytestmark = pytest.mark.usefixtures("no_xet")  # tests/conftest.py
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """Two sharded corpus videos; venice's provenance as `wtours download` records it (creator and
@@ -66,14 +69,6 @@ def root(tmp_path_factory) -> Path:
 def hub():
     with HubServer({TOKEN: "alice", BOB: "bob"}, page_size=3) as server:  # small pages: listings paginate
         yield server
-
-
-@pytest.fixture(autouse=True)
-def no_xet(monkeypatch):
-    """In this process too: LFS bodies go over plain HTTP (hf_xet would ignore the server)."""
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
 
 
 def env_for(hub: HubServer, home: Path, token: str | None = TOKEN) -> dict[str, str]:
@@ -636,12 +631,9 @@ def hub_command(name: str, root: Path, tmp_path: Path) -> list[str]:
 
 
 def no_hub_env(tmp_path: Path, endpoint: str, offline: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "WTOURS_"))}
-    env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=TOKEN,
-               HF_HUB_DISABLE_TELEMETRY="1", WTOURS_HUB_TIMEOUT="1")
-    if offline:
-        env["HF_HUB_OFFLINE"] = "1"
-    return env
+    from tests.test_faults_hub import env_for_endpoint
+
+    return env_for_endpoint(endpoint, tmp_path, **({"HF_HUB_OFFLINE": "1"} if offline else {}))
 
 
 def dead_endpoint() -> str:

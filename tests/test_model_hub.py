@@ -30,17 +30,13 @@ TOKEN = "hf_alice_Mx41secret"
 BOB = "hf_bob_Qp77secret"
 
 
+pytestmark = pytest.mark.usefixtures("no_xet")  # tests/conftest.py
+
+
 @pytest.fixture(scope="module")
 def hub():
     with HubServer({TOKEN: "alice", BOB: "bob"}) as server:
         yield server
-
-
-@pytest.fixture(autouse=True)
-def no_xet(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
 
 
 @pytest.fixture(scope="module")
