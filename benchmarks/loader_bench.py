@@ -9,13 +9,12 @@ clip (the 12 s clip of shard_bench looped to 2 min by stream copy). Measures
   on the device when CUDA is present;
 - an authors-style baseline: per clip, reopen the 4K video, decode 8 full-size frames 60 source
   frames apart, and apply the PIL augmentation;
-- with `--baseline REV`, instead of the rows above: `wtours/clips/augment_cpu.py` as of git revision
-  REV (the whole batch decoded, then cropped, as the loader did) against the working tree's, with
-  the batch decoded first and with each clip decoded just before its crops (`multicrop_jpegs`),
-  interleaved in rounds whose order rotates (`--repeats` rounds; medians, and the median of the
-  per-round ratios): decode + multi-crop in one process (CPU time per clip), and the 1-worker CPU
-  path (wall clock, and the worker's CPU time per clip from /proc: the steadier per-core figure on
-  a shared machine);
+- with `--baseline REV`, instead of the rows above: the CPU data path of git revision REV (its whole
+  `wtours/`, exported to a temporary folder) against the working tree's, each measured in a process
+  of its own, in rounds whose order alternates (`--repeats` rounds; medians, and the median of the
+  per-round ratios): the 1-worker CPU path (wall clock, and the worker's CPU time per clip from
+  /proc: the steadier per-core figure on a shared machine) and the loader in one process (CPU time
+  per clip). REV needs the loader's API of 2026-12 (ClipDataset, LoaderConfig, make_loader);
 - the cost of partial shard reads (the epoch plan hands each slot parts of shards): time and bytes to
   reach the middle sample of a 1000-sample shard by seek / http Range request against reading from
   the start and skipping, and the plan's clips read / distinct clips for 8 x 10 and 64 x 8 slots on a
@@ -28,35 +27,41 @@ clip (the 12 s clip of shard_bench looped to 2 min by stream copy). Measures
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import itertools
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
 
+# --baseline runs each contender's --probe with this set to a folder holding that revision's wtours/,
+# imported before the working tree's
+TREE_VARIABLE = "WTOURS_BENCH_TREE"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if os.environ.get(TREE_VARIABLE):
+    sys.path.insert(0, os.environ[TREE_VARIABLE])
 from common import DATA, STREET, cached_video, header, street_4k60  # noqa: E402
 
 from tests.reference_multicrop import multicrop_pil  # noqa: E402
-from wtours.clips.augment import MultiCropConfig  # noqa: E402
-from wtours.clips.augment_cpu import multicrop_jpegs  # noqa: E402
-from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader  # noqa: E402
-from wtours.clips.spec import resolve  # noqa: E402
-from wtours.download import add_local  # noqa: E402
-from wtours.layout import Layout  # noqa: E402
-from wtours.media import ffmpeg_exe, probe  # noqa: E402
-from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
-from wtours.shard.run import shard_video  # noqa: E402
+
+# The wtours names each function uses are imported in it: a --probe of an older revision imports only
+# the loader's API.
 
 
-def bench_shards(loops: int = 10) -> tuple[Layout, Path]:
+def bench_shards(loops: int = 10):
+    """(the Layout of the bench's shards, the looped video), made on first use."""
+    from wtours.download import add_local
+    from wtours.layout import Layout
+    from wtours.shard.params import RunOptions, ShardParams
+    from wtours.shard.run import shard_video
+
     root = Layout(DATA / "loader-root")
     looped = cached_video(f"street4k60-{12 * loops}s.mp4",
                           ["-stream_loop", str(loops - 1), "-i", str(street_4k60(12)), "-c", "copy"])
@@ -66,35 +71,46 @@ def bench_shards(loops: int = 10) -> tuple[Layout, Path]:
     return root, looped
 
 
-def loader_rate(shards, config: LoaderConfig, batches: int, consume=lambda batch: None) -> float:
+def loader_rate(shards, config, batches: int, consume=lambda batch: None) -> float:
     """Clips per second after the first batch (which pays for worker start-up), over epochs as needed."""
-    return timed_loader(shards, config, batches, consume)[0]
+    return timed_loader(shards, config, batches, consume).rate
 
 
-def timed_loader(shards, config: LoaderConfig, batches: int, consume=lambda batch: None,
-                 dataset_type: type[ClipDataset] = ClipDataset) -> tuple[float, float]:
-    """(clips per second, the workers' CPU ms per clip), both after the first batch of each epoch's
-    loader (which pays for worker start-up), over epochs as needed."""
-    dataset = dataset_type(shards, config)
-    count, epoch, wall, cpu = 0, 0, 0.0, 0.0
+@dataclass
+class LoaderTiming:
+    """A loader's figures after the first batch of each epoch (which pays for worker start-up)."""
+
+    rate: float  # clips per second, wall clock
+    cpu: float  # the workers' CPU (user + system) ms per clip
+    system: float  # of which in the kernel (page faults of fresh shared memory show here)
+    faults: float  # the workers' minor page faults per clip
+
+
+def timed_loader(shards, config, batches: int, consume=lambda batch: None) -> LoaderTiming:
+    """`batches` batches of the CPU or GPU path's loader, over epochs as needed."""
+    from wtours.clips.pipeline import ClipDataset, make_loader
+
+    dataset = ClipDataset(shards, config)
+    count, epoch, wall, used = 0, 0, 0.0, np.zeros(3)
     while count < batches:
         dataset.set_epoch(epoch)
         start, first, last = None, {}, {}
         for batch in make_loader(dataset):
             consume(batch)
             if start is None:
-                start, first = time.perf_counter(), cpu_seconds(child_pids())
+                start, first = time.perf_counter(), worker_usage(child_pids())
                 continue
-            last = cpu_seconds(first)  # read while the workers live: they exit when the loader is left
+            last = worker_usage(first)  # read while the workers live: they exit when the loader is left
             count += 1
             if count == batches:
                 break
         if start is not None:
             wall += time.perf_counter() - start
-            cpu += sum(last[pid] - first[pid] for pid in last)
+            used += sum(last[pid] - first[pid] for pid in last)
         epoch += 1
     clips = batches * config.batch_size
-    return clips / wall, cpu * 1000 / clips
+    user, system, faults = used / clips
+    return LoaderTiming(clips / wall, (user + system) * 1000, system * 1000, faults)
 
 
 def child_pids() -> list[int]:
@@ -106,14 +122,14 @@ def child_pids() -> list[int]:
     return pids
 
 
-def cpu_seconds(pids) -> dict[int, float]:
-    """CPU seconds (user + system) of each live process of `pids`."""
-    tick, times = os.sysconf("SC_CLK_TCK"), {}
+def worker_usage(pids) -> dict[int, np.ndarray]:
+    """[user seconds, system seconds, minor page faults] of each live process of `pids`."""
+    tick, usage = os.sysconf("SC_CLK_TCK"), {}
     for pid in pids:
         fields = _stat(pid)
-        if fields:  # [11] / [12]: utime / stime in clock ticks
-            times[pid] = (int(fields[11]) + int(fields[12])) / tick
-    return times
+        if fields:  # [7]: minflt; [11] / [12]: utime / stime in clock ticks
+            usage[pid] = np.array([int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])])
+    return usage
 
 
 def _stat(pid: int) -> list[str]:
@@ -125,10 +141,14 @@ def _stat(pid: int) -> list[str]:
 
 
 def cpu_rate(shards, workers: int, batches: int, batch_size: int) -> float:
+    from wtours.clips.pipeline import LoaderConfig
+
     return loader_rate(shards, LoaderConfig(batch_size=batch_size, workers=workers, shuffle_buffer=16), batches)
 
 
 def gpu_rate(shards, batches: int, batch_size: int) -> float:
+    from wtours.clips.pipeline import GpuAugmenter, LoaderConfig
+
     config = LoaderConfig(batch_size=batch_size, workers=os.cpu_count() or 1, augment="gpu", shuffle_buffer=16)
     augment = GpuAugmenter(config.multicrop, "cuda")
 
@@ -154,6 +174,9 @@ def augment_costs(shards, clips: int, repeats: int) -> tuple[float, float]:
 
     from PIL import Image
 
+    from wtours.clips.augment import MultiCropConfig
+    from wtours.clips.augment_cpu import multicrop_jpegs
+
     batch = clip_jpgs(shards, clips)
     config, rng = MultiCropConfig(), np.random.default_rng(0)
 
@@ -171,94 +194,68 @@ def augment_costs(shards, clips: int, repeats: int) -> tuple[float, float]:
     return float(np.median(times["wtours"])), float(np.median(times["pil"]))
 
 
-def baseline_module(rev: str) -> ModuleType:
-    """`wtours/clips/augment_cpu.py` as of git revision `rev`, loaded as a module of its own."""
+def probe_figures(root: Path, batches: int, batch_size: int) -> dict:
+    """One contender's figures (`--probe`, in a process of its own): the 1-worker CPU path (wall clock,
+    and the worker's CPU per clip) and the loader in this process (CPU per clip). Uses only the loader's
+    API (ClipDataset, LoaderConfig, make_loader, spec.resolve), so any revision that has it can run."""
+    from wtours.clips.pipeline import ClipDataset, LoaderConfig
+    from wtours.clips.spec import resolve
+
+    shards = resolve("street", root)
+    config = LoaderConfig(batch_size=batch_size, workers=1, shuffle_buffer=16)
+    timing = timed_loader(shards, config, batches)
+    dataset = ClipDataset(shards, LoaderConfig(batch_size=batch_size, workers=0, shuffle_buffer=16))
+    batches_in_process = iter(dataset)
+    next(batches_in_process)  # the first pays for opening the shard
+    start, clips = time.process_time(), 0
+    for batch in itertools.islice(batches_in_process, batches):
+        clips += len(batch.keys)
+    return {"rate": timing.rate, "worker": timing.cpu, "system": timing.system, "faults": timing.faults,
+            "cpu": (time.process_time() - start) * 1000 / clips}
+
+
+def export_tree(rev: str, folder: Path) -> Path:
+    """`wtours/` as of git revision `rev`, written under `folder` (a tree to put first on sys.path)."""
     repo = Path(__file__).resolve().parents[1]
-    source = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:wtours/clips/augment_cpu.py"],
-                            capture_output=True, text=True, check=True).stdout
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "wtours"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
+def compare_with_baseline(root: Path, rev: str, repeats: int, batches: int, batch_size: int) -> None:
+    """The working tree's data path against `rev`'s, each round running one `--probe` process per tree
+    (the order rotates between rounds): whole loaders, workers and output memory included."""
+    names = [rev, "working tree"]
+    rows: dict[str, dict[str, list[float]]] = {
+        name: {"cpu": [], "rate": [], "worker": [], "system": [], "faults": []} for name in names}
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as folder:
-        path = Path(folder) / "augment_cpu_baseline.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location("augment_cpu_baseline", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
-
-
-def decode_all_dataset(module: ModuleType) -> type[ClipDataset]:
-    """The loader as pipeline.py had it before `multicrop_jpegs`: the whole batch decoded, then
-    cropped, with `module`'s decode_clip and multicrop_cpu (the bench's shards decode: no failures
-    to handle). DataLoader workers are forked, so they run `module` too."""
-
-    class DecodeAllFirst(ClipDataset):
-        def _augment(self, batch, rng):
-            from wtours.clips.pipeline import ClipBatch
-
-            frames = [module.decode_clip(clip.jpgs) for clip in batch]
-            return ClipBatch(module.multicrop_cpu(frames, rng, self.config.multicrop), [c.key for c in batch])
-
-    return DecodeAllFirst
-
-
-class DecodeEachClipDataset(ClipDataset):
-    """The loader with each clip decoded just before its crops (`augment_cpu.multicrop_jpegs`): the
-    change proposed for `ClipDataset._augment` (same views, rows and failure counts)."""
-
-    def _augment(self, batch, rng):
-        from wtours.clips.augment_cpu import multicrop_jpegs
-        from wtours.clips.pipeline import ClipBatch
-
-        result = multicrop_jpegs([clip.jpgs for clip in batch], rng, self.config.multicrop)
-        for i, error in result.failures:
-            self.problems.clip_failed(batch[i].key, batch[i].url, error)
-        assert result.sources, "no clip of the batch decodes"
-        return ClipBatch(result.views, [batch[i].key for i in result.sources])
-
-
-def compare_with_baseline(shards, rev: str, repeats: int, batches: int, batch_size: int) -> None:
-    """The working tree's CPU path against `rev`'s, interleaved pair by pair (the order rotates)."""
-    import wtours.clips.augment_cpu as current
-
-    baseline = baseline_module(rev)
-    batch = clip_jpgs(shards, 8)
-    config = MultiCropConfig()
-    # name -> (in-process run, the loader's dataset)
-    contenders = {
-        rev: (lambda rng: baseline.multicrop_cpu([baseline.decode_clip(c) for c in batch], rng, config),
-              decode_all_dataset(baseline)),
-        "working tree, batch decoded first": (
-            lambda rng: current.multicrop_cpu([current.decode_clip(c) for c in batch], rng, config),
-            decode_all_dataset(current)),
-        "working tree, each clip decoded before its crops": (
-            lambda rng: current.multicrop_jpegs(batch, rng, config), DecodeEachClipDataset),
-    }
-    names = list(contenders)
-    rows: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "rate": [], "worker": []} for name in names}
-    loader_config = LoaderConfig(batch_size=batch_size, workers=1, shuffle_buffer=16)
-    for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            run, _ = contenders[name]
-            start = time.process_time()
-            run(np.random.default_rng(r))  # the same draws for all
-            rows[name]["cpu"].append((time.process_time() - start) * 1000 / len(batch))
-        for name in order:
-            rate, worker = timed_loader(shards, loader_config, batches, dataset_type=contenders[name][1])
-            rows[name]["rate"].append(rate)
-            rows[name]["worker"].append(worker)
-        print(f"  round {r + 1}: " + "; ".join(
-            f"{name}: {rows[name]['cpu'][-1]:.1f} ms in-process, 1 worker {rows[name]['rate'][-1]:.2f} clips/s, "
-            f"worker CPU {rows[name]['worker'][-1]:.1f} ms" for name in names), flush=True)
-    for key, label in (("cpu", "decode + multi-crop in one process, CPU ms per clip"),
-                       ("worker", "1 worker, the worker's CPU ms per clip"),
-                       ("rate", "1 worker, clips/s (wall clock)")):
+        trees = {rev: str(export_tree(rev, Path(folder))), "working tree": ""}
+        for r in range(repeats):
+            for name in names[r % 2:] + names[:r % 2]:
+                env = {**os.environ, TREE_VARIABLE: trees[name]}
+                done = subprocess.run([sys.executable, __file__, "--probe", "--batches", str(batches),
+                                       "--batch-size", str(batch_size)], env=env, capture_output=True, text=True)
+                if done.returncode:
+                    sys.exit(f"the probe of {name} failed:\n{done.stderr[-2000:]}")
+                figures = json.loads(done.stdout.strip().splitlines()[-1])
+                for key in rows[name]:
+                    rows[name][key].append(figures[key])
+            print(f"  round {r + 1}: " + "; ".join(
+                f"{name}: 1 worker {rows[name]['rate'][-1]:.2f} clips/s, worker CPU {rows[name]['worker'][-1]:.1f} "
+                f"ms (kernel {rows[name]['system'][-1]:.1f} ms, {rows[name]['faults'][-1]:.0f} faults), one process "
+                f"{rows[name]['cpu'][-1]:.1f} ms" for name in names), flush=True)
+    for key, label in (("worker", "1 worker, the worker's CPU ms per clip"),
+                       ("system", "1 worker, of which in the kernel, ms per clip"),
+                       ("faults", "1 worker, the worker's minor page faults per clip"),
+                       ("rate", "1 worker, clips/s (wall clock)"),
+                       ("cpu", "the loader in one process, CPU ms per clip")):
         print(f"{label}:")
         old = np.array(rows[rev][key])
         for name in names:
             new = np.array(rows[name][key])
             ratios = old / new if key != "rate" else new / old
-            print(f"  {name:50s} {np.median(new):7.2f}  speed-up over {rev}: median {np.median(ratios):.3f}x "
+            gain = f"{rev} / this" if key != "rate" else f"this / {rev}"
+            print(f"  {name:14s} {np.median(new):7.2f}  {gain}: median {np.median(ratios):.3f}x "
                   f"(rounds {ratios.min():.3f}-{ratios.max():.3f})")
     print("clips/s per core from the worker's CPU time (median): " + ", ".join(
         f"{name} {1000 / np.median(rows[name]['worker']):.2f}" for name in names))
@@ -267,6 +264,9 @@ def compare_with_baseline(shards, rev: str, repeats: int, batches: int, batch_si
 def authors_style_rate(video: Path, clips: int) -> float:
     """Reopen the 4K video per clip, decode 8 full-resolution frames 60 apart, augment."""
     from PIL import Image
+
+    from wtours.clips.augment import MultiCropConfig
+    from wtours.media import ffmpeg_exe, probe
 
     info = probe(video)
     rng = np.random.default_rng(0)
@@ -286,7 +286,11 @@ def authors_style_rate(video: Path, clips: int) -> float:
 def reading_shard():
     """One full 1000-sample shard at the default settings (2 fps, short side 512, quality 90) from the
     street footage (20 s) looped to 520 s (stream copy): the size of a corpus shard."""
-    from wtours.clips.spec import ShardRef
+    from wtours.clips.spec import ShardRef, resolve
+    from wtours.download import add_local
+    from wtours.layout import Layout
+    from wtours.shard.params import RunOptions, ShardParams
+    from wtours.shard.run import shard_video
 
     root = Layout(DATA / "reading-root")
     if root.read_index("street") is None:
@@ -391,28 +395,34 @@ def main() -> None:
     parser.add_argument("--authors-clips", type=int, default=3)
     parser.add_argument("--reading-only", action="store_true", help="only the partial-read costs and plan ratios")
     parser.add_argument("--baseline", metavar="REV",
-                        help="compare the CPU path with wtours/clips/augment_cpu.py as of this git revision, only")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved pairs for --baseline")
+                        help="compare the CPU data path (wtours/ as a whole) with this git revision's, only")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds for --baseline")
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # one --baseline contender
     args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.probe:
+        print(json.dumps(probe_figures(DATA / "loader-root", args.batches, args.batch_size)))
+        return
     if args.reading_only:
         print(header("loader_bench (reading)"))
         reading_costs()
         return
+    from wtours.clips.pipeline import LoaderConfig
+    from wtours.clips.spec import resolve
+
     root, video = bench_shards()
     shards = resolve("street", root.root)
     cores = os.cpu_count() or 1
-    torch.set_num_threads(1)
     print(header("loader_bench" + (f" (--baseline {args.baseline})" if args.baseline else "")))
     if args.baseline:
-        compare_with_baseline(shards, args.baseline, args.repeats, args.batches, args.batch_size)
+        compare_with_baseline(root.root, args.baseline, args.repeats, args.batches, args.batch_size)
         return
     index = root.read_index("street")
     print(f"shards: {len(index['shards'])} x {index['shards'][0]['samples']} frames "
           f"{index['shards'][0]['name']}, {index['params']}")
-    one, worker = timed_loader(shards, LoaderConfig(batch_size=args.batch_size, workers=1, shuffle_buffer=16),
-                               args.batches)
-    print(f"cpu path, 1 worker:      {one:6.2f} clips/s  (per core; the worker's CPU: {worker:.1f} ms per clip, "
-          f"{1000 / worker:.2f} clips/s)")
+    one = timed_loader(shards, LoaderConfig(batch_size=args.batch_size, workers=1, shuffle_buffer=16), args.batches)
+    print(f"cpu path, 1 worker:      {one.rate:6.2f} clips/s  (per core; the worker's CPU: {one.cpu:.1f} ms per clip, "
+          f"{1000 / one.cpu:.2f} clips/s; {one.system:.1f} ms of it in the kernel, {one.faults:.0f} page faults)")
     many = cpu_rate(shards, cores, args.batches, args.batch_size)
     print(f"cpu path, {cores} workers:     {many:6.2f} clips/s")
     fast, pil = augment_costs(shards, clips=8, repeats=5)
@@ -428,7 +438,7 @@ def main() -> None:
         print("gpu path (device side): no CUDA here")
     authors = authors_style_rate(video, args.authors_clips)
     print(f"authors-style (4K decode per clip, 1 thread): {authors:6.3f} clips/s")
-    print(f"ratio cpu 1 worker / authors-style: {one / authors:.0f}x")
+    print(f"ratio cpu 1 worker / authors-style: {one.rate / authors:.0f}x")
     reading_costs()
 
 

@@ -394,6 +394,21 @@ def test_clip_with_an_undecodable_frame_is_counted_and_replaced(gapped, tmp_path
     assert all(b[0].shape[0] == 3 for b in batches) and len(batches) == len(dataset)
 
 
+def test_a_workers_error_arrives_with_its_hint(gapped, tmp_path):
+    """Every JPEG damaged: the worker's "no clip of a batch decodes" reaches the training process as the
+    same WtoursError, hint included (the DataLoader alone would re-raise it with the worker's traceback
+    as its message and no hint)."""
+    source = resolve("gap", gapped.root)[0]
+    problems = Problems()
+    samples = list(tar_samples(open_shards([source], problems), problems))
+    write_tar(tmp_path / "gap-000000.tar", [member for sample in samples for member in (
+        (f"{sample.key}.jpg", sample.jpg[:100]), (f"{sample.key}.json", sample.json))])
+    shard = dataclasses.replace(source, url=str(tmp_path / "gap-000000.tar"))
+    with pytest.raises(WtoursError, match="^no clip of a batch decodes") as error:
+        next(iter(make_loader(ClipDataset([shard], LoaderConfig(batch_size=2, workers=1, clip=CLIP)))))
+    assert "re-make it with wtours shard" in error.value.hint and "Traceback" not in error.value.message
+
+
 def test_spec_matching_nothing_fails_first(tmp_path):
     with pytest.raises(WtoursError, match=r"SPEC '.*nothing-\{0\.\.3\}\.tar' matches no shard"):
         resolve(str(tmp_path / "nothing-{0..3}.tar"))
@@ -756,6 +771,25 @@ def test_worker_batches_are_the_in_process_batches(gapped):
     for a, b in zip(worker, in_process):
         assert a.keys == b.keys
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_workers_start_after_the_parent_used_opencvs_thread_pool(gapped):
+    """A worker sets OpenCV to one thread; a forked child doing so after its parent ran a parallel
+    OpenCV kernel used to hang for good. Run in a subprocess with a deadline, so a hang fails the test."""
+    script = f"""
+import cv2, numpy as np
+cv2.setNumThreads(2)
+cv2.GaussianBlur(np.zeros((1024, 1024, 3), np.uint8), (9, 9), 3)  # on OpenCV's thread pool
+from wtours.clips.epoch import ClipConfig
+from wtours.clips.pipeline import ClipDataset, LoaderConfig, make_loader
+from wtours.clips.spec import resolve
+config = LoaderConfig(batch_size=2, workers=1, clip=ClipConfig(frames=4, stride=1.0))
+batch = next(iter(make_loader(ClipDataset(resolve("gap", {str(gapped.root)!r}), config))))
+print(len(batch.keys), cv2.getNumThreads())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["2", "2"]  # a batch, and the parent's thread count as it was
 
 
 def test_gpu_augmenter_runs_on_cpu_too(gapped):

@@ -129,3 +129,26 @@ def test_gpu_augmentation_path_matches_the_cpu_path(root):
             assert a.device.type == "cuda" and a.shape == b.shape and a.dtype == b.dtype == torch.float32
             error = (a.cpu() - b).abs().mean() / GREY_LEVEL
             assert error < 0.75, f"GPU vs CPU path: {error:.3f} grey levels"  # 0.3 between the CPU-run paths
+
+
+def test_pinned_batches_free_their_worker_sets_and_keep_their_values(root):
+    """With pin_memory the loader tracks the views the worker filled (the pinned copy's `lease_refs`):
+    sets are reused, and the pinned batches are those of a loader without reuse."""
+    import hashlib
+
+    from wtours.clips.pipeline import make_loader
+
+    def digest(batch) -> str:
+        return hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for v in batch)).hexdigest()
+
+    config = LoaderConfig(batch_size=2, workers=1, clip=ClipConfig(frames=2, stride=0.5), shuffle_buffer=4)
+    plain = torch.utils.data.DataLoader(ClipDataset(resolve("walk", root), config), batch_size=None, num_workers=1)
+    expected = [digest(b) for b in list(plain)]
+    assert len(expected) >= 8
+    leases, seen = [], []
+    for batch in make_loader(ClipDataset(resolve("walk", root), config), pin_memory=True):
+        assert all(v.is_pinned() for v in batch)
+        seen.append(digest(batch))
+        leases.append(batch.lease)
+    assert seen == expected
+    assert all(lease is not None for lease in leases) and len({lease.cell for lease in leases}) < len(leases)

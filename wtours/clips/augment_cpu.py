@@ -22,8 +22,9 @@ from torch.utils.data import get_worker_info
 
 from wtours.clips.augment import ColourPlan, CropPlan, MultiCropConfig, plan_colours, plan_crops, resized_crop
 from wtours.clips.jpeg import WindowDecoder, decode_clip, not_decodable, window_decoder
+from wtours.clips.recycle import shared_empty
 
-__all__ = ["DecodedViews", "colour_cpu", "decode_clip", "multicrop_cpu", "multicrop_jpegs"]
+__all__ = ["DecodedViews", "colour_cpu", "decode_clip", "multicrop_cpu", "multicrop_jpegs", "output_shapes"]
 
 
 def multicrop_cpu(clips: list[list[torch.Tensor]], rng: np.random.Generator,
@@ -53,9 +54,12 @@ class DecodedViews:
     failures: list[tuple[int, RuntimeError]]  # (clip, its decoding error) for each clip that does not decode
 
 
-def multicrop_jpegs(clips: list[list[bytes]], rng: np.random.Generator, config: MultiCropConfig) -> DecodedViews:
+def multicrop_jpegs(clips: list[list[bytes]], rng: np.random.Generator, config: MultiCropConfig,
+                    outputs: list[torch.Tensor] | None = None) -> DecodedViews:
     """B clips of T JPEGs -> `multicrop_cpu`'s views, each clip decoded just before its crops: only the
     clip window its crops use where TurboJPEG 3 is at hand (`jpeg.window_decoder`), the same pixels.
+    `outputs` (shapes from `output_shapes`) are filled where given, instead of new tensors: a worker's
+    reused shared memory (`recycle.OutputPool`).
 
     A clip's frames (11 MB at 910x512) are still in the cache when their windows are copied, and
     their memory is reused by the next clip's, where decoding the whole batch first (90 MB) leaves
@@ -66,7 +70,7 @@ def multicrop_jpegs(clips: list[list[bytes]], rng: np.random.Generator, config: 
     random draws are those of `multicrop_cpu` on the decodable clips' frames followed by repeats of
     the first of them."""
     cv2.setNumThreads(1)
-    views = _Views(len(clips), len(clips[0]), config)
+    views = _Views(len(clips), len(clips[0]), config, outputs)
     decoder = window_decoder()
     sources: list[int] = []
     failures: list[tuple[int, RuntimeError]] = []
@@ -87,14 +91,26 @@ def multicrop_jpegs(clips: list[list[bytes]], rng: np.random.Generator, config: 
     return DecodedViews(views.tensors(), sources, failures)
 
 
+def output_shapes(b: int, t: int, config: MultiCropConfig) -> list[tuple[int, ...]]:
+    """The shapes of the two blocks a batch's views live in: the global views (B, T, 3, G, G), in the
+    model's planar layout, and the local views (n, B, T, 3, L, L), view-major, so that each local
+    view is one contiguous block."""
+    n, g, size = config.n_local, config.global_size, config.local_size
+    return [(b, t, 3, g, g), (n, b, t, 3, size, size)]
+
+
 class _Views:
     """The output views of B clips of T frames, filled a clip at a time."""
 
-    def __init__(self, b: int, t: int, config: MultiCropConfig) -> None:
-        n, g, size = config.n_local, config.global_size, config.local_size
+    def __init__(self, b: int, t: int, config: MultiCropConfig, outputs: list[torch.Tensor] | None = None) -> None:
+        g = config.global_size
         self.config, self.t = config, t
-        self.globals_ = _output((b, t, 3, g, g))  # (B, T, 3, G, G): the model's planar layout
-        self.locals_ = _output((n, b, t, 3, size, size))  # view-major: each local view is one contiguous block
+        shapes = output_shapes(b, t, config)
+        if outputs is None:
+            outputs = [_output(shape) for shape in shapes]
+        elif [tuple(o.shape) for o in outputs] != shapes or any(o.dtype != torch.uint8 for o in outputs):
+            raise ValueError(f"outputs must be uint8 tensors of shapes {shapes}")
+        self.globals_, self.locals_ = outputs
         self.planar_g, self.planar_l = self.globals_.numpy(), self.locals_.numpy()
         self.mirror = np.empty((t, g, g, 3), np.uint8)  # (T, G, G, 3): a flipped clip's global views, reused
 
@@ -158,14 +174,8 @@ class _Views:
 
 
 def _output(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised uint8 tensor. In a DataLoader worker it is allocated in shared memory, as
-    torch's default_collate allocates its batches: a tensor in private memory is copied into shared
-    memory when the worker sends it, one this size is not."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    elem = torch.empty(0, dtype=torch.uint8)
-    storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
-    return elem.new(storage).resize_(shape)
+    """An uninitialised uint8 tensor; in a DataLoader worker, in shared memory (`recycle.shared_empty`)."""
+    return torch.empty(shape, dtype=torch.uint8) if get_worker_info() is None else shared_empty(shape)
 
 
 def _split(image: np.ndarray, planes: np.ndarray) -> None:

@@ -7,8 +7,10 @@ quota -> shuffle buffer -> decode + augment (CPU) or raw JPEG batches for the GP
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from wtours.clips.augment import MultiCropConfig, multicrop_tensor, normalise_uint8
 from wtours.clips.epoch import ClipConfig, EpochPlan, clips_per_epoch, plan_epoch
+from wtours.clips.recycle import Lease, Leases, OutputPool, StorageWeakRef, storage_refs
 from wtours.clips.spec import ShardRef
 from wtours.clips.stages import Clip, Problems, batched, open_shards, samples_to_clips, shuffle, take_quota, tar_samples
 from wtours.errors import UsageError, WtoursError
@@ -47,13 +50,16 @@ class ClipBatch(list):
     consumer calls `.to(device).normalised()` to get the model's float input. GpuAugmenter's batches
     are normalised float already."""
 
-    def __init__(self, views: list[torch.Tensor], keys: list[str], problems: dict | None = None):
+    def __init__(self, views: list[torch.Tensor], keys: list[str], problems: dict | None = None,
+                 lease: Lease | None = None, lease_refs: list[StorageWeakRef] | None = None):
         super().__init__(views)
         self.keys = keys
         self.problems = problems  # what its worker skipped since its previous batch (ClipDataset.__iter__)
+        self.lease = lease  # the worker's reusable output set the views are in (`recycle`), if any
+        self.lease_refs = lease_refs  # a pinned copy's: weak references to the views its worker filled
 
     def pin_memory(self) -> ClipBatch:
-        return ClipBatch([v.pin_memory() for v in self], self.keys, self.problems)
+        return ClipBatch([v.pin_memory() for v in self], self.keys, self.problems, self.lease, storage_refs(self))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ClipBatch:
         return ClipBatch([v.to(device, non_blocking=non_blocking) for v in self], self.keys, self.problems)
@@ -61,6 +67,19 @@ class ClipBatch(list):
     def normalised(self) -> ClipBatch:
         """uint8 views -> float32 ImageNet-normalised views, on the views' device (`augment.normalise_uint8`)."""
         return ClipBatch([normalise_uint8(v) for v in self], self.keys, self.problems)
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A WtoursError of a worker, sent in place of a batch: the DataLoader would re-raise it with the
+    worker's traceback as its message and without its hint. ClipLoader raises it as it was."""
+
+    message: str
+    hint: str | None
+    exit_code: int
+
+    def error(self) -> WtoursError:
+        return WtoursError(self.message, self.hint, self.exit_code)
 
 
 @dataclass
@@ -88,6 +107,7 @@ class ClipDataset(IterableDataset):
         self.epoch = 0
         self.skip_batches = 0
         self.problems = Problems()  # filled in this process (workers: in theirs; each batch carries its delta)
+        self.leases: Leases | None = None  # set by ClipLoader for its workers: they reuse their output memory
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Start `epoch`, optionally past its first `skip_batches` batches (resuming mid-epoch)."""
@@ -126,13 +146,19 @@ class ClipDataset(IterableDataset):
         skipped = len(range(role, self.skip_batches, workers)) * self.config.batch_size
         clips = itertools.islice(clips, skipped, None)  # skipped before decoding: cheap
         counted = problem_counts(self.problems)
-        for batch in batched(clips, self.config.batch_size):
-            out = self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng)
-            # what this worker skipped since its last batch travels with the batch, so the training
-            # process counts every worker's (and, gathered, every rank's) skipped shards and clips
-            now = problem_counts(self.problems)
-            out.problems, counted = problems_since(counted, now), now
-            yield out
+        pool = OutputPool(self.leases, worker) if info and self.leases is not None else None
+        try:
+            for batch in batched(clips, self.config.batch_size):
+                out = self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng, pool)
+                # what this worker skipped since its last batch travels with the batch, so the training
+                # process counts every worker's (and, gathered, every rank's) skipped shards and clips
+                now = problem_counts(self.problems)
+                out.problems, counted = problems_since(counted, now), now
+                yield out
+        except WtoursError as error:
+            if info is None:
+                raise
+            yield WorkerFailure(error.message, error.hint, error.exit_code)  # ClipLoader raises it
 
     def _clip_pass(self, plan: EpochPlan, slot: int) -> Iterator[Clip]:
         """The slot's clips: its own stretch, then its padding. A further pass (take_quota) happens only
@@ -140,18 +166,25 @@ class ClipDataset(IterableDataset):
         samples = tar_samples(open_shards(plan.reads(slot), self.problems), self.problems)
         yield from samples_to_clips(samples, self.config.clip, self.problems)
 
-    def _augment(self, batch: list[Clip], rng: np.random.Generator) -> ClipBatch:
+    def _augment(self, batch: list[Clip], rng: np.random.Generator, pool: OutputPool | None = None) -> ClipBatch:
         """Decode and multi-crop, each clip decoded just before its crops; a clip with a frame that does
         not decode is counted, and its place in the batch goes to another clip of the batch (with new
-        crops), so batches keep their size."""
-        result = cpu_augmenter()([clip.jpgs for clip in batch], rng, self.config.multicrop)
+        crops), so batches keep their size. The views go into a set of `pool`'s where one is free."""
+        multicrop = cpu_augmenter()
+        outputs, cell = None, None
+        if pool is not None:
+            from wtours.clips.augment_cpu import output_shapes
+
+            outputs, cell = pool.take(output_shapes(len(batch), self.config.clip.frames, self.config.multicrop))
+        result = multicrop([clip.jpgs for clip in batch], rng, self.config.multicrop, outputs)
         for i, error in result.failures:
             self.problems.clip_failed(batch[i].key, batch[i].url, error)
         if not result.sources:
             raise WtoursError(f"no clip of a batch decodes (first: {batch[0].key} in {batch[0].url})",
                               "the shard's JPEGs are damaged: re-make it with wtours shard, or leave it out of "
                               "the SPEC")
-        return ClipBatch(result.views, [batch[i].key for i in result.sources])
+        return ClipBatch(result.views, [batch[i].key for i in result.sources],
+                         lease=pool.lend(cell) if pool is not None else None)
 
     def _raw(self, batch: list[Clip]) -> RawClipBatch:
         jpgs = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for clip in batch for j in clip.jpgs]
@@ -217,24 +250,61 @@ def add_problems(problems: Problems, delta: dict | None) -> None:
 
 
 class ClipLoader(DataLoader):
-    """The DataLoader of a ClipDataset, keeping `dataset.problems` of this process complete.
+    """The DataLoader of a ClipDataset, keeping `dataset.problems` of this process complete, and
+    letting its CPU-path workers reuse their output memory.
 
     A worker process counts what it skips in its own copy of the dataset, which this process never
     sees; the counts travel with each batch (`batch.problems`, what the worker skipped since its
     previous batch), and this loader adds them to `dataset.problems` as the batches arrive. With
     workers=0 the dataset counts here directly. A shard skipped after a worker's last batch is not
-    counted (the quota stops reading once that batch is full)."""
+    counted (the quota stops reading once that batch is full).
+
+    Each iteration's workers get a fresh `recycle.Leases`; the loader frees a batch's output set for
+    reuse once this process holds nothing of it (`recycle` has the protocol)."""
 
     dataset: ClipDataset
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        batches = super().__iter__()
-        return self._counted(batches) if self.num_workers else batches
+        if not self.num_workers:
+            return super().__iter__()
+        leases = Leases(self.num_workers) if self.dataset.config.augment == "cpu" else None
+        self.dataset.leases = leases  # before super().__iter__() starts the workers, which copy the dataset
+        with opencv_serial():
+            batches = super().__iter__()
+        return self._delivered(batches, leases)
 
-    def _counted(self, batches: Iterator[Any]) -> Iterator[Any]:
-        for batch in batches:
+    def _delivered(self, batches: Iterator[Any], leases: Leases | None) -> Iterator[Any]:
+        while True:
+            if leases is not None:
+                leases.sweep()  # the consumer is asking for a batch: earlier ones it dropped are free
+            batch = next(batches, None)
+            if batch is None:
+                return
+            if isinstance(batch, WorkerFailure):
+                raise batch.error()
             add_problems(self.dataset.problems, batch.problems)
+            if leases is not None:
+                leases.track(batch.lease, batch.lease_refs or storage_refs(batch))
             yield batch
+            del batch  # this generator holds no batch while the consumer works
+
+
+@contextlib.contextmanager
+def opencv_serial() -> Iterator[None]:
+    """OpenCV without its thread pool while DataLoader workers are forked. A worker sets OpenCV to one
+    thread (`augment_cpu`), and a forked child doing that hangs for good where the parent had used the
+    pool (any parallel kernel, e.g. a blur of a large image): the child's pool waits for threads that
+    were not copied. Restored afterwards; nothing to do where OpenCV is not loaded."""
+    cv2 = sys.modules.get("cv2")
+    if cv2 is None:
+        yield
+        return
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def make_loader(dataset: ClipDataset, pin_memory: bool = False) -> ClipLoader:
