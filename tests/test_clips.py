@@ -408,6 +408,12 @@ def test_a_workers_error_arrives_with_its_hint(gapped, tmp_path):
         next(iter(make_loader(ClipDataset([shard], LoaderConfig(batch_size=2, workers=1, clip=CLIP)))))
     assert "re-make it with wtours shard" in error.value.hint and "Traceback" not in error.value.message
 
+    # an error before the first batch (the epoch plan: a stride off the 2 fps grid) arrives the same way
+    config = LoaderConfig(batch_size=2, workers=1, clip=ClipConfig(frames=4, stride=0.75))
+    with pytest.raises(WtoursError, match="whole number of frames") as error:
+        next(iter(make_loader(ClipDataset([source], config))))
+    assert error.value.hint and "Caught" not in error.value.message
+
 
 def test_spec_matching_nothing_fails_first(tmp_path):
     with pytest.raises(WtoursError, match=r"SPEC '.*nothing-\{0\.\.3\}\.tar' matches no shard"):
@@ -787,7 +793,7 @@ config = LoaderConfig(batch_size=2, workers=1, clip=ClipConfig(frames=4, stride=
 batch = next(iter(make_loader(ClipDataset(resolve("gap", {str(gapped.root)!r}), config))))
 print(len(batch.keys), cv2.getNumThreads())
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["2", "2"]  # a batch, and the parent's thread count as it was
 

@@ -147,7 +147,7 @@ def test_pinned_batches_free_their_worker_sets_and_keep_their_values(root):
     assert len(expected) >= 8
     leases, seen = [], []
     for batch in make_loader(ClipDataset(resolve("walk", root), config), pin_memory=True):
-        assert all(v.is_pinned() for v in batch)
+        assert all(v.is_pinned() for v in batch) and batch.lease_refs is not None  # the worker's views, tracked
         seen.append(digest(batch))
         leases.append(batch.lease)
     assert seen == expected

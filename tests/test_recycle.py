@@ -116,13 +116,28 @@ def test_a_consumer_that_keeps_everything_gets_fresh_memory(walk):
 
 
 def test_each_epoch_has_its_own_table(walk):
-    """A batch of the previous epoch still held cannot free a set of the next epoch's workers."""
+    """A batch of the previous epoch still held neither blocks nor frees a set of the next epoch's
+    workers: they start from a table of their own (cell 0 free), and the old batch stays as it was."""
     dataset = ClipDataset(resolve("walk", walk.root), dataclasses.replace(CONFIG, workers=1))
     first = next(iter(make_loader(dataset)))
+    assert first.lease is not None and first.lease.cell == 0
     kept = digest(first)
     dataset.set_epoch(1)
-    assert [(b.keys, digest(b)) for b in make_loader(dataset)] == in_process(walk, epoch=1)
+    batches = []
+    for batch in make_loader(dataset):
+        batches.append((batch.keys, digest(batch)))
+        if len(batches) == 1:
+            assert batch.lease is not None and batch.lease.cell == 0
+    assert batches == in_process(walk, epoch=1)
     assert digest(first) == kept
+    assert dataset.leases is None  # the workers took their copy; no later loader shares the table
+
+
+def test_reuse_can_be_turned_off(walk):
+    dataset = ClipDataset(resolve("walk", walk.root), dataclasses.replace(CONFIG, workers=1))
+    batches = [(b.keys, digest(b), b.lease) for b in make_loader(dataset, reuse_outputs=False)]
+    assert all(lease is None for _, _, lease in batches)
+    assert [(keys, d) for keys, d, _ in batches] == in_process(walk)
 
 
 def test_the_pool_takes_only_free_cells_and_marks_them_when_lent():
@@ -150,11 +165,10 @@ def test_the_pool_takes_only_free_cells_and_marks_them_when_lent():
 SMALL_SHM = 'mount -t tmpfs -o size="$SHM_SIZE" tmpfs /dev/shm && exec "$@"'
 
 
-def with_small_shm(size: str, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+def with_small_shm(size: str, argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     """Run argv with its own /dev/shm of `size` (a tmpfs in a private mount namespace: needs root)."""
-    env = {**os.environ, "SHM_SIZE": size, **kwargs.pop("env", {})}
-    return subprocess.run(["unshare", "-m", "sh", "-c", SMALL_SHM, "sh", *argv], env=env, capture_output=True,
-                          text=True, timeout=300, **kwargs)
+    return subprocess.run(["unshare", "-m", "sh", "-c", SMALL_SHM, "sh", *argv], env={**os.environ, "SHM_SIZE": size},
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +199,39 @@ def test_a_small_dev_shm_makes_workers_wait_for_their_sets(walk, small_shm_possi
     rows = json.loads(done.stdout)
     assert [(keys, digest) for keys, digest, _ in rows] == in_process(walk)
     assert {cell for _, _, cell in rows} == {0, 1}
+
+
+def test_room_for_one_set_fails_at_once(walk, small_shm_possible):
+    """With room for one set only, the worker cannot wait: the consumer's loop variable holds that set
+    until the next batch arrives, and that is the batch the worker would fill. It fails at once."""
+    done = with_small_shm("2200k", [sys.executable, "-c", LOADER_SCRIPT, str(walk.root)], timeout=50)
+    assert done.returncode != 0
+    assert "SharedMemoryFull: no room in shared memory for a batch's views" in done.stderr
+
+
+BREAK_SCRIPT = """
+import sys, time
+from wtours.clips.epoch import ClipConfig
+from wtours.clips.pipeline import ClipDataset, LoaderConfig, make_loader
+from wtours.clips.spec import resolve
+config = LoaderConfig(batch_size=2, workers=1, clip=ClipConfig(frames=2, stride=0.5), shuffle_buffer=4)
+kept = []
+for batch in make_loader(ClipDataset(resolve("walk", sys.argv[1]), config)):
+    kept.append(batch)  # both of the worker's sets stay out: it waits for one
+    if len(kept) == 2:
+        time.sleep(1)
+        start = time.monotonic()
+        break
+print(time.monotonic() - start)
+"""
+
+
+def test_leaving_the_loop_releases_a_waiting_worker(walk, small_shm_possible):
+    """Breaking out while the worker waits for a set: the loader tells it to give up, so the DataLoader's
+    shutdown joins it at once (it used to wait 5 s per worker, then terminate it)."""
+    done = with_small_shm("3500k", [sys.executable, "-c", BREAK_SCRIPT, str(walk.root)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout) < 4.0
 
 
 def test_no_room_for_one_batch_is_a_clear_error(walk, tmp_path, small_shm_possible):

@@ -74,12 +74,17 @@ class WorkerFailure:
     """A WtoursError of a worker, sent in place of a batch: the DataLoader would re-raise it with the
     worker's traceback as its message and without its hint. ClipLoader raises it as it was."""
 
+    kind: type[WtoursError]  # pickled by reference: UsageError, recycle.SharedMemoryFull, ...
     message: str
     hint: str | None
     exit_code: int
 
+    @classmethod
+    def of(cls, error: WtoursError) -> WorkerFailure:
+        return cls(type(error), error.message, error.hint, error.exit_code)
+
     def error(self) -> WtoursError:
-        return WtoursError(self.message, self.hint, self.exit_code)
+        return self.kind(self.message, self.hint, self.exit_code)
 
 
 @dataclass
@@ -130,6 +135,16 @@ class ClipDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
+        if info is None:
+            yield from self._batches(None)
+            return
+        try:
+            yield from self._batches(info)
+        except WtoursError as error:
+            yield WorkerFailure.of(error)  # ClipLoader raises it
+
+    def _batches(self, info) -> Iterator[Any]:
+        """The batches of this process's slot (`info`: its DataLoader worker, None in the main process)."""
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         # The DataLoader takes whole batches from its workers in turn, starting with worker 0, and the
         # plan gives worker w the batches w, w + workers, ... of the epoch. Resumed after k batches,
@@ -147,18 +162,13 @@ class ClipDataset(IterableDataset):
         clips = itertools.islice(clips, skipped, None)  # skipped before decoding: cheap
         counted = problem_counts(self.problems)
         pool = OutputPool(self.leases, worker) if info and self.leases is not None else None
-        try:
-            for batch in batched(clips, self.config.batch_size):
-                out = self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng, pool)
-                # what this worker skipped since its last batch travels with the batch, so the training
-                # process counts every worker's (and, gathered, every rank's) skipped shards and clips
-                now = problem_counts(self.problems)
-                out.problems, counted = problems_since(counted, now), now
-                yield out
-        except WtoursError as error:
-            if info is None:
-                raise
-            yield WorkerFailure(error.message, error.hint, error.exit_code)  # ClipLoader raises it
+        for batch in batched(clips, self.config.batch_size):
+            out = self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng, pool)
+            # what this worker skipped since its last batch travels with the batch, so the training
+            # process counts every worker's (and, gathered, every rank's) skipped shards and clips
+            now = problem_counts(self.problems)
+            out.problems, counted = problems_since(counted, now), now
+            yield out
 
     def _clip_pass(self, plan: EpochPlan, slot: int) -> Iterator[Clip]:
         """The slot's clips: its own stretch, then its padding. A further pass (take_quota) happens only
@@ -263,17 +273,29 @@ class ClipLoader(DataLoader):
     reuse once this process holds nothing of it (`recycle` has the protocol)."""
 
     dataset: ClipDataset
+    reuse_outputs = True  # make_loader's switch
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         if not self.num_workers:
             return super().__iter__()
-        leases = Leases(self.num_workers) if self.dataset.config.augment == "cpu" else None
+        reuse = self.reuse_outputs and self.dataset.config.augment == "cpu"
+        leases = Leases(self.num_workers) if reuse else None
         self.dataset.leases = leases  # before super().__iter__() starts the workers, which copy the dataset
         with opencv_serial():
-            batches = super().__iter__()
+            try:
+                batches = super().__iter__()
+            finally:
+                self.dataset.leases = None  # the workers have their copy; no later loader may share the table
         return self._delivered(batches, leases)
 
     def _delivered(self, batches: Iterator[Any], leases: Leases | None) -> Iterator[Any]:
+        try:
+            yield from self._delivering(batches, leases)
+        finally:
+            if leases is not None:
+                leases.close()  # before `batches` goes and its shutdown joins the workers
+
+    def _delivering(self, batches: Iterator[Any], leases: Leases | None) -> Iterator[Any]:
         while True:
             if leases is not None:
                 leases.sweep()  # the consumer is asking for a batch: earlier ones it dropped are free
@@ -307,7 +329,12 @@ def opencv_serial() -> Iterator[None]:
         cv2.setNumThreads(threads)
 
 
-def make_loader(dataset: ClipDataset, pin_memory: bool = False) -> ClipLoader:
+def make_loader(dataset: ClipDataset, pin_memory: bool = False, reuse_outputs: bool = True) -> ClipLoader:
+    """The DataLoader of `dataset`. With `reuse_outputs` (the default) CPU-path workers refill the memory
+    of batches this process has dropped (`recycle`); turn it off where views of a batch are handed to
+    another process without a copy (that process's references are not seen)."""
     workers = dataset.config.workers
-    return ClipLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      prefetch_factor=2 if workers else None, persistent_workers=False)
+    loader = ClipLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                        prefetch_factor=2 if workers else None, persistent_workers=False)
+    loader.reuse_outputs = reuse_outputs
+    return loader

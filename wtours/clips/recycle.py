@@ -21,7 +21,9 @@ The protocol, between the loader in the training process and its workers:
   them. A consumer that keeps any part of a batch keeps its set out of the pool for as long as it does.
 
 Only the loader clears cells, and only a cell still holding the serial it recorded, so a worker never
-reuses a set that the training process can still read."""
+reuses a set that the training process can still read. What the loader cannot see is another process
+holding a view: hand views to another process as copies (`.clone()`), or turn reuse off
+(`make_loader(..., reuse_outputs=False)`)."""
 
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def shared_empty(shape: tuple[int, ...]) -> torch.Tensor:
         if "shared memory" not in str(error):
             raise
         raise SharedMemoryFull(
-            f"no room in shared memory for a batch's views ({math.prod(shape) / 2**20:.0f} MB more): {error}",
+            f"no room in shared memory for a batch's views ({math.prod(shape) / 2**20:.1f} MB more): {error}",
             "DataLoader workers hand batches over in /dev/shm (each keeps up to "
             f"{SETS_PER_WORKER} batches there): give it more room (docker run --shm-size=8g; on Kubernetes, "
             "an emptyDir volume with medium: Memory mounted at /dev/shm), or lower --batch-size or --workers; "
@@ -85,10 +87,11 @@ class Leases:
 
     def __init__(self, workers: int, sets: int = SETS_PER_WORKER) -> None:
         self.cells = torch.zeros((workers, sets), dtype=torch.int64).share_memory_()  # 0: free, else a serial
+        self.closed = torch.zeros(1, dtype=torch.int64).share_memory_()  # 1: the loader stopped; waiters give up
         self._out: list[tuple[Lease, list[StorageWeakRef]]] = []
 
     def __getstate__(self) -> dict:
-        return {"cells": self.cells, "_out": []}  # a worker needs the table only
+        return {"cells": self.cells, "closed": self.closed, "_out": []}  # a worker needs the table only
 
     def track(self, lease: Lease | None, refs: list[StorageWeakRef]) -> None:
         """Remember a delivered batch's set until the storages of `refs` (`storage_refs` of the views the
@@ -108,6 +111,11 @@ class Leases:
         self._out = still_out
         return freed
 
+    def close(self) -> None:
+        """The loader is done (exhausted, broken out of, or failed): a worker waiting for a set gives up, so
+        the DataLoader's shutdown joins it at once instead of terminating it after 5 s."""
+        self.closed[0] = 1
+
     @property
     def out(self) -> int:
         """Delivered batches not yet released."""
@@ -119,6 +127,7 @@ class OutputPool:
 
     def __init__(self, leases: Leases, worker: int, wait_seconds: float = 60.0) -> None:
         self.cells, self.worker, self.wait_seconds = leases.cells[worker], worker, wait_seconds
+        self.closed = leases.closed
         self.sets: dict[int, list[torch.Tensor]] = {}
         self.serial = 0
 
@@ -151,8 +160,10 @@ class OutputPool:
         """The cell of one of this worker's sets of `shapes` once the loader frees it; None if it has
         none, or none is freed within `wait_seconds`."""
         mine = [cell for cell in self.sets if self._fits(cell, shapes)]
+        if len(mine) < 2:
+            return None  # its only set is the consumer's loop variable, freed only once this batch arrives
         deadline = time.monotonic() + self.wait_seconds
-        while mine and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not int(self.closed[0]):
             for cell in mine:
                 if int(self.cells[cell]) == 0:
                     return cell
