@@ -290,25 +290,22 @@ class ClipLoader(DataLoader):
 
     def _delivered(self, batches: Iterator[Any], leases: Leases | None) -> Iterator[Any]:
         try:
-            yield from self._delivering(batches, leases)
+            while True:
+                if leases is not None:
+                    leases.sweep()  # the consumer is asking for a batch: earlier ones it dropped are free
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                if isinstance(batch, WorkerFailure):
+                    raise batch.error()
+                add_problems(self.dataset.problems, batch.problems)
+                if leases is not None:
+                    leases.track(batch.lease, batch.lease_refs or storage_refs(batch))
+                yield batch
+                del batch  # this generator holds no batch while the consumer works
         finally:
             if leases is not None:
-                leases.close()  # before `batches` goes and its shutdown joins the workers
-
-    def _delivering(self, batches: Iterator[Any], leases: Leases | None) -> Iterator[Any]:
-        while True:
-            if leases is not None:
-                leases.sweep()  # the consumer is asking for a batch: earlier ones it dropped are free
-            batch = next(batches, None)
-            if batch is None:
-                return
-            if isinstance(batch, WorkerFailure):
-                raise batch.error()
-            add_problems(self.dataset.problems, batch.problems)
-            if leases is not None:
-                leases.track(batch.lease, batch.lease_refs or storage_refs(batch))
-            yield batch
-            del batch  # this generator holds no batch while the consumer works
+                leases.close()  # a worker waiting for a set gives up before `batches`' shutdown joins it
 
 
 @contextlib.contextmanager

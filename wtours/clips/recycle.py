@@ -99,27 +99,20 @@ class Leases:
         if lease is not None:
             self._out.append((lease, refs))
 
-    def sweep(self) -> int:
-        """Free the cells of delivered batches that this process no longer holds; returns how many."""
-        still_out, freed = [], 0
+    def sweep(self) -> None:
+        """Free the cells of delivered batches that this process no longer holds."""
+        still_out = []
         for lease, refs in self._out:
             if not all(ref.expired() for ref in refs):
                 still_out.append((lease, refs))
             elif int(self.cells[lease.worker, lease.cell]) == lease.serial:
                 self.cells[lease.worker, lease.cell] = 0
-                freed += 1
         self._out = still_out
-        return freed
 
     def close(self) -> None:
         """The loader is done (exhausted, broken out of, or failed): a worker waiting for a set gives up, so
         the DataLoader's shutdown joins it at once instead of terminating it after 5 s."""
         self.closed[0] = 1
-
-    @property
-    def out(self) -> int:
-        """Delivered batches not yet released."""
-        return len(self._out)
 
 
 class OutputPool:
@@ -157,8 +150,8 @@ class OutputPool:
         return cell in self.sets and [tuple(t.shape) for t in self.sets[cell]] == shapes
 
     def _wait_for_a_set(self, shapes: list[tuple[int, ...]]) -> int | None:
-        """The cell of one of this worker's sets of `shapes` once the loader frees it; None if it has
-        none, or none is freed within `wait_seconds`."""
+        """The cell of one of this worker's sets of `shapes` once the loader frees it; None if it has fewer
+        than two, or none is freed within `wait_seconds` or before the loader stops."""
         mine = [cell for cell in self.sets if self._fits(cell, shapes)]
         if len(mine) < 2:
             return None  # its only set is the consumer's loop variable, freed only once this batch arrives
