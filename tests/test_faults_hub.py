@@ -18,14 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.hub_server import HubServer
-from tests.videos import make_video
-from wtours.download import add_local
+from tests.videos import sharded_root
 from wtours.hub.client import HubTarget
 from wtours.hub.push import PushConfig, push
 from wtours.layout import Layout
 from wtours.locks import LOCK_FILE
-from wtours.shard.params import RunOptions, ShardParams
-from wtours.shard.run import shard_video
 
 TOKEN = "hf_alice_Fa17secret"  # must never appear in any output
 SLUG = "zurich"
@@ -37,13 +34,7 @@ pytestmark = pytest.mark.usefixtures("no_xet")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """One sharded corpus video: 5 s at 2 fps, 4 samples per shard: 3 shards."""
-    folder = tmp_path_factory.mktemp("faults")
-    layout = Layout(folder / "root")
-    video = make_video(folder / f"{SLUG}.mp4", seconds=5.0, size="192x128", rate=10)
-    add_local(video, SLUG, layout.root, mode="symlink", say=lambda m: None)
-    shard_video(layout, SLUG, ShardParams(fps=2.0, short_side=128, samples_per_shard=4),
-                RunOptions(workers=1, progress=False), say=lambda m: None)
-    return layout.root
+    return sharded_root(tmp_path_factory.mktemp("faults"), seconds=5.0, samples_per_shard=4, slug=SLUG)
 
 
 @pytest.fixture(scope="module")
