@@ -13,7 +13,9 @@ the speed of both against PIL's."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -254,6 +256,11 @@ def _cpu_saturation(image: np.ndarray, factor: float, scratch: _Scratch | None =
     cv2.addWeighted(image, factor, grey_rgb, 1 - factor, 0.0, dst=image)
 
 
+# cv2.add takes a Scalar tuple, which some releases of OpenCV's own stubs reject and others accept: typed
+# loosely here so that mypy's verdict does not depend on which opencv-python-headless resolves.
+_add_scalar: Callable[..., Any] = cv2.add
+
+
 def _cpu_hue(image: np.ndarray, shift: float, scratch: _Scratch | None = None) -> None:
     """Rotate the hue by `shift` turns, on float HSV: exact up to the final rounding, and faster than
     OpenCV's uint8 HSV conversions."""
@@ -262,7 +269,7 @@ def _cpu_hue(image: np.ndarray, shift: float, scratch: _Scratch | None = None) -
     np.copyto(rgb, image)  # uint8 -> float32, exact
     cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV, dst=hsv)  # hue in [0, 360) degrees
     # HSV2RGB wraps hues up to 720 but its vectorised loop mishandles negative ones: shift forwards
-    cv2.add(hsv, ((360.0 * shift) % 360.0, 0.0, 0.0, 0.0), dst=hsv)  # type: ignore[call-overload]  # stubs: no scalars
+    _add_scalar(hsv, ((360.0 * shift) % 360.0, 0.0, 0.0, 0.0), dst=hsv)
     cv2.convertScaleAbs(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=rgb), dst=image)  # round, saturate (values >= 0)
 
 
