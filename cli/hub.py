@@ -60,7 +60,7 @@ def push(cities, all_sets, model_dir, repo, root, private, revision, max_commit_
         from pathlib import Path
 
         from wtours.hub.model import ModelPushConfig, push_model
-        from wtours.hub.model_card import parse_dataset
+        from wtours.models.card import parse_dataset
 
         summary = push_model(ModelPushConfig(HubTarget(repo, revision), Path(model_dir), private=private,
                                              dry_run=dry_run, progress=not is_quiet(), license=license_,

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from tests.hub_server import HubServer
 from tests.test_hub import TOKEN, env_for, wtours
-from tests.videos import make_video
+from tests.videos import index_json, make_video
 from wtours.citation import ARXIV_ID, ARXIV_URL, BIBTEX
 from wtours.cli.main import cli
 from wtours.download import add_local
@@ -77,7 +77,7 @@ def push_sets(root: Path, hub: HubServer, repo: str) -> None:
 
 def card_videos(root: Path) -> list[CardVideo]:
     layout = Layout(root)
-    return [CardVideo(s, layout.read_index(s), provenance.source_record(layout, s)) for s in SETS]
+    return [CardVideo(s, index_json(layout, s), provenance.source_record(layout, s)) for s in SETS]
 
 
 def run_card(root: Path, out: Path, *extra: str):
@@ -133,7 +133,7 @@ def test_card_then_hf_upload_as_documented_gives_a_repo_wtours_reads(root, hub, 
         layout = Layout(root)
         assert files[f"{slug}/index.json"] == layout.index_path(slug).read_bytes()
         assert files[f"{slug}/{layout.wids_path(slug).name}"] == layout.wids_path(slug).read_bytes()
-        assert all(f"{slug}/{s['name']}" in files for s in layout.read_index(slug)["shards"])
+        assert all(f"{slug}/{s['name']}" in files for s in index_json(layout, slug)["shards"])
     assert not [f for f in files if "_segments" in f or f.endswith(".lock")]
     inspected = wtours(["inspect", "hf://datasets/alice/uploaded/venice/index.json", "--clip-frames", "2", "--json"],
                        env)

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from tests.http_server import FileServer
 from tests.reference_multicrop import PIL_OPS, multicrop_pil
-from tests.videos import run_ffmpeg, sharded_root
+from tests.videos import index_json, run_ffmpeg, sharded_root
 from wtours.cli.main import cli
 from wtours.clips import augment as A
 from wtours.clips import jpeg
@@ -84,7 +84,7 @@ def all_clips(shards: list[ShardRef], config: ClipConfig, epoch: int = 0) -> lis
 
 def test_clips_never_span_a_gap_and_keep_their_stride(gapped):
     shards = resolve("gap", gapped.root)
-    index = gapped.read_index("gap")
+    index = index_json(gapped, "gap")
     assert index["dropped"] == {"blank": 8} and index["blank_stretches"] == [[10.0, 13.52]]  # 25 fps frame times
     clips = all_clips(shards, CLIP)
     assert len(clips) == clips_per_epoch(shards, CLIP)

@@ -17,10 +17,10 @@ from tests.test_viz import make_walk_root, train_tiny
 from wtours.cli.main import cli
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.errors import WtoursError
-from wtours.eval.backbone import infer_arch, load_backbone
 from wtours.eval.data import labelled_pair
 from wtours.eval.knn import KnnConfig, evaluate_knn, topk_hits, weighted_knn_scores
 from wtours.models import create_vit
+from wtours.models.checkpoint import infer_arch, load_backbone
 
 
 def numpy_vote(train_f: np.ndarray, train_l: np.ndarray, val_f: np.ndarray, k: int, temperature: float,

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.hub_server import HubServer
-from tests.videos import make_video
+from tests.videos import index_json, make_video
 from wtours.download import add_local
 from wtours.errors import WtoursError
 from wtours.hub import source as provenance
@@ -110,7 +110,7 @@ def test_push_uploads_the_layout_with_lfs_shards_and_index_last(root, hub, pushe
     files = hub.files("alice/walks")
     layout = Layout(root)
     for slug in SETS:
-        index = layout.read_index(slug)
+        index = index_json(layout, slug)
         for shard in index["shards"]:
             assert sha256(files[f"{slug}/{shard['name']}"]) == shard["sha256"]
         assert files[f"{slug}/index.json"] == layout.index_path(slug).read_bytes()
@@ -118,7 +118,7 @@ def test_push_uploads_the_layout_with_lfs_shards_and_index_last(root, hub, pushe
         assert files[f"{slug}/{slug}.wids.json"] == layout.wids_path(slug).read_bytes()
     assert set(files) == {".gitattributes", "README.md", *(f"{s}/{n}" for s in SETS for n in
                                                           ("index.json", "source.json", f"{s}.wids.json"))} | {
-        f"{s}/{sh['name']}" for s in SETS for sh in layout.read_index(s)["shards"]}
+        f"{s}/{sh['name']}" for s in SETS for sh in index_json(layout, s)["shards"]}
     # tars are LFS objects, like on the Hub
     assert all(name in hub.lfs_objects for name in (sha256(b) for p, b in files.items() if p.endswith(".tar")))
     # commits of at most 3 files, and each index and wids descriptor in a commit no earlier than its last shard
@@ -180,7 +180,7 @@ def test_pull_into_a_fresh_root_matches_the_index_and_resumes(root, hub, pushed,
     assert result.returncode == 0, result.stderr
     layout, original = Layout(fresh), Layout(root)
     for slug in SETS:
-        index = layout.read_index(slug)
+        index = index_json(layout, slug)
         assert layout.index_path(slug).read_bytes() == original.index_path(slug).read_bytes()
         for shard in index["shards"]:
             assert sha256((layout.shard_dir(slug) / shard["name"]).read_bytes()) == shard["sha256"]
@@ -224,8 +224,8 @@ def test_pull_never_mixes_with_another_local_set(hub, pushed, tmp_path):
     target = HubTarget("alice/walks", endpoint=hub.url, token=TOKEN)
     layout = Layout(tmp_path / "root")
     summary = pull(layout, PullConfig(target, ("zurich",), progress=False), say=lambda m: None)
-    assert len(summary.downloaded) == 3 and layout.read_index("venice") is None
-    index = layout.read_index("zurich")
+    assert len(summary.downloaded) == 3 and index_json(layout, "venice") is None
+    index = index_json(layout, "zurich")
     index["params"]["quality"] = 80  # as if resharded locally with other parameters
     write_json_atomic(layout.index_path("zurich"), index)
     with pytest.raises(WtoursError) as error:
@@ -496,7 +496,7 @@ def test_shard_spec_is_a_brace_range_only_over_contiguous_shards():
 
 def test_card_attributes_every_video_and_says_how_to_load(root):
     layout = Layout(root)
-    videos = [CardVideo(s, layout.read_index(s), provenance.source_record(layout, s)) for s in SETS]
+    videos = [CardVideo(s, index_json(layout, s), provenance.source_record(layout, s)) for s in SETS]
     card = render_card("alice/walks", videos, "https://huggingface.co")
     assert is_generated(card)
     meta = yaml.safe_load(card.split("---\n")[1])

@@ -24,7 +24,7 @@ from wtours.cli.main import cli
 from wtours.errors import WtoursError
 from wtours.hub.client import HubTarget
 from wtours.hub.model import ModelPushConfig, push_model
-from wtours.hub.model_card import is_generated_model_card
+from wtours.models.card import is_generated_model_card
 
 TOKEN = "hf_alice_Mx41secret"
 BOB = "hf_bob_Qp77secret"
@@ -108,7 +108,7 @@ def test_cli_push_then_timm_loads_it_from_the_hub_with_equal_features(hub, expor
     assert loaded.returncode == 0, loaded.stderr
     got = torch.load(result)
     from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
-    from wtours.eval.backbone import load_backbone
+    from wtours.models.checkpoint import load_backbone
 
     ours, _ = load_backbone(exported.parent / "run" / "checkpoint.pth")
     with torch.no_grad():

@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import pytest
 
-from tests.videos import make_video
+from tests.videos import index_json, make_video
 from wtours.layout import Layout
 from wtours.shard.plan import cell_of, frame_time, sample_cell
 from wtours.shard.run import cell_runs
@@ -91,7 +91,7 @@ def test_shard_stats_and_clips_read_every_frame(tmp_path, source_rate, fps):
     add_local(video, "v", layout.root, mode="symlink", say=lambda m: None)
     shard_video(layout, "v", ShardParams(fps=float(fps), short_side=36, samples_per_shard=1000),
                 RunOptions(progress=False), say=lambda m: None)
-    index = layout.read_index("v")
+    index = index_json(layout, "v")
     assert index["samples"] == 3 * fps and index["shards"][0]["cell_runs"] == [[0, 3 * fps - 1]]
 
     summary = stats_video(layout, "v", StatsConfig(classes=False, progress=False), say=lambda m: None).summary

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.videos import make_truncated_video, make_video, make_video_with_black_tail, run_ffmpeg
+from tests.videos import index_json, make_truncated_video, make_video, make_video_with_black_tail, run_ffmpeg
 from wtours.cli.main import cli
 from wtours.download import add_local
 from wtours.errors import IncompleteError, WtoursError
@@ -69,7 +69,7 @@ def test_workers_1_and_2_give_identical_bytes(walk20, tmp_path):
     shard(two, workers=2)
     d1, d2 = digests(one.shard_dir("walk")), digests(two.shard_dir("walk"))
     assert d1 == d2 and len(d1) == 6  # 5 shards + index
-    index = one.read_index("walk")
+    index = index_json(one, "walk")
     assert index["samples"] == 2 * 20 - sum(index["dropped"].values()) == 40
     assert [s["samples"] for s in index["shards"]] == [8] * 5
 
@@ -77,7 +77,7 @@ def test_workers_1_and_2_give_identical_bytes(walk20, tmp_path):
 def test_contract_keys_fields_and_time_order(walk20, tmp_path):
     layout = registered(tmp_path, walk20)
     shard(layout, workers=2)
-    index = layout.read_index("walk")
+    index = index_json(layout, "walk")
     previous_end = -1.0
     for entry in index["shards"]:
         samples = tar_samples(layout.shard_dir("walk") / entry["name"])
@@ -107,7 +107,7 @@ def test_segment_boundaries_do_not_change_samples(tmp_path):
     shard(few, ShardParams(fps=3.0, short_side=120, samples_per_shard=1000))
     shard(many, ShardParams(fps=3.0, short_side=120, samples_per_shard=5), workers=2)
     whole = tar_samples(few.shard_dir("walk") / "walk-000000.tar")
-    pieces = [s for e in many.read_index("walk")["shards"] for s in tar_samples(many.shard_dir("walk") / e["name"])]
+    pieces = [s for e in index_json(many, "walk")["shards"] for s in tar_samples(many.shard_dir("walk") / e["name"])]
     digests = [(k, hashlib.sha256(j).digest()) for k, j, _ in whole]
     assert digests == [(k, hashlib.sha256(j).digest()) for k, j, _ in pieces]
     assert len(whole) == 36
@@ -150,7 +150,7 @@ def test_black_tail_is_dropped_and_counted(tmp_path):
     video = make_video_with_black_tail(tmp_path / "tail.mp4", seconds=10.0, tail=5.0)
     layout = registered(tmp_path, video)
     shard(layout, workers=2)
-    index = layout.read_index("walk")
+    index = index_json(layout, "walk")
     assert index["dropped"] == {"blank": 10}
     assert index["samples"] == 20
     assert index["blank_stretches"] == [[10.0, 14.5]]
@@ -177,7 +177,7 @@ def test_truncated_video_keeps_what_decodes(tmp_path):
     with pytest.raises(IncompleteError) as info:
         shard(layout, ShardParams(fps=2.0, short_side=120, samples_per_shard=4), workers=2)
     assert info.value.exit_code == 3 and "decoding stopped" in info.value.message
-    index = layout.read_index("walk")
+    index = index_json(layout, "walk")
     assert not index["complete"] and 2.0 <= index["decoded_until"] <= 8.0
     assert index["errors"] and index["samples"] == sum(s["samples"] for s in index["shards"]) > 0
     for entry in index["shards"]:
@@ -197,7 +197,7 @@ def test_changed_parameters_are_refused_unless_overwrite(walk20, tmp_path):
         shard(layout, ShardParams(fps=2.0, short_side=96, quality=85, samples_per_shard=8))
     assert "--overwrite" in info.value.hint
     shard(layout, ShardParams(fps=2.0, short_side=96, quality=85, samples_per_shard=8), overwrite=True)
-    assert layout.read_index("walk")["params"]["short_side"] == 96
+    assert index_json(layout, "walk")["params"]["short_side"] == 96
     assert len(list(layout.shard_dir("walk").glob("*.tar"))) == 5
 
 
@@ -264,7 +264,7 @@ def sharded(walk20, tmp_path_factory):
 def test_webdataset_reads_the_shards(sharded):
     import webdataset as wds
 
-    index = sharded.read_index("walk")
+    index = index_json(sharded, "walk")
     urls = [str(sharded.shard_dir("walk") / s["name"]) for s in index["shards"]]
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
     assert len(samples) == index["samples"]
@@ -276,7 +276,7 @@ def test_wids_reads_the_descriptor(sharded):
     import wids
 
     dataset = wids.ShardListDataset(str(sharded.shard_dir("walk") / "walk.wids.json"))
-    assert len(dataset) == sharded.read_index("walk")["samples"]
+    assert len(dataset) == index_json(sharded, "walk")["samples"]
     sample = dataset[9]
     assert sample["__key__"] == "walk-00000135"
     assert sample[".json"]["t"] == 4.5 and sample[".jpg"].size == (160, 120)
@@ -296,6 +296,6 @@ def test_hugging_face_datasets_reads_the_shards(sharded, tmp_path, monkeypatch):
 
     files = [str(p) for p in sorted(sharded.shard_dir("walk").glob("walk-*.tar"))]
     dataset = load_dataset("webdataset", data_files={"train": files}, split="train", cache_dir=str(tmp_path))
-    assert len(dataset) == sharded.read_index("walk")["samples"]
+    assert len(dataset) == index_json(sharded, "walk")["samples"]
     row = dataset[0]
     assert row["__key__"] == "walk-00000000" and row["json"]["frame"] == 0 and row["jpg"].size == (160, 120)

@@ -61,3 +61,11 @@ def sharded_root(folder: Path, seconds: float = 20.0, samples_per_shard: int = 1
     shard_video(layout, slug, ShardParams(fps=2.0, short_side=128, samples_per_shard=samples_per_shard),
                 RunOptions(workers=2, progress=False), say=lambda m: None)
     return layout.root
+
+
+def index_json(layout, slug: str) -> dict | None:
+    """A set's index.json as JSON data, validated by `ShardIndex` (None when the video is not sharded)."""
+    from wtours.shard.index import ShardIndex
+
+    index = ShardIndex.read(layout.index_path(slug))
+    return index.to_dict() if index is not None else None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wtours.catalog import catalog, format_table
 from wtours.download import add_local
-from wtours.layout import Layout, replace_atomically
+from wtours.layout import CHECKPOINT_FILE, RUN_LOG_FILE, Layout, replace_atomically
 from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
@@ -63,17 +63,17 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict:
     report["train"] = _train(layout, run, config, say)
 
     exported = run / "teacher_backbone.pth"
-    say(f"[6/8] wtours export {run / 'checkpoint.pth'} --out {exported}")
-    from wtours.train.export import export_backbone
+    say(f"[6/8] wtours export {run / CHECKPOINT_FILE} --out {exported}")
+    from wtours.models.export import export_backbone
 
-    export_backbone(run / "checkpoint.pth", exported)
+    export_backbone(run / CHECKPOINT_FILE, exported)
     report["export"] = str(exported)
 
     viz_dir = run / "viz"
-    say(f"[7/8] wtours viz {run / 'checkpoint.pth'} --shards {DEMO_SLUG} --clips 2 --frames 4 --out {viz_dir}")
+    say(f"[7/8] wtours viz {run / CHECKPOINT_FILE} --shards {DEMO_SLUG} --clips 2 --frames 4 --out {viz_dir}")
     from wtours.viz import VizConfig, visualise
 
-    viz = visualise(run / "checkpoint.pth", DEMO_SLUG, viz_dir, VizConfig(clips=2, frames=4), root=layout.root,
+    viz = visualise(run / CHECKPOINT_FILE, DEMO_SLUG, viz_dir, VizConfig(clips=2, frames=4), root=layout.root,
                     say=say)
     report["viz"] = [str(viz_dir / f) for clip in viz["clips"] for f in (clip["png"], clip["gif"])]
 
@@ -110,12 +110,12 @@ def _train(layout: Layout, run: Path, config: DemoConfig, say: Callable[[str], N
         batch_size=8 if gpu else 4,
         clip_frames=8 if gpu else 4, steps=config.steps, warmup_epochs=0.5, lr=5e-4,
         workers=config.workers, log_every=1, checkpoint_every=config.steps, seed=0, overwrite=True)
-    if (run / "checkpoint.pth").is_file():
-        (run / "checkpoint.pth").unlink()  # a rerun of the demo trains afresh
-    for stale in ("log.jsonl", "data.rank0.jsonl"):
+    if (run / CHECKPOINT_FILE).is_file():
+        (run / CHECKPOINT_FILE).unlink()  # a rerun of the demo trains afresh
+    for stale in (RUN_LOG_FILE, "data.rank0.jsonl"):
         (run / stale).unlink(missing_ok=True)
     train(train_config, say=say)
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (run / RUN_LOG_FILE).read_text().splitlines()]
     curve = run / "loss.png"
     _plot_loss(log, curve)
     return {"run": str(run), "steps": len(log), "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"],

@@ -38,8 +38,15 @@ SEGMENTS_DIR = "_segments"
 NODES_DIR = "_nodes"
 WIDS_SUFFIX = ".wids.json"
 SOURCE_FILE = "source.json"
+PULLED_FROM = "pulled_from"  # source.json's record of the Hub repo and revision `wtours pull` fetched a set from
 STATS_SUMMARY_FILE = "summary.json"
 STATS_PARTS_DIR = "_parts"
+# A training run's folder (`wtours train --out`): what a run writes, and nothing else.
+CHECKPOINT_FILE = "checkpoint.pth"
+RUN_LOG_FILE = "log.jsonl"
+RUN_CONFIG_FILE = "config.json"
+RUN_FACTS_FILE = "run.json"
+RUN_FILES = (CHECKPOINT_FILE, RUN_LOG_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE)
 TEMPORARY_GLOB = ".*.tmp-*"  # what `replace_atomically` leaves behind when the process is killed mid-write
 
 T = TypeVar("T")
@@ -183,13 +190,6 @@ class Layout:
     # ---- reading
     def read_info(self, slug: str) -> dict[str, Any] | None:
         return read_json(self.info_path(slug))
-
-    def read_index(self, slug: str) -> dict[str, Any] | None:
-        """The shard index as JSON data, validated by `ShardIndex` (None when the video is not sharded)."""
-        from wtours.shard.index import ShardIndex  # the index model builds on this module
-
-        index = ShardIndex.read(self.index_path(slug))
-        return index.to_dict() if index is not None else None
 
 
 def _slug_folders(base: Path) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,6 +14,7 @@ from wtours.dora.loss import DoRALoss
 from wtours.dora.tracker import apply_masks, discover, track
 from wtours.errors import WtoursError
 from wtours.models import DINOHead, create_vit
+from wtours.models.checkpoint import NETWORKS, read_checkpoint, strip_prefix
 from wtours.models.vit import VisionTransformer, cls_attention
 
 
@@ -125,7 +125,7 @@ class DoRA(nn.Module):
     def load_official_checkpoint(self, checkpoint: str | os.PathLike | dict[str, Any]) -> None:
         """Load the authors' (or DINO's, or our) checkpoint: a dict with 'student' and 'teacher'."""
         state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-        for name in ("student", "teacher"):
+        for name in NETWORKS:
             if name not in state:
                 raise WtoursError(f"checkpoint has no {name!r} entry (keys: {', '.join(list(state)[:8])})",
                                   "pass a DoRA/DINO training checkpoint (with 'student' and 'teacher' dicts)")
@@ -133,30 +133,6 @@ class DoRA(nn.Module):
         center = (state.get("dora_loss") or state.get("dino_loss") or {}).get("center")
         if center is not None and center.shape == self.loss.center.shape:
             self.loss.center.copy_(center)
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    torch.serialization.add_safe_globals([argparse.Namespace])  # the authors' checkpoints carry their args
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise WtoursError(f"checkpoint {path} not found", "check the path") from e
-    except Exception as e:  # noqa: BLE001 (torch raises many types for a bad file)
-        raise WtoursError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})",
-                          "pass a .pth file written by torch.save") from e
-
-
-def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("module.", "_orig_mod.")) -> dict:
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in prefixes:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:

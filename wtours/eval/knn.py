@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from wtours.errors import UsageError, WtoursError
-from wtours.eval.backbone import load_backbone
 from wtours.eval.data import LabelledFolder, collate_readable, labelled_pair
 from wtours.layout import write_json_atomic
+from wtours.models.checkpoint import load_backbone
 
 log = logging.getLogger(__name__)
 

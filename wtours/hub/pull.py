@@ -28,7 +28,7 @@ from wtours.hub.client import (
     remote_files,
 )
 from wtours.hub.paths import index_path, shard_path, slugs_in, source_path
-from wtours.layout import Layout, replace_atomically, write_json_atomic
+from wtours.layout import PULLED_FROM, Layout, replace_atomically, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex
 
@@ -62,10 +62,6 @@ class RemoteSet:
     source: dict[str, Any] | None
     missing: list[ShardEntry]  # shard entries to download
     present: list[ShardEntry]  # shard entries already on disk with their checksum
-
-
-# source.json's record of the repo a set was pulled from (read by `wtours export` to link the model card's data).
-PULLED_FROM = "pulled_from"
 
 
 def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print) -> PullSummary:

@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import TEMPORARY_GLOB, read_json, write_bytes_atomic
-from wtours.train.checkpoint import CHECKPOINT_FILE
+from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FILES, TEMPORARY_GLOB, read_json, write_bytes_atomic
 
-RUN_FILES = (CHECKPOINT_FILE, "log.jsonl", "config.json", "run.json")  # what a run writes, and nothing else
 RUN_PATTERNS = ("data.rank*.jsonl",)
 RUN_DIRS = ("tensorboard",)
 
@@ -131,7 +129,6 @@ def trim_jsonl(path: Path, last_step: int) -> None:
 
 # The settings the checkpoint's weights are shaped by: no --reschedule can change them on --resume.
 WEIGHT_SHAPES = ("arch", "out_dim", "hidden_dim", "bottleneck_dim")
-RUN_CONFIG = "config.json"
 
 
 def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +152,7 @@ def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
     saved: Any = checkpoint_settings(checkpoint)
     where = checkpoint
     if saved is None:
-        where = Path(out) / RUN_CONFIG
+        where = Path(out) / RUN_CONFIG_FILE
         if not where.is_file():
             return {}
         saved = read_json(where)
@@ -176,11 +173,11 @@ def checkpoint_settings(path: Path) -> dict[str, Any] | None:
     the weights are not read."""
     if not path.is_file():
         return None
-    import torch
+    from wtours.models.checkpoint import read_checkpoint
 
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 (torch raises many types for a bad file; the run names it)
+        raw = read_checkpoint(path, mmap=True)
+    except WtoursError:  # the run itself names an unreadable file
         return None
     config = raw.get("config") if isinstance(raw, dict) else None
     return json.loads(json.dumps(config, default=str)) if isinstance(config, dict) else None
@@ -198,3 +195,8 @@ def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out:
                          f"leave these options out to resume with the run's own model (from "
                          f"{source or Path(out) / CHECKPOINT_FILE}), or start a new run with --overwrite or another "
                          "--out")
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    path = out / CHECKPOINT_FILE
+    return path if path.is_file() else None

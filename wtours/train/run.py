@@ -21,12 +21,14 @@ from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_
 from wtours.clips.spec import resolve
 from wtours.dora import DoRA
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import read_json, write_json_atomic
+from wtours.layout import CHECKPOINT_FILE, read_json, write_json_atomic
 from wtours.locks import LOCK_FILE, folder_lock
+from wtours.models.checkpoint import read_checkpoint as load_checkpoint
+from wtours.models.checkpoint import save_checkpoint
 from wtours.system import default_workers
 from wtours.train import distributed, folder
-from wtours.train.checkpoint import CHECKPOINT_FILE, latest_checkpoint, load_checkpoint, save_checkpoint
 from wtours.train.config import TrainConfig
+from wtours.train.folder import latest_checkpoint
 from wtours.train.optim import (
     cancel_last_layer_gradients,
     clip_per_tensor,

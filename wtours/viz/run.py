@@ -22,12 +22,10 @@ from wtours.clips.epoch import ClipConfig, ShardRead, clip_starts
 from wtours.clips.spec import ShardRef, resolve
 from wtours.clips.stages import Clip, Problems, open_shards, samples_to_clips, tar_samples
 from wtours.dora import DoRA
-from wtours.dora.model import strip_prefix
 from wtours.errors import UsageError, WtoursError
-from wtours.eval.backbone import infer_arch, read_weights
-from wtours.layout import replace_atomically, write_json_atomic
+from wtours.layout import INDEX_FILE, replace_atomically, write_json_atomic
+from wtours.models.checkpoint import backbone_state, infer_arch, read_weights, strip_prefix
 from wtours.models.vit import cls_attention
-from wtours.train.export import backbone_state
 from wtours.viz.render import (
     HEADER,
     MASK_ALPHA,
@@ -39,8 +37,6 @@ from wtours.viz.render import (
     object_colour,
     save_gif,
 )
-
-INDEX_FILE = "index.json"
 
 
 @dataclass(frozen=True)

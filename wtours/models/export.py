@@ -13,7 +13,7 @@ dots and all: venice-vits16-v0.1) is `timm`; a weights-file suffix (.safetensors
 that no format writes, or one that contradicts the format, is refused. --out is a local path: a URL
 is refused (it would become a folder named `s3:`).
 
-The run's settings are made public once, here (model_card.public_settings: no credentials, local paths
+The run's settings are made public once, here (card.public_settings: no credentials, local paths
 cut to their last part); config.json holds them so, and the card is rendered from config.json."""
 
 from __future__ import annotations
@@ -28,9 +28,18 @@ import torch
 
 from wtours import __version__
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
-from wtours.dora.model import read_checkpoint, strip_prefix
 from wtours.errors import UsageError, WtoursError
-from wtours.hub.model_card import (
+from wtours.layout import (
+    PULLED_FROM,
+    RUN_LOG_FILE,
+    Layout,
+    is_url,
+    read_json,
+    replace_atomically,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from wtours.models.card import (
     BACKBONE,
     CARD_FILE,
     CONFIG_FILE,
@@ -47,7 +56,7 @@ from wtours.hub.model_card import (
     public_settings,
     render_model_card,
 )
-from wtours.layout import Layout, is_url, read_json, replace_atomically, write_bytes_atomic, write_json_atomic
+from wtours.models.checkpoint import load_backbone, read_weights
 
 PTH_SUFFIXES = (".pth", ".pt")
 # Suffixes of weight and data files: --out NAME.<one of these> names a file, which --format timm does not
@@ -63,21 +72,6 @@ TIMM_NAMES = {(192, 16, 12): "vit_tiny_patch16_224", (384, 16, 12): "vit_small_p
 GENERIC_TIMM_VIT = "vit_tiny_patch16_224"
 # The eval view of `wtours eval knn` (wtours/eval/data.py): resize 256 bicubic, centre crop 224.
 EVAL_RESIZE, EVAL_CROP = 256, 224
-
-
-def backbone_state(checkpoint: dict, which: str = "teacher") -> dict[str, torch.Tensor]:
-    """The backbone of a training checkpoint (ours or the authors'), or an exported backbone as it is."""
-    if which in checkpoint:
-        state = strip_prefix(checkpoint[which])
-        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    state = strip_prefix(checkpoint)
-    if "pos_embed" in state and "cls_token" in state:
-        if which == "student":  # a bare backbone has no networks to choose from: its weights are not a student's
-            raise UsageError("--which student: this checkpoint is a bare backbone (no 'student' entry)",
-                              "leave --which out: a bare backbone is exported as it is")
-        return state  # already a bare backbone
-    raise WtoursError(f"no {which!r} entry and no backbone weights in this checkpoint",
-                      "pass a wtours/DoRA/DINO training checkpoint or an exported backbone")
 
 
 # ---------------------------------------------------------------------- --format and --out
@@ -123,8 +117,10 @@ def export(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: st
 
 
 def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher") -> Path:
-    """--format pth: the backbone's state dict, as timm's ViT of the same size names its weights."""
-    state = backbone_state(read_checkpoint(checkpoint_path), which)
+    """--format pth: the backbone's state dict, as timm's ViT of the same size names its weights; checked
+    as --format timm's is (the weights must build a registered ViT) before anything is written."""
+    backbone, _ = load_backbone(read_weights(checkpoint_path), None, which)
+    state = backbone.state_dict()
     out = Path(out)
     replace_atomically(out, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
     return out
@@ -188,8 +184,6 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
     config.json goes last and an earlier export's config.json is removed first, so the folder never
     pairs new weights with another model's config (timm refuses a folder without one). A README.md
     not written by wtours is kept; a config.json not written by `wtours export` refuses the folder."""
-    from wtours.eval.backbone import load_backbone, read_weights  # (it imports backbone_state from here)
-
     check_license(license_)
     named = dataset_entries([parse_dataset(d) for d in datasets])
     out = Path(out)
@@ -237,9 +231,6 @@ def _save_readable(save_file, state: dict[str, torch.Tensor], tmp: Path) -> None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
-
-
-PULLED_FROM = "pulled_from"  # wtours.hub.pull.PULLED_FROM (that module imports huggingface_hub's helpers)
 
 
 def pulled_datasets(train: Any) -> list[dict[str, Any]]:
@@ -294,7 +285,7 @@ def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, geometr
         "step": step,
         "epoch": raw.get("epoch") if isinstance(raw.get("epoch"), int) else None,
         "train_config": config,
-        "knn_logged": logged_knn(checkpoint.parent / "log.jsonl", step) if config else None,
+        "knn_logged": logged_knn(checkpoint.parent / RUN_LOG_FILE, step) if config else None,
         "knn_eval": evaluated_knn(checkpoint.with_name(f"{checkpoint.stem}.knn.json"), which),
     }
     return {k: v for k, v in record.items() if v is not None}

@@ -1,24 +1,108 @@
-"""A frozen ViT backbone from any checkpoint we accept: ours, the authors' (DINO layout), or an exported one.
+"""Checkpoint files, read and written in one place: wtours' training checkpoints (the authors' layout,
+'student', 'teacher', 'dora_loss', plus our run state), the authors' and DINO's, and exported backbones.
 
-The architecture is read from the weights' shapes (width, patch size, depth) and matched against the
-model registry; `arch` overrides it."""
+Every reader goes through `read_checkpoint` (torch.load with weights_only=True: a checkpoint is data, never
+code). A frozen backbone comes from any of them with `load_backbone`: the architecture is read from the
+weights' shapes (width, patch size, depth) and matched against the model registry; `arch` overrides it."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, cast
 
 import torch
 
-from wtours.dora.model import read_checkpoint
+from wtours import __version__
 from wtours.errors import UsageError, WtoursError
+from wtours.layout import replace_atomically
 from wtours.models.registry import vit_config, vit_names
 from wtours.models.vit import VisionTransformer, create_vit
-from wtours.train.export import backbone_state
 
 log = logging.getLogger(__name__)
+
+NETWORKS = ("student", "teacher")
+
+
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint file's contents, unchecked (`read_weights` checks them). `mmap` maps the tensors
+    instead of reading them: for a look at a large checkpoint's run state."""
+    torch.serialization.add_safe_globals([argparse.Namespace])  # the authors' checkpoints carry their args
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError as e:
+        raise WtoursError(f"checkpoint {path} not found", "check the path") from e
+    except Exception as e:  # noqa: BLE001 (torch raises many types for a bad file)
+        raise WtoursError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})",
+                          "pass a .pth file written by torch.save") from e
+
+
+class _KeepingErrors:
+    """A file whose write errors are kept: torch.save turns an exception raised by a write (a full disk's
+    OSError, a Ctrl-C's KeyboardInterrupt) into a bare RuntimeError ("unexpected pos ..."); the kept one
+    is raised instead."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except BaseException as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    with open(path, "wb") as file:
+        writer = _KeepingErrors(file)
+        try:
+            torch.save(obj, cast(IO[bytes], writer))
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save through the one atomic writer: a kill never leaves half a file, and a failed write
+    (ENOSPC, EROFS, ...) raises its OSError, leaves no temporary and keeps the previous checkpoint."""
+    replace_atomically(path, lambda tmp: _torch_save({**state, "wtours": __version__}, tmp))
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("module.", "_orig_mod.")) -> dict:
+    """Keys without DDP's `module.` and torch.compile's `_orig_mod.` prefixes (in any nesting)."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in prefixes:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def backbone_state(checkpoint: dict, which: str = "teacher") -> dict[str, torch.Tensor]:
+    """The backbone of a training checkpoint (ours or the authors'), or an exported backbone as it is."""
+    if which in checkpoint:
+        state = strip_prefix(checkpoint[which])
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    state = strip_prefix(checkpoint)
+    if "pos_embed" in state and "cls_token" in state:
+        if which == "student":  # a bare backbone has no networks to choose from: its weights are not a student's
+            raise UsageError("--which student: this checkpoint is a bare backbone (no 'student' entry)",
+                              "leave --which out: a bare backbone is exported as it is")
+        return state  # already a bare backbone
+    raise WtoursError(f"no {which!r} entry and no backbone weights in this checkpoint",
+                      "pass a wtours/DoRA/DINO training checkpoint or an exported backbone")
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 
@@ -60,7 +144,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
         raise WtoursError(f"{path} holds a {type(raw).__name__}, not a checkpoint (a dict of networks or weights)",
                           CHECKPOINT_HINT)
-    for name in ("student", "teacher"):
+    for name in NETWORKS:
         if name in raw and not (isinstance(raw[name], dict)
                                 and all(isinstance(v, torch.Tensor) for v in raw[name].values())):
             raise WtoursError(f"{path}: its {name!r} entry is a {type(raw[name]).__name__}, not a dict of weights",

@@ -3,7 +3,7 @@ timm, the method and its citation, the training data (linked to its Hub dataset 
 streamed hf:// shards, trained on shards pulled from one, or when the dataset was named), the run's
 settings, its k-NN results and the weights' licence.
 
-Rendered from the export's config.json alone (its "wtours" entry, wtours/train/export.py), so
+Rendered from the export's config.json alone (its "wtours" entry, wtours/models/export.py), so
 `wtours export` writes it for a folder and `wtours push --model` rewrites it for the repo. The run's
 settings in it were made public once, at export (`public_settings`: no credentials, no local paths),
 and config.json is checked field by field before a card is rendered from it (`check_export_config`:
@@ -24,7 +24,7 @@ from wtours.clips.spec import shown_url
 from wtours.errors import UsageError, WtoursError
 from wtours.hub.paths import validate_repo_id, validate_revision
 
-# The export folder's files and formats (one owner: wtours/train/export.py writes them, wtours/hub/model.py
+# The export folder's files and formats (one owner: wtours/models/export.py writes them, wtours/hub/model.py
 # pushes them, the CLI names them without importing torch).
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
 EXPORT_FORMATS = ("timm", "pth")
@@ -319,7 +319,7 @@ def _knn(info: dict[str, Any]) -> str:
         train = info.get("train_config") or {}
         where = " / ".join(_code(train.get(k)) for k in ("knn_train", "knn_val"))
         at = logged.get("step")
-        # the last k-NN line at or before the checkpoint's step (wtours/train/export.py logged_knn)
+        # the last k-NN line at or before the checkpoint's step (wtours/models/export.py logged_knn)
         before = (f" (the checkpoint is of step {info['step']})"
                   if isinstance(info.get("step"), int) and at != info["step"] else "")
         rows.append(f"| logged by the run at step {at}{before} | {where} | {logged['top1']:.2f} | "
