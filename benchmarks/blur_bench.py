@@ -25,7 +25,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, cached_video, header, street_4k60  # noqa: E402
 
-from wtours.download import add_local  # noqa: E402
+from wtours.fetch.local import add_local  # noqa: E402
 from wtours.layout import Layout  # noqa: E402
 from wtours.media import ffmpeg_exe  # noqa: E402
 from wtours.privacy.detect import CenterFace  # noqa: E402

@@ -57,7 +57,7 @@ from tests.reference_multicrop import multicrop_pil  # noqa: E402
 
 def bench_shards(loops: int = 10):
     """(the Layout of the bench's shards, the looped video), made on first use."""
-    from wtours.download import add_local
+    from wtours.fetch.local import add_local
     from wtours.layout import Layout
     from wtours.shard.params import RunOptions, ShardParams
     from wtours.shard.run import shard_video
@@ -287,7 +287,7 @@ def reading_shard():
     """One full 1000-sample shard at the default settings (2 fps, short side 512, quality 90) from the
     street footage (20 s) looped to 520 s (stream copy): the size of a corpus shard."""
     from wtours.clips.spec import ShardRef, resolve
-    from wtours.download import add_local
+    from wtours.fetch.local import add_local
     from wtours.layout import Layout
     from wtours.shard.params import RunOptions, ShardParams
     from wtours.shard.run import shard_video

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import header, street_4k60  # noqa: E402
 
-from wtours.download import add_local  # noqa: E402
+from wtours.fetch.local import add_local  # noqa: E402
 from wtours.layout import Layout  # noqa: E402
 from wtours.media import ffmpeg_exe, probe  # noqa: E402
 from wtours.shard.params import RunOptions, ShardParams  # noqa: E402

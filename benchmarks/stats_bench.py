@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import STREET, cached_video, header  # noqa: E402
 
-from wtours.download import add_local  # noqa: E402
+from wtours.fetch.local import add_local  # noqa: E402
 from wtours.layout import Layout  # noqa: E402
 from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
 from wtours.shard.run import shard_video  # noqa: E402

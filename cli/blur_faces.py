@@ -38,7 +38,7 @@ def blur_faces(spec, out, root, blur_threshold, blur_mode, blur_scale, blur_upsc
       wtours blur-faces venice --out /data/venice-blurred
       wtours blur-faces /data/shards/venice --out /data/venice-blurred --blur-mode pixelate
     """
-    from wtours.privacy.rewrite import BlurSettings, blur_shard_set, source_folder
+    from wtours.shard.blur_set import BlurSettings, blur_shard_set, source_folder
     from wtours.shard.params import ShardParams
 
     # The same checks as `wtours shard --blur-*` (ranges, modes), with the same messages.

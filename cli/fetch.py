@@ -7,10 +7,11 @@ import json
 import click
 
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
-from wtours.download import DownloadConfig, add_local, describe_plan, flag_options, resolve_targets
-from wtours.download import download as download_video
+from wtours.fetch.download import DownloadConfig, describe_plan, flag_options, resolve_targets
+from wtours.fetch.download import download as download_video
+from wtours.fetch.local import add_local
+from wtours.fetch.ytdlp_options import load_settings
 from wtours.layout import Layout
-from wtours.ytdlp_options import load_settings
 
 
 @click.command()

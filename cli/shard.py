@@ -11,6 +11,7 @@ from wtours.selection import video_slugs
 from wtours.shard.params import RunOptions, ShardParams, nodes_from_environment
 from wtours.shard.run import shard_video
 from wtours.system import usable_cpus
+from wtours.video import read_video_info
 
 
 @click.command()
@@ -55,5 +56,5 @@ def shard(ctx: click.Context, cities, all_videos, root, workers, hwaccel, num_no
     for slug in slugs:
         summary = shard_video(layout, slug, params, options, say=say)
         if summary.index is not None or summary.segments_done:
-            info = layout.read_info(slug)
-            click.echo(summary.line(info["probe"]["fps"] if info else 0.0))
+            info = read_video_info(layout, slug)
+            click.echo(summary.line(info.probe.fps if info else 0.0))

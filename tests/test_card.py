@@ -23,8 +23,8 @@ from tests.test_hub import TOKEN, env_for, wtours
 from tests.videos import index_json, make_video
 from wtours.citation import ARXIV_ID, ARXIV_URL, BIBTEX
 from wtours.cli.main import cli
-from wtours.download import add_local
 from wtours.errors import UsageError, WtoursError
+from wtours.fetch.local import add_local
 from wtours.hub import source as provenance
 from wtours.hub.card import (
     EARLIER_MARKS,

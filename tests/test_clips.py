@@ -49,8 +49,8 @@ from wtours.clips.stages import (
     take_quota,
     tar_samples,
 )
-from wtours.download import add_local
 from wtours.errors import WtoursError
+from wtours.fetch.local import add_local
 from wtours.layout import Layout, parse_sample_key, sample_key
 from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION
 from wtours.shard.params import RunOptions, ShardParams

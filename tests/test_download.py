@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from tests.http_server import FileServer
 from tests.videos import make_video
 from wtours.cli.main import cli
-from wtours.download import DownloadConfig, _check_disk, _explain
 from wtours.errors import WtoursError
-from wtours.layout import Layout
+from wtours.fetch.download import DownloadConfig, _check_disk, _explain
+from wtours.layout import Layout, read_json
 
 WTOURS = [sys.executable, "-m", "wtours"]
 
@@ -153,7 +153,7 @@ def test_add_rejects_a_non_video(tmp_path):
 
 def test_add_corpus_video_keeps_manifest_provenance(small_video, tmp_path):
     CliRunner().invoke(cli, ["add", str(small_video), "--name", "venice", "--root", str(tmp_path), "--mode", "copy"])
-    info = Layout(tmp_path).read_info("venice")
+    info = read_json(Layout(tmp_path).info_path("venice"))
     assert info["source"]["id"] == "fGX0Te6pFvk" and info["source"]["license"] == "CC-BY"
     assert info["city"] == "Venice" and info["sha256"] == sha256(small_video)
 
@@ -219,7 +219,7 @@ def test_user_ytdlp_config_is_applied_and_reported(served, tmp_path, ytdlp_home)
     not_applied = next(line for line in result.stdout.splitlines() if "not applied" in line)
     assert "outtmpl: wtours decides where the video goes" in not_applied and "format: wtours picks" in not_applied
     # -o and -f were not applied: the file is where wtours puts it, and it has video
-    info = Layout(root).read_info("walk")
+    info = read_json(Layout(root).info_path("walk"))
     assert (root / "videos" / "walk" / info["file"]).is_file() and not (tmp_path / "home" / "Videos").exists()
     assert info["probe"]["width"] == 640 and info["source"]["yt_dlp_options"] == {"http_chunk_size": "yt-dlp config"}
 
@@ -239,7 +239,7 @@ def test_yt_dlp_option_wins_and_the_config_can_be_ignored(served, tmp_path, ytdl
     assert all(last - first + 1 <= 102400 for first, last in chosen_spans)
     assert "applied from --yt-dlp-option: http_chunk_size=102400" in chosen.stdout
     assert len(ignored_spans) <= 1 and "not read (--ignore-yt-dlp-config)" in ignored.stdout  # one plain GET
-    info = Layout(tmp_path / "root").read_info("ignored")
+    info = read_json(Layout(tmp_path / "root").info_path("ignored"))
     assert info["source"]["yt_dlp_options"] == {}
 
 
@@ -297,13 +297,13 @@ def test_add_records_provenance_and_re_adding_keeps_or_updates_it(small_video, t
     first = runner.invoke(cli, [*base, "--source-url", "https://example.org/walks/1", "--uploader", "Jane Walker",
                                 "--license", "CC-BY-4.0", "--title", "Old town | dusk"])
     assert first.exit_code == 0, first.output
-    source = Layout(tmp_path).read_info("my-walk")["source"]
+    source = read_json(Layout(tmp_path).info_path("my-walk"))["source"]
     assert (source["url"], source["uploader"], source["license"], source["title"]) == (
         "https://example.org/walks/1", "Jane Walker", "CC-BY-4.0", "Old town | dusk")
     again = runner.invoke(cli, [*base, "--license", "CC-BY-SA-4.0"])  # the same file: no --force needed
     assert again.exit_code == 0, again.output
     assert "keeping the recorded title, uploader, url" in again.output
-    source = Layout(tmp_path).read_info("my-walk")["source"]
+    source = read_json(Layout(tmp_path).info_path("my-walk"))["source"]
     assert source["license"] == "CC-BY-SA-4.0" and source["uploader"] == "Jane Walker"
     assert source["url"] == "https://example.org/walks/1"
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.http_server import FileServer
 from tests.videos import make_truncated_video, make_video
-from wtours.download import add_local
+from wtours.fetch.local import add_local
 from wtours.layout import TEMPORARY_GLOB, Layout
 from wtours.locks import LOCK_FILE
 from wtours.shard.decode import normalise_log_line

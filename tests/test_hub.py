@@ -20,15 +20,15 @@ import yaml
 
 from tests.hub_server import HubServer
 from tests.videos import index_json, make_video
-from wtours.download import add_local
 from wtours.errors import WtoursError
+from wtours.fetch.local import add_local
 from wtours.hub import source as provenance
 from wtours.hub.card import CardVideo, download_command, is_generated, render_card
 from wtours.hub.client import HubTarget, RemoteFile, describe_error, git_blob_id, is_transport_error
 from wtours.hub.paths import shard_pattern, shard_spec
 from wtours.hub.pull import PullConfig, pull
 from wtours.hub.push import Delete, PushConfig, Upload, batch_operations, plan_set, push
-from wtours.layout import Layout, write_json_atomic
+from wtours.layout import Layout, read_json, write_json_atomic
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
 
@@ -57,7 +57,7 @@ def root(tmp_path_factory) -> Path:
         video = make_video(folder / f"{slug}.mp4", seconds=seconds, size="192x128", rate=10)
         add_local(video, slug, layout.root, mode="symlink", say=lambda m: None)
         if slug == "venice":
-            info = layout.read_info(slug)
+            info = read_json(layout.info_path(slug))
             info["source"].update(CREATOR)
             write_json_atomic(layout.info_path(slug), info)
         shard_video(layout, slug, ShardParams(fps=2.0, short_side=128, samples_per_shard=4),

@@ -178,7 +178,7 @@ def test_invalid_json_is_a_clear_error_naming_the_file(tmp_path):
 
 def test_add_with_move_places_the_file_atomically_and_then_removes_the_original(tmp_path):
     from tests.videos import make_video
-    from wtours.download import add_local
+    from wtours.fetch.local import add_local
 
     video = make_video(tmp_path / "walk.mp4", seconds=1.0, size="64x36")
     data = video.read_bytes()

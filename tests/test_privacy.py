@@ -23,12 +23,12 @@ from skimage import data  # noqa: E402
 
 from tests.videos import index_json, run_ffmpeg  # noqa: E402
 from wtours.cli.main import cli  # noqa: E402
-from wtours.download import add_local  # noqa: E402
 from wtours.errors import WtoursError  # noqa: E402
+from wtours.fetch.local import add_local  # noqa: E402
 from wtours.layout import Layout  # noqa: E402
 from wtours.privacy import anonymise, make_detector  # noqa: E402
 from wtours.privacy.blur import mask_boxes  # noqa: E402
-from wtours.privacy.rewrite import BlurSettings, blur_shard_set  # noqa: E402
+from wtours.shard.blur_set import BlurSettings, blur_shard_set  # noqa: E402
 from wtours.shard.index import ShardIndex  # noqa: E402
 from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
 from wtours.shard.read import iter_shard  # noqa: E402

@@ -20,7 +20,7 @@ from wtours.clips.epoch import ClipConfig
 from wtours.clips.pipeline import ClipBatch, ClipDataset, LoaderConfig, make_loader
 from wtours.clips.recycle import SETS_PER_WORKER, Leases, OutputPool
 from wtours.clips.spec import resolve
-from wtours.download import add_local
+from wtours.fetch.local import add_local
 from wtours.layout import Layout
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video

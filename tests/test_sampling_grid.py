@@ -79,7 +79,7 @@ def test_shard_stats_and_clips_read_every_frame(tmp_path, source_rate, fps):
     from wtours.clips.epoch import ClipConfig, ShardRead, clip_starts, clips_per_epoch
     from wtours.clips.spec import resolve
     from wtours.clips.stages import Problems, open_shards, samples_to_clips, tar_samples
-    from wtours.download import add_local
+    from wtours.fetch.local import add_local
     from wtours.shard.params import RunOptions, ShardParams
     from wtours.shard.read import iter_video_samples
     from wtours.shard.run import shard_video

@@ -20,8 +20,8 @@ from PIL import Image
 
 from tests.videos import index_json, make_truncated_video, make_video, make_video_with_black_tail, run_ffmpeg
 from wtours.cli.main import cli
-from wtours.download import add_local
 from wtours.errors import IncompleteError, WtoursError
+from wtours.fetch.local import add_local
 from wtours.layout import TEMPORARY_GLOB, Layout
 from wtours.shard.blank import is_blank, luma_spread
 from wtours.shard.params import RunOptions, ShardParams, nodes_from_environment

@@ -22,8 +22,8 @@ from skimage.color import rgb2lab
 
 from tests.videos import STREET_SECONDS, STREET_VIDEO, make_video, run_ffmpeg, sharded_root
 from wtours.cli.main import cli
-from wtours.download import add_local
 from wtours.errors import WtoursError
+from wtours.fetch.local import add_local
 from wtours.layout import Layout
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.read import iter_video_samples

@@ -50,7 +50,7 @@ def make_video_with_black_tail(path: Path, seconds: float, tail: float, size: st
 
 def sharded_root(folder: Path, seconds: float = 20.0, samples_per_shard: int = 10, slug: str = "walk") -> Path:
     """A data root holding a small moving test pattern, added as `slug` and sharded at 2 fps, 128 px."""
-    from wtours.download import add_local
+    from wtours.fetch.local import add_local
     from wtours.layout import Layout
     from wtours.shard.params import RunOptions, ShardParams
     from wtours.shard.run import shard_video

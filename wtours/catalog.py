@@ -7,6 +7,7 @@ from typing import Any
 from wtours.layout import Layout
 from wtours.manifest import load_manifest
 from wtours.shard.index import ShardIndex
+from wtours.video import read_video_info
 
 
 def catalog(layout: Layout) -> list[dict[str, Any]]:
@@ -20,16 +21,16 @@ def catalog(layout: Layout) -> list[dict[str, Any]]:
 
 
 def _row(layout: Layout, slug: str, entry) -> dict[str, Any]:
-    info = layout.read_info(slug) or {}
-    probe = info.get("probe") or {}
+    info = read_video_info(layout, slug)
+    probe = info.probe.to_dict() if info else {}
     index = ShardIndex.read(layout.index_path(slug))
     return {
         "slug": slug,
         "city": entry.city if entry else None,
         "kind": entry.kind if entry else "added",
-        "id": entry.youtube_id if entry else (info.get("source") or {}).get("id"),
-        "downloaded": bool(info.get("sha256")),
-        "bytes": info.get("bytes"),
+        "id": entry.youtube_id if entry else (info.source_id if info else None),
+        "downloaded": info is not None,
+        "bytes": info.bytes if info else None,
         "duration": probe.get("duration"),
         "width": probe.get("width"),
         "height": probe.get("height"),

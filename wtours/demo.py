@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wtours.catalog import catalog, format_table
-from wtours.download import add_local
+from wtours.fetch.local import add_local
 from wtours.layout import CHECKPOINT_FILE, RUN_LOG_FILE, Layout, replace_atomically
 from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams

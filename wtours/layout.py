@@ -187,9 +187,6 @@ class Layout:
     def demo_run_dir(self) -> Path:
         return self.root / "runs" / "demo"
 
-    # ---- reading
-    def read_info(self, slug: str) -> dict[str, Any] | None:
-        return read_json(self.info_path(slug))
 
 
 def _slug_folders(base: Path) -> list[str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import SLUG_PATTERN, Layout
 from wtours.manifest import load_manifest
+from wtours.video import read_video_info
 
 
 def video_slugs(layout: Layout, cities: tuple[str, ...], all_videos: bool, action: str) -> list[str]:
     """Registered videos (--all), or each --city as a registered name or a corpus city ('Chiang Mai')."""
     if all_videos:
-        slugs = [s for s in layout.video_slugs() if layout.read_info(s)]
+        slugs = [s for s in layout.video_slugs() if read_video_info(layout, s)]
         if not slugs:
             raise WtoursError(f"no videos registered under {layout.root}",
                               "run `wtours download` or `wtours add` first")

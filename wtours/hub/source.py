@@ -16,14 +16,15 @@ from wtours.errors import WtoursError
 from wtours.layout import Layout, read_json
 from wtours.manifest import load_manifest
 from wtours.shard.index import ShardIndex, load_index
+from wtours.video import VideoInfo, read_video_info
 
 SOURCE_KEYS = ("url", "webpage_url", "id", "title", "uploader", "channel_url", "upload_date", "license")
 VIDEO_KEYS = ("duration", "width", "height", "fps", "codec")
 
 
 def source_record(layout: Layout, slug: str) -> dict[str, Any] | None:
-    info = layout.read_info(slug)
-    if info:
+    info = read_video_info(layout, slug)
+    if info is not None:
         return from_info(info)
     pulled = read_json(layout.source_path(slug))
     if pulled:
@@ -36,13 +37,12 @@ def source_record(layout: Layout, slug: str) -> dict[str, Any] | None:
     return None
 
 
-def from_info(info: dict[str, Any]) -> dict[str, Any]:
+def from_info(info: VideoInfo) -> dict[str, Any]:
     """The shareable part of a video's info.json: no local paths, no machine details."""
-    source = info.get("source") or {}
-    probe = info.get("probe") or {}
-    video = {"sha256": info.get("sha256"), "bytes": info.get("bytes"), **{k: probe.get(k) for k in VIDEO_KEYS}}
-    return {"slug": info["slug"], "city": info.get("city"), "kind": info.get("kind"),
-            "source": {k: source.get(k) for k in SOURCE_KEYS}, "video": video}
+    probe = info.probe.to_dict()
+    video = {"sha256": info.sha256, "bytes": info.bytes, **{k: probe[k] for k in VIDEO_KEYS}}
+    return {"slug": info.slug, "city": info.city, "kind": info.kind,
+            "source": {k: info.source.get(k) for k in SOURCE_KEYS}, "video": video}
 
 
 def check_attribution(slug: str, record: dict[str, Any] | None, layout: Layout) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wtours import media
-from wtours.download import completed_file
 from wtours.errors import IncompleteError, UsageError, WtoursError
 from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name
 from wtours.locks import folder_lock
@@ -34,6 +33,7 @@ from wtours.shard.index import (
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.plan import Segment, output_size, plan_segments
 from wtours.shard.writer import SampleMeta, ShardSample, WrittenShard, encode_jpeg, write_shard
+from wtours.video import registered_video
 
 
 @dataclass(frozen=True)
@@ -82,21 +82,10 @@ def resolve_hwaccel(choice: str) -> str:
 
 
 def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) -> ShardJob:
-    info = layout.read_info(slug)
-    if info is None or "file" not in info:
-        raise WtoursError(f"no video registered as {slug!r} under {layout.root}",
-                          f"run `wtours download --city {slug}` or `wtours add FILE --name {slug}` first")
-    path = layout.video_file(slug, info["file"])
-    if not path.is_file():
-        raise WtoursError(f"{path} is missing", f"download or add {slug} again")
-    if completed_file(layout, slug) is None:
-        raise WtoursError(f"{path} changed since it was recorded (size or checksum differ)",
-                          f"register it again with `wtours add {path} --name {slug}` (or download it again)")
-    probe = media.ProbeResult(**info["probe"])
-    size = output_size(probe.width, probe.height, params.short_side)
-    source_id = (info.get("source") or {}).get("id")
+    info, path = registered_video(layout, slug)
+    size = output_size(info.probe.width, info.probe.height, params.short_side)
     blur = FaceBlur.from_params(params) if params.blur_faces else None  # a missing extra fails here, early
-    return ShardJob(slug, path, probe, source_id, info["sha256"], params, size, resolve_hwaccel(hwaccel), blur)
+    return ShardJob(slug, path, info.probe, info.source_id, info.sha256, params, size, resolve_hwaccel(hwaccel), blur)
 
 
 def video_record(job: ShardJob) -> IndexVideo:

@@ -18,6 +18,7 @@ from wtours.errors import WtoursError
 from wtours.layout import SHARD_NAME_PATTERN, Layout
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex, load_index
+from wtours.video import read_video_info
 
 BLOCK = 1 << 20
 
@@ -146,13 +147,13 @@ def repair_set(layout: Layout, slug: str, report: VerifyReport, workers: int = 1
         index = load_index(layout, slug)  # read again under the lock
         for folder in (layout.shard_dir(slug), layout.segments_dir(slug)):
             remove_stale_temporaries(folder)
-        info = layout.read_info(slug)
+        info = read_video_info(layout, slug)
         if info is None:
             raise WtoursError(f"{slug}: cannot repair: no video registered under {layout.root}",
                               f"`wtours add FILE --name {slug}` (the same file the shards were made from), "
                               f"or `wtours pull` the set again")
         job = prepare_job(layout, slug, index.params, "none")
-        if info.get("sha256") != index.video.sha256:
+        if info.sha256 != index.video.sha256:
             raise WtoursError(f"{slug}: cannot repair: the registered video is not the one the shards were made from "
                               "(sha256 differs)", f"register the original video, or reshard everything with "
                               f"`wtours shard --city {slug} --overwrite`")

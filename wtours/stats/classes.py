@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from wtours.errors import UsageError, WtoursError
-from wtours.stats.params import DetectorParams
+from wtours.stats.params import BACKENDS, Backend, DetectorParams
 
 # Placeholders in torchvision's 91-entry COCO list (ids the 80 classes skip): never counted.
 IGNORED_LABELS = frozenset({"__background__", "N/A"})
@@ -91,22 +91,6 @@ def detect_stage(items: Iterable[Any], detector: Detector, batch_size: int,
 
 
 # ---------------------------------------------------------------- torchvision backends
-
-
-@dataclass(frozen=True)
-class Backend:
-    builder: str  # torchvision.models.detection function
-    weights: str  # its weights enum member, "Enum.MEMBER"
-
-
-# Named factories (docs/stats.md compares them); the first is the default.
-BACKENDS: dict[str, Backend] = {
-    # Faster R-CNN, MobileNetV3-Large FPN, 320 px: COCO box mAP 22.8, 19.4 M parameters, 74 MB.
-    "fasterrcnn-mobilenet-320": Backend("fasterrcnn_mobilenet_v3_large_320_fpn",
-                                        "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1"),
-    # SSDlite, MobileNetV3-Large, 320 px: COCO box mAP 21.3, 3.4 M parameters, 13 MB; faster on a CPU.
-    "ssdlite-320": Backend("ssdlite320_mobilenet_v3_large", "SSDLite320_MobileNet_V3_Large_Weights.COCO_V1"),
-}
 
 
 def backend(name: str) -> Backend:

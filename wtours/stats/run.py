@@ -20,6 +20,7 @@ from wtours.stats.params import StatsConfig
 from wtours.stats.parts import Parts
 from wtours.stats.report import write_outputs
 from wtours.stats.summary import summarise
+from wtours.video import read_video_info, registered_video
 
 PARTS_FORMAT = "wtours-stats-parts"
 SKIPPED_FILE = "skipped.json"  # in _parts/: the shards whose frames the parts lack
@@ -59,16 +60,13 @@ def open_source(layout: Layout, slug: str, config: StatsConfig,
     analysis = config.analysis
     if remote is not None:
         return ShardSource(layout, slug, analysis.every, remote)
-    if layout.read_info(slug) is None and not layout.index_path(slug).is_file():
+    if read_video_info(layout, slug) is None and not layout.index_path(slug).is_file():
         raise WtoursError(f"no video registered as {slug!r} under {layout.root}",
                           f"run `wtours download --city {slug}` or `wtours add FILE --name {slug}` first")
     if analysis.source == "shards":
         return ShardSource(layout, slug, analysis.every)
-    from wtours.shard.params import ShardParams
-    from wtours.shard.run import prepare_job
-
-    job = prepare_job(layout, slug, ShardParams(), "none")  # checks the file is there and unchanged
-    return VideoSource(job.video_path, job.probe, job.sha256, analysis.every)
+    info, path = registered_video(layout, slug)  # checks the file is there and unchanged
+    return VideoSource(path, info.probe, info.sha256, analysis.every)
 
 
 def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detector | None = None,

@@ -1,4 +1,7 @@
-"""`wtours blur-faces`: hide faces in a shard set that already exists, writing a new set (and index)."""
+"""`wtours blur-faces`: hide faces in a shard set that already exists, writing a new set (and index).
+
+A shard stage of its own (read, blur with wtours.privacy, write): it sits beside `shard.run`, which blurs while
+sharding."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""Fetching videos into the data root: yt-dlp downloads, local files, provenance and verification."""
+"""`wtours download`: yt-dlp fetches a corpus video (or any URL) into the data root, resumable and verified,
+with yt-dlp's record of where it came from (provenance) in info.json."""
 
 from __future__ import annotations
 
-import datetime as dt
 import errno
-import hashlib
 import logging
 import os
 import shutil
@@ -13,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wtours import __version__, media
+from wtours import media
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import Layout, replace_atomically, validate_slug, write_json_atomic
+from wtours.fetch.ytdlp_options import YtdlpSettings
+from wtours.layout import Layout, validate_slug
 from wtours.locks import folder_lock
 from wtours.manifest import VideoEntry, load_manifest
-from wtours.ytdlp_options import YtdlpSettings
+from wtours.video import VideoInfo, completed_file, read_video_info, write_video_info
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class DownloadResult:
     slug: str
     path: Path
     status: str  # "downloaded", "skipped" or "added"
-    info: dict[str, Any]
+    info: VideoInfo | None
 
 
 def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
@@ -116,33 +116,7 @@ def format_selector(max_height: int) -> str:
     return f"bv*[height<=?{max_height}]/b[height<=?{max_height}]"
 
 
-# ---------------------------------------------------------------- completed files
-
-
-def completed_file(layout: Layout, slug: str, rehash: bool = False) -> Path | None:
-    """The recorded video file if info.json says it is complete and the file still matches it."""
-    info = layout.read_info(slug)
-    if not info or "sha256" not in info or "file" not in info:
-        return None
-    path = layout.video_file(slug, info["file"])
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    if stat.st_size != info.get("bytes"):
-        return None
-    if rehash or stat.st_mtime_ns != info.get("mtime_ns"):
-        if sha256_file(path) != info["sha256"]:
-            return None
-    return path
-
-
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+# ---------------------------------------------------------------- checks
 
 
 def probe_and_verify(path: Path) -> media.ProbeResult:
@@ -158,28 +132,6 @@ def _reject(path: Path, error: WtoursError) -> WtoursError:
         os.replace(path, rejected)
         error.message += f" (kept as {rejected.name} for inspection)"
     return error
-
-
-def write_info(layout: Layout, slug: str, path: Path, probed: media.ProbeResult, source: dict[str, Any],
-               entry: VideoEntry | None, damaged: str | None = None) -> dict[str, Any]:
-    stat = path.stat()
-    info = {
-        "slug": slug,
-        "city": entry.city if entry else None,
-        "kind": entry.kind if entry else None,
-        "file": path.name,
-        "source": source,
-        "sha256": sha256_file(path),
-        "bytes": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "probe": probed.to_dict(),
-        "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "tool": {"wtours": __version__, "ffmpeg": media.find_tools().source},
-    }
-    if damaged:
-        info["damaged"] = damaged
-    write_json_atomic(layout.info_path(slug), info)
-    return info
 
 
 # ---------------------------------------------------------------- yt-dlp
@@ -208,7 +160,7 @@ class _YtdlpLogger:
 def _ytdlp_options(config: DownloadConfig, outtmpl: str, logger: _YtdlpLogger,
                    hooks: list[Callable[[dict], None]]) -> dict[str, Any]:
     """Layered, later wins: wtours' defaults, the user's yt-dlp config, wtours flags given, --yt-dlp-option,
-    and last the options that carry wtours' contract (see wtours/ytdlp_options.py)."""
+    and last the options that carry wtours' contract (see wtours/fetch/ytdlp_options.py)."""
     options: dict[str, Any] = {
         "format": format_selector(config.max_height),
         "retries": DEFAULT_RETRIES,  # the Python API defaults to 0 retries (the CLI to 10)
@@ -348,7 +300,7 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
     done = completed_file(layout, target.slug, rehash=config.verify)
     if done is not None:
         say(f"{target.slug}: already downloaded and verified ({done}); skipping")
-        return DownloadResult(target.slug, done, "skipped", layout.read_info(target.slug) or {})
+        return DownloadResult(target.slug, done, "skipped", read_video_info(layout, target.slug))
     media.find_tools()  # fail before any transfer when ffmpeg is missing: we cannot verify without it
     # one writer per video folder: two downloads (or a download and an add) would share the .part file
     with folder_lock(folder, f"video folder of {target.slug}"):
@@ -383,9 +335,9 @@ def _download_locked(layout: Layout, target: DownloadTarget, config: DownloadCon
     except media.ProbeError as e:
         raise _reject(path, e) from e
     source = _source_record(info, target, config.ytdlp)
-    record = write_info(layout, target.slug, path, probed, source, target.entry)
-    say(f"{target.slug}: {path} ({record['bytes'] / 1e6:.1f} MB, {probed.width}x{probed.height}, "
-        f"{probed.fps:.2f} fps, {probed.duration / 60:.1f} min, sha256 {record['sha256'][:12]}…)")
+    record = write_video_info(layout, target.slug, path, probed, source, target.entry)
+    say(f"{target.slug}: {path} ({record.bytes / 1e6:.1f} MB, {probed.width}x{probed.height}, "
+        f"{probed.fps:.2f} fps, {probed.duration / 60:.1f} min, sha256 {record.sha256[:12]}…)")
     return DownloadResult(target.slug, path, "downloaded", record)
 
 
@@ -411,155 +363,3 @@ def _source_record(info: dict[str, Any], target: DownloadTarget, settings: Ytdlp
         # which of the user's yt-dlp settings shaped the download (names only: values may be secrets)
         "yt_dlp_options": settings.origin(),
     }
-
-
-# ---------------------------------------------------------------- local files
-
-PROVENANCE_KEYS = ("url", "title", "uploader", "license")  # what `wtours add` records for attribution
-_MAX_TEXT = {"url": 2048, "title": 300, "uploader": 200, "license": 100}
-_OPTION_OF = {"url": "--source-url", "title": "--title", "uploader": "--uploader", "license": "--license"}
-
-
-def validate_provenance(provenance: dict[str, str | None]) -> dict[str, str]:
-    """The given attribution fields, checked: an http(s) URL with a host; single-line printable text of a
-    sensible length (it lands in a table of the dataset card). A licence is an SPDX id (CC-BY-4.0) or a
-    short text ("Creative Commons Attribution license (reuse allowed)", as YouTube states it)."""
-    from urllib.parse import urlsplit
-
-    out: dict[str, str] = {}
-    for key, value in provenance.items():
-        if value is None:
-            continue
-        option = _OPTION_OF[key]
-        text = value.strip()
-        if not text or len(text) > _MAX_TEXT[key] or not text.isprintable():
-            raise UsageError(f"{option} {value!r} is not a single line of 1 to {_MAX_TEXT[key]} printable characters",
-                             "give it as shown at the source, e.g. --uploader 'Jane Walker' --license CC-BY-4.0")
-        if key == "url":
-            parts = urlsplit(text)
-            if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in text):
-                raise UsageError(f"--source-url {value!r} is not an http(s) URL",
-                                 "give the page the video was published on, e.g. https://www.youtube.com/watch?v=ID")
-        out[key] = text
-    return out
-
-
-def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link", allow_damaged: bool = False,
-              say: Callable[[str], None] = print, force: bool = False,
-              provenance: dict[str, str | None] | None = None) -> DownloadResult:
-    """Register a video file already on disk (e.g. from the figshare mirror) as <root>/videos/<name>/.
-
-    A file that probes but does not decode to its end is refused unless `allow_damaged`: then it is
-    recorded with the reason, and `wtours shard` keeps what decodes. A name that is already registered
-    to another file is refused unless `force` (with --mode move the earlier file may be the user's only
-    copy); the only file ever deleted is the one the user named, and only with --mode move.
-
-    `provenance` (keys of PROVENANCE_KEYS: source page URL, title, uploader, licence) is recorded under
-    'source' for the dataset card's attribution; re-adding keeps the fields recorded before unless given
-    anew (corpus videos start from the manifest's URL and licence)."""
-    slug = validate_slug(name)
-    given = validate_provenance(provenance or {})
-    source_path = Path(path).expanduser().resolve()
-    if not source_path.is_file():
-        raise UsageError(f"{path} does not exist or is not a file", "give the path of a video file")
-    layout = Layout(root)
-    _refuse_replacing(layout, slug, source_path, force)  # at once, before the decode check
-    probed = media.probe(source_path)
-    damaged = None
-    try:
-        media.verify_decodes(source_path, probed.duration)
-    except media.ProbeError as e:
-        if not allow_damaged:
-            e.hint = (e.hint or "") + "; or register it anyway with --allow-damaged (shard keeps what decodes)"
-            raise
-        damaged = e.message
-        say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
-    with folder_lock(layout.video_dir(slug), f"video folder of {slug}"):
-        current = _refuse_replacing(layout, slug, source_path, force)  # again, under the lock
-        return _add_locked(layout, slug, source_path, mode, probed, damaged, say, current, given)
-
-
-def _refuse_replacing(layout: Layout, slug: str, source_path: Path, force: bool) -> Path | None:
-    current = _registered_elsewhere(layout, slug, source_path)
-    if current is not None and not force:
-        raise UsageError(
-            f"{slug!r} is already registered under {layout.root} (as {current}); nothing was changed",
-            f"choose another --name, or pass --force to replace the registered video with {source_path}"
-            + (" (the earlier file in the data root is then replaced)" if current.exists() else ""))
-    return current
-
-
-def _registered_elsewhere(layout: Layout, slug: str, source_path: Path) -> Path | None:
-    """The file registered as `slug` when it is not `source_path` itself (re-adding the same file is harmless)."""
-    existing = layout.read_info(slug)
-    if not existing or not existing.get("file"):
-        return None
-    current = layout.video_file(slug, existing["file"])
-    try:
-        if current.resolve() == source_path or (current.exists() and os.path.samefile(current, source_path)):
-            return None
-    except OSError:
-        pass
-    if source_path.stat().st_size == existing.get("bytes") and sha256_file(source_path) == existing.get("sha256"):
-        return None  # the same video again (e.g. a copy): nothing is lost by registering it anew
-    return current
-
-
-def _add_locked(layout: Layout, slug: str, source_path: Path, mode: str, probed: media.ProbeResult,
-                damaged: str | None, say: Callable[[str], None], current: Path | None,
-                given: dict[str, str]) -> DownloadResult:
-    folder = layout.video_dir(slug)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = layout.added_video_path(slug, source_path.suffix)
-    earlier = _earlier_provenance(layout, slug)  # read before anything is replaced
-    if current is not None:
-        say(f"{slug}: replacing the registered video {current.name} (--force)")
-    _place(source_path, final, mode)
-    entry = load_manifest().get(slug)
-    source = {"type": "local", "path": str(source_path), "url": entry.url if entry else None,
-              "id": entry.youtube_id if entry else None, "title": None, "uploader": None, "channel_url": None,
-              "license": entry.license if entry else None}
-    kept = {k: v for k, v in earlier.items() if k not in given and source.get(k) != v}
-    source.update(kept)
-    source.update(given)
-    if any(k in _OPTION_OF for k in kept):
-        say(f"{slug}: keeping the recorded {', '.join(sorted(kept))} "
-            f"(give {', '.join(_OPTION_OF[k] for k in sorted(kept) if k in _OPTION_OF)} to change)")
-    record = write_info(layout, slug, final, probed, source, entry, damaged=damaged)
-    say(f"{slug}: added {final} ({probed.width}x{probed.height}, {probed.fps:.2f} fps, {probed.duration:.1f} s)")
-    return DownloadResult(slug, final, "added", record)
-
-
-def _earlier_provenance(layout: Layout, slug: str) -> dict[str, Any]:
-    """The attribution recorded for `slug` before (by an earlier add or a download), to keep on re-adding."""
-    try:
-        info = layout.read_info(slug) or {}
-    except WtoursError:
-        return {}  # a damaged info.json is replaced anyway
-    raw = info.get("source")
-    source: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    return {k: source[k] for k in (*PROVENANCE_KEYS, "channel_url", "id") if source.get(k)}
-
-
-def _place(source: Path, final: Path, mode: str) -> None:
-    """Copy, hard-link, symlink or move `source` to `final`, atomically (temporary name, then rename)."""
-    if final.exists() and final.resolve() == source:
-        return
-    if mode not in ("link", "symlink", "copy", "move"):
-        raise UsageError(f"unknown mode {mode!r}", "use copy, link, symlink or move")
-    replace_atomically(final, lambda tmp: _put(source, tmp, mode))
-    if mode == "move":
-        source.unlink()  # only once the copy is in place: a failure never loses the original
-
-
-def _put(source: Path, tmp: Path, mode: str) -> None:
-    if mode == "symlink":
-        os.symlink(source, tmp)
-        return
-    if mode in ("link", "move"):
-        try:
-            os.link(source, tmp)
-            return
-        except OSError:
-            pass  # another filesystem: fall back to a copy
-    shutil.copyfile(source, tmp)

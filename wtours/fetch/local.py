@@ -1,0 +1,166 @@
+"""`wtours add`: register a video file already on disk (e.g. from the figshare mirror), with the provenance
+the user gives for the dataset card's attribution."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from wtours import media
+from wtours.errors import UsageError, WtoursError
+from wtours.fetch.download import DownloadResult
+from wtours.layout import Layout, replace_atomically, validate_slug
+from wtours.locks import folder_lock
+from wtours.manifest import load_manifest
+from wtours.video import read_video_info, sha256_file, write_video_info
+
+PROVENANCE_KEYS = ("url", "title", "uploader", "license")  # what `wtours add` records for attribution
+_MAX_TEXT = {"url": 2048, "title": 300, "uploader": 200, "license": 100}
+_OPTION_OF = {"url": "--source-url", "title": "--title", "uploader": "--uploader", "license": "--license"}
+
+
+def validate_provenance(provenance: dict[str, str | None]) -> dict[str, str]:
+    """The given attribution fields, checked: an http(s) URL with a host; single-line printable text of a
+    sensible length (it lands in a table of the dataset card). A licence is an SPDX id (CC-BY-4.0) or a
+    short text ("Creative Commons Attribution license (reuse allowed)", as YouTube states it)."""
+    from urllib.parse import urlsplit
+
+    out: dict[str, str] = {}
+    for key, value in provenance.items():
+        if value is None:
+            continue
+        option = _OPTION_OF[key]
+        text = value.strip()
+        if not text or len(text) > _MAX_TEXT[key] or not text.isprintable():
+            raise UsageError(f"{option} {value!r} is not a single line of 1 to {_MAX_TEXT[key]} printable characters",
+                             "give it as shown at the source, e.g. --uploader 'Jane Walker' --license CC-BY-4.0")
+        if key == "url":
+            parts = urlsplit(text)
+            if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in text):
+                raise UsageError(f"--source-url {value!r} is not an http(s) URL",
+                                 "give the page the video was published on, e.g. https://www.youtube.com/watch?v=ID")
+        out[key] = text
+    return out
+
+
+def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link", allow_damaged: bool = False,
+              say: Callable[[str], None] = print, force: bool = False,
+              provenance: dict[str, str | None] | None = None) -> DownloadResult:
+    """Register a video file already on disk (e.g. from the figshare mirror) as <root>/videos/<name>/.
+
+    A file that probes but does not decode to its end is refused unless `allow_damaged`: then it is
+    recorded with the reason, and `wtours shard` keeps what decodes. A name that is already registered
+    to another file is refused unless `force` (with --mode move the earlier file may be the user's only
+    copy); the only file ever deleted is the one the user named, and only with --mode move.
+
+    `provenance` (keys of PROVENANCE_KEYS: source page URL, title, uploader, licence) is recorded under
+    'source' for the dataset card's attribution; re-adding keeps the fields recorded before unless given
+    anew (corpus videos start from the manifest's URL and licence)."""
+    slug = validate_slug(name)
+    given = validate_provenance(provenance or {})
+    source_path = Path(path).expanduser().resolve()
+    if not source_path.is_file():
+        raise UsageError(f"{path} does not exist or is not a file", "give the path of a video file")
+    layout = Layout(root)
+    _refuse_replacing(layout, slug, source_path, force)  # at once, before the decode check
+    probed = media.probe(source_path)
+    damaged = None
+    try:
+        media.verify_decodes(source_path, probed.duration)
+    except media.ProbeError as e:
+        if not allow_damaged:
+            e.hint = (e.hint or "") + "; or register it anyway with --allow-damaged (shard keeps what decodes)"
+            raise
+        damaged = e.message
+        say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
+    with folder_lock(layout.video_dir(slug), f"video folder of {slug}"):
+        current = _refuse_replacing(layout, slug, source_path, force)  # again, under the lock
+        return _add_locked(layout, slug, source_path, mode, probed, damaged, say, current, given)
+
+
+def _refuse_replacing(layout: Layout, slug: str, source_path: Path, force: bool) -> Path | None:
+    current = _registered_elsewhere(layout, slug, source_path)
+    if current is not None and not force:
+        raise UsageError(
+            f"{slug!r} is already registered under {layout.root} (as {current}); nothing was changed",
+            f"choose another --name, or pass --force to replace the registered video with {source_path}"
+            + (" (the earlier file in the data root is then replaced)" if current.exists() else ""))
+    return current
+
+
+def _registered_elsewhere(layout: Layout, slug: str, source_path: Path) -> Path | None:
+    """The file registered as `slug` when it is not `source_path` itself (re-adding the same file is harmless)."""
+    existing = read_video_info(layout, slug)
+    if existing is None:
+        return None
+    current = layout.video_file(slug, existing.file)
+    try:
+        if current.resolve() == source_path or (current.exists() and os.path.samefile(current, source_path)):
+            return None
+    except OSError:
+        pass
+    if source_path.stat().st_size == existing.bytes and sha256_file(source_path) == existing.sha256:
+        return None  # the same video again (e.g. a copy): nothing is lost by registering it anew
+    return current
+
+
+def _add_locked(layout: Layout, slug: str, source_path: Path, mode: str, probed: media.ProbeResult,
+                damaged: str | None, say: Callable[[str], None], current: Path | None,
+                given: dict[str, str]) -> DownloadResult:
+    folder = layout.video_dir(slug)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = layout.added_video_path(slug, source_path.suffix)
+    earlier = _earlier_provenance(layout, slug)  # read before anything is replaced
+    if current is not None:
+        say(f"{slug}: replacing the registered video {current.name} (--force)")
+    _place(source_path, final, mode)
+    entry = load_manifest().get(slug)
+    source = {"type": "local", "path": str(source_path), "url": entry.url if entry else None,
+              "id": entry.youtube_id if entry else None, "title": None, "uploader": None, "channel_url": None,
+              "license": entry.license if entry else None}
+    kept = {k: v for k, v in earlier.items() if k not in given and source.get(k) != v}
+    source.update(kept)
+    source.update(given)
+    if any(k in _OPTION_OF for k in kept):
+        say(f"{slug}: keeping the recorded {', '.join(sorted(kept))} "
+            f"(give {', '.join(_OPTION_OF[k] for k in sorted(kept) if k in _OPTION_OF)} to change)")
+    record = write_video_info(layout, slug, final, probed, source, entry, damaged=damaged)
+    say(f"{slug}: added {final} ({probed.width}x{probed.height}, {probed.fps:.2f} fps, {probed.duration:.1f} s)")
+    return DownloadResult(slug, final, "added", record)
+
+
+def _earlier_provenance(layout: Layout, slug: str) -> dict[str, Any]:
+    """The attribution recorded for `slug` before (by an earlier add or a download), to keep on re-adding."""
+    try:
+        info = read_video_info(layout, slug)
+    except WtoursError:
+        return {}  # a damaged info.json is replaced anyway
+    source: dict[str, Any] = info.source if info is not None else {}
+    return {k: source[k] for k in (*PROVENANCE_KEYS, "channel_url", "id") if source.get(k)}
+
+
+def _place(source: Path, final: Path, mode: str) -> None:
+    """Copy, hard-link, symlink or move `source` to `final`, atomically (temporary name, then rename)."""
+    if final.exists() and final.resolve() == source:
+        return
+    if mode not in ("link", "symlink", "copy", "move"):
+        raise UsageError(f"unknown mode {mode!r}", "use copy, link, symlink or move")
+    replace_atomically(final, lambda tmp: _put(source, tmp, mode))
+    if mode == "move":
+        source.unlink()  # only once the copy is in place: a failure never loses the original
+
+
+def _put(source: Path, tmp: Path, mode: str) -> None:
+    if mode == "symlink":
+        os.symlink(source, tmp)
+        return
+    if mode in ("link", "move"):
+        try:
+            os.link(source, tmp)
+            return
+        except OSError:
+            pass  # another filesystem: fall back to a copy
+    shutil.copyfile(source, tmp)

@@ -1,0 +1,126 @@
+"""The registered video: what `wtours download` and `wtours add` record in <root>/videos/<slug>/info.json,
+typed (`VideoInfo`), and the one check that the file on disk is still the one recorded (`registered_video`).
+
+Every reader of info.json goes through `read_video_info`: the file is the project's own, but a user may
+edit or damage it, so its fields are checked once here and never looked up by string key elsewhere."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from wtours import __version__, media
+from wtours.errors import WtoursError
+from wtours.layout import Layout, read_json, write_json_atomic
+from wtours.manifest import VideoEntry
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """info.json: the file, its checksum and size when recorded, ffprobe's facts and where it came from."""
+
+    slug: str
+    file: str  # the file's name in the video's folder
+    sha256: str
+    bytes: int
+    probe: media.ProbeResult
+    source: dict[str, Any] = field(default_factory=dict)  # yt-dlp's record, or `wtours add`'s provenance
+    mtime_ns: int | None = None  # a file whose size and mtime are unchanged is not hashed again
+    city: str | None = None
+    kind: str | None = None
+    recorded_at: str | None = None
+    tool: dict[str, Any] = field(default_factory=dict)
+    damaged: str | None = None  # `wtours add --allow-damaged`: what the decode check found
+
+    @property
+    def source_id(self) -> str | None:
+        value = self.source.get("id")
+        return value if isinstance(value, str) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.damaged is None:
+            del data["damaged"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, where: Path) -> VideoInfo:
+        """Checked: a damaged or hand-edited info.json is one clear error naming the file."""
+        hint = "register the video again with `wtours add FILE --name SLUG` (or download it again)"
+        if not isinstance(data, dict):
+            raise WtoursError(f"{where} is not a video record (a JSON object)", hint)
+        try:
+            probe = media.ProbeResult(**data["probe"])
+            known = {f.name for f in fields(cls)}
+            info = cls(**{k: v for k, v in data.items() if k in known and k != "probe"}, probe=probe)
+        except (KeyError, TypeError) as e:
+            raise WtoursError(f"{where} lacks a field of a video record ({e})", hint) from e
+        for name, kind in (("slug", str), ("file", str), ("sha256", str), ("bytes", int), ("source", dict)):
+            value = getattr(info, name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise WtoursError(f"{where}: {name!r} is a {type(value).__name__}, not a {kind.__name__}", hint)
+        return info
+
+
+def read_video_info(layout: Layout, slug: str) -> VideoInfo | None:
+    """The registered video's record, or None when none is registered under `slug`."""
+    path = layout.info_path(slug)
+    data = read_json(path)
+    return None if data is None else VideoInfo.from_dict(data, path)
+
+
+def write_video_info(layout: Layout, slug: str, path: Path, probed: media.ProbeResult, source: dict[str, Any],
+                     entry: VideoEntry | None, damaged: str | None = None) -> VideoInfo:
+    """Record `path` (already in the video's folder) as `slug`'s video: its checksum, size and probe."""
+    stat = path.stat()
+    info = VideoInfo(
+        slug=slug, file=path.name, sha256=sha256_file(path), bytes=stat.st_size, probe=probed, source=source,
+        mtime_ns=stat.st_mtime_ns, city=entry.city if entry else None, kind=entry.kind if entry else None,
+        recorded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        tool={"wtours": __version__, "ffmpeg": media.find_tools().source}, damaged=damaged)
+    write_json_atomic(layout.info_path(slug), info.to_dict())
+    return info
+
+
+def completed_file(layout: Layout, slug: str, rehash: bool = False) -> Path | None:
+    """The recorded video file if info.json says it is complete and the file still matches it."""
+    info = read_video_info(layout, slug)
+    if info is None:
+        return None
+    path = layout.video_file(slug, info.file)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    if stat.st_size != info.bytes:
+        return None
+    if (rehash or stat.st_mtime_ns != info.mtime_ns) and sha256_file(path) != info.sha256:
+        return None
+    return path
+
+
+def registered_video(layout: Layout, slug: str) -> tuple[VideoInfo, Path]:
+    """The video registered as `slug`, checked to be the file recorded (size, and checksum when its mtime
+    changed); a missing or changed file is a clear error saying how to register it again."""
+    info = read_video_info(layout, slug)
+    if info is None:
+        raise WtoursError(f"no video registered as {slug!r} under {layout.root}",
+                          f"run `wtours download --city {slug}` or `wtours add FILE --name {slug}` first")
+    path = layout.video_file(slug, info.file)
+    if not path.is_file():
+        raise WtoursError(f"{path} is missing", f"download or add {slug} again")
+    if completed_file(layout, slug) is None:
+        raise WtoursError(f"{path} changed since it was recorded (size or checksum differ)",
+                          f"register it again with `wtours add {path} --name {slug}` (or download it again)")
+    return info, path
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
