@@ -65,7 +65,7 @@ def bench_shards(loops: int = 10):
     root = Layout(DATA / "loader-root")
     looped = cached_video(f"street4k60-{12 * loops}s.mp4",
                           ["-stream_loop", str(loops - 1), "-i", str(street_4k60(12)), "-c", "copy"])
-    if root.read_index("street") is None:
+    if not root.index_path("street").is_file():
         add_local(looped, "street", root.root, mode="symlink", say=lambda m: None)
         shard_video(root, "street", ShardParams(), RunOptions(workers=os.cpu_count() or 1), say=print)
     return root, looped
@@ -293,7 +293,7 @@ def reading_shard():
     from wtours.shard.run import shard_video
 
     root = Layout(DATA / "reading-root")
-    if root.read_index("street") is None:
+    if not root.index_path("street").is_file():
         looped = cached_video("street-loop26.avi", ["-stream_loop", "25", "-i", str(STREET), "-c", "copy"])
         add_local(looped, "street", root.root, mode="symlink", say=lambda m: None)
         shard_video(root, "street", ShardParams(), RunOptions(workers=1, progress=False), say=lambda m: None)
@@ -417,9 +417,10 @@ def main() -> None:
     if args.baseline:
         compare_with_baseline(root.root, args.baseline, args.repeats, args.batches, args.batch_size)
         return
-    index = root.read_index("street")
-    print(f"shards: {len(index['shards'])} x {index['shards'][0]['samples']} frames "
-          f"{index['shards'][0]['name']}, {index['params']}")
+    from wtours.shard.index import load_index
+
+    index = load_index(root, "street")
+    print(f"shards: {len(index.shards)} x {index.shards[0].samples} frames {index.shards[0].name}, {index.params}")
     one = timed_loader(shards, LoaderConfig(batch_size=args.batch_size, workers=1, shuffle_buffer=16), args.batches)
     print(f"cpu path, 1 worker:      {one.rate:6.2f} clips/s  (per core; the worker's CPU: {one.cpu:.1f} ms per clip, "
           f"{1000 / one.cpu:.2f} clips/s; {one.system:.1f} ms of it in the kernel, {one.faults:.0f} page faults)")

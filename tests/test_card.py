@@ -7,6 +7,7 @@ and `datasets` run in subprocesses)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ from wtours.hub.card import (
 from wtours.hub.client import HubTarget
 from wtours.hub.push import PushConfig, push
 from wtours.layout import Layout
+from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
 
@@ -77,7 +79,7 @@ def push_sets(root: Path, hub: HubServer, repo: str) -> None:
 
 def card_videos(root: Path) -> list[CardVideo]:
     layout = Layout(root)
-    return [CardVideo(s, index_json(layout, s), provenance.source_record(layout, s)) for s in SETS]
+    return [CardVideo(s, load_index(layout, s), provenance.source_record(layout, s)) for s in SETS]
 
 
 def run_card(root: Path, out: Path, *extra: str):
@@ -213,10 +215,16 @@ def test_declared_features_are_the_samples_fields(root):
 
 def test_card_cites_the_paper_and_states_privacy_and_licences(root):
     videos = card_videos(root)
-    blurred = copy.deepcopy(videos[0].index)
-    blurred["privacy"] = {"blurred": True, "detector": "centerface", "threshold": 0.2, "mode": "pixelate",
-                          "scale": 1.3, "upscale": 1.0, "faces": 1234, "frames_with_faces": 56,
-                          "max_faces_per_frame": 9}
+    plain = videos[0].index
+    faces = [0, 1000, *[234 // (plain.samples - 2)] * (plain.samples - 2)]  # faces in all but the first frame
+    faces[-1] += 234 % (plain.samples - 2)  # 1,234 in all
+    shards, at = [], 0
+    for entry in plain.shards:
+        shards.append(dataclasses.replace(entry, faces=tuple(faces[at:at + entry.samples])))
+        at += entry.samples
+    blurred = dataclasses.replace(plain, shards=tuple(shards), params=dataclasses.replace(
+        plain.params, blur_faces=True, blur_mode="pixelate", blur_threshold=0.2))
+    assert blurred.privacy is not None and blurred.privacy["faces"] == 1234
     card = render_card("alice/walks", [CardVideo("venice", blurred, videos[0].source), videos[1]],
                        "https://huggingface.co")
     meta = yaml.safe_load(card.split("---\n")[1])
@@ -227,7 +235,7 @@ def test_card_cites_the_paper_and_states_privacy_and_licences(root):
     assert f"```bibtex\n{BIBTEX}\n```" in card and f"]({ARXIV_URL})" in card
     privacy = card.split("## Privacy and limitations")[1].split("\n## ")[0]
     assert "bystanders' faces" in privacy and "number\nplates" in privacy
-    assert "| `venice` | yes (pixelate) | centerface at 0.2 | 1,234 | 56 | CC-BY |" in privacy
+    assert f"| `venice` | yes (pixelate) | centerface at 0.2 | 1,234 | {plain.samples - 1} | CC-BY |" in privacy
     assert "| `my-walk` | **no** | | | | CC BY 4.0 |" in privacy
     assert "a face detector (here: `centerface`)\n  leaves them readable" in privacy
     layout = card.split("## Layout")[1]
@@ -314,8 +322,8 @@ def test_datasets_loads_a_repo_mixing_corpus_and_own_videos(root, hub, tmp_path)
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    venice_id = Layout(root).read_index("venice")["video"]["source_id"]
-    assert isinstance(venice_id, str) and Layout(root).read_index("my-walk")["video"]["source_id"] is None
+    venice_id = index_json(Layout(root), "venice")["video"]["source_id"]
+    assert isinstance(venice_id, str) and index_json(Layout(root), "my-walk")["video"]["source_id"] is None
     expected = {None: (10, [["my-walk", None], ["venice", venice_id]]), "all": (10, [["my-walk", None],
                                                                                       ["venice", venice_id]]),
                 "venice": (6, [["venice", venice_id]]), "my-walk": (4, [["my-walk", None]])}

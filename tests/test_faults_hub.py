@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.hub_server import HubServer
-from tests.videos import sharded_root
+from tests.videos import index_json, sharded_root
 from wtours.hub.client import HubTarget
 from wtours.hub.push import PushConfig, push
 from wtours.layout import Layout
@@ -143,7 +143,7 @@ def test_a_stalled_commit_times_out_naming_the_endpoint_and_the_rerun_resumes(ro
     second = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env)
     assert second.returncode == 0, second.stderr
     files = hub.files(repo)
-    for shard in Layout(root).read_index(SLUG)["shards"]:
+    for shard in index_json(Layout(root), SLUG)["shards"]:
         assert hashlib.sha256(files[f"{SLUG}/{shard['name']}"]).hexdigest() == shard["sha256"]
 
 
@@ -282,7 +282,7 @@ def test_a_full_disk_during_pull_is_one_line_and_the_rerun_resumes(root, hub, tm
     first = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env)
     assert_clean_failure(first, "No space left on device", "disk is full")
     folder = Layout(copy).shard_dir(SLUG)
-    index = Layout(root).read_index(SLUG)
+    index = index_json(Layout(root), SLUG)
     for shard in index["shards"]:  # a shard under its final name is whole and verified
         path = folder / shard["name"]
         assert not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]

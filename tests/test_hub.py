@@ -29,6 +29,7 @@ from wtours.hub.paths import shard_pattern, shard_spec
 from wtours.hub.pull import PullConfig, pull
 from wtours.hub.push import Delete, PushConfig, Upload, batch_operations, plan_set, push
 from wtours.layout import Layout, read_json, write_json_atomic
+from wtours.shard.index import ShardEntry, load_index
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
 
@@ -443,8 +444,9 @@ def test_a_set_without_provenance_is_refused(small_video, tmp_path):
 # ---------------------------------------------------------------------- planning and card (pure)
 
 
-def fake_index(slug: str, shards: list[tuple[str, int, str]]) -> dict:
-    return {"shards": [{"name": n, "bytes": b, "sha256": s} for n, b, s in shards]}
+def fake_index(slug: str, shards: list[tuple[str, int, str]]) -> tuple[ShardEntry, ...]:
+    """Index entries with the fields push planning reads (name, bytes, sha256)."""
+    return tuple(ShardEntry(n, 1, 0, 0, 0.0, 0.5, ((0, 0),), b, s) for n, b, s in shards)
 
 
 def test_plan_uploads_what_is_missing_or_changed_and_retires_the_old_index(tmp_path):
@@ -496,7 +498,7 @@ def test_shard_spec_is_a_brace_range_only_over_contiguous_shards():
 
 def test_card_attributes_every_video_and_says_how_to_load(root):
     layout = Layout(root)
-    videos = [CardVideo(s, index_json(layout, s), provenance.source_record(layout, s)) for s in SETS]
+    videos = [CardVideo(s, load_index(layout, s), provenance.source_record(layout, s)) for s in SETS]
     card = render_card("alice/walks", videos, "https://huggingface.co")
     assert is_generated(card)
     meta = yaml.safe_load(card.split("---\n")[1])
@@ -599,7 +601,7 @@ def test_hf_download_as_documented_gives_a_root_wtours_verifies_and_wids_reads(r
     assert inspected.returncode == 0, inspected.stderr
     assert json.loads(inspected.stdout)["clips_per_epoch"] == json.loads(original.stdout)["clips_per_epoch"] > 0
 
-    index = Layout(root).read_index("zurich")
+    index = index_json(Layout(root), "zurich")
     local = wids.ShardListDataset(str(Layout(fresh).wids_path("zurich")))
     remote = wids.ShardListDataset(f"{hub.url}/datasets/alice/walks/resolve/main/zurich/zurich.wids.json",
                                    cache_dir=str(tmp_path / "wids-cache"))

