@@ -18,6 +18,8 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
+# ruff, mypy, and the layer contracts of pyproject.toml's [tool.importlinter] (no import cycle, no upward import).
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
