@@ -346,7 +346,7 @@ def test_a_replaced_shard_is_skipped_counted_and_named_when_streamed(root, hub, 
 def test_verified_shard_checks_size_and_sha256_and_serves_nothing_of_a_broken_stream():
     import io
 
-    from wtours.clips.spec import ShardMismatchError, VerifiedShard
+    from wtours.streams import ShardMismatchError, VerifiedShard
 
     data = os.urandom(3000)
     digest = hashlib.sha256(data).hexdigest()
