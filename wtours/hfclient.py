@@ -105,9 +105,6 @@ def _bound_client_timeouts(huggingface_hub: ModuleType) -> None:
     client bounds every request of this process by `request_timeout()` for whatever the caller left
     unbounded (its own, smaller limits stay), with the library's own request hooks (offline mode, request
     ids) taken from the client it would have made."""
-    set_factory = getattr(huggingface_hub, "set_client_factory", None)
-    if set_factory is None:  # pragma: no cover (huggingface_hub < 1.0, outside the supported range)
-        return
     http = _http_module()
     hooks = {name: list(chain) for name, chain in huggingface_hub.get_session().event_hooks.items()}
     limit = request_timeout()
@@ -116,17 +113,15 @@ def _bound_client_timeouts(huggingface_hub: ModuleType) -> None:
         return http.Client(event_hooks=hooks, follow_redirects=True, timeout=limit,
                            transport=_BoundedTransport(http, limit))
 
-    set_factory(factory)
+    huggingface_hub.set_client_factory(factory)
 
 
 def _http_module() -> Any:
-    """The HTTP library huggingface_hub's client is made of (httpx2 in 2.x, httpx in 1.x), by its public alias."""
-    import importlib
+    """The HTTP library huggingface_hub's client is made of (httpx2 in 2.x, httpx in 1.x), by the public alias
+    huggingface_hub.utils.httpx (since 1.30, for code that supports both)."""
+    from huggingface_hub import utils
 
-    try:
-        return importlib.import_module("huggingface_hub.utils").httpx
-    except AttributeError:  # pragma: no cover (huggingface_hub 1.x without the alias)
-        return importlib.import_module("httpx")
+    return utils.httpx
 
 
 class _BoundedTransport:
