@@ -251,8 +251,9 @@ def test_dry_run_json_shows_the_yt_dlp_settings(tmp_path, ytdlp_home):
     settings = json.loads(result.output)[0]["yt_dlp"]
     assert settings["config_files"] == [str(ytdlp_home)]
     assert settings["applied"]["http_chunk_size"] == {"value": 65536, "from": "yt-dlp config"}
-    assert settings["applied"]["proxy"]["value"] == "socks5://(hidden)@127.0.0.1:1080"
-    assert settings["applied"]["http_headers"]["value"] == {"Authorization": "(hidden)"}
+    # wtours.redact, the one redactor: the password and the secret header hidden by its one marker
+    assert settings["applied"]["proxy"]["value"] == "socks5://alice:***@127.0.0.1:1080"
+    assert settings["applied"]["http_headers"]["value"] == {"Authorization": "***"}
     assert set(settings["not_applied"]) == {"outtmpl", "format"}
     assert "s3cret" not in result.output and "tok" not in result.output
 

@@ -222,7 +222,7 @@ def test_closing_a_pipe_early_stops_the_whole_command(shards):
     import os
     import time
 
-    from wtours.clips.spec import open_url
+    from wtours.streams import open_url
 
     ref = resolve(f"pipe:cat {shards}/walk-000000.tar && sleep 60 | cat")[0]
     began = time.monotonic()

@@ -6,8 +6,9 @@ import os
 from typing import Any
 
 from wtours.clips.epoch import ClipConfig, clips_per_epoch, plan_epoch
-from wtours.clips.spec import ShardRef, url_scheme
+from wtours.clips.spec import ShardRef
 from wtours.shard.index import ShardIndex
+from wtours.streams import url_scheme
 
 
 def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, workers: int = 1,

@@ -8,41 +8,23 @@ from __future__ import annotations
 import json
 import logging
 import random
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import Any
 
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from wtours.clips.epoch import ClipConfig, ShardRead, cell_step
-from wtours.clips.spec import (
-    HTTP_TIMEOUT,
-    ShardRef,
-    open_fsspec_at,
-    open_hf_at,
-    open_url,
-    shown_url,
-    url_scheme,
-    verified_whole,
-)
+from wtours.clips.spec import ShardRef
 from wtours.errors import WtoursError
 from wtours.layout import sample_key
+from wtours.redact import redact
+from wtours.streams import ByteStream, open_at, open_url, verified_whole
 
 log = logging.getLogger(__name__)
 
 TAR_END = bytes(1024)  # two zero blocks: the end-of-archive marker a cut-out member range lacks
-
-
-class ByteStream(Protocol):
-    """What the tar reader needs of a shard's bytes: a file, an HTTP response, an hf:// or fsspec
-    stream, a pipe: command's output."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -96,14 +78,14 @@ class Problems:
 
     def clip_failed(self, key: str, url: str, error: BaseException) -> None:
         self.bad_clips += 1
-        url = shown_url(url)  # a pipe: command's credentials stay out of the logs
+        url = redact(url)  # a pipe: command's credentials stay out of the logs
         if url not in self.shards_with_bad_frames:
             self.shards_with_bad_frames.add(url)
             log.warning("skipping clips of %s with a frame that does not decode (first: %s, %s)", url, key,
                         str(error).splitlines()[0])
 
     def shard_failed(self, url: str, error: BaseException) -> bool:
-        url = shown_url(url)  # a pipe: command's credentials stay out of the logs and log.jsonl
+        url = redact(url)  # a pipe: command's credentials stay out of the logs and log.jsonl
         if url not in self.bad_shards:
             self.bad_shards[url] = f"{type(error).__name__}: {error}"
             log.warning("skipping unreadable shard %s (%s)", url, error.args[0] if error.args else error)
@@ -135,62 +117,20 @@ class _MemberRange:
 
 
 def open_part(read: ShardRead) -> ShardStream:
-    """Open a shard part: seek (local file, hf://, fsspec URL) or a Range request (http) to its first
-    sample when the index gives byte offsets, or read and drop the bytes before it (a pipe: command's
-    output only streams); otherwise (a version-1 index) from the shard's start."""
+    """Open a shard part: from its first sample's byte offset when the index gives offsets
+    (streams.open_at: a seek, a Range request, or the bytes before it read and dropped), cut at its
+    stop; otherwise (a version-1 index, or the whole shard) from the shard's start. A whole shard from
+    another machine is checked against its index entry (streams.verified_whole)."""
     ref, offsets = read.ref, read.ref.offsets
     whole = read.first_sample == 0 and read.stop_sample is None
     if offsets is None or whole:
         opened = open_url(ref.url)
-        return ShardStream(read, verified_whole(ref, opened) if whole else opened, 0)  # whole remote: checked
+        return ShardStream(read, verified_whole(ref.url, opened, ref.bytes, ref.sha256) if whole else opened, 0)
     begin = offsets[read.first_sample]
     stop = read.stop_sample
     end = offsets[stop] if stop is not None and stop < len(offsets) else None  # exclusive; None: to the end
-    if ref.url.startswith(("http://", "https://")):
-        raw = _http_range(ref.url, begin, end)
-        if raw is None:  # the server ignored the Range header: read from the start
-            return ShardStream(read, open_url(ref.url), 0)
-    elif ref.url.startswith("hf://"):
-        raw = open_hf_at(ref.url, begin)
-    elif url_scheme(ref.url) == "pipe":
-        raw = _skipped(open_url(ref.url), begin, ref.url)
-    elif url_scheme(ref.url) is not None:
-        raw = open_fsspec_at(ref.url, begin)
-    else:
-        raw = open(ref.url, "rb")
-        raw.seek(begin)
+    raw = open_at(ref.url, begin, end)
     return ShardStream(read, _MemberRange(raw, None if end is None else end - begin), read.first_sample)
-
-
-SKIP_BLOCK = 1 << 20
-
-
-def _skipped(raw: IO[bytes], count: int, url: str) -> IO[bytes]:
-    """`raw` after reading and dropping its first `count` bytes (a stream that cannot seek)."""
-    try:
-        while count > 0:
-            block = raw.read(min(count, SKIP_BLOCK))
-            if not block:
-                raise OSError(f"{url}: the stream ended {count} bytes before the part's first sample")
-            count -= len(block)
-    except BaseException:
-        raw.close()
-        raise
-    return raw
-
-
-def _http_range(url: str, begin: int, end: int | None) -> IO[bytes] | None:
-    request = urllib.request.Request(url, headers={"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
-    try:
-        response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)  # noqa: S310 (scheme checked)
-    except urllib.error.HTTPError as e:
-        raise WtoursError(f"{url}: HTTP {e.code} {e.reason}", "check the URL (and access rights)") from e
-    except urllib.error.URLError as e:
-        raise WtoursError(f"{url}: {e.reason}", "check the network and the URL") from e
-    if response.status != 206:
-        response.close()
-        return None
-    return response
 
 
 def open_shards(reads: Iterable[ShardRead | ShardRef], problems: Problems) -> Iterator[ShardStream]:

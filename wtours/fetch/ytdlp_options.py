@@ -17,11 +17,13 @@ import difflib
 import io
 import json
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from wtours.errors import UsageError
+from wtours.redact import redact_option
 
 _WHERE = "wtours decides where the video goes, <root>/videos/<slug>/, and its name"
 _RESUME = "a download resumes from its .part file and never writes a partial file under its final name"
@@ -67,9 +69,6 @@ FORMAT_KEYS: dict[str, str] = {"format": "wtours picks the best video stream up 
 _INTERNAL = frozenset({"_warnings", "_deprecation_warnings", "compat_opts", "warn_when_outdated"})
 # Sizes yt-dlp's command line takes as 50K / 4.2M: --yt-dlp-option accepts the same.
 _BYTE_KEYS = frozenset({"ratelimit", "throttledratelimit", "http_chunk_size", "buffersize"})
-_SECRET_KEYS = frozenset({"username", "password", "twofactor", "videopassword", "ap_username", "ap_password",
-                          "client_certificate_password"})
-_SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
 # wtours' own flags and the YoutubeDL parameters they set: both at once is a contradiction.
 FLAG_KEYS: dict[str, tuple[str, ...]] = {
     "--rate-limit": ("ratelimit",), "--retries": ("retries", "fragment_retries"),
@@ -115,8 +114,8 @@ class YtdlpSettings:
     def to_dict(self) -> dict[str, Any]:
         """For --dry-run --json: values shown as in describe() (secrets hidden)."""
         return {"config_files": list(self.config_files), "config_ignored": self.config_ignored,
-                "applied": {k: {"value": shown(k, v), "from": FROM_CONFIG} for k, v in self.from_config.items()}
-                | {k: {"value": shown(k, v), "from": FROM_OPTION} for k, v in self.from_option.items()},
+                "applied": {k: {"value": redact_option(k, v), "from": FROM_CONFIG} for k, v in self.from_config.items()}
+                | {k: {"value": redact_option(k, v), "from": FROM_OPTION} for k, v in self.from_option.items()},
                 "not_applied": dict(self.not_applied)}
 
 
@@ -154,37 +153,49 @@ def defaults() -> dict[str, Any]:
 def _config_files_read() -> tuple[dict[str, Any], list[str]]:
     """The parameters the user's yt-dlp config files change from yt-dlp's defaults, and those files.
 
-    yt-dlp's parser reads the config files only for its own command line (an explicit argv means
-    "ignore config"); it is asked to read them for an empty command line instead, exactly as a bare
-    `yt-dlp` run would: portable, home, user ($XDG_CONFIG_HOME/yt-dlp/config, ~/.config/yt-dlp/...,
-    ~/yt-dlp.conf...) and system files, --config-locations inside them, --ignore-config."""
+    yt-dlp's public parser (`yt_dlp.parse_options`) reads the config files only for its own command line
+    (an explicit argv means "ignore config"); it is run on an empty command line instead, exactly as a bare
+    `yt-dlp` run would read them: portable, home, user ($XDG_CONFIG_HOME/yt-dlp/config, ~/.config/yt-dlp/...,
+    ~/yt-dlp.conf...) and system files, --config-locations inside them, --ignore-config. The files are the
+    ones its --verbose run names."""
     import yt_dlp
-    import yt_dlp.options
 
-    real_parse = yt_dlp.options.parseOpts
-    real_config: Any = yt_dlp.options.Config
-    files: list[str] = []
-
-    class RecordingConfig(real_config):
-        """yt-dlp's Config, noting each config file it finds (to say where the applied options came from)."""
-
-        @staticmethod
-        def read_file(filename, default=[]):  # noqa: B006 - yt-dlp's own signature
-            contents = real_config.read_file(filename, default=None)
-            if contents is None:
-                return default
-            files.append(str(filename))
-            return contents
-
-    def parse_with_config(argv=None, ignore_config_files="if_override"):
-        return real_parse([], ignore_config_files=False)
-
-    with _swapped(yt_dlp, "parseOpts", parse_with_config), \
-            _swapped(yt_dlp.options, "Config", RecordingConfig):
-        configured = _parse(lambda: yt_dlp.parse_options([]).ydl_opts, files)
+    files = _config_files_named()
+    with _command_line():
+        configured = _parse(lambda: yt_dlp.parse_options().ydl_opts, files)
     base = defaults()
     changed = {k: v for k, v in configured.items() if k not in _INTERNAL and base.get(k) != v}
-    return changed, list(dict.fromkeys(files))
+    return changed, files
+
+
+# How yt-dlp's --verbose run names a config file it read: `[debug] User config "PATH": [...]` (nested ones
+# prefixed by `| `).
+_CONFIG_LINE = re.compile(r'^\[debug\] (?:\| )*(?:[\w-]+ )?[Cc]onfig "(?P<path>.+)": \[')
+
+
+def _config_files_named() -> list[str]:
+    """The config files yt-dlp reads for a bare command line, in order, as its --verbose run lists them
+    (printed also when a file does not parse: its failure is reported by `_parse`, naming these files)."""
+    import yt_dlp
+
+    printed = io.StringIO()
+    with _command_line("--verbose"), contextlib.redirect_stderr(printed), \
+            contextlib.suppress(SystemExit, Exception):
+        yt_dlp.parse_options()
+    found = (_CONFIG_LINE.match(line) for line in printed.getvalue().splitlines())
+    return list(dict.fromkeys(m["path"] for m in found if m))
+
+
+@contextlib.contextmanager
+def _command_line(*args: str) -> Iterator[None]:
+    """sys.argv as for `yt-dlp ARGS` (yt-dlp reads the config files for its own command line only), restored
+    after."""
+    saved = sys.argv[:]
+    sys.argv[:] = ["yt-dlp", *args]
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
 
 
 def _parse(run, files: Sequence[str] = ()) -> dict[str, Any]:
@@ -201,16 +212,6 @@ def _parse(run, files: Sequence[str] = ()) -> dict[str, Any]:
         where = f" ({', '.join(files)})" if files else ""
         raise UsageError(f"yt-dlp cannot parse your yt-dlp config{where}: {text}",
                          "fix the file (yt-dlp itself would refuse it too), or pass --ignore-yt-dlp-config") from e
-
-
-@contextlib.contextmanager
-def _swapped(owner: Any, name: str, value: Any) -> Iterator[None]:
-    saved = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, saved)
 
 
 # ---------------------------------------------------------------- --yt-dlp-option KEY=VALUE
@@ -280,16 +281,5 @@ def _example(default: Any) -> str:
 # ---------------------------------------------------------------- showing values
 
 
-def shown(key: str, value: Any) -> Any:
-    """A value as it may be printed: passwords hidden, credentials in URLs and secret headers too."""
-    if key in _SECRET_KEYS:
-        return "(hidden)"
-    if key == "http_headers" and isinstance(value, dict):
-        return {k: "(hidden)" if k.lower() in _SECRET_HEADERS else v for k, v in value.items()}
-    if isinstance(value, str):
-        return re.sub(r"://[^/@\s]*@", "://(hidden)@", value)
-    return value
-
-
 def _listing(options: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(shown(k, v), default=str)}" for k, v in options.items())
+    return ", ".join(f"{k}={json.dumps(redact_option(k, v), default=str)}" for k, v in options.items())

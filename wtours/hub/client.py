@@ -14,19 +14,26 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from wtours.errors import UsageError, WtoursError
+from wtours.hfclient import (  # the low-level client (shared with hf:// reads in wtours.streams), re-exported
+    DEFAULT_TIMEOUT,
+    LOGIN_HINT,
+    TIMEOUT_ENV,
+    default_endpoint,
+    describe_error,
+    has_token,
+    hub_errors,
+    is_transport_error,
+    request_timeout,
+    require_hub,
+)
 from wtours.hub.paths import DEFAULT_REVISION, REPO_TYPE, hf_url, source_path, validate_repo_id, validate_revision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TIMEOUT_ENV = "WTOURS_HUB_TIMEOUT"  # seconds without an answer before a Hub request fails
-DEFAULT_TIMEOUT = 60.0
 RETRIES_ENV = "WTOURS_HUB_RETRIES"  # retries of a rate-limited (429) commit or preupload
 DEFAULT_RETRIES = 5
 MAX_RETRY_WAIT = 60.0
-
-LOGIN_HINT = ("log in with `hf auth login` (`huggingface-cli login` in older huggingface_hub) or set HF_TOKEN; "
-              "create a token at https://huggingface.co/settings/tokens")
 
 
 @dataclass(frozen=True)
@@ -50,95 +57,6 @@ class RemoteFile:
     size: int
     blob_id: str  # git blob id (of the content, or of the LFS pointer)
     sha256: str | None  # LFS files only: the content's sha256
-
-
-def require_hub():
-    try:
-        import huggingface_hub
-    except ImportError as e:
-        raise WtoursError("the Hub commands need huggingface_hub", "pip install 'wtours[hub]'") from e
-    _bound_client_timeouts(huggingface_hub)
-    return huggingface_hub
-
-
-def request_timeout() -> float:
-    """Seconds a Hub request may go without an answer (connect, each read, each write): WTOURS_HUB_TIMEOUT."""
-    try:
-        value = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
-    except ValueError as e:
-        raise WtoursError(f"{TIMEOUT_ENV}={os.environ.get(TIMEOUT_ENV)!r} is not a number of seconds",
-                          f"e.g. {TIMEOUT_ENV}=60") from e
-    return value if value > 0 else DEFAULT_TIMEOUT
-
-
-_client_bounded = False
-
-
-def _bound_client_timeouts(huggingface_hub) -> None:
-    """huggingface_hub's HTTP client has no timeout (and many API calls pass `timeout=None`), so a
-    server that stops answering hangs push and pull forever. Every request of this process gets
-    `request_timeout()` for whatever the caller left unbounded (its own, smaller limits stay)."""
-    global _client_bounded
-    if _client_bounded:
-        return
-    _client_bounded = True
-    try:
-        from huggingface_hub.utils import _http
-    except ImportError:  # pragma: no cover (huggingface_hub < 1.0: requests, with its own timeouts)
-        return
-    # huggingface_hub's loggers (set up by the import above) print through their own handler and
-    # propagate too: where the application has configured logging (the CLI), every warning came out twice.
-    if logging.getLogger().handlers:
-        library = logging.getLogger("huggingface_hub")
-        for handler in [h for h in library.handlers if type(h) is logging.StreamHandler]:
-            library.removeHandler(handler)
-    logging.getLogger("huggingface_hub.utils._http").addFilter(_FirstRetryOnly())
-    http = getattr(_http, "httpx2", None) or getattr(_http, "httpx", None)
-    hook = getattr(_http, "hf_request_event_hook", None)
-    set_factory = getattr(huggingface_hub, "set_client_factory", None)
-    if http is None or set_factory is None:  # pragma: no cover
-        return
-    limit = request_timeout()
-
-    class BoundedTransport(http.HTTPTransport):  # type: ignore[name-defined]
-        def handle_request(self, request):
-            timeout = dict(request.extensions.get("timeout") or {})
-            for key in ("connect", "read", "write", "pool"):
-                if timeout.get(key) is None:
-                    timeout[key] = limit
-            request.extensions = {**request.extensions, "timeout": timeout}
-            return super().handle_request(request)
-
-    def factory():
-        return http.Client(event_hooks={"request": [hook]} if hook else {}, follow_redirects=True,
-                           timeout=limit, transport=BoundedTransport())
-
-    set_factory(factory)
-
-
-class _FirstRetryOnly(logging.Filter):
-    """The client logs two warnings per retry (5 retries: 10 lines before our one-line error). Show the
-    first, saying that it retries; the rest only with -v (the root logger at DEBUG)."""
-
-    MARKS = ("thrown while requesting", "Retrying in", "Rate limited. Waiting")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.shown = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if logging.getLogger().isEnabledFor(logging.DEBUG) or not any(m in str(record.msg) for m in self.MARKS):
-            return True
-        if self.shown:
-            return False
-        self.shown = True
-        record.msg = f"{record.getMessage()} (retrying; more retry messages with -v)"
-        record.args = None
-        return True
-
-
-def default_endpoint() -> str:
-    return require_hub().constants.ENDPOINT
 
 
 def with_retries(call: Callable[[], T], what: str) -> T:
@@ -176,10 +94,6 @@ def filesystem(target: HubTarget):
     """A fresh HfFileSystem: instances are cached per process, and a cached one may hold listings
     from before our own commits."""
     return require_hub().HfFileSystem(endpoint=target.endpoint, token=target.token, skip_instance_cache=True)
-
-
-def has_token(token: str | None = None) -> bool:
-    return bool(token or require_hub().get_token())
 
 
 def endpoint_of(target: HubTarget) -> str:
@@ -259,121 +173,6 @@ def client_bars(enabled: bool) -> Iterator[None]:
             enable_progress_bars()
 
 
-# ---------------------------------------------------------------------- errors
-
-
-def describe_error(error: BaseException, what: str, token: str | None = None, write: bool = False) -> WtoursError:
-    """A Hub error as a WtoursError: repository hidden or missing, login, revision, file, network."""
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    access = "write" if write else "read"
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    endpoint = _endpoint_of(error)
-    if type(error).__name__ == "OfflineModeIsEnabled":
-        if write:  # nothing was sent: a later run online sends it all
-            return WtoursError(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted (nothing was sent)",
-                               "unset HF_HUB_OFFLINE to upload (a rerun online sends everything); what the push "
-                               "would send can be prepared offline (`wtours card` for a dataset, `wtours export` "
-                               "for a model)")
-        # `wtours pull` itself lands here too: the hint must not send it back to itself
-        return WtoursError(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted",
-                           "unset HF_HUB_OFFLINE to download from the Hub; offline, use shard sets already on "
-                           "disk (--shards SLUG --root DIR: ones fetched earlier by `wtours pull` or `hf download`)")
-    if isinstance(error, RevisionNotFoundError):
-        return WtoursError(f"{what}: revision not found", "check --revision (or the @revision in the hf:// URL)")
-    if isinstance(error, RepositoryNotFoundError) or status in (401, 403):
-        if not has_token(token):
-            return WtoursError(f"{what}: repository not found, or private and you are not logged in", LOGIN_HINT)
-        if status == 401 and "Invalid credentials" in str(error):
-            return WtoursError(f"{what}: the Hub refused your token (expired or revoked)", LOGIN_HINT)
-        return WtoursError(f"{what}: repository not found, or your token has no {access} access to it",
-                           f"check the name; {LOGIN_HINT} (the token needs {access} access)")
-    if isinstance(error, EntryNotFoundError) or isinstance(error, FileNotFoundError) or status == 404:
-        return WtoursError(f"{what}: no such file in the repository", "check the path and the revision")
-    if status == 429:
-        return WtoursError(f"{what}: the Hub at {endpoint} is rate-limiting this client (HTTP 429, after retries)",
-                           "wait a few minutes, then rerun (it resumes)")
-    if isinstance(error, HfHubHTTPError) and status is not None and status >= 500:
-        return WtoursError(f"{what}: cannot reach the Hub at {endpoint}: it answered HTTP {status} "
-                           "(after the client's retries)",
-                           "the server failed; rerun later (it resumes: what was sent is not sent again)")
-    if isinstance(error, HfHubHTTPError):
-        return WtoursError(f"{what}: {_first_line(error)}", "check the network and rerun (it resumes)")
-    if "Timeout" in type(error).__name__:
-        return WtoursError(f"{what}: the Hub at {endpoint} did not answer within {request_timeout():g} s "
-                           f"({type(error).__name__})",
-                           f"check the network (and HF_ENDPOINT), or allow longer with {TIMEOUT_ENV}=SECONDS; "
-                           "then rerun (it resumes)")
-    return WtoursError(f"{what}: cannot reach the Hub at {endpoint} ({type(error).__name__}: {_first_line(error)})",
-                       "check the network (and HF_ENDPOINT if you use a mirror), then rerun (it resumes)")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _endpoint_of(error: BaseException) -> str:
-    """The server the failed request went to (the request's origin), else the configured endpoint."""
-    request = None
-    for holder in (error, getattr(error, "response", None)):
-        try:
-            request = getattr(holder, "request", None)
-        except RuntimeError:  # httpx raises when an exception has no request attached
-            request = None
-        if request is not None:
-            break
-    url = getattr(request, "url", None)
-    if url is not None and getattr(url, "host", None):
-        port = f":{url.port}" if url.port else ""
-        return f"{url.scheme}://{url.host}{port}"
-    try:
-        return default_endpoint()
-    except Exception:  # noqa: BLE001 (a message only)
-        return "the configured endpoint"
-
-
-def is_transport_error(error: BaseException) -> bool:
-    """Connection failures surface as the HTTP library's own exceptions (httpx, or requests in
-    huggingface_hub < 1.0), which are not OSErrors."""
-    return type(error).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
-
-
-@contextlib.contextmanager
-def hub_errors(what: str, target: HubTarget | None = None, write: bool = False) -> Iterator[None]:
-    require_hub()
-    from huggingface_hub.errors import HfHubHTTPError
-
-    token = target.token if target else None
-    try:
-        yield
-    except FileNotFoundError as e:
-        if e.filename is not None:  # a local file: not the Hub's business
-            raise
-        # HfFileSystem reports a hidden or missing repo as FileNotFoundError raised from the Hub's error.
-        raise describe_error(e.__cause__ or e, what, token, write) from e
-    except HfHubHTTPError as e:
-        raise describe_error(e, what, token, write) from e
-    except WtoursError:  # already described (by an inner hub_errors)
-        raise
-    except Exception as e:
-        if is_transport_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
-            raise describe_error(e, what, token, write) from e
-        # The client wraps some failures (an LFS upload that failed after its retries is a RuntimeError
-        # raised from the HTTP error): describe the Hub's error underneath.
-        cause = e.__cause__
-        while cause is not None and not (isinstance(cause, HfHubHTTPError) or is_transport_error(cause)):
-            cause = cause.__cause__
-        if cause is not None:
-            raise describe_error(cause, what, token, write) from e
-        raise
-
-
 # ---------------------------------------------------------------------- reading
 
 
@@ -428,3 +227,10 @@ def read_source_record(target: HubTarget, slug: str) -> dict[str, Any]:
         raise WtoursError(f"{where} is not a provenance record (a JSON object with 'source')",
                           f"re-push the set: `wtours push --city {slug} --repo {target.repo}`")
     return record
+
+
+__all__ = ["DEFAULT_TIMEOUT", "LOGIN_HINT", "TIMEOUT_ENV", "HubTarget", "RemoteFile", "api", "check_namespace",
+           "client_bars", "default_endpoint", "describe_error", "endpoint_of", "filesystem", "git_blob_id",
+           "has_token", "hub_errors", "is_transport_error", "open_remote", "prepare_repo", "read_remote",
+           "read_source_record", "remote_files", "request_timeout", "require_hub", "same_bytes", "same_content",
+           "with_retries"]

@@ -9,10 +9,6 @@
 
 from __future__ import annotations
 
-import re
-from urllib.parse import quote
-
-from wtours.errors import UsageError
 from wtours.layout import (
     INDEX_FILE,
     SHARD_NAME_PATTERN,
@@ -22,33 +18,17 @@ from wtours.layout import (
     shard_number,
     validate_shard_name,
 )
+from wtours.streams import (  # the hf:// URL grammar lives with the readers of hf:// URLs
+    DEFAULT_REVISION,
+    REPO_ID_PATTERN,
+    REVISION_PATTERN,
+    hf_url,
+    validate_repo_id,
+    validate_revision,
+)
 
 REPO_TYPE = "dataset"
-DEFAULT_REVISION = "main"
 CARD_FILE = "README.md"
-# The Hub's rule for user/org and repo names: letters, digits, '-', '_', '.', no leading/trailing '-' or '.'.
-_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-REPO_ID_PATTERN = re.compile(rf"^{_NAME}/{_NAME}\Z")  # \Z: `$` would let a trailing newline through
-
-
-def validate_repo_id(repo: str) -> str:
-    if not REPO_ID_PATTERN.match(repo or "") or ".." in repo or "--" in repo:
-        raise UsageError(f"{repo!r} is not a Hub repository name",
-                          "use USER/NAME (or ORG/NAME), e.g. --repo alice/walking-tours")
-    return repo
-
-
-# A branch, tag or commit: git's ref characters, no `..`, no leading '-' or '/' (it is written into the
-# card's code blocks and into URLs, so nothing that could end a string or a line).
-REVISION_PATTERN = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]{0,199}\Z")
-
-
-def validate_revision(revision: str) -> str:
-    if not isinstance(revision, str) or not REVISION_PATTERN.match(revision) or ".." in revision \
-            or revision.endswith(("/", ".lock")):
-        raise UsageError(f"{revision!r} is not a branch, tag or commit name",
-                         "use letters, digits, '-', '_', '.' and '/', e.g. --revision main or --revision fps1")
-    return revision
 
 
 def shard_path(slug: str, name: str) -> str:
@@ -81,12 +61,6 @@ def slugs_in(paths: list[str]) -> list[str]:
                    and SLUG_PATTERN.fullmatch(p.split("/")[0])})
 
 
-def hf_url(repo: str, path: str, revision: str = DEFAULT_REVISION) -> str:
-    """hf://datasets/USER/NAME[@rev]/path, the form HfFileSystem and `wtours train --shards` read."""
-    at = "" if revision == DEFAULT_REVISION else "@" + quote(revision, safe="")
-    return f"hf://datasets/{repo}{at}/{path}"
-
-
 def shard_pattern(slug: str, shard_names: list[str]) -> str | None:
     """`<slug>/<slug>-{000000..000013}.tar` when the shard numbers are contiguous (a brace range over a
     gap would name files that do not exist), else None."""
@@ -101,3 +75,8 @@ def shard_spec(repo: str, slug: str, shard_names: list[str], revision: str = DEF
     """The hf:// SPEC for `wtours train --shards`: the brace pattern, else the set's index.json (which
     names every shard)."""
     return hf_url(repo, shard_pattern(slug, shard_names) or index_path(slug), revision)
+
+
+__all__ = ["CARD_FILE", "DEFAULT_REVISION", "REPO_ID_PATTERN", "REPO_TYPE", "REVISION_PATTERN", "hf_url",
+           "index_path", "is_shard_path", "shard_path", "shard_pattern", "shard_spec", "slugs_in", "source_path",
+           "validate_repo_id", "validate_revision", "wids_path"]

@@ -20,9 +20,9 @@ from urllib.parse import unquote
 import yaml
 
 from wtours.citation import ARXIV_URL, BIBTEX, PAPER_TITLE
-from wtours.clips.spec import shown_url
 from wtours.errors import UsageError, WtoursError
 from wtours.hub.paths import validate_repo_id, validate_revision
+from wtours.redact import redact as shown_url
 
 # The export folder's files and formats (one owner: wtours/models/export.py writes them, wtours/hub/model.py
 # pushes them, the CLI names them without importing torch).
@@ -192,7 +192,7 @@ def check_license(license_: str) -> str:
 def public_settings(train: dict[str, Any]) -> dict[str, Any]:
     """The run's settings as a public card and config.json show them, made once at export: credentials in
     any value (a `pipe:curl -H 'Authorization: ...'` or `https://user:password@` shard spec, a token in a
-    query) replaced by *** (wtours.clips.spec.shown_url), and local paths (--out, --root, --knn-*,
+    query) replaced by *** (wtours.redact), and local paths (--out, --root, --knn-*,
     --init-from, local --shards) cut to their last part."""
 
     def clean(value: Any) -> Any:

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -178,12 +178,11 @@ class ShardSource:
     def _streamed(self, entry: ShardEntry) -> Iterator[StoredSample]:
         """A shard from `remote`, never stored: from another machine (http(s), hf://, fsspec, pipe:) it is
         checked whole against the index (size, sha256) before its first sample counts, as the loader does."""
-        from wtours.clips.spec import VerifiedShard, is_local, open_url, shown_url
+        from wtours.streams import open_url, verified_whole
 
         url = f"{self.folder}/{entry.name}"
         with open_url(url) as raw:
-            stream: IO[bytes] = raw if is_local(url) else cast(IO[bytes], VerifiedShard(raw, shown_url(url),
-                                                                                         entry.bytes, entry.sha256))
+            stream = verified_whole(url, raw, entry.bytes, entry.sha256)
             try:
                 yield from iter_shard(stream)
             finally:

@@ -1,0 +1,456 @@
+"""Byte streams of local and remote files: one scheme table (a path, file://, http(s)://, hf://, pipe:COMMAND,
+other fsspec protocols) behind every opener: a whole file, a file from a byte offset (a byte range), a
+listing of a pattern, and the whole-shard reader that checks a remote shard's size and sha256 before
+serving a byte. Also the hf:// URL grammar (repo ids, revisions, URLs) shared with wtours.hub.
+
+A leaf module: the standard library, fsspec, wtours.errors, wtours.redact and wtours.hfclient only.
+A `pipe:` URL is a shell command the user typed (wtours.clips.spec: never one from an index)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from typing import IO, Any, Protocol
+from urllib.parse import quote
+
+from wtours.errors import UsageError, WtoursError
+from wtours.hfclient import hf_filesystem, hub_errors
+from wtours.redact import redact
+
+HTTP_TIMEOUT = 60  # seconds an http(s) server may go without answering
+HF_READ_BLOCK = 4 << 20  # bytes per Range request when reading part of an hf:// or fsspec file
+PIPE_PREFIX = "pipe:"
+
+# The schemes read through fsspec, and the package each needs besides fsspec (None: fsspec itself).
+FSSPEC_PACKAGES: dict[str, str | None] = {
+    "file": None, "memory": None, "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
+    "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs"}
+
+
+class ByteStream(Protocol):
+    """What a reader needs of a file's bytes: a file, an HTTP response, an hf:// or fsspec stream, a pipe:
+    command's output."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+# ------------------------------------------------------------------ the scheme table
+
+
+def url_scheme(url: str) -> str | None:
+    """'s3' for 's3://...', 'pipe' for 'pipe:...', None for a local path."""
+    if url.startswith(PIPE_PREFIX):
+        return "pipe"
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep and scheme.isascii() and scheme.replace("+", "").isalnum() else None
+
+
+def is_local(url: str) -> bool:
+    """A file on this machine that is read as is: a path or a file:// URL (not verified against an index)."""
+    return url_scheme(url) in (None, "file")
+
+
+def kind_of(url: str) -> str:
+    """Which opener reads `url`: 'path', 'http', 'hf', 'pipe' or 'fsspec' (an unknown scheme fails here)."""
+    scheme = url_scheme(url)
+    if scheme is None:
+        return "path"
+    if scheme in ("http", "https", "hf", "pipe"):
+        return "http" if scheme == "https" else scheme
+    if scheme not in FSSPEC_PACKAGES:
+        raise UsageError(f"SPEC {redact(url)!r}: unsupported URL scheme {scheme}://",
+                          "use a local path, http(s)://, hf://, " + ", ".join(f"{s}://" for s in FSSPEC_PACKAGES)
+                          + " or 'pipe:COMMAND'")
+    return "fsspec"
+
+
+def open_url(url: str) -> IO[bytes]:
+    """A readable binary stream of the whole file: a local path, an http(s), hf:// or fsspec URL (streamed),
+    or the output of a `pipe:` command."""
+    kind = kind_of(url)
+    if kind == "pipe":
+        return PipeStream(url)  # type: ignore[return-value]
+    if kind == "http":
+        return _http_get(url)
+    if kind == "hf":
+        return _open_hf(url)
+    if kind == "fsspec":
+        return _open_fsspec_at(url, 0)
+    return open(url, "rb")
+
+
+def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
+    """A stream of `url` from byte `begin` (up to `end`, exclusive, where a Range request can say so; the
+    caller stops reading at `end`): a seek on a file, hf:// or fsspec URL, a Range request over http(s)
+    (a server that ignores it is read from the start and the bytes before `begin` dropped), dropped bytes
+    of a pipe: command's output."""
+    kind = kind_of(url)
+    if kind == "http":
+        ranged = _http_range(url, begin, end)
+        return ranged if ranged is not None else _skipped(_http_get(url), begin, url)
+    if kind == "hf":
+        return _open_hf_at(url, begin)
+    if kind == "pipe":
+        return _skipped(open_url(url), begin, url)
+    if kind == "fsspec":
+        return _open_fsspec_at(url, begin)
+    stream = open(url, "rb")
+    stream.seek(begin)
+    return stream
+
+
+def glob_urls(pattern: str) -> list[str]:
+    """The files an hf:// or fsspec URL pattern (`*`, `?`, `[...]`) matches, as URLs, sorted."""
+    if kind_of(pattern) == "hf":
+        with hub_errors(pattern):
+            return sorted(f"hf://{p}" for p in hf_filesystem().glob(pattern[len("hf://"):]))
+    fs, path = _fsspec_of(pattern)
+    try:
+        found = fs.glob(path)
+    except Exception as e:  # noqa: BLE001 (each backend raises its own types: credentials, network, ...)
+        raise WtoursError(f"{redact(pattern)}: cannot list ({type(e).__name__}: {e})",
+                          "check the URL, the network and the credentials") from e
+    return sorted(fs.unstrip_protocol(p) for p in found)
+
+
+def require_backend(url: str) -> None:
+    """Fail now, naming what to install, when `url`'s scheme is unknown or its fsspec package is missing."""
+    if kind_of(url) == "fsspec":
+        _fsspec_of(url)
+
+
+# ------------------------------------------------------------------ http(s)
+
+
+def _http_get(url: str) -> IO[bytes]:
+    return _urlopen(urllib.request.Request(url), url)
+
+
+def _http_range(url: str, begin: int, end: int | None) -> IO[bytes] | None:
+    """The bytes [begin, end) by a Range request; None when the server ignored the Range header."""
+    request = urllib.request.Request(url, headers={"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
+    response = _urlopen(request, url)
+    if getattr(response, "status", None) != 206:
+        response.close()
+        return None
+    return response
+
+
+def _urlopen(request: urllib.request.Request, url: str) -> IO[bytes]:
+    try:
+        return urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)  # noqa: S310 (the scheme is checked)
+    except urllib.error.HTTPError as e:
+        raise WtoursError(f"{redact(url)}: HTTP {e.code} {e.reason}", "check the URL (and access rights)") from e
+    except urllib.error.URLError as e:
+        raise WtoursError(f"{redact(url)}: {e.reason}", "check the network and the URL") from e
+
+
+SKIP_BLOCK = 1 << 20
+
+
+def _skipped(raw: IO[bytes], count: int, url: str) -> IO[bytes]:
+    """`raw` after reading and dropping its first `count` bytes (a stream that cannot seek)."""
+    try:
+        while count > 0:
+            block = raw.read(min(count, SKIP_BLOCK))
+            if not block:
+                raise OSError(f"{redact(url)}: the stream ended {count} bytes before the part's first sample")
+            count -= len(block)
+    except BaseException:
+        raw.close()
+        raise
+    return raw
+
+
+# ------------------------------------------------------------------ hf://
+
+
+def _open_hf_at(url: str, offset: int) -> IO[bytes]:
+    """An hf:// file positioned at `offset`: huggingface_hub's buffered file fetches what is read with
+    Range requests of HF_READ_BLOCK bytes, so a reader of part of a shard skips the rest."""
+    with hub_errors(url):
+        stream = hf_filesystem().open(url[len("hf://"):], "rb", block_size=HF_READ_BLOCK, cache_type="readahead")
+        return _started(stream, offset)
+
+
+def _open_hf(url: str) -> IO[bytes]:
+    """Stream an hf:// file with one GET (the client resumes a broken stream once with a Range request).
+
+    The first read(0) opens the connection, so a missing file, a private repo without a token or a
+    revoked token fails here, as a WtoursError with a login hint (the token itself is never shown)."""
+    with hub_errors(url):
+        return _started(hf_filesystem().open(url[len("hf://"):], "rb", block_size=0), None)
+
+
+def _started(stream: Any, offset: int | None) -> IO[bytes]:
+    """`stream` moved to `offset` (None: where it is) and its connection opened, or closed on failure."""
+    try:
+        if offset is not None:
+            stream.seek(offset)
+        stream.read(0)
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
+HF_URL_HINT = ("write hf://datasets/USER/NAME[@REVISION]/PATH, e.g. "
+               "'hf://datasets/alice/walking-tours/venice/venice-{000000..000013}.tar' or "
+               "'hf://datasets/alice/walking-tours/venice/index.json'")
+DEFAULT_REVISION = "main"
+# The Hub's rule for user/org and repo names: letters, digits, '-', '_', '.', no leading/trailing '-' or '.'.
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+REPO_ID_PATTERN = re.compile(rf"^{_NAME}/{_NAME}\Z")  # \Z: `$` would let a trailing newline through
+# A branch, tag or commit: git's ref characters, no `..`, no leading '-' or '/' (it is written into the
+# card's code blocks and into URLs, so nothing that could end a string or a line).
+REVISION_PATTERN = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_./-]{0,199}\Z")
+
+
+def is_repo_id(repo: str) -> bool:
+    return bool(REPO_ID_PATTERN.match(repo or "")) and ".." not in repo and "--" not in repo
+
+
+def validate_repo_id(repo: str) -> str:
+    if not is_repo_id(repo):
+        raise UsageError(f"{repo!r} is not a Hub repository name",
+                          "use USER/NAME (or ORG/NAME), e.g. --repo alice/walking-tours")
+    return repo
+
+
+def validate_revision(revision: str) -> str:
+    if not isinstance(revision, str) or not REVISION_PATTERN.match(revision) or ".." in revision \
+            or revision.endswith(("/", ".lock")):
+        raise UsageError(f"{revision!r} is not a branch, tag or commit name",
+                         "use letters, digits, '-', '_', '.' and '/', e.g. --revision main or --revision fps1")
+    return revision
+
+
+def hf_url(repo: str, path: str, revision: str = DEFAULT_REVISION) -> str:
+    """hf://datasets/USER/NAME[@rev]/path, the form HfFileSystem and `wtours train --shards` read."""
+    at = "" if revision == DEFAULT_REVISION else "@" + quote(revision, safe="")
+    return f"hf://datasets/{repo}{at}/{path}"
+
+
+def check_hf_url(url: str) -> str:
+    """An hf:// URL wtours can read: a dataset repo (USER/NAME), an optional non-empty @revision, and a
+    path of plain names (no empty, '.' or '..' parts). Checked before the client parses it."""
+    problem = _hf_url_problem(url)
+    if problem:
+        raise UsageError(f"{url!r} is not a valid hf:// URL: {problem}", HF_URL_HINT)
+    return url
+
+
+def _hf_url_problem(url: str) -> str | None:
+    kind, _, rest = url[len("hf://"):].partition("/")
+    parts = rest.split("/")
+    if kind != "datasets":
+        return "it does not start with hf://datasets/ (wtours reads shards from dataset repos)"
+    if len(parts) < 3:
+        return "it names no file: it needs USER/NAME and a path in the repo"
+    repo, at, revision = f"{parts[0]}/{parts[1]}".partition("@")
+    if not is_repo_id(repo):
+        return f"{repo!r} is not a Hub repository name"
+    if at and not revision:
+        return "the revision after '@' is empty"
+    if any(part in ("", ".", "..") or any(ord(c) < 32 for c in part) for part in parts[2:]):
+        return "its path has an empty, '.' or '..' part"
+    return None
+
+
+# ------------------------------------------------------------------ fsspec URLs (s3://, gs://, file://, ...)
+
+
+def _fsspec_of(url: str) -> tuple[Any, str]:
+    """(filesystem, path) for an fsspec URL; a missing package is a WtoursError naming what to install."""
+    scheme = url_scheme(url) or ""
+    package = FSSPEC_PACKAGES[scheme]
+    needs = "fsspec" + (f" and {package}" if package else "")
+    try:
+        import fsspec
+    except ImportError as e:
+        raise WtoursError(f"{scheme}:// URLs need the fsspec package, which is not installed",
+                          f"pip install fsspec{' ' + package if package else ''}") from e
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise WtoursError(f"{scheme}:// URLs need the {package} package, which is not installed ({e})",
+                          f"pip install {package}  (wtours reads {scheme}:// through {needs}; credentials "
+                          "come from the usual environment of that package)") from e
+    except (ValueError, TypeError, OSError) as e:
+        raise WtoursError(f"{redact(url)!r}: {e}", "check the URL") from e
+
+
+def _open_fsspec_at(url: str, offset: int) -> IO[bytes]:
+    """An fsspec file positioned at `offset`, read in blocks of HF_READ_BLOCK (a partial read fetches
+    what it reads, by seek on a local file, Range requests on s3/gs)."""
+    fs, path = _fsspec_of(url)
+    try:
+        stream = fs.open(path, "rb", block_size=HF_READ_BLOCK, cache_type="readahead")
+    except FileNotFoundError as e:
+        raise WtoursError(f"{redact(url)}: no such file",
+                          "check the URL; index.json must sit beside the shards") from e
+    except Exception as e:  # noqa: BLE001 (backend errors: credentials, network, permissions)
+        raise WtoursError(f"{redact(url)}: cannot open ({type(e).__name__}: {e})",
+                          "check the URL, the network and the credentials") from e
+    try:
+        if offset:
+            stream.seek(offset)
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
+# ------------------------------------------------------------------ pipe:COMMAND
+
+
+PIPE_STOP_TIMEOUT = 5  # seconds a command has to end after SIGTERM before it is killed
+
+
+class PipeStream:
+    """The output of a `pipe:` command (run by the shell, as webdataset does). Reading it to its end
+    checks the exit status: a failed command is an OSError (the shard is counted as bad) naming the
+    command and the end of its stderr. Closing it before the end stops the command."""
+
+    def __init__(self, url: str):
+        self.url, self.command = redact(url), url[len(PIPE_PREFIX):]
+        self.stderr = tempfile.TemporaryFile(prefix="wtours-pipe-")  # a file: a chatty command never blocks
+        # its own process group, so that closing the stream early stops the whole pipeline (curl | zstd -d)
+        self.process = subprocess.Popen(self.command, shell=True, stdin=subprocess.DEVNULL,  # noqa: S602 (the user's)
+                                        stdout=subprocess.PIPE, stderr=self.stderr, start_new_session=True)
+        self.checked = False
+
+    def __repr__(self) -> str:
+        return f"<{self.url}>"
+
+    def read(self, size: int = -1, /) -> bytes:
+        assert self.process.stdout is not None
+        data = self.process.stdout.read(size if size is not None else -1)
+        if not data and size != 0 and not self.checked:
+            self.checked = True
+            status = self.process.wait()
+            if status != 0:
+                self.stderr.seek(0)
+                tail = self.stderr.read()[-500:].decode("utf-8", "replace").strip().splitlines()
+                raise OSError(f"{self.url}: the command exited with status {status}"
+                              + (f" ({redact(tail[-1])})" if tail else ""))
+        return data
+
+    def close(self) -> None:
+        try:
+            if self.process.poll() is None:  # stopped early (a part read, an error): end the command
+                self._signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=PIPE_STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self._signal(signal.SIGKILL)
+            self.process.wait()
+        finally:
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            self.stderr.close()
+
+    def _signal(self, number: int) -> None:
+        try:
+            os.killpg(self.process.pid, number)
+        except ProcessLookupError:  # ended meanwhile
+            pass
+
+
+# ------------------------------------------------------------------ verifying what a server sends
+
+VERIFY_SPOOL_BYTES = 64 << 20  # a verified shard is held in memory up to this size, then in a temporary file
+VERIFY_BLOCK = 10240  # tarfile's own read size: a stream that breaks keeps what arrived before the break, as before
+
+
+class ShardMismatchError(OSError):
+    """A remote shard whose bytes are not the ones its index describes (replaced, damaged or hostile).
+    An OSError, so the pipeline's stages count it as a bad shard and go on."""
+
+
+class VerifiedShard:
+    """A whole remote shard, read to its end and checked against its index entry (size and sha256)
+    before its first byte is served: a replaced shard contributes no sample at all.
+
+    The bytes are held in a spooled temporary file (VERIFY_SPOOL_BYTES in memory, the rest on disk,
+    removed on close). More bytes than the index records stop the read at once. A stream that breaks
+    before its end cannot be verified, so none of it is served: the shard is counted as bad (a server
+    could otherwise send replaced samples and then drop the connection). Partial reads (byte ranges
+    of a shard) are not wrapped: they trust the server (docs/hub.md)."""
+
+    def __init__(self, raw: ByteStream, url: str, size: int, sha256: str):
+        self.raw, self.url, self.size, self.sha256 = raw, url, size, sha256
+        self.spool: IO[bytes] | None = None
+        self.failed = False
+
+    def __repr__(self) -> str:  # webdataset appends str(stream) to the errors it reports
+        return f"<verified shard {self.url}>"
+
+    def _fill(self) -> None:
+        spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
+        try:
+            count, digest = self._spool_all(spool)
+        except BaseException:
+            spool.close()
+            raise
+        if count != self.size or digest != self.sha256:
+            spool.close()
+            what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
+                    else "its sha256 is not the one its index.json records")
+            raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
+        spool.seek(0)
+        self.spool = spool
+
+    def _spool_all(self, spool: Any) -> tuple[int, str]:
+        """Copy the raw stream into `spool`: (bytes read, their sha256); never more than the index records."""
+        digest, count = hashlib.sha256(), 0
+        try:
+            while block := self.raw.read(VERIFY_BLOCK):
+                count += len(block)
+                if count > self.size:
+                    raise ShardMismatchError(f"{self.url}: the server sent more than the {self.size} bytes its "
+                                             "index.json records (replaced or hostile shard; skipped)")
+                digest.update(block)
+                spool.write(block)
+        except ShardMismatchError:
+            raise
+        except Exception as e:  # noqa: BLE001 (a broken stream: nothing unverified is served)
+            raise ShardMismatchError(f"{self.url}: the stream broke after {count} of {self.size} bytes ({e}); "
+                                     "an unverified shard is not used (skipped)") from e
+        return count, digest.hexdigest()
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.failed:
+            return b""
+        if self.spool is None:
+            try:
+                self._fill()
+            except BaseException:
+                self.failed = True
+                raise
+        assert self.spool is not None  # filled above, or failed (then `failed`)
+        return self.spool.read(size if size is not None else -1)
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        finally:
+            if self.spool is not None:
+                self.spool.close()
+
+
+def verified_whole(url: str, raw: IO[bytes], size: int | None, sha256: str | None) -> IO[bytes]:
+    """`raw`, the whole file at `url` read from its start, checked against the size and sha256 its index
+    records when it comes from elsewhere (http(s), hf://, fsspec URLs but file://, pipe: commands); a local
+    file, or one without a recorded checksum, is returned as is."""
+    if is_local(url) or sha256 is None or size is None:
+        return raw
+    return VerifiedShard(raw, redact(url), size, sha256)  # type: ignore[return-value]
