@@ -21,8 +21,8 @@ import yaml
 
 from wtours.citation import ARXIV_URL, BIBTEX, PAPER_TITLE
 from wtours.errors import UsageError, WtoursError
-from wtours.hub.paths import validate_repo_id, validate_revision
-from wtours.redact import redact as shown_url
+from wtours.redact import redact
+from wtours.streams import validate_repo_id, validate_revision
 
 # The export folder's files and formats (one owner: wtours/models/export.py writes them, wtours/hub/model.py
 # pushes them, the CLI names them without importing torch).
@@ -197,7 +197,7 @@ def public_settings(train: dict[str, Any]) -> dict[str, Any]:
 
     def clean(value: Any) -> Any:
         if isinstance(value, str):
-            return shown_url(value)
+            return redact(value)
         if isinstance(value, dict):
             return {k: clean(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -214,7 +214,7 @@ def local_name(value: Any) -> Any:
     """A local path's last part (a URL's too: it is a path on someone's disk or server, credentials and all)."""
     if not isinstance(value, str):
         return value
-    return shown_url(value.rstrip("/").rsplit("/", 1)[-1]) if "/" in value else shown_url(value)
+    return redact(value.rstrip("/").rsplit("/", 1)[-1]) if "/" in value else redact(value)
 
 
 def _is_remote(spec: str) -> bool:
