@@ -297,8 +297,8 @@ def reading_shard():
         looped = cached_video("street-loop26.avi", ["-stream_loop", "25", "-i", str(STREET), "-c", "copy"])
         add_local(looped, "street", root.root, mode="symlink", say=lambda m: None)
         shard_video(root, "street", ShardParams(), RunOptions(workers=1, progress=False), say=lambda m: None)
-    ref: ShardRef = max(resolve("street", root.root), key=lambda r: r.samples)
-    if ref.offsets is None:  # an index written before version 2: take the offsets from the tar itself
+    ref: ShardRef = max(resolve("street", root.root), key=lambda r: r.entry.samples)
+    if ref.entry.offsets is None:  # an index written before version 2: take the offsets from the tar itself
         import dataclasses
         import tarfile
 
@@ -306,7 +306,7 @@ def reading_shard():
         with tarfile.open(ref.url) as tar:
             for member in tar:
                 offsets.setdefault(member.name.split(".")[0], member.offset)
-        ref = dataclasses.replace(ref, offsets=tuple(offsets.values()))
+        ref = dataclasses.replace(ref, entry=dataclasses.replace(ref.entry, offsets=tuple(offsets.values())))
     return root, ref
 
 
@@ -345,26 +345,27 @@ def reading_costs() -> None:
     from tests.http_server import FileServer
     from wtours.clips.epoch import ClipConfig, ShardRead, plan_epoch
     from wtours.clips.spec import ShardRef
+    from wtours.shard.index import ShardEntry
 
     root, ref = reading_shard()
-    mid = ref.samples // 2
-    print(f"partial reads: {ref.name}, {ref.samples} samples, {Path(ref.url).stat().st_size / 1e6:.0f} MB; "
+    mid = ref.entry.samples // 2
+    print(f"partial reads: {ref.entry.name}, {ref.entry.samples} samples, {Path(ref.url).stat().st_size / 1e6:.0f} MB; "
           f"reaching sample {mid} (one sample):")
-    plain = dataclasses.replace(ref, offsets=None)
+    plain = dataclasses.replace(ref, entry=dataclasses.replace(ref.entry, offsets=None))
     rows = [("local seek", ShardRead(ref, frozenset(), mid, mid + 1)),
             ("local from start + skip", ShardRead(plain, frozenset(), mid, mid + 1))]
     for name, read in rows:
         ms, size = time_part(read)
         print(f"  {name:28s} {ms:8.1f} ms  {size / 1e6:7.2f} MB read")
     with FileServer(Path(ref.url).parent) as server:
-        remote = dataclasses.replace(ref, url=server.url(ref.name))
+        remote = dataclasses.replace(ref, url=server.url(ref.entry.name))
         for name, read in (("http Range request", ShardRead(remote, frozenset(), mid, mid + 1)),
-                           ("http from start + skip", ShardRead(dataclasses.replace(remote, offsets=None),
+                           ("http from start + skip", ShardRead(dataclasses.replace(remote, entry=plain.entry),
                                                                 frozenset(), mid, mid + 1))):
             ms, size = time_part(read)
             print(f"  {name:28s} {ms:8.1f} ms  {size / 1e6:7.2f} MB read")
     # a 64 x 8 slot's typical part: about a quarter of a shard, from its middle
-    quarter = ShardRead(ref, frozenset(), mid, mid + ref.samples // 4)
+    quarter = ShardRead(ref, frozenset(), mid, mid + ref.entry.samples // 4)
     ms, size = time_part(quarter, repeats=3)
     whole_ms, whole = time_part(ShardRead(ref, frozenset()), repeats=3)
     print(f"  a quarter of the shard (seek):  {ms:8.1f} ms  {size / 1e6:7.2f} MB; the whole shard: {whole_ms:.1f} ms "
@@ -374,9 +375,9 @@ def reading_costs() -> None:
     for v, count in enumerate([41, 17, 33, 27]):
         for n in range(count):
             last = 999 if n < count - 1 else 136 + 97 * v
-            shards.append(ShardRef(url=f"w{v}-{n}", name=f"w{v}-{n}", slug=f"w{v}", samples=last + 1, fps=2.0,
-                                   cell_runs=((n * 1000, n * 1000 + last),), t_start=n * 500.0,
-                                   t_end=(n * 1000 + last) / 2))
+            runs = ((n * 1000, n * 1000 + last),)
+            entry = ShardEntry(f"w{v}-{n}", last + 1, 0, last, n * 500.0, (n * 1000 + last) / 2, runs, 0, "0" * 64)
+            shards.append(ShardRef(f"w{v}-{n}", f"w{v}", 2.0, entry))
     for ranks, workers in ((8, 10), (64, 8)):
         start = time.perf_counter()
         plan = plan_epoch(shards, ClipConfig(frames=8, stride=1.0), 0, ranks, workers, 32)

@@ -68,7 +68,7 @@ def whole_sets(sets: list[ShardSet]) -> list[ShardSet]:
     analysed as if it were the whole walk."""
     by_folder: dict[str, tuple[ShardSet, set[str]]] = {}
     for found in sets:
-        by_folder.setdefault(found.folder, (found, set()))[1].update(ref.name for ref in found.refs)
+        by_folder.setdefault(found.folder, (found, set()))[1].update(ref.entry.name for ref in found.refs)
     for found, names in by_folder.values():
         if len(names) < len(found.index.shards):
             raise UsageError(f"the SPEC names {len(names)} of the {len(found.index.shards)} shards of "

@@ -52,7 +52,7 @@ from wtours.clips.stages import (
 from wtours.errors import WtoursError
 from wtours.fetch.local import add_local
 from wtours.layout import Layout, parse_sample_key, sample_key
-from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION
+from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION, ShardEntry
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
 from wtours.shard.writer import encode_json
@@ -98,7 +98,7 @@ def test_clips_never_span_a_gap_and_keep_their_stride(gapped):
 def test_epoch_length_is_exact_from_the_index(gapped):
     shards = resolve("gap", gapped.root)
     # by hand: shards cover cells 0-11 | 12-19 (20-27 blank) | 28-35 | 36-47; a 4-frame clip spans 6 cells
-    runs = [r for s in shards for r in s.cell_runs]
+    runs = [r for s in shards for r in s.entry.cell_runs]
     assert runs == [(0, 11), (12, 19), (28, 35), (36, 47)]
     assert clips_per_epoch(shards, CLIP) == 6 + 2 + 2 + 6
     result = CliRunner().invoke(cli, ["inspect", "gap", "--root", str(gapped.root), "--clip-frames", "4", "--json"])
@@ -114,9 +114,15 @@ def test_stride_must_fit_the_grid(gapped):
         clip_starts(shards[0], ClipConfig(frames=4, stride=0.75))
 
 
+def made_ref(url: str, samples: int, cell_runs: tuple[tuple[int, int], ...], slug: str = "v") -> ShardRef:
+    """A shard of a 2 fps set as its index would describe it (no file behind it unless the test writes one)."""
+    entry = ShardEntry(Path(url).name, samples, cell_runs[0][0], cell_runs[-1][1], cell_runs[0][0] / 2,
+                       cell_runs[-1][1] / 2, cell_runs, 0, "0" * 64)
+    return ShardRef(url, slug, 2.0, entry)
+
+
 def ref(name: str, cells: int, first: int = 0) -> ShardRef:
-    return ShardRef(url=name, name=name, slug="v", samples=cells, fps=2.0, cell_runs=((first, first + cells - 1),),
-                    t_start=first / 2, t_end=(first + cells - 1) / 2)
+    return made_ref(name, cells, ((first, first + cells - 1),))
 
 
 def check_exact_plan(plan, shards: list[ShardRef], config: ClipConfig, ranks: int, workers: int, batch: int,
@@ -135,7 +141,7 @@ def check_exact_plan(plan, shards: list[ShardRef], config: ClipConfig, ranks: in
         for r in plan.reads(slot):  # the sample range holds every frame of the part's clips
             span = (config.frames - 1) * round(config.stride * r.ref.fps)
             assert r.first_sample <= sample_index(r.ref, min(r.starts))
-            assert (r.stop_sample or r.ref.samples) >= sample_index(r.ref, max(r.starts) + span) + 1
+            assert (r.stop_sample or r.ref.entry.samples) >= sample_index(r.ref, max(r.starts) + span) + 1
     assert len(plan.slots) == ranks * workers
     rank_clips = []
     for rank in range(ranks):
@@ -165,9 +171,7 @@ def test_epoch_plan_reads_every_clip_once(cells, ranks, workers, batch):
 
 
 def test_epoch_plan_with_gaps_and_clip_subsets_reads_every_clip_once():
-    gappy = [ShardRef(url=f"g{i}", name=f"g{i}", slug="v", samples=20, fps=2.0,
-                      cell_runs=((i * 30, i * 30 + 9), (i * 30 + 14, i * 30 + 23)), t_start=i * 15.0,
-                      t_end=i * 15 + 11.5) for i in range(5)]
+    gappy = [made_ref(f"g{i}", 20, ((i * 30, i * 30 + 9), (i * 30 + 14, i * 30 + 23))) for i in range(5)]
     check_exact_plan(plan_epoch(gappy, CLIP, 3, 2, 2, 2), gappy, CLIP, 2, 2, 2, 3)
     part = ShardRead.needed(gappy[1], {44, 45}, CLIP)  # second run: cells 44..53 are samples 10..19
     assert (part.first_sample, part.stop_sample) == (10 + 44 - 44, 10 + 45 + 6 - 44 + 1)
@@ -237,14 +241,19 @@ def test_corpus_shaped_plan_reads_within_ranks_times_batch(tmp_path, ranks, work
     assert info["steps_per_epoch"] * 32 * ranks == plan.clips_read
 
 
+def without_offsets(shard: ShardRef) -> ShardRef:
+    """The shard as a version-1 index describes it: no byte offsets of its samples."""
+    return dataclasses.replace(shard, entry=dataclasses.replace(shard.entry, offsets=None))
+
+
 def with_offsets(shard: ShardRef) -> ShardRef:
     """The shard with its samples' byte offsets, as index version 2 lists them: read from the tar itself."""
     offsets: dict[str, int] = {}
     with tarfile.open(shard.url) as tar:
         for member in tar:
             offsets.setdefault(member.name.split(".")[0], member.offset)
-    assert len(offsets) == shard.samples
-    return dataclasses.replace(shard, offsets=tuple(offsets.values()))
+    assert len(offsets) == shard.entry.samples
+    return dataclasses.replace(shard, entry=dataclasses.replace(shard.entry, offsets=tuple(offsets.values())))
 
 
 def part_keys(read: ShardRead) -> tuple[list[str], int]:
@@ -264,7 +273,7 @@ def test_partial_reads_seek_to_the_samples_a_part_needs(gapped):
     for first, stop in ((3, 11), (0, 4), (7, None), (11, None), (5, 6)):
         seeked = part_keys(ShardRead(source, frozenset(), first, stop))
         assert seeked == (keys[first:stop], first)  # the stream started at sample `first`
-        skipped = part_keys(ShardRead(dataclasses.replace(source, offsets=None), frozenset(), first, stop))
+        skipped = part_keys(ShardRead(without_offsets(source), frozenset(), first, stop))
         assert skipped == (keys[first:stop], 0)  # no offsets (index version 1): read from the start
     part = ShardRead.needed(source, {3, 4}, CLIP)
     assert (part.first_sample, part.stop_sample) == (3, 11)  # 4 frames 2 cells apart after start 4
@@ -283,15 +292,15 @@ def test_partial_reads_over_http_use_range_requests(gapped):
     local = with_offsets(resolve("gap", gapped.root)[3])
     keys = [sample_key("gap", m) for m in _frames(local)]
     with FileServer(gapped.shard_dir("gap")) as server:
-        remote = dataclasses.replace(local, url=server.url(local.name))
+        remote = dataclasses.replace(local, url=server.url(local.entry.name))
         assert part_keys(ShardRead(remote, frozenset(), 2, 9)) == (keys[2:9], 2)
-        assert server.body_requests()[-1]["range"] == f"bytes={local.offsets[2]}-{local.offsets[9] - 1}"
+        assert server.body_requests()[-1]["range"] == f"bytes={local.entry.offsets[2]}-{local.entry.offsets[9] - 1}"
         assert part_keys(ShardRead(remote, frozenset(), 6, None)) == (keys[6:], 6)
-        assert server.body_requests()[-1]["range"] == f"bytes={local.offsets[6]}-"
-        part = ShardRead.needed(remote, {local.cell_runs[0][0] + 1}, CLIP)
+        assert server.body_requests()[-1]["range"] == f"bytes={local.entry.offsets[6]}-"
+        part = ShardRead.needed(remote, {local.entry.cell_runs[0][0] + 1}, CLIP)
         problems = Problems()
         clips = list(samples_to_clips(tar_samples(open_shards([part], problems), problems), CLIP, problems))
-    assert [c.start_cell for c in clips] == [local.cell_runs[0][0] + 1] and not problems.bad_shards
+    assert [c.start_cell for c in clips] == [local.entry.cell_runs[0][0] + 1] and not problems.bad_shards
 
 
 def loader_keys(shards: list[ShardRef], config: LoaderConfig, rank: int, ranks: int, epoch: int,
@@ -335,8 +344,8 @@ def test_corrupted_and_missing_shards_are_skipped_and_counted(gapped, tmp_path, 
     broken.write_bytes(data[: len(data) // 3])
     garbage = tmp_path / "garbage.tar"
     garbage.write_bytes(b"not a tar at all" * 4000)
-    bad = [ShardRef(**{**s.__dict__, "url": str(p)}) for s, p in ((shards[0], broken), (shards[3], garbage))]
-    missing = ShardRef(**{**shards[1].__dict__, "url": str(tmp_path / "nope.tar")})
+    bad = [dataclasses.replace(s, url=str(p)) for s, p in ((shards[0], broken), (shards[3], garbage))]
+    missing = dataclasses.replace(shards[1], url=str(tmp_path / "nope.tar"))
     mixed = bad + [missing] + shards[1:3]
     dataset = ClipDataset(mixed, LoaderConfig(batch_size=2, workers=0, augment="gpu", clip=CLIP))
     with caplog.at_level(logging.WARNING):
@@ -362,8 +371,7 @@ def test_sample_with_missing_field_is_dropped_and_counted(tmp_path):
         if cell != 2:
             members.append((f"v-{cell:08d}.json", encode_json({"t": cell / 2, "frame": cell, "video": "v"})))
     write_tar(tmp_path / "v-000000.tar", members)
-    shard = ShardRef(url=str(tmp_path / "v-000000.tar"), name="v-000000.tar", slug="v", samples=6, fps=2.0,
-                     cell_runs=((0, 5),), t_start=0, t_end=2.5)
+    shard = made_ref(str(tmp_path / "v-000000.tar"), 6, ((0, 5),))
     problems = Problems()
     config = ClipConfig(frames=2, stride=0.5)
     clips = list(samples_to_clips(tar_samples(open_shards([ShardRead.whole(shard, range(5))], problems), problems),
@@ -425,7 +433,7 @@ def test_spec_matching_nothing_fails_first(tmp_path):
 def test_specs_mix_local_patterns_and_http(gapped):
     folder = gapped.shard_dir("gap")
     local = resolve(str(folder / "gap-{000000..000001}.tar"))
-    assert [s.name for s in local] == ["gap-000000.tar", "gap-000001.tar"]
+    assert [s.entry.name for s in local] == ["gap-000000.tar", "gap-000001.tar"]
     with FileServer(folder) as server:
         remote = resolve(server.url("gap-{000002..000003}.tar"))
         mixed = resolve([str(folder / "gap-{000000..000001}.tar"), server.url("gap-{000002..000003}.tar")])

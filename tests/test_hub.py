@@ -316,7 +316,7 @@ from wtours.clips.stages import Problems, open_shards, tar_samples
 ref = resolve(sys.argv[1])[1]
 problems = Problems()
 keys = [s.key for s in tar_samples(open_shards([ShardRead(ref, frozenset(), 1, 3)], problems), problems)]
-print(json.dumps({"keys": keys, "offsets": list(ref.offsets), "bad": sorted(problems.bad_shards)}))
+print(json.dumps({"keys": keys, "offsets": list(ref.entry.offsets), "bad": sorted(problems.bad_shards)}))
 """
 
 

@@ -52,7 +52,7 @@ def pipe_spec(shards: Path) -> str:
 
 
 def samples_of(refs) -> list[tuple[str, int, tuple]]:
-    return [(r.name, r.samples, r.cell_runs) for r in refs]
+    return [(r.entry.name, r.entry.samples, r.entry.cell_runs) for r in refs]
 
 
 def test_split_specs_keeps_a_pipe_command_whole():
@@ -67,7 +67,7 @@ def test_pipe_and_fsspec_specs_resolve_like_the_folder(shards, memory):
     piped = resolve(pipe_spec(shards))
     assert samples_of(piped) == samples_of(local)
     assert [r.url for r in piped] == [f"pipe:cat {shards}/walk-00000{i}.tar" for i in (0, 1)]
-    assert [r.offsets for r in piped] == [r.offsets for r in local]
+    assert [r.entry.offsets for r in piped] == [r.entry.offsets for r in local]
     for spec in (f"file://{shards}/walk-{{000000..000001}}.tar", f"file://{shards}/walk-*.tar",
                  f"{memory}/walk-*.tar", f"{memory}/index.json"):
         assert samples_of(resolve(spec)) == samples_of(local), spec

@@ -50,7 +50,7 @@ def cell_step(stride: float, fps: float) -> int:
 def clip_starts(shard: ShardRef, config: ClipConfig) -> list[int]:
     """Every start cell whose clip lies inside one run of the shard."""
     span = (config.frames - 1) * cell_step(config.stride, shard.fps)
-    return [c for first, last in shard.cell_runs for c in range(first, last - span + 1)]
+    return [c for first, last in shard.entry.cell_runs for c in range(first, last - span + 1)]
 
 
 def epoch_starts(shard: ShardRef, config: ClipConfig, epoch: int) -> list[int]:
@@ -79,7 +79,7 @@ def clip_span(shard: ShardRef, config: ClipConfig) -> int:
 def sample_index(shard: ShardRef, cell: int) -> int:
     """Position in the shard (0-based, time order) of the sample of grid cell `cell`, from the cell runs."""
     before = 0
-    for first, last in shard.cell_runs:
+    for first, last in shard.entry.cell_runs:
         if first <= cell <= last:
             return before + cell - first
         before += last - first + 1
@@ -112,7 +112,7 @@ class ShardRead:
             return cls(ref, starts, 0, 0)
         first = sample_index(ref, min(starts))
         stop = sample_index(ref, max(starts) + clip_span(ref, config)) + 1
-        return cls(ref, starts, first, None if stop >= ref.samples else stop)
+        return cls(ref, starts, first, None if stop >= ref.entry.samples else stop)
 
 
 @dataclass(frozen=True)

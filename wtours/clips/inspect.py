@@ -23,8 +23,8 @@ def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, wo
         video = videos.setdefault(ref.slug, {"shards": 0, "frames": 0, "seconds": 0.0, "gaps": [], "fps": ref.fps,
                                              "_last": None})
         video["shards"] += 1
-        video["frames"] += ref.samples
-        for first, last in ref.cell_runs:
+        video["frames"] += ref.entry.samples
+        for first, last in ref.entry.cell_runs:
             video["seconds"] += (last - first + 1) / ref.fps
             if video["_last"] is not None and first > video["_last"] + 1:
                 video["gaps"].append([round((video["_last"] + 1) / ref.fps, 3), round(first / ref.fps, 3)])
@@ -45,7 +45,7 @@ def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, wo
         "incomplete_videos": incomplete,
         "missing": missing,
         "shards": len(shards),
-        "frames": sum(r.samples for r in shards),
+        "frames": sum(r.entry.samples for r in shards),
         "seconds": sum(v["seconds"] for v in videos.values()),
         "videos": videos,
         "clip_frames": config.frames,

@@ -24,7 +24,7 @@ from braceexpand import braceexpand
 
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, SLUG_PATTERN, Layout, shard_number
-from wtours.shard.index import ShardIndex
+from wtours.shard.index import ShardEntry, ShardIndex
 from wtours.shard.plan import sample_cell
 from wtours.streams import PIPE_PREFIX, check_hf_url, glob_urls, open_url, require_backend, url_scheme
 
@@ -33,18 +33,14 @@ SPEC_SEPARATOR = "::"
 
 @dataclass(frozen=True)
 class ShardRef:
+    """Where one shard of a set is read from, with its index entry (samples, cell runs, byte offsets, and
+    the size and sha256 that a whole remote read is checked against: verified_whole)."""
+
     url: str  # local path, http(s), hf:// or fsspec URL, or `pipe:COMMAND` (the user's, never an index's)
-    name: str
     slug: str
-    samples: int
     fps: float  # the set's sampling grid (cells per second)
-    cell_runs: tuple[tuple[int, int], ...]
-    t_start: float
-    t_end: float
-    offsets: tuple[int, ...] | None = None  # each sample's byte offset in the tar (index version 2)
+    entry: ShardEntry
     t_decimals: int | None = None  # version-1 indexes rounded the samples' `t` to 6 decimals
-    bytes: int | None = None  # the shard's size and sha256 as its index records them: a whole remote read
-    sha256: str | None = None  # is checked against them (verified_whole)
 
     def cell_of_sample(self, t: float) -> int:
         """The grid cell of one of this shard's samples, from its recorded `t` (shard.plan.sample_cell)."""
@@ -188,7 +184,7 @@ def _resolve_pipe(spec: str) -> list[ShardSet]:
     for folder, commands in by_folder.items():
         index = _pipe_index(spec, folder)
         refs = _refs_from_index(index, folder, set(commands))
-        sets.append(ShardSet(folder, index, tuple(replace(r, url=commands[r.name]) for r in refs)))
+        sets.append(ShardSet(folder, index, tuple(replace(r, url=commands[r.entry.name]) for r in refs)))
     return sets
 
 
@@ -243,9 +239,7 @@ def _refs_from_index(index: ShardIndex, folder: str, names: set[str] | None) -> 
         raise _unlisted_error(index, folder, unknown)
     join = posixpath.join if "://" in folder else os.path.join
     t_decimals = 6 if index.version == 1 else None
-    return [ShardRef(url=join(folder, s.name), name=s.name, slug=index.slug, samples=s.samples, fps=index.fps,
-                     cell_runs=s.cell_runs, t_start=s.t_start, t_end=s.t_end, offsets=s.offsets,
-                     t_decimals=t_decimals, bytes=s.bytes, sha256=s.sha256)
+    return [ShardRef(join(folder, s.name), index.slug, index.fps, s, t_decimals)
             for s in index.shards if names is None or s.name in names]
 
 

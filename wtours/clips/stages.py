@@ -121,11 +121,12 @@ def open_part(read: ShardRead) -> ShardStream:
     (streams.open_at: a seek, a Range request, or the bytes before it read and dropped), cut at its
     stop; otherwise (a version-1 index, or the whole shard) from the shard's start. A whole shard from
     another machine is checked against its index entry (streams.verified_whole)."""
-    ref, offsets = read.ref, read.ref.offsets
+    ref, offsets = read.ref, read.ref.entry.offsets
     whole = read.first_sample == 0 and read.stop_sample is None
     if offsets is None or whole:
         opened = open_url(ref.url)
-        return ShardStream(read, verified_whole(ref.url, opened, ref.bytes, ref.sha256) if whole else opened, 0)
+        entry = ref.entry
+        return ShardStream(read, verified_whole(ref.url, opened, entry.bytes, entry.sha256) if whole else opened, 0)
     begin = offsets[read.first_sample]
     stop = read.stop_sample
     end = offsets[stop] if stop is not None and stop < len(offsets) else None  # exclusive; None: to the end
