@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from wtours.eval.backbone import infer_arch, read_weights
 from wtours.layout import replace_atomically, write_json_atomic
 from wtours.models.vit import cls_attention
 from wtours.train.export import backbone_state
+from wtours.viz.config import VizConfig
 from wtours.viz.render import (
     HEADER,
     MASK_ALPHA,
@@ -41,24 +41,6 @@ from wtours.viz.render import (
 )
 
 INDEX_FILE = "index.json"
-
-
-@dataclass(frozen=True)
-class VizConfig:
-    clips: int = 4
-    frames: int = 8  # T
-    stride: float = 1.0  # seconds between a clip's frames
-    size: int = 224  # the square input (a multiple of the patch size)
-    heads: tuple[int, ...] | None = None  # discovery heads; None: drawn once with `seed`, shared by all clips
-    seed: int = 0
-    device: str | None = None  # None: cuda when available
-    gif_ms: int = 400  # per GIF frame
-
-    def __post_init__(self) -> None:
-        if self.clips < 1:
-            raise UsageError("--clips must be at least 1", "")
-        if self.heads is not None and len(set(self.heads)) != len(self.heads):
-            raise UsageError(f"--heads {','.join(map(str, self.heads))} repeats a head", "name distinct heads")
 
 
 def load_model(checkpoint: str | os.PathLike) -> DoRA:
