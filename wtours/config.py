@@ -136,23 +136,30 @@ def problem(value: Any, allowed: Range | None = None, choices: Any = None) -> st
         return f"{value} is not a finite number"
     if allowed is not None and value not in allowed:
         return f"{_number(value)} is out of range: it must be {allowed}"
-    if choices is not None:
-        names = list(choices() if callable(choices) else choices)
-        if value not in names:
-            close = difflib.get_close_matches(str(value), [str(c) for c in names], n=3, cutoff=0.6)
-            guess = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            return f"{value!r} is not one of {', '.join(map(str, names))}{guess}"
+    if choices is not None and value not in _names(choices):
+        return f"{value!r} is not one of its choices"
     return None
+
+
+def _names(choices: Any) -> list[Any]:
+    return list(choices() if callable(choices) else choices)
 
 
 def check_value(option: str, value: Any, allowed: Range | None = None, choices: Any = None) -> Any:
     """`value`, or a UsageError (exit status 2) naming the option, the value and what is allowed:
     the one check behind every option, --config and --set value."""
     why = problem(value, allowed, choices)
-    if why is not None:
-        wanted = f"a value {allowed}" if allowed is not None else "one of its choices" if choices else "a finite number"
-        raise UsageError(f"{option} {why}", f"pass {option} {wanted}; `--help` shows every option's allowed values")
-    return value
+    if why is None:
+        return value
+    if allowed is not None:
+        hint = f"pass {option} a value {allowed}; `--help` shows every option's range"
+    elif choices is not None and not isinstance(value, float):
+        names = [str(c) for c in _names(choices)]
+        close = difflib.get_close_matches(str(value), names, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"choose {', '.join(names)}"
+    else:
+        hint = f"pass {option} a finite number"
+    raise UsageError(f"{option} {why}", hint)
 
 
 def check_field(f: dataclasses.Field, value: Any) -> Any:
