@@ -226,3 +226,46 @@ def test_set_and_config_values_are_checked_as_the_options_are(tmp_path, setting,
     config.write_text(f"{key.split('.')[-1]}: {'.nan' if value == 'nan' else value}\n")
     result = invoke(("wtours", "train"), "--shards", "walk", "--out", str(tmp_path / "run"), "--config", str(config))
     assert_usage_error(result, option)
+
+
+# ---------------------------------------------------------------- the validator and the field metadata
+
+
+def test_a_range_knows_its_open_and_closed_ends_and_refuses_nan_and_infinity():
+    from wtours.config import Range
+
+    open_low = Range(0, 1, open_low=True)
+    assert 0 not in open_low and 1 in open_low and 0.5 in open_low and 1.5 not in open_low
+    assert 0 in Range(0, 1) and 1 not in Range(0, 1, open_high=True)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        assert value not in Range() and value not in Range(0)
+    assert str(Range(1, 1 << 20)) == "in [1, 1048576]" and str(Range(0, open_low=True)) == "> 0"
+
+
+def test_configs_built_in_code_are_checked_as_the_options_are():
+    from wtours.dora.config import DoRAConfig, LossConfig
+    from wtours.errors import UsageError
+    from wtours.shard.params import ShardParams
+
+    for make, words in [(lambda: ShardParams(quality=0), "--quality 0 is out of range: it must be in [1, 100]"),
+                        (lambda: ShardParams(fps=float("nan")), "--fps nan is not a finite number"),
+                        (lambda: LossConfig(student_temp=0.0), "--student-temp 0 is out of range: it must be > 0"),
+                        (lambda: DoRAConfig(drop_path=1.0), "--drop-path 1 is out of range: it must be in [0, 1)"),
+                        (lambda: ShardParams(blur_mode="smudge"), "--blur-mode 'smudge' is not one of its choices")]:
+        with pytest.raises(UsageError) as info:
+            make()
+        assert info.value.exit_code == EXIT_USAGE and info.value.message == words and info.value.hint
+
+
+def test_the_free_and_path_flags_are_read_from_the_training_fields():
+    """What a --resume may change and what a model card cuts to its last part: declared on the fields."""
+    from wtours.hub.model_card import path_settings, public_settings
+    from wtours.train.folder import changes, free_settings
+
+    assert path_settings() == {"out", "root", "knn_train", "knn_val", "init_from"}
+    assert {"out", "device", "log_every", "precision"} <= free_settings()
+    assert not {"workers", "lr", "batch_size", "seed", "out_dim"} & free_settings()  # they shape the run
+    assert changes({"device": "cpu", "lr": 0.1, "workers": 2}, {"device": "cuda", "lr": 0.2, "workers": 3}) == {
+        "lr": [0.1, 0.2], "workers": [2, 3]}
+    assert public_settings({"init_from": "/home/me/dino.pth", "device": "cuda"}) == {
+        "init_from": "dino.pth", "device": "cuda"}

@@ -122,7 +122,7 @@ AT_LEAST_1 = Range(1)
 NOT_NEGATIVE = Range(0)
 POSITIVE = Range(0, open_low=True)
 FRACTION = Range(0, 1)  # a probability, a score or a momentum: 0..1, both ends allowed
-WORKERS = Range(1, 1024)  # processes a command starts at once (decoders, loaders): beyond any machine's cores
+WORKERS = Range(1, 4096)  # processes a command starts at once (decoders, loaders): beyond any machine's cores
 
 
 def problem(value: Any, allowed: Range | None = None, choices: Any = None) -> str | None:

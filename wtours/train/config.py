@@ -22,7 +22,7 @@ def _opt(default, help: str, **meta):  # noqa: A002 (the metadata key Click call
 # planning a run of centuries; the metadata flag "free" marks the settings a --resume may change
 # (wtours/train/folder.py), "path" those naming local paths (kept out of published model cards).
 EPOCHS = Range(1, 100_000)
-STEPS = Range(1, 10**10)
+STEPS = Range(1, 10**9)
 PER_PROCESS = Range(1, 1 << 16)  # clips in a batch or a shuffle buffer
 SEED = Range(0, 2**32 - 1)  # numpy's seeds are 32-bit
 
