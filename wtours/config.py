@@ -11,10 +11,11 @@ checked (unknown -> the closest names) and every value type-checked against its 
 Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable returning one), metavar,
 envvar, option (the option's name where it is not the field's, e.g. "--from" for `source`), and flags
 that other modules read through `flagged`: free (a training setting that may change on --resume),
-path (a local path, never published as it is). Every value is checked by one validator, `check_value`:
-the derived Click options at parse time, `build` for --config and --set, a config's __post_init__
-(`check_fields`) for library callers; a float is never NaN or infinite. A value out of its range or
-choices is a `UsageError` (exit status 2) naming the option, the value and what is allowed."""
+path (a local path, never published as it is). Every value is checked by one validator, `problem`:
+in the derived Click options at parse time (`number_type`), and through `check_value` in `build`
+(--config, --set) and in a config's __post_init__ (`check_fields`, for library callers); a float is
+never NaN or infinite. A value out of its range or choices is a usage error (exit status 2) naming
+the option, the value and what is allowed."""
 
 from __future__ import annotations
 
@@ -182,8 +183,8 @@ def flagged(cls: type, flag: str) -> frozenset[str]:
 
 
 class _Checked(click.ParamType):
-    """A number parsed as Click's INT/FLOAT would, then checked by `problem`: a bad value fails as
-    Click's own do (exit status 2, "Invalid value for '--option'"), stating the range."""
+    """A number parsed as Click's INT/FLOAT would, then checked by `problem`: a bad value is Click's
+    BadParameter (exit status 2, "Invalid value for '--option'"), stating the range."""
 
     allowed: Range | None = None
 
