@@ -54,8 +54,9 @@ class TrainConfig:
     warmup_epochs: float = _opt(10.0, "Linear lr warm-up from 0, in epochs: int(warmup_epochs x steps per "
                                       "epoch) iterations (fractions allowed).",
                               range=Range(0, EPOCHS.high))
-    weight_decay: float = _opt(0.04, "Weight decay at the start (cosine schedule).", range=Range(0, 10))
-    weight_decay_end: float = _opt(0.4, "Weight decay at the end.", range=Range(0, 10))
+    # No upper bound: any decay is a valid setting (tests drive a run to divergence with 1e18, exit 4).
+    weight_decay: float = _opt(0.04, "Weight decay at the start (cosine schedule).", range=NOT_NEGATIVE)
+    weight_decay_end: float = _opt(0.4, "Weight decay at the end.", range=NOT_NEGATIVE)
     momentum_teacher: float = _opt(0.996, "Teacher EMA momentum at the start (cosine to 1).", range=FRACTION)
     clip_grad: float = _opt(3.0, "Per-parameter gradient-norm cap (0: no clipping).", range=NOT_NEGATIVE)
     freeze_last_layer: int = _opt(1, "Epochs during which the head's last layer is not updated.",
