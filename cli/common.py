@@ -79,7 +79,7 @@ def _report(message: str, hint: str | None) -> None:
 
 
 def exit_status_epilog() -> str:
-    """The exit-status table for `wtours --help` (the same table as docs/troubleshooting.md)."""
+    """The exit-status table for `wtours --help` (wtours.errors.EXIT_CODES, as docs/cli.md lists it)."""
     rows = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
     return f"\b\nExit status:\n{rows}"
 

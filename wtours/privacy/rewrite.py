@@ -12,11 +12,13 @@ import numpy as np
 from PIL import Image
 
 from wtours import __version__
+from wtours.config import check_field
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, WIDS_SUFFIX, Layout, write_bytes_atomic, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.privacy.stage import FaceBlur
 from wtours.shard.index import ShardEntry, ShardIndex
+from wtours.shard.params import ShardParams
 from wtours.shard.read import iter_shard
 from wtours.shard.writer import ShardSample, encode_jpeg, write_shard
 
@@ -30,6 +32,12 @@ class BlurSettings:
     scale: float = 1.3
     upscale: float = 1.0
     detector: str = "centerface"
+
+    def __post_init__(self) -> None:
+        # The ranges and modes of `wtours shard --blur-*`, declared once on ShardParams' fields.
+        fields = {f.name: f for f in dataclasses.fields(ShardParams)}
+        for name in ("threshold", "mode", "scale", "upscale"):
+            check_field(fields[f"blur_{name}"], getattr(self, name))
 
 
 def source_folder(spec: str, root: str | None) -> Path:
