@@ -253,7 +253,8 @@ def test_configs_built_in_code_are_checked_as_the_options_are():
                         (lambda: LossConfig(student_temp=0.0), "--student-temp 0 is out of range: it must be > 0"),
                         (lambda: DoRAConfig(drop_path=1.0), "--drop-path 1 is out of range: it must be in [0, 1)"),
                         (lambda: ShardParams(blur_mode="smudge"), "--blur-mode 'smudge' is not one of its choices"),
-                        (lambda: BlurSettings(threshold=1.0), "--blur-threshold 1 is out of range: it must be in (0, 1)")]:
+                        (lambda: BlurSettings(threshold=1.0),
+                         "--blur-threshold 1 is out of range: it must be in (0, 1)")]:
         with pytest.raises(UsageError) as info:
             make()
         assert info.value.exit_code == EXIT_USAGE and info.value.message == words and info.value.hint
