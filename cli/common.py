@@ -79,14 +79,14 @@ def _report(message: str, hint: str | None) -> None:
 
 
 def exit_status_epilog() -> str:
-    """The exit-status table for `wtours --help` (the same table as docs/troubleshooting.md)."""
+    """The exit-status table for `wtours --help` (wtours.errors.EXIT_CODES, as docs/cli.md lists it)."""
     rows = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
     return f"\b\nExit status:\n{rows}"
 
 
 class WtoursGroup(click.Group):
-    """Turns library errors, the machine's faults and Ctrl-C into a message with a hint and an exit
-    status (never a traceback); the root group's help ends with the exit-status table."""
+    """Turns library errors, bad option values, the machine's faults and Ctrl-C into a message with a
+    hint and an exit status (never a traceback); the root group's help ends with the exit-status table."""
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_epilog(ctx, formatter)
@@ -101,6 +101,10 @@ class WtoursGroup(click.Group):
         except WtoursError as e:
             _report(e.message, e.hint)
             sys.exit(e.exit_code)
+        except click.BadParameter as e:  # an option's value (range, choice, type): said as wtours' own errors are
+            command = e.ctx.command_path if e.ctx else "wtours"
+            _report(e.format_message(), f"`{command} --help` shows each option's allowed values")
+            sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             _report("interrupted", "nothing partial was kept under a final name; rerun the same command to resume")
             sys.exit(EXIT_INTERRUPTED)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from wtours.cli.common import say, verbosity_options
+from wtours.config import click_options, option_type
+from wtours.eval.config import KnnConfig
 from wtours.models.registry import vit_names
 
 
@@ -24,13 +26,12 @@ def eval_group() -> None:
               help="Labelled images: DIR/<class>/<image>.")
 @click.option("--val", "val_dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="Held-out images, class folders named as in --train.")
-@click.option("--k", default=20, show_default=True, help="Neighbours voting for each val image.")
-@click.option("--temperature", default=0.07, show_default=True, help="Vote weight exp(cosine / T).")
+@click_options(KnnConfig, only=("k", "temperature", "batch_size"))
 @click.option("--arch", type=click.Choice(vit_names()), help="Default: inferred from the weights' shapes.")
 @click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
               help="Which network of a training checkpoint.")
-@click.option("--batch-size", default=128, show_default=True, help="Images per forward pass.")
-@click.option("--workers", default=4, show_default=True, help="Image-decoding processes.")
+@click.option("--workers", default=4, show_default=True, help="Image-decoding processes.",
+              type=option_type(KnnConfig, "workers"))
 @click.option("--device", help="cuda, cuda:1 or cpu (default: cuda when available).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Result json (default: CHECKPOINT's name + .knn.json).")
 @verbosity_options
@@ -47,7 +48,7 @@ def knn(checkpoint, train_dir, val_dir, k, temperature, arch, which, batch_size,
       wtours eval knn dora_vits16.pth --train pets/train --val pets/val --k 10 --device cuda
       wtours eval knn venice_vits16.pth --train digits/train --val digits/val --arch vit_small --out knn.json
     """
-    from wtours.eval.knn import KnnConfig, knn_checkpoint, result_line
+    from wtours.eval.knn import knn_checkpoint, result_line
 
     config = KnnConfig(k=k, temperature=temperature, batch_size=batch_size, workers=workers)
     result, path = knn_checkpoint(checkpoint, train_dir, val_dir, config, out=out, arch=arch, which=which,

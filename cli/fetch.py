@@ -7,6 +7,7 @@ import json
 import click
 
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
+from wtours.config import click_options
 from wtours.fetch.download import DownloadConfig, describe_plan, flag_options, resolve_targets
 from wtours.fetch.download import download as download_video
 from wtours.fetch.local import add_local
@@ -20,19 +21,13 @@ from wtours.layout import Layout
 @click.option("--url", help="Any other source yt-dlp understands (a mirror, a direct file URL); needs --name.")
 @click.option("--name", help="Name for --url: lowercase letters, digits and '-'.")
 @root_option
-@click.option("--max-height", default=2160, show_default=True, help="Best video stream up to this height, any codec.")
-@click.option("--retries", type=click.IntRange(0), show_default="10, or your yt-dlp config's",
-              help="Retries per request.")
-@click.option("--rate-limit", metavar="RATE", help="Bytes per second, e.g. 5M.")
-@click.option("--cookies", type=click.Path(dir_okay=False),
-              help="cookies.txt (Netscape format) for YouTube's sign-in check.")
-@click.option("--cookies-from-browser", metavar="BROWSER", help="Take cookies from a browser (firefox, chrome, ...).")
+@click_options(DownloadConfig, only=("max_height", "retries", "rate_limit", "cookies", "cookies_from_browser",
+                                     "verify"))
 @click.option("--yt-dlp-option", "ytdlp_options", multiple=True, metavar="KEY=VALUE",
               help="A YoutubeDL parameter (Python API name; VALUE as JSON, else text), e.g. proxy=socks5://host:1080 "
                    "or http_headers='{\"User-Agent\": \"...\"}'; repeatable; wins over your yt-dlp config.")
 @click.option("--ignore-yt-dlp-config", is_flag=True,
               help="Do not read your yt-dlp config (~/.config/yt-dlp/config, ...); it is read by default.")
-@click.option("--verify", is_flag=True, help="Re-hash completed files instead of trusting size and mtime.")
 @click.option("--dry-run", is_flag=True, help="Print what would be fetched and where; no network.")
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON.")
 @verbosity_options

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
-from wtours.errors import UsageError, WtoursError
+from wtours.config import Range, number_type
+from wtours.errors import UsageError
 from wtours.layout import SLUG_PATTERN, Layout
 from wtours.selection import shard_set_slugs
 
@@ -20,9 +21,11 @@ from wtours.selection import shard_set_slugs
 @root_option
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
 @click.option("--revision", default="main", show_default=True, metavar="BRANCH", help="Branch to commit to (created).")
-@click.option("--max-commit-files", default=50, show_default=True,
+@click.option("--max-commit-files", default=50, show_default=True, type=number_type(int, Range(1, 10_000)),
               help="Files per commit (the Hub advises < 100); shard sets only.")
-@click.option("--max-commit-gb", default=10.0, show_default=True, help="Gigabytes per commit; shard sets only.")
+@click.option("--max-commit-gb", default=10.0, show_default=True,
+              type=number_type(float, Range(0, 1000, open_low=True)),
+              help="Gigabytes per commit; shard sets only.")
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded; change nothing.")
 @click.option("--license", "license_", default=None, metavar="ID",
               help="With --model: the weights' licence in the model card (a Hub licence id); default: the one "
@@ -60,7 +63,7 @@ def push(cities, all_sets, model_dir, repo, root, private, revision, max_commit_
         from pathlib import Path
 
         from wtours.hub.model import ModelPushConfig, push_model
-        from wtours.models.card import parse_dataset
+        from wtours.hub.model_card import parse_dataset
 
         summary = push_model(ModelPushConfig(HubTarget(repo, revision), Path(model_dir), private=private,
                                              dry_run=dry_run, progress=not is_quiet(), license=license_,
@@ -105,7 +108,7 @@ def pull(repo, cities, root, revision) -> None:
 
     for name in cities:
         if not SLUG_PATTERN.match(name):
-            raise WtoursError(f"{name!r} is not a shard set name", "use the slug as in the repo, e.g. --city venice")
+            raise UsageError(f"{name!r} is not a shard set name", "use the slug as in the repo, e.g. --city venice")
     summary = run_pull(Layout(root), PullConfig(HubTarget(repo, revision), tuple(cities), progress=not is_quiet()),
                        say=say)
     click.echo(summary.line())

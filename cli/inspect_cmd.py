@@ -10,19 +10,25 @@ from wtours.cli.common import root_option
 from wtours.clips.epoch import ClipConfig
 from wtours.clips.inspect import describe, format_description
 from wtours.clips.spec import resolve_sets
+from wtours.config import Range, number_type, option_type
+from wtours.train.config import TrainConfig  # inspect plans the epochs `wtours train` reads: the same ranges
 
 
 @click.command("inspect")
 @click.argument("specs", nargs=-1, required=True)
 @root_option
-@click.option("--clip-frames", default=8, show_default=True, help="Frames per clip (T).")
-@click.option("--clip-stride", default=1.0, show_default=True, help="Seconds between a clip's frames.")
-@click.option("--clips-per-shard", type=int, help="A random subset of clips per shard and epoch.")
-@click.option("--world-size", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--clip-frames", default=8, show_default=True, type=option_type(TrainConfig, "clip_frames"),
+              help="Frames per clip (T).")
+@click.option("--clip-stride", default=1.0, show_default=True, type=option_type(TrainConfig, "clip_stride"),
+              help="Seconds between a clip's frames.")
+@click.option("--clips-per-shard", type=option_type(TrainConfig, "clips_per_shard"),
+              help="A random subset of clips per shard and epoch.")
+@click.option("--world-size", default=1, show_default=True, type=number_type(int, Range(1, 1 << 20)),
               help="Training processes (GPUs) the epoch is planned for.")
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=0),
+@click.option("--workers", default=4, show_default=True, type=option_type(TrainConfig, "workers"),
               help="Data loader processes per GPU, as `wtours train --workers`.")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Clips per process.")
+@click.option("--batch-size", default=16, show_default=True, type=option_type(TrainConfig, "batch_size"),
+              help="Clips per process.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect_shards(specs, root, clip_frames, clip_stride, clips_per_shard, world_size, workers, batch_size,
                    as_json) -> None:

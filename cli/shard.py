@@ -5,13 +5,15 @@ from __future__ import annotations
 import click
 
 from wtours.cli.common import is_quiet, root_option, say, verbosity_options
-from wtours.config import click_options, from_command
+from wtours.config import WORKERS, Range, click_options, from_command, number_type
 from wtours.layout import Layout
 from wtours.selection import video_slugs
 from wtours.shard.params import RunOptions, ShardParams, nodes_from_environment
 from wtours.shard.run import shard_video
 from wtours.system import usable_cpus
 from wtours.video import read_video_info
+
+NODES = Range(1, 100_000)  # machines of one sharding job (a SLURM array's tasks)
 
 
 @click.command()
@@ -20,13 +22,15 @@ from wtours.video import read_video_info
 @click.option("--all", "all_videos", is_flag=True, help="Every video registered under the root.")
 @root_option
 @click_options(ShardParams)
-@click.option("--workers", type=int, show_default="the CPUs this process may use",
+@click.option("--workers", type=number_type(int, WORKERS), show_default="the CPUs this process may use",
               help="ffmpeg processes decoding segments at once (default: this process's CPU affinity, capped "
                    "by SLURM_CPUS_PER_TASK).")
 @click.option("--hwaccel", type=click.Choice(["auto", "none", "cuda"]), default="none", show_default=True,
               help="Decode on the GPU with NVDEC (cuda), or when available (auto).")
-@click.option("--num-nodes", type=int, help="Machines sharing the work (default: from SLURM, else 1).")
-@click.option("--node-rank", type=int, help="This machine's rank, 0..num-nodes-1 (default: from SLURM, else 0).")
+@click.option("--num-nodes", type=number_type(int, NODES),
+              help="Machines sharing the work (default: from SLURM, else 1).")
+@click.option("--node-rank", type=number_type(int, Range(0, NODES.high, open_high=True)),
+              help="This machine's rank, 0..num-nodes-1 (default: from SLURM, else 0).")
 @click.option("--finalize", is_flag=True, help="Only write the index, once every segment is done.")
 @click.option("--overwrite", is_flag=True, help="Replace shards made with other parameters or another source.")
 @verbosity_options

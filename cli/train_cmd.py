@@ -8,7 +8,7 @@ import click
 
 from wtours.cli.common import say, verbosity_options
 from wtours.config import click_options, command_settings, from_command
-from wtours.models.card import DEFAULT_LICENSE, EXPORT_FORMATS  # (no torch: --help stays fast)
+from wtours.hub.model_card import DEFAULT_LICENSE, EXPORT_FORMATS  # (no torch: --help stays fast)
 from wtours.train.config import TrainConfig
 
 CONFIG_HELP = ("YAML or JSON settings, nested as a run's config.json or flat by option name "
@@ -108,6 +108,6 @@ def export(checkpoint, out, format_, which, license_, datasets) -> None:
       wtours export runs/venice/checkpoint.pth --out venice_vits16.pth   # state dict (--format pth)
       wtours export runs/venice/checkpoint.pth --out venice-vits16-v0.1 --dataset alice/walking-tours
     """
-    from wtours.models.export import export as run_export
+    from wtours.hub.export import export as run_export
 
     click.echo(f"wrote {run_export(checkpoint, out, which, format_, license_, tuple(datasets))}")

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from wtours.cli.common import root_option, say, verbosity_options
-from wtours.errors import WtoursError
+from wtours.config import WORKERS, number_type
+from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, SLUG_PATTERN, Layout
 from wtours.selection import shard_set_slugs
 from wtours.shard.verify import repair_set, verify_set
@@ -29,7 +30,7 @@ def _targets(layout: Layout, specs: tuple[str, ...], cities: tuple[str, ...], al
         elif SLUG_PATTERN.match(spec):
             targets.extend((layout, slug) for slug in shard_set_slugs(layout, (spec,), False, "verify"))
         else:
-            raise WtoursError(f"SPEC {spec!r} is not a shard set under {layout.root} nor a folder with {INDEX_FILE}",
+            raise UsageError(f"SPEC {spec!r} is not a shard set under {layout.root} nor a folder with {INDEX_FILE}",
                               "pass a slug (venice), a shard folder (<root>/shards/venice), --city SLUG or --all; "
                               "remote sets are verified when pulled (`wtours pull`)")
     return targets
@@ -42,7 +43,8 @@ def _targets(layout: Layout, specs: tuple[str, ...], cities: tuple[str, ...], al
 @root_option
 @click.option("--repair", is_flag=True,
               help="Reshard just the bad shards from the registered video (byte-identical to the index).")
-@click.option("--workers", type=int, help="ffmpeg processes for --repair (default: the usable CPUs).")
+@click.option("--workers", type=number_type(int, WORKERS),
+              help="ffmpeg processes for --repair (default: the usable CPUs).")
 @verbosity_options
 def verify(specs, cities, all_sets, root, repair, workers) -> None:
     """Check local shards against index.json: size, sha256, readable members, sample count and offsets.

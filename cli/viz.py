@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from wtours.cli.common import root_option, say, verbosity_options
+from wtours.config import click_options
 from wtours.errors import UsageError
+from wtours.viz.config import VizConfig
 
 
 def _heads(value: str | None) -> tuple[int, ...] | None:
@@ -22,12 +24,8 @@ def _heads(value: str | None) -> tuple[int, ...] | None:
 @click.option("--shards", "shards", multiple=True, required=True, metavar="SPEC",
               help="Shards to take clips from: slug, path pattern, http(s):// or hf:// pattern; repeatable.")
 @root_option
-@click.option("--clips", default=4, show_default=True, help="Clips, spread evenly over the shards.")
-@click.option("--frames", default=8, show_default=True, help="Frames per clip (T): the grid's rows.")
-@click.option("--stride", default=1.0, show_default=True, help="Seconds between a clip's frames.")
+@click_options(VizConfig, only=("clips", "frames", "stride", "seed", "device"))
 @click.option("--heads", metavar="H,H,H", help="Discovery heads (K = their number). Default: drawn with --seed.")
-@click.option("--seed", default=0, show_default=True, help="Seeds the drawn heads.")
-@click.option("--device", help="cuda, cuda:1 or cpu (default: cuda when available).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: CHECKPOINT's folder/viz).")
 @verbosity_options
 def viz(checkpoint, shards, root, clips, frames, stride, heads, seed, device, out) -> None:
@@ -46,7 +44,7 @@ def viz(checkpoint, shards, root, clips, frames, stride, heads, seed, device, ou
     """
     from pathlib import Path
 
-    from wtours.viz import VizConfig, visualise
+    from wtours.viz import visualise
 
     config = VizConfig(clips=clips, frames=frames, stride=stride, heads=_heads(heads), seed=seed, device=device)
     folder = Path(out) if out else Path(checkpoint).parent / "viz"

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from wtours.cli.main import cli
+from wtours.errors import EXIT_CODES
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
@@ -23,9 +24,27 @@ def _commands(group: click.Group, prefix: list[str]):
             yield from _commands(command, [*prefix, name])
 
 
+OPTION_VALUES = """\
+Every numeric option declares its range, shown in its help (`[x>=1]`, `[0<=x<=1]`); ranges and
+choices are declared once, beside each setting's help, as metadata of the typed configs
+(`wtours/config.py`). One validator checks every value, whether it comes from the command line,
+`--config FILE` or `--set KEY=VALUE`: a value outside its range, NaN or infinity for a number, a
+value that is not one of an option's choices, and a name that names nothing (an unknown city, a
+SPEC that is no video or shard set) are usage errors: exit status 2, an `error:` line naming the
+option, the value and what is allowed, and a `hint:`. A well-formed command that then fails on the
+data, the machine or the network exits 1."""
+
+
+def exit_statuses() -> list[str]:
+    """The exit-status table, from `wtours.errors.EXIT_CODES` (its one owner)."""
+    rows = [f"| {code} | {meaning} |" for code, meaning in EXIT_CODES]
+    return ["## Exit status", "", "Every command exits with one of these (`wtours --help` ends with the same table):",
+            "", "| status | meaning |", "|---|---|", *rows, "", "## Option values", "", OPTION_VALUES, ""]
+
+
 def render() -> str:
     parts = ["# CLI reference", "", "Generated from the commands' `--help` by `python scripts/cli_reference.py`;",
-             "`tests/test_docs.py` fails when it is out of date.", ""]
+             "`tests/test_docs.py` fails when it is out of date.", "", *exit_statuses()]
     with click.Context(cli, info_name="wtours", terminal_width=100) as ctx:
         parts += ["## wtours", "", "```", cli.get_help(ctx), "```", ""]
     for path, command in _commands(cli, []):

@@ -40,6 +40,7 @@ from wtours.hub.card import (
 from wtours.hub.client import HubTarget
 from wtours.hub.push import PushConfig, push
 from wtours.layout import Layout
+from wtours.privacy.params import BlurParams
 from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
@@ -223,7 +224,7 @@ def test_card_cites_the_paper_and_states_privacy_and_licences(root):
         shards.append(dataclasses.replace(entry, faces=tuple(faces[at:at + entry.samples])))
         at += entry.samples
     blurred = dataclasses.replace(plain, shards=tuple(shards), params=dataclasses.replace(
-        plain.params, blur_faces=True, blur_mode="pixelate", blur_threshold=0.2))
+        plain.params, blur_faces=True, blur=BlurParams(mode="pixelate", threshold=0.2)))
     assert blurred.privacy is not None and blurred.privacy["faces"] == 1234
     card = render_card("alice/walks", [CardVideo("venice", blurred, videos[0].source), videos[1]],
                        "https://huggingface.co")

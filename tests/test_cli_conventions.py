@@ -38,11 +38,16 @@ def test_every_command_and_option_has_help():
 
 
 def test_help_lists_the_exit_statuses_and_the_docs_agree():
+    """EXIT_CODES is the one table: --help and docs/cli.md print it as it is; troubleshooting.md has each status."""
     text = CliRunner().invoke(cli, ["--help"]).output
+    reference = (DOCS / "cli.md").read_text()
     table = (DOCS / "troubleshooting.md").read_text()
     for code, meaning in EXIT_CODES:
         assert re.search(rf"^\s+{code}\s+{re.escape(meaning)}$", text, re.MULTILINE), (code, text)
+        assert f"\n| {code} | {meaning} |\n" in reference, f"exit status {code} differs in docs/cli.md"
         assert re.search(rf"^\| {code} \|", table, re.MULTILINE), f"exit status {code} missing in troubleshooting.md"
+    documented = re.findall(r"^\| (\d+) \|", reference.split("## Exit status")[1].split("\n## ")[0], re.MULTILINE)
+    assert [int(c) for c in documented] == [code for code, _ in EXIT_CODES], "docs/cli.md lists other statuses"
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -57,6 +62,10 @@ def test_a_bad_option_is_a_usage_error(tmp_path):
 @pytest.mark.parametrize("args", [["download", "--city", "../etc", "--dry-run"],
                                   ["download", "--url", "http://127.0.0.1:1/x.mp4", "--name", "Bad Name", "--dry-run"],
                                   ["download", "--dry-run"],
+                                  ["inspect", "nope"],
+                                  ["verify", "no/such/folder"],
+                                  ["shard", "--city", "atlantis"],
+                                  ["pull", "--repo", "alice/walks", "--city", "Not A Slug"],
                                   ["train", "--shards", "walk", "--out", "run", "--out-dim", "0"],
                                   ["train", "--shards", "walk", "--out", "run", "--set", "model.loss.teacher_temp=0"]])
 def test_a_bad_name_or_value_is_a_usage_error(tmp_path, args):
@@ -109,3 +118,157 @@ def test_demo_refuses_a_url_for_its_root(tmp_path):
     result = run("demo", "--root", "hf://datasets/alice/walks", cwd=tmp_path)
     assert result.returncode == EXIT_USAGE and "is a URL; the data root is a local folder" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- option values: one style, exit status 2
+
+
+def options(command: click.Command) -> list[click.Option]:
+    return [p for p in command.params if isinstance(p, click.Option) and not p.hidden]
+
+
+def every_option(kind: type | tuple[type, ...]) -> list[tuple[tuple[str, ...], click.Option]]:
+    """(command path, option) for every option of the whole tree whose Click type is a `kind`."""
+    return [(path, option) for path, command in walk(cli) for option in options(command)
+            if isinstance(option.type, kind)]
+
+
+def out_of_range(kind: click.IntRange | click.FloatRange) -> list[str]:
+    """A value just past each bound of an IntRange/FloatRange (an open bound is itself outside)."""
+    step = 1 if isinstance(kind, click.IntRange) else 0.5
+    values = []
+    if kind.min is not None:
+        values.append(kind.min if kind.min_open else kind.min - step)
+    if kind.max is not None:
+        values.append(kind.max if kind.max_open else kind.max + step)
+    return [str(v) for v in values]
+
+
+def invoke(path: tuple[str, ...], *args: str):
+    """The command in this process, as a user would type it (Click's parsing, WtoursGroup's error handling)."""
+    return CliRunner().invoke(cli, [*path[1:], *args])
+
+
+def assert_usage_error(result, option: str) -> None:
+    assert result.exit_code == EXIT_USAGE, (result.exit_code, result.output)
+    assert option in result.output, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, (SystemExit, type(None))), result.output
+    assert "error:" in result.output and "hint:" in result.output, result.output  # one style for every bad value
+
+
+RANGED = [(path, option, value) for path, option in every_option((click.IntRange, click.FloatRange))
+          for value in out_of_range(option.type)]
+
+
+def _id(path: tuple[str, ...], option: click.Option, *rest: str) -> str:
+    return " ".join((*path[1:], option.opts[0], *rest))
+
+
+@pytest.mark.parametrize(("path", "option", "value"), RANGED, ids=[_id(*case) for case in RANGED])
+def test_every_ranged_option_refuses_a_value_past_its_bounds_with_a_usage_error(path, option, value):
+    """Each option that declares a range (Click's IntRange/FloatRange, or a config field's metadata
+    "range", which wtours.config turns into one), given a value just outside it: status 2, naming
+    the option, the value and the range, no traceback."""
+    result = invoke(path, option.opts[0], value)
+    assert_usage_error(result, option.opts[0])
+    assert "out of range" in result.output, result.output
+
+
+def test_the_walk_finds_the_options_it_must_check():
+    """The tree walk reaches nested commands and the options derived from config metadata."""
+    found = {_id(path, option) for path, option, _ in RANGED}
+    for expected in ("train --epochs", "train --teacher-temp", "train --drop-path", "shard --quality", "eval knn --k",
+                     "viz --stride", "blur-faces --blur-threshold", "download --max-height", "stats --cut-min",
+                     "inspect --batch-size", "push --max-commit-gb", "verify --workers"):
+        assert expected in found, expected
+
+
+def test_every_numeric_option_declares_its_range():
+    """An int or float option without a declared range would be checked (if at all) after parsing, in
+    the command's own code, where nothing holds it to status 2: every one declares its range."""
+    unranged = [_id(path, option) for path, option in every_option((click.types.IntParamType,
+                                                                     click.types.FloatParamType))
+                if not isinstance(option.type, (click.IntRange, click.FloatRange))]
+    assert not unranged, f"numeric options without a range: {', '.join(unranged)}"
+
+
+CHOICES = every_option(click.Choice)
+
+
+@pytest.mark.parametrize(("path", "option"), CHOICES, ids=[_id(*case) for case in CHOICES])
+def test_every_choice_option_refuses_another_value_with_a_usage_error(path, option):
+    result = invoke(path, option.opts[0], "no-such-choice")
+    assert_usage_error(result, option.opts[0])
+
+
+FLOATS = [(path, option, value) for path, option in every_option(click.types.FloatParamType)
+          for value in ("nan", "inf", "-inf")]
+
+
+@pytest.mark.parametrize(("path", "option", "value"), FLOATS, ids=[_id(*case) for case in FLOATS])
+def test_every_float_option_refuses_nan_and_infinity(path, option, value):
+    result = invoke(path, option.opts[0], value)
+    assert_usage_error(result, option.opts[0])
+
+
+@pytest.mark.parametrize(("setting", "option"), [("teacher_temp=nan", "--teacher-temp"),
+                                                  ("model.drop_path=1", "--drop-path"),
+                                                  ("epochs=0", "--epochs"),
+                                                  ("out_dim=99999999", "--out-dim"),
+                                                  ("precision=fp8", "--precision")])
+def test_set_and_config_values_are_checked_as_the_options_are(tmp_path, setting, option):
+    """--set and --config FILE go through the same validator: status 2 naming the option and the range."""
+    key, _, value = setting.partition("=")
+    result = invoke(("wtours", "train"), "--shards", "walk", "--out", str(tmp_path / "run"), "--set", setting)
+    assert_usage_error(result, option)
+    assert "hint:" in result.output
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"{key.split('.')[-1]}: {'.nan' if value == 'nan' else value}\n")
+    result = invoke(("wtours", "train"), "--shards", "walk", "--out", str(tmp_path / "run"), "--config", str(config))
+    assert_usage_error(result, option)
+
+
+# ---------------------------------------------------------------- the validator and the field metadata
+
+
+def test_a_range_knows_its_open_and_closed_ends_and_refuses_nan_and_infinity():
+    from wtours.config import Range
+
+    open_low = Range(0, 1, open_low=True)
+    assert 0 not in open_low and 1 in open_low and 0.5 in open_low and 1.5 not in open_low
+    assert 0 in Range(0, 1) and 1 not in Range(0, 1, open_high=True)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        assert value not in Range() and value not in Range(0)
+    assert str(Range(1, 1 << 20)) == "in [1, 1048576]" and str(Range(0, open_low=True)) == "> 0"
+
+
+def test_configs_built_in_code_are_checked_as_the_options_are():
+    from wtours.dora.config import DoRAConfig, LossConfig
+    from wtours.errors import UsageError
+    from wtours.privacy.params import BlurParams
+    from wtours.shard.params import ShardParams
+
+    for make, words in [(lambda: ShardParams(quality=0), "--quality 0 is out of range: it must be in [1, 100]"),
+                        (lambda: ShardParams(fps=float("nan")), "--fps nan is not a finite number"),
+                        (lambda: LossConfig(student_temp=0.0), "--student-temp 0 is out of range: it must be > 0"),
+                        (lambda: DoRAConfig(drop_path=1.0), "--drop-path 1 is out of range: it must be in [0, 1)"),
+                        (lambda: BlurParams(mode="smudge"), "--blur-mode 'smudge' is not one of its choices"),
+                        (lambda: BlurParams(threshold=1.0),
+                         "--blur-threshold 1 is out of range: it must be in (0, 1)")]:
+        with pytest.raises(UsageError) as info:
+            make()
+        assert info.value.exit_code == EXIT_USAGE and info.value.message == words and info.value.hint
+
+
+def test_the_free_and_path_flags_are_read_from_the_training_fields():
+    """What a --resume may change and what a model card cuts to its last part: declared on the fields."""
+    from wtours.hub.model_card import path_settings, public_settings
+    from wtours.train.folder import changes, free_settings
+
+    assert path_settings() == {"out", "root", "knn_train", "knn_val", "init_from"}
+    assert {"out", "device", "log_every", "precision"} <= free_settings()
+    assert not {"workers", "lr", "batch_size", "seed", "out_dim"} & free_settings()  # they shape the run
+    assert changes({"device": "cpu", "lr": 0.1, "workers": 2}, {"device": "cuda", "lr": 0.2, "workers": 3}) == {
+        "lr": [0.1, 0.2], "workers": [2, 3]}
+    assert public_settings({"init_from": "/home/me/dino.pth", "device": "cuda"}) == {
+        "init_from": "dino.pth", "device": "cuda"}

@@ -273,7 +273,7 @@ def test_loader_md_problem_counts_reach_the_dataset_with_workers(doc_root, tmp_p
     from wtours.clips.spec import resolve
 
     shards = resolve(["venice"], root=doc_root)
-    broken = tmp_path / shards[1].name
+    broken = tmp_path / shards[1].entry.name
     broken.write_bytes(Path(shards[1].url).read_bytes()[:5000])  # cut inside the first samples
     shards[1] = dataclasses.replace(shards[1], url=str(broken))
     config = LoaderConfig(batch_size=4, workers=2, augment="gpu", clip=ClipConfig(frames=4, stride=1.0))

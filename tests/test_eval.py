@@ -211,7 +211,7 @@ def test_arch_inference_and_refusals(digits, tmp_path):
     code, _, stderr = wtours("eval", "knn", str(text), "--train", str(train_dir), "--val", str(val_dir))
     assert code == 1 and "not a readable PyTorch checkpoint" in stderr
     code, _, stderr = wtours("eval", "knn", str(micro), "--train", str(train_dir), "--val", str(val_dir), "--k", "0")
-    assert code == 2 and "k must be at least 1" in stderr
+    assert code == 2 and "'--k': 0 is out of range: it must be in [1, 100000]" in stderr
 
 
 def test_val_subset_keeps_train_class_indices(digits, tmp_path):

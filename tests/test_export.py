@@ -21,8 +21,8 @@ from wtours.cli.train_cmd import config_from_args
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.dora.config import DoRAConfig
 from wtours.errors import WtoursError
+from wtours.hub.export import Geometry, resolve_format, timm_config
 from wtours.models.checkpoint import load_backbone
-from wtours.models.export import Geometry, resolve_format, timm_config
 from wtours.models.registry import HeadConfig, vit_config, vit_names
 from wtours.models.vit import VisionTransformer, create_vit
 from wtours.train.config import TrainConfig
@@ -239,7 +239,7 @@ def test_a_real_run_resumes_without_its_model_options_and_exports_to_timm(tmp_pa
 
 def test_the_card_survives_a_hand_edited_hostile_config():
     """config.json is a file anyone can edit before a push: odd values never become links, raw markup or a crash."""
-    from wtours.models.card import hub_datasets, render_model_card
+    from wtours.hub.model_card import hub_datasets, render_model_card
 
     shards = ["hf://datasets/../../etc/x.tar", "hf://datasets/alice/ok@v1/a.tar", "hf://datasets/a--b/c/x.tar",
               "x`](javascript:alert(1))`.tar", "hf://datasets/alice/ok/b.tar"]
@@ -275,7 +275,7 @@ def test_the_card_survives_a_hand_edited_hostile_config():
 def test_a_hand_edited_config_of_wrong_types_fails_naming_the_field(run_checkpoint, tmp_path, edit, field):
     """Not a traceback at render time (`"model_args": [1]` was an AttributeError): every field the card and the
     push read is type-checked, by `wtours push --model` before anything is contacted."""
-    from wtours.models.card import render_model_card
+    from wtours.hub.model_card import render_model_card
 
     out = tmp_path / "edited"
     assert wtours("export", str(run_checkpoint), "--out", str(out))[0] == 0

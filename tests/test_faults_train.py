@@ -26,7 +26,7 @@ from tests.videos import sharded_root
 from wtours.cli.main import cli
 from wtours.cli.train_cmd import config_from_args
 from wtours.config import leaves
-from wtours.errors import WtoursError
+from wtours.errors import UsageError
 from wtours.locks import LOCK_FILE
 from wtours.train.config import TrainConfig
 
@@ -129,31 +129,33 @@ def checkpointed_and_past(out: Path, step: int):
 
 def numeric_leaves():
     out = []
-    for leaf in leaves(TrainConfig):
+    for leaf in leaves(TrainConfig):  # the model's settings too
         base = leaf.type.__args__[0] if hasattr(leaf.type, "__args__") else leaf.type
-        if len(leaf.path) == 1 and base in (int, float):
+        if base in (int, float):
             out.append(leaf)
     return out
 
 
 def test_every_numeric_setting_declares_a_range_and_is_refused_outside_it():
-    assert len(numeric_leaves()) >= 15
+    """Through --set (the options themselves: tests/test_cli_conventions.py): a UsageError naming the option."""
+    assert len(numeric_leaves()) >= 25
     for leaf in numeric_leaves():
         allowed = leaf.field.metadata.get("range")
         assert allowed is not None, f"{leaf.name} declares no range"
-        bad = allowed.low - 1 if allowed.low is not None else allowed.high + 1
-        with pytest.raises(WtoursError) as info:
-            config_from_args(["--shards", "s", "--out", "o", f"--{leaf.name.replace('_', '-')}", str(bad)])
-        assert f"--{leaf.name.replace('_', '-')} must be" in info.value.message and info.value.hint
+        floats = ("nan", "inf") if float in (leaf.type, *getattr(leaf.type, "__args__", ())) else ()
+        for bad in (allowed.low - 1 if allowed.low is not None else allowed.high + 1, *floats):
+            with pytest.raises(UsageError) as info:
+                config_from_args(["--shards", "s", "--out", "o", "--set", f"{leaf.name}={bad}"])
+            assert info.value.message.startswith(f"{leaf.option} ") and info.value.hint, info.value.message
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--lr", "-1"], "--lr must be in (0, 1]"),
-    (["--lr", "nan"], "--lr must be"),
-    (["--lr", "inf"], "--lr must be"),
-    (["--momentum-teacher", "1.5"], "--momentum-teacher must be in [0, 1]"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--warmup-epochs", "-0.5"], "--warmup-epochs must be >= 0"),
+    (["--lr", "-1"], "'--lr': -1 is out of range: it must be in (0, 1]"),
+    (["--lr", "nan"], "'--lr': nan is not a finite number"),
+    (["--lr", "inf"], "'--lr': inf is not a finite number"),
+    (["--momentum-teacher", "1.5"], "'--momentum-teacher': 1.5 is out of range: it must be in [0, 1]"),
+    (["--batch-size", "0"], "'--batch-size': 0 is out of range: it must be in [1, 65536]"),
+    (["--warmup-epochs", "-0.5"], "'--warmup-epochs': -0.5 is out of range: it must be in [0, 100000]"),
     (["--resume", "--overwrite"], "--resume and --overwrite"),
     (["--device", "tpu"], "--device tpu"),
     (["--device", "cuda:7"], "--device cuda:7"),

@@ -24,7 +24,7 @@ from wtours.cli.main import cli
 from wtours.errors import WtoursError
 from wtours.hub.client import HubTarget
 from wtours.hub.model import ModelPushConfig, push_model
-from wtours.models.card import is_generated_model_card
+from wtours.hub.model_card import is_generated_model_card
 
 TOKEN = "hf_alice_Mx41secret"
 BOB = "hf_bob_Qp77secret"

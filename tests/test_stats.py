@@ -22,7 +22,7 @@ from skimage.color import rgb2lab
 
 from tests.videos import STREET_SECONDS, STREET_VIDEO, make_video, run_ffmpeg, sharded_root
 from wtours.cli.main import cli
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.fetch.local import add_local
 from wtours.layout import Layout
 from wtours.shard.params import RunOptions, ShardParams
@@ -468,7 +468,7 @@ def test_missing_weights_is_a_clear_error_and_fails_fast(torch_home, small_video
 
 
 def test_unknown_detector_and_missing_cuda_are_clear():
-    with pytest.raises(WtoursError, match="unknown detector"):
+    with pytest.raises(UsageError, match="--detector 'yolo' is not one of its choices"):  # checked with the settings
         load_detector(DetectorParams(name="yolo"))
     if not torch.cuda.is_available():
         with pytest.raises(WtoursError, match="no CUDA device"):

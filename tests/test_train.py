@@ -364,7 +364,7 @@ def test_yaml_and_set_build_the_same_config_as_the_options(tmp_path):
     (["--set", "teacher_tmp=0.1"], "unknown setting 'teacher_tmp'", "did you mean 'teacher_temp'"),
     (["--set", "epochs=ten"], "epochs: 'ten' is not an integer", "takes an integer"),
     (["--set", "compile=perhaps"], "compile: 'perhaps' is not true or false", ""),
-    (["--set", "arch=vit_smal"], "arch: 'vit_smal' is not one of its choices", "did you mean 'vit_small'"),
+    (["--set", "arch=vit_smal"], "--arch 'vit_smal' is not one of its choices", "did you mean 'vit_small'"),
     (["--set", "out_dim"], "is not KEY=VALUE", ""),
 ])
 def test_unknown_or_ill_typed_settings_are_clear_errors(args, message, hint):

@@ -8,20 +8,29 @@ metadata, a `--config FILE` (YAML or JSON, nested as `asdict(config)` or flat by
 `--set key=value` (leaf name or dotted path), and options given on the command line. Every key is
 checked (unknown -> the closest names) and every value type-checked against its annotation.
 
-Field metadata keys: help, choices (a tuple, or a callable returning one), metavar, envvar, option (the
-option's name where it is not the field's, e.g. "--from" for `source`)."""
+Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable returning one), metavar,
+envvar, option (the option's name where it is not the field's, e.g. "--from" for `source`), and flags
+that other modules read through `flagged`: free (a training setting that may change on --resume),
+path (a local path, never published as it is). Every value is checked by one validator, `problem`:
+in the derived Click options at parse time (`number_type`), and through `check_value` in `build`
+(--config, --set) and in a config's __post_init__ (`check_fields`, for library callers); a float is
+never NaN or infinite. A value out of its range or choices is a usage error (exit status 2) naming
+the option, the value and what is allowed."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import click
 
 from wtours.errors import UsageError, WtoursError
 
@@ -38,8 +47,12 @@ class Leaf:
 
     @property
     def option(self) -> str:
-        """`--kebab-case` of the field name, or the metadata's "option" where the CLI keeps another name."""
-        return self.field.metadata.get("option") or "--" + self.name.replace("_", "-")
+        return option_name(self.field)
+
+
+def option_name(f: dataclasses.Field) -> str:
+    """`--kebab-case` of the field name, or the metadata's "option" where the CLI keeps another name."""
+    return f.metadata.get("option") or "--" + f.name.replace("_", "-")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -66,6 +79,151 @@ def leaves(cls: type, prefix: tuple[str, ...] = ()) -> list[Leaf]:
     if repeated and not prefix:  # leaf names are the option names: they must be unique
         raise TypeError(f"{cls.__name__}: leaf field names repeat: {sorted(repeated)}")
     return out
+
+
+# ---------------------------------------------------------------- allowed values
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric field's allowed values, declared with the field (metadata "range"): `low`/`high` bound
+    it (None: unbounded), `open_low`/`open_high` exclude the bound. NaN and infinity never fit."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and not (value > self.low if self.open_low else value >= self.low):
+            return False
+        if self.high is not None and not (value < self.high if self.open_high else value <= self.high):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {low}"
+        if self.low is None:
+            return f"{'<' if self.open_high else '<='} {high}"
+        return f"in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+
+
+def _number(value: float | None) -> str:
+    """A bound or a value as typed: whole numbers in full (1048576, not 1.04858e+06)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+AT_LEAST_1 = Range(1)
+NOT_NEGATIVE = Range(0)
+POSITIVE = Range(0, open_low=True)
+FRACTION = Range(0, 1)  # a probability, a score or a momentum: 0..1, both ends allowed
+WORKERS = Range(1, 4096)  # processes a command starts at once (decoders, loaders): beyond any machine's cores
+
+
+def problem(value: Any, allowed: Range | None = None, choices: Any = None) -> str | None:
+    """Why `value` does not fit (not finite, out of `allowed`, not among `choices`), or None. A tuple's
+    items are checked one by one; None (an optional setting left unset) and switches always fit."""
+    if isinstance(value, tuple):
+        return next((p for p in (problem(v, allowed, choices) for v in value) if p), None)
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    if allowed is not None and value not in allowed:
+        return f"{_number(value)} is out of range: it must be {allowed}"
+    if choices is not None and value not in _names(choices):
+        return f"{value!r} is not one of its choices"
+    return None
+
+
+def _names(choices: Any) -> list[Any]:
+    return list(choices() if callable(choices) else choices)
+
+
+def check_value(option: str, value: Any, allowed: Range | None = None, choices: Any = None) -> Any:
+    """`value`, or a UsageError (exit status 2) naming the option, the value and what is allowed:
+    the one check behind every option, --config and --set value."""
+    why = problem(value, allowed, choices)
+    if why is None:
+        return value
+    if allowed is not None:
+        hint = f"pass {option} a value {allowed}; `--help` shows every option's range"
+    elif choices is not None and not isinstance(value, float):
+        names = [str(c) for c in _names(choices)]
+        close = difflib.get_close_matches(str(value), names, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"choose {', '.join(names)}"
+    else:
+        hint = f"pass {option} a finite number"
+    raise UsageError(f"{option} {why}", hint)
+
+
+def check_field(f: dataclasses.Field, value: Any) -> Any:
+    """`value` checked against the range and choices in the field's metadata."""
+    return check_value(option_name(f), value, f.metadata.get("range"), f.metadata.get("choices"))
+
+
+def check_fields(config: Any) -> None:
+    """Every field of a config (a dataclass instance; nested configs check themselves) within its
+    metadata's range and choices, every float finite: for configs built in code, as the CLI's are."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not dataclasses.is_dataclass(value):
+            check_field(f, value)
+
+
+def flagged(cls: type, flag: str) -> frozenset[str]:
+    """Leaf names of `cls` whose metadata sets `flag` (e.g. "free", "path")."""
+    return frozenset(leaf.name for leaf in leaves(cls) if leaf.field.metadata.get(flag))
+
+
+class _Checked(click.ParamType):
+    """A number parsed as Click's INT/FLOAT would, then checked by `problem`: a bad value is Click's
+    BadParameter (exit status 2, "Invalid value for '--option'"), stating the range."""
+
+    allowed: Range | None = None
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = (click.INT if isinstance(self, click.types.IntParamType) else click.FLOAT).convert(value, param, ctx)
+        why = problem(number, self.allowed)
+        if why is not None:
+            self.fail(why, param, ctx)
+        return number
+
+
+class CheckedInt(_Checked, click.IntRange):
+    pass
+
+
+class CheckedFloat(_Checked, click.FloatRange):
+    pass
+
+
+class FiniteFloat(_Checked, click.types.FloatParamType):
+    """A float with no bound but finiteness."""
+
+
+def number_type(kind: type, allowed: Range | None = None) -> click.ParamType:
+    """The Click type of a numeric option: Click's IntRange/FloatRange (so `--help` shows the range)
+    checked by `problem`; a float refuses NaN and infinity even without a range."""
+    if allowed is None:
+        if kind is int:
+            return click.INT
+        return FiniteFloat()
+    checked: _Checked
+    if kind is int:  # an int field's bounds are whole numbers
+        low, high = (None if b is None else int(b) for b in (allowed.low, allowed.high))
+        checked = CheckedInt(min=low, max=high, min_open=allowed.open_low, max_open=allowed.open_high)
+    else:
+        checked = CheckedFloat(min=allowed.low, max=allowed.high, min_open=allowed.open_low,
+                               max_open=allowed.open_high)
+    checked.allowed = allowed
+    return checked
 
 
 # ---------------------------------------------------------------- types
@@ -185,23 +343,11 @@ def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
                 raise UsageError(f"{name}: expected a mapping of settings, got {value!r}", "")
             kwargs[name] = build(kind, value, where)
         else:
-            kwargs[name] = _check_choice(fields[name], coerce(value, kind, name))
+            kwargs[name] = check_field(fields[name], coerce(value, kind, name))
     missing = [f.option for f in leaves(cls) if f.path[0] not in kwargs and _required(f.field)]
     if missing:
         raise UsageError(f"{', '.join(missing)} missing{where}", "pass it as an option or in --config FILE")
     return cls(**kwargs)
-
-
-def _check_choice(f: dataclasses.Field, value: Any) -> Any:
-    choices = f.metadata.get("choices")
-    if choices is None or value is None:
-        return value
-    allowed = list(choices() if callable(choices) else choices)
-    if value not in allowed:
-        close = difflib.get_close_matches(str(value), [str(c) for c in allowed], n=3, cutoff=0.6)
-        raise UsageError(f"{f.name}: {value!r} is not one of its choices",
-                          f"did you mean {', '.join(map(repr, close))}?" if close else f"choose {', '.join(allowed)}")
-    return value
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -239,16 +385,25 @@ def parse_assignments(items: tuple[str, ...]) -> dict[str, str]:
 # ---------------------------------------------------------------- Click
 
 
-def click_options(cls: type, skip: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
-    """A decorator adding one Click option per leaf field of `cls` (in field order)."""
-    import click
+def click_options(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+                  ) -> Callable[[Callable], Callable]:
+    """A decorator adding one Click option per leaf field of `cls` (in field order), but those in `skip`,
+    or only those in `only`."""
 
     def decorate(func: Callable) -> Callable:
-        for leaf in reversed([leaf for leaf in leaves(cls) if leaf.name not in skip]):
-            func = click.option(*_option_args(leaf), **_option_kwargs(leaf, click))(func)
+        chosen = [leaf for leaf in leaves(cls) if leaf.name not in skip and (only is None or leaf.name in only)]
+        for leaf in reversed(chosen):
+            func = click.option(*_option_args(leaf), **_option_kwargs(leaf))(func)
         return func
 
     return decorate
+
+
+def option_type(cls: type, name: str) -> click.ParamType:
+    """The Click type `click_options` gives leaf `name` of `cls` (range and choices included), for an
+    option declared by hand because the command's default differs from the library's."""
+    leaf = next(leaf for leaf in leaves(cls) if leaf.name == name)
+    return _option_kwargs(leaf).get("type", click.BOOL)
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -264,7 +419,7 @@ def _option_args(leaf: Leaf) -> list[str]:
     return [leaf.option, leaf.name]
 
 
-def _option_kwargs(leaf: Leaf, click) -> dict[str, Any]:
+def _option_kwargs(leaf: Leaf) -> dict[str, Any]:
     meta = leaf.field.metadata
     base, _ = _optional(leaf.type)
     default = _default(leaf.field)
@@ -275,6 +430,8 @@ def _option_kwargs(leaf: Leaf, click) -> dict[str, Any]:
         kwargs["type"] = click.Choice(list(choices() if callable(choices) else choices))
     elif typing.get_origin(base) is tuple:
         kwargs["multiple"], kwargs["type"] = True, str
+    elif base in (int, float):
+        kwargs["type"] = number_type(base, meta.get("range"))
     elif base is not bool:
         kwargs["type"] = base
     for key in ("metavar", "envvar"):

@@ -64,7 +64,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict:
 
     exported = run / "teacher_backbone.pth"
     say(f"[6/8] wtours export {run / CHECKPOINT_FILE} --out {exported}")
-    from wtours.models.export import export_backbone
+    from wtours.hub.export import export_backbone
 
     export_backbone(run / CHECKPOINT_FILE, exported)
     report["export"] = str(exported)

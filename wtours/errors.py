@@ -1,14 +1,10 @@
 """Errors a user can act on: what went wrong, and what to do about it.
 
-Exit statuses (the CLI's contract, documented in docs/troubleshooting.md and `wtours --help`):
-
-    0    success
-    1    runtime failure: the machine, the network, a damaged input, a lock held by another run
-    2    usage error: a bad option, argument, name or value given by the user (Click's own, and
-         wtours' validation of what the user typed)
-    3    incomplete: the work finished partly (e.g. a video truncated midway); what was done is kept
-    4    training diverged (a non-finite loss); the last good checkpoint is kept
-    130  interrupted (Ctrl-C); a rerun resumes
+The exit statuses, the CLI's contract, are `EXIT_CODES` below: the one table. `wtours --help` ends
+with it, scripts/cli_reference.py writes it into docs/cli.md, and tests/test_cli_conventions.py
+checks that docs/troubleshooting.md lists every status. A `UsageError` (exit 2) is anything wrong in
+what the user typed: an option, an argument, a name, a value out of its range or choices (Click's
+own errors exit 2 as well); a plain `WtoursError` (exit 1) is a failure while running.
 """
 
 from __future__ import annotations

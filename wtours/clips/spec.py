@@ -103,6 +103,14 @@ def _spec_hint(spec: str) -> str:
             "'pipe:cat /data/venice/venice-{000000..000009}.tar'); run `wtours list` to see what is sharded")
 
 
+def _known_name(slug: str, layout: Layout) -> bool:
+    """A corpus video's slug, or a video registered (or a set being sharded) under the root."""
+    from wtours.manifest import load_manifest
+
+    return (slug in load_manifest().slugs or slug in layout.video_slugs()
+            or slug in layout.sharded_slugs())
+
+
 def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
     if spec.startswith(PIPE_PREFIX):
         return _resolve_pipe(spec)
@@ -110,6 +118,9 @@ def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
         return _resolve_remote(spec)
     if SLUG_PATTERN.match(spec) and "/" not in spec and not Path(spec).exists():
         if not layout.index_path(spec).is_file():
+            if not _known_name(spec, layout):  # a typo, not a step left to run: a usage error
+                raise UsageError(f"SPEC {spec!r} names no video: not a corpus video, nor one registered or "
+                                 f"sharded under {layout.root}", _spec_hint(spec))
             raise WtoursError(f"SPEC {spec!r}: no shard index at {layout.index_path(spec)}",
                               f"run `wtours shard --city {spec}` first, or pass --root")
         return [_local_set(str(layout.shard_dir(spec)), None)]

@@ -19,28 +19,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from wtours.errors import UsageError, WtoursError
+from wtours.eval.config import KnnConfig
 from wtours.eval.data import LabelledFolder, collate_readable, labelled_pair
 from wtours.layout import write_json_atomic
 from wtours.models.checkpoint import load_backbone
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class KnnConfig:
-    k: int = 20
-    temperature: float = 0.07
-    resize: int = 256
-    crop: int = 224
-    batch_size: int = 128  # DINO's per-GPU default
-    workers: int = 0  # DataLoader processes decoding images (0: in this process)
-    chunk: int = 256  # val images per similarity block (bounds memory at chunk x train images)
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise UsageError(f"--k {self.k}", "k must be at least 1 (DINO uses 20)")
-        if self.temperature <= 0:
-            raise UsageError(f"--temperature {self.temperature}", "the temperature must be positive (DINO: 0.07)")
 
 
 @dataclass

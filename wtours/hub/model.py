@@ -36,9 +36,7 @@ from wtours.hub.client import (
     same_content,
     with_retries,
 )
-from wtours.hub.push import PushSummary
-from wtours.layout import json_bytes, read_json
-from wtours.models.card import (
+from wtours.hub.model_card import (
     CARD_FILE,
     CONFIG_FILE,
     EXPORT_KEY,
@@ -51,6 +49,8 @@ from wtours.models.card import (
     public_settings,
     render_model_card,
 )
+from wtours.hub.push import PushSummary
+from wtours.layout import json_bytes, read_json
 
 MODEL_REPO_TYPE = "model"
 EXPORT_HINT = "make one with `wtours export CHECKPOINT --out DIR` (--format timm, the default for a folder name)"

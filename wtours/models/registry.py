@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from wtours.config import Range, check_fields
 from wtours.errors import WtoursError
 
 
@@ -23,10 +24,15 @@ class ViTConfig:
 class HeadConfig:
     """DINO's projection head (wtours/models/head.py); its output dimension is the model's out_dim."""
 
-    hidden_dim: int = field(default=2048, metadata={"help": "Width of the head's two hidden layers."})
-    bottleneck_dim: int = field(default=256, metadata={"help": "Width before the weight-normalised last layer."})
+    hidden_dim: int = field(default=2048, metadata={
+        "help": "Width of the head's two hidden layers.", "range": Range(1, 1 << 16)})
+    bottleneck_dim: int = field(default=256, metadata={
+        "help": "Width before the weight-normalised last layer.", "range": Range(1, 1 << 16)})
     norm_last_layer: bool = field(default=False, metadata={
         "help": "Fix the last layer's weight-norm gain to 1 (the authors ran ViT-S without)."})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 # ------------------------------------------------------------------ registry

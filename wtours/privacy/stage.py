@@ -5,15 +5,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from wtours.privacy.blur import anonymise
 from wtours.privacy.detect import FaceDetector, make_detector
-
-if TYPE_CHECKING:
-    from wtours.shard.params import ShardParams
+from wtours.privacy.params import BlurParams
 
 
 class _Frame(Protocol):
@@ -29,10 +27,9 @@ class FaceBlur:
     scale: float = 1.3
 
     @classmethod
-    def from_params(cls, params: ShardParams) -> FaceBlur:
+    def from_params(cls, params: BlurParams) -> FaceBlur:
         """Loads the model now, so a missing `privacy` extra fails before any file is written."""
-        return cls(make_detector(params.blur_detector, params.blur_threshold, params.blur_upscale),
-                   params.blur_mode, params.blur_scale)
+        return cls(make_detector(params.detector, params.threshold, params.upscale), params.mode, params.scale)
 
     def apply(self, rgb: np.ndarray) -> tuple[np.ndarray, int]:
         """(frame with faces hidden, faces found); rgb: (H, W, 3) uint8."""

@@ -18,21 +18,11 @@ from wtours import __version__
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, WIDS_SUFFIX, Layout, write_bytes_atomic, write_json_atomic
 from wtours.locks import folder_lock
+from wtours.privacy.params import BlurParams
 from wtours.privacy.stage import FaceBlur
 from wtours.shard.index import ShardEntry, ShardIndex
 from wtours.shard.read import iter_shard
 from wtours.shard.writer import ShardSample, encode_jpeg, write_shard
-
-
-@dataclasses.dataclass(frozen=True)
-class BlurSettings:
-    """The --blur-* options of `wtours blur-faces` (the same fields as ShardParams' blur_*)."""
-
-    threshold: float = 0.2
-    mode: str = "blur"
-    scale: float = 1.3
-    upscale: float = 1.0
-    detector: str = "centerface"
 
 
 def source_folder(spec: str, root: str | None) -> Path:
@@ -48,7 +38,7 @@ def source_folder(spec: str, root: str | None) -> Path:
                       "give a folder holding index.json, or a slug sharded under --root (`wtours shard` first)")
 
 
-def blur_shard_set(source: Path, out: Path, settings: BlurSettings, workers: int = 1,
+def blur_shard_set(source: Path, out: Path, settings: BlurParams, workers: int = 1,
                    say: Callable[[str], None] = print) -> ShardIndex:
     """Rewrite every shard of the set in `source` into `out` with faces hidden, then a new index.json.
 
@@ -65,10 +55,8 @@ def blur_shard_set(source: Path, out: Path, settings: BlurSettings, workers: int
                           "blur the original, unblurred shards instead (or `wtours shard --blur-faces`)")
     if out.resolve() == source.resolve():
         raise UsageError(f"--out {out} is the source folder", "write the blurred set to a new folder")
-    params = dataclasses.replace(index.params, blur_faces=True, blur_threshold=settings.threshold,
-                                 blur_mode=settings.mode, blur_scale=settings.scale, blur_upscale=settings.upscale,
-                                 blur_detector=settings.detector)
-    blur = FaceBlur.from_params(params)  # before the folder is made: a missing extra creates nothing
+    params = dataclasses.replace(index.params, blur_faces=True, blur=settings)
+    blur = FaceBlur.from_params(settings)  # before the folder is made: a missing extra creates nothing
     with folder_lock(out, f"output folder {out}"):
         with ThreadPoolExecutor(max_workers=workers) as pool:
             entries = list(pool.map(lambda e: _rewrite(source / e.name, out / e.name, e, blur, params.quality),

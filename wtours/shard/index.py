@@ -195,9 +195,8 @@ class ShardIndex:
         if data["version"] == 1 and any(s.offsets is not None for s in shards):
             raise _Invalid("a version-1 index has no 'offsets'")
         params = _need(data, "params", dict)
-        known = {f.name for f in fields(ShardParams)}
         try:
-            shard_params = ShardParams(**{k: v for k, v in params.items() if k in known})
+            shard_params = ShardParams.from_dict(params)
         except (TypeError, WtoursError) as e:
             raise _Invalid(f"'params' are not shard parameters ({e})") from e
         decoded_until = data.get("decoded_until")
@@ -253,8 +252,8 @@ class ShardIndex:
         if not p.blur_faces:
             return None
         counts = [c for s in self.shards for c in (s.faces or ())]
-        return {"blurred": True, "detector": p.blur_detector, "threshold": p.blur_threshold, "mode": p.blur_mode,
-                "scale": p.blur_scale, "upscale": p.blur_upscale, "faces": sum(counts),
+        return {"blurred": True, "detector": p.blur.detector, "threshold": p.blur.threshold, "mode": p.blur.mode,
+                "scale": p.blur.scale, "upscale": p.blur.upscale, "faces": sum(counts),
                 "frames_with_faces": sum(1 for c in counts if c), "max_faces_per_frame": max(counts, default=0)}
 
     def entry(self, name: str) -> ShardEntry | None:

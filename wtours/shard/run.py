@@ -84,7 +84,7 @@ def resolve_hwaccel(choice: str) -> str:
 def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) -> ShardJob:
     info, path = registered_video(layout, slug)
     size = output_size(info.probe.width, info.probe.height, params.short_side)
-    blur = FaceBlur.from_params(params) if params.blur_faces else None  # a missing extra fails here, early
+    blur = FaceBlur.from_params(params.blur) if params.blur_faces else None  # a missing extra fails here, early
     return ShardJob(slug, path, info.probe, info.source_id, info.sha256, params, size, resolve_hwaccel(hwaccel), blur)
 
 

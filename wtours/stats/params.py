@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from wtours.errors import UsageError, WtoursError
+from wtours.config import AT_LEAST_1, FRACTION, NOT_NEGATIVE, POSITIVE, Range, check_fields
 from wtours.shard.params import DEFAULT_FPS
 
 SOURCES = ("shards", "video")
@@ -25,19 +25,14 @@ class AnalysisParams:
     source: str = field(default="shards", metadata={
         "option": "--from", "choices": SOURCES, "help": "Read the shards (fast), or decode the video itself."})
     every: float | None = field(default=None, metadata={
-        "metavar": "SECONDS",
+        "metavar": "SECONDS", "range": POSITIVE,
         "help": "Seconds between analysed frames (default: every shard sample; 0.5 from the video)."})
     analysis_pixels: int = field(default=DEFAULT_ANALYSIS_PIXELS, metadata={
-        "help": "Pixels of the grid each frame is measured on (0: every pixel; docs/stats.md gives the error)."})
+        "help": "Pixels of the grid each frame is measured on (0: every pixel; docs/stats.md gives the error).",
+        "range": NOT_NEGATIVE})
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise UsageError(f"--from {self.source!r} is not one of {', '.join(SOURCES)}",
-                              "use --from shards or --from video")
-        if self.every is not None and self.every <= 0:
-            raise UsageError("--every must be positive", "e.g. --every 1 analyses one frame per second")
-        if self.analysis_pixels < 0:
-            raise UsageError("the analysis size must be >= 0 pixels (0: full frames)", "see docs/stats.md")
+        check_fields(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,19 +43,23 @@ class TransitionParams:
     """Thresholds of the hard-cut and gradual scene-change detectors (docs/stats.md says why these values)."""
 
     cut_min: float = field(default=0.25, metadata={
-        "help": "Change score (0..1) below which nothing is a cut, however quiet the stretch."})
+        "help": "Change score below which nothing is a cut, however quiet the stretch.", "range": FRACTION})
     cut_k: float = field(default=5.0, metadata={
-        "help": "A cut exceeds the local median score by this many robust standard deviations."})
+        "help": "A cut exceeds the local median score by this many robust standard deviations.", "range": POSITIVE})
     cut_window: float = field(default=3.0, metadata={
-        "help": "Seconds each side of a frame that set its local median and spread."})
+        "help": "Seconds each side of a frame that set its local median and spread.", "range": POSITIVE})
     min_gap: float = field(default=1.0, metadata={
-        "help": "Seconds: one cut per transition; content that comes back within it is no cut."})
+        "help": "Seconds: one cut per transition; content that comes back within it is no cut.",
+        "range": NOT_NEGATIVE})
     drift_window: float = field(default=10.0, metadata={
-        "help": "Seconds over which content must drift for a gradual scene change."})
+        "help": "Seconds over which content must drift for a gradual scene change.", "range": POSITIVE})
     drift_threshold: float = field(default=0.4, metadata={
-        "help": "Histogram distance (0..1) over the drift window that counts as a new scene."})
+        "help": "Histogram distance over the drift window that counts as a new scene.", "range": FRACTION})
     drift_smooth: float = field(default=2.0, metadata={
-        "help": "Seconds of frames averaged at each end of a drift window."})
+        "help": "Seconds of frames averaged at each end of a drift window.", "range": NOT_NEGATIVE})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,19 +89,15 @@ def _detector_names() -> tuple[str, ...]:
 class DetectorParams:
     name: str = field(default="fasterrcnn-mobilenet-320", metadata={
         "option": "--detector", "choices": _detector_names, "help": "Detector backend (torchvision, COCO weights)."})
-    score_threshold: float = field(default=0.5, metadata={"help": "Detections below this score are not counted."})
+    score_threshold: float = field(default=0.5, metadata={
+        "help": "Detections below this score are not counted.", "range": FRACTION})
     device: str = field(default="auto", metadata={"choices": DEVICES, "help": "Where the detector runs."})
-    batch_size: int = field(default=8, metadata={"help": "Frames per detector call."})
+    batch_size: int = field(default=8, metadata={"help": "Frames per detector call.", "range": Range(1, 4096)})
     weights: Path | None = field(default=None, metadata={
         "help": "Detector weights file (default: torchvision's cache, downloaded once)."})
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise UsageError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}", "use auto, cpu or cuda")
-        if not 0 <= self.score_threshold <= 1:
-            raise WtoursError("the detection score threshold must be within 0..1", "the default is 0.5")
-        if self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1", "e.g. 8 on a GPU")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -113,12 +108,12 @@ class StatsConfig:
     detector: DetectorParams = field(default_factory=DetectorParams)
     out: Path | None = field(default=None, metadata={
         "metavar": "DIRECTORY", "help": "Folder for <slug>/ outputs and the corpus table (default: <root>/stats)."})
-    top: int = field(default=20, metadata={"help": "Classes in the frequency plot and the summary's `top`."})
-    chunk: int = field(default=DEFAULT_CHUNK, metadata={"help": "Frames per resume checkpoint."})
+    top: int = field(default=20, metadata={
+        "help": "Classes in the frequency plot and the summary's `top`.", "range": AT_LEAST_1})
+    chunk: int = field(default=DEFAULT_CHUNK, metadata={"help": "Frames per resume checkpoint.", "range": AT_LEAST_1})
     overwrite: bool = field(default=False, metadata={
         "help": "Start again instead of continuing an interrupted run."})
     progress: bool = True  # not an option: -q turns it off
 
     def __post_init__(self) -> None:
-        if self.chunk < 1:
-            raise UsageError("--chunk must be at least 1 frame", f"the default is {DEFAULT_CHUNK}")
+        check_fields(self)

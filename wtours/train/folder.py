@@ -13,17 +13,24 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from wtours.config import flagged
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FILES, TEMPORARY_GLOB, read_json, write_bytes_atomic
 
 RUN_PATTERNS = ("data.rank*.jsonl",)
 RUN_DIRS = ("tensorboard",)
 
-# Settings that do not change what the run computes, or only how fast: free to change on --resume.
-# Not "workers": each loader worker reads its own stretch of the epoch, so the worker count decides which
-# clips make up each batch, and a resume with another count would repeat some clips and skip others.
-FREE_SETTINGS = {"out", "root", "resume", "overwrite", "reschedule", "device", "compile", "precision",
-                 "augment", "knn_train", "knn_val", "knn_every", "checkpoint_every", "log_every", "init_from"}
+
+def free_settings() -> frozenset[str]:
+    """Settings that do not change what the run computes, or only how fast: free to change on --resume
+    (TrainConfig's fields with the metadata flag "free"). Not "workers": each loader worker reads its own
+    stretch of the epoch, so the worker count decides which clips make up each batch, and a resume with
+    another count would repeat some clips and skip others."""
+    from wtours.train.config import TrainConfig
+
+    return flagged(TrainConfig, "free")
+
+
 # What the schedules and the data order follow beyond the settings: compared on --resume too.
 DERIVED = {"world_size": "processes (world size)", "steps_per_epoch": "steps per epoch",
            "total_steps": "total steps"}
@@ -80,9 +87,9 @@ def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
 def changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, list]:
     """{name: [checkpoint's, this run's]} for every schedule- or data-shaping setting that differs
     (names missing on one side, as in an older checkpoint, are not compared)."""
-    out = {}
+    out, free = {}, free_settings()
     for key, value in now.items():
-        if key in FREE_SETTINGS or key not in saved:
+        if key in free or key not in saved:
             continue
         if saved[key] != value:
             out[key] = [saved[key], value]

@@ -1,5 +1,18 @@
 """`wtours viz`: pictures of what DoRA tracks (the teacher's [CLS] attention and per-object masks over time)."""
 
-from wtours.viz.run import VizConfig, visualise
+from __future__ import annotations
+
+from typing import Any
+
+from wtours.viz.config import VizConfig
 
 __all__ = ["VizConfig", "visualise"]
+
+
+def __getattr__(name: str) -> Any:
+    """`visualise` imports torch: only when asked for, so `wtours.viz.config` stays light for the CLI."""
+    if name == "visualise":
+        from wtours.viz.run import visualise
+
+        return visualise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, replace_atomically, write_json_atomic
 from wtours.models.checkpoint import backbone_state, infer_arch, read_weights, strip_prefix
 from wtours.models.vit import cls_attention
+from wtours.viz.config import VizConfig
 from wtours.viz.render import (
     HEADER,
     MASK_ALPHA,
@@ -37,24 +37,6 @@ from wtours.viz.render import (
     object_colour,
     save_gif,
 )
-
-
-@dataclass(frozen=True)
-class VizConfig:
-    clips: int = 4
-    frames: int = 8  # T
-    stride: float = 1.0  # seconds between a clip's frames
-    size: int = 224  # the square input (a multiple of the patch size)
-    heads: tuple[int, ...] | None = None  # discovery heads; None: drawn once with `seed`, shared by all clips
-    seed: int = 0
-    device: str | None = None  # None: cuda when available
-    gif_ms: int = 400  # per GIF frame
-
-    def __post_init__(self) -> None:
-        if self.clips < 1:
-            raise UsageError("--clips must be at least 1", "")
-        if self.heads is not None and len(set(self.heads)) != len(self.heads):
-            raise UsageError(f"--heads {','.join(map(str, self.heads))} repeats a head", "name distinct heads")
 
 
 def load_model(checkpoint: str | os.PathLike) -> DoRA:

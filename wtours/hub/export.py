@@ -29,17 +29,7 @@ import torch
 from wtours import __version__
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import (
-    PULLED_FROM,
-    RUN_LOG_FILE,
-    Layout,
-    is_url,
-    read_json,
-    replace_atomically,
-    write_bytes_atomic,
-    write_json_atomic,
-)
-from wtours.models.card import (
+from wtours.hub.model_card import (
     BACKBONE,
     CARD_FILE,
     CONFIG_FILE,
@@ -55,6 +45,16 @@ from wtours.models.card import (
     parse_dataset,
     public_settings,
     render_model_card,
+)
+from wtours.layout import (
+    PULLED_FROM,
+    RUN_LOG_FILE,
+    Layout,
+    is_url,
+    read_json,
+    replace_atomically,
+    write_bytes_atomic,
+    write_json_atomic,
 )
 from wtours.models.checkpoint import load_backbone, read_weights
 
