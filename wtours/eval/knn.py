@@ -22,6 +22,7 @@ from wtours.errors import UsageError, WtoursError
 from wtours.eval.backbone import load_backbone
 from wtours.eval.data import LabelledFolder, collate_readable, labelled_pair
 from wtours.layout import write_json_atomic
+from wtours.system import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def knn_checkpoint(checkpoint: str | os.PathLike, train_dir: str | os.PathLike, 
                    config: KnnConfig = KnnConfig(), out: str | os.PathLike | None = None, arch: str | None = None,
                    which: str = "teacher", device: str | None = None) -> tuple[KnnResult, Path]:
     """`wtours eval knn`: load the backbone, evaluate, write the result json (default: beside the checkpoint)."""
-    where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    where = resolve_device(device)
     backbone, arch = load_backbone(checkpoint, arch, which)
     train, val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
     result = evaluate_knn(backbone.to(where), train, val, config, where)

@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import TEMPORARY_GLOB, read_json, write_bytes_atomic
-from wtours.train.checkpoint import CHECKPOINT_FILE
+from wtours.locks import LOCK_FILE, folder_lock
+from wtours.records import is_number
+from wtours.train import distributed
+from wtours.train.checkpoint import CHECKPOINT_FILE, latest_checkpoint
+
+if TYPE_CHECKING:
+    from wtours.train.config import TrainConfig
 
 RUN_FILES = (CHECKPOINT_FILE, "log.jsonl", "config.json", "run.json")  # what a run writes, and nothing else
 RUN_PATTERNS = ("data.rank*.jsonl",)
@@ -176,8 +187,6 @@ def checkpoint_settings(path: Path) -> dict[str, Any] | None:
     the weights are not read."""
     if not path.is_file():
         return None
-    import torch
-
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 (torch raises many types for a bad file; the run names it)
@@ -198,3 +207,88 @@ def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out:
                          f"leave these options out to resume with the run's own model (from "
                          f"{source or Path(out) / CHECKPOINT_FILE}), or start a new run with --overwrite or another "
                          "--out")
+
+
+# ---------------------------------------------------------------- preparing the folder for a run
+
+
+@contextmanager
+def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: dict) -> Iterator[dict]:
+    """Hold the run folder (rank 0 takes the lock; the others follow its decision) for the block; yields
+    `prepare`'s {"changed": ..., "step": ...}. A refused or failed start leaves no folder behind that it
+    created."""
+    created = not out.exists()
+    with ExitStack() as stack:
+        def take() -> dict:
+            stack.enter_context(folder_lock(out, "run folder"))
+            return prepare(out, config, facts)
+
+        try:
+            prepared = distributed.agree(dist, take)
+        except BaseException:
+            stack.close()
+            if created and dist.is_main and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        if dist.rank != 0:  # each rank's own data log, trimmed as rank 0 trimmed log.jsonl
+            trim_jsonl(out / f"data.rank{dist.rank}.jsonl", prepared["step"])
+        elif config.resume:
+            trim_jsonl(out / "data.rank0.jsonl", prepared["step"])
+        yield prepared
+
+
+def prepare(out: Path, config: TrainConfig, facts: dict) -> dict:
+    """Rank 0, holding the folder's lock: refuse or clear what is there, and check a resume. `facts`: the
+    schedules' world size, steps per epoch and total steps, compared with the checkpoint's."""
+    for stale in stale_temporaries(out):  # left by a run killed while writing
+        stale.unlink(missing_ok=True)
+    refuse_existing(out, config.resume, config.overwrite)
+    if config.overwrite:
+        remove_outputs(out)
+    changed: dict = {}
+    step = 0
+    path = latest_checkpoint(out)
+    if config.resume and path is not None:
+        meta = _checkpoint_meta(path)
+        step = int(meta.get("step") or 0)
+        if meta.get("config"):
+            saved = {**flat_settings(meta["config"]), **(meta.get("schedule") or {})}
+            changed = changes(saved, {**flat_settings(recorded(config)), **facts})
+            if changed and not config.reschedule:
+                refuse_changes(out, step, changed)
+    if config.resume:  # steps after the checkpoint are redone: each is logged once
+        trim_jsonl(out / "log.jsonl", step)
+    return {"changed": changed, "step": step}
+
+
+def _checkpoint_meta(path: Path) -> dict:
+    """A checkpoint's step, config and schedule facts, without reading its tensors (mmap)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 (torch raises many types for a bad file)
+        raise WtoursError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})",
+                          "pass --overwrite to start afresh (it removes that file), or choose another --out") from e
+    return {k: checkpoint.get(k) for k in ("step", "config", "schedule")}
+
+
+def recorded(config: TrainConfig) -> dict:
+    """config.json: the run's settings; --resume/--overwrite/--reschedule act on one invocation only, so
+    `--config config.json` reruns the settings without them."""
+    return replace(config, resume=False, overwrite=False, reschedule=False).to_dict()
+
+
+def saved_workers(config: TrainConfig) -> int | None:
+    """--resume without --workers: the run's own worker count (it decides which clips form each batch)."""
+    saved = read_json(Path(config.out) / RUN_CONFIG) if config.resume else None
+    workers = saved.get("workers") if isinstance(saved, dict) else None
+    return int(workers) if is_number(workers, int) and workers >= 0 else None
+
+
+def reschedules(out: Path, changed: dict, step: int) -> list[dict]:
+    """run.json's history of --reschedule: the earlier ones up to `step`, and this one's `changed`."""
+    try:
+        earlier = json.loads((out / "run.json").read_text(encoding="utf-8")).get("reschedules", [])
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    earlier = [r for r in earlier if isinstance(r, dict) and r.get("step", 0) <= step]
+    return earlier + ([{"step": step, "changed": changed}] if changed else [])
