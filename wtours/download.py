@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import hashlib
 import logging
 import os
 import shutil
@@ -15,7 +14,7 @@ from typing import Any
 
 from wtours import __version__, media
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import Layout, replace_atomically, validate_slug, write_json_atomic
+from wtours.layout import Layout, replace_atomically, sha256_file, validate_slug, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.manifest import VideoEntry, load_manifest
 from wtours.ytdlp_options import YtdlpSettings
@@ -135,14 +134,6 @@ def completed_file(layout: Layout, slug: str, rehash: bool = False) -> Path | No
         if sha256_file(path) != info["sha256"]:
             return None
     return path
-
-
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def probe_and_verify(path: Path) -> media.ProbeResult:

@@ -16,7 +16,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from wtours.download import sha256_file
 from wtours.errors import WtoursError
 from wtours.hub.client import (
     HubTarget,
@@ -28,7 +27,7 @@ from wtours.hub.client import (
     remote_files,
 )
 from wtours.hub.paths import index_path, shard_path, slugs_in, source_path
-from wtours.layout import Layout, replace_atomically, write_json_atomic
+from wtours.layout import Layout, replace_atomically, sha256_file, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex
 

@@ -27,7 +27,7 @@ from wtours.layout import (
     write_json_atomic,
 )
 from wtours.shard.params import ShardParams
-from wtours.shard.plan import Segment
+from wtours.shard.plan import Segment, merge_runs
 
 INDEX_FORMAT = "wtours-shards"
 INDEX_VERSION = 2  # 2: shard entries carry `offsets`; 1 (no offsets) is still read
@@ -333,28 +333,17 @@ def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord
 def build_index(video: IndexVideo, params: ShardParams, records: list[SegmentRecord]) -> ShardIndex:
     records = sorted(records, key=lambda r: r.segment.number)
     shards = tuple(r.shard for r in records if r.shard)
-    stretches = [list(stretch) for r in records for stretch in r.blank_stretches]
+    stretches = [stretch for r in records for stretch in r.blank_stretches]
     dropped: dict[str, int] = {}
     for record in records:
         for reason, count in record.dropped.items():
             dropped[reason] = dropped.get(reason, 0) + count
     incomplete = [r for r in records if not r.complete]
-    merged = _merge_stretch_list(stretches, gap=1.5 / params.fps)
+    merged = merge_runs(stretches, gap=1.5 / params.fps)  # stretches that continue across a segment boundary
     return ShardIndex(video, params, shards, sum(s.samples for s in shards), dropped,
-                      tuple((a, b) for a, b in merged), not incomplete, f"wtours {__version__}",
+                      tuple(merged), not incomplete, f"wtours {__version__}",
                       incomplete[0].decoded_until if incomplete else None,
                       incomplete[0].errors if incomplete else ())
-
-
-def _merge_stretch_list(stretches: list[list[float]], gap: float) -> list[list[float]]:
-    """Join per-segment [first, last] blank stretches that continue across a segment boundary."""
-    merged: list[list[float]] = []
-    for first, last in sorted(stretches):
-        if merged and first - merged[-1][1] <= gap:
-            merged[-1][1] = max(merged[-1][1], last)
-        else:
-            merged.append([first, last])
-    return merged
 
 
 # ------------------------------------------------------------------ plan

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import TEMPORARY_GLOB, read_json, write_bytes_atomic
+from wtours.layout import read_json, remove_stale_temporaries, write_bytes_atomic
 from wtours.locks import LOCK_FILE, folder_lock
 from wtours.records import is_number
 from wtours.train import distributed
@@ -50,16 +50,6 @@ def run_outputs(out: Path) -> list[Path]:
     for pattern in RUN_PATTERNS:
         found += sorted(out.glob(pattern))
     return found
-
-
-def stale_temporaries(out: Path) -> list[Path]:
-    """Temporaries of the atomic writer (`.NAME.tmp-PID-TID`) left by a killed run: safe to remove
-    while the folder is locked, since no other run writes there."""
-    if not out.is_dir():
-        return []
-    names = set(RUN_FILES)
-    return [p for p in out.glob(TEMPORARY_GLOB)  # only the run's own: the folder may hold the user's files
-            if p.name[1:].split(".tmp-")[0] in names or p.name[1:].startswith("data.rank")]
 
 
 def remove_outputs(out: Path) -> None:
@@ -240,8 +230,8 @@ def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: di
 def prepare(out: Path, config: TrainConfig, facts: dict) -> dict:
     """Rank 0, holding the folder's lock: refuse or clear what is there, and check a resume. `facts`: the
     schedules' world size, steps per epoch and total steps, compared with the checkpoint's."""
-    for stale in stale_temporaries(out):  # left by a run killed while writing
-        stale.unlink(missing_ok=True)
+    # left by a run killed while writing; only the run's own: the folder may hold the user's files
+    remove_stale_temporaries(out, lambda name: name in RUN_FILES or name.startswith("data.rank"))
     refuse_existing(out, config.resume, config.overwrite)
     if config.overwrite:
         remove_outputs(out)
