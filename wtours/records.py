@@ -28,12 +28,12 @@ def is_number(value: Any, kinds: type | tuple[type, ...] = (int, float)) -> Type
 
 def read_record(cls: type[R], data: Any, where: str, hint: str, unknown_keys: bool = True) -> R:
     """`cls` (a dataclass) from `data`, every field checked for its annotated type; a field with a default
-    may be missing. `where` names the file (and part) in the error, a WtoursError with `hint`. Keys that
-    are no field are ignored, or refused where `unknown_keys` is False."""
+    may be missing. `where` names the file (and part) in the error, a WtoursError with `hint` ("": the
+    caller names it). Keys that are no field are ignored, or refused where `unknown_keys` is False."""
     try:
         return _record(cls, data, "", unknown_keys)
     except _Wrong as wrong:
-        raise WtoursError(f"{where}: {wrong}", hint) from None
+        raise WtoursError(f"{where}: {wrong}" if where else str(wrong), hint) from None
 
 
 class _Wrong(Exception):
