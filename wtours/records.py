@@ -57,7 +57,7 @@ def _field_types(cls: type) -> tuple[tuple[dataclasses.Field, Any], ...]:
 
 def _record(cls: Any, data: Any, path: str, unknown_keys: bool) -> Any:
     if not isinstance(data, dict):
-        raise _Wrong(f"{path or 'the record'} is {kind_name(data)}, not an object")
+        raise _Wrong(f"{path.rstrip('.') or 'it'} is {kind_name(data)}, not an object")
     values = {}
     for field, annotation in _field_types(cls):
         key = f"{path}{field.name}"
