@@ -1,8 +1,9 @@
-"""The training loop: data, model, optimiser and schedules built by small functions, then steps."""
+"""The training loop: data, model, optimiser and schedules built by small functions into a `Run`, then
+steps. What a run reports is wtours/train/logger.py's; its folder (lock, refusal, resume checks) is
+wtours/train/folder.py's."""
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -33,8 +34,6 @@ from wtours.train.optim import (
     param_groups,
     warmup_iterations,
 )
-
-log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(WtoursError):
@@ -150,6 +149,7 @@ class Run:
     precision: str
     facts: dict  # world size, steps per epoch, total steps: what --resume compares besides the settings
     knn: Any  # a KnnMonitor on rank 0 with --knn-train/--knn-val, else None
+    logger: RunLogger
     say: Callable[[str], None]
     state: RunState = field(default_factory=RunState)
 
@@ -167,17 +167,13 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
         with folder.run_folder(out, dist, config, facts) as prepared:
             run = _build_run(config, dist, out, dataset, schedules, facts, knn, say)
             state = run.state
-            if config.resume:
-                state = run.state = _resume(run)
-            _record_start(run, prepared)
-            logger = RunLogger(out, dist, config.log_every, schedules.total_steps, say)
             try:
-                if prepared["changed"]:
-                    say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
-                        f"{state.step}")
-                _loop(run, logger)
+                if config.resume:
+                    state = run.state = _resume(run)
+                _record_start(run, prepared)
+                _loop(run)
             finally:
-                logger.close()
+                run.logger.close()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted at step {state.step}", interrupted_hint(out, state.saved_step)) from None
     return state
@@ -185,7 +181,8 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
 
 def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: ClipDataset, schedules: Schedules,
                facts: dict, knn: Any, say: Callable[[str], None]) -> Run:
-    """The model (the same initial weights on every rank), its DDP wrapper, optimiser and gradient scaler."""
+    """The model (the same initial weights on every rank), its DDP wrapper, optimiser, gradient scaler and
+    logger."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
     model = build_model(config, dist.device)
     torch.manual_seed(config.seed + dist.rank)  # then each rank its own heads and dropout
@@ -199,7 +196,7 @@ def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: 
     precision = precision_of(config, dist.device)
     return Run(config, dist, out, dataset, model, student, torch.optim.AdamW(param_groups(model.student)),
                torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), schedules, precision, facts,
-               knn, say)
+               knn, RunLogger(out, dist, config.log_every, schedules.total_steps, say), say)
 
 
 def _record_start(run: Run, prepared: dict) -> None:
@@ -215,11 +212,15 @@ def _record_start(run: Run, prepared: dict) -> None:
     run.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips "
             f"per epoch, {schedules.steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
             f"{schedules.total_steps} steps, {run.precision} on {dist.device}")
+    if prepared["changed"]:
+        run.say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
+                f"{run.state.step}")
 
 
-def _loop(run: Run, logger: RunLogger) -> None:
+def _loop(run: Run) -> None:
     """The steps, from `run.state` on (updated in place, `saved_step` included)."""
-    config, dist, dataset, state, schedules = run.config, run.dist, run.dataset, run.state, run.schedules
+    config, dist, dataset, state, schedules, logger = (run.config, run.dist, run.dataset, run.state, run.schedules,
+                                                       run.logger)
     gpu_augment = GpuAugmenter(dataset.config.multicrop, dist.device) if config.augment == "gpu" else None
     problems = Problems()  # what the loader skipped, summed over this process's workers (the batches' deltas)
     first_step = state.step
@@ -240,7 +241,7 @@ def _loop(run: Run, logger: RunLogger) -> None:
             # already diverged is never kept as the "last good" one.
             due = it > first_step and it % config.checkpoint_every == 0
             loss_value, _ = train_step(run.model, run.student, list(crops), run.optimizer, run.scaler,
-                                       _step_settings(run, it), before_update=(lambda: _checkpoint(run, logger))
+                                       _step_settings(run, it), before_update=(lambda: _checkpoint(run))
                                        if due else None)
             if not math.isfinite(loss_value):
                 raise _non_finite(run, f"the loss is {loss_value} at step {state.step + 1}")
@@ -250,8 +251,8 @@ def _loop(run: Run, logger: RunLogger) -> None:
             logger.step(state, loss_value, run.optimizer, float(schedules.momentum[it]), data_seconds, batch.keys,
                         _gathered(problems).counts() if logged else None)
             if state.step == schedules.total_steps:  # no next step to confirm it: finite weights suffice
-                _checkpoint(run, logger)
-            _knn_evaluate(run, logger)
+                _checkpoint(run)
+            _knn_evaluate(run)
             if state.step >= schedules.total_steps:
                 break
             waited = time.perf_counter()
@@ -286,12 +287,12 @@ def _non_finite(run: Run, what: str) -> NonFiniteLoss:
                          non_finite_hint(run.out, run.state.saved_step, run.precision, peak_lr))
 
 
-def _checkpoint(run: Run, logger: RunLogger) -> None:
+def _checkpoint(run: Run) -> None:
     """Write the current state (step `state.step`), which is finite: every rank checks the same weights,
     so all stop together otherwise."""
     if not weights_finite(run.model):
         raise _non_finite(run, f"the weights are not finite after step {run.state.step}")
-    logger.flush()  # the data log is complete up to the checkpoint
+    run.logger.flush()  # the data log is complete up to the checkpoint
     if run.dist.is_main:
         _save(run)
     run.state.saved_step = run.state.step
@@ -386,7 +387,7 @@ def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
     return KnnMonitor(config.knn_train, config.knn_val, config.knn_every, knn)
 
 
-def _knn_evaluate(run: Run, logger: RunLogger) -> None:
+def _knn_evaluate(run: Run) -> None:
     """After the last step of every --knn-every-th epoch and of the run: the teacher backbone's k-NN, logged."""
     state, schedules = run.state, run.schedules
     if run.knn is None:
@@ -396,5 +397,5 @@ def _knn_evaluate(run: Run, logger: RunLogger) -> None:
         from wtours.eval.knn import result_line
 
         result = run.knn.evaluate(run.model.teacher.backbone, run.dist.device)
-        logger.knn(state, result.top1, result.top5)
+        run.logger.knn(state, result.top1, result.top5)
         run.say(f"step {state.step}: {result_line(result)}")
