@@ -44,7 +44,7 @@ _KIND_NAMES: dict[type, str] = {dict: "an object", list: "a list", str: "a strin
                                 float: "a number", bool: "a boolean", type(None): "null"}
 
 
-def kind_name(value: Any) -> str:
+def _kind_name(value: Any) -> str:
     """What a JSON value is, in words: "a string", "an integer", "a list" ..."""
     return _KIND_NAMES.get(type(value), type(value).__name__)
 
@@ -57,7 +57,7 @@ def _field_types(cls: type) -> tuple[tuple[dataclasses.Field, Any], ...]:
 
 def _record(cls: Any, data: Any, path: str, unknown_keys: bool) -> Any:
     if not isinstance(data, dict):
-        raise _Wrong(f"{path.rstrip('.') or 'it'} is {kind_name(data)}, not an object")
+        raise _Wrong(f"{path.rstrip('.') or 'it'} is {_kind_name(data)}, not an object")
     values = {}
     for field, annotation in _field_types(cls):
         key = f"{path}{field.name}"
@@ -91,7 +91,7 @@ def _value(annotation: Any, value: Any, key: str, unknown_keys: bool) -> Any:
         return _sequence(origin or annotation, args, value, key, unknown_keys)
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
-            raise _Wrong(f"{key} is {kind_name(value)}, not an object")
+            raise _Wrong(f"{key} is {_kind_name(value)}, not an object")
         item = args[1] if args else Any
         return {k: _value(item, v, f"{key}.{k}", unknown_keys) for k, v in value.items()}
     return _scalar(annotation, value, key)
@@ -99,11 +99,13 @@ def _value(annotation: Any, value: Any, key: str, unknown_keys: bool) -> Any:
 
 def _sequence(kind: type, args: tuple, value: Any, key: str, unknown_keys: bool) -> Any:
     if not isinstance(value, (list, tuple)):
-        raise _Wrong(f"{key} is {kind_name(value)}, not a list")
+        raise _Wrong(f"{key} is {_kind_name(value)}, not a list")
     if kind is tuple and args and args[-1] is not Ellipsis:  # tuple[X, Y]: exactly these
         if len(value) != len(args):
             raise _Wrong(f"{key} has {len(value)} items, not {len(args)}")
         items = args
+    elif args and args[0] in (int, str) and all(type(v) is args[0] for v in value):
+        return kind(value)  # the common long list (a shard's byte offsets): one pass, no per-item calls
     else:
         items = (args[0] if args else Any,) * len(value)
     return kind(_value(a, v, f"{key}[{i}]", unknown_keys) for i, (a, v) in enumerate(zip(items, value)))
@@ -112,12 +114,12 @@ def _sequence(kind: type, args: tuple, value: Any, key: str, unknown_keys: bool)
 def _scalar(annotation: Any, value: Any, key: str) -> Any:
     if annotation is float:
         if not is_number(value):
-            raise _Wrong(f"{key} is {kind_name(value)}, not a number")
+            raise _Wrong(f"{key} is {_kind_name(value)}, not a number")
         if not math.isfinite(value):
             raise _Wrong(f"{key} is {value}, not a finite number")
         return value
     if annotation in (int, str, bool):
         if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
-            raise _Wrong(f"{key} is {kind_name(value)}, not {_KIND_NAMES[annotation]}")
+            raise _Wrong(f"{key} is {_kind_name(value)}, not {_KIND_NAMES[annotation]}")
         return value
     raise TypeError(f"{key}: read_record does not read {annotation}")
