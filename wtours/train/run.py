@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +242,7 @@ def _loop(run: Run) -> None:
             # already diverged is never kept as the "last good" one.
             due = it > first_step and it % config.checkpoint_every == 0
             loss_value, _ = train_step(run.model, run.student, list(crops), run.optimizer, run.scaler,
-                                       _step_settings(run, it), before_update=(lambda: _checkpoint(run))
-                                       if due else None)
+                                       _step_settings(run, it), partial(_checkpoint, run) if due else None)
             if not math.isfinite(loss_value):
                 raise _non_finite(run, f"the loss is {loss_value} at step {state.step + 1}")
             state.step += 1
