@@ -378,7 +378,7 @@ def test_a_read_only_run_folder_is_a_clear_error(root, base_run, tmpfs):
 
 def test_config_json_never_records_one_invocations_actions():
     """--resume/--overwrite/--reschedule act once: a run's config.json rerun with --config does not wipe it."""
-    from wtours.train.run import _recorded
+    from wtours.train.folder import recorded as _recorded
 
     config = config_from_args(["--shards", "s", "--out", "o", "--resume", "--reschedule"])
     recorded = _recorded(config)
@@ -405,7 +405,7 @@ def test_the_worker_count_is_kept_on_resume_and_another_one_is_a_change(tmp_path
     """Each loader worker reads its own stretch of the epoch, so the worker count decides which clips form
     each batch: a resume without --workers takes the run's, and another count is a setting that changed."""
     from wtours.train.folder import changes, flat_settings
-    from wtours.train.run import _saved_workers
+    from wtours.train.folder import saved_workers as _saved_workers
 
     run = config_from_args(["--shards", "x", "--out", str(tmp_path), "--workers", "0"])
     saved = flat_settings(dataclasses.asdict(run))

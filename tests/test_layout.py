@@ -139,10 +139,11 @@ def test_version_1_indexes_are_still_read(walk, tmp_path):
 
 
 @pytest.mark.parametrize("damage, expected", [
-    (lambda d: d.pop("shards"), "'shards' is missing"),
+    (lambda d: d.pop("shards"), "shards is missing"),
     (lambda d: d.update(version=9), "version 9"),
     (lambda d: d.update(format="other"), "'format'"),
-    (lambda d: d["shards"][0].update(samples="many"), "'samples' has the wrong type"),
+    (lambda d: d["shards"][0].update(samples="many"), "shards[0].samples is a string, not an integer"),
+    (lambda d: d["shards"][0].update(bytes=True), "shards[0].bytes is a boolean, not an integer"),
     (lambda d: d["shards"][0].update(offsets=[0]), "'offsets' must be"),
     (lambda d: d.update(samples=1), "'samples' is 1"),
     (lambda d: d["shards"][1].update(name="../x.tar"), "is not a shard name"),
@@ -151,8 +152,10 @@ def test_version_1_indexes_are_still_read(walk, tmp_path):
     (lambda d: d["shards"][0].update(cell_runs=[[5, 2]]), "'cell_runs' must be ascending"),
     (lambda d: d["shards"][0].update(offsets=[-512, *d["shards"][0]["offsets"][1:]]), "'offsets' must be"),
     (lambda d: d["shards"][0].update(offsets=[*d["shards"][0]["offsets"][:-1], 10**12]), "'offsets' must be"),
-    (lambda d: d["video"].update(fps=float("inf")), "finite positive"),
-    (lambda d: d["params"].update(fps=float("inf")), "'params' are not shard parameters"),
+    (lambda d: d["video"].update(fps=float("inf")), "video.fps is inf, not a finite number"),
+    (lambda d: d["video"].update(fps=0), "finite positive"),
+    (lambda d: d["params"].update(fps=float("inf")), "params.fps is inf, not a finite number"),
+    (lambda d: d["params"].update(quality=0), "--quality 0 is out of range"),
     (lambda d: d.update(blank_stretches=[1]), "not a valid wtours shard index"),
 ])
 def test_a_wrong_structure_is_a_clear_error_naming_the_file(walk, tmp_path, damage, expected):

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from tests.videos import sharded_root
 from wtours.cli.main import cli
 from wtours.train import distributed
-from wtours.train.run import RunState, _RunLogger
+from wtours.train.logger import RunLogger as _RunLogger
+from wtours.train.logger import RunState
 
 MICRO = ["--arch", "vit_micro", "--out-dim", "64", "--batch-size", "2", "--clip-frames", "2", "--n-local", "2",
          "--workers", "0", "--device", "cpu"]

@@ -7,6 +7,7 @@ from typing import Any
 from wtours.layout import Layout
 from wtours.manifest import load_manifest
 from wtours.shard.index import ShardIndex
+from wtours.units import format_duration, format_size
 from wtours.video import read_video_info
 
 
@@ -46,10 +47,10 @@ def _row(layout: Layout, slug: str, entry) -> dict[str, Any]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     headers = ["slug", "city", "id", "video", "duration", "resolution", "shards", "samples", "stats"]
     lines = [[r["slug"], r["city"] or "-", r["id"] or "-",
-              _size(r["bytes"]) if r["downloaded"] else "-",
-              _duration(r["duration"]),
+              format_size(r["bytes"] or 0) if r["downloaded"] else "-",
+              format_duration(r["duration"]) if r["duration"] else "-",
               f"{r['width']}x{r['height']}@{r['fps']:.0f}" if r["width"] else "-",
-              f"{r['shards']} ({_size(r['shard_bytes'])})" if r["sharded"] else "-",
+              f"{r['shards']} ({format_size(r['shard_bytes'] or 0)})" if r["sharded"] else "-",
               str(r["samples"]) if r["sharded"] else "-",
               "yes" if r["analysed"] else "-"] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
@@ -57,21 +58,3 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
     return "\n".join(out)
 
-
-def _size(n: int | None) -> str:
-    if not n:
-        return "0 B"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return ""
-
-
-def _duration(seconds: float | None) -> str:
-    if not seconds:
-        return "-"
-    h, rem = divmod(int(round(seconds)), 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"

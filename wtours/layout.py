@@ -5,6 +5,7 @@ Every path, shard name and sample key in the project is built here and nowhere e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -259,14 +260,25 @@ def replace_atomically(path: Path, write: Callable[[Path], T]) -> T:
     return result
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Temporaries (`TEMPORARY_GLOB`) left in `folder` by runs that died mid-write. Call only under the
-    folder's lock, where no live run can be writing them; they would otherwise keep a full disk full."""
+def remove_stale_temporaries(folder: Path, owned: Callable[[str], bool] = lambda name: True) -> list[Path]:
+    """Temporaries (`TEMPORARY_GLOB`) left in `folder` by runs that died mid-write, of the files whose name
+    is `owned` (a folder may hold the user's files too). Call only under the folder's lock, where no live
+    run can be writing them; they would otherwise keep a full disk full."""
     removed = []
     for path in folder.glob(TEMPORARY_GLOB) if folder.is_dir() else ():
-        path.unlink(missing_ok=True)
-        removed.append(path)
+        if owned(path.name[1:].split(".tmp-")[0]):  # .NAME.tmp-HOST-PID-TOKEN
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -1,4 +1,5 @@
-"""What this process may use of the machine: CPUs (affinity, SLURM's allocation) and SLURM's layout."""
+"""What this process may use of the machine: CPUs (affinity, SLURM's allocation), the torch device and
+SLURM's layout."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import os
 import re
 import shutil
 import subprocess
+from typing import TYPE_CHECKING
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def usable_cpus() -> int:
@@ -27,6 +32,25 @@ def default_workers(local_processes: int = 1) -> int:
     """Data-loader processes for one training process: the usable CPUs shared among the training
     processes of this node that share one affinity mask (torchrun's; srun gives each task its own)."""
     return max(1, usable_cpus() // max(1, local_processes))
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`--device`: None or "auto" is cuda when torch sees a CUDA device, else cpu; a cuda device named
+    where there is none is a UsageError. (torch is imported here: --help and the CPU-only commands do
+    not load it.)"""
+    import torch
+
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name}: not a device name", "use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available here",
+                         "use --device cpu, or leave --device out (cuda when available, else cpu); for CUDA "
+                         "install a CUDA build of torch on a machine with a GPU")
+    return device
 
 
 # ---------------------------------------------------------------- SLURM node lists

@@ -7,14 +7,13 @@ edit or damage it, so its fields are checked once here and never looked up by st
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from wtours import __version__, media
 from wtours.errors import WtoursError
-from wtours.layout import Layout, read_json, write_json_atomic
+from wtours.layout import Layout, read_json, sha256_file, write_json_atomic
 from wtours.manifest import VideoEntry
 
 
@@ -116,11 +115,3 @@ def registered_video(layout: Layout, slug: str) -> tuple[VideoInfo, Path]:
         raise WtoursError(f"{path} changed since it was recorded (size or checksum differ)",
                           f"register it again with `wtours add {path} --name {slug}` (or download it again)")
     return info, path
-
-
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

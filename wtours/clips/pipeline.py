@@ -160,13 +160,13 @@ class ClipDataset(IterableDataset):
         clips = shuffle(clips, self.config.shuffle_buffer, random.Random(str(seed)))
         skipped = len(range(role, self.skip_batches, workers)) * self.config.batch_size
         clips = itertools.islice(clips, skipped, None)  # skipped before decoding: cheap
-        counted = problem_counts(self.problems)
+        counted = self.problems.counts()
         pool = OutputPool(self.leases, worker) if info and self.leases is not None else None
         for batch in batched(clips, self.config.batch_size):
             out = self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng, pool)
             # what this worker skipped since its last batch travels with the batch, so the training
             # process counts every worker's (and, gathered, every rank's) skipped shards and clips
-            now = problem_counts(self.problems)
+            now = self.problems.counts()
             out.problems, counted = problems_since(counted, now), now
             yield out
 
@@ -227,14 +227,8 @@ class GpuAugmenter:
                          batch.problems)
 
 
-def problem_counts(problems: Problems) -> dict:
-    """A Problems' state as plain data: {"bad_shards": {url: error}, "bad_samples": n, "bad_clips": n}."""
-    return {"bad_shards": dict(problems.bad_shards), "bad_samples": problems.bad_samples,
-            "bad_clips": problems.bad_clips}
-
-
 def problems_since(before: dict, now: dict) -> dict:
-    """The new bad shards and the counts added between two `problem_counts`."""
+    """The new bad shards and the counts added between two `Problems.counts()`."""
     return {"bad_shards": {u: e for u, e in now["bad_shards"].items() if u not in before["bad_shards"]},
             "bad_samples": now["bad_samples"] - before["bad_samples"],
             "bad_clips": now["bad_clips"] - before["bad_clips"]}
@@ -249,14 +243,6 @@ def cpu_augmenter():
                           "install OpenCV >= 4.10: pip install 'opencv-python-headless>=4.10' (it comes with "
                           "wtours[train])") from exc
     return multicrop_jpegs
-
-
-def add_problems(problems: Problems, delta: dict | None) -> None:
-    """Add a batch's `problems` (a `problems_since` delta from a worker) to this process's counts."""
-    if delta:
-        problems.bad_shards.update({u: e for u, e in delta["bad_shards"].items() if u not in problems.bad_shards})
-        problems.bad_samples += delta["bad_samples"]
-        problems.bad_clips += delta["bad_clips"]
 
 
 class ClipLoader(DataLoader):
@@ -298,7 +284,7 @@ class ClipLoader(DataLoader):
                     return
                 if isinstance(batch, WorkerFailure):
                     raise batch.error()
-                add_problems(self.dataset.problems, batch.problems)
+                self.dataset.problems.add(batch.problems)
                 if leases is not None:
                     leases.track(batch.lease, batch.lease_refs or storage_refs(batch))
                 yield batch

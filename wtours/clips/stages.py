@@ -91,6 +91,19 @@ class Problems:
             log.warning("skipping unreadable shard %s (%s)", url, error.args[0] if error.args else error)
         return True  # keep going with the next shard
 
+    def counts(self) -> dict:
+        """As plain data, which crosses processes: {"bad_shards": {url: error}, "bad_samples": n, "bad_clips": n}."""
+        return {"bad_shards": dict(self.bad_shards), "bad_samples": self.bad_samples, "bad_clips": self.bad_clips}
+
+    def add(self, counts: dict | None) -> None:
+        """Add another process's `counts()`, or a delta of them (a batch's `problems`); a shard keeps its
+        first error."""
+        if counts:
+            for url, error in counts["bad_shards"].items():
+                self.bad_shards.setdefault(url, error)
+            self.bad_samples += counts["bad_samples"]
+            self.bad_clips += counts["bad_clips"]
+
 
 class _MemberRange:
     """A byte stream cut to `length` bytes (None: to the end), then the tar end-of-archive blocks, so

@@ -11,8 +11,8 @@ import torch
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.errors import UsageError
+from wtours.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

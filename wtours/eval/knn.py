@@ -23,6 +23,7 @@ from wtours.eval.config import KnnConfig
 from wtours.eval.data import LabelledFolder, collate_readable, labelled_pair
 from wtours.layout import write_json_atomic
 from wtours.models.checkpoint import load_backbone
+from wtours.system import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def knn_checkpoint(checkpoint: str | os.PathLike, train_dir: str | os.PathLike, 
                    config: KnnConfig = KnnConfig(), out: str | os.PathLike | None = None, arch: str | None = None,
                    which: str = "teacher", device: str | None = None) -> tuple[KnnResult, Path]:
     """`wtours eval knn`: load the backbone, evaluate, write the result json (default: beside the checkpoint)."""
-    where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    where = resolve_device(device)
     backbone, arch = load_backbone(checkpoint, arch, which)
     train, val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
     result = evaluate_knn(backbone.to(where), train, val, config, where)

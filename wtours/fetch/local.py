@@ -12,10 +12,10 @@ from typing import Any
 from wtours import media
 from wtours.errors import UsageError, WtoursError
 from wtours.fetch.download import DownloadResult
-from wtours.layout import Layout, replace_atomically, validate_slug
+from wtours.layout import Layout, replace_atomically, sha256_file, validate_slug
 from wtours.locks import folder_lock
 from wtours.manifest import load_manifest
-from wtours.video import read_video_info, sha256_file, write_video_info
+from wtours.video import read_video_info, write_video_info
 
 PROVENANCE_KEYS = ("url", "title", "uploader", "license")  # what `wtours add` records for attribution
 _MAX_TEXT = {"url": 2048, "title": 300, "uploader": 200, "license": 100}

@@ -28,6 +28,7 @@ from wtours.layout import INDEX_FILE, WIDS_SUFFIX, Layout, write_bytes_atomic
 from wtours.manifest import load_manifest
 from wtours.shard.index import ShardIndex
 from wtours.shard.writer import SampleMeta
+from wtours.units import format_duration, format_size
 
 CARD_LICENSE = "cc-by-4.0"  # when every video is CC BY; otherwise "other", and each video's own licence rules
 MIXED_LICENSE_NAME = "per-video-licences"
@@ -167,7 +168,7 @@ def _intro(repo: str, videos: list[CardVideo]) -> str:
 
 Frames sampled from {len(videos)} video{'s' if len(videos) != 1 else ''}, stored as time-ordered
 [WebDataset](https://github.com/webdataset/webdataset) shards made with wtours (`wtours shard`):
-{frames:,} frames in {shards} shards, {_size(sum(v.bytes for v in videos))}.{origin}"""
+{frames:,} frames in {shards} shards, {format_size(sum(v.bytes for v in videos))}.{origin}"""
 
 
 def _attribution(videos: list[CardVideo]) -> str:
@@ -265,11 +266,11 @@ def _contents(videos: list[CardVideo]) -> str:
         dropped = index.dropped.get("blank", 0)
         stopped = "" if index.complete else f" (decoded to {index.decoded_until or 0:.0f} s)"
         source = f"{video.width}x{video.height} @ {video.fps:.2f} fps"
-        rows.append(f"| `{v.slug}` | {_duration(video.duration)}{stopped} | {source} | {index.samples:,} | "
-                    f"{dropped:,} | {len(index.shards)} | {_size(v.bytes)} |")
+        rows.append(f"| `{v.slug}` | {format_duration(video.duration)}{stopped} | {source} | {index.samples:,} | "
+                    f"{dropped:,} | {len(index.shards)} | {format_size(v.bytes)} |")
     total = (f"| **total** | | | {sum(v.index.samples for v in videos):,} | "
              f"{sum(v.index.dropped.get('blank', 0) for v in videos):,} | "
-             f"{sum(len(v.index.shards) for v in videos)} | {_size(sum(v.bytes for v in videos))} |")
+             f"{sum(len(v.index.shards) for v in videos)} | {format_size(sum(v.bytes for v in videos))} |")
     return """## Contents
 
 | video | duration | source video | frames | blank frames dropped | shards | size |
@@ -376,13 +377,3 @@ def _creator(source: dict[str, Any]) -> str:
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = round(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

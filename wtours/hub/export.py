@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from wtours import __version__
-from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.errors import UsageError, WtoursError
 from wtours.hub.model_card import (
     BACKBONE,
@@ -36,8 +35,8 @@ from wtours.hub.model_card import (
     DEFAULT_LICENSE,
     EXPORT_FORMATS,
     EXPORT_KEY,
-    KNN_FIELDS,
     WEIGHTS_FILE,
+    KnnScores,
     check_license,
     dataset_entries,
     is_export_config,
@@ -57,6 +56,8 @@ from wtours.layout import (
     write_json_atomic,
 )
 from wtours.models.checkpoint import load_backbone, read_weights
+from wtours.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from wtours.records import is_number, read_record
 
 PTH_SUFFIXES = (".pth", ".pt")
 # Suffixes of weight and data files: --out NAME.<one of these> names a file, which --format timm does not
@@ -304,9 +305,9 @@ def logged_knn(log: Path, step: int | None) -> dict[str, Any] | None:
         except ValueError:
             continue  # a torn last line of a killed run
         at = record.get("step") if isinstance(record, dict) else None
-        if not (isinstance(at, int) and not isinstance(at, bool) and at <= step):
+        if not (is_number(at, int) and at <= step):
             continue
-        if not (_is_number(record.get("knn_top1")) and _is_number(record.get("knn_top5"))):
+        if not (is_number(record.get("knn_top1")) and is_number(record.get("knn_top5"))):
             continue
         if best is None or record["step"] >= best["step"]:  # a resumed run may log a step again: the later line
             epoch = record.get("epoch") if isinstance(record.get("epoch"), int) else None
@@ -325,16 +326,13 @@ def evaluated_knn(path: Path, which: str) -> dict[str, Any] | None:
         return None
     if which != BACKBONE and result.get("which", "teacher") != which:  # a bare backbone has one network
         return None
-    if not (_is_number(result.get("top1")) and _is_number(result.get("top5"))):
-        return None
     keep = ("top1", "top5", "k", "temperature", "classes", "train_images", "val_images", "resize", "crop")
-    out = {k: result[k] for k in keep  # of the types config.json is checked for (model_card.check_export_config)
-           if isinstance(result.get(k), KNN_FIELDS[k]) and not isinstance(result.get(k), bool)}
+    try:  # of the types config.json is checked for (model_card.check_export_config)
+        scores = read_record(KnnScores, {k: result[k] for k in keep if k in result}, str(path), "")
+    except WtoursError:
+        return None  # not a result of wtours eval knn: hand-edited
+    out = {k: v for k, v in asdict(scores).items() if v is not None}
     for key in ("train", "val"):
         if isinstance(result.get(key), str):
             out[key] = Path(result[key]).name
     return out
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

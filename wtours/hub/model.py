@@ -50,7 +50,7 @@ from wtours.hub.model_card import (
     render_model_card,
 )
 from wtours.hub.push import PushSummary
-from wtours.layout import json_bytes, read_json
+from wtours.layout import json_bytes, read_json, sha256_file
 
 MODEL_REPO_TYPE = "model"
 EXPORT_HINT = "make one with `wtours export CHECKPOINT --out DIR` (--format timm, the default for a folder name)"
@@ -77,11 +77,7 @@ class ModelFile:
     def sha256(self) -> str:
         if self.data is not None:
             return hashlib.sha256(self.data).hexdigest()
-        digest = hashlib.sha256()
-        with open(self.local or "", "rb") as f:
-            for block in iter(functools.partial(f.read, 1 << 22), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_file(self.local or Path())
 
     def blob_id(self) -> str:
         return git_blob_id(self.data if self.data is not None else (self.local or Path()).read_bytes())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -21,6 +22,7 @@ import yaml
 
 from wtours.citation import ARXIV_URL, BIBTEX, PAPER_TITLE
 from wtours.errors import UsageError, WtoursError
+from wtours.records import kind_name, read_record
 from wtours.redact import redact
 from wtours.streams import validate_repo_id, validate_revision
 
@@ -59,70 +61,86 @@ def is_generated_model_card(text: str) -> bool:
     return GENERATED_MARK in text
 
 
-_NUMBER = (int, float)
-# config.json's fields the card and the push read, with the types they must have (None: may be absent or null).
-_TOP_FIELDS: dict[str, tuple[type, ...]] = {"architecture": (str,), "num_features": (int,), "model_args": (dict,),
-                                            EXPORT_KEY: (dict,)}
-_MODEL_ARGS: dict[str, tuple[type, ...]] = {"img_size": (int,), "patch_size": (int,), "embed_dim": (int,),
-                                            "depth": (int,), "num_heads": (int,), "mlp_ratio": _NUMBER}
-_INFO_FIELDS: dict[str, tuple[type, ...]] = {
-    "arch": (str,), "which": (str,), "parameters": (int,), "wtours_version": (str,), "step": (int,),
-    "epoch": (int,), "license": (str,), "train_config": (dict,), "knn_logged": (dict,), "knn_eval": (dict,),
-    "datasets": (list,)}
-KNN_FIELDS: dict[str, tuple[type, ...]] = {
-    "top1": _NUMBER, "top5": _NUMBER, "step": (int,), "epoch": (int,), "k": (int,), "temperature": _NUMBER,
-    "classes": (int,), "train_images": (int,), "val_images": (int,), "resize": (int,), "crop": (int,),
-    "train": (str,), "val": (str,)}
+# config.json's fields the card and the push read, with the types they must have (every one may be absent
+# or null; keys not named here are not read): checked by wtours.records.read_record.
+@dataclass(frozen=True)
+class KnnScores:
+    """A k-NN result: logged by the run (step, epoch) or by `wtours eval knn` (the others)."""
+
+    top1: float
+    top5: float
+    step: int | None = None
+    epoch: int | None = None
+    k: int | None = None
+    temperature: float | None = None
+    classes: int | None = None
+    train_images: int | None = None
+    val_images: int | None = None
+    resize: int | None = None
+    crop: int | None = None
+    train: str | None = None
+    val: str | None = None
+
+
+@dataclass(frozen=True)
+class _ModelArgs:
+    img_size: int | None = None
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    repo: str | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class _TrainSettings:  # what the card links; the settings holding paths are checked by `path_settings()`
+    shards: list[str] | None = None
+    model: dict | None = None
+
+
+@dataclass(frozen=True)
+class _ExportInfo:
+    arch: str | None = None
+    which: str | None = None
+    parameters: int | None = None
+    wtours_version: str | None = None
+    step: int | None = None
+    epoch: int | None = None
+    license: str | None = None
+    train_config: _TrainSettings | None = None
+    knn_logged: KnnScores | None = None
+    knn_eval: KnnScores | None = None
+    datasets: list[_Dataset] | None = None
+
+
+@dataclass(frozen=True)
+class _ExportConfig:
+    architecture: str | None = None
+    num_features: int | None = None
+    model_args: _ModelArgs | None = None
+    wtours: _ExportInfo | None = None  # EXPORT_KEY
 
 
 def check_export_config(config: Any, where: str = CONFIG_FILE) -> dict[str, Any]:
     """An export's config.json, every field the card or the push reads checked for its type: a hand-edited
     file fails here naming the field, not later with a traceback. Values of the right type are the card's
     to render safely (inline code, validated repo ids)."""
-    if not isinstance(config, dict):
-        raise WtoursError(f"{where} is {_kind(config)}, not a JSON object", _EDIT_HINT)
-    _check_fields(config, _TOP_FIELDS, "", where)
-    _check_fields(config.get("model_args") or {}, _MODEL_ARGS, "model_args.", where)
-    info = config.get(EXPORT_KEY) or {}
-    _check_fields(info, _INFO_FIELDS, f"{EXPORT_KEY}.", where)
-    for key in ("knn_logged", "knn_eval"):
-        _check_fields(info.get(key) or {}, KNN_FIELDS, f"{EXPORT_KEY}.{key}.", where)
-        if key in info and not all(k in info[key] for k in ("top1", "top5")):
-            raise WtoursError(f"{where}: {EXPORT_KEY}.{key} has no top1/top5", _EDIT_HINT)
-    for i, item in enumerate(info.get("datasets") or []):
-        field = f"{EXPORT_KEY}.datasets[{i}]"
-        if not isinstance(item, dict):
-            raise WtoursError(f"{where}: {field} is {_kind(item)}, not an object", _EDIT_HINT)
-        _check_fields(item, {"repo": (str,), "revision": (str,)}, field + ".", where)
-    train = info.get("train_config") or {}
-    shards = train.get("shards")
-    if shards is not None and not (isinstance(shards, list) and all(isinstance(s, str) for s in shards)):
-        raise WtoursError(f"{where}: {EXPORT_KEY}.train_config.shards is not a list of strings", _EDIT_HINT)
-    for key in (*sorted(path_settings()), "model"):
-        kinds = (dict,) if key == "model" else (str,)
-        _check_fields(train, {key: kinds}, f"{EXPORT_KEY}.train_config.", where)
+    read_record(_ExportConfig, config, where, _EDIT_HINT)
+    train = config[EXPORT_KEY].get("train_config") or {} if isinstance(config.get(EXPORT_KEY), dict) else {}
+    for key in sorted(path_settings() & train.keys()):
+        if train[key] is not None and not isinstance(train[key], str):
+            raise WtoursError(f"{where}: {EXPORT_KEY}.train_config.{key} is {kind_name(train[key])}, not a string",
+                              _EDIT_HINT)
     return config
 
 
 _EDIT_HINT = "export again (`wtours export CHECKPOINT --out DIR`), or correct the hand-edited field"
-
-
-def _check_fields(record: dict[str, Any], fields: dict[str, tuple[type, ...]], prefix: str, where: str) -> None:
-    for key, kinds in fields.items():
-        value = record.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            wanted = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
-            raise WtoursError(f"{where}: {prefix}{key} is {_kind(value)}, not {wanted}", _EDIT_HINT)
-
-
-_KIND_NAMES: dict[type, str] = {dict: "an object", list: "a list", str: "a string", int: "an integer",
-                                float: "a number", bool: "a boolean"}
-
-
-def _kind(value: Any) -> str:
-    return _KIND_NAMES.get(type(value), type(value).__name__)
 
 
 def render_model_card(config: dict[str, Any], repo: str | None = None, folder: str | None = None,
@@ -322,7 +340,7 @@ def _training(info: dict[str, Any], train: dict[str, Any] | None, datasets: list
 
 def _knn(info: dict[str, Any]) -> str:
     rows = []
-    logged, evaluated = _scores(info.get("knn_logged")), _scores(info.get("knn_eval"))
+    logged, evaluated = info.get("knn_logged"), info.get("knn_eval")  # checked: None or with top1 and top5
     if logged is not None:
         train = info.get("train_config") or {}
         where = " / ".join(_code(train.get(k)) for k in ("knn_train", "knn_val"))
@@ -341,15 +359,6 @@ def _knn(info: dict[str, Any]) -> str:
         return ""
     return ("## k-NN evaluation\n\nDINO's weighted k-NN on the frozen [CLS] features (docs/eval.md of wtours):\n\n"
             "| run | train / val images | top-1 % | top-5 % |\n|---|---|---|---|\n" + "\n".join(rows))
-
-
-def _scores(result: Any) -> dict[str, Any] | None:
-    """A k-NN record with numeric top-1 and top-5, else None (config.json may have been edited by hand)."""
-    if not isinstance(result, dict):
-        return None
-    numeric = all(isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)
-                  for k in ("top1", "top5"))
-    return result if numeric else None
 
 
 def _license(info: dict[str, Any]) -> str:

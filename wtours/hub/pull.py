@@ -27,10 +27,9 @@ from wtours.hub.client import (
     remote_files,
 )
 from wtours.hub.paths import index_path, shard_path, slugs_in, source_path
-from wtours.layout import PULLED_FROM, Layout, replace_atomically, write_json_atomic
+from wtours.layout import PULLED_FROM, Layout, replace_atomically, sha256_file, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex
-from wtours.video import sha256_file
 
 BLOCK_SIZE = 8 << 20  # bytes per ranged GET (each one retried by the client on transient errors)
 PART_SUFFIX = ".tmp-pull"  # `.<name>.tmp-*`: the shard folder's temporary-file pattern (`shard --overwrite` clears it)

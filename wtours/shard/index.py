@@ -9,7 +9,6 @@ every segment has one, and written last, atomically."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,9 @@ from wtours.layout import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from wtours.records import read_record
 from wtours.shard.params import ShardParams
-from wtours.shard.plan import Segment
+from wtours.shard.plan import Segment, merge_runs
 
 INDEX_FORMAT = "wtours-shards"
 INDEX_VERSION = 2  # 2: shard entries carry `offsets`; 1 (no offsets) is still read
@@ -37,17 +37,6 @@ RESHARD_HINT = "reshard with this version of wtours (`wtours shard --overwrite`)
 
 class _Invalid(Exception):
     """A structural problem found while parsing; turned into a WtoursError naming the file."""
-
-
-def _need(data: Any, key: str, kinds: type | tuple[type, ...], where: str = "") -> Any:
-    if not isinstance(data, dict) or key not in data:
-        raise _Invalid(f"{where}{key!r} is missing")
-    value = data[key]
-    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise _Invalid(f"{where}{key!r} has the wrong type")
-    if not isinstance(value, kinds):
-        raise _Invalid(f"{where}{key!r} has the wrong type ({type(value).__name__})")
-    return value
 
 
 @dataclass(frozen=True)
@@ -66,31 +55,10 @@ class ShardEntry:
     offsets: tuple[int, ...] | None = None  # byte offset of each sample's first tar header (version 2)
     faces: tuple[int, ...] | None = None  # faces hidden in each sample (--blur-faces), in sample order
 
-    @classmethod
-    def from_dict(cls, data: Any, slug: str) -> ShardEntry:
-        number = (int, float)
-        name = validate_shard_name(_need(data, "name", str), slug)
-        where = f"shard {name}: "
-        runs = _need(data, "cell_runs", list, where)
-        if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(c, int) for c in r) for r in runs):
-            raise _Invalid(f"{where}'cell_runs' must be [[first, last], ...] of integers")
-        offsets = data.get("offsets")
-        if offsets is not None and not (isinstance(offsets, list) and all(isinstance(o, int) for o in offsets)):
-            raise _Invalid(f"{where}'offsets' must be a list of integers")
-        faces = data.get("faces")
-        if faces is not None and not (isinstance(faces, list) and all(isinstance(f, int) for f in faces)):
-            raise _Invalid(f"{where}'faces' must be a list of integers")
-        entry = cls(name, _need(data, "samples", int, where), _need(data, "first_frame", int, where),
-                    _need(data, "last_frame", int, where), float(_need(data, "t_start", number, where)),
-                    float(_need(data, "t_end", number, where)), tuple((a, b) for a, b in runs),
-                    _need(data, "bytes", int, where), _need(data, "sha256", str, where),
-                    tuple(offsets) if offsets is not None else None, tuple(faces) if faces is not None else None)
-        entry.check()
-        return entry
-
-    def check(self) -> None:
-        """Consistent with itself, so that a damaged or hostile index cannot make a reader plan absurd
-        work (a run of 10^10 cells) or seek outside the shard."""
+    def check(self, slug: str) -> None:
+        """Named as a shard of `slug` and consistent with itself, so that a damaged or hostile index cannot
+        make a reader plan absurd work (a run of 10^10 cells) or seek outside the shard."""
+        validate_shard_name(self.name, slug)
         runs = self.cell_runs
         if any(not 0 <= first <= last for first, last in runs) or any(
                 b[0] <= a[1] for a, b in zip(runs, runs[1:])):
@@ -133,15 +101,6 @@ class IndexVideo:
     width: int
     height: int
 
-    @classmethod
-    def from_dict(cls, data: Any) -> IndexVideo:
-        number = (int, float)
-        source_id = data.get("source_id") if isinstance(data, dict) else None
-        return cls(validate_slug(_need(data, "slug", str, "video: ")), source_id,
-                   _need(data, "sha256", str, "video: "), _need(data, "duration", number, "video: "),
-                   _need(data, "fps", number, "video: "), _need(data, "width", int, "video: "),
-                   _need(data, "height", int, "video: "))
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -157,7 +116,7 @@ class ShardIndex:
     dropped: dict[str, int]
     blank_stretches: tuple[tuple[float, float], ...]
     complete: bool
-    created_by: str
+    created_by: str = ""
     decoded_until: float | None = None  # only where decoding stopped early
     errors: tuple[str, ...] = ()
     version: int = INDEX_VERSION
@@ -174,37 +133,29 @@ class ShardIndex:
     def from_dict(cls, data: Any, where: str) -> ShardIndex:
         """Validate and convert parsed JSON; `where` (a path or URL) names the file in the error."""
         try:
-            return cls._parse(data)
-        except (_Invalid, WtoursError, TypeError, ValueError) as e:  # TypeError/ValueError: a malformed field
+            if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+                raise _Invalid(f"its 'format' is not {INDEX_FORMAT!r}")
+            if data.get("version") not in READABLE_VERSIONS:
+                raise _Invalid(f"version {data.get('version')!r} is not one of {list(READABLE_VERSIONS)}")
+            index = read_record(cls, {**data, "params": ShardParams.nested(data.get("params"))}, "", RESHARD_HINT)
+            index.check()
+        except (_Invalid, WtoursError) as e:  # WtoursError: a field's type, ShardParams' own checks, a name
             detail = e.message if isinstance(e, WtoursError) else str(e)
             raise WtoursError(f"{where} is not a valid wtours shard index: {detail}", RESHARD_HINT) from e
+        return index
 
-    @classmethod
-    def _parse(cls, data: Any) -> ShardIndex:
-        if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
-            raise _Invalid(f"its 'format' is not {INDEX_FORMAT!r}")
-        if data.get("version") not in READABLE_VERSIONS:
-            raise _Invalid(f"version {data.get('version')!r} is not one of {list(READABLE_VERSIONS)}")
-        video = IndexVideo.from_dict(_need(data, "video", dict))
-        if not all(math.isfinite(v) and v > 0 for v in (video.fps, video.duration or 1.0)):
+    def check(self) -> None:
+        """What the types alone do not say: a valid slug and shard names, finite positive rates, shards
+        consistent with themselves and with the total."""
+        validate_slug(self.video.slug)
+        if not all(v > 0 for v in (self.video.fps, self.video.duration or 1.0)):
             raise _Invalid("the video's fps and duration must be finite positive numbers")
-        shards = tuple(ShardEntry.from_dict(s, video.slug) for s in _need(data, "shards", list))
-        samples = _need(data, "samples", int)
-        if samples != sum(s.samples for s in shards):
-            raise _Invalid(f"'samples' is {samples}, but its shards hold {sum(s.samples for s in shards)}")
-        if data["version"] == 1 and any(s.offsets is not None for s in shards):
+        for shard in self.shards:
+            shard.check(self.slug)
+        if self.samples != sum(s.samples for s in self.shards):
+            raise _Invalid(f"'samples' is {self.samples}, but its shards hold {sum(s.samples for s in self.shards)}")
+        if self.version == 1 and any(s.offsets is not None for s in self.shards):
             raise _Invalid("a version-1 index has no 'offsets'")
-        params = _need(data, "params", dict)
-        try:
-            shard_params = ShardParams.from_dict(params)
-        except (TypeError, WtoursError) as e:
-            raise _Invalid(f"'params' are not shard parameters ({e})") from e
-        decoded_until = data.get("decoded_until")
-        return cls(video, shard_params, shards, samples, dict(_need(data, "dropped", dict)),
-                   tuple((a, b) for a, b in _need(data, "blank_stretches", list)),
-                   _need(data, "complete", bool), str(data.get("created_by", "")),
-                   float(decoded_until) if decoded_until is not None else None,
-                   tuple(data.get("errors") or ()), data["version"])
 
     @classmethod
     def parse(cls, text: str | bytes, where: str) -> ShardIndex:
@@ -302,11 +253,11 @@ class SegmentRecord:
     def from_dict(cls, data: dict[str, Any], slug: str) -> SegmentRecord | None:
         """The record, or None for a stale or foreign one (its segment is then redone)."""
         try:
-            shard = ShardEntry.from_dict(data["shard"], slug) if data["shard"] else None
-            return cls(Segment(**data["segment"]), shard, dict(data["dropped"]),
-                       tuple((a, b) for a, b in data["blank_stretches"]), bool(data["complete"]),
-                       float(data["decoded_until"]), tuple(data.get("errors") or ()))
-        except (_Invalid, WtoursError, KeyError, TypeError, ValueError):
+            record = read_record(cls, data, "segment record", RESHARD_HINT)
+            if record.shard is not None:
+                record.shard.check(slug)
+            return record
+        except (_Invalid, WtoursError):
             return None
 
 
@@ -332,28 +283,17 @@ def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord
 def build_index(video: IndexVideo, params: ShardParams, records: list[SegmentRecord]) -> ShardIndex:
     records = sorted(records, key=lambda r: r.segment.number)
     shards = tuple(r.shard for r in records if r.shard)
-    stretches = [list(stretch) for r in records for stretch in r.blank_stretches]
+    stretches = [stretch for r in records for stretch in r.blank_stretches]
     dropped: dict[str, int] = {}
     for record in records:
         for reason, count in record.dropped.items():
             dropped[reason] = dropped.get(reason, 0) + count
     incomplete = [r for r in records if not r.complete]
-    merged = _merge_stretch_list(stretches, gap=1.5 / params.fps)
+    merged = merge_runs(stretches, gap=1.5 / params.fps)  # stretches that continue across a segment boundary
     return ShardIndex(video, params, shards, sum(s.samples for s in shards), dropped,
-                      tuple((a, b) for a, b in merged), not incomplete, f"wtours {__version__}",
+                      tuple(merged), not incomplete, f"wtours {__version__}",
                       incomplete[0].decoded_until if incomplete else None,
                       incomplete[0].errors if incomplete else ())
-
-
-def _merge_stretch_list(stretches: list[list[float]], gap: float) -> list[list[float]]:
-    """Join per-segment [first, last] blank stretches that continue across a segment boundary."""
-    merged: list[list[float]] = []
-    for first, last in sorted(stretches):
-        if merged and first - merged[-1][1] <= gap:
-            merged[-1][1] = max(merged[-1][1], last)
-        else:
-            merged.append([first, last])
-    return merged
 
 
 # ------------------------------------------------------------------ plan

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from wtours.config import NOT_NEGATIVE, POSITIVE, Range, check_fields
 from wtours.errors import UsageError
-from wtours.privacy.params import BlurParams
+from wtours.privacy.params import FLAT_PREFIX, BlurParams
 
 # Defaults for DoRA: clips are 8 frames 1 s apart, so 2 frames/s lets clips start on half-second
 # offsets (twice the distinct clips of 1 fps). The 300 px clip crop takes 20..100% of the frame's
@@ -57,11 +57,15 @@ class ShardParams:
             del data["blur_faces"]
         return {**data, **(self.blur.to_flat() if self.blur_faces else {})}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ShardParams:
-        """From `to_dict`'s flat form; keys of no field are ignored (a newer version's, say)."""
-        known = {f.name for f in fields(cls)} - {"blur"}
-        return cls(**{k: v for k, v in data.items() if k in known}, blur=BlurParams.from_flat(data))
+    @staticmethod
+    def nested(data: Any) -> Any:
+        """`to_dict`'s flat form with its blur_* keys as the nested `blur` record, the shape of the fields
+        (records.read_record reads plans' and indexes' params so); anything but a mapping as it is."""
+        if not isinstance(data, Mapping):
+            return data
+        blur = {k: v for k, v in data.items() if k.startswith(FLAT_PREFIX) and k != "blur_faces"}
+        rest = {k: v for k, v in data.items() if k not in blur}
+        return {**rest, "blur": {k[len(FLAT_PREFIX):]: v for k, v in blur.items()}}
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ starts where N ends, and the work can be split over processes and machines witho
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import Any
 
 from wtours.media import ProbeResult
 from wtours.shard.params import ShardParams
@@ -24,6 +26,19 @@ def cell_of(t: float, fps: float) -> int:
     Exact only for the float `frame_time` gives: a value rounded on the way (`t` to 6 decimals, or a
     rate as `1 / every`) can fall a hair under a cell boundary and land in the cell before."""
     return math.floor(t * fps + EPS)
+
+
+def merge_runs(runs: Iterable[tuple[Any, Any]], gap: float) -> list[tuple[Any, Any]]:
+    """(first, last) runs, sorted and joined where one starts within `gap` of the previous one's end: blank
+    frame times (first == last) into stretches, segments' stretches across their boundaries, grid cells
+    into runs of consecutive cells (gap 1)."""
+    merged: list[list[Any]] = []
+    for first, last in sorted(runs):
+        if merged and first - merged[-1][1] <= gap:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    return [(first, last) for first, last in merged]
 
 
 def frame_time(pts: int, time_base: Fraction, start_time: float) -> float:

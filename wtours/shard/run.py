@@ -16,7 +16,7 @@ from wtours.errors import IncompleteError, UsageError, WtoursError
 from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name
 from wtours.locks import folder_lock
 from wtours.privacy.stage import FaceBlur, blur_frames
-from wtours.shard.blank import is_blank, merge_stretches
+from wtours.shard.blank import is_blank
 from wtours.shard.decode import DecodedFrame, SegmentDecoder
 from wtours.shard.index import (
     IndexVideo,
@@ -31,7 +31,7 @@ from wtours.shard.index import (
     write_segment_record,
 )
 from wtours.shard.params import RunOptions, ShardParams
-from wtours.shard.plan import Segment, output_size, plan_segments
+from wtours.shard.plan import Segment, merge_runs, output_size, plan_segments
 from wtours.shard.writer import SampleMeta, ShardSample, WrittenShard, encode_jpeg, write_shard
 from wtours.video import registered_video
 
@@ -234,7 +234,7 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
         segment=segment,
         shard=tally.entry(shard_name(job.slug, segment.number), written) if written else None,
         dropped={k: v for k, v in tally.dropped.items() if v},
-        blank_stretches=tuple((a, b) for a, b in merge_stretches(tally.blank_times, gap=1.5 / fps)),
+        blank_stretches=tuple(merge_runs(((t, t) for t in tally.blank_times), gap=1.5 / fps)),
         complete=complete,
         decoded_until=(last + 1) / fps if last is not None else segment.t_start(fps),
         errors=() if complete else outcome.error_summary(),
@@ -316,10 +316,4 @@ def encode_samples(frames: Iterable[DecodedFrame], job: ShardJob, tally: Segment
 
 def cell_runs(cells: list[int]) -> tuple[tuple[int, int], ...]:
     """Sorted grid cells -> ((first, last), ...) runs of consecutive cells (inclusive)."""
-    runs: list[list[int]] = []
-    for cell in cells:
-        if runs and cell == runs[-1][1] + 1:
-            runs[-1][1] = cell
-        else:
-            runs.append([cell, cell])
-    return tuple((first, last) for first, last in runs)
+    return tuple(merge_runs(((cell, cell) for cell in cells), gap=1))

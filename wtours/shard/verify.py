@@ -8,19 +8,16 @@ repaired files are byte-identical to the originals the index describes."""
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wtours.errors import WtoursError
-from wtours.layout import SHARD_NAME_PATTERN, Layout
+from wtours.layout import SHARD_NAME_PATTERN, Layout, sha256_file
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex, load_index
 from wtours.video import read_video_info
-
-BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -55,14 +52,6 @@ class VerifyReport:
         return [head, *(f"  {p.name}: {p.reason}" for p in self.problems), *(f"  note: {n}" for n in self.notes)]
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def quick_problem(path: Path, entry: ShardEntry) -> str | None:
     """Missing, another size or another checksum than the index records (None: the file is the one indexed)."""
     try:
@@ -71,7 +60,7 @@ def quick_problem(path: Path, entry: ShardEntry) -> str | None:
         return "missing"
     if size != entry.bytes:
         return f"{size} bytes, the index records {entry.bytes} (truncated or overwritten)"
-    if sha256_of(path) != entry.sha256:
+    if sha256_file(path) != entry.sha256:
         return "sha256 differs from the index (the file is damaged)"
     return None
 

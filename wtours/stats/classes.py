@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from wtours.errors import UsageError, WtoursError
+from wtours.errors import WtoursError
 from wtours.stats.params import BACKENDS, Backend, DetectorParams
+from wtours.system import resolve_device
 
 # Placeholders in torchvision's 91-entry COCO list (ids the 80 classes skip): never counted.
 IGNORED_LABELS = frozenset({"__background__", "N/A"})
@@ -99,22 +100,11 @@ def backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def resolve_device(choice: str) -> str:
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: torch sees no CUDA device",
-                          "use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU")
-    return choice
-
-
 def load_detector(params: DetectorParams) -> TorchDetector:
     """Build the named torchvision backend with its COCO weights (torchvision's cache, else a download)."""
     spec = backend(params.name)
     torch, detection = _import_torchvision()
-    device = resolve_device(params.device)
+    device = str(resolve_device(params.device))
     enum_name, member = spec.weights.split(".")
     weights = getattr(getattr(detection, enum_name), member)
     categories = weights.meta["categories"]

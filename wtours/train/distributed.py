@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from wtours.errors import UsageError, WtoursError
-from wtours.system import first_host
+from wtours.system import first_host, resolve_device
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,7 @@ def check_device(device: str | None, launch: Launch) -> torch.device:
     """The device this process trains on, or a WtoursError before anything starts: `--device` must
     name a device this machine has (cuda:N with N below the device count; under torchrun/srun each
     process takes cuda:LOCAL_RANK, which must exist too)."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        target = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {device}: not a device name", "use cpu, cuda or cuda:N") from None
+    target = resolve_device(device)
     if target.type == "cpu":
         return target
     if target.type == "mps":
@@ -80,9 +75,6 @@ def check_device(device: str | None, launch: Launch) -> torch.device:
         return target
     if target.type != "cuda":
         raise UsageError(f"--device {device}: wtours trains on cpu or cuda only", "use --device cpu or cuda[:N]")
-    if not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA device is available here",
-                          "use --device cpu, or leave --device out (cuda when available, else cpu)")
     count = torch.cuda.device_count()
     if launch.world_size > 1:  # one GPU per process on the node: cuda:LOCAL_RANK
         if launch.local_rank >= count:

@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wtours.config import flagged
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FILES, TEMPORARY_GLOB, read_json, write_bytes_atomic
+from wtours.layout import (
+    CHECKPOINT_FILE,
+    RUN_CONFIG_FILE,
+    RUN_FACTS_FILE,
+    RUN_FILES,
+    RUN_LOG_FILE,
+    read_json,
+    remove_stale_temporaries,
+    write_bytes_atomic,
+)
+from wtours.locks import LOCK_FILE, folder_lock
+from wtours.models.checkpoint import read_checkpoint
+from wtours.records import is_number
+from wtours.train import distributed
+
+if TYPE_CHECKING:
+    from wtours.train.config import TrainConfig
 
 RUN_PATTERNS = ("data.rank*.jsonl",)
 RUN_DIRS = ("tensorboard",)
@@ -44,16 +63,6 @@ def run_outputs(out: Path) -> list[Path]:
     for pattern in RUN_PATTERNS:
         found += sorted(out.glob(pattern))
     return found
-
-
-def stale_temporaries(out: Path) -> list[Path]:
-    """Temporaries of the atomic writer (`.NAME.tmp-PID-TID`) left by a killed run: safe to remove
-    while the folder is locked, since no other run writes there."""
-    if not out.is_dir():
-        return []
-    names = set(RUN_FILES)
-    return [p for p in out.glob(TEMPORARY_GLOB)  # only the run's own: the folder may hold the user's files
-            if p.name[1:].split(".tmp-")[0] in names or p.name[1:].startswith("data.rank")]
 
 
 def remove_outputs(out: Path) -> None:
@@ -180,8 +189,6 @@ def checkpoint_settings(path: Path) -> dict[str, Any] | None:
     the weights are not read."""
     if not path.is_file():
         return None
-    from wtours.models.checkpoint import read_checkpoint
-
     try:
         raw = read_checkpoint(path, mmap=True)
     except WtoursError:  # the run itself names an unreadable file
@@ -207,3 +214,88 @@ def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out:
 def latest_checkpoint(out: Path) -> Path | None:
     path = out / CHECKPOINT_FILE
     return path if path.is_file() else None
+
+
+# ---------------------------------------------------------------- preparing the folder for a run
+
+
+@contextmanager
+def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: dict) -> Iterator[dict]:
+    """Hold the run folder (rank 0 takes the lock; the others follow its decision) for the block; yields
+    `prepare`'s {"changed": ..., "step": ...}. A refused or failed start leaves no folder behind that it
+    created."""
+    created = not out.exists()
+    with ExitStack() as stack:
+        def take() -> dict:
+            stack.enter_context(folder_lock(out, "run folder"))
+            return prepare(out, config, facts)
+
+        try:
+            prepared = distributed.agree(dist, take)
+        except BaseException:
+            stack.close()
+            if created and dist.is_main and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        if dist.rank != 0:  # each rank's own data log, trimmed as rank 0 trimmed log.jsonl
+            trim_jsonl(out / f"data.rank{dist.rank}.jsonl", prepared["step"])
+        elif config.resume:
+            trim_jsonl(out / "data.rank0.jsonl", prepared["step"])
+        yield prepared
+
+
+def prepare(out: Path, config: TrainConfig, facts: dict) -> dict:
+    """Rank 0, holding the folder's lock: refuse or clear what is there, and check a resume. `facts`: the
+    schedules' world size, steps per epoch and total steps, compared with the checkpoint's."""
+    # left by a run killed while writing; only the run's own: the folder may hold the user's files
+    remove_stale_temporaries(out, lambda name: name in RUN_FILES or name.startswith("data.rank"))
+    refuse_existing(out, config.resume, config.overwrite)
+    if config.overwrite:
+        remove_outputs(out)
+    changed: dict = {}
+    step = 0
+    path = latest_checkpoint(out)
+    if config.resume and path is not None:
+        meta = _checkpoint_meta(path)
+        step = int(meta.get("step") or 0)
+        if meta.get("config"):
+            saved = {**flat_settings(meta["config"]), **(meta.get("schedule") or {})}
+            changed = changes(saved, {**flat_settings(recorded(config)), **facts})
+            if changed and not config.reschedule:
+                refuse_changes(out, step, changed)
+    if config.resume:  # steps after the checkpoint are redone: each is logged once
+        trim_jsonl(out / RUN_LOG_FILE, step)
+    return {"changed": changed, "step": step}
+
+
+def _checkpoint_meta(path: Path) -> dict:
+    """A checkpoint's step, config and schedule facts, without reading its tensors (mmap)."""
+    try:
+        checkpoint = read_checkpoint(path, mmap=True)
+    except WtoursError as e:
+        raise WtoursError(e.message, "pass --overwrite to start afresh (it removes that file), or choose another "
+                          "--out") from e
+    return {k: checkpoint.get(k) for k in ("step", "config", "schedule")}
+
+
+def recorded(config: TrainConfig) -> dict:
+    """config.json: the run's settings; --resume/--overwrite/--reschedule act on one invocation only, so
+    `--config config.json` reruns the settings without them."""
+    return replace(config, resume=False, overwrite=False, reschedule=False).to_dict()
+
+
+def saved_workers(config: TrainConfig) -> int | None:
+    """--resume without --workers: the run's own worker count (it decides which clips form each batch)."""
+    saved = read_json(Path(config.out) / RUN_CONFIG_FILE) if config.resume else None
+    workers = saved.get("workers") if isinstance(saved, dict) else None
+    return int(workers) if is_number(workers, int) and workers >= 0 else None
+
+
+def reschedules(out: Path, changed: dict, step: int) -> list[dict]:
+    """run.json's history of --reschedule: the earlier ones up to `step`, and this one's `changed`."""
+    try:
+        earlier = json.loads((out / RUN_FACTS_FILE).read_text(encoding="utf-8")).get("reschedules", [])
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    earlier = [r for r in earlier if isinstance(r, dict) and r.get("step", 0) <= step]
+    return earlier + ([{"step": step, "changed": changed}] if changed else [])

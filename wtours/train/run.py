@@ -1,15 +1,14 @@
-"""The training loop: data, model, optimiser and schedules built by small functions, then steps."""
+"""The training loop: data, model, optimiser and schedules built by small functions into a `Run`, then
+steps. What a run reports is wtours/train/logger.py's; its folder (lock, refusal, resume checks) is
+wtours/train/folder.py's."""
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,17 @@ from wtours.clips.augment import MultiCropConfig
 from wtours.clips.epoch import ClipConfig
 from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader
 from wtours.clips.spec import resolve
+from wtours.clips.stages import Problems
 from wtours.dora import DoRA
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import CHECKPOINT_FILE, read_json, write_json_atomic
-from wtours.locks import LOCK_FILE, folder_lock
+from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE, write_json_atomic
 from wtours.models.checkpoint import read_checkpoint as load_checkpoint
 from wtours.models.checkpoint import save_checkpoint
 from wtours.system import default_workers
 from wtours.train import distributed, folder
 from wtours.train.config import TrainConfig
 from wtours.train.folder import latest_checkpoint
+from wtours.train.logger import RunLogger, RunState, problems_line
 from wtours.train.optim import (
     cancel_last_layer_gradients,
     clip_per_tensor,
@@ -37,8 +37,6 @@ from wtours.train.optim import (
     param_groups,
     warmup_iterations,
 )
-
-log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(WtoursError):
@@ -52,14 +50,6 @@ class Schedules:
     momentum: Any
     steps_per_epoch: int
     total_steps: int
-
-
-@dataclass
-class RunState:
-    step: int = 0  # optimiser steps done
-    epoch: int = 0
-    step_in_epoch: int = 0
-    saved_step: int | None = None  # the step of the last checkpoint written or resumed from
 
 
 def build_data(config: TrainConfig, dist: distributed.Dist) -> ClipDataset:
@@ -92,13 +82,6 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int, world_size: int) 
         steps_per_epoch=steps_per_epoch, total_steps=total)
 
 
-def _saved_workers(config: TrainConfig) -> int | None:
-    """--resume without --workers: the run's own worker count (it decides which clips form each batch)."""
-    saved = read_json(Path(config.out) / "config.json") if config.resume else None
-    workers = saved.get("workers") if isinstance(saved, dict) else None
-    return workers if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0 else None
-
-
 def precision_of(config: TrainConfig, device: torch.device) -> str:
     return config.precision or ("bf16" if device.type == "cuda" else "fp32")
 
@@ -106,7 +89,7 @@ def precision_of(config: TrainConfig, device: torch.device) -> str:
 def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
     dist = distributed.setup(config.device)  # checks --device first: nothing is created for a missing one
     if config.workers is None:  # resolved here, so config.json records what ran; a resume keeps the run's
-        saved = _saved_workers(config)
+        saved = folder.saved_workers(config)
         config = replace(config, workers=saved if saved is not None else default_workers(dist.local_world_size))
     try:
         return _train(config, dist, say if dist.is_main else (lambda m: None))
@@ -145,103 +128,25 @@ def weights_finite(model: DoRA) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-class _ProblemTally:
-    """What the loader skipped, summed over this process's workers (from the batches' deltas); `gathered`
-    sums it over the ranks (a collective: every rank calls it at the same step)."""
+@dataclass
+class Run:
+    """One run's parts, built by `_train` and stepped by `_loop`; `state` is updated in place."""
 
-    def __init__(self) -> None:
-        self.bad_shards: dict[str, str] = {}
-        self.bad_samples = 0
-        self.bad_clips = 0
-
-    def add(self, delta: dict | None) -> None:
-        if delta:
-            self.bad_shards.update(delta["bad_shards"])
-            self.bad_samples += delta["bad_samples"]
-            self.bad_clips += delta["bad_clips"]
-
-    def gathered(self) -> dict:
-        shards: dict[str, str] = {}
-        samples = clips = 0
-        for part in distributed.all_gather((self.bad_shards, self.bad_samples, self.bad_clips)):
-            shards.update(part[0])
-            samples += part[1]
-            clips += part[2]
-        return {"bad_shards": shards, "bad_samples": samples, "bad_clips": clips}
-
-
-def problems_line(problems: dict) -> str | None:
-    if not (problems["bad_shards"] or problems["bad_samples"] or problems["bad_clips"]):
-        return None
-    shards = sorted(problems["bad_shards"])
-    named = ", ".join(shards[:3]) + (", ..." if len(shards) > 3 else "")
-    return (f"skipped: {len(shards)} unreadable shard(s)" + (f" ({named})" if shards else "")
-            + f", {problems['bad_samples']} damaged sample(s), {problems['bad_clips']} clip(s) with a frame that "
-            "does not decode (re-make damaged shards with wtours shard, or leave them out of --shards)")
-
-
-def _read_checkpoint_meta(path: Path) -> dict:
-    """A checkpoint's step, config and schedule facts, without reading its tensors (mmap)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 (torch raises many types for a bad file)
-        raise WtoursError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})",
-                          "pass --overwrite to start afresh (it removes that file), or choose another --out") from e
-    return {k: checkpoint.get(k) for k in ("step", "config", "schedule")}
-
-
-def _prepare_folder(out: Path, config: TrainConfig, facts: dict) -> dict:
-    """Rank 0, holding the folder's lock: refuse or clear what is there, and check a resume."""
-    for stale in folder.stale_temporaries(out):  # left by a run killed while writing
-        stale.unlink(missing_ok=True)
-    folder.refuse_existing(out, config.resume, config.overwrite)
-    if config.overwrite:
-        folder.remove_outputs(out)
-    changed: dict = {}
-    step = 0
-    path = latest_checkpoint(out)
-    if config.resume and path is not None:
-        meta = _read_checkpoint_meta(path)
-        step = int(meta.get("step") or 0)
-        if meta.get("config"):
-            saved = {**folder.flat_settings(meta["config"]), **(meta.get("schedule") or {})}
-            changed = folder.changes(saved, {**folder.flat_settings(_recorded(config)), **facts})
-            if changed and not config.reschedule:
-                folder.refuse_changes(out, step, changed)
-    if config.resume:  # steps after the checkpoint are redone: each is logged once
-        folder.trim_jsonl(out / "log.jsonl", step)
-    return {"changed": changed, "step": step}
-
-
-def _recorded(config: TrainConfig) -> dict:
-    """config.json: the run's settings; --resume/--overwrite/--reschedule act on one invocation only, so
-    `--config config.json` reruns the settings without them."""
-    return replace(config, resume=False, overwrite=False, reschedule=False).to_dict()
-
-
-@contextmanager
-def _run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: dict) -> Iterator[dict]:
-    """Hold the run folder (rank 0 takes the lock; the others follow its decision) for the block.
-
-    A refused or failed start leaves no folder behind that it created."""
-    created = not out.exists()
-    with ExitStack() as stack:
-        def take() -> dict:
-            stack.enter_context(folder_lock(out, "run folder"))
-            return _prepare_folder(out, config, facts)
-
-        try:
-            prepared = distributed.agree(dist, take)
-        except BaseException:
-            stack.close()
-            if created and dist.is_main and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
-        if dist.rank != 0:  # each rank's own data log, trimmed as rank 0 trimmed log.jsonl
-            folder.trim_jsonl(out / f"data.rank{dist.rank}.jsonl", prepared["step"])
-        elif config.resume:
-            folder.trim_jsonl(out / "data.rank0.jsonl", prepared["step"])
-        yield prepared
+    config: TrainConfig
+    dist: distributed.Dist
+    out: Path
+    dataset: ClipDataset
+    model: DoRA
+    student: torch.nn.Module  # model.student, DDP-wrapped when there are several processes
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedules: Schedules
+    precision: str
+    facts: dict  # world size, steps per epoch, total steps: what --resume compares besides the settings
+    knn: Any  # a KnnMonitor on rank 0 with --knn-train/--knn-val, else None
+    logger: RunLogger
+    say: Callable[[str], None]
+    state: RunState = field(default_factory=RunState)
 
 
 def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], None]) -> RunState:
@@ -249,75 +154,71 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder", "choose a folder for --out")
     dataset = build_data(config, dist)  # resolves the shards: still nothing written
-    steps_per_epoch = len(dataset)
-    precision = precision_of(config, dist.device)
-    schedules = build_schedules(config, steps_per_epoch, dist.world_size)
+    schedules = build_schedules(config, len(dataset), dist.world_size)
     knn = _knn_monitor(config, dist)  # k-NN monitoring (--knn-train/--knn-val): folders checked now
-    facts = {"world_size": dist.world_size, "steps_per_epoch": steps_per_epoch, "total_steps": schedules.total_steps}
+    facts = {"world_size": dist.world_size, "steps_per_epoch": len(dataset), "total_steps": schedules.total_steps}
     state = RunState()
     try:
-        with _run_folder(out, dist, config, facts) as prepared:
-            torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
-            model = build_model(config, dist.device)
-            torch.manual_seed(config.seed + dist.rank)  # then each rank its own heads and dropout
-            if config.compile:  # compiled graphs run the same modules: state-dict names do not change
-                model.student.backbone.forward = torch.compile(model.student.backbone.forward)
-                model.teacher.backbone.forward_last_attention = torch.compile(
-                    model.teacher.backbone.forward_last_attention)
-            student = model.student
-            if dist.world_size > 1:
-                student = torch.nn.parallel.DistributedDataParallel(
-                    model.student, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-            optimizer = torch.optim.AdamW(param_groups(model.student))
-            scaler = torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16")
-            if config.resume:
-                state = _resume(out, model, optimizer, scaler, say)
-            if dist.is_main:  # config.json is the config itself (--config reads it back); run.json what it implied
-                write_json_atomic(out / "config.json", _recorded(config))
-                write_json_atomic(out / "run.json", {**facts, "precision": precision, "workers": config.workers,
-                                                     "clips_per_epoch": dataset.clips_per_epoch(),
-                                                     "reschedules": _reschedules(out, prepared, state.step)})
-            say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips "
-                f"per epoch, {steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
-                f"{schedules.total_steps} steps, {precision} on {dist.device}")
-            logger = _RunLogger(out, dist, config.log_every, schedules.total_steps, say)
+        with folder.run_folder(out, dist, config, facts) as prepared:
+            run = _build_run(config, dist, out, dataset, schedules, facts, knn, say)
+            state = run.state
             try:
-                if prepared["changed"]:
-                    say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
-                        f"{state.step}")
-                _loop(config, dist, dataset, model, student, optimizer, scaler, schedules, state, precision, facts,
-                      knn, logger, out, say)
+                if config.resume:
+                    state = run.state = _resume(run)
+                _record_start(run, prepared)
+                _loop(run)
             finally:
-                logger.close()
+                run.logger.close()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted at step {state.step}", interrupted_hint(out, state.saved_step)) from None
     return state
 
 
-def _loop(config: TrainConfig, dist: distributed.Dist, dataset: ClipDataset, model: DoRA, student, optimizer,
-          scaler, schedules: Schedules, state: RunState, precision: str, facts: dict, knn, logger: _RunLogger,
-          out: Path, say: Callable[[str], None]) -> None:
-    """The steps, from `state` on (updated in place, `saved_step` included)."""
+def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: ClipDataset, schedules: Schedules,
+               facts: dict, knn: Any, say: Callable[[str], None]) -> Run:
+    """The model (the same initial weights on every rank), its DDP wrapper, optimiser, gradient scaler and
+    logger."""
+    torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
+    model = build_model(config, dist.device)
+    torch.manual_seed(config.seed + dist.rank)  # then each rank its own heads and dropout
+    if config.compile:  # compiled graphs run the same modules: state-dict names do not change
+        model.student.backbone.forward = torch.compile(model.student.backbone.forward)
+        model.teacher.backbone.forward_last_attention = torch.compile(model.teacher.backbone.forward_last_attention)
+    student: torch.nn.Module = model.student
+    if dist.world_size > 1:
+        student = torch.nn.parallel.DistributedDataParallel(
+            model.student, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    precision = precision_of(config, dist.device)
+    return Run(config, dist, out, dataset, model, student, torch.optim.AdamW(param_groups(model.student)),
+               torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), schedules, precision, facts,
+               knn, RunLogger(out, dist, config.log_every, schedules.total_steps, say), say)
+
+
+def _record_start(run: Run, prepared: dict) -> None:
+    """config.json (the config itself: --config reads it back) and run.json (what it implied), and the
+    console's line about the run."""
+    config, dist, dataset, schedules = run.config, run.dist, run.dataset, run.schedules
+    if dist.is_main:
+        write_json_atomic(run.out / RUN_CONFIG_FILE, folder.recorded(config))
+        write_json_atomic(run.out / RUN_FACTS_FILE, {
+            **run.facts, "precision": run.precision, "workers": config.workers,
+            "clips_per_epoch": dataset.clips_per_epoch(),
+            "reschedules": folder.reschedules(run.out, prepared["changed"], run.state.step)})
+    run.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips "
+            f"per epoch, {schedules.steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
+            f"{schedules.total_steps} steps, {run.precision} on {dist.device}")
+    if prepared["changed"]:
+        run.say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
+                f"{run.state.step}")
+
+
+def _loop(run: Run) -> None:
+    """The steps, from `run.state` on (updated in place, `saved_step` included)."""
+    config, dist, dataset, state, schedules, logger = (run.config, run.dist, run.dataset, run.state, run.schedules,
+                                                       run.logger)
     gpu_augment = GpuAugmenter(dataset.config.multicrop, dist.device) if config.augment == "gpu" else None
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    problems = _ProblemTally()
-    peak_lr = float(max(schedules.lr)) if len(schedules.lr) else 0.0
-
+    problems = Problems()  # what the loader skipped, summed over this process's workers (the batches' deltas)
     first_step = state.step
-
-    def stop(what: str) -> NonFiniteLoss:
-        return NonFiniteLoss(f"{what}; training stopped", non_finite_hint(out, state.saved_step, precision, peak_lr))
-
-    def checkpoint() -> None:
-        """Write the current state (step `state.step`), which is finite: every rank checks the same weights,
-        so all stop together otherwise."""
-        if not weights_finite(model):
-            raise stop(f"the weights are not finite after step {state.step}")
-        logger.flush()  # the data log is complete up to the checkpoint
-        if dist.is_main:
-            _save(out, model, optimizer, scaler, state, config, facts)
-        state.saved_step = state.step
-
     while state.step < schedules.total_steps:
         dataset.set_epoch(state.epoch, skip_batches=state.step_in_epoch)
         if gpu_augment is not None:
@@ -334,51 +235,61 @@ def _loop(config: TrainConfig, dist: distributed.Dist, dataset: ClipDataset, mod
             # exactly the state to keep) is known to be finite and before its update: a state that
             # already diverged is never kept as the "last good" one.
             due = it > first_step and it % config.checkpoint_every == 0
-            loss_value, output = train_step(
-                model, student, list(crops), optimizer, scaler, StepSettings(
-                    float(schedules.lr[it]), float(schedules.wd[it]), float(schedules.momentum[it]),
-                    state.epoch, config.clip_grad, config.freeze_last_layer, autocast_dtype),
-                before_update=checkpoint if due else None)
+            loss_value, _ = train_step(run.model, run.student, list(crops), run.optimizer, run.scaler,
+                                       _step_settings(run, it), partial(_checkpoint, run) if due else None)
             if not math.isfinite(loss_value):
-                raise stop(f"the loss is {loss_value} at step {state.step + 1}")
+                raise _non_finite(run, f"the loss is {loss_value} at step {state.step + 1}")
             state.step += 1
             state.step_in_epoch += 1
             logged = state.step % config.log_every == 0 or state.step in (1, schedules.total_steps)
-            logger.step(state, loss_value, optimizer, float(schedules.momentum[it]), data_seconds, batch.keys,
-                        problems.gathered() if logged else None)
+            logger.step(state, loss_value, run.optimizer, float(schedules.momentum[it]), data_seconds, batch.keys,
+                        _gathered(problems).counts() if logged else None)
             if state.step == schedules.total_steps:  # no next step to confirm it: finite weights suffice
-                checkpoint()
-            _knn_evaluate(knn, model, state, schedules, logger, dist.device, say)
+                _checkpoint(run)
+            _knn_evaluate(run)
             if state.step >= schedules.total_steps:
                 break
             waited = time.perf_counter()
         else:
             state.epoch += 1
             state.step_in_epoch = 0
-    totals = problems.gathered()
-    say(f"done: {state.step} steps; checkpoint {out / CHECKPOINT_FILE}; log {out / 'log.jsonl'}")
-    line = problems_line(totals)
+    run.say(f"done: {state.step} steps; checkpoint {run.out / CHECKPOINT_FILE}; log {run.out / 'log.jsonl'}")
+    line = problems_line(_gathered(problems).counts())
     if line:
-        say(line)
+        run.say(line)
 
 
-def _problem_record(problems: dict) -> dict:
-    """log.jsonl's counts of what the loader skipped so far (all workers and ranks), and the bad shards' URLs."""
-    record = {"bad_shards": len(problems["bad_shards"]), "bad_samples": problems["bad_samples"],
-              "bad_clips": problems["bad_clips"]}
-    if problems["bad_shards"]:
-        record["bad_shard_urls"] = sorted(problems["bad_shards"])
-    return record
+def _gathered(problems: Problems) -> Problems:
+    """`problems` summed over the ranks (a collective: every rank calls it at the same step)."""
+    total = Problems()
+    for counts in distributed.all_gather(problems.counts()):
+        total.add(counts)
+    return total
 
 
-def _reschedules(out: Path, prepared: dict, step: int) -> list[dict]:
-    """run.json's history of --reschedule: the earlier ones, and this one's changes."""
-    try:
-        earlier = json.loads((out / "run.json").read_text(encoding="utf-8")).get("reschedules", [])
-    except (OSError, ValueError, AttributeError):
-        earlier = []
-    earlier = [r for r in earlier if isinstance(r, dict) and r.get("step", 0) <= step]
-    return earlier + ([{"step": step, "changed": prepared["changed"]}] if prepared["changed"] else [])
+def _step_settings(run: Run, it: int) -> StepSettings:
+    """Iteration `it`'s learning rate, weight decay and teacher momentum, and the run's fixed settings."""
+    schedules, config = run.schedules, run.config
+    return StepSettings(float(schedules.lr[it]), float(schedules.wd[it]), float(schedules.momentum[it]),
+                        run.state.epoch, config.clip_grad, config.freeze_last_layer,
+                        {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision))
+
+
+def _non_finite(run: Run, what: str) -> NonFiniteLoss:
+    peak_lr = float(max(run.schedules.lr)) if len(run.schedules.lr) else 0.0
+    return NonFiniteLoss(f"{what}; training stopped",
+                         non_finite_hint(run.out, run.state.saved_step, run.precision, peak_lr))
+
+
+def _checkpoint(run: Run) -> None:
+    """Write the current state (step `state.step`), which is finite: every rank checks the same weights,
+    so all stop together otherwise."""
+    if not weights_finite(run.model):
+        raise _non_finite(run, f"the weights are not finite after step {run.state.step}")
+    run.logger.flush()  # the data log is complete up to the checkpoint
+    if run.dist.is_main:
+        _save(run)
+    run.state.saved_step = run.state.step
 
 
 @dataclass(frozen=True)
@@ -431,28 +342,29 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
     return loss_value, output
 
 
-def _save(out: Path, model: DoRA, optimizer, scaler, state: RunState, config: TrainConfig, facts: dict) -> None:
+def _save(run: Run) -> None:
     """The checkpoint, with the settings (`config`) and facts (`schedule`: world size, steps per epoch,
     total steps) that --resume compares."""
-    save_checkpoint(out / CHECKPOINT_FILE, {
+    model, state, config = run.model, run.state, run.config
+    save_checkpoint(run.out / CHECKPOINT_FILE, {
         "student": model.student.state_dict(), "teacher": model.teacher.state_dict(),
-        "dora_loss": {"center": model.loss.center}, "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(), "step": state.step, "epoch": state.epoch,
+        "dora_loss": {"center": model.loss.center}, "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(), "step": state.step, "epoch": state.epoch,
         "step_in_epoch": state.step_in_epoch, "arch": config.model.arch, "out_dim": config.model.out_dim,
-        "config": _recorded(config), "schedule": facts})
+        "config": folder.recorded(config), "schedule": run.facts})
 
 
-def _resume(out: Path, model: DoRA, optimizer, scaler, say: Callable[[str], None]) -> RunState:
-    path = latest_checkpoint(out)
+def _resume(run: Run) -> RunState:
+    path = latest_checkpoint(run.out)
     if path is None:
-        say(f"--resume: no checkpoint in {out}; starting from scratch")
+        run.say(f"--resume: no checkpoint in {run.out}; starting from scratch")
         return RunState()
     checkpoint = load_checkpoint(path)
-    model.load_official_checkpoint(checkpoint)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
+    run.model.load_official_checkpoint(checkpoint)
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scaler.load_state_dict(checkpoint["scaler"])
     state = RunState(checkpoint["step"], checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["step"])
-    say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
+    run.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
     return state
 
 
@@ -469,120 +381,15 @@ def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
     return KnnMonitor(config.knn_train, config.knn_val, config.knn_every, knn)
 
 
-def _knn_evaluate(knn, model: DoRA, state: RunState, schedules: Schedules, logger: _RunLogger, device,
-                  say: Callable[[str], None]) -> None:
+def _knn_evaluate(run: Run) -> None:
     """After the last step of every --knn-every-th epoch and of the run: the teacher backbone's k-NN, logged."""
-    if knn is None:
+    state, schedules = run.state, run.schedules
+    if run.knn is None:
         return
     epochs_done = state.epoch + 1 if state.step_in_epoch == schedules.steps_per_epoch else None
-    if knn.due(epochs_done, run_over=state.step == schedules.total_steps):
+    if run.knn.due(epochs_done, run_over=state.step == schedules.total_steps):
         from wtours.eval.knn import result_line
 
-        result = knn.evaluate(model.teacher.backbone, device)
-        logger.knn(state, result.top1, result.top5)
-        say(f"step {state.step}: {result_line(result)}")
-
-
-def _duration(seconds: float) -> str:
-    """3:05:09 or 4:02 (hours only when there are some)."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def progress_line(state: RunState, total_steps: int, loss: float, clips_per_s: float, eta: float | None,
-                  warmup_seconds: float | None = None) -> str:
-    """The console line of a logged step: step/total, epoch, loss, clips/s over the interval since the last
-    line (all ranks), ETA; the warm-up step shows its own duration instead of a rate."""
-    width = len(str(total_steps))
-    rate = (f"first step {warmup_seconds:.1f} s (start-up, warm-up)" if warmup_seconds is not None
-            else f"{clips_per_s:.1f} clips/s")
-    when = "done" if state.step >= total_steps else "ETA " + (_duration(eta) if eta is not None else "?")
-    return f"step {state.step:>{width}}/{total_steps}  epoch {state.epoch}  loss {loss:.4f}  {rate}  {when}"
-
-
-class _RunLogger:
-    """log.jsonl (every log_every steps), TensorBoard events and a progress line (rank 0; `say` is silenced
-    by -q), and data.rank<r>.jsonl (clip keys).
-
-    The first step of the process (torch.compile, loader start-up, CUDA warm-up) is timed apart: it is
-    left out of the clips/s of its interval and out of the ETA, which uses the steps since then."""
-
-    def __init__(self, out: Path, dist: distributed.Dist, every: int, total_steps: int = 0,
-                 say: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.perf_counter):
-        self.dist, self.every, self.total_steps, self.say, self.clock = dist, every, total_steps, say, clock
-        self.log = open(out / "log.jsonl", "a", encoding="utf-8") if dist.is_main else None
-        self.data = open(out / f"data.rank{dist.rank}.jsonl", "a", encoding="utf-8")
-        self.tb = None
-        if dist.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                log.warning("tensorboard is not installed: no event files (pip install tensorboard)")
-        self.window_start = self.clock()
-        self.clips = 0
-        self.data_seconds = 0.0
-        self.losses: list[float] = []
-        self.warm: tuple[int, float] | None = None  # (step, time) at the end of the process's first step
-
-    def step(self, state: RunState, loss: float, optimizer, momentum: float, data_seconds: float,
-             keys: list[str], problems: dict | None = None) -> None:
-        """One step; `problems` (what the loader skipped so far, all ranks) is given on logged steps."""
-        self.data.write(json.dumps({"step": state.step, "epoch": state.epoch, "keys": keys}) + "\n")
-        self.losses.append(loss)
-        now = self.clock()
-        warmup = self.warm is None
-        if warmup:  # the process's first step: timed apart from the rate
-            self.warm = (state.step, now)
-            if problems is None:  # not logged: the next line's rate starts after it
-                self.window_start = now
-                return
-        self.clips += len(keys)
-        self.data_seconds += data_seconds
-        if self.log is None or problems is None:
-            return
-        elapsed = max(now - self.window_start, 1e-9)
-        record = {"step": state.step, "epoch": state.epoch, "loss": loss,
-                  "loss_mean": sum(self.losses) / len(self.losses),
-                  "lr": optimizer.param_groups[0]["lr"], "wd": optimizer.param_groups[0]["weight_decay"],
-                  "momentum": momentum, "clips_per_s": self.clips * self.dist.world_size / elapsed,
-                  "data_wait": self.data_seconds / elapsed, **_problem_record(problems)}
-        self.log.write(json.dumps(record) + "\n")
-        self.log.flush()
-        if self.tb is not None:
-            for key in ("loss", "lr", "wd", "momentum", "clips_per_s", "data_wait"):
-                self.tb.add_scalar(f"train/{key}", record[key], state.step)
-        self.say(progress_line(state, self.total_steps, loss, record["clips_per_s"], self.eta(state.step, now),
-                               elapsed if warmup else None))
-        self.window_start, self.clips, self.data_seconds, self.losses = now, 0, 0.0, []
-
-    def eta(self, step: int, now: float) -> float | None:
-        """Seconds left at the mean pace of the steps after the warm-up step (None: none timed yet)."""
-        if self.warm is None or step <= self.warm[0]:
-            return None
-        return (self.total_steps - step) * (now - self.warm[1]) / (step - self.warm[0])
-
-    def knn(self, state: RunState, top1: float, top5: float) -> None:
-        """A k-NN evaluation: its own log.jsonl line and TensorBoard scalars."""
-        if self.log is None:
-            return
-        record = {"step": state.step, "epoch": state.epoch, "knn_top1": top1, "knn_top5": top5}
-        self.log.write(json.dumps(record) + "\n")
-        self.log.flush()
-        if self.tb is not None:
-            self.tb.add_scalar("knn/top1", top1, state.step)
-            self.tb.add_scalar("knn/top5", top5, state.step)
-
-    def flush(self) -> None:
-        self.data.flush()
-        if self.log is not None:
-            self.log.flush()
-
-    def close(self) -> None:
-        self.data.close()
-        if self.log is not None:
-            self.log.close()
-        if self.tb is not None:
-            self.tb.close()
+        result = run.knn.evaluate(run.model.teacher.backbone, run.dist.device)
+        run.logger.knn(state, result.top1, result.top5)
+        run.say(f"step {state.step}: {result_line(result)}")

@@ -25,6 +25,7 @@ from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, replace_atomically, write_json_atomic
 from wtours.models.checkpoint import backbone_state, infer_arch, read_weights, strip_prefix
 from wtours.models.vit import cls_attention
+from wtours.system import resolve_device
 from wtours.viz.config import VizConfig
 from wtours.viz.render import (
     HEADER,
@@ -156,7 +157,7 @@ def visualise(checkpoint: str | os.PathLike, shards: str | list[str], out: str |
               config: VizConfig = VizConfig(), root: str | os.PathLike | None = None,
               say: Callable[[str], None] = print) -> dict[str, Any]:
     """Render clip-<key>.png and clip-<key>.gif for `config.clips` clips, and index.json; returns the index."""
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(config.device)
     out = prepare_out(out)  # first: a wrong --out fails before the model loads
     model = load_model(checkpoint).to(device)
     if config.size % model.patch_size:
