@@ -98,7 +98,7 @@ def proc_state(pid: int) -> str:
         return "gone"
 
 
-def wait_for_lock(folder: Path, pid: int, process: subprocess.Popen, timeout: float = 60) -> None:
+def wait_for_lock(folder: Path, pid: int, process: subprocess.Popen, timeout: float = 600) -> None:
     """Until `pid` holds the folder's lock (its record is in the lock file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -202,7 +202,7 @@ def test_a_second_shard_run_names_the_holder_and_a_killed_runs_lock_frees_the_fo
         err = assert_clean_failure(second, "in use by", f"pid {first.pid}", code=1)
         assert "shard folder of walk" in err
         os.kill(first.pid, signal.SIGKILL)  # kill -9 while holding the lock
-        first.wait(timeout=30)
+        first.wait(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
@@ -228,7 +228,7 @@ def test_a_second_stats_run_names_the_holder_and_a_killed_runs_lock_frees_the_fo
         second = wtours(args)
         assert_clean_failure(second, "in use by", f"pid {first.pid}", "stats folder of walk", code=1)
         os.kill(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
+        first.wait(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
@@ -405,7 +405,7 @@ def test_a_killed_ffmpeg_child_is_not_recorded_as_damage_and_the_rerun_resumes(v
                     killed = child
                 os.kill(process.pid, signal.SIGCONT)
                 break
-        out, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
@@ -461,7 +461,7 @@ def test_ctrl_c_during_shard_exits_130_and_the_rerun_is_byte_identical(videos, r
             assert process.poll() is None, process.communicate()
             time.sleep(0.005)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: python and its ffmpeg children
-        out, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()

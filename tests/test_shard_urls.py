@@ -231,7 +231,7 @@ def test_closing_a_pipe_early_stops_the_whole_command(shards):
     assert stream.read(512)
     group = stream.process.pid  # type: ignore[attr-defined]
     stream.close()
-    assert time.monotonic() - began < 5
+    assert time.monotonic() - began < 30  # not the command's 60 s: it was stopped
 
     def group_alive() -> bool:
         try:
@@ -240,7 +240,7 @@ def test_closing_a_pipe_early_stops_the_whole_command(shards):
             return False
         return True
 
-    while group_alive() and time.monotonic() - began < 5:  # the orphans' reaping may take a moment
+    while group_alive() and time.monotonic() - began < 30:  # the orphans' reaping may take a moment
         time.sleep(0.05)
     assert not group_alive()  # sleep and cat, in the command's process group, are gone
 

@@ -455,7 +455,7 @@ def test_missing_weights_is_a_clear_error_and_fails_fast(torch_home, small_video
     started = time.monotonic()
     with pytest.raises(WtoursError) as info:
         load_detector(DetectorParams(device="cpu"))
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 60
     error = info.value
     assert "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth" in error.message and str(torch_home) in error.message
     assert "$TORCH_HOME/hub/checkpoints" in error.hint and str(torch_home) in error.hint
