@@ -1,8 +1,8 @@
 """The one way tests run the `wtours` command line.
 
-`wtours(ARGS)` runs it in this process with Click's CliRunner: no interpreter start and no torch
-import per call, so use it by default. `wtours_process(...)` runs `python -m wtours` and
-`start_wtours(...)` starts it without waiting; use them only where a real process matters:
+`run_wtours(ARGS)` runs it in this process with Click's CliRunner: no interpreter start and no torch
+import per call, so use it by default. `run_wtours_process(ARGS)` runs `python -m wtours` and
+`start_wtours(ARGS)` starts it without waiting; use them only where a real process matters:
 signals, locks held by another process, kill -9, a deadline on a hang, or an environment that a
 library reads when it is imported (huggingface_hub reads HF_ENDPOINT then).
 
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from click.testing import CliRunner
+
+from wtours.cli.main import cli
 
 WTOURS_COMMAND = (sys.executable, "-m", "wtours")
 PROCESS_DEADLINE_S = 600.0  # a hang guard far above any command's normal time in the tests
@@ -50,11 +52,9 @@ class CliResult:
         return self.stdout + self.stderr
 
 
-def wtours(args: Sequence[str | Path], env: Mapping[str, str] | None = None, cwd: Path | None = None,
+def run_wtours(args: Sequence[str | Path], env: Mapping[str, str] | None = None, cwd: Path | None = None,
            input: str | None = None) -> CliResult:
     """The CLI in this process (Click's runner), as `wtours ARGS` would run."""
-    from wtours.cli.main import cli  # here: importing tests.cli must not import the CLI for process-only modules
-
     with working_directory(cwd):
         result = CliRunner().invoke(cli, [str(a) for a in args], input=input, env=env_changes(env),
                                     prog_name="wtours")
@@ -62,7 +62,7 @@ def wtours(args: Sequence[str | Path], env: Mapping[str, str] | None = None, cwd
     return CliResult(result.exit_code, result.stdout, result.stderr, error_kind(result.exception), escaped)
 
 
-def wtours_process(args: Sequence[str | Path], env: Mapping[str, str] | None = None, cwd: Path | None = None,
+def run_wtours_process(args: Sequence[str | Path], env: Mapping[str, str] | None = None, cwd: Path | None = None,
                    timeout: float = PROCESS_DEADLINE_S) -> CliResult:
     """`python -m wtours ARGS` in a process of its own."""
     done = subprocess.run([*WTOURS_COMMAND, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
@@ -82,7 +82,7 @@ def finished(process: subprocess.Popen, timeout: float = PROCESS_DEADLINE_S) -> 
     return CliResult(process.returncode, stdout, stderr, crashed=TRACEBACK in stderr)
 
 
-def assert_clean_failure(result: CliResult, code: int, phrase: str = "",
+def assert_clean_error(result: CliResult, code: int, phrase: str = "",
                          kind: type[BaseException] | None = None) -> str:
     """Exit status `code`, an `error:` line and its `hint:`, no traceback, and (when given) one short
     phrase of the message and the error's kind. Returns stderr for further checks."""

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
+from tests.cli import run_wtours
 from tests.http_server import FileServer
 from tests.reference_multicrop import PIL_OPS, multicrop_pil
-from tests.videos import run_ffmpeg, sharded_root
-from wtours.cli.main import cli
+from tests.videos import run_ffmpeg
 from wtours.clips import augment as A
 from wtours.clips import jpeg
 from wtours.clips.augment_cpu import _CPU_OPS, colour_cpu, decode_clip, multicrop_cpu, multicrop_jpegs
@@ -101,7 +100,7 @@ def test_epoch_length_is_exact_from_the_index(gapped):
     runs = [r for s in shards for r in s.cell_runs]
     assert runs == [(0, 11), (12, 19), (28, 35), (36, 47)]
     assert clips_per_epoch(shards, CLIP) == 6 + 2 + 2 + 6
-    result = CliRunner().invoke(cli, ["inspect", "gap", "--root", str(gapped.root), "--clip-frames", "4", "--json"])
+    result = run_wtours(["inspect", "gap", "--root", str(gapped.root), "--clip-frames", "4", "--json"])
     info = json.loads(result.output)
     assert info["clips_per_epoch"] == 16 and info["videos"]["gap"]["gaps"] == [[10.0, 14.0]]
     subset = ClipConfig(frames=4, stride=1.0, clips_per_shard=3)
@@ -227,7 +226,7 @@ def test_corpus_shaped_plan_reads_within_ranks_times_batch(tmp_path, ranks, work
     for slot, part in enumerate(plan.slots):
         touched = len({r.ref.url for r in plan.reads(slot)})
         assert touched <= len(shards) * part.clips_read / plan.total_clips + 3
-    result = CliRunner().invoke(cli, ["inspect", *corpus_shaped(tmp_path / "cli"), "--world-size", str(ranks),
+    result = run_wtours(["inspect", *corpus_shaped(tmp_path / "cli"), "--world-size", str(ranks),
                                       "--workers", str(workers), "--batch-size", "32", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
@@ -441,10 +440,10 @@ def test_stages_work_on_plain_lists():
 
 
 @pytest.mark.slow
-def test_torchrun_epoch_reads_every_clip_once(tmp_path):
+def test_torchrun_epoch_reads_every_clip_once(canonical_roots, tmp_path):
     """The issue's acceptance run: `torchrun --nproc-per-node 2` on CPU, `--workers 3`, one epoch; the
     clip keys both ranks log (data.rank*.jsonl) are every clip of the epoch, plus under ranks x B."""
-    root = sharded_root(tmp_path, seconds=20.0, samples_per_shard=10)  # 4 shards of 10 samples at 2 fps
+    root = canonical_roots.copy("walk-20s", tmp_path / "root")  # 4 shards of 10 samples at 2 fps
     shards = resolve("walk", root)
     expected = {c.key for c in all_clips(shards, ClipConfig(frames=2, stride=1.0))}
     assert len(expected) == 32

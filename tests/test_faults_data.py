@@ -12,12 +12,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.cli import CliResult, assert_clean_error
+from tests.cli import run_wtours_process as wtours  # faults injected for real: in processes
+from tests.cli import start_wtours as start
 from tests.http_server import FileServer
 from tests.videos import make_truncated_video, make_video
 from wtours.download import add_local
@@ -35,24 +37,10 @@ SHARD_ARGS = ["--fps", "2", "--short-side", "128", "--quality", "90", "--samples
 # ------------------------------------------------------------------ helpers
 
 
-def wtours(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wtours", *args], capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
-
-
-def start(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "wtours", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def assert_clean_failure(result, *phrases: str, code: int | None = None) -> str:
-    """Non-zero, `error:` and `hint:` lines, no traceback; returns stderr."""
-    out, err = result.stdout, result.stderr
-    assert result.returncode != 0, out + err
-    if code is not None:
-        assert result.returncode == code, out + err
-    assert "Traceback" not in out + err, err
-    assert "error: " in err and "hint: " in err, err
+def assert_clean_failure(result: CliResult, *phrases: str, code: int | None = None) -> str:
+    """Non-zero (`code` when given), `error:` and `hint:` lines, no traceback; returns stderr."""
+    assert result.returncode != 0, result.output
+    err = assert_clean_error(result, result.returncode if code is None else code)
     for phrase in phrases:
         assert phrase in err, f"{phrase!r} not in: {err}"
     return err
@@ -411,7 +399,7 @@ def test_a_killed_ffmpeg_child_is_not_recorded_as_damage_and_the_rerun_resumes(v
             process.kill()
             process.wait()
     assert killed is not None, "no ffmpeg child was caught running"
-    result = subprocess.CompletedProcess(args, process.returncode, out, err)
+    result = CliResult(process.returncode, out, err)
     assert_clean_failure(result, "ffmpeg was killed by SIGKILL", "not a fault of the video", "rerun", code=1)
     assert "download it again" not in err.lower()
     assert not layout.index_path(SLUG).exists()
@@ -466,7 +454,7 @@ def test_ctrl_c_during_shard_exits_130_and_the_rerun_is_byte_identical(videos, r
         if process.poll() is None:
             process.kill()
             process.wait()
-    result = subprocess.CompletedProcess(args, process.returncode, out, err)
+    result = CliResult(process.returncode, out, err)
     assert_clean_failure(result, "interrupted", "rerun", code=130)
     assert not layout.index_path(SLUG).exists(), "the run finished before the interrupt: make the video longer"
     assert not temporaries(layout.root)

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from tests.videos import sharded_root
-from wtours.cli.main import cli
+from tests.cli import run_wtours
 from wtours.train import distributed
 from wtours.train.run import RunState, _RunLogger
 
@@ -22,8 +20,8 @@ LINE = re.compile(r"^step +(\d+)/(\d+)  epoch (\d+)  loss (\S+)  (.*)  (ETA \S+|
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return sharded_root(tmp_path_factory.mktemp("progress"), seconds=8.0, samples_per_shard=8)
+def root(canonical_roots, tmp_path_factory) -> Path:
+    return canonical_roots.copy("walk-8s", tmp_path_factory.mktemp("progress") / "root")
 
 
 def progress_lines(output: str) -> list[re.Match]:
@@ -33,7 +31,7 @@ def progress_lines(output: str) -> list[re.Match]:
 @pytest.mark.slow
 def test_train_prints_a_progress_line_per_log_every(root, tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--shards", "walk", "--root", str(root), "--out", str(out),
+    result = run_wtours(["train", "--shards", "walk", "--root", str(root), "--out", str(out),
                                       "--steps", "5", "--log-every", "2", *MICRO])
     assert result.exit_code == 0, result.output
     lines = progress_lines(result.output)
@@ -54,7 +52,7 @@ def test_train_prints_a_progress_line_per_log_every(root, tmp_path):
 
 @pytest.mark.slow
 def test_quiet_silences_the_progress_lines(root, tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--shards", "walk", "--root", str(root), "--out", str(tmp_path / "q"),
+    result = run_wtours(["train", "--shards", "walk", "--root", str(root), "--out", str(tmp_path / "q"),
                                       "--steps", "2", "--log-every", "1", "-q", *MICRO])
     assert result.exit_code == 0, result.output
     assert progress_lines(result.output) == [] and "step" not in result.output
