@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.videos import make_video, sharded_root
+# Before torch is imported (here first): on two cores shared with other runs, torch's thread pool as wide
+# as the machine spins against the other processes and small tensor ops get ten times slower. One
+# intra-op thread per test process, and per process it starts, keeps the tests calm; no test is about
+# that pool's width. A value the caller set wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from tests.videos import make_video, sharded_root  # noqa: E402
 
 # The canonical sharded roots: a moving test pattern added as `walk` and sharded at 2 fps, 128 px
 # (tests/videos.sharded_root), by length and samples per shard. Each is built at most once per run.

@@ -253,6 +253,7 @@ def test_leaving_the_loop_releases_a_waiting_worker(walk, small_shm_possible):
     assert float(done.stdout) < 4.0
 
 
+@pytest.mark.slow  # an end-to-end `wtours train` run in a process of its own
 def test_no_room_for_one_batch_is_a_clear_error(walk, tmp_path, small_shm_possible):
     done = with_small_shm("1m", [sys.executable, "-m", "wtours", "train", "--shards", "walk", "--root",
                                  str(walk.root), "--out", str(tmp_path / "run"), "--arch", "vit_micro", "--steps",
