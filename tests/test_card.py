@@ -81,7 +81,7 @@ def card_videos(root: Path) -> list[CardVideo]:
 
 def run_card(root: Path, out: Path, *extra: str):
     return run_wtours(["card", "--city", "venice", "--city", "my-walk", "--repo", "alice/mixed",
-                                    "--root", str(root), "--out", str(out), *extra])
+                       "--root", str(root), "--out", str(out), *extra])
 
 
 # ---------------------------------------------------------------------- wtours card

@@ -227,7 +227,7 @@ def test_corpus_shaped_plan_reads_within_ranks_times_batch(tmp_path, ranks, work
         touched = len({r.ref.url for r in plan.reads(slot)})
         assert touched <= len(shards) * part.clips_read / plan.total_clips + 3
     result = run_wtours(["inspect", *corpus_shaped(tmp_path / "cli"), "--world-size", str(ranks),
-                                      "--workers", str(workers), "--batch-size", "32", "--json"])
+                         "--workers", str(workers), "--batch-size", "32", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["clips_per_epoch"] == plan.total_clips

@@ -240,8 +240,8 @@ def test_yt_dlp_option_wins_and_the_config_can_be_ignored(served, tmp_path, ytdl
 
 def test_dry_run_json_shows_the_yt_dlp_settings(tmp_path, ytdlp_home):
     result = run_wtours(["download", "--city", "venice", "--dry-run", "--json", "--root", str(tmp_path),
-                                      "--yt-dlp-option", "proxy=socks5://alice:s3cret@127.0.0.1:1080",
-                                      "--yt-dlp-option", 'http_headers={"Authorization": "Bearer tok"}'])
+                         "--yt-dlp-option", "proxy=socks5://alice:s3cret@127.0.0.1:1080",
+                         "--yt-dlp-option", 'http_headers={"Authorization": "Bearer tok"}'])
     assert result.exit_code == 0, result.output
     settings = json.loads(result.output)[0]["yt_dlp"]
     assert settings["config_files"] == [str(ytdlp_home)]
@@ -262,14 +262,14 @@ def test_dry_run_json_shows_the_yt_dlp_settings(tmp_path, ytdlp_home):
 ])
 def test_bad_yt_dlp_options_are_usage_errors(tmp_path, ytdlp_home, option, message):
     result = run_wtours(["download", "--city", "venice", "--dry-run", "--root", str(tmp_path),
-                                      "--yt-dlp-option", option])
+                         "--yt-dlp-option", option])
     assert result.exit_code == 2 and message in result.output and "hint:" in result.output, result.output
     assert "Traceback" not in result.output
 
 
 def test_yt_dlp_option_contradicting_a_flag_is_refused(tmp_path, ytdlp_home):
     result = run_wtours(["download", "--city", "venice", "--dry-run", "--root", str(tmp_path),
-                                      "--rate-limit", "1M", "--yt-dlp-option", "ratelimit=2M"])
+                         "--rate-limit", "1M", "--yt-dlp-option", "ratelimit=2M"])
     assert result.exit_code == 2 and "contradicts --rate-limit" in result.output
 
 
@@ -289,7 +289,7 @@ def test_a_broken_yt_dlp_config_names_the_file_and_the_way_out(tmp_path, ytdlp_h
 def test_add_records_provenance_and_re_adding_keeps_or_updates_it(small_video, tmp_path):
     base = ["add", str(small_video), "--name", "my-walk", "--root", str(tmp_path), "--mode", "copy"]
     first = run_wtours([*base, "--source-url", "https://example.org/walks/1", "--uploader", "Jane Walker",
-                                "--license", "CC-BY-4.0", "--title", "Old town | dusk"])
+                        "--license", "CC-BY-4.0", "--title", "Old town | dusk"])
     assert first.exit_code == 0, first.output
     source = Layout(tmp_path).read_info("my-walk")["source"]
     assert (source["url"], source["uploader"], source["license"], source["title"]) == (
@@ -309,7 +309,7 @@ def test_add_records_provenance_and_re_adding_keeps_or_updates_it(small_video, t
 ])
 def test_add_refuses_bad_provenance_before_touching_the_root(small_video, tmp_path, option, value):
     result = run_wtours(["add", str(small_video), "--name", "my-walk", "--root", str(tmp_path / "r"),
-                                      option, value])
+                         option, value])
     assert result.exit_code == 2 and option in result.output and "hint:" in result.output, result.output
     assert not (tmp_path / "r").exists()
 
@@ -328,8 +328,8 @@ def test_pushed_card_attributes_an_added_video(small_video, tmp_path, monkeypatc
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     layout = Layout(tmp_path / "root")
     result = run_wtours(["add", str(small_video), "--name", "my-walk", "--root", str(layout.root),
-                                      "--mode", "symlink", "--source-url", "https://example.org/walks/1",
-                                      "--uploader", "Jane Walker", "--license", "CC-BY-4.0"])
+                         "--mode", "symlink", "--source-url", "https://example.org/walks/1",
+                         "--uploader", "Jane Walker", "--license", "CC-BY-4.0"])
     assert result.exit_code == 0, result.output
     shard_video(layout, "my-walk", ShardParams(fps=2.0, short_side=96, samples_per_shard=4),
                 RunOptions(workers=1, progress=False), say=lambda m: None)

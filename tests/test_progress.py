@@ -32,7 +32,7 @@ def progress_lines(output: str) -> list[re.Match]:
 def test_train_prints_a_progress_line_per_log_every(root, tmp_path):
     out = tmp_path / "run"
     result = run_wtours(["train", "--shards", "walk", "--root", str(root), "--out", str(out),
-                                      "--steps", "5", "--log-every", "2", *MICRO])
+                         "--steps", "5", "--log-every", "2", *MICRO])
     assert result.exit_code == 0, result.output
     lines = progress_lines(result.output)
     assert [int(m.group(1)) for m in lines] == [1, 2, 4, 5]  # the first, every 2nd and the last step
@@ -53,7 +53,7 @@ def test_train_prints_a_progress_line_per_log_every(root, tmp_path):
 @pytest.mark.slow
 def test_quiet_silences_the_progress_lines(root, tmp_path):
     result = run_wtours(["train", "--shards", "walk", "--root", str(root), "--out", str(tmp_path / "q"),
-                                      "--steps", "2", "--log-every", "1", "-q", *MICRO])
+                         "--steps", "2", "--log-every", "1", "-q", *MICRO])
     assert result.exit_code == 0, result.output
     assert progress_lines(result.output) == [] and "step" not in result.output
     assert len((tmp_path / "q" / "log.jsonl").read_text().splitlines()) == 2  # log.jsonl is kept

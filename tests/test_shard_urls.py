@@ -142,7 +142,7 @@ def test_a_failing_pipe_command_is_a_bad_shard_and_nothing_of_it_is_served(shard
 def test_tiny_train_run_from_a_pipe_command(shards, tmp_path):
     out = tmp_path / "run"
     result = run_wtours(["train", "--shards", pipe_spec(shards), "--out", str(out), "--steps", "2",
-                                      *MICRO])
+                         *MICRO])
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
     assert json.loads((out / "config.json").read_text())["shards"] == [pipe_spec(shards)]
@@ -281,7 +281,7 @@ def test_streamed_stats_skip_a_replaced_remote_shard(shards, memory, tmp_path):
     fs.pipe(f"{folder}/walk-000001.tar", original.replace(b"walk-", b"wa1k-", 1))
     root = tmp_path / "root"
     result = run_wtours(["stats", "--shards", f"{memory}/index.json", "--root", str(root),
-                                      "--no-classes", "-q"])
+                         "--no-classes", "-q"])
     assert result.exit_code in (0, 3), result.output
     summary = json.loads((root / "stats" / "walk" / "summary.json").read_text())
     skipped = summary["source"]["skipped_shards"]

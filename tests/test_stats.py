@@ -429,7 +429,7 @@ def test_torchvision_backend_loads_cached_weights_and_a_weights_file(torch_home,
     os.replace(torch_home / "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth", weights)
     layout = sharded(tmp_path / "root", small_video, "small")
     result = run_wtours(["stats", "--city", "small", "--root", str(layout.root), "--weights", str(weights),
-                                      "--device", "cpu", "--every", "1.5", "-q"])
+                         "--device", "cpu", "--every", "1.5", "-q"])
     assert result.exit_code == 0, result.output
     summary = json.loads((layout.stats_dir("small") / "summary.json").read_text())
     assert summary["classes"]["detector"] == "fasterrcnn-mobilenet-320"

@@ -81,7 +81,7 @@ def test_grid_layout_and_masks_are_the_trackers(tiny_run, tmp_path):
     root, checkpoint = tiny_run
     out = tmp_path / "viz"
     done = run_wtours(["viz", str(checkpoint), "--shards", "walk", "--root", str(root), "--clips", "2", "--frames", "4",
-                "--stride", "1", "--heads", "2,0", "--out", str(out)])
+                       "--stride", "1", "--heads", "2,0", "--out", str(out)])
     assert done.returncode == 0, done.stderr
     index = json.loads((out / "index.json").read_text())
     assert index["heads"] == [2, 0] and index["objects"] == 2 and index["arch"] == "vit_micro"
@@ -132,7 +132,7 @@ def test_drawn_heads_default_clips_and_errors(tiny_run, tmp_path):
     root, checkpoint = tiny_run
     out = tmp_path / "viz"
     done = run_wtours(["viz", str(checkpoint), "--shards", "walk", "--root", str(root), "--clips", "1", "--frames", "3",
-                "--out", str(out), "--seed", "5"])
+                       "--out", str(out), "--seed", "5"])
     assert done.returncode == 0, done.stderr
     index = json.loads((out / "index.json").read_text())
     drawn = DoRA("vit_micro", out_dim=64, n_local=2).draw_heads(torch.Generator().manual_seed(5)).tolist()
