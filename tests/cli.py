@@ -76,12 +76,6 @@ def start_wtours(args: Sequence[str | Path], env: Mapping[str, str] | None = Non
                             text=True, env=env)
 
 
-def finished(process: subprocess.Popen, timeout: float = PROCESS_DEADLINE_S) -> CliResult:
-    """Wait for a started command and collect how it ended."""
-    stdout, stderr = process.communicate(timeout=timeout)
-    return CliResult(process.returncode, stdout, stderr, crashed=TRACEBACK in stderr)
-
-
 def assert_clean_error(result: CliResult, code: int, phrase: str = "",
                          kind: type[BaseException] | None = None) -> str:
     """Exit status `code`, an `error:` line and its `hint:`, no traceback, and (when given) one short

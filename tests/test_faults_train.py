@@ -24,7 +24,7 @@ import torch
 from tests.cli import CliResult, assert_clean_error, run_wtours, run_wtours_process, start_wtours
 from wtours.cli.train_cmd import config_from_args
 from wtours.config import leaves
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.locks import LOCK_FILE
 from wtours.train.config import TrainConfig
 
@@ -147,7 +147,7 @@ def test_refused_options_create_nothing(root, tmp_path, args, message):
         pytest.skip("this machine has a cuda:7")
     out = tmp_path / "run"
     result = run_wtours(train_args(root, out, "--steps", "1", *args))
-    assert_clean_error(result, 2)
+    assert_clean_error(result, 2, kind=UsageError)
     assert message in result.stderr
     assert not out.exists()
 
