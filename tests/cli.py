@@ -70,10 +70,12 @@ def run_wtours_process(args: Sequence[str | Path], env: Mapping[str, str] | None
     return CliResult(done.returncode, done.stdout, done.stderr, crashed=TRACEBACK in done.stderr)
 
 
-def start_wtours(args: Sequence[str | Path], env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """`python -m wtours ARGS` started, not waited for (pipes for stdout and stderr, text mode)."""
+def start_wtours(args: Sequence[str | Path], env: Mapping[str, str] | None = None,
+                 start_new_session: bool = False) -> subprocess.Popen:
+    """`python -m wtours ARGS` started, not waited for (pipes for stdout and stderr, text mode);
+    `start_new_session`: in a process group of its own, like a terminal's foreground job."""
     return subprocess.Popen([*WTOURS_COMMAND, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, start_new_session=start_new_session)
 
 
 def assert_clean_error(result: CliResult, code: int, phrase: str = "",
