@@ -6,7 +6,7 @@ Makes its own videos from a real photograph (skimage's astronaut, NASA, public d
   - a 30 fps 1280x720 source, the face crossing a lavfi background (the 5x target: authors' route / ours)
   - a 4K60 source: real street footage (common.street_4k60) with the face overlaid (the 2x target: ours / plain)
 
-    python benchmarks/blur_bench.py [--seconds 10] [--seconds-4k 6]
+    python -m benchmarks.blur_bench [--seconds 10] [--seconds-4k 6]
 """
 
 from __future__ import annotations
@@ -22,16 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, cached_video, header, street_4k60  # noqa: E402
-
-from wtours.fetch.local import add_local  # noqa: E402
-from wtours.layout import Layout  # noqa: E402
-from wtours.media import ffmpeg_exe  # noqa: E402
-from wtours.privacy.detect import CenterFace  # noqa: E402
-from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
-from wtours.shard.run import shard_video  # noqa: E402
-from wtours.system import usable_cpus  # noqa: E402
+from benchmarks.common import DATA, cached_video, header, street_4k60
+from wtours.fetch.local import add_local
+from wtours.layout import Layout
+from wtours.media import ffmpeg_exe
+from wtours.privacy.detect import CenterFace
+from wtours.shard.params import RunOptions, ShardParams
+from wtours.shard.run import shard_video
+from wtours.system import usable_cpus
 
 FACE_HEIGHT = 120  # px of Eileen Collins' face (chin to hairline) in the 512x512 astronaut
 

@@ -126,7 +126,7 @@ export PY VIDEO LENGTH WORK
 part "shards" 90 "$OUT/train_bench.txt" bash -c make_shards
 
 # eager bf16, with the authors-style step and the shard-fed step (GPU augmentation path)
-part "train_bench eager" 150 "$OUT/train_bench.txt" $PY benchmarks/train_bench.py --batch-sizes "${SIZES[@]}" \
+part "train_bench eager" 150 "$OUT/train_bench.txt" $PY -m benchmarks.train_bench --batch-sizes "${SIZES[@]}" \
     "${TRAIN[@]}" --shards pattern --root "$WORK/root"
 
 # the GPU augmentation path's device side: nvJPEG decode + batched multi-crop, on batches read beforehand
@@ -171,7 +171,7 @@ PYEOF
 if [[ $SMOKE == 1 ]]; then
     echo "[train_bench compiled] skipped in --cpu-smoke (inductor on a shared CPU)" | tee -a "$OUT/train_bench_compiled.txt"
 else
-    part "train_bench compiled" 200 "$OUT/train_bench_compiled.txt" $PY benchmarks/train_bench.py --compile \
+    part "train_bench compiled" 200 "$OUT/train_bench_compiled.txt" $PY -m benchmarks.train_bench --compile \
         --batch-sizes 32 16 --skip-authors "${TRAIN[@]}"
 fi
 

@@ -20,8 +20,8 @@ clip (the 12 s clip of shard_bench looped to 2 min by stream copy). Measures
   the start and skipping, and the plan's clips read / distinct clips for 8 x 10 and 64 x 8 slots on a
   corpus-shaped set (`--reading-only` runs just this part).
 
-    python benchmarks/loader_bench.py [--batches 12] [--batch-size 8] [--reading-only]
-    python benchmarks/loader_bench.py --baseline HEAD [--repeats 5]
+    python -m benchmarks.loader_bench [--batches 12] [--batch-size 8] [--reading-only]
+    python -m benchmarks.loader_bench --baseline HEAD [--repeats 5]
 """
 
 from __future__ import annotations
@@ -40,16 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# --baseline runs each contender's --probe with this set to a folder holding that revision's wtours/,
-# imported before the working tree's
-TREE_VARIABLE = "WTOURS_BENCH_TREE"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-if os.environ.get(TREE_VARIABLE):
-    sys.path.insert(0, os.environ[TREE_VARIABLE])
-from common import DATA, STREET, cached_video, header, street_4k60  # noqa: E402
-
-from tests.reference_multicrop import multicrop_pil  # noqa: E402
+from benchmarks.common import DATA, REPO, STREET, cached_video, header, street_4k60
+from tests.reference_multicrop import multicrop_pil
 
 # The wtours names each function uses are imported in it: a --probe of an older revision imports only
 # the loader's API.
@@ -215,7 +207,7 @@ def probe_figures(root: Path, batches: int, batch_size: int) -> dict:
 
 
 def export_tree(rev: str, folder: Path) -> Path:
-    """`wtours/` as of git revision `rev`, written under `folder` (a tree to put first on sys.path)."""
+    """`wtours/` as of git revision `rev`, written under `folder` (a probe's working folder: imported first)."""
     repo = Path(__file__).resolve().parents[1]
     archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "wtours"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
@@ -232,9 +224,13 @@ def compare_with_baseline(root: Path, rev: str, repeats: int, batches: int, batc
         trees = {rev: str(export_tree(rev, Path(folder))), "working tree": ""}
         for r in range(repeats):
             for name in names[r % 2:] + names[:r % 2]:
-                env = {**os.environ, TREE_VARIABLE: trees[name]}
-                done = subprocess.run([sys.executable, __file__, "--probe", "--batches", str(batches),
-                                       "--batch-size", str(batch_size)], env=env, capture_output=True, text=True)
+                # `python -m` puts the working folder first on sys.path: a revision's folder holds its wtours/,
+                # PYTHONPATH the repository's benchmarks/ and tests/
+                paths = [str(REPO), os.environ.get("PYTHONPATH", "")]
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+                done = subprocess.run([sys.executable, "-m", __spec__.name, "--probe", "--batches", str(batches),
+                                       "--batch-size", str(batch_size)], env=env, cwd=trees[name] or REPO,
+                                      capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"the probe of {name} failed:\n{done.stderr[-2000:]}")
                 figures = json.loads(done.stdout.strip().splitlines()[-1])

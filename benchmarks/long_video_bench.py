@@ -14,7 +14,7 @@ The loader epoch takes `--clips-per-shard` clips from every shard (shards of `--
 frames, so both videos have whole shards and the epoch's clips scale with the frames); a full epoch
 of a 2-hour video (14,400 clips) would take the CPU path about 8 minutes per core.
 
-    python benchmarks/long_video_bench.py [--short 10] [--long 120] [--size 192x108]
+    python -m benchmarks.long_video_bench [--short 10] [--long 120] [--size 192x108]
 """
 
 from __future__ import annotations
@@ -28,11 +28,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import DATA, header  # noqa: E402
-
-from wtours.media import ffmpeg_exe  # noqa: E402
+from benchmarks.common import DATA, header
+from wtours.media import ffmpeg_exe
 
 FPS = 30
 
@@ -111,7 +108,7 @@ def run_video(video: Path, minutes: float, args, work: Path, log: Path) -> dict[
         "stats": [*cli, "stats", "--city", slug, "--root", str(root), "--no-classes", "--out", str(work / "stats"),
                   "--overwrite", "-q"],
         "inspect": [*cli, "inspect", slug, "--root", str(root), "--clips-per-shard", str(args.clips_per_shard)],
-        "epoch": [sys.executable, __file__, "epoch", "--root", str(root), "--slug", slug,
+        "epoch": [sys.executable, "-m", __spec__.name, "epoch", "--root", str(root), "--slug", slug,
                   "--clips-per-shard", str(args.clips_per_shard), "--workers", str(args.loader_workers)],
     }
     return {name: measure(command, log) for name, command in stages.items()}

@@ -6,7 +6,7 @@ workers = cores on one segment per core. Cutting a short clip into segments cost
 a seek to the keyframe before its start (up to one GOP, 2 s here) that a 500 s segment of a real
 video does not notice; the w1 x cores-segments row shows that cost alone.
 
-    python benchmarks/shard_bench.py [--seconds 12] [--repeats 2]
+    python -m benchmarks.shard_bench [--seconds 12] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -15,20 +15,17 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, street_4k60  # noqa: E402
-
-from wtours.fetch.local import add_local  # noqa: E402
-from wtours.layout import Layout  # noqa: E402
-from wtours.media import ffmpeg_exe, probe  # noqa: E402
-from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
-from wtours.shard.plan import output_size  # noqa: E402
-from wtours.shard.run import shard_video  # noqa: E402
+from benchmarks.common import header, street_4k60
+from wtours.fetch.local import add_local
+from wtours.layout import Layout
+from wtours.media import ffmpeg_exe, probe
+from wtours.shard.params import RunOptions, ShardParams
+from wtours.shard.plan import output_size
+from wtours.shard.run import shard_video
 
 
 def floor_seconds(video: Path, fps: float, size: tuple[int, int]) -> float:

@@ -16,32 +16,29 @@ defaults (2 fps, short side 512: 683x512 JPEGs), about 960 frames. Rows, in fram
 Decoded frames are held in memory (RGB for wtours, BGR for OpenCV; the conversion is not timed).
 Needs the `bench` extra: pip install -e '.[bench]'.
 
-    python benchmarks/stats_bench.py [--repeats 3]
+    python -m benchmarks.stats_bench [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import STREET, cached_video, header  # noqa: E402
-
-from wtours.fetch.local import add_local  # noqa: E402
-from wtours.layout import Layout  # noqa: E402
-from wtours.shard.params import RunOptions, ShardParams  # noqa: E402
-from wtours.shard.run import shard_video  # noqa: E402
-from wtours.stats.frames import ShardSource  # noqa: E402
-from wtours.stats.measure import measure  # noqa: E402
-from wtours.stats.params import StatsConfig, TransitionParams  # noqa: E402
-from wtours.stats.run import stats_video  # noqa: E402
-from wtours.stats.transitions import (  # noqa: E402
+from benchmarks.common import STREET, cached_video, header
+from wtours.fetch.local import add_local
+from wtours.layout import Layout
+from wtours.shard.params import RunOptions, ShardParams
+from wtours.shard.run import shard_video
+from wtours.stats.frames import ShardSource
+from wtours.stats.measure import measure
+from wtours.stats.params import StatsConfig, TransitionParams
+from wtours.stats.run import stats_video
+from wtours.stats.transitions import (
     change_scores,
     detect_cuts,
     detect_scene_changes,

@@ -9,27 +9,22 @@ Synthetic clips (B in --batch-sizes, T=8, 6 local views, the model's default out
 On CUDA the step runs in bf16 autocast (and compiled with --compile); on CPU in fp32. On a CPU the
 defaults are far too large: pass e.g. --arch vit_micro --frames 2 --n-local 2 --out-dim 4096 --batch-sizes 2.
 
-    python benchmarks/train_bench.py --batch-sizes 16 32 [--compile] [--shards venice --root R]
+    python -m benchmarks.train_bench --batch-sizes 16 32 [--compile] [--shards venice --root R]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import header  # noqa: E402
-
-from tests.reference_dora import reference_loss  # noqa: E402
-from wtours.dora import DoRA  # noqa: E402
-from wtours.dora.config import DoRAConfig  # noqa: E402
-from wtours.train.optim import param_groups  # noqa: E402
-from wtours.train.run import StepSettings, train_step  # noqa: E402
+from benchmarks.common import header
+from tests.reference_dora import reference_loss
+from wtours.dora import DoRA
+from wtours.dora.config import DoRAConfig
+from wtours.train.optim import param_groups
+from wtours.train.run import StepSettings, train_step
 
 
 def synthetic(batch: int, frames: int, n_local: int, device: torch.device) -> list[torch.Tensor]:

@@ -1,8 +1,47 @@
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
-from tests.videos import make_video
+# Before torch is imported (here first): on two cores shared with other runs, torch's thread pool as wide
+# as the machine spins against the other processes and small tensor ops get ten times slower. One
+# intra-op thread per test process, and per process it starts, keeps the tests calm; no test is about
+# that pool's width. A value the caller set wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from tests.videos import make_video, sharded_root  # noqa: E402
+
+# The canonical sharded roots: a moving test pattern added as `walk` and sharded at 2 fps, 128 px
+# (tests/videos.sharded_root), by length and samples per shard. Each is built at most once per run.
+CANONICAL_ROOTS = {
+    "walk-20s": (20.0, 10),  # 4 shards of 10 samples
+    "walk-12s": (12.0, 12),  # 2 shards of 12
+    "walk-8s": (8.0, 8),  # 2 shards of 8
+}
+
+
+class CanonicalRoots:
+    """Builds each canonical root on first use and hands out copies, so no test sees another's writes."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.built: dict[str, Path] = {}
+
+    def copy(self, name: str, to: Path) -> Path:
+        """A copy of canonical root `name` at `to` (a folder that does not exist yet); returns `to`."""
+        if name not in self.built:
+            seconds, samples_per_shard = CANONICAL_ROOTS[name]
+            self.built[name] = sharded_root(self.tmp_path_factory.mktemp(name), seconds, samples_per_shard)
+        shutil.copytree(self.built[name], to)  # the video's symlink becomes a copy of the video
+        return to
+
+
+@pytest.fixture(scope="session")
+def canonical_roots(tmp_path_factory) -> CanonicalRoots:
+    return CanonicalRoots(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +25,12 @@ class FileServer:
 
             def log_message(self, *args) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body are separate writes: without this, Nagle's algorithm and the client's
+                # delayed ACK stall every response by ~40 ms (as in tests/hub_server.py).
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_HEAD(self) -> None:
                 self._serve(body=False)

@@ -3,7 +3,7 @@
 Point the client at it with HF_ENDPOINT (read when huggingface_hub is imported) or `endpoint=`.
 It keeps repos, branches, commits and LFS objects in memory and logs every request (never a token).
 
-Routes (what the client calls them for):
+Routes (the ROUTES table below; what the client calls them for):
   POST /api/repos/create                                  create_repo
   POST /api/validate-yaml                                 create_commit, when README.md is committed
   GET  /api/whoami-v2                                     whoami
@@ -31,6 +31,7 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -142,8 +143,7 @@ class HubServer:
         self.faults: list[Fault] = []  # injected by `inject`: checked in order, before routing
         self.stopping = threading.Event()  # set on exit: stalled requests give up
         self.lock = threading.RLock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
-        self.httpd.daemon_threads = True
+        self.httpd = HubHTTPServer(self)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     # ------------------------------------------------------------------ test helpers
@@ -368,274 +368,380 @@ def validate_card(content: str) -> list[str]:
     return errors
 
 
+# ---------------------------------------------------------------------- routes
+
+# Patterns match the request path as sent (still %-quoted); each handler unquotes what it reads.
+API = r"/api/(?P<type>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
+REPO_URL = r"/(?:(?P<type>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)"  # as in the Hub's web URLs
+REVISION = r"(?P<rev>[^/]+)"
+
+
+@dataclass
+class Call:
+    """One request as a route's handler sees it: the hub, the path's match, the body, the caller."""
+
+    hub: HubServer
+    http: HubRequestHandler
+    match: re.Match[str]
+    body: bytes
+    user: str | None
+
+    @property
+    def method(self) -> str:
+        return self.http.command
+
+    def arg(self, name: str) -> str:
+        return unquote(self.match[name] or "")
+
+    def api_repo(self, write: bool = False) -> Repo:
+        """The repo of an /api/{type}s/{ns}/{name}/... path, if the caller may read (or write) it."""
+        repo_id = f"{unquote(self.match['ns'])}/{unquote(self.match['name'])}"
+        return self.hub.repo(TYPES[self.match["type"]], repo_id, self.user, write)
+
+    def url_repo(self) -> tuple[str, str]:
+        """(type, id) of a path like the Hub's web URLs: a model has no type prefix."""
+        repo_type = TYPES[self.match["type"]] if self.match["type"] else "model"
+        return repo_type, f"{self.match['ns']}/{self.match['name']}"
+
+    def json_body(self) -> Any:
+        return json.loads(self.body)
+
+    def reply_json(self, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.http.reply(status, json.dumps(data).encode(), headers=headers)
+
+
+def create_repo(call: Call) -> None:
+    call.reply_json(call.hub.create(call.user, call.json_body()))
+
+
+def validate_yaml(call: Call) -> None:
+    errors = validate_card(call.json_body()["content"])
+    call.reply_json({"errors": [{"message": m} for m in errors], "warnings": []}, 400 if errors else 200)
+
+
+def agent_harnesses(call: Call) -> None:
+    """The client's user-agent telemetry: an empty registry."""
+    call.reply_json({"standardEnvVars": [], "harnesses": {}})
+
+
+def whoami(call: Call) -> None:
+    if call.user is None:
+        raise HubError(401, "Invalid username or password.")
+    call.reply_json({"type": "user", "name": call.user, "orgs": [], "auth": {"type": "access_token"}})
+
+
+def lfs_upload(call: Call) -> None:
+    oid, body = call.match["oid"], call.body
+    if hashlib.sha256(body).hexdigest() != oid or len(body) != int(call.http.query.get("size", len(body))):
+        raise HubError(400, f"the uploaded body does not match LFS object {oid}")
+    with call.hub.lock:
+        call.hub.lfs_objects[oid] = body
+    call.http.reply(200)
+
+
+def lfs_verify(call: Call) -> None:
+    status = 200 if call.json_body()["oid"] in call.hub.lfs_objects else 404
+    call.reply_json({"message": "ok" if status == 200 else "missing"}, status)
+
+
+def no_xet(call: Call) -> None:
+    raise HubError(501, "this local Hub endpoint has no Xet storage: run the client with "
+                        "HF_HUB_DISABLE_XET=1 (LFS uploads then use the plain HTTP protocol)")
+
+
+def repo_info(call: Call) -> None:
+    repo = call.api_repo()
+    oid, tree = call.hub.tree(repo, call.arg("rev") or "main")
+    siblings = [{"rfilename": p, "size": b.size, "blobId": b.oid} for p, b in sorted(tree.items())]
+    call.reply_json({"id": repo.repo_id, "author": repo.repo_id.split("/")[0], "sha": oid, "private": repo.private,
+                     "disabled": False, "gated": False, "tags": [], "siblings": siblings,
+                     "lastModified": "2024-01-01T00:00:00.000Z", "createdAt": "2024-01-01T00:00:00.000Z"})
+
+
+def repo_tree(call: Call) -> None:
+    _, tree = call.hub.tree(call.api_repo(), call.arg("rev"))
+    recursive = call.http.query.get("recursive", "").lower() in ("1", "true")
+    call.http.reply_paged(list_tree(tree, call.arg("path").strip("/"), recursive))
+
+
+def repo_paths_info(call: Call) -> None:
+    _, tree = call.hub.tree(call.api_repo(), call.arg("rev"))
+    call.reply_json(paths_info(tree, parse_qs(call.body.decode()).get("paths", [])))
+
+
+def preupload(call: Call) -> None:
+    repo = call.api_repo(write=True)
+    oid, tree = call.hub.tree(repo, call.arg("rev"))
+    files = []
+    for item in call.json_body()["files"]:
+        mode = call.hub.upload_mode(item["path"], item["size"], base64.b64decode(item["sample"]))
+        existing = tree.get(item["path"])
+        known = None if existing is None else existing.sha256 if mode == "lfs" else existing.oid
+        files.append({"path": item["path"], "uploadMode": mode, "shouldIgnore": False, "oid": known})
+    call.reply_json({"files": files, "commitOid": oid})
+
+
+def commit(call: Call) -> None:
+    repo = call.api_repo(write=True)
+    lines = [json.loads(line) for line in call.body.decode().splitlines() if line.strip()]
+    call.reply_json(call.hub.apply_commit(repo, call.arg("rev"), lines))
+
+
+def create_branch(call: Call) -> None:
+    repo, branch = call.api_repo(write=True), call.arg("branch")
+    with call.hub.lock:
+        if branch in repo.branches:
+            raise HubError(409, f"Reference already exists: {branch}")
+        start = (call.json_body() if call.body else {}).get("startingPoint") or "main"
+        oid, _ = call.hub.tree(repo, start)
+        repo.branches[branch] = oid
+    call.reply_json({"ok": True})
+
+
+def no_api_route(call: Call) -> None:
+    raise HubError(404, f"no API route for {call.method} {call.match['rest'] or ''}")
+
+
+def lfs_batch(call: Call) -> None:
+    request = call.json_body()
+    repo_type, repo_id = call.url_repo()
+    hub = call.hub
+    hub.repo(repo_type, repo_id, call.user, write=request.get("operation") == "upload")
+    objects = []
+    for obj in request["objects"]:
+        item = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+        if obj["oid"] not in hub.lfs_objects:  # an object already stored needs no upload (resume)
+            item["actions"] = {"upload": {"href": f"{hub.url}/lfs-upload/{obj['oid']}?size={obj['size']}"},
+                               "verify": {"href": f"{hub.url}/lfs-verify"}}
+        objects.append(item)
+    call.http.reply(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
+                    content_type="application/vnd.git-lfs+json")
+
+
+def byte_range(spec: str | None, size: int) -> tuple[int, int, int]:
+    """(start, end inclusive, status) of a `Range: bytes=...` request for `size` bytes (its first range)."""
+    if not (spec and spec.startswith("bytes=")):
+        return 0, size - 1, 200
+    first, _, last = spec[6:].split(",")[0].partition("-")
+    start = int(first) if first else max(0, size - int(last))
+    end = min(int(last), size - 1) if first and last else size - 1
+    if start >= size and size:
+        raise HubError(416, "Range Not Satisfiable")
+    return start, end, 206
+
+
+def resolve(call: Call) -> None:
+    hub, (repo_type, repo_id) = call.hub, call.url_repo()
+    revision, path = call.arg("rev"), call.arg("path")
+    repo = hub.repo(repo_type, repo_id, call.user)
+    with hub.lock:
+        oid, tree = hub.tree(repo, revision)
+        blob = tree.get(path)
+        if blob is None:
+            raise HubError(404, "Entry not found", "EntryNotFound")
+        data = hub._content(blob)
+        cut = hub.cuts.pop((repo_id, path), None) if call.method == "GET" else None
+    start, end, status = byte_range(call.http.headers.get("Range"), len(data))
+    headers = {"ETag": f'"{blob.sha256 or blob.oid}"', "X-Repo-Commit": oid, "Accept-Ranges": "bytes"}
+    if blob.sha256:
+        headers.update({"X-Linked-Etag": f'"{blob.sha256}"', "X-Linked-Size": str(blob.size)})
+    if status == 206:
+        headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+    body = data[start:end + 1]
+    if cut is None:
+        return call.http.reply(status, body, content_type="application/octet-stream", headers=headers)
+    call.http.reply_cut(status, body, headers, cut)
+    with hub.lock:  # the file vanishes while the client streams it
+        _, tree = hub.tree(repo, revision)
+        repo.commit(revision, {p: b for p, b in tree.items() if p != path}, f"delete {path}", [path])
+    call.http.drop_connection()
+
+
+def no_route(call: Call) -> None:
+    raise HubError(404, f"no route for {call.method} {call.match[0]}")
+
+
+@dataclass(frozen=True)
+class Route:
+    methods: frozenset[str] | None  # None: any method
+    pattern: re.Pattern[str]
+    handle: Callable[[Call], None]
+
+
+def route(methods: str, pattern: str, handle: Callable[[Call], None]) -> Route:
+    """`methods`: space-separated, or "*" for any."""
+    return Route(None if methods == "*" else frozenset(methods.split()), re.compile(pattern), handle)
+
+
+# First match wins: an /api/{type}s/... path no API route takes is answered by no_api_route.
+ROUTES = [
+    route("POST", r"/api/repos/create", create_repo),
+    route("POST", r"/api/validate-yaml", validate_yaml),
+    route("*", r"/api/agent-harnesses", agent_harnesses),
+    route("*", r"/api/whoami-v2", whoami),
+    route("PUT", r"/lfs-upload/(?P<oid>[^/]+)", lfs_upload),
+    route("POST", r"/lfs-verify", lfs_verify),
+    route("*", API + r"/xet-.*", no_xet),
+    route("GET", API + r"(?:/revision/" + REVISION + r")?/?", repo_info),
+    route("GET", API + r"/tree/" + REVISION + r"(?:/(?P<path>.*))?", repo_tree),
+    route("POST", API + r"/paths-info/" + REVISION, repo_paths_info),
+    route("POST", API + r"/preupload/" + REVISION, preupload),
+    route("POST", API + r"/commit/" + REVISION, commit),
+    route("POST", API + r"/branch/(?P<branch>.+)", create_branch),
+    route("*", API + r"(?P<rest>/.*)?", no_api_route),
+    route("POST", REPO_URL + r"\.git/info/lfs/objects/batch", lfs_batch),
+    route("GET HEAD", REPO_URL + r"/resolve/" + REVISION + r"/(?P<path>.+)", resolve),
+    route("*", r".*", no_route),
+]
+
+
+def find_route(method: str, path: str) -> tuple[Route, re.Match[str]]:
+    for candidate in ROUTES:
+        if candidate.methods is None or method in candidate.methods:
+            if match := candidate.pattern.fullmatch(path):
+                return candidate, match
+    raise AssertionError("no_route matches every path")
+
+
 # ---------------------------------------------------------------------- HTTP
 
 
-def _handler_class(hub: HubServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class HubHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
 
-        def log_message(self, *args) -> None:
-            pass
+    def __init__(self, hub: HubServer) -> None:
+        super().__init__(("127.0.0.1", 0), HubRequestHandler)
+        self.hub = hub
 
-        def setup(self) -> None:
-            super().setup()
-            # Headers and body are separate writes: without this, Nagle's algorithm and the client's
-            # delayed ACK stall every response by ~40 ms.
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        def do_GET(self) -> None:
-            self._dispatch()
+class HubRequestHandler(BaseHTTPRequestHandler):
+    """HTTP plumbing: records the request, applies injected faults, authenticates, hands the request
+    to its route (ROUTES) and answers a HubError the way the Hub does."""
 
-        def do_HEAD(self) -> None:
-            self._dispatch()
+    protocol_version = "HTTP/1.1"
+    server: HubHTTPServer
 
-        def do_POST(self) -> None:
-            self._dispatch()
+    def log_message(self, *args) -> None:
+        pass
 
-        def do_PUT(self) -> None:
-            self._dispatch()
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body are separate writes: without this, Nagle's algorithm and the client's
+        # delayed ACK stall every response by ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        # ---------------------------------------------------------- plumbing
+    def do_GET(self) -> None:
+        self.dispatch()
 
-        def _dispatch(self) -> None:
-            split = urlsplit(self.path)
-            self.record = {"method": self.command, "path": unquote(split.path), "range": self.headers.get("Range"),
-                           "user": None, "status": None}
-            hub.requests.append(self.record)
-            self.query = {k: v[-1] for k, v in parse_qs(split.query).items()}
-            try:
-                body = self._read_body()
-                if (fault := hub._fault_for(self.command, unquote(split.path))) is not None:
-                    return self._inject(fault)
-                self.user = self._authenticate()
-                self.record["user"] = self.user
-                self._route(split.path, body)
-            except HubError as e:
-                payload = json.dumps({"error": e.message, **e.extra}).encode()
-                headers = {"X-Error-Message": e.message, **({"X-Error-Code": e.code} if e.code else {})}
-                self._reply(e.status, payload, headers=headers)
+    def do_HEAD(self) -> None:
+        self.dispatch()
 
-        def _inject(self, fault: Fault) -> None:
-            self.record["fault"] = fault.fault if not isinstance(fault.fault, bytes) else "body"
-            if fault.fault == "stall":
-                hub.stopping.wait(STALL_SECONDS)
-                self.close_connection = True
-                return
-            if isinstance(fault.fault, bytes):
-                return self._reply(200, fault.fault)
-            status = int(fault.fault)
-            headers = {"X-Error-Message": f"injected fault: HTTP {status}"}
-            if status == 429 or status >= 500:
-                headers["Retry-After"] = "0"
-            self._reply(status, json.dumps({"error": f"injected fault: HTTP {status}"}).encode(), headers=headers)
+    def do_POST(self) -> None:
+        self.dispatch()
 
-        def _read_body(self) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                chunks = []
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                            pass
-                        return b"".join(chunks)
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+    def do_PUT(self) -> None:
+        self.dispatch()
 
-        def _authenticate(self) -> str | None:
-            header = self.headers.get("Authorization")
-            if not header:
-                return None
-            token = header.split(" ", 1)[1].strip() if header.lower().startswith("bearer ") else ""
-            if token not in hub.tokens:
-                raise HubError(401, "Invalid credentials in Authorization header")
-            return hub.tokens[token]
+    def dispatch(self) -> None:
+        hub = self.server.hub
+        split = urlsplit(self.path)
+        self.record: dict[str, Any] = {"method": self.command, "path": unquote(split.path),
+                                       "range": self.headers.get("Range"), "user": None, "status": None}
+        hub.requests.append(self.record)
+        self.query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        try:
+            body = self.read_body()
+            if (fault := hub._fault_for(self.command, unquote(split.path))) is not None:
+                return self.inject(fault)
+            user = self.authenticate()
+            self.record["user"] = user
+            found, match = find_route(self.command, split.path)
+            found.handle(Call(hub, self, match, body, user))
+        except HubError as e:
+            payload = json.dumps({"error": e.message, **e.extra}).encode()
+            headers = {"X-Error-Message": e.message, **({"X-Error-Code": e.code} if e.code else {})}
+            self.reply(e.status, payload, headers=headers)
 
-        def _reply(self, status: int, body: bytes = b"", content_type: str = "application/json",
-                   headers: dict[str, str] | None = None) -> None:
-            self.record["status"] = status
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _json(self, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
-            self._reply(status, json.dumps(data).encode(), headers=headers)
-
-        # ---------------------------------------------------------- routes
-
-        def _route(self, path: str, body: bytes) -> None:
-            if path == "/api/repos/create" and self.command == "POST":
-                return self._json(hub.create(self.user, json.loads(body)))
-            if path == "/api/validate-yaml" and self.command == "POST":
-                errors = validate_card(json.loads(body)["content"])
-                return self._json({"errors": [{"message": m} for m in errors], "warnings": []}, 400 if errors else 200)
-            if path == "/api/agent-harnesses":  # the client's user-agent telemetry: an empty registry
-                return self._json({"standardEnvVars": [], "harnesses": {}})
-            if path == "/api/whoami-v2":
-                if self.user is None:
-                    raise HubError(401, "Invalid username or password.")
-                return self._json({"type": "user", "name": self.user, "orgs": [], "auth": {"type": "access_token"}})
-            if path.startswith("/lfs-upload/") and self.command == "PUT":
-                return self._lfs_put(path.rsplit("/", 1)[1], body)
-            if path == "/lfs-verify" and self.command == "POST":
-                request = json.loads(body)
-                status = 200 if request["oid"] in hub.lfs_objects else 404
-                return self._json({"message": "ok" if status == 200 else "missing"}, status)
-            if match := API_REPO.match(path):
-                return self._api(TYPES[match["type"]], f"{unquote(match['ns'])}/{unquote(match['name'])}",
-                                 match["rest"] or "", body)
-            if (match := LFS_BATCH.match(path)) and self.command == "POST":
-                repo_type = TYPES[match["type"]] if match["type"] else "model"
-                return self._lfs_batch(repo_type, f"{match['ns']}/{match['name']}", json.loads(body))
-            if (match := RESOLVE.match(path)) and self.command in ("GET", "HEAD"):
-                repo_type = TYPES[match["type"]] if match["type"] else "model"
-                return self._resolve(repo_type, f"{match['ns']}/{match['name']}", unquote(match["rev"]),
-                                     unquote(match["path"]))
-            raise HubError(404, f"no route for {self.command} {path}")
-
-        def _api(self, repo_type: str, repo_id: str, rest: str, body: bytes) -> None:
-            parts = rest.split("/")[1:] if rest else []
-            action = parts[0] if parts else ""
-            if action.startswith("xet-"):
-                raise HubError(501, "this local Hub endpoint has no Xet storage: run the client with "
-                                    "HF_HUB_DISABLE_XET=1 (LFS uploads then use the plain HTTP protocol)")
-            if action in ("", "revision") and self.command == "GET":
-                revision = unquote(parts[1]) if action == "revision" else "main"
-                return self._info(repo_type, repo_id, revision)
-            if action == "tree" and self.command == "GET":
-                repo = hub.repo(repo_type, repo_id, self.user)
-                _, tree = hub.tree(repo, unquote(parts[1]))
-                folder = unquote("/".join(parts[2:])).strip("/")
-                return self._paged(list_tree(tree, folder, self.query.get("recursive", "").lower() in ("1", "true")))
-            if action == "paths-info" and self.command == "POST":
-                repo = hub.repo(repo_type, repo_id, self.user)
-                _, tree = hub.tree(repo, unquote(parts[1]))
-                form = parse_qs(body.decode())
-                return self._json(paths_info(tree, form.get("paths", [])))
-            if action == "preupload" and self.command == "POST":
-                repo = hub.repo(repo_type, repo_id, self.user, write=True)
-                _, tree = hub.tree(repo, unquote(parts[1]))
-                files = []
-                for item in json.loads(body)["files"]:
-                    mode = hub.upload_mode(item["path"], item["size"], base64.b64decode(item["sample"]))
-                    existing = tree.get(item["path"])
-                    oid = None if existing is None else existing.sha256 if mode == "lfs" else existing.oid
-                    files.append({"path": item["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
-                return self._json({"files": files, "commitOid": hub.tree(repo, unquote(parts[1]))[0]})
-            if action == "commit" and self.command == "POST":
-                repo = hub.repo(repo_type, repo_id, self.user, write=True)
-                lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-                return self._json(hub.apply_commit(repo, unquote(parts[1]), lines))
-            if action == "branch" and self.command == "POST":
-                repo = hub.repo(repo_type, repo_id, self.user, write=True)
-                branch = unquote("/".join(parts[1:]))
-                with hub.lock:
-                    if branch in repo.branches:
-                        raise HubError(409, f"Reference already exists: {branch}")
-                    start = (json.loads(body) if body else {}).get("startingPoint") or "main"
-                    oid, tree = hub.tree(repo, start)
-                    repo.branches[branch] = oid
-                return self._json({"ok": True})
-            raise HubError(404, f"no API route for {self.command} {rest}")
-
-        def _info(self, repo_type: str, repo_id: str, revision: str) -> None:
-            repo = hub.repo(repo_type, repo_id, self.user)
-            oid, tree = hub.tree(repo, revision)
-            siblings = [{"rfilename": p, "size": b.size, "blobId": b.oid} for p, b in sorted(tree.items())]
-            self._json({"id": repo_id, "author": repo_id.split("/")[0], "sha": oid, "private": repo.private,
-                        "disabled": False, "gated": False, "tags": [], "siblings": siblings,
-                        "lastModified": "2024-01-01T00:00:00.000Z", "createdAt": "2024-01-01T00:00:00.000Z"})
-
-        def _paged(self, items: list[dict[str, Any]]) -> None:
-            start = int(self.query.get("cursor", 0))
-            page = items[start:start + hub.page_size]
-            headers = {}
-            if start + hub.page_size < len(items):
-                query = {**self.query, "cursor": str(start + hub.page_size)}
-                params = "&".join(f"{k}={quote(v)}" for k, v in query.items())
-                next_url = f"{hub.url}{urlsplit(self.path).path}?{params}"
-                headers["Link"] = f'<{next_url}>; rel="next"'
-            self._json(page, headers=headers)
-
-        def _lfs_batch(self, repo_type: str, repo_id: str, request: dict[str, Any]) -> None:
-            hub.repo(repo_type, repo_id, self.user, write=request.get("operation") == "upload")
-            objects = []
-            for obj in request["objects"]:
-                item = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
-                if obj["oid"] not in hub.lfs_objects:  # an object already stored needs no upload (resume)
-                    item["actions"] = {"upload": {"href": f"{hub.url}/lfs-upload/{obj['oid']}?size={obj['size']}"},
-                                       "verify": {"href": f"{hub.url}/lfs-verify"}}
-                objects.append(item)
-            self._reply(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
-                        content_type="application/vnd.git-lfs+json")
-
-        def _lfs_put(self, oid: str, body: bytes) -> None:
-            if hashlib.sha256(body).hexdigest() != oid or len(body) != int(self.query.get("size", len(body))):
-                raise HubError(400, f"the uploaded body does not match LFS object {oid}")
-            with hub.lock:
-                hub.lfs_objects[oid] = body
-            self._reply(200)
-
-        def _resolve(self, repo_type: str, repo_id: str, revision: str, path: str) -> None:
-            repo = hub.repo(repo_type, repo_id, self.user)
-            with hub.lock:
-                oid, tree = hub.tree(repo, revision)
-                blob = tree.get(path)
-                if blob is None:
-                    raise HubError(404, "Entry not found", "EntryNotFound")
-                data = hub._content(blob)
-                cut = hub.cuts.pop((repo_id, path), None) if self.command == "GET" else None
-            start, end, status = 0, len(data) - 1, 200
-            spec = self.headers.get("Range")
-            if spec and spec.startswith("bytes="):
-                first, _, last = spec[6:].split(",")[0].partition("-")
-                start = int(first) if first else max(0, len(data) - int(last))
-                end = min(int(last), len(data) - 1) if first and last else len(data) - 1
-                if start >= len(data) and data:
-                    self.record["status"] = 416
-                    raise HubError(416, "Range Not Satisfiable")
-                status = 206
-            headers = {"ETag": f'"{blob.sha256 or blob.oid}"', "X-Repo-Commit": oid, "Accept-Ranges": "bytes"}
-            if blob.sha256:
-                headers.update({"X-Linked-Etag": f'"{blob.sha256}"', "X-Linked-Size": str(blob.size)})
-            if status == 206:
-                headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            body = data[start:end + 1]
-            if cut is None:
-                return self._reply(status, body, content_type="application/octet-stream", headers=headers)
-            self._reply_cut(status, body, headers, cut, repo, revision, path)
-
-        def _reply_cut(self, status: int, body: bytes, headers: dict[str, str], cut: int, repo: Repo,
-                       revision: str, path: str) -> None:
-            """Announce the whole body, send `cut` bytes, remove the file from the repo, drop the connection."""
-            self.record["status"] = status
-            self.record["cut"] = cut
-            self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body[:cut])
-            self.wfile.flush()
-            with hub.lock:
-                _, tree = hub.tree(repo, revision)
-                tree = {p: b for p, b in tree.items() if p != path}
-                repo.commit(revision, tree, f"delete {path}", [path])
+    def inject(self, fault: Fault) -> None:
+        self.record["fault"] = fault.fault if not isinstance(fault.fault, bytes) else "body"
+        if fault.fault == "stall":
+            self.server.hub.stopping.wait(STALL_SECONDS)
             self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            return
+        if isinstance(fault.fault, bytes):
+            return self.reply(200, fault.fault)
+        status = int(fault.fault)
+        headers = {"X-Error-Message": f"injected fault: HTTP {status}"}
+        if status == 429 or status >= 500:
+            headers["Retry-After"] = "0"
+        self.reply(status, json.dumps({"error": f"injected fault: HTTP {status}"}).encode(), headers=headers)
 
-    return Handler
+    def read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def authenticate(self) -> str | None:
+        header = self.headers.get("Authorization")
+        if not header:
+            return None
+        tokens = self.server.hub.tokens
+        token = header.split(" ", 1)[1].strip() if header.lower().startswith("bearer ") else ""
+        if token not in tokens:
+            raise HubError(401, "Invalid credentials in Authorization header")
+        return tokens[token]
+
+    def reply(self, status: int, body: bytes = b"", content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.record["status"] = status
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def reply_paged(self, items: list[dict[str, Any]]) -> None:
+        """One page of `items`, with a Link header to the next page as the Hub's listings have."""
+        page_size = self.server.hub.page_size
+        start = int(self.query.get("cursor", 0))
+        headers = {}
+        if start + page_size < len(items):
+            query = {**self.query, "cursor": str(start + page_size)}
+            params = "&".join(f"{k}={quote(v)}" for k, v in query.items())
+            headers["Link"] = f'<{self.server.hub.url}{urlsplit(self.path).path}?{params}>; rel="next"'
+        self.reply(200, json.dumps(items[start:start + page_size]).encode(), headers=headers)
+
+    def reply_cut(self, status: int, body: bytes, headers: dict[str, str], cut: int) -> None:
+        """Announce the whole body but send only its first `cut` bytes."""
+        self.record["status"] = status
+        self.record["cut"] = cut
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body[:cut])
+        self.wfile.flush()
+
+    def drop_connection(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":  # manual use: python tests/hub_server.py [TOKEN USER]

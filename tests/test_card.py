@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
+from tests.cli import run_wtours
 from tests.hub_server import HubServer
 from tests.test_hub import TOKEN, env_for, wtours
 from tests.videos import index_json, make_video
 from wtours.citation import ARXIV_ID, ARXIV_URL, BIBTEX
-from wtours.cli.main import cli
 from wtours.errors import UsageError, WtoursError
 from wtours.fetch.local import add_local
 from wtours.hub import source as provenance
@@ -84,8 +83,8 @@ def card_videos(root: Path) -> list[CardVideo]:
 
 
 def run_card(root: Path, out: Path, *extra: str):
-    return CliRunner().invoke(cli, ["card", "--city", "venice", "--city", "my-walk", "--repo", "alice/mixed",
-                                    "--root", str(root), "--out", str(out), *extra])
+    return run_wtours(["card", "--city", "venice", "--city", "my-walk", "--repo", "alice/mixed",
+                       "--root", str(root), "--out", str(out), *extra])
 
 
 # ---------------------------------------------------------------------- wtours card
@@ -170,7 +169,7 @@ def test_card_replaces_only_a_card_of_ours_unless_told(root, tmp_path):
     ["--repo", "alice/walks", "--revision", "-rf"]])
 def test_card_refuses_hostile_repo_and_revision_names(root, tmp_path, args):
     out = tmp_path / "README.md"
-    result = CliRunner().invoke(cli, ["card", "--city", "venice", "--root", str(root), "--out", str(out), *args])
+    result = run_wtours(["card", "--city", "venice", "--root", str(root), "--out", str(out), *args])
     assert result.exit_code == UsageError.exit_code, result.output
     assert "is not a Hub repository name" in result.output or "is not a branch, tag or commit" in result.output
     assert not out.exists()

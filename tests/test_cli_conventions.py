@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
+from tests.cli import assert_clean_error, run_wtours, run_wtours_process
 from wtours.cli.main import cli
-from wtours.errors import EXIT_CODES, EXIT_FAILURE, EXIT_USAGE
+from wtours.errors import EXIT_CODES, EXIT_FAILURE, EXIT_USAGE, UsageError, WtoursError
 
-WTOURS = [sys.executable, "-m", "wtours"]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
@@ -39,7 +37,7 @@ def test_every_command_and_option_has_help():
 
 def test_help_lists_the_exit_statuses_and_the_docs_agree():
     """EXIT_CODES is the one table: --help and docs/cli.md print it as it is; troubleshooting.md has each status."""
-    text = CliRunner().invoke(cli, ["--help"]).output
+    text = run_wtours(["--help"]).output
     reference = (DOCS / "cli.md").read_text()
     table = (DOCS / "troubleshooting.md").read_text()
     for code, meaning in EXIT_CODES:
@@ -50,12 +48,9 @@ def test_help_lists_the_exit_statuses_and_the_docs_agree():
     assert [int(c) for c in documented] == [code for code, _ in EXIT_CODES], "docs/cli.md lists other statuses"
 
 
-def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*WTOURS, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
-
-
 def test_a_bad_option_is_a_usage_error(tmp_path):
-    result = run("list", "--root", str(tmp_path), "--no-such-option")
+    """In a process of its own: the exit status reaches the shell through `python -m wtours`."""
+    result = run_wtours_process(["list", "--root", str(tmp_path), "--no-such-option"])
     assert result.returncode == EXIT_USAGE and "No such option" in result.stderr
 
 
@@ -69,38 +64,35 @@ def test_a_bad_option_is_a_usage_error(tmp_path):
                                   ["train", "--shards", "walk", "--out", "run", "--out-dim", "0"],
                                   ["train", "--shards", "walk", "--out", "run", "--set", "model.loss.teacher_temp=0"]])
 def test_a_bad_name_or_value_is_a_usage_error(tmp_path, args):
-    result = run(*args, "--root", str(tmp_path))
-    assert result.returncode == EXIT_USAGE, result.stderr
-    assert "error:" in result.stderr and "hint:" in result.stderr and "Traceback" not in result.stderr
+    result = run_wtours([*args, "--root", str(tmp_path)])
+    assert_clean_error(result, EXIT_USAGE, kind=UsageError)
 
 
 def test_a_runtime_failure_is_not_a_usage_error(tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00not a video\x00" * 400)
-    result = run("add", str(junk), "--name", "junk", "--root", str(tmp_path / "root"))
-    assert result.returncode == EXIT_FAILURE, result.stderr
-    assert "error:" in result.stderr and "hint:" in result.stderr and "Traceback" not in result.stderr
+    result = run_wtours(["add", str(junk), "--name", "junk", "--root", str(tmp_path / "root")])
+    assert_clean_error(result, EXIT_FAILURE, kind=WtoursError)
+    assert not issubclass(result.error, UsageError)
 
 
 @pytest.mark.parametrize("url", ["s3://bucket/walks", "hf://datasets/alice/walks", "http://example.org/root",
                                  "gs://bucket"])
 def test_root_refuses_a_url(tmp_path, url):
-    result = run("list", "--root", url, cwd=tmp_path)
-    assert result.returncode == EXIT_USAGE and "is a URL; the data root is a local folder" in result.stderr
-    assert "wtours pull" in result.stderr
+    result = run_wtours(["list", "--root", url], cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE
+    assert "is a URL" in result.stderr and "wtours pull" in result.stderr
     assert list(tmp_path.iterdir()) == []  # no folder named "s3:" (or anything) was made
 
 
 def test_root_from_the_environment_refuses_a_url(tmp_path):
-    import os
-
-    result = run("list", cwd=tmp_path, env={**os.environ, "WTOURS_ROOT": "s3://bucket/walks"})
+    result = run_wtours(["list"], cwd=tmp_path, env={**os.environ, "WTOURS_ROOT": "s3://bucket/walks"})
     assert result.returncode == EXIT_USAGE and "$WTOURS_ROOT" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_local_root_named_like_a_scheme_is_still_a_folder(tmp_path):
-    result = run("list", "--root", str(tmp_path / "s3-mirror"))
+    result = run_wtours(["list", "--root", str(tmp_path / "s3-mirror")])
     assert result.returncode == 0, result.stderr
 
 
@@ -108,15 +100,14 @@ def test_a_local_root_named_like_a_scheme_is_still_a_folder(tmp_path):
 def test_train_refuses_a_url_for_its_root_and_run_folder(tmp_path, option):
     """`wtours train` declares --root and --out through its config: the same refusal, before any folder."""
     args = {"--root": str(tmp_path / "root"), "--out": str(tmp_path / "run"), option: "s3://bucket/walks"}
-    result = run("train", "--shards", "walk", *[w for pair in args.items() for w in pair], cwd=tmp_path)
-    assert result.returncode == EXIT_USAGE, result.stderr
-    assert f"{option} 's3://bucket/walks' is a URL" in result.stderr and "hint:" in result.stderr
+    result = run_wtours(["train", "--shards", "walk", *[w for pair in args.items() for w in pair]], cwd=tmp_path)
+    assert_clean_error(result, EXIT_USAGE, f"{option} 's3://bucket/walks' is a URL")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_demo_refuses_a_url_for_its_root(tmp_path):
-    result = run("demo", "--root", "hf://datasets/alice/walks", cwd=tmp_path)
-    assert result.returncode == EXIT_USAGE and "is a URL; the data root is a local folder" in result.stderr
+    result = run_wtours(["demo", "--root", "hf://datasets/alice/walks"], cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE and "is a URL" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -146,13 +137,13 @@ def out_of_range(kind: click.IntRange | click.FloatRange) -> list[str]:
 
 def invoke(path: tuple[str, ...], *args: str):
     """The command in this process, as a user would type it (Click's parsing, WtoursGroup's error handling)."""
-    return CliRunner().invoke(cli, [*path[1:], *args])
+    return run_wtours([*path[1:], *args])
 
 
 def assert_usage_error(result, option: str) -> None:
     assert result.exit_code == EXIT_USAGE, (result.exit_code, result.output)
     assert option in result.output, result.output
-    assert "Traceback" not in result.output and isinstance(result.exception, (SystemExit, type(None))), result.output
+    assert "Traceback" not in result.output and not result.crashed, result.output
     assert "error:" in result.output and "hint:" in result.output, result.output  # one style for every bad value
 
 

@@ -18,10 +18,11 @@ from wtours.models import create_vit
 from wtours.models.vit import cls_attention
 
 
-def crops(b=2, t=3, n=3, seed=0):
+def crops(b=2, t=3, n=3, seed=0, size=224):
+    """A clip batch: one global view of size x size and `n` local views of half that, (b, t, 3, H, W) each."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(b, t, 3, 224, 224, generator=g)] + [torch.randn(b, t, 3, 112, 112, generator=g)
-                                                           for _ in range(n)]
+    return [torch.randn(b, t, 3, size, size, generator=g)] + [torch.randn(b, t, 3, size // 2, size // 2, generator=g)
+                                                             for _ in range(n)]
 
 
 def test_sinkhorn_plan_sums():
@@ -189,7 +190,8 @@ def test_the_model_takes_its_loss_temperatures_from_its_config():
     model = DoRA(config)
     model.load_state_dict(base.state_dict())  # the same weights, only the loss settings differ
     assert model.config == config and model.loss.config == config.loss
-    batch, heads = crops(), torch.tensor([2, 0, 1])
+    # small views: what is checked is where the temperatures come from, not the model at full size
+    batch, heads = crops(b=1, t=2, size=96), torch.tensor([2, 0, 1])
     with torch.no_grad():
         for epoch, temp in ((1, 0.06), (5, 0.07)):  # in the warm-up, then after it
             ours = model.compute_loss(batch, heads=heads, epoch=epoch)

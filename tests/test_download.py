@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from tests.cli import run_wtours, run_wtours_process
 from tests.http_server import FileServer
 from tests.videos import make_video
-from wtours.cli.main import cli
 from wtours.errors import WtoursError
 from wtours.fetch.download import DownloadConfig, _check_disk, _explain
 from wtours.layout import Layout, read_json
@@ -43,7 +42,7 @@ def test_dry_run_prints_id_and_target_without_network(tmp_path, monkeypatch):
         raise AssertionError("dry run touched the network")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    result = CliRunner().invoke(cli, ["download", "--city", "venice", "--dry-run", "--root", str(tmp_path)])
+    result = run_wtours(["download", "--city", "venice", "--dry-run", "--root", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "fGX0Te6pFvk" in result.output
     assert str(tmp_path / "videos" / "venice") in result.output
@@ -51,16 +50,14 @@ def test_dry_run_prints_id_and_target_without_network(tmp_path, monkeypatch):
 
 
 def test_typo_lists_valid_slugs_and_suggests(tmp_path):
-    result = subprocess.run([*WTOURS, "download", "--city", "veniсe", "--dry-run", "--root", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = run_wtours(["download", "--city", "veniсe", "--dry-run", "--root", str(tmp_path)])
     assert result.returncode != 0
     assert "did you mean 'venice'" in result.stderr and "zurich" in result.stderr
 
 
 @pytest.mark.parametrize("args", [["--city", "../etc"], ["--url", "http://127.0.0.1:1/x.mp4", "--name", "../etc"]])
 def test_path_names_are_rejected(tmp_path, args):
-    result = subprocess.run([*WTOURS, "download", *args, "--dry-run", "--root", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = run_wtours(["download", *args, "--dry-run", "--root", str(tmp_path)])
     assert result.returncode == 2
     assert "not a valid video name" in result.stderr
 
@@ -110,8 +107,8 @@ def test_bad_body_is_never_recorded_complete(served, tmp_path, body):
     (folder / "walk.mp4").write_bytes(b"\x00not a video\x00" * 5000 if body == "garbage" else data[: len(data) // 2])
     root = tmp_path / "root"
     with FileServer(folder) as server:
-        result = subprocess.run([*WTOURS, "download", "--url", server.url("walk.mp4"), "--name", "bad", "--root",
-                                 str(root), "-q"], capture_output=True, text=True)
+        result = run_wtours_process(["download", "--url", server.url("walk.mp4"), "--name", "bad", "--root", str(root),
+                                     "-q"])
     assert result.returncode == 1, result.stderr  # a damaged input: a runtime failure, not a usage error
     assert "error:" in result.stderr and "hint:" in result.stderr
     folder_out = root / "videos" / "bad"
@@ -124,21 +121,19 @@ def test_unreachable_network_says_so(tmp_path):
     with socket.socket() as s:  # a port with nobody listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = subprocess.run([*WTOURS, "download", "--url", f"http://127.0.0.1:{port}/walk.mp4", "--name", "x",
-                             "--retries", "1", "--root", str(tmp_path), "-q"],
-                            capture_output=True, text=True, timeout=120)
+    result = run_wtours(["download", "--url", f"http://127.0.0.1:{port}/walk.mp4", "--name", "x", "--retries", "1",
+                         "--root", str(tmp_path), "-q"])
     assert result.returncode == 1
     assert "network failure" in result.stderr and "resumes" in result.stderr
 
 
 def test_add_then_list_shows_probe(small_video, tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(cli, ["add", str(small_video), "--name", "mywalk", "--root", str(tmp_path)])
+    result = run_wtours(["add", str(small_video), "--name", "mywalk", "--root", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    listed = runner.invoke(cli, ["list", "--root", str(tmp_path)])
+    listed = run_wtours(["list", "--root", str(tmp_path)])
     line = next(line for line in listed.output.splitlines() if line.startswith("mywalk"))
     assert "0:00:03" in line and "320x240@30" in line
-    rows = json.loads(runner.invoke(cli, ["list", "--root", str(tmp_path), "--json"]).output)
+    rows = json.loads(run_wtours(["list", "--root", str(tmp_path), "--json"]).output)
     row = next(r for r in rows if r["slug"] == "mywalk")
     assert row["downloaded"] and row["duration"] == pytest.approx(3.0, abs=0.05) and row["width"] == 320
 
@@ -146,13 +141,13 @@ def test_add_then_list_shows_probe(small_video, tmp_path):
 def test_add_rejects_a_non_video(tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(os.urandom(5000))
-    result = CliRunner().invoke(cli, ["add", str(junk), "--name", "junk", "--root", str(tmp_path / "r")])
+    result = run_wtours(["add", str(junk), "--name", "junk", "--root", str(tmp_path / "r")])
     assert result.exit_code == 1 and "not a readable video" in result.output
     assert not (tmp_path / "r" / "videos" / "junk" / "info.json").exists()
 
 
 def test_add_corpus_video_keeps_manifest_provenance(small_video, tmp_path):
-    CliRunner().invoke(cli, ["add", str(small_video), "--name", "venice", "--root", str(tmp_path), "--mode", "copy"])
+    run_wtours(["add", str(small_video), "--name", "venice", "--root", str(tmp_path), "--mode", "copy"])
     info = read_json(Layout(tmp_path).info_path("venice"))
     assert info["source"]["id"] == "fGX0Te6pFvk" and info["source"]["license"] == "CC-BY"
     assert info["city"] == "Venice" and info["sha256"] == sha256(small_video)
@@ -244,9 +239,9 @@ def test_yt_dlp_option_wins_and_the_config_can_be_ignored(served, tmp_path, ytdl
 
 
 def test_dry_run_json_shows_the_yt_dlp_settings(tmp_path, ytdlp_home):
-    result = CliRunner().invoke(cli, ["download", "--city", "venice", "--dry-run", "--json", "--root", str(tmp_path),
-                                      "--yt-dlp-option", "proxy=socks5://alice:s3cret@127.0.0.1:1080",
-                                      "--yt-dlp-option", 'http_headers={"Authorization": "Bearer tok"}'])
+    result = run_wtours(["download", "--city", "venice", "--dry-run", "--json", "--root", str(tmp_path),
+                         "--yt-dlp-option", "proxy=socks5://alice:s3cret@127.0.0.1:1080",
+                         "--yt-dlp-option", 'http_headers={"Authorization": "Bearer tok"}'])
     assert result.exit_code == 0, result.output
     settings = json.loads(result.output)[0]["yt_dlp"]
     assert settings["config_files"] == [str(ytdlp_home)]
@@ -267,41 +262,40 @@ def test_dry_run_json_shows_the_yt_dlp_settings(tmp_path, ytdlp_home):
     ("noise", "is not KEY=VALUE"),
 ])
 def test_bad_yt_dlp_options_are_usage_errors(tmp_path, ytdlp_home, option, message):
-    result = CliRunner().invoke(cli, ["download", "--city", "venice", "--dry-run", "--root", str(tmp_path),
-                                      "--yt-dlp-option", option])
+    result = run_wtours(["download", "--city", "venice", "--dry-run", "--root", str(tmp_path),
+                         "--yt-dlp-option", option])
     assert result.exit_code == 2 and message in result.output and "hint:" in result.output, result.output
     assert "Traceback" not in result.output
 
 
 def test_yt_dlp_option_contradicting_a_flag_is_refused(tmp_path, ytdlp_home):
-    result = CliRunner().invoke(cli, ["download", "--city", "venice", "--dry-run", "--root", str(tmp_path),
-                                      "--rate-limit", "1M", "--yt-dlp-option", "ratelimit=2M"])
+    result = run_wtours(["download", "--city", "venice", "--dry-run", "--root", str(tmp_path),
+                         "--rate-limit", "1M", "--yt-dlp-option", "ratelimit=2M"])
     assert result.exit_code == 2 and "contradicts --rate-limit" in result.output
 
 
 def test_a_broken_yt_dlp_config_names_the_file_and_the_way_out(tmp_path, ytdlp_home):
     ytdlp_home.write_text("--no-such-yt-dlp-flag\n")
     args = ["download", "--city", "venice", "--dry-run", "--root", str(tmp_path)]
-    result = CliRunner().invoke(cli, args)
+    result = run_wtours(args)
     assert result.exit_code == 2, result.output
     assert str(ytdlp_home) in result.output and "no such option" in result.output
     assert "--ignore-yt-dlp-config" in result.output
-    assert CliRunner().invoke(cli, [*args, "--ignore-yt-dlp-config"]).exit_code == 0
+    assert run_wtours([*args, "--ignore-yt-dlp-config"]).exit_code == 0
 
 
 # ---------------------------------------------------------------- provenance of added videos
 
 
 def test_add_records_provenance_and_re_adding_keeps_or_updates_it(small_video, tmp_path):
-    runner = CliRunner()
     base = ["add", str(small_video), "--name", "my-walk", "--root", str(tmp_path), "--mode", "copy"]
-    first = runner.invoke(cli, [*base, "--source-url", "https://example.org/walks/1", "--uploader", "Jane Walker",
-                                "--license", "CC-BY-4.0", "--title", "Old town | dusk"])
+    first = run_wtours([*base, "--source-url", "https://example.org/walks/1", "--uploader", "Jane Walker",
+                        "--license", "CC-BY-4.0", "--title", "Old town | dusk"])
     assert first.exit_code == 0, first.output
     source = read_json(Layout(tmp_path).info_path("my-walk"))["source"]
     assert (source["url"], source["uploader"], source["license"], source["title"]) == (
         "https://example.org/walks/1", "Jane Walker", "CC-BY-4.0", "Old town | dusk")
-    again = runner.invoke(cli, [*base, "--license", "CC-BY-SA-4.0"])  # the same file: no --force needed
+    again = run_wtours([*base, "--license", "CC-BY-SA-4.0"])  # the same file: no --force needed
     assert again.exit_code == 0, again.output
     assert "keeping the recorded title, uploader, url" in again.output
     source = read_json(Layout(tmp_path).info_path("my-walk"))["source"]
@@ -315,8 +309,8 @@ def test_add_records_provenance_and_re_adding_keeps_or_updates_it(small_video, t
     ("--uploader", "Jane\nWalker"), ("--license", "x" * 101), ("--license", "  "),
 ])
 def test_add_refuses_bad_provenance_before_touching_the_root(small_video, tmp_path, option, value):
-    result = CliRunner().invoke(cli, ["add", str(small_video), "--name", "my-walk", "--root", str(tmp_path / "r"),
-                                      option, value])
+    result = run_wtours(["add", str(small_video), "--name", "my-walk", "--root", str(tmp_path / "r"),
+                         option, value])
     assert result.exit_code == 2 and option in result.output and "hint:" in result.output, result.output
     assert not (tmp_path / "r").exists()
 
@@ -334,9 +328,9 @@ def test_pushed_card_attributes_an_added_video(small_video, tmp_path, monkeypatc
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     layout = Layout(tmp_path / "root")
-    result = CliRunner().invoke(cli, ["add", str(small_video), "--name", "my-walk", "--root", str(layout.root),
-                                      "--mode", "symlink", "--source-url", "https://example.org/walks/1",
-                                      "--uploader", "Jane Walker", "--license", "CC-BY-4.0"])
+    result = run_wtours(["add", str(small_video), "--name", "my-walk", "--root", str(layout.root),
+                         "--mode", "symlink", "--source-url", "https://example.org/walks/1",
+                         "--uploader", "Jane Walker", "--license", "CC-BY-4.0"])
     assert result.exit_code == 0, result.output
     shard_video(layout, "my-walk", ShardParams(fps=2.0, short_side=96, samples_per_shard=4),
                 RunOptions(workers=1, progress=False), say=lambda m: None)

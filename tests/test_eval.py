@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from tests.test_viz import make_walk_root, train_tiny
-from wtours.cli.main import cli
+from tests.cli import run_wtours
+from tests.test_viz import train_tiny
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.errors import WtoursError
 from wtours.eval.data import labelled_pair
@@ -67,8 +66,8 @@ def all_digits(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def wtours(*args: str):
-    """The real CLI, in this process (Click's runner): exit code, stdout, stderr."""
-    result = CliRunner().invoke(cli, list(args))
+    """The CLI in this process (tests/cli.py), as this module's asserts unpack it: exit code, stdout, stderr."""
+    result = run_wtours(list(args))
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -127,11 +126,11 @@ def independent_features(backbone_file: Path, folder: Path) -> tuple[np.ndarray,
 
 
 @pytest.mark.slow
-def test_trained_tiny_model_monitored_and_evaluated(digits, tmp_path):
+def test_trained_tiny_model_monitored_and_evaluated(digits, canonical_roots, tmp_path):
     """A real DoRA run with --knn-* logs k-NN lines; `wtours eval knn` on its checkpoint gives the top-1 of
     timm features + the numpy vote, and the same number for the exported and the authors' layouts."""
     train_dir, val_dir = digits
-    root = make_walk_root(tmp_path)
+    root = canonical_roots.copy("walk-12s", tmp_path / "root")
     out = tmp_path / "run"
     done = train_tiny(root, out, "--steps", "3", "--knn-train", str(train_dir), "--knn-val", str(val_dir),
                       "--knn-every", "2")

@@ -7,16 +7,13 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
-from wtours.cli.main import cli
+from tests.cli import run_wtours, run_wtours_process
 from wtours.cli.train_cmd import config_from_args
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.dora.config import DoRAConfig
@@ -33,7 +30,8 @@ HF_SHARDS = "hf://datasets/alice/walks/venice/venice-{000000..000003}.tar"
 
 
 def wtours(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
+    """The CLI in this process (tests/cli.py), as this module's asserts unpack it: exit code, stdout, stderr."""
+    result = run_wtours(list(args))
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -209,23 +207,19 @@ def test_resume_takes_the_model_from_the_run_and_refuses_explicit_other_shapes(t
 
 
 @pytest.mark.slow
-def test_a_real_run_resumes_without_its_model_options_and_exports_to_timm(tmp_path_factory):
-    from tests.videos import sharded_root
-
+def test_a_real_run_resumes_without_its_model_options_and_exports_to_timm(canonical_roots, tmp_path_factory):
     folder = tmp_path_factory.mktemp("resume-export")
-    root = sharded_root(folder, seconds=10.0, samples_per_shard=10)
+    root = canonical_roots.copy("walk-20s", folder / "root")
     out = folder / "run"
-    common = [sys.executable, "-m", "wtours", "train", "--shards", "walk", "--root", str(root), "--out", str(out),
-              "--batch-size", "2", "--clip-frames", "2", "--workers", "0", "--log-every", "1"]
+    common = ["train", "--shards", "walk", "--root", str(root), "--out", str(out), "--batch-size", "2", "--clip-frames",
+              "2", "--workers", "0", "--log-every", "1"]
     model = ["--arch", "vit_micro", "--out-dim", "64", "--n-local", "2"]
-    first = subprocess.run([*common, *model, "--steps", "1"], capture_output=True, text=True, timeout=300)
+    first = run_wtours_process([*common, *model, "--steps", "1"])
     assert first.returncode == 0, first.stderr
-    second = subprocess.run([*common, "--steps", "2", "--resume", "--reschedule"], capture_output=True, text=True,
-                            timeout=300)
+    second = run_wtours_process([*common, "--steps", "2", "--resume", "--reschedule"])
     assert second.returncode == 0, second.stderr
     assert "at step 1" in second.stdout
-    other = subprocess.run([*common, "--steps", "2", "--resume", "--arch", "vit_tiny"], capture_output=True,
-                           text=True, timeout=300)
+    other = run_wtours_process([*common, "--steps", "2", "--resume", "--arch", "vit_tiny"])
     assert other.returncode == 2 and "--arch vit_micro -> vit_tiny" in other.stderr
     export = folder / "encoder"
     assert wtours("export", str(out / "checkpoint.pth"), "--out", str(export))[0] == 0

@@ -12,12 +12,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.cli import CliResult, assert_clean_error
+from tests.cli import run_wtours_process as wtours  # faults injected for real: in processes
+from tests.cli import start_wtours as start
 from tests.http_server import FileServer
 from tests.videos import make_truncated_video, make_video
 from wtours.fetch.local import add_local
@@ -35,24 +37,10 @@ SHARD_ARGS = ["--fps", "2", "--short-side", "128", "--quality", "90", "--samples
 # ------------------------------------------------------------------ helpers
 
 
-def wtours(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wtours", *args], capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
-
-
-def start(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "wtours", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def assert_clean_failure(result, *phrases: str, code: int | None = None) -> str:
-    """Non-zero, `error:` and `hint:` lines, no traceback; returns stderr."""
-    out, err = result.stdout, result.stderr
-    assert result.returncode != 0, out + err
-    if code is not None:
-        assert result.returncode == code, out + err
-    assert "Traceback" not in out + err, err
-    assert "error: " in err and "hint: " in err, err
+def assert_clean_failure(result: CliResult, *phrases: str, code: int | None = None) -> str:
+    """Non-zero (`code` when given), `error:` and `hint:` lines, no traceback; returns stderr."""
+    assert result.returncode != 0, result.output
+    err = assert_clean_error(result, result.returncode if code is None else code)
     for phrase in phrases:
         assert phrase in err, f"{phrase!r} not in: {err}"
     return err
@@ -98,7 +86,7 @@ def proc_state(pid: int) -> str:
         return "gone"
 
 
-def wait_for_lock(folder: Path, pid: int, process: subprocess.Popen, timeout: float = 60) -> None:
+def wait_for_lock(folder: Path, pid: int, process: subprocess.Popen, timeout: float = 600) -> None:
     """Until `pid` holds the folder's lock (its record is in the lock file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -202,7 +190,7 @@ def test_a_second_shard_run_names_the_holder_and_a_killed_runs_lock_frees_the_fo
         err = assert_clean_failure(second, "in use by", f"pid {first.pid}", code=1)
         assert "shard folder of walk" in err
         os.kill(first.pid, signal.SIGKILL)  # kill -9 while holding the lock
-        first.wait(timeout=30)
+        first.wait(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
@@ -228,7 +216,7 @@ def test_a_second_stats_run_names_the_holder_and_a_killed_runs_lock_frees_the_fo
         second = wtours(args)
         assert_clean_failure(second, "in use by", f"pid {first.pid}", "stats folder of walk", code=1)
         os.kill(first.pid, signal.SIGKILL)
-        first.wait(timeout=30)
+        first.wait(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
@@ -405,13 +393,13 @@ def test_a_killed_ffmpeg_child_is_not_recorded_as_damage_and_the_rerun_resumes(v
                     killed = child
                 os.kill(process.pid, signal.SIGCONT)
                 break
-        out, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
     assert killed is not None, "no ffmpeg child was caught running"
-    result = subprocess.CompletedProcess(args, process.returncode, out, err)
+    result = CliResult(process.returncode, out, err)
     assert_clean_failure(result, "ffmpeg was killed by SIGKILL", "not a fault of the video", "rerun", code=1)
     assert "download it again" not in err.lower()
     assert not layout.index_path(SLUG).exists()
@@ -461,12 +449,12 @@ def test_ctrl_c_during_shard_exits_130_and_the_rerun_is_byte_identical(videos, r
             assert process.poll() is None, process.communicate()
             time.sleep(0.005)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: python and its ffmpeg children
-        out, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    result = subprocess.CompletedProcess(args, process.returncode, out, err)
+    result = CliResult(process.returncode, out, err)
     assert_clean_failure(result, "interrupted", "rerun", code=130)
     assert not layout.index_path(SLUG).exists(), "the run finished before the interrupt: make the video longer"
     assert not temporaries(layout.root)

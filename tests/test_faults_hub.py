@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import CliResult, assert_clean_error, run_wtours, run_wtours_process
 from tests.hub_server import HubServer
 from tests.videos import index_json, sharded_root
+from wtours.errors import EXIT_FAILURE, UsageError, WtoursError
 from wtours.hub.client import HubTarget
 from wtours.hub.push import PushConfig, push
 from wtours.layout import Layout
@@ -63,20 +65,19 @@ def env_for_endpoint(endpoint: str, home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def wtours(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "wtours", *args], env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    assert TOKEN not in result.stdout + result.stderr, "the token was printed"
+def wtours(args: list[str], env: dict[str, str]) -> CliResult:
+    """`wtours ARGS` in a process: huggingface_hub reads HF_ENDPOINT when it is imported."""
+    result = run_wtours_process(args, env=env)
+    assert TOKEN not in result.output, "the token was printed"
     return result
 
 
-def assert_clean_failure(result: subprocess.CompletedProcess, *phrases: str) -> None:
-    assert result.returncode == 1, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "hint: " in result.stderr, result.stderr
+def assert_clean_failure(result: CliResult, *phrases: str) -> None:
+    """Exit 1 with one `error:` line and its hint, naming each phrase."""
+    stderr = assert_clean_error(result, EXIT_FAILURE)
+    assert len([line for line in stderr.splitlines() if line.startswith("error: ")]) == 1, stderr
     for phrase in phrases:
-        assert phrase in result.stderr, (phrase, result.stderr)
+        assert phrase in stderr, (phrase, stderr)
 
 
 def new_repo() -> str:
@@ -139,7 +140,7 @@ def test_a_commit_always_answered_429_fails_clearly(root, hub, tmp_path):
 def test_a_stalled_commit_times_out_naming_the_endpoint_and_the_rerun_resumes(root, hub, tmp_path):
     repo, env = new_repo(), env_for(hub, tmp_path)
     hub.inject("POST", "/commit/", "stall", times=1)
-    first = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env, timeout=60)
+    first = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env)
     assert_clean_failure(first, hub.url, "did not answer within 1 s", "WTOURS_HUB_TIMEOUT")
     second = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env)
     assert second.returncode == 0, second.stderr
@@ -196,7 +197,7 @@ def test_a_stalled_listing_is_retried_after_the_timeout_warning_once(root, hub, 
     repo = pushed_repo(root, hub)
     fault = hub.inject("GET", f"/api/datasets/{repo}/tree/", "stall", times=1)
     copy = tmp_path / "copy"
-    result = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env_for(hub, tmp_path), timeout=60)
+    result = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env_for(hub, tmp_path))
     assert result.returncode == 0, result.stderr
     # one line says that the client retries (wtours.hfclient); the client's own retry messages only with -v
     assert fault.hits == 1 and result.stderr.count(RETRYING) == 1, result.stderr
@@ -212,7 +213,7 @@ def test_a_server_that_stops_answering_fails_pull_naming_the_endpoint(root, hub,
     env = env_for(hub, tmp_path)
     hub.inject("GET", f"/api/datasets/{repo}/tree/", "stall")
     copy = tmp_path / "copy"
-    first = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env, timeout=90)
+    first = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env)
     assert_clean_failure(first, hub.url, "did not answer within 1 s", "WTOURS_HUB_TIMEOUT")
     hub.clear_faults()
     second = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env)
@@ -395,16 +396,6 @@ def test_hostile_names_from_listings_are_refused():
 # ---------------------------------------------------------------------- eval and viz: bad inputs
 
 
-def cli_run(*args: str):
-    """The real CLI in this process (Click's runner): exit code, stdout, stderr, uncaught exception."""
-    from click.testing import CliRunner
-
-    from wtours.cli.main import cli
-
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.stdout, result.stderr, result.exception
-
-
 def image_folders(folder: Path) -> tuple[Path, Path]:
     import numpy as np
     from PIL import Image
@@ -438,11 +429,10 @@ def test_knn_skips_counts_and_names_images_that_do_not_decode(tmp_path, micro_ba
     whole = (val / "b" / "0.png").read_bytes()
     (val / "b" / "cut.png").write_bytes(whole[: len(whole) // 2])  # truncated
     out = tmp_path / "knn.json"
-    code, stdout, stderr, error = cli_run("eval", "knn", str(micro_backbone), "--train", str(train), "--val",
-                                          str(val), "--workers", "0", "--device", "cpu", "--k", "3",
-                                          "--out", str(out))
-    assert code == 0 and error is None, (stderr, error)
-    assert "2 images that do not decode skipped" in stdout
+    result = run_wtours(["eval", "knn", str(micro_backbone), "--train", str(train), "--val", str(val), "--workers",
+                         "0", "--device", "cpu", "--k", "3", "--out", str(out)])
+    assert result.returncode == 0 and result.error is None, result
+    assert "2 images that do not decode skipped" in result.stdout
     named = " ".join(r.getMessage() for r in caplog.records)
     assert "empty.png" in named and "cut.png" in named
     result = json.loads(out.read_text())
@@ -451,10 +441,10 @@ def test_knn_skips_counts_and_names_images_that_do_not_decode(tmp_path, micro_ba
 
     for path in list(val.rglob("*.png")):
         path.write_bytes(b"not an image")
-    code, _, stderr, error = cli_run("eval", "knn", str(micro_backbone), "--train", str(train), "--val", str(val),
-                                     "--workers", "0", "--device", "cpu", "--out", str(out))
-    assert code == 1 and isinstance(error, SystemExit), (stderr, error)
-    assert "none of the 5 images" in stderr and str(val) in stderr and "hint:" in stderr
+    result = run_wtours(["eval", "knn", str(micro_backbone), "--train", str(train), "--val", str(val), "--workers",
+                         "0", "--device", "cpu", "--out", str(out)])
+    stderr = assert_clean_error(result, 1, "none of the 5 images", kind=WtoursError)
+    assert str(val) in stderr
 
 
 @pytest.mark.parametrize("content", [[1, 2, 3], {"teacher": [1, 2]}, {"weights": "text"}, "a string"])
@@ -464,23 +454,20 @@ def test_a_checkpoint_that_is_not_a_dict_of_weights_is_named(tmp_path, content):
     train, val = image_folders(tmp_path / "images")
     path = tmp_path / "odd.pth"
     torch.save(content, path)
-    code, _, stderr, error = cli_run("eval", "knn", str(path), "--train", str(train), "--val", str(val),
-                                     "--workers", "0", "--device", "cpu")
-    assert code == 1 and isinstance(error, SystemExit), (stderr, error)
-    assert str(path) in stderr and "hint:" in stderr
-    code, _, stderr, error = cli_run("viz", str(path), "--shards", "venice", "--root", str(tmp_path),
-                                     "--out", str(tmp_path / "viz"), "--device", "cpu")
-    assert code == 1 and isinstance(error, SystemExit), (stderr, error)
-    assert str(path) in stderr and "hint:" in stderr
+    result = run_wtours(["eval", "knn", str(path), "--train", str(train), "--val", str(val), "--workers", "0",
+                         "--device", "cpu"])
+    assert_clean_error(result, 1, str(path), kind=WtoursError)
+    result = run_wtours(["viz", str(path), "--shards", "venice", "--root", str(tmp_path), "--out",
+                         str(tmp_path / "viz"), "--device", "cpu"])
+    assert_clean_error(result, 1, str(path), kind=WtoursError)
 
 
 def test_viz_out_under_a_file_fails_before_any_work(tmp_path, micro_backbone):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("a file")
-    code, _, stderr, error = cli_run("viz", str(micro_backbone), "--shards", "venice", "--root", str(tmp_path),
-                                     "--out", str(blocker / "viz"), "--device", "cpu")
-    assert code == 2 and isinstance(error, SystemExit), (stderr, error)
-    assert f"{blocker} is a file, not a folder" in stderr and "hint:" in stderr
+    result = run_wtours(["viz", str(micro_backbone), "--shards", "venice", "--root", str(tmp_path), "--out",
+                         str(blocker / "viz"), "--device", "cpu"])
+    assert_clean_error(result, 2, "is a file, not a folder", kind=UsageError)
     assert blocker.read_text() == "a file"
 
 
@@ -488,9 +475,7 @@ def test_viz_out_under_a_file_fails_before_any_work(tmp_path, micro_backbone):
                                  "hf://datasets/a/b@/v/index.json", "hf://datasets/a/b/../v/index.json",
                                  "hf://datasets/a/b/v/v-{000000..000001.tar"])
 def test_malformed_hf_urls_are_refused_before_the_network(url):
-    code, _, stderr, error = cli_run("inspect", url)
-    assert code == 2 and isinstance(error, SystemExit), (stderr, error)
-    assert "error: " in stderr and "hint:" in stderr and url in stderr
+    assert_clean_error(run_wtours(["inspect", url]), 2, url, kind=UsageError)
 
 
 def test_a_replaced_shard_served_over_http_is_skipped_and_named(root, tmp_path, caplog):

@@ -10,8 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from tests.cli import run_wtours
 from wtours import media
 from wtours.cli.main import cli
 from wtours.errors import WtoursError
@@ -69,12 +69,11 @@ def test_root_from_environment(monkeypatch, tmp_path):
 
 
 def test_every_command_has_help_with_examples():
-    runner = CliRunner()
-    top = runner.invoke(cli, ["--help"])
+    top = run_wtours(["--help"])
     assert top.exit_code == 0
     for name in cli.commands:
         assert name in top.output
-        result = runner.invoke(cli, [name, "--help"])
+        result = run_wtours([name, "--help"])
         assert result.exit_code == 0, name
         assert "Examples:" in result.output or "Example:" in result.output, name
 
@@ -135,6 +134,6 @@ def test_wheel_ships_cli_and_manifest(tmp_path):
 
 
 def test_list_json_shows_manifest(tmp_path):
-    result = CliRunner().invoke(cli, ["list", "--root", str(tmp_path), "--json"])
+    result = run_wtours(["list", "--root", str(tmp_path), "--json"])
     rows = json.loads(result.output)
     assert [r["slug"] for r in rows][:2] == ["amsterdam", "bangkok"] and len(rows) == 10

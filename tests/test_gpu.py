@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.videos import sharded_root
 from wtours.clips import augment as A
 from wtours.clips.augment_cpu import decode_clip, multicrop_cpu
 from wtours.clips.epoch import ClipConfig
@@ -27,8 +26,8 @@ CLIP = ClipConfig(frames=4, stride=1.0)
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return sharded_root(tmp_path_factory.mktemp("gpu"), seconds=12.0, samples_per_shard=12)
+def root(canonical_roots, tmp_path_factory):
+    return canonical_roots.copy("walk-12s", tmp_path_factory.mktemp("gpu") / "root")
 
 
 def crops(b: int = 2, t: int = 2, n: int = 2, seed: int = 0) -> list[torch.Tensor]:

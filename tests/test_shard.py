@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
+from tests.cli import run_wtours
 from tests.videos import index_json, make_truncated_video, make_video, make_video_with_black_tail, run_ffmpeg
-from wtours.cli.main import cli
 from wtours.errors import IncompleteError, WtoursError
 from wtours.fetch.local import add_local
 from wtours.layout import TEMPORARY_GLOB, Layout
@@ -237,7 +236,7 @@ def test_output_size_keeps_aspect_and_never_upscales():
 
 
 def test_missing_video_is_a_clear_error(tmp_path):
-    result = CliRunner().invoke(cli, ["shard", "--city", "venice", "--root", str(tmp_path)])
+    result = run_wtours(["shard", "--city", "venice", "--root", str(tmp_path)])
     assert result.exit_code == 1 and "wtours download --city venice" in result.output
 
 

@@ -11,10 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from tests.videos import sharded_root
-from wtours.cli.main import cli
+from tests.cli import run_wtours
 from wtours.clips.augment import MultiCropConfig
 from wtours.clips.epoch import ClipConfig, ShardRead
 from wtours.clips.pipeline import ClipDataset, LoaderConfig, make_loader
@@ -29,9 +27,9 @@ MICRO = ["--arch", "vit_micro", "--out-dim", "64", "--batch-size", "2", "--clip-
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
+def shards(canonical_roots, tmp_path_factory) -> Path:
     """A folder with index.json and walk-000000.tar, walk-000001.tar (8 samples each, offsets recorded)."""
-    root = sharded_root(tmp_path_factory.mktemp("urls"), seconds=8.0, samples_per_shard=8)
+    root = canonical_roots.copy("walk-8s", tmp_path_factory.mktemp("urls") / "root")
     return root / "shards" / "walk"
 
 
@@ -77,12 +75,11 @@ def test_pipe_and_fsspec_specs_resolve_like_the_folder(shards, memory):
 
 def test_inspect_reads_pipe_and_file_specs_without_running_them(shards, tmp_path):
     marker = tmp_path / "ran"
-    runner = CliRunner()
-    base = json.loads(runner.invoke(cli, ["inspect", str(shards), "--clip-frames", "2", "--json"]).output)
+    base = json.loads(run_wtours(["inspect", str(shards), "--clip-frames", "2", "--json"]).output)
     # inspect needs only the index: the command (which would leave a marker) is never run
     spec = f"pipe:touch {marker} && cat {shards}/walk-{{000000..000001}}.tar"
     for source in (spec, f"file://{shards}/walk-*.tar"):
-        result = runner.invoke(cli, ["inspect", source, "--clip-frames", "2", "--json"])
+        result = run_wtours(["inspect", source, "--clip-frames", "2", "--json"])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output) == base
     assert not marker.exists()
@@ -144,8 +141,8 @@ def test_a_failing_pipe_command_is_a_bad_shard_and_nothing_of_it_is_served(shard
 @pytest.mark.slow
 def test_tiny_train_run_from_a_pipe_command(shards, tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--shards", pipe_spec(shards), "--out", str(out), "--steps", "2",
-                                      *MICRO])
+    result = run_wtours(["train", "--shards", pipe_spec(shards), "--out", str(out), "--steps", "2",
+                         *MICRO])
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
     assert json.loads((out / "config.json").read_text())["shards"] == [pipe_spec(shards)]
@@ -159,7 +156,7 @@ def test_a_missing_fsspec_backend_is_named(scheme, package, tmp_path):
     out = tmp_path / "run"
     for args in (["inspect", f"{scheme}://bucket/walk/walk-{{000000..000001}}.tar"],
                  ["train", "--shards", f"{scheme}://bucket/walk/index.json", "--out", str(out), *MICRO]):
-        result = CliRunner().invoke(cli, args)
+        result = run_wtours(args)
         assert result.exit_code == 1, result.output
         assert f"{scheme}:// URLs need the {package} package" in result.output
         assert f"pip install {package}" in result.output and "Traceback" not in result.output
@@ -231,7 +228,7 @@ def test_closing_a_pipe_early_stops_the_whole_command(shards):
     assert stream.read(512)
     group = stream.process.pid  # type: ignore[attr-defined]
     stream.close()
-    assert time.monotonic() - began < 5
+    assert time.monotonic() - began < 30  # not the command's 60 s: it was stopped
 
     def group_alive() -> bool:
         try:
@@ -240,13 +237,13 @@ def test_closing_a_pipe_early_stops_the_whole_command(shards):
             return False
         return True
 
-    while group_alive() and time.monotonic() - began < 5:  # the orphans' reaping may take a moment
+    while group_alive() and time.monotonic() - began < 30:  # the orphans' reaping may take a moment
         time.sleep(0.05)
     assert not group_alive()  # sleep and cat, in the command's process group, are gone
 
 
 def test_a_bad_pipe_spec_is_a_usage_error_on_the_command_line():
-    result = CliRunner().invoke(cli, ["inspect", "pipe:echo hello"])
+    result = run_wtours(["inspect", "pipe:echo hello"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "error: SPEC 'pipe:echo hello': the command names no .tar file" in result.output
     assert "hint: " in result.output
@@ -266,7 +263,7 @@ def test_a_range_past_the_last_shard_names_where_the_set_ends(shards, memory):
     pipe:, saying where the set ends (not blaming the index, not silently serving fewer shards)."""
     past = "walk-{000000..000009}.tar"
     for spec in (f"{shards}/{past}", f"file://{shards}/{past}", f"{memory}/{past}", f"pipe:cat {shards}/{past}"):
-        result = CliRunner().invoke(cli, ["inspect", spec])
+        result = run_wtours(["inspect", spec])
         assert result.exit_code == 2 and "Traceback" not in result.output, (spec, result.output)
         assert "past the last shard of walk (2 shards: walk-000000.tar..walk-000001.tar)" in result.output, spec
         assert "hint: end the range at 000001" in result.output, spec
@@ -283,8 +280,8 @@ def test_streamed_stats_skip_a_replaced_remote_shard(shards, memory, tmp_path):
     original = fs.cat(f"{folder}/walk-000001.tar")
     fs.pipe(f"{folder}/walk-000001.tar", original.replace(b"walk-", b"wa1k-", 1))
     root = tmp_path / "root"
-    result = CliRunner().invoke(cli, ["stats", "--shards", f"{memory}/index.json", "--root", str(root),
-                                      "--no-classes", "-q"])
+    result = run_wtours(["stats", "--shards", f"{memory}/index.json", "--root", str(root),
+                         "--no-classes", "-q"])
     assert result.exit_code in (0, 3), result.output
     summary = json.loads((root / "stats" / "walk" / "summary.json").read_text())
     skipped = summary["source"]["skipped_shards"]

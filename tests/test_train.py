@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
-from tests.videos import sharded_root
-from wtours.cli.main import cli
+from tests.cli import run_wtours
+from tests.cli import run_wtours_process as run  # the end-to-end runs: real processes
 from wtours.cli.train_cmd import config_from_args
 from wtours.config import leaves
 from wtours.dora import DoRA
@@ -34,12 +33,8 @@ TINY = ["--arch", "vit_tiny", "--out-dim", "512", "--batch-size", "2", "--clip-f
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return sharded_root(tmp_path_factory.mktemp("train"), seconds=20.0, samples_per_shard=10)
-
-
-def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*WTOURS, *args], capture_output=True, text=True, timeout=600, **kwargs)
+def root(canonical_roots, tmp_path_factory) -> Path:
+    return canonical_roots.copy("walk-20s", tmp_path_factory.mktemp("train") / "root")
 
 
 def read_log(out: Path) -> list[dict]:
@@ -376,12 +371,12 @@ def test_unknown_or_ill_typed_settings_are_clear_errors(args, message, hint):
 def test_a_bad_config_file_is_a_clear_cli_error(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("shards: [walk]\nout: runs/x\nmodel:\n  loss:\n    teacher_temperature: 0.07\n")
-    result = CliRunner().invoke(cli, ["train", "--config", str(path)])
+    result = run_wtours(["train", "--config", str(path)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"error: unknown setting 'teacher_temperature' in --config {path}" in result.output
     assert "hint: did you mean 'teacher_temp'" in result.output
     path.write_text("shards: [walk]\nout: runs/x\nmin_lr: [1]\n")
-    result = CliRunner().invoke(cli, ["train", "--config", str(path)])
+    result = run_wtours(["train", "--config", str(path)])
     assert "error: min_lr: [1] is not a number" in result.output
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from tests.videos import sharded_root
+from tests.cli import CliResult, run_wtours
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.clips.epoch import ClipConfig, clip_starts
 from wtours.clips.spec import resolve
@@ -22,31 +20,24 @@ from wtours.dora import DoRA
 from wtours.models.vit import cls_attention
 from wtours.viz.run import pick_starts
 
-WTOURS = [sys.executable, "-m", "wtours"]
 TINY = ["--arch", "vit_micro", "--out-dim", "64", "--batch-size", "2", "--clip-frames", "2", "--n-local", "2",
         "--workers", "0", "--lr", "0.002", "--warmup-epochs", "0", "--log-every", "1"]
 VIRIDIS_LOW, VIRIDIS_HIGH = (68, 1, 84), (253, 231, 37)
 
 
-def run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([*WTOURS, *args], capture_output=True, text=True, timeout=600)
 
 
-def make_walk_root(folder: Path) -> Path:
-    """A 12 s moving test pattern sharded at 2 fps into 2 shards of 12 samples: root with slug 'walk'."""
-    return sharded_root(folder, seconds=12.0, samples_per_shard=12)
-
-
-def train_tiny(root: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def train_tiny(root: Path, out: Path, *extra: str) -> CliResult:
     """A few real DoRA steps of vit_micro (3 heads) on the walk: checkpoint at out/checkpoint.pth."""
-    return run(["train", "--shards", "walk", "--root", str(root), "--out", str(out), "--clips-per-shard", "1",
-                *TINY, *extra])
+    return run_wtours(["train", "--shards", "walk", "--root", str(root), "--out", str(out), "--clips-per-shard", "1",
+                       *TINY, *extra])
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+def tiny_run(canonical_roots, tmp_path_factory) -> tuple[Path, Path]:
+    """A 12 s walk (2 shards of 12 samples, tests/conftest.py) and a 3-step run's checkpoint."""
     folder = tmp_path_factory.mktemp("viz")
-    root = make_walk_root(folder)
+    root = canonical_roots.copy("walk-12s", folder / "root")
     done = train_tiny(root, folder / "run", "--steps", "3")
     assert done.returncode == 0, done.stderr
     return root, folder / "run" / "checkpoint.pth"
@@ -89,8 +80,8 @@ def cell(image: np.ndarray, header: int, row: int, column: int, size: int = 224)
 def test_grid_layout_and_masks_are_the_trackers(tiny_run, tmp_path):
     root, checkpoint = tiny_run
     out = tmp_path / "viz"
-    done = run(["viz", str(checkpoint), "--shards", "walk", "--root", str(root), "--clips", "2", "--frames", "4",
-                "--stride", "1", "--heads", "2,0", "--out", str(out)])
+    done = run_wtours(["viz", str(checkpoint), "--shards", "walk", "--root", str(root), "--clips", "2", "--frames", "4",
+                       "--stride", "1", "--heads", "2,0", "--out", str(out)])
     assert done.returncode == 0, done.stderr
     index = json.loads((out / "index.json").read_text())
     assert index["heads"] == [2, 0] and index["objects"] == 2 and index["arch"] == "vit_micro"
@@ -140,8 +131,8 @@ def test_grid_layout_and_masks_are_the_trackers(tiny_run, tmp_path):
 def test_drawn_heads_default_clips_and_errors(tiny_run, tmp_path):
     root, checkpoint = tiny_run
     out = tmp_path / "viz"
-    done = run(["viz", str(checkpoint), "--shards", "walk", "--root", str(root), "--clips", "1", "--frames", "3",
-                "--out", str(out), "--seed", "5"])
+    done = run_wtours(["viz", str(checkpoint), "--shards", "walk", "--root", str(root), "--clips", "1", "--frames", "3",
+                       "--out", str(out), "--seed", "5"])
     assert done.returncode == 0, done.stderr
     index = json.loads((out / "index.json").read_text())
     drawn = DoRA("vit_micro", out_dim=64, n_local=2).draw_heads(torch.Generator().manual_seed(5)).tolist()
@@ -152,10 +143,10 @@ def test_drawn_heads_default_clips_and_errors(tiny_run, tmp_path):
     assert len(clip["coverage"]) == 3 and all(len(c) == 3 for c in clip["coverage"])
 
     bare = tmp_path / "backbone.pth"
-    assert run(["export", str(checkpoint), "--out", str(bare)]).returncode == 0
-    refused = run(["viz", str(bare), "--shards", "walk", "--root", str(root), "--out", str(out)])
+    assert run_wtours(["export", str(checkpoint), "--out", str(bare)]).returncode == 0
+    refused = run_wtours(["viz", str(bare), "--shards", "walk", "--root", str(root), "--out", str(out)])
     assert refused.returncode == 2 and "no 'teacher'" in refused.stderr and "hint" in refused.stderr
-    wrong = run(["viz", str(checkpoint), "--shards", "walk", "--root", str(root), "--heads", "0,7"])
+    wrong = run_wtours(["viz", str(checkpoint), "--shards", "walk", "--root", str(root), "--heads", "0,7"])
     assert wrong.returncode == 2 and "heads 0..2" in wrong.stderr
 
 
