@@ -28,6 +28,10 @@ from wtours.shard.run import shard_video
 CONFIG = LoaderConfig(batch_size=2, workers=0, clip=ClipConfig(frames=2, stride=0.5), shuffle_buffer=4)
 
 
+# Optional depth (issue 22): the reuse protocol's tests run in the full suite, not the edit-test loop.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def walk(tmp_path_factory) -> Layout:
     """A 20 s walk sharded at 2 fps: 19 batches of 2 clips per epoch."""
@@ -253,7 +257,6 @@ def test_leaving_the_loop_releases_a_waiting_worker(walk, small_shm_possible):
     assert float(done.stdout) < 4.0
 
 
-@pytest.mark.slow  # an end-to-end `wtours train` run in a process of its own
 def test_no_room_for_one_batch_is_a_clear_error(walk, tmp_path, small_shm_possible):
     done = with_small_shm("1m", [sys.executable, "-m", "wtours", "train", "--shards", "walk", "--root",
                                  str(walk.root), "--out", str(tmp_path / "run"), "--arch", "vit_micro", "--steps",

@@ -1,5 +1,9 @@
 """Typed dataclass configs as the single declaration of a command's settings.
 
+The commands with settings of their own (shard, stats, train, download, blur-faces, eval knn, viz)
+derive their options from a config here; what is left on a command (paths, names, switches of one
+invocation, numbers checked by the same validator through `number_type`) is declared on the command.
+
 A config is a (frozen) dataclass whose fields carry their help in `field(metadata=...)`; nested
 dataclass fields are sub-configs. From it this module derives the Click options (one per leaf
 field: `--kebab-case`, type from the annotation, default and help from the field), and builds the

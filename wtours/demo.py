@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wtours.catalog import catalog, format_table
 from wtours.fetch.local import add_local
-from wtours.layout import CHECKPOINT_FILE, RUN_LOG_FILE, Layout, replace_atomically
+from wtours.layout import CHECKPOINT_FILE, RUN_LOG_FILE, Layout, replace_atomically, run_data_log
 from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
@@ -112,7 +112,7 @@ def _train(layout: Layout, run: Path, config: DemoConfig, say: Callable[[str], N
         workers=config.workers, log_every=1, checkpoint_every=config.steps, seed=0, overwrite=True)
     if (run / CHECKPOINT_FILE).is_file():
         (run / CHECKPOINT_FILE).unlink()  # a rerun of the demo trains afresh
-    for stale in (RUN_LOG_FILE, "data.rank0.jsonl"):
+    for stale in (RUN_LOG_FILE, run_data_log(0)):
         (run / stale).unlink(missing_ok=True)
     train(train_config, say=say)
     log = [json.loads(line) for line in (run / RUN_LOG_FILE).read_text().splitlines()]

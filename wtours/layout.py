@@ -1,6 +1,8 @@
 """The on-disk contract: data root, per-video folders, names and keys (docs/data-format.md).
 
-Every path, shard name and sample key in the project is built here and nowhere else.
+Every path of the data root, every shard name and sample key, and the files of a training run's folder
+are named here and nowhere else. A command's own report files (the statistics' tables and plots, viz
+pictures, an export folder's files) are named by the module that writes them, beside its other output.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ RUN_LOG_FILE = "log.jsonl"
 RUN_CONFIG_FILE = "config.json"
 RUN_FACTS_FILE = "run.json"
 RUN_FILES = (CHECKPOINT_FILE, RUN_LOG_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE)
+RUN_DATA_LOG_PREFIX = "data.rank"  # data.rank<r>.jsonl: each rank's clip keys of every step
+RUN_DATA_LOG_GLOB = RUN_DATA_LOG_PREFIX + "*.jsonl"
+RUN_TENSORBOARD_DIR = "tensorboard"
+
+
+def run_data_log(rank: int) -> str:
+    return f"{RUN_DATA_LOG_PREFIX}{rank}.jsonl"
+
 TEMPORARY_GLOB = ".*.tmp-*"  # what `replace_atomically` leaves behind when the process is killed mid-write
 
 T = TypeVar("T")

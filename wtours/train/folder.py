@@ -21,11 +21,15 @@ from wtours.errors import UsageError, WtoursError
 from wtours.layout import (
     CHECKPOINT_FILE,
     RUN_CONFIG_FILE,
+    RUN_DATA_LOG_GLOB,
+    RUN_DATA_LOG_PREFIX,
     RUN_FACTS_FILE,
     RUN_FILES,
     RUN_LOG_FILE,
+    RUN_TENSORBOARD_DIR,
     read_json,
     remove_stale_temporaries,
+    run_data_log,
     write_bytes_atomic,
 )
 from wtours.locks import LOCK_FILE, folder_lock
@@ -36,8 +40,8 @@ from wtours.train import distributed
 if TYPE_CHECKING:
     from wtours.train.config import TrainConfig
 
-RUN_PATTERNS = ("data.rank*.jsonl",)
-RUN_DIRS = ("tensorboard",)
+RUN_PATTERNS = (RUN_DATA_LOG_GLOB,)
+RUN_DIRS = (RUN_TENSORBOARD_DIR,)
 
 
 def free_settings() -> frozenset[str]:
@@ -238,9 +242,9 @@ def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: di
                 shutil.rmtree(out, ignore_errors=True)
             raise
         if dist.rank != 0:  # each rank's own data log, trimmed as rank 0 trimmed log.jsonl
-            trim_jsonl(out / f"data.rank{dist.rank}.jsonl", prepared["step"])
+            trim_jsonl(out / run_data_log(dist.rank), prepared["step"])
         elif config.resume:
-            trim_jsonl(out / "data.rank0.jsonl", prepared["step"])
+            trim_jsonl(out / run_data_log(0), prepared["step"])
         yield prepared
 
 
@@ -248,7 +252,7 @@ def prepare(out: Path, config: TrainConfig, facts: dict) -> dict:
     """Rank 0, holding the folder's lock: refuse or clear what is there, and check a resume. `facts`: the
     schedules' world size, steps per epoch and total steps, compared with the checkpoint's."""
     # left by a run killed while writing; only the run's own: the folder may hold the user's files
-    remove_stale_temporaries(out, lambda name: name in RUN_FILES or name.startswith("data.rank"))
+    remove_stale_temporaries(out, lambda name: name in RUN_FILES or name.startswith(RUN_DATA_LOG_PREFIX))
     refuse_existing(out, config.resume, config.overwrite)
     if config.overwrite:
         remove_outputs(out)

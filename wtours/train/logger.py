@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wtours.layout import RUN_LOG_FILE
+from wtours.layout import RUN_LOG_FILE, RUN_TENSORBOARD_DIR, run_data_log
 from wtours.train import distributed
 from wtours.units import format_duration
 
@@ -69,7 +69,7 @@ class RunLogger:
                  say: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.perf_counter):
         self.dist, self.every, self.total_steps, self.say, self.clock = dist, every, total_steps, say, clock
         self.log = open(out / RUN_LOG_FILE, "a", encoding="utf-8") if dist.is_main else None
-        self.data = open(out / f"data.rank{dist.rank}.jsonl", "a", encoding="utf-8")
+        self.data = open(out / run_data_log(dist.rank), "a", encoding="utf-8")
         self.tb = _tensorboard(out) if dist.is_main else None
         self.window_start = self.clock()
         self.clips = 0
@@ -146,4 +146,4 @@ def _tensorboard(out: Path) -> Any:
     except ImportError:
         log.warning("tensorboard is not installed: no event files (pip install tensorboard)")
         return None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter(str(out / RUN_TENSORBOARD_DIR))
