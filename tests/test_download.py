@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli import run_wtours, run_wtours_process
+from tests.cli import assert_clean_error, run_wtours, run_wtours_process
 from tests.http_server import FileServer
 from tests.videos import make_video
-from wtours.errors import WtoursError
+from wtours.errors import EXIT_FAILURE, EXIT_USAGE, UsageError, WtoursError
 from wtours.fetch.download import DownloadConfig, _check_disk, _explain
 from wtours.layout import Layout, read_json
+from wtours.video import completed_file, read_video_info
 
 WTOURS = [sys.executable, "-m", "wtours"]
 
@@ -144,6 +145,29 @@ def test_add_rejects_a_non_video(tmp_path):
     result = run_wtours(["add", str(junk), "--name", "junk", "--root", str(tmp_path / "r")])
     assert result.exit_code == 1 and "not a readable video" in result.output
     assert not (tmp_path / "r" / "videos" / "junk" / "info.json").exists()
+
+
+@pytest.mark.parametrize("damage,phrase", [
+    (lambda info: info.pop("probe"), "probe is missing"),
+    (lambda info: info["probe"].update(duration="ten"), "probe.duration is a string"),
+    (lambda info: info.update(bytes=True), "bytes is a boolean"),
+])
+def test_a_damaged_video_record_is_named_and_add_force_repairs_it(small_video, tmp_path, damage, phrase):
+    """A hand-edited or damaged info.json: every reader stops with the file and the key, `add` refuses to
+    replace what it cannot read unless told to (--force), and a download fetches the video anew."""
+    assert run_wtours(["add", str(small_video), "--name", "mywalk", "--root", str(tmp_path)]).exit_code == 0
+    path = Layout(tmp_path).info_path("mywalk")
+    info = read_json(path)
+    damage(info)
+    path.write_text(json.dumps(info))
+    assert_clean_error(run_wtours(["list", "--root", str(tmp_path)]), EXIT_FAILURE, phrase)
+    assert_clean_error(run_wtours(["shard", "--city", "mywalk", "--root", str(tmp_path)]), EXIT_FAILURE, phrase)
+    assert completed_file(Layout(tmp_path), "mywalk") is None  # `wtours download` fetches it again
+    refused = run_wtours(["add", str(small_video), "--name", "mywalk", "--root", str(tmp_path)])
+    assert_clean_error(refused, EXIT_USAGE, "damaged record", kind=UsageError)
+    assert read_json(path) == info  # nothing replaced
+    assert run_wtours(["add", str(small_video), "--name", "mywalk", "--root", str(tmp_path), "--force"]).exit_code == 0
+    assert read_video_info(Layout(tmp_path), "mywalk").probe.width == 320
 
 
 def test_add_corpus_video_keeps_manifest_provenance(small_video, tmp_path):

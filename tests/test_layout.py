@@ -156,6 +156,7 @@ def test_version_1_indexes_are_still_read(walk, tmp_path):
     (lambda d: d["video"].update(fps=0), "finite positive"),
     (lambda d: d["params"].update(fps=float("inf")), "params.fps is inf, not a finite number"),
     (lambda d: d["params"].update(quality=0), "--quality 0 is out of range"),
+    (lambda d: d["params"].update(blur_faces=True, blur_threshold="high"), "params.blur_threshold is a string"),
     (lambda d: d.update(blank_stretches=[1]), "not a valid wtours shard index"),
 ])
 def test_a_wrong_structure_is_a_clear_error_naming_the_file(walk, tmp_path, damage, expected):

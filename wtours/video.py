@@ -7,7 +7,7 @@ edit or damage it, so its fields are checked once here and never looked up by st
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,10 @@ from wtours import __version__, media
 from wtours.errors import WtoursError
 from wtours.layout import Layout, read_json, sha256_file, write_json_atomic
 from wtours.manifest import VideoEntry
+from wtours.records import read_record
+
+DAMAGED_HINT = ("register the video again: `wtours add FILE --name SLUG --force` (or `wtours download`, which "
+                "fetches it anew)")
 
 
 @dataclass(frozen=True)
@@ -47,21 +51,9 @@ class VideoInfo:
 
     @classmethod
     def from_dict(cls, data: Any, where: Path) -> VideoInfo:
-        """Checked: a damaged or hand-edited info.json is one clear error naming the file."""
-        hint = "register the video again with `wtours add FILE --name SLUG` (or download it again)"
-        if not isinstance(data, dict):
-            raise WtoursError(f"{where} is not a video record (a JSON object)", hint)
-        try:
-            probe = media.ProbeResult(**data["probe"])
-            known = {f.name for f in fields(cls)}
-            info = cls(**{k: v for k, v in data.items() if k in known and k != "probe"}, probe=probe)
-        except (KeyError, TypeError) as e:
-            raise WtoursError(f"{where} lacks a field of a video record ({e})", hint) from e
-        for name, kind in (("slug", str), ("file", str), ("sha256", str), ("bytes", int), ("source", dict)):
-            value = getattr(info, name)
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise WtoursError(f"{where}: {name!r} is a {type(value).__name__}, not a {kind.__name__}", hint)
-        return info
+        """Checked, every field and the probe's too: a damaged or hand-edited info.json is one clear error
+        naming the file and the key."""
+        return read_record(cls, data, str(where), DAMAGED_HINT)
 
 
 def read_video_info(layout: Layout, slug: str) -> VideoInfo | None:
@@ -85,8 +77,12 @@ def write_video_info(layout: Layout, slug: str, path: Path, probed: media.ProbeR
 
 
 def completed_file(layout: Layout, slug: str, rehash: bool = False) -> Path | None:
-    """The recorded video file if info.json says it is complete and the file still matches it."""
-    info = read_video_info(layout, slug)
+    """The recorded video file if info.json says it is complete and the file still matches it (a damaged
+    info.json records nothing complete: the video is fetched again)."""
+    try:
+        info = read_video_info(layout, slug)
+    except WtoursError:
+        return None
     if info is None:
         return None
     path = layout.video_file(slug, info.file)

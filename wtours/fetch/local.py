@@ -82,7 +82,13 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
 
 
 def _refuse_replacing(layout: Layout, slug: str, source_path: Path, force: bool) -> Path | None:
-    current = _registered_elsewhere(layout, slug, source_path)
+    try:
+        current = _registered_elsewhere(layout, slug, source_path)
+    except WtoursError as damaged:  # which file it names cannot be told: replace it only when asked to
+        if force:
+            return None
+        raise UsageError(f"{slug!r} has a damaged record under {layout.root} ({damaged.message}); nothing was "
+                         "changed", f"pass --force to register {source_path} in its place") from None
     if current is not None and not force:
         raise UsageError(
             f"{slug!r} is already registered under {layout.root} (as {current}); nothing was changed",

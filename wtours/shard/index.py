@@ -141,6 +141,7 @@ class ShardIndex:
             index.check()
         except (_Invalid, WtoursError) as e:  # WtoursError: a field's type, ShardParams' own checks, a name
             detail = e.message if isinstance(e, WtoursError) else str(e)
+            detail = detail.replace("params.blur.", "params.blur_")  # the file's own (flat) key
             raise WtoursError(f"{where} is not a valid wtours shard index: {detail}", RESHARD_HINT) from e
         return index
 
