@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -77,7 +78,14 @@ def start_wtours(args: Sequence[str | Path], env: Mapping[str, str] | None = Non
     """`python -m wtours ARGS` started, not waited for (pipes for stdout and stderr, text mode);
     `start_new_session`: in a process group of its own, like a terminal's foreground job."""
     return subprocess.Popen([*WTOURS_COMMAND, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=start_new_session)
+                            text=True, env=env, start_new_session=start_new_session, preexec_fn=_interruptible)
+
+
+def _interruptible() -> None:
+    """In the child: SIGINT back to its default, so Python turns it into KeyboardInterrupt even where the
+    test run itself ignores it (a background job of a non-interactive shell inherits SIGINT ignored, and
+    Python installs its handler only over the default disposition)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def assert_clean_error(result: CliResult, code: int, phrase: str = "",
