@@ -244,7 +244,7 @@ def pulled_datasets(train: Any) -> list[dict[str, Any]]:
         layout = Layout(root)
     except WtoursError:
         return []
-    found: list[tuple[str, str | None]] = []
+    entries: list[dict[str, Any]] = []
     for spec in train["shards"]:
         if not isinstance(spec, str) or "/" in spec or ":" in spec or not spec:
             continue  # a path or a URL: not a shard set of the root
@@ -255,13 +255,10 @@ def pulled_datasets(train: Any) -> list[dict[str, Any]]:
         origin = record.get(PULLED_FROM) if isinstance(record, dict) else None
         if isinstance(origin, dict) and isinstance(origin.get("repo"), str):
             revision = origin.get("revision") if isinstance(origin.get("revision"), str) else None
-            found.append((origin["repo"], revision))
-    entries: list[dict[str, Any]] = []
-    for repo, revision in found:
-        try:
-            entries += dataset_entries([(repo, revision)])
-        except WtoursError:
-            continue
+            try:
+                entries += dataset_entries([(origin["repo"], revision)])
+            except WtoursError:
+                continue
     return entries
 
 
@@ -277,15 +274,12 @@ def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, geometr
     """What the model card says about the weights: the run's settings (from the checkpoint), its step,
     and k-NN results logged by the run (log.jsonl beside the checkpoint) or by `wtours eval knn`
     (<checkpoint stem>.knn.json beside it)."""
-    config = raw.get("config") if isinstance(raw.get("config"), dict) else None
-    if config is not None:  # as config.json holds it (tuples as lists), whatever the checkpoint pickled
-        config = public_settings(json.loads(json.dumps(config, default=str)))
-    step = raw.get("step") if isinstance(raw.get("step"), int) else None
+    config = raw.get("config")  # as config.json holds it (tuples as lists), whatever the checkpoint pickled
+    config = public_settings(json.loads(json.dumps(config, default=str))) if isinstance(config, dict) else None
+    step, epoch = (raw[k] if is_number(raw.get(k), int) else None for k in ("step", "epoch"))
     record: dict[str, Any] = {
         "arch": geometry.arch, "which": which, "parameters": parameters, "wtours_version": __version__,
-        "step": step,
-        "epoch": raw.get("epoch") if isinstance(raw.get("epoch"), int) else None,
-        "train_config": config,
+        "step": step, "epoch": epoch, "train_config": config,
         "knn_logged": logged_knn(checkpoint.parent / RUN_LOG_FILE, step) if config else None,
         "knn_eval": evaluated_knn(checkpoint.with_name(f"{checkpoint.stem}.knn.json"), which),
     }
@@ -305,14 +299,11 @@ def logged_knn(log: Path, step: int | None) -> dict[str, Any] | None:
         except ValueError:
             continue  # a torn last line of a killed run
         at = record.get("step") if isinstance(record, dict) else None
-        if not (is_number(at, int) and at <= step):
-            continue
-        if not (is_number(record.get("knn_top1")) and is_number(record.get("knn_top5"))):
-            continue
-        if best is None or record["step"] >= best["step"]:  # a resumed run may log a step again: the later line
-            epoch = record.get("epoch") if isinstance(record.get("epoch"), int) else None
-            best = {"step": record["step"], "epoch": epoch, "top1": record["knn_top1"],
-                    "top5": record["knn_top5"]}
+        if (is_number(at, int) and at <= step and is_number(record.get("knn_top1"))
+                and is_number(record.get("knn_top5"))
+                and (best is None or at >= best["step"])):  # a resumed run may log a step again: the later line
+            epoch = record["epoch"] if is_number(record.get("epoch"), int) else None
+            best = {"step": at, "epoch": epoch, "top1": record["knn_top1"], "top5": record["knn_top5"]}
     return best
 
 
@@ -322,10 +313,8 @@ def evaluated_knn(path: Path, which: str) -> dict[str, Any] | None:
         result = read_json(path)
     except WtoursError:
         return None
-    if not isinstance(result, dict):
-        return None
-    if which != BACKBONE and result.get("which", "teacher") != which:  # a bare backbone has one network
-        return None
+    if not isinstance(result, dict) or (which != BACKBONE and result.get("which", "teacher") != which):
+        return None  # not a result, or of the other network (a bare backbone has one network)
     keep = ("top1", "top5", "k", "temperature", "classes", "train_images", "val_images", "resize", "crop")
     try:  # of the types config.json is checked for (model_card.check_export_config)
         scores = read_record(KnnScores, {k: result[k] for k in keep if k in result}, str(path), "")

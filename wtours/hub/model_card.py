@@ -131,8 +131,8 @@ def check_export_config(config: Any, where: str = CONFIG_FILE) -> dict[str, Any]
     """An export's config.json, every field the card or the push reads checked for its type: a hand-edited
     file fails here naming the field, not later with a traceback. Values of the right type are the card's
     to render safely (inline code, validated repo ids)."""
-    read_record(_ExportConfig, config, where, _EDIT_HINT)
-    train = config[EXPORT_KEY].get("train_config") or {} if isinstance(config.get(EXPORT_KEY), dict) else {}
+    read_record(_ExportConfig, config, where, _EDIT_HINT)  # from here on: the types above, or absent
+    train = (config.get(EXPORT_KEY) or {}).get("train_config") or {}
     for key in sorted(path_settings() & train.keys()):
         if train[key] is not None and not isinstance(train[key], str):
             raise WtoursError(f"{where}: {EXPORT_KEY}.train_config.{key} is {kind_name(train[key])}, not a string",
@@ -273,16 +273,15 @@ def _intro(config: dict[str, Any], info: dict[str, Any], repo: str | None, folde
     args = config.get("model_args") or {}
     size = (f"patch size {args.get('patch_size')}, width {args.get('embed_dim')}, {args.get('depth')} blocks, "
             f"{args.get('num_heads')} heads")
-    parameters = info.get("parameters")
-    count = f", {parameters / 1e6:.1f} M parameters" if isinstance(parameters, int) else ""
-    step = f" after {info['step']:,} optimiser steps" if isinstance(info.get("step"), int) else ""
+    # checked (check_export_config): each value None or of its type
+    count = f", {info['parameters'] / 1e6:.1f} M parameters" if info.get("parameters") is not None else ""
+    step = f" after {info['step']:,} optimiser steps" if info.get("step") is not None else ""
     which = info.get("which", "teacher")
     network = {"teacher": "the teacher (the EMA network DINO and DoRA evaluate)",
                BACKBONE: "an exported backbone (which network of its run it was is not recorded)"}.get(
                    which, f"the {_code(which)} network")
     train = info.get("train_config")
-    init_from = train.get("init_from") if isinstance(train, dict) else None
-    if init_from:
+    if init_from := (train or {}).get("init_from"):
         how = f"initialised from the checkpoint {_code(init_from)} (`--init-from`), then trained"
     elif train is not None:
         how = "trained from scratch"
@@ -346,8 +345,7 @@ def _knn(info: dict[str, Any]) -> str:
         where = " / ".join(_code(train.get(k)) for k in ("knn_train", "knn_val"))
         at = logged.get("step")
         # the last k-NN line at or before the checkpoint's step (wtours/hub/export.py logged_knn)
-        before = (f" (the checkpoint is of step {info['step']})"
-                  if isinstance(info.get("step"), int) and at != info["step"] else "")
+        before = f" (the checkpoint is of step {info['step']})" if info.get("step") not in (None, at) else ""
         rows.append(f"| logged by the run at step {at}{before} | {where} | {logged['top1']:.2f} | "
                     f"{logged['top5']:.2f} |")
     if evaluated is not None:
