@@ -199,7 +199,8 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
     c = backbone.config
     geometry = Geometry(arch, c.patch_size, c.dim, c.depth, c.heads, c.mlp_ratio, c.image_size)
     network = which if ("teacher" in raw or "student" in raw) else BACKBONE
-    provenance = export_provenance(raw, Path(checkpoint_path), network, geometry, parameter_count(state))
+    parameters = sum(v.numel() for v in state.values())
+    provenance = export_provenance(raw, Path(checkpoint_path), network, geometry, parameters)
     provenance["license"] = license_
     pulled = pulled_datasets(raw.get("config"))
     if named or pulled:
@@ -248,22 +249,15 @@ def pulled_datasets(train: Any) -> list[dict[str, Any]]:
     for spec in train["shards"]:
         if not isinstance(spec, str) or "/" in spec or ":" in spec or not spec:
             continue  # a path or a URL: not a shard set of the root
-        try:
+        try:  # unreadable, or an invalid repo id or revision: skipped
             record = read_json(layout.source_path(spec))
+            origin = record.get(PULLED_FROM) if isinstance(record, dict) else None
+            if isinstance(origin, dict) and isinstance(origin.get("repo"), str):
+                revision = origin.get("revision") if isinstance(origin.get("revision"), str) else None
+                entries += dataset_entries([(origin["repo"], revision)])
         except (WtoursError, ValueError, OSError):
             continue
-        origin = record.get(PULLED_FROM) if isinstance(record, dict) else None
-        if isinstance(origin, dict) and isinstance(origin.get("repo"), str):
-            revision = origin.get("revision") if isinstance(origin.get("revision"), str) else None
-            try:
-                entries += dataset_entries([(origin["repo"], revision)])
-            except WtoursError:
-                continue
     return entries
-
-
-def parameter_count(state: dict[str, torch.Tensor]) -> int:
-    return sum(v.numel() for v in state.values())
 
 
 # ---------------------------------------------------------------------- provenance

@@ -24,7 +24,7 @@ from wtours.citation import ARXIV_URL, BIBTEX, PAPER_TITLE
 from wtours.errors import UsageError, WtoursError
 from wtours.records import kind_name, read_record
 from wtours.redact import redact
-from wtours.streams import validate_repo_id, validate_revision
+from wtours.streams import is_repo_id, validate_repo_id, validate_revision
 
 # The export folder's files and formats (one owner: wtours/hub/export.py writes them, wtours/hub/model.py
 # pushes them, the CLI names them without importing torch).
@@ -164,11 +164,7 @@ def hub_datasets(train: dict[str, Any] | None) -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = []
     for spec in _shards(train):
         match = _HF_SPEC.match(spec)
-        if not match:
-            continue
-        try:
-            repo = validate_repo_id(match["repo"])  # from a file: checked before it becomes a link
-        except WtoursError:
+        if not match or not is_repo_id(repo := match["repo"]):  # from a file: checked before it becomes a link
             continue
         revision = unquote(match["rev"]) if match["rev"] else None
         if (repo, revision) not in out:
@@ -232,19 +228,14 @@ def public_settings(train: dict[str, Any]) -> dict[str, Any]:
     paths = path_settings()
     out = {k: (local_name(v) if k in paths else clean(v)) for k, v in train.items()}
     if "shards" in train:
-        out["shards"] = [clean(spec) if _is_remote(spec) else local_name(spec) for spec in _shards(train)]
+        out["shards"] = [clean(spec) if "://" in spec or spec.startswith("pipe:") else local_name(spec)
+                         for spec in _shards(train)]  # a URL or a pipe: command keeps its form
     return out
 
 
 def local_name(value: Any) -> Any:
     """A local path's last part (a URL's too: it is a path on someone's disk or server, credentials and all)."""
-    if not isinstance(value, str):
-        return value
-    return redact(value.rstrip("/").rsplit("/", 1)[-1]) if "/" in value else redact(value)
-
-
-def _is_remote(spec: str) -> bool:
-    return "://" in spec or spec.startswith("pipe:")
+    return redact(value.rstrip("/").rsplit("/", 1)[-1]) if isinstance(value, str) else value
 
 
 def _shards(train: dict[str, Any] | None) -> list[str]:
