@@ -150,7 +150,12 @@ def render_model_card(config: dict[str, Any], repo: str | None = None, folder: s
     info = config.get(EXPORT_KEY) or {}
     train = info.get("train_config")
     datasets = hub_datasets(train)
-    for repo_id, revision in named_datasets(info):
+    for item in info.get("datasets") or []:  # pulled shard sets' source repos, `--dataset`: valid ids only
+        try:
+            repo_id = validate_repo_id(item["repo"])
+            revision = validate_revision(item["revision"]) if item.get("revision") else None
+        except WtoursError:
+            continue
         if repo_id not in [r for r, _ in datasets]:
             datasets.append((repo_id, revision))
     sections = [_front_matter(datasets, info.get("license", DEFAULT_LICENSE)), GENERATED_MARK,
@@ -167,20 +172,6 @@ def hub_datasets(train: dict[str, Any] | None) -> list[tuple[str, str | None]]:
         if not match or not is_repo_id(repo := match["repo"]):  # from a file: checked before it becomes a link
             continue
         revision = unquote(match["rev"]) if match["rev"] else None
-        if (repo, revision) not in out:
-            out.append((repo, revision))
-    return out
-
-
-def named_datasets(info: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """The export's "datasets" entry (pulled shard sets' source repos, `--dataset`): valid repo ids only."""
-    out: list[tuple[str, str | None]] = []
-    for item in info.get("datasets") or []:
-        try:
-            repo = validate_repo_id(item["repo"])
-            revision = validate_revision(item["revision"]) if item.get("revision") else None
-        except WtoursError:
-            continue
         if (repo, revision) not in out:
             out.append((repo, revision))
     return out
