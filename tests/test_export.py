@@ -266,6 +266,7 @@ def test_the_card_survives_a_hand_edited_hostile_config():
     (lambda c: c["wtours"].update(knn_eval={"top1": 1}), "wtours.knn_eval.top5 is missing"),
     (lambda c: c["wtours"].update(knn_eval={"top1": float("nan"), "top5": 1}), "wtours.knn_eval.top1 is nan"),
     (lambda c: c["wtours"].update(datasets=["alice/x"]), "wtours.datasets[0] is a string, not an object"),
+    (lambda c: c["wtours"].update(datasets=[{}]), "wtours.datasets[0].repo is missing"),
     (lambda c: c["wtours"].update(license=["mit"]), "wtours.license is a list"),
 ])
 def test_a_hand_edited_config_of_wrong_types_fails_naming_the_field(run_checkpoint, tmp_path, edit, field):

@@ -94,7 +94,7 @@ class _ModelArgs:
 
 @dataclass(frozen=True)
 class _Dataset:
-    repo: str | None = None
+    repo: str  # a dataset entry without its repo names nothing the card could link
     revision: str | None = None
 
 
