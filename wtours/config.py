@@ -425,9 +425,7 @@ def _option_kwargs(leaf: Leaf) -> dict[str, Any]:
         kwargs["type"] = number_type(base, meta.get("range"))
     elif base is not bool:
         kwargs["type"] = base
-    for key in ("metavar", "envvar"):
-        if key in meta:
-            kwargs[key] = meta[key]
+    kwargs.update({key: meta[key] for key in ("metavar", "envvar") if key in meta})
     if "envvar" in meta:
         kwargs["show_envvar"] = True
     return kwargs

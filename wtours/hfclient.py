@@ -232,10 +232,8 @@ def _endpoint_of(error: BaseException) -> str:
     """The server the failed request went to (the request's origin), else the configured endpoint."""
     request = None
     for holder in (error, getattr(error, "response", None)):
-        try:
+        with contextlib.suppress(RuntimeError):  # httpx raises when an exception has no request attached
             request = getattr(holder, "request", None)
-        except RuntimeError:  # httpx raises when an exception has no request attached
-            request = None
         if request is not None:
             break
     url = getattr(request, "url", None)
