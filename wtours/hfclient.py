@@ -130,9 +130,7 @@ class _BoundedTransport:
 
     def handle_request(self, request: Any) -> Any:
         timeout = dict(request.extensions.get("timeout") or {})
-        for key in ("connect", "read", "write", "pool"):
-            if timeout.get(key) is None:
-                timeout[key] = self.limit
+        timeout.update({key: self.limit for key in ("connect", "read", "write", "pool") if timeout.get(key) is None})
         request.extensions = {**request.extensions, "timeout": timeout}
         try:
             response = self.inner.handle_request(request)

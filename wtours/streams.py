@@ -383,14 +383,13 @@ class VerifiedShard:
         spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
         try:
             count, digest = self._spool_all(spool)
+            if count != self.size or digest != self.sha256:
+                what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
+                        else "its sha256 is not the one its index.json records")
+                raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
         except BaseException:
             spool.close()
             raise
-        if count != self.size or digest != self.sha256:
-            spool.close()
-            what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
-                    else "its sha256 is not the one its index.json records")
-            raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
         spool.seek(0)
         self.spool = spool
 
