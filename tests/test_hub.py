@@ -23,9 +23,10 @@ from tests.hub_server import HubServer
 from tests.videos import index_json, make_video
 from wtours.errors import WtoursError
 from wtours.fetch.local import add_local
+from wtours.hfclient import describe_error, is_transport_error
 from wtours.hub import source as provenance
 from wtours.hub.card import CardVideo, download_command, is_generated, render_card
-from wtours.hub.client import HubTarget, RemoteFile, describe_error, git_blob_id, is_transport_error
+from wtours.hub.client import HubTarget, RemoteFile, git_blob_id
 from wtours.hub.paths import shard_pattern, shard_spec
 from wtours.hub.pull import PullConfig, pull
 from wtours.hub.push import Delete, PushConfig, Upload, batch_operations, plan_set, push

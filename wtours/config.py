@@ -59,10 +59,6 @@ def option_name(f: dataclasses.Field) -> str:
     return f.metadata.get("option") or "--" + f.name.replace("_", "-")
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _is_config(kind: Any) -> bool:
     """A nested sub-config (a dataclass type), as opposed to a value type."""
     return isinstance(kind, type) and dataclasses.is_dataclass(kind)
@@ -71,7 +67,7 @@ def _is_config(kind: Any) -> bool:
 def leaves(cls: type, prefix: tuple[str, ...] = ()) -> list[Leaf]:
     """Every non-dataclass field of `cls` and of its nested sub-configs, depth first."""
     out: list[Leaf] = []
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         if _is_config(kind):
@@ -101,11 +97,8 @@ class Range:
     def __contains__(self, value: float) -> bool:
         if isinstance(value, float) and not math.isfinite(value):
             return False
-        if self.low is not None and not (value > self.low if self.open_low else value >= self.low):
-            return False
-        if self.high is not None and not (value < self.high if self.open_high else value <= self.high):
-            return False
-        return True
+        return (self.low is None or (value > self.low if self.open_low else value >= self.low)) and \
+            (self.high is None or (value < self.high if self.open_high else value <= self.high))
 
     def __str__(self) -> str:
         low, high = _number(self.low), _number(self.high)
@@ -216,9 +209,7 @@ def number_type(kind: type, allowed: Range | None = None) -> click.ParamType:
     """The Click type of a numeric option: Click's IntRange/FloatRange (so `--help` shows the range)
     checked by `problem`; a float refuses NaN and infinity even without a range."""
     if allowed is None:
-        if kind is int:
-            return click.INT
-        return FiniteFloat()
+        return click.INT if kind is int else FiniteFloat()
     checked: _Checked
     if kind is int:  # an int field's bounds are whole numbers
         low, high = (None if b is None else int(b) for b in (allowed.low, allowed.high))
@@ -267,10 +258,8 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
         if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
             raise bad
         return tuple(i.strip() for i in items if i.strip())
-    if base is str:
-        if isinstance(value, str):
-            return value
-        raise bad
+    if base is str and isinstance(value, str):
+        return value
     if base is Path:  # before the text parsing below, which lowercases
         if isinstance(value, (str, Path)) and str(value):
             return Path(value)
@@ -285,10 +274,8 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
             return base(text)
         except ValueError:
             raise bad from None
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
+    if base is bool and isinstance(value, bool):
+        return value
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if base is int and isinstance(value, int) and not isinstance(value, bool):
@@ -333,7 +320,7 @@ def merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
     """A `cls` from a nested dict (as `asdict` writes it; flat leaf names accepted at the top):
     unknown keys and ill-typed values are WtoursErrors; missing fields take their defaults."""
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     nested = {k: v for k, v in values.items() if k in fields}
     others = {k: v for k, v in values.items() if k not in fields}
@@ -431,16 +418,14 @@ def _option_kwargs(leaf: Leaf) -> dict[str, Any]:
                               "show_default": default not in (None, ())}
     choices = meta.get("choices")
     if choices is not None:
-        kwargs["type"] = click.Choice(list(choices() if callable(choices) else choices))
+        kwargs["type"] = click.Choice(_names(choices))
     elif typing.get_origin(base) is tuple:
         kwargs["multiple"], kwargs["type"] = True, str
     elif base in (int, float):
         kwargs["type"] = number_type(base, meta.get("range"))
     elif base is not bool:
         kwargs["type"] = base
-    for key in ("metavar", "envvar"):
-        if key in meta:
-            kwargs[key] = meta[key]
+    kwargs.update({key: meta[key] for key in ("metavar", "envvar") if key in meta})
     if "envvar" in meta:
         kwargs["show_envvar"] = True
     return kwargs
@@ -466,7 +451,7 @@ def command_settings(cls: type, ctx, values: Mapping[str, Any], config_file: str
     if config_file:
         layers = merge(layers, build_dict(cls, read_file(config_file), f" in --config {config_file}"))
     layers = merge(layers, nest(cls, parse_assignments(assignments), " in --set"))
-    given = {k: _from_click(v) for k, v in values.items()
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
              if k in names and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
     return merge(layers, nest(cls, given))
 
@@ -476,11 +461,7 @@ def build_dict(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]
     fields = {f.name for f in dataclasses.fields(cls)}
     flat = {k: v for k, v in data.items() if k not in fields}
     nested = {k: v for k, v in data.items() if k in fields}
-    for name, kind in _hints(cls).items():
+    for name, kind in typing.get_type_hints(cls).items():
         if name in nested and _is_config(kind) and isinstance(nested[name], Mapping):
             nested[name] = build_dict(kind, nested[name], where)
     return merge(nest(cls, flat, where), nested)
-
-
-def _from_click(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value

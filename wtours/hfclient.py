@@ -105,7 +105,9 @@ def _bound_client_timeouts(huggingface_hub: ModuleType) -> None:
     client bounds every request of this process by `request_timeout()` for whatever the caller left
     unbounded (its own, smaller limits stay), with the library's own request hooks (offline mode, request
     ids) taken from the client it would have made."""
-    http = _http_module()
+    from huggingface_hub import utils
+
+    http: Any = utils.httpx  # httpx2 in 2.x, httpx in 1.x: the public alias (since 1.30) for code that supports both
     hooks = {name: list(chain) for name, chain in huggingface_hub.get_session().event_hooks.items()}
     limit = request_timeout()
 
@@ -114,14 +116,6 @@ def _bound_client_timeouts(huggingface_hub: ModuleType) -> None:
                            transport=_BoundedTransport(http, limit))
 
     huggingface_hub.set_client_factory(factory)
-
-
-def _http_module() -> Any:
-    """The HTTP library huggingface_hub's client is made of (httpx2 in 2.x, httpx in 1.x), by the public alias
-    huggingface_hub.utils.httpx (since 1.30, for code that supports both)."""
-    from huggingface_hub import utils
-
-    return utils.httpx
 
 
 class _BoundedTransport:
@@ -136,9 +130,7 @@ class _BoundedTransport:
 
     def handle_request(self, request: Any) -> Any:
         timeout = dict(request.extensions.get("timeout") or {})
-        for key in ("connect", "read", "write", "pool"):
-            if timeout.get(key) is None:
-                timeout[key] = self.limit
+        timeout.update({key: self.limit for key in ("connect", "read", "write", "pool") if timeout.get(key) is None})
         request.extensions = {**request.extensions, "timeout": timeout}
         try:
             response = self.inner.handle_request(request)
@@ -191,7 +183,15 @@ def describe_error(error: BaseException, what: str, token: str | None = None, wr
     status = getattr(getattr(error, "response", None), "status_code", None)
     endpoint = _endpoint_of(error)
     if type(error).__name__ == "OfflineModeIsEnabled":
-        return _offline_error(what, write)
+        if write:  # nothing was sent: a later run online sends it all
+            return WtoursError(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted (nothing was sent)",
+                               "unset HF_HUB_OFFLINE to upload (a rerun online sends everything); what the push "
+                               "would send can be prepared offline (`wtours card` for a dataset, `wtours export` "
+                               "for a model)")
+        # `wtours pull` itself lands here too: the hint must not send it back to itself
+        return WtoursError(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted",
+                           "unset HF_HUB_OFFLINE to download from the Hub; offline, use shard sets already on "
+                           "disk (--shards SLUG --root DIR: ones fetched earlier by `wtours pull` or `hf download`)")
     if isinstance(error, RevisionNotFoundError):
         return WtoursError(f"{what}: revision not found", "check --revision (or the @revision in the hf:// URL)")
     if isinstance(error, RepositoryNotFoundError) or status in (401, 403):
@@ -201,7 +201,7 @@ def describe_error(error: BaseException, what: str, token: str | None = None, wr
             return WtoursError(f"{what}: the Hub refused your token (expired or revoked)", LOGIN_HINT)
         return WtoursError(f"{what}: repository not found, or your token has no {access} access to it",
                            f"check the name; {LOGIN_HINT} (the token needs {access} access)")
-    if isinstance(error, EntryNotFoundError) or isinstance(error, FileNotFoundError) or status == 404:
+    if isinstance(error, (EntryNotFoundError, FileNotFoundError)) or status == 404:
         return WtoursError(f"{what}: no such file in the repository", "check the path and the revision")
     if status == 429:
         return WtoursError(f"{what}: the Hub at {endpoint} is rate-limiting this client (HTTP 429, after retries)",
@@ -221,18 +221,6 @@ def describe_error(error: BaseException, what: str, token: str | None = None, wr
                        "check the network (and HF_ENDPOINT if you use a mirror), then rerun (it resumes)")
 
 
-def _offline_error(what: str, write: bool) -> WtoursError:
-    if write:  # nothing was sent: a later run online sends it all
-        return WtoursError(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted (nothing was sent)",
-                           "unset HF_HUB_OFFLINE to upload (a rerun online sends everything); what the push "
-                           "would send can be prepared offline (`wtours card` for a dataset, `wtours export` "
-                           "for a model)")
-    # `wtours pull` itself lands here too: the hint must not send it back to itself
-    return WtoursError(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not contacted",
-                       "unset HF_HUB_OFFLINE to download from the Hub; offline, use shard sets already on "
-                       "disk (--shards SLUG --root DIR: ones fetched earlier by `wtours pull` or `hf download`)")
-
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -242,10 +230,8 @@ def _endpoint_of(error: BaseException) -> str:
     """The server the failed request went to (the request's origin), else the configured endpoint."""
     request = None
     for holder in (error, getattr(error, "response", None)):
-        try:
+        with contextlib.suppress(RuntimeError):  # httpx raises when an exception has no request attached
             request = getattr(holder, "request", None)
-        except RuntimeError:  # httpx raises when an exception has no request attached
-            request = None
         if request is not None:
             break
     url = getattr(request, "url", None)
@@ -287,18 +273,12 @@ def hub_errors(what: str, target: HasToken | None = None, write: bool = False) -
             raise describe_error(e, what, token, write) from e
         # The client wraps some failures (an LFS upload that failed after its retries is a RuntimeError
         # raised from the HTTP error): describe the Hub's error underneath.
-        described = _described_cause(e, what, token, write, HfHubHTTPError)
-        if described is e:
+        cause = e.__cause__
+        while cause is not None and not (isinstance(cause, HfHubHTTPError) or is_transport_error(cause)):
+            cause = cause.__cause__
+        if cause is None:
             raise
-        raise described from e
-
-
-def _described_cause(error: Exception, what: str, token: str | None, write: bool,
-                     http_error: type[BaseException]) -> BaseException:
-    cause = error.__cause__
-    while cause is not None and not (isinstance(cause, http_error) or is_transport_error(cause)):
-        cause = cause.__cause__
-    return describe_error(cause, what, token, write) if cause is not None else error
+        raise describe_error(cause, what, token, write) from e
 
 
 def hf_filesystem(**options: Any) -> Any:

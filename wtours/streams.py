@@ -8,6 +8,7 @@ A `pipe:` URL is a shell command the user typed (wtours.clips.spec: never one fr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -79,7 +80,7 @@ def open_url(url: str) -> IO[bytes]:
     if kind == "pipe":
         return PipeStream(url)  # type: ignore[return-value]
     if kind == "http":
-        return _http_get(url)
+        return _urlopen(url)
     if kind == "hf":
         return _open_hf(url)
     if kind == "fsspec":
@@ -95,9 +96,9 @@ def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
     kind = kind_of(url)
     if kind == "http":
         ranged = _http_range(url, begin, end)
-        return ranged if ranged is not None else _skipped(_http_get(url), begin, url)
+        return ranged if ranged is not None else _skipped(_urlopen(url), begin, url)
     if kind == "hf":
-        return _open_hf_at(url, begin)
+        return _open_hf(url, begin)
     if kind == "pipe":
         return _skipped(open_url(url), begin, url)
     if kind == "fsspec":
@@ -130,21 +131,17 @@ def require_backend(url: str) -> None:
 # ------------------------------------------------------------------ http(s)
 
 
-def _http_get(url: str) -> IO[bytes]:
-    return _urlopen(urllib.request.Request(url), url)
-
-
 def _http_range(url: str, begin: int, end: int | None) -> IO[bytes] | None:
     """The bytes [begin, end) by a Range request; None when the server ignored the Range header."""
-    request = urllib.request.Request(url, headers={"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
-    response = _urlopen(request, url)
+    response = _urlopen(url, {"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
     if getattr(response, "status", None) != 206:
         response.close()
         return None
     return response
 
 
-def _urlopen(request: urllib.request.Request, url: str) -> IO[bytes]:
+def _urlopen(url: str, headers: dict[str, str] | None = None) -> IO[bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
     try:
         return urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)  # noqa: S310 (the scheme is checked)
     except urllib.error.HTTPError as e:
@@ -173,29 +170,25 @@ def _skipped(raw: IO[bytes], count: int, url: str) -> IO[bytes]:
 # ------------------------------------------------------------------ hf://
 
 
-def _open_hf_at(url: str, offset: int) -> IO[bytes]:
-    """An hf:// file positioned at `offset`: huggingface_hub's buffered file fetches what is read with
-    Range requests of HF_READ_BLOCK bytes, so a reader of part of a shard skips the rest."""
-    with hub_errors(url):
-        stream = hf_filesystem().open(url[len("hf://"):], "rb", block_size=HF_READ_BLOCK, cache_type="readahead")
-        return _started(stream, offset)
-
-
-def _open_hf(url: str) -> IO[bytes]:
-    """Stream an hf:// file with one GET (the client resumes a broken stream once with a Range request).
+def _open_hf(url: str, offset: int | None = None) -> IO[bytes]:
+    """An hf:// file. Whole (`offset` None): streamed with one GET (the client resumes a broken stream once
+    with a Range request). From `offset`: huggingface_hub's buffered file fetches what is read with Range
+    requests of HF_READ_BLOCK bytes, so a reader of part of a shard skips the rest.
 
     The first read(0) opens the connection, so a missing file, a private repo without a token or a
     revoked token fails here, as a WtoursError with a login hint (the token itself is never shown)."""
+    options = {"block_size": 0} if offset is None else {"block_size": HF_READ_BLOCK, "cache_type": "readahead"}
     with hub_errors(url):
-        return _started(hf_filesystem().open(url[len("hf://"):], "rb", block_size=0), None)
+        return _started(hf_filesystem().open(url[len("hf://"):], "rb", **options), offset)
 
 
-def _started(stream: Any, offset: int | None) -> IO[bytes]:
-    """`stream` moved to `offset` (None: where it is) and its connection opened, or closed on failure."""
+def _started(stream: Any, offset: int | None, connect: bool = True) -> IO[bytes]:
+    """`stream` moved to `offset` (None: where it is) and its connection opened (`connect`), or closed on failure."""
     try:
         if offset is not None:
             stream.seek(offset)
-        stream.read(0)
+        if connect:
+            stream.read(0)
     except BaseException:
         stream.close()
         raise
@@ -300,13 +293,7 @@ def _open_fsspec_at(url: str, offset: int) -> IO[bytes]:
     except Exception as e:  # noqa: BLE001 (backend errors: credentials, network, permissions)
         raise WtoursError(f"{redact(url)}: cannot open ({type(e).__name__}: {e})",
                           "check the URL, the network and the credentials") from e
-    try:
-        if offset:
-            stream.seek(offset)
-    except BaseException:
-        stream.close()
-        raise
-    return stream
+    return _started(stream, offset or None, connect=False)
 
 
 # ------------------------------------------------------------------ pipe:COMMAND
@@ -359,10 +346,8 @@ class PipeStream:
             self.stderr.close()
 
     def _signal(self, number: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # ended meanwhile
             os.killpg(self.process.pid, number)
-        except ProcessLookupError:  # ended meanwhile
-            pass
 
 
 # ------------------------------------------------------------------ verifying what a server sends
@@ -398,14 +383,13 @@ class VerifiedShard:
         spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
         try:
             count, digest = self._spool_all(spool)
+            if count != self.size or digest != self.sha256:
+                what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
+                        else "its sha256 is not the one its index.json records")
+                raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
         except BaseException:
             spool.close()
             raise
-        if count != self.size or digest != self.sha256:
-            spool.close()
-            what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
-                    else "its sha256 is not the one its index.json records")
-            raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
         spool.seek(0)
         self.spool = spool
 

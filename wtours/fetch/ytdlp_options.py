@@ -129,14 +129,8 @@ def load_settings(read_config: bool = True, options: Sequence[str] = (),
     if not read_config:  # not even parsed: a broken config is a reason to pass --ignore-yt-dlp-config
         return YtdlpSettings(from_option=from_option, config_ignored=True)
     configured, files = _config_files_read()
-    from_config: dict[str, Any] = {}
-    not_applied: dict[str, str] = {}
-    for key, value in configured.items():
-        why = OWNED.get(key) or FORMAT_KEYS.get(key)
-        if why:
-            not_applied[key] = why
-        else:
-            from_config[key] = value
+    not_applied = {key: OWNED.get(key) or FORMAT_KEYS[key] for key in configured if key in OWNED or key in FORMAT_KEYS}
+    from_config = {key: value for key, value in configured.items() if key not in not_applied}
     return YtdlpSettings(from_config, from_option, not_applied, tuple(files))
 
 
@@ -262,10 +256,9 @@ def _value(key: str, text: str, default: Any) -> Any:
         if parsed is None:
             raise UsageError(f"--yt-dlp-option {key}={text}: not a size", "bytes, or with a suffix: 500K, 5M")
         value = parsed
-    expected = (bool,) if isinstance(default, bool) else (int,) if isinstance(default, int) else \
-        (int, float) if isinstance(default, float) else (dict,) if isinstance(default, dict) else None
-    if key in _BYTE_KEYS:
-        expected = (int,)
+    expected = (int,) if key in _BYTE_KEYS else (bool,) if isinstance(default, bool) else (int,) \
+        if isinstance(default, int) else (int, float) if isinstance(default, float) else (dict,) \
+        if isinstance(default, dict) else None
     if expected and (not isinstance(value, expected) or (bool not in expected and isinstance(value, bool))):
         kind = {bool: "true or false", int: "an integer", dict: "a JSON object"}.get(expected[0], "a number")
         raise UsageError(f"--yt-dlp-option {key}={text}: {key} takes {kind}",

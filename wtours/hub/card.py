@@ -78,7 +78,7 @@ def local_card(layout: Layout, slugs: list[str], repo: str, revision: str = DEFA
                endpoint: str | None = None) -> str:
     """The card `wtours push` would write for these local sets alone. Contacts nothing: the endpoint in
     the loading instructions is huggingface_hub's setting (HF_ENDPOINT, else huggingface.co)."""
-    from wtours.hub.client import default_endpoint
+    from wtours.hfclient import default_endpoint
     from wtours.hub.source import read_local_set
 
     validate_repo_id(repo)  # before any set is read: the cheaper mistakes first

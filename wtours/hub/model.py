@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from wtours.errors import UsageError, WtoursError
+from wtours.hfclient import has_token, hub_errors
 from wtours.hub.client import (
     HubTarget,
     RemoteFile,
@@ -29,8 +30,6 @@ from wtours.hub.client import (
     endpoint_of,
     filesystem,
     git_blob_id,
-    has_token,
-    hub_errors,
     prepare_repo,
     remote_files,
     same_content,

@@ -17,10 +17,10 @@ from typing import Any
 from tqdm import tqdm
 
 from wtours.errors import WtoursError
+from wtours.hfclient import hub_errors
 from wtours.hub.client import (
     HubTarget,
     RemoteFile,
-    hub_errors,
     open_remote,
     read_remote,
     read_source_record,

@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from wtours.errors import WtoursError
+from wtours.hfclient import has_token, hub_errors
 from wtours.hub import source as provenance
 from wtours.hub.card import CardVideo, is_generated, render_card
 from wtours.hub.client import (
@@ -27,8 +28,6 @@ from wtours.hub.client import (
     client_bars,
     endpoint_of,
     git_blob_id,
-    has_token,
-    hub_errors,
     prepare_repo,
     read_remote,
     read_source_record,
