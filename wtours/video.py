@@ -86,15 +86,18 @@ def completed_file(layout: Layout, slug: str, rehash: bool = False) -> Path | No
     if info is None:
         return None
     path = layout.video_file(slug, info.file)
+    return path if _matches(info, path, rehash) else None
+
+
+def _matches(info: VideoInfo, path: Path, rehash: bool = False) -> bool:
+    """`path` is the file `info` recorded: its size, and its checksum when its mtime changed (or `rehash`)."""
     try:
         stat = path.stat()
     except FileNotFoundError:
-        return None
+        return False
     if stat.st_size != info.bytes:
-        return None
-    if (rehash or stat.st_mtime_ns != info.mtime_ns) and sha256_file(path) != info.sha256:
-        return None
-    return path
+        return False
+    return not (rehash or stat.st_mtime_ns != info.mtime_ns) or sha256_file(path) == info.sha256
 
 
 def registered_video(layout: Layout, slug: str) -> tuple[VideoInfo, Path]:
@@ -107,7 +110,7 @@ def registered_video(layout: Layout, slug: str) -> tuple[VideoInfo, Path]:
     path = layout.video_file(slug, info.file)
     if not path.is_file():
         raise WtoursError(f"{path} is missing", f"download or add {slug} again")
-    if completed_file(layout, slug) is None:
+    if not _matches(info, path):
         raise WtoursError(f"{path} changed since it was recorded (size or checksum differ)",
                           f"register it again with `wtours add {path} --name {slug}` (or download it again)")
     return info, path

@@ -167,7 +167,7 @@ class ClipDataset(IterableDataset):
             # what this worker skipped since its last batch travels with the batch, so the training
             # process counts every worker's (and, gathered, every rank's) skipped shards and clips
             now = self.problems.counts()
-            out.problems, counted = problems_since(counted, now), now
+            out.problems, counted = Problems.since(counted, now), now
             yield out
 
     def _clip_pass(self, plan: EpochPlan, slot: int) -> Iterator[Clip]:
@@ -225,13 +225,6 @@ class GpuAugmenter:
             frames = frames.float()  # antialiased resizes on CUDA take float
         return ClipBatch(multicrop_tensor(frames, batch.sizes, batch.frames, self.rng, self.config), batch.keys,
                          batch.problems)
-
-
-def problems_since(before: dict, now: dict) -> dict:
-    """The new bad shards and the counts added between two `Problems.counts()`."""
-    return {"bad_shards": {u: e for u, e in now["bad_shards"].items() if u not in before["bad_shards"]},
-            "bad_samples": now["bad_samples"] - before["bad_samples"],
-            "bad_clips": now["bad_clips"] - before["bad_clips"]}
 
 
 def cpu_augmenter():

@@ -95,6 +95,13 @@ class Problems:
         """As plain data, which crosses processes: {"bad_shards": {url: error}, "bad_samples": n, "bad_clips": n}."""
         return {"bad_shards": dict(self.bad_shards), "bad_samples": self.bad_samples, "bad_clips": self.bad_clips}
 
+    @staticmethod
+    def since(before: dict, now: dict) -> dict:
+        """The new bad shards and the counts added between two `counts()`: what a worker sends with a batch."""
+        return {"bad_shards": {u: e for u, e in now["bad_shards"].items() if u not in before["bad_shards"]},
+                "bad_samples": now["bad_samples"] - before["bad_samples"],
+                "bad_clips": now["bad_clips"] - before["bad_clips"]}
+
     def add(self, counts: dict | None) -> None:
         """Add another process's `counts()`, or a delta of them (a batch's `problems`); a shard keeps its
         first error."""
