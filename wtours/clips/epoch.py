@@ -13,6 +13,7 @@ whole batches: at most one batch per rank."""
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
 from collections.abc import Iterable
@@ -47,9 +48,14 @@ def cell_step(stride: float, fps: float) -> int:
     return round(step)
 
 
+def clip_span(shard: ShardRef, config: ClipConfig) -> int:
+    """Grid cells from a clip's first frame to its last."""
+    return (config.frames - 1) * cell_step(config.stride, shard.fps)
+
+
 def clip_starts(shard: ShardRef, config: ClipConfig) -> list[int]:
     """Every start cell whose clip lies inside one run of the shard."""
-    span = (config.frames - 1) * cell_step(config.stride, shard.fps)
+    span = clip_span(shard, config)
     return [c for first, last in shard.entry.cell_runs for c in range(first, last - span + 1)]
 
 
@@ -63,17 +69,8 @@ def epoch_starts(shard: ShardRef, config: ClipConfig, epoch: int) -> list[int]:
 
 
 def clips_per_epoch(shards: list[ShardRef], config: ClipConfig) -> int:
-    """Exact: the subset size does not depend on the epoch."""
-    total = 0
-    for shard in shards:
-        n = len(clip_starts(shard, config))
-        total += n if config.clips_per_shard is None else min(n, config.clips_per_shard)
-    return total
-
-
-def clip_span(shard: ShardRef, config: ClipConfig) -> int:
-    """Grid cells from a clip's first frame to its last."""
-    return (config.frames - 1) * cell_step(config.stride, shard.fps)
+    """Exact: the subset size (min(starts, clips_per_shard)) does not depend on the epoch."""
+    return sum(len(clip_starts(shard, config)[:config.clips_per_shard]) for shard in shards)
 
 
 def sample_index(shard: ShardRef, cell: int) -> int:
@@ -108,8 +105,6 @@ class ShardRead:
     def needed(cls, ref: ShardRef, starts: Iterable[int], config: ClipConfig) -> ShardRead:
         """Only the samples from the first start to the last clip's last frame."""
         starts = frozenset(starts)
-        if not starts:
-            return cls(ref, starts, 0, 0)
         first = sample_index(ref, min(starts))
         stop = sample_index(ref, max(starts) + clip_span(ref, config)) + 1
         return cls(ref, starts, first, None if stop >= ref.entry.samples else stop)
@@ -157,10 +152,6 @@ class EpochPlan:
         """Clips all slots read together: the distinct ones plus the padding (< one batch per rank)."""
         return sum(s.clips_read for s in self.slots)
 
-    @property
-    def ranks(self) -> int:
-        return len(self.slots) // self.workers
-
     def clip_at(self, position: int) -> tuple[ShardRef, int]:
         shard = bisect.bisect_right(self.bounds, position) - 1
         return self.shards[shard], self.starts[shard][position - self.bounds[shard]]
@@ -171,20 +162,14 @@ class EpochPlan:
         return self._reads(range(plan.first, plan.stop)) + self._reads(plan.padding)
 
     def _reads(self, positions: Iterable[int]) -> list[ShardRead]:
-        groups: list[tuple[int, list[int]]] = []
+        groups: list[tuple[ShardRef, list[int]]] = []
         for position in positions:
-            shard = bisect.bisect_right(self.bounds, position) - 1
-            start = self.starts[shard][position - self.bounds[shard]]
+            shard, start = self.clip_at(position)
             # a new read where the shard changes or a start comes again (padding that wraps around)
-            if not groups or groups[-1][0] != shard or start <= groups[-1][1][-1]:
+            if not groups or groups[-1][0] is not shard or start <= groups[-1][1][-1]:
                 groups.append((shard, []))
             groups[-1][1].append(start)
-        return [ShardRead.needed(self.shards[s], starts, self.config) for s, starts in groups]
-
-
-def _even_cuts(lo: int, hi: int, parts: int) -> list[int]:
-    """parts + 1 cut points splitting [lo, hi) into pieces whose sizes differ by at most one."""
-    return [lo + (hi - lo) * k // parts for k in range(parts + 1)]
+        return [ShardRead.needed(shard, starts, self.config) for shard, starts in groups]
 
 
 def plan_epoch(shards: list[ShardRef], config: ClipConfig, epoch: int, ranks: int = 1, workers: int = 1,
@@ -210,16 +195,14 @@ def plan_epoch(shards: list[ShardRef], config: ClipConfig, epoch: int, ranks: in
     order = list(range(len(shards)))
     rng.shuffle(order)
     starts = tuple(tuple(epoch_starts(shards[i], config, epoch)) for i in order)
-    bounds = [0]
-    for s in starts:
-        bounds.append(bounds[-1] + len(s))
+    bounds = tuple(itertools.accumulate(map(len, starts), initial=0))
     total = bounds[-1]
     if total == 0:
         raise WtoursError(f"no clip of {config.frames} frames {config.stride} s apart fits in these shards",
                           "use fewer --clip-frames, a shorter --clip-stride, or shards with more samples per shard")
     steps = math.ceil(math.ceil(total / ranks) / batch_size)
     slots: list[SlotPlan] = []
-    rank_cuts = _even_cuts(0, total, ranks)
+    rank_cuts = [total * k // ranks for k in range(ranks + 1)]  # piece sizes differ by at most one
     for rank in range(ranks):
         lo, hi = rank_cuts[rank], rank_cuts[rank + 1]
         batches = [len(range(w, steps, workers)) for w in range(workers)]
@@ -232,10 +215,7 @@ def plan_epoch(shards: list[ShardRef], config: ClipConfig, epoch: int, ranks: in
         for w in range(workers):
             own = batches[w] * batch_size - pads[w]
             first, position = position, position + own
-            if own:
-                padding = tuple(first + k % own for k in range(pads[w]))
-            else:
-                padding = tuple((lo + k) % total for k in range(pads[w]))
+            padding = tuple(first + k % own if own else (lo + k) % total for k in range(pads[w]))
             slots.append(SlotPlan(first, position, padding, batches[w]))
-    return EpochPlan(tuple(shards[i] for i in order), starts, tuple(bounds), tuple(slots), workers, batch_size,
+    return EpochPlan(tuple(shards[i] for i in order), starts, bounds, tuple(slots), workers, batch_size,
                      steps, config)

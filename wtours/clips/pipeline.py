@@ -79,10 +79,6 @@ class WorkerFailure:
     hint: str | None
     exit_code: int
 
-    @classmethod
-    def of(cls, error: WtoursError) -> WorkerFailure:
-        return cls(type(error), error.message, error.hint, error.exit_code)
-
     def error(self) -> WtoursError:
         return self.kind(self.message, self.hint, self.exit_code)
 
@@ -118,13 +114,9 @@ class ClipDataset(IterableDataset):
         """Start `epoch`, optionally past its first `skip_batches` batches (resuming mid-epoch)."""
         self.epoch, self.skip_batches = epoch, skip_batches
 
-    @property
-    def workers(self) -> int:
-        return max(1, self.config.workers)
-
     def plan(self, workers: int | None = None) -> EpochPlan:
-        return plan_epoch(self.shards, self.config.clip, self.epoch, self.world_size, workers or self.workers,
-                          self.config.batch_size)
+        return plan_epoch(self.shards, self.config.clip, self.epoch, self.world_size,
+                          workers or max(1, self.config.workers), self.config.batch_size)
 
     def clips_per_epoch(self) -> int:
         return clips_per_epoch(self.shards, self.config.clip)
@@ -141,7 +133,7 @@ class ClipDataset(IterableDataset):
         try:
             yield from self._batches(info)
         except WtoursError as error:
-            yield WorkerFailure.of(error)  # ClipLoader raises it
+            yield WorkerFailure(type(error), error.message, error.hint, error.exit_code)  # ClipLoader raises it
 
     def _batches(self, info) -> Iterator[Any]:
         """The batches of this process's slot (`info`: its DataLoader worker, None in the main process)."""
@@ -180,13 +172,16 @@ class ClipDataset(IterableDataset):
         """Decode and multi-crop, each clip decoded just before its crops; a clip with a frame that does
         not decode is counted, and its place in the batch goes to another clip of the batch (with new
         crops), so batches keep their size. The views go into a set of `pool`'s where one is free."""
-        multicrop = cpu_augmenter()
+        try:
+            from wtours.clips.augment_cpu import multicrop_jpegs, output_shapes
+        except ImportError as exc:  # OpenCV (its decoder and colour kernels) is missing or too old
+            raise WtoursError(f"the CPU augmentation cannot load: {exc}",
+                              "install OpenCV >= 4.10: pip install 'opencv-python-headless>=4.10' (it comes with "
+                              "wtours[train])") from exc
         outputs, cell = None, None
         if pool is not None:
-            from wtours.clips.augment_cpu import output_shapes
-
             outputs, cell = pool.take(output_shapes(len(batch), self.config.clip.frames, self.config.multicrop))
-        result = multicrop([clip.jpgs for clip in batch], rng, self.config.multicrop, outputs)
+        result = multicrop_jpegs([clip.jpgs for clip in batch], rng, self.config.multicrop, outputs)
         for i, error in result.failures:
             self.problems.clip_failed(batch[i].key, batch[i].url, error)
         if not result.sources:
@@ -227,29 +222,13 @@ class GpuAugmenter:
                          batch.problems)
 
 
-def cpu_augmenter():
-    """`augment_cpu.multicrop_jpegs`, or a clear error where OpenCV (its decoder and colour kernels) is missing."""
-    try:
-        from wtours.clips.augment_cpu import multicrop_jpegs
-    except ImportError as exc:
-        raise WtoursError(f"the CPU augmentation cannot load: {exc}",
-                          "install OpenCV >= 4.10: pip install 'opencv-python-headless>=4.10' (it comes with "
-                          "wtours[train])") from exc
-    return multicrop_jpegs
-
-
 class ClipLoader(DataLoader):
-    """The DataLoader of a ClipDataset, keeping `dataset.problems` of this process complete, and
-    letting its CPU-path workers reuse their output memory.
-
-    A worker process counts what it skips in its own copy of the dataset, which this process never
-    sees; the counts travel with each batch (`batch.problems`, what the worker skipped since its
-    previous batch), and this loader adds them to `dataset.problems` as the batches arrive. With
-    workers=0 the dataset counts here directly. A shard skipped after a worker's last batch is not
-    counted (the quota stops reading once that batch is full).
-
-    Each iteration's workers get a fresh `recycle.Leases`; the loader frees a batch's output set for
-    reuse once this process holds nothing of it (`recycle` has the protocol)."""
+    """The DataLoader of a ClipDataset. A worker counts what it skips in its own copy of the dataset; the
+    counts travel with each batch (`batch.problems`: since its previous batch) and are added to this
+    process's `dataset.problems` as batches arrive (with workers=0 the dataset counts here). A shard
+    skipped after a worker's last batch is not counted (the quota stops reading once that batch is full).
+    Each iteration's CPU-path workers get a fresh `recycle.Leases`: a batch's output set is reused once
+    this process holds nothing of it (`recycle` has the protocol)."""
 
     dataset: ClipDataset
     reuse_outputs = True  # make_loader's switch

@@ -5,6 +5,8 @@ bytes) -> Sample (one frame's files) -> Clip (T frames)."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import random
@@ -35,10 +37,6 @@ class ShardStream:
     read: ShardRead
     stream: ByteStream
     first_sample: int = 0
-
-    @property
-    def url(self) -> str:
-        return self.read.ref.url
 
 
 @dataclass(frozen=True)
@@ -159,21 +157,17 @@ def open_shards(reads: Iterable[ShardRead | ShardRef], problems: Problems) -> It
 
     Each stream is closed when the next is requested (or when the pipeline stops): the samples stage
     reads a stream to its end, or as far as it needs, before asking for the next."""
-    stream = None
-    try:
-        for read in reads:
-            if isinstance(read, ShardRef):
-                read = ShardRead.whole(read, ())
-            try:
-                stream = open_part(read)
-            except (OSError, WtoursError) as e:
-                problems.shard_failed(read.ref.url, e)
-                continue
+    for read in reads:
+        if isinstance(read, ShardRef):
+            read = ShardRead.whole(read, ())
+        try:
+            stream = open_part(read)
+        except (OSError, WtoursError) as e:
+            problems.shard_failed(read.ref.url, e)
+            continue
+        try:
             yield stream
-            stream.stream.close()
-            stream = None
-    finally:
-        if stream is not None:
+        finally:
             stream.stream.close()
 
 
@@ -183,28 +177,24 @@ def tar_samples(sources: Iterable[ShardStream], problems: Problems) -> Iterator[
     Samples before the part's first sample (a stream that could not seek) are skipped, and reading
     stops after its last one. A tar error ends that shard's samples and is charged to it."""
     for source in sources:
-        url = source.url
-
-        def handler(error: BaseException, url: str = url) -> bool:
-            return problems.shard_failed(url, error)
-
-        def files(source: ShardStream = source, url: str = url) -> Iterator[dict[str, Any]]:
-            # a tar or stream failure ends this shard's files here, so the key grouping still yields
-            # the sample it holds (what arrived before the failure is used)
-            try:
-                for item in tar_file_iterator(source.stream, handler=handler):
-                    yield {**item, "__url__": url}
-            except Exception as error:  # noqa: BLE001 (any tar or stream failure: count the shard, go on)
-                problems.shard_failed(url, error)
-
-        index = source.first_sample
-        stop = source.read.stop_sample
-        for item in group_by_keys(files(), handler=handler):
+        handler = functools.partial(problems.shard_failed, source.read.ref.url)
+        index, stop = source.first_sample, source.read.stop_sample
+        for item in group_by_keys(_tar_files(source, handler), handler=handler):
             if stop is not None and index >= stop:
                 break
             if index >= source.read.first_sample:
                 yield Sample(item["__key__"], index, source.read, item.get("jpg"), item.get("json"))
             index += 1
+
+
+def _tar_files(source: ShardStream, handler: Callable[[BaseException], bool]) -> Iterator[dict[str, Any]]:
+    # a tar or stream failure ends this shard's files here, so the key grouping still yields the
+    # sample it holds (what arrived before the failure is used)
+    try:
+        for item in tar_file_iterator(source.stream, handler=handler):
+            yield {**item, "__url__": source.read.ref.url}
+    except Exception as error:  # noqa: BLE001 (any tar or stream failure: count the shard, go on)
+        handler(error)
 
 
 def samples_to_clips(samples: Iterable[Sample], config: ClipConfig, problems: Problems) -> Iterator[Clip]:
@@ -273,11 +263,6 @@ def take_quota(make_pass: Callable[[int], Iterable[Any]], quota: int) -> Iterato
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
         yield batch
