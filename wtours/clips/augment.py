@@ -173,20 +173,14 @@ def _jitter_op(x: torch.Tensor, op: int, factor: torch.Tensor) -> torch.Tensor:
     return _shift_hue(x, factor)
 
 
-def _gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """(M,) sigmas -> (M, 2*radius+1) normalised 1-D kernels, each cut at 3 sigma."""
-    offsets = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
-    kernels = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
-    support = offsets.abs()[None] <= torch.ceil(3 * sigma)[:, None]
-    kernels = kernels * support
-    return kernels / kernels.sum(dim=1, keepdim=True)
-
-
 def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-image sigma: (M, 3, H, W)."""
+    """Separable Gaussian blur with a per-image sigma (M,), each kernel cut at 3 sigma: (M, 3, H, W)."""
     m, c, h, w = x.shape
     radius = min(int(np.ceil(3 * float(sigma.max()))), (min(h, w) - 1) // 2)
-    kernel = _gaussian_kernels(sigma, radius).repeat_interleave(c, dim=0)  # (M*3, K)
+    offsets = torch.arange(-radius, radius + 1, device=sigma.device, dtype=sigma.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
+    kernel = kernel * (offsets.abs()[None] <= torch.ceil(3 * sigma)[:, None])
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (M*3, K), normalised
     flat = x.reshape(1, m * c, h, w)
     flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=m * c)
     flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=m * c)
@@ -246,7 +240,7 @@ def normalise_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def multicrop_tensor(frames: torch.Tensor, sizes: np.ndarray, frames_per_clip: int, rng: np.random.Generator,
-              config: MultiCropConfig) -> list[torch.Tensor]:
+                     config: MultiCropConfig) -> list[torch.Tensor]:
     """Decoded frames -> DoRA's views, as the method doc orders it: clip crop -> global / local crops.
 
     frames: (B*T, 3, H, W) uint8 (CPU) or float in [0, 255] (any device), clip-major; a frame smaller

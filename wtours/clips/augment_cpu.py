@@ -1,14 +1,12 @@
 """DoRA's multi-crop on the CPU, for DataLoader workers: the authors' operations with faster kernels.
 
-DINO's and DoRA's PIL pipelines decode with libjpeg, resample with PIL's antialiased filters and
-colour-jitter with ImageEnhance and PIL's HSV conversion. The same operations here, per clip:
-libjpeg-turbo decoding of only the window the crops use (`jpeg`: TurboJPEG 3, else whole frames
-through OpenCV; the same pixels either way), PyTorch's vectorised uint8 antialiased resizes (ported from
-PIL's filters), OpenCV's vectorised scalings, blends, float HSV conversions and separable Gaussian
-blur, each rounded once to uint8 (within half a level of torchvision's float formulas). The random
-parameters come from `augment.plan_crops` / `augment.plan_colours`, so this path and the batched
-tensor path (`augment.multicrop_tensor`) draw from the same distributions. docs/benchmarks.md has
-the speed of both against PIL's."""
+Where DINO's and DoRA's PIL pipelines decode with libjpeg, resample with PIL's antialiased filters and
+colour-jitter with ImageEnhance and PIL's HSV conversion, this runs, per clip: libjpeg-turbo decoding of
+only the window the crops use (`jpeg`; the same pixels as the whole frame's), PyTorch's vectorised uint8
+antialiased resizes (ported from PIL's filters), OpenCV's vectorised scalings, blends, float HSV
+conversions and separable Gaussian blur, each rounded once to uint8 (within half a level of
+torchvision's float formulas). Parameters come from `augment`'s sampler, as for the tensor path.
+docs/benchmarks.md has the speed of both against PIL's."""
 
 from __future__ import annotations
 
@@ -32,14 +30,9 @@ __all__ = ["DecodedViews", "colour_cpu", "decode_clip", "multicrop_cpu", "multic
 def multicrop_cpu(clips: list[list[torch.Tensor]], rng: np.random.Generator,
                   config: MultiCropConfig) -> list[torch.Tensor]:
     """B clips of T decoded frames (`decode_clip`) -> [global (B, T, 3, G, G), local_1 .. local_n (B, T, 3, L, L)],
-    uint8, contiguous: a quarter of float32's bytes to send between processes. The consumer normalises
-    them after moving them to its device (`augment.normalise_uint8`, `ClipBatch.normalised`).
-
-    Per clip, as the authors' PIL pipeline orders it, with faster kernels for the same operations:
-    PyTorch's vectorised uint8 antialiased resizes (PIL's filters) and OpenCV's colour kernels
-    (`colour_cpu`). Randomness is drawn per clip in `multicrop_tensor`'s order for B = 1. One thread
-    per worker: DataLoader workers are the parallelism. `multicrop_jpegs` makes the same views from
-    the JPEGs, holding one clip's frames at a time."""
+    uint8, contiguous: a quarter of float32's bytes to send between processes (the consumer normalises
+    them on its device: `ClipBatch.normalised`). Per clip, in the authors' order; randomness is drawn
+    per clip in `multicrop_tensor`'s order for B = 1. One thread: DataLoader workers are the parallelism."""
     cv2.setNumThreads(1)
     views = _Views(len(clips), len(clips[0]), config)
     for i, frames in enumerate(clips):
@@ -58,19 +51,16 @@ class DecodedViews:
 
 def multicrop_jpegs(clips: list[list[bytes]], rng: np.random.Generator, config: MultiCropConfig,
                     outputs: list[torch.Tensor] | None = None) -> DecodedViews:
-    """B clips of T JPEGs -> `multicrop_cpu`'s views, each clip decoded just before its crops: only the
-    clip window its crops use where TurboJPEG 3 is at hand (`jpeg.window_decoder`), the same pixels.
-    `outputs` (shapes from `output_shapes`) are filled where given, instead of new tensors: a worker's
-    reused shared memory (`recycle.OutputPool`).
+    """B clips of T JPEGs -> `multicrop_cpu`'s views, each clip decoded just before its crops (only the clip
+    window where TurboJPEG 3 is at hand: `jpeg.window_decoder`), into `outputs` where given (shapes from
+    `output_shapes`: a worker's reused shared memory, `recycle.OutputPool`).
 
-    A clip's frames (11 MB at 910x512) are still in the cache when their windows are copied, and
-    their memory is reused by the next clip's, where decoding the whole batch first (90 MB) leaves
-    them cold and faults fresh pages in: 1.085x decode-all-then-crop's speed in one process on a
-    loaded machine, about even on a quiet one (docs/benchmarks.md). Only one clip's frames are held
-    at a time. A clip that does not decode is reported in `failures`, and its row goes to
-    a clip that does (re-decoded, with new crops), so the batch keeps its size: the views, rows and
-    random draws are those of `multicrop_cpu` on the decodable clips' frames followed by repeats of
-    the first of them."""
+    A clip's frames (11 MB at 910x512) are still in the cache when their windows are copied, where
+    decoding the whole batch first (90 MB) faults fresh pages in: 1.085x its speed in one process on a
+    loaded machine, about even on a quiet one (docs/benchmarks.md). A clip that does not decode is
+    reported in `failures` and its row goes to a clip that does (re-decoded, with new crops), so the
+    batch keeps its size: the views, rows and draws are `multicrop_cpu`'s on the decodable clips'
+    frames followed by repeats of the first of them."""
     cv2.setNumThreads(1)
     views = _Views(len(clips), len(clips[0]), config, outputs)
     decoder = window_decoder()
@@ -105,7 +95,6 @@ class _Views:
     """The output views of B clips of T frames, filled a clip at a time."""
 
     def __init__(self, b: int, t: int, config: MultiCropConfig, outputs: list[torch.Tensor] | None = None) -> None:
-        g = config.global_size
         self.config, self.t = config, t
         shapes = output_shapes(b, t, config)
         if outputs is None:
@@ -114,7 +103,7 @@ class _Views:
             raise ValueError(f"outputs must be uint8 tensors of shapes {shapes}")
         self.globals_, self.locals_ = outputs
         self.planar_g, self.planar_l = self.globals_.numpy(), self.locals_.numpy()
-        self.mirror = np.empty((t, g, g, 3), np.uint8)  # (T, G, G, 3): a flipped clip's global views, reused
+        self.mirror = np.empty((t, config.global_size, config.global_size, 3), np.uint8)  # flipped global views
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.globals_] + list(self.locals_.unbind(0))
@@ -169,20 +158,15 @@ class _Views:
                                       .permute(1, 2, 0).numpy())
                  for v in range(n) for j in range(t)]  # n*T x (L, L, 3), a window per view and per frame
         colour_cpu(crops, plan_colours(rng, n * t, config.local_blur_p, config))
-        for j in range(t):
-            _split(view[j], self.planar_g[i, j])
+        for j in range(t):  # (H, W, 3) -> (3, H, W): OpenCV's channel split, about 10x numpy's strided transpose
+            cv2.split(view[j], list(self.planar_g[i, j]))
             for v in range(n):
-                _split(crops[v * t + j], self.planar_l[v, i, j])
+                cv2.split(crops[v * t + j], list(self.planar_l[v, i, j]))
 
 
 def _output(shape: tuple[int, ...]) -> torch.Tensor:
     """An uninitialised uint8 tensor; in a DataLoader worker, in shared memory (`recycle.shared_empty`)."""
     return torch.empty(shape, dtype=torch.uint8) if get_worker_info() is None else shared_empty(shape)
-
-
-def _split(image: np.ndarray, planes: np.ndarray) -> None:
-    """(H, W, 3) -> (3, H, W) uint8: OpenCV's vectorised channel split, about 10x numpy's strided transpose."""
-    cv2.split(image, [planes[0], planes[1], planes[2]])
 
 
 def colour_cpu(images, plan: ColourPlan) -> None:
