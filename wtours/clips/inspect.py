@@ -19,18 +19,16 @@ def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, wo
     every rank the same steps), steps per rank. `sets` (folder, index): whether each index is complete.
     Local shard files the index lists but the disk lacks are listed under `missing`."""
     videos: dict[str, dict[str, Any]] = {}
+    last_cell: dict[str, int] = {}  # per video: the last cell of the runs so far
     for ref in shards:
-        video = videos.setdefault(ref.slug, {"shards": 0, "frames": 0, "seconds": 0.0, "gaps": [], "fps": ref.fps,
-                                             "_last": None})
+        video = videos.setdefault(ref.slug, {"shards": 0, "frames": 0, "seconds": 0.0, "gaps": [], "fps": ref.fps})
         video["shards"] += 1
         video["frames"] += ref.entry.samples
         for first, last in ref.entry.cell_runs:
             video["seconds"] += (last - first + 1) / ref.fps
-            if video["_last"] is not None and first > video["_last"] + 1:
-                video["gaps"].append([round((video["_last"] + 1) / ref.fps, 3), round(first / ref.fps, 3)])
-            video["_last"] = last
-    for video in videos.values():
-        del video["_last"]
+            if ref.slug in last_cell and first > last_cell[ref.slug] + 1:
+                video["gaps"].append([round((last_cell[ref.slug] + 1) / ref.fps, 3), round(first / ref.fps, 3)])
+            last_cell[ref.slug] = last
     incomplete = []
     for _, index in sets or ():
         if index.slug in videos:

@@ -25,7 +25,6 @@ from braceexpand import braceexpand
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, SLUG_PATTERN, Layout, shard_number
 from wtours.shard.index import ShardEntry, ShardIndex
-from wtours.shard.plan import sample_cell
 from wtours.streams import PIPE_PREFIX, check_hf_url, glob_urls, open_url, require_backend, url_scheme
 
 SPEC_SEPARATOR = "::"
@@ -40,11 +39,7 @@ class ShardRef:
     slug: str
     fps: float  # the set's sampling grid (cells per second)
     entry: ShardEntry
-    t_decimals: int | None = None  # version-1 indexes rounded the samples' `t` to 6 decimals
-
-    def cell_of_sample(self, t: float) -> int:
-        """The grid cell of one of this shard's samples, from its recorded `t` (shard.plan.sample_cell)."""
-        return sample_cell(t, self.fps, self.t_decimals)
+    t_decimals: int | None = None  # version-1 indexes rounded the samples' `t` to 6 decimals (shard.plan.sample_cell)
 
 
 PIPE_WORD = re.compile(r"(?:^|\s)(pipe:)")
@@ -91,24 +86,15 @@ def resolve_sets(specs: str | Iterable[str], root: str | os.PathLike | None = No
     for spec in parts:
         found = [s for s in _resolve_one(spec, Layout(root)) if s.refs]
         if not found:
-            raise UsageError(f"SPEC {spec!r} matches no shard", _spec_hint(spec))
+            raise UsageError(f"SPEC {spec!r} matches no shard", SPEC_HINT)
         sets.extend(found)
     return sets
 
 
-def _spec_hint(spec: str) -> str:
-    return ("a SPEC is a video slug with shards under --root, a folder holding index.json, a local pattern such as "
-            "'/data/shards/venice/venice-{000000..000009}.tar', the same as an http(s)://, "
-            "hf://datasets/USER/NAME/..., s3://, gs:// or file:// URL, or 'pipe:COMMAND' (e.g. "
-            "'pipe:cat /data/venice/venice-{000000..000009}.tar'); run `wtours list` to see what is sharded")
-
-
-def _known_name(slug: str, layout: Layout) -> bool:
-    """A corpus video's slug, or a video registered (or a set being sharded) under the root."""
-    from wtours.manifest import load_manifest
-
-    return (slug in load_manifest().slugs or slug in layout.video_slugs()
-            or slug in layout.sharded_slugs())
+SPEC_HINT = ("a SPEC is a video slug with shards under --root, a folder holding index.json, a local pattern such as "
+             "'/data/shards/venice/venice-{000000..000009}.tar', the same as an http(s)://, "
+             "hf://datasets/USER/NAME/..., s3://, gs:// or file:// URL, or 'pipe:COMMAND' (e.g. "
+             "'pipe:cat /data/venice/venice-{000000..000009}.tar'); run `wtours list` to see what is sharded")
 
 
 def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
@@ -118,9 +104,12 @@ def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
         return _resolve_remote(spec)
     if SLUG_PATTERN.match(spec) and "/" not in spec and not Path(spec).exists():
         if not layout.index_path(spec).is_file():
-            if not _known_name(spec, layout):  # a typo, not a step left to run: a usage error
+            from wtours.manifest import load_manifest
+
+            # not a corpus video, nor one registered or being sharded: a typo, not a step left to run
+            if not (spec in load_manifest().slugs or spec in layout.video_slugs() or spec in layout.sharded_slugs()):
                 raise UsageError(f"SPEC {spec!r} names no video: not a corpus video, nor one registered or "
-                                 f"sharded under {layout.root}", _spec_hint(spec))
+                                 f"sharded under {layout.root}", SPEC_HINT)
             raise WtoursError(f"SPEC {spec!r}: no shard index at {layout.index_path(spec)}",
                               f"run `wtours shard --city {spec}` first, or pass --root")
         return [_local_set(str(layout.shard_dir(spec)), None)]

@@ -22,6 +22,7 @@ from wtours.clips.spec import ShardRef
 from wtours.errors import WtoursError
 from wtours.layout import sample_key
 from wtours.redact import redact
+from wtours.shard.plan import sample_cell
 from wtours.streams import ByteStream, open_at, open_url, verified_whole
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def samples_to_clips(samples: Iterable[Sample], config: ClipConfig, problems: Pr
             continue
         try:
             meta = json.loads(sample.json)
-            cell = ref.cell_of_sample(meta["t"])
+            cell = sample_cell(meta["t"], ref.fps, ref.t_decimals)
         except (ValueError, KeyError, TypeError):
             problems.bad_samples += 1
             continue
