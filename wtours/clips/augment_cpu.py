@@ -69,10 +69,9 @@ def multicrop_jpegs(clips: list[list[bytes]], rng: np.random.Generator, config: 
     for i, jpgs in enumerate(clips):
         try:
             views.crop_jpegs(len(sources), jpgs, rng, decoder)
+            sources.append(i)
         except RuntimeError as error:
             failures.append((i, error))
-            continue
-        sources.append(i)
     if not sources:
         return DecodedViews([], [], failures)
     decodable = len(sources)

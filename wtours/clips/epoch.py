@@ -1,14 +1,11 @@
 """Clip arithmetic from shard indexes: valid starts, epoch length, and the per-epoch work plan.
 
-A clip is T frames `stride` seconds apart, i.e. T grid cells `step = stride * fps` apart. It must lie
-inside one run of consecutive cells of one shard, so it never spans a dropped stretch. Everything
-here is a pure function of (shards, config, seed, epoch): every rank and worker computes the same
-plan, and the epoch length is known before a shard is opened.
-
-The plan is exact at clip granularity: every clip start of the epoch goes to exactly one
-(rank, worker) slot, as a contiguous stretch of the epoch's shard order (so a slot reads parts of one
-or a few shards), and the only repeats are the padding that gives every rank the same number of
-whole batches: at most one batch per rank."""
+A clip is T frames `stride` seconds apart (T grid cells `step = stride * fps` apart) inside one run of
+consecutive cells of one shard, so it never spans a dropped stretch. All here is a pure function of
+(shards, config, seed, epoch): every rank and worker computes the same plan before a shard is opened.
+The plan is exact: every clip start of the epoch goes to one (rank, worker) slot, in a contiguous
+stretch of the epoch's shard order (a slot reads parts of one or a few shards); the only repeats are
+the padding that gives every rank the same number of whole batches (at most one batch per rank)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,18 @@
 """JPEG decoding for the CPU multi-crop: whole frames, or only the window a clip's crops use.
 
 A clip's views are all cut from one window of its frames (`augment.plan_crops`' clip box, 0.2-1 of the
-frame's area, 0.4 on average), so decoding the rest of each frame is wasted work: 45% of a worker's time
-went to decoding whole frames. TurboJPEG 3's cropped decompression (tj3SetCroppingRegion) decodes only
-the rows down to the window's bottom and runs the inverse DCT, upsampling and colour conversion only on
-its columns. Its pixels are those of the whole frame's decode when the region starts one iMCU (the
-JPEG's 8 or 16 px block of chroma samples) left of and above the window and ends one iMCU right of it:
-chroma upsampling near a region's edge reads samples from beyond it, which the margins hold (the tests
-compare every pixel with the whole decode, and `WindowDecoder` checks it once per process). 2.5-2.9x
-less decoding per clip on the loader benchmark's frames (docs/benchmarks.md).
+frame's area, 0.4 on average), and decoding whole frames took 45% of a worker's time. TurboJPEG 3's
+cropped decompression (tj3SetCroppingRegion) decodes only the rows down to the window's bottom and runs
+the inverse DCT, upsampling and colour conversion only on its columns. Its pixels are the whole decode's
+when the region starts one iMCU (the JPEG's 8 or 16 px block of chroma samples) left of and above the
+window and ends one iMCU right of it, since chroma upsampling near an edge reads samples beyond it (the
+tests compare every pixel, and `_self_check` once per process): 2.5-2.9x less decoding per clip on the
+loader benchmark's frames (docs/benchmarks.md).
 
 The library: $WTOURS_TURBOJPEG (a path to libturbojpeg.so.0 >= 3.0, or `off`), else the system's
-libturbojpeg when it is version 3 (Fedora 40+, Arch, Homebrew, conda-forge), else the copy that the
-`turbojpeg` wheel bundles (wtours[train] installs it on Linux x86_64). Without one, frames are decoded
-whole with OpenCV, with the same pixels: only the speed differs."""
+libturbojpeg when it is version 3 (Fedora 40+, Arch, Homebrew, conda-forge), else the `turbojpeg`
+wheel's copy (wtours[train] installs it on Linux x86_64). Without one, OpenCV decodes whole frames,
+with the same pixels: only the speed differs."""
 
 from __future__ import annotations
 
@@ -152,16 +151,15 @@ def _self_check(decoder: WindowDecoder) -> bool:
     """The window of a 4:2:0 and a 4:4:4 JPEG against their whole decode: a library that differs is not used."""
     rng = np.random.default_rng(0)
     image = cv2.GaussianBlur(rng.integers(0, 256, (96, 136, 3), dtype=np.uint8), (5, 5), 2)
+    box = (21, 19, 117, 83)
+    window = np.empty((box[3] - box[1], box[2] - box[0], 3), np.uint8)
     for sampling in (cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444):
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90,
                                                    cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
         jpg = encoded.tobytes()
         whole = decode_frame(jpg)
-        box = (21, 19, 117, 83)
-        window = np.empty((box[3] - box[1], box[2] - box[0], 3), np.uint8)
-        if whole is None or not decoder.decode_window(jpg, box, window):
-            return False
-        if not np.array_equal(window, whole[box[1]:box[3], box[0]:box[2]]):
+        if (whole is None or not decoder.decode_window(jpg, box, window)
+                or not np.array_equal(window, whole[box[1]:box[3], box[0]:box[2]])):
             return False
     return True
 

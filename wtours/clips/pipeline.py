@@ -85,16 +85,13 @@ class WorkerFailure:
 
 @dataclass
 class RawClipBatch:
-    """A batch for the GPU path: the clips' JPEGs, undecoded."""
+    """A batch for the GPU path: the clips' JPEGs, undecoded (the DataLoader's pinning leaves it as it is)."""
 
     jpgs: list[torch.Tensor]  # B*T uint8 1-D tensors, clip-major
     sizes: np.ndarray  # (B, 2) frame (height, width) per clip
     keys: list[str]
     frames: int  # T
     problems: dict | None = None  # as ClipBatch.problems
-
-    def pin_memory(self) -> RawClipBatch:
-        return self
 
 
 class ClipDataset(IterableDataset):
@@ -127,12 +124,11 @@ class ClipDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
-        if info is None:
-            yield from self._batches(None)
-            return
         try:
             yield from self._batches(info)
         except WtoursError as error:
+            if info is None:  # the main process: raised as it is
+                raise
             yield WorkerFailure(type(error), error.message, error.hint, error.exit_code)  # ClipLoader raises it
 
     def _batches(self, info) -> Iterator[Any]:

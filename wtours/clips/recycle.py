@@ -1,28 +1,25 @@
 """Output buffers that DataLoader workers reuse once the training process has let go of them.
 
-A CPU-path worker writes each batch's uint8 views into shared memory, so sending them copies
-nothing. A fresh shared segment costs far more than the writes into it: the kernel zero-fills its
-pages (torch reserves them with posix_fallocate) and every page faults on first write. At the default
-8 clips per batch (24 MB of views) that was 22-25 ms per batch on the team's 2-core VM, against 2 ms
-for writing a reused buffer: about 2.7 ms of a worker's 33 ms per clip (docs/benchmarks.md).
-
-Reusing a buffer is safe only once no tensor in the training process shares its memory any more.
-The protocol, between the loader in the training process and its workers:
+A CPU-path worker writes each batch's uint8 views into shared memory, so sending them copies nothing.
+A fresh shared segment costs far more than the writes into it (the kernel zero-fills the pages torch
+reserves with posix_fallocate, and each faults on first write): at 8 clips per batch (24 MB of views),
+22-25 ms per batch on the team's 2-core VM against 2 ms into a reused buffer, about 2.7 ms of a
+worker's 33 ms per clip (docs/benchmarks.md). A buffer is reused only once no tensor of the training
+process shares its memory. The protocol between the loader (in the training process) and its workers:
 
 - Before its workers start, the loader makes `Leases`: a table in shared memory with a row per worker
   and a cell per reusable output set (`SETS_PER_WORKER`), all 0 (free).
-- A worker's `OutputPool` fills the lowest free set (made on first use), writes the batch's serial
-  number into the set's cell just before sending the batch (`Lease` travels with it), and leaves the
-  set alone while the cell is not 0. When every set is out, it allocates fresh shared memory for the
-  batch, as without a pool; where /dev/shm is full, it waits for one of its sets to be freed.
+- A worker's `OutputPool` fills its lowest free set (made on first use), writes the batch's serial into
+  the set's cell just before sending the batch (`Lease` travels with it), and leaves the set alone while
+  the cell is not 0. With every set out it allocates fresh shared memory, as without a pool; where
+  /dev/shm is full, it waits for one of its sets to be freed.
 - The loader keeps weak references to the storages of each batch it delivers (`Leases.track`) and, each
-  time the consumer asks for a batch (`Leases.sweep`), frees the cell of every batch whose storages
-  this process has released entirely: no tensor, view, numpy array or pinned copy in progress holds
-  them. A consumer that keeps any part of a batch keeps its set out of the pool for as long as it does.
+  time the consumer asks for a batch (`Leases.sweep`), frees the cell of every batch whose storages no
+  tensor, view, numpy array or pinned copy in progress of this process holds: a consumer that keeps
+  any part of a batch keeps its set out of the pool.
 
-Only the loader clears cells, and only a cell still holding the serial it recorded, so a worker never
-reuses a set that the training process can still read. What the loader cannot see is another process
-holding a view: hand views to another process as copies (`.clone()`), or turn reuse off
+Only the loader clears cells, and only one still holding the serial it recorded. It cannot see another
+process holding a view: hand views to other processes as copies (`.clone()`), or turn reuse off
 (`make_loader(..., reuse_outputs=False)`)."""
 
 from __future__ import annotations

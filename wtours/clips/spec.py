@@ -1,13 +1,11 @@
 """SPEC -> shard list: a slug in the root, local paths/braces/globs, http(s) braces, hf:// braces,
-fsspec URLs (s3://, gs://, file://, ...) with braces/globs, and webdataset's `pipe:COMMAND`.
-
-Every shard comes with what its set's index.json says about it (samples, grid fps, cell runs), so
-epoch lengths are computed exactly before any shard is opened.
+fsspec URLs (s3://, gs://, file://, ...) with braces/globs, and webdataset's `pipe:COMMAND`. Every shard
+comes with what its set's index.json says about it (samples, grid fps, cell runs), so epoch lengths are
+exact before any shard is opened.
 
 A `pipe:` SPEC is a shell command the user typed: it runs only as given on the command line (after
-brace expansion), one per shard. Shard URLs otherwise come from a folder and the index's names, which
-are checked (`layout.validate_shard_name`), so a fetched index.json or Hub listing can never make
-wtours run a command."""
+brace expansion), one per shard. Other shard URLs come from a folder and the index's names, which are
+checked (`layout.validate_shard_name`), so a fetched index.json or Hub listing can never run a command."""
 
 from __future__ import annotations
 
@@ -129,8 +127,7 @@ def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
 
 
 def _local_set(folder: str, names: set[str] | None) -> ShardSet:
-    index = _read_local_index(Path(folder) / INDEX_FILE)
-    return ShardSet(folder, index, tuple(_refs_from_index(index, folder, names)))
+    return _shard_set(_read_local_index(Path(folder) / INDEX_FILE), folder, names)
 
 
 def _expand(spec: str) -> list[str]:
@@ -155,8 +152,7 @@ def _resolve_remote(spec: str) -> list[ShardSet]:
         names: set[str] | None = {posixpath.basename(u) for u in urls if posixpath.dirname(u) == folder}
         if names == {INDEX_FILE}:
             names = None  # the spec named an index: take all its shards
-        index = read_remote_index(f"{folder}/{INDEX_FILE}")
-        sets.append(ShardSet(folder, index, tuple(_refs_from_index(index, folder, names))))
+        sets.append(_shard_set(read_remote_index(f"{folder}/{INDEX_FILE}"), folder, names))
     return sets
 
 
@@ -182,9 +178,8 @@ def _resolve_pipe(spec: str) -> list[ShardSet]:
         by_folder.setdefault(folder, {})[posixpath.basename(target)] = url
     sets: list[ShardSet] = []
     for folder, commands in by_folder.items():
-        index = _pipe_index(spec, folder)
-        refs = _refs_from_index(index, folder, set(commands))
-        sets.append(ShardSet(folder, index, tuple(replace(r, url=commands[r.entry.name]) for r in refs)))
+        found = _shard_set(_pipe_index(spec, folder), folder, set(commands))
+        sets.append(replace(found, refs=tuple(replace(r, url=commands[r.entry.name]) for r in found.refs)))
     return sets
 
 
@@ -233,14 +228,15 @@ def read_remote_index(url: str) -> ShardIndex:
         return ShardIndex.parse(f.read(), url)
 
 
-def _refs_from_index(index: ShardIndex, folder: str, names: set[str] | None) -> list[ShardRef]:
+def _shard_set(index: ShardIndex, folder: str, names: set[str] | None) -> ShardSet:
+    """The set's shards that `names` names (None: all of them)."""
     listed = {s.name for s in index.shards}
     if names is not None and (unknown := sorted(names - listed - {INDEX_FILE})):
         raise _unlisted_error(index, folder, unknown)
     join = posixpath.join if "://" in folder else os.path.join
     t_decimals = 6 if index.version == 1 else None
-    return [ShardRef(join(folder, s.name), index.slug, index.fps, s, t_decimals)
-            for s in index.shards if names is None or s.name in names]
+    return ShardSet(folder, index, tuple(ShardRef(join(folder, s.name), index.slug, index.fps, s, t_decimals)
+                                         for s in index.shards if names is None or s.name in names))
 
 
 def _unlisted_error(index: ShardIndex, folder: str, unknown: list[str]) -> WtoursError:

@@ -112,16 +112,14 @@ class Problems:
 
 
 class _MemberRange:
-    """A byte stream cut to `length` bytes (None: to the end), then the tar end-of-archive blocks, so
-    a member range read out of a shard is itself a complete tar for any reader."""
+    """A byte stream cut to `length` bytes, then the tar end-of-archive blocks, so a member range read
+    out of a shard is itself a complete tar for any reader."""
 
-    def __init__(self, raw: ByteStream, length: int | None):
+    def __init__(self, raw: ByteStream, length: int):
         self.raw, self.left, self.tail = raw, length, TAR_END
 
     def read(self, size: int = -1) -> bytes:
         size = size if size is not None and size >= 0 else 1 << 62
-        if self.left is None:  # to the shard's end, which has its own end marker
-            return self.raw.read(size)
         if self.left > 0:
             data = self.raw.read(min(size, self.left))
             self.left -= len(data)
@@ -149,8 +147,8 @@ def open_part(read: ShardRead) -> ShardStream:
     begin = offsets[read.first_sample]
     stop = read.stop_sample
     end = offsets[stop] if stop is not None and stop < len(offsets) else None  # exclusive; None: to the end
-    raw = open_at(ref.url, begin, end)
-    return ShardStream(read, _MemberRange(raw, None if end is None else end - begin), read.first_sample)
+    raw = open_at(ref.url, begin, end)  # to the end: the shard's own end marker ends the tar
+    return ShardStream(read, raw if end is None else _MemberRange(raw, end - begin), read.first_sample)
 
 
 def open_shards(reads: Iterable[ShardRead | ShardRef], problems: Problems) -> Iterator[ShardStream]:
