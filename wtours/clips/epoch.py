@@ -134,8 +134,6 @@ class EpochPlan:
     starts: tuple[tuple[int, ...], ...]  # each of those shards' clip starts this epoch, ascending
     bounds: tuple[int, ...]  # sequence position of each shard's first clip, then the total
     slots: tuple[SlotPlan, ...]  # slot = rank * workers + worker
-    workers: int
-    batch_size: int
     steps: int  # batches per rank, the same on every rank
     config: ClipConfig
 
@@ -214,5 +212,4 @@ def plan_epoch(shards: list[ShardRef], config: ClipConfig, epoch: int, ranks: in
             first, position = position, position + own
             padding = tuple(first + k % own if own else (lo + k) % total for k in range(pads[w]))
             slots.append(SlotPlan(first, position, padding, batches[w]))
-    return EpochPlan(tuple(shards[i] for i in order), starts, bounds, tuple(slots), workers, batch_size,
-                     steps, config)
+    return EpochPlan(tuple(shards[i] for i in order), starts, bounds, tuple(slots), steps, config)

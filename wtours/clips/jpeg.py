@@ -137,10 +137,7 @@ def _library_paths() -> list[str]:
     chosen = os.environ.get(LIBRARY_ENV)
     if chosen:
         return [] if chosen.lower() in ("off", "0", "none") else [chosen]
-    paths = []
-    system = ctypes.util.find_library("turbojpeg")
-    if system:
-        paths.append(system)
+    paths = [system] if (system := ctypes.util.find_library("turbojpeg")) else []
     spec = importlib.util.find_spec("turbojpeg")  # the wheel's bundled copy (auditwheel's <name>.libs folder)
     if spec is not None and spec.origin:
         paths += sorted(glob.glob(str(Path(spec.origin).parent / "turbojpeg.libs" / "libturbojpeg*.so*")))

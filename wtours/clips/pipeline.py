@@ -143,8 +143,7 @@ class ClipDataset(IterableDataset):
         plan = self.plan(workers)
         seed = (self.config.clip.seed, self.epoch, self.rank, role)
         rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
-        mine = plan.slots[slot]
-        clips = take_quota(lambda n: self._clip_pass(plan, slot), mine.batches * self.config.batch_size)
+        clips = take_quota(lambda n: self._clip_pass(plan, slot), plan.slots[slot].batches * self.config.batch_size)
         clips = shuffle(clips, self.config.shuffle_buffer, random.Random(str(seed)))
         skipped = len(range(role, self.skip_batches, workers)) * self.config.batch_size
         clips = itertools.islice(clips, skipped, None)  # skipped before decoding: cheap
