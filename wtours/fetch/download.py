@@ -63,14 +63,6 @@ class DownloadTarget:
     def from_manifest(cls, entry: VideoEntry) -> DownloadTarget:
         return cls(entry.slug, entry.url, entry.youtube_id, entry)
 
-    @classmethod
-    def from_url(cls, url: str, name: str) -> DownloadTarget:
-        if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--url {url!r} is not an http(s) URL",
-                              "for a file on disk use `wtours add PATH --name NAME`")
-        slug = validate_slug(name)
-        return cls(slug, url, None, load_manifest().get(slug))
-
 
 @dataclass(frozen=True)
 class DownloadResult:
@@ -87,7 +79,10 @@ def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
         if not (url and name):
             raise UsageError("--url and --name go together",
                               "e.g. `wtours download --url https://host/walk.mp4 --name my-walk`")
-        return [DownloadTarget.from_url(url, name)]
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--url {url!r} is not an http(s) URL",
+                             "for a file on disk use `wtours add PATH --name NAME`")
+        return [DownloadTarget(validate_slug(name), url, None, manifest.get(name))]
     if all_videos:
         return [DownloadTarget.from_manifest(v) for v in manifest.videos]
     if not cities:
@@ -106,14 +101,9 @@ def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
 def describe_plan(targets: list[DownloadTarget], layout: Layout, config: DownloadConfig) -> list[dict[str, Any]]:
     """What a download would fetch and where; touches no network (for --dry-run)."""
     settings = config.ytdlp.to_dict()
-    rows = []
-    for t in targets:
-        rows.append({"slug": t.slug, "id": t.source_id, "url": t.url,
-                     "target": str(layout.download_template(t.slug, "<ext>")),
-                     "format": config.ytdlp.from_option.get("format") or format_selector(config.max_height),
-                     "yt_dlp": settings,
-                     "complete": completed_file(layout, t.slug) is not None})
-    return rows
+    return [{"slug": t.slug, "id": t.source_id, "url": t.url, "target": str(layout.download_template(t.slug, "<ext>")),
+             "format": config.ytdlp.from_option.get("format") or format_selector(config.max_height),
+             "yt_dlp": settings, "complete": completed_file(layout, t.slug) is not None} for t in targets]
 
 
 def format_selector(max_height: int) -> str:
@@ -121,24 +111,6 @@ def format_selector(max_height: int) -> str:
 
     `height<=?` also admits formats of unknown height (direct file links)."""
     return f"bv*[height<=?{max_height}]/b[height<=?{max_height}]"
-
-
-# ---------------------------------------------------------------- checks
-
-
-def probe_and_verify(path: Path) -> media.ProbeResult:
-    result = media.probe(path)
-    media.verify_decodes(path, result.duration)
-    return result
-
-
-def _reject(path: Path, error: WtoursError) -> WtoursError:
-    """Move a file that failed verification off its final name, keeping it for inspection."""
-    if path.exists():
-        rejected = Layout.rejected_path(path)
-        os.replace(path, rejected)
-        error.message += f" (kept as {rejected.name} for inspection)"
-    return error
 
 
 # ---------------------------------------------------------------- yt-dlp
@@ -280,9 +252,14 @@ def _check_disk(info: dict[str, Any], folder: Path) -> None:
             "free space, or pass --root on a larger disk (or lower --max-height)")
 
 
-def _describe_pick(info: dict[str, Any], config: DownloadConfig, entry: VideoEntry | None) -> str:
+def _video_format(info: dict[str, Any]) -> dict[str, Any]:
+    """The format of the video stream yt-dlp picked (of a video+audio pair, or the one format)."""
     picked = info.get("requested_formats") or [info]
-    video = next((f for f in picked if f.get("vcodec") not in (None, "none")), picked[0])
+    return next((f for f in picked if f.get("vcodec") not in (None, "none")), picked[0])
+
+
+def _describe_pick(info: dict[str, Any], config: DownloadConfig, entry: VideoEntry | None) -> str:
+    video = _video_format(info)
     heights = [f.get("height") for f in info.get("formats") or [] if f.get("height") and f.get("vcodec") != "none"]
     best = max(heights) if heights else None
     if not video.get("height"):
@@ -338,9 +315,14 @@ def _download_locked(layout: Layout, target: DownloadTarget, config: DownloadCon
         bar.close()
     path = Path(info["requested_downloads"][0]["filepath"])
     try:
-        probed = probe_and_verify(path)
+        probed = media.probe(path)
+        media.verify_decodes(path, probed.duration)
     except media.ProbeError as e:
-        raise _reject(path, e) from e
+        if path.exists():  # moved off its final name, kept for inspection
+            rejected = Layout.rejected_path(path)
+            os.replace(path, rejected)
+            e.message += f" (kept as {rejected.name} for inspection)"
+        raise
     source = _source_record(info, target, config.ytdlp)
     record = write_video_info(layout, target.slug, path, probed, source, target.entry)
     say(f"{target.slug}: {path} ({record.bytes / 1e6:.1f} MB, {probed.width}x{probed.height}, "
@@ -351,8 +333,7 @@ def _download_locked(layout: Layout, target: DownloadTarget, config: DownloadCon
 def _source_record(info: dict[str, Any], target: DownloadTarget, settings: YtdlpSettings) -> dict[str, Any]:
     import yt_dlp
 
-    picked = info.get("requested_formats") or [info]
-    video = next((f for f in picked if f.get("vcodec") not in (None, "none")), picked[0])
+    video = _video_format(info)
     entry = target.entry
     return {
         "type": "url",
