@@ -1,25 +1,22 @@
 """Typed dataclass configs as the single declaration of a command's settings.
 
-The commands with settings of their own (shard, stats, train, download, blur-faces, eval knn, viz)
-derive their options from a config here; what is left on a command (paths, names, switches of one
-invocation, numbers checked by the same validator through `number_type`) is declared on the command.
+The commands with settings of their own (shard, stats, train, download, blur-faces, eval knn, viz) derive
+their options from a config here; what is left on a command (paths, names, switches of one invocation,
+numbers checked by the same validator through `number_type`) is declared on the command.
 
-A config is a (frozen) dataclass whose fields carry their help in `field(metadata=...)`; nested
-dataclass fields are sub-configs. From it this module derives the Click options (one per leaf
-field: `--kebab-case`, type from the annotation, default and help from the field), and builds the
-config from, in increasing precedence: the dataclass defaults, environment variables named in the
-metadata, a `--config FILE` (YAML or JSON, nested as `asdict(config)` or flat by leaf name),
-`--set key=value` (leaf name or dotted path), and options given on the command line. Every key is
-checked (unknown -> the closest names) and every value type-checked against its annotation.
+A config is a frozen dataclass; nested dataclass fields are sub-configs. Each leaf field is one Click option
+(`--kebab-case`, type from the annotation, default and help from the field). The config is built from, in
+increasing precedence: the defaults, environment variables named in the metadata, a `--config FILE` (YAML or
+JSON, nested as `asdict(config)` or flat by leaf name), `--set key=value` (leaf name or dotted path), and the
+command line. Every key is checked (unknown -> the closest names), every value type-checked.
 
-Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable returning one), metavar,
-envvar, option (the option's name where it is not the field's, e.g. "--from" for `source`), and flags
-that other modules read through `flagged`: free (a training setting that may change on --resume),
-path (a local path, never published as it is). Every value is checked by one validator, `problem`:
-in the derived Click options at parse time (`number_type`), and through `check_value` in `build`
-(--config, --set) and in a config's __post_init__ (`check_fields`, for library callers); a float is
-never NaN or infinite. A value out of its range or choices is a usage error (exit status 2) naming
-the option, the value and what is allowed."""
+Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable returning one), metavar, envvar,
+option (the option's name where it is not the field's, e.g. "--from" for `source`), and flags read through
+`flagged`: free (a training setting that may change on --resume), path (a local path, never published as it
+is). One validator, `problem`, checks every value: the Click options' at parse time (`number_type`), --config
+and --set in `build` (`check_value`), a library caller's in a config's __post_init__ (`check_fields`); a float
+is never NaN or infinite. A value out of its range or choices is a usage error (exit status 2) naming the
+option, the value and what is allowed."""
 
 from __future__ import annotations
 
@@ -210,13 +207,11 @@ def number_type(kind: type, allowed: Range | None = None) -> click.ParamType:
     checked by `problem`; a float refuses NaN and infinity even without a range."""
     if allowed is None:
         return click.INT if kind is int else FiniteFloat()
-    checked: _Checked
+    low, high = allowed.low, allowed.high
     if kind is int:  # an int field's bounds are whole numbers
-        low, high = (None if b is None else int(b) for b in (allowed.low, allowed.high))
-        checked = CheckedInt(min=low, max=high, min_open=allowed.open_low, max_open=allowed.open_high)
-    else:
-        checked = CheckedFloat(min=allowed.low, max=allowed.high, min_open=allowed.open_low,
-                               max_open=allowed.open_high)
+        low, high = (None if b is None else int(b) for b in (low, high))
+    checked = (CheckedInt if kind is int else CheckedFloat)(min=low, max=high, min_open=allowed.open_low,
+                                                            max_open=allowed.open_high)
     checked.allowed = allowed
     return checked
 
@@ -335,14 +330,17 @@ def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
             kwargs[name] = build(kind, value, where)
         else:
             kwargs[name] = check_field(fields[name], coerce(value, kind, name))
-    missing = [f.option for f in leaves(cls) if f.path[0] not in kwargs and _required(f.field)]
+    missing = [f.option for f in leaves(cls) if f.path[0] not in kwargs and _default(f.field) is dataclasses.MISSING]
     if missing:
         raise UsageError(f"{', '.join(missing)} missing{where}", "pass it as an option or in --config FILE")
     return cls(**kwargs)
 
 
-def _required(f: dataclasses.Field) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+def _default(f: dataclasses.Field, missing: Any = dataclasses.MISSING) -> Any:
+    """The field's default (its factory's value), or `missing` where it has none."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return missing if f.default is dataclasses.MISSING else f.default
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
@@ -384,7 +382,10 @@ def click_options(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] |
     def decorate(func: Callable) -> Callable:
         chosen = [leaf for leaf in leaves(cls) if leaf.name not in skip and (only is None or leaf.name in only)]
         for leaf in reversed(chosen):
-            func = click.option(*_option_args(leaf), **_option_kwargs(leaf))(func)
+            # a switch is always a pair: a --config file's true can be turned off on the command line
+            switch = _optional(leaf.type)[0] is bool
+            names = [f"{leaf.option}/--no-{leaf.option[2:]}" if switch else leaf.option, leaf.name]
+            func = click.option(*names, **_option_kwargs(leaf))(func)
         return func
 
     return decorate
@@ -397,23 +398,10 @@ def option_type(cls: type, name: str) -> click.ParamType:
     return _option_kwargs(leaf).get("type", click.BOOL)
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-
-
-def _option_args(leaf: Leaf) -> list[str]:
-    base, _ = _optional(leaf.type)
-    if base is bool:  # always a pair: a --config file's true can be turned off on the command line
-        return [f"{leaf.option}/--no-{leaf.option[2:]}", leaf.name]
-    return [leaf.option, leaf.name]
-
-
 def _option_kwargs(leaf: Leaf) -> dict[str, Any]:
     meta = leaf.field.metadata
     base, _ = _optional(leaf.type)
-    default = _default(leaf.field)
+    default = _default(leaf.field, None)
     kwargs: dict[str, Any] = {"help": meta.get("help", ""), "default": default,
                               "show_default": default not in (None, ())}
     choices = meta.get("choices")

@@ -110,9 +110,7 @@ def _train(layout: Layout, run: Path, config: DemoConfig, say: Callable[[str], N
         batch_size=8 if gpu else 4,
         clip_frames=8 if gpu else 4, steps=config.steps, warmup_epochs=0.5, lr=5e-4,
         workers=config.workers, log_every=1, checkpoint_every=config.steps, seed=0, overwrite=True)
-    if (run / CHECKPOINT_FILE).is_file():
-        (run / CHECKPOINT_FILE).unlink()  # a rerun of the demo trains afresh
-    for stale in (RUN_LOG_FILE, run_data_log(0)):
+    for stale in (CHECKPOINT_FILE, RUN_LOG_FILE, run_data_log(0)):  # a rerun of the demo trains afresh
         (run / stale).unlink(missing_ok=True)
     train(train_config, say=say)
     log = [json.loads(line) for line in (run / RUN_LOG_FILE).read_text().splitlines()]

@@ -73,14 +73,7 @@ def load_manifest() -> Manifest:
     """Read the manifest shipped in the package (works after a non-editable install too)."""
     text = resources.files("wtours.manifests").joinpath(MANIFEST_FILE).read_text(encoding="utf-8")
     raw = json.loads(text)
-    videos = tuple(
-        VideoEntry(
-            slug=v["slug"], city=v["city"], kind=v["kind"], youtube_id=v["youtube_id"], url=v["url"],
-            license=v["license"], aliases=tuple(v.get("aliases", ())),
-            previous_ids=tuple(v.get("previous_ids", ())), note=v.get("note", ""),
-            stated=dict(v.get("stated", {})), observed=dict(v.get("observed", {})),
-        )
-        for v in raw["videos"]
-    )
+    videos = tuple(VideoEntry(**{**v, "aliases": tuple(v.get("aliases", ())),
+                                 "previous_ids": tuple(v.get("previous_ids", ()))}) for v in raw["videos"])
     return Manifest(name=raw["name"], title=raw["title"], paper=raw["paper"], mirror=raw.get("mirror", {}),
                     videos=videos)

@@ -54,11 +54,6 @@ def url_scheme(url: str) -> str | None:
     return scheme.lower() if sep and scheme.isascii() and scheme.replace("+", "").isalnum() else None
 
 
-def is_local(url: str) -> bool:
-    """A file on this machine that is read as is: a path or a file:// URL (not verified against an index)."""
-    return url_scheme(url) in (None, "file")
-
-
 def kind_of(url: str) -> str:
     """Which opener reads `url`: 'path', 'http', 'hf', 'pipe' or 'fsspec' (an unknown scheme fails here)."""
     scheme = url_scheme(url)
@@ -95,8 +90,11 @@ def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
     of a pipe: command's output."""
     kind = kind_of(url)
     if kind == "http":
-        ranged = _http_range(url, begin, end)
-        return ranged if ranged is not None else _skipped(_urlopen(url), begin, url)
+        ranged = _urlopen(url, {"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
+        if getattr(ranged, "status", None) == 206:
+            return ranged
+        ranged.close()  # the server ignored the Range header
+        return _skipped(_urlopen(url), begin, url)
     if kind == "hf":
         return _open_hf(url, begin)
     if kind == "pipe":
@@ -129,15 +127,6 @@ def require_backend(url: str) -> None:
 
 
 # ------------------------------------------------------------------ http(s)
-
-
-def _http_range(url: str, begin: int, end: int | None) -> IO[bytes] | None:
-    """The bytes [begin, end) by a Range request; None when the server ignored the Range header."""
-    response = _urlopen(url, {"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
-    if getattr(response, "status", None) != 206:
-        response.close()
-        return None
-    return response
 
 
 def _urlopen(url: str, headers: dict[str, str] | None = None) -> IO[bytes]:
@@ -389,6 +378,7 @@ class VerifiedShard:
                 raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
         except BaseException:
             spool.close()
+            self.failed = True
             raise
         spool.seek(0)
         self.spool = spool
@@ -415,11 +405,7 @@ class VerifiedShard:
         if self.failed:
             return b""
         if self.spool is None:
-            try:
-                self._fill()
-            except BaseException:
-                self.failed = True
-                raise
+            self._fill()
         assert self.spool is not None  # filled above, or failed (then `failed`)
         return self.spool.read(size if size is not None else -1)
 
@@ -434,7 +420,7 @@ class VerifiedShard:
 def verified_whole(url: str, raw: IO[bytes], size: int | None, sha256: str | None) -> IO[bytes]:
     """`raw`, the whole file at `url` read from its start, checked against the size and sha256 its index
     records when it comes from elsewhere (http(s), hf://, fsspec URLs but file://, pipe: commands); a local
-    file, or one without a recorded checksum, is returned as is."""
-    if is_local(url) or sha256 is None or size is None:
+    file (a path or a file:// URL), or one without a recorded checksum, is returned as is."""
+    if url_scheme(url) in (None, "file") or sha256 is None or size is None:
         return raw
     return VerifiedShard(raw, redact(url), size, sha256)  # type: ignore[return-value]
