@@ -14,7 +14,7 @@ Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable re
 option (the option's name where it is not the field's, e.g. "--from" for `source`), and flags read through
 `flagged`: free (a training setting that may change on --resume), path (a local path, never published as it
 is). One validator, `problem`, checks every value: the Click options' at parse time (`number_type`), --config
-and --set in `build` (`check_value`), a library caller's in a config's __post_init__ (`check_fields`); a float
+and --set in `build` (`check_field`), a library caller's in a config's __post_init__ (`check_fields`); a float
 is never NaN or infinite. A value out of its range or choices is a usage error (exit status 2) naming the
 option, the value and what is allowed."""
 
@@ -140,9 +140,10 @@ def _names(choices: Any) -> list[Any]:
     return list(choices() if callable(choices) else choices)
 
 
-def check_value(option: str, value: Any, allowed: Range | None = None, choices: Any = None) -> Any:
-    """`value`, or a UsageError (exit status 2) naming the option, the value and what is allowed:
-    the one check behind every option, --config and --set value."""
+def check_field(f: dataclasses.Field, value: Any) -> Any:
+    """`value`, or a UsageError (exit status 2) naming the option, the value and what the field's metadata
+    allows (range, choices): the one check behind every --config and --set value and a config's own."""
+    option, allowed, choices = option_name(f), f.metadata.get("range"), f.metadata.get("choices")
     why = problem(value, allowed, choices)
     if why is None:
         return value
@@ -155,11 +156,6 @@ def check_value(option: str, value: Any, allowed: Range | None = None, choices: 
     else:
         hint = f"pass {option} a finite number"
     raise UsageError(f"{option} {why}", hint)
-
-
-def check_field(f: dataclasses.Field, value: Any) -> Any:
-    """`value` checked against the range and choices in the field's metadata."""
-    return check_value(option_name(f), value, f.metadata.get("range"), f.metadata.get("choices"))
 
 
 def check_fields(config: Any) -> None:
@@ -207,11 +203,11 @@ def number_type(kind: type, allowed: Range | None = None) -> click.ParamType:
     checked by `problem`; a float refuses NaN and infinity even without a range."""
     if allowed is None:
         return click.INT if kind is int else FiniteFloat()
-    low, high = allowed.low, allowed.high
     if kind is int:  # an int field's bounds are whole numbers
-        low, high = (None if b is None else int(b) for b in (low, high))
-    checked = (CheckedInt if kind is int else CheckedFloat)(min=low, max=high, min_open=allowed.open_low,
-                                                            max_open=allowed.open_high)
+        low, high = (None if b is None else int(b) for b in (allowed.low, allowed.high))
+        checked: _Checked = CheckedInt(min=low, max=high, min_open=allowed.open_low, max_open=allowed.open_high)
+    else:
+        checked = CheckedFloat(min=allowed.low, max=allowed.high, min_open=allowed.open_low, max_open=allowed.open_high)
     checked.allowed = allowed
     return checked
 

@@ -160,12 +160,11 @@ def _skipped(raw: IO[bytes], count: int, url: str) -> IO[bytes]:
 
 
 def _open_hf(url: str, offset: int | None = None) -> IO[bytes]:
-    """An hf:// file. Whole (`offset` None): streamed with one GET (the client resumes a broken stream once
-    with a Range request). From `offset`: huggingface_hub's buffered file fetches what is read with Range
-    requests of HF_READ_BLOCK bytes, so a reader of part of a shard skips the rest.
-
-    The first read(0) opens the connection, so a missing file, a private repo without a token or a
-    revoked token fails here, as a WtoursError with a login hint (the token itself is never shown)."""
+    """An hf:// file. Whole (`offset` None): streamed with one GET (the client resumes a broken stream once with
+    a Range request). From `offset`: huggingface_hub's buffered file fetches what is read with Range requests of
+    HF_READ_BLOCK bytes, so a reader of part of a shard skips the rest. The first read(0) opens the connection,
+    so a missing file, a private repo without a token or a revoked token fails here, as a WtoursError with a
+    login hint (the token itself is never shown)."""
     options = {"block_size": 0} if offset is None else {"block_size": HF_READ_BLOCK, "cache_type": "readahead"}
     with hub_errors(url):
         return _started(hf_filesystem().open(url[len("hf://"):], "rb", **options), offset)
@@ -351,14 +350,12 @@ class ShardMismatchError(OSError):
 
 
 class VerifiedShard:
-    """A whole remote shard, read to its end and checked against its index entry (size and sha256)
-    before its first byte is served: a replaced shard contributes no sample at all.
-
-    The bytes are held in a spooled temporary file (VERIFY_SPOOL_BYTES in memory, the rest on disk,
-    removed on close). More bytes than the index records stop the read at once. A stream that breaks
-    before its end cannot be verified, so none of it is served: the shard is counted as bad (a server
-    could otherwise send replaced samples and then drop the connection). Partial reads (byte ranges
-    of a shard) are not wrapped: they trust the server (docs/hub.md)."""
+    """A whole remote shard, read to its end and checked against its index entry (size and sha256) before its
+    first byte is served: a replaced shard contributes no sample at all. The bytes are held in a spooled
+    temporary file (VERIFY_SPOOL_BYTES in memory, the rest on disk, removed on close). More bytes than the index
+    records stop the read at once. A stream that breaks before its end cannot be verified, so none of it is
+    served: the shard is counted as bad (a server could otherwise send replaced samples and then drop the
+    connection). Partial reads (byte ranges of a shard) are not wrapped: they trust the server (docs/hub.md)."""
 
     def __init__(self, raw: ByteStream, url: str, size: int, sha256: str):
         self.raw, self.url, self.size, self.sha256 = raw, url, size, sha256
@@ -368,23 +365,23 @@ class VerifiedShard:
     def __repr__(self) -> str:  # webdataset appends str(stream) to the errors it reports
         return f"<verified shard {self.url}>"
 
-    def _fill(self) -> None:
-        spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
-        try:
-            count, digest = self._spool_all(spool)
-            if count != self.size or digest != self.sha256:
-                what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
-                        else "its sha256 is not the one its index.json records")
-                raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
-        except BaseException:
-            spool.close()
-            self.failed = True
-            raise
-        spool.seek(0)
-        self.spool = spool
+    def read(self, size: int = -1, /) -> bytes:
+        if self.failed:
+            return b""
+        if self.spool is None:
+            spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
+            try:
+                self._copy_checked(spool)
+            except BaseException:
+                spool.close()
+                self.failed = True
+                raise
+            spool.seek(0)
+            self.spool = spool
+        return self.spool.read(size if size is not None else -1)
 
-    def _spool_all(self, spool: Any) -> tuple[int, str]:
-        """Copy the raw stream into `spool`: (bytes read, their sha256); never more than the index records."""
+    def _copy_checked(self, spool: Any) -> None:
+        """Copy the raw stream into `spool` (never more than the index records), then check its size and sha256."""
         digest, count = hashlib.sha256(), 0
         try:
             while block := self.raw.read(VERIFY_BLOCK):
@@ -399,15 +396,10 @@ class VerifiedShard:
         except Exception as e:  # noqa: BLE001 (a broken stream: nothing unverified is served)
             raise ShardMismatchError(f"{self.url}: the stream broke after {count} of {self.size} bytes ({e}); "
                                      "an unverified shard is not used (skipped)") from e
-        return count, digest.hexdigest()
-
-    def read(self, size: int = -1, /) -> bytes:
-        if self.failed:
-            return b""
-        if self.spool is None:
-            self._fill()
-        assert self.spool is not None  # filled above, or failed (then `failed`)
-        return self.spool.read(size if size is not None else -1)
+        if count != self.size or digest.hexdigest() != self.sha256:
+            what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
+                    else "its sha256 is not the one its index.json records")
+            raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
 
     def close(self) -> None:
         try:

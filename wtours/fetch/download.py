@@ -119,39 +119,31 @@ def format_selector(max_height: int) -> str:
 class _YtdlpLogger:
     """Routes yt-dlp's messages to logging and remembers warnings for error hints."""
 
+    debug = error = log.debug  # an error is surfaced through the raised DownloadError instead
+    info = log.info
+
     def __init__(self) -> None:
         self.warnings: list[str] = []
-
-    def debug(self, msg: str) -> None:
-        log.debug(msg)
-
-    def info(self, msg: str) -> None:
-        log.info(msg)
 
     def warning(self, msg: str) -> None:
         self.warnings.append(msg)
         log.warning(msg)
-
-    def error(self, msg: str) -> None:
-        log.debug(msg)  # surfaced through the raised DownloadError instead
 
 
 def _ytdlp_options(config: DownloadConfig, outtmpl: str, logger: _YtdlpLogger,
                    hooks: list[Callable[[dict], None]]) -> dict[str, Any]:
     """Layered, later wins: wtours' defaults, the user's yt-dlp config, wtours flags given, --yt-dlp-option,
     and last the options that carry wtours' contract (see wtours/fetch/ytdlp_options.py)."""
-    options: dict[str, Any] = {
+    return {
         "format": format_selector(config.max_height),
         "retries": DEFAULT_RETRIES,  # the Python API defaults to 0 retries (the CLI to 10)
         "fragment_retries": DEFAULT_RETRIES,
         "extractor_retries": 3,
         "file_access_retries": 3,
         "socket_timeout": 30,
-    }
-    options.update(config.ytdlp.from_config)
-    options.update(flag_options(config))
-    options.update(config.ytdlp.from_option)
-    options.update({
+        **config.ytdlp.from_config,
+        **flag_options(config),
+        **config.ytdlp.from_option,
         "outtmpl": {"default": outtmpl},
         "continuedl": True,  # resume a .part file with a Range request
         "updatetime": False,  # keep our own mtime, which info.json records
@@ -161,8 +153,7 @@ def _ytdlp_options(config: DownloadConfig, outtmpl: str, logger: _YtdlpLogger,
         "no_warnings": False,
         "logger": logger,
         "progress_hooks": hooks,
-    })
-    return options
+    }
 
 
 def flag_options(config: DownloadConfig) -> dict[str, Any]:
