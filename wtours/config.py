@@ -1,22 +1,21 @@
 """Typed dataclass configs as the single declaration of a command's settings.
 
-The commands with settings of their own (shard, stats, train, download, blur-faces, eval knn, viz) derive
-their options from a config here; what is left on a command (paths, names, switches of one invocation,
-numbers checked by the same validator through `number_type`) is declared on the command.
+The commands with settings of their own (shard, stats, train, download, blur-faces, eval knn, viz) derive their options
+from a config here; what is left on a command (paths, names, switches of one invocation, numbers checked by the same
+validator through `number_type`) is declared on the command.
 
 A config is a frozen dataclass; nested dataclass fields are sub-configs. Each leaf field is one Click option
-(`--kebab-case`, type from the annotation, default and help from the field). The config is built from, in
-increasing precedence: the defaults, environment variables named in the metadata, a `--config FILE` (YAML or
-JSON, nested as `asdict(config)` or flat by leaf name), `--set key=value` (leaf name or dotted path), and the
-command line. Every key is checked (unknown -> the closest names), every value type-checked.
+(`--kebab-case`, type from the annotation, default and help from the field). The config is built from, in increasing
+precedence: the defaults, environment variables named in the metadata, a `--config FILE` (YAML or JSON, nested as
+`asdict(config)` or flat by leaf name), `--set key=value` (leaf name or dotted path), and the command line. Every key is
+checked (unknown -> the closest names), every value type-checked.
 
-Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable returning one), metavar, envvar,
-option (the option's name where it is not the field's, e.g. "--from" for `source`), and flags read through
-`flagged`: free (a training setting that may change on --resume), path (a local path, never published as it
-is). One validator, `problem`, checks every value: the Click options' at parse time (`number_type`), --config
-and --set in `build` (`check_field`), a library caller's in a config's __post_init__ (`check_fields`); a float
-is never NaN or infinite. A value out of its range or choices is a usage error (exit status 2) naming the
-option, the value and what is allowed."""
+Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable returning one), metavar, envvar, option
+(the option's name where it is not the field's, e.g. "--from" for `source`), and flags read through `flagged`: free (a
+training setting that may change on --resume), path (a local path, never published as it is). One validator, `problem`,
+checks every value: the Click options' at parse time (`number_type`), --config and --set in `build` (`check_field`), a
+library caller's in a config's __post_init__ (`check_fields`); a float is never NaN or infinite. A value out of its
+range or choices is a usage error (exit status 2) naming the option, the value and what is allowed."""
 
 from __future__ import annotations
 
@@ -308,27 +307,23 @@ def merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
-    """A `cls` from a nested dict (as `asdict` writes it; flat leaf names accepted at the top):
-    unknown keys and ill-typed values are WtoursErrors; missing fields take their defaults."""
+def build(cls: type, values: Mapping[str, Any]) -> Any:
+    """A `cls` from a nested dict (as `asdict` writes it; flat leaf names placed by `build_dict`): unknown keys
+    and ill-typed values are WtoursErrors; missing fields take their defaults."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    nested = {k: v for k, v in values.items() if k in fields}
-    others = {k: v for k, v in values.items() if k not in fields}
-    if others:  # flat leaf names ("teacher_temp") placed where they belong
-        nested = merge(nest(cls, others, where), nested)
     kwargs = {}
-    for name, value in nested.items():
+    for name, value in build_dict(cls, values, "").items():
         kind = hints[name]
         if _is_config(kind):
             if not isinstance(value, Mapping):
                 raise UsageError(f"{name}: expected a mapping of settings, got {value!r}", "")
-            kwargs[name] = build(kind, value, where)
+            kwargs[name] = build(kind, value)
         else:
             kwargs[name] = check_field(fields[name], coerce(value, kind, name))
     missing = [f.option for f in leaves(cls) if f.path[0] not in kwargs and _default(f.field) is dataclasses.MISSING]
     if missing:
-        raise UsageError(f"{', '.join(missing)} missing{where}", "pass it as an option or in --config FILE")
+        raise UsageError(f"{', '.join(missing)} missing", "pass it as an option or in --config FILE")
     return cls(**kwargs)
 
 
@@ -441,7 +436,8 @@ def command_settings(cls: type, ctx, values: Mapping[str, Any], config_file: str
 
 
 def build_dict(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A file's settings checked against `cls` (unknown keys fail here, naming the file), still nested."""
+    """Settings (nested, or flat by leaf name) checked against `cls` and nested as `asdict` writes them: unknown
+    keys fail here (`where`: " in --config FILE"); values are checked by `build`."""
     fields = {f.name for f in dataclasses.fields(cls)}
     flat = {k: v for k, v in data.items() if k not in fields}
     nested = {k: v for k, v in data.items() if k in fields}

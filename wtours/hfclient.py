@@ -254,12 +254,10 @@ def hub_errors(what: str, target: HasToken | None = None, write: bool = False) -
             raise
         # HfFileSystem reports a hidden or missing repo as FileNotFoundError raised from the Hub's error.
         raise describe_error(e.__cause__ or e, what, token, write) from e
-    except HfHubHTTPError as e:
-        raise describe_error(e, what, token, write) from e
     except WtoursError:  # already described (by an inner hub_errors)
         raise
     except Exception as e:
-        if is_transport_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
+        if isinstance(e, HfHubHTTPError) or is_transport_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
             raise describe_error(e, what, token, write) from e
         # The client wraps some failures (an LFS upload that failed after its retries is a RuntimeError
         # raised from the HTTP error): describe the Hub's error underneath.

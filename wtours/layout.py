@@ -1,9 +1,8 @@
 """The on-disk contract: data root, per-video folders, names and keys (docs/data-format.md).
 
-Every path of the data root, every shard name and sample key, and the files of a training run's folder
-are named here and nowhere else. A command's own report files (the statistics' tables and plots, viz
-pictures, an export folder's files) are named by the module that writes them, beside its other output.
-"""
+Every path of the data root, every shard name and sample key, and the files of a training run's folder are named here
+and nowhere else. A command's own report files (the statistics' tables and plots, viz pictures, an export folder's
+files) are named by the module that writes them, beside its other output."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """ffmpeg and ffprobe: the one place that finds them, probes videos and checks that they decode.
 
-Binaries come from, in order: `$WTOURS_FFMPEG` / `$WTOURS_FFPROBE`; the system PATH; the ffmpeg
-binary shipped in the `imageio-ffmpeg` wheel (no root needed). That wheel has no ffprobe, so
-probing falls back to parsing `ffmpeg -i` and counting frames with a stream copy.
-"""
+Binaries come from, in order: `$WTOURS_FFMPEG` / `$WTOURS_FFPROBE`; the system PATH; the ffmpeg binary shipped in the
+`imageio-ffmpeg` wheel (no root needed). That wheel has no ffprobe, so probing falls back to parsing `ffmpeg -i` and
+counting frames with a stream copy."""
 
 from __future__ import annotations
 
@@ -42,12 +41,10 @@ def _find_tools(env_ffmpeg: str | None, env_ffprobe: str | None, wheel_only: boo
     if env_ffmpeg:
         if not (Path(env_ffmpeg).is_file() and os.access(env_ffmpeg, os.X_OK)):
             raise WtoursError(f"{FFMPEG_ENV}={env_ffmpeg} is not an executable file", NO_FFMPEG_HINT)
-        probe = env_ffprobe or _sibling_ffprobe(env_ffmpeg)
-        return Tools(env_ffmpeg, probe, "env")
+        return Tools(env_ffmpeg, env_ffprobe or _sibling_ffprobe(env_ffmpeg), "env")
     system = None if wheel_only else shutil.which("ffmpeg")
     if system:
-        probe = env_ffprobe or shutil.which("ffprobe") or _sibling_ffprobe(system)
-        return Tools(system, probe, "system")
+        return Tools(system, env_ffprobe or shutil.which("ffprobe") or _sibling_ffprobe(system), "system")
     try:
         import imageio_ffmpeg
 

@@ -84,10 +84,9 @@ def open_url(url: str) -> IO[bytes]:
 
 
 def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
-    """A stream of `url` from byte `begin` (up to `end`, exclusive, where a Range request can say so; the
-    caller stops reading at `end`): a seek on a file, hf:// or fsspec URL, a Range request over http(s)
-    (a server that ignores it is read from the start and the bytes before `begin` dropped), dropped bytes
-    of a pipe: command's output."""
+    """A stream of `url` from byte `begin` (up to `end`, exclusive, where a Range request can say so; the caller stops
+    reading at `end`): a seek on a file, hf:// or fsspec URL, a Range request over http(s) (a server that ignores it is
+    read from the start and the bytes before `begin` dropped), dropped bytes of a pipe: command's output."""
     kind = kind_of(url)
     if kind == "http":
         ranged = _urlopen(url, {"Range": f"bytes={begin}-{'' if end is None else end - 1}"})

@@ -1,8 +1,7 @@
 """A built-in synthetic walking video, made with ffmpeg's lavfi sources (no network, no input).
 
-Moving textured scenes joined by hard cuts, a lighting ramp from day to dusk over the whole video,
-and a blank (black) stretch: the properties `wtours stats` measures and `wtours shard` must handle.
-"""
+Moving textured scenes joined by hard cuts, a lighting ramp from day to dusk over the whole video, and a blank (black)
+stretch: the properties `wtours stats` measures and `wtours shard` must handle."""
 
 from __future__ import annotations
 

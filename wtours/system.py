@@ -35,9 +35,8 @@ def default_workers(local_processes: int = 1) -> int:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """`--device`: None or "auto" is cuda when torch sees a CUDA device, else cpu; a cuda device named
-    where there is none is a UsageError. (torch is imported here: --help and the CPU-only commands do
-    not load it.)"""
+    """`--device`: None or "auto" is cuda when torch sees a CUDA device, else cpu; a cuda device named where there is
+    none is a UsageError. (torch is imported here: --help and the CPU-only commands do not load it.)"""
     import torch
 
     if name is None or name == "auto":

@@ -147,11 +147,10 @@ def defaults() -> dict[str, Any]:
 def _config_files_read() -> tuple[dict[str, Any], list[str]]:
     """The parameters the user's yt-dlp config files change from yt-dlp's defaults, and those files.
 
-    yt-dlp's public parser (`yt_dlp.parse_options`) reads the config files only for its own command line
-    (an explicit argv means "ignore config"); it is run on an empty command line instead, exactly as a bare
-    `yt-dlp` run would read them: portable, home, user ($XDG_CONFIG_HOME/yt-dlp/config, ~/.config/yt-dlp/...,
-    ~/yt-dlp.conf...) and system files, --config-locations inside them, --ignore-config. The files are the
-    ones its --verbose run names."""
+    yt-dlp's public parser (`yt_dlp.parse_options`) reads the config files only for its own command line (an explicit
+    argv means "ignore config"); it is run on an empty command line instead, exactly as a bare `yt-dlp` run would read
+    them: portable, home, user ($XDG_CONFIG_HOME/yt-dlp/config, ~/.config/yt-dlp/..., ~/yt-dlp.conf...) and system
+    files, --config-locations inside them, --ignore-config. The files are the ones its --verbose run names."""
     import yt_dlp
 
     files = _config_files_named()
