@@ -28,7 +28,6 @@ RETRIED_STATUSES = frozenset({408, 500, 502, 503, 504})
 LOGIN_HINT = ("log in with `hf auth login` (`huggingface-cli login` in older huggingface_hub) or set HF_TOKEN; "
               "create a token at https://huggingface.co/settings/tokens")
 
-log = logging.getLogger(__name__)
 retry_log = logging.getLogger(f"{__name__}.retries")  # one line when the client starts retrying
 
 

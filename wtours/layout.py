@@ -170,8 +170,8 @@ class Layout:
     def stats_dir(self, slug: str, out: str | os.PathLike | None = None) -> Path:
         return self.stats_base(out) / validate_slug(slug)
 
-    def stats_summary_path(self, slug: str, out: str | os.PathLike | None = None) -> Path:
-        return self.stats_dir(slug, out) / STATS_SUMMARY_FILE
+    def stats_summary_path(self, slug: str) -> Path:
+        return self.stats_dir(slug) / STATS_SUMMARY_FILE
 
     def stats_summary_paths(self, out: str | os.PathLike | None = None) -> list[Path]:
         return sorted(self.stats_base(out).glob(f"*/{STATS_SUMMARY_FILE}"))

@@ -99,8 +99,8 @@ def probe(path: str | os.PathLike) -> ProbeResult:
     return result
 
 
-def _run(cmd: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace")
 
 
 def _not_a_video(path: Path, detail: str) -> ProbeError:
@@ -111,10 +111,9 @@ def _not_a_video(path: Path, detail: str) -> ProbeError:
 
 
 def _probe_ffprobe(ffprobe: str, path: Path) -> ProbeResult:
-    cmd = [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
-           "stream=codec_name,width,height,avg_frame_rate,r_frame_rate,nb_frames,duration,start_time"
-           ":format=duration,format_name", "-of", "json", str(path)]
-    out = _run(cmd)
+    out = _run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
+                "stream=codec_name,width,height,avg_frame_rate,r_frame_rate,nb_frames,duration,start_time"
+                ":format=duration,format_name", "-of", "json", str(path)])
     if out.returncode != 0:
         raise _not_a_video(path, out.stderr)
     data = json.loads(out.stdout or "{}")
@@ -186,10 +185,9 @@ def verify_decodes(path: str | os.PathLike, duration: float) -> None:
 
 def _rate(text: str | None) -> Fraction | None:
     try:
-        rate = Fraction(text) if text else None
+        return (Fraction(text) or None) if text else None  # a rate of 0 is no rate
     except (ValueError, ZeroDivisionError):
         return None
-    return rate if rate else None
 
 
 def _float(value) -> float | None:
