@@ -279,46 +279,40 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
     media.find_tools()  # fail before any transfer when ffmpeg is missing: we cannot verify without it
     # one writer per video folder: two downloads (or a download and an add) would share the .part file
     with folder_lock(folder, f"video folder of {target.slug}"):
-        return _download_locked(layout, target, config, say)
+        import yt_dlp
 
-
-def _download_locked(layout: Layout, target: DownloadTarget, config: DownloadConfig,
-                     say: Callable[[str], None]) -> DownloadResult:
-    import yt_dlp
-
-    folder = layout.video_dir(target.slug)
-    logger = _YtdlpLogger()
-    bar = _ProgressBar(target.slug, config.progress)
-    options = _ytdlp_options(config, str(layout.download_template(target.slug)), logger, [bar.hook])
-    try:
-        with yt_dlp.YoutubeDL(options) as ydl:
-            info = ydl.extract_info(target.url, download=False)
-            say(f"{target.slug}: {_describe_pick(info, config, target.entry)}")
-            _check_disk(info, folder)
-            info = ydl.process_ie_result(info, download=True)
-    except yt_dlp.utils.DownloadError as e:
-        raise _explain(str(e), logger.warnings, config, options["retries"]) from e
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise _explain("No space left on device", [], config, options["retries"]) from e
-        raise
-    finally:
-        bar.close()
-    path = Path(info["requested_downloads"][0]["filepath"])
-    try:
-        probed = media.probe(path)
-        media.verify_decodes(path, probed.duration)
-    except media.ProbeError as e:
-        if path.exists():  # moved off its final name, kept for inspection
-            rejected = Layout.rejected_path(path)
-            os.replace(path, rejected)
-            e.message += f" (kept as {rejected.name} for inspection)"
-        raise
-    source = _source_record(info, target, config.ytdlp)
-    record = write_video_info(layout, target.slug, path, probed, source, target.entry)
-    say(f"{target.slug}: {path} ({record.bytes / 1e6:.1f} MB, {probed.width}x{probed.height}, "
-        f"{probed.fps:.2f} fps, {probed.duration / 60:.1f} min, sha256 {record.sha256[:12]}…)")
-    return DownloadResult(target.slug, path, "downloaded", record)
+        logger = _YtdlpLogger()
+        bar = _ProgressBar(target.slug, config.progress)
+        options = _ytdlp_options(config, str(layout.download_template(target.slug)), logger, [bar.hook])
+        try:
+            with yt_dlp.YoutubeDL(options) as ydl:
+                info = ydl.extract_info(target.url, download=False)
+                say(f"{target.slug}: {_describe_pick(info, config, target.entry)}")
+                _check_disk(info, folder)
+                info = ydl.process_ie_result(info, download=True)
+        except yt_dlp.utils.DownloadError as e:
+            raise _explain(str(e), logger.warnings, config, options["retries"]) from e
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise _explain("No space left on device", [], config, options["retries"]) from e
+            raise
+        finally:
+            bar.close()
+        path = Path(info["requested_downloads"][0]["filepath"])
+        try:
+            probed = media.probe(path)
+            media.verify_decodes(path, probed.duration)
+        except media.ProbeError as e:
+            if path.exists():  # moved off its final name, kept for inspection
+                rejected = Layout.rejected_path(path)
+                os.replace(path, rejected)
+                e.message += f" (kept as {rejected.name} for inspection)"
+            raise
+        record = write_video_info(layout, target.slug, path, probed, _source_record(info, target, config.ytdlp),
+                                  target.entry)
+        say(f"{target.slug}: {path} ({record.bytes / 1e6:.1f} MB, {probed.width}x{probed.height}, "
+            f"{probed.fps:.2f} fps, {probed.duration / 60:.1f} min, sha256 {record.sha256[:12]}…)")
+        return DownloadResult(target.slug, path, "downloaded", record)
 
 
 def _source_record(info: dict[str, Any], target: DownloadTarget, settings: YtdlpSettings) -> dict[str, Any]:

@@ -157,8 +157,7 @@ def _config_files_read() -> tuple[dict[str, Any], list[str]]:
     with _command_line():
         configured = _parse(lambda: yt_dlp.parse_options().ydl_opts, files)
     base = defaults()
-    changed = {k: v for k, v in configured.items() if k not in _INTERNAL and base.get(k) != v}
-    return changed, files
+    return {k: v for k, v in configured.items() if k not in _INTERNAL and base.get(k) != v}, files
 
 
 # How yt-dlp's --verbose run names a config file it read: `[debug] User config "PATH": [...]` (nested ones
@@ -181,8 +180,7 @@ def _config_files_named() -> list[str]:
 
 @contextlib.contextmanager
 def _command_line(*args: str) -> Iterator[None]:
-    """sys.argv as for `yt-dlp ARGS` (yt-dlp reads the config files for its own command line only), restored
-    after."""
+    """sys.argv as for `yt-dlp ARGS` in the block (yt-dlp reads config files for its own command line only)."""
     saved = sys.argv[:]
     sys.argv[:] = ["yt-dlp", *args]
     try:
