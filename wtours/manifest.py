@@ -48,13 +48,11 @@ class Manifest:
     def resolve(self, name: str) -> VideoEntry:
         """Slug, the authors' spelling or an alias -> entry; else an error with a suggestion."""
         wanted = _fold(name)
-        for video in self.videos:
-            names = (video.slug, video.city, *video.aliases)
-            if wanted in {_fold(n) for n in names}:
-                return video
-        choices = {_fold(n): v.slug for v in self.videos for n in (v.slug, v.city, *v.aliases)}
+        choices = {_fold(n): v for v in reversed(self.videos) for n in (v.slug, v.city, *v.aliases)}  # first wins
+        if wanted in choices:
+            return choices[wanted]
         close = difflib.get_close_matches(wanted, list(choices), n=1, cutoff=0.6)
-        suggestion = f"did you mean '{choices[close[0]]}'? " if close else ""
+        suggestion = f"did you mean '{choices[close[0]].slug}'? " if close else ""
         raise UsageError(
             f"unknown city {name!r}",
             f"{suggestion}valid names: {', '.join(self.slugs)} (see `wtours list`); "
