@@ -56,7 +56,6 @@ def option_name(f: dataclasses.Field) -> str:
 
 
 def _is_config(kind: Any) -> bool:
-    """A nested sub-config (a dataclass type), as opposed to a value type."""
     return isinstance(kind, type) and dataclasses.is_dataclass(kind)
 
 

@@ -34,8 +34,7 @@ class WtoursError(Exception):
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
         super().__init__(message)
-        self.message = message
-        self.hint = hint
+        self.message, self.hint = message, hint
         if exit_code is not None:
             self.exit_code = exit_code
 

@@ -132,8 +132,7 @@ class _YtdlpLogger:
 
 def _ytdlp_options(config: DownloadConfig, outtmpl: str, logger: _YtdlpLogger,
                    hooks: list[Callable[[dict], None]]) -> dict[str, Any]:
-    """Layered, later wins: wtours' defaults, the user's yt-dlp config, wtours flags given, --yt-dlp-option,
-    and last the options that carry wtours' contract (see wtours/fetch/ytdlp_options.py)."""
+    """Layered, later wins, as wtours/fetch/ytdlp_options.py says: last the options that carry wtours' contract."""
     return {
         "format": format_selector(config.max_height),
         "retries": DEFAULT_RETRIES,  # the Python API defaults to 0 retries (the CLI to 10)
