@@ -14,10 +14,7 @@ from wtours.video import read_video_info
 def catalog(layout: Layout) -> list[dict[str, Any]]:
     """One row per manifest video and per video added to the root, manifest order first."""
     manifest = load_manifest()
-    slugs = manifest.slugs + [s for s in layout.video_slugs() if s not in manifest.slugs]
-    for extra in layout.sharded_slugs():
-        if extra not in slugs:
-            slugs.append(extra)
+    slugs = dict.fromkeys([*manifest.slugs, *layout.video_slugs(), *layout.sharded_slugs()])
     return [_row(layout, slug, manifest.get(slug)) for slug in slugs]
 
 

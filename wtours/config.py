@@ -1,25 +1,21 @@
 """Typed dataclass configs as the single declaration of a command's settings.
 
-The commands with settings of their own (shard, stats, train, download, blur-faces, eval knn, viz)
-derive their options from a config here; what is left on a command (paths, names, switches of one
-invocation, numbers checked by the same validator through `number_type`) is declared on the command.
+The commands with settings of their own (shard, stats, train, download, blur-faces, eval knn, viz) derive their options
+from a config here; what is left on a command (paths, names, switches of one invocation, numbers checked by the same
+validator through `number_type`) is declared on the command.
 
-A config is a (frozen) dataclass whose fields carry their help in `field(metadata=...)`; nested
-dataclass fields are sub-configs. From it this module derives the Click options (one per leaf
-field: `--kebab-case`, type from the annotation, default and help from the field), and builds the
-config from, in increasing precedence: the dataclass defaults, environment variables named in the
-metadata, a `--config FILE` (YAML or JSON, nested as `asdict(config)` or flat by leaf name),
-`--set key=value` (leaf name or dotted path), and options given on the command line. Every key is
-checked (unknown -> the closest names) and every value type-checked against its annotation.
+A config is a frozen dataclass; nested dataclass fields are sub-configs. Each leaf field is one Click option
+(`--kebab-case`, type from the annotation, default and help from the field). The config is built from, in increasing
+precedence: the defaults, environment variables named in the metadata, a `--config FILE` (YAML or JSON, nested as
+`asdict(config)` or flat by leaf name), `--set key=value` (leaf name or dotted path), and the command line. Every key is
+checked (unknown -> the closest names), every value type-checked.
 
-Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable returning one), metavar,
-envvar, option (the option's name where it is not the field's, e.g. "--from" for `source`), and flags
-that other modules read through `flagged`: free (a training setting that may change on --resume),
-path (a local path, never published as it is). Every value is checked by one validator, `problem`:
-in the derived Click options at parse time (`number_type`), and through `check_value` in `build`
-(--config, --set) and in a config's __post_init__ (`check_fields`, for library callers); a float is
-never NaN or infinite. A value out of its range or choices is a usage error (exit status 2) naming
-the option, the value and what is allowed."""
+Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable returning one), metavar, envvar, option
+(the option's name where it is not the field's, e.g. "--from" for `source`), and flags read through `flagged`: free (a
+training setting that may change on --resume), path (a local path, never published as it is). One validator, `problem`,
+checks every value: the Click options' at parse time (`number_type`), --config and --set in `build` (`check_field`), a
+library caller's in a config's __post_init__ (`check_fields`); a float is never NaN or infinite. A value out of its
+range or choices is a usage error (exit status 2) naming the option, the value and what is allowed."""
 
 from __future__ import annotations
 
@@ -60,7 +56,6 @@ def option_name(f: dataclasses.Field) -> str:
 
 
 def _is_config(kind: Any) -> bool:
-    """A nested sub-config (a dataclass type), as opposed to a value type."""
     return isinstance(kind, type) and dataclasses.is_dataclass(kind)
 
 
@@ -143,9 +138,10 @@ def _names(choices: Any) -> list[Any]:
     return list(choices() if callable(choices) else choices)
 
 
-def check_value(option: str, value: Any, allowed: Range | None = None, choices: Any = None) -> Any:
-    """`value`, or a UsageError (exit status 2) naming the option, the value and what is allowed:
-    the one check behind every option, --config and --set value."""
+def check_field(f: dataclasses.Field, value: Any) -> Any:
+    """`value`, or a UsageError (exit status 2) naming the option, the value and what the field's metadata
+    allows (range, choices): the one check behind every --config and --set value and a config's own."""
+    option, allowed, choices = option_name(f), f.metadata.get("range"), f.metadata.get("choices")
     why = problem(value, allowed, choices)
     if why is None:
         return value
@@ -158,11 +154,6 @@ def check_value(option: str, value: Any, allowed: Range | None = None, choices: 
     else:
         hint = f"pass {option} a finite number"
     raise UsageError(f"{option} {why}", hint)
-
-
-def check_field(f: dataclasses.Field, value: Any) -> Any:
-    """`value` checked against the range and choices in the field's metadata."""
-    return check_value(option_name(f), value, f.metadata.get("range"), f.metadata.get("choices"))
 
 
 def check_fields(config: Any) -> None:
@@ -210,13 +201,11 @@ def number_type(kind: type, allowed: Range | None = None) -> click.ParamType:
     checked by `problem`; a float refuses NaN and infinity even without a range."""
     if allowed is None:
         return click.INT if kind is int else FiniteFloat()
-    checked: _Checked
     if kind is int:  # an int field's bounds are whole numbers
         low, high = (None if b is None else int(b) for b in (allowed.low, allowed.high))
-        checked = CheckedInt(min=low, max=high, min_open=allowed.open_low, max_open=allowed.open_high)
+        checked: _Checked = CheckedInt(min=low, max=high, min_open=allowed.open_low, max_open=allowed.open_high)
     else:
-        checked = CheckedFloat(min=allowed.low, max=allowed.high, min_open=allowed.open_low,
-                               max_open=allowed.open_high)
+        checked = CheckedFloat(min=allowed.low, max=allowed.high, min_open=allowed.open_low, max_open=allowed.open_high)
     checked.allowed = allowed
     return checked
 
@@ -317,32 +306,31 @@ def merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
-    """A `cls` from a nested dict (as `asdict` writes it; flat leaf names accepted at the top):
-    unknown keys and ill-typed values are WtoursErrors; missing fields take their defaults."""
+def build(cls: type, values: Mapping[str, Any]) -> Any:
+    """A `cls` from a nested dict (as `asdict` writes it; flat leaf names placed by `build_dict`): unknown keys
+    and ill-typed values are WtoursErrors; missing fields take their defaults."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    nested = {k: v for k, v in values.items() if k in fields}
-    others = {k: v for k, v in values.items() if k not in fields}
-    if others:  # flat leaf names ("teacher_temp") placed where they belong
-        nested = merge(nest(cls, others, where), nested)
     kwargs = {}
-    for name, value in nested.items():
+    for name, value in build_dict(cls, values, "").items():
         kind = hints[name]
         if _is_config(kind):
             if not isinstance(value, Mapping):
                 raise UsageError(f"{name}: expected a mapping of settings, got {value!r}", "")
-            kwargs[name] = build(kind, value, where)
+            kwargs[name] = build(kind, value)
         else:
             kwargs[name] = check_field(fields[name], coerce(value, kind, name))
-    missing = [f.option for f in leaves(cls) if f.path[0] not in kwargs and _required(f.field)]
+    missing = [f.option for f in leaves(cls) if f.path[0] not in kwargs and _default(f.field) is dataclasses.MISSING]
     if missing:
-        raise UsageError(f"{', '.join(missing)} missing{where}", "pass it as an option or in --config FILE")
+        raise UsageError(f"{', '.join(missing)} missing", "pass it as an option or in --config FILE")
     return cls(**kwargs)
 
 
-def _required(f: dataclasses.Field) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+def _default(f: dataclasses.Field, missing: Any = dataclasses.MISSING) -> Any:
+    """The field's default (its factory's value), or `missing` where it has none."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return missing if f.default is dataclasses.MISSING else f.default
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
@@ -384,7 +372,10 @@ def click_options(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] |
     def decorate(func: Callable) -> Callable:
         chosen = [leaf for leaf in leaves(cls) if leaf.name not in skip and (only is None or leaf.name in only)]
         for leaf in reversed(chosen):
-            func = click.option(*_option_args(leaf), **_option_kwargs(leaf))(func)
+            # a switch is always a pair: a --config file's true can be turned off on the command line
+            switch = _optional(leaf.type)[0] is bool
+            names = [f"{leaf.option}/--no-{leaf.option[2:]}" if switch else leaf.option, leaf.name]
+            func = click.option(*names, **_option_kwargs(leaf))(func)
         return func
 
     return decorate
@@ -397,23 +388,10 @@ def option_type(cls: type, name: str) -> click.ParamType:
     return _option_kwargs(leaf).get("type", click.BOOL)
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-
-
-def _option_args(leaf: Leaf) -> list[str]:
-    base, _ = _optional(leaf.type)
-    if base is bool:  # always a pair: a --config file's true can be turned off on the command line
-        return [f"{leaf.option}/--no-{leaf.option[2:]}", leaf.name]
-    return [leaf.option, leaf.name]
-
-
 def _option_kwargs(leaf: Leaf) -> dict[str, Any]:
     meta = leaf.field.metadata
     base, _ = _optional(leaf.type)
-    default = _default(leaf.field)
+    default = _default(leaf.field, None)
     kwargs: dict[str, Any] = {"help": meta.get("help", ""), "default": default,
                               "show_default": default not in (None, ())}
     choices = meta.get("choices")
@@ -457,7 +435,8 @@ def command_settings(cls: type, ctx, values: Mapping[str, Any], config_file: str
 
 
 def build_dict(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A file's settings checked against `cls` (unknown keys fail here, naming the file), still nested."""
+    """Settings (nested, or flat by leaf name) checked against `cls` and nested as `asdict` writes them: unknown
+    keys fail here (`where`: " in --config FILE"); values are checked by `build`."""
     fields = {f.name for f in dataclasses.fields(cls)}
     flat = {k: v for k, v in data.items() if k not in fields}
     nested = {k: v for k, v in data.items() if k in fields}

@@ -1,11 +1,10 @@
 """Errors a user can act on: what went wrong, and what to do about it.
 
-The exit statuses, the CLI's contract, are `EXIT_CODES` below: the one table. `wtours --help` ends
-with it, scripts/cli_reference.py writes it into docs/cli.md, and tests/test_cli_conventions.py
-checks that docs/troubleshooting.md lists every status. A `UsageError` (exit 2) is anything wrong in
-what the user typed: an option, an argument, a name, a value out of its range or choices (Click's
-own errors exit 2 as well); a plain `WtoursError` (exit 1) is a failure while running.
-"""
+The exit statuses, the CLI's contract, are `EXIT_CODES` below: the one table. `wtours --help` ends with it,
+scripts/cli_reference.py writes it into docs/cli.md, and tests/test_cli_conventions.py checks that
+docs/troubleshooting.md lists every status. A `UsageError` (exit 2) is anything wrong in what the user typed: an option,
+an argument, a name, a value out of its range or choices (Click's own errors exit 2 as well); a plain `WtoursError`
+(exit 1) is a failure while running."""
 
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ class WtoursError(Exception):
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
         super().__init__(message)
-        self.message = message
-        self.hint = hint
+        self.message, self.hint = message, hint
         if exit_code is not None:
             self.exit_code = exit_code
 

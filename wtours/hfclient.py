@@ -28,7 +28,6 @@ RETRIED_STATUSES = frozenset({408, 500, 502, 503, 504})
 LOGIN_HINT = ("log in with `hf auth login` (`huggingface-cli login` in older huggingface_hub) or set HF_TOKEN; "
               "create a token at https://huggingface.co/settings/tokens")
 
-log = logging.getLogger(__name__)
 retry_log = logging.getLogger(f"{__name__}.retries")  # one line when the client starts retrying
 
 
@@ -75,47 +74,37 @@ _set_up_lock = threading.Lock()
 
 
 def _set_up_once(huggingface_hub: ModuleType) -> None:
+    """huggingface_hub prints through its own handler and propagates too (where the application has configured
+    logging, the CLI, every warning came out twice), and logs two warnings per retry (ten lines before our
+    one-line error): its messages are printed once, by its handler, and only with -v (the root logger at DEBUG);
+    `_BoundedTransport` says once that a request is being retried. Its HTTP client has no timeout (and many API
+    calls pass `timeout=None`), so a server that stops answering would hang push and pull forever: its public
+    client factory is replaced by one whose client bounds every request of this process by `request_timeout()`
+    for whatever the caller left unbounded (its own, smaller limits stay), with the library's own request hooks
+    (offline mode, request ids) taken from the client it would have made."""
     global _set_up
+    from huggingface_hub import utils
+    from huggingface_hub.utils import logging as hub_logging
+
     with _set_up_lock:
         if _set_up:
             return
         _set_up = True
-        _quiet_library_logging(huggingface_hub)
-        _bound_client_timeouts(huggingface_hub)
+        root = logging.getLogger()
+        if root.handlers:
+            hub_logging.disable_propagation()
+        if not root.isEnabledFor(logging.DEBUG):
+            hub_logging.set_verbosity_error()
+        retry_log.setLevel(logging.WARNING)  # shown under -q too: it explains a wait of minutes
+        http: Any = utils.httpx  # httpx2 in 2.x, httpx in 1.x: the public alias (since 1.30) for either
+        hooks = {name: list(chain) for name, chain in huggingface_hub.get_session().event_hooks.items()}
+        limit = request_timeout()
 
+        def factory() -> Any:
+            return http.Client(event_hooks=hooks, follow_redirects=True, timeout=limit,
+                               transport=_BoundedTransport(http, limit))
 
-def _quiet_library_logging(huggingface_hub: ModuleType) -> None:
-    """huggingface_hub prints through its own handler and propagates too (where the application has
-    configured logging, the CLI, every warning came out twice), and logs two warnings per retry (ten lines
-    before our one-line error). Its messages are printed once, by its handler, and only with -v (the root
-    logger at DEBUG); `_BoundedTransport` says once that a request is being retried."""
-    from huggingface_hub.utils import logging as hub_logging
-
-    root = logging.getLogger()
-    if root.handlers:
-        hub_logging.disable_propagation()
-    if not root.isEnabledFor(logging.DEBUG):
-        hub_logging.set_verbosity_error()
-    retry_log.setLevel(logging.WARNING)  # shown under -q too: it explains a wait of minutes
-
-
-def _bound_client_timeouts(huggingface_hub: ModuleType) -> None:
-    """huggingface_hub's HTTP client has no timeout (and many API calls pass `timeout=None`), so a server
-    that stops answering hangs push and pull forever. Its public client factory is replaced by one whose
-    client bounds every request of this process by `request_timeout()` for whatever the caller left
-    unbounded (its own, smaller limits stay), with the library's own request hooks (offline mode, request
-    ids) taken from the client it would have made."""
-    from huggingface_hub import utils
-
-    http: Any = utils.httpx  # httpx2 in 2.x, httpx in 1.x: the public alias (since 1.30) for code that supports both
-    hooks = {name: list(chain) for name, chain in huggingface_hub.get_session().event_hooks.items()}
-    limit = request_timeout()
-
-    def factory() -> Any:
-        return http.Client(event_hooks=hooks, follow_redirects=True, timeout=limit,
-                           transport=_BoundedTransport(http, limit))
-
-    huggingface_hub.set_client_factory(factory)
+        huggingface_hub.set_client_factory(factory)
 
 
 class _BoundedTransport:
@@ -264,12 +253,10 @@ def hub_errors(what: str, target: HasToken | None = None, write: bool = False) -
             raise
         # HfFileSystem reports a hidden or missing repo as FileNotFoundError raised from the Hub's error.
         raise describe_error(e.__cause__ or e, what, token, write) from e
-    except HfHubHTTPError as e:
-        raise describe_error(e, what, token, write) from e
     except WtoursError:  # already described (by an inner hub_errors)
         raise
     except Exception as e:
-        if is_transport_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
+        if isinstance(e, HfHubHTTPError) or is_transport_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
             raise describe_error(e, what, token, write) from e
         # The client wraps some failures (an LFS upload that failed after its retries is a RuntimeError
         # raised from the HTTP error): describe the Hub's error underneath.

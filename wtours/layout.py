@@ -1,9 +1,8 @@
 """The on-disk contract: data root, per-video folders, names and keys (docs/data-format.md).
 
-Every path of the data root, every shard name and sample key, and the files of a training run's folder
-are named here and nowhere else. A command's own report files (the statistics' tables and plots, viz
-pictures, an export folder's files) are named by the module that writes them, beside its other output.
-"""
+Every path of the data root, every shard name and sample key, and the files of a training run's folder are named here
+and nowhere else. A command's own report files (the statistics' tables and plots, viz pictures, an export folder's
+files) are named by the module that writes them, beside its other output."""
 
 from __future__ import annotations
 
@@ -30,10 +29,6 @@ ROOT_URL_HINT = ("the data root is a local folder. To fetch shard sets from the 
                  "`wtours pull --repo OWNER/NAME`, to publish them `wtours push`; to read shards from a URL pass it "
                  "to --shards; for object storage (s3://, gs://) mount it (e.g. s3fs, rclone mount) and pass the "
                  "mount point")
-
-
-def is_url(text: str) -> bool:
-    return bool(URL_PATTERN.match(text))
 INFO_FILE = "info.json"
 INDEX_FILE = "index.json"
 PLAN_FILE = "plan.json"
@@ -53,36 +48,24 @@ RUN_FILES = (CHECKPOINT_FILE, RUN_LOG_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE)
 RUN_DATA_LOG_PREFIX = "data.rank"  # data.rank<r>.jsonl: each rank's clip keys of every step
 RUN_DATA_LOG_GLOB = RUN_DATA_LOG_PREFIX + "*.jsonl"
 RUN_TENSORBOARD_DIR = "tensorboard"
-
-
-def run_data_log(rank: int) -> str:
-    return f"{RUN_DATA_LOG_PREFIX}{rank}.jsonl"
-
 TEMPORARY_GLOB = ".*.tmp-*"  # what `replace_atomically` leaves behind when the process is killed mid-write
 
 T = TypeVar("T")
 
 
-def default_root() -> Path:
-    """`$WTOURS_ROOT`, else the per-user data folder (`$XDG_DATA_HOME/wtours`)."""
-    if os.environ.get(ROOT_ENV):
-        return Path(os.environ[ROOT_ENV]).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(xdg) / "wtours"
+def is_url(text: str) -> bool:
+    return bool(URL_PATTERN.match(text))
 
 
-def resolve_root(root: str | os.PathLike | None) -> Path:
-    return Path(root).expanduser() if root else default_root()
+def run_data_log(rank: int) -> str:
+    return f"{RUN_DATA_LOG_PREFIX}{rank}.jsonl"
 
 
 def validate_slug(name: str) -> str:
     """A video's name is a folder and a shard-name prefix: never a path, never a dot."""
     if not isinstance(name, str) or not SLUG_PATTERN.match(name):
-        raise UsageError(
-            f"{name!r} is not a valid video name",
-            "use lowercase ASCII letters, digits and '-', starting with a letter or digit "
-            "(at most 63 characters), e.g. 'my-walk'",
-        )
+        raise UsageError(f"{name!r} is not a valid video name", "use lowercase ASCII letters, digits and '-', "
+                         "starting with a letter or digit (at most 63 characters), e.g. 'my-walk'")
     return name
 
 
@@ -90,7 +73,12 @@ class Layout:
     """Paths under one data root, per `docs/data-format.md`: the only code that knows folder and file names."""
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = resolve_root(root)
+        """`root`, else `$WTOURS_ROOT`, else the per-user data folder (`$XDG_DATA_HOME/wtours`)."""
+        if root or os.environ.get(ROOT_ENV):
+            self.root = Path(root or os.environ[ROOT_ENV]).expanduser()
+        else:
+            xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+            self.root = Path(xdg) / "wtours"
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"the data root {self.root} is a file, not a folder",
                               f"pass a folder (or a path that does not exist yet) as --root or ${ROOT_ENV}")
@@ -182,14 +170,11 @@ class Layout:
     def stats_dir(self, slug: str, out: str | os.PathLike | None = None) -> Path:
         return self.stats_base(out) / validate_slug(slug)
 
-    def stats_summary_path(self, slug: str, out: str | os.PathLike | None = None) -> Path:
-        return self.stats_dir(slug, out) / STATS_SUMMARY_FILE
+    def stats_summary_path(self, slug: str) -> Path:
+        return self.stats_dir(slug) / STATS_SUMMARY_FILE
 
     def stats_summary_paths(self, out: str | os.PathLike | None = None) -> list[Path]:
         return sorted(self.stats_base(out).glob(f"*/{STATS_SUMMARY_FILE}"))
-
-    def stats_parts_dir(self, slug: str, out: str | os.PathLike | None = None) -> Path:
-        return self.stats_dir(slug, out) / STATS_PARTS_DIR
 
     # ---- demo
     def demo_video_path(self) -> Path:
@@ -197,7 +182,6 @@ class Layout:
 
     def demo_run_dir(self) -> Path:
         return self.root / "runs" / "demo"
-
 
 
 def _slug_folders(base: Path) -> list[str]:
@@ -223,9 +207,7 @@ def validate_shard_name(name: str, slug: str | None = None) -> str:
 
 def shard_number(name: str) -> int:
     """`<slug>-<number:06d>.tar` -> number (the name checked first)."""
-    match = SHARD_NAME_PATTERN.match(validate_shard_name(name))
-    assert match is not None  # validate_shard_name refused anything else
-    return int(match.group("number"))
+    return int(validate_shard_name(name)[-10:-4])
 
 
 def sample_key(slug: str, frame: int) -> str:

@@ -40,9 +40,8 @@ def _holder_text(path: Path) -> str:
 def folder_lock(folder: Path, what: str, shared: bool = False) -> Iterator[Path]:
     """Hold `folder` exclusively for this block; a second holder fails at once with who has it.
 
-    `what` names the folder's role in the message ("run folder", "shard folder of venice").
-    `shared`: several shared holders may work in the folder together (the ranks of a multi-node
-    shard run), but never beside an exclusive one."""
+    `what` names the folder's role in the message ("run folder", "shard folder of venice"). `shared`: several shared
+    holders may work in the folder together (the ranks of a multi-node shard run), but never beside an exclusive one."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

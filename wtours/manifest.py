@@ -48,13 +48,11 @@ class Manifest:
     def resolve(self, name: str) -> VideoEntry:
         """Slug, the authors' spelling or an alias -> entry; else an error with a suggestion."""
         wanted = _fold(name)
-        for video in self.videos:
-            names = (video.slug, video.city, *video.aliases)
-            if wanted in {_fold(n) for n in names}:
-                return video
-        choices = {_fold(n): v.slug for v in self.videos for n in (v.slug, v.city, *v.aliases)}
+        choices = {_fold(n): v for v in reversed(self.videos) for n in (v.slug, v.city, *v.aliases)}  # first wins
+        if wanted in choices:
+            return choices[wanted]
         close = difflib.get_close_matches(wanted, list(choices), n=1, cutoff=0.6)
-        suggestion = f"did you mean '{choices[close[0]]}'? " if close else ""
+        suggestion = f"did you mean '{choices[close[0]].slug}'? " if close else ""
         raise UsageError(
             f"unknown city {name!r}",
             f"{suggestion}valid names: {', '.join(self.slugs)} (see `wtours list`); "
@@ -73,14 +71,7 @@ def load_manifest() -> Manifest:
     """Read the manifest shipped in the package (works after a non-editable install too)."""
     text = resources.files("wtours.manifests").joinpath(MANIFEST_FILE).read_text(encoding="utf-8")
     raw = json.loads(text)
-    videos = tuple(
-        VideoEntry(
-            slug=v["slug"], city=v["city"], kind=v["kind"], youtube_id=v["youtube_id"], url=v["url"],
-            license=v["license"], aliases=tuple(v.get("aliases", ())),
-            previous_ids=tuple(v.get("previous_ids", ())), note=v.get("note", ""),
-            stated=dict(v.get("stated", {})), observed=dict(v.get("observed", {})),
-        )
-        for v in raw["videos"]
-    )
+    videos = tuple(VideoEntry(**{**v, "aliases": tuple(v.get("aliases", ())),
+                                 "previous_ids": tuple(v.get("previous_ids", ()))}) for v in raw["videos"])
     return Manifest(name=raw["name"], title=raw["title"], paper=raw["paper"], mirror=raw.get("mirror", {}),
                     videos=videos)

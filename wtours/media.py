@@ -1,9 +1,8 @@
 """ffmpeg and ffprobe: the one place that finds them, probes videos and checks that they decode.
 
-Binaries come from, in order: `$WTOURS_FFMPEG` / `$WTOURS_FFPROBE`; the system PATH; the ffmpeg
-binary shipped in the `imageio-ffmpeg` wheel (no root needed). That wheel has no ffprobe, so
-probing falls back to parsing `ffmpeg -i` and counting frames with a stream copy.
-"""
+Binaries come from, in order: `$WTOURS_FFMPEG` / `$WTOURS_FFPROBE`; the system PATH; the ffmpeg binary shipped in the
+`imageio-ffmpeg` wheel (no root needed). That wheel has no ffprobe, so probing falls back to parsing `ffmpeg -i` and
+counting frames with a stream copy."""
 
 from __future__ import annotations
 
@@ -42,12 +41,10 @@ def _find_tools(env_ffmpeg: str | None, env_ffprobe: str | None, wheel_only: boo
     if env_ffmpeg:
         if not (Path(env_ffmpeg).is_file() and os.access(env_ffmpeg, os.X_OK)):
             raise WtoursError(f"{FFMPEG_ENV}={env_ffmpeg} is not an executable file", NO_FFMPEG_HINT)
-        probe = env_ffprobe or _sibling_ffprobe(env_ffmpeg)
-        return Tools(env_ffmpeg, probe, "env")
+        return Tools(env_ffmpeg, env_ffprobe or _sibling_ffprobe(env_ffmpeg), "env")
     system = None if wheel_only else shutil.which("ffmpeg")
     if system:
-        probe = env_ffprobe or shutil.which("ffprobe") or _sibling_ffprobe(system)
-        return Tools(system, probe, "system")
+        return Tools(system, env_ffprobe or shutil.which("ffprobe") or _sibling_ffprobe(system), "system")
     try:
         import imageio_ffmpeg
 
@@ -102,8 +99,8 @@ def probe(path: str | os.PathLike) -> ProbeResult:
     return result
 
 
-def _run(cmd: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace")
 
 
 def _not_a_video(path: Path, detail: str) -> ProbeError:
@@ -114,10 +111,9 @@ def _not_a_video(path: Path, detail: str) -> ProbeError:
 
 
 def _probe_ffprobe(ffprobe: str, path: Path) -> ProbeResult:
-    cmd = [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
-           "stream=codec_name,width,height,avg_frame_rate,r_frame_rate,nb_frames,duration,start_time"
-           ":format=duration,format_name", "-of", "json", str(path)]
-    out = _run(cmd)
+    out = _run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
+                "stream=codec_name,width,height,avg_frame_rate,r_frame_rate,nb_frames,duration,start_time"
+                ":format=duration,format_name", "-of", "json", str(path)])
     if out.returncode != 0:
         raise _not_a_video(path, out.stderr)
     data = json.loads(out.stdout or "{}")
@@ -189,10 +185,9 @@ def verify_decodes(path: str | os.PathLike, duration: float) -> None:
 
 def _rate(text: str | None) -> Fraction | None:
     try:
-        rate = Fraction(text) if text else None
+        return (Fraction(text) or None) if text else None  # a rate of 0 is no rate
     except (ValueError, ZeroDivisionError):
         return None
-    return rate if rate else None
 
 
 def _float(value) -> float | None:

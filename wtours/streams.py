@@ -54,11 +54,6 @@ def url_scheme(url: str) -> str | None:
     return scheme.lower() if sep and scheme.isascii() and scheme.replace("+", "").isalnum() else None
 
 
-def is_local(url: str) -> bool:
-    """A file on this machine that is read as is: a path or a file:// URL (not verified against an index)."""
-    return url_scheme(url) in (None, "file")
-
-
 def kind_of(url: str) -> str:
     """Which opener reads `url`: 'path', 'http', 'hf', 'pipe' or 'fsspec' (an unknown scheme fails here)."""
     scheme = url_scheme(url)
@@ -89,14 +84,16 @@ def open_url(url: str) -> IO[bytes]:
 
 
 def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
-    """A stream of `url` from byte `begin` (up to `end`, exclusive, where a Range request can say so; the
-    caller stops reading at `end`): a seek on a file, hf:// or fsspec URL, a Range request over http(s)
-    (a server that ignores it is read from the start and the bytes before `begin` dropped), dropped bytes
-    of a pipe: command's output."""
+    """A stream of `url` from byte `begin` (up to `end`, exclusive, where a Range request can say so; the caller stops
+    reading at `end`): a seek on a file, hf:// or fsspec URL, a Range request over http(s) (a server that ignores it is
+    read from the start and the bytes before `begin` dropped), dropped bytes of a pipe: command's output."""
     kind = kind_of(url)
     if kind == "http":
-        ranged = _http_range(url, begin, end)
-        return ranged if ranged is not None else _skipped(_urlopen(url), begin, url)
+        ranged = _urlopen(url, {"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
+        if getattr(ranged, "status", None) == 206:
+            return ranged
+        ranged.close()  # the server ignored the Range header
+        return _skipped(_urlopen(url), begin, url)
     if kind == "hf":
         return _open_hf(url, begin)
     if kind == "pipe":
@@ -131,15 +128,6 @@ def require_backend(url: str) -> None:
 # ------------------------------------------------------------------ http(s)
 
 
-def _http_range(url: str, begin: int, end: int | None) -> IO[bytes] | None:
-    """The bytes [begin, end) by a Range request; None when the server ignored the Range header."""
-    response = _urlopen(url, {"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
-    if getattr(response, "status", None) != 206:
-        response.close()
-        return None
-    return response
-
-
 def _urlopen(url: str, headers: dict[str, str] | None = None) -> IO[bytes]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
@@ -171,12 +159,11 @@ def _skipped(raw: IO[bytes], count: int, url: str) -> IO[bytes]:
 
 
 def _open_hf(url: str, offset: int | None = None) -> IO[bytes]:
-    """An hf:// file. Whole (`offset` None): streamed with one GET (the client resumes a broken stream once
-    with a Range request). From `offset`: huggingface_hub's buffered file fetches what is read with Range
-    requests of HF_READ_BLOCK bytes, so a reader of part of a shard skips the rest.
-
-    The first read(0) opens the connection, so a missing file, a private repo without a token or a
-    revoked token fails here, as a WtoursError with a login hint (the token itself is never shown)."""
+    """An hf:// file. Whole (`offset` None): streamed with one GET (the client resumes a broken stream once with
+    a Range request). From `offset`: huggingface_hub's buffered file fetches what is read with Range requests of
+    HF_READ_BLOCK bytes, so a reader of part of a shard skips the rest. The first read(0) opens the connection,
+    so a missing file, a private repo without a token or a revoked token fails here, as a WtoursError with a
+    login hint (the token itself is never shown)."""
     options = {"block_size": 0} if offset is None else {"block_size": HF_READ_BLOCK, "cache_type": "readahead"}
     with hub_errors(url):
         return _started(hf_filesystem().open(url[len("hf://"):], "rb", **options), offset)
@@ -362,14 +349,12 @@ class ShardMismatchError(OSError):
 
 
 class VerifiedShard:
-    """A whole remote shard, read to its end and checked against its index entry (size and sha256)
-    before its first byte is served: a replaced shard contributes no sample at all.
-
-    The bytes are held in a spooled temporary file (VERIFY_SPOOL_BYTES in memory, the rest on disk,
-    removed on close). More bytes than the index records stop the read at once. A stream that breaks
-    before its end cannot be verified, so none of it is served: the shard is counted as bad (a server
-    could otherwise send replaced samples and then drop the connection). Partial reads (byte ranges
-    of a shard) are not wrapped: they trust the server (docs/hub.md)."""
+    """A whole remote shard, read to its end and checked against its index entry (size and sha256) before its
+    first byte is served: a replaced shard contributes no sample at all. The bytes are held in a spooled
+    temporary file (VERIFY_SPOOL_BYTES in memory, the rest on disk, removed on close). More bytes than the index
+    records stop the read at once. A stream that breaks before its end cannot be verified, so none of it is
+    served: the shard is counted as bad (a server could otherwise send replaced samples and then drop the
+    connection). Partial reads (byte ranges of a shard) are not wrapped: they trust the server (docs/hub.md)."""
 
     def __init__(self, raw: ByteStream, url: str, size: int, sha256: str):
         self.raw, self.url, self.size, self.sha256 = raw, url, size, sha256
@@ -379,22 +364,23 @@ class VerifiedShard:
     def __repr__(self) -> str:  # webdataset appends str(stream) to the errors it reports
         return f"<verified shard {self.url}>"
 
-    def _fill(self) -> None:
-        spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
-        try:
-            count, digest = self._spool_all(spool)
-            if count != self.size or digest != self.sha256:
-                what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
-                        else "its sha256 is not the one its index.json records")
-                raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
-        except BaseException:
-            spool.close()
-            raise
-        spool.seek(0)
-        self.spool = spool
+    def read(self, size: int = -1, /) -> bytes:
+        if self.failed:
+            return b""
+        if self.spool is None:
+            spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
+            try:
+                self._copy_checked(spool)
+            except BaseException:
+                spool.close()
+                self.failed = True
+                raise
+            spool.seek(0)
+            self.spool = spool
+        return self.spool.read(size if size is not None else -1)
 
-    def _spool_all(self, spool: Any) -> tuple[int, str]:
-        """Copy the raw stream into `spool`: (bytes read, their sha256); never more than the index records."""
+    def _copy_checked(self, spool: Any) -> None:
+        """Copy the raw stream into `spool` (never more than the index records), then check its size and sha256."""
         digest, count = hashlib.sha256(), 0
         try:
             while block := self.raw.read(VERIFY_BLOCK):
@@ -409,19 +395,10 @@ class VerifiedShard:
         except Exception as e:  # noqa: BLE001 (a broken stream: nothing unverified is served)
             raise ShardMismatchError(f"{self.url}: the stream broke after {count} of {self.size} bytes ({e}); "
                                      "an unverified shard is not used (skipped)") from e
-        return count, digest.hexdigest()
-
-    def read(self, size: int = -1, /) -> bytes:
-        if self.failed:
-            return b""
-        if self.spool is None:
-            try:
-                self._fill()
-            except BaseException:
-                self.failed = True
-                raise
-        assert self.spool is not None  # filled above, or failed (then `failed`)
-        return self.spool.read(size if size is not None else -1)
+        if count != self.size or digest.hexdigest() != self.sha256:
+            what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
+                    else "its sha256 is not the one its index.json records")
+            raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
 
     def close(self) -> None:
         try:
@@ -434,7 +411,7 @@ class VerifiedShard:
 def verified_whole(url: str, raw: IO[bytes], size: int | None, sha256: str | None) -> IO[bytes]:
     """`raw`, the whole file at `url` read from its start, checked against the size and sha256 its index
     records when it comes from elsewhere (http(s), hf://, fsspec URLs but file://, pipe: commands); a local
-    file, or one without a recorded checksum, is returned as is."""
-    if is_local(url) or sha256 is None or size is None:
+    file (a path or a file:// URL), or one without a recorded checksum, is returned as is."""
+    if url_scheme(url) in (None, "file") or sha256 is None or size is None:
         return raw
     return VerifiedShard(raw, redact(url), size, sha256)  # type: ignore[return-value]

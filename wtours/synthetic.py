@@ -1,11 +1,11 @@
 """A built-in synthetic walking video, made with ffmpeg's lavfi sources (no network, no input).
 
-Moving textured scenes joined by hard cuts, a lighting ramp from day to dusk over the whole video,
-and a blank (black) stretch: the properties `wtours stats` measures and `wtours shard` must handle.
-"""
+Moving textured scenes joined by hard cuts, a lighting ramp from day to dusk over the whole video, and a blank (black)
+stretch: the properties `wtours stats` measures and `wtours shard` must handle."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +47,7 @@ class WalkSpec:
 
     def cut_times(self) -> list[float]:
         """Where one scene ends and the next begins (seconds)."""
-        times, t = [], 0.0
-        for scene in self.scenes()[:-1]:
-            t += scene.seconds
-            times.append(t)
-        return times
+        return list(itertools.accumulate((scene.seconds for scene in self.scenes()[:-1]), initial=0.0))[1:]
 
     @property
     def duration(self) -> float:

@@ -35,9 +35,8 @@ def default_workers(local_processes: int = 1) -> int:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """`--device`: None or "auto" is cuda when torch sees a CUDA device, else cpu; a cuda device named
-    where there is none is a UsageError. (torch is imported here: --help and the CPU-only commands do
-    not load it.)"""
+    """`--device`: None or "auto" is cuda when torch sees a CUDA device, else cpu; a cuda device named where there is
+    none is a UsageError. (torch is imported here: --help and the CPU-only commands do not load it.)"""
     import torch
 
     if name is None or name == "auto":
@@ -55,50 +54,26 @@ def resolve_device(name: str | None) -> torch.device:
 
 # ---------------------------------------------------------------- SLURM node lists
 
-_TOKEN = re.compile(r"([^,\[]*)(?:\[([^\]]*)\])?")
+# Brackets that close, never nest and never stand alone: 'a[1-2]b[3]', not 'a[1', 'a]' or 'a[[1]]'.
+_BRACKETS = re.compile(r"[^\[\]]*(?:\[[^\[\]]*\][^\[\]]*)*")
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
     """SLURM's compressed host list, expanded as `scontrol show hostnames` does:
     'node[01-03,07]' -> node01 node02 node03 node07; 'gpu-a[1-2],gpu-b5' -> gpu-a1 gpu-a2 gpu-b5;
     'r[1-2]-n[1-2]' -> r1-n1 r1-n2 r2-n1 r2-n2 (zero padding kept)."""
+    text = nodelist.strip()
+    if not _BRACKETS.fullmatch(text):
+        raise ValueError(f"unbalanced brackets in {text!r}")
     hosts: list[str] = []
-    for group in _split_top(nodelist.strip()):
-        hosts += _expand_group(group)
+    for group in re.split(r",(?![^\[]*\])", text):  # at the commas outside brackets
+        names = [""] if group else []
+        for i, part in enumerate(re.split(r"\[([^\]]*)\]", group)):  # text, ranges, text, ..., text
+            names = [name + item for name in names for item in (_expand_ranges(part) if i % 2 else [part])]
+        hosts += names
     if not hosts:
         raise ValueError(f"empty node list {nodelist!r}")
     return hosts
-
-
-def _split_top(text: str) -> list[str]:
-    """Split at commas outside brackets."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if depth < 0 or depth > 1:
-            raise ValueError(f"unbalanced brackets in {text!r}")
-        if ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    if depth:
-        raise ValueError(f"unbalanced brackets in {text!r}")
-    return [p for p in [*parts, text[start:]] if p]
-
-
-def _expand_group(group: str) -> list[str]:
-    """'a[1-2]-b[3,5]c' -> the product of its bracketed ranges, in order."""
-    names = [""]
-    pos = 0
-    while pos < len(group):
-        match = _TOKEN.match(group, pos)
-        if match is None or match.end() == pos:
-            raise ValueError(f"cannot read {group!r}")
-        prefix, ranges = match.group(1), match.group(2)
-        names = [n + prefix for n in names]
-        if ranges is not None:
-            names = [n + item for n in names for item in _expand_ranges(ranges)]
-        pos = match.end()
-    return names
 
 
 def _expand_ranges(ranges: str) -> list[str]:

@@ -51,8 +51,7 @@ class VideoInfo:
 
     @classmethod
     def from_dict(cls, data: Any, where: Path) -> VideoInfo:
-        """Checked, every field and the probe's too: a damaged or hand-edited info.json is one clear error
-        naming the file and the key."""
+        """Checked, every field and the probe's too: a damaged or hand-edited info.json fails naming the key."""
         return read_record(cls, data, str(where), DAMAGED_HINT)
 
 

@@ -63,14 +63,6 @@ class DownloadTarget:
     def from_manifest(cls, entry: VideoEntry) -> DownloadTarget:
         return cls(entry.slug, entry.url, entry.youtube_id, entry)
 
-    @classmethod
-    def from_url(cls, url: str, name: str) -> DownloadTarget:
-        if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--url {url!r} is not an http(s) URL",
-                              "for a file on disk use `wtours add PATH --name NAME`")
-        slug = validate_slug(name)
-        return cls(slug, url, None, load_manifest().get(slug))
-
 
 @dataclass(frozen=True)
 class DownloadResult:
@@ -87,7 +79,10 @@ def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
         if not (url and name):
             raise UsageError("--url and --name go together",
                               "e.g. `wtours download --url https://host/walk.mp4 --name my-walk`")
-        return [DownloadTarget.from_url(url, name)]
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--url {url!r} is not an http(s) URL",
+                             "for a file on disk use `wtours add PATH --name NAME`")
+        return [DownloadTarget(validate_slug(name), url, None, manifest.get(name))]
     if all_videos:
         return [DownloadTarget.from_manifest(v) for v in manifest.videos]
     if not cities:
@@ -106,14 +101,9 @@ def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
 def describe_plan(targets: list[DownloadTarget], layout: Layout, config: DownloadConfig) -> list[dict[str, Any]]:
     """What a download would fetch and where; touches no network (for --dry-run)."""
     settings = config.ytdlp.to_dict()
-    rows = []
-    for t in targets:
-        rows.append({"slug": t.slug, "id": t.source_id, "url": t.url,
-                     "target": str(layout.download_template(t.slug, "<ext>")),
-                     "format": config.ytdlp.from_option.get("format") or format_selector(config.max_height),
-                     "yt_dlp": settings,
-                     "complete": completed_file(layout, t.slug) is not None})
-    return rows
+    return [{"slug": t.slug, "id": t.source_id, "url": t.url, "target": str(layout.download_template(t.slug, "<ext>")),
+             "format": config.ytdlp.from_option.get("format") or format_selector(config.max_height),
+             "yt_dlp": settings, "complete": completed_file(layout, t.slug) is not None} for t in targets]
 
 
 def format_selector(max_height: int) -> str:
@@ -123,63 +113,36 @@ def format_selector(max_height: int) -> str:
     return f"bv*[height<=?{max_height}]/b[height<=?{max_height}]"
 
 
-# ---------------------------------------------------------------- checks
-
-
-def probe_and_verify(path: Path) -> media.ProbeResult:
-    result = media.probe(path)
-    media.verify_decodes(path, result.duration)
-    return result
-
-
-def _reject(path: Path, error: WtoursError) -> WtoursError:
-    """Move a file that failed verification off its final name, keeping it for inspection."""
-    if path.exists():
-        rejected = Layout.rejected_path(path)
-        os.replace(path, rejected)
-        error.message += f" (kept as {rejected.name} for inspection)"
-    return error
-
-
 # ---------------------------------------------------------------- yt-dlp
 
 
 class _YtdlpLogger:
     """Routes yt-dlp's messages to logging and remembers warnings for error hints."""
 
+    debug = error = log.debug  # an error is surfaced through the raised DownloadError instead
+    info = log.info
+
     def __init__(self) -> None:
         self.warnings: list[str] = []
-
-    def debug(self, msg: str) -> None:
-        log.debug(msg)
-
-    def info(self, msg: str) -> None:
-        log.info(msg)
 
     def warning(self, msg: str) -> None:
         self.warnings.append(msg)
         log.warning(msg)
 
-    def error(self, msg: str) -> None:
-        log.debug(msg)  # surfaced through the raised DownloadError instead
-
 
 def _ytdlp_options(config: DownloadConfig, outtmpl: str, logger: _YtdlpLogger,
                    hooks: list[Callable[[dict], None]]) -> dict[str, Any]:
-    """Layered, later wins: wtours' defaults, the user's yt-dlp config, wtours flags given, --yt-dlp-option,
-    and last the options that carry wtours' contract (see wtours/fetch/ytdlp_options.py)."""
-    options: dict[str, Any] = {
+    """Layered, later wins, as wtours/fetch/ytdlp_options.py says: last the options that carry wtours' contract."""
+    return {
         "format": format_selector(config.max_height),
         "retries": DEFAULT_RETRIES,  # the Python API defaults to 0 retries (the CLI to 10)
         "fragment_retries": DEFAULT_RETRIES,
         "extractor_retries": 3,
         "file_access_retries": 3,
         "socket_timeout": 30,
-    }
-    options.update(config.ytdlp.from_config)
-    options.update(flag_options(config))
-    options.update(config.ytdlp.from_option)
-    options.update({
+        **config.ytdlp.from_config,
+        **flag_options(config),
+        **config.ytdlp.from_option,
         "outtmpl": {"default": outtmpl},
         "continuedl": True,  # resume a .part file with a Range request
         "updatetime": False,  # keep our own mtime, which info.json records
@@ -189,8 +152,7 @@ def _ytdlp_options(config: DownloadConfig, outtmpl: str, logger: _YtdlpLogger,
         "no_warnings": False,
         "logger": logger,
         "progress_hooks": hooks,
-    })
-    return options
+    }
 
 
 def flag_options(config: DownloadConfig) -> dict[str, Any]:
@@ -280,9 +242,14 @@ def _check_disk(info: dict[str, Any], folder: Path) -> None:
             "free space, or pass --root on a larger disk (or lower --max-height)")
 
 
-def _describe_pick(info: dict[str, Any], config: DownloadConfig, entry: VideoEntry | None) -> str:
+def _video_format(info: dict[str, Any]) -> dict[str, Any]:
+    """The format of the video stream yt-dlp picked (of a video+audio pair, or the one format)."""
     picked = info.get("requested_formats") or [info]
-    video = next((f for f in picked if f.get("vcodec") not in (None, "none")), picked[0])
+    return next((f for f in picked if f.get("vcodec") not in (None, "none")), picked[0])
+
+
+def _describe_pick(info: dict[str, Any], config: DownloadConfig, entry: VideoEntry | None) -> str:
+    video = _video_format(info)
     heights = [f.get("height") for f in info.get("formats") or [] if f.get("height") and f.get("vcodec") != "none"]
     best = max(heights) if heights else None
     if not video.get("height"):
@@ -311,48 +278,46 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
     media.find_tools()  # fail before any transfer when ffmpeg is missing: we cannot verify without it
     # one writer per video folder: two downloads (or a download and an add) would share the .part file
     with folder_lock(folder, f"video folder of {target.slug}"):
-        return _download_locked(layout, target, config, say)
+        import yt_dlp
 
-
-def _download_locked(layout: Layout, target: DownloadTarget, config: DownloadConfig,
-                     say: Callable[[str], None]) -> DownloadResult:
-    import yt_dlp
-
-    folder = layout.video_dir(target.slug)
-    logger = _YtdlpLogger()
-    bar = _ProgressBar(target.slug, config.progress)
-    options = _ytdlp_options(config, str(layout.download_template(target.slug)), logger, [bar.hook])
-    try:
-        with yt_dlp.YoutubeDL(options) as ydl:
-            info = ydl.extract_info(target.url, download=False)
-            say(f"{target.slug}: {_describe_pick(info, config, target.entry)}")
-            _check_disk(info, folder)
-            info = ydl.process_ie_result(info, download=True)
-    except yt_dlp.utils.DownloadError as e:
-        raise _explain(str(e), logger.warnings, config, options["retries"]) from e
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise _explain("No space left on device", [], config, options["retries"]) from e
-        raise
-    finally:
-        bar.close()
-    path = Path(info["requested_downloads"][0]["filepath"])
-    try:
-        probed = probe_and_verify(path)
-    except media.ProbeError as e:
-        raise _reject(path, e) from e
-    source = _source_record(info, target, config.ytdlp)
-    record = write_video_info(layout, target.slug, path, probed, source, target.entry)
-    say(f"{target.slug}: {path} ({record.bytes / 1e6:.1f} MB, {probed.width}x{probed.height}, "
-        f"{probed.fps:.2f} fps, {probed.duration / 60:.1f} min, sha256 {record.sha256[:12]}…)")
-    return DownloadResult(target.slug, path, "downloaded", record)
+        logger = _YtdlpLogger()
+        bar = _ProgressBar(target.slug, config.progress)
+        options = _ytdlp_options(config, str(layout.download_template(target.slug)), logger, [bar.hook])
+        try:
+            with yt_dlp.YoutubeDL(options) as ydl:
+                info = ydl.extract_info(target.url, download=False)
+                say(f"{target.slug}: {_describe_pick(info, config, target.entry)}")
+                _check_disk(info, folder)
+                info = ydl.process_ie_result(info, download=True)
+        except yt_dlp.utils.DownloadError as e:
+            raise _explain(str(e), logger.warnings, config, options["retries"]) from e
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise _explain("No space left on device", [], config, options["retries"]) from e
+            raise
+        finally:
+            bar.close()
+        path = Path(info["requested_downloads"][0]["filepath"])
+        try:
+            probed = media.probe(path)
+            media.verify_decodes(path, probed.duration)
+        except media.ProbeError as e:
+            if path.exists():  # moved off its final name, kept for inspection
+                rejected = Layout.rejected_path(path)
+                os.replace(path, rejected)
+                e.message += f" (kept as {rejected.name} for inspection)"
+            raise
+        record = write_video_info(layout, target.slug, path, probed, _source_record(info, target, config.ytdlp),
+                                  target.entry)
+        say(f"{target.slug}: {path} ({record.bytes / 1e6:.1f} MB, {probed.width}x{probed.height}, "
+            f"{probed.fps:.2f} fps, {probed.duration / 60:.1f} min, sha256 {record.sha256[:12]}…)")
+        return DownloadResult(target.slug, path, "downloaded", record)
 
 
 def _source_record(info: dict[str, Any], target: DownloadTarget, settings: YtdlpSettings) -> dict[str, Any]:
     import yt_dlp
 
-    picked = info.get("requested_formats") or [info]
-    video = next((f for f in picked if f.get("vcodec") not in (None, "none")), picked[0])
+    video = _video_format(info)
     entry = target.entry
     return {
         "type": "url",

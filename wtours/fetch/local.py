@@ -3,6 +3,7 @@ the user gives for the dataset card's attribution."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -51,14 +52,12 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
               provenance: dict[str, str | None] | None = None) -> DownloadResult:
     """Register a video file already on disk (e.g. from the figshare mirror) as <root>/videos/<name>/.
 
-    A file that probes but does not decode to its end is refused unless `allow_damaged`: then it is
-    recorded with the reason, and `wtours shard` keeps what decodes. A name that is already registered
-    to another file is refused unless `force` (with --mode move the earlier file may be the user's only
-    copy); the only file ever deleted is the one the user named, and only with --mode move.
-
-    `provenance` (keys of PROVENANCE_KEYS: source page URL, title, uploader, licence) is recorded under
-    'source' for the dataset card's attribution; re-adding keeps the fields recorded before unless given
-    anew (corpus videos start from the manifest's URL and licence)."""
+    A file that probes but does not decode to its end is refused unless `allow_damaged`: then it is recorded
+    with the reason, and `wtours shard` keeps what decodes. A name already registered to another file is refused
+    unless `force` (with --mode move the earlier file may be the user's only copy); the only file ever deleted is
+    the one the user named, and only with --mode move. `provenance` (keys of PROVENANCE_KEYS: source page URL,
+    title, uploader, licence) is recorded under 'source' for the dataset card's attribution; re-adding keeps the
+    fields recorded before unless given anew (corpus videos start from the manifest's URL and licence)."""
     slug = validate_slug(name)
     given = validate_provenance(provenance or {})
     source_path = Path(path).expanduser().resolve()
@@ -76,66 +75,51 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
             raise
         damaged = e.message
         say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
-    with folder_lock(layout.video_dir(slug), f"video folder of {slug}"):
+    with folder_lock(layout.video_dir(slug), f"video folder of {slug}"):  # which also creates the folder
         current = _refuse_replacing(layout, slug, source_path, force)  # again, under the lock
-        return _add_locked(layout, slug, source_path, mode, probed, damaged, say, current, given)
+        final = layout.added_video_path(slug, source_path.suffix)
+        earlier = _earlier_provenance(layout, slug)  # read before anything is replaced
+        if current is not None:
+            say(f"{slug}: replacing the registered video {current.name} (--force)")
+        _place(source_path, final, mode)
+        entry = load_manifest().get(slug)
+        source = {"type": "local", "path": str(source_path), "url": entry.url if entry else None,
+                  "id": entry.youtube_id if entry else None, "title": None, "uploader": None, "channel_url": None,
+                  "license": entry.license if entry else None}
+        kept = {k: v for k, v in earlier.items() if k not in given and source.get(k) != v}
+        source |= kept | given
+        if any(k in _OPTION_OF for k in kept):
+            say(f"{slug}: keeping the recorded {', '.join(sorted(kept))} "
+                f"(give {', '.join(_OPTION_OF[k] for k in sorted(kept) if k in _OPTION_OF)} to change)")
+        record = write_video_info(layout, slug, final, probed, source, entry, damaged=damaged)
+        say(f"{slug}: added {final} ({probed.width}x{probed.height}, {probed.fps:.2f} fps, {probed.duration:.1f} s)")
+        return DownloadResult(slug, final, "added", record)
 
 
 def _refuse_replacing(layout: Layout, slug: str, source_path: Path, force: bool) -> Path | None:
+    """The file registered as `slug` where it is another video than `source_path` (re-adding the same file, or
+    a copy of it, is harmless): refused unless `force`."""
     try:
-        current = _registered_elsewhere(layout, slug, source_path)
+        existing = read_video_info(layout, slug)
+        if existing is None:
+            return None
+        current = layout.video_file(slug, existing.file)
     except WtoursError as damaged:  # which file it names cannot be told: replace it only when asked to
         if force:
             return None
         raise UsageError(f"{slug!r} has a damaged record under {layout.root} ({damaged.message}); nothing was "
                          "changed", f"pass --force to register {source_path} in its place") from None
-    if current is not None and not force:
+    with contextlib.suppress(OSError):
+        if current.resolve() == source_path or (current.exists() and os.path.samefile(current, source_path)):
+            return None
+    if source_path.stat().st_size == existing.bytes and sha256_file(source_path) == existing.sha256:
+        return None  # the same video again (e.g. a copy): nothing is lost by registering it anew
+    if not force:
         raise UsageError(
             f"{slug!r} is already registered under {layout.root} (as {current}); nothing was changed",
             f"choose another --name, or pass --force to replace the registered video with {source_path}"
             + (" (the earlier file in the data root is then replaced)" if current.exists() else ""))
     return current
-
-
-def _registered_elsewhere(layout: Layout, slug: str, source_path: Path) -> Path | None:
-    """The file registered as `slug` when it is not `source_path` itself (re-adding the same file is harmless)."""
-    existing = read_video_info(layout, slug)
-    if existing is None:
-        return None
-    current = layout.video_file(slug, existing.file)
-    try:
-        if current.resolve() == source_path or (current.exists() and os.path.samefile(current, source_path)):
-            return None
-    except OSError:
-        pass
-    if source_path.stat().st_size == existing.bytes and sha256_file(source_path) == existing.sha256:
-        return None  # the same video again (e.g. a copy): nothing is lost by registering it anew
-    return current
-
-
-def _add_locked(layout: Layout, slug: str, source_path: Path, mode: str, probed: media.ProbeResult,
-                damaged: str | None, say: Callable[[str], None], current: Path | None,
-                given: dict[str, str]) -> DownloadResult:
-    folder = layout.video_dir(slug)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = layout.added_video_path(slug, source_path.suffix)
-    earlier = _earlier_provenance(layout, slug)  # read before anything is replaced
-    if current is not None:
-        say(f"{slug}: replacing the registered video {current.name} (--force)")
-    _place(source_path, final, mode)
-    entry = load_manifest().get(slug)
-    source = {"type": "local", "path": str(source_path), "url": entry.url if entry else None,
-              "id": entry.youtube_id if entry else None, "title": None, "uploader": None, "channel_url": None,
-              "license": entry.license if entry else None}
-    kept = {k: v for k, v in earlier.items() if k not in given and source.get(k) != v}
-    source.update(kept)
-    source.update(given)
-    if any(k in _OPTION_OF for k in kept):
-        say(f"{slug}: keeping the recorded {', '.join(sorted(kept))} "
-            f"(give {', '.join(_OPTION_OF[k] for k in sorted(kept) if k in _OPTION_OF)} to change)")
-    record = write_video_info(layout, slug, final, probed, source, entry, damaged=damaged)
-    say(f"{slug}: added {final} ({probed.width}x{probed.height}, {probed.fps:.2f} fps, {probed.duration:.1f} s)")
-    return DownloadResult(slug, final, "added", record)
 
 
 def _earlier_provenance(layout: Layout, slug: str) -> dict[str, Any]:

@@ -147,19 +147,17 @@ def defaults() -> dict[str, Any]:
 def _config_files_read() -> tuple[dict[str, Any], list[str]]:
     """The parameters the user's yt-dlp config files change from yt-dlp's defaults, and those files.
 
-    yt-dlp's public parser (`yt_dlp.parse_options`) reads the config files only for its own command line
-    (an explicit argv means "ignore config"); it is run on an empty command line instead, exactly as a bare
-    `yt-dlp` run would read them: portable, home, user ($XDG_CONFIG_HOME/yt-dlp/config, ~/.config/yt-dlp/...,
-    ~/yt-dlp.conf...) and system files, --config-locations inside them, --ignore-config. The files are the
-    ones its --verbose run names."""
+    yt-dlp's public parser (`yt_dlp.parse_options`) reads the config files only for its own command line (an explicit
+    argv means "ignore config"); it is run on an empty command line instead, exactly as a bare `yt-dlp` run would read
+    them: portable, home, user ($XDG_CONFIG_HOME/yt-dlp/config, ~/.config/yt-dlp/..., ~/yt-dlp.conf...) and system
+    files, --config-locations inside them, --ignore-config. The files are the ones its --verbose run names."""
     import yt_dlp
 
     files = _config_files_named()
     with _command_line():
         configured = _parse(lambda: yt_dlp.parse_options().ydl_opts, files)
     base = defaults()
-    changed = {k: v for k, v in configured.items() if k not in _INTERNAL and base.get(k) != v}
-    return changed, files
+    return {k: v for k, v in configured.items() if k not in _INTERNAL and base.get(k) != v}, files
 
 
 # How yt-dlp's --verbose run names a config file it read: `[debug] User config "PATH": [...]` (nested ones
@@ -182,8 +180,7 @@ def _config_files_named() -> list[str]:
 
 @contextlib.contextmanager
 def _command_line(*args: str) -> Iterator[None]:
-    """sys.argv as for `yt-dlp ARGS` (yt-dlp reads the config files for its own command line only), restored
-    after."""
+    """sys.argv as for `yt-dlp ARGS` in the block (yt-dlp reads config files for its own command line only)."""
     saved = sys.argv[:]
     sys.argv[:] = ["yt-dlp", *args]
     try:
