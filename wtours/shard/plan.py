@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -73,9 +73,6 @@ class Segment:
     def t_end(self, fps: float) -> float:
         return self.end_cell / fps
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """Scale so the short side is `short_side`, keeping the aspect; never upscale."""
@@ -95,8 +92,6 @@ def plan_segments(probe: ProbeResult, params: ShardParams) -> list[Segment]:
     stop = math.ceil(end * fps - EPS)
     last_frame_t = (probe.frames - 1) / probe.fps if probe.frames and probe.fps else end
     last_source_cell = min(cell_of(last_frame_t, fps), stop - 1)
-    segments = []
-    for number, a in enumerate(range(first, stop, params.samples_per_shard)):
-        b = min(a + params.samples_per_shard, stop)
-        segments.append(Segment(number, a, b, min(b - 1, last_source_cell)))
-    return segments
+    n = params.samples_per_shard
+    return [Segment(number, a, min(a + n, stop), min(a + n - 1, last_source_cell))  # last_source_cell < stop
+            for number, a in enumerate(range(first, stop, n))]

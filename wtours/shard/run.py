@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wtours import media
 from wtours.errors import IncompleteError, UsageError, WtoursError
-from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name
+from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.privacy.stage import FaceBlur, blur_frames
 from wtours.shard.blank import is_blank
@@ -23,12 +23,10 @@ from wtours.shard.index import (
     SegmentRecord,
     ShardEntry,
     ShardIndex,
-    ShardPlan,
     build_index,
     clear_shard_dir,
     read_segment_record,
     write_plan,
-    write_segment_record,
 )
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.plan import Segment, merge_runs, output_size, plan_segments
@@ -88,11 +86,6 @@ def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) ->
     return ShardJob(slug, path, info.probe, info.source_id, info.sha256, params, size, resolve_hwaccel(hwaccel), blur)
 
 
-def video_record(job: ShardJob) -> IndexVideo:
-    p = job.probe
-    return IndexVideo(job.slug, job.source_id, job.sha256, p.duration, p.fps, p.width, p.height)
-
-
 class DecoderKilledError(WtoursError):
     """ffmpeg was killed from outside (a signal): the video is not known to be damaged, nothing is recorded."""
 
@@ -134,11 +127,11 @@ def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOp
     if not segments:
         raise WtoursError(f"{slug}: nothing to shard between --start {params.start} and --end {params.end}",
                           f"the video lasts {job.probe.duration:.1f} s")
-    video = video_record(job)
-    plan = ShardPlan(video, params, len(segments), job.size)
+    p = job.probe
+    video = IndexVideo(slug, job.source_id, job.sha256, p.duration, p.fps, p.width, p.height)
     if options.overwrite and not options.finalize_only:
         clear_shard_dir(layout, slug)
-    write_plan(layout, slug, plan, options.overwrite)
+    write_plan(layout, video, params, len(segments), job.size, options.overwrite)
 
     summary = ShardSummary(slug)
     if not options.finalize_only:
@@ -239,7 +232,7 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
         decoded_until=(last + 1) / fps if last is not None else segment.t_start(fps),
         errors=() if complete else outcome.error_summary(),
     )
-    write_segment_record(layout, job.slug, record)
+    write_json_atomic(layout.segment_record_path(job.slug, segment.number), record.to_dict())
     return record
 
 
