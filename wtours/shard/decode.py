@@ -77,14 +77,6 @@ class DecodeOutcome:
         return None
 
 
-def select_expression(fps: float, start_time: float) -> str:
-    """Keep the first frame of each grid cell: its cell differs from the previous frame's."""
-    cell = "floor((({t})-({s}))*{f}+{e})"
-    now = cell.format(t="t", s=repr(start_time), f=repr(fps), e=repr(EPS))
-    before = cell.format(t="prev_t", s=repr(start_time), f=repr(fps), e=repr(EPS))
-    return f"isnan(prev_t)+gt({now},{before})"
-
-
 def build_command(video: Path, probe: ProbeResult, fps: float, segment: Segment, size: tuple[int, int],
                   hwaccel: str = "none") -> list[str]:
     import ffmpeg  # ffmpeg-python builds the filter graph and escapes it
@@ -96,9 +88,11 @@ def build_command(video: Path, probe: ProbeResult, fps: float, segment: Segment,
         input_args["ss"] = f"{seek:.6f}"
     if hwaccel == "cuda":
         input_args["hwaccel"] = "cuda"
+    # select keeps the first frame of each grid cell: its cell (`cell_of`) differs from the previous frame's
+    cell = f"floor((({{}})-({probe.start_time!r}))*{fps!r}+{EPS!r})"
     width, height = size
     stream = (ffmpeg.input(str(video), **input_args).video
-              .filter("select", select_expression(fps, probe.start_time))
+              .filter("select", f"isnan(prev_t)+gt({cell.format('t')},{cell.format('prev_t')})")
               .filter("scale", width, height, flags="area")
               .filter("showinfo")
               .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")

@@ -234,10 +234,8 @@ class SegmentRecord:
     decoded_until: float
     errors: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"segment": asdict(self.segment), "shard": self.shard.to_dict() if self.shard else None,
-                "dropped": dict(self.dropped), "blank_stretches": [list(s) for s in self.blank_stretches],
-                "complete": self.complete, "decoded_until": self.decoded_until, "errors": list(self.errors)}
+    def to_dict(self) -> dict[str, Any]:  # for JSON: tuples are written as lists
+        return {**asdict(self), "shard": self.shard.to_dict() if self.shard else None}
 
 
 def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord | None:
@@ -307,9 +305,7 @@ def clear_shard_dir(layout: Layout, slug: str) -> None:
     folder = layout.shard_dir(slug)
     if not folder.is_dir():
         return
-    for path in layout.shard_files(slug):
-        path.unlink()
-    for path in layout.segments_dir(slug).glob("*.json"):
+    for path in [*layout.shard_files(slug), *layout.segments_dir(slug).glob("*.json")]:
         path.unlink()
     for path in (layout.index_path(slug), layout.wids_path(slug), layout.plan_path(slug)):
         path.unlink(missing_ok=True)

@@ -5,20 +5,14 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from wtours.layout import Layout
 from wtours.shard.index import load_index
-from wtours.shard.writer import SampleMeta
+from wtours.shard.writer import SampleMeta, ShardSample
 
-
-@dataclass(frozen=True)
-class StoredSample:
-    key: str
-    jpg: bytes
-    meta: SampleMeta
+StoredSample = ShardSample  # a sample read back is what the writer was given
 
 
 def iter_shard(source: Path | IO[bytes]) -> Iterator[StoredSample]:

@@ -1,10 +1,6 @@
-"""`wtours verify`: local shards checked against their index.json, and `--repair` reshards just the bad ones.
-
-A shard is good when it exists, has the size and sha256 the index records, reads as a tar of
-`<key>.jpg` + `<key>.json` pairs with the recorded number of samples, and every recorded offset
-(index version 2) points at the tar header of its sample's `<key>.jpg`. A repair redoes only the bad
-shards' segments with the shard pipeline itself (the same decoder, writer and records), so the
-repaired files are byte-identical to the originals the index describes."""
+"""`wtours verify`: local shards checked against their index.json (size, sha256, members, sample count,
+offsets), and `--repair`, which redoes just the bad shards' segments with the shard pipeline itself (the same
+decoder, writer and records), so that the repaired files are byte-identical to those the index describes."""
 
 from __future__ import annotations
 
@@ -32,10 +28,8 @@ class ShardProblem:
 @dataclass
 class VerifyReport:
     slug: str
-    folder: Path
     shards: int
     problems: list[ShardProblem] = field(default_factory=list)
-    complete: bool = True  # the index says the whole video was decoded
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -101,7 +95,7 @@ def member_problem(path: Path, entry: ShardEntry) -> str | None:
 
 def verify_set(layout: Layout, slug: str, index: ShardIndex | None = None) -> VerifyReport:
     index = index or load_index(layout, slug)
-    report = VerifyReport(slug, layout.shard_dir(slug), len(index.shards), complete=index.complete)
+    report = VerifyReport(slug, len(index.shards))
     for entry in index.shards:
         path = layout.shard_file(slug, entry.name)
         problem = quick_problem(path, entry) or member_problem(path, entry)

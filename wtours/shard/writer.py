@@ -29,9 +29,6 @@ class SampleMeta:
     width: int
     height: int
 
-    def encode(self) -> bytes:
-        return encode_json(asdict(self))
-
 
 @dataclass(frozen=True)
 class ShardSample:
@@ -95,7 +92,7 @@ def _write_tar(path: Path, samples: Iterable[ShardSample]) -> WrittenShard:
             for sample in samples:
                 offsets.append(tar.offset)  # where this sample's first header goes
                 _add(tar, f"{sample.key}.jpg", sample.jpg)
-                _add(tar, f"{sample.key}.json", sample.meta.encode())
+                _add(tar, f"{sample.key}.json", encode_json(asdict(sample.meta)))
     return WrittenShard(counted.size, counted.digest.hexdigest(), tuple(offsets))
 
 
