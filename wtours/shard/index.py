@@ -280,24 +280,19 @@ def write_plan(layout: Layout, video: IndexVideo, params: ShardParams, segments:
     made from other inputs."""
     slug = video.slug
     existing = read_json(layout.plan_path(slug))
-    new = {"format": "wtours-shard-plan", "video": asdict(video), "params": params.to_dict(), "segments": segments,
-           "output": {"width": output[0], "height": output[1]}}
+    new: dict[str, Any] = {"format": "wtours-shard-plan", "video": asdict(video), "params": params.to_dict(),
+                           "segments": segments, "output": {"width": output[0], "height": output[1]}}
     if existing is not None and existing != new and not overwrite:
         changes = [k for k in ("video", "params", "segments") if existing.get(k) != new.get(k)]
-        raise WtoursError(
-            f"{layout.shard_dir(slug)} holds shards made with other {' and '.join(changes)}: "
-            f"{_describe_changes(existing, new)}",
-            "rerun with --overwrite to replace them, or keep the old parameters (a rerun resumes)")
+        was = existing.get("params", {})
+        parts = [f"{key} {was.get(key)} -> {value}" for key, value in new["params"].items() if was.get(key) != value]
+        if existing.get("video", {}).get("sha256") != video.sha256:
+            parts.insert(0, "the source video changed (sha256 differs)")
+        raise WtoursError(f"{layout.shard_dir(slug)} holds shards made with other {' and '.join(changes)}: "
+                          f"{', '.join(parts) or 'the plan differs'}",
+                          "rerun with --overwrite to replace them, or keep the old parameters (a rerun resumes)")
     if existing != new:
         write_json_atomic(layout.plan_path(slug), new)
-
-
-def _describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
-    was = old.get("params", {})
-    parts = [f"{key} {was.get(key)} -> {value}" for key, value in new["params"].items() if was.get(key) != value]
-    if old.get("video", {}).get("sha256") != new["video"]["sha256"]:
-        parts.insert(0, "the source video changed (sha256 differs)")
-    return ", ".join(parts) or "the plan differs"
 
 
 def clear_shard_dir(layout: Layout, slug: str) -> None:

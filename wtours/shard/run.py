@@ -192,10 +192,9 @@ def _run_segments(layout: Layout, job: ShardJob, todo: list[Segment], options: R
 def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
                   advance: Callable[[int], None] = lambda cells: None,
                   cancel: threading.Event | None = None) -> SegmentRecord:
-    """Decode one segment, drop blank frames, write its shard and its record.
-
-    A decoder killed by a signal, or a run cancelled meanwhile, raises before the shard is renamed into
-    place: nothing is written for the segment (not even a "damaged" record), and a rerun redoes it."""
+    """Decode one segment, drop blank frames, write its shard and its record. A decoder killed by a signal,
+    or a run cancelled meanwhile, raises before the shard is renamed into place: nothing is written for the
+    segment (not even a "damaged" record), and a rerun redoes it."""
     fps = job.params.fps
     decoder = SegmentDecoder(job.video_path, job.probe, fps, segment, job.size, job.hwaccel)
     tally = SegmentTally(reported=segment.first_cell)
@@ -236,10 +235,7 @@ def _checked(decoder: SegmentDecoder, job: ShardJob, segment: Segment,
     if killed is not None:
         if killed == signal.SIGINT:
             raise KeyboardInterrupt  # a Ctrl-C reached ffmpeg first: this run is being interrupted
-        try:
-            name = signal.Signals(killed).name
-        except ValueError:
-            name = f"signal {killed}"
+        name = next((s.name for s in signal.Signals if s == killed), f"signal {killed}")
         raise DecoderKilledError(
             f"{job.slug}: ffmpeg was killed by {name} while decoding {shard_name(job.slug, segment.number)} "
             f"({segment.t_start(job.params.fps):.1f}-{segment.t_end(job.params.fps):.1f} s); "

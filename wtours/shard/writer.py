@@ -73,7 +73,6 @@ class _HashingFile:
 
 def write_shard(path: Path, samples: Iterable[ShardSample]) -> WrittenShard | None:
     """Consume the samples into the shard at `path`, atomically; None (and no file) when there are none.
-
     Members are `<key>.jpg` then `<key>.json` per sample, with mtime 0, uid/gid 0, mode 0644 and no
     user names, so the same samples always give the same bytes."""
     stream = iter(samples)
