@@ -259,12 +259,11 @@ def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord
 def build_index(video: IndexVideo, params: ShardParams, records: list[SegmentRecord]) -> ShardIndex:
     records = sorted(records, key=lambda r: r.segment.number)
     shards = tuple(r.shard for r in records if r.shard)
-    stretches = [stretch for r in records for stretch in r.blank_stretches]
     dropped: Counter[str] = Counter()
     for record in records:
         dropped.update(record.dropped)
     incomplete = [r for r in records if not r.complete]
-    merged = merge_runs(stretches, gap=1.5 / params.fps)  # stretches that continue across a segment boundary
+    merged = merge_runs((s for r in records for s in r.blank_stretches), gap=1.5 / params.fps)  # across segments
     return ShardIndex(video, params, shards, sum(s.samples for s in shards), dict(dropped),
                       tuple(merged), not incomplete, f"wtours {__version__}",
                       incomplete[0].decoded_until if incomplete else None,
