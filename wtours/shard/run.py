@@ -96,9 +96,9 @@ class SegmentCancelled(Exception):
 
 def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOptions,
                 say: Callable[[str], None] = print) -> ShardSummary:
-    """One run per shard folder. Ranks of a multi-node run share the folder by design: each holds it
-    shared (so no single-node run, pull or repair works beside them) and locks its own rank (so the
-    same rank cannot run twice); stale temporaries are only removed by single-node runs."""
+    """Shard a registered video (a rerun resumes). One run per shard folder: ranks of a multi-node run share
+    it by design, each holding it shared (so no single-node run, pull or repair works beside them) and locking
+    its own rank (so the same rank cannot run twice); stale temporaries are only removed by single-node runs."""
     job = prepare_job(layout, slug, params, options.hwaccel)  # before the lock: nothing created for a typo
     what, rank, shared = f"shard folder of {slug}", options.node_rank, options.num_nodes > 1
     with folder_lock(layout.shard_dir(slug), what, shared=shared), \
