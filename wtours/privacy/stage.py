@@ -5,17 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from wtours.privacy.blur import anonymise
 from wtours.privacy.detect import FaceDetector, make_detector
 from wtours.privacy.params import BlurParams
-
-
-class _Frame(Protocol):
-    rgb: np.ndarray
 
 
 @dataclass(frozen=True)

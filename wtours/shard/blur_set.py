@@ -1,7 +1,5 @@
-"""`wtours blur-faces`: hide faces in a shard set that already exists, writing a new set (and index).
-
-A shard stage of its own (read, blur with wtours.privacy, write): it sits beside `shard.run`, which blurs while
-sharding."""
+"""`wtours blur-faces`: hide faces in a shard set that already exists, writing a new set (and index): a
+shard stage of its own (read, blur with wtours.privacy, write) beside `shard.run`, which blurs while sharding."""
 
 from __future__ import annotations
 
@@ -41,7 +39,6 @@ def source_folder(spec: str, root: str | None) -> Path:
 def blur_shard_set(source: Path, out: Path, settings: BlurParams, workers: int = 1,
                    say: Callable[[str], None] = print) -> ShardIndex:
     """Rewrite every shard of the set in `source` into `out` with faces hidden, then a new index.json.
-
     Samples where no face is found keep their JPEG bytes exactly; the others are decoded, blurred and
     encoded again at the set's --quality (one more JPEG generation, on those frames only). The shards are
     deterministic like `wtours shard`'s; a rerun redoes the set (the index is written last)."""

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 
@@ -76,14 +77,6 @@ class DecodeOutcome:
         return None
 
 
-def select_expression(fps: float, start_time: float) -> str:
-    """Keep the first frame of each grid cell: its cell differs from the previous frame's."""
-    cell = "floor((({t})-({s}))*{f}+{e})"
-    now = cell.format(t="t", s=repr(start_time), f=repr(fps), e=repr(EPS))
-    before = cell.format(t="prev_t", s=repr(start_time), f=repr(fps), e=repr(EPS))
-    return f"isnan(prev_t)+gt({now},{before})"
-
-
 def build_command(video: Path, probe: ProbeResult, fps: float, segment: Segment, size: tuple[int, int],
                   hwaccel: str = "none") -> list[str]:
     import ffmpeg  # ffmpeg-python builds the filter graph and escapes it
@@ -95,9 +88,11 @@ def build_command(video: Path, probe: ProbeResult, fps: float, segment: Segment,
         input_args["ss"] = f"{seek:.6f}"
     if hwaccel == "cuda":
         input_args["hwaccel"] = "cuda"
+    # select keeps the first frame of each grid cell: its cell (`cell_of`) differs from the previous frame's
+    cell = f"floor((({{}})-({probe.start_time!r}))*{fps!r}+{EPS!r})"
     width, height = size
     stream = (ffmpeg.input(str(video), **input_args).video
-              .filter("select", select_expression(fps, probe.start_time))
+              .filter("select", f"isnan(prev_t)+gt({cell.format('t')},{cell.format('prev_t')})")
               .filter("scale", width, height, flags="area")
               .filter("showinfo")
               .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
@@ -119,13 +114,14 @@ class SegmentDecoder:
         frame_bytes = width * height * 3
         pts_queue: queue.Queue = queue.Queue()
         log: deque[str] = deque(maxlen=40)
-        process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout = cast(IO[bytes], process.stdout)
         reader = threading.Thread(target=_read_log, args=(process.stderr, pts_queue, log), daemon=True)
         reader.start()
         try:
             while True:
-                data = _read_exact(process.stdout, frame_bytes)
-                if data is None:
+                data = stdout.read(frame_bytes)  # buffered: blocks for a whole frame, or the end of the stream
+                if len(data) < frame_bytes:  # the end (a partial frame at the very end is discarded)
                     self.outcome.ended = True
                     break
                 time_base, pts = pts_queue.get(timeout=60)
@@ -144,22 +140,10 @@ class SegmentDecoder:
         finally:
             if process.poll() is None:
                 process.kill()
-            if process.stdout is not None:
-                process.stdout.close()
+            stdout.close()
             self.outcome.returncode = process.wait()
             reader.join(timeout=10)
             self.outcome.log_tail = list(log)
-
-
-def _read_exact(stream, size: int) -> bytes | None:
-    chunks, remaining = [], size
-    while remaining:
-        chunk = stream.read(remaining)
-        if not chunk:
-            return None  # end of stream (a partial frame at the very end is discarded)
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
 
 
 def _read_log(stderr, pts_queue: queue.Queue, log: deque) -> None:
@@ -168,10 +152,8 @@ def _read_log(stderr, pts_queue: queue.Queue, log: deque) -> None:
     for raw in iter(stderr.readline, b""):
         line = raw.decode("utf-8", "replace").rstrip()
         if match := _TIME_BASE_RE.search(line):
-            if "config in" in line:
-                time_base = Fraction(int(match.group(1)), int(match.group(2)))
-            continue
-        if match := _SHOWINFO_RE.search(line):
+            time_base = Fraction(int(match.group(1)), int(match.group(2)))
+        elif match := _SHOWINFO_RE.search(line):
             pts_queue.put((time_base, int(match.group(1))))
         elif "Parsed_showinfo" not in line:
             log.append(line)

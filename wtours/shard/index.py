@@ -1,15 +1,13 @@
 """The shard index as a typed model (docs/data-format.md), the segment records, the run plan and the
-wids descriptor.
-
-Every reader and writer of index.json goes through `ShardIndex`: local or remote, a file that is not
-JSON or not a wtours index is a WtoursError naming it, never a KeyError later on. Workers write one
-`SegmentRecord` per finished segment under `_segments/`; the index is assembled from the records once
-every segment has one, and written last, atomically."""
+wids descriptor. Every reader and writer of index.json goes through `ShardIndex`: local or remote, a file
+that is not JSON or not a wtours index is a WtoursError naming it. Workers write one `SegmentRecord` per
+finished segment under `_segments/`; the index is assembled from them once all are there, written last."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +75,9 @@ class ShardEntry:
             raise _Invalid(f"shard {self.name}: 'faces' must have one count per sample ({self.samples})")
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("offsets", "faces")}
+        values = ((f.name, getattr(self, f.name)) for f in fields(self))
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in values if v is not None}  # None: not recorded
         data["cell_runs"] = [list(run) for run in self.cell_runs]
-        if self.offsets is not None:
-            data["offsets"] = list(self.offsets)
-        if self.faces is not None:
-            data["faces"] = list(self.faces)
         return data
 
 
@@ -100,9 +95,6 @@ class IndexVideo:
     fps: float
     width: int
     height: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -176,7 +168,7 @@ class ShardIndex:
         data: dict[str, Any] = {
             "format": INDEX_FORMAT,
             "version": self.version,
-            "video": self.video.to_dict(),
+            "video": asdict(self.video),
             "params": self.params.to_dict(),
             "shards": [s.to_dict() for s in self.shards],
             "samples": self.samples,
@@ -207,9 +199,6 @@ class ShardIndex:
         return {"blurred": True, "detector": p.blur.detector, "threshold": p.blur.threshold, "mode": p.blur.mode,
                 "scale": p.blur.scale, "upscale": p.blur.upscale, "faces": sum(counts),
                 "frames_with_faces": sum(1 for c in counts if c), "max_faces_per_frame": max(counts, default=0)}
-
-    def entry(self, name: str) -> ShardEntry | None:
-        return next((s for s in self.shards if s.name == name), None)
 
     def wids_descriptor(self) -> dict[str, Any]:
         """A wids dataset description; shard URLs are relative to the descriptor's folder."""
@@ -245,53 +234,37 @@ class SegmentRecord:
     decoded_until: float
     errors: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"segment": self.segment.to_dict(), "shard": self.shard.to_dict() if self.shard else None,
-                "dropped": dict(self.dropped), "blank_stretches": [list(s) for s in self.blank_stretches],
-                "complete": self.complete, "decoded_until": self.decoded_until, "errors": list(self.errors)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], slug: str) -> SegmentRecord | None:
-        """The record, or None for a stale or foreign one (its segment is then redone)."""
-        try:
-            record = read_record(cls, data, "segment record", RESHARD_HINT)
-            if record.shard is not None:
-                record.shard.check(slug)
-            return record
-        except (_Invalid, WtoursError):
-            return None
-
-
-def write_segment_record(layout: Layout, slug: str, record: SegmentRecord) -> None:
-    write_json_atomic(layout.segment_record_path(slug, record.segment.number), record.to_dict())
+    def to_dict(self) -> dict[str, Any]:  # for JSON: tuples are written as lists
+        return {**asdict(self), "shard": self.shard.to_dict() if self.shard else None}
 
 
 def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord | None:
-    """A finished segment's record, if its shard (when it has one) is on disk with the recorded size.
-    A record from an older version (no offsets) is not trusted: that segment is redone."""
-    path = layout.segment_record_path(slug, number)
-    data = read_json(path)
-    record = SegmentRecord.from_dict(data, slug) if isinstance(data, dict) else None
-    if record is None or (record.shard is not None and record.shard.offsets is None):
+    """A finished segment's record, if its shard (when it has one) is on disk with the recorded size; None
+    (the segment is redone) for a missing, stale or foreign record, or one from an older version (no offsets)."""
+    data = read_json(layout.segment_record_path(slug, number))
+    try:
+        record = read_record(SegmentRecord, data, "segment record", RESHARD_HINT)
+        if record.shard is not None:
+            record.shard.check(slug)
+    except (_Invalid, WtoursError):
         return None
-    if record.shard:
-        shard_path = layout.shard_file(slug, record.shard.name)
-        if not shard_path.is_file() or shard_path.stat().st_size != record.shard.bytes:
-            return None
+    if record.shard is None:
+        return record
+    path = layout.shard_file(slug, record.shard.name)
+    if record.shard.offsets is None or not path.is_file() or path.stat().st_size != record.shard.bytes:
+        return None
     return record
 
 
 def build_index(video: IndexVideo, params: ShardParams, records: list[SegmentRecord]) -> ShardIndex:
     records = sorted(records, key=lambda r: r.segment.number)
     shards = tuple(r.shard for r in records if r.shard)
-    stretches = [stretch for r in records for stretch in r.blank_stretches]
-    dropped: dict[str, int] = {}
+    dropped: Counter[str] = Counter()
     for record in records:
-        for reason, count in record.dropped.items():
-            dropped[reason] = dropped.get(reason, 0) + count
+        dropped.update(record.dropped)
     incomplete = [r for r in records if not r.complete]
-    merged = merge_runs(stretches, gap=1.5 / params.fps)  # stretches that continue across a segment boundary
-    return ShardIndex(video, params, shards, sum(s.samples for s in shards), dropped,
+    merged = merge_runs((s for r in records for s in r.blank_stretches), gap=1.5 / params.fps)  # across segments
+    return ShardIndex(video, params, shards, sum(s.samples for s in shards), dict(dropped),
                       tuple(merged), not incomplete, f"wtours {__version__}",
                       incomplete[0].decoded_until if incomplete else None,
                       incomplete[0].errors if incomplete else ())
@@ -300,43 +273,25 @@ def build_index(video: IndexVideo, params: ShardParams, records: list[SegmentRec
 # ------------------------------------------------------------------ plan
 
 
-@dataclass(frozen=True)
-class ShardPlan:
-    """What a shard set is made of: the video, the parameters, the segment count and the frame size."""
-
-    video: IndexVideo
-    params: ShardParams
-    segments: int
-    output: tuple[int, int]  # (width, height)
-    format: str = field(default="wtours-shard-plan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "video": self.video.to_dict(), "params": self.params.to_dict(),
-                "segments": self.segments, "output": {"width": self.output[0], "height": self.output[1]}}
-
-
-def write_plan(layout: Layout, slug: str, plan: ShardPlan, overwrite: bool) -> None:
-    """Record what this shard set is made of; refuse to mix sets made from other inputs."""
+def write_plan(layout: Layout, video: IndexVideo, params: ShardParams, segments: int, output: tuple[int, int],
+               overwrite: bool) -> None:
+    """Record what this shard set is made of (output: the frames' width and height); refuse to mix sets
+    made from other inputs."""
+    slug = video.slug
     existing = read_json(layout.plan_path(slug))
-    new = plan.to_dict()
+    new: dict[str, Any] = {"format": "wtours-shard-plan", "video": asdict(video), "params": params.to_dict(),
+                           "segments": segments, "output": {"width": output[0], "height": output[1]}}
     if existing is not None and existing != new and not overwrite:
         changes = [k for k in ("video", "params", "segments") if existing.get(k) != new.get(k)]
-        raise WtoursError(
-            f"{layout.shard_dir(slug)} holds shards made with other {' and '.join(changes)}: "
-            f"{_describe_changes(existing, new)}",
-            "rerun with --overwrite to replace them, or keep the old parameters (a rerun resumes)")
+        was = existing.get("params", {})
+        parts = [f"{key} {was.get(key)} -> {value}" for key, value in new["params"].items() if was.get(key) != value]
+        if existing.get("video", {}).get("sha256") != video.sha256:
+            parts.insert(0, "the source video changed (sha256 differs)")
+        raise WtoursError(f"{layout.shard_dir(slug)} holds shards made with other {' and '.join(changes)}: "
+                          f"{', '.join(parts) or 'the plan differs'}",
+                          "rerun with --overwrite to replace them, or keep the old parameters (a rerun resumes)")
     if existing != new:
         write_json_atomic(layout.plan_path(slug), new)
-
-
-def _describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
-    parts = []
-    if old.get("video", {}).get("sha256") != new.get("video", {}).get("sha256"):
-        parts.append("the source video changed (sha256 differs)")
-    for key, value in new.get("params", {}).items():
-        if old.get("params", {}).get(key) != value:
-            parts.append(f"{key} {old.get('params', {}).get(key)} -> {value}")
-    return ", ".join(parts) or "the plan differs"
 
 
 def clear_shard_dir(layout: Layout, slug: str) -> None:
@@ -344,9 +299,7 @@ def clear_shard_dir(layout: Layout, slug: str) -> None:
     folder = layout.shard_dir(slug)
     if not folder.is_dir():
         return
-    for path in layout.shard_files(slug):
-        path.unlink()
-    for path in layout.segments_dir(slug).glob("*.json"):
+    for path in [*layout.shard_files(slug), *layout.segments_dir(slug).glob("*.json")]:
         path.unlink()
     for path in (layout.index_path(slug), layout.wids_path(slug), layout.plan_path(slug)):
         path.unlink(missing_ok=True)

@@ -51,11 +51,8 @@ class ShardParams:
     def to_dict(self) -> dict:
         """Flat, as plans and indexes record it; the blur settings only when on, so plain sets keep the
         plan and index they had before blurring existed."""
-        data = asdict(self)
-        del data["blur"]
-        if not self.blur_faces:
-            del data["blur_faces"]
-        return {**data, **(self.blur.to_flat() if self.blur_faces else {})}
+        data = {k: v for k, v in asdict(self).items() if k != "blur" and (k != "blur_faces" or self.blur_faces)}
+        return {**data, **self.blur.to_flat()} if self.blur_faces else data
 
     @staticmethod
     def nested(data: Any) -> Any:

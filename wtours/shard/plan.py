@@ -1,16 +1,15 @@
 """Cutting a video's timeline into segments: one segment is one work unit and one shard.
 
-Sampling uses a fixed grid: cell k covers [k/F, (k+1)/F) seconds from the first timestamp, and its
-sample is the first decoded frame whose timestamp falls in it. A segment covers
-`samples_per_shard` consecutive cells, so every shard spans the same stretch of time, shard N+1
-starts where N ends, and the work can be split over processes and machines without changing a byte.
-"""
+Sampling uses a fixed grid: cell k covers [k/F, (k+1)/F) seconds from the first timestamp, and its sample is
+the first decoded frame whose timestamp falls in it. A segment covers `samples_per_shard` consecutive cells,
+so every shard spans the same stretch of time, shard N+1 starts where N ends, and the work can be split over
+processes and machines without changing a byte."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -21,10 +20,9 @@ EPS = 1e-6  # guards floor() against timestamps a hair under a cell boundary; us
 
 
 def cell_of(t: float, fps: float) -> int:
-    """Grid cell of a time in seconds from the first timestamp (same formula as the ffmpeg select).
-
-    Exact only for the float `frame_time` gives: a value rounded on the way (`t` to 6 decimals, or a
-    rate as `1 / every`) can fall a hair under a cell boundary and land in the cell before."""
+    """Grid cell of a time in seconds from the first timestamp (same formula as the ffmpeg select). Exact only
+    for the float `frame_time` gives: a value rounded on the way (`t` to 6 decimals, or a rate as `1 / every`)
+    can fall a hair under a cell boundary and land in the cell before."""
     return math.floor(t * fps + EPS)
 
 
@@ -51,11 +49,11 @@ def frame_time(pts: int, time_base: Fraction, start_time: float) -> float:
 def sample_cell(t: float, fps: float, t_decimals: int | None = None) -> int:
     """Grid cell of a stored sample from its recorded `t`: the one rule every reader uses.
 
-    Shards of index version 2 record `t` as `frame_time` gave it, so this is `cell_of`, exactly.
-    Version 1 rounded `t` to `t_decimals` (6) decimals, up to half a unit low: on a 30 or 60 fps source
-    sampled at 3, 6, 12 or 15 fps the frame that opens a cell sits exactly on its boundary, and the
-    rounded time fell into the cell before. Half a unit is added back for those (exact unless a source
-    frame lies within a microsecond before a boundary, which no real time base gives)."""
+    Shards of index version 2 record `t` as `frame_time` gave it, so this is `cell_of`, exactly. Version 1
+    rounded `t` to `t_decimals` (6) decimals, up to half a unit low: on a 30 or 60 fps source sampled at 3, 6,
+    12 or 15 fps the frame that opens a cell sits exactly on its boundary, and the rounded time fell into the
+    cell before. Half a unit is added back for those (exact unless a source frame lies within a microsecond
+    before a boundary, which no real time base gives)."""
     slack = 0.5 * 10.0 ** -t_decimals if t_decimals is not None else 0.0
     return cell_of(t + slack, fps)
 
@@ -72,9 +70,6 @@ class Segment:
 
     def t_end(self, fps: float) -> float:
         return self.end_cell / fps
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -95,8 +90,6 @@ def plan_segments(probe: ProbeResult, params: ShardParams) -> list[Segment]:
     stop = math.ceil(end * fps - EPS)
     last_frame_t = (probe.frames - 1) / probe.fps if probe.frames and probe.fps else end
     last_source_cell = min(cell_of(last_frame_t, fps), stop - 1)
-    segments = []
-    for number, a in enumerate(range(first, stop, params.samples_per_shard)):
-        b = min(a + params.samples_per_shard, stop)
-        segments.append(Segment(number, a, b, min(b - 1, last_source_cell)))
-    return segments
+    n = params.samples_per_shard
+    return [Segment(number, a, min(a + n, stop), min(a + n - 1, last_source_cell))  # last_source_cell < stop
+            for number, a in enumerate(range(first, stop, n))]

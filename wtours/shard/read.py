@@ -5,40 +5,28 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from wtours.layout import Layout
 from wtours.shard.index import load_index
-from wtours.shard.writer import SampleMeta
+from wtours.shard.writer import SampleMeta, ShardSample
 
-
-@dataclass(frozen=True)
-class StoredSample:
-    key: str
-    jpg: bytes
-    meta: SampleMeta
+StoredSample = ShardSample  # a sample read back is what the writer was given
 
 
 def iter_shard(source: Path | IO[bytes]) -> Iterator[StoredSample]:
     """Samples of one shard (a local path or an open stream), in stored (time) order."""
-    if isinstance(source, (str, Path)):
-        opened = tarfile.open(source, mode="r|")
-    else:
-        opened = tarfile.open(fileobj=source, mode="r|")
+    opened = tarfile.open(source, "r|") if isinstance(source, (str, Path)) else tarfile.open(fileobj=source, mode="r|")
     with opened as tar:
         pending: dict[str, dict[str, bytes]] = {}
         for member in tar:
-            if not member.isfile():
+            handle = tar.extractfile(member) if member.isfile() else None
+            if handle is None:  # a link, folder or device member carries no sample
                 continue
             key, _, extension = member.name.partition(".")
-            handle = tar.extractfile(member)
-            if handle is None:  # regular files always extract; a link or device member carries no sample
-                continue
-            data = handle.read()
             fields = pending.setdefault(key, {})
-            fields[extension] = data
+            fields[extension] = handle.read()
             if "jpg" in fields and "json" in fields:
                 del pending[key]
                 yield StoredSample(key, fields["jpg"], SampleMeta(**json.loads(fields["json"])))

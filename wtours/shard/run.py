@@ -7,13 +7,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wtours import media
 from wtours.errors import IncompleteError, UsageError, WtoursError
-from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name
+from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.privacy.stage import FaceBlur, blur_frames
 from wtours.shard.blank import is_blank
@@ -23,12 +23,10 @@ from wtours.shard.index import (
     SegmentRecord,
     ShardEntry,
     ShardIndex,
-    ShardPlan,
     build_index,
     clear_shard_dir,
     read_segment_record,
     write_plan,
-    write_segment_record,
 )
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.plan import Segment, merge_runs, output_size, plan_segments
@@ -88,11 +86,6 @@ def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) ->
     return ShardJob(slug, path, info.probe, info.source_id, info.sha256, params, size, resolve_hwaccel(hwaccel), blur)
 
 
-def video_record(job: ShardJob) -> IndexVideo:
-    p = job.probe
-    return IndexVideo(job.slug, job.source_id, job.sha256, p.duration, p.fps, p.width, p.height)
-
-
 class DecoderKilledError(WtoursError):
     """ffmpeg was killed from outside (a signal): the video is not known to be damaged, nothing is recorded."""
 
@@ -101,26 +94,16 @@ class SegmentCancelled(Exception):
     """The run was interrupted (Ctrl-C): segments in flight stop without writing anything."""
 
 
-@contextmanager
-def shard_lock(layout: Layout, slug: str, options: RunOptions) -> Iterator[None]:
-    """One run per shard folder. Ranks of a multi-node run share the folder by design: each holds it
-    shared (so no single-node run, pull or repair works beside them) and locks its own rank (so the
-    same rank cannot run twice); stale temporaries are only removed by single-node runs."""
-    what = f"shard folder of {slug}"
-    if options.num_nodes == 1:
-        with folder_lock(layout.shard_dir(slug), what):
-            yield
-        return
-    with folder_lock(layout.shard_dir(slug), what, shared=True), \
-            folder_lock(layout.node_lock_dir(slug, options.node_rank), f"{what} (node rank {options.node_rank})"):
-        yield
-
-
 def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOptions,
                 say: Callable[[str], None] = print) -> ShardSummary:
+    """Shard a registered video (a rerun resumes). One run per shard folder: ranks of a multi-node run share
+    it by design, each holding it shared (so no single-node run, pull or repair works beside them) and locking
+    its own rank (so the same rank cannot run twice); stale temporaries are only removed by single-node runs."""
     job = prepare_job(layout, slug, params, options.hwaccel)  # before the lock: nothing created for a typo
-    with shard_lock(layout, slug, options):
-        if options.num_nodes == 1:
+    what, rank, shared = f"shard folder of {slug}", options.node_rank, options.num_nodes > 1
+    with folder_lock(layout.shard_dir(slug), what, shared=shared), \
+            (folder_lock(layout.node_lock_dir(slug, rank), f"{what} (node rank {rank})") if shared else nullcontext()):
+        if not shared:
             folders = (layout.shard_dir(slug), layout.segments_dir(slug))
             stale = [p for folder in folders for p in remove_stale_temporaries(folder)]
             if stale:
@@ -134,16 +117,17 @@ def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOp
     if not segments:
         raise WtoursError(f"{slug}: nothing to shard between --start {params.start} and --end {params.end}",
                           f"the video lasts {job.probe.duration:.1f} s")
-    video = video_record(job)
-    plan = ShardPlan(video, params, len(segments), job.size)
+    p = job.probe
+    video = IndexVideo(slug, job.source_id, job.sha256, p.duration, p.fps, p.width, p.height)
     if options.overwrite and not options.finalize_only:
         clear_shard_dir(layout, slug)
-    write_plan(layout, slug, plan, options.overwrite)
+    write_plan(layout, video, params, len(segments), job.size, options.overwrite)
 
     summary = ShardSummary(slug)
     if not options.finalize_only:
         mine = [s for s in segments if s.number % options.num_nodes == options.node_rank]
-        todo = [s for s in mine if not _done(layout, slug, s)]
+        done = [read_segment_record(layout, slug, s.number) for s in mine]
+        todo = [s for s, record in zip(mine, done) if record is None or not record.complete]
         if len(todo) < len(mine):
             say(f"{slug}: {len(mine) - len(todo)} of {len(mine)} segments already done; resuming")
         _run_segments(layout, job, todo, options, summary)
@@ -168,11 +152,6 @@ def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOp
             f"the video is damaged or truncated; {index.samples} frames before the damage are sharded and indexed. "
             "Download it again for the rest")
     return summary
-
-
-def _done(layout: Layout, slug: str, segment: Segment) -> bool:
-    record = read_segment_record(layout, slug, segment.number)
-    return record is not None and record.complete
 
 
 def _run_segments(layout: Layout, job: ShardJob, todo: list[Segment], options: RunOptions,
@@ -213,10 +192,9 @@ def _run_segments(layout: Layout, job: ShardJob, todo: list[Segment], options: R
 def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
                   advance: Callable[[int], None] = lambda cells: None,
                   cancel: threading.Event | None = None) -> SegmentRecord:
-    """Decode one segment, drop blank frames, write its shard and its record.
-
-    A decoder killed by a signal, or a run cancelled meanwhile, raises before the shard is renamed into
-    place: nothing is written for the segment (not even a "damaged" record), and a rerun redoes it."""
+    """Decode one segment, drop blank frames, write its shard and its record. A decoder killed by a signal,
+    or a run cancelled meanwhile, raises before the shard is renamed into place: nothing is written for the
+    segment (not even a "damaged" record), and a rerun redoes it."""
     fps = job.params.fps
     decoder = SegmentDecoder(job.video_path, job.probe, fps, segment, job.size, job.hwaccel)
     tally = SegmentTally(reported=segment.first_cell)
@@ -224,7 +202,7 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
     if job.blur is not None:
         tally.faces = []
         kept = blur_frames(kept, job.blur, tally.faces)
-    written = write_shard(layout.shard_path(job.slug, segment.number), encode_samples(kept, job, tally))
+    written = write_shard(layout.shard_path(job.slug, segment.number), encode_samples(kept, job))
     advance(segment.end_cell - tally.reported)
     outcome = decoder.outcome
     last = outcome.last_cell
@@ -239,7 +217,7 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
         decoded_until=(last + 1) / fps if last is not None else segment.t_start(fps),
         errors=() if complete else outcome.error_summary(),
     )
-    write_segment_record(layout, job.slug, record)
+    write_json_atomic(layout.segment_record_path(job.slug, segment.number), record.to_dict())
     return record
 
 
@@ -257,10 +235,7 @@ def _checked(decoder: SegmentDecoder, job: ShardJob, segment: Segment,
     if killed is not None:
         if killed == signal.SIGINT:
             raise KeyboardInterrupt  # a Ctrl-C reached ffmpeg first: this run is being interrupted
-        try:
-            name = signal.Signals(killed).name
-        except ValueError:
-            name = f"signal {killed}"
+        name = next((s.name for s in signal.Signals if s == killed), f"signal {killed}")
         raise DecoderKilledError(
             f"{job.slug}: ffmpeg was killed by {name} while decoding {shard_name(job.slug, segment.number)} "
             f"({segment.t_start(job.params.fps):.1f}-{segment.t_end(job.params.fps):.1f} s); "
@@ -274,16 +249,15 @@ class SegmentTally:
     """What the stages of one segment saw: the written samples' frames, times and cells, and the drops."""
 
     reported: int  # the next cell the progress bar has not counted yet
-    frames: list[int] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    cells: list[int] = field(default_factory=list)
+    kept: list[tuple[int, float, int]] = field(default_factory=list)  # (frame, t, cell) per written sample
     blank_times: list[float] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=lambda: {"blank": 0, "duplicate": 0})
     faces: list[int] | None = None  # faces hidden per written sample, with --blur-faces
 
     def entry(self, name: str, written: WrittenShard) -> ShardEntry:
-        return ShardEntry(name, len(self.frames), self.frames[0], self.frames[-1], self.times[0], self.times[-1],
-                          cell_runs(self.cells), written.bytes, written.sha256, written.offsets,
+        frames, times, cells = zip(*self.kept)
+        return ShardEntry(name, len(frames), frames[0], frames[-1], times[0], times[-1], cell_runs(cells),
+                          written.bytes, written.sha256, written.offsets,
                           tuple(self.faces) if self.faces is not None else None)
 
 
@@ -297,16 +271,14 @@ def keep_frames(decoded: Iterable[DecodedFrame], blank_threshold: float, tally: 
             tally.dropped["blank"] += 1
             tally.blank_times.append(frame.t)
             continue
-        if tally.frames and frame.frame <= tally.frames[-1]:
+        if tally.kept and frame.frame <= tally.kept[-1][0]:
             tally.dropped["duplicate"] += 1  # variable frame rate: two grid cells mapped to one frame index
             continue
-        tally.frames.append(frame.frame)
-        tally.times.append(frame.t)
-        tally.cells.append(frame.cell)
+        tally.kept.append((frame.frame, frame.t, frame.cell))
         yield frame
 
 
-def encode_samples(frames: Iterable[DecodedFrame], job: ShardJob, tally: SegmentTally) -> Iterator[ShardSample]:
+def encode_samples(frames: Iterable[DecodedFrame], job: ShardJob) -> Iterator[ShardSample]:
     """Stage: frames to store -> encoded samples for the writer."""
     for frame in frames:
         height, width = frame.rgb.shape[:2]
@@ -314,6 +286,6 @@ def encode_samples(frames: Iterable[DecodedFrame], job: ShardJob, tally: Segment
         yield ShardSample(sample_key(job.slug, frame.frame), encode_jpeg(frame.rgb, job.params.quality), meta)
 
 
-def cell_runs(cells: list[int]) -> tuple[tuple[int, int], ...]:
+def cell_runs(cells: Iterable[int]) -> tuple[tuple[int, int], ...]:
     """Sorted grid cells -> ((first, last), ...) runs of consecutive cells (inclusive)."""
     return tuple(merge_runs(((cell, cell) for cell in cells), gap=1))

@@ -1,22 +1,21 @@
-"""`wtours verify`: local shards checked against their index.json, and `--repair` reshards just the bad ones.
-
-A shard is good when it exists, has the size and sha256 the index records, reads as a tar of
-`<key>.jpg` + `<key>.json` pairs with the recorded number of samples, and every recorded offset
-(index version 2) points at the tar header of its sample's `<key>.jpg`. A repair redoes only the bad
-shards' segments with the shard pipeline itself (the same decoder, writer and records), so the
-repaired files are byte-identical to the originals the index describes."""
+"""`wtours verify`: local shards checked against their index.json (size, sha256, members, sample count,
+offsets), and `--repair`, which redoes just the bad shards' segments with the shard pipeline itself (the same
+decoder, writer and records), so that the repaired files are byte-identical to those the index describes."""
 
 from __future__ import annotations
 
 import tarfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wtours.errors import WtoursError
-from wtours.layout import SHARD_NAME_PATTERN, Layout, sha256_file
+from wtours.layout import Layout, remove_stale_temporaries, sha256_file, shard_name
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex, load_index
+from wtours.shard.plan import plan_segments
+from wtours.shard.run import prepare_job, shard_segment
 from wtours.video import read_video_info
 
 
@@ -25,21 +24,12 @@ class ShardProblem:
     name: str
     reason: str
 
-    @property
-    def number(self) -> int:
-        match = SHARD_NAME_PATTERN.match(self.name)
-        if match is None:  # names come from a validated index
-            raise ValueError(f"{self.name!r} is not a shard name")
-        return int(match.group("number"))
-
 
 @dataclass
 class VerifyReport:
     slug: str
-    folder: Path
     shards: int
     problems: list[ShardProblem] = field(default_factory=list)
-    complete: bool = True  # the index says the whole video was decoded
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -103,15 +93,12 @@ def member_problem(path: Path, entry: ShardEntry) -> str | None:
     return None
 
 
-def check_shard(path: Path, entry: ShardEntry) -> str | None:
-    return quick_problem(path, entry) or member_problem(path, entry)
-
-
 def verify_set(layout: Layout, slug: str, index: ShardIndex | None = None) -> VerifyReport:
     index = index or load_index(layout, slug)
-    report = VerifyReport(slug, layout.shard_dir(slug), len(index.shards), complete=index.complete)
+    report = VerifyReport(slug, len(index.shards))
     for entry in index.shards:
-        problem = check_shard(layout.shard_file(slug, entry.name), entry)
+        path = layout.shard_file(slug, entry.name)
+        problem = quick_problem(path, entry) or member_problem(path, entry)
         if problem:
             report.problems.append(ShardProblem(entry.name, problem))
     if not index.complete:
@@ -124,12 +111,6 @@ def repair_set(layout: Layout, slug: str, report: VerifyReport, workers: int = 1
                say: Callable[[str], None] = print) -> VerifyReport:
     """Reshard the bad shards' segments (nothing else) and check them again; the index is not touched:
     it describes what the shards must be, and a repaired shard that differs from it is an error."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from wtours.layout import remove_stale_temporaries
-    from wtours.shard.plan import plan_segments
-    from wtours.shard.run import prepare_job
-
     if report.ok:
         return report
     with folder_lock(layout.shard_dir(slug), f"shard folder of {slug}"):
@@ -146,18 +127,16 @@ def repair_set(layout: Layout, slug: str, report: VerifyReport, workers: int = 1
             raise WtoursError(f"{slug}: cannot repair: the registered video is not the one the shards were made from "
                               "(sha256 differs)", f"register the original video, or reshard everything with "
                               f"`wtours shard --city {slug} --overwrite`")
-        segments = {s.number: s for s in plan_segments(job.probe, index.params)}
+        segments = {shard_name(index.slug, s.number): s for s in plan_segments(job.probe, index.params)}
         todo = []
         for problem in report.problems:
-            segment = segments.get(problem.number)
+            segment = segments.get(problem.name)
             if segment is None:
                 raise WtoursError(f"{slug}: {problem.name} is not a segment of the shard plan",
                                   f"reshard everything with `wtours shard --city {slug} --overwrite`")
             layout.segment_record_path(slug, segment.number).unlink(missing_ok=True)  # redo, never trust
             todo.append(segment)
         say(f"{slug}: resharding {len(todo)} segment(s): {', '.join(p.name for p in report.problems)}")
-        from wtours.shard.run import shard_segment
-
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             list(pool.map(lambda s: shard_segment(layout, job, s), todo))
         after = verify_set(layout, slug, index)

@@ -29,9 +29,6 @@ class SampleMeta:
     width: int
     height: int
 
-    def encode(self) -> bytes:
-        return encode_json(asdict(self))
-
 
 @dataclass(frozen=True)
 class ShardSample:
@@ -76,7 +73,6 @@ class _HashingFile:
 
 def write_shard(path: Path, samples: Iterable[ShardSample]) -> WrittenShard | None:
     """Consume the samples into the shard at `path`, atomically; None (and no file) when there are none.
-
     Members are `<key>.jpg` then `<key>.json` per sample, with mtime 0, uid/gid 0, mode 0644 and no
     user names, so the same samples always give the same bytes."""
     stream = iter(samples)
@@ -95,7 +91,7 @@ def _write_tar(path: Path, samples: Iterable[ShardSample]) -> WrittenShard:
             for sample in samples:
                 offsets.append(tar.offset)  # where this sample's first header goes
                 _add(tar, f"{sample.key}.jpg", sample.jpg)
-                _add(tar, f"{sample.key}.json", sample.meta.encode())
+                _add(tar, f"{sample.key}.json", encode_json(asdict(sample.meta)))
     return WrittenShard(counted.size, counted.digest.hexdigest(), tuple(offsets))
 
 
