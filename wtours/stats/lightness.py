@@ -19,10 +19,8 @@ def to_lab(rgb: np.ndarray) -> np.ndarray:
 
 def frame_lightness(L: np.ndarray) -> dict[str, np.ndarray]:
     """(B, n) L* of each frame's analysis pixels -> per-frame mean and percentiles, each (B,)."""
-    stats = {"lightness": L.mean(axis=1, dtype=np.float64)}
-    for p, values in zip(PERCENTILES, np.percentile(L, PERCENTILES, axis=1)):
-        stats[f"lightness_p{p}"] = values
-    return stats
+    spread = zip(PERCENTILES, np.percentile(L, PERCENTILES, axis=1))
+    return {"lightness": L.mean(axis=1, dtype=np.float64), **{f"lightness_p{p}": values for p, values in spread}}
 
 
 def video_lightness(t: np.ndarray, mean: np.ndarray) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -38,11 +39,7 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, analys
     drift, reference = drift_scores(t, hists, table["lightness"].to_numpy(), shot, params)
     changes = detect_scene_changes(t, drift, reference, params)
 
-    frames = table.copy()
-    frames["change"] = change
-    frames["drift"] = drift
-    frames["shot"] = shot
-    frames["cut"] = np.isin(np.arange(len(t)), cuts)
+    frames = table.assign(change=change, drift=drift, shot=shot, cut=np.isin(np.arange(len(t)), cuts))
     frames = frames[[c for c in LEADING_COLUMNS if c in frames] + [c for c in frames if c not in LEADING_COLUMNS]]
     hours = (t[-1] - t[0] + info.every) / 3600  # time the analysed frames stand for
     summary: dict[str, Any] = {
@@ -65,7 +62,7 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, analys
         "scene_changes_per_hour": len(changes) / hours,
         "shots": int(shot[-1]) + 1,
         "gaps": [[float(t[i - 1]), float(t[i])] for i in after_gap],
-        "transition_params": params.to_dict(),
+        "transition_params": asdict(params),
         "created_by": f"wtours {__version__}",
     }
     if detector is not None:

@@ -25,8 +25,8 @@ def colour_histograms(lab: np.ndarray) -> np.ndarray:
     total of 65,535, which keeps the distribution (everything downstream normalises) to 1/131,070."""
     batch = lab.shape[0]
     qL = np.minimum((lab[..., 0] * (L_BINS / 100)).astype(np.int32), L_BINS - 1)  # L* >= 0 always
-    qa = np.clip(((lab[..., 1] + AB_RANGE) * (AB_BINS / (2 * AB_RANGE))).astype(np.int32), 0, AB_BINS - 1)
-    qb = np.clip(((lab[..., 2] + AB_RANGE) * (AB_BINS / (2 * AB_RANGE))).astype(np.int32), 0, AB_BINS - 1)
+    qa, qb = (np.clip(((lab[..., c] + AB_RANGE) * (AB_BINS / (2 * AB_RANGE))).astype(np.int32), 0, AB_BINS - 1)
+              for c in (1, 2))
     bins = ((qL * AB_BINS + qa) * AB_BINS + qb).reshape(batch, -1)  # (B, h*w)
     bins += (np.arange(batch, dtype=np.int32) * BINS)[:, None]  # one bincount for the whole batch
     counts = np.bincount(bins.ravel(), minlength=batch * BINS).reshape(batch, BINS)
@@ -71,7 +71,7 @@ def detect_cuts(t: np.ndarray, scores: np.ndarray, hists: np.ndarray, params: Tr
     threshold. Candidates closer than `min_gap` keep the strongest; a candidate whose content comes
     back within `min_gap` (a flash, a passer-by covering the lens) is dropped.
     """
-    step = _spacing(t)
+    step = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
     half = max(4, round(params.cut_window / step))  # at least 4 neighbours a side for a stable median
     candidates = []
     for i in np.flatnonzero(scores >= params.cut_min):
@@ -176,7 +176,3 @@ def shots(n: int, cuts: list[int], gaps: list[int]) -> np.ndarray:
 def gaps(t: np.ndarray, every: float) -> list[int]:
     """Indices of frames that follow a stretch with no analysed frame (blank frames left out of the shards)."""
     return [int(i) + 1 for i in np.flatnonzero(np.diff(t) > 1.5 * every)]
-
-
-def _spacing(t: np.ndarray) -> float:
-    return float(np.median(np.diff(t))) if len(t) > 1 else 1.0
