@@ -44,9 +44,8 @@ class LabelledFolder(ImageFolder):
         return max(self.class_to_idx.values()) + 1
 
     def __getitem__(self, index: int) -> tuple[Any, int, str | None]:
-        """(image tensor, class index, None), or (None, class index, path) for a file that does not
-        decode (empty, truncated, not an image): skipped and counted by the caller, as the loaders
-        skip a bad shard."""
+        """(image tensor, class index, None), or (None, class index, path) for a file that does not decode (empty,
+        truncated, not an image): skipped and counted by the caller, as the loaders skip a bad shard."""
         path, target = self.samples[index]
         try:
             image = self.loader(path)

@@ -1,9 +1,8 @@
 """DINO's weighted k-NN evaluation of a frozen backbone (Caron et al. 2021, eval_knn.py).
 
-Features are the backbone's [CLS] token, L2-normalised. Each val image votes with its k most similar
-train images (cosine similarity s), each weighted exp(s / T); a class's score is the sum of its
-neighbours' weights. Top-1 / top-5 are the shares of val images whose class is among the 1 / 5
-best-scored classes (ties go to the lower class index)."""
+Features are the backbone's [CLS] token, L2-normalised. Each val image votes with its k most similar train images
+(cosine similarity s), each weighted exp(s / T); a class's score is the sum of its neighbours' weights. Top-1 / top-5
+are the shares of val images whose class is among the 1 / 5 best-scored classes (ties go to the lower class index)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Resume state: the per-frame rows of a run in parquet parts, under a key naming what they depend on.
 
-A run appends a part every `chunk` frames (written atomically); a rerun with the same key continues
-after the last part's time, one with another key (other source, sampling or detector) starts again.
-"""
+A run appends a part every `chunk` frames (written atomically); a rerun with the same key continues after the last
+part's time, one with another key (other source, sampling or detector) starts again."""
 
 from __future__ import annotations
 

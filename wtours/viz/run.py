@@ -94,9 +94,8 @@ def pick_starts(shards: list[ShardRef], config: ClipConfig, count: int) -> dict[
 
 def read_clips(shards: list[ShardRef], starts: dict[str, set[int]], config: ClipConfig) -> Iterator[Clip]:
     """The clips at `starts`, through the trainer's own stages (open -> tar samples -> clips)."""
-    refs = [ref for ref in shards if ref.url in starts]
     problems = Problems()
-    reads = [ShardRead.needed(r, starts[r.url], config) for r in refs]
+    reads = [ShardRead.needed(r, starts[r.url], config) for r in shards if r.url in starts]
     samples = tar_samples(open_shards(reads, problems), problems)
     yield from samples_to_clips(samples, config, problems)
     if problems.bad_shards:
