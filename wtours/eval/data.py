@@ -48,9 +48,7 @@ class LabelledFolder(ImageFolder):
         truncated, not an image): skipped and counted by the caller, as the loaders skip a bad shard."""
         path, target = self.samples[index]
         try:
-            image = self.loader(path)
-            if self.transform is not None:
-                image = self.transform(image)
+            image = self.transform(self.loader(path))  # always given: see __init__
         except Exception as e:  # noqa: BLE001 (PIL raises OSError, ValueError, SyntaxError, DecompressionBombError)
             log.debug("%s does not decode: %s", path, e)
             return None, target, path

@@ -94,9 +94,7 @@ def prefetch(items: Iterable[T], depth: int = 16) -> Iterator[T]:
         except BaseException as error:  # handed to the consumer, which re-raises it
             box.put(error)
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()  # e.g. ends an ffmpeg process when the consumer stopped early
+            getattr(items, "close", lambda: None)()  # e.g. ends an ffmpeg process when the consumer stopped early
             box.put(done)
 
     worker = threading.Thread(target=fill, daemon=True)

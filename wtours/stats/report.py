@@ -17,20 +17,16 @@ def save_figure(figure: Any, path: Path) -> None:
     replace_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
-def write_outputs(folder: Path, frames: Any, summary: dict[str, Any]) -> dict[str, Path]:
+def write_outputs(folder: Path, frames: Any, summary: dict[str, Any]) -> None:
     """Write the table, the plots and, last, the summary (its presence means the set is complete)."""
-    written = {"frames": folder / FRAMES_FILE}
-    replace_atomically(written["frames"], lambda tmp: frames.to_parquet(tmp, index=False))
+    replace_atomically(folder / FRAMES_FILE, lambda tmp: frames.to_parquet(tmp, index=False))
     for name, plot in PLOTTERS.items():
         path = folder / f"{name}.png"
         if name in CLASS_PLOTS and "classes" not in summary:
             path.unlink(missing_ok=True)  # left by an earlier run with classes: no longer true
-            continue
-        save_figure(plot(frames, summary), path)
-        written[name] = path
-    written["summary"] = folder / STATS_SUMMARY_FILE
-    write_json_atomic(written["summary"], summary)
-    return written
+        else:
+            save_figure(plot(frames, summary), path)
+    write_json_atomic(folder / STATS_SUMMARY_FILE, summary)
 
 
 def new_figure(width: float = 10, height: float = 4, **grid: Any):

@@ -83,9 +83,8 @@ def grid_image(pictures: ClipPictures, labels: list[str]) -> Image.Image:
     image = Image.new("RGB", (body.shape[1], HEADER + body.shape[0]), "white")
     image.paste(Image.fromarray(body), (0, HEADER))
     draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    objects = len(pictures.masks)
     for c, label in enumerate(labels):
-        k = c - (len(labels) - objects)
+        k = c - (len(labels) - len(pictures.masks))  # the object of this column, if it is one
         draw.text((c * cell + 4, 4), label, fill=object_colour(k) if k >= 0 else (0, 0, 0), font=font)
     return image
 
