@@ -45,7 +45,6 @@ class Detector(Protocol):
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """(H, W, 3) uint8 frames -> one Detections per frame, in order."""
-        ...
 
 
 class TorchDetector:
