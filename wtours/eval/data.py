@@ -17,16 +17,6 @@ from wtours.models.registry import IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger(__name__)
 
 
-def eval_transform(resize: int = 256, crop: int = 224) -> Callable:
-    """DINO's k-NN/linear eval view: short side to `resize` (bicubic), centre crop `crop`, ImageNet normalisation."""
-    return transforms.Compose([
-        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(crop),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-
-
 class LabelledFolder(ImageFolder):
     """An ImageFolder whose class indices may be fixed by another folder's (a val set naming a subset of
     the train classes keeps the train indices)."""
@@ -54,14 +44,11 @@ class LabelledFolder(ImageFolder):
         return max(self.class_to_idx.values()) + 1
 
     def __getitem__(self, index: int) -> tuple[Any, int, str | None]:
-        """(image tensor, class index, None), or (None, class index, path) for a file that does not
-        decode (empty, truncated, not an image): skipped and counted by the caller, as the loaders
-        skip a bad shard."""
+        """(image tensor, class index, None), or (None, class index, path) for a file that does not decode (empty,
+        truncated, not an image): skipped and counted by the caller, as the loaders skip a bad shard."""
         path, target = self.samples[index]
         try:
-            image = self.loader(path)
-            if self.transform is not None:
-                image = self.transform(image)
+            image = self.transform(self.loader(path))  # always given: see __init__
         except Exception as e:  # noqa: BLE001 (PIL raises OSError, ValueError, SyntaxError, DecompressionBombError)
             log.debug("%s does not decode: %s", path, e)
             return None, target, path
@@ -80,7 +67,13 @@ def collate_readable(batch: list[tuple[Any, int, str | None]]) -> tuple[torch.Te
 
 def labelled_pair(train_dir: str | os.PathLike, val_dir: str | os.PathLike, resize: int = 256,
                   crop: int = 224) -> tuple[LabelledFolder, LabelledFolder]:
-    """Train and val folders with the same class indices (the train folder's)."""
-    transform = eval_transform(resize, crop)
+    """Train and val folders with the same class indices (the train folder's), seen through DINO's k-NN/linear
+    eval view: short side to `resize` (bicubic), centre crop `crop`, ImageNet normalisation."""
+    transform = transforms.Compose([
+        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(crop),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
     train = LabelledFolder(train_dir, transform)
     return train, LabelledFolder(val_dir, transform, class_to_idx=train.class_to_idx)

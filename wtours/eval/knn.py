@@ -1,9 +1,8 @@
 """DINO's weighted k-NN evaluation of a frozen backbone (Caron et al. 2021, eval_knn.py).
 
-Features are the backbone's [CLS] token, L2-normalised. Each val image votes with its k most similar
-train images (cosine similarity s), each weighted exp(s / T); a class's score is the sum of its
-neighbours' weights. Top-1 / top-5 are the shares of val images whose class is among the 1 / 5
-best-scored classes (ties go to the lower class index)."""
+Features are the backbone's [CLS] token, L2-normalised. Each val image votes with its k most similar train images
+(cosine similarity s), each weighted exp(s / T); a class's score is the sum of its neighbours' weights. Top-1 / top-5
+are the shares of val images whose class is among the 1 / 5 best-scored classes (ties go to the lower class index)."""
 
 from __future__ import annotations
 
@@ -40,17 +39,13 @@ class KnnResult:
     seconds: float
     bad_images: list[str] = field(default_factory=list)  # files that do not decode: skipped, named
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 MAX_NAMED = 10  # bad images named one by one in the log; the rest are counted
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, dataset: LabelledFolder, config: KnnConfig,
-                     device: torch.device | str = "cpu",
-                     bad: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(backbone: nn.Module, dataset: LabelledFolder, config: KnnConfig, device: torch.device | str,
+                     bad: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) L2-normalised [CLS] features and (N,) labels of the images that decode, in the dataset's
     order, on `device`. A file that does not decode is skipped, warned about by name and appended to
     `bad`; none decoding at all is an error."""
@@ -74,8 +69,7 @@ def extract_features(backbone: nn.Module, dataset: LabelledFolder, config: KnnCo
     if len(skipped) > MAX_NAMED:
         log.warning("skipped %d images of %s that do not decode (first %d named above)", len(skipped), dataset.root,
                     MAX_NAMED)
-    if bad is not None:
-        bad.extend(skipped)
+    bad.extend(skipped)
     if not features:
         raise WtoursError(f"none of the {len(dataset)} images in {dataset.root} decodes (first: {skipped[0]})"
                           if skipped else f"{dataset.root} holds no images",
@@ -141,7 +135,7 @@ def knn_checkpoint(checkpoint: str | os.PathLike, train_dir: str | os.PathLike, 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, {"checkpoint": str(checkpoint), "arch": arch, "which": which,
                             "train": str(train_dir), "val": str(val_dir), "resize": config.resize,
-                            "crop": config.crop, "device": str(where), **result.to_dict()})
+                            "crop": config.crop, "device": str(where), **asdict(result)})
     return result, out
 
 

@@ -1,16 +1,13 @@
-"""Objects and classes per frame: a pluggable detector interface and the torchvision backends.
-
-The default backend is torchvision's Faster R-CNN with a MobileNetV3-Large FPN backbone at 320 px
-(`fasterrcnn_mobilenet_v3_large_320_fpn`, COCO weights `FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1`,
-file `fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth`): the 80 COCO object classes. torch and
-torchvision are imported only when classes are counted.
-"""
+"""Objects and classes per frame: a pluggable detector interface and the torchvision backends of `params.BACKENDS`
+(COCO's 80 classes; docs/stats.md names their weights files). torch and torchvision load only to count classes."""
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,7 +45,6 @@ class Detector(Protocol):
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """(H, W, 3) uint8 frames -> one Detections per frame, in order."""
-        ...
 
 
 class TorchDetector:
@@ -81,29 +77,23 @@ class TorchDetector:
 def detect_stage(items: Iterable[Any], detector: Detector, batch_size: int,
                  frame_of: Callable[[Any], np.ndarray]) -> Iterator[tuple[Any, Detections]]:
     """Batch items for the detector and hand each back with its detections, in order."""
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == batch_size:
-            yield from zip(batch, detector.detect([frame_of(x) for x in batch]))
-            batch = []
-    if batch:
+    items = iter(items)
+    while batch := list(islice(items, batch_size)):
         yield from zip(batch, detector.detect([frame_of(x) for x in batch]))
 
 
 # ---------------------------------------------------------------- torchvision backends
 
 
-def backend(name: str) -> Backend:
-    if name not in BACKENDS:
-        raise WtoursError(f"unknown detector {name!r}", f"choose one of: {', '.join(BACKENDS)}")
-    return BACKENDS[name]
-
-
 def load_detector(params: DetectorParams) -> TorchDetector:
     """Build the named torchvision backend with its COCO weights (torchvision's cache, else a download)."""
-    spec = backend(params.name)
-    torch, detection = _import_torchvision()
+    spec = BACKENDS[params.name]  # a known name: DetectorParams checked it
+    try:
+        import torch
+        from torchvision.models import detection
+    except ImportError as e:
+        raise WtoursError(f"class counts need torch and torchvision ({e})",
+                          "pip install 'wtours[train]' (torch, torchvision), or run with --no-classes") from e
     device = str(resolve_device(params.device))
     enum_name, member = spec.weights.split(".")
     weights = getattr(getattr(detection, enum_name), member)
@@ -126,13 +116,6 @@ def weights_file(weights: Any) -> str:
     return os.path.basename(weights.url)
 
 
-def checkpoint_dir() -> Path:
-    """Where torch hub caches downloaded weights: $TORCH_HOME/hub/checkpoints (~/.cache/torch/...)."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
 def _state_dict(torch: Any, weights: Any, spec: Backend, path: Path | None) -> dict:
     if path is not None:
         try:
@@ -140,7 +123,8 @@ def _state_dict(torch: Any, weights: Any, spec: Backend, path: Path | None) -> d
         except (OSError, RuntimeError, EOFError) as e:
             raise WtoursError(f"cannot read the weights file {path} ({e})",
                               f"pass a state dict saved with torch.save, e.g. {weights_file(weights)}") from e
-    cached = checkpoint_dir() / weights_file(weights)
+    # Where torch hub caches downloaded weights: $TORCH_HOME/hub/checkpoints (~/.cache/torch/...).
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / weights_file(weights)
     was_cached = cached.is_file()
     try:
         # torchvision's usual way: load from the torch hub cache, downloading it there the first time.
@@ -158,30 +142,14 @@ def _state_dict(torch: Any, weights: Any, spec: Backend, path: Path | None) -> d
             f"--weights FILE; or skip class counts with --no-classes") from e
 
 
-def _import_torchvision() -> tuple[Any, Any]:
-    try:
-        import torch
-        from torchvision.models import detection
-    except ImportError as e:
-        raise WtoursError(f"class counts need torch and torchvision ({e})",
-                          "pip install 'wtours[train]' (torch, torchvision), or run with --no-classes") from e
-    return torch, detection
-
-
 # ---------------------------------------------------------------- per-video table
 
 
 def class_table(labels: Iterable[Sequence[str]]) -> list[dict[str, Any]]:
     """Per class: objects (instances), frames (frames showing it) and the share of frames; most frequent first."""
-    objects: dict[str, int] = {}
-    frames: dict[str, int] = {}
-    n = 0
-    for frame_labels in labels:
-        n += 1
-        for name in frame_labels:
-            objects[name] = objects.get(name, 0) + 1
-        for name in set(frame_labels):
-            frames[name] = frames.get(name, 0) + 1
+    per_frame = list(labels)
+    objects = Counter(name for names in per_frame for name in names)
+    frames = Counter(name for names in per_frame for name in set(names))
     rows = [{"name": name, "objects": objects[name], "frames": frames[name],
-             "frame_share": round(frames[name] / n, 6)} for name in objects]
+             "frame_share": round(frames[name] / len(per_frame), 6)} for name in objects]
     return sorted(rows, key=lambda r: (-r["frames"], -r["objects"], r["name"]))

@@ -1,4 +1,5 @@
-"""The corpus table: one row per analysed video, as CSV and Markdown, and plots comparing the videos."""
+"""The corpus table: one row per analysed video, as CSV and Markdown, and plots comparing the videos
+(corpus_<name>.png)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ from typing import Any
 import numpy as np
 
 from wtours.layout import replace_atomically
-from wtours.stats.report import save_figure
+from wtours.stats.report import new_figure, save_figure
 
 CSV_FILE = "corpus.csv"
 MARKDOWN_FILE = "corpus.md"
-PLOT_FILES = {"lightness": "corpus_lightness.png", "transitions": "corpus_transitions.png",
-              "classes": "corpus_classes.png"}
 # (column, header in Markdown, decimals)
 COLUMNS = [
     ("video", "video", None),
@@ -30,6 +29,13 @@ COLUMNS = [
     ("classes_per_frame", "classes / frame", 2),
     ("unique_classes", "unique classes", 0),
 ]
+# The plots of two columns side by side: ((column, legend) left and right of each video, y label, title).
+PAIRS = {
+    "transitions": ((("cuts_per_hour", "hard cuts / h"), ("scene_changes_per_hour", "gradual scene changes / h")),
+                    "per hour", "scene transitions per video"),
+    "classes": ((("objects_per_frame", "objects / frame"), ("classes_per_frame", "classes / frame")),
+                "mean per frame", "objects and classes per frame"),
+}
 
 
 def corpus_row(summary: dict[str, Any]) -> dict[str, Any]:
@@ -60,12 +66,13 @@ def write_corpus(base: Path, summaries: list[dict[str, Any]]) -> dict[str, Path]
     written = {"csv": base / CSV_FILE, "markdown": base / MARKDOWN_FILE}
     replace_atomically(written["csv"], lambda tmp: table.to_csv(tmp, index=False))
     replace_atomically(written["markdown"], lambda tmp: tmp.write_text(markdown(table), encoding="utf-8"))
-    for name, file in PLOT_FILES.items():
+    for name in ("lightness", *PAIRS):
+        path = base / f"corpus_{name}.png"
         if name == "classes" and table["objects_per_frame"].isna().all():
-            (base / file).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             continue
-        save_figure(PLOTTERS[name](table), base / file)
-        written[name] = base / file
+        save_figure(plot_lightness(table) if name == "lightness" else plot_pair(table, name), path)
+        written[name] = path
     return written
 
 
@@ -83,15 +90,8 @@ def _cell(value: Any, digits: int | None) -> str:
     return str(value) if digits is None else f"{float(value):.{digits}f}"
 
 
-def _figure(rows: int, height: float = 3.5):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(max(6, 0.6 * rows + 3), height), dpi=100, layout="constrained")
-
-
 def plot_lightness(table: Any):
-    figure = _figure(len(table))
-    axes = figure.subplots()
+    figure, axes = new_figure(max(6, 0.6 * len(table) + 3), 3.5)
     x = np.arange(len(table))
     mean = table["lightness_mean"].to_numpy()
     spread = [mean - table["lightness_min"].to_numpy(), table["lightness_max"].to_numpy() - mean]
@@ -101,28 +101,13 @@ def plot_lightness(table: Any):
     return figure
 
 
-def plot_transitions(table: Any):
-    figure = _figure(len(table))
-    axes = figure.subplots()
+def plot_pair(table: Any, name: str):
+    figure, axes = new_figure(max(6, 0.6 * len(table) + 3), 3.5)
     x = np.arange(len(table))
-    axes.bar(x - 0.2, table["cuts_per_hour"], width=0.4, label="hard cuts / h")
-    axes.bar(x + 0.2, table["scene_changes_per_hour"], width=0.4, label="gradual scene changes / h")
+    columns, ylabel, title = PAIRS[name]
+    for offset, (column, label) in zip((-0.2, 0.2), columns):
+        axes.bar(x + offset, table[column].fillna(0), width=0.4, label=label)
     axes.set_xticks(x, table["video"], rotation=45, ha="right")
-    axes.set(ylabel="per hour", title="scene transitions per video")
+    axes.set(ylabel=ylabel, title=title)
     axes.legend(fontsize="small")
     return figure
-
-
-def plot_classes(table: Any):
-    figure = _figure(len(table))
-    axes = figure.subplots()
-    x = np.arange(len(table))
-    axes.bar(x - 0.2, table["objects_per_frame"].fillna(0), width=0.4, label="objects / frame")
-    axes.bar(x + 0.2, table["classes_per_frame"].fillna(0), width=0.4, label="classes / frame")
-    axes.set_xticks(x, table["video"], rotation=45, ha="right")
-    axes.set(ylabel="mean per frame", title="objects and classes per frame")
-    axes.legend(fontsize="small")
-    return figure
-
-
-PLOTTERS = {"lightness": plot_lightness, "transitions": plot_transitions, "classes": plot_classes}

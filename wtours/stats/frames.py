@@ -79,13 +79,6 @@ def on_grid(items: Iterable[T], fps: float, after: float | None = None,
             yield item
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
-
-
 def prefetch(items: Iterable[T], depth: int = 16) -> Iterator[T]:
     """Run the upstream stages in a thread (JPEG and ffmpeg reads release the GIL) while we measure."""
     box: queue.Queue = queue.Queue(maxsize=depth)
@@ -101,9 +94,7 @@ def prefetch(items: Iterable[T], depth: int = 16) -> Iterator[T]:
         except BaseException as error:  # handed to the consumer, which re-raises it
             box.put(error)
         finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()  # e.g. ends an ffmpeg process when the consumer stopped early
+            getattr(items, "close", lambda: None)()  # e.g. ends an ffmpeg process when the consumer stopped early
             box.put(done)
 
     worker = threading.Thread(target=fill, daemon=True)
@@ -190,6 +181,8 @@ class ShardSource:
                     stream.close()
 
     def frames(self, after: float | None = None) -> Iterator[Frame]:
+        from PIL import Image
+
         samples = self.samples(after)
         chosen: Iterator[StoredSample]
         if self.own_rate:
@@ -197,19 +190,19 @@ class ShardSource:
         else:
             t_decimals = 6 if self.index.version == 1 else None  # version 1 rounded `t` (see `sample_cell`)
             chosen = on_grid(samples, self.info.fps, after, time_of=lambda s: s.meta.t, t_decimals=t_decimals)
-        # Grid selection reads only the json; JPEGs are decoded for the samples kept.
-        return (Frame(s.meta.t, s.meta.frame, decode_jpeg(s.jpg)) for s in chosen)
+        for s in chosen:  # grid selection reads only the json; JPEGs are decoded for the samples kept
+            with Image.open(io.BytesIO(s.jpg)) as image:
+                yield Frame(s.meta.t, s.meta.frame, np.asarray(image.convert("RGB")))
 
 
 class VideoSource:
     """The registered video decoded with ffmpeg on a grid of one frame per `every` seconds."""
 
-    def __init__(self, path: Path, probe: ProbeResult, sha256: str, every: float | None,
-                 short_side: int = DEFAULT_SHORT_SIDE):
+    def __init__(self, path: Path, probe: ProbeResult, sha256: str, every: float | None):
         self.path, self.probe = path, probe
         self.every = every if every is not None else DEFAULT_VIDEO_EVERY
         # Same scale as the default shards, so the two sources give the same numbers.
-        self.size = output_size(probe.width, probe.height, short_side)
+        self.size = output_size(probe.width, probe.height, DEFAULT_SHORT_SIDE)
         described = {"duration": probe.duration, "fps": probe.fps, "width": probe.width, "height": probe.height,
                      "sha256": sha256}
         self.info = SourceInfo("video", self.every, 1 / self.every, _cells(0.0, probe.duration, self.every),

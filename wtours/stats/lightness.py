@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-PERCENTILES = (10, 50, 90)  # the spread reported per frame: lightness_p10, _p50, _p90
+PERCENTILES = (10, 50, 90)  # the spread reported per frame (lightness_p10, _p50, _p90) and per video
 HISTOGRAM_EDGES = np.arange(0, 101, 5)  # L* 0..100 in steps of 5 for the per-video distribution
 
 
@@ -19,10 +19,8 @@ def to_lab(rgb: np.ndarray) -> np.ndarray:
 
 def frame_lightness(L: np.ndarray) -> dict[str, np.ndarray]:
     """(B, n) L* of each frame's analysis pixels -> per-frame mean and percentiles, each (B,)."""
-    stats = {"lightness": L.mean(axis=1, dtype=np.float64)}
-    for p, values in zip(PERCENTILES, np.percentile(L, PERCENTILES, axis=1)):
-        stats[f"lightness_p{p}"] = values
-    return stats
+    spread = zip(PERCENTILES, np.percentile(L, PERCENTILES, axis=1))
+    return {"lightness": L.mean(axis=1, dtype=np.float64), **{f"lightness_p{p}": values for p, values in spread}}
 
 
 def video_lightness(t: np.ndarray, mean: np.ndarray) -> dict[str, Any]:
@@ -35,9 +33,7 @@ def video_lightness(t: np.ndarray, mean: np.ndarray) -> dict[str, Any]:
         "min": float(mean.min()),
         "max": float(mean.max()),
         "std": float(mean.std()),
-        "p10": float(np.percentile(mean, 10)),
-        "p50": float(np.percentile(mean, 50)),
-        "p90": float(np.percentile(mean, 90)),
+        **{f"p{p}": float(value) for p, value in zip(PERCENTILES, np.percentile(mean, PERCENTILES))},
         "trend_per_hour": slope,
         "histogram": {"edges": HISTOGRAM_EDGES.tolist(), "counts": counts.tolist()},
     }

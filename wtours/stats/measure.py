@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import groupby, islice
 from typing import Any
 
 import numpy as np
@@ -31,32 +32,20 @@ def grid_step(height: int, width: int, pixels: int) -> int:
 def analysis_grid(rgb: np.ndarray, pixels: int) -> np.ndarray:
     """(H, W, 3) -> (H/s, W/s, 3): every s-th pixel of every s-th row, a view (no averaging).
 
-    Sampling pixels (rather than averaging blocks) keeps their distribution: the mean and percentiles
-    of L* on the grid estimate those of the full frame without the narrowing that blending would cause.
-    """
+    Sampling pixels (rather than averaging blocks) keeps their distribution: the mean and percentiles of L* on the
+    grid estimate those of the full frame without the narrowing that blending would cause."""
     step = grid_step(rgb.shape[0], rgb.shape[1], pixels)
     return rgb[::step, ::step]
 
 
-def measure(frames: Iterable[Frame], pixels: int, batch: int = BATCH) -> Iterator[Measured]:
+def measure(frames: Iterable[Frame], pixels: int) -> Iterator[Measured]:
     """Stage: frames -> Measured, converting batches of same-size frames at once."""
-    pending: list[Frame] = []
-    for frame in frames:
-        if pending and (len(pending) == batch or frame.rgb.shape != pending[0].rgb.shape):
-            yield from _measure_batch(pending, pixels)
-            pending = []
-        pending.append(frame)
-    if pending:
-        yield from _measure_batch(pending, pixels)
-
-
-def _measure_batch(frames: list[Frame], pixels: int) -> Iterator[Measured]:
-    grids = np.stack([analysis_grid(f.rgb, pixels) for f in frames])  # (B, h, w, 3) uint8
-    lab = to_lab(grids)  # (B, h, w, 3) float32
-    light = frame_lightness(lab[..., 0].reshape(len(frames), -1))  # each (B,)
-    hists = colour_histograms(lab)  # (B, BINS)
-    height, width = frames[0].rgb.shape[:2]
-    for k, f in enumerate(frames):
-        row = {"t": f.t, "frame": f.frame, "width": width, "height": height}
-        row.update({name: float(values[k]) for name, values in light.items()})
-        yield Measured(f, row, hists[k])
+    for (height, width, _), same_size in groupby(frames, key=lambda f: f.rgb.shape):
+        while batch := list(islice(same_size, BATCH)):
+            lab = to_lab(np.stack([analysis_grid(f.rgb, pixels) for f in batch]))  # (B, h, w, 3) float32
+            light = frame_lightness(lab[..., 0].reshape(len(batch), -1))  # each (B,)
+            hists = colour_histograms(lab)  # (B, BINS)
+            for k, f in enumerate(batch):
+                row = {"t": f.t, "frame": f.frame, "width": width, "height": height}
+                row.update({name: float(values[k]) for name, values in light.items()})
+                yield Measured(f, row, hists[k])

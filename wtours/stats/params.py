@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wtours.config import AT_LEAST_1, FRACTION, NOT_NEGATIVE, POSITIVE, Range, check_fields
@@ -34,9 +34,6 @@ class AnalysisParams:
     def __post_init__(self) -> None:
         check_fields(self)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class TransitionParams:
@@ -61,9 +58,6 @@ class TransitionParams:
     def __post_init__(self) -> None:
         check_fields(self)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class Backend:
@@ -81,14 +75,10 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def _detector_names() -> tuple[str, ...]:
-    return tuple(BACKENDS)
-
-
 @dataclass(frozen=True)
 class DetectorParams:
     name: str = field(default="fasterrcnn-mobilenet-320", metadata={
-        "option": "--detector", "choices": _detector_names, "help": "Detector backend (torchvision, COCO weights)."})
+        "option": "--detector", "choices": BACKENDS.keys, "help": "Detector backend (torchvision, COCO weights)."})
     score_threshold: float = field(default=0.5, metadata={
         "help": "Detections below this score are not counted.", "range": FRACTION})
     device: str = field(default="auto", metadata={"choices": DEVICES, "help": "Where the detector runs."})

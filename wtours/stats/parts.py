@@ -1,8 +1,7 @@
 """Resume state: the per-frame rows of a run in parquet parts, under a key naming what they depend on.
 
-A run appends a part every `chunk` frames (written atomically); a rerun with the same key continues
-after the last part's time, one with another key (other source, sampling or detector) starts again.
-"""
+A run appends a part every `chunk` frames (written atomically); a rerun with the same key continues after the last
+part's time, one with another key (other source, sampling or detector) starts again."""
 
 from __future__ import annotations
 
@@ -34,12 +33,10 @@ class Parts:
     def prepare(self, overwrite: bool, say: Callable[[str], None]) -> tuple[float | None, int]:
         """Keep the parts of an earlier run with the same key: (time to resume after, rows done)."""
         existing = read_json(self.folder / KEY_FILE)
-        if existing is not None and (overwrite or existing != self.key):
-            if not overwrite:
-                say(f"{self.folder.parent.name}: the source or parameters changed since the last run; starting over")
-            shutil.rmtree(self.folder)
-        elif existing is None and self.folder.exists():
-            shutil.rmtree(self.folder)  # parts without a key: from an interrupted first write
+        if existing not in (None, self.key) and not overwrite:
+            say(f"{self.folder.parent.name}: the source or parameters changed since the last run; starting over")
+        if (overwrite or existing != self.key) and self.folder.exists():
+            shutil.rmtree(self.folder)  # another run's parts, or parts without a key (an interrupted first write)
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.folder)  # a part being written when the run was killed
         write_json_atomic(self.folder / KEY_FILE, self.key)
@@ -55,7 +52,7 @@ class Parts:
     def paths(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet"))
 
-    def write(self, rows: list[dict[str, Any]], hists: list[np.ndarray]) -> Path:
+    def write(self, rows: list[dict[str, Any]], hists: list[np.ndarray]) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -66,7 +63,6 @@ class Parts:
         table = pa.table(columns)
         path = self.folder / f"part-{len(self.paths()):06d}.parquet"
         replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
-        return path
 
     def read(self) -> tuple[Any, np.ndarray]:
         """All rows in time order as a DataFrame (without histograms) and the (N, BINS) uint16 histograms;

@@ -1,4 +1,4 @@
-"""Writing one video's outputs: frames.parquet, summary.json and PNG plots, each atomically."""
+"""Writing one video's outputs: frames.parquet, summary.json and PNG plots (<name>.png), each atomically."""
 
 from __future__ import annotations
 
@@ -10,13 +10,6 @@ import numpy as np
 from wtours.layout import STATS_SUMMARY_FILE, replace_atomically, write_json_atomic
 
 FRAMES_FILE = "frames.parquet"
-SUMMARY_FILE = STATS_SUMMARY_FILE
-PLOTS = {
-    "lightness": "lightness.png",
-    "change": "change.png",
-    "classes": "classes.png",
-    "objects": "objects.png",
-}
 CLASS_PLOTS = ("classes", "objects")
 
 
@@ -24,40 +17,36 @@ def save_figure(figure: Any, path: Path) -> None:
     replace_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
-def write_outputs(folder: Path, frames: Any, summary: dict[str, Any]) -> dict[str, Path]:
+def write_outputs(folder: Path, frames: Any, summary: dict[str, Any]) -> None:
     """Write the table, the plots and, last, the summary (its presence means the set is complete)."""
-    written = {"frames": folder / FRAMES_FILE}
-    replace_atomically(written["frames"], lambda tmp: frames.to_parquet(tmp, index=False))
-    with_classes = "classes" in summary
-    for name, file in PLOTS.items():
-        path = folder / file
-        if name in CLASS_PLOTS and not with_classes:
+    replace_atomically(folder / FRAMES_FILE, lambda tmp: frames.to_parquet(tmp, index=False))
+    for name, plot in PLOTTERS.items():
+        path = folder / f"{name}.png"
+        if name in CLASS_PLOTS and "classes" not in summary:
             path.unlink(missing_ok=True)  # left by an earlier run with classes: no longer true
-            continue
-        save_figure(PLOTTERS[name](frames, summary), path)
-        written[name] = path
-    written["summary"] = folder / SUMMARY_FILE
-    write_json_atomic(written["summary"], summary)
-    return written
+        else:
+            save_figure(plot(frames, summary), path)
+    write_json_atomic(folder / STATS_SUMMARY_FILE, summary)
 
 
-def _figure(width: float = 10, height: float = 4):
+def new_figure(width: float = 10, height: float = 4, **grid: Any):
+    """A figure and its axes (`grid`: the arguments of `Figure.subplots`)."""
     from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend switch
 
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    return figure
+    return figure, figure.subplots(**grid)
 
 
-def _minutes(frames: Any) -> tuple[np.ndarray, str]:
+def _minutes(frames: Any) -> tuple[np.ndarray, str, float]:
+    """The time axis: (x, its label, x per second)."""
     t = frames["t"].to_numpy()
     span = t[-1] - t[0] if len(t) else 0
-    return (t / 60, "time (min)") if span > 300 else (t, "time (s)")
+    return (t / 60, "time (min)", 1 / 60) if span > 300 else (t, "time (s)", 1)
 
 
 def plot_lightness(frames: Any, summary: dict[str, Any]):
-    figure = _figure()
-    course, distribution = figure.subplots(1, 2, width_ratios=[4, 1], sharey=True)
-    x, label = _minutes(frames)
+    figure, (course, distribution) = new_figure(nrows=1, ncols=2, width_ratios=[4, 1], sharey=True)
+    x, label, _ = _minutes(frames)
     course.fill_between(x, frames["lightness_p10"], frames["lightness_p90"], alpha=0.25, label="10th-90th percentile")
     course.plot(x, frames["lightness"], lw=1, label="mean L*")
     course.set(xlabel=label, ylabel="CIELAB L*", ylim=(0, 100), title=f"{summary['video'].get('slug', '')} lightness")
@@ -70,10 +59,8 @@ def plot_lightness(frames: Any, summary: dict[str, Any]):
 
 
 def plot_change(frames: Any, summary: dict[str, Any]):
-    figure = _figure()
-    axes = figure.subplots()
-    x, label = _minutes(frames)
-    scale = 1 / 60 if label.startswith("time (min") else 1
+    figure, axes = new_figure()
+    x, label, scale = _minutes(frames)
     axes.plot(x, frames["change"], lw=0.8, label="change to previous frame")
     axes.plot(x, frames["drift"], lw=0.8, alpha=0.7,
               label=f"drift over {summary['transition_params']['drift_window']:g} s")
@@ -91,8 +78,7 @@ def plot_change(frames: Any, summary: dict[str, Any]):
 
 def plot_classes(frames: Any, summary: dict[str, Any]):
     top = summary["classes"]["top"]
-    figure = _figure(8, max(2.5, 0.3 * len(top) + 1))
-    axes = figure.subplots()
+    figure, axes = new_figure(8, max(2.5, 0.3 * len(top) + 1))
     names = [row["name"] for row in top][::-1]
     axes.barh(names, [row["frame_share"] * 100 for row in top][::-1])
     axes.set(xlabel="% of frames showing the class",
@@ -101,8 +87,7 @@ def plot_classes(frames: Any, summary: dict[str, Any]):
 
 
 def plot_objects(frames: Any, summary: dict[str, Any]):
-    figure = _figure(8, 4)
-    axes = figure.subplots()
+    figure, axes = new_figure(8, 4)
     objects = frames["objects"].to_numpy()
     from matplotlib.ticker import MaxNLocator
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -38,19 +39,17 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, analys
     drift, reference = drift_scores(t, hists, table["lightness"].to_numpy(), shot, params)
     changes = detect_scene_changes(t, drift, reference, params)
 
-    frames = table.copy()
-    frames["change"] = change
-    frames["drift"] = drift
-    frames["shot"] = shot
-    frames["cut"] = np.isin(np.arange(len(t)), cuts)
+    frames = table.assign(change=change, drift=drift, shot=shot, cut=np.isin(np.arange(len(t)), cuts))
     frames = frames[[c for c in LEADING_COLUMNS if c in frames] + [c for c in frames if c not in LEADING_COLUMNS]]
     hours = (t[-1] - t[0] + info.every) / 3600  # time the analysed frames stand for
+    width, height = info.frame_size
+    step = grid_step(height, width, analysis_pixels)  # of the pixel grid lightness and histograms are measured on
     summary: dict[str, Any] = {
         "format": SUMMARY_FORMAT,
         "version": SUMMARY_VERSION,
         "video": {"slug": slug, **info.video},
         "source": {"kind": info.kind, "every": info.every, "frame_size": list(info.frame_size),
-                   "analysis_grid": _grid(info.frame_size, analysis_pixels), "complete": info.complete,
+                   "analysis_grid": [len(range(0, side, step)) for side in info.frame_size], "complete": info.complete,
                    "notes": info.notes, "skipped_shards": list(info.skipped)},
         "frames": int(len(t)),
         "span": [float(t[0]), float(t[-1])],
@@ -65,32 +64,21 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, analys
         "scene_changes_per_hour": len(changes) / hours,
         "shots": int(shot[-1]) + 1,
         "gaps": [[float(t[i - 1]), float(t[i])] for i in after_gap],
-        "transition_params": params.to_dict(),
+        "transition_params": asdict(params),
         "created_by": f"wtours {__version__}",
     }
     if detector is not None:
-        summary["classes"] = _classes(frames, detector, top)
+        table = class_table(frames["labels"])
+        summary["classes"] = {
+            **detector,
+            "unique": len(table),
+            "per_frame_mean": float(frames["classes"].mean()),
+            "objects_per_frame_mean": float(frames["objects"].mean()),
+            "objects_per_frame_max": int(frames["objects"].max()),
+            "top": table[:top],
+            "table": table,
+        }
     return frames, summary
-
-
-def _classes(frames: Any, detector: dict[str, Any], top: int) -> dict[str, Any]:
-    table = class_table(frames["labels"])
-    return {
-        **detector,
-        "unique": len(table),
-        "per_frame_mean": float(frames["classes"].mean()),
-        "objects_per_frame_mean": float(frames["objects"].mean()),
-        "objects_per_frame_max": int(frames["objects"].max()),
-        "top": table[:top],
-        "table": table,
-    }
-
-
-def _grid(size: tuple[int, int], pixels: int) -> list[int]:
-    """(width, height) of the pixel grid lightness and histograms are measured on."""
-    width, height = size
-    step = grid_step(height, width, pixels)
-    return [len(range(0, width, step)), len(range(0, height, step))]
 
 
 def _stat(function, values: np.ndarray) -> float | None:

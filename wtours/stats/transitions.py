@@ -1,10 +1,9 @@
 """Scene transitions: a colour-histogram change score, hard cuts (adaptive threshold) and gradual scene changes.
 
-Each frame's colour content is a joint CIELAB histogram (8 L* x 8 a* x 8 b* bins); the change score
-of two frames is the total-variation distance of their histograms: the fraction of pixels whose colour
-would have to move to another bin, 0 (same colours) .. 1 (no colour in common). Histograms ignore where
-colours are, so a walking camera's motion barely moves the score while a cut to another place does.
-"""
+Each frame's colour content is a joint CIELAB histogram (8 L* x 8 a* x 8 b* bins); the change score of two frames is
+the total-variation distance of their histograms: the fraction of pixels whose colour would have to move to another
+bin, 0 (same colours) .. 1 (no colour in common). Histograms ignore where colours are, so a walking camera's motion
+barely moves the score while a cut to another place does."""
 
 from __future__ import annotations
 
@@ -25,8 +24,8 @@ def colour_histograms(lab: np.ndarray) -> np.ndarray:
     total of 65,535, which keeps the distribution (everything downstream normalises) to 1/131,070."""
     batch = lab.shape[0]
     qL = np.minimum((lab[..., 0] * (L_BINS / 100)).astype(np.int32), L_BINS - 1)  # L* >= 0 always
-    qa = np.clip(((lab[..., 1] + AB_RANGE) * (AB_BINS / (2 * AB_RANGE))).astype(np.int32), 0, AB_BINS - 1)
-    qb = np.clip(((lab[..., 2] + AB_RANGE) * (AB_BINS / (2 * AB_RANGE))).astype(np.int32), 0, AB_BINS - 1)
+    qa, qb = (np.clip(((lab[..., c] + AB_RANGE) * (AB_BINS / (2 * AB_RANGE))).astype(np.int32), 0, AB_BINS - 1)
+              for c in (1, 2))
     bins = ((qL * AB_BINS + qa) * AB_BINS + qb).reshape(batch, -1)  # (B, h*w)
     bins += (np.arange(batch, dtype=np.int32) * BINS)[:, None]  # one bincount for the whole batch
     counts = np.bincount(bins.ravel(), minlength=batch * BINS).reshape(batch, BINS)
@@ -65,13 +64,11 @@ def change_scores(hists: np.ndarray) -> np.ndarray:
 def detect_cuts(t: np.ndarray, scores: np.ndarray, hists: np.ndarray, params: TransitionParams) -> list[int]:
     """Indices of frames that open a new shot (the cut lies between frame i-1 and frame i).
 
-    A frame is a candidate when its score exceeds both `cut_min` and the local level: the median of
-    the scores within `cut_window` seconds each side plus `cut_k` robust standard deviations
-    (1.4826 x median absolute deviation), so busy stretches (fast walking, crowds) raise their own
-    threshold. Candidates closer than `min_gap` keep the strongest; a candidate whose content comes
-    back within `min_gap` (a flash, a passer-by covering the lens) is dropped.
-    """
-    step = _spacing(t)
+    A frame is a candidate when its score exceeds both `cut_min` and the local level: the median of the scores within
+    `cut_window` seconds each side plus `cut_k` robust standard deviations (1.4826 x median absolute deviation), so
+    busy stretches (fast walking, crowds) raise their own threshold. Candidates closer than `min_gap` keep the
+    strongest; one whose content comes back within `min_gap` (a flash, a passer-by covering the lens) is dropped."""
+    step = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
     half = max(4, round(params.cut_window / step))  # at least 4 neighbours a side for a stable median
     candidates = []
     for i in np.flatnonzero(scores >= params.cut_min):
@@ -111,11 +108,10 @@ def drift_scores(t: np.ndarray, hists: np.ndarray, lightness: np.ndarray, shot: 
                  params: TransitionParams) -> tuple[np.ndarray, np.ndarray]:
     """Per frame: how far the content moved from `drift_window` seconds earlier in the same shot.
 
-    Both ends average the frames of `drift_smooth` seconds, so one odd frame does not count, and the
-    earlier end is shifted along L* by the change of mean lightness in between: a sunset or a tunnel is
-    a lighting change (measured as lightness), not a new scene. Returns (drift (N,) with NaN where the
-    window would leave the shot, the index of the frame compared with (N,) or -1).
-    """
+    Both ends average the frames of `drift_smooth` seconds, so one odd frame does not count, and the earlier end is
+    shifted along L* by the change of mean lightness in between: a sunset or a tunnel is a lighting change (measured
+    as lightness), not a new scene. Returns (drift (N,) with NaN where the window would leave the shot, the index of
+    the frame compared with (N,) or -1)."""
     n = len(t)
     first = np.searchsorted(t, t - params.drift_smooth, side="right")  # (N,) first frame of each smoothing span
     ref = np.searchsorted(t, t - params.drift_window, side="right") - 1  # (N,) last frame >= window ago
@@ -176,7 +172,3 @@ def shots(n: int, cuts: list[int], gaps: list[int]) -> np.ndarray:
 def gaps(t: np.ndarray, every: float) -> list[int]:
     """Indices of frames that follow a stretch with no analysed frame (blank frames left out of the shards)."""
     return [int(i) + 1 for i in np.flatnonzero(np.diff(t) > 1.5 * every)]
-
-
-def _spacing(t: np.ndarray) -> float:
-    return float(np.median(np.diff(t))) if len(t) > 1 else 1.0

@@ -44,11 +44,10 @@ def heatmap(attention: np.ndarray, patch: int) -> np.ndarray:
     return upsample(np.rint(rgb).astype(np.uint8), patch)
 
 
-def overlay(frame: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float = MASK_ALPHA,
-            outside: float = OUTSIDE) -> np.ndarray:
+def overlay(frame: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     """frame (H, W, 3) uint8, mask (H, W) bool -> inside tinted with `colour`, outside darkened."""
-    tinted = np.rint(frame * (1 - alpha) + np.array(colour, np.float64) * alpha).astype(np.uint8)
-    dark = np.rint(frame * outside).astype(np.uint8)
+    tinted = np.rint(frame * (1 - MASK_ALPHA) + np.array(colour, np.float64) * MASK_ALPHA).astype(np.uint8)
+    dark = np.rint(frame * OUTSIDE).astype(np.uint8)
     return np.where(mask[..., None], tinted, dark)
 
 
@@ -71,10 +70,10 @@ class ClipPictures:
         return np.concatenate([self.frames[t], *heads, *self.object_cells(t)], axis=1)
 
 
-def column_labels(heads: int, objects: int, head_ids: list[int]) -> list[str]:
-    marked = set(head_ids)
-    return (["frame"] + [f"head {j}{'*' if j in marked else ''}" for j in range(heads)]
-            + [f"object {k + 1}" for k in range(objects)])
+def column_labels(heads: int, head_ids: list[int]) -> list[str]:
+    """frame | each of `heads` heads, the tracked ones (`head_ids`) starred | one object per tracked head."""
+    return (["frame"] + [f"head {j}{'*' if j in head_ids else ''}" for j in range(heads)]
+            + [f"object {k + 1}" for k in range(len(head_ids))])
 
 
 def grid_image(pictures: ClipPictures, labels: list[str]) -> Image.Image:
@@ -84,9 +83,8 @@ def grid_image(pictures: ClipPictures, labels: list[str]) -> Image.Image:
     image = Image.new("RGB", (body.shape[1], HEADER + body.shape[0]), "white")
     image.paste(Image.fromarray(body), (0, HEADER))
     draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    objects = len(pictures.masks)
     for c, label in enumerate(labels):
-        k = c - (len(labels) - objects)
+        k = c - (len(labels) - len(pictures.masks))  # the object of this column, if it is one
         draw.text((c * cell + 4, 4), label, fill=object_colour(k) if k >= 0 else (0, 0, 0), font=font)
     return image
 

@@ -94,9 +94,8 @@ def pick_starts(shards: list[ShardRef], config: ClipConfig, count: int) -> dict[
 
 def read_clips(shards: list[ShardRef], starts: dict[str, set[int]], config: ClipConfig) -> Iterator[Clip]:
     """The clips at `starts`, through the trainer's own stages (open -> tar samples -> clips)."""
-    refs = [ref for ref in shards if ref.url in starts]
     problems = Problems()
-    reads = [ShardRead.needed(r, starts[r.url], config) for r in refs]
+    reads = [ShardRead.needed(r, starts[r.url], config) for r in shards if r.url in starts]
     samples = tar_samples(open_shards(reads, problems), problems)
     yield from samples_to_clips(samples, config, problems)
     if problems.bad_shards:
@@ -108,12 +107,6 @@ def square_frames(jpgs: list[bytes], size: int) -> np.ndarray:
     """JPEGs -> (T, size, size, 3) uint8: short side resized to `size` (bicubic), centre-cropped square."""
     return np.stack([np.asarray(ImageOps.fit(Image.open(io.BytesIO(j)).convert("RGB"), (size, size),
                                              Image.Resampling.BICUBIC)) for j in jpgs])
-
-
-def model_input(frames: np.ndarray) -> torch.Tensor:
-    """(T, S, S, 3) uint8 -> (1, T, 3, S, S) ImageNet-normalised float: the unaugmented global view."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
-    return normalize(x)[None]
 
 
 @torch.no_grad()
@@ -142,7 +135,9 @@ def render_clip(model: DoRA, clip: Clip, heads: torch.Tensor, labels: list[str],
                 config: VizConfig) -> dict[str, Any]:
     """Track one clip, write its PNG grid and GIF, and return its index record."""
     frames = square_frames(clip.jpgs, config.size)
-    attention, masks = track_clip(model, model_input(frames).to(heads.device), heads)
+    # (T, S, S, 3) uint8 -> (1, T, 3, S, S) ImageNet-normalised float: the unaugmented global view
+    view = normalize(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0)[None]
+    attention, masks = track_clip(model, view.to(heads.device), heads)
     pictures = ClipPictures(frames, attention, masks, model.patch_size)
     png, gif = out / f"clip-{clip.key}.png", out / f"clip-{clip.key}.gif"
     grid = grid_image(pictures, labels)
@@ -165,7 +160,7 @@ def visualise(checkpoint: str | os.PathLike, shards: str | list[str], out: str |
     heads = choose_heads(model, config)
     refs = resolve(shards, root)
     clip_config = ClipConfig(config.frames, config.stride)
-    labels = column_labels(model.teacher.backbone.config.heads, len(heads), heads.tolist())
+    labels = column_labels(model.teacher.backbone.config.heads, heads.tolist())
     records = []
     for clip in read_clips(refs, pick_starts(refs, clip_config, config.clips), clip_config):
         records.append(render_clip(model, clip, heads.to(device), labels, out, config))
