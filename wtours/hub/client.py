@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from wtours.errors import UsageError, WtoursError
 from wtours.hfclient import LOGIN_HINT, has_token, hub_errors, require_hub
-from wtours.hub.paths import DEFAULT_REVISION, REPO_TYPE, hf_url, source_path, validate_repo_id, validate_revision
+from wtours.hub.paths import REPO_TYPE, source_path
+from wtours.streams import DEFAULT_REVISION, hf_url, validate_repo_id, validate_revision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,8 +28,8 @@ MAX_RETRY_WAIT = 60.0
 
 @dataclass(frozen=True)
 class HubTarget:
-    """A dataset repo at a revision. `endpoint` and `token` default to huggingface_hub's own settings
-    (HF_ENDPOINT, and the token of `hf auth login` or HF_TOKEN)."""
+    """A Hub repo (a dataset's, or a model's for `push --model`) at a revision. `endpoint` and `token` default
+    to huggingface_hub's own settings (HF_ENDPOINT, and the token of `hf auth login` or HF_TOKEN)."""
 
     repo: str
     revision: str = DEFAULT_REVISION
@@ -83,10 +84,6 @@ def filesystem(target: HubTarget):
     """A fresh HfFileSystem: instances are cached per process, and a cached one may hold listings
     from before our own commits."""
     return require_hub().HfFileSystem(endpoint=target.endpoint, token=target.token, skip_instance_cache=True)
-
-
-def endpoint_of(target: HubTarget) -> str:
-    return api(target).endpoint
 
 
 def git_blob_id(data: bytes) -> str:
@@ -173,17 +170,11 @@ def remote_files(target: HubTarget, repo_type: str = REPO_TYPE) -> dict[str, Rem
             for item in hub.list_repo_tree(target.repo, path_in_repo=None, recursive=True,
                                            revision=target.revision, repo_type=repo_type):
                 if hasattr(item, "blob_id"):  # RepoFile (RepoFolder has tree_id)
-                    files[item.path] = RemoteFile(item.path, item.size, item.blob_id, _lfs_sha256(item.lfs))
+                    sha256 = item.lfs.sha256 if item.lfs else None  # BlobLfsInfo, made from the listing's "oid"
+                    files[item.path] = RemoteFile(item.path, item.size, item.blob_id, sha256)
         except EntryNotFoundError:
             return {}
     return files
-
-
-def _lfs_sha256(lfs: Any) -> str | None:
-    """BlobLfsInfo is a dict with attributes in huggingface_hub 0.x and 1.x+: read either."""
-    if not lfs:
-        return None
-    return lfs.get("sha256") if isinstance(lfs, dict) and "sha256" in lfs else getattr(lfs, "sha256", None)
 
 
 def read_remote(target: HubTarget, path: str, repo_type: str = REPO_TYPE) -> bytes:

@@ -23,7 +23,6 @@ from wtours.hub.client import (
     RemoteFile,
     api,
     client_bars,
-    endpoint_of,
     prepare_repo,
     read_remote,
     remote_files,
@@ -136,7 +135,7 @@ def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> P
     pushed = with_push_options(export, config.license, config.datasets)
     prepare_repo(target, MODEL_REPO_TYPE, config.private, config.dry_run, say)
     remote = model_files(target)
-    files = local_files(config.folder, pushed, target.repo, endpoint_of(target), changed=pushed is not export)
+    files = local_files(config.folder, pushed, target.repo, api(target).endpoint, changed=pushed is not export)
     uploads = []
     for file in files:
         if file.is_in(remote):
@@ -147,7 +146,7 @@ def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> P
                 say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
                 continue
         uploads.append(file)
-    summary = PushSummary(f"{endpoint_of(target)}/{target.repo}")
+    summary = PushSummary(f"{api(target).endpoint}/{target.repo}")
     if not uploads:  # the CLI's summary line says "up to date"
         return summary
     say(f"{target.repo}: to upload: " + ", ".join(f"{f.path} ({f.size / 1e6:.1f} MB)" for f in uploads))

@@ -25,7 +25,6 @@ from wtours.hub.client import (
     RemoteFile,
     api,
     client_bars,
-    endpoint_of,
     prepare_repo,
     read_remote,
     read_source_record,
@@ -116,7 +115,7 @@ class PushSummary:
 def set_metadata(local: LocalSet) -> list[tuple[str, bytes]]:
     """A set's files besides its shards, in commit order: its provenance, its wids descriptor (made from
     the index, so byte-identical to the local one) and, last, its index."""
-    return [(source_path(local.slug), provenance.encode(local.record)),
+    return [(source_path(local.slug), json_bytes(local.record)),  # canonical: an unchanged one is not sent again
             (wids_path(local.slug), json_bytes(local.index.wids_descriptor())),
             (index_path(local.slug), local.index_bytes)]
 
@@ -178,7 +177,7 @@ def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print)
                 f"`wtours blur-faces {slug} --out DIR` or `wtours shard --city {slug} --blur-faces --overwrite`")
         operations += ops
     operations += _card_operation(target, current, sets, remote, say)
-    summary = PushSummary(f"{endpoint_of(target)}/datasets/{target.repo}")
+    summary = PushSummary(f"{api(target).endpoint}/datasets/{target.repo}")
     if config.dry_run or not operations:
         return summary
     batches = batch_operations(operations, config.max_commit_files, config.max_commit_bytes)
@@ -210,7 +209,7 @@ def _card_operation(target: HubTarget, current: HubTarget, sets: dict[str, Local
     if CARD_FILE in remote and not is_generated(read_remote(current, CARD_FILE).decode("utf-8", "replace")):
         say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
         return []
-    data = render_card(target.repo, videos, endpoint_of(target), target.revision).encode("utf-8")
+    data = render_card(target.repo, videos, api(target).endpoint, target.revision).encode("utf-8")
     card = Upload(CARD_FILE, len(data), data=data)
     if card.is_in(remote):
         return []
