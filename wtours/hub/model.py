@@ -1,13 +1,11 @@
 """`wtours push --model DIR`: upload a `wtours export --format timm` folder to a Hub model repo, so
 `timm.create_model("hf-hub:USER/NAME", pretrained=True)` loads it (docs/models.md).
 
-Like the dataset push (wtours/hub/push.py): resumable by comparison (what the repo holds with the same
-sha256 or git blob id is not sent again), a dry run that changes nothing, a README written by someone
-else kept, the namespace checked before anything is created (a repo under someone else's name is
-refused, not attempted: wtours/hub/client.py's shared helpers), and the Hub's errors as one actionable
-line. Unlike it, the weights, config.json and card go up in one commit: the repo never pairs weights
-with another config. config.json is checked field by field before the card is rendered from it; a
---license or --dataset given to the push is written into the uploaded config.json and card."""
+Like the dataset push (push.py, and client.py's shared helpers): resumable by comparison, a dry run that
+changes nothing, a README written by someone else kept, the namespace checked before anything is created,
+the Hub's errors as one actionable line. Unlike it, the weights, config.json and card go up in one commit:
+the repo never pairs weights with another config. A --license or --dataset given to the push is written
+into the uploaded config.json and card."""
 
 from __future__ import annotations
 
@@ -101,16 +99,13 @@ def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str,
     """What the repo should hold: the weights, config.json and the card. A README.md the export wrote is
     rendered again for the repo (its loading line, links); one written by its owner goes up as it is.
     config.json goes up as the export wrote it, or as `config` when the push `changed` it."""
-    weights = folder / WEIGHTS_FILE
-    files = [Upload(WEIGHTS_FILE, weights.stat().st_size, local=weights)]
+    weights, card = folder / WEIGHTS_FILE, folder / CARD_FILE
     config_bytes = json_bytes(config) if changed else (folder / CONFIG_FILE).read_bytes()
-    files.append(Upload(CONFIG_FILE, len(config_bytes), data=config_bytes))
-    card = folder / CARD_FILE
     own = card.read_bytes() if card.is_file() else None
     if own is None or is_generated_model_card(own.decode("utf-8", "replace")):
         own = render_model_card(config, repo=repo, endpoint=endpoint).encode("utf-8")
-    files.append(Upload(CARD_FILE, len(own), data=own))
-    return files
+    return [Upload(WEIGHTS_FILE, weights.stat().st_size, local=weights),
+            Upload(CONFIG_FILE, len(config_bytes), data=config_bytes), Upload(CARD_FILE, len(own), data=own)]
 
 
 # ---------------------------------------------------------------------- the repo
@@ -136,26 +131,19 @@ def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> P
     prepare_repo(target, MODEL_REPO_TYPE, config.private, config.dry_run, say)
     remote = model_files(target)
     files = local_files(config.folder, pushed, target.repo, api(target).endpoint, changed=pushed is not export)
-    uploads = []
-    for file in files:
-        if file.is_in(remote):
-            continue
-        if file.path == CARD_FILE and CARD_FILE in remote:
-            theirs = read_remote(target, CARD_FILE, MODEL_REPO_TYPE).decode("utf-8", "replace")
-            if not is_generated_model_card(theirs):
-                say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
-                continue
-        uploads.append(file)
-    summary = PushSummary(f"{api(target).endpoint}/{target.repo}")
+    uploads = [f for f in files if not f.is_in(remote)]
+    if any(f.path == CARD_FILE for f in uploads) and CARD_FILE in remote and not is_generated_model_card(
+            read_remote(target, CARD_FILE, MODEL_REPO_TYPE).decode("utf-8", "replace")):
+        say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
+        uploads = [f for f in uploads if f.path != CARD_FILE]
+    url = f"{api(target).endpoint}/{target.repo}"
     if not uploads:  # the CLI's summary line says "up to date"
-        return summary
+        return PushSummary(url)
     say(f"{target.repo}: to upload: " + ", ".join(f"{f.path} ({f.size / 1e6:.1f} MB)" for f in uploads))
     if config.dry_run:
-        return summary
+        return PushSummary(url)
     _commit(target, uploads, config.progress)
-    summary.commits, summary.uploaded = 1, [f.path for f in uploads]
-    summary.bytes = sum(f.size for f in uploads)
-    return summary
+    return PushSummary(url, [f.path for f in uploads], bytes=sum(f.size for f in uploads), commits=1)
 
 
 def _commit(target: HubTarget, uploads: list[Upload], progress: bool) -> None:
