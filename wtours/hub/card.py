@@ -6,9 +6,8 @@ again. `wtours push` uploads it; `wtours card` writes the same card to a local f
 from __future__ import annotations
 
 import re
-import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,18 +131,11 @@ _DTYPES: dict[type, str] = {bool: "bool", int: "int64", float: "float64", str: "
 def sample_features() -> list[dict[str, Any]]:
     """A sample as `datasets` features (the card's YAML form): the JPEG as an image, the json as a
     struct of SampleMeta's fields (its one owner), and webdataset's `__key__` and `__url__`."""
-    hints = typing.get_type_hints(SampleMeta)
-    struct = [{"name": f.name, "dtype": _DTYPES[_plain_type(hints[f.name])]}
-              for f in sorted(fields(SampleMeta), key=lambda f: f.name)]  # the json's keys are sorted
+    # the json's keys are sorted; `str | None` is a string: a missing value is null in any Arrow type
+    struct = [{"name": name, "dtype": _DTYPES[next(t for t in typing.get_args(h) or (h,) if t is not type(None))]}
+              for name, h in sorted(typing.get_type_hints(SampleMeta).items())]
     return [{"name": "jpg", "dtype": "image"}, {"name": "json", "struct": struct},
             {"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
-
-
-def _plain_type(hint: Any) -> type:
-    """`str | None` -> str: a missing value is null in any Arrow type."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-    return hint
 
 
 def _intro(repo: str, videos: list[CardVideo]) -> str:

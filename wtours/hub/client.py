@@ -156,9 +156,6 @@ def client_bars(enabled: bool) -> Iterator[None]:
             enable_progress_bars()
 
 
-# ---------------------------------------------------------------------- reading
-
-
 def remote_files(target: HubTarget, repo_type: str = REPO_TYPE) -> dict[str, RemoteFile]:
     """The repo's files at the target's revision; {} when absent."""
     from huggingface_hub.errors import EntryNotFoundError

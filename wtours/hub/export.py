@@ -1,20 +1,11 @@
-"""`wtours export`: a checkpoint's backbone for use outside wtours (docs/models.md).
-
-Two formats:
-- `timm`: a folder that `timm.create_model("local-dir:DIR", pretrained=True)` (and, once pushed,
-  `"hf-hub:USER/NAME"`) loads: model.safetensors, config.json (timm's architecture, the ViT's sizes
-  as `model_args`, and `pretrained_cfg` with the normalisation and eval view the trainer used) and a
-  model card (README.md). config.json's "wtours" entry records where the weights came from (the run's
-  settings, step, k-NN results): `wtours push --model DIR` renders the Hub card from it.
+"""`wtours export`: a checkpoint's backbone for use outside wtours (docs/models.md), in one of two formats:
+- `timm`: a folder that `timm.create_model("local-dir:DIR", pretrained=True)` (once pushed, "hf-hub:USER/NAME")
+  loads: model.safetensors, config.json (timm's architecture, the ViT's sizes as `model_args`, `pretrained_cfg`
+  with the trainer's normalisation and eval view, and a "wtours" entry saying where the weights came from,
+  which the model card is rendered from) and the card (README.md);
 - `pth`: the backbone's state dict alone (torch.save), for `model.load_state_dict` by hand.
-
-Without --format the format follows --out: NAME.pth / NAME.pt is `pth`, any other name (a folder,
-dots and all: venice-vits16-v0.1) is `timm`; a weights-file suffix (.safetensors, .bin, .ckpt, ...)
-that no format writes, or one that contradicts the format, is refused. --out is a local path: a URL
-is refused (it would become a folder named `s3:`).
-
-The run's settings are made public once, here (card.public_settings: no credentials, local paths
-cut to their last part); config.json holds them so, and the card is rendered from config.json."""
+Without --format, --out's name picks it (resolve_format). The run's settings are made public once, here
+(model_card.public_settings: no credentials, local paths cut to their last part)."""
 
 from __future__ import annotations
 
@@ -75,11 +66,10 @@ GENERIC_TIMM_VIT = "vit_tiny_patch16_224"
 EVAL_RESIZE, EVAL_CROP = 256, 224
 
 
-# ---------------------------------------------------------------------- --format and --out
-
-
 def resolve_format(out: str | os.PathLike, format_: str | None) -> str:
-    """The export format: the one given, checked against --out's suffix, or the one --out's suffix names."""
+    """The export format: the one given, checked against --out's suffix, or the one --out's suffix names
+    (NAME.pth / NAME.pt: `pth`; any other name, dots and all, is a `timm` folder). --out is a local path:
+    a URL would become a folder named `s3:`."""
     if is_url(str(out)):
         raise UsageError(f"--out {out!r} is a URL; `wtours export` writes a local folder or file",
                           "export to a local path, then publish it: `wtours push --model DIR --repo USER/NAME` "
@@ -125,9 +115,6 @@ def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, 
     out = Path(out)
     replace_atomically(out, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
     return out
-
-
-# ---------------------------------------------------------------------- --format timm
 
 
 @dataclass(frozen=True)
@@ -258,9 +245,6 @@ def pulled_datasets(train: Any) -> list[dict[str, Any]]:
         except (WtoursError, ValueError, OSError):
             continue
     return entries
-
-
-# ---------------------------------------------------------------------- provenance
 
 
 def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, geometry: Geometry,

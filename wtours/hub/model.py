@@ -57,9 +57,6 @@ class ModelPushConfig:
     datasets: tuple[tuple[str, str | None], ...] = ()  # (USER/NAME, revision) added to the export's
 
 
-# ---------------------------------------------------------------------- the local folder
-
-
 def read_export(folder: Path) -> dict[str, Any]:
     """The folder's config.json, checked to be an export's, with the weights beside it."""
     if not folder.is_dir():
@@ -108,9 +105,6 @@ def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str,
             Upload(CONFIG_FILE, len(config_bytes), data=config_bytes), Upload(CARD_FILE, len(own), data=own)]
 
 
-# ---------------------------------------------------------------------- the repo
-
-
 def model_files(target: HubTarget) -> dict[str, RemoteFile]:
     """The repo's files at the target's revision; {} for a repo or branch that does not exist yet."""
     hub = api(target)
@@ -119,9 +113,6 @@ def model_files(target: HubTarget) -> dict[str, RemoteFile]:
                 and hub.revision_exists(target.repo, target.revision, repo_type=MODEL_REPO_TYPE)):
             return {}  # not there yet (a dry run's repo or branch)
     return remote_files(target, repo_type=MODEL_REPO_TYPE)
-
-
-# ---------------------------------------------------------------------- push
 
 
 def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> PushSummary:

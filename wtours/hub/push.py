@@ -1,11 +1,10 @@
 """`wtours push`: upload shard sets, their index, wids descriptor and provenance, and the dataset card
-to a Hub dataset repo.
-
-Resumable by comparison, not by local state: what the repo already holds with the index's sha256 (LFS
-files) or git blob id (regular files) is skipped, so a rerun uploads only what is missing or changed.
-Files go up in commits of at most `max_commit_files` files / `max_commit_bytes` bytes, each set's
-index.json (and wids descriptor) in the commit with (or after) its last shard: the repo never has an
-index naming a shard it lacks, and when shards are replaced the old index is removed first."""
+to a Hub dataset repo. Resumable by comparison, not by local state: what the repo already holds with
+the index's sha256 (LFS files) or git blob id (regular files) is skipped, so a rerun uploads only what
+is missing or changed. Files go up in commits of at most `max_commit_files` files / `max_commit_bytes`
+bytes, each set's index.json (and wids descriptor) in the commit with (or after) its last shard: the
+repo never has an index naming a shard it lacks, and when shards are replaced the old index is removed
+first. The plan (plan_set, batch_operations) is made without the network."""
 
 from __future__ import annotations
 
@@ -109,9 +108,6 @@ class PushSummary:
                 f"commit{'s' if self.commits != 1 else ''}: {self.repo_url}")
 
 
-# ---------------------------------------------------------------------- planning (no network)
-
-
 def set_metadata(local: LocalSet) -> list[tuple[str, bytes]]:
     """A set's files besides its shards, in commit order: its provenance, its wids descriptor (made from
     the index, so byte-identical to the local one) and, last, its index."""
@@ -157,9 +153,6 @@ def batch_operations(operations: list[Operation], max_files: int, max_bytes: int
         uploaded = {op.path for op in ops if isinstance(op, Upload)}
         batches[i] = [op for op in ops if not (isinstance(op, Delete) and op.path in uploaded)]
     return batches
-
-
-# ---------------------------------------------------------------------- push
 
 
 def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print) -> PushSummary:
