@@ -142,24 +142,13 @@ def timm_config(geometry: Geometry, provenance: dict[str, Any]) -> dict[str, Any
     """config.json as timm's `save_config_for_hf` writes it, read by its `local-dir:` / `hf-hub:` loaders:
     no classifier (num_classes 0: the model returns the [CLS] feature), and the trainer's normalisation."""
     return {
-        "architecture": geometry.timm_name,
-        "num_classes": 0,
-        "num_features": geometry.embed_dim,
-        "global_pool": "token",
-        "model_args": geometry.model_args(),
+        "architecture": geometry.timm_name, "num_classes": 0, "num_features": geometry.embed_dim,
+        "global_pool": "token", "model_args": geometry.model_args(),
         "pretrained_cfg": {
-            "input_size": [3, geometry.img_size, geometry.img_size],
-            "fixed_input_size": True,
-            "interpolation": "bicubic",
-            "crop_pct": EVAL_CROP / EVAL_RESIZE,
-            "crop_mode": "center",
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "num_classes": 0,
-            "pool_size": None,
-            "first_conv": "patch_embed.proj",
-            "classifier": "head",
-            "custom_load": False,
+            "input_size": [3, geometry.img_size, geometry.img_size], "fixed_input_size": True,
+            "interpolation": "bicubic", "crop_pct": EVAL_CROP / EVAL_RESIZE, "crop_mode": "center",
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": 0, "pool_size": None,
+            "first_conv": "patch_embed.proj", "classifier": "head", "custom_load": False,
         },
         EXPORT_KEY: provenance,
     }

@@ -231,11 +231,8 @@ def _code(text: Any) -> str:
 
 def _front_matter(datasets: list[tuple[str, str | None]], license_: str) -> str:
     meta: dict[str, Any] = {
-        "library_name": "timm",
-        "license": license_,
-        "pipeline_tag": "image-feature-extraction",
-        "tags": ["timm", "vision-transformer", "self-supervised-learning", "dora", "walking-tours", "wtours"],
-    }
+        "library_name": "timm", "license": license_, "pipeline_tag": "image-feature-extraction",
+        "tags": ["timm", "vision-transformer", "self-supervised-learning", "dora", "walking-tours", "wtours"]}
     if datasets:
         meta["datasets"] = [repo for repo, _ in datasets]
     return f"---\n{yaml.safe_dump(meta, sort_keys=False).strip()}\n---"

@@ -144,11 +144,9 @@ def batch_operations(operations: list[Operation], max_files: int, max_bytes: int
     path in one commit are just the upload."""
     batches: list[list[Operation]] = []
     for op in operations:
-        current = batches[-1] if batches else None
-        if current is None or len(current) >= max_files or sum(o.size for o in current) + op.size > max_bytes:
-            batches.append([op])
-        else:
-            current.append(op)
+        if not batches or len(batches[-1]) >= max_files or sum(o.size for o in batches[-1]) + op.size > max_bytes:
+            batches.append([])
+        batches[-1].append(op)
     for i, ops in enumerate(batches):
         uploaded = {op.path for op in ops if isinstance(op, Upload)}
         batches[i] = [op for op in ops if not (isinstance(op, Delete) and op.path in uploaded)]

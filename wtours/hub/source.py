@@ -30,8 +30,7 @@ def source_record(layout: Layout, slug: str) -> dict[str, Any] | None:
         return pulled
     entry = load_manifest().get(slug)
     if entry:
-        source = dict.fromkeys(SOURCE_KEYS)
-        source.update(url=entry.url, id=entry.youtube_id, license=entry.license)
+        source = {**dict.fromkeys(SOURCE_KEYS), "url": entry.url, "id": entry.youtube_id, "license": entry.license}
         return {"slug": slug, "city": entry.city, "kind": entry.kind, "source": source, "video": None}
     return None
 
