@@ -94,16 +94,6 @@ def git_blob_id(data: bytes) -> str:
 # ---------------------------------------------------------------------- shared by the dataset and model pushes
 
 
-def same_content(remote: RemoteFile | None, size: int, sha256: Callable[[], str], read: Callable[[], bytes]) -> bool:
-    """Whether the repo already holds this content: same size, then the LFS sha256 where the Hub has one,
-    else git's blob id (a small file stored as a regular file). The content is hashed only if needed."""
-    if remote is None or remote.size != size:
-        return False
-    if remote.sha256:
-        return remote.sha256 == sha256()
-    return remote.blob_id == git_blob_id(read())
-
-
 def check_namespace(target: HubTarget) -> None:
     """Refuse a repo outside the logged-in user's namespace and organisations, before anything is created
     (the Hub would refuse the creation with a less helpful 403, or a commit to someone's open repo)."""

@@ -24,11 +24,11 @@ from wtours.hub.client import (
     RemoteFile,
     api,
     client_bars,
+    git_blob_id,
     prepare_repo,
     read_remote,
     read_source_record,
     remote_files,
-    same_content,
     with_retries,
 )
 from wtours.hub.paths import (
@@ -73,14 +73,17 @@ class Upload:
         return str(self.local) if self.local is not None else self.data or b""
 
     def is_in(self, remote: dict[str, RemoteFile]) -> bool:
-        """Whether the repo holds this content already (`same_content`); a shard's sha256 is its index's,
-        checked again when it is uploaded (_check_checksum)."""
-        data, local = self.data, self.local or Path()
-        if data is not None:
-            return same_content(remote.get(self.path), self.size, lambda: hashlib.sha256(data).hexdigest(),
-                                lambda: data)
-        return same_content(remote.get(self.path), self.size, lambda: self.sha256 or sha256_file(local),
-                            local.read_bytes)
+        """Whether the repo already holds this content: same size, then the LFS sha256 where the Hub has one
+        (a shard's is its index's, checked again when it is uploaded: _check_checksum), else git's blob id
+        (a small file stored as a regular file). The content is hashed only if needed."""
+        theirs, data, local = remote.get(self.path), self.data, self.local or Path()
+        if theirs is None or theirs.size != self.size:
+            return False
+        if theirs.sha256 and self.sha256:
+            return theirs.sha256 == self.sha256
+        if theirs.sha256:
+            return theirs.sha256 == (hashlib.sha256(data).hexdigest() if data is not None else sha256_file(local))
+        return theirs.blob_id == git_blob_id(data if data is not None else local.read_bytes())
 
 
 @dataclass(frozen=True)
