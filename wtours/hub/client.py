@@ -113,8 +113,7 @@ def check_namespace(target: HubTarget) -> None:
 
 def prepare_repo(target: HubTarget, repo_type: str, private: bool, dry_run: bool, say: Callable[[str], None]) -> None:
     """Check the namespace (a dry run without a login just reads) and, unless a dry run, create the repo
-    (private if asked) and the target's branch, if missing; an existing public repo stays public, with a
-    warning."""
+    (private if asked) and the target's branch if missing; an existing public repo stays public, warned."""
     if not dry_run or has_token(target.token):
         check_namespace(target)
     if dry_run:

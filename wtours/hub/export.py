@@ -156,11 +156,10 @@ def timm_config(geometry: Geometry, provenance: dict[str, Any]) -> dict[str, Any
 
 def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher",
                 license_: str = DEFAULT_LICENSE, datasets: tuple[str, ...] = ()) -> Path:
-    """--format timm: DIR/model.safetensors, DIR/config.json and DIR/README.md.
-
-    config.json goes last and an earlier export's config.json is removed first, so the folder never
-    pairs new weights with another model's config (timm refuses a folder without one). A README.md
-    not written by wtours is kept; a config.json not written by `wtours export` refuses the folder."""
+    """--format timm: DIR/model.safetensors, DIR/config.json and DIR/README.md. config.json goes last and
+    an earlier export's config.json is removed first, so the folder never pairs new weights with another
+    model's config (timm refuses a folder without one). A README.md not written by wtours is kept; a
+    config.json not written by `wtours export` refuses the folder."""
     check_license(license_)
     named = dataset_entries([parse_dataset(d) for d in datasets])
     out = Path(out)
@@ -183,7 +182,10 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
         provenance["datasets"] = dataset_entries([(d["repo"], d["revision"]) for d in [*named, *pulled]])
     config = timm_config(geometry, provenance)
 
-    save_file = _safetensors_writer()
+    try:
+        from safetensors.torch import save_file
+    except ImportError as e:
+        raise WtoursError("--format timm needs the safetensors package", "pip install safetensors") from e
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).unlink(missing_ok=True)
     replace_atomically(out / WEIGHTS_FILE, lambda tmp: _save_readable(save_file, state, tmp))
@@ -192,14 +194,6 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
         write_bytes_atomic(card, render_model_card(config, repo=None, folder=out.name).encode("utf-8"))
     write_json_atomic(out / CONFIG_FILE, config)
     return out
-
-
-def _safetensors_writer():
-    try:
-        from safetensors.torch import save_file
-    except ImportError as e:
-        raise WtoursError("--format timm needs the safetensors package", "pip install safetensors") from e
-    return save_file
 
 
 def _save_readable(save_file, state: dict[str, torch.Tensor], tmp: Path) -> None:

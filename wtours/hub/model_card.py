@@ -194,8 +194,8 @@ def check_license(license_: str) -> str:
 def public_settings(train: dict[str, Any]) -> dict[str, Any]:
     """The run's settings as a public card and config.json show them, made once at export: credentials in
     any value (a `pipe:curl -H 'Authorization: ...'` or `https://user:password@` shard spec, a token in a
-    query) replaced by *** (wtours.redact), and local paths (--out, --root, --knn-*,
-    --init-from, local --shards) cut to their last part."""
+    query) replaced by *** (wtours.redact), and local paths (--out, --root, --knn-*, --init-from, local
+    --shards) cut to their last part."""
 
     def clean(value: Any) -> Any:
         if isinstance(value, str):
