@@ -6,28 +6,19 @@ again. `wtours push` uploads it; `wtours card` writes the same card to a local f
 from __future__ import annotations
 
 import re
-import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wtours.citation import ARXIV_ID, ARXIV_URL, BIBTEX, PAPER_TITLE, PAPER_VENUE, PAPER_YEAR
 from wtours.errors import UsageError
-from wtours.hub.paths import (
-    CARD_FILE,
-    DEFAULT_REVISION,
-    REPO_TYPE,
-    SOURCE_FILE,
-    shard_pattern,
-    shard_spec,
-    validate_repo_id,
-    validate_revision,
-)
-from wtours.layout import INDEX_FILE, WIDS_SUFFIX, Layout, write_bytes_atomic
+from wtours.hub.paths import CARD_FILE, REPO_TYPE, shard_pattern, shard_spec
+from wtours.layout import INDEX_FILE, SOURCE_FILE, WIDS_SUFFIX, Layout, write_bytes_atomic
 from wtours.manifest import load_manifest
 from wtours.shard.index import ShardIndex
 from wtours.shard.writer import SampleMeta
+from wtours.streams import DEFAULT_REVISION, validate_repo_id, validate_revision
 from wtours.units import format_duration, format_size
 
 CARD_LICENSE = "cc-by-4.0"  # when every video is CC BY; otherwise "other", and each video's own licence rules
@@ -127,7 +118,8 @@ def _front_matter(videos: list[CardVideo]) -> str:
                                else {"license": "other", "license_name": MIXED_LICENSE_NAME})
     data = DatasetCardData(
         **licence, pretty_name="Walking Tours frames (wtours shards)",
-        task_categories=["image-feature-extraction"], size_categories=[_size_category(frames)],
+        task_categories=["image-feature-extraction"],
+        size_categories=[next((name for limit, name in SIZE_CATEGORIES if frames < limit), "n>1T")],
         tags=["webdataset", "video", "self-supervised-learning", "walking-tours", "dora", f"arxiv:{ARXIV_ID}"],
         configs=configs, dataset_info=info)
     return f"---\n{data.to_yaml()}\n---"
@@ -139,22 +131,11 @@ _DTYPES: dict[type, str] = {bool: "bool", int: "int64", float: "float64", str: "
 def sample_features() -> list[dict[str, Any]]:
     """A sample as `datasets` features (the card's YAML form): the JPEG as an image, the json as a
     struct of SampleMeta's fields (its one owner), and webdataset's `__key__` and `__url__`."""
-    hints = typing.get_type_hints(SampleMeta)
-    struct = [{"name": f.name, "dtype": _DTYPES[_plain_type(hints[f.name])]}
-              for f in sorted(fields(SampleMeta), key=lambda f: f.name)]  # the json's keys are sorted
+    # the json's keys are sorted; `str | None` is a string: a missing value is null in any Arrow type
+    struct = [{"name": name, "dtype": _DTYPES[next(t for t in typing.get_args(h) or (h,) if t is not type(None))]}
+              for name, h in sorted(typing.get_type_hints(SampleMeta).items())]
     return [{"name": "jpg", "dtype": "image"}, {"name": "json", "struct": struct},
             {"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
-
-
-def _plain_type(hint: Any) -> type:
-    """`str | None` -> str: a missing value is null in any Arrow type."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-    return hint
-
-
-def _size_category(frames: int) -> str:
-    return next((name for limit, name in SIZE_CATEGORIES if frames < limit), "n>1T")
 
 
 def _intro(repo: str, videos: list[CardVideo]) -> str:
@@ -205,10 +186,8 @@ def _sampling(videos: list[CardVideo]) -> str:
     for v in videos:
         p = v.index.params
         end = "the end" if p.end is None else f"{p.end:g} s"
-        span = f"{p.start:g} s to {end}"
-        per_shard = f"{p.samples_per_shard} ({p.samples_per_shard / p.fps:g} s)"
-        rows.append(f"| `{v.slug}` | {p.fps:g} | {p.short_side} px | {p.quality} | {per_shard} | "
-                    f"{p.blank_threshold:g} | {span} |")
+        rows.append(f"| `{v.slug}` | {p.fps:g} | {p.short_side} px | {p.quality} | {p.samples_per_shard} "
+                    f"({p.samples_per_shard / p.fps:g} s) | {p.blank_threshold:g} | {p.start:g} s to {end} |")
     return """## How the frames were sampled
 
 Each video was decoded once with ffmpeg on a grid of `fps` cells per second: a cell's sample is the first
@@ -262,12 +241,11 @@ plates**, and may show shop signs, screens and house numbers.
 def _contents(videos: list[CardVideo]) -> str:
     rows = []
     for v in videos:
-        video, index = v.index.video, v.index
-        dropped = index.dropped.get("blank", 0)
+        index, video = v.index, v.index.video
         stopped = "" if index.complete else f" (decoded to {index.decoded_until or 0:.0f} s)"
-        source = f"{video.width}x{video.height} @ {video.fps:.2f} fps"
-        rows.append(f"| `{v.slug}` | {format_duration(video.duration)}{stopped} | {source} | {index.samples:,} | "
-                    f"{dropped:,} | {len(index.shards)} | {format_size(v.bytes)} |")
+        rows.append(f"| `{v.slug}` | {format_duration(video.duration)}{stopped} | {video.width}x{video.height} @ "
+                    f"{video.fps:.2f} fps | {index.samples:,} | {index.dropped.get('blank', 0):,} | "
+                    f"{len(index.shards)} | {format_size(v.bytes)} |")
     total = (f"| **total** | | | {sum(v.index.samples for v in videos):,} | "
              f"{sum(v.index.dropped.get('blank', 0) for v in videos):,} | "
              f"{sum(len(v.index.shards) for v in videos)} | {format_size(sum(v.bytes for v in videos))} |")
@@ -294,11 +272,10 @@ Each sample is one frame: `<video>-<frame:08d>.jpg` and `<video>-<frame:08d>.jso
 
 
 def _loading(repo: str, videos: list[CardVideo], endpoint: str, revision: str) -> str:
-    v = videos[0] if videos else None
-    slug = v.slug if v else "venice"
-    pattern = (shard_pattern(slug, v.shard_names) if v else None) or f"{slug}/{slug}-000000.tar"
+    slug, names = (videos[0].slug, videos[0].shard_names) if videos else ("venice", [])
+    pattern = shard_pattern(slug, names) or f"{slug}/{slug}-000000.tar"
     base = f"{endpoint.rstrip('/')}/datasets/{repo}/resolve/{revision}"
-    spec = shard_spec(repo, slug, v.shard_names if v else [], revision)
+    spec = shard_spec(repo, slug, names, revision)
     rev = "" if revision == DEFAULT_REVISION else f", revision=\"{revision}\""
     rev_flag = "" if revision == DEFAULT_REVISION else f" --revision {revision}"
     return f"""## How to load it

@@ -1,20 +1,11 @@
-"""`wtours export`: a checkpoint's backbone for use outside wtours (docs/models.md).
-
-Two formats:
-- `timm`: a folder that `timm.create_model("local-dir:DIR", pretrained=True)` (and, once pushed,
-  `"hf-hub:USER/NAME"`) loads: model.safetensors, config.json (timm's architecture, the ViT's sizes
-  as `model_args`, and `pretrained_cfg` with the normalisation and eval view the trainer used) and a
-  model card (README.md). config.json's "wtours" entry records where the weights came from (the run's
-  settings, step, k-NN results): `wtours push --model DIR` renders the Hub card from it.
+"""`wtours export`: a checkpoint's backbone for use outside wtours (docs/models.md), in one of two formats:
+- `timm`: a folder that `timm.create_model("local-dir:DIR", pretrained=True)` (once pushed, "hf-hub:USER/NAME")
+  loads: model.safetensors, config.json (timm's architecture, the ViT's sizes as `model_args`, `pretrained_cfg`
+  with the trainer's normalisation and eval view, and a "wtours" entry saying where the weights came from,
+  which the model card is rendered from) and the card (README.md);
 - `pth`: the backbone's state dict alone (torch.save), for `model.load_state_dict` by hand.
-
-Without --format the format follows --out: NAME.pth / NAME.pt is `pth`, any other name (a folder,
-dots and all: venice-vits16-v0.1) is `timm`; a weights-file suffix (.safetensors, .bin, .ckpt, ...)
-that no format writes, or one that contradicts the format, is refused. --out is a local path: a URL
-is refused (it would become a folder named `s3:`).
-
-The run's settings are made public once, here (card.public_settings: no credentials, local paths
-cut to their last part); config.json holds them so, and the card is rendered from config.json."""
+Without --format, --out's name picks it (resolve_format). The run's settings are made public once, here
+(model_card.public_settings: no credentials, local paths cut to their last part)."""
 
 from __future__ import annotations
 
@@ -75,11 +66,10 @@ GENERIC_TIMM_VIT = "vit_tiny_patch16_224"
 EVAL_RESIZE, EVAL_CROP = 256, 224
 
 
-# ---------------------------------------------------------------------- --format and --out
-
-
 def resolve_format(out: str | os.PathLike, format_: str | None) -> str:
-    """The export format: the one given, checked against --out's suffix, or the one --out's suffix names."""
+    """The export format: the one given, checked against --out's suffix, or the one --out's suffix names
+    (NAME.pth / NAME.pt: `pth`; any other name, dots and all, is a `timm` folder). --out is a local path:
+    a URL would become a folder named `s3:`."""
     if is_url(str(out)):
         raise UsageError(f"--out {out!r} is a URL; `wtours export` writes a local folder or file",
                           "export to a local path, then publish it: `wtours push --model DIR --repo USER/NAME` "
@@ -127,9 +117,6 @@ def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, 
     return out
 
 
-# ---------------------------------------------------------------------- --format timm
-
-
 @dataclass(frozen=True)
 class Geometry:
     """The ViT's sizes, as timm's VisionTransformer takes them."""
@@ -155,24 +142,13 @@ def timm_config(geometry: Geometry, provenance: dict[str, Any]) -> dict[str, Any
     """config.json as timm's `save_config_for_hf` writes it, read by its `local-dir:` / `hf-hub:` loaders:
     no classifier (num_classes 0: the model returns the [CLS] feature), and the trainer's normalisation."""
     return {
-        "architecture": geometry.timm_name,
-        "num_classes": 0,
-        "num_features": geometry.embed_dim,
-        "global_pool": "token",
-        "model_args": geometry.model_args(),
+        "architecture": geometry.timm_name, "num_classes": 0, "num_features": geometry.embed_dim,
+        "global_pool": "token", "model_args": geometry.model_args(),
         "pretrained_cfg": {
-            "input_size": [3, geometry.img_size, geometry.img_size],
-            "fixed_input_size": True,
-            "interpolation": "bicubic",
-            "crop_pct": EVAL_CROP / EVAL_RESIZE,
-            "crop_mode": "center",
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "num_classes": 0,
-            "pool_size": None,
-            "first_conv": "patch_embed.proj",
-            "classifier": "head",
-            "custom_load": False,
+            "input_size": [3, geometry.img_size, geometry.img_size], "fixed_input_size": True,
+            "interpolation": "bicubic", "crop_pct": EVAL_CROP / EVAL_RESIZE, "crop_mode": "center",
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": 0, "pool_size": None,
+            "first_conv": "patch_embed.proj", "classifier": "head", "custom_load": False,
         },
         EXPORT_KEY: provenance,
     }
@@ -180,11 +156,10 @@ def timm_config(geometry: Geometry, provenance: dict[str, Any]) -> dict[str, Any
 
 def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher",
                 license_: str = DEFAULT_LICENSE, datasets: tuple[str, ...] = ()) -> Path:
-    """--format timm: DIR/model.safetensors, DIR/config.json and DIR/README.md.
-
-    config.json goes last and an earlier export's config.json is removed first, so the folder never
-    pairs new weights with another model's config (timm refuses a folder without one). A README.md
-    not written by wtours is kept; a config.json not written by `wtours export` refuses the folder."""
+    """--format timm: DIR/model.safetensors, DIR/config.json and DIR/README.md. config.json goes last and
+    an earlier export's config.json is removed first, so the folder never pairs new weights with another
+    model's config (timm refuses a folder without one). A README.md not written by wtours is kept; a
+    config.json not written by `wtours export` refuses the folder."""
     check_license(license_)
     named = dataset_entries([parse_dataset(d) for d in datasets])
     out = Path(out)
@@ -207,7 +182,10 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
         provenance["datasets"] = dataset_entries([(d["repo"], d["revision"]) for d in [*named, *pulled]])
     config = timm_config(geometry, provenance)
 
-    save_file = _safetensors_writer()
+    try:
+        from safetensors.torch import save_file
+    except ImportError as e:
+        raise WtoursError("--format timm needs the safetensors package", "pip install safetensors") from e
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).unlink(missing_ok=True)
     replace_atomically(out / WEIGHTS_FILE, lambda tmp: _save_readable(save_file, state, tmp))
@@ -216,14 +194,6 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
         write_bytes_atomic(card, render_model_card(config, repo=None, folder=out.name).encode("utf-8"))
     write_json_atomic(out / CONFIG_FILE, config)
     return out
-
-
-def _safetensors_writer():
-    try:
-        from safetensors.torch import save_file
-    except ImportError as e:
-        raise WtoursError("--format timm needs the safetensors package", "pip install safetensors") from e
-    return save_file
 
 
 def _save_readable(save_file, state: dict[str, torch.Tensor], tmp: Path) -> None:
@@ -258,9 +228,6 @@ def pulled_datasets(train: Any) -> list[dict[str, Any]]:
         except (WtoursError, ValueError, OSError):
             continue
     return entries
-
-
-# ---------------------------------------------------------------------- provenance
 
 
 def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, geometry: Geometry,

@@ -1,38 +1,29 @@
 """`wtours push --model DIR`: upload a `wtours export --format timm` folder to a Hub model repo, so
 `timm.create_model("hf-hub:USER/NAME", pretrained=True)` loads it (docs/models.md).
 
-Like the dataset push (wtours/hub/push.py): resumable by comparison (what the repo holds with the same
-sha256 or git blob id is not sent again), a dry run that changes nothing, a README written by someone
-else kept, the namespace checked before anything is created (a repo under someone else's name is
-refused, not attempted: wtours/hub/client.py's shared helpers), and the Hub's errors as one actionable
-line. Unlike it, the weights, config.json and card go up in one commit: the repo never pairs weights
-with another config. config.json is checked field by field before the card is rendered from it; a
---license or --dataset given to the push is written into the uploaded config.json and card."""
+Like the dataset push (push.py, and client.py's shared helpers): resumable by comparison, a dry run that
+changes nothing, a README written by someone else kept, the namespace checked before anything is created,
+the Hub's errors as one actionable line. Unlike it, the weights, config.json and card go up in one commit:
+the repo never pairs weights with another config. A --license or --dataset given to the push is written
+into the uploaded config.json and card."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from wtours.errors import UsageError, WtoursError
-from wtours.hfclient import has_token, hub_errors
+from wtours.hfclient import hub_errors
 from wtours.hub.client import (
     HubTarget,
     RemoteFile,
     api,
-    check_namespace,
     client_bars,
-    endpoint_of,
-    filesystem,
-    git_blob_id,
     prepare_repo,
+    read_remote,
     remote_files,
-    same_content,
     with_retries,
 )
 from wtours.hub.model_card import (
@@ -48,8 +39,8 @@ from wtours.hub.model_card import (
     public_settings,
     render_model_card,
 )
-from wtours.hub.push import PushSummary
-from wtours.layout import json_bytes, read_json, sha256_file
+from wtours.hub.push import PushSummary, Upload
+from wtours.layout import json_bytes, read_json
 
 MODEL_REPO_TYPE = "model"
 EXPORT_HINT = "make one with `wtours export CHECKPOINT --out DIR` (--format timm, the default for a folder name)"
@@ -64,25 +55,6 @@ class ModelPushConfig:
     progress: bool = True
     license: str | None = None  # replaces the export's (`wtours push --model --license`)
     datasets: tuple[tuple[str, str | None], ...] = ()  # (USER/NAME, revision) added to the export's
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    path: str  # in the repo
-    size: int
-    local: Path | None = None  # the weights, sent from disk
-    data: bytes | None = None  # config.json, the card
-
-    def sha256(self) -> str:
-        if self.data is not None:
-            return hashlib.sha256(self.data).hexdigest()
-        return sha256_file(self.local or Path())
-
-    def blob_id(self) -> str:
-        return git_blob_id(self.data if self.data is not None else (self.local or Path()).read_bytes())
-
-
-# ---------------------------------------------------------------------- the local folder
 
 
 def read_export(folder: Path) -> dict[str, Any]:
@@ -120,99 +92,60 @@ def with_push_options(config: dict[str, Any], license_: str | None,
 
 
 def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str,
-                changed: bool = False) -> list[ModelFile]:
+                changed: bool = False) -> list[Upload]:
     """What the repo should hold: the weights, config.json and the card. A README.md the export wrote is
     rendered again for the repo (its loading line, links); one written by its owner goes up as it is.
     config.json goes up as the export wrote it, or as `config` when the push `changed` it."""
-    weights = folder / WEIGHTS_FILE
-    files = [ModelFile(WEIGHTS_FILE, weights.stat().st_size, local=weights)]
+    weights, card = folder / WEIGHTS_FILE, folder / CARD_FILE
     config_bytes = json_bytes(config) if changed else (folder / CONFIG_FILE).read_bytes()
-    files.append(ModelFile(CONFIG_FILE, len(config_bytes), data=config_bytes))
-    card = folder / CARD_FILE
     own = card.read_bytes() if card.is_file() else None
     if own is None or is_generated_model_card(own.decode("utf-8", "replace")):
         own = render_model_card(config, repo=repo, endpoint=endpoint).encode("utf-8")
-    files.append(ModelFile(CARD_FILE, len(own), data=own))
-    return files
-
-
-# ---------------------------------------------------------------------- the repo
+    return [Upload(WEIGHTS_FILE, weights.stat().st_size, local=weights),
+            Upload(CONFIG_FILE, len(config_bytes), data=config_bytes), Upload(CARD_FILE, len(own), data=own)]
 
 
 def model_files(target: HubTarget) -> dict[str, RemoteFile]:
     """The repo's files at the target's revision; {} for a repo or branch that does not exist yet."""
-    with hub_errors(f"{target.repo}@{target.revision}", target):
-        if not _exists(target):  # not there yet (a dry run's repo or branch)
-            return {}
-    return remote_files(target, repo_type=MODEL_REPO_TYPE)
-
-
-def _exists(target: HubTarget) -> bool:
     hub = api(target)
-    return (hub.repo_exists(target.repo, repo_type=MODEL_REPO_TYPE)
-            and hub.revision_exists(target.repo, target.revision, repo_type=MODEL_REPO_TYPE))
-
-
-def read_model_file(target: HubTarget, path: str) -> bytes:
-    at = "" if target.revision == "main" else "@" + quote(target.revision, safe="")
-    with hub_errors(f"{target.repo}/{path}", target):
-        with filesystem(target).open(f"{target.repo}{at}/{path}", "rb", block_size=0) as f:
-            return f.read()
-
-
-def same_file(remote: RemoteFile | None, local: ModelFile) -> bool:
-    return same_content(remote, local.size, local.sha256, local.blob_id)
-
-
-# ---------------------------------------------------------------------- push
+    with hub_errors(f"{target.repo}@{target.revision}", target):
+        if not (hub.repo_exists(target.repo, repo_type=MODEL_REPO_TYPE)
+                and hub.revision_exists(target.repo, target.revision, repo_type=MODEL_REPO_TYPE)):
+            return {}  # not there yet (a dry run's repo or branch)
+    return remote_files(target, repo_type=MODEL_REPO_TYPE)
 
 
 def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> PushSummary:
     target = config.target
     export = read_export(config.folder)
     pushed = with_push_options(export, config.license, config.datasets)
-    hub = api(target)
-    url = f"{hub.endpoint}/{target.repo}"
-    if not config.dry_run or has_token(target.token):  # a dry run without a login just reads
-        check_namespace(target)
-    if not config.dry_run:
-        prepare_repo(target, MODEL_REPO_TYPE, config.private, say)
+    prepare_repo(target, MODEL_REPO_TYPE, config.private, config.dry_run, say)
     remote = model_files(target)
-    files = local_files(config.folder, pushed, target.repo, endpoint_of(target), changed=pushed is not export)
-    uploads = []
-    for file in files:
-        if same_file(remote.get(file.path), file):
-            continue
-        if file.path == CARD_FILE and CARD_FILE in remote:
-            theirs = read_model_file(target, CARD_FILE).decode("utf-8", "replace")
-            if not is_generated_model_card(theirs):
-                say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
-                continue
-        uploads.append(file)
-    summary = PushSummary(url)
+    files = local_files(config.folder, pushed, target.repo, api(target).endpoint, changed=pushed is not export)
+    uploads = [f for f in files if not f.is_in(remote)]
+    if any(f.path == CARD_FILE for f in uploads) and CARD_FILE in remote and not is_generated_model_card(
+            read_remote(target, CARD_FILE, MODEL_REPO_TYPE).decode("utf-8", "replace")):
+        say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
+        uploads = [f for f in uploads if f.path != CARD_FILE]
+    url = f"{api(target).endpoint}/{target.repo}"
     if not uploads:  # the CLI's summary line says "up to date"
-        return summary
+        return PushSummary(url)
     say(f"{target.repo}: to upload: " + ", ".join(f"{f.path} ({f.size / 1e6:.1f} MB)" for f in uploads))
     if config.dry_run:
-        return summary
+        return PushSummary(url)
     _commit(target, uploads, config.progress)
-    summary.commits, summary.uploaded = 1, [f.path for f in uploads]
-    summary.bytes = sum(f.size for f in uploads)
-    return summary
+    return PushSummary(url, [f.path for f in uploads], bytes=sum(f.size for f in uploads), commits=1)
 
 
-def _commit(target: HubTarget, uploads: list[ModelFile], progress: bool) -> None:
+def _commit(target: HubTarget, uploads: list[Upload], progress: bool) -> None:
     """One commit: large files are sent first (preupload, retried on 429), then committed together."""
     from huggingface_hub import CommitOperationAdd
 
     hub = api(target)
-    additions = [CommitOperationAdd(f.path, str(f.local) if f.local is not None else f.data or b"")
-                 for f in uploads]
+    additions = [CommitOperationAdd(f.path, f.content()) for f in uploads]
     with client_bars(progress), hub_errors(f"push to {target.repo}", target, write=True):
-        with_retries(functools.partial(hub.preupload_lfs_files, target.repo, additions=additions,
-                                       repo_type=MODEL_REPO_TYPE, revision=target.revision),
-                     f"upload to {target.repo}")
-        with_retries(functools.partial(hub.create_commit, target.repo, additions,
-                                       commit_message=f"wtours push --model: {', '.join(f.path for f in uploads)}",
-                                       repo_type=MODEL_REPO_TYPE, revision=target.revision),
-                     f"commit to {target.repo}")
+        with_retries(f"upload to {target.repo}", hub.preupload_lfs_files, target.repo, additions=additions,
+                     repo_type=MODEL_REPO_TYPE, revision=target.revision)
+        with_retries(f"commit to {target.repo}", hub.create_commit, target.repo, additions,
+                     commit_message=f"wtours push --model: {', '.join(f.path for f in uploads)}",
+                     repo_type=MODEL_REPO_TYPE, revision=target.revision)

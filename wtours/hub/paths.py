@@ -18,14 +18,7 @@ from wtours.layout import (
     shard_number,
     validate_shard_name,
 )
-from wtours.streams import (  # the hf:// URL grammar lives with the readers of hf:// URLs
-    DEFAULT_REVISION,
-    REPO_ID_PATTERN,
-    REVISION_PATTERN,
-    hf_url,
-    validate_repo_id,
-    validate_revision,
-)
+from wtours.streams import DEFAULT_REVISION, hf_url  # the hf:// URL grammar lives with the readers of hf:// URLs
 
 REPO_TYPE = "dataset"
 CARD_FILE = "README.md"
@@ -75,8 +68,3 @@ def shard_spec(repo: str, slug: str, shard_names: list[str], revision: str = DEF
     """The hf:// SPEC for `wtours train --shards`: the brace pattern, else the set's index.json (which
     names every shard)."""
     return hf_url(repo, shard_pattern(slug, shard_names) or index_path(slug), revision)
-
-
-__all__ = ["CARD_FILE", "DEFAULT_REVISION", "REPO_ID_PATTERN", "REPO_TYPE", "REVISION_PATTERN", "hf_url",
-           "index_path", "is_shard_path", "shard_path", "shard_pattern", "shard_spec", "slugs_in", "source_path",
-           "validate_repo_id", "validate_revision", "wids_path"]

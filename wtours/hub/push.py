@@ -1,15 +1,14 @@
 """`wtours push`: upload shard sets, their index, wids descriptor and provenance, and the dataset card
-to a Hub dataset repo.
-
-Resumable by comparison, not by local state: what the repo already holds with the index's sha256 (LFS
-files) or git blob id (regular files) is skipped, so a rerun uploads only what is missing or changed.
-Files go up in commits of at most `max_commit_files` files / `max_commit_bytes` bytes, each set's
-index.json (and wids descriptor) in the commit with (or after) its last shard: the repo never has an
-index naming a shard it lacks, and when shards are replaced the old index is removed first."""
+to a Hub dataset repo. Resumable by comparison, not by local state: what the repo already holds with
+the index's sha256 (LFS files) or git blob id (regular files) is skipped, so a rerun uploads only what
+is missing or changed. Files go up in commits of at most `max_commit_files` files / `max_commit_bytes`
+bytes, each set's index.json (and wids descriptor) in the commit with (or after) its last shard: the
+repo never has an index naming a shard it lacks, and when shards are replaced the old index is removed
+first. The plan (plan_set, batch_operations) is made without the network."""
 
 from __future__ import annotations
 
-import functools
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,23 +16,19 @@ from pathlib import Path
 from tqdm import tqdm
 
 from wtours.errors import WtoursError
-from wtours.hfclient import has_token, hub_errors
+from wtours.hfclient import hub_errors
 from wtours.hub import source as provenance
 from wtours.hub.card import CardVideo, is_generated, render_card
 from wtours.hub.client import (
     HubTarget,
     RemoteFile,
     api,
-    check_namespace,
     client_bars,
-    endpoint_of,
     git_blob_id,
     prepare_repo,
     read_remote,
     read_source_record,
     remote_files,
-    same_bytes,
-    same_content,
     with_retries,
 )
 from wtours.hub.paths import (
@@ -47,7 +42,7 @@ from wtours.hub.paths import (
     wids_path,
 )
 from wtours.hub.source import LocalSet
-from wtours.layout import Layout, json_bytes
+from wtours.layout import Layout, json_bytes, sha256_file
 from wtours.shard.index import ShardEntry, ShardIndex
 
 MAX_COMMIT_FILES = 50  # the Hub recommends under 100 files per commit
@@ -69,9 +64,26 @@ class PushConfig:
 class Upload:
     path: str  # in the repo
     size: int
-    local: Path | None = None  # a shard on disk
-    data: bytes | None = None  # generated content: index, source record, card
-    sha256: str | None = None  # the index's checksum, checked against what the client hashed before committing
+    local: Path | None = None  # a file on disk: a shard, a model's weights
+    data: bytes | None = None  # generated content: index, source record, card, config.json
+    sha256: str | None = None  # a shard's in the index, checked against what the client hashed before committing
+
+    def content(self) -> str | bytes:
+        """As CommitOperationAdd takes it: the file's path, or the bytes."""
+        return str(self.local) if self.local is not None else self.data or b""
+
+    def is_in(self, remote: dict[str, RemoteFile]) -> bool:
+        """Whether the repo already holds this content: same size, then the LFS sha256 where the Hub has one
+        (a shard's is its index's, checked again when it is uploaded: _check_checksum), else git's blob id
+        (a small file stored as a regular file). The content is hashed only if needed."""
+        theirs, data, local = remote.get(self.path), self.data, self.local or Path()
+        if theirs is None or theirs.size != self.size:
+            return False
+        if theirs.sha256 and self.sha256:
+            return theirs.sha256 == self.sha256
+        if theirs.sha256:
+            return theirs.sha256 == (hashlib.sha256(data).hexdigest() if data is not None else sha256_file(local))
+        return theirs.blob_id == git_blob_id(data if data is not None else local.read_bytes())
 
 
 @dataclass(frozen=True)
@@ -99,13 +111,10 @@ class PushSummary:
                 f"commit{'s' if self.commits != 1 else ''}: {self.repo_url}")
 
 
-# ---------------------------------------------------------------------- planning (no network)
-
-
 def set_metadata(local: LocalSet) -> list[tuple[str, bytes]]:
     """A set's files besides its shards, in commit order: its provenance, its wids descriptor (made from
     the index, so byte-identical to the local one) and, last, its index."""
-    return [(source_path(local.slug), provenance.encode(local.record)),
+    return [(source_path(local.slug), json_bytes(local.record)),  # canonical: an unchanged one is not sent again
             (wids_path(local.slug), json_bytes(local.index.wids_descriptor())),
             (index_path(local.slug), local.index_bytes)]
 
@@ -115,12 +124,12 @@ def plan_set(slug: str, shards: Sequence[ShardEntry], shard_dir: Path, metadata:
     """What to send for one shard set, in order: [old index and wids removal], shards, stale shard
     removals, then `metadata` (source.json, the wids descriptor, index.json). Empty when the repo
     already holds exactly these files."""
-    uploads = [Upload(shard_path(slug, s.name), s.bytes, local=shard_dir / s.name, sha256=s.sha256)
-               for s in shards if not _same_shard(remote.get(shard_path(slug, s.name)), shard_dir / s.name, s)]
-    listed = {shard_path(slug, s.name) for s in shards}
+    shard_ops = [Upload(shard_path(slug, s.name), s.bytes, local=shard_dir / s.name, sha256=s.sha256) for s in shards]
+    uploads = [op for op in shard_ops if not op.is_in(remote)]
+    listed = {op.path for op in shard_ops}
     stale = [Delete(p) for p in sorted(remote) if is_shard_path(p, slug) and p not in listed]
     meta = [Upload(path, len(data), data=data) for path, data in metadata]
-    unchanged = {op.path for op in meta if same_bytes(remote.get(op.path), op.data)}
+    unchanged = {op.path for op in meta if op.is_in(remote)}
     if not uploads and not stale and len(unchanged) == len(meta):
         return []
     # An index (or wids descriptor) must never describe shards other than the ones beside it: when shards
@@ -138,29 +147,19 @@ def batch_operations(operations: list[Operation], max_files: int, max_bytes: int
     path in one commit are just the upload."""
     batches: list[list[Operation]] = []
     for op in operations:
-        current = batches[-1] if batches else None
-        if current is None or len(current) >= max_files or sum(o.size for o in current) + op.size > max_bytes:
-            batches.append([op])
-        else:
-            current.append(op)
+        if not batches or len(batches[-1]) >= max_files or sum(o.size for o in batches[-1]) + op.size > max_bytes:
+            batches.append([])
+        batches[-1].append(op)
     for i, ops in enumerate(batches):
         uploaded = {op.path for op in ops if isinstance(op, Upload)}
         batches[i] = [op for op in ops if not (isinstance(op, Delete) and op.path in uploaded)]
     return batches
 
 
-def _same_shard(remote: RemoteFile | None, local: Path, shard: ShardEntry) -> bool:
-    """The index's sha256 stands for the shard's (checked again when it is uploaded: _check_checksum)."""
-    return same_content(remote, shard.bytes, lambda: shard.sha256, lambda: git_blob_id(local.read_bytes()))
-
-
-# ---------------------------------------------------------------------- push
-
-
 def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print) -> PushSummary:
     target = config.target
     sets = {slug: provenance.read_local_set(layout, slug) for slug in config.slugs}
-    url = _prepare_repo(target, config, say)
+    prepare_repo(target, REPO_TYPE, config.private, config.dry_run, say)
     remote, current = _remote_state(target, config.dry_run)
     operations: list[Operation] = []
     for slug, local in sets.items():
@@ -172,24 +171,13 @@ def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print)
                 f"`wtours blur-faces {slug} --out DIR` or `wtours shard --city {slug} --blur-faces --overwrite`")
         operations += ops
     operations += _card_operation(target, current, sets, remote, say)
-    summary = PushSummary(url)
+    summary = PushSummary(f"{api(target).endpoint}/datasets/{target.repo}")
     if config.dry_run or not operations:
         return summary
     batches = batch_operations(operations, config.max_commit_files, config.max_commit_bytes)
     with hub_errors(f"push to {target.repo}", target, write=True):
         _commit_batches(target, batches, config.progress, summary)
     return summary
-
-
-def _prepare_repo(target: HubTarget, config: PushConfig, say: Callable[[str], None]) -> str:
-    """The repo's URL; the namespace checked (a dry run without a login just reads) and, unless a dry run,
-    the repo and branch created."""
-    base = f"{api(target).endpoint}/datasets/{target.repo}"
-    if not config.dry_run or has_token(target.token):
-        check_namespace(target)
-    if not config.dry_run:
-        prepare_repo(target, REPO_TYPE, config.private, say)
-    return base
 
 
 def _remote_state(target: HubTarget, dry_run: bool) -> tuple[dict[str, RemoteFile], HubTarget]:
@@ -211,17 +199,16 @@ def _card_operation(target: HubTarget, current: HubTarget, sets: dict[str, Local
     """The card describes every set in the repo after this push: these sets, and those already there
     (read from `current`, where `remote` was listed)."""
     videos = [CardVideo(slug, local.index, local.record) for slug, local in sets.items()]
-    for slug in slugs_in(list(remote)):
-        if slug not in sets:
-            videos.append(_remote_video(current, slug, remote))
+    videos += [_remote_video(current, slug, remote) for slug in slugs_in(list(remote)) if slug not in sets]
     if CARD_FILE in remote and not is_generated(read_remote(current, CARD_FILE).decode("utf-8", "replace")):
         say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
         return []
-    data = render_card(target.repo, videos, endpoint_of(target), target.revision).encode("utf-8")
-    if same_bytes(remote.get(CARD_FILE), data):
+    data = render_card(target.repo, videos, api(target).endpoint, target.revision).encode("utf-8")
+    card = Upload(CARD_FILE, len(data), data=data)
+    if card.is_in(remote):
         return []
     say(f"{CARD_FILE}: dataset card for {len(videos)} video{'s' if len(videos) != 1 else ''}")
-    return [Upload(CARD_FILE, len(data), data=data)]
+    return [card]
 
 
 def _remote_video(target: HubTarget, slug: str, remote: dict[str, RemoteFile]) -> CardVideo:
@@ -257,18 +244,16 @@ def _commit_batches(target: HubTarget, batches: list[list[Operation]], progress:
                 if isinstance(op, Delete):
                     commit_ops.append(CommitOperationDelete(op.path))
                     continue
-                add = CommitOperationAdd(op.path, str(op.local) if op.local is not None else op.data or b"")
+                add = CommitOperationAdd(op.path, op.content())
                 # One file at a time, so the bar moves per file; the commit then finds it uploaded.
                 with hub_errors(f"push to {target.repo}: upload {op.path}", target, write=True):
-                    with_retries(functools.partial(hub.preupload_lfs_files, target.repo, additions=[add],
-                                                   repo_type=REPO_TYPE, revision=target.revision),
-                                 f"upload {op.path}")
+                    with_retries(f"upload {op.path}", hub.preupload_lfs_files, target.repo, additions=[add],
+                                 repo_type=REPO_TYPE, revision=target.revision)
                 _check_checksum(op, add)
                 commit_ops.append(add)
                 bar.update(op.size)
-            with_retries(functools.partial(hub.create_commit, target.repo, commit_ops,
-                                           commit_message=_commit_message(ops), repo_type=REPO_TYPE,
-                                           revision=target.revision), f"commit to {target.repo}")
+            with_retries(f"commit to {target.repo}", hub.create_commit, target.repo, commit_ops,
+                         commit_message=_commit_message(ops), repo_type=REPO_TYPE, revision=target.revision)
             summary.commits += 1
             summary.uploaded += [op.path for op in ops if isinstance(op, Upload)]
             summary.deleted += [op.path for op in ops if isinstance(op, Delete)]

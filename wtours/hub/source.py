@@ -8,7 +8,6 @@ and licence, no creator)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +30,7 @@ def source_record(layout: Layout, slug: str) -> dict[str, Any] | None:
         return pulled
     entry = load_manifest().get(slug)
     if entry:
-        source = dict.fromkeys(SOURCE_KEYS)
-        source.update(url=entry.url, id=entry.youtube_id, license=entry.license)
+        source = {**dict.fromkeys(SOURCE_KEYS), "url": entry.url, "id": entry.youtube_id, "license": entry.license}
         return {"slug": slug, "city": entry.city, "kind": entry.kind, "source": source, "video": None}
     return None
 
@@ -56,11 +54,6 @@ def check_attribution(slug: str, record: dict[str, Any] | None, layout: Layout) 
             f"added from disk, add it again with its provenance: `wtours add FILE --name {slug} "
             f"--source-url URL --uploader NAME --license CC-BY-4.0` (it is recorded in {layout.info_path(slug)})")
     return record
-
-
-def encode(record: dict[str, Any]) -> bytes:
-    """Canonical bytes, so an unchanged record is never uploaded twice."""
-    return (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 @dataclass(frozen=True)
