@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 import torch.nn as nn
@@ -24,15 +23,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, n, D) -> the output (B, n, D), and the per-head queries and keys (B, h, n, D/h)."""
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]  # each (B, h, n, D/h)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv_heads(x)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, h, n, D/h)
-        return self.proj(out.transpose(1, 2).reshape(x.shape))
+        return self.proj(out.transpose(1, 2).reshape(x.shape)), q, k
 
 
 class DropPath(nn.Module):
@@ -70,9 +66,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block's output, and its attention's per-head queries and keys."""
+        attended, q, k = self.attn(self.norm1(x))
+        x = x + self.drop_path(attended)
+        return x + self.drop_path(self.mlp(self.norm2(x))), q, k
 
 
 class PatchEmbed(nn.Module):
@@ -132,25 +130,14 @@ class VisionTransformer(nn.Module):
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
         return x + self.interpolate_pos_encoding(h, w)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)  # (B, 1+N, D)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[:, 0]  # [CLS] (B, D)
+        return self.forward_last_attention(x).tokens[:, 0]  # [CLS] (B, D)
 
     def forward_last_attention(self, x: torch.Tensor) -> LastAttention:
-        """Like forward_features, also returning the last block's per-head queries and keys."""
+        """The final-norm tokens, and the last block's per-head queries and keys."""
         x = self.tokens(x)
-        for block in self.blocks[:-1]:
-            x = block(x)
-        last = cast(Block, self.blocks[-1])
-        q, k, v = last.attn.qkv_heads(last.norm1(x))
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
-        x = x + last.drop_path(last.attn.proj(attended))
-        x = x + last.drop_path(last.mlp(last.norm2(x)))
+        for block in self.blocks:
+            x, q, k = block(x)
         return LastAttention(self.norm(x), q, k)
 
 
