@@ -129,21 +129,17 @@ class DoRA(nn.Module):
             if name not in state:
                 raise WtoursError(f"checkpoint has no {name!r} entry (keys: {', '.join(list(state)[:8])})",
                                   "pass a DoRA/DINO training checkpoint (with 'student' and 'teacher' dicts)")
-            _load_strict(getattr(self, name), strip_prefix(state[name]), name)
+            weights, own = strip_prefix(state[name]), getattr(self, name).state_dict()
+            missing = sorted(own.keys() - weights.keys())
+            unexpected = sorted(weights.keys() - own.keys())
+            wrong = sorted(k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape)
+            if missing or unexpected or wrong:
+                detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                                   for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                       ("shape differs", wrong)) if keys)
+                raise WtoursError(f"the checkpoint's {name} does not fit this model ({detail})",
+                                  "build the model with the checkpoint's --arch and --out-dim")
+            getattr(self, name).load_state_dict(weights)
         center = (state.get("dora_loss") or state.get("dino_loss") or {}).get("center")
         if center is not None and center.shape == self.loss.center.shape:
             self.loss.center.copy_(center)
-
-
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-    own = module.state_dict()
-    missing = sorted(own.keys() - state.keys())
-    unexpected = sorted(state.keys() - own.keys())
-    wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                           for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                               ("shape differs", wrong)) if keys)
-        raise WtoursError(f"the checkpoint's {name} does not fit this model ({detail})",
-                          "build the model with the checkpoint's --arch and --out-dim")
-    module.load_state_dict(state)
