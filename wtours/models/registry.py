@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from wtours.config import Range, check_fields
 from wtours.errors import WtoursError
@@ -12,6 +13,11 @@ from wtours.errors import WtoursError
 # as DINO and DoRA use them); the loader applies it and exported models declare it.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def option(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002 (the metadata key Click calls help)
+    """A settings field: its default, and the metadata wtours/config.py turns into a checked option."""
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass(frozen=True)
@@ -29,12 +35,9 @@ class ViTConfig:
 class HeadConfig:
     """DINO's projection head (wtours/models/head.py); its output dimension is the model's out_dim."""
 
-    hidden_dim: int = field(default=2048, metadata={
-        "help": "Width of the head's two hidden layers.", "range": Range(1, 1 << 16)})
-    bottleneck_dim: int = field(default=256, metadata={
-        "help": "Width before the weight-normalised last layer.", "range": Range(1, 1 << 16)})
-    norm_last_layer: bool = field(default=False, metadata={
-        "help": "Fix the last layer's weight-norm gain to 1 (the authors ran ViT-S without)."})
+    hidden_dim: int = option(2048, "Width of the head's two hidden layers.", range=Range(1, 1 << 16))
+    bottleneck_dim: int = option(256, "Width before the weight-normalised last layer.", range=Range(1, 1 << 16))
+    norm_last_layer: bool = option(False, "Fix the last layer's weight-norm gain to 1 (the authors ran ViT-S without).")
 
     def __post_init__(self) -> None:
         check_fields(self)
