@@ -9,12 +9,6 @@ import torch
 import torch.nn as nn
 
 
-def warmup_iterations(warmup_epochs: float, steps_per_epoch: int) -> int:
-    """DINO's `warmup_epochs * niter_per_ep`, truncated: a fractional epoch count warms up for the
-    whole iterations it covers (DINO takes integer epochs; numpy needs an integer count)."""
-    return int(warmup_epochs * steps_per_epoch)
-
-
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
                     warmup_start: float = 0.0) -> np.ndarray:
     """DINO's utils.cosine_scheduler per iteration: np.linspace(warmup_start, base, warmup_steps)

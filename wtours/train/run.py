@@ -35,7 +35,6 @@ from wtours.train.optim import (
     cosine_schedule,
     ema_update,
     param_groups,
-    warmup_iterations,
 )
 
 
@@ -74,16 +73,14 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int, world_size: int) 
     their length (the warm-up still counts int(warmup_epochs x steps_per_epoch) iterations)."""
     total = config.steps or config.epochs * steps_per_epoch
     base_lr = config.lr if config.lr is not None else 0.0005 * config.batch_size * world_size / 256
-    warmup = warmup_iterations(config.warmup_epochs, steps_per_epoch)
+    # DINO's `warmup_epochs * niter_per_ep`, truncated: a fractional epoch count warms up for the whole
+    # iterations it covers (DINO takes integer epochs; numpy needs an integer count)
+    warmup = int(config.warmup_epochs * steps_per_epoch)
     return Schedules(
         lr=cosine_schedule(base_lr, config.min_lr, total, warmup),
         wd=cosine_schedule(config.weight_decay, config.weight_decay_end, total),
         momentum=cosine_schedule(config.momentum_teacher, 1.0, total),
         steps_per_epoch=steps_per_epoch, total_steps=total)
-
-
-def precision_of(config: TrainConfig, device: torch.device) -> str:
-    return config.precision or ("bf16" if device.type == "cuda" else "fp32")
 
 
 def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
@@ -99,33 +96,6 @@ def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
 
 class Interrupted(WtoursError):
     exit_code = 130  # as a shell reports Ctrl-C
-
-
-def interrupted_hint(out: Path, saved_step: int | None) -> str:
-    if saved_step is None:
-        return "no checkpoint was written yet: rerun with --resume (it starts afresh)"
-    return (f"the checkpoint of step {saved_step} ({out / CHECKPOINT_FILE}) is intact; rerun with --resume to "
-            "continue from it")
-
-
-def non_finite_hint(out: Path, saved_step: int | None, precision: str, peak_lr: float) -> str:
-    """What to do after a non-finite loss or weights, for this run's precision."""
-    lower = f"a lower --lr (e.g. --lr {peak_lr / 4:.3g}; the peak was {peak_lr:.3g})"
-    fix = {"fp32": f"{lower} (the run is fp32 already)",
-           "bf16": f"{lower}, or --precision fp32",
-           "fp16": f"--precision bf16 (or fp32): fp16 overflows easily; or {lower}"}[precision]
-    if saved_step is None:
-        return f"no checkpoint was written yet; rerun with --overwrite and {fix}"
-    return (f"the last good checkpoint is {out / CHECKPOINT_FILE} (step {saved_step}); continue from it with "
-            f"--resume --reschedule and {fix}")
-
-
-def weights_finite(model: DoRA) -> bool:
-    """Every student and teacher weight and the centre finite (one host sync; checkpoint steps only)."""
-    tensors = [p.detach() for p in (*model.student.parameters(), *model.teacher.parameters())]
-    tensors.append(model.loss.center)
-    # element-wise: a norm of huge but finite weights would itself overflow
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 @dataclass
@@ -170,7 +140,10 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
             finally:
                 run.logger.close()
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted at step {state.step}", interrupted_hint(out, state.saved_step)) from None
+        hint = ("no checkpoint was written yet: rerun with --resume (it starts afresh)" if state.saved_step is None
+                else f"the checkpoint of step {state.saved_step} ({out / CHECKPOINT_FILE}) is intact; rerun with "
+                "--resume to continue from it")
+        raise Interrupted(f"interrupted at step {state.step}", hint) from None
     return state
 
 
@@ -188,7 +161,7 @@ def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: 
     if dist.world_size > 1:
         student = torch.nn.parallel.DistributedDataParallel(
             model.student, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    precision = precision_of(config, dist.device)
+    precision = config.precision or ("bf16" if dist.device.type == "cuda" else "fp32")
     return Run(config, dist, out, dataset, model, student, torch.optim.AdamW(param_groups(model.student)),
                torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), schedules, precision, facts,
                knn, RunLogger(out, dist, config.log_every, schedules.total_steps, say), say)
@@ -218,6 +191,7 @@ def _loop(run: Run) -> None:
                                                        run.logger)
     gpu_augment = GpuAugmenter(dataset.config.multicrop, dist.device) if config.augment == "gpu" else None
     problems = Problems()  # what the loader skipped, summed over this process's workers (the batches' deltas)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
     first_step = state.step
     while state.step < schedules.total_steps:
         dataset.set_epoch(state.epoch, skip_batches=state.step_in_epoch)
@@ -235,8 +209,10 @@ def _loop(run: Run) -> None:
             # exactly the state to keep) is known to be finite and before its update: a state that
             # already diverged is never kept as the "last good" one.
             due = it > first_step and it % config.checkpoint_every == 0
-            loss_value, _ = train_step(run.model, run.student, list(crops), run.optimizer, run.scaler,
-                                       _step_settings(run, it), partial(_checkpoint, run) if due else None)
+            settings = StepSettings(float(schedules.lr[it]), float(schedules.wd[it]), float(schedules.momentum[it]),
+                                    state.epoch, config.clip_grad, config.freeze_last_layer, autocast_dtype)
+            loss_value, _ = train_step(run.model, run.student, list(crops), run.optimizer, run.scaler, settings,
+                                       partial(_checkpoint, run) if due else None)
             if not math.isfinite(loss_value):
                 raise _non_finite(run, f"the loss is {loss_value} at step {state.step + 1}")
             state.step += 1
@@ -267,24 +243,27 @@ def _gathered(problems: Problems) -> Problems:
     return total
 
 
-def _step_settings(run: Run, it: int) -> StepSettings:
-    """Iteration `it`'s learning rate, weight decay and teacher momentum, and the run's fixed settings."""
-    schedules, config = run.schedules, run.config
-    return StepSettings(float(schedules.lr[it]), float(schedules.wd[it]), float(schedules.momentum[it]),
-                        run.state.epoch, config.clip_grad, config.freeze_last_layer,
-                        {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision))
-
-
 def _non_finite(run: Run, what: str) -> NonFiniteLoss:
+    """The error after a non-finite loss or weights, with what to do for this run's precision."""
     peak_lr = float(max(run.schedules.lr)) if len(run.schedules.lr) else 0.0
-    return NonFiniteLoss(f"{what}; training stopped",
-                         non_finite_hint(run.out, run.state.saved_step, run.precision, peak_lr))
+    lower = f"a lower --lr (e.g. --lr {peak_lr / 4:.3g}; the peak was {peak_lr:.3g})"
+    fix = {"fp32": f"{lower} (the run is fp32 already)",
+           "bf16": f"{lower}, or --precision fp32",
+           "fp16": f"--precision bf16 (or fp32): fp16 overflows easily; or {lower}"}[run.precision]
+    saved_step = run.state.saved_step
+    hint = (f"no checkpoint was written yet; rerun with --overwrite and {fix}" if saved_step is None
+            else f"the last good checkpoint is {run.out / CHECKPOINT_FILE} (step {saved_step}); continue from it "
+            f"with --resume --reschedule and {fix}")
+    return NonFiniteLoss(f"{what}; training stopped", hint)
 
 
 def _checkpoint(run: Run) -> None:
     """Write the current state (step `state.step`), which is finite: every rank checks the same weights,
     so all stop together otherwise."""
-    if not weights_finite(run.model):
+    model = run.model
+    tensors = [p.detach() for p in (*model.student.parameters(), *model.teacher.parameters(), model.loss.center)]
+    # element-wise, one host sync: a norm of huge but finite weights would itself overflow
+    if not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
         raise _non_finite(run, f"the weights are not finite after step {run.state.step}")
     run.logger.flush()  # the data log is complete up to the checkpoint
     if run.dist.is_main:
@@ -310,12 +289,10 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
     Returns the loss as a float (the step's one host sync) and the model output. A non-finite loss
     is returned before anything is updated; `before_update` runs once the loss is known to be finite,
     before the weights change (the loop writes a due checkpoint there)."""
-    for i, group in enumerate(optimizer.param_groups):
+    for group in optimizer.param_groups:
         group["lr"] = settings.lr
-        if i == 0:
-            group["weight_decay"] = settings.weight_decay
-    device_type = crops[0].device.type
-    with torch.autocast(device_type, dtype=settings.autocast_dtype or torch.float32,
+    optimizer.param_groups[0]["weight_decay"] = settings.weight_decay  # the other group's stays 0 (param_groups)
+    with torch.autocast(crops[0].device.type, dtype=settings.autocast_dtype or torch.float32,
                         enabled=settings.autocast_dtype is not None):
         output = model(crops, student=student, epoch=settings.epoch)
     loss = output.loss.detach()
@@ -377,8 +354,8 @@ def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
         return None
     from wtours.eval.knn import KnnConfig, KnnMonitor
 
-    knn = KnnConfig(workers=min(config.workers or 0, 4))
-    return KnnMonitor(config.knn_train, config.knn_val, config.knn_every, knn)
+    return KnnMonitor(config.knn_train, config.knn_val, config.knn_every,
+                      KnnConfig(workers=min(config.workers or 0, 4)))
 
 
 def _knn_evaluate(run: Run) -> None:
