@@ -22,20 +22,12 @@ from wtours.clips.stages import Problems
 from wtours.dora import DoRA
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE, write_json_atomic
-from wtours.models.checkpoint import read_checkpoint as load_checkpoint
-from wtours.models.checkpoint import save_checkpoint
+from wtours.models.checkpoint import read_checkpoint, save_checkpoint
 from wtours.system import default_workers
 from wtours.train import distributed, folder
 from wtours.train.config import TrainConfig
-from wtours.train.folder import latest_checkpoint
 from wtours.train.logger import RunLogger, RunState, problems_line
-from wtours.train.optim import (
-    cancel_last_layer_gradients,
-    clip_per_tensor,
-    cosine_schedule,
-    ema_update,
-    param_groups,
-)
+from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
 
 
 class NonFiniteLoss(WtoursError):
@@ -164,7 +156,7 @@ def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: 
     precision = config.precision or ("bf16" if dist.device.type == "cuda" else "fp32")
     return Run(config, dist, out, dataset, model, student, torch.optim.AdamW(param_groups(model.student)),
                torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), schedules, precision, facts,
-               knn, RunLogger(out, dist, config.log_every, schedules.total_steps, say), say)
+               knn, RunLogger(out, dist, schedules.total_steps, say), say)
 
 
 def _record_start(run: Run, prepared: dict) -> None:
@@ -332,11 +324,11 @@ def _save(run: Run) -> None:
 
 
 def _resume(run: Run) -> RunState:
-    path = latest_checkpoint(run.out)
+    path = folder.latest_checkpoint(run.out)
     if path is None:
         run.say(f"--resume: no checkpoint in {run.out}; starting from scratch")
         return RunState()
-    checkpoint = load_checkpoint(path)
+    checkpoint = read_checkpoint(path)
     run.model.load_official_checkpoint(checkpoint)
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scaler.load_state_dict(checkpoint["scaler"])
