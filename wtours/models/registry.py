@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wtours.config import Range, check_fields
@@ -45,20 +44,10 @@ class HeadConfig:
 
 # ------------------------------------------------------------------ registry
 
-_ARCHS: dict[str, Callable[..., ViTConfig]] = {}
-
-
-def _register(name: str, dim: int, depth: int, heads: int) -> None:
-    for patch in (16, 8):
-        _ARCHS[f"{name}_patch{patch}"] = lambda drop_path=0.0, p=patch: ViTConfig(p, dim, depth, heads,
-                                                                                   drop_path=drop_path)
-    _ARCHS[name] = _ARCHS[f"{name}_patch16"]
-
-
-_register("vit_micro", 96, 4, 3)  # for tests and the CPU demo; no timm counterpart
-_register("vit_tiny", 192, 12, 3)
-_register("vit_small", 384, 12, 6)
-_register("vit_base", 768, 12, 12)
+# (width, depth, heads) by name; vit_micro is for tests and the CPU demo (no timm counterpart)
+_SIZES = {"vit_micro": (96, 4, 3), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+_ARCHS = {f"{name}{suffix}": ViTConfig(patch, *size) for name, size in _SIZES.items()
+          for suffix, patch in (("", 16), ("_patch16", 16), ("_patch8", 8))}
 
 
 def vit_names() -> list[str]:
@@ -68,4 +57,4 @@ def vit_names() -> list[str]:
 def vit_config(arch: str, drop_path: float = 0.0) -> ViTConfig:
     if arch not in _ARCHS:
         raise WtoursError(f"unknown architecture {arch!r}", f"choose one of {', '.join(vit_names())}")
-    return _ARCHS[arch](drop_path=drop_path)
+    return replace(_ARCHS[arch], drop_path=drop_path)
