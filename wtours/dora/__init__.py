@@ -4,6 +4,8 @@ Imported lazily: `wtours.dora.config` (the settings) needs no torch, so the CLI 
 
 from __future__ import annotations
 
+from importlib import import_module
+
 _EXPORTS = {"DoRA": "wtours.dora.model", "DoRALoss": "wtours.dora.loss", "Encoder": "wtours.dora.model",
             "StepOutput": "wtours.dora.model", "DoRAConfig": "wtours.dora.config", "LossConfig": "wtours.dora.config",
             "SinkhornConfig": "wtours.dora.config"}
@@ -14,6 +16,4 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(name)
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -71,8 +71,7 @@ class DoRA(nn.Module):
 
     def draw_heads(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """K distinct heads at random: one draw per step, shared by the batch."""
-        heads = self.teacher.backbone.config.heads
-        return torch.randperm(heads, generator=generator)[: self.objects]
+        return torch.randperm(self.teacher.backbone.config.heads, generator=generator)[: self.objects]
 
     @torch.no_grad()
     def teacher_pass(self, global_view: torch.Tensor,

@@ -89,17 +89,16 @@ def trim_jsonl(path: Path, last_step: int) -> None:
     redoes those steps, so each step is logged once."""
     if not path.is_file():
         return
-    kept, changed = [], False
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
         try:
             record = json.loads(line)
-            keep = line.endswith("\n") and record.get("step", 0) <= last_step
         except ValueError:
-            keep = False
-        if keep:
+            continue
+        if line.endswith("\n") and record.get("step", 0) <= last_step:
             kept.append(line)
-        changed |= not keep
-    if changed:
+    if len(kept) < len(lines):
         write_bytes_atomic(path, "".join(kept).encode("utf-8"))
 
 
@@ -144,11 +143,9 @@ def checkpoint_settings(path: Path) -> dict[str, Any] | None:
     """The run settings a wtours checkpoint saved (its "config" entry), or None: no checkpoint, or one
     without settings (the authors'), or an unreadable one (the run itself reports that). Memory-mapped:
     the weights are not read."""
-    if not path.is_file():
-        return None
     try:
         raw = read_checkpoint(path, mmap=True)
-    except WtoursError:  # the run itself names an unreadable file
+    except WtoursError:  # missing, or unreadable: the run itself names such a file
         return None
     config = raw.get("config") if isinstance(raw, dict) else None
     return json.loads(json.dumps(config, default=str)) if isinstance(config, dict) else None

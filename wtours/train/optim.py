@@ -29,9 +29,8 @@ def param_groups(module: nn.Module) -> list[dict]:
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
+        if param.requires_grad:
+            (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
