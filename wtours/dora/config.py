@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wtours.config import FRACTION, POSITIVE, Range, check_fields
-from wtours.models.registry import HeadConfig, option, vit_names
+from wtours.config import FRACTION, POSITIVE, Range
+from wtours.models.registry import Checked, HeadConfig, option, vit_names
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(Checked):
     """DINO's loss settings as DoRA runs them; the teacher temperature warms up per epoch as in DINOLoss."""
 
     teacher_temp: float = option(0.04, "Teacher softmax temperature after its warm-up.", range=POSITIVE)
@@ -24,23 +24,17 @@ class LossConfig:
     weighting: str = option("authors", "The authors' accumulation across objects, or the plain mean.",
                             choices=("authors", "mean"))
 
-    def __post_init__(self) -> None:
-        check_fields(self)
-
 
 @dataclass(frozen=True)
-class SinkhornConfig:
+class SinkhornConfig(Checked):
     """Sinkhorn-Knopp in the object discovery (SwAV's settings, as the authors use them)."""
 
     sinkhorn_epsilon: float = option(0.05, "Sinkhorn-Knopp entropy (logits / epsilon).", range=POSITIVE)
     sinkhorn_iterations: int = option(30, "Sinkhorn-Knopp normalisation rounds.", range=Range(1, 10_000))
 
-    def __post_init__(self) -> None:
-        check_fields(self)
-
 
 @dataclass(frozen=True)
-class DoRAConfig:
+class DoRAConfig(Checked):
     arch: str = option("vit_small", "Backbone.", choices=vit_names)
     # out_dim: DINO runs 65536 prototypes; 2^20 is far past any published run (its head alone is 256 x 2^20).
     out_dim: int = option(65536, "Prototypes: the head's output dimension.", range=Range(1, 1 << 20))
@@ -50,9 +44,6 @@ class DoRAConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     sinkhorn: SinkhornConfig = field(default_factory=SinkhornConfig)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 def teacher_temperature(config: LossConfig, epoch: int) -> float:

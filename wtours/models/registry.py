@@ -19,6 +19,13 @@ def option(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002 (the meta
     return field(default=default, metadata={"help": help, **meta})
 
 
+class Checked:
+    """A settings dataclass whose fields are checked against their metadata (range, choices) when built."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     patch_size: int = 16
@@ -31,15 +38,12 @@ class ViTConfig:
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(Checked):
     """DINO's projection head (wtours/models/head.py); its output dimension is the model's out_dim."""
 
     hidden_dim: int = option(2048, "Width of the head's two hidden layers.", range=Range(1, 1 << 16))
     bottleneck_dim: int = option(256, "Width before the weight-normalised last layer.", range=Range(1, 1 << 16))
     norm_last_layer: bool = option(False, "Fix the last layer's weight-norm gain to 1 (the authors ran ViT-S without).")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 # ------------------------------------------------------------------ registry

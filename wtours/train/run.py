@@ -106,8 +106,7 @@ class Run:
     precision: str
     facts: dict  # world size, steps per epoch, total steps: what --resume compares besides the settings
     knn: Any  # a KnnMonitor on rank 0 with --knn-train/--knn-val, else None
-    logger: RunLogger
-    say: Callable[[str], None]
+    logger: RunLogger  # its `say` prints the console's lines (rank 0; silenced by -q)
     state: RunState = field(default_factory=RunState)
 
 
@@ -156,7 +155,7 @@ def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: 
     precision = config.precision or ("bf16" if dist.device.type == "cuda" else "fp32")
     return Run(config, dist, out, dataset, model, student, torch.optim.AdamW(param_groups(model.student)),
                torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), schedules, precision, facts,
-               knn, RunLogger(out, dist, schedules.total_steps, say), say)
+               knn, RunLogger(out, dist, schedules.total_steps, say))
 
 
 def _record_start(run: Run, prepared: dict) -> None:
@@ -169,12 +168,12 @@ def _record_start(run: Run, prepared: dict) -> None:
             **run.facts, "precision": run.precision, "workers": config.workers,
             "clips_per_epoch": dataset.clips_per_epoch(),
             "reschedules": folder.reschedules(run.out, prepared["changed"], run.state.step)})
-    run.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips "
-            f"per epoch, {schedules.steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
-            f"{schedules.total_steps} steps, {run.precision} on {dist.device}")
+    run.logger.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} "
+                   f"clips per epoch, {schedules.steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
+                   f"{schedules.total_steps} steps, {run.precision} on {dist.device}")
     if prepared["changed"]:
-        run.say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
-                f"{run.state.step}")
+        run.logger.say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
+                       f"{run.state.step}")
 
 
 def _loop(run: Run) -> None:
@@ -221,10 +220,10 @@ def _loop(run: Run) -> None:
         else:
             state.epoch += 1
             state.step_in_epoch = 0
-    run.say(f"done: {state.step} steps; checkpoint {run.out / CHECKPOINT_FILE}; log {run.out / 'log.jsonl'}")
+    logger.say(f"done: {state.step} steps; checkpoint {run.out / CHECKPOINT_FILE}; log {run.out / 'log.jsonl'}")
     line = problems_line(_gathered(problems).counts())
     if line:
-        run.say(line)
+        logger.say(line)
 
 
 def _gathered(problems: Problems) -> Problems:
@@ -326,14 +325,14 @@ def _save(run: Run) -> None:
 def _resume(run: Run) -> RunState:
     path = folder.latest_checkpoint(run.out)
     if path is None:
-        run.say(f"--resume: no checkpoint in {run.out}; starting from scratch")
+        run.logger.say(f"--resume: no checkpoint in {run.out}; starting from scratch")
         return RunState()
     checkpoint = read_checkpoint(path)
     run.model.load_official_checkpoint(checkpoint)
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scaler.load_state_dict(checkpoint["scaler"])
     state = RunState(checkpoint["step"], checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["step"])
-    run.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
+    run.logger.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
     return state
 
 
@@ -361,4 +360,4 @@ def _knn_evaluate(run: Run) -> None:
 
         result = run.knn.evaluate(run.model.teacher.backbone, run.dist.device)
         run.logger.knn(state, result.top1, result.top5)
-        run.say(f"step {state.step}: {result_line(result)}")
+        run.logger.say(f"step {state.step}: {result_line(result)}")
