@@ -1,8 +1,7 @@
-"""Vision Transformer as in DINO's vision_transformer.py: same parameter names, so DINO/DoRA
-checkpoints load as they are and exported backbones load into timm's `vit_*_patch*_224`.
-
-Attention is fused (scaled_dot_product_attention) everywhere; `forward_last_attention` also returns
-the last block's per-head queries and keys and the [CLS] attention row, which DoRA's tracker needs."""
+"""Vision Transformer as in DINO's vision_transformer.py: same parameter names, so DINO/DoRA checkpoints
+load as they are and exported backbones load into timm's `vit_*_patch*_224`. Attention is fused
+(scaled_dot_product_attention); `forward_last_attention` also returns the last block's per-head queries
+and keys, which DoRA's tracker needs."""
 
 from __future__ import annotations
 
@@ -148,12 +147,9 @@ def cls_attention(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 def _init_weights(module: nn.Module) -> None:
+    """DINO's init of the linear layers (LayerNorm's own init is already DINO's: weight 1, bias 0)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
 
 
