@@ -108,10 +108,9 @@ class DoRA(nn.Module):
         g, masked, masks = self.teacher_pass(global_view, heads)
         k, b, t = masked.shape[:3]
         stacked = torch.stack(locals_)  # (n, B, T, 3, L, L)
-        n = stacked.shape[0]
         s, l_out = (student or self.student)([masked.flatten(0, 2), stacked.flatten(0, 2)])
         s = s.reshape(k, b, t, -1).transpose(1, 2)  # (K, T, B, out)
-        l_out = l_out.reshape(n, b, t, -1).transpose(1, 2)  # (n, T, B, out)
+        l_out = l_out.reshape(self.n_local, b, t, -1).transpose(1, 2)  # (n, T, B, out)
         return StepOutput(self.loss(g, s, l_out, epoch), g, masks)
 
     def compute_loss(self, crops: list[torch.Tensor], epoch: int = 0,

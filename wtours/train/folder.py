@@ -52,14 +52,6 @@ DERIVED = {"world_size": "processes (world size)", "steps_per_epoch": "steps per
            "total_steps": "total steps"}
 
 
-def run_outputs(out: Path) -> list[Path]:
-    """The files and folders of a run in `out` (never the user's own files there)."""
-    if not out.is_dir():
-        return []
-    found = [out / name for name in (*RUN_FILES, RUN_TENSORBOARD_DIR) if (out / name).exists()]
-    return found + sorted(out.glob(RUN_DATA_LOG_GLOB))
-
-
 def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
     """A nested config dict (as config.json) by leaf name, JSON-normalised (tuples -> lists)."""
     flat: dict[str, Any] = {}
@@ -122,8 +114,14 @@ def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
     if not resume or not out:
         return {}
     where = Path(out) / CHECKPOINT_FILE
-    saved: Any = checkpoint_settings(where)
-    if saved is None:
+    try:  # memory-mapped: the weights are not read
+        raw = read_checkpoint(where, mmap=True)
+    except WtoursError:  # missing, or unreadable: the run itself names such a file
+        raw = None
+    saved: Any = raw.get("config") if isinstance(raw, dict) else None
+    if isinstance(saved, dict):
+        saved = json.loads(json.dumps(saved, default=str))
+    else:  # no checkpoint, or one without settings (the authors')
         where = Path(out) / RUN_CONFIG_FILE
         if not where.is_file():
             return {}
@@ -137,18 +135,6 @@ def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
 
 
 SOURCE_KEY = "_from"  # resumed_model_settings' note of the file the model came from (for refuse_reshaped_model)
-
-
-def checkpoint_settings(path: Path) -> dict[str, Any] | None:
-    """The run settings a wtours checkpoint saved (its "config" entry), or None: no checkpoint, or one
-    without settings (the authors'), or an unreadable one (the run itself reports that). Memory-mapped:
-    the weights are not read."""
-    try:
-        raw = read_checkpoint(path, mmap=True)
-    except WtoursError:  # missing, or unreadable: the run itself names such a file
-        return None
-    config = raw.get("config") if isinstance(raw, dict) else None
-    return json.loads(json.dumps(config, default=str)) if isinstance(config, dict) else None
 
 
 def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out: str,
@@ -201,7 +187,9 @@ def prepare(out: Path, config: TrainConfig, facts: dict) -> dict:
     schedules' world size, steps per epoch and total steps, compared with the checkpoint's."""
     # left by a run killed while writing; only the run's own: the folder may hold the user's files
     remove_stale_temporaries(out, lambda name: name in RUN_FILES or name.startswith(RUN_DATA_LOG_PREFIX))
-    outputs = run_outputs(out)
+    # the run's own files and folders (never the user's own files there)
+    outputs = [out / name for name in (*RUN_FILES, RUN_TENSORBOARD_DIR) if (out / name).exists()]
+    outputs += sorted(out.glob(RUN_DATA_LOG_GLOB))
     if outputs and not config.resume and not config.overwrite:
         names = ", ".join(p.name for p in outputs[:4]) + (", ..." if len(outputs) > 4 else "")
         raise UsageError(f"{out} already holds a training run ({names})",

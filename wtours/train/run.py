@@ -250,16 +250,22 @@ def _non_finite(run: Run, what: str) -> NonFiniteLoss:
 
 def _checkpoint(run: Run) -> None:
     """Write the current state (step `state.step`), which is finite: every rank checks the same weights,
-    so all stop together otherwise."""
-    model = run.model
+    so all stop together otherwise. The checkpoint holds the settings (`config`) and facts (`schedule`)
+    that --resume compares."""
+    model, state, config = run.model, run.state, run.config
     tensors = [p.detach() for p in (*model.student.parameters(), *model.teacher.parameters(), model.loss.center)]
     # element-wise, one host sync: a norm of huge but finite weights would itself overflow
     if not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
-        raise _non_finite(run, f"the weights are not finite after step {run.state.step}")
+        raise _non_finite(run, f"the weights are not finite after step {state.step}")
     run.logger.flush()  # the data log is complete up to the checkpoint
     if run.dist.is_main:
-        _save(run)
-    run.state.saved_step = run.state.step
+        save_checkpoint(run.out / CHECKPOINT_FILE, {
+            "student": model.student.state_dict(), "teacher": model.teacher.state_dict(),
+            "dora_loss": {"center": model.loss.center}, "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(), "step": state.step, "epoch": state.epoch,
+            "step_in_epoch": state.step_in_epoch, "arch": config.model.arch, "out_dim": config.model.out_dim,
+            "config": folder.recorded(config), "schedule": run.facts})
+    state.saved_step = state.step
 
 
 @dataclass(frozen=True)
@@ -308,18 +314,6 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
     ema_update(list(model.teacher.parameters()), params, settings.momentum)
     model.loss.update_center(output.teacher)
     return loss_value, output
-
-
-def _save(run: Run) -> None:
-    """The checkpoint, with the settings (`config`) and facts (`schedule`: world size, steps per epoch,
-    total steps) that --resume compares."""
-    model, state, config = run.model, run.state, run.config
-    save_checkpoint(run.out / CHECKPOINT_FILE, {
-        "student": model.student.state_dict(), "teacher": model.teacher.state_dict(),
-        "dora_loss": {"center": model.loss.center}, "optimizer": run.optimizer.state_dict(),
-        "scaler": run.scaler.state_dict(), "step": state.step, "epoch": state.epoch,
-        "step_in_epoch": state.step_in_epoch, "arch": config.model.arch, "out_dim": config.model.out_dim,
-        "config": folder.recorded(config), "schedule": run.facts})
 
 
 def _resume(run: Run) -> RunState:
