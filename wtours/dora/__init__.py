@@ -1,6 +1,5 @@
-"""DoRA (Venkataramanan et al., ICLR 2024) as the authors' code computes it: model, tracker, loss.
-
-Imported lazily: `wtours.dora.config` (the settings) needs no torch, so the CLI reads it cheaply."""
+"""DoRA (Venkataramanan et al., ICLR 2024) as the authors' code computes it: model, tracker, loss. Lazy
+imports: `wtours.dora.config` (the settings) needs no torch, so the CLI reads it cheaply."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""The DoRA model's settings, declared once: the authors' defaults (docs/dora.md), no torch import.
-
-`DoRA(config)` is built from a `DoRAConfig`; `wtours train` derives its options from these fields
-(wtours/config.py), and a run folder's config.json records them."""
+"""The DoRA model's settings, declared once with the authors' defaults (docs/dora.md), no torch import:
+`DoRA(config)` is built from a `DoRAConfig`, `wtours train` derives its options from these fields
+(wtours/config.py) and a run folder's config.json records them."""
 
 from __future__ import annotations
 

@@ -19,10 +19,9 @@ from wtours.models.vit import VisionTransformer, cls_attention
 
 
 class Encoder(nn.Module):
-    """Backbone + head, named as DINO's MultiCropWrapper so checkpoints load without conversion.
-
-    Given a list of batches (one per resolution) it runs the backbone on each and the head once on
-    all [CLS] features, in ONE forward call: DistributedDataParallel needs exactly that."""
+    """Backbone + head, named as DINO's MultiCropWrapper so checkpoints load without conversion. Given a list
+    of batches (one per resolution) it runs the backbone on each and the head once on all [CLS] features, in
+    ONE forward call: DistributedDataParallel needs exactly that."""
 
     backbone: VisionTransformer  # declared: nn.Module's __getattr__ would type sub-modules as Tensor | Module
     head: DINOHead
@@ -96,10 +95,9 @@ class DoRA(nn.Module):
 
     def forward(self, crops: list[torch.Tensor], heads: torch.Tensor | None = None,
                 student: nn.Module | None = None, epoch: int = 0) -> StepOutput:
-        """crops: [global (B, T, 3, 224, 224), local_1 .. local_n (B, T, 3, 112, 112)].
-
-        `student` may be a DistributedDataParallel wrapper of `self.student`; `epoch` sets the
-        teacher temperature (its warm-up is per epoch, as in DINO)."""
+        """crops: [global (B, T, 3, 224, 224), local_1 .. local_n (B, T, 3, 112, 112)]. `student` may be a
+        DistributedDataParallel wrapper of `self.student`; `epoch` sets the teacher temperature (its warm-up
+        is per epoch, as in DINO)."""
         global_view, locals_ = crops[0], crops[1:]
         if len(locals_) != self.n_local:
             raise WtoursError(f"got {len(locals_)} local views, the model was built for {self.n_local}",
@@ -117,8 +115,6 @@ class DoRA(nn.Module):
                      heads: torch.Tensor | None = None) -> torch.Tensor:
         """The scalar loss for a batch at `epoch` (the centre is not updated)."""
         return self.forward(crops, heads, epoch=epoch).loss
-
-    # ---------------------------------------------------------------- checkpoints
 
     def load_official_checkpoint(self, checkpoint: str | os.PathLike | dict[str, Any]) -> None:
         """Load the authors' (or DINO's, or our) checkpoint: a dict with 'student' and 'teacher'."""

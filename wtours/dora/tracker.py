@@ -1,8 +1,7 @@
-"""DoRA's object discovery and tracking (docs/dora-method.md, "One training step").
-
-Discovery on frame 0: K attention heads' [CLS] rows weight the patch queries into prototypes, which
-Sinkhorn-Knopp assigns to the normalised patch tokens; the refined prototypes then attend over each
-frame's patch keys, and each attention map, binarised at its batch mean, masks the frame."""
+"""DoRA's object discovery and tracking (docs/dora-method.md, "One training step"). On frame 0, K attention
+heads' [CLS] rows weight the patch queries into prototypes, which Sinkhorn-Knopp assigns to the normalised
+patch tokens; the refined prototypes then attend over each frame's patch keys, and each attention map,
+binarised at its batch mean, masks the frame."""
 
 from __future__ import annotations
 

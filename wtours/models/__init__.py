@@ -1,6 +1,5 @@
-"""Networks: DINO-style ViTs (state-dict compatible with DINO, DoRA and timm) and the DINO head.
-
-Imported lazily: `wtours.models.registry` (names, configs) needs no torch."""
+"""Networks: DINO-style ViTs (state-dict compatible with DINO, DoRA and timm) and the DINO head. Lazy
+imports: `wtours.models.registry` (names, configs) needs no torch."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Checkpoint files, read and written in one place: wtours' training checkpoints (the authors' layout,
 'student', 'teacher', 'dora_loss', plus our run state), the authors' and DINO's, and exported backbones.
-
 Every reader goes through `read_checkpoint` (torch.load with weights_only=True: a checkpoint is data, never
-code). A frozen backbone comes from any of them with `load_backbone`: the architecture is read from the
-weights' shapes (width, patch size, depth) and matched against the model registry; `arch` overrides it."""
+code). `load_backbone` takes a frozen backbone from any of them; its architecture is the registered one with
+the weights' shapes (width, patch size, depth) unless `arch` names it."""
 
 from __future__ import annotations
 

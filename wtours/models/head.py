@@ -1,7 +1,6 @@
-"""DINO's projection head: MLP -> L2 normalisation -> weight-normalised linear layer (no bias).
-
-The weight norm is written out (weight_g, weight_v parameters) so state-dict names match DINO's
-`last_layer.weight_g` / `last_layer.weight_v` without torch's deprecated weight_norm hook."""
+"""DINO's projection head: MLP -> L2 normalisation -> weight-normalised linear layer (no bias). The weight
+norm is written out (weight_g, weight_v parameters) so state-dict names match DINO's `last_layer.weight_g` /
+`last_layer.weight_v` without torch's deprecated weight_norm hook."""
 
 from __future__ import annotations
 

@@ -46,8 +46,6 @@ class HeadConfig(Checked):
     norm_last_layer: bool = option(False, "Fix the last layer's weight-norm gain to 1 (the authors ran ViT-S without).")
 
 
-# ------------------------------------------------------------------ registry
-
 # (width, depth, heads) by name; vit_micro is for tests and the CPU demo (no timm counterpart)
 _SIZES = {"vit_micro": (96, 4, 3), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
 _ARCHS = {f"{name}{suffix}": ViTConfig(patch, *size) for name, size in _SIZES.items()

@@ -1,8 +1,6 @@
-"""The training run's configuration, declared once: the authors' defaults (docs/dora.md).
-
-`wtours train` derives one option per field (wtours/config.py), the model is built from `model`,
-and the run folder's config.json is `asdict(config)`: `wtours train --config runs/x/config.json`
-runs it again. No torch import here."""
+"""The training run's configuration, declared once with the authors' defaults (docs/dora.md); no torch import.
+`wtours train` derives one option per field (wtours/config.py) and builds the model from `model`; the run
+folder's config.json is `asdict(config)`, so `wtours train --config runs/x/config.json` runs it again."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""One process or many: rank, world size, device, and the process group.
-
-Many processes come from torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set) or from
-SLURM's srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NODELIST, SLURM_JOB_ID), as DINO's
-init_distributed_mode reads them: the rendezvous is the node list's first host, on a port derived
-from the job id unless MASTER_PORT is set."""
+"""One process or many: rank, world size, device, and the process group. Many processes come from torchrun
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set) or from SLURM's srun (SLURM_PROCID, SLURM_NTASKS,
+SLURM_LOCALID, SLURM_NODELIST, SLURM_JOB_ID), as DINO's init_distributed_mode reads them: the rendezvous is
+the node list's first host, on a port derived from the job id unless MASTER_PORT is set."""
 
 from __future__ import annotations
 

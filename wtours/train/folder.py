@@ -1,10 +1,8 @@
-"""The run folder: what a run writes there, and what a new run does with a run already there.
-
-One run at a time holds the folder (wtours.locks.folder_lock, taken by rank 0; see
-docs/troubleshooting.md, "Training runs"). Without --resume or --overwrite a folder holding a run is
-refused; --overwrite removes only the files a run writes; --resume refuses changed settings that
-shape the schedules or the data unless --reschedule is given. Nothing here needs torch's process
-group: rank 0 decides and wtours.train.distributed.agree tells the other ranks."""
+"""The run folder: what a run writes there, and what a new run does with a run already there. One run at a
+time holds it (wtours.locks.folder_lock, taken by rank 0; docs/troubleshooting.md, "Training runs"). A folder
+holding a run is refused without --resume or --overwrite; --overwrite removes only the files a run writes;
+--resume refuses changed settings that shape the schedules or the data unless --reschedule is given. Rank 0
+decides and wtours.train.distributed.agree tells the other ranks: nothing here needs torch's process group."""
 
 from __future__ import annotations
 
@@ -154,9 +152,6 @@ def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out:
 def latest_checkpoint(out: Path) -> Path | None:
     path = out / CHECKPOINT_FILE
     return path if path.is_file() else None
-
-
-# ---------------------------------------------------------------- preparing the folder for a run
 
 
 @contextmanager

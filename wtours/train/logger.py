@@ -50,11 +50,9 @@ def progress_line(state: RunState, total_steps: int, loss: float, clips_per_s: f
 
 
 class RunLogger:
-    """log.jsonl (every log_every steps), TensorBoard events and a progress line (rank 0; `say` is silenced
-    by -q), and data.rank<r>.jsonl (clip keys).
-
-    The first step of the process (torch.compile, loader start-up, CUDA warm-up) is timed apart: it is
-    left out of the clips/s of its interval and out of the ETA, which uses the steps since then."""
+    """log.jsonl lines, TensorBoard events and progress lines (rank 0, on the steps the loop logs; `say` is
+    silenced by -q), and data.rank<r>.jsonl (clip keys). The process's first step (torch.compile, loader
+    start-up, CUDA warm-up) is timed apart: left out of the clips/s of its interval and out of the ETA."""
 
     def __init__(self, out: Path, dist: distributed.Dist, total_steps: int = 0,
                  say: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.perf_counter):

@@ -1,6 +1,5 @@
-"""Optimisation pieces: schedules, AdamW groups, per-tensor clipping, last-layer freeze, EMA teacher.
-
-All of it works on whole parameter lists with torch._foreach ops: no host sync per parameter."""
+"""Optimisation pieces: schedules, AdamW groups, per-tensor clipping, last-layer freeze, EMA teacher. The
+tensor ones work on whole parameter lists with torch._foreach ops: no host sync per parameter."""
 
 from __future__ import annotations
 
@@ -36,10 +35,9 @@ def param_groups(module: nn.Module) -> list[dict]:
 
 @torch.no_grad()
 def clip_per_tensor(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """The authors' clipping: each parameter's gradient norm capped at max_norm on its own.
-
-    Returns the norms (on device). Scaling by min(1, max/(norm+1e-6)) everywhere equals DINO's
-    `if clip_coef < 1: grad *= clip_coef` without reading any norm on the host."""
+    """The authors' clipping: each parameter's gradient norm capped at max_norm on its own; returns the norms
+    (on device). Scaling by min(1, max/(norm+1e-6)) everywhere equals DINO's `if clip_coef < 1: grad *=
+    clip_coef` without reading any norm on the host."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(0)

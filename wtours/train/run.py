@@ -140,8 +140,7 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
 
 def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: ClipDataset, schedules: Schedules,
                facts: dict, knn: Any, say: Callable[[str], None]) -> Run:
-    """The model (the same initial weights on every rank), its DDP wrapper, optimiser, gradient scaler and
-    logger."""
+    """The model (the same initial weights on every rank), its DDP wrapper, optimiser, scaler and logger."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
     model = build_model(config, dist.device)
     torch.manual_seed(config.seed + dist.rank)  # then each rank its own heads and dropout
@@ -159,8 +158,7 @@ def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: 
 
 
 def _record_start(run: Run, prepared: dict) -> None:
-    """config.json (the config itself: --config reads it back) and run.json (what it implied), and the
-    console's line about the run."""
+    """config.json (the config itself: --config reads it back), run.json (what it implied), the start line."""
     config, dist, dataset, schedules = run.config, run.dist, run.dataset, run.schedules
     if dist.is_main:
         write_json_atomic(run.out / RUN_CONFIG_FILE, folder.recorded(config))
@@ -281,11 +279,10 @@ class StepSettings:
 
 def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor], optimizer, scaler,
                settings: StepSettings, before_update: Callable[[], None] | None = None) -> tuple[float, Any]:
-    """One DoRA step: loss, backward, per-tensor clipping, last-layer freeze, AdamW, EMA, centre.
-
-    Returns the loss as a float (the step's one host sync) and the model output. A non-finite loss
-    is returned before anything is updated; `before_update` runs once the loss is known to be finite,
-    before the weights change (the loop writes a due checkpoint there)."""
+    """One DoRA step: loss, backward, per-tensor clipping, last-layer freeze, AdamW, EMA, centre. Returns the
+    loss as a float (the step's one host sync) and the model output; a non-finite loss is returned before
+    anything is updated. `before_update` runs once the loss is known to be finite, before the weights change
+    (the loop writes a due checkpoint there)."""
     for group in optimizer.param_groups:
         group["lr"] = settings.lr
     optimizer.param_groups[0]["weight_decay"] = settings.weight_decay  # the other group's stays 0 (param_groups)
@@ -328,9 +325,6 @@ def _resume(run: Run) -> RunState:
     state = RunState(checkpoint["step"], checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["step"])
     run.logger.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
     return state
-
-
-# ---------------------------------------------------------------- k-NN monitoring (wtours.eval)
 
 
 def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
