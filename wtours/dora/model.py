@@ -54,7 +54,7 @@ class DoRA(nn.Module):
         self.config = config = replace(config, **overrides)
         self.arch, self.n_local, self.objects = config.arch, config.n_local, config.objects
         student = create_vit(config.arch, config.drop_path)
-        dim = student.embed_dim
+        dim = student.config.dim
         self.student = Encoder(student, DINOHead(dim, config.out_dim, config.head))
         self.teacher = Encoder(create_vit(config.arch, 0.0), DINOHead(dim, config.out_dim, config.head))
         self.teacher.load_state_dict(self.student.state_dict())
@@ -105,8 +105,8 @@ class DoRA(nn.Module):
         heads = self.draw_heads() if heads is None else torch.as_tensor(heads)
         g, masked, masks = self.teacher_pass(global_view, heads)
         k, b, t = masked.shape[:3]
-        stacked = torch.stack(locals_)  # (n, B, T, 3, L, L)
-        s, l_out = (student or self.student)([masked.flatten(0, 2), stacked.flatten(0, 2)])
+        stacked = torch.stack(locals_).flatten(0, 2)  # (n*B*T, 3, L, L)
+        s, l_out = (student or self.student)([masked.flatten(0, 2), stacked])
         s = s.reshape(k, b, t, -1).transpose(1, 2)  # (K, T, B, out)
         l_out = l_out.reshape(self.n_local, b, t, -1).transpose(1, 2)  # (n, T, B, out)
         return StepOutput(self.loss(g, s, l_out, epoch), g, masks)

@@ -40,9 +40,8 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
 
 
 class _KeepingErrors:
-    """A file whose write errors are kept: torch.save turns an exception raised by a write (a full disk's
-    OSError, a Ctrl-C's KeyboardInterrupt) into a bare RuntimeError ("unexpected pos ..."); the kept one
-    is raised instead."""
+    """A file whose write errors are kept: torch.save turns an exception raised by a write (a full disk's OSError,
+    a Ctrl-C's KeyboardInterrupt) into a bare RuntimeError ("unexpected pos ..."); the kept one is raised instead."""
 
     def __init__(self, file):
         self.file, self.error = file, None

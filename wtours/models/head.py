@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wtours.models.registry import HeadConfig
+from wtours.models.vit import init_linear
 
 
 class WeightNormLinear(nn.Module):
@@ -29,10 +30,7 @@ class DINOHead(nn.Module):
         hidden, bottleneck = config.hidden_dim, config.bottleneck_dim
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, bottleneck))
-        for layer in self.mlp:
-            if isinstance(layer, nn.Linear):
-                nn.init.trunc_normal_(layer.weight, std=0.02)
-                nn.init.zeros_(layer.bias)
+        self.mlp.apply(init_linear)
         self.last_layer = WeightNormLinear(bottleneck, out_dim)
         self.last_layer.weight_g.requires_grad_(not config.norm_last_layer)
 

@@ -63,15 +63,6 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x))), q, k
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, dim: int):
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
-
-
 @dataclass
 class LastAttention:
     """What the teacher's last block exposes for DoRA's tracker."""
@@ -86,8 +77,9 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         d = config.dim
-        self.patch_embed = PatchEmbed(config.patch_size, d)
-        grid = config.image_size // config.patch_size
+        p = config.patch_size
+        self.patch_embed = nn.Sequential(OrderedDict(proj=nn.Conv2d(3, d, kernel_size=p, stride=p)))  # DINO's names
+        grid = config.image_size // p
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, d))
         rates = torch.linspace(0, config.drop_path, config.depth).tolist()
@@ -95,11 +87,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(d, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
-
-    @property
-    def embed_dim(self) -> int:
-        return self.config.dim
+        self.apply(init_linear)
 
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
         """DINO's interpolation (bicubic, with its +0.1 scale offset) for inputs other than image_size."""
@@ -116,7 +104,7 @@ class VisionTransformer(nn.Module):
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 1+N, D) embedded tokens with position."""
         b, _, h, w = x.shape
-        x = self.patch_embed(x)
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
         return x + self.interpolate_pos_encoding(h, w)
 
@@ -137,8 +125,8 @@ def cls_attention(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return torch.softmax((queries[:, :, :1] @ keys.transpose(-2, -1)).squeeze(2) * scale, dim=-1)
 
 
-def _init_weights(module: nn.Module) -> None:
-    """DINO's init of the linear layers (LayerNorm's own init is already DINO's: weight 1, bias 0)."""
+def init_linear(module: nn.Module) -> None:
+    """DINO's init of a linear layer (LayerNorm's own init is already DINO's: weight 1, bias 0)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         nn.init.zeros_(module.bias)

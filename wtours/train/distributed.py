@@ -59,11 +59,9 @@ def check_device(device: str | None, launch: Dist) -> torch.device:
     name a device this machine has (cuda:N with N below the device count; under torchrun/srun each
     process takes cuda:LOCAL_RANK, which must exist too)."""
     target = resolve_device(device)
-    if target.type == "cpu":
-        return target
-    if target.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(f"--device {device}: no MPS device here", "use --device cpu")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: no MPS device here", "use --device cpu")
+    if target.type in ("cpu", "mps"):
         return target
     if target.type != "cuda":
         raise UsageError(f"--device {device}: wtours trains on cpu or cuda only", "use --device cpu or cuda[:N]")

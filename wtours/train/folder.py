@@ -38,10 +38,9 @@ from wtours.train.config import TrainConfig
 
 
 def free_settings() -> frozenset[str]:
-    """Settings that do not change what the run computes, or only how fast: free to change on --resume
-    (TrainConfig's fields with the metadata flag "free"). Not "workers": each loader worker reads its own
-    stretch of the epoch, so the worker count decides which clips make up each batch, and a resume with
-    another count would repeat some clips and skip others."""
+    """Settings that change only how fast the run computes, or nothing: free to change on --resume (the fields
+    flagged "free"). Not "workers": each loader worker reads its own stretch of the epoch, so the worker count
+    decides which clips make up each batch; another count on resume would repeat some clips and skip others."""
     return flagged(TrainConfig, "free")
 
 
@@ -137,9 +136,8 @@ SOURCE_KEY = "_from"  # resumed_model_settings' note of the file the model came 
 
 def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out: str,
                           source: str | None = None) -> None:
-    """--resume with an explicitly different architecture or head size: the checkpoint's weights do not
-    fit that model, so --reschedule cannot accept it either. `source`: the file the run's model was read
-    from (resumed_model_settings), named in the hint."""
+    """--resume with an explicitly different architecture or head size: the checkpoint's weights do not fit that
+    model, so --reschedule cannot accept it either. `source`: the file the run's model was read from (hint)."""
     saved, now = flat_settings(run_model), flat_settings(model)
     changed = {k: [saved[k], now[k]] for k in WEIGHT_SHAPES if k in saved and k in now and saved[k] != now[k]}
     if changed:
@@ -156,9 +154,8 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 @contextmanager
 def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: dict) -> Iterator[dict]:
-    """Hold the run folder (rank 0 takes the lock; the others follow its decision) for the block; yields
-    `prepare`'s {"changed": ..., "step": ...}. A refused or failed start leaves no folder behind that it
-    created."""
+    """Hold the run folder (rank 0 takes the lock; the others follow its decision) for the block; yields `prepare`'s
+    {"changed": ..., "step": ...}. A refused or failed start leaves no folder behind that it created."""
     created = not out.exists()
     with ExitStack() as stack:
         def take() -> dict:

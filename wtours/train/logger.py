@@ -68,8 +68,7 @@ class RunLogger:
 
     def step(self, state: RunState, loss: float, optimizer: Any, momentum: float, data_seconds: float,
              keys: list[str], problems: dict | None = None) -> None:
-        """One step; `problems` (what the loader skipped so far, all ranks: `Problems.counts()`) is given on
-        logged steps."""
+        """One step; `problems` (what the loader skipped so far, all ranks: `Problems.counts()`) on logged steps."""
         self.data.write(json.dumps({"step": state.step, "epoch": state.epoch, "keys": keys}) + "\n")
         self.losses.append(loss)
         now = self.clock()

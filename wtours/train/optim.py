@@ -10,17 +10,14 @@ import torch.nn as nn
 
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
                     warmup_start: float = 0.0) -> np.ndarray:
-    """DINO's utils.cosine_scheduler per iteration: np.linspace(warmup_start, base, warmup_steps)
-    (reaching `base` at the last warm-up iteration), then a cosine from `base` to `final` over the
-    remaining iterations. A warm-up longer than the run (a short --steps run) is shortened to the
-    run: it then reaches `base` at the last step."""
+    """DINO's utils.cosine_scheduler per iteration: np.linspace(warmup_start, base, warmup_steps) (reaching `base`
+    at the last warm-up iteration), then a cosine from `base` to `final` over the remaining iterations. A warm-up
+    longer than the run (a short --steps run) is shortened to the run: it then reaches `base` at the last step."""
     warmup_steps = min(warmup_steps, total_steps)
     warmup = np.linspace(warmup_start, base, warmup_steps) if warmup_steps > 0 else np.array([])
     iters = np.arange(total_steps - warmup_steps)
     cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
-    schedule = np.concatenate((warmup, cosine))
-    assert len(schedule) == total_steps
-    return schedule
+    return np.concatenate((warmup, cosine))
 
 
 def param_groups(module: nn.Module) -> list[dict]:

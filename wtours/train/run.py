@@ -247,9 +247,8 @@ def _non_finite(run: Run, what: str) -> NonFiniteLoss:
 
 
 def _checkpoint(run: Run) -> None:
-    """Write the current state (step `state.step`), which is finite: every rank checks the same weights,
-    so all stop together otherwise. The checkpoint holds the settings (`config`) and facts (`schedule`)
-    that --resume compares."""
+    """Write the current state (step `state.step`) once it is known to be finite (every rank checks the same
+    weights, so all stop together otherwise), with the settings and facts that --resume compares."""
     model, state, config = run.model, run.state, run.config
     tensors = [p.detach() for p in (*model.student.parameters(), *model.teacher.parameters(), model.loss.center)]
     # element-wise, one host sync: a norm of huge but finite weights would itself overflow
@@ -340,10 +339,8 @@ def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
 def _knn_evaluate(run: Run) -> None:
     """After the last step of every --knn-every-th epoch and of the run: the teacher backbone's k-NN, logged."""
     state, schedules = run.state, run.schedules
-    if run.knn is None:
-        return
     epochs_done = state.epoch + 1 if state.step_in_epoch == schedules.steps_per_epoch else None
-    if run.knn.due(epochs_done, run_over=state.step == schedules.total_steps):
+    if run.knn is not None and run.knn.due(epochs_done, run_over=state.step == schedules.total_steps):
         from wtours.eval.knn import result_line
 
         result = run.knn.evaluate(run.model.teacher.backbone, run.dist.device)
