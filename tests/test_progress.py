@@ -76,7 +76,7 @@ def run_steps(tmp_path: Path, first: int, total: int, every: int, warmup_s: floa
     """A logger driven as the loop drives it: a slow first step, then steps of `step_s` seconds of 4 clips."""
     said: list[str] = []
     clock = Clock()
-    logger = _RunLogger(tmp_path, distributed.Dist(0, 1, 0, torch.device("cpu")), every, total, said.append, clock)
+    logger = _RunLogger(tmp_path, distributed.Dist(0, 1, 0, torch.device("cpu")), total, said.append, clock)
     state = RunState(step=first)
     try:
         for step in range(first + 1, total + 1):

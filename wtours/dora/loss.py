@@ -37,8 +37,7 @@ class DoRALoss(nn.Module):
         if self.config.weighting == "mean":
             return terms.mean()
         frames = terms.shape[1]
-        accumulated = terms.new_zeros(())
-        total = terms.new_zeros(())
+        accumulated = total = terms.new_zeros(())
         for per_object in terms.sum(dim=1):  # the authors' loop over objects, acc never reset
             accumulated = (accumulated + per_object) / frames
             total = total + accumulated

@@ -19,10 +19,9 @@ from wtours.models.vit import VisionTransformer, cls_attention
 
 
 class Encoder(nn.Module):
-    """Backbone + head, named as DINO's MultiCropWrapper so checkpoints load without conversion.
-
-    Given a list of batches (one per resolution) it runs the backbone on each and the head once on
-    all [CLS] features, in ONE forward call: DistributedDataParallel needs exactly that."""
+    """Backbone + head, named as DINO's MultiCropWrapper so checkpoints load without conversion. Given a list
+    of batches (one per resolution) it runs the backbone on each and the head once on all [CLS] features, in
+    ONE forward call: DistributedDataParallel needs exactly that."""
 
     backbone: VisionTransformer  # declared: nn.Module's __getattr__ would type sub-modules as Tensor | Module
     head: DINOHead
@@ -55,7 +54,7 @@ class DoRA(nn.Module):
         self.config = config = replace(config, **overrides)
         self.arch, self.n_local, self.objects = config.arch, config.n_local, config.objects
         student = create_vit(config.arch, config.drop_path)
-        dim = student.embed_dim
+        dim = student.config.dim
         self.student = Encoder(student, DINOHead(dim, config.out_dim, config.head))
         self.teacher = Encoder(create_vit(config.arch, 0.0), DINOHead(dim, config.out_dim, config.head))
         self.teacher.load_state_dict(self.student.state_dict())
@@ -71,8 +70,7 @@ class DoRA(nn.Module):
 
     def draw_heads(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """K distinct heads at random: one draw per step, shared by the batch."""
-        heads = self.teacher.backbone.config.heads
-        return torch.randperm(heads, generator=generator)[: self.objects]
+        return torch.randperm(self.teacher.backbone.config.heads, generator=generator)[: self.objects]
 
     @torch.no_grad()
     def teacher_pass(self, global_view: torch.Tensor,
@@ -97,10 +95,9 @@ class DoRA(nn.Module):
 
     def forward(self, crops: list[torch.Tensor], heads: torch.Tensor | None = None,
                 student: nn.Module | None = None, epoch: int = 0) -> StepOutput:
-        """crops: [global (B, T, 3, 224, 224), local_1 .. local_n (B, T, 3, 112, 112)].
-
-        `student` may be a DistributedDataParallel wrapper of `self.student`; `epoch` sets the
-        teacher temperature (its warm-up is per epoch, as in DINO)."""
+        """crops: [global (B, T, 3, 224, 224), local_1 .. local_n (B, T, 3, 112, 112)]. `student` may be a
+        DistributedDataParallel wrapper of `self.student`; `epoch` sets the teacher temperature (its warm-up
+        is per epoch, as in DINO)."""
         global_view, locals_ = crops[0], crops[1:]
         if len(locals_) != self.n_local:
             raise WtoursError(f"got {len(locals_)} local views, the model was built for {self.n_local}",
@@ -108,19 +105,16 @@ class DoRA(nn.Module):
         heads = self.draw_heads() if heads is None else torch.as_tensor(heads)
         g, masked, masks = self.teacher_pass(global_view, heads)
         k, b, t = masked.shape[:3]
-        stacked = torch.stack(locals_)  # (n, B, T, 3, L, L)
-        n = stacked.shape[0]
-        s, l_out = (student or self.student)([masked.flatten(0, 2), stacked.flatten(0, 2)])
+        stacked = torch.stack(locals_).flatten(0, 2)  # (n*B*T, 3, L, L)
+        s, l_out = (student or self.student)([masked.flatten(0, 2), stacked])
         s = s.reshape(k, b, t, -1).transpose(1, 2)  # (K, T, B, out)
-        l_out = l_out.reshape(n, b, t, -1).transpose(1, 2)  # (n, T, B, out)
+        l_out = l_out.reshape(self.n_local, b, t, -1).transpose(1, 2)  # (n, T, B, out)
         return StepOutput(self.loss(g, s, l_out, epoch), g, masks)
 
     def compute_loss(self, crops: list[torch.Tensor], epoch: int = 0,
                      heads: torch.Tensor | None = None) -> torch.Tensor:
         """The scalar loss for a batch at `epoch` (the centre is not updated)."""
         return self.forward(crops, heads, epoch=epoch).loss
-
-    # ---------------------------------------------------------------- checkpoints
 
     def load_official_checkpoint(self, checkpoint: str | os.PathLike | dict[str, Any]) -> None:
         """Load the authors' (or DINO's, or our) checkpoint: a dict with 'student' and 'teacher'."""
@@ -129,21 +123,17 @@ class DoRA(nn.Module):
             if name not in state:
                 raise WtoursError(f"checkpoint has no {name!r} entry (keys: {', '.join(list(state)[:8])})",
                                   "pass a DoRA/DINO training checkpoint (with 'student' and 'teacher' dicts)")
-            _load_strict(getattr(self, name), strip_prefix(state[name]), name)
+            weights, own = strip_prefix(state[name]), getattr(self, name).state_dict()
+            missing = sorted(own.keys() - weights.keys())
+            unexpected = sorted(weights.keys() - own.keys())
+            wrong = sorted(k for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape)
+            if missing or unexpected or wrong:
+                detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                                   for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                       ("shape differs", wrong)) if keys)
+                raise WtoursError(f"the checkpoint's {name} does not fit this model ({detail})",
+                                  "build the model with the checkpoint's --arch and --out-dim")
+            getattr(self, name).load_state_dict(weights)
         center = (state.get("dora_loss") or state.get("dino_loss") or {}).get("center")
         if center is not None and center.shape == self.loss.center.shape:
             self.loss.center.copy_(center)
-
-
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
-    own = module.state_dict()
-    missing = sorted(own.keys() - state.keys())
-    unexpected = sorted(state.keys() - own.keys())
-    wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                           for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                               ("shape differs", wrong)) if keys)
-        raise WtoursError(f"the checkpoint's {name} does not fit this model ({detail})",
-                          "build the model with the checkpoint's --arch and --out-dim")
-    module.load_state_dict(state)

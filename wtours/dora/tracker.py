@@ -1,8 +1,7 @@
-"""DoRA's object discovery and tracking (docs/dora-method.md, "One training step").
-
-Discovery on frame 0: K attention heads' [CLS] rows weight the patch queries into prototypes, which
-Sinkhorn-Knopp assigns to the normalised patch tokens; the refined prototypes then attend over each
-frame's patch keys, and each attention map, binarised at its batch mean, masks the frame."""
+"""DoRA's object discovery and tracking (docs/dora-method.md, "One training step"). On frame 0, K attention
+heads' [CLS] rows weight the patch queries into prototypes, which Sinkhorn-Knopp assigns to the normalised
+patch tokens; the refined prototypes then attend over each frame's patch keys, and each attention map,
+binarised at its batch mean, masks the frame."""
 
 from __future__ import annotations
 
@@ -28,11 +27,8 @@ def sinkhorn(logits: torch.Tensor, epsilon: float = 0.05, iterations: int = 30) 
 @torch.no_grad()
 def discover(cls_row: torch.Tensor, queries: torch.Tensor, tokens: torch.Tensor, heads: torch.Tensor,
              epsilon: float = 0.05, iterations: int = 30) -> torch.Tensor:
-    """Refined object prototypes from frame 0.
-
-    cls_row: (B, h, N) [CLS]-to-patch attention; queries: (B, N, D) patch queries, heads
-    concatenated; tokens: (B, N, D) final-norm patch tokens; heads: (K,) head indices.
-    Returns P' (B, K, D)."""
+    """Refined object prototypes P' (B, K, D) from frame 0: cls_row (B, h, N) [CLS]-to-patch attention,
+    queries (B, N, D) patch queries (heads concatenated), tokens (B, N, D) final-norm patch tokens, heads (K,)."""
     prototypes = cls_row[:, heads] @ queries  # (B, K, D)
     normed = F.normalize(tokens, dim=-1)  # (B, N, D)
     plan = sinkhorn(normed @ prototypes.transpose(1, 2), epsilon, iterations)  # (B, N, K)
@@ -41,10 +37,8 @@ def discover(cls_row: torch.Tensor, queries: torch.Tensor, tokens: torch.Tensor,
 
 @torch.no_grad()
 def track(prototypes: torch.Tensor, keys: torch.Tensor, frames: int) -> torch.Tensor:
-    """Binary patch masks for every object and frame.
-
-    prototypes: (B, K, D); keys: (B*T, N, D) patch keys, heads concatenated, clip-major.
-    Returns (K, B, T, N) bool; the threshold is one mean per (object, frame) over the whole batch."""
+    """Binary patch masks (K, B, T, N) for every object and frame from prototypes (B, K, D) and patch keys
+    (B*T, N, D; heads concatenated, clip-major); the threshold is one mean per (object, frame) over the batch."""
     bt, n, d = keys.shape
     b, k, _ = prototypes.shape
     keys = keys.reshape(b, frames, n, d)
@@ -56,10 +50,8 @@ def track(prototypes: torch.Tensor, keys: torch.Tensor, frames: int) -> torch.Te
 
 @torch.no_grad()
 def apply_masks(frames: torch.Tensor, masks: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Keep each object's region of the normalised global frames, zero the rest.
-
-    frames: (B, T, 3, H, W); masks: (K, B, T, N) with N = (H/p)*(W/p).
-    Returns (K, B, T, 3, H, W)."""
+    """Keep each object's region of the normalised global frames (B, T, 3, H, W), zero the rest:
+    masks (K, B, T, N) with N = (H/p)*(W/p) -> (K, B, T, 3, H, W)."""
     k, b, t, n = masks.shape
     h, w = frames.shape[-2] // patch_size, frames.shape[-1] // patch_size
     grid = masks.reshape(k, b, t, 1, h, w).to(frames.dtype)

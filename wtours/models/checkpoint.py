@@ -1,9 +1,8 @@
 """Checkpoint files, read and written in one place: wtours' training checkpoints (the authors' layout,
 'student', 'teacher', 'dora_loss', plus our run state), the authors' and DINO's, and exported backbones.
-
 Every reader goes through `read_checkpoint` (torch.load with weights_only=True: a checkpoint is data, never
-code). A frozen backbone comes from any of them with `load_backbone`: the architecture is read from the
-weights' shapes (width, patch size, depth) and matched against the model registry; `arch` overrides it."""
+code). `load_backbone` takes a frozen backbone from any of them; its architecture is the registered one with
+the weights' shapes (width, patch size, depth) unless `arch` names it."""
 
 from __future__ import annotations
 
@@ -41,9 +40,8 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
 
 
 class _KeepingErrors:
-    """A file whose write errors are kept: torch.save turns an exception raised by a write (a full disk's
-    OSError, a Ctrl-C's KeyboardInterrupt) into a bare RuntimeError ("unexpected pos ..."); the kept one
-    is raised instead."""
+    """A file whose write errors are kept: torch.save turns an exception raised by a write (a full disk's OSError,
+    a Ctrl-C's KeyboardInterrupt) into a bare RuntimeError ("unexpected pos ..."); the kept one is raised instead."""
 
     def __init__(self, file):
         self.file, self.error = file, None
@@ -59,35 +57,28 @@ class _KeepingErrors:
         self.file.flush()
 
 
-def _torch_save(obj: Any, path: Path) -> None:
-    with open(path, "wb") as file:
-        writer = _KeepingErrors(file)
-        try:
-            torch.save(obj, cast(IO[bytes], writer))
-        except RuntimeError:
-            if writer.error is not None:
-                raise writer.error from None
-            raise
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save through the one atomic writer: a kill never leaves half a file, and a failed write
     (ENOSPC, EROFS, ...) raises its OSError, leaves no temporary and keeps the previous checkpoint."""
-    replace_atomically(path, lambda tmp: _torch_save({**state, "wtours": __version__}, tmp))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as file:
+            writer = _KeepingErrors(file)
+            try:
+                torch.save({**state, "wtours": __version__}, cast(IO[bytes], writer))
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+
+    replace_atomically(path, write)
 
 
-def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("module.", "_orig_mod.")) -> dict:
+_WRAPPERS = re.compile(r"^(?:module\.|_orig_mod\.)+")
+
+
+def strip_prefix(state: dict[str, torch.Tensor]) -> dict:
     """Keys without DDP's `module.` and torch.compile's `_orig_mod.` prefixes (in any nesting)."""
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in prefixes:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
+    return {_WRAPPERS.sub("", key): value for key, value in state.items()}
 
 
 def backbone_state(checkpoint: dict, which: str = "teacher") -> dict[str, torch.Tensor]:
@@ -107,28 +98,21 @@ def backbone_state(checkpoint: dict, which: str = "teacher") -> dict[str, torch.
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 
 
-def shape_signature(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
-    """(width, patch size, depth) of a backbone state dict."""
+def infer_arch(state: dict[str, torch.Tensor]) -> str:
+    """The registered architecture whose (width, patch size, depth) the backbone weights have."""
     try:
-        width = state["pos_embed"].shape[-1]
-        patch = state["patch_embed.proj.weight"].shape[-1]
+        width = int(state["pos_embed"].shape[-1])
+        patch = int(state["patch_embed.proj.weight"].shape[-1])
     except KeyError as e:
         raise WtoursError(f"the backbone weights have no {e.args[0]!r}",
                           "pass a DINO/DoRA/wtours ViT checkpoint or an exported backbone") from e
     depth = 1 + max((int(m.group(1)) for key in state if (m := _BLOCK.match(key))), default=-1)
-    return int(width), int(patch), depth
-
-
-def infer_arch(state: dict[str, torch.Tensor]) -> str:
-    """The registered architecture whose (width, patch size, depth) the weights have."""
-    signature = shape_signature(state)
     for name in vit_names():
         if "_patch" not in name:
             continue  # vit_small is an alias of vit_small_patch16
         config = vit_config(name)  # the config alone: building every model would cost seconds
-        if (config.dim, config.patch_size, config.depth) == signature:
+        if (config.dim, config.patch_size, config.depth) == (width, patch, depth):
             return name.replace("_patch16", "")
-    width, patch, depth = signature
     raise UsageError(f"no registered architecture has width {width}, patch size {patch} and {depth} blocks",
                       f"pass --arch (one of {', '.join(vit_names())})")
 

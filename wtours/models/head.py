@@ -1,7 +1,6 @@
-"""DINO's projection head: MLP -> L2 normalisation -> weight-normalised linear layer (no bias).
-
-The weight norm is written out (weight_g, weight_v parameters) so state-dict names match DINO's
-`last_layer.weight_g` / `last_layer.weight_v` without torch's deprecated weight_norm hook."""
+"""DINO's projection head: MLP -> L2 normalisation -> weight-normalised linear layer (no bias). The weight
+norm is written out (weight_g, weight_v parameters) so state-dict names match DINO's `last_layer.weight_g` /
+`last_layer.weight_v` without torch's deprecated weight_norm hook."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wtours.models.registry import HeadConfig
+from wtours.models.vit import init_linear
 
 
 class WeightNormLinear(nn.Module):
@@ -30,10 +30,7 @@ class DINOHead(nn.Module):
         hidden, bottleneck = config.hidden_dim, config.bottleneck_dim
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                  nn.Linear(hidden, bottleneck))
-        for layer in self.mlp:
-            if isinstance(layer, nn.Linear):
-                nn.init.trunc_normal_(layer.weight, std=0.02)
-                nn.init.zeros_(layer.bias)
+        self.mlp.apply(init_linear)
         self.last_layer = WeightNormLinear(bottleneck, out_dim)
         self.last_layer.weight_g.requires_grad_(not config.norm_last_layer)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from wtours.config import Range, check_fields
 from wtours.errors import WtoursError
@@ -12,6 +12,18 @@ from wtours.errors import WtoursError
 # as DINO and DoRA use them); the loader applies it and exported models declare it.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def option(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002 (the metadata key Click calls help)
+    """A settings field: its default, and the metadata wtours/config.py turns into a checked option."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+class Checked:
+    """A settings dataclass whose fields are checked against their metadata (range, choices) when built."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -26,36 +38,18 @@ class ViTConfig:
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(Checked):
     """DINO's projection head (wtours/models/head.py); its output dimension is the model's out_dim."""
 
-    hidden_dim: int = field(default=2048, metadata={
-        "help": "Width of the head's two hidden layers.", "range": Range(1, 1 << 16)})
-    bottleneck_dim: int = field(default=256, metadata={
-        "help": "Width before the weight-normalised last layer.", "range": Range(1, 1 << 16)})
-    norm_last_layer: bool = field(default=False, metadata={
-        "help": "Fix the last layer's weight-norm gain to 1 (the authors ran ViT-S without)."})
-
-    def __post_init__(self) -> None:
-        check_fields(self)
+    hidden_dim: int = option(2048, "Width of the head's two hidden layers.", range=Range(1, 1 << 16))
+    bottleneck_dim: int = option(256, "Width before the weight-normalised last layer.", range=Range(1, 1 << 16))
+    norm_last_layer: bool = option(False, "Fix the last layer's weight-norm gain to 1 (the authors ran ViT-S without).")
 
 
-# ------------------------------------------------------------------ registry
-
-_ARCHS: dict[str, Callable[..., ViTConfig]] = {}
-
-
-def _register(name: str, dim: int, depth: int, heads: int) -> None:
-    for patch in (16, 8):
-        _ARCHS[f"{name}_patch{patch}"] = lambda drop_path=0.0, p=patch: ViTConfig(p, dim, depth, heads,
-                                                                                   drop_path=drop_path)
-    _ARCHS[name] = _ARCHS[f"{name}_patch16"]
-
-
-_register("vit_micro", 96, 4, 3)  # for tests and the CPU demo; no timm counterpart
-_register("vit_tiny", 192, 12, 3)
-_register("vit_small", 384, 12, 6)
-_register("vit_base", 768, 12, 12)
+# (width, depth, heads) by name; vit_micro is for tests and the CPU demo (no timm counterpart)
+_SIZES = {"vit_micro": (96, 4, 3), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+_ARCHS = {f"{name}{suffix}": ViTConfig(patch, *size) for name, size in _SIZES.items()
+          for suffix, patch in (("", 16), ("_patch16", 16), ("_patch8", 8))}
 
 
 def vit_names() -> list[str]:
@@ -65,4 +59,4 @@ def vit_names() -> list[str]:
 def vit_config(arch: str, drop_path: float = 0.0) -> ViTConfig:
     if arch not in _ARCHS:
         raise WtoursError(f"unknown architecture {arch!r}", f"choose one of {', '.join(vit_names())}")
-    return _ARCHS[arch](drop_path=drop_path)
+    return replace(_ARCHS[arch], drop_path=drop_path)

@@ -1,14 +1,13 @@
-"""Vision Transformer as in DINO's vision_transformer.py: same parameter names, so DINO/DoRA
-checkpoints load as they are and exported backbones load into timm's `vit_*_patch*_224`.
-
-Attention is fused (scaled_dot_product_attention) everywhere; `forward_last_attention` also returns
-the last block's per-head queries and keys and the [CLS] attention row, which DoRA's tracker needs."""
+"""Vision Transformer as in DINO's vision_transformer.py: same parameter names, so DINO/DoRA checkpoints
+load as they are and exported backbones load into timm's `vit_*_patch*_224`. Attention is fused
+(scaled_dot_product_attention); `forward_last_attention` also returns the last block's per-head queries
+and keys, which DoRA's tracker needs."""
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 import torch.nn as nn
@@ -24,15 +23,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, n, D) -> the output (B, n, D), and the per-head queries and keys (B, h, n, D/h)."""
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]  # each (B, h, n, D/h)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv_heads(x)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, h, n, D/h)
-        return self.proj(out.transpose(1, 2).reshape(x.shape))
+        return self.proj(out.transpose(1, 2).reshape(x.shape)), q, k
 
 
 class DropPath(nn.Module):
@@ -50,17 +46,6 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float):
         super().__init__()
@@ -68,20 +53,14 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, dim: int):
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block's output, and its attention's per-head queries and keys."""
+        attended, q, k = self.attn(self.norm1(x))
+        x = x + self.drop_path(attended)
+        return x + self.drop_path(self.mlp(self.norm2(x))), q, k
 
 
 @dataclass
@@ -98,8 +77,9 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         d = config.dim
-        self.patch_embed = PatchEmbed(config.patch_size, d)
-        grid = config.image_size // config.patch_size
+        p = config.patch_size
+        self.patch_embed = nn.Sequential(OrderedDict(proj=nn.Conv2d(3, d, kernel_size=p, stride=p)))  # DINO's names
+        grid = config.image_size // p
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, d))
         rates = torch.linspace(0, config.drop_path, config.depth).tolist()
@@ -107,11 +87,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(d, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
-
-    @property
-    def embed_dim(self) -> int:
-        return self.config.dim
+        self.apply(init_linear)
 
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
         """DINO's interpolation (bicubic, with its +0.1 scale offset) for inputs other than image_size."""
@@ -128,29 +104,18 @@ class VisionTransformer(nn.Module):
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 1+N, D) embedded tokens with position."""
         b, _, h, w = x.shape
-        x = self.patch_embed(x)
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
         return x + self.interpolate_pos_encoding(h, w)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)  # (B, 1+N, D)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[:, 0]  # [CLS] (B, D)
+        return self.forward_last_attention(x).tokens[:, 0]  # [CLS] (B, D)
 
     def forward_last_attention(self, x: torch.Tensor) -> LastAttention:
-        """Like forward_features, also returning the last block's per-head queries and keys."""
+        """The final-norm tokens, and the last block's per-head queries and keys."""
         x = self.tokens(x)
-        for block in self.blocks[:-1]:
-            x = block(x)
-        last = cast(Block, self.blocks[-1])
-        q, k, v = last.attn.qkv_heads(last.norm1(x))
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape)
-        x = x + last.drop_path(last.attn.proj(attended))
-        x = x + last.drop_path(last.mlp(last.norm2(x)))
+        for block in self.blocks:
+            x, q, k = block(x)
         return LastAttention(self.norm(x), q, k)
 
 
@@ -160,13 +125,10 @@ def cls_attention(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return torch.softmax((queries[:, :, :1] @ keys.transpose(-2, -1)).squeeze(2) * scale, dim=-1)
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_linear(module: nn.Module) -> None:
+    """DINO's init of a linear layer (LayerNorm's own init is already DINO's: weight 1, bias 0)."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
 
 

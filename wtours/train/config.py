@@ -1,8 +1,6 @@
-"""The training run's configuration, declared once: the authors' defaults (docs/dora.md).
-
-`wtours train` derives one option per field (wtours/config.py), the model is built from `model`,
-and the run folder's config.json is `asdict(config)`: `wtours train --config runs/x/config.json`
-runs it again. No torch import here."""
+"""The training run's configuration, declared once with the authors' defaults (docs/dora.md); no torch import.
+`wtours train` derives one option per field (wtours/config.py) and builds the model from `model`; the run
+folder's config.json is `asdict(config)`, so `wtours train --config runs/x/config.json` runs it again."""
 
 from __future__ import annotations
 
@@ -12,11 +10,7 @@ from wtours.config import AT_LEAST_1, FRACTION, NOT_NEGATIVE, Range, check_field
 from wtours.dora.config import DoRAConfig
 from wtours.errors import UsageError
 from wtours.layout import ROOT_URL_HINT, is_url
-
-
-def _opt(default, help: str, **meta):  # noqa: A002 (the metadata key Click calls help)
-    return field(default=default, metadata={"help": help, **meta})
-
+from wtours.models.registry import option
 
 # Bounds far beyond any real run, so that a typo (an extra zero or three) fails at once rather than
 # planning a run of centuries; the metadata flag "free" marks the settings a --resume may change
@@ -35,61 +29,58 @@ class TrainConfig:
                                    "one command per shard; index.json beside its .tar argument); repeatable."})
     out: str = field(metadata={"metavar": "DIR", "help": "Run folder: checkpoints, logs, config.json.",
                                "free": True, "path": True})
-    root: str | None = _opt(None, "Data root (default: $WTOURS_ROOT, else ~/.local/share/wtours).",
-                            envvar="WTOURS_ROOT", metavar="DIR", free=True, path=True)
+    root: str | None = option(None, "Data root (default: $WTOURS_ROOT, else ~/.local/share/wtours).",
+                              envvar="WTOURS_ROOT", metavar="DIR", free=True, path=True)
     model: DoRAConfig = field(default_factory=DoRAConfig)
-    epochs: int = _opt(100, "Epochs; the schedules span them.", range=EPOCHS)
-    steps: int | None = _opt(None, "Stop after this many optimiser steps; the schedules span them (overrides "
-                                   "--epochs for the length; epochs still count passes over the data).",
-                             range=STEPS)
-    batch_size: int = _opt(16, "Clips per process.", range=PER_PROCESS)
-    clip_frames: int = _opt(8, "Frames per clip.", range=Range(1, 1024))
-    clip_stride: float = _opt(1.0, "Seconds between a clip's frames.",
-                              range=Range(0, 3600, open_low=True))
-    clips_per_shard: int | None = _opt(None, "A random subset of clips per shard and epoch (default: all).",
-                                       range=AT_LEAST_1)
-    lr: float | None = _opt(None, "Peak learning rate (default: 0.0005 x global batch / 256, as the authors).",
-                            range=Range(0, 1, open_low=True))
-    min_lr: float = _opt(1e-5, "Learning rate at the end of the cosine.", range=Range(0, 1))
-    warmup_epochs: float = _opt(10.0, "Linear lr warm-up from 0, in epochs: int(warmup_epochs x steps per "
-                                      "epoch) iterations (fractions allowed).",
-                              range=Range(0, EPOCHS.high))
+    epochs: int = option(100, "Epochs; the schedules span them.", range=EPOCHS)
+    steps: int | None = option(None, "Stop after this many optimiser steps; the schedules span them (overrides "
+                                     "--epochs for the length; epochs still count passes over the data).",
+                               range=STEPS)
+    batch_size: int = option(16, "Clips per process.", range=PER_PROCESS)
+    clip_frames: int = option(8, "Frames per clip.", range=Range(1, 1024))
+    clip_stride: float = option(1.0, "Seconds between a clip's frames.", range=Range(0, 3600, open_low=True))
+    clips_per_shard: int | None = option(None, "A random subset of clips per shard and epoch (default: all).",
+                                         range=AT_LEAST_1)
+    lr: float | None = option(None, "Peak learning rate (default: 0.0005 x global batch / 256, as the authors).",
+                              range=Range(0, 1, open_low=True))
+    min_lr: float = option(1e-5, "Learning rate at the end of the cosine.", range=Range(0, 1))
+    warmup_epochs: float = option(10.0, "Linear lr warm-up from 0, in epochs: int(warmup_epochs x steps per "
+                                        "epoch) iterations (fractions allowed).", range=Range(0, EPOCHS.high))
     # No upper bound: any decay is a valid setting (tests drive a run to divergence with 1e18, exit 4).
-    weight_decay: float = _opt(0.04, "Weight decay at the start (cosine schedule).", range=NOT_NEGATIVE)
-    weight_decay_end: float = _opt(0.4, "Weight decay at the end.", range=NOT_NEGATIVE)
-    momentum_teacher: float = _opt(0.996, "Teacher EMA momentum at the start (cosine to 1).", range=FRACTION)
-    clip_grad: float = _opt(3.0, "Per-parameter gradient-norm cap (0: no clipping).", range=NOT_NEGATIVE)
-    freeze_last_layer: int = _opt(1, "Epochs during which the head's last layer is not updated.",
-                                 range=Range(0, EPOCHS.high))
-    precision: str | None = _opt(None, "Default: bf16 on GPU, fp32 on CPU.", choices=("bf16", "fp16", "fp32"),
-                                free=True)
-    compile: bool = _opt(False, "torch.compile the backbones.", free=True)
-    workers: int | None = _opt(None, "Data loader processes per process (default: the CPUs this process may "
-                                     "use, divided among the processes torchrun starts on the node).",
-                             range=Range(0, 1024))
-    augment: str = _opt("cpu", "Where JPEG decoding and multi-crop run.", choices=("cpu", "gpu"), free=True)
-    shuffle_buffer: int = _opt(64, "Clips shuffled together in each loader worker.", range=PER_PROCESS)
-    seed: int = _opt(0, "Seeds weights, heads, clips and crops.", range=SEED)
-    checkpoint_every: int = _opt(1000, "Steps between checkpoints.", range=STEPS, free=True)
-    log_every: int = _opt(10, "Steps between log.jsonl lines and progress lines (step/total, epoch, loss, "
+    weight_decay: float = option(0.04, "Weight decay at the start (cosine schedule).", range=NOT_NEGATIVE)
+    weight_decay_end: float = option(0.4, "Weight decay at the end.", range=NOT_NEGATIVE)
+    momentum_teacher: float = option(0.996, "Teacher EMA momentum at the start (cosine to 1).", range=FRACTION)
+    clip_grad: float = option(3.0, "Per-parameter gradient-norm cap (0: no clipping).", range=NOT_NEGATIVE)
+    freeze_last_layer: int = option(1, "Epochs during which the head's last layer is not updated.",
+                                    range=Range(0, EPOCHS.high))
+    precision: str | None = option(None, "Default: bf16 on GPU, fp32 on CPU.", choices=("bf16", "fp16", "fp32"),
+                                   free=True)
+    compile: bool = option(False, "torch.compile the backbones.", free=True)
+    workers: int | None = option(None, "Data loader processes per process (default: the CPUs this process may "
+                                       "use, divided among the processes torchrun starts on the node).",
+                                 range=Range(0, 1024))
+    augment: str = option("cpu", "Where JPEG decoding and multi-crop run.", choices=("cpu", "gpu"), free=True)
+    shuffle_buffer: int = option(64, "Clips shuffled together in each loader worker.", range=PER_PROCESS)
+    seed: int = option(0, "Seeds weights, heads, clips and crops.", range=SEED)
+    checkpoint_every: int = option(1000, "Steps between checkpoints.", range=STEPS, free=True)
+    log_every: int = option(10, "Steps between log.jsonl lines and progress lines (step/total, epoch, loss, "
                                 "clips/s, ETA; -q silences them).", range=STEPS, free=True)
-    resume: bool = _opt(False, "Continue from --out/checkpoint.pth.", free=True)
-    overwrite: bool = _opt(False, "Start afresh in a run folder that holds a run: its checkpoint, logs, config.json, "
-                                  "run.json and TensorBoard events are removed first (other files are left).",
-                          free=True)
-    reschedule: bool = _opt(False, "With --resume (no effect without): accept changed settings that shape the "
-                                   "schedules or the data (--steps, --epochs, --lr, --batch-size, world size, ...); "
-                                   "the schedules are recomputed for the new settings from the checkpoint's step, "
-                                   "and run.json records the change.", free=True)
-    init_from: str | None = _opt(None, "Start from a DoRA/DINO checkpoint.", metavar="FILE", free=True,
-                                 path=True)
-    device: str | None = _opt(None, "cuda, cuda:1 or cpu (default: cuda when available); checked before the run "
-                                    "starts.", free=True)
-    knn_train: str | None = _opt(None, "ImageFolder for k-NN monitoring (with --knn-val).", metavar="DIR",
+    resume: bool = option(False, "Continue from --out/checkpoint.pth.", free=True)
+    overwrite: bool = option(False, "Start afresh in a run folder that holds a run: its checkpoint, logs, "
+                                    "config.json, run.json and TensorBoard events are removed first (other files "
+                                    "are left).", free=True)
+    reschedule: bool = option(False, "With --resume (no effect without): accept changed settings that shape the "
+                                     "schedules or the data (--steps, --epochs, --lr, --batch-size, world size, "
+                                     "...); the schedules are recomputed for the new settings from the checkpoint's "
+                                     "step, and run.json records the change.", free=True)
+    init_from: str | None = option(None, "Start from a DoRA/DINO checkpoint.", metavar="FILE", free=True, path=True)
+    device: str | None = option(None, "cuda, cuda:1 or cpu (default: cuda when available); checked before the "
+                                      "run starts.", free=True)
+    knn_train: str | None = option(None, "ImageFolder for k-NN monitoring (with --knn-val).", metavar="DIR",
+                                   free=True, path=True)
+    knn_val: str | None = option(None, "ImageFolder for k-NN monitoring (with --knn-train).", metavar="DIR",
                                  free=True, path=True)
-    knn_val: str | None = _opt(None, "ImageFolder for k-NN monitoring (with --knn-train).", metavar="DIR",
-                               free=True, path=True)
-    knn_every: int = _opt(1, "Epochs between k-NN evaluations.", range=EPOCHS, free=True)
+    knn_every: int = option(1, "Epochs between k-NN evaluations.", range=EPOCHS, free=True)
 
     def __post_init__(self) -> None:
         if not self.shards:
@@ -97,10 +88,10 @@ class TrainConfig:
         if self.precision not in (None, "bf16", "fp16", "fp32"):
             raise UsageError(f"--precision {self.precision}", "use bf16, fp16 or fp32")
         check_fields(self)
-        for option, value in (("--root", self.root), ("--out", self.out)):
+        for name, value in (("--root", self.root), ("--out", self.out)):
             if value and is_url(value):
-                raise UsageError(f"{option} {value!r} is a URL; it must be a local folder",
-                                 ROOT_URL_HINT if option == "--root" else "write the run to a local folder; "
+                raise UsageError(f"{name} {value!r} is a URL; it must be a local folder",
+                                 ROOT_URL_HINT if name == "--root" else "write the run to a local folder; "
                                  "`wtours export` and `wtours push --model` publish it")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other",

@@ -1,15 +1,13 @@
-"""One process or many: rank, world size, device, and the process group.
-
-Many processes come from torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set) or from
-SLURM's srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NODELIST, SLURM_JOB_ID), as DINO's
-init_distributed_mode reads them: the rendezvous is the node list's first host, on a port derived
-from the job id unless MASTER_PORT is set."""
+"""One process or many: rank, world size, device, and the process group. Many processes come from torchrun
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT set) or from SLURM's srun (SLURM_PROCID, SLURM_NTASKS,
+SLURM_LOCALID, SLURM_NODELIST, SLURM_JOB_ID), as DINO's init_distributed_mode reads them: the rendezvous is
+the node list's first host, on a port derived from the job id unless MASTER_PORT is set."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -20,26 +18,20 @@ from wtours.system import first_host, resolve_device
 
 @dataclass(frozen=True)
 class Dist:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    local_world_size: int = 1  # processes on this node that share one CPU affinity mask
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-@dataclass(frozen=True)
-class Launch:
-    """Where this process sits, read from the launcher's environment."""
+    """Where this process sits (read_launch: the launcher's environment) and the device it trains on
+    (setup: --device checked; the CPU until then)."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    local_world_size: int = 1  # for sharing the CPUs: srun binds each task's own, torchrun does not
+    device: torch.device = torch.device("cpu")
+    # processes on this node that share one CPU affinity mask: srun binds each task's own, torchrun does not
+    local_world_size: int = 1
     init_method: str = "env://"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
 def slurm_port(job_id: str) -> int:
@@ -48,30 +40,28 @@ def slurm_port(job_id: str) -> int:
     return 15000 + int(digits[-4:] or 0)
 
 
-def read_launch(env: Mapping[str, str] = os.environ) -> Launch:
+def read_launch(env: Mapping[str, str] = os.environ) -> Dist:
     """torchrun's variables first (torchrun inside a SLURM job sets them), then srun's, else one process."""
     if "RANK" in env:
-        return Launch(int(env["RANK"]), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")),
-                      int(env.get("LOCAL_WORLD_SIZE", "1")))
+        return Dist(int(env["RANK"]), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")),
+                    local_world_size=int(env.get("LOCAL_WORLD_SIZE", "1")))
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env["SLURM_NODELIST"]
         addr = env.get("MASTER_ADDR") or first_host(nodelist)
         port = env.get("MASTER_PORT") or slurm_port(env.get("SLURM_JOB_ID", "0"))
-        return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),
-                      1, f"tcp://{addr}:{port}")
-    return Launch()
+        return Dist(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0")),
+                    init_method=f"tcp://{addr}:{port}")
+    return Dist()
 
 
-def check_device(device: str | None, launch: Launch) -> torch.device:
+def check_device(device: str | None, launch: Dist) -> torch.device:
     """The device this process trains on, or a WtoursError before anything starts: `--device` must
     name a device this machine has (cuda:N with N below the device count; under torchrun/srun each
     process takes cuda:LOCAL_RANK, which must exist too)."""
     target = resolve_device(device)
-    if target.type == "cpu":
-        return target
-    if target.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(f"--device {device}: no MPS device here", "use --device cpu")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: no MPS device here", "use --device cpu")
+    if target.type in ("cpu", "mps"):
         return target
     if target.type != "cuda":
         raise UsageError(f"--device {device}: wtours trains on cpu or cuda only", "use --device cpu or cuda[:N]")
@@ -98,7 +88,7 @@ def setup(device: str | None = None) -> Dist:
     if launch.world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo", init_method=launch.init_method,
                                 rank=launch.rank, world_size=launch.world_size)
-    return Dist(launch.rank, launch.world_size, launch.local_rank, target, launch.local_world_size)
+    return replace(launch, device=target)
 
 
 def teardown() -> None:
@@ -123,17 +113,13 @@ def agree(dist: Dist, work):
                       WtoursError.exit_code))
     if dist.world_size > 1:
         box = [(result, error)]
-        dist_broadcast(box)
+        torch.distributed.broadcast_object_list(box, src=0)
         result, error = box[0]
     if failure is not None:
         raise failure
     if error is not None:
         raise WtoursError(*error[:2], exit_code=error[2])
     return result
-
-
-def dist_broadcast(box: list) -> None:
-    torch.distributed.broadcast_object_list(box, src=0)
 
 
 def all_gather(obj) -> list:

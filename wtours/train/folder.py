@@ -1,10 +1,8 @@
-"""The run folder: what a run writes there, and what a new run does with a run already there.
-
-One run at a time holds the folder (wtours.locks.folder_lock, taken by rank 0; see
-docs/troubleshooting.md, "Training runs"). Without --resume or --overwrite a folder holding a run is
-refused; --overwrite removes only the files a run writes; --resume refuses changed settings that
-shape the schedules or the data unless --reschedule is given. Nothing here needs torch's process
-group: rank 0 decides and wtours.train.distributed.agree tells the other ranks."""
+"""The run folder: what a run writes there, and what a new run does with a run already there. One run at a
+time holds it (wtours.locks.folder_lock, taken by rank 0; docs/troubleshooting.md, "Training runs"). A folder
+holding a run is refused without --resume or --overwrite; --overwrite removes only the files a run writes;
+--resume refuses changed settings that shape the schedules or the data unless --reschedule is given. Rank 0
+decides and wtours.train.distributed.agree tells the other ranks: nothing here needs torch's process group."""
 
 from __future__ import annotations
 
@@ -14,9 +12,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from wtours.config import flagged
+from wtours.config import build_dict, coerce, flagged
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import (
     CHECKPOINT_FILE,
@@ -36,54 +34,19 @@ from wtours.locks import LOCK_FILE, folder_lock
 from wtours.models.checkpoint import read_checkpoint
 from wtours.records import is_number
 from wtours.train import distributed
-
-if TYPE_CHECKING:
-    from wtours.train.config import TrainConfig
-
-RUN_PATTERNS = (RUN_DATA_LOG_GLOB,)
-RUN_DIRS = (RUN_TENSORBOARD_DIR,)
+from wtours.train.config import TrainConfig
 
 
 def free_settings() -> frozenset[str]:
-    """Settings that do not change what the run computes, or only how fast: free to change on --resume
-    (TrainConfig's fields with the metadata flag "free"). Not "workers": each loader worker reads its own
-    stretch of the epoch, so the worker count decides which clips make up each batch, and a resume with
-    another count would repeat some clips and skip others."""
-    from wtours.train.config import TrainConfig
-
+    """Settings that change only how fast the run computes, or nothing: free to change on --resume (the fields
+    flagged "free"). Not "workers": each loader worker reads its own stretch of the epoch, so the worker count
+    decides which clips make up each batch; another count on resume would repeat some clips and skip others."""
     return flagged(TrainConfig, "free")
 
 
 # What the schedules and the data order follow beyond the settings: compared on --resume too.
 DERIVED = {"world_size": "processes (world size)", "steps_per_epoch": "steps per epoch",
            "total_steps": "total steps"}
-
-
-def run_outputs(out: Path) -> list[Path]:
-    """The files and folders of a run in `out` (never the user's own files there)."""
-    if not out.is_dir():
-        return []
-    found = [out / name for name in (*RUN_FILES, *RUN_DIRS) if (out / name).exists()]
-    for pattern in RUN_PATTERNS:
-        found += sorted(out.glob(pattern))
-    return found
-
-
-def remove_outputs(out: Path) -> None:
-    for path in run_outputs(out):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
-def refuse_existing(out: Path, resume: bool, overwrite: bool) -> None:
-    outputs = run_outputs(out)
-    if outputs and not resume and not overwrite:
-        names = ", ".join(p.name for p in outputs[:4]) + (", ..." if len(outputs) > 4 else "")
-        raise UsageError(f"{out} already holds a training run ({names})",
-                         "pass --resume to continue it, or --overwrite to start afresh (removes the run's "
-                         "checkpoint, logs, config.json and TensorBoard events), or choose another --out")
 
 
 def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -100,29 +63,14 @@ def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
 def changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, list]:
     """{name: [checkpoint's, this run's]} for every schedule- or data-shaping setting that differs
     (names missing on one side, as in an older checkpoint, are not compared)."""
-    out, free = {}, free_settings()
-    for key, value in now.items():
-        if key in free or key not in saved:
-            continue
-        if saved[key] != value:
-            out[key] = [saved[key], value]
-    return out
+    free = free_settings()
+    return {key: [saved[key], value] for key, value in now.items()
+            if key not in free and key in saved and saved[key] != value}
 
 
 def describe(changed: dict[str, list]) -> str:
-    def name(key: str) -> str:
-        return DERIVED.get(key) or "--" + key.replace("_", "-")
-
-    return ", ".join(f"{name(k)} {old} -> {new}" for k, (old, new) in changed.items())
-
-
-def refuse_changes(out: Path, step: int, changed: dict[str, list]) -> None:
-    raise UsageError(
-        f"--resume: settings differ from the checkpoint's run (step {step}): {describe(changed)}; continuing "
-        "would change its schedules mid-run",
-        f"resume with the run's own settings (wtours train --config {out / 'config.json'} --resume), or add "
-        f"--reschedule to recompute the schedules for the new settings from step {step} (the change is logged), "
-        "or start a new run with --overwrite or another --out")
+    return ", ".join(f"{DERIVED.get(key) or '--' + key.replace('_', '-')} {old} -> {new}"
+                     for key, (old, new) in changed.items())
 
 
 def trim_jsonl(path: Path, last_step: int) -> None:
@@ -130,17 +78,16 @@ def trim_jsonl(path: Path, last_step: int) -> None:
     redoes those steps, so each step is logged once."""
     if not path.is_file():
         return
-    kept, changed = [], False
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
         try:
             record = json.loads(line)
-            keep = line.endswith("\n") and record.get("step", 0) <= last_step
         except ValueError:
-            keep = False
-        if keep:
+            continue
+        if line.endswith("\n") and record.get("step", 0) <= last_step:
             kept.append(line)
-        changed |= not keep
-    if changed:
+    if len(kept) < len(lines):
         write_bytes_atomic(path, "".join(kept).encode("utf-8"))
 
 
@@ -152,15 +99,10 @@ WEIGHT_SHAPES = ("arch", "out_dim", "hidden_dim", "bottleneck_dim")
 
 
 def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
-    """For `wtours train --resume`: the run's model settings (architecture, sizes, head, loss, ...), nested
-    as TrainConfig's `model`, to be the layer under --config/--set/options, so a resume without them
-    continues the run's own model and only values given explicitly can differ. They come from the
-    checkpoint's own saved settings (its "config" entry: the weights' true shapes, also in a folder that
-    holds only a copied checkpoint), else from --out/config.json. {} when not resuming or when the folder
-    records no model. `given` is what the command was given (wtours.config.command_settings)."""
-    from wtours.config import build_dict, coerce
-    from wtours.train.config import TrainConfig
-
+    """For `wtours train --resume`: the run's own model settings, nested as TrainConfig's `model`, to be the
+    layer under --config/--set/options (only values given explicitly differ). From the checkpoint's "config"
+    entry (the weights' true shapes, also for a copied checkpoint alone), else --out/config.json; {} when not
+    resuming or when nothing records a model. `given`: what the command was given (config.command_settings)."""
     try:
         resume = coerce(given.get("resume", False), bool, "resume")
         out = coerce(given.get("out"), str, "out") if given.get("out") is not None else None
@@ -168,10 +110,15 @@ def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
         return {}  # building the config names the bad value
     if not resume or not out:
         return {}
-    checkpoint = Path(out) / CHECKPOINT_FILE
-    saved: Any = checkpoint_settings(checkpoint)
-    where = checkpoint
-    if saved is None:
+    where = Path(out) / CHECKPOINT_FILE
+    try:  # memory-mapped: the weights are not read
+        raw = read_checkpoint(where, mmap=True)
+    except WtoursError:  # missing, or unreadable: the run itself names such a file
+        raw = None
+    saved: Any = raw.get("config") if isinstance(raw, dict) else None
+    if isinstance(saved, dict):
+        saved = json.loads(json.dumps(saved, default=str))
+    else:  # no checkpoint, or one without settings (the authors')
         where = Path(out) / RUN_CONFIG_FILE
         if not where.is_file():
             return {}
@@ -187,25 +134,10 @@ def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
 SOURCE_KEY = "_from"  # resumed_model_settings' note of the file the model came from (for refuse_reshaped_model)
 
 
-def checkpoint_settings(path: Path) -> dict[str, Any] | None:
-    """The run settings a wtours checkpoint saved (its "config" entry), or None: no checkpoint, or one
-    without settings (the authors'), or an unreadable one (the run itself reports that). Memory-mapped:
-    the weights are not read."""
-    if not path.is_file():
-        return None
-    try:
-        raw = read_checkpoint(path, mmap=True)
-    except WtoursError:  # the run itself names an unreadable file
-        return None
-    config = raw.get("config") if isinstance(raw, dict) else None
-    return json.loads(json.dumps(config, default=str)) if isinstance(config, dict) else None
-
-
 def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out: str,
                           source: str | None = None) -> None:
-    """--resume with an explicitly different architecture or head size: the checkpoint's weights do not
-    fit that model, so --reschedule cannot accept it either. `source`: the file the run's model was read
-    from (resumed_model_settings), named in the hint."""
+    """--resume with an explicitly different architecture or head size: the checkpoint's weights do not fit that
+    model, so --reschedule cannot accept it either. `source`: the file the run's model was read from (hint)."""
     saved, now = flat_settings(run_model), flat_settings(model)
     changed = {k: [saved[k], now[k]] for k in WEIGHT_SHAPES if k in saved and k in now and saved[k] != now[k]}
     if changed:
@@ -220,14 +152,10 @@ def latest_checkpoint(out: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-# ---------------------------------------------------------------- preparing the folder for a run
-
-
 @contextmanager
 def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: dict) -> Iterator[dict]:
-    """Hold the run folder (rank 0 takes the lock; the others follow its decision) for the block; yields
-    `prepare`'s {"changed": ..., "step": ...}. A refused or failed start leaves no folder behind that it
-    created."""
+    """Hold the run folder (rank 0 takes the lock; the others follow its decision) for the block; yields `prepare`'s
+    {"changed": ..., "step": ...}. A refused or failed start leaves no folder behind that it created."""
     created = not out.exists()
     with ExitStack() as stack:
         def take() -> dict:
@@ -241,10 +169,8 @@ def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: di
             if created and dist.is_main and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        if dist.rank != 0:  # each rank's own data log, trimmed as rank 0 trimmed log.jsonl
+        if dist.rank != 0 or config.resume:  # each rank's own data log, trimmed as rank 0 trimmed log.jsonl
             trim_jsonl(out / run_data_log(dist.rank), prepared["step"])
-        elif config.resume:
-            trim_jsonl(out / run_data_log(0), prepared["step"])
         yield prepared
 
 
@@ -253,33 +179,43 @@ def prepare(out: Path, config: TrainConfig, facts: dict) -> dict:
     schedules' world size, steps per epoch and total steps, compared with the checkpoint's."""
     # left by a run killed while writing; only the run's own: the folder may hold the user's files
     remove_stale_temporaries(out, lambda name: name in RUN_FILES or name.startswith(RUN_DATA_LOG_PREFIX))
-    refuse_existing(out, config.resume, config.overwrite)
+    # the run's own files and folders (never the user's own files there)
+    outputs = [out / name for name in (*RUN_FILES, RUN_TENSORBOARD_DIR) if (out / name).exists()]
+    outputs += sorted(out.glob(RUN_DATA_LOG_GLOB))
+    if outputs and not config.resume and not config.overwrite:
+        names = ", ".join(p.name for p in outputs[:4]) + (", ..." if len(outputs) > 4 else "")
+        raise UsageError(f"{out} already holds a training run ({names})",
+                         "pass --resume to continue it, or --overwrite to start afresh (removes the run's "
+                         "checkpoint, logs, config.json and TensorBoard events), or choose another --out")
     if config.overwrite:
-        remove_outputs(out)
+        for output in outputs:
+            if output.is_dir() and not output.is_symlink():
+                shutil.rmtree(output)
+            else:
+                output.unlink()
     changed: dict = {}
     step = 0
     path = latest_checkpoint(out)
     if config.resume and path is not None:
-        meta = _checkpoint_meta(path)
+        try:
+            meta = read_checkpoint(path, mmap=True)  # the run state: its tensors are not read
+        except WtoursError as e:
+            raise WtoursError(e.message, "pass --overwrite to start afresh (it removes that file), or choose "
+                              "another --out") from e
         step = int(meta.get("step") or 0)
         if meta.get("config"):
             saved = {**flat_settings(meta["config"]), **(meta.get("schedule") or {})}
             changed = changes(saved, {**flat_settings(recorded(config)), **facts})
             if changed and not config.reschedule:
-                refuse_changes(out, step, changed)
+                raise UsageError(
+                    f"--resume: settings differ from the checkpoint's run (step {step}): {describe(changed)}; "
+                    "continuing would change its schedules mid-run",
+                    f"resume with the run's own settings (wtours train --config {out / 'config.json'} --resume), "
+                    f"or add --reschedule to recompute the schedules for the new settings from step {step} (the "
+                    "change is logged), or start a new run with --overwrite or another --out")
     if config.resume:  # steps after the checkpoint are redone: each is logged once
         trim_jsonl(out / RUN_LOG_FILE, step)
     return {"changed": changed, "step": step}
-
-
-def _checkpoint_meta(path: Path) -> dict:
-    """A checkpoint's step, config and schedule facts, without reading its tensors (mmap)."""
-    try:
-        checkpoint = read_checkpoint(path, mmap=True)
-    except WtoursError as e:
-        raise WtoursError(e.message, "pass --overwrite to start afresh (it removes that file), or choose another "
-                          "--out") from e
-    return {k: checkpoint.get(k) for k in ("step", "config", "schedule")}
 
 
 def recorded(config: TrainConfig) -> dict:

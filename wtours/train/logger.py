@@ -29,15 +29,6 @@ def problems_line(problems: dict) -> str | None:
             "does not decode (re-make damaged shards with wtours shard, or leave them out of --shards)")
 
 
-def _problem_record(problems: dict) -> dict:
-    """log.jsonl's counts of what the loader skipped so far (all workers and ranks), and the bad shards' URLs."""
-    record = {"bad_shards": len(problems["bad_shards"]), "bad_samples": problems["bad_samples"],
-              "bad_clips": problems["bad_clips"]}
-    if problems["bad_shards"]:
-        record["bad_shard_urls"] = sorted(problems["bad_shards"])
-    return record
-
-
 @dataclass
 class RunState:
     step: int = 0  # optimiser steps done
@@ -59,15 +50,13 @@ def progress_line(state: RunState, total_steps: int, loss: float, clips_per_s: f
 
 
 class RunLogger:
-    """log.jsonl (every log_every steps), TensorBoard events and a progress line (rank 0; `say` is silenced
-    by -q), and data.rank<r>.jsonl (clip keys).
+    """log.jsonl lines, TensorBoard events and progress lines (rank 0, on the steps the loop logs; `say` is
+    silenced by -q), and data.rank<r>.jsonl (clip keys). The process's first step (torch.compile, loader
+    start-up, CUDA warm-up) is timed apart: left out of the clips/s of its interval and out of the ETA."""
 
-    The first step of the process (torch.compile, loader start-up, CUDA warm-up) is timed apart: it is
-    left out of the clips/s of its interval and out of the ETA, which uses the steps since then."""
-
-    def __init__(self, out: Path, dist: distributed.Dist, every: int, total_steps: int = 0,
+    def __init__(self, out: Path, dist: distributed.Dist, total_steps: int = 0,
                  say: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.perf_counter):
-        self.dist, self.every, self.total_steps, self.say, self.clock = dist, every, total_steps, say, clock
+        self.dist, self.total_steps, self.say, self.clock = dist, total_steps, say, clock
         self.log = open(out / RUN_LOG_FILE, "a", encoding="utf-8") if dist.is_main else None
         self.data = open(out / run_data_log(dist.rank), "a", encoding="utf-8")
         self.tb = _tensorboard(out) if dist.is_main else None
@@ -79,8 +68,7 @@ class RunLogger:
 
     def step(self, state: RunState, loss: float, optimizer: Any, momentum: float, data_seconds: float,
              keys: list[str], problems: dict | None = None) -> None:
-        """One step; `problems` (what the loader skipped so far, all ranks: `Problems.counts()`) is given on
-        logged steps."""
+        """One step; `problems` (what the loader skipped so far, all ranks: `Problems.counts()`) on logged steps."""
         self.data.write(json.dumps({"step": state.step, "epoch": state.epoch, "keys": keys}) + "\n")
         self.losses.append(loss)
         now = self.clock()
@@ -99,7 +87,10 @@ class RunLogger:
                   "loss_mean": sum(self.losses) / len(self.losses),
                   "lr": optimizer.param_groups[0]["lr"], "wd": optimizer.param_groups[0]["weight_decay"],
                   "momentum": momentum, "clips_per_s": self.clips * self.dist.world_size / elapsed,
-                  "data_wait": self.data_seconds / elapsed, **_problem_record(problems)}
+                  "data_wait": self.data_seconds / elapsed, "bad_shards": len(problems["bad_shards"]),
+                  "bad_samples": problems["bad_samples"], "bad_clips": problems["bad_clips"]}
+        if problems["bad_shards"]:  # what the loader skipped so far (all workers and ranks)
+            record["bad_shard_urls"] = sorted(problems["bad_shards"])
         self._write(record, state.step, ("loss", "lr", "wd", "momentum", "clips_per_s", "data_wait"), "train")
         self.say(progress_line(state, self.total_steps, loss, record["clips_per_s"], self.eta(state.step, now),
                                elapsed if warmup else None))
@@ -127,16 +118,12 @@ class RunLogger:
                 self.tb.add_scalar(f"{group}/{key.removeprefix(group + '_')}", record[key], step)
 
     def flush(self) -> None:
-        self.data.flush()
-        if self.log is not None:
-            self.log.flush()
+        self.data.flush()  # log.jsonl is flushed line by line
 
     def close(self) -> None:
-        self.data.close()
-        if self.log is not None:
-            self.log.close()
-        if self.tb is not None:
-            self.tb.close()
+        for file in (self.data, self.log, self.tb):
+            if file is not None:
+                file.close()
 
 
 def _tensorboard(out: Path) -> Any:

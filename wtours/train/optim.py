@@ -1,6 +1,5 @@
-"""Optimisation pieces: schedules, AdamW groups, per-tensor clipping, last-layer freeze, EMA teacher.
-
-All of it works on whole parameter lists with torch._foreach ops: no host sync per parameter."""
+"""Optimisation pieces: schedules, AdamW groups, per-tensor clipping, last-layer freeze, EMA teacher. The
+tensor ones work on whole parameter lists with torch._foreach ops: no host sync per parameter."""
 
 from __future__ import annotations
 
@@ -9,25 +8,16 @@ import torch
 import torch.nn as nn
 
 
-def warmup_iterations(warmup_epochs: float, steps_per_epoch: int) -> int:
-    """DINO's `warmup_epochs * niter_per_ep`, truncated: a fractional epoch count warms up for the
-    whole iterations it covers (DINO takes integer epochs; numpy needs an integer count)."""
-    return int(warmup_epochs * steps_per_epoch)
-
-
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
                     warmup_start: float = 0.0) -> np.ndarray:
-    """DINO's utils.cosine_scheduler per iteration: np.linspace(warmup_start, base, warmup_steps)
-    (reaching `base` at the last warm-up iteration), then a cosine from `base` to `final` over the
-    remaining iterations. A warm-up longer than the run (a short --steps run) is shortened to the
-    run: it then reaches `base` at the last step."""
+    """DINO's utils.cosine_scheduler per iteration: np.linspace(warmup_start, base, warmup_steps) (reaching `base`
+    at the last warm-up iteration), then a cosine from `base` to `final` over the remaining iterations. A warm-up
+    longer than the run (a short --steps run) is shortened to the run: it then reaches `base` at the last step."""
     warmup_steps = min(warmup_steps, total_steps)
     warmup = np.linspace(warmup_start, base, warmup_steps) if warmup_steps > 0 else np.array([])
     iters = np.arange(total_steps - warmup_steps)
     cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
-    schedule = np.concatenate((warmup, cosine))
-    assert len(schedule) == total_steps
-    return schedule
+    return np.concatenate((warmup, cosine))
 
 
 def param_groups(module: nn.Module) -> list[dict]:
@@ -35,18 +25,16 @@ def param_groups(module: nn.Module) -> list[dict]:
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
+        if param.requires_grad:
+            (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @torch.no_grad()
 def clip_per_tensor(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """The authors' clipping: each parameter's gradient norm capped at max_norm on its own.
-
-    Returns the norms (on device). Scaling by min(1, max/(norm+1e-6)) everywhere equals DINO's
-    `if clip_coef < 1: grad *= clip_coef` without reading any norm on the host."""
+    """The authors' clipping: each parameter's gradient norm capped at max_norm on its own; returns the norms
+    (on device). Scaling by min(1, max/(norm+1e-6)) everywhere equals DINO's `if clip_coef < 1: grad *=
+    clip_coef` without reading any norm on the host."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(0)

@@ -22,21 +22,12 @@ from wtours.clips.stages import Problems
 from wtours.dora import DoRA
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE, write_json_atomic
-from wtours.models.checkpoint import read_checkpoint as load_checkpoint
-from wtours.models.checkpoint import save_checkpoint
+from wtours.models.checkpoint import read_checkpoint, save_checkpoint
 from wtours.system import default_workers
 from wtours.train import distributed, folder
 from wtours.train.config import TrainConfig
-from wtours.train.folder import latest_checkpoint
 from wtours.train.logger import RunLogger, RunState, problems_line
-from wtours.train.optim import (
-    cancel_last_layer_gradients,
-    clip_per_tensor,
-    cosine_schedule,
-    ema_update,
-    param_groups,
-    warmup_iterations,
-)
+from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
 
 
 class NonFiniteLoss(WtoursError):
@@ -74,16 +65,14 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int, world_size: int) 
     their length (the warm-up still counts int(warmup_epochs x steps_per_epoch) iterations)."""
     total = config.steps or config.epochs * steps_per_epoch
     base_lr = config.lr if config.lr is not None else 0.0005 * config.batch_size * world_size / 256
-    warmup = warmup_iterations(config.warmup_epochs, steps_per_epoch)
+    # DINO's `warmup_epochs * niter_per_ep`, truncated: a fractional epoch count warms up for the whole
+    # iterations it covers (DINO takes integer epochs; numpy needs an integer count)
+    warmup = int(config.warmup_epochs * steps_per_epoch)
     return Schedules(
         lr=cosine_schedule(base_lr, config.min_lr, total, warmup),
         wd=cosine_schedule(config.weight_decay, config.weight_decay_end, total),
         momentum=cosine_schedule(config.momentum_teacher, 1.0, total),
         steps_per_epoch=steps_per_epoch, total_steps=total)
-
-
-def precision_of(config: TrainConfig, device: torch.device) -> str:
-    return config.precision or ("bf16" if device.type == "cuda" else "fp32")
 
 
 def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
@@ -99,33 +88,6 @@ def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
 
 class Interrupted(WtoursError):
     exit_code = 130  # as a shell reports Ctrl-C
-
-
-def interrupted_hint(out: Path, saved_step: int | None) -> str:
-    if saved_step is None:
-        return "no checkpoint was written yet: rerun with --resume (it starts afresh)"
-    return (f"the checkpoint of step {saved_step} ({out / CHECKPOINT_FILE}) is intact; rerun with --resume to "
-            "continue from it")
-
-
-def non_finite_hint(out: Path, saved_step: int | None, precision: str, peak_lr: float) -> str:
-    """What to do after a non-finite loss or weights, for this run's precision."""
-    lower = f"a lower --lr (e.g. --lr {peak_lr / 4:.3g}; the peak was {peak_lr:.3g})"
-    fix = {"fp32": f"{lower} (the run is fp32 already)",
-           "bf16": f"{lower}, or --precision fp32",
-           "fp16": f"--precision bf16 (or fp32): fp16 overflows easily; or {lower}"}[precision]
-    if saved_step is None:
-        return f"no checkpoint was written yet; rerun with --overwrite and {fix}"
-    return (f"the last good checkpoint is {out / CHECKPOINT_FILE} (step {saved_step}); continue from it with "
-            f"--resume --reschedule and {fix}")
-
-
-def weights_finite(model: DoRA) -> bool:
-    """Every student and teacher weight and the centre finite (one host sync; checkpoint steps only)."""
-    tensors = [p.detach() for p in (*model.student.parameters(), *model.teacher.parameters())]
-    tensors.append(model.loss.center)
-    # element-wise: a norm of huge but finite weights would itself overflow
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 @dataclass
@@ -144,8 +106,7 @@ class Run:
     precision: str
     facts: dict  # world size, steps per epoch, total steps: what --resume compares besides the settings
     knn: Any  # a KnnMonitor on rank 0 with --knn-train/--knn-val, else None
-    logger: RunLogger
-    say: Callable[[str], None]
+    logger: RunLogger  # its `say` prints the console's lines (rank 0; silenced by -q)
     state: RunState = field(default_factory=RunState)
 
 
@@ -170,14 +131,16 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
             finally:
                 run.logger.close()
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted at step {state.step}", interrupted_hint(out, state.saved_step)) from None
+        hint = ("no checkpoint was written yet: rerun with --resume (it starts afresh)" if state.saved_step is None
+                else f"the checkpoint of step {state.saved_step} ({out / CHECKPOINT_FILE}) is intact; rerun with "
+                "--resume to continue from it")
+        raise Interrupted(f"interrupted at step {state.step}", hint) from None
     return state
 
 
 def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: ClipDataset, schedules: Schedules,
                facts: dict, knn: Any, say: Callable[[str], None]) -> Run:
-    """The model (the same initial weights on every rank), its DDP wrapper, optimiser, gradient scaler and
-    logger."""
+    """The model (the same initial weights on every rank), its DDP wrapper, optimiser, scaler and logger."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
     model = build_model(config, dist.device)
     torch.manual_seed(config.seed + dist.rank)  # then each rank its own heads and dropout
@@ -188,15 +151,14 @@ def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: 
     if dist.world_size > 1:
         student = torch.nn.parallel.DistributedDataParallel(
             model.student, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    precision = precision_of(config, dist.device)
+    precision = config.precision or ("bf16" if dist.device.type == "cuda" else "fp32")
     return Run(config, dist, out, dataset, model, student, torch.optim.AdamW(param_groups(model.student)),
                torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), schedules, precision, facts,
-               knn, RunLogger(out, dist, config.log_every, schedules.total_steps, say), say)
+               knn, RunLogger(out, dist, schedules.total_steps, say))
 
 
 def _record_start(run: Run, prepared: dict) -> None:
-    """config.json (the config itself: --config reads it back) and run.json (what it implied), and the
-    console's line about the run."""
+    """config.json (the config itself: --config reads it back), run.json (what it implied), the start line."""
     config, dist, dataset, schedules = run.config, run.dist, run.dataset, run.schedules
     if dist.is_main:
         write_json_atomic(run.out / RUN_CONFIG_FILE, folder.recorded(config))
@@ -204,12 +166,12 @@ def _record_start(run: Run, prepared: dict) -> None:
             **run.facts, "precision": run.precision, "workers": config.workers,
             "clips_per_epoch": dataset.clips_per_epoch(),
             "reschedules": folder.reschedules(run.out, prepared["changed"], run.state.step)})
-    run.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} clips "
-            f"per epoch, {schedules.steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
-            f"{schedules.total_steps} steps, {run.precision} on {dist.device}")
+    run.logger.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} "
+                   f"clips per epoch, {schedules.steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
+                   f"{schedules.total_steps} steps, {run.precision} on {dist.device}")
     if prepared["changed"]:
-        run.say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
-                f"{run.state.step}")
+        run.logger.say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
+                       f"{run.state.step}")
 
 
 def _loop(run: Run) -> None:
@@ -218,6 +180,7 @@ def _loop(run: Run) -> None:
                                                        run.logger)
     gpu_augment = GpuAugmenter(dataset.config.multicrop, dist.device) if config.augment == "gpu" else None
     problems = Problems()  # what the loader skipped, summed over this process's workers (the batches' deltas)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
     first_step = state.step
     while state.step < schedules.total_steps:
         dataset.set_epoch(state.epoch, skip_batches=state.step_in_epoch)
@@ -235,8 +198,10 @@ def _loop(run: Run) -> None:
             # exactly the state to keep) is known to be finite and before its update: a state that
             # already diverged is never kept as the "last good" one.
             due = it > first_step and it % config.checkpoint_every == 0
-            loss_value, _ = train_step(run.model, run.student, list(crops), run.optimizer, run.scaler,
-                                       _step_settings(run, it), partial(_checkpoint, run) if due else None)
+            settings = StepSettings(float(schedules.lr[it]), float(schedules.wd[it]), float(schedules.momentum[it]),
+                                    state.epoch, config.clip_grad, config.freeze_last_layer, autocast_dtype)
+            loss_value, _ = train_step(run.model, run.student, list(crops), run.optimizer, run.scaler, settings,
+                                       partial(_checkpoint, run) if due else None)
             if not math.isfinite(loss_value):
                 raise _non_finite(run, f"the loss is {loss_value} at step {state.step + 1}")
             state.step += 1
@@ -253,10 +218,10 @@ def _loop(run: Run) -> None:
         else:
             state.epoch += 1
             state.step_in_epoch = 0
-    run.say(f"done: {state.step} steps; checkpoint {run.out / CHECKPOINT_FILE}; log {run.out / 'log.jsonl'}")
+    logger.say(f"done: {state.step} steps; checkpoint {run.out / CHECKPOINT_FILE}; log {run.out / 'log.jsonl'}")
     line = problems_line(_gathered(problems).counts())
     if line:
-        run.say(line)
+        logger.say(line)
 
 
 def _gathered(problems: Problems) -> Problems:
@@ -267,29 +232,37 @@ def _gathered(problems: Problems) -> Problems:
     return total
 
 
-def _step_settings(run: Run, it: int) -> StepSettings:
-    """Iteration `it`'s learning rate, weight decay and teacher momentum, and the run's fixed settings."""
-    schedules, config = run.schedules, run.config
-    return StepSettings(float(schedules.lr[it]), float(schedules.wd[it]), float(schedules.momentum[it]),
-                        run.state.epoch, config.clip_grad, config.freeze_last_layer,
-                        {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision))
-
-
 def _non_finite(run: Run, what: str) -> NonFiniteLoss:
+    """The error after a non-finite loss or weights, with what to do for this run's precision."""
     peak_lr = float(max(run.schedules.lr)) if len(run.schedules.lr) else 0.0
-    return NonFiniteLoss(f"{what}; training stopped",
-                         non_finite_hint(run.out, run.state.saved_step, run.precision, peak_lr))
+    lower = f"a lower --lr (e.g. --lr {peak_lr / 4:.3g}; the peak was {peak_lr:.3g})"
+    fix = {"fp32": f"{lower} (the run is fp32 already)",
+           "bf16": f"{lower}, or --precision fp32",
+           "fp16": f"--precision bf16 (or fp32): fp16 overflows easily; or {lower}"}[run.precision]
+    saved_step = run.state.saved_step
+    hint = (f"no checkpoint was written yet; rerun with --overwrite and {fix}" if saved_step is None
+            else f"the last good checkpoint is {run.out / CHECKPOINT_FILE} (step {saved_step}); continue from it "
+            f"with --resume --reschedule and {fix}")
+    return NonFiniteLoss(f"{what}; training stopped", hint)
 
 
 def _checkpoint(run: Run) -> None:
-    """Write the current state (step `state.step`), which is finite: every rank checks the same weights,
-    so all stop together otherwise."""
-    if not weights_finite(run.model):
-        raise _non_finite(run, f"the weights are not finite after step {run.state.step}")
+    """Write the current state (step `state.step`) once it is known to be finite (every rank checks the same
+    weights, so all stop together otherwise), with the settings and facts that --resume compares."""
+    model, state, config = run.model, run.state, run.config
+    tensors = [p.detach() for p in (*model.student.parameters(), *model.teacher.parameters(), model.loss.center)]
+    # element-wise, one host sync: a norm of huge but finite weights would itself overflow
+    if not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
+        raise _non_finite(run, f"the weights are not finite after step {state.step}")
     run.logger.flush()  # the data log is complete up to the checkpoint
     if run.dist.is_main:
-        _save(run)
-    run.state.saved_step = run.state.step
+        save_checkpoint(run.out / CHECKPOINT_FILE, {
+            "student": model.student.state_dict(), "teacher": model.teacher.state_dict(),
+            "dora_loss": {"center": model.loss.center}, "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(), "step": state.step, "epoch": state.epoch,
+            "step_in_epoch": state.step_in_epoch, "arch": config.model.arch, "out_dim": config.model.out_dim,
+            "config": folder.recorded(config), "schedule": run.facts})
+    state.saved_step = state.step
 
 
 @dataclass(frozen=True)
@@ -305,17 +278,14 @@ class StepSettings:
 
 def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor], optimizer, scaler,
                settings: StepSettings, before_update: Callable[[], None] | None = None) -> tuple[float, Any]:
-    """One DoRA step: loss, backward, per-tensor clipping, last-layer freeze, AdamW, EMA, centre.
-
-    Returns the loss as a float (the step's one host sync) and the model output. A non-finite loss
-    is returned before anything is updated; `before_update` runs once the loss is known to be finite,
-    before the weights change (the loop writes a due checkpoint there)."""
-    for i, group in enumerate(optimizer.param_groups):
+    """One DoRA step: loss, backward, per-tensor clipping, last-layer freeze, AdamW, EMA, centre. Returns the
+    loss as a float (the step's one host sync) and the model output; a non-finite loss is returned before
+    anything is updated. `before_update` runs once the loss is known to be finite, before the weights change
+    (the loop writes a due checkpoint there)."""
+    for group in optimizer.param_groups:
         group["lr"] = settings.lr
-        if i == 0:
-            group["weight_decay"] = settings.weight_decay
-    device_type = crops[0].device.type
-    with torch.autocast(device_type, dtype=settings.autocast_dtype or torch.float32,
+    optimizer.param_groups[0]["weight_decay"] = settings.weight_decay  # the other group's stays 0 (param_groups)
+    with torch.autocast(crops[0].device.type, dtype=settings.autocast_dtype or torch.float32,
                         enabled=settings.autocast_dtype is not None):
         output = model(crops, student=student, epoch=settings.epoch)
     loss = output.loss.detach()
@@ -342,33 +312,18 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
     return loss_value, output
 
 
-def _save(run: Run) -> None:
-    """The checkpoint, with the settings (`config`) and facts (`schedule`: world size, steps per epoch,
-    total steps) that --resume compares."""
-    model, state, config = run.model, run.state, run.config
-    save_checkpoint(run.out / CHECKPOINT_FILE, {
-        "student": model.student.state_dict(), "teacher": model.teacher.state_dict(),
-        "dora_loss": {"center": model.loss.center}, "optimizer": run.optimizer.state_dict(),
-        "scaler": run.scaler.state_dict(), "step": state.step, "epoch": state.epoch,
-        "step_in_epoch": state.step_in_epoch, "arch": config.model.arch, "out_dim": config.model.out_dim,
-        "config": folder.recorded(config), "schedule": run.facts})
-
-
 def _resume(run: Run) -> RunState:
-    path = latest_checkpoint(run.out)
+    path = folder.latest_checkpoint(run.out)
     if path is None:
-        run.say(f"--resume: no checkpoint in {run.out}; starting from scratch")
+        run.logger.say(f"--resume: no checkpoint in {run.out}; starting from scratch")
         return RunState()
-    checkpoint = load_checkpoint(path)
+    checkpoint = read_checkpoint(path)
     run.model.load_official_checkpoint(checkpoint)
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scaler.load_state_dict(checkpoint["scaler"])
     state = RunState(checkpoint["step"], checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["step"])
-    run.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
+    run.logger.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
     return state
-
-
-# ---------------------------------------------------------------- k-NN monitoring (wtours.eval)
 
 
 def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
@@ -377,19 +332,17 @@ def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
         return None
     from wtours.eval.knn import KnnConfig, KnnMonitor
 
-    knn = KnnConfig(workers=min(config.workers or 0, 4))
-    return KnnMonitor(config.knn_train, config.knn_val, config.knn_every, knn)
+    return KnnMonitor(config.knn_train, config.knn_val, config.knn_every,
+                      KnnConfig(workers=min(config.workers or 0, 4)))
 
 
 def _knn_evaluate(run: Run) -> None:
     """After the last step of every --knn-every-th epoch and of the run: the teacher backbone's k-NN, logged."""
     state, schedules = run.state, run.schedules
-    if run.knn is None:
-        return
     epochs_done = state.epoch + 1 if state.step_in_epoch == schedules.steps_per_epoch else None
-    if run.knn.due(epochs_done, run_over=state.step == schedules.total_steps):
+    if run.knn is not None and run.knn.due(epochs_done, run_over=state.step == schedules.total_steps):
         from wtours.eval.knn import result_line
 
         result = run.knn.evaluate(run.model.teacher.backbone, run.dist.device)
         run.logger.knn(state, result.top1, result.top5)
-        run.say(f"step {state.step}: {result_line(result)}")
+        run.logger.say(f"step {state.step}: {result_line(result)}")
