@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 import yaml
 
-from wtours.citation import ARXIV_URL, BIBTEX, PAPER_TITLE
+from wtours.citation import ARXIV_URL, PAPER_TITLE, citation_section
 from wtours.errors import UsageError, WtoursError
 from wtours.records import kind_name, read_record
 from wtours.redact import redact
@@ -156,7 +156,8 @@ def render_model_card(config: dict[str, Any], repo: str | None = None, folder: s
             datasets.append((repo_id, revision))
     sections = [_front_matter(datasets, info.get("license", DEFAULT_LICENSE)), GENERATED_MARK,
                 _intro(config, info, repo, folder), _loading(repo, folder),
-                _training(info, train, datasets, endpoint.rstrip("/")), _knn(info), _license(info), _citation()]
+                _training(info, train, datasets, endpoint.rstrip("/")), _knn(info), _license(info),
+                citation_section(f"The method (DoRA) and the Walking Tours dataset: {ARXIV_URL}")]
     return "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
 
 
@@ -333,13 +334,3 @@ def _license(info: dict[str, Any]) -> str:
            "under CC-BY 4.0: credit them as the dataset card of the training data does (and cite the paper)."
            if license_ == DEFAULT_LICENSE else "")
     return f"## Licence\n\nThese weights: {_code(license_)} (set with `wtours export --license`).{why}"
-
-
-def _citation() -> str:
-    return f"""## Citation
-
-The method (DoRA) and the Walking Tours dataset: {ARXIV_URL}
-
-```bibtex
-{BIBTEX}
-```"""
