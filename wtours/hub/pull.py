@@ -7,7 +7,6 @@ unverified file. A shard already present with the right checksum is kept. The in
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,29 +126,21 @@ def _remote_set(layout: Layout, target: HubTarget, slug: str, remote: dict[str, 
 
 def fetch_shard(target: HubTarget, repo_path: str, final: Path, shard: ShardEntry,
                 progress: Callable[[int], Any] = lambda n: None) -> None:
-    """Download to the temporary name (continuing one a previous run left), verify, rename."""
+    """Download to the temporary name (continuing one a previous run left), verify the whole file, rename."""
     part = final.with_name(f".{final.name}{PART_SUFFIX}")
-    digest, offset = hashlib.sha256(), 0
-    if part.is_file() and part.stat().st_size <= shard.bytes:
-        with open(part, "rb") as f:
-            for block in iter(lambda: f.read(BLOCK_SIZE), b""):
-                digest.update(block)
-                offset += len(block)
-        progress(offset)
-    else:
-        part.unlink(missing_ok=True)
+    offset = part.stat().st_size if part.is_file() else 0
+    if offset > shard.bytes:
+        part.unlink()
+        offset = 0
+    progress(offset)
     with hub_errors(f"download {target.repo}/{repo_path}", target):
         with open_remote(target, repo_path, BLOCK_SIZE) as src, open(part, "ab") as out:
             src.seek(offset)
-            while offset < shard.bytes:
-                block = src.read(min(BLOCK_SIZE, shard.bytes - offset))
-                if not block:
-                    break
+            while offset < shard.bytes and (block := src.read(min(BLOCK_SIZE, shard.bytes - offset))):
                 out.write(block)
-                digest.update(block)
                 offset += len(block)
                 progress(len(block))
-    if offset != shard.bytes or part.stat().st_size != shard.bytes or digest.hexdigest() != shard.sha256:
+    if offset != shard.bytes or part.stat().st_size != shard.bytes or sha256_file(part) != shard.sha256:
         part.unlink()
         raise WtoursError(f"{target.repo}/{repo_path}: downloaded {offset} bytes whose sha256 is not the index's",
                           "rerun `wtours pull` (it downloads the shard again); if it fails again, the repo holds "
