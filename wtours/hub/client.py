@@ -164,11 +164,8 @@ def remote_files(target: HubTarget, repo_type: str = REPO_TYPE) -> dict[str, Rem
 
 
 def read_remote(target: HubTarget, path: str, repo_type: str = REPO_TYPE) -> bytes:
-    url = hf_url(target.repo, path, target.revision)
-    if repo_type != REPO_TYPE:  # HfFileSystem's path of a model repo names no type
-        url = url.removeprefix("hf://datasets/")
     with hub_errors(f"{target.repo}/{path}", target):
-        with filesystem(target).open(url, "rb", block_size=0) as f:
+        with filesystem(target).open(hf_url(target.repo, path, target.revision, repo_type), "rb", block_size=0) as f:
             return f.read()
 
 
