@@ -183,26 +183,18 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
     config = timm_config(geometry, provenance)
 
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
     except ImportError as e:
         raise WtoursError("--format timm needs the safetensors package", "pip install safetensors") from e
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).unlink(missing_ok=True)
-    replace_atomically(out / WEIGHTS_FILE, lambda tmp: _save_readable(save_file, state, tmp))
+    # as bytes: safetensors' save_file would create it 0600, the folder's other files are 0666 less the umask
+    write_bytes_atomic(out / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
     card = out / CARD_FILE
     if not card.exists() or is_generated_model_card(card.read_text(encoding="utf-8", errors="replace")):
         write_bytes_atomic(card, render_model_card(config, repo=None, folder=out.name).encode("utf-8"))
     write_json_atomic(out / CONFIG_FILE, config)
     return out
-
-
-def _save_readable(save_file, state: dict[str, torch.Tensor], tmp: Path) -> None:
-    """safetensors creates its file 0600; the folder's other files (and what timm's own tools write) are
-    0666 less the umask: the weights get the same, so whoever may read the folder may load the model."""
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
 
 
 def pulled_datasets(train: Any) -> list[dict[str, Any]]:
