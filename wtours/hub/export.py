@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from wtours.layout import (
     write_json_atomic,
 )
 from wtours.models.checkpoint import load_backbone, read_weights
-from wtours.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from wtours.models.registry import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 from wtours.records import is_number, read_record
 
 PTH_SUFFIXES = (".pth", ".pt")
@@ -117,35 +117,16 @@ def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, 
     return out
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """The ViT's sizes, as timm's VisionTransformer takes them."""
-
-    arch: str  # wtours' name (wtours/models/registry.py)
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float
-    img_size: int
-
-    @property
-    def timm_name(self) -> str:
-        return TIMM_NAMES.get((self.embed_dim, self.patch_size, self.depth), GENERIC_TIMM_VIT)
-
-    def model_args(self) -> dict[str, Any]:
-        return {"img_size": self.img_size, "patch_size": self.patch_size, "embed_dim": self.embed_dim,
-                "depth": self.depth, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio}
-
-
-def timm_config(geometry: Geometry, provenance: dict[str, Any]) -> dict[str, Any]:
+def timm_config(vit: ViTConfig, provenance: dict[str, Any]) -> dict[str, Any]:
     """config.json as timm's `save_config_for_hf` writes it, read by its `local-dir:` / `hf-hub:` loaders:
     no classifier (num_classes 0: the model returns the [CLS] feature), and the trainer's normalisation."""
     return {
-        "architecture": geometry.timm_name, "num_classes": 0, "num_features": geometry.embed_dim,
-        "global_pool": "token", "model_args": geometry.model_args(),
+        "architecture": TIMM_NAMES.get((vit.dim, vit.patch_size, vit.depth), GENERIC_TIMM_VIT), "num_classes": 0,
+        "num_features": vit.dim, "global_pool": "token",
+        "model_args": {"img_size": vit.image_size, "patch_size": vit.patch_size, "embed_dim": vit.dim,
+                       "depth": vit.depth, "num_heads": vit.heads, "mlp_ratio": vit.mlp_ratio},
         "pretrained_cfg": {
-            "input_size": [3, geometry.img_size, geometry.img_size], "fixed_input_size": True,
+            "input_size": [3, vit.image_size, vit.image_size], "fixed_input_size": True,
             "interpolation": "bicubic", "crop_pct": EVAL_CROP / EVAL_RESIZE, "crop_mode": "center",
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": 0, "pool_size": None,
             "first_conv": "patch_embed.proj", "classifier": "head", "custom_load": False,
@@ -171,16 +152,14 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
     raw = read_weights(checkpoint_path)
     backbone, arch = load_backbone(raw, None, which)
     state = {k: v.contiguous() for k, v in backbone.state_dict().items()}  # exactly timm's ViT's keys
-    c = backbone.config
-    geometry = Geometry(arch, c.patch_size, c.dim, c.depth, c.heads, c.mlp_ratio, c.image_size)
     network = which if ("teacher" in raw or "student" in raw) else BACKBONE
     parameters = sum(v.numel() for v in state.values())
-    provenance = export_provenance(raw, Path(checkpoint_path), network, geometry, parameters)
+    provenance = export_provenance(raw, Path(checkpoint_path), network, arch, parameters)
     provenance["license"] = license_
     pulled = pulled_datasets(raw.get("config"))
     if named or pulled:
         provenance["datasets"] = dataset_entries([(d["repo"], d["revision"]) for d in [*named, *pulled]])
-    config = timm_config(geometry, provenance)
+    config = timm_config(backbone.config, provenance)
 
     try:
         from safetensors.torch import save
@@ -222,8 +201,7 @@ def pulled_datasets(train: Any) -> list[dict[str, Any]]:
     return entries
 
 
-def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, geometry: Geometry,
-                      parameters: int) -> dict[str, Any]:
+def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, arch: str, parameters: int) -> dict[str, Any]:
     """What the model card says about the weights: the run's settings (from the checkpoint), its step,
     and k-NN results logged by the run (log.jsonl beside the checkpoint) or by `wtours eval knn`
     (<checkpoint stem>.knn.json beside it)."""
@@ -231,7 +209,7 @@ def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, geometr
     config = public_settings(json.loads(json.dumps(config, default=str))) if isinstance(config, dict) else None
     step, epoch = (raw[k] if is_number(raw.get(k), int) else None for k in ("step", "epoch"))
     record: dict[str, Any] = {
-        "arch": geometry.arch, "which": which, "parameters": parameters, "wtours_version": __version__,
+        "arch": arch, "which": which, "parameters": parameters, "wtours_version": __version__,
         "step": step, "epoch": epoch, "train_config": config,
         "knn_logged": logged_knn(checkpoint.parent / RUN_LOG_FILE, step) if config else None,
         "knn_eval": evaluated_knn(checkpoint.with_name(f"{checkpoint.stem}.knn.json"), which),
