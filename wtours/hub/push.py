@@ -79,10 +79,9 @@ class Upload:
         theirs, data, local = remote.get(self.path), self.data, self.local or Path()
         if theirs is None or theirs.size != self.size:
             return False
-        if theirs.sha256 and self.sha256:
-            return theirs.sha256 == self.sha256
         if theirs.sha256:
-            return theirs.sha256 == (hashlib.sha256(data).hexdigest() if data is not None else sha256_file(local))
+            ours = self.sha256 or (hashlib.sha256(data).hexdigest() if data is not None else sha256_file(local))
+            return theirs.sha256 == ours
         return theirs.blob_id == git_blob_id(data if data is not None else local.read_bytes())
 
 
