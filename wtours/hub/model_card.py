@@ -9,6 +9,7 @@ need neither)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -147,13 +148,10 @@ def render_model_card(config: dict[str, Any], repo: str | None = None, folder: s
     train = info.get("train_config")
     datasets = hub_datasets(train)
     for item in info.get("datasets") or []:  # pulled shard sets' source repos, `--dataset`: valid ids only
-        try:
-            repo_id = validate_repo_id(item["repo"])
-            revision = validate_revision(item["revision"]) if item.get("revision") else None
-        except WtoursError:
-            continue
-        if repo_id not in [r for r, _ in datasets]:
-            datasets.append((repo_id, revision))
+        with contextlib.suppress(WtoursError):
+            entry = dataset_entries([(item["repo"], item.get("revision"))])[0]
+            if entry["repo"] not in [r for r, _ in datasets]:
+                datasets.append((entry["repo"], entry["revision"]))
     sections = [_front_matter(datasets, info.get("license", DEFAULT_LICENSE)), GENERATED_MARK,
                 _intro(config, info, repo, folder), _loading(repo, folder),
                 _training(info, train, datasets, endpoint.rstrip("/")), _knn(info), _license(info),
