@@ -47,10 +47,6 @@ class CardVideo:
     def bytes(self) -> int:
         return sum(s.bytes for s in self.index.shards)
 
-    @property
-    def shard_names(self) -> list[str]:
-        return [s.name for s in self.index.shards]
-
 
 def is_generated(text: str) -> bool:
     """A README this tool wrote (and may rewrite); any other is the owner's and left alone."""
@@ -274,7 +270,7 @@ Each sample is one frame: `<video>-<frame:08d>.jpg` and `<video>-<frame:08d>.jso
 
 
 def _loading(repo: str, videos: list[CardVideo], endpoint: str, revision: str) -> str:
-    slug, names = (videos[0].slug, videos[0].shard_names) if videos else ("venice", [])
+    slug, names = (videos[0].slug, [s.name for s in videos[0].index.shards]) if videos else ("venice", [])
     pattern = shard_pattern(slug, names) or f"{slug}/{slug}-000000.tar"
     base = f"{endpoint.rstrip('/')}/datasets/{repo}/resolve/{revision}"
     spec = shard_spec(repo, slug, names, revision)
