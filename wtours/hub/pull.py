@@ -66,21 +66,20 @@ def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print)
     target = config.target
     remote = remote_files(target)
     sets = [_remote_set(layout, target, slug, remote) for slug in _chosen_slugs(target, remote, config.slugs)]
-    summary = PullSummary(layout.root)
-    total = sum(s.bytes for item in sets for s in item.missing)
     for item in sets:
         size = sum(s.bytes for s in item.missing) / 1e6
         say(f"{item.slug}: {len(item.missing)} of {len(item.index.shards)} shards to download ({size:.1f} MB)"
             if item.missing else f"{item.slug}: up to date ({len(item.index.shards)} shards verified)")
-    with tqdm(total=total, unit="B", unit_scale=True, desc="pull", disable=not config.progress) as bar:
+    # what a pull that returns has done (a failure raises)
+    summary = PullSummary(layout.root, [shard_path(i.slug, s.name) for i in sets for s in i.missing],
+                          [shard_path(i.slug, s.name) for i in sets for s in i.present],
+                          sum(s.bytes for i in sets for s in i.missing))
+    with tqdm(total=summary.bytes, unit="B", unit_scale=True, desc="pull", disable=not config.progress) as bar:
         for item in sets:  # one writer per shard folder: two pulls would append to the same part file
             with folder_lock(layout.shard_dir(item.slug), f"shard folder of {item.slug}"):
                 for shard in item.missing:
                     final = layout.shard_file(item.slug, shard.name)
                     fetch_shard(target, shard_path(item.slug, shard.name), final, shard, bar.update)
-                    summary.downloaded.append(shard_path(item.slug, shard.name))
-                    summary.bytes += shard.bytes
-                summary.kept += [shard_path(item.slug, s.name) for s in item.present]
                 if item.source is not None:  # with where it came from: an export links the dataset repo
                     write_json_atomic(layout.source_path(item.slug), {**item.source, PULLED_FROM: {
                         "repo": target.repo, "revision": target.revision}})
