@@ -63,8 +63,7 @@ def render_card(repo: str, videos: list[CardVideo], endpoint: str, revision: str
     return "\n\n".join(s.strip("\n") for s in sections) + "\n"
 
 
-def local_card(layout: Layout, slugs: list[str], repo: str, revision: str = DEFAULT_REVISION,
-               endpoint: str | None = None) -> str:
+def local_card(layout: Layout, slugs: list[str], repo: str, revision: str = DEFAULT_REVISION) -> str:
     """The card `wtours push` would write for these local sets alone. Contacts nothing: the endpoint in
     the loading instructions is huggingface_hub's setting (HF_ENDPOINT, else huggingface.co)."""
     from wtours.hfclient import default_endpoint
@@ -74,7 +73,7 @@ def local_card(layout: Layout, slugs: list[str], repo: str, revision: str = DEFA
     validate_revision(revision)
     sets = [read_local_set(layout, slug) for slug in dict.fromkeys(slugs)]
     videos = [CardVideo(s.slug, s.index, s.record) for s in sets]
-    return render_card(repo, videos, endpoint or default_endpoint(), revision)
+    return render_card(repo, videos, default_endpoint(), revision)
 
 
 def write_card(path: Path, text: str, overwrite: bool = False) -> None:
