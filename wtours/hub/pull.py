@@ -26,9 +26,10 @@ from wtours.hub.client import (
     remote_files,
 )
 from wtours.hub.paths import index_path, shard_path, slugs_in, source_path
-from wtours.layout import PULLED_FROM, Layout, replace_atomically, sha256_file, write_json_atomic
+from wtours.layout import PULLED_FROM, Layout, replace_atomically, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex
+from wtours.shard.verify import quick_problem
 
 BLOCK_SIZE = 8 << 20  # bytes per ranged GET (each one retried by the client on transient errors)
 PART_SUFFIX = ".tmp-pull"  # `.<name>.tmp-*`: the shard folder's temporary-file pattern (`shard --overwrite` clears it)
@@ -117,9 +118,7 @@ def _remote_set(layout: Layout, target: HubTarget, slug: str, remote: dict[str, 
     present: list[ShardEntry] = []
     missing: list[ShardEntry] = []
     for shard in index.shards:
-        path = layout.shard_file(slug, shard.name)
-        ok = path.is_file() and path.stat().st_size == shard.bytes and sha256_file(path) == shard.sha256
-        (present if ok else missing).append(shard)
+        (missing if quick_problem(layout.shard_file(slug, shard.name), shard) else present).append(shard)
     return RemoteSet(slug, index, source, missing, present)
 
 
@@ -139,7 +138,7 @@ def fetch_shard(target: HubTarget, repo_path: str, final: Path, shard: ShardEntr
                 out.write(block)
                 offset += len(block)
                 progress(len(block))
-    if offset != shard.bytes or part.stat().st_size != shard.bytes or sha256_file(part) != shard.sha256:
+    if offset != shard.bytes or quick_problem(part, shard):
         part.unlink()
         raise WtoursError(f"{target.repo}/{repo_path}: downloaded {offset} bytes whose sha256 is not the index's",
                           "rerun `wtours pull` (it downloads the shard again); if it fails again, the repo holds "
