@@ -115,11 +115,8 @@ def _remote_set(layout: Layout, target: HubTarget, slug: str, remote: dict[str, 
         raise WtoursError(f"{where} lists {len(absent)} shards the repo does not hold ({', '.join(absent[:3])})",
                           "the repo was edited after the push: rerun `wtours push` from the machine with the shards")
     source = read_source_record(target, slug) if source_path(slug) in remote else None
-    present: list[ShardEntry] = []
-    missing: list[ShardEntry] = []
-    for shard in index.shards:
-        (missing if quick_problem(layout.shard_file(slug, shard.name), shard) else present).append(shard)
-    return RemoteSet(slug, index, source, missing, present)
+    missing = [s for s in index.shards if quick_problem(layout.shard_file(slug, s.name), s)]
+    return RemoteSet(slug, index, source, missing, [s for s in index.shards if s not in missing])
 
 
 def fetch_shard(target: HubTarget, repo_path: str, final: Path, shard: ShardEntry,
