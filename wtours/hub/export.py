@@ -9,6 +9,7 @@ Without --format, --out's name picks it (resolve_format). The run's settings are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict
@@ -190,14 +191,12 @@ def pulled_datasets(train: Any) -> list[dict[str, Any]]:
     for spec in train["shards"]:
         if not isinstance(spec, str) or "/" in spec or ":" in spec or not spec:
             continue  # a path or a URL: not a shard set of the root
-        try:  # unreadable, or an invalid repo id or revision: skipped
+        with contextlib.suppress(WtoursError, ValueError, OSError):  # unreadable, an invalid repo id or revision
             record = read_json(layout.source_path(spec))
             origin = record.get(PULLED_FROM) if isinstance(record, dict) else None
             if isinstance(origin, dict) and isinstance(origin.get("repo"), str):
                 revision = origin.get("revision") if isinstance(origin.get("revision"), str) else None
                 entries += dataset_entries([(origin["repo"], revision)])
-        except (WtoursError, ValueError, OSError):
-            continue
     return entries
 
 
