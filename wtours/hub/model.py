@@ -90,8 +90,7 @@ def with_push_options(config: dict[str, Any], license_: str | None,
     return {**config, EXPORT_KEY: info}
 
 
-def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str,
-                changed: bool = False) -> list[Upload]:
+def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str, changed: bool) -> list[Upload]:
     """What the repo should hold: the weights, config.json and the card. A README.md the export wrote is
     rendered again for the repo (its loading line, links); one written by its owner goes up as it is.
     config.json goes up as the export wrote it, or as `config` when the push `changed` it."""
@@ -117,10 +116,9 @@ def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> P
         say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
         uploads = [f for f in uploads if f.path != CARD_FILE]
     url = f"{api(target).endpoint}/{target.repo}"
-    if not uploads:  # the CLI's summary line says "up to date"
-        return PushSummary(url)
-    say(f"{target.repo}: to upload: " + ", ".join(f"{f.path} ({f.size / 1e6:.1f} MB)" for f in uploads))
-    if config.dry_run:
+    if uploads:  # else the CLI's summary line says "up to date"
+        say(f"{target.repo}: to upload: " + ", ".join(f"{f.path} ({f.size / 1e6:.1f} MB)" for f in uploads))
+    if config.dry_run or not uploads:
         return PushSummary(url)
     _commit(target, uploads, config.progress)
     return PushSummary(url, [f.path for f in uploads], bytes=sum(f.size for f in uploads), commits=1)
