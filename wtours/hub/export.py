@@ -102,46 +102,13 @@ def resolve_format(out: str | os.PathLike, format_: str | None) -> str:
 def export(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher",
            format_: str | None = None, license_: str = DEFAULT_LICENSE,
            datasets: tuple[str, ...] = ()) -> Path:
-    """`wtours export`: the format from --format / --out (resolve_format), then the files."""
+    """`wtours export`: the format from --format / --out (resolve_format), then the files. --format timm:
+    DIR/model.safetensors, DIR/config.json and DIR/README.md. config.json goes last and an earlier export's
+    config.json is removed first, so the folder never pairs new weights with another model's config (timm
+    refuses a folder without one). A README.md not written by wtours is kept; a config.json not written by
+    `wtours export` refuses the folder."""
     if resolve_format(out, format_) == "pth":
         return export_backbone(checkpoint_path, out, which)
-    return export_timm(checkpoint_path, out, which, license_, datasets)
-
-
-def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher") -> Path:
-    """--format pth: the backbone's state dict, as timm's ViT of the same size names its weights; checked
-    as --format timm's is (the weights must build a registered ViT) before anything is written."""
-    backbone, _ = load_backbone(read_weights(checkpoint_path), None, which)
-    state = backbone.state_dict()
-    out = Path(out)
-    replace_atomically(out, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
-    return out
-
-
-def timm_config(vit: ViTConfig, provenance: dict[str, Any]) -> dict[str, Any]:
-    """config.json as timm's `save_config_for_hf` writes it, read by its `local-dir:` / `hf-hub:` loaders:
-    no classifier (num_classes 0: the model returns the [CLS] feature), and the trainer's normalisation."""
-    return {
-        "architecture": TIMM_NAMES.get((vit.dim, vit.patch_size, vit.depth), GENERIC_TIMM_VIT), "num_classes": 0,
-        "num_features": vit.dim, "global_pool": "token",
-        "model_args": {"img_size": vit.image_size, "patch_size": vit.patch_size, "embed_dim": vit.dim,
-                       "depth": vit.depth, "num_heads": vit.heads, "mlp_ratio": vit.mlp_ratio},
-        "pretrained_cfg": {
-            "input_size": [3, vit.image_size, vit.image_size], "fixed_input_size": True,
-            "interpolation": "bicubic", "crop_pct": EVAL_CROP / EVAL_RESIZE, "crop_mode": "center",
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": 0, "pool_size": None,
-            "first_conv": "patch_embed.proj", "classifier": "head", "custom_load": False,
-        },
-        EXPORT_KEY: provenance,
-    }
-
-
-def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher",
-                license_: str = DEFAULT_LICENSE, datasets: tuple[str, ...] = ()) -> Path:
-    """--format timm: DIR/model.safetensors, DIR/config.json and DIR/README.md. config.json goes last and
-    an earlier export's config.json is removed first, so the folder never pairs new weights with another
-    model's config (timm refuses a folder without one). A README.md not written by wtours is kept; a
-    config.json not written by `wtours export` refuses the folder."""
     check_license(license_)
     named = dataset_entries([parse_dataset(d) for d in datasets])
     out = Path(out)
@@ -175,6 +142,34 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
         write_bytes_atomic(card, render_model_card(config, repo=None, folder=out.name).encode("utf-8"))
     write_json_atomic(out / CONFIG_FILE, config)
     return out
+
+
+def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher") -> Path:
+    """--format pth: the backbone's state dict, as timm's ViT of the same size names its weights; checked
+    as --format timm's is (the weights must build a registered ViT) before anything is written."""
+    backbone, _ = load_backbone(read_weights(checkpoint_path), None, which)
+    state = backbone.state_dict()
+    out = Path(out)
+    replace_atomically(out, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
+    return out
+
+
+def timm_config(vit: ViTConfig, provenance: dict[str, Any]) -> dict[str, Any]:
+    """config.json as timm's `save_config_for_hf` writes it, read by its `local-dir:` / `hf-hub:` loaders:
+    no classifier (num_classes 0: the model returns the [CLS] feature), and the trainer's normalisation."""
+    return {
+        "architecture": TIMM_NAMES.get((vit.dim, vit.patch_size, vit.depth), GENERIC_TIMM_VIT), "num_classes": 0,
+        "num_features": vit.dim, "global_pool": "token",
+        "model_args": {"img_size": vit.image_size, "patch_size": vit.patch_size, "embed_dim": vit.dim,
+                       "depth": vit.depth, "num_heads": vit.heads, "mlp_ratio": vit.mlp_ratio},
+        "pretrained_cfg": {
+            "input_size": [3, vit.image_size, vit.image_size], "fixed_input_size": True,
+            "interpolation": "bicubic", "crop_pct": EVAL_CROP / EVAL_RESIZE, "crop_mode": "center",
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": 0, "pool_size": None,
+            "first_conv": "patch_embed.proj", "classifier": "head", "custom_load": False,
+        },
+        EXPORT_KEY: provenance,
+    }
 
 
 def pulled_datasets(train: Any) -> list[dict[str, Any]]:
