@@ -123,10 +123,9 @@ def fetch_shard(target: HubTarget, repo_path: str, final: Path, shard: ShardEntr
                 progress: Callable[[int], Any] = lambda n: None) -> None:
     """Download to the temporary name (continuing one a previous run left), verify the whole file, rename."""
     part = final.with_name(f".{final.name}{PART_SUFFIX}")
+    if part.is_file() and part.stat().st_size > shard.bytes:
+        part.unlink()  # not a part of this shard
     offset = part.stat().st_size if part.is_file() else 0
-    if offset > shard.bytes:
-        part.unlink()
-        offset = 0
     progress(offset)
     with hub_errors(f"download {target.repo}/{repo_path}", target):
         with open_remote(target, repo_path, BLOCK_SIZE) as src, open(part, "ab") as out:
