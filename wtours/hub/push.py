@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from wtours.errors import WtoursError
 from wtours.hfclient import hub_errors
-from wtours.hub import source as provenance
 from wtours.hub.card import CardVideo, is_generated, render_card
 from wtours.hub.client import (
     HubTarget,
@@ -41,7 +40,7 @@ from wtours.hub.paths import (
     source_path,
     wids_path,
 )
-from wtours.hub.source import LocalSet
+from wtours.hub.source import LocalSet, read_local_set
 from wtours.layout import Layout, json_bytes, sha256_file
 from wtours.shard.index import ShardEntry, ShardIndex
 
@@ -157,7 +156,7 @@ def batch_operations(operations: list[Operation], max_files: int, max_bytes: int
 
 def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print) -> PushSummary:
     target = config.target
-    sets = {slug: provenance.read_local_set(layout, slug) for slug in config.slugs}
+    sets = {slug: read_local_set(layout, slug) for slug in config.slugs}
     prepare_repo(target, REPO_TYPE, config.private, config.dry_run, say)
     remote, current = _remote_state(target, config.dry_run)
     operations: list[Operation] = []
