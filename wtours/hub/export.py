@@ -148,10 +148,9 @@ def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, 
     """--format pth: the backbone's state dict, as timm's ViT of the same size names its weights; checked
     as --format timm's is (the weights must build a registered ViT) before anything is written."""
     backbone, _ = load_backbone(read_weights(checkpoint_path), None, which)
-    state = backbone.state_dict()
-    out = Path(out)
-    replace_atomically(out, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
-    return out
+    state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
+    replace_atomically(Path(out), lambda tmp: torch.save(state, tmp))
+    return Path(out)
 
 
 def timm_config(vit: ViTConfig, provenance: dict[str, Any]) -> dict[str, Any]:
