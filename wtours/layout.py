@@ -22,7 +22,6 @@ ROOT_ENV = "WTOURS_ROOT"
 # Anchored with \Z, not $: `$` also matches before a trailing newline, so "venice\n" would pass a .match().
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 SHARD_NAME_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<number>\d{6})\.tar\Z")
-SAMPLE_KEY_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<frame>\d{8,})\Z")
 # `scheme://...` (s3://, hf://, http://, file://): a URL, which a data root or --out never is
 URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 ROOT_URL_HINT = ("the data root is a local folder. To fetch shard sets from the Hugging Face Hub use "
@@ -213,15 +212,6 @@ def shard_number(name: str) -> int:
 def sample_key(slug: str, frame: int) -> str:
     """`<slug>-<frame:08d>`: no dots, since WebDataset splits keys at the first dot."""
     return f"{slug}-{frame:08d}"
-
-
-def parse_sample_key(key: str) -> tuple[str, int]:
-    """`<slug>-<frame:08d>` -> (slug, frame); the inverse of `sample_key`."""
-    match = SAMPLE_KEY_PATTERN.match(key) if isinstance(key, str) else None
-    if match is None:
-        raise WtoursError(f"{key!r} is not a wtours sample key (<slug>-<frame:08d>)",
-                          "the shard was not written by `wtours shard`: reshard the video")
-    return match.group("slug"), int(match.group("frame"))
 
 
 def read_json(path: Path) -> Any | None:
