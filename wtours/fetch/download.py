@@ -179,9 +179,8 @@ def flag_options(config: DownloadConfig) -> dict[str, Any]:
     return options
 
 
-def _explain(message: str, warnings: list[str], config: DownloadConfig, retries: int | None = None) -> WtoursError:
+def _explain(message: str, warnings: list[str], config: DownloadConfig, retries: int) -> WtoursError:
     """Turn a yt-dlp failure into an error that names the fix (`retries`: as yt-dlp was given them)."""
-    retries = retries if retries is not None else config.retries if config.retries is not None else DEFAULT_RETRIES
     text = " ".join([message, *warnings]).lower()
     short = message.replace("ERROR: ", "").strip()
     if "not a bot" in text or "sign in to confirm" in text or "cookies" in text and "sign in" in text:
