@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import IO, Any, Protocol
 from urllib.parse import quote
 
@@ -72,15 +73,9 @@ def open_url(url: str) -> IO[bytes]:
     """A readable binary stream of the whole file: a local path, an http(s), hf:// or fsspec URL (streamed),
     or the output of a `pipe:` command."""
     kind = kind_of(url)
-    if kind == "pipe":
-        return PipeStream(url)  # type: ignore[return-value]
     if kind == "http":
         return _urlopen(url)
-    if kind == "hf":
-        return _open_hf(url)
-    if kind == "fsspec":
-        return _open_fsspec_at(url, 0)
-    return open(url, "rb")
+    return _open_file(url, None) if kind == "hf" else open_at(url, 0)
 
 
 def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
@@ -94,12 +89,10 @@ def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
             return ranged
         ranged.close()  # the server ignored the Range header
         return _skipped(_urlopen(url), begin, url)
-    if kind == "hf":
-        return _open_hf(url, begin)
     if kind == "pipe":
-        return _skipped(open_url(url), begin, url)
-    if kind == "fsspec":
-        return _open_fsspec_at(url, begin)
+        return _skipped(PipeStream(url), begin, url)  # type: ignore[arg-type]
+    if kind in ("hf", "fsspec"):
+        return _open_file(url, begin)
     stream = open(url, "rb")
     stream.seek(begin)
     return stream
@@ -107,22 +100,15 @@ def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
 
 def glob_urls(pattern: str) -> list[str]:
     """The files an hf:// or fsspec URL pattern (`*`, `?`, `[...]`) matches, as URLs, sorted."""
-    if kind_of(pattern) == "hf":
-        with hub_errors(pattern):
-            return sorted(f"hf://{p}" for p in hf_filesystem().glob(pattern[len("hf://"):]))
-    fs, path = _fsspec_of(pattern)
-    try:
-        found = fs.glob(path)
-    except Exception as e:  # noqa: BLE001 (each backend raises its own types: credentials, network, ...)
-        raise WtoursError(f"{redact(pattern)}: cannot list ({type(e).__name__}: {e})",
-                          "check the URL, the network and the credentials") from e
-    return sorted(fs.unstrip_protocol(p) for p in found)
+    fs, path = _filesystem(pattern)
+    with _failures(pattern, "list"):
+        return sorted(fs.unstrip_protocol(p) for p in fs.glob(path))
 
 
 def require_backend(url: str) -> None:
     """Fail now, naming what to install, when `url`'s scheme is unknown or its fsspec package is missing."""
     if kind_of(url) == "fsspec":
-        _fsspec_of(url)
+        _filesystem(url)
 
 
 # ------------------------------------------------------------------ http(s)
@@ -155,31 +141,7 @@ def _skipped(raw: IO[bytes], count: int, url: str) -> IO[bytes]:
     return raw
 
 
-# ------------------------------------------------------------------ hf://
-
-
-def _open_hf(url: str, offset: int | None = None) -> IO[bytes]:
-    """An hf:// file. Whole (`offset` None): streamed with one GET (the client resumes a broken stream once with
-    a Range request). From `offset`: huggingface_hub's buffered file fetches what is read with Range requests of
-    HF_READ_BLOCK bytes, so a reader of part of a shard skips the rest. The first read(0) opens the connection,
-    so a missing file, a private repo without a token or a revoked token fails here, as a WtoursError with a
-    login hint (the token itself is never shown)."""
-    options = {"block_size": 0} if offset is None else {"block_size": HF_READ_BLOCK, "cache_type": "readahead"}
-    with hub_errors(url):
-        return _started(hf_filesystem().open(url[len("hf://"):], "rb", **options), offset)
-
-
-def _started(stream: Any, offset: int | None, connect: bool = True) -> IO[bytes]:
-    """`stream` moved to `offset` (None: where it is) and its connection opened (`connect`), or closed on failure."""
-    try:
-        if offset is not None:
-            stream.seek(offset)
-        if connect:
-            stream.read(0)
-    except BaseException:
-        stream.close()
-        raise
-    return stream
+# ------------------------------------------------------------------ hf:// URLs
 
 
 HF_URL_HINT = ("write hf://datasets/USER/NAME[@REVISION]/PATH, e.g. "
@@ -245,42 +207,65 @@ def _hf_url_problem(url: str) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------ fsspec URLs (s3://, gs://, file://, ...)
+# ------------------------------------------------------------------ hf:// and fsspec files (s3://, gs://, file://, ...)
 
 
-def _fsspec_of(url: str) -> tuple[Any, str]:
-    """(filesystem, path) for an fsspec URL; a missing package is a WtoursError naming what to install."""
+def _filesystem(url: str) -> tuple[Any, str]:
+    """(filesystem, path) of an hf:// or fsspec URL; a missing fsspec backend is a WtoursError naming what to
+    install (fsspec itself is a dependency of wtours, its backends s3fs, gcsfs and adlfs are not)."""
     scheme = url_scheme(url) or ""
+    if scheme == "hf":
+        return hf_filesystem(), url[len("hf://"):]
+    import fsspec
+
     package = FSSPEC_PACKAGES[scheme]
-    needs = "fsspec" + (f" and {package}" if package else "")
-    try:
-        import fsspec
-    except ImportError as e:
-        raise WtoursError(f"{scheme}:// URLs need the fsspec package, which is not installed",
-                          f"pip install fsspec{' ' + package if package else ''}") from e
     try:
         return fsspec.core.url_to_fs(url)
     except ImportError as e:
         raise WtoursError(f"{scheme}:// URLs need the {package} package, which is not installed ({e})",
-                          f"pip install {package}  (wtours reads {scheme}:// through {needs}; credentials "
+                          f"pip install {package}  (wtours reads {scheme}:// through fsspec and {package}; credentials "
                           "come from the usual environment of that package)") from e
     except (ValueError, TypeError, OSError) as e:
         raise WtoursError(f"{redact(url)!r}: {e}", "check the URL") from e
 
 
-def _open_fsspec_at(url: str, offset: int) -> IO[bytes]:
-    """An fsspec file positioned at `offset`, read in blocks of HF_READ_BLOCK (a partial read fetches
-    what it reads, by seek on a local file, Range requests on s3/gs)."""
-    fs, path = _fsspec_of(url)
+def _open_file(url: str, offset: int | None) -> IO[bytes]:
+    """An hf:// or fsspec file from byte `offset`, read in blocks of HF_READ_BLOCK: a partial read fetches what it
+    reads (a seek on a local file, Range requests on hf://, s3, gs), so a reader of part of a shard skips the rest.
+    A whole hf:// file (`offset` None) is streamed with one GET instead (the client resumes a broken stream once with
+    a Range request). The first read(0) opens that stream's connection, so a missing file, a private repo without a
+    token or a revoked token fails here, as a WtoursError with a login hint (the token itself is never shown)."""
+    fs, path = _filesystem(url)
+    whole = offset is None and kind_of(url) == "hf"
+    options = {"block_size": 0} if whole else {"block_size": HF_READ_BLOCK, "cache_type": "readahead"}
+    with _failures(url, "open"):
+        stream = fs.open(path, "rb", **options)
+        try:
+            if offset:
+                stream.seek(offset)
+            stream.read(0)
+        except BaseException:
+            stream.close()
+            raise
+    return stream
+
+
+def _failures(url: str, action: str) -> contextlib.AbstractContextManager:
+    """Failures to open or list (`action`) an hf:// or fsspec URL in the block as a WtoursError naming it: the
+    Hub's as hfclient describes them, other backends' own exception types (credentials, network, ...) with a hint."""
+    return hub_errors(url) if kind_of(url) == "hf" else _backend_failures(url, action)
+
+
+@contextlib.contextmanager
+def _backend_failures(url: str, action: str) -> Iterator[None]:
     try:
-        stream = fs.open(path, "rb", block_size=HF_READ_BLOCK, cache_type="readahead")
-    except FileNotFoundError as e:
-        raise WtoursError(f"{redact(url)}: no such file",
-                          "check the URL; index.json must sit beside the shards") from e
-    except Exception as e:  # noqa: BLE001 (backend errors: credentials, network, permissions)
-        raise WtoursError(f"{redact(url)}: cannot open ({type(e).__name__}: {e})",
+        yield
+    except Exception as e:  # noqa: BLE001 (each backend raises its own types: credentials, network, permissions)
+        if action == "open" and isinstance(e, FileNotFoundError):
+            raise WtoursError(f"{redact(url)}: no such file",
+                              "check the URL; index.json must sit beside the shards") from e
+        raise WtoursError(f"{redact(url)}: cannot {action} ({type(e).__name__}: {e})",
                           "check the URL, the network and the credentials") from e
-    return _started(stream, offset or None, connect=False)
 
 
 # ------------------------------------------------------------------ pipe:COMMAND
