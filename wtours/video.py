@@ -79,29 +79,20 @@ def completed_file(layout: Layout, slug: str, rehash: bool = False) -> Path | No
     """The recorded video file if info.json says it is complete and the file still matches it (a damaged
     info.json records nothing complete: the video is fetched again)."""
     try:
-        info = read_video_info(layout, slug)
+        return _checked(layout, slug, rehash)[1]
     except WtoursError:
         return None
-    if info is None:
-        return None
-    path = layout.video_file(slug, info.file)
-    return path if _matches(info, path, rehash) else None
-
-
-def _matches(info: VideoInfo, path: Path, rehash: bool = False) -> bool:
-    """`path` is the file `info` recorded: its size, and its checksum when its mtime changed (or `rehash`)."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return False
-    if stat.st_size != info.bytes:
-        return False
-    return not (rehash or stat.st_mtime_ns != info.mtime_ns) or sha256_file(path) == info.sha256
 
 
 def registered_video(layout: Layout, slug: str) -> tuple[VideoInfo, Path]:
     """The video registered as `slug`, checked to be the file recorded (size, and checksum when its mtime
     changed); a missing or changed file is a clear error saying how to register it again."""
+    return _checked(layout, slug, False)
+
+
+def _checked(layout: Layout, slug: str, rehash: bool) -> tuple[VideoInfo, Path]:
+    """`slug`'s record and file, the file checked against it: its size, and its checksum when its mtime changed
+    (or `rehash`)."""
     info = read_video_info(layout, slug)
     if info is None:
         raise WtoursError(f"no video registered as {slug!r} under {layout.root}",
@@ -109,7 +100,9 @@ def registered_video(layout: Layout, slug: str) -> tuple[VideoInfo, Path]:
     path = layout.video_file(slug, info.file)
     if not path.is_file():
         raise WtoursError(f"{path} is missing", f"download or add {slug} again")
-    if not _matches(info, path):
+    stat = path.stat()
+    if stat.st_size != info.bytes or ((rehash or stat.st_mtime_ns != info.mtime_ns)
+                                      and sha256_file(path) != info.sha256):
         raise WtoursError(f"{path} changed since it was recorded (size or checksum differ)",
                           f"register it again with `wtours add {path} --name {slug}` (or download it again)")
     return info, path
