@@ -49,17 +49,13 @@ class VideoInfo:
             del data["damaged"]
         return data
 
-    @classmethod
-    def from_dict(cls, data: Any, where: Path) -> VideoInfo:
-        """Checked, every field and the probe's too: a damaged or hand-edited info.json fails naming the key."""
-        return read_record(cls, data, str(where), DAMAGED_HINT)
-
 
 def read_video_info(layout: Layout, slug: str) -> VideoInfo | None:
-    """The registered video's record, or None when none is registered under `slug`."""
+    """The registered video's record, or None when none is registered under `slug`. Every field is checked, the
+    probe's too: a damaged or hand-edited info.json fails naming the key."""
     path = layout.info_path(slug)
     data = read_json(path)
-    return None if data is None else VideoInfo.from_dict(data, path)
+    return None if data is None else read_record(VideoInfo, data, str(path), DAMAGED_HINT)
 
 
 def write_video_info(layout: Layout, slug: str, path: Path, probed: media.ProbeResult, source: dict[str, Any],

@@ -19,7 +19,7 @@ from wtours.fetch.ytdlp_options import YtdlpSettings
 from wtours.layout import Layout, validate_slug
 from wtours.locks import folder_lock
 from wtours.manifest import VideoEntry, load_manifest
-from wtours.video import VideoInfo, completed_file, read_video_info, write_video_info
+from wtours.video import completed_file, write_video_info
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,6 @@ class DownloadResult:
     slug: str
     path: Path
     status: str  # "downloaded", "skipped" or "added"
-    info: VideoInfo | None
 
 
 def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
@@ -273,7 +272,7 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
     done = completed_file(layout, target.slug, rehash=config.verify)
     if done is not None:
         say(f"{target.slug}: already downloaded and verified ({done}); skipping")
-        return DownloadResult(target.slug, done, "skipped", read_video_info(layout, target.slug))
+        return DownloadResult(target.slug, done, "skipped")
     media.find_tools()  # fail before any transfer when ffmpeg is missing: we cannot verify without it
     # one writer per video folder: two downloads (or a download and an add) would share the .part file
     with folder_lock(folder, f"video folder of {target.slug}"):
@@ -310,7 +309,7 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
                                   target.entry)
         say(f"{target.slug}: {path} ({record.bytes / 1e6:.1f} MB, {probed.width}x{probed.height}, "
             f"{probed.fps:.2f} fps, {probed.duration / 60:.1f} min, sha256 {record.sha256[:12]}…)")
-        return DownloadResult(target.slug, path, "downloaded", record)
+        return DownloadResult(target.slug, path, "downloaded")
 
 
 def _source_record(info: dict[str, Any], target: DownloadTarget, settings: YtdlpSettings) -> dict[str, Any]:

@@ -91,9 +91,9 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
         if any(k in _OPTION_OF for k in kept):
             say(f"{slug}: keeping the recorded {', '.join(sorted(kept))} "
                 f"(give {', '.join(_OPTION_OF[k] for k in sorted(kept) if k in _OPTION_OF)} to change)")
-        record = write_video_info(layout, slug, final, probed, source, entry, damaged=damaged)
+        write_video_info(layout, slug, final, probed, source, entry, damaged=damaged)
         say(f"{slug}: added {final} ({probed.width}x{probed.height}, {probed.fps:.2f} fps, {probed.duration:.1f} s)")
-        return DownloadResult(slug, final, "added", record)
+        return DownloadResult(slug, final, "added")
 
 
 def _refuse_replacing(layout: Layout, slug: str, source_path: Path,
