@@ -343,25 +343,17 @@ class VerifiedShard:
 
     def __init__(self, raw: ByteStream, url: str, size: int, sha256: str):
         self.raw, self.url, self.size, self.sha256 = raw, url, size, sha256
-        self.spool: IO[bytes] | None = None
-        self.failed = False
+        self.spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
+        self.checked = False
 
     def __repr__(self) -> str:  # webdataset appends str(stream) to the errors it reports
         return f"<verified shard {self.url}>"
 
     def read(self, size: int = -1, /) -> bytes:
-        if self.failed:
-            return b""
-        if self.spool is None:
-            spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
-            try:
-                self._copy_checked(spool)
-            except BaseException:
-                spool.close()
-                self.failed = True
-                raise
-            spool.seek(0)
-            self.spool = spool
+        if not self.checked:  # once: a shard that fails the check serves nothing (its spool stays at its end)
+            self.checked = True
+            self._copy_checked(self.spool)
+            self.spool.seek(0)
         return self.spool.read(size if size is not None else -1)
 
     def _copy_checked(self, spool: Any) -> None:
@@ -389,8 +381,7 @@ class VerifiedShard:
         try:
             self.raw.close()
         finally:
-            if self.spool is not None:
-                self.spool.close()
+            self.spool.close()
 
 
 def verified_whole(url: str, raw: IO[bytes], size: int | None, sha256: str | None) -> IO[bytes]:
