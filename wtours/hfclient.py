@@ -249,8 +249,3 @@ def hub_errors(what: str, target: HasToken | None = None, write: bool = False) -
         if cause is None:
             raise
         raise describe_error(cause, what, token, write) from e
-
-
-def hf_filesystem(**options: Any) -> Any:
-    """huggingface_hub's HfFileSystem (endpoint from HF_ENDPOINT, token from the login or HF_TOKEN unless given)."""
-    return require_hub().HfFileSystem(**options)

@@ -22,7 +22,7 @@ from typing import IO, Any, Protocol
 from urllib.parse import quote
 
 from wtours.errors import UsageError, WtoursError
-from wtours.hfclient import hf_filesystem, hub_errors
+from wtours.hfclient import hub_errors, require_hub
 from wtours.redact import redact
 
 HTTP_TIMEOUT = 60  # seconds an http(s) server may go without answering
@@ -214,8 +214,8 @@ def _filesystem(url: str) -> tuple[Any, str]:
     """(filesystem, path) of an hf:// or fsspec URL; a missing fsspec backend is a WtoursError naming what to
     install (fsspec itself is a dependency of wtours, its backends s3fs, gcsfs and adlfs are not)."""
     scheme = url_scheme(url) or ""
-    if scheme == "hf":
-        return hf_filesystem(), url[len("hf://"):]
+    if scheme == "hf":  # endpoint from HF_ENDPOINT, token from the login or HF_TOKEN
+        return require_hub().HfFileSystem(), url[len("hf://"):]
     import fsspec
 
     package = FSSPEC_PACKAGES[scheme]
@@ -250,14 +250,14 @@ def _open_file(url: str, offset: int | None) -> IO[bytes]:
     return stream
 
 
-def _failures(url: str, action: str) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def _failures(url: str, action: str) -> Iterator[None]:
     """Failures to open or list (`action`) an hf:// or fsspec URL in the block as a WtoursError naming it: the
     Hub's as hfclient describes them, other backends' own exception types (credentials, network, ...) with a hint."""
-    return hub_errors(url) if kind_of(url) == "hf" else _backend_failures(url, action)
-
-
-@contextlib.contextmanager
-def _backend_failures(url: str, action: str) -> Iterator[None]:
+    if kind_of(url) == "hf":
+        with hub_errors(url):
+            yield
+        return
     try:
         yield
     except Exception as e:  # noqa: BLE001 (each backend raises its own types: credentials, network, permissions)
