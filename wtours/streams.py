@@ -85,10 +85,8 @@ def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
     kind = kind_of(url)
     if kind == "http":
         ranged = _urlopen(url, {"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
-        if getattr(ranged, "status", None) == 206:
-            return ranged
-        ranged.close()  # the server ignored the Range header
-        return _skipped(_urlopen(url), begin, url)
+        # a server that ignores the Range header sends the whole file: its first `begin` bytes are dropped
+        return ranged if getattr(ranged, "status", None) == 206 else _skipped(ranged, begin, url)
     if kind == "pipe":
         return _skipped(PipeStream(url), begin, url)  # type: ignore[arg-type]
     if kind in ("hf", "fsspec"):
