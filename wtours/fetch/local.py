@@ -141,9 +141,7 @@ def _put(source: Path, tmp: Path, mode: str) -> None:
         os.symlink(source, tmp)
         return
     if mode in ("link", "move"):
-        try:
+        with contextlib.suppress(OSError):  # another filesystem: fall back to a copy
             os.link(source, tmp)
             return
-        except OSError:
-            pass  # another filesystem: fall back to a copy
     shutil.copyfile(source, tmp)
