@@ -43,12 +43,6 @@ class VideoInfo:
         value = self.source.get("id")
         return value if isinstance(value, str) else None
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.damaged is None:
-            del data["damaged"]
-        return data
-
 
 def read_video_info(layout: Layout, slug: str) -> VideoInfo | None:
     """The registered video's record, or None when none is registered under `slug`. Every field is checked, the
@@ -67,7 +61,8 @@ def write_video_info(layout: Layout, slug: str, path: Path, probed: media.ProbeR
         mtime_ns=stat.st_mtime_ns, city=entry.city if entry else None, kind=entry.kind if entry else None,
         recorded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         tool={"wtours": __version__, "ffmpeg": media.find_tools().source}, damaged=damaged)
-    write_json_atomic(layout.info_path(slug), info.to_dict())
+    record = {k: v for k, v in asdict(info).items() if k != "damaged" or v is not None}  # damaged: only when it is
+    write_json_atomic(layout.info_path(slug), record)
     return info
 
 
