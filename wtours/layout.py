@@ -96,13 +96,10 @@ class Layout:
                               f"register the video again with `wtours add FILE --name {slug}`")
         return self.video_dir(slug) / file_name
 
-    def download_template(self, slug: str, ext: str = "%(ext)s") -> Path:
-        """Where yt-dlp writes a video: `<slug>.<ext>` in its folder (`ext` is yt-dlp's template field)."""
+    def video_path(self, slug: str, ext: str) -> Path:
+        """Where a video's file goes, `<slug>.<ext>` in its folder: yt-dlp writes it (`ext`: its template field
+        `%(ext)s`), `wtours add` places it (`ext`: the file's own, lowercased; mp4 when it has none)."""
         return self.video_dir(slug) / f"{slug}.{ext}"
-
-    def added_video_path(self, slug: str, suffix: str) -> Path:
-        """Where `wtours add` places a file: `<slug><suffix>` (suffix lowercased; .mp4 when it has none)."""
-        return self.video_dir(slug) / f"{slug}{suffix.lower() or '.mp4'}"
 
     @staticmethod
     def rejected_path(video: Path) -> Path:

@@ -100,7 +100,7 @@ def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
 def describe_plan(targets: list[DownloadTarget], layout: Layout, config: DownloadConfig) -> list[dict[str, Any]]:
     """What a download would fetch and where; touches no network (for --dry-run)."""
     settings = config.ytdlp.to_dict()
-    return [{"slug": t.slug, "id": t.source_id, "url": t.url, "target": str(layout.download_template(t.slug, "<ext>")),
+    return [{"slug": t.slug, "id": t.source_id, "url": t.url, "target": str(layout.video_path(t.slug, "<ext>")),
              "format": config.ytdlp.from_option.get("format") or format_selector(config.max_height),
              "yt_dlp": settings, "complete": completed_file(layout, t.slug) is not None} for t in targets]
 
@@ -280,7 +280,7 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
 
         logger = _YtdlpLogger()
         bar = _ProgressBar(target.slug, config.progress)
-        options = _ytdlp_options(config, str(layout.download_template(target.slug)), logger, [bar.hook])
+        options = _ytdlp_options(config, str(layout.video_path(target.slug, "%(ext)s")), logger, [bar.hook])
         try:
             with yt_dlp.YoutubeDL(options) as ydl:
                 info = ydl.extract_info(target.url, download=False)

@@ -76,7 +76,7 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
         say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
     with folder_lock(layout.video_dir(slug), f"video folder of {slug}"):  # which also creates the folder
         current, existing = _refuse_replacing(layout, slug, source_path, force)  # again, under the lock
-        final = layout.added_video_path(slug, source_path.suffix)
+        final = layout.video_path(slug, source_path.suffix[1:].lower() or "mp4")
         earlier = existing.source if existing else {}  # the attribution recorded before (an add or a download)
         if current is not None:
             say(f"{slug}: replacing the registered video {current.name} (--force)")
