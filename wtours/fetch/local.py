@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from wtours import media
 from wtours.errors import UsageError, WtoursError
@@ -26,8 +27,6 @@ def validate_provenance(provenance: dict[str, str | None]) -> dict[str, str]:
     """The given attribution fields, checked: an http(s) URL with a host; single-line printable text of a
     sensible length (it lands in a table of the dataset card). A licence is an SPDX id (CC-BY-4.0) or a
     short text ("Creative Commons Attribution license (reuse allowed)", as YouTube states it)."""
-    from urllib.parse import urlsplit
-
     out: dict[str, str] = {}
     for key, value in provenance.items():
         if value is None:
