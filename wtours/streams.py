@@ -350,12 +350,12 @@ class VerifiedShard:
     def read(self, size: int = -1, /) -> bytes:
         if not self.checked:  # once: a shard that fails the check serves nothing (its spool stays at its end)
             self.checked = True
-            self._copy_checked(self.spool)
+            self._copy_checked()
             self.spool.seek(0)
         return self.spool.read(size if size is not None else -1)
 
-    def _copy_checked(self, spool: Any) -> None:
-        """Copy the raw stream into `spool` (never more than the index records), then check its size and sha256."""
+    def _copy_checked(self) -> None:
+        """Copy the raw stream into the spool (never more than the index records), then check its size and sha256."""
         digest, count = hashlib.sha256(), 0
         try:
             while block := self.raw.read(VERIFY_BLOCK):
@@ -364,7 +364,7 @@ class VerifiedShard:
                     raise ShardMismatchError(f"{self.url}: the server sent more than the {self.size} bytes its "
                                              "index.json records (replaced or hostile shard; skipped)")
                 digest.update(block)
-                spool.write(block)
+                self.spool.write(block)
         except ShardMismatchError:
             raise
         except Exception as e:  # noqa: BLE001 (a broken stream: nothing unverified is served)
