@@ -112,10 +112,8 @@ def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
                               f"run `wtours shard --city {spec}` first, or pass --root")
         return [_local_set(str(layout.shard_dir(spec)), None)]
     path = Path(spec).expanduser()
-    if path.is_dir():
-        return [_local_set(str(path), None)]
-    if path.name == INDEX_FILE:
-        return [_local_set(str(path.parent), None)]
+    if path.is_dir() or path.name == INDEX_FILE:
+        return [_local_set(str(path if path.is_dir() else path.parent), None)]
     patterns = _expand(str(path))
     files = sorted({f for pattern in patterns for f in (glob.glob(pattern) or [])})
     # A name the braces spell out (no wildcard) that is not on disk is asked for, as it is from a server:
