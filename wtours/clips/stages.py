@@ -141,9 +141,8 @@ def open_part(read: ShardRead) -> ShardStream:
     ref, offsets = read.ref, read.ref.entry.offsets
     whole = read.first_sample == 0 and read.stop_sample is None
     if offsets is None or whole:
-        opened = open_url(ref.url)
-        entry = ref.entry
-        return ShardStream(read, verified_whole(ref.url, opened, entry.bytes, entry.sha256) if whole else opened, 0)
+        raw = open_url(ref.url)
+        return ShardStream(read, verified_whole(ref.url, raw, ref.entry.bytes, ref.entry.sha256) if whole else raw)
     begin = offsets[read.first_sample]
     stop = read.stop_sample
     end = offsets[stop] if stop is not None and stop < len(offsets) else None  # exclusive; None: to the end
