@@ -138,18 +138,12 @@ def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out:
                           source: str | None = None) -> None:
     """--resume with an explicitly different architecture or head size: the checkpoint's weights do not fit that
     model, so --reschedule cannot accept it either. `source`: the file the run's model was read from (hint)."""
-    saved, now = flat_settings(run_model), flat_settings(model)
-    changed = {k: [saved[k], now[k]] for k in WEIGHT_SHAPES if k in saved and k in now and saved[k] != now[k]}
+    changed = changes(flat_settings(run_model), {k: v for k, v in flat_settings(model).items() if k in WEIGHT_SHAPES})
     if changed:
         raise UsageError(f"--resume: {describe(changed)}: the run's checkpoint holds weights of another shape",
                          f"leave these options out to resume with the run's own model (from "
                          f"{source or Path(out) / CHECKPOINT_FILE}), or start a new run with --overwrite or another "
                          "--out")
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    path = out / CHECKPOINT_FILE
-    return path if path.is_file() else None
 
 
 @contextmanager
@@ -195,8 +189,8 @@ def prepare(out: Path, config: TrainConfig, facts: dict) -> dict:
                 output.unlink()
     changed: dict = {}
     step = 0
-    path = latest_checkpoint(out)
-    if config.resume and path is not None:
+    path = out / CHECKPOINT_FILE
+    if config.resume and path.is_file():
         try:
             meta = read_checkpoint(path, mmap=True)  # the run state: its tensors are not read
         except WtoursError as e:

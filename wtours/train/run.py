@@ -76,14 +76,11 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int, world_size: int) 
 
 
 def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
-    dist = distributed.setup(config.device)  # checks --device first: nothing is created for a missing one
-    if config.workers is None:  # resolved here, so config.json records what ran; a resume keeps the run's
-        saved = folder.saved_workers(config)
-        config = replace(config, workers=saved if saved is not None else default_workers(dist.local_world_size))
-    try:
+    with distributed.setup(config.device) as dist:  # checks --device first: nothing is created for a missing one
+        if config.workers is None:  # resolved here, so config.json records what ran; a resume keeps the run's
+            saved = folder.saved_workers(config)
+            config = replace(config, workers=saved if saved is not None else default_workers(dist.local_world_size))
         return _train(config, dist, say if dist.is_main else (lambda m: None))
-    finally:
-        distributed.teardown()
 
 
 class Interrupted(WtoursError):
@@ -116,7 +113,12 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
         raise UsageError(f"--out {out} is a file, not a folder", "choose a folder for --out")
     dataset = build_data(config, dist)  # resolves the shards: still nothing written
     schedules = build_schedules(config, len(dataset), dist.world_size)
-    knn = _knn_monitor(config, dist)  # k-NN monitoring (--knn-train/--knn-val): folders checked now
+    knn = None  # k-NN monitoring (--knn-train/--knn-val) on rank 0: its folders checked now
+    if config.knn_train and config.knn_val and dist.is_main:
+        from wtours.eval.knn import KnnConfig, KnnMonitor
+
+        knn = KnnMonitor(config.knn_train, config.knn_val, config.knn_every,
+                         KnnConfig(workers=min(config.workers or 0, 4)))
     facts = {"world_size": dist.world_size, "steps_per_epoch": len(dataset), "total_steps": schedules.total_steps}
     state = RunState()
     try:
@@ -160,13 +162,13 @@ def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: 
 def _record_start(run: Run, prepared: dict) -> None:
     """config.json (the config itself: --config reads it back), run.json (what it implied), the start line."""
     config, dist, dataset, schedules = run.config, run.dist, run.dataset, run.schedules
+    clips = dataset.clips_per_epoch()
     if dist.is_main:
         write_json_atomic(run.out / RUN_CONFIG_FILE, folder.recorded(config))
         write_json_atomic(run.out / RUN_FACTS_FILE, {
-            **run.facts, "precision": run.precision, "workers": config.workers,
-            "clips_per_epoch": dataset.clips_per_epoch(),
+            **run.facts, "precision": run.precision, "workers": config.workers, "clips_per_epoch": clips,
             "reschedules": folder.reschedules(run.out, prepared["changed"], run.state.step)})
-    run.logger.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} "
+    run.logger.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {clips} "
                    f"clips per epoch, {schedules.steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
                    f"{schedules.total_steps} steps, {run.precision} on {dist.device}")
     if prepared["changed"]:
@@ -208,7 +210,7 @@ def _loop(run: Run) -> None:
             state.step_in_epoch += 1
             logged = state.step % config.log_every == 0 or state.step in (1, schedules.total_steps)
             logger.step(state, loss_value, run.optimizer, float(schedules.momentum[it]), data_seconds, batch.keys,
-                        _gathered(problems).counts() if logged else None)
+                        _gathered(problems) if logged else None)
             if state.step == schedules.total_steps:  # no next step to confirm it: finite weights suffice
                 _checkpoint(run)
             _knn_evaluate(run)
@@ -219,17 +221,17 @@ def _loop(run: Run) -> None:
             state.epoch += 1
             state.step_in_epoch = 0
     logger.say(f"done: {state.step} steps; checkpoint {run.out / CHECKPOINT_FILE}; log {run.out / 'log.jsonl'}")
-    line = problems_line(_gathered(problems).counts())
+    line = problems_line(_gathered(problems))
     if line:
         logger.say(line)
 
 
-def _gathered(problems: Problems) -> Problems:
-    """`problems` summed over the ranks (a collective: every rank calls it at the same step)."""
+def _gathered(problems: Problems) -> dict:
+    """`problems.counts()` summed over the ranks (a collective: every rank calls it at the same step)."""
     total = Problems()
     for counts in distributed.all_gather(problems.counts()):
         total.add(counts)
-    return total
+    return total.counts()
 
 
 def _non_finite(run: Run, what: str) -> NonFiniteLoss:
@@ -313,8 +315,8 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
 
 
 def _resume(run: Run) -> RunState:
-    path = folder.latest_checkpoint(run.out)
-    if path is None:
+    path = run.out / CHECKPOINT_FILE
+    if not path.is_file():
         run.logger.say(f"--resume: no checkpoint in {run.out}; starting from scratch")
         return RunState()
     checkpoint = read_checkpoint(path)
@@ -324,16 +326,6 @@ def _resume(run: Run) -> RunState:
     state = RunState(checkpoint["step"], checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["step"])
     run.logger.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
     return state
-
-
-def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
-    """A KnnMonitor on rank 0 when --knn-train/--knn-val are given, else None."""
-    if not config.knn_train or not config.knn_val or not dist.is_main:
-        return None
-    from wtours.eval.knn import KnnConfig, KnnMonitor
-
-    return KnnMonitor(config.knn_train, config.knn_val, config.knn_every,
-                      KnnConfig(workers=min(config.workers or 0, 4)))
 
 
 def _knn_evaluate(run: Run) -> None:
