@@ -53,10 +53,7 @@ def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
     """A nested config dict (as config.json) by leaf name, JSON-normalised (tuples -> lists)."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flat_settings(value))
-        else:
-            flat[key] = json.loads(json.dumps(value))
+        flat.update(flat_settings(value) if isinstance(value, dict) else {key: json.loads(json.dumps(value))})
     return flat
 
 
