@@ -10,12 +10,13 @@ precedence: the defaults, environment variables named in the metadata, a `--conf
 `asdict(config)` or flat by leaf name), `--set key=value` (leaf name or dotted path), and the command line. Every key is
 checked (unknown -> the closest names), every value type-checked.
 
-Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable returning one), metavar, envvar, option
-(the option's name where it is not the field's, e.g. "--from" for `source`), and flags read through `flagged`: free (a
-training setting that may change on --resume), path (a local path, never published as it is). One validator, `problem`,
-checks every value: the Click options' at parse time (`number_type`), --config and --set in `build` (`check_field`), a
-library caller's in a config's __post_init__ (`check_fields`); a float is never NaN or infinite. A value out of its
-range or choices is a usage error (exit status 2) naming the option, the value and what is allowed."""
+A field is declared as `option(default, help, **metadata)`. Metadata keys: help, range (a `Range`), choices (a tuple,
+or a callable returning one), metavar, envvar, option (the option's name where it is not the field's, e.g. "--from" for
+`source`), and flags read through `flagged`: free (a training setting that may change on --resume), path (a local path,
+never published as it is). One validator, `problem`, checks every value: the Click options' at parse time
+(`number_type`), --config and --set in `build` (`check_field`), a library caller's when a config built on `Checked` is
+made (`check_fields`); a float is never NaN or infinite. A value out of its range or choices is a usage error (exit
+status 2) naming the option, the value and what is allowed."""
 
 from __future__ import annotations
 
@@ -163,6 +164,19 @@ def check_fields(config: Any) -> None:
         value = getattr(config, f.name)
         if not dataclasses.is_dataclass(value):
             check_field(f, value)
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any:  # noqa: A002 (Click's name)
+    """A settings field: its default (none: a required setting), and the metadata (range, choices, ...) this module
+    turns into a checked option."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+class Checked:
+    """A config dataclass whose fields are checked against their metadata (range, choices) when built."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def flagged(cls: type, flag: str) -> frozenset[str]:
