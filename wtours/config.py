@@ -184,11 +184,11 @@ def flagged(cls: type, flag: str) -> frozenset[str]:
     return frozenset(leaf.name for leaf in leaves(cls) if leaf.field.metadata.get(flag))
 
 
-class _Checked(click.ParamType):
+class _CheckedNumber(click.ParamType):
     """A number parsed as Click's INT/FLOAT would, then checked by `problem`: a bad value is Click's
     BadParameter (exit status 2, "Invalid value for '--option'"), stating the range."""
 
-    allowed: Range | None = None
+    allowed: Range
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = (click.INT if isinstance(self, click.types.IntParamType) else click.FLOAT).convert(value, param, ctx)
@@ -198,26 +198,20 @@ class _Checked(click.ParamType):
         return number
 
 
-class CheckedInt(_Checked, click.IntRange):
+class CheckedInt(_CheckedNumber, click.IntRange):
     pass
 
 
-class CheckedFloat(_Checked, click.FloatRange):
+class CheckedFloat(_CheckedNumber, click.FloatRange):
     pass
 
 
-class FiniteFloat(_Checked, click.types.FloatParamType):
-    """A float with no bound but finiteness."""
-
-
-def number_type(kind: type, allowed: Range | None = None) -> click.ParamType:
-    """The Click type of a numeric option: Click's IntRange/FloatRange (so `--help` shows the range)
-    checked by `problem`; a float refuses NaN and infinity even without a range."""
-    if allowed is None:
-        return click.INT if kind is int else FiniteFloat()
+def number_type(kind: type, allowed: Range) -> click.ParamType:
+    """The Click type of a numeric option, which always declares its range: Click's IntRange/FloatRange (so `--help`
+    shows the range) checked by `problem`, so that a float refuses NaN and infinity too."""
     if kind is int:  # an int field's bounds are whole numbers
         low, high = (None if b is None else int(b) for b in (allowed.low, allowed.high))
-        checked: _Checked = CheckedInt(min=low, max=high, min_open=allowed.open_low, max_open=allowed.open_high)
+        checked: _CheckedNumber = CheckedInt(min=low, max=high, min_open=allowed.open_low, max_open=allowed.open_high)
     else:
         checked = CheckedFloat(min=allowed.low, max=allowed.high, min_open=allowed.open_low, max_open=allowed.open_high)
     checked.allowed = allowed
@@ -261,13 +255,11 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
         if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
             raise bad
         return tuple(i.strip() for i in items if i.strip())
-    if base is str and isinstance(value, str):
-        return value
     if base is Path:  # before the text parsing below, which lowercases
         if isinstance(value, (str, Path)) and str(value):
             return Path(value)
         raise bad
-    if isinstance(value, str):  # text for a number or a switch: parse it
+    if isinstance(value, str) and base is not str:  # text for a number or a switch: parse it
         text = value.strip().lower()
         try:
             if base is bool:
@@ -277,12 +269,9 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
             return base(text)
         except ValueError:
             raise bad from None
-    if base is bool and isinstance(value, bool):
-        return value
-    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if base is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
+    # A value of its own type (from YAML, JSON or a library caller) as it is, an int for a float; a switch is no number.
+    if isinstance(value, (int, float) if base is float else base) and isinstance(value, bool) == (base is bool):
+        return float(value) if base is float else value
     raise bad
 
 
@@ -297,14 +286,12 @@ def _unknown(key: str, known: list[str], where: str) -> WtoursError:
 
 def nest(cls: type, flat: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """{leaf name or dotted path: value} -> a nested dict shaped as `asdict(cls(...))`."""
-    by_name = {leaf.name: leaf.path for leaf in leaves(cls)}
-    paths = {".".join(leaf.path): leaf.path for leaf in leaves(cls)}
+    paths = {name: leaf.path for leaf in leaves(cls) for name in (leaf.name, ".".join(leaf.path))}
     out: dict[str, Any] = {}
     for key, value in flat.items():
-        name = key.replace("-", "_")
-        path = by_name.get(name) or paths.get(name)
+        path = paths.get(key.replace("-", "_"))
         if path is None:
-            raise _unknown(key, sorted(by_name) + sorted(p for p in paths if "." in p), where)
+            raise _unknown(key, list(paths), where)
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -414,7 +401,7 @@ def _option_kwargs(leaf: Leaf) -> dict[str, Any]:
     elif typing.get_origin(base) is tuple:
         kwargs["multiple"], kwargs["type"] = True, str
     elif base in (int, float):
-        kwargs["type"] = number_type(base, meta.get("range"))
+        kwargs["type"] = number_type(base, meta["range"])
     elif base is not bool:
         kwargs["type"] = base
     kwargs.update({key: meta[key] for key in ("metavar", "envvar") if key in meta})
@@ -437,15 +424,16 @@ def command_settings(cls: type, ctx, values: Mapping[str, Any], config_file: str
     from click.core import ParameterSource
 
     names = {leaf.name for leaf in leaves(cls)}
-    environment = {k: v for k, v in values.items()
-                   if k in names and ctx.get_parameter_source(k) is ParameterSource.ENVIRONMENT}
-    layers = nest(cls, environment)
+
+    def options_from(source: ParameterSource) -> dict[str, Any]:
+        return nest(cls, {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+                          if k in names and ctx.get_parameter_source(k) is source})
+
+    layers = options_from(ParameterSource.ENVIRONMENT)
     if config_file:
         layers = merge(layers, build_dict(cls, read_file(config_file), f" in --config {config_file}"))
     layers = merge(layers, nest(cls, parse_assignments(assignments), " in --set"))
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
-             if k in names and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
-    return merge(layers, nest(cls, given))
+    return merge(layers, options_from(ParameterSource.COMMANDLINE))
 
 
 def build_dict(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
