@@ -394,7 +394,7 @@ def _option_kwargs(leaf: Leaf) -> dict[str, Any]:
     base, _ = _optional(leaf.type)
     default = _default(leaf.field, None)
     kwargs: dict[str, Any] = {"help": meta.get("help", ""), "default": default,
-                              "show_default": default not in (None, ())}
+                              "show_default": default not in (None, ()), "show_envvar": "envvar" in meta}
     choices = meta.get("choices")
     if choices is not None:
         kwargs["type"] = click.Choice(_names(choices))
@@ -405,8 +405,6 @@ def _option_kwargs(leaf: Leaf) -> dict[str, Any]:
     elif base is not bool:
         kwargs["type"] = base
     kwargs.update({key: meta[key] for key in ("metavar", "envvar") if key in meta})
-    if "envvar" in meta:
-        kwargs["show_envvar"] = True
     return kwargs
 
 

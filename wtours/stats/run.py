@@ -90,7 +90,7 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
             say(f"{slug}: {done} frames already analysed; continuing after {after:.2f} s")
         _carry_skipped(source, parts, after)
         frames = measure(prefetch(source.frames(after)), config.analysis.analysis_pixels)
-        analysed = _write_parts(frames, parts, config, detector, slug, total=source.info.expected - done)
+        _write_parts(frames, parts, config, detector, slug, total=source.info.expected - done)
         if isinstance(source, ShardSource):
             write_json_atomic(parts.folder / SKIPPED_FILE, source.info.skipped)
         for note in source.info.notes:
@@ -105,7 +105,7 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
         if isinstance(source, ShardSource):  # whether the frames' faces were blurred (None: not), from the index
             summary["privacy"] = source.index.privacy
         write_outputs(folder, frames_table, summary)
-    return VideoStats(slug, folder, summary, analysed, time.monotonic() - started, list(source.info.skipped))
+    return VideoStats(slug, folder, summary, len(table) - done, time.monotonic() - started, list(source.info.skipped))
 
 
 def _carry_skipped(source: ShardSource | VideoSource, parts: Parts, after: float | None) -> None:
@@ -164,14 +164,13 @@ def compare(layout: Layout, out: Path | None, say: Callable[[str], None] = print
 
 
 def _write_parts(frames: Iterator[Measured], parts: Parts, config: StatsConfig, detector: Detector | None,
-                 slug: str, total: int) -> int:
+                 slug: str, total: int) -> None:
     from tqdm import tqdm
 
     stream = (detect_stage(frames, detector, config.detector.batch_size, frame_of=lambda m: m.frame.rgb)
               if detector is not None else ((m, None) for m in frames))
     rows: list[dict[str, Any]] = []
     hists: list[Any] = []
-    count = 0
     with tqdm(total=max(total, 0), unit="frame", desc=slug, disable=not config.progress) as bar:
         for measured, found in stream:
             row = dict(measured.row)
@@ -179,14 +178,12 @@ def _write_parts(frames: Iterator[Measured], parts: Parts, config: StatsConfig, 
                 row.update(objects=found.objects, classes=found.classes, labels=list(found.labels))
             rows.append(row)
             hists.append(measured.hist)
-            count += 1
             bar.update(1)
             if len(rows) == config.chunk:
                 parts.write(rows, hists)
                 rows, hists = [], []
         if rows:
             parts.write(rows, hists)
-    return count
 
 
 def _key(source: ShardSource | VideoSource, config: StatsConfig, detector: Detector | None) -> dict[str, Any]:
