@@ -33,7 +33,7 @@ from typing import Any
 
 import click
 
-from wtours.errors import UsageError, WtoursError
+from wtours.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -150,11 +150,16 @@ def check_field(f: dataclasses.Field, value: Any) -> Any:
         hint = f"pass {option} a value {allowed}; `--help` shows every option's range"
     elif choices is not None and not isinstance(value, float):
         names = [str(c) for c in _names(choices)]
-        close = difflib.get_close_matches(str(value), names, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"choose {', '.join(names)}"
+        hint = _did_you_mean(str(value), names, f"choose {', '.join(names)}")
     else:
         hint = f"pass {option} a finite number"
     raise UsageError(f"{option} {why}", hint)
+
+
+def _did_you_mean(word: str, names: list[str], otherwise: str) -> str:
+    """A hint naming up to three of `names` close to `word`, else `otherwise`."""
+    close = difflib.get_close_matches(word, names, n=3, cutoff=0.6)
+    return f"did you mean {', '.join(map(repr, close))}?" if close else otherwise
 
 
 def check_fields(config: Any) -> None:
@@ -278,12 +283,6 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
 # ---------------------------------------------------------------- building a config
 
 
-def _unknown(key: str, known: list[str], where: str) -> WtoursError:
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known keys: {', '.join(sorted(known))}"
-    return UsageError(f"unknown setting {key!r}{where}", hint)
-
-
 def nest(cls: type, flat: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """{leaf name or dotted path: value} -> a nested dict shaped as `asdict(cls(...))`."""
     paths = {name: leaf.path for leaf in leaves(cls) for name in (leaf.name, ".".join(leaf.path))}
@@ -291,7 +290,8 @@ def nest(cls: type, flat: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     for key, value in flat.items():
         path = paths.get(key.replace("-", "_"))
         if path is None:
-            raise _unknown(key, list(paths), where)
+            raise UsageError(f"unknown setting {key!r}{where}",
+                             _did_you_mean(key, list(paths), f"known keys: {', '.join(sorted(paths))}"))
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
