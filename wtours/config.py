@@ -15,8 +15,8 @@ or a callable returning one), metavar, envvar, option (the option's name where i
 `source`), and flags read through `flagged`: free (a training setting that may change on --resume), path (a local path,
 never published as it is). One validator, `problem`, checks every value: the Click options' at parse time
 (`number_type`), --config and --set in `build` (`check_field`), a library caller's when a config built on `Checked` is
-made (`check_fields`); a float is never NaN or infinite. A value out of its range or choices is a usage error (exit
-status 2) naming the option, the value and what is allowed."""
+made; a float is never NaN or infinite. A value out of its range or choices is a usage error (exit status 2) naming the
+option, the value and what is allowed."""
 
 from __future__ import annotations
 
@@ -162,15 +162,6 @@ def _did_you_mean(word: str, names: list[str], otherwise: str) -> str:
     return f"did you mean {', '.join(map(repr, close))}?" if close else otherwise
 
 
-def check_fields(config: Any) -> None:
-    """Every field of a config (a dataclass instance; nested configs check themselves) within its
-    metadata's range and choices, every float finite: for configs built in code, as the CLI's are."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if not dataclasses.is_dataclass(value):
-            check_field(f, value)
-
-
 def option(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any:  # noqa: A002 (Click's name)
     """A settings field: its default (none: a required setting), and the metadata (range, choices, ...) this module
     turns into a checked option."""
@@ -178,10 +169,14 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> A
 
 
 class Checked:
-    """A config dataclass whose fields are checked against their metadata (range, choices) when built."""
+    """A config dataclass whose fields are checked when built, as the CLI's are: each within its metadata's range
+    and choices, every float finite (a nested config checks itself)."""
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # the subclasses are dataclasses
+            value = getattr(self, f.name)
+            if not dataclasses.is_dataclass(value):
+                check_field(f, value)
 
 
 def flagged(cls: type, flag: str) -> frozenset[str]:
