@@ -127,29 +127,27 @@ def _carry_skipped(source: ShardSource | VideoSource, parts: Parts, after: float
 
 def stats_videos(layout: Layout, slugs: list[str], config: StatsConfig, detector: Detector | None = None,
                  corpus: bool = False, say: Callable[[str], None] = print,
-                 finished: Callable[[VideoStats], None] = lambda result: None
-                 ) -> tuple[list[VideoStats], dict[str, Path]]:
+                 finished: Callable[[VideoStats], None] = lambda result: None) -> None:
     """Analyse videos one after the other (`finished` hears of each); with `corpus`, then write the table
     over every video analysed under the same folder. A video that fails is reported and skipped, and the
     run ends with an error naming it."""
     if config.classes and detector is None:
         detector = load_detector(config.detector)  # loaded once for all videos
-    results, failed = [], []
+    failed = []
     for slug in slugs:
         try:
-            results.append(stats_video(layout, slug, config, detector, say))
-            finished(results[-1])
+            finished(stats_video(layout, slug, config, detector, say))
         except WtoursError as e:
             if len(slugs) == 1:
                 raise
             failed.append((slug, e))
             say(f"{slug}: skipped: {e.message}")
-    written = compare(layout, config.out, say) if corpus and results else {}
+    if corpus and len(failed) < len(slugs):
+        compare(layout, config.out, say)
     if failed:
         names = ", ".join(slug for slug, _ in failed)
         raise WtoursError(f"{len(failed)} of {len(slugs)} videos were not analysed: {names}",
                           failed[0][1].hint or "see the messages above")
-    return results, written
 
 
 def compare(layout: Layout, out: Path | None, say: Callable[[str], None] = print) -> dict[str, Path]:
