@@ -331,17 +331,15 @@ def _default(f: dataclasses.Field, missing: Any = dataclasses.MISSING) -> Any:
 
 def read_file(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON mapping of settings (a run folder's config.json reads back as it was written)."""
+    import yaml
+
+    kind = "JSON" if Path(path).suffix == ".json" else "YAML"
     text = Path(path).read_text()
     try:
-        if Path(path).suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 (json and yaml raise their own types)
-        raise UsageError(f"--config {path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'} ({e})",
-                          "fix the file, or write it as `key: value` lines") from e
+        raise UsageError(f"--config {path}: not valid {kind} ({e})",
+                         "fix the file, or write it as `key: value` lines") from e
     if not isinstance(data, dict):
         raise UsageError(f"--config {path} holds no mapping of settings", "write `key: value` lines")
     return data

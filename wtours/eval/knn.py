@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from wtours.errors import UsageError, WtoursError
+from wtours.errors import WtoursError
 from wtours.eval.config import KnnConfig
 from wtours.eval.data import LabelledFolder, collate_readable, labelled_pair
 from wtours.layout import write_json_atomic
@@ -142,9 +142,7 @@ class KnnMonitor:
 
     def __init__(self, train_dir: str | os.PathLike, val_dir: str | os.PathLike, every: int = 1,
                  config: KnnConfig = KnnConfig()):
-        if every < 1:
-            raise UsageError(f"--knn-every {every}", "evaluate every 1 or more epochs")
-        self.every, self.config = every, config
+        self.every, self.config = every, config  # every: >= 1, as TrainConfig.knn_every is checked
         self.train, self.val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
 
     def due(self, epochs_done: int | None, run_over: bool) -> bool:

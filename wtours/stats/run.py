@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ class VideoStats:
     summary: dict[str, Any]
     analysed: int  # frames measured by this run (0: everything came from earlier parts)
     seconds: float
-    skipped: list[dict[str, str]] = field(default_factory=list)  # shards skipped by this run: {"name", "reason"}
 
     def line(self) -> str:
         s = self.summary
@@ -50,8 +49,8 @@ class VideoStats:
             p = s["privacy"]
             text += (f"; faces blurred: {p['faces']} in {p['frames_with_faces']} frames ({p['detector']})" if p
                      else "; faces not blurred")
-        if self.skipped:
-            text += f"; {len(self.skipped)} damaged shard(s) skipped: {', '.join(s['name'] for s in self.skipped)}"
+        if skipped := s["source"]["skipped_shards"]:  # {"name", "reason"} each
+            text += f"; {len(skipped)} damaged shard(s) skipped: {', '.join(shard['name'] for shard in skipped)}"
         return text + f"; {work} -> {self.folder}"
 
 
@@ -105,7 +104,7 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
         if isinstance(source, ShardSource):  # whether the frames' faces were blurred (None: not), from the index
             summary["privacy"] = source.index.privacy
         write_outputs(folder, frames_table, summary)
-    return VideoStats(slug, folder, summary, len(table) - done, time.monotonic() - started, list(source.info.skipped))
+    return VideoStats(slug, folder, summary, len(table) - done, time.monotonic() - started)
 
 
 def _carry_skipped(source: ShardSource | VideoSource, parts: Parts, after: float | None) -> None:
