@@ -83,8 +83,6 @@ class TrainConfig(Checked):
     def __post_init__(self) -> None:
         if not self.shards:
             raise UsageError("no shards to train on", "pass --shards SPEC (a slug, a path pattern or a URL)")
-        if self.precision not in (None, "bf16", "fp16", "fp32"):
-            raise UsageError(f"--precision {self.precision}", "use bf16, fp16 or fp32")
         super().__post_init__()
         for name, value in (("--root", self.root), ("--out", self.out)):
             if value and is_url(value):
