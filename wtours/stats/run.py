@@ -83,8 +83,7 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
     folder = layout.stats_dir(slug, config.out)
     with folder_lock(folder, f"stats folder of {slug}"):
         remove_stale_temporaries(folder)  # left by a run that died mid-write (we hold the lock)
-        described = _describe(detector, config) if detector is not None else None
-        parts = Parts(folder, _key(source, config, described))
+        parts = Parts(folder, _key(source, config, detector))
         after, done = parts.prepare(config.overwrite, say)
         if done:
             say(f"{slug}: {done} frames already analysed; continuing after {after:.2f} s")
@@ -99,7 +98,7 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
         if table is None or not len(table):
             raise WtoursError(f"{slug}: no frames to analyse", "check the video (`wtours list`) or reshard it "
                               f"(`wtours verify --city {slug} --repair` for damaged shards)")
-        frames_table, summary = summarise(slug, table, hists, source.info, config, described)
+        frames_table, summary = summarise(slug, table, hists, source.info, config, parts.key["detector"])
         if isinstance(source, ShardSource):  # whether the frames' faces were blurred (None: not), from the index
             summary["privacy"] = source.index.privacy
         write_outputs(folder, frames_table, summary)
@@ -182,8 +181,8 @@ def _write_parts(frames: Iterator[Measured], parts: Parts, config: StatsConfig, 
             parts.write(rows, hists)
 
 
-def _key(source: ShardSource | VideoSource, config: StatsConfig, detector: dict[str, Any] | None) -> dict[str, Any]:
-    """What the parts depend on: a rerun with another key starts over."""
+def _key(source: ShardSource | VideoSource, config: StatsConfig, detector: Detector | None) -> dict[str, Any]:
+    """What the parts depend on (the detector as the summary describes it): a rerun with another key starts over."""
     info = source.info
     return {
         "format": PARTS_FORMAT,
@@ -194,7 +193,7 @@ def _key(source: ShardSource | VideoSource, config: StatsConfig, detector: dict[
         "every": info.every,
         "frame_size": list(info.frame_size),
         "analysis_pixels": config.analysis.analysis_pixels,
-        "detector": detector,
+        "detector": _describe(detector, config) if detector is not None else None,
     }
 
 
