@@ -8,14 +8,11 @@ from pathlib import Path
 from wtours.config import AT_LEAST_1, FRACTION, NOT_NEGATIVE, POSITIVE, Checked, Range, option
 from wtours.shard.params import DEFAULT_FPS
 
-SOURCES = ("shards", "video")
-DEVICES = ("auto", "cpu", "cuda")
 # --from video samples on the same grid as the default shards, so both sources analyse the same frames.
 DEFAULT_VIDEO_EVERY = 1 / DEFAULT_FPS
 # Lightness and the colour histogram are measured on a regular grid of about this many pixels
 # (every 9th pixel of every 9th row of a 683x512 shard frame): see docs/stats.md for the error.
 DEFAULT_ANALYSIS_PIXELS = 4096
-DEFAULT_CHUNK = 500  # frames per resume part: a killed run loses at most this much work
 
 
 @dataclass(frozen=True)
@@ -23,7 +20,7 @@ class AnalysisParams(Checked):
     """Everything the per-frame table depends on; recorded with the resume parts."""
 
     source: str = option("shards", "Read the shards (fast), or decode the video itself.", option="--from",
-                         choices=SOURCES)
+                         choices=("shards", "video"))
     every: float | None = option(None, "Seconds between analysed frames (default: every shard sample; 0.5 from the "
                                        "video).", metavar="SECONDS", range=POSITIVE)
     analysis_pixels: int = option(DEFAULT_ANALYSIS_PIXELS, "Pixels of the grid each frame is measured on (0: every "
@@ -70,7 +67,7 @@ class DetectorParams(Checked):
     name: str = option("fasterrcnn-mobilenet-320", "Detector backend (torchvision, COCO weights).",
                        option="--detector", choices=BACKENDS.keys)
     score_threshold: float = option(0.5, "Detections below this score are not counted.", range=FRACTION)
-    device: str = option("auto", "Where the detector runs.", choices=DEVICES)
+    device: str = option("auto", "Where the detector runs.", choices=("auto", "cpu", "cuda"))
     batch_size: int = option(8, "Frames per detector call.", range=Range(1, 4096))
     weights: Path | None = option(None, "Detector weights file (default: torchvision's cache, downloaded once).")
 
@@ -84,6 +81,6 @@ class StatsConfig(Checked):
     out: Path | None = option(None, "Folder for <slug>/ outputs and the corpus table (default: <root>/stats).",
                               metavar="DIRECTORY")
     top: int = option(20, "Classes in the frequency plot and the summary's `top`.", range=AT_LEAST_1)
-    chunk: int = option(DEFAULT_CHUNK, "Frames per resume checkpoint.", range=AT_LEAST_1)
+    chunk: int = option(500, "Frames per resume checkpoint.", range=AT_LEAST_1)  # the most a killed run loses
     overwrite: bool = option(False, "Start again instead of continuing an interrupted run.")
     progress: bool = True  # not an option: -q turns it off
