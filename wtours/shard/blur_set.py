@@ -16,8 +16,8 @@ from wtours import __version__
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, WIDS_SUFFIX, Layout, write_bytes_atomic, write_json_atomic
 from wtours.locks import folder_lock
+from wtours.privacy.blur import FaceBlur
 from wtours.privacy.params import BlurParams
-from wtours.privacy.stage import FaceBlur
 from wtours.shard.index import ShardEntry, ShardIndex
 from wtours.shard.read import iter_shard
 from wtours.shard.writer import ShardSample, encode_jpeg, write_shard
