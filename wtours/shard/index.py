@@ -14,6 +14,8 @@ from typing import Any
 from wtours import __version__
 from wtours.errors import WtoursError
 from wtours.layout import (
+    INDEX_FILE,
+    WIDS_SUFFIX,
     Layout,
     json_bytes,
     read_json,
@@ -205,9 +207,9 @@ class ShardIndex:
         return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": self.slug,
                 "shardlist": [{"url": s.name, "nsamples": s.samples} for s in self.shards]}
 
-    def write(self, layout: Layout) -> None:
-        write_json_atomic(layout.wids_path(self.slug), self.wids_descriptor())
-        write_bytes_atomic(layout.index_path(self.slug), self.to_bytes())  # last: its presence means complete
+    def write(self, folder: Path) -> None:
+        write_json_atomic(folder / f"{self.slug}{WIDS_SUFFIX}", self.wids_descriptor())
+        write_bytes_atomic(folder / INDEX_FILE, self.to_bytes())  # last: its presence means complete
 
 
 def load_index(layout: Layout, slug: str) -> ShardIndex:

@@ -143,7 +143,7 @@ def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOp
         say(f"{slug}: {len(missing)} segments are left to other nodes; the last to finish writes the index")
         return summary
     index = build_index(video, params, [r for r in records if r is not None])
-    index.write(layout)
+    index.write(layout.shard_dir(slug))
     summary.index = index
     if not index.complete:
         raise IncompleteError(
