@@ -79,5 +79,4 @@ def _rewrite(source: Path, target: Path, entry: ShardEntry, blur: FaceBlur, qual
     if written is None or len(counts) != entry.samples:
         raise WtoursError(f"{source} holds {len(counts)} samples, its index says {entry.samples}",
                           "the source set is damaged: check it with `wtours verify`, or reshard")
-    return dataclasses.replace(entry, bytes=written.bytes, sha256=written.sha256, offsets=written.offsets,
-                               faces=tuple(counts))
+    return dataclasses.replace(entry, **dataclasses.asdict(written), faces=tuple(counts))  # bytes, sha256, offsets
