@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -41,8 +42,7 @@ class ShardJob:
     slug: str
     video_path: Path
     probe: media.ProbeResult
-    source_id: str | None
-    sha256: str  # of the source video, as info.json records it
+    video: IndexVideo  # the source video as the index records it (from info.json)
     params: ShardParams
     size: tuple[int, int]  # output (width, height)
     hwaccel: str
@@ -70,20 +70,17 @@ class ShardSummary:
                 f"{self.seconds:.1f} s")
 
 
-def resolve_hwaccel(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if media.cuda_decoding_available() else "none"
-    if choice == "cuda" and not media.cuda_decoding_available():
-        raise UsageError("--hwaccel cuda: this ffmpeg or machine has no CUDA decoding",
-                          "use --hwaccel none (or auto), or an ffmpeg built with NVDEC on a machine with an NVIDIA GPU")
-    return choice
-
-
 def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) -> ShardJob:
     info, path = registered_video(layout, slug)
-    size = output_size(info.probe.width, info.probe.height, params.short_side)
+    p = info.probe
+    video = IndexVideo(slug, info.source_id, info.sha256, p.duration, p.fps, p.width, p.height)
     blur = FaceBlur.from_params(params.blur) if params.blur_faces else None  # a missing extra fails here, early
-    return ShardJob(slug, path, info.probe, info.source_id, info.sha256, params, size, resolve_hwaccel(hwaccel), blur)
+    if hwaccel == "auto":
+        hwaccel = "cuda" if media.cuda_decoding_available() else "none"
+    elif hwaccel == "cuda" and not media.cuda_decoding_available():
+        raise UsageError("--hwaccel cuda: this ffmpeg or machine has no CUDA decoding",
+                          "use --hwaccel none (or auto), or an ffmpeg built with NVDEC on a machine with an NVIDIA GPU")
+    return ShardJob(slug, path, p, video, params, output_size(p.width, p.height, params.short_side), hwaccel, blur)
 
 
 class DecoderKilledError(WtoursError):
@@ -117,11 +114,9 @@ def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOp
     if not segments:
         raise WtoursError(f"{slug}: nothing to shard between --start {params.start} and --end {params.end}",
                           f"the video lasts {job.probe.duration:.1f} s")
-    p = job.probe
-    video = IndexVideo(slug, job.source_id, job.sha256, p.duration, p.fps, p.width, p.height)
     if options.overwrite and not options.finalize_only:
         clear_shard_dir(layout, slug)
-    write_plan(layout, video, params, len(segments), job.size, options.overwrite)
+    write_plan(layout, job.video, params, len(segments), job.size, options.overwrite)
 
     summary = ShardSummary(slug)
     if not options.finalize_only:
@@ -142,7 +137,7 @@ def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOp
                               "run the remaining nodes (or `wtours shard` without --finalize) first")
         say(f"{slug}: {len(missing)} segments are left to other nodes; the last to finish writes the index")
         return summary
-    index = build_index(video, params, [r for r in records if r is not None])
+    index = build_index(job.video, params, [r for r in records if r is not None])
     index.write(layout.shard_dir(slug))
     summary.index = index
     if not index.complete:
@@ -198,7 +193,7 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
     fps = job.params.fps
     decoder = SegmentDecoder(job.video_path, job.probe, fps, segment, job.size, job.hwaccel)
     tally = SegmentTally(reported=segment.first_cell)
-    frames = _checked(decoder, job, segment, cancel)
+    frames = _checked(decoder, job, segment, cancel or threading.Event())
     written = write_shard(layout.shard_path(job.slug, segment.number), tally.samples(frames, job, advance))
     advance(segment.end_cell - tally.reported)
     outcome = decoder.outcome
@@ -219,14 +214,11 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
 
 
 def _checked(decoder: SegmentDecoder, job: ShardJob, segment: Segment,
-             cancel: threading.Event | None) -> Iterator[DecodedFrame]:
+             cancel: threading.Event) -> Iterator[DecodedFrame]:
     """The decoder's frames; raises at the end (inside the shard write, so nothing is renamed into place)
     when the run was cancelled or ffmpeg was killed from outside rather than ending by itself."""
-    for frame in decoder:
-        if cancel is not None and cancel.is_set():
-            break
-        yield frame
-    if cancel is not None and cancel.is_set():
+    yield from itertools.takewhile(lambda frame: not cancel.is_set(), decoder)
+    if cancel.is_set():
         raise SegmentCancelled()
     killed = decoder.outcome.killed_by()
     if killed is not None:
@@ -271,7 +263,7 @@ class SegmentTally:
                 rgb, faces = job.blur.apply(rgb)
                 self.faces.append(faces)
             height, width = rgb.shape[:2]
-            meta = SampleMeta(job.slug, job.source_id, frame.frame, frame.t, width, height)
+            meta = SampleMeta(job.slug, job.video.source_id, frame.frame, frame.t, width, height)
             yield ShardSample(sample_key(job.slug, frame.frame), encode_jpeg(rgb, job.params.quality), meta)
 
     def entry(self, name: str, written: WrittenShard) -> ShardEntry:

@@ -110,13 +110,12 @@ def repair_set(layout: Layout, slug: str, report: VerifyReport, workers: int = 1
         index = load_index(layout, slug)  # read again under the lock
         for folder in (layout.shard_dir(slug), layout.segments_dir(slug)):
             remove_stale_temporaries(folder)
-        info = read_video_info(layout, slug)
-        if info is None:
+        if read_video_info(layout, slug) is None:  # else prepare_job's error, which does not say "repair"
             raise WtoursError(f"{slug}: cannot repair: no video registered under {layout.root}",
                               f"`wtours add FILE --name {slug}` (the same file the shards were made from), "
                               f"or `wtours pull` the set again")
         job = prepare_job(layout, slug, index.params, "none")
-        if info.sha256 != index.video.sha256:
+        if job.video.sha256 != index.video.sha256:
             raise WtoursError(f"{slug}: cannot repair: the registered video is not the one the shards were made from "
                               "(sha256 differs)", f"register the original video, or reshard everything with "
                               f"`wtours shard --city {slug} --overwrite`")
