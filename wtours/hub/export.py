@@ -29,9 +29,11 @@ from wtours.hub.model_card import (
     WEIGHTS_FILE,
     KnnScores,
     check_license,
+    check_publishable,
     dataset_entries,
     is_export_config,
     is_generated_model_card,
+    local_name,
     parse_dataset,
     public_settings,
     render_model_card,
@@ -181,6 +183,7 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
     if named or pulled:
         provenance["datasets"] = dataset_entries([(d["repo"], d["revision"]) for d in [*named, *pulled]])
     config = timm_config(geometry, provenance)
+    check_publishable(config)  # cleaned above (public_settings): never publish what is not provably clean
 
     try:
         from safetensors.torch import save_file
@@ -284,5 +287,5 @@ def evaluated_knn(path: Path, which: str) -> dict[str, Any] | None:
     out = {k: v for k, v in asdict(scores).items() if v is not None}
     for key in ("train", "val"):
         if isinstance(result.get(key), str):
-            out[key] = Path(result[key]).name
+            out[key] = local_name(result[key])
     return out
