@@ -86,8 +86,8 @@ class Problems:
         raw, url = url, shown(url)  # a SPEC's credentials stay out of the logs and log.jsonl
         if url not in self.bad_shards:
             self.bad_shards[url] = scrub(f"{type(error).__name__}: {error}", raw)
-            log.warning("skipping unreadable shard %s (%s)", url, scrub(str(error.args[0] if error.args else error),
-                                                                         raw))
+            detail = scrub(str(error.args[0] if error.args else error), raw)
+            log.warning("skipping unreadable shard %s (%s)", url, detail)
         return True  # keep going with the next shard
 
     def counts(self) -> dict:
