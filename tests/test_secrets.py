@@ -87,6 +87,20 @@ def test_credentials_in_an_http_url_are_sent_and_never_printed(served):
             assert shown_as in err and "Wr0ng" not in err
 
 
+def test_a_rotated_credential_keeps_the_epochs_clips(served):
+    """Each epoch's clip subset is seeded by the shard's shown URL: a new password or token on --resume reads the
+    same clips (the stored SPEC, compared on --resume, is the shown one too)."""
+    from wtours.clips.epoch import ClipConfig, epoch_starts
+
+    config = ClipConfig(frames=2, clips_per_shard=2, seed=3)
+    with FileServer(served) as server:
+        refs = [resolve(f"http://alice:{pw}@127.0.0.1:{server.port}/walk/walk-000000.tar?token={pw}")[0]
+                for pw in ("old-Passw0rd", "new-Passw0rd")]
+    assert refs[0].url != refs[1].url
+    old, new = ([epoch_starts(ref, config, epoch) for epoch in range(10)] for ref in refs)
+    assert old == new
+
+
 def test_a_stored_spec_with_hidden_parts_must_be_given_again(tmp_path):
     """config.json holds only the shown SPEC: `--config config.json --resume` cannot run `curl ***`; it is
     refused before --out is made, saying to pass --shards again."""

@@ -62,7 +62,7 @@ def epoch_starts(shard: ShardRef, config: ClipConfig, epoch: int) -> list[int]:
     starts = clip_starts(shard, config)
     if config.clips_per_shard is None or config.clips_per_shard >= len(starts):
         return starts
-    rng = random.Random(f"{config.seed}:{epoch}:{shard.url}")
+    rng = random.Random(f"{config.seed}:{epoch}:{shown(shard.url)}")  # a rotated password keeps the subset
     return sorted(rng.sample(starts, config.clips_per_shard))
 
 
