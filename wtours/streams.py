@@ -223,10 +223,11 @@ def validate_revision(revision: str) -> str:
     return revision
 
 
-def hf_url(repo: str, path: str, revision: str = DEFAULT_REVISION) -> str:
-    """hf://datasets/USER/NAME[@rev]/path, the form HfFileSystem and `wtours train --shards` read."""
+def hf_url(repo: str, path: str, revision: str = DEFAULT_REVISION, repo_type: str = "dataset") -> str:
+    """hf://datasets/USER/NAME[@rev]/path, the form HfFileSystem and `wtours train --shards` read (a model
+    repo's: hf://USER/NAME[@rev]/path)."""
     at = "" if revision == DEFAULT_REVISION else "@" + quote(revision, safe="")
-    return f"hf://datasets/{repo}{at}/{path}"
+    return f"hf://{'' if repo_type == 'model' else repo_type + 's/'}{repo}{at}/{path}"
 
 
 def check_hf_url(url: str) -> str:
