@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -51,7 +52,7 @@ from wtours.clips.stages import (
 )
 from wtours.errors import WtoursError
 from wtours.fetch.local import add_local
-from wtours.layout import Layout, parse_sample_key, sample_key
+from wtours.layout import Layout, sample_key
 from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION, ShardEntry
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
@@ -475,7 +476,7 @@ def test_torchrun_epoch_reads_every_clip_once(canonical_roots, tmp_path):
               for r in range(ranks)]
     assert len(logged[0]) == len(logged[1]) == 4  # the same steps on both ranks
     keys = [k for rank in logged for step in rank for k in step["keys"]]
-    assert all(parse_sample_key(k)[0] == "walk" for k in keys) and {s["epoch"] for r in logged for s in r} == {0}
+    assert all(re.fullmatch(r"walk-\d{8,}", k) for k in keys) and {s["epoch"] for r in logged for s in r} == {0}
     assert set(keys) == expected
     assert len(keys) == 40 <= len(expected) + ranks * batch
 
