@@ -10,6 +10,7 @@ from wtours.cli.common import root_option, say, verbosity_options
 from wtours.config import WORKERS, number_type
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, SLUG_PATTERN, Layout
+from wtours.redact import shown
 from wtours.selection import shard_set_slugs
 from wtours.shard.verify import repair_set, verify_set
 from wtours.system import usable_cpus
@@ -30,7 +31,8 @@ def _targets(layout: Layout, specs: tuple[str, ...], cities: tuple[str, ...], al
         elif SLUG_PATTERN.match(spec):
             targets.extend((layout, slug) for slug in shard_set_slugs(layout, (spec,), False, "verify"))
         else:
-            raise UsageError(f"SPEC {spec!r} is not a shard set under {layout.root} nor a folder with {INDEX_FILE}",
+            raise UsageError(f"SPEC {shown(spec)!r} is not a shard set under {layout.root} nor a folder with "
+                             f"{INDEX_FILE}",
                               "pass a slug (venice), a shard folder (<root>/shards/venice), --city SLUG or --all; "
                               "remote sets are verified when pulled (`wtours pull`)")
     return targets

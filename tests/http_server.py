@@ -8,13 +8,18 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 
 class FileServer:
     """Serves files from a folder on 127.0.0.1; `bytes_per_second` throttles bodies (0: unthrottled)."""
 
-    def __init__(self, folder: Path, bytes_per_second: int = 0, content_type: str = "video/mp4"):
+    def __init__(self, folder: Path, bytes_per_second: int = 0, content_type: str = "video/mp4",
+                 authorization: str | None = None, token: str | None = None):
+        """`authorization` (an Authorization header's value) and `token` (a query's `token=`): each, when
+        given, required of every request (else 401, saying nothing of what was expected)."""
         self.folder = Path(folder)
+        self.authorization, self.token = authorization, token
         self.bytes_per_second = bytes_per_second
         self.content_type = content_type
         self.requests: list[dict] = []  # {"method", "path", "range"} per request
@@ -40,7 +45,13 @@ class FileServer:
 
             def _serve(self, body: bool) -> None:
                 server.requests.append({"method": self.command, "path": self.path,
-                                        "range": self.headers.get("Range")})
+                                        "range": self.headers.get("Range"),
+                                        "authorization": self.headers.get("Authorization")})
+                query = parse_qs(urlsplit(self.path).query)
+                if (server.authorization and self.headers.get("Authorization") != server.authorization) or \
+                        (server.token and query.get("token") != [server.token]):
+                    self.send_error(401)
+                    return
                 path = server.folder / self.path.lstrip("/").split("?")[0]
                 if not path.is_file():
                     self.send_error(404)

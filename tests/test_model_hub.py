@@ -205,14 +205,16 @@ def test_the_push_records_its_license_and_datasets_in_config_json_and_card(hub, 
 def test_a_config_json_with_local_paths_or_credentials_is_not_pushed(hub, exported, tmp_path):
     """Settings are cleaned once, at export; a config.json that holds local paths or secrets anyway (an older
     export, a hand edit) is refused before the Hub is contacted, not published."""
-    for edit in ({"out": "/home/walker/runs/venice"}, {"shards": ["https://walker:pa55word@h.example/a.tar"]}):
+    for edit, said in (({"out": "/home/walker/runs/venice"}, "holds local paths or credentials"),
+                       ({"shards": ["https://walker:pa55word@h.example/a.tar"]},
+                        "wtours.train_config.shards[0] may hold credentials")):  # named, never printed
         folder = tmp_path / f"old-{len(list(tmp_path.iterdir()))}"
         shutil.copytree(exported, folder)
         config = json.loads((folder / "config.json").read_text())
         config["wtours"]["train_config"] |= edit
         (folder / "config.json").write_text(json.dumps(config))
         result = run_wtours(["push", "--model", str(folder), "--repo", "alice/leaky"])
-        assert result.exit_code == 2 and "holds local paths or credentials" in result.stderr  # (2: not a Hub error)
+        assert result.exit_code == 2 and said in result.stderr  # (2: not a Hub error)
         assert "wtours export CHECKPOINT --out" in result.stderr and "pa55word" not in result.stderr
 
 

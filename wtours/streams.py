@@ -4,10 +4,13 @@ listing of a pattern, and the whole-shard reader that checks a remote shard's si
 serving a byte. Also the hf:// URL grammar (repo ids, revisions, URLs) shared with wtours.hub.
 
 A leaf module: the standard library, fsspec, wtours.errors, wtours.redact and wtours.hfclient only.
-A `pipe:` URL is a shell command the user typed (wtours.clips.spec: never one from an index)."""
+A `pipe:` URL is a shell command the user typed (wtours.clips.spec: never one from an index). A URL is named
+in messages only as wtours.redact.shown(url); credentials in an http(s) URL (user:password@) are sent as
+Basic auth, its query as it is."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -19,11 +22,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import IO, Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from wtours.errors import UsageError, WtoursError
 from wtours.hfclient import hub_errors, require_hub
-from wtours.redact import redact
+from wtours.redact import scrub, shown
 
 HTTP_TIMEOUT = 60  # seconds an http(s) server may go without answering
 HF_READ_BLOCK = 4 << 20  # bytes per Range request when reading part of an hf:// or fsspec file
@@ -63,7 +66,7 @@ def kind_of(url: str) -> str:
     if scheme in ("http", "https", "hf", "pipe"):
         return "http" if scheme == "https" else scheme
     if scheme not in FSSPEC_PACKAGES:
-        raise UsageError(f"SPEC {redact(url)!r}: unsupported URL scheme {scheme}://",
+        raise UsageError(f"SPEC {shown(url)!r}: unsupported URL scheme {scheme}://",
                           "use a local path, http(s)://, hf://, " + ", ".join(f"{s}://" for s in FSSPEC_PACKAGES)
                           + " or 'pipe:COMMAND'")
     return "fsspec"
@@ -113,13 +116,20 @@ def require_backend(url: str) -> None:
 
 
 def _urlopen(url: str, headers: dict[str, str] | None = None) -> IO[bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    request = urllib.request.Request(parts._replace(netloc=host).geturl() if at else url, headers=headers or {})
+    if at:  # user:password@ goes as Basic auth, to this host only (not to where it may redirect)
+        user, _, password = userinfo.partition(":")
+        token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+        request.add_unredirected_header("Authorization", f"Basic {token}")
     try:
         return urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)  # noqa: S310 (the scheme is checked)
     except urllib.error.HTTPError as e:
-        raise WtoursError(f"{redact(url)}: HTTP {e.code} {e.reason}", "check the URL (and access rights)") from e
+        raise WtoursError(f"{shown(url)}: HTTP {e.code} {scrub(str(e.reason), url)}",
+                          "check the URL (and access rights)") from e
     except urllib.error.URLError as e:
-        raise WtoursError(f"{redact(url)}: {e.reason}", "check the network and the URL") from e
+        raise WtoursError(f"{shown(url)}: {scrub(str(e.reason), url)}", "check the network and the URL") from e
 
 
 SKIP_BLOCK = 1 << 20
@@ -131,7 +141,7 @@ def _skipped(raw: IO[bytes], count: int, url: str) -> IO[bytes]:
         while count > 0:
             block = raw.read(min(count, SKIP_BLOCK))
             if not block:
-                raise OSError(f"{redact(url)}: the stream ended {count} bytes before the part's first sample")
+                raise OSError(f"{shown(url)}: the stream ended {count} bytes before the part's first sample")
             count -= len(block)
     except BaseException:
         raw.close()
@@ -185,7 +195,7 @@ def check_hf_url(url: str) -> str:
     path of plain names (no empty, '.' or '..' parts). Checked before the client parses it."""
     problem = _hf_url_problem(url)
     if problem:
-        raise UsageError(f"{url!r} is not a valid hf:// URL: {problem}", HF_URL_HINT)
+        raise UsageError(f"{shown(url)!r} is not a valid hf:// URL: {problem}", HF_URL_HINT)
     return url
 
 
@@ -225,7 +235,7 @@ def _filesystem(url: str) -> tuple[Any, str]:
                           f"pip install {package}  (wtours reads {scheme}:// through fsspec and {package}; credentials "
                           "come from the usual environment of that package)") from e
     except (ValueError, TypeError, OSError) as e:
-        raise WtoursError(f"{redact(url)!r}: {e}", "check the URL") from e
+        raise WtoursError(f"{shown(url)!r}: {scrub(str(e), url)}", "check the URL") from e
 
 
 def _open_file(url: str, offset: int | None) -> IO[bytes]:
@@ -261,9 +271,9 @@ def _failures(url: str, action: str) -> Iterator[None]:
         yield
     except Exception as e:  # noqa: BLE001 (each backend raises its own types: credentials, network, permissions)
         if action == "open" and isinstance(e, FileNotFoundError):
-            raise WtoursError(f"{redact(url)}: no such file",
+            raise WtoursError(f"{shown(url)}: no such file",
                               "check the URL; index.json must sit beside the shards") from e
-        raise WtoursError(f"{redact(url)}: cannot {action} ({type(e).__name__}: {e})",
+        raise WtoursError(f"{shown(url)}: cannot {action} ({type(e).__name__}: {scrub(str(e), url)})",
                           "check the URL, the network and the credentials") from e
 
 
@@ -279,7 +289,7 @@ class PipeStream:
     command and the end of its stderr. Closing it before the end stops the command."""
 
     def __init__(self, url: str):
-        self.url, self.command = redact(url), url[len(PIPE_PREFIX):]
+        self.url, self.command = shown(url), url[len(PIPE_PREFIX):]
         self.stderr = tempfile.TemporaryFile(prefix="wtours-pipe-")  # a file: a chatty command never blocks
         # its own process group, so that closing the stream early stops the whole pipeline (curl | zstd -d)
         self.process = subprocess.Popen(self.command, shell=True, stdin=subprocess.DEVNULL,  # noqa: S602 (the user's)
@@ -299,7 +309,7 @@ class PipeStream:
                 self.stderr.seek(0)
                 tail = self.stderr.read()[-500:].decode("utf-8", "replace").strip().splitlines()
                 raise OSError(f"{self.url}: the command exited with status {status}"
-                              + (f" ({redact(tail[-1])})" if tail else ""))
+                              + (f" ({scrub(tail[-1], PIPE_PREFIX + self.command)})" if tail else ""))
         return data
 
     def close(self) -> None:
@@ -389,4 +399,4 @@ def verified_whole(url: str, raw: IO[bytes], size: int | None, sha256: str | Non
     file (a path or a file:// URL), or one without a recorded checksum, is returned as is."""
     if url_scheme(url) in (None, "file") or sha256 is None or size is None:
         return raw
-    return VerifiedShard(raw, redact(url), size, sha256)  # type: ignore[return-value]
+    return VerifiedShard(raw, shown(url), size, sha256)  # type: ignore[return-value]

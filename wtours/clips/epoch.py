@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from wtours.clips.spec import ShardRef
 from wtours.errors import UsageError, WtoursError
+from wtours.redact import shown
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def epoch_starts(shard: ShardRef, config: ClipConfig, epoch: int) -> list[int]:
     starts = clip_starts(shard, config)
     if config.clips_per_shard is None or config.clips_per_shard >= len(starts):
         return starts
-    rng = random.Random(f"{config.seed}:{epoch}:{shard.url}")
+    rng = random.Random(f"{config.seed}:{epoch}:{shown(shard.url)}")  # a rotated password keeps the subset
     return sorted(rng.sample(starts, config.clips_per_shard))
 
 
@@ -77,7 +78,7 @@ def sample_index(shard: ShardRef, cell: int) -> int:
         if first <= cell <= last:
             return before + cell - first
         before += last - first + 1
-    raise WtoursError(f"{shard.url}: cell {cell} is not among the shard's samples",
+    raise WtoursError(f"{shown(shard.url)}: cell {cell} is not among the shard's samples",
                       "the index and the plan disagree: rerun `wtours shard` for this video")
 
 

@@ -25,6 +25,7 @@ from wtours.clips.recycle import Lease, Leases, OutputPool, StorageWeakRef, stor
 from wtours.clips.spec import ShardRef
 from wtours.clips.stages import Clip, Problems, batched, shard_clips, shuffle, take_quota
 from wtours.errors import UsageError, WtoursError
+from wtours.redact import shown
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class ClipDataset(IterableDataset):
         for i, error in result.failures:
             self.problems.clip_failed(batch[i].key, batch[i].url, error)
         if not result.sources:
-            raise WtoursError(f"no clip of a batch decodes (first: {batch[0].key} in {batch[0].url})",
+            raise WtoursError(f"no clip of a batch decodes (first: {batch[0].key} in {shown(batch[0].url)})",
                               "the shard's JPEGs are damaged: re-make it with wtours shard, or leave it out of "
                               "the SPEC")
         return ClipBatch(result.views, [batch[i].key for i in result.sources],

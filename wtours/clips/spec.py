@@ -22,6 +22,7 @@ from braceexpand import braceexpand
 
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, SLUG_PATTERN, Layout, shard_number
+from wtours.redact import HIDDEN, shown
 from wtours.shard.index import ShardEntry, ShardIndex
 from wtours.streams import PIPE_PREFIX, check_hf_url, glob_urls, open_url, require_backend, url_scheme
 
@@ -84,7 +85,7 @@ def resolve_sets(specs: str | Iterable[str], root: str | os.PathLike | None = No
     for spec in parts:
         found = [s for s in _resolve_one(spec, Layout(root)) if s.refs]
         if not found:
-            raise UsageError(f"SPEC {spec!r} matches no shard", SPEC_HINT)
+            raise UsageError(f"SPEC {shown(spec)!r} matches no shard", SPEC_HINT)
         sets.extend(found)
     return sets
 
@@ -96,6 +97,11 @@ SPEC_HINT = ("a SPEC is a video slug with shards under --root, a folder holding 
 
 
 def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
+    if HIDDEN in spec:  # a shown SPEC (config.json, a checkpoint, a card): its credentials were never stored
+        raise UsageError(f"SPEC {shown(spec)!r} has {HIDDEN} where wtours hid part of it (credentials, options, "
+                         "a query)",
+                         "pass the whole SPEC again with --shards (wtours stores and shows only its shown form; "
+                         "docs/troubleshooting.md, \"Secrets in a SPEC\")")
     if spec.startswith(PIPE_PREFIX):
         return _resolve_pipe(spec)
     if "://" in spec:
@@ -137,10 +143,15 @@ def _expand(spec: str) -> list[str]:
     try:
         return list(braceexpand(spec))
     except Exception as e:  # noqa: BLE001 (braceexpand's UnbalancedBracesError and friends)
-        raise UsageError(f"SPEC {spec!r}: {e}", "braces must be balanced, e.g. 'venice-{000000..000013}.tar'") from e
+        raise UsageError(f"SPEC {shown(spec)!r}: {e}",
+                         "braces must be balanced, e.g. 'venice-{000000..000013}.tar'") from e
 
 
 def _resolve_remote(spec: str) -> list[ShardSet]:
+    query = ""  # an http(s) query (`?token=...`) is sent with every request of the set: its index's and shards'
+    if spec.startswith(("http://", "https://")):
+        spec, sep, query = spec.partition("?")
+        query = sep + query
     urls = _expand(spec)
     if spec.startswith("hf://"):
         urls = [check_hf_url(u) for u in urls]
@@ -155,7 +166,8 @@ def _resolve_remote(spec: str) -> list[ShardSet]:
         names: set[str] | None = {posixpath.basename(u) for u in urls if posixpath.dirname(u) == folder}
         if names == {INDEX_FILE}:
             names = None  # the spec named an index: take all its shards
-        sets.append(_shard_set(read_remote_index(f"{folder}/{INDEX_FILE}"), folder, names))
+        found = _shard_set(read_remote_index(f"{folder}/{INDEX_FILE}{query}"), folder, names)
+        sets.append(replace(found, refs=tuple(replace(r, url=r.url + query) for r in found.refs)))
     return sets
 
 
@@ -173,7 +185,7 @@ def _resolve_pipe(spec: str) -> list[ShardSet]:
     """`pipe:COMMAND` -> one command per shard (braces expanded); each command's last argument ending in
     .tar names its shard, and the index beside that argument (never read by running the command)."""
     if not spec[len(PIPE_PREFIX):].strip():
-        raise UsageError(f"SPEC {spec!r}: no command after 'pipe:'", PIPE_INDEX_HINT)
+        raise UsageError("SPEC 'pipe:': no command after 'pipe:'", PIPE_INDEX_HINT)
     by_folder: dict[str, dict[str, str]] = {}  # the .tar argument's folder -> shard name -> its pipe: URL
     for url in _expand(spec):
         target = _pipe_target(url)
@@ -193,10 +205,10 @@ def _pipe_target(url: str) -> str:
     try:
         words = list(lexer)
     except ValueError as e:
-        raise UsageError(f"SPEC {url!r}: {e}", "quote the command's arguments in pairs") from e
+        raise UsageError(f"SPEC {shown(url)!r}: {e}", "quote the command's arguments in pairs") from e
     target = next((w for w in reversed(words) if w.endswith(".tar")), None)
     if target is None:
-        raise UsageError(f"SPEC {url!r}: the command names no .tar file",
+        raise UsageError(f"SPEC {shown(url)!r}: the command names no .tar file",
                           "a pipe: command names the shard it reads, e.g. 'pipe:cat /data/venice/venice-000000.tar'; "
                           + PIPE_INDEX_HINT)
     return os.path.expanduser(target) if "://" not in target else target
@@ -205,12 +217,13 @@ def _pipe_target(url: str) -> str:
 def _pipe_set(spec: str, folder: str, names: set[str]) -> ShardSet:
     if url_scheme(folder) is None:  # a path: the index must be here (the command may read another machine's)
         if not (Path(folder) / INDEX_FILE).is_file():
-            raise UsageError(f"SPEC {spec!r}: no {INDEX_FILE} in {folder!r} on this machine", PIPE_INDEX_HINT)
+            raise UsageError(f"SPEC {shown(spec)!r}: no {INDEX_FILE} in {shown(folder)!r} on this machine",
+                             PIPE_INDEX_HINT)
         return _local_set(folder, names)
     try:
         index = read_remote_index(f"{folder}/{INDEX_FILE}")
     except WtoursError as e:
-        raise WtoursError(f"SPEC {spec!r}: cannot read the index beside its shards: {e.message}",
+        raise WtoursError(f"SPEC {shown(spec)!r}: cannot read the index beside its shards: {e.message}",
                           PIPE_INDEX_HINT) from e
     return _shard_set(index, folder, names)
 
@@ -218,9 +231,9 @@ def _pipe_set(spec: str, folder: str, names: set[str]) -> ShardSet:
 def read_remote_index(url: str) -> ShardIndex:
     """An index.json at an http(s), hf:// or fsspec URL (never a pipe: command)."""
     if url_scheme(url) == "pipe":
-        raise WtoursError(f"{url!r}: an index is never read by running a command", PIPE_INDEX_HINT)
+        raise WtoursError(f"{shown(url)!r}: an index is never read by running a command", PIPE_INDEX_HINT)
     with open_url(url) as f:
-        return ShardIndex.parse(f.read(), url)
+        return ShardIndex.parse(f.read(), shown(url))
 
 
 def _shard_set(index: ShardIndex, folder: str, names: set[str] | None) -> ShardSet:
@@ -241,12 +254,12 @@ def _unlisted_error(index: ShardIndex, folder: str, unknown: list[str]) -> Wtour
     last_number = shard_number(last) if last else -1
     past = [n for n in unknown if (m := SHARD_NAME_PATTERN.fullmatch(n)) and m.group("slug") == index.slug
             and int(m.group("number")) > last_number]
-    shown = ", ".join(map(repr, unknown[:3])) + (" ..." if len(unknown) > 3 else "")
+    names = ", ".join(repr(shown(n)) for n in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
     if past and len(past) == len(unknown):
         span = f"{index.shards[0].name}..{last}" if last else "none"
-        return UsageError(f"{folder}: the SPEC asks for {shown}, past the last shard of {index.slug} "
+        return UsageError(f"{shown(folder)}: the SPEC asks for {names}, past the last shard of {index.slug} "
                           f"({len(index.shards)} shards: {span})",
                           f"end the range at {last_number:06d}, e.g. '{index.slug}-{{000000..{last_number:06d}}}.tar', "
                           "or give the set's folder or slug to take every shard")
-    return WtoursError(f"{folder}: {shown} not listed in its index.json",
+    return WtoursError(f"{shown(folder)}: {names} not listed in its index.json",
                        "the index and the shards disagree: rerun `wtours shard` for this video")

@@ -21,7 +21,7 @@ from wtours.clips.epoch import ClipConfig, ShardRead, cell_step
 from wtours.clips.spec import ShardRef
 from wtours.errors import WtoursError
 from wtours.layout import sample_key
-from wtours.redact import redact
+from wtours.redact import scrub, shown
 from wtours.shard.plan import sample_cell
 from wtours.streams import ByteStream, open_at, open_url, verified_whole
 
@@ -77,17 +77,17 @@ class Problems:
 
     def clip_failed(self, key: str, url: str, error: BaseException) -> None:
         self.bad_clips += 1
-        url = redact(url)  # a pipe: command's credentials stay out of the logs
-        if url not in self.shards_with_bad_frames:
-            self.shards_with_bad_frames.add(url)
-            log.warning("skipping clips of %s with a frame that does not decode (first: %s, %s)", url, key,
-                        str(error).splitlines()[0])
+        if shown(url) not in self.shards_with_bad_frames:  # a SPEC's credentials stay out of logs (wtours.redact)
+            self.shards_with_bad_frames.add(shown(url))
+            log.warning("skipping clips of %s with a frame that does not decode (first: %s, %s)", shown(url), key,
+                        scrub(str(error).splitlines()[0], url))
 
     def shard_failed(self, url: str, error: BaseException) -> bool:
-        url = redact(url)  # a pipe: command's credentials stay out of the logs and log.jsonl
+        raw, url = url, shown(url)  # a SPEC's credentials stay out of the logs and log.jsonl
         if url not in self.bad_shards:
-            self.bad_shards[url] = f"{type(error).__name__}: {error}"
-            log.warning("skipping unreadable shard %s (%s)", url, error.args[0] if error.args else error)
+            self.bad_shards[url] = scrub(f"{type(error).__name__}: {error}", raw)
+            detail = scrub(str(error.args[0] if error.args else error), raw)
+            log.warning("skipping unreadable shard %s (%s)", url, detail)
         return True  # keep going with the next shard
 
     def counts(self) -> dict:

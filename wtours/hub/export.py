@@ -30,9 +30,11 @@ from wtours.hub.model_card import (
     WEIGHTS_FILE,
     KnnScores,
     check_license,
+    check_publishable,
     dataset_entries,
     is_export_config,
     is_generated_model_card,
+    local_name,
     parse_dataset,
     public_settings,
     render_model_card,
@@ -128,6 +130,7 @@ def export(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: st
     if named or pulled:
         provenance["datasets"] = dataset_entries([(d["repo"], d["revision"]) for d in [*named, *pulled]])
     config = timm_config(backbone.config, provenance)
+    check_publishable(config)  # cleaned above (public_settings): never publish what is not provably clean
 
     try:
         from safetensors.torch import save
@@ -247,5 +250,5 @@ def evaluated_knn(path: Path, which: str) -> dict[str, Any] | None:
     out = {k: v for k, v in asdict(scores).items() if v is not None}
     for key in ("train", "val"):
         if isinstance(result.get(key), str):
-            out[key] = Path(result[key]).name
+            out[key] = local_name(result[key])
     return out

@@ -32,6 +32,7 @@ from wtours.hub.model_card import (
     WEIGHTS_FILE,
     check_export_config,
     check_license,
+    check_publishable,
     dataset_entries,
     is_export_config,
     is_generated_model_card,
@@ -65,6 +66,7 @@ def read_export(folder: Path) -> dict[str, Any]:
         why = f"no {CONFIG_FILE}" if config is None else f"its {CONFIG_FILE} was not written by `wtours export`"
         raise UsageError(f"{folder} is not a `wtours export --format timm` folder ({why})", EXPORT_HINT)
     check_export_config(config, str(folder / CONFIG_FILE))  # hand-edited? fails here naming the field
+    check_publishable(config, str(folder / CONFIG_FILE))
     train = config[EXPORT_KEY].get("train_config")
     if train and public_settings(train) != train:  # cleaned once, at export: this one was not
         raise UsageError(f"{folder / CONFIG_FILE} holds local paths or credentials in the run's settings (an "

@@ -21,7 +21,7 @@ import yaml
 from wtours.citation import ARXIV_URL, PAPER_TITLE, citation_section
 from wtours.errors import UsageError, WtoursError
 from wtours.records import kind_name, read_record
-from wtours.redact import redact
+from wtours.redact import shown, unclean_field
 from wtours.streams import is_repo_id, validate_repo_id, validate_revision
 
 # The export folder's files and formats (one owner: wtours/hub/export.py writes them, wtours/hub/model.py
@@ -140,6 +140,15 @@ def check_export_config(config: Any, where: str = CONFIG_FILE) -> dict[str, Any]
 _EDIT_HINT = "export again (`wtours export CHECKPOINT --out DIR`), or correct the hand-edited field"
 
 
+def check_publishable(config: Any, where: str = CONFIG_FILE) -> None:
+    """Every string of an export's config.json provably clean (as wtours.redact.shown shows it): the Hub serves
+    it as it is. The error names the field, never its value."""
+    if (field := unclean_field(config)) is not None:
+        raise UsageError(f"{where}: {field} may hold credentials: it is not in the form wtours publishes (of a SPEC "
+                         "only the scheme, host and path; no query, userinfo, command options, spaces or quotes)",
+                         _EDIT_HINT)
+
+
 def render_model_card(config: dict[str, Any], repo: str | None = None, folder: str | None = None,
                       endpoint: str = DEFAULT_ENDPOINT) -> str:
     """The card for an export's config.json: for the Hub repo `repo`, else for the local folder `folder`."""
@@ -191,22 +200,22 @@ def check_license(license_: str) -> str:
 
 
 def public_settings(train: dict[str, Any]) -> dict[str, Any]:
-    """The run's settings as a public card and config.json show them, made once at export: credentials in
-    any value (a `pipe:curl -H 'Authorization: ...'` or `https://user:password@` shard spec, a token in a
-    query) replaced by *** (wtours.redact), and local paths (--out, --root, --knn-*, --init-from, local
-    --shards) cut to their last part."""
+    """The run's settings as a public card and config.json show them, made once at export: every string as
+    wtours.redact.shown shows it (a SPEC's allow-listed parts: scheme, host, path; credentials, queries and a
+    pipe: command's options as ***), and local paths (--out, --root, --knn-*, --init-from, local --shards)
+    cut to their last part."""
 
     def clean(value: Any) -> Any:
         if isinstance(value, str):
-            return redact(value)
+            return shown(value)
         if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
+            return {shown(str(k)): clean(v) for k, v in value.items()}
         if isinstance(value, list):
             return [clean(v) for v in value]
         return value
 
     paths = path_settings()
-    out = {k: (local_name(v) if k in paths else clean(v)) for k, v in train.items()}
+    out = {shown(k): (local_name(v) if k in paths else clean(v)) for k, v in train.items()}
     if "shards" in train:
         out["shards"] = [clean(spec) if "://" in spec or spec.startswith("pipe:") else local_name(spec)
                          for spec in _shards(train)]  # a URL or a pipe: command keeps its form
@@ -215,7 +224,7 @@ def public_settings(train: dict[str, Any]) -> dict[str, Any]:
 
 def local_name(value: Any) -> Any:
     """A local path's last part (a URL's too: it is a path on someone's disk or server, credentials and all)."""
-    return redact(value.rstrip("/").rsplit("/", 1)[-1]) if isinstance(value, str) else value
+    return shown(value.rstrip("/").rsplit("/", 1)[-1]) if isinstance(value, str) else value
 
 
 def _shards(train: dict[str, Any] | None) -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from wtours.clips.spec import split_specs
 from wtours.config import build_dict, coerce, flagged
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import (
@@ -33,6 +34,7 @@ from wtours.layout import (
 from wtours.locks import LOCK_FILE, folder_lock
 from wtours.models.checkpoint import read_checkpoint
 from wtours.records import is_number
+from wtours.redact import shown
 from wtours.train import distributed
 from wtours.train.config import TrainConfig
 
@@ -205,9 +207,11 @@ def prepare(out: Path, config: TrainConfig, facts: dict) -> dict:
 
 
 def recorded(config: TrainConfig) -> dict:
-    """config.json: the run's settings; --resume/--overwrite/--reschedule act on one invocation only, so
-    `--config config.json` reruns the settings without them."""
-    return replace(config, resume=False, overwrite=False, reschedule=False).to_dict()
+    """config.json and the checkpoint's settings: --resume/--overwrite/--reschedule act on one invocation only,
+    so `--config config.json` reruns the settings without them; each SPEC as wtours.redact.shown shows it (no
+    credentials are stored: a SPEC with *** must be given again to --resume, wtours.clips.spec says so)."""
+    return replace(config, resume=False, overwrite=False, reschedule=False,
+                   shards=tuple(shown(spec) for spec in split_specs(config.shards))).to_dict()
 
 
 def saved_workers(config: TrainConfig) -> int | None:

@@ -25,6 +25,7 @@ from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, replace_atomically, write_json_atomic
 from wtours.models.checkpoint import backbone_state, infer_arch, read_weights, strip_prefix
 from wtours.models.vit import cls_attention
+from wtours.redact import shown
 from wtours.system import resolve_device
 from wtours.viz.config import VizConfig
 from wtours.viz.render import (
@@ -142,7 +143,7 @@ def render_clip(model: DoRA, clip: Clip, heads: torch.Tensor, labels: list[str],
     grid = grid_image(pictures, labels)
     replace_atomically(png, lambda tmp: grid.save(tmp, format="PNG"))
     replace_atomically(gif, lambda tmp: save_gif(gif_frames(pictures), tmp, config.gif_ms))
-    return {"key": clip.key, "png": png.name, "gif": gif.name, "shard": clip.url,
+    return {"key": clip.key, "png": png.name, "gif": gif.name, "shard": shown(clip.url),
             "times": [m["t"] for m in clip.meta], "source_frames": [m["frame"] for m in clip.meta],
             "coverage": masks.reshape(len(masks), len(frames), -1).mean(axis=2).round(4).tolist()}  # [k][t]
 
