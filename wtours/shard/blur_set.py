@@ -49,19 +49,11 @@ def source_folder(spec: str, root: str | None) -> Path:
                       "give a folder holding index.json, or a slug sharded under --root (`wtours shard` first)")
 
 
-def same_folder(a: Path, b: Path) -> bool:
-    """`a` is `b` by identity (device and inode), whatever path reaches it: a symlink, a bind mount."""
-    try:
-        x, y = a.stat(), b.stat()
-    except OSError:
-        return False
-    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
-
-
 def within(out: Path, source: Path) -> bool:
-    """`out` is `source` or inside it: one of out's existing ancestors (as typed, symlinks followed) is it."""
+    """`out` is `source` or inside it, by identity (device and inode) of out's existing ancestors as typed:
+    whatever path reaches the source (a symlink, a bind mount, a second NFS mount)."""
     path = out.absolute()
-    return any(same_folder(folder, source) for folder in (path, *path.parents))
+    return any(folder.exists() and folder.samefile(source) for folder in (path, *path.parents))
 
 
 def blurred_from(folder: Path) -> dict | None:
@@ -94,7 +86,7 @@ def blur_shard_set(source: Path, out: Path, settings: BlurParams, workers: int =
                           "write the blurred set to a new folder outside the source")
     earlier = ShardIndex.read(out / INDEX_FILE) if (out / INDEX_FILE).is_file() else None
     if (earlier or (out / PLAN_FILE).is_file()) and not overwrite and not (
-            (record := blurred_from(out)) and same_folder(Path(record["source"]), source)):  # not a rerun
+            (record := blurred_from(out)) and within(Path(record["source"]), source)):  # not a rerun
         raise UsageError(f"--out {out} holds another shard set (its {INDEX_FILE} or {PLAN_FILE})",
                           "choose a new folder, or pass --overwrite to replace that set")
     bad = [f"{e.name}: {problem}" for e in index.shards if (problem := shard_problem(source / e.name, e))]

@@ -11,14 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wtours.errors import WtoursError
-from wtours.layout import (
-    INDEX_FILE,
-    Layout,
-    remove_stale_temporaries,
-    sha256_file,
-    shard_name,
-    validate_shard_name,
-)
+from wtours.layout import INDEX_FILE, Layout, remove_stale_temporaries, sha256_file, shard_name, validate_shard_name
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex, load_index
 from wtours.shard.plan import plan_segments
