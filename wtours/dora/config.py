@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wtours.config import FRACTION, POSITIVE, Range
-from wtours.models.registry import Checked, HeadConfig, option, vit_names
+from wtours.config import FRACTION, POSITIVE, Checked, Range, option
+from wtours.models.registry import HeadConfig, vit_names
 
 
 @dataclass(frozen=True)

@@ -132,14 +132,14 @@ class ShardSource:
                               f"use --every {shard_every:g} or more, or --from video to decode the video itself")
         # At the shards' own rate every sample is its own cell: they are all read, none re-selected.
         self.own_rate = every is None or abs(every - shard_every) < EPS
-        self.every: float = shard_every if self.own_rate or every is None else every
+        every = shard_every if self.own_rate or every is None else every
         video, params = self.index.video, self.index.params
         end = min(video.duration, params.end) if params.end else video.duration
         size = output_size(video.width, video.height, params.short_side)
         described = {k: getattr(video, k) for k in ("duration", "fps", "width", "height", "sha256")}
-        expected = self.index.samples if self.own_rate else _cells(params.start, end, self.every)
-        fps = self.index.fps if self.own_rate else 1 / self.every
-        self.info = SourceInfo("shards", self.every, fps, expected, size, described)
+        expected = self.index.samples if self.own_rate else _cells(params.start, end, every)
+        fps = self.index.fps if self.own_rate else 1 / every
+        self.info = SourceInfo("shards", every, fps, expected, size, described)
         if not self.index.complete:
             self.info.complete = False
             self.info.notes.append(f"the shards stop at {self.index.decoded_until:.2f} s (damaged video)")
@@ -200,13 +200,11 @@ class VideoSource:
 
     def __init__(self, path: Path, probe: ProbeResult, sha256: str, every: float | None):
         self.path, self.probe = path, probe
-        self.every = every if every is not None else DEFAULT_VIDEO_EVERY
+        every = every if every is not None else DEFAULT_VIDEO_EVERY
         # Same scale as the default shards, so the two sources give the same numbers.
-        self.size = output_size(probe.width, probe.height, DEFAULT_SHORT_SIDE)
-        described = {"duration": probe.duration, "fps": probe.fps, "width": probe.width, "height": probe.height,
-                     "sha256": sha256}
-        self.info = SourceInfo("video", self.every, 1 / self.every, _cells(0.0, probe.duration, self.every),
-                               self.size, described)
+        size = output_size(probe.width, probe.height, DEFAULT_SHORT_SIDE)
+        described = {k: getattr(probe, k) for k in ("duration", "fps", "width", "height")} | {"sha256": sha256}
+        self.info = SourceInfo("video", every, 1 / every, _cells(0.0, probe.duration, every), size, described)
 
     def frames(self, after: float | None = None) -> Iterator[Frame]:
         fps = self.info.fps
@@ -215,7 +213,7 @@ class VideoSource:
             return
         whole = ShardParams(fps=fps, samples_per_shard=2**62, start=start)  # one segment: the rest of the video
         for segment in plan_segments(self.probe, whole):
-            decoder = SegmentDecoder(self.path, self.probe, fps, segment, self.size)
+            decoder = SegmentDecoder(self.path, self.probe, fps, segment, self.info.frame_size)
             for decoded in decoder:
                 yield Frame(decoded.t, decoded.frame, decoded.rgb)
             killed = decoder.outcome.killed_by()
