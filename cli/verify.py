@@ -12,24 +12,22 @@ from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, SLUG_PATTERN, Layout
 from wtours.redact import shown
 from wtours.selection import shard_set_slugs
-from wtours.shard.verify import repair_set, verify_set
+from wtours.shard.verify import repair_set, root_of, verify_folder
 from wtours.system import usable_cpus
 
 
 def _targets(layout: Layout, specs: tuple[str, ...], cities: tuple[str, ...], all_sets: bool
-             ) -> list[tuple[Layout, str]]:
-    """(layout, slug) per shard set: --city/--all under the root; a SPEC is a slug or a shard folder."""
-    targets = [(layout, slug) for slug in shard_set_slugs(layout, cities, all_sets, "verify")] \
-        if cities or all_sets or not specs else []
+             ) -> list[tuple[Path, str]]:
+    """(shard folder, label) per set: --city/--all under the root; a SPEC is a slug or a folder (checked in place)."""
+    slugs = shard_set_slugs(layout, cities, all_sets, "verify") if cities or all_sets or not specs else []
+    targets = [(layout.shard_dir(slug), slug) for slug in slugs]
     for spec in specs:
         path = Path(spec).expanduser()
-        if path.name == INDEX_FILE:
-            path = path.parent
+        path = path.parent if path.name == INDEX_FILE else path
         if path.is_dir() and (path / INDEX_FILE).is_file():
-            # <root>/shards/<slug>/: its root is two folders up (where --repair finds the video)
-            targets.append((Layout(path.resolve().parent.parent), path.resolve().name))
+            targets.append((path, str(path)))
         elif SLUG_PATTERN.match(spec):
-            targets.extend((layout, slug) for slug in shard_set_slugs(layout, (spec,), False, "verify"))
+            targets.extend((layout.shard_dir(slug), slug) for slug in shard_set_slugs(layout, (spec,), False, "verify"))
         else:
             raise UsageError(f"SPEC {shown(spec)!r} is not a shard set under {layout.root} nor a folder with "
                              f"{INDEX_FILE}",
@@ -52,9 +50,10 @@ def verify(specs, cities, all_sets, root, repair, workers) -> None:
     """Check local shards against index.json: size, sha256, readable members, sample count and offsets.
 
     Names every bad shard (missing, truncated, damaged) and exits with status 1 if there is one;
-    --repair reshards just those segments from the registered video and checks them again.
+    --repair reshards just those segments from the registered video and checks them again (for a
+    blur-faces output: blurs them again from the set it was made from).
 
-    SPEC: a slug under --root, or a shard folder holding index.json.
+    SPEC: a slug under --root, or a shard folder holding index.json (checked in place).
 
     \b
     Examples:
@@ -62,17 +61,22 @@ def verify(specs, cities, all_sets, root, repair, workers) -> None:
       wtours verify --all --root /data/wtours
       wtours verify venice --repair
     """
+    from wtours.shard.blur_set import blurred_from, repair_blurred_set  # numpy and PIL: only when verifying
+
     layout = Layout(root)
     bad: list[str] = []
-    for target_layout, slug in _targets(layout, specs, cities, all_sets):
-        report = verify_set(target_layout, slug)
+    for folder, label in _targets(layout, specs, cities, all_sets):
+        report = verify_folder(folder, where=label)
         for line in report.lines():
             click.echo(line)
         if repair and not report.ok:
-            report = repair_set(target_layout, slug, report, workers or usable_cpus(), say=say)
-            click.echo(f"{slug}: repaired; {report.shards} shards ok")
-        bad += [f"{slug}/{p.name}" for p in report.problems]
+            jobs = workers or usable_cpus()
+            report = (repair_blurred_set(folder, report, jobs, say=say) if blurred_from(folder)
+                      else repair_set(root_of(folder, report.slug), report.slug, report, jobs, say=say))
+            click.echo(f"{label}: repaired; {report.shards} shards ok")
+        bad += [f"{label}/{p.name}" for p in report.problems]
     if bad:
         raise WtoursError(f"{len(bad)} bad shard(s): {', '.join(bad)}",
-                          "run the same command with --repair to reshard just those (needs the registered video), "
+                          "run the same command with --repair to redo just those (needs the registered video, or for a "
+                          "blur-faces output the set it was made from), "
                           "or `wtours pull` the set again", exit_code=1)

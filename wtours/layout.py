@@ -35,6 +35,7 @@ SEGMENTS_DIR = "_segments"
 NODES_DIR = "_nodes"
 WIDS_SUFFIX = ".wids.json"
 SOURCE_FILE = "source.json"
+BLUR_SOURCE_FILE = "blurred_from.json"  # in a `wtours blur-faces` output: the set it was blurred from
 PULLED_FROM = "pulled_from"  # source.json's record of the Hub repo and revision `wtours pull` fetched a set from
 STATS_SUMMARY_FILE = "summary.json"
 STATS_PARTS_DIR = "_parts"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wtours.errors import WtoursError
-from wtours.layout import Layout, remove_stale_temporaries, sha256_file, shard_name
+from wtours.layout import INDEX_FILE, Layout, remove_stale_temporaries, sha256_file, shard_name, validate_shard_name
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex, load_index
 from wtours.shard.plan import plan_segments
@@ -31,14 +31,16 @@ class VerifyReport:
     shards: int
     problems: list[ShardProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    where: str | None = None  # the folder as given, where it is not the slug's under the root
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def lines(self) -> list[str]:
-        head = (f"{self.slug}: {self.shards} shards ok" if self.ok
-                else f"{self.slug}: {len(self.problems)} of {self.shards} shards bad")
+        name = self.where or self.slug
+        head = f"{name}: {self.shards} shards ok" if self.ok else \
+            f"{name}: {len(self.problems)} of {self.shards} shards bad"
         return [head, *(f"  {p.name}: {p.reason}" for p in self.problems), *(f"  note: {n}" for n in self.notes)]
 
 
@@ -86,18 +88,39 @@ def member_problem(path: Path, entry: ShardEntry) -> str | None:
     return None
 
 
-def verify_set(layout: Layout, slug: str, index: ShardIndex | None = None) -> VerifyReport:
-    index = index or load_index(layout, slug)
-    report = VerifyReport(slug, len(index.shards))
+def shard_problem(path: Path, entry: ShardEntry) -> str | None:
+    return quick_problem(path, entry) or member_problem(path, entry)
+
+
+def verify_folder(folder: Path, index: ShardIndex | None = None, where: str | None = None) -> VerifyReport:
+    """Every shard of the set in exactly `folder` (its own index.json) against that index."""
+    index = index or ShardIndex.read(folder / INDEX_FILE)
+    if index is None:
+        raise WtoursError(f"{folder} holds no {INDEX_FILE}", "give a shard folder, or run `wtours shard` first")
+    report = VerifyReport(index.slug, len(index.shards), where=where)
     for entry in index.shards:
-        path = layout.shard_file(slug, entry.name)
-        problem = quick_problem(path, entry) or member_problem(path, entry)
+        problem = shard_problem(folder / validate_shard_name(entry.name, index.slug), entry)
         if problem:
             report.problems.append(ShardProblem(entry.name, problem))
     if not index.complete:
         report.notes.append(f"the index is incomplete (complete: false): decoding stopped at "
                             f"{index.decoded_until:.2f} s of the video (damaged or truncated video)")
     return report
+
+
+def verify_set(layout: Layout, slug: str, index: ShardIndex | None = None) -> VerifyReport:
+    return verify_folder(layout.shard_dir(slug), index or load_index(layout, slug))
+
+
+def root_of(folder: Path, slug: str) -> Layout:
+    """The data root whose shard folder of `slug` is `folder` (where --repair finds the video)."""
+    layout = Layout(folder.resolve().parent.parent)
+    if not (layout.shard_dir(slug).is_dir() and layout.shard_dir(slug).samefile(folder)):
+        raise WtoursError(f"{folder}: cannot repair: it is not the shard folder of a data root "
+                          f"(<root>/shards/{slug}) and no blur-faces output",
+                          f"repair the original set (`wtours verify {slug} --root ROOT --repair`) and copy it "
+                          "again, or make this set again with the command that made it")
+    return layout
 
 
 def repair_set(layout: Layout, slug: str, report: VerifyReport, workers: int = 1,
@@ -132,11 +155,13 @@ def repair_set(layout: Layout, slug: str, report: VerifyReport, workers: int = 1
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             list(pool.map(lambda s: shard_segment(layout, job, s), todo))
         after = verify_set(layout, slug, index)
-    still = after.problems
-    if still:
-        raise WtoursError(
-            f"{slug}: {len(still)} shard(s) still differ from the index after resharding: "
-            f"{', '.join(p.name for p in still)} ({still[0].reason})",
-            "this ffmpeg or libjpeg makes other bytes than the one that made the set: reshard everything with "
-            f"`wtours shard --city {slug} --overwrite`", exit_code=1)
+    return still_bad(after, "resharding", "this ffmpeg or libjpeg makes other bytes than the one that made the set: "
+                     f"reshard everything with `wtours shard --city {slug} --overwrite`")
+
+
+def still_bad(after: VerifyReport, how: str, hint: str) -> VerifyReport:
+    """`after` when repaired; else the error naming the shards that still differ from the index."""
+    if still := after.problems:
+        raise WtoursError(f"{after.slug}: {len(still)} shard(s) still differ from the index after {how}: "
+                          f"{', '.join(p.name for p in still)} ({still[0].reason})", hint, exit_code=1)
     return after
