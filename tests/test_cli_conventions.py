@@ -241,7 +241,8 @@ def test_configs_built_in_code_are_checked_as_the_options_are():
 
     for make, words in [(lambda: ShardParams(quality=0), "--quality 0 is out of range: it must be in [1, 100]"),
                         (lambda: ShardParams(fps=float("nan")), "--fps nan is not a finite number"),
-                        (lambda: LossConfig(student_temp=0.0), "--student-temp 0 is out of range: it must be in (0, 10]"),
+                        (lambda: LossConfig(student_temp=0.0),
+                         "--student-temp 0 is out of range: it must be in (0, 10]"),
                         (lambda: DoRAConfig(drop_path=1.0), "--drop-path 1 is out of range: it must be in [0, 1)"),
                         (lambda: BlurParams(mode="smudge"), "--blur-mode 'smudge' is not one of its choices"),
                         (lambda: BlurParams(threshold=1.0),
