@@ -16,7 +16,7 @@ from wtours.models.registry import option
 # planning a run of centuries; the metadata flag "free" marks the settings a --resume may change
 # (wtours/train/folder.py), "path" those naming local paths (kept out of published model cards).
 EPOCHS = Range(1, 100_000)
-STEPS = Range(1, 10**9)
+STEPS = Range(1, 10**7)  # the schedules hold 3 floats per step (240 MB here); 10M steps is weeks at 10 steps/s
 PER_PROCESS = Range(1, 1 << 16)  # clips in a batch or a shuffle buffer
 SEED = Range(0, 2**32 - 1)  # numpy's seeds are 32-bit
 DECAY = Range(0, 10)  # DINO's 0.04-0.4; AdamW shrinks the weights by lr x this each step
