@@ -80,8 +80,9 @@ def test_shard_stats_and_clips_read_every_frame(tmp_path, source_rate, fps):
     from wtours.clips.spec import resolve
     from wtours.clips.stages import Problems, shard_clips
     from wtours.fetch.local import add_local
+    from wtours.shard.index import load_index
     from wtours.shard.params import RunOptions, ShardParams
-    from wtours.shard.read import iter_video_samples
+    from wtours.shard.read import iter_shard
     from wtours.shard.run import shard_video
     from wtours.stats.params import StatsConfig
     from wtours.stats.run import stats_video
@@ -105,4 +106,5 @@ def test_shard_stats_and_clips_read_every_frame(tmp_path, source_rate, fps):
     reads = [ShardRead.whole(ref, clip_starts(ref, config)) for ref in refs]
     clips = list(shard_clips(reads, config, problems))
     assert len(clips) == expected and problems.bad_samples == 0
-    assert [s.meta.frame for s in iter_video_samples(layout, "v")] == [c * source_rate // fps for c in range(3 * fps)]
+    shards = [layout.shard_file("v", e.name) for e in load_index(layout, "v").shards]
+    assert [s.meta.frame for p in shards for s in iter_shard(p)] == [c * source_rate // fps for c in range(3 * fps)]

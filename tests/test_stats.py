@@ -25,8 +25,9 @@ from tests.videos import STREET_SECONDS, STREET_VIDEO, make_video, run_ffmpeg
 from wtours.errors import UsageError, WtoursError
 from wtours.fetch.local import add_local
 from wtours.layout import Layout
+from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
-from wtours.shard.read import iter_video_samples
+from wtours.shard.read import iter_shard
 from wtours.shard.run import shard_video
 from wtours.stats.classes import Detections, TorchDetector, class_table, load_detector
 from wtours.stats.frames import Frame, on_grid
@@ -244,7 +245,8 @@ def test_lightness_agrees_with_rgb2lab_on_the_same_pixels(walk, tmp_path):
         run_stats(layout, "v")
         table = frames_table(layout, "v").set_index("t")
         reference = {}
-        for sample in iter_video_samples(layout, "v"):
+        samples = (s for e in load_index(layout, "v").shards for s in iter_shard(layout.shard_file("v", e.name)))
+        for sample in samples:
             rgb = np.asarray(Image.open(io.BytesIO(sample.jpg)).convert("RGB"))
             L = rgb2lab(rgb)[..., 0]
             reference[sample.meta.t] = (L.mean(), *np.percentile(L, [10, 50, 90]))

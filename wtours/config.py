@@ -10,12 +10,13 @@ precedence: the defaults, environment variables named in the metadata, a `--conf
 `asdict(config)` or flat by leaf name), `--set key=value` (leaf name or dotted path), and the command line. Every key is
 checked (unknown -> the closest names), every value type-checked.
 
-Field metadata keys: help, range (a `Range`), choices (a tuple, or a callable returning one), metavar, envvar, option
-(the option's name where it is not the field's, e.g. "--from" for `source`), and flags read through `flagged`: free (a
-training setting that may change on --resume), path (a local path, never published as it is). One validator, `problem`,
-checks every value: the Click options' at parse time (`number_type`), --config and --set in `build` (`check_field`), a
-library caller's in a config's __post_init__ (`check_fields`); a float is never NaN or infinite. A value out of its
-range or choices is a usage error (exit status 2) naming the option, the value and what is allowed."""
+A field is declared as `option(default, help, **metadata)`. Metadata keys: help, range (a `Range`), choices (a tuple,
+or a callable returning one), metavar, envvar, option (the option's name where it is not the field's, e.g. "--from" for
+`source`), and flags read through `flagged`: free (a training setting that may change on --resume), path (a local path,
+never published as it is). One validator, `problem`, checks every value: the Click options' at parse time
+(`number_type`), --config and --set in `build` (`check_field`), a library caller's when a config built on `Checked` is
+made; a float is never NaN or infinite. A value out of its range or choices is a usage error (exit status 2) naming the
+option, the value and what is allowed."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import Any
 
 import click
 
-from wtours.errors import UsageError, WtoursError
+from wtours.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -149,20 +150,33 @@ def check_field(f: dataclasses.Field, value: Any) -> Any:
         hint = f"pass {option} a value {allowed}; `--help` shows every option's range"
     elif choices is not None and not isinstance(value, float):
         names = [str(c) for c in _names(choices)]
-        close = difflib.get_close_matches(str(value), names, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"choose {', '.join(names)}"
+        hint = _did_you_mean(str(value), names, f"choose {', '.join(names)}")
     else:
         hint = f"pass {option} a finite number"
     raise UsageError(f"{option} {why}", hint)
 
 
-def check_fields(config: Any) -> None:
-    """Every field of a config (a dataclass instance; nested configs check themselves) within its
-    metadata's range and choices, every float finite: for configs built in code, as the CLI's are."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if not dataclasses.is_dataclass(value):
-            check_field(f, value)
+def _did_you_mean(word: str, names: list[str], otherwise: str) -> str:
+    """A hint naming up to three of `names` close to `word`, else `otherwise`."""
+    close = difflib.get_close_matches(word, names, n=3, cutoff=0.6)
+    return f"did you mean {', '.join(map(repr, close))}?" if close else otherwise
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any:  # noqa: A002 (Click's name)
+    """A settings field: its default (none: a required setting), and the metadata (range, choices, ...) this module
+    turns into a checked option."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+class Checked:
+    """A config dataclass whose fields are checked when built, as the CLI's are: each within its metadata's range
+    and choices, every float finite (a nested config checks itself)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # the subclasses are dataclasses
+            value = getattr(self, f.name)
+            if not dataclasses.is_dataclass(value):
+                check_field(f, value)
 
 
 def flagged(cls: type, flag: str) -> frozenset[str]:
@@ -170,11 +184,11 @@ def flagged(cls: type, flag: str) -> frozenset[str]:
     return frozenset(leaf.name for leaf in leaves(cls) if leaf.field.metadata.get(flag))
 
 
-class _Checked(click.ParamType):
+class _CheckedNumber(click.ParamType):
     """A number parsed as Click's INT/FLOAT would, then checked by `problem`: a bad value is Click's
     BadParameter (exit status 2, "Invalid value for '--option'"), stating the range."""
 
-    allowed: Range | None = None
+    allowed: Range
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = (click.INT if isinstance(self, click.types.IntParamType) else click.FLOAT).convert(value, param, ctx)
@@ -184,26 +198,20 @@ class _Checked(click.ParamType):
         return number
 
 
-class CheckedInt(_Checked, click.IntRange):
+class CheckedInt(_CheckedNumber, click.IntRange):
     pass
 
 
-class CheckedFloat(_Checked, click.FloatRange):
+class CheckedFloat(_CheckedNumber, click.FloatRange):
     pass
 
 
-class FiniteFloat(_Checked, click.types.FloatParamType):
-    """A float with no bound but finiteness."""
-
-
-def number_type(kind: type, allowed: Range | None = None) -> click.ParamType:
-    """The Click type of a numeric option: Click's IntRange/FloatRange (so `--help` shows the range)
-    checked by `problem`; a float refuses NaN and infinity even without a range."""
-    if allowed is None:
-        return click.INT if kind is int else FiniteFloat()
+def number_type(kind: type, allowed: Range) -> click.ParamType:
+    """The Click type of a numeric option, which always declares its range: Click's IntRange/FloatRange (so `--help`
+    shows the range) checked by `problem`, so that a float refuses NaN and infinity too."""
     if kind is int:  # an int field's bounds are whole numbers
         low, high = (None if b is None else int(b) for b in (allowed.low, allowed.high))
-        checked: _Checked = CheckedInt(min=low, max=high, min_open=allowed.open_low, max_open=allowed.open_high)
+        checked: _CheckedNumber = CheckedInt(min=low, max=high, min_open=allowed.open_low, max_open=allowed.open_high)
     else:
         checked = CheckedFloat(min=allowed.low, max=allowed.high, min_open=allowed.open_low, max_open=allowed.open_high)
     checked.allowed = allowed
@@ -247,13 +255,11 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
         if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
             raise bad
         return tuple(i.strip() for i in items if i.strip())
-    if base is str and isinstance(value, str):
-        return value
     if base is Path:  # before the text parsing below, which lowercases
         if isinstance(value, (str, Path)) and str(value):
             return Path(value)
         raise bad
-    if isinstance(value, str):  # text for a number or a switch: parse it
+    if isinstance(value, str) and base is not str:  # text for a number or a switch: parse it
         text = value.strip().lower()
         try:
             if base is bool:
@@ -263,34 +269,24 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
             return base(text)
         except ValueError:
             raise bad from None
-    if base is bool and isinstance(value, bool):
-        return value
-    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if base is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
+    # A value of its own type (from YAML, JSON or a library caller) as it is, an int for a float; a switch is no number.
+    if isinstance(value, (int, float) if base is float else base) and isinstance(value, bool) == (base is bool):
+        return float(value) if base is float else value
     raise bad
 
 
 # ---------------------------------------------------------------- building a config
 
 
-def _unknown(key: str, known: list[str], where: str) -> WtoursError:
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known keys: {', '.join(sorted(known))}"
-    return UsageError(f"unknown setting {key!r}{where}", hint)
-
-
 def nest(cls: type, flat: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """{leaf name or dotted path: value} -> a nested dict shaped as `asdict(cls(...))`."""
-    by_name = {leaf.name: leaf.path for leaf in leaves(cls)}
-    paths = {".".join(leaf.path): leaf.path for leaf in leaves(cls)}
+    paths = {name: leaf.path for leaf in leaves(cls) for name in (leaf.name, ".".join(leaf.path))}
     out: dict[str, Any] = {}
     for key, value in flat.items():
-        name = key.replace("-", "_")
-        path = by_name.get(name) or paths.get(name)
+        path = paths.get(key.replace("-", "_"))
         if path is None:
-            raise _unknown(key, sorted(by_name) + sorted(p for p in paths if "." in p), where)
+            raise UsageError(f"unknown setting {key!r}{where}",
+                             _did_you_mean(key, list(paths), f"known keys: {', '.join(sorted(paths))}"))
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -335,17 +331,15 @@ def _default(f: dataclasses.Field, missing: Any = dataclasses.MISSING) -> Any:
 
 def read_file(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON mapping of settings (a run folder's config.json reads back as it was written)."""
+    import yaml
+
+    kind = "JSON" if Path(path).suffix == ".json" else "YAML"
     text = Path(path).read_text()
     try:
-        if Path(path).suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 (json and yaml raise their own types)
-        raise UsageError(f"--config {path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'} ({e})",
-                          "fix the file, or write it as `key: value` lines") from e
+        raise UsageError(f"--config {path}: not valid {kind} ({e})",
+                         "fix the file, or write it as `key: value` lines") from e
     if not isinstance(data, dict):
         raise UsageError(f"--config {path} holds no mapping of settings", "write `key: value` lines")
     return data
@@ -393,19 +387,17 @@ def _option_kwargs(leaf: Leaf) -> dict[str, Any]:
     base, _ = _optional(leaf.type)
     default = _default(leaf.field, None)
     kwargs: dict[str, Any] = {"help": meta.get("help", ""), "default": default,
-                              "show_default": default not in (None, ())}
+                              "show_default": default not in (None, ()), "show_envvar": "envvar" in meta}
     choices = meta.get("choices")
     if choices is not None:
         kwargs["type"] = click.Choice(_names(choices))
     elif typing.get_origin(base) is tuple:
         kwargs["multiple"], kwargs["type"] = True, str
     elif base in (int, float):
-        kwargs["type"] = number_type(base, meta.get("range"))
+        kwargs["type"] = number_type(base, meta["range"])
     elif base is not bool:
         kwargs["type"] = base
     kwargs.update({key: meta[key] for key in ("metavar", "envvar") if key in meta})
-    if "envvar" in meta:
-        kwargs["show_envvar"] = True
     return kwargs
 
 
@@ -423,15 +415,16 @@ def command_settings(cls: type, ctx, values: Mapping[str, Any], config_file: str
     from click.core import ParameterSource
 
     names = {leaf.name for leaf in leaves(cls)}
-    environment = {k: v for k, v in values.items()
-                   if k in names and ctx.get_parameter_source(k) is ParameterSource.ENVIRONMENT}
-    layers = nest(cls, environment)
+
+    def options_from(source: ParameterSource) -> dict[str, Any]:
+        return nest(cls, {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+                          if k in names and ctx.get_parameter_source(k) is source})
+
+    layers = options_from(ParameterSource.ENVIRONMENT)
     if config_file:
         layers = merge(layers, build_dict(cls, read_file(config_file), f" in --config {config_file}"))
     layers = merge(layers, nest(cls, parse_assignments(assignments), " in --set"))
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
-             if k in names and ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
-    return merge(layers, nest(cls, given))
+    return merge(layers, options_from(ParameterSource.COMMANDLINE))
 
 
 def build_dict(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wtours.config import FRACTION, Range
-from wtours.models.registry import Checked, HeadConfig, option, vit_names
+from wtours.config import FRACTION, Checked, Range, option
+from wtours.models.registry import HeadConfig, vit_names
 
 # DINO's temperatures are 0.04-0.1 (sharpening); past 10 the unit-scale logits give a flat softmax, a constant loss
 TEMPERATURE = Range(0, 10, open_low=True)

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from wtours.errors import UsageError, WtoursError
+from wtours.errors import WtoursError
 from wtours.eval.config import KnnConfig
 from wtours.eval.data import LabelledFolder, collate_readable, labelled_pair
 from wtours.layout import write_json_atomic
@@ -44,11 +44,11 @@ MAX_NAMED = 10  # bad images named one by one in the log; the rest are counted
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, dataset: LabelledFolder, config: KnnConfig, device: torch.device | str,
-                     bad: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(backbone: nn.Module, dataset: LabelledFolder, config: KnnConfig,
+                     device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(N, D) L2-normalised [CLS] features and (N,) labels of the images that decode, in the dataset's
-    order, on `device`. A file that does not decode is skipped, warned about by name and appended to
-    `bad`; none decoding at all is an error."""
+    order, on `device`, and the files that do not: skipped and warned about by name; none decoding at
+    all is an error."""
     device = torch.device(device)
     loader: DataLoader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
                                     num_workers=config.workers, pin_memory=device.type == "cuda",
@@ -69,12 +69,11 @@ def extract_features(backbone: nn.Module, dataset: LabelledFolder, config: KnnCo
     if len(skipped) > MAX_NAMED:
         log.warning("skipped %d images of %s that do not decode (first %d named above)", len(skipped), dataset.root,
                     MAX_NAMED)
-    bad.extend(skipped)
     if not features:
         raise WtoursError(f"none of the {len(dataset)} images in {dataset.root} decodes (first: {skipped[0]})"
                           if skipped else f"{dataset.root} holds no images",
                           "check the folder: ROOT/<class name>/<image>.jpg|png, files that open in an image viewer")
-    return torch.cat(features), torch.cat(labels)
+    return torch.cat(features), torch.cat(labels), skipped
 
 
 @torch.no_grad()
@@ -106,10 +105,9 @@ def evaluate_knn(backbone: nn.Module, train: LabelledFolder, val: LabelledFolder
         log.warning("k = %d is more than the %d train images: using k = %d", config.k, len(train), len(train))
     was_training = backbone.training
     backbone.eval()
-    bad: list[str] = []
     try:
-        train_features, train_labels = extract_features(backbone, train, config, device, bad)
-        val_features, val_labels = extract_features(backbone, val, config, device, bad)
+        train_features, train_labels, train_bad = extract_features(backbone, train, config, device)
+        val_features, val_labels, val_bad = extract_features(backbone, val, config, device)
     finally:
         backbone.train(was_training)
     classes = train.num_classes
@@ -120,7 +118,7 @@ def evaluate_knn(backbone: nn.Module, train: LabelledFolder, val: LabelledFolder
                      top5=100.0 * topk_hits(scores, val_labels, min(5, classes)) / n,
                      k=min(config.k, len(train_features)), temperature=config.temperature, classes=classes,
                      train_images=len(train_features), val_images=len(val_features),
-                     seconds=time.perf_counter() - started, bad_images=bad)
+                     seconds=time.perf_counter() - started, bad_images=train_bad + val_bad)
 
 
 def knn_checkpoint(checkpoint: str | os.PathLike, train_dir: str | os.PathLike, val_dir: str | os.PathLike,
@@ -144,9 +142,7 @@ class KnnMonitor:
 
     def __init__(self, train_dir: str | os.PathLike, val_dir: str | os.PathLike, every: int = 1,
                  config: KnnConfig = KnnConfig()):
-        if every < 1:
-            raise UsageError(f"--knn-every {every}", "evaluate every 1 or more epochs")
-        self.every, self.config = every, config
+        self.every, self.config = every, config  # every: >= 1, as TrainConfig.knn_every is checked
         self.train, self.val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
 
     def due(self, epochs_done: int | None, run_over: bool) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wtours import media
-from wtours.config import Range
+from wtours.config import Range, option
 from wtours.errors import UsageError, WtoursError
 from wtours.fetch.ytdlp_options import YtdlpSettings
 from wtours.layout import Layout, validate_slug
@@ -37,17 +37,14 @@ DEFAULT_RETRIES = 10  # yt-dlp's command line default (its Python API has 0)
 class DownloadConfig:
     root: Path
     # The settings `wtours download` derives its options from (wtours/config.py).
-    max_height: int = field(default=2160, metadata={
-        "help": "Best video stream up to this height, any codec.", "range": Range(144, 4320)})
-    retries: int | None = field(default=None, metadata={  # None: the user's yt-dlp config's, else DEFAULT_RETRIES
-        "help": "Retries per request (default: 10, or your yt-dlp config's).", "range": Range(0, 1000)})
-    rate_limit: str | None = field(default=None, metadata={"metavar": "RATE", "help": "Bytes per second, e.g. 5M."})
-    cookies: str | None = field(default=None, metadata={
-        "metavar": "FILE", "help": "cookies.txt (Netscape format) for YouTube's sign-in check."})
-    cookies_from_browser: str | None = field(default=None, metadata={
-        "metavar": "BROWSER", "help": "Take cookies from a browser (firefox, chrome, ...)."})
-    verify: bool = field(default=False, metadata={
-        "help": "Re-hash completed files instead of trusting size and mtime."})
+    max_height: int = option(2160, "Best video stream up to this height, any codec.", range=Range(144, 4320))
+    retries: int | None = option(None, "Retries per request (default: 10, or your yt-dlp config's).",
+                                 range=Range(0, 1000))  # None: the user's yt-dlp config's, else DEFAULT_RETRIES
+    rate_limit: str | None = option(None, "Bytes per second, e.g. 5M.", metavar="RATE")
+    cookies: str | None = option(None, "cookies.txt (Netscape format) for YouTube's sign-in check.", metavar="FILE")
+    cookies_from_browser: str | None = option(None, "Take cookies from a browser (firefox, chrome, ...).",
+                                              metavar="BROWSER")
+    verify: bool = option(False, "Re-hash completed files instead of trusting size and mtime.")
     progress: bool = True
     ytdlp: YtdlpSettings = field(default_factory=YtdlpSettings)  # the user's yt-dlp config and --yt-dlp-option
 

@@ -84,7 +84,7 @@ def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print)
                 if item.source is not None:  # with where it came from: an export links the dataset repo
                     write_json_atomic(layout.source_path(item.slug), {**item.source, PULLED_FROM: {
                         "repo": target.repo, "revision": target.revision}})
-                item.index.write(layout)  # last: its presence means every shard is here
+                item.index.write(layout.shard_dir(item.slug))  # last: its presence means every shard is here
     return summary
 
 

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
-from wtours.config import Range, check_fields
+from wtours.config import Checked, Range, option
 from wtours.errors import WtoursError
 
 # The input normalisation every registered encoder is trained and evaluated with (ImageNet's RGB statistics,
 # as DINO and DoRA use them); the loader applies it and exported models declare it.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def option(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002 (the metadata key Click calls help)
-    """A settings field: its default, and the metadata wtours/config.py turns into a checked option."""
-    return field(default=default, metadata={"help": help, **meta})
-
-
-class Checked:
-    """A settings dataclass whose fields are checked against their metadata (range, choices) when built."""
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 @dataclass(frozen=True)

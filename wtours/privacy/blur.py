@@ -1,4 +1,5 @@
-"""Hiding what a detector found: the mask's margin and three ways to fill it (blur, pixelate, box)."""
+"""Hiding what a detector found: the mask's margin, three ways to fill it (blur, pixelate, box), and
+`FaceBlur`, the detector and settings one run applies to every frame it stores."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-BLUR_MODES = ("blur", "pixelate", "box")
+from wtours.privacy.detect import FaceDetector, make_detector
+from wtours.privacy.params import BLUR_MODES, BlurParams
+
 PIXELATE_CELLS = 8  # blocks across the box's longer side: about a face's eyes-nose-mouth layout, nothing finer
 
 
@@ -62,3 +65,24 @@ def anonymise(rgb: np.ndarray, boxes: np.ndarray, mode: str = "blur", scale: flo
             # reads as a face to CenterFace at threshold 0.2 (measured on skimage's astronaut at 96..512 px).
             region[:] = blurred[box.y1 - y1:box.y2 - y1, box.x1 - x1:box.x2 - x1]  # (h, w, 3)
     return out
+
+
+@dataclass(frozen=True)
+class FaceBlur:
+    """A detector and how to hide what it finds; one per run, shared by its segments (thread-safe)."""
+
+    detector: FaceDetector
+    mode: str
+    scale: float
+
+    @classmethod
+    def from_params(cls, params: BlurParams) -> FaceBlur:
+        """Loads the model now, so a missing `privacy` extra fails before any file is written."""
+        return cls(make_detector(params.detector, params.threshold, params.upscale), params.mode, params.scale)
+
+    def apply(self, rgb: np.ndarray) -> tuple[np.ndarray, int]:
+        """(frame with faces hidden, faces found); rgb: (H, W, 3) uint8."""
+        found = self.detector.detect(rgb)
+        if not len(found):
+            return rgb, 0
+        return anonymise(rgb, found.boxes, self.mode, self.scale), len(found)

@@ -14,10 +14,10 @@ from PIL import Image
 
 from wtours import __version__
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import INDEX_FILE, WIDS_SUFFIX, Layout, write_bytes_atomic, write_json_atomic
+from wtours.layout import INDEX_FILE, Layout
 from wtours.locks import folder_lock
+from wtours.privacy.blur import FaceBlur
 from wtours.privacy.params import BlurParams
-from wtours.privacy.stage import FaceBlur
 from wtours.shard.index import ShardEntry, ShardIndex
 from wtours.shard.read import iter_shard
 from wtours.shard.writer import ShardSample, encode_jpeg, write_shard
@@ -59,8 +59,7 @@ def blur_shard_set(source: Path, out: Path, settings: BlurParams, workers: int =
             entries = list(pool.map(lambda e: _rewrite(source / e.name, out / e.name, e, blur, params.quality),
                                     index.shards))
         blurred = dataclasses.replace(index, params=params, shards=tuple(entries), created_by=f"wtours {__version__}")
-        write_json_atomic(out / f"{index.slug}{WIDS_SUFFIX}", blurred.wids_descriptor())
-        write_bytes_atomic(out / INDEX_FILE, blurred.to_bytes())  # last: its presence means complete
+        blurred.write(out)  # the index last: its presence means complete
     say(f"{index.slug}: {blurred.samples} frames in {len(entries)} shards, "
         f"{(blurred.privacy or {}).get('faces', 0)} faces hidden -> {out}")
     return blurred
@@ -80,5 +79,4 @@ def _rewrite(source: Path, target: Path, entry: ShardEntry, blur: FaceBlur, qual
     if written is None or len(counts) != entry.samples:
         raise WtoursError(f"{source} holds {len(counts)} samples, its index says {entry.samples}",
                           "the source set is damaged: check it with `wtours verify`, or reshard")
-    return dataclasses.replace(entry, bytes=written.bytes, sha256=written.sha256, offsets=written.offsets,
-                               faces=tuple(counts))
+    return dataclasses.replace(entry, **dataclasses.asdict(written), faces=tuple(counts))  # bytes, sha256, offsets

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from wtours import __version__
 from wtours.errors import WtoursError
 from wtours.layout import (
+    INDEX_FILE,
+    WIDS_SUFFIX,
     Layout,
     json_bytes,
     read_json,
@@ -74,9 +76,8 @@ class ShardEntry:
         if self.faces is not None and len(self.faces) != self.samples:
             raise _Invalid(f"shard {self.name}: 'faces' must have one count per sample ({self.samples})")
 
-    def to_dict(self) -> dict[str, Any]:
-        values = ((f.name, getattr(self, f.name)) for f in fields(self))
-        data = {k: list(v) if isinstance(v, tuple) else v for k, v in values if v is not None}  # None: not recorded
+    def to_dict(self) -> dict[str, Any]:  # a field that is None is not recorded
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v is not None}
         data["cell_runs"] = [list(run) for run in self.cell_runs]
         return data
 
@@ -205,9 +206,9 @@ class ShardIndex:
         return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": self.slug,
                 "shardlist": [{"url": s.name, "nsamples": s.samples} for s in self.shards]}
 
-    def write(self, layout: Layout) -> None:
-        write_json_atomic(layout.wids_path(self.slug), self.wids_descriptor())
-        write_bytes_atomic(layout.index_path(self.slug), self.to_bytes())  # last: its presence means complete
+    def write(self, folder: Path) -> None:
+        write_json_atomic(folder / f"{self.slug}{WIDS_SUFFIX}", self.wids_descriptor())
+        write_bytes_atomic(folder / INDEX_FILE, self.to_bytes())  # last: its presence means complete
 
 
 def load_index(layout: Layout, slug: str) -> ShardIndex:
@@ -246,12 +247,10 @@ def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord
         record = read_record(SegmentRecord, data, "segment record", RESHARD_HINT)
         if record.shard is not None:
             record.shard.check(slug)
+            path = layout.shard_file(slug, record.shard.name)
+            if record.shard.offsets is None or not path.is_file() or path.stat().st_size != record.shard.bytes:
+                return None
     except (_Invalid, WtoursError):
-        return None
-    if record.shard is None:
-        return record
-    path = layout.shard_file(slug, record.shard.name)
-    if record.shard.offsets is None or not path.is_file() or path.stat().st_size != record.shard.bytes:
         return None
     return record
 
@@ -299,8 +298,7 @@ def clear_shard_dir(layout: Layout, slug: str) -> None:
     folder = layout.shard_dir(slug)
     if not folder.is_dir():
         return
-    for path in [*layout.shard_files(slug), *layout.segments_dir(slug).glob("*.json")]:
-        path.unlink()
-    for path in (layout.index_path(slug), layout.wids_path(slug), layout.plan_path(slug)):
+    for path in [*layout.shard_files(slug), *layout.segments_dir(slug).glob("*.json"), layout.index_path(slug),
+                 layout.wids_path(slug), layout.plan_path(slug)]:
         path.unlink(missing_ok=True)
     remove_stale_temporaries(folder)

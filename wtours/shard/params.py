@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from wtours.config import NOT_NEGATIVE, POSITIVE, Range, check_fields
+from wtours.config import NOT_NEGATIVE, POSITIVE, Checked, Range, option
 from wtours.errors import UsageError
 from wtours.privacy.params import FLAT_PREFIX, BlurParams
 
@@ -22,28 +22,26 @@ DEFAULT_BLANK_THRESHOLD = 3.0  # luma standard deviation (0..255) under which a 
 
 
 @dataclass(frozen=True)
-class ShardParams:
+class ShardParams(Checked):
     """Everything the shard bytes depend on; recorded in the plan and the index."""
 
-    fps: float = field(default=DEFAULT_FPS, metadata={"help": "Frames sampled per second.", "range": POSITIVE})
-    short_side: int = field(default=DEFAULT_SHORT_SIDE, metadata={
-        "help": "Scale so the short side has this many pixels (never upscales).", "range": Range(16, 4320)})
-    quality: int = field(default=DEFAULT_QUALITY, metadata={"help": "JPEG quality.", "range": Range(1, 100)})
-    samples_per_shard: int = field(default=DEFAULT_SAMPLES_PER_SHARD, metadata={
-        "help": "Grid slots per shard: each shard covers samples-per-shard / fps seconds.", "range": Range(1)})
-    start: float = field(default=0.0, metadata={
-        "help": "First second to shard, from the video's first timestamp.", "range": NOT_NEGATIVE})
-    end: float | None = field(default=None, metadata={
-        "help": "Last second to shard (default: the end); after --start.", "range": POSITIVE})
-    blank_threshold: float = field(default=DEFAULT_BLANK_THRESHOLD, metadata={
-        "help": "Frames whose luma standard deviation is below this are blank and dropped.", "range": Range(0, 255)})
+    fps: float = option(DEFAULT_FPS, "Frames sampled per second.", range=POSITIVE)
+    short_side: int = option(DEFAULT_SHORT_SIDE, "Scale so the short side has this many pixels (never upscales).",
+                             range=Range(16, 4320))
+    quality: int = option(DEFAULT_QUALITY, "JPEG quality.", range=Range(1, 100))
+    samples_per_shard: int = option(DEFAULT_SAMPLES_PER_SHARD, "Grid slots per shard: each shard covers "
+                                                               "samples-per-shard / fps seconds.", range=Range(1))
+    start: float = option(0.0, "First second to shard, from the video's first timestamp.", range=NOT_NEGATIVE)
+    end: float | None = option(None, "Last second to shard (default: the end); after --start.", range=POSITIVE)
+    blank_threshold: float = option(DEFAULT_BLANK_THRESHOLD, "Frames whose luma standard deviation is below this are "
+                                                             "blank and dropped.", range=Range(0, 255))
     # Face blurring (wtours/privacy, docs/privacy.md): recorded only when on, so plain sets keep their plan.
-    blur_faces: bool = field(default=False, metadata={
-        "help": "Detect faces in each sampled frame and blur them before encoding (needs the privacy extra)."})
+    blur_faces: bool = option(False, "Detect faces in each sampled frame and blur them before encoding (needs the "
+                                     "privacy extra).")
     blur: BlurParams = field(default_factory=BlurParams)
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        super().__post_init__()
         if self.end is not None and self.end <= self.start:
             raise UsageError(f"--end {self.end:g} is not after --start {self.start:g}",
                              "--end is the last second to shard, counted from the video's start as --start is")

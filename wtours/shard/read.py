@@ -8,14 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from wtours.layout import Layout
-from wtours.shard.index import load_index
 from wtours.shard.writer import SampleMeta, ShardSample
 
-StoredSample = ShardSample  # a sample read back is what the writer was given
 
-
-def iter_shard(source: Path | IO[bytes]) -> Iterator[StoredSample]:
+def iter_shard(source: Path | IO[bytes]) -> Iterator[ShardSample]:
     """Samples of one shard (a local path or an open stream), in stored (time) order."""
     opened = tarfile.open(source, "r|") if isinstance(source, (str, Path)) else tarfile.open(fileobj=source, mode="r|")
     with opened as tar:
@@ -29,10 +25,5 @@ def iter_shard(source: Path | IO[bytes]) -> Iterator[StoredSample]:
             fields[extension] = handle.read()
             if "jpg" in fields and "json" in fields:
                 del pending[key]
-                yield StoredSample(key, fields["jpg"], SampleMeta(**json.loads(fields["json"])))
+                yield ShardSample(key, fields["jpg"], SampleMeta(**json.loads(fields["json"])))
 
-
-def iter_video_samples(layout: Layout, slug: str) -> Iterator[StoredSample]:
-    """Every sample of a sharded video, in time order (shard by shard)."""
-    for entry in load_index(layout, slug).shards:
-        yield from iter_shard(layout.shard_file(slug, entry.name))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -15,7 +16,7 @@ from wtours import media
 from wtours.errors import IncompleteError, UsageError, WtoursError
 from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name, write_json_atomic
 from wtours.locks import folder_lock
-from wtours.privacy.stage import FaceBlur, blur_frames
+from wtours.privacy.blur import FaceBlur
 from wtours.shard.blank import is_blank
 from wtours.shard.decode import DecodedFrame, SegmentDecoder
 from wtours.shard.index import (
@@ -41,8 +42,7 @@ class ShardJob:
     slug: str
     video_path: Path
     probe: media.ProbeResult
-    source_id: str | None
-    sha256: str  # of the source video, as info.json records it
+    video: IndexVideo  # the source video as the index records it (from info.json)
     params: ShardParams
     size: tuple[int, int]  # output (width, height)
     hwaccel: str
@@ -70,20 +70,17 @@ class ShardSummary:
                 f"{self.seconds:.1f} s")
 
 
-def resolve_hwaccel(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if media.cuda_decoding_available() else "none"
-    if choice == "cuda" and not media.cuda_decoding_available():
-        raise UsageError("--hwaccel cuda: this ffmpeg or machine has no CUDA decoding",
-                          "use --hwaccel none (or auto), or an ffmpeg built with NVDEC on a machine with an NVIDIA GPU")
-    return choice
-
-
 def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) -> ShardJob:
     info, path = registered_video(layout, slug)
-    size = output_size(info.probe.width, info.probe.height, params.short_side)
+    p = info.probe
+    video = IndexVideo(slug, info.source_id, info.sha256, p.duration, p.fps, p.width, p.height)
     blur = FaceBlur.from_params(params.blur) if params.blur_faces else None  # a missing extra fails here, early
-    return ShardJob(slug, path, info.probe, info.source_id, info.sha256, params, size, resolve_hwaccel(hwaccel), blur)
+    if hwaccel == "auto":
+        hwaccel = "cuda" if media.cuda_decoding_available() else "none"
+    elif hwaccel == "cuda" and not media.cuda_decoding_available():
+        raise UsageError("--hwaccel cuda: this ffmpeg or machine has no CUDA decoding",
+                          "use --hwaccel none (or auto), or an ffmpeg built with NVDEC on a machine with an NVIDIA GPU")
+    return ShardJob(slug, path, p, video, params, output_size(p.width, p.height, params.short_side), hwaccel, blur)
 
 
 class DecoderKilledError(WtoursError):
@@ -117,11 +114,9 @@ def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOp
     if not segments:
         raise WtoursError(f"{slug}: nothing to shard between --start {params.start} and --end {params.end}",
                           f"the video lasts {job.probe.duration:.1f} s")
-    p = job.probe
-    video = IndexVideo(slug, job.source_id, job.sha256, p.duration, p.fps, p.width, p.height)
     if options.overwrite and not options.finalize_only:
         clear_shard_dir(layout, slug)
-    write_plan(layout, video, params, len(segments), job.size, options.overwrite)
+    write_plan(layout, job.video, params, len(segments), job.size, options.overwrite)
 
     summary = ShardSummary(slug)
     if not options.finalize_only:
@@ -142,8 +137,8 @@ def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOp
                               "run the remaining nodes (or `wtours shard` without --finalize) first")
         say(f"{slug}: {len(missing)} segments are left to other nodes; the last to finish writes the index")
         return summary
-    index = build_index(video, params, [r for r in records if r is not None])
-    index.write(layout)
+    index = build_index(job.video, params, [r for r in records if r is not None])
+    index.write(layout.shard_dir(slug))
     summary.index = index
     if not index.complete:
         raise IncompleteError(
@@ -198,11 +193,8 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
     fps = job.params.fps
     decoder = SegmentDecoder(job.video_path, job.probe, fps, segment, job.size, job.hwaccel)
     tally = SegmentTally(reported=segment.first_cell)
-    kept = keep_frames(_checked(decoder, job, segment, cancel), job.params.blank_threshold, tally, advance)
-    if job.blur is not None:
-        tally.faces = []
-        kept = blur_frames(kept, job.blur, tally.faces)
-    written = write_shard(layout.shard_path(job.slug, segment.number), encode_samples(kept, job))
+    frames = _checked(decoder, job, segment, cancel or threading.Event())
+    written = write_shard(layout.shard_path(job.slug, segment.number), tally.samples(frames, job, advance))
     advance(segment.end_cell - tally.reported)
     outcome = decoder.outcome
     last = outcome.last_cell
@@ -222,14 +214,11 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
 
 
 def _checked(decoder: SegmentDecoder, job: ShardJob, segment: Segment,
-             cancel: threading.Event | None) -> Iterator[DecodedFrame]:
+             cancel: threading.Event) -> Iterator[DecodedFrame]:
     """The decoder's frames; raises at the end (inside the shard write, so nothing is renamed into place)
     when the run was cancelled or ffmpeg was killed from outside rather than ending by itself."""
-    for frame in decoder:
-        if cancel is not None and cancel.is_set():
-            raise SegmentCancelled()
-        yield frame
-    if cancel is not None and cancel.is_set():
+    yield from itertools.takewhile(lambda frame: not cancel.is_set(), decoder)
+    if cancel.is_set():
         raise SegmentCancelled()
     killed = decoder.outcome.killed_by()
     if killed is not None:
@@ -246,44 +235,42 @@ def _checked(decoder: SegmentDecoder, job: ShardJob, segment: Segment,
 
 @dataclass
 class SegmentTally:
-    """What the stages of one segment saw: the written samples' frames, times and cells, and the drops."""
+    """What one segment's frames came to: the written samples' frames, times, cells and faces, and the drops."""
 
     reported: int  # the next cell the progress bar has not counted yet
     kept: list[tuple[int, float, int]] = field(default_factory=list)  # (frame, t, cell) per written sample
+    faces: list[int] = field(default_factory=list)  # faces hidden per written sample, with --blur-faces
     blank_times: list[float] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=lambda: {"blank": 0, "duplicate": 0})
-    faces: list[int] | None = None  # faces hidden per written sample, with --blur-faces
+
+    def samples(self, decoded: Iterable[DecodedFrame], job: ShardJob,
+                advance: Callable[[int], None]) -> Iterator[ShardSample]:
+        """Stage: decoded frames -> the samples to store. Blank and repeated frames are counted, not kept;
+        with --blur-faces, faces are hidden (and counted) before the frame is encoded."""
+        for frame in decoded:
+            advance(frame.cell + 1 - self.reported)
+            self.reported = frame.cell + 1
+            if is_blank(frame.rgb, job.params.blank_threshold):
+                self.dropped["blank"] += 1
+                self.blank_times.append(frame.t)
+                continue
+            if self.kept and frame.frame <= self.kept[-1][0]:
+                self.dropped["duplicate"] += 1  # variable frame rate: two grid cells mapped to one frame index
+                continue
+            self.kept.append((frame.frame, frame.t, frame.cell))
+            rgb = frame.rgb
+            if job.blur is not None:
+                rgb, faces = job.blur.apply(rgb)
+                self.faces.append(faces)
+            height, width = rgb.shape[:2]
+            meta = SampleMeta(job.slug, job.video.source_id, frame.frame, frame.t, width, height)
+            yield ShardSample(sample_key(job.slug, frame.frame), encode_jpeg(rgb, job.params.quality), meta)
 
     def entry(self, name: str, written: WrittenShard) -> ShardEntry:
+        """The written shard's index entry; `faces` only with --blur-faces (one count per sample then)."""
         frames, times, cells = zip(*self.kept)
         return ShardEntry(name, len(frames), frames[0], frames[-1], times[0], times[-1], cell_runs(cells),
-                          written.bytes, written.sha256, written.offsets,
-                          tuple(self.faces) if self.faces is not None else None)
-
-
-def keep_frames(decoded: Iterable[DecodedFrame], blank_threshold: float, tally: SegmentTally,
-                advance: Callable[[int], None]) -> Iterator[DecodedFrame]:
-    """Stage: decoded frames -> the frames to store (blank and repeated frames are counted, not kept)."""
-    for frame in decoded:
-        advance(frame.cell + 1 - tally.reported)
-        tally.reported = frame.cell + 1
-        if is_blank(frame.rgb, blank_threshold):
-            tally.dropped["blank"] += 1
-            tally.blank_times.append(frame.t)
-            continue
-        if tally.kept and frame.frame <= tally.kept[-1][0]:
-            tally.dropped["duplicate"] += 1  # variable frame rate: two grid cells mapped to one frame index
-            continue
-        tally.kept.append((frame.frame, frame.t, frame.cell))
-        yield frame
-
-
-def encode_samples(frames: Iterable[DecodedFrame], job: ShardJob) -> Iterator[ShardSample]:
-    """Stage: frames to store -> encoded samples for the writer."""
-    for frame in frames:
-        height, width = frame.rgb.shape[:2]
-        meta = SampleMeta(job.slug, job.source_id, frame.frame, frame.t, width, height)
-        yield ShardSample(sample_key(job.slug, frame.frame), encode_jpeg(frame.rgb, job.params.quality), meta)
+                          written.bytes, written.sha256, written.offsets, tuple(self.faces) or None)
 
 
 def cell_runs(cells: Iterable[int]) -> tuple[tuple[int, int], ...]:

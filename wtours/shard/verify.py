@@ -57,10 +57,10 @@ def quick_problem(path: Path, entry: ShardEntry) -> str | None:
 
 def member_problem(path: Path, entry: ShardEntry) -> str | None:
     """The tar's members: `<key>.jpg` + `<key>.json` pairs, as many as recorded, at the recorded offsets."""
-    keys: list[str] = []
+    samples: list[tuple[str, int]] = []  # (key, offset of its .jpg member's first header) per sample
     try:
         with tarfile.open(path, mode="r|") as tar:
-            pending: str | None = None
+            pending: tuple[str, int] | None = None
             for member in tar:
                 key, _, extension = member.name.partition(".")
                 extracted = tar.extractfile(member) if member.isfile() else None
@@ -68,28 +68,21 @@ def member_problem(path: Path, entry: ShardEntry) -> str | None:
                 if data is None or len(data) != member.size:
                     return f"member {member.name} is not a complete file"
                 if extension == "jpg" and pending is None:
-                    pending = key
-                elif extension == "json" and pending == key:
-                    keys.append(key)
+                    pending = (key, member.offset)
+                elif extension == "json" and pending is not None and pending[0] == key:
+                    samples.append(pending)
                     pending = None
                 else:
                     return f"member {member.name} is out of place (expected <key>.jpg then <key>.json)"
             if pending is not None:
-                return f"sample {pending} has no .json"
+                return f"sample {pending[0]} has no .json"
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         return f"unreadable as a tar ({e})"
-    if len(keys) != entry.samples:
-        return f"{len(keys)} samples, the index records {entry.samples}"
-    if entry.offsets is not None:
-        with open(path, "rb") as f:
-            for i, (offset, key) in enumerate(zip(entry.offsets, keys)):
-                f.seek(offset)
-                try:
-                    name = tarfile.TarInfo.frombuf(f.read(tarfile.BLOCKSIZE), "utf-8", "surrogateescape").name
-                except tarfile.TarError:
-                    name = None
-                if name != f"{key}.jpg":
-                    return f"offset {offset} of sample {i} is not the tar header of {key}.jpg"
+    if len(samples) != entry.samples:
+        return f"{len(samples)} samples, the index records {entry.samples}"
+    for i, (offset, (key, start)) in enumerate(zip(entry.offsets or (), samples)):
+        if offset != start:
+            return f"offset {offset} of sample {i} is not the tar header of {key}.jpg"
     return None
 
 
@@ -117,13 +110,12 @@ def repair_set(layout: Layout, slug: str, report: VerifyReport, workers: int = 1
         index = load_index(layout, slug)  # read again under the lock
         for folder in (layout.shard_dir(slug), layout.segments_dir(slug)):
             remove_stale_temporaries(folder)
-        info = read_video_info(layout, slug)
-        if info is None:
+        if read_video_info(layout, slug) is None:  # else prepare_job's error, which does not say "repair"
             raise WtoursError(f"{slug}: cannot repair: no video registered under {layout.root}",
                               f"`wtours add FILE --name {slug}` (the same file the shards were made from), "
                               f"or `wtours pull` the set again")
         job = prepare_job(layout, slug, index.params, "none")
-        if info.sha256 != index.video.sha256:
+        if job.video.sha256 != index.video.sha256:
             raise WtoursError(f"{slug}: cannot repair: the registered video is not the one the shards were made from "
                               "(sha256 differs)", f"register the original video, or reshard everything with "
                               f"`wtours shard --city {slug} --overwrite`")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import json
@@ -10,12 +9,11 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, cast
 
 import numpy as np
 from PIL import Image
 
-from wtours.layout import replace_atomically
+from wtours.layout import replace_atomically, sha256_file
 
 
 @dataclass(frozen=True)
@@ -56,21 +54,6 @@ def encode_json(record: dict) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-class _HashingFile:
-    """A write-only file wrapper that hashes and counts what passes through."""
-
-    def __init__(self, raw):
-        self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.size += len(data)
-        return self.raw.write(data)
-
-    def tell(self) -> int:
-        return self.size
-
-
 def write_shard(path: Path, samples: Iterable[ShardSample]) -> WrittenShard | None:
     """Consume the samples into the shard at `path`, atomically; None (and no file) when there are none.
     Members are `<key>.jpg` then `<key>.json` per sample, with mtime 0, uid/gid 0, mode 0644 and no
@@ -85,14 +68,12 @@ def write_shard(path: Path, samples: Iterable[ShardSample]) -> WrittenShard | No
 
 def _write_tar(path: Path, samples: Iterable[ShardSample]) -> WrittenShard:
     offsets: list[int] = []
-    with open(path, "wb") as raw:
-        counted = _HashingFile(raw)
-        with tarfile.open(fileobj=cast(IO[bytes], counted), mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for sample in samples:
-                offsets.append(tar.offset)  # where this sample's first header goes
-                _add(tar, f"{sample.key}.jpg", sample.jpg)
-                _add(tar, f"{sample.key}.json", encode_json(asdict(sample.meta)))
-    return WrittenShard(counted.size, counted.digest.hexdigest(), tuple(offsets))
+    with tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            offsets.append(tar.offset)  # where this sample's first header goes
+            _add(tar, f"{sample.key}.jpg", sample.jpg)
+            _add(tar, f"{sample.key}.json", encode_json(asdict(sample.meta)))
+    return WrittenShard(path.stat().st_size, sha256_file(path), tuple(offsets))
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

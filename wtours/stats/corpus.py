@@ -70,9 +70,9 @@ def write_corpus(base: Path, summaries: list[dict[str, Any]]) -> dict[str, Path]
         path = base / f"corpus_{name}.png"
         if name == "classes" and table["objects_per_frame"].isna().all():
             path.unlink(missing_ok=True)
-            continue
-        save_figure(plot_lightness(table) if name == "lightness" else plot_pair(table, name), path)
-        written[name] = path
+        else:
+            save_figure(plot(table, name), path)
+            written[name] = path
     return written
 
 
@@ -90,24 +90,20 @@ def _cell(value: Any, digits: int | None) -> str:
     return str(value) if digits is None else f"{float(value):.{digits}f}"
 
 
-def plot_lightness(table: Any):
+def plot(table: Any, name: str):
+    """The videos side by side: "lightness" (mean, min..max), or the two columns of one of `PAIRS`."""
     figure, axes = new_figure(max(6, 0.6 * len(table) + 3), 3.5)
     x = np.arange(len(table))
-    mean = table["lightness_mean"].to_numpy()
-    spread = [mean - table["lightness_min"].to_numpy(), table["lightness_max"].to_numpy() - mean]
-    axes.bar(x, mean, yerr=spread, capsize=3)
+    if name == "lightness":
+        mean = table["lightness_mean"].to_numpy()
+        spread = [mean - table["lightness_min"].to_numpy(), table["lightness_max"].to_numpy() - mean]
+        axes.bar(x, mean, yerr=spread, capsize=3)
+        axes.set(ylabel="CIELAB L* (mean, min..max)", ylim=(0, 100), title="lightness per video")
+    else:
+        columns, ylabel, title = PAIRS[name]
+        for offset, (column, label) in zip((-0.2, 0.2), columns):
+            axes.bar(x + offset, table[column].fillna(0), width=0.4, label=label)
+        axes.set(ylabel=ylabel, title=title)
+        axes.legend(fontsize="small")
     axes.set_xticks(x, table["video"], rotation=45, ha="right")
-    axes.set(ylabel="CIELAB L* (mean, min..max)", ylim=(0, 100), title="lightness per video")
-    return figure
-
-
-def plot_pair(table: Any, name: str):
-    figure, axes = new_figure(max(6, 0.6 * len(table) + 3), 3.5)
-    x = np.arange(len(table))
-    columns, ylabel, title = PAIRS[name]
-    for offset, (column, label) in zip((-0.2, 0.2), columns):
-        axes.bar(x + offset, table[column].fillna(0), width=0.4, label=label)
-    axes.set_xticks(x, table["video"], rotation=45, ha="right")
-    axes.set(ylabel=ylabel, title=title)
-    axes.legend(fontsize="small")
     return figure

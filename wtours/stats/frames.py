@@ -23,8 +23,9 @@ from wtours.shard.decode import SegmentDecoder
 from wtours.shard.index import ShardEntry, ShardIndex, load_index
 from wtours.shard.params import DEFAULT_SHORT_SIDE, ShardParams
 from wtours.shard.plan import EPS, output_size, plan_segments, sample_cell
-from wtours.shard.read import StoredSample, iter_shard
+from wtours.shard.read import iter_shard
 from wtours.shard.verify import quick_problem
+from wtours.shard.writer import ShardSample
 from wtours.stats.params import DEFAULT_VIDEO_EVERY
 
 T = TypeVar("T")
@@ -132,19 +133,19 @@ class ShardSource:
                               f"use --every {shard_every:g} or more, or --from video to decode the video itself")
         # At the shards' own rate every sample is its own cell: they are all read, none re-selected.
         self.own_rate = every is None or abs(every - shard_every) < EPS
-        self.every: float = shard_every if self.own_rate or every is None else every
+        every = shard_every if self.own_rate or every is None else every
         video, params = self.index.video, self.index.params
         end = min(video.duration, params.end) if params.end else video.duration
         size = output_size(video.width, video.height, params.short_side)
         described = {k: getattr(video, k) for k in ("duration", "fps", "width", "height", "sha256")}
-        expected = self.index.samples if self.own_rate else _cells(params.start, end, self.every)
-        fps = self.index.fps if self.own_rate else 1 / self.every
-        self.info = SourceInfo("shards", self.every, fps, expected, size, described)
+        expected = self.index.samples if self.own_rate else _cells(params.start, end, every)
+        fps = self.index.fps if self.own_rate else 1 / every
+        self.info = SourceInfo("shards", every, fps, expected, size, described)
         if not self.index.complete:
             self.info.complete = False
             self.info.notes.append(f"the shards stop at {self.index.decoded_until:.2f} s (damaged video)")
 
-    def samples(self, after: float | None) -> Iterator[StoredSample]:
+    def samples(self, after: float | None) -> Iterator[ShardSample]:
         """The samples of every readable shard; a missing, truncated or damaged one is skipped and counted."""
         for entry in self.index.shards:
             if after is not None and entry.t_end <= after:
@@ -166,7 +167,7 @@ class ShardSource:
             except OSError as e:  # a remote shard that is not the one its index describes, or a broken stream
                 self.info.skip(entry.name, str(e), remote=True)
 
-    def _streamed(self, entry: ShardEntry) -> Iterator[StoredSample]:
+    def _streamed(self, entry: ShardEntry) -> Iterator[ShardSample]:
         """A shard from `remote`, never stored: from another machine (http(s), hf://, fsspec, pipe:) it is
         checked whole against the index (size, sha256) before its first sample counts, as the loader does."""
         from wtours.streams import open_url, verified_whole
@@ -184,7 +185,7 @@ class ShardSource:
         from PIL import Image
 
         samples = self.samples(after)
-        chosen: Iterator[StoredSample]
+        chosen: Iterator[ShardSample]
         if self.own_rate:
             chosen = (s for s in samples if after is None or s.meta.t > after)
         else:
@@ -200,13 +201,11 @@ class VideoSource:
 
     def __init__(self, path: Path, probe: ProbeResult, sha256: str, every: float | None):
         self.path, self.probe = path, probe
-        self.every = every if every is not None else DEFAULT_VIDEO_EVERY
+        every = every if every is not None else DEFAULT_VIDEO_EVERY
         # Same scale as the default shards, so the two sources give the same numbers.
-        self.size = output_size(probe.width, probe.height, DEFAULT_SHORT_SIDE)
-        described = {"duration": probe.duration, "fps": probe.fps, "width": probe.width, "height": probe.height,
-                     "sha256": sha256}
-        self.info = SourceInfo("video", self.every, 1 / self.every, _cells(0.0, probe.duration, self.every),
-                               self.size, described)
+        size = output_size(probe.width, probe.height, DEFAULT_SHORT_SIDE)
+        described = {k: getattr(probe, k) for k in ("duration", "fps", "width", "height")} | {"sha256": sha256}
+        self.info = SourceInfo("video", every, 1 / every, _cells(0.0, probe.duration, every), size, described)
 
     def frames(self, after: float | None = None) -> Iterator[Frame]:
         fps = self.info.fps
@@ -215,7 +214,7 @@ class VideoSource:
             return
         whole = ShardParams(fps=fps, samples_per_shard=2**62, start=start)  # one segment: the rest of the video
         for segment in plan_segments(self.probe, whole):
-            decoder = SegmentDecoder(self.path, self.probe, fps, segment, self.size)
+            decoder = SegmentDecoder(self.path, self.probe, fps, segment, self.info.frame_size)
             for decoded in decoder:
                 yield Frame(decoded.t, decoded.frame, decoded.rgb)
             killed = decoder.outcome.killed_by()

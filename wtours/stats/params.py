@@ -5,58 +5,45 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wtours.config import AT_LEAST_1, FRACTION, NOT_NEGATIVE, POSITIVE, Range, check_fields
+from wtours.config import AT_LEAST_1, FRACTION, NOT_NEGATIVE, POSITIVE, Checked, Range, option
 from wtours.shard.params import DEFAULT_FPS
 
-SOURCES = ("shards", "video")
-DEVICES = ("auto", "cpu", "cuda")
 # --from video samples on the same grid as the default shards, so both sources analyse the same frames.
 DEFAULT_VIDEO_EVERY = 1 / DEFAULT_FPS
 # Lightness and the colour histogram are measured on a regular grid of about this many pixels
 # (every 9th pixel of every 9th row of a 683x512 shard frame): see docs/stats.md for the error.
 DEFAULT_ANALYSIS_PIXELS = 4096
-DEFAULT_CHUNK = 500  # frames per resume part: a killed run loses at most this much work
 
 
 @dataclass(frozen=True)
-class AnalysisParams:
+class AnalysisParams(Checked):
     """Everything the per-frame table depends on; recorded with the resume parts."""
 
-    source: str = field(default="shards", metadata={
-        "option": "--from", "choices": SOURCES, "help": "Read the shards (fast), or decode the video itself."})
-    every: float | None = field(default=None, metadata={
-        "metavar": "SECONDS", "range": POSITIVE,
-        "help": "Seconds between analysed frames (default: every shard sample; 0.5 from the video)."})
-    analysis_pixels: int = field(default=DEFAULT_ANALYSIS_PIXELS, metadata={
-        "help": "Pixels of the grid each frame is measured on (0: every pixel; docs/stats.md gives the error).",
-        "range": NOT_NEGATIVE})
-
-    def __post_init__(self) -> None:
-        check_fields(self)
+    source: str = option("shards", "Read the shards (fast), or decode the video itself.", option="--from",
+                         choices=("shards", "video"))
+    every: float | None = option(None, "Seconds between analysed frames (default: every shard sample; 0.5 from the "
+                                       "video).", metavar="SECONDS", range=POSITIVE)
+    analysis_pixels: int = option(DEFAULT_ANALYSIS_PIXELS, "Pixels of the grid each frame is measured on (0: every "
+                                                           "pixel; docs/stats.md gives the error).", range=NOT_NEGATIVE)
 
 
 @dataclass(frozen=True)
-class TransitionParams:
+class TransitionParams(Checked):
     """Thresholds of the hard-cut and gradual scene-change detectors (docs/stats.md says why these values)."""
 
-    cut_min: float = field(default=0.25, metadata={
-        "help": "Change score below which nothing is a cut, however quiet the stretch.", "range": FRACTION})
-    cut_k: float = field(default=5.0, metadata={
-        "help": "A cut exceeds the local median score by this many robust standard deviations.", "range": POSITIVE})
-    cut_window: float = field(default=3.0, metadata={
-        "help": "Seconds each side of a frame that set its local median and spread.", "range": POSITIVE})
-    min_gap: float = field(default=1.0, metadata={
-        "help": "Seconds: one cut per transition; content that comes back within it is no cut.",
-        "range": NOT_NEGATIVE})
-    drift_window: float = field(default=10.0, metadata={
-        "help": "Seconds over which content must drift for a gradual scene change.", "range": POSITIVE})
-    drift_threshold: float = field(default=0.4, metadata={
-        "help": "Histogram distance over the drift window that counts as a new scene.", "range": FRACTION})
-    drift_smooth: float = field(default=2.0, metadata={
-        "help": "Seconds of frames averaged at each end of a drift window.", "range": NOT_NEGATIVE})
-
-    def __post_init__(self) -> None:
-        check_fields(self)
+    cut_min: float = option(0.25, "Change score below which nothing is a cut, however quiet the stretch.",
+                            range=FRACTION)
+    cut_k: float = option(5.0, "A cut exceeds the local median score by this many robust standard deviations.",
+                          range=POSITIVE)
+    cut_window: float = option(3.0, "Seconds each side of a frame that set its local median and spread.",
+                               range=POSITIVE)
+    min_gap: float = option(1.0, "Seconds: one cut per transition; content that comes back within it is no cut.",
+                            range=NOT_NEGATIVE)
+    drift_window: float = option(10.0, "Seconds over which content must drift for a gradual scene change.",
+                                 range=POSITIVE)
+    drift_threshold: float = option(0.4, "Histogram distance over the drift window that counts as a new scene.",
+                                    range=FRACTION)
+    drift_smooth: float = option(2.0, "Seconds of frames averaged at each end of a drift window.", range=NOT_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -76,34 +63,24 @@ BACKENDS: dict[str, Backend] = {
 
 
 @dataclass(frozen=True)
-class DetectorParams:
-    name: str = field(default="fasterrcnn-mobilenet-320", metadata={
-        "option": "--detector", "choices": BACKENDS.keys, "help": "Detector backend (torchvision, COCO weights)."})
-    score_threshold: float = field(default=0.5, metadata={
-        "help": "Detections below this score are not counted.", "range": FRACTION})
-    device: str = field(default="auto", metadata={"choices": DEVICES, "help": "Where the detector runs."})
-    batch_size: int = field(default=8, metadata={"help": "Frames per detector call.", "range": Range(1, 4096)})
-    weights: Path | None = field(default=None, metadata={
-        "help": "Detector weights file (default: torchvision's cache, downloaded once)."})
-
-    def __post_init__(self) -> None:
-        check_fields(self)
+class DetectorParams(Checked):
+    name: str = option("fasterrcnn-mobilenet-320", "Detector backend (torchvision, COCO weights).",
+                       option="--detector", choices=BACKENDS.keys)
+    score_threshold: float = option(0.5, "Detections below this score are not counted.", range=FRACTION)
+    device: str = option("auto", "Where the detector runs.", choices=("auto", "cpu", "cuda"))
+    batch_size: int = option(8, "Frames per detector call.", range=Range(1, 4096))
+    weights: Path | None = option(None, "Detector weights file (default: torchvision's cache, downloaded once).")
 
 
 @dataclass(frozen=True)
-class StatsConfig:
+class StatsConfig(Checked):
     analysis: AnalysisParams = field(default_factory=AnalysisParams)
     transitions: TransitionParams = field(default_factory=TransitionParams)
-    classes: bool = field(default=True, metadata={"help": "Count objects and classes with a detector."})
+    classes: bool = option(True, "Count objects and classes with a detector.")
     detector: DetectorParams = field(default_factory=DetectorParams)
-    out: Path | None = field(default=None, metadata={
-        "metavar": "DIRECTORY", "help": "Folder for <slug>/ outputs and the corpus table (default: <root>/stats)."})
-    top: int = field(default=20, metadata={
-        "help": "Classes in the frequency plot and the summary's `top`.", "range": AT_LEAST_1})
-    chunk: int = field(default=DEFAULT_CHUNK, metadata={"help": "Frames per resume checkpoint.", "range": AT_LEAST_1})
-    overwrite: bool = field(default=False, metadata={
-        "help": "Start again instead of continuing an interrupted run."})
+    out: Path | None = option(None, "Folder for <slug>/ outputs and the corpus table (default: <root>/stats).",
+                              metavar="DIRECTORY")
+    top: int = option(20, "Classes in the frequency plot and the summary's `top`.", range=AT_LEAST_1)
+    chunk: int = option(500, "Frames per resume checkpoint.", range=AT_LEAST_1)  # the most a killed run loses
+    overwrite: bool = option(False, "Start again instead of continuing an interrupted run.")
     progress: bool = True  # not an option: -q turns it off
-
-    def __post_init__(self) -> None:
-        check_fields(self)

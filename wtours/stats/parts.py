@@ -12,22 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from wtours.layout import (
-    STATS_PARTS_DIR,
-    read_json,
-    remove_stale_temporaries,
-    replace_atomically,
-    write_json_atomic,
-)
+from wtours.layout import STATS_PARTS_DIR, read_json, remove_stale_temporaries, replace_atomically, write_json_atomic
 
-PARTS_DIR = STATS_PARTS_DIR  # Layout.stats_parts_dir(slug, out) names the same folder
 KEY_FILE = "key.json"
 HIST_COLUMN = "hist"  # uint16 histogram bytes: needed to find transitions, not written to frames.parquet
 
 
 class Parts:
     def __init__(self, folder: Path, key: dict[str, Any]):
-        self.folder = folder / PARTS_DIR
+        self.folder = folder / STATS_PARTS_DIR
         self.key = key
 
     def prepare(self, overwrite: bool, say: Callable[[str], None]) -> tuple[float | None, int]:

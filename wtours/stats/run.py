@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ class VideoStats:
     summary: dict[str, Any]
     analysed: int  # frames measured by this run (0: everything came from earlier parts)
     seconds: float
-    skipped: list[dict[str, str]] = field(default_factory=list)  # shards skipped by this run: {"name", "reason"}
 
     def line(self) -> str:
         s = self.summary
@@ -50,8 +49,8 @@ class VideoStats:
             p = s["privacy"]
             text += (f"; faces blurred: {p['faces']} in {p['frames_with_faces']} frames ({p['detector']})" if p
                      else "; faces not blurred")
-        if self.skipped:
-            text += f"; {len(self.skipped)} damaged shard(s) skipped: {', '.join(s['name'] for s in self.skipped)}"
+        if skipped := s["source"]["skipped_shards"]:  # {"name", "reason"} each
+            text += f"; {len(skipped)} damaged shard(s) skipped: {', '.join(shard['name'] for shard in skipped)}"
         return text + f"; {work} -> {self.folder}"
 
 
@@ -90,7 +89,7 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
             say(f"{slug}: {done} frames already analysed; continuing after {after:.2f} s")
         _carry_skipped(source, parts, after)
         frames = measure(prefetch(source.frames(after)), config.analysis.analysis_pixels)
-        analysed = _write_parts(frames, parts, config, detector, slug, total=source.info.expected - done)
+        _write_parts(frames, parts, config, detector, slug, total=source.info.expected - done)
         if isinstance(source, ShardSource):
             write_json_atomic(parts.folder / SKIPPED_FILE, source.info.skipped)
         for note in source.info.notes:
@@ -99,13 +98,11 @@ def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detect
         if table is None or not len(table):
             raise WtoursError(f"{slug}: no frames to analyse", "check the video (`wtours list`) or reshard it "
                               f"(`wtours verify --city {slug} --repair` for damaged shards)")
-        frames_table, summary = summarise(slug, table, hists, source.info, config.analysis.analysis_pixels,
-                                          config.transitions, _describe(detector, config) if detector else None,
-                                          config.top)
+        frames_table, summary = summarise(slug, table, hists, source.info, config, parts.key["detector"])
         if isinstance(source, ShardSource):  # whether the frames' faces were blurred (None: not), from the index
             summary["privacy"] = source.index.privacy
         write_outputs(folder, frames_table, summary)
-    return VideoStats(slug, folder, summary, analysed, time.monotonic() - started, list(source.info.skipped))
+    return VideoStats(slug, folder, summary, len(table) - done, time.monotonic() - started)
 
 
 def _carry_skipped(source: ShardSource | VideoSource, parts: Parts, after: float | None) -> None:
@@ -127,29 +124,27 @@ def _carry_skipped(source: ShardSource | VideoSource, parts: Parts, after: float
 
 def stats_videos(layout: Layout, slugs: list[str], config: StatsConfig, detector: Detector | None = None,
                  corpus: bool = False, say: Callable[[str], None] = print,
-                 finished: Callable[[VideoStats], None] = lambda result: None
-                 ) -> tuple[list[VideoStats], dict[str, Path]]:
+                 finished: Callable[[VideoStats], None] = lambda result: None) -> None:
     """Analyse videos one after the other (`finished` hears of each); with `corpus`, then write the table
     over every video analysed under the same folder. A video that fails is reported and skipped, and the
     run ends with an error naming it."""
     if config.classes and detector is None:
         detector = load_detector(config.detector)  # loaded once for all videos
-    results, failed = [], []
+    failed = []
     for slug in slugs:
         try:
-            results.append(stats_video(layout, slug, config, detector, say))
-            finished(results[-1])
+            finished(stats_video(layout, slug, config, detector, say))
         except WtoursError as e:
             if len(slugs) == 1:
                 raise
             failed.append((slug, e))
             say(f"{slug}: skipped: {e.message}")
-    written = compare(layout, config.out, say) if corpus and results else {}
+    if corpus and len(failed) < len(slugs):
+        compare(layout, config.out, say)
     if failed:
         names = ", ".join(slug for slug, _ in failed)
         raise WtoursError(f"{len(failed)} of {len(slugs)} videos were not analysed: {names}",
                           failed[0][1].hint or "see the messages above")
-    return results, written
 
 
 def compare(layout: Layout, out: Path | None, say: Callable[[str], None] = print) -> dict[str, Path]:
@@ -164,14 +159,13 @@ def compare(layout: Layout, out: Path | None, say: Callable[[str], None] = print
 
 
 def _write_parts(frames: Iterator[Measured], parts: Parts, config: StatsConfig, detector: Detector | None,
-                 slug: str, total: int) -> int:
+                 slug: str, total: int) -> None:
     from tqdm import tqdm
 
     stream = (detect_stage(frames, detector, config.detector.batch_size, frame_of=lambda m: m.frame.rgb)
               if detector is not None else ((m, None) for m in frames))
     rows: list[dict[str, Any]] = []
     hists: list[Any] = []
-    count = 0
     with tqdm(total=max(total, 0), unit="frame", desc=slug, disable=not config.progress) as bar:
         for measured, found in stream:
             row = dict(measured.row)
@@ -179,18 +173,16 @@ def _write_parts(frames: Iterator[Measured], parts: Parts, config: StatsConfig, 
                 row.update(objects=found.objects, classes=found.classes, labels=list(found.labels))
             rows.append(row)
             hists.append(measured.hist)
-            count += 1
             bar.update(1)
             if len(rows) == config.chunk:
                 parts.write(rows, hists)
                 rows, hists = [], []
         if rows:
             parts.write(rows, hists)
-    return count
 
 
 def _key(source: ShardSource | VideoSource, config: StatsConfig, detector: Detector | None) -> dict[str, Any]:
-    """What the parts depend on: a rerun with another key starts over."""
+    """What the parts depend on (the detector as the summary describes it): a rerun with another key starts over."""
     info = source.info
     return {
         "format": PARTS_FORMAT,

@@ -12,7 +12,7 @@ from wtours.stats.classes import class_table
 from wtours.stats.frames import SourceInfo
 from wtours.stats.lightness import video_lightness
 from wtours.stats.measure import grid_step
-from wtours.stats.params import TransitionParams
+from wtours.stats.params import StatsConfig
 from wtours.stats.transitions import (
     change_scores,
     detect_cuts,
@@ -28,22 +28,22 @@ SUMMARY_VERSION = 1
 LEADING_COLUMNS = ["t", "frame", "lightness", "change", "objects", "classes"]
 
 
-def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, analysis_pixels: int,
-              params: TransitionParams, detector: dict[str, Any] | None, top: int) -> tuple[Any, dict[str, Any]]:
+def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, config: StatsConfig,
+              detector: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
     """(per-frame table from the parts, (N, BINS) histograms) -> (frames table to write, summary dict)."""
     t = table["t"].to_numpy(dtype=np.float64)
     change = change_scores(hists)  # hists stay (N, BINS) uint16: the scores normalise block by block
-    cuts = detect_cuts(t, change, hists, params)
+    cuts = detect_cuts(t, change, hists, config.transitions)
     after_gap = gaps(t, info.every)
     shot = shots(len(t), cuts, after_gap)
-    drift, reference = drift_scores(t, hists, table["lightness"].to_numpy(), shot, params)
-    changes = detect_scene_changes(t, drift, reference, params)
+    drift, reference = drift_scores(t, hists, table["lightness"].to_numpy(), shot, config.transitions)
+    changes = detect_scene_changes(t, drift, reference, config.transitions)
 
     frames = table.assign(change=change, drift=drift, shot=shot, cut=np.isin(np.arange(len(t)), cuts))
     frames = frames[[c for c in LEADING_COLUMNS if c in frames] + [c for c in frames if c not in LEADING_COLUMNS]]
     hours = (t[-1] - t[0] + info.every) / 3600  # time the analysed frames stand for
     width, height = info.frame_size
-    step = grid_step(height, width, analysis_pixels)  # of the pixel grid lightness and histograms are measured on
+    step = grid_step(height, width, config.analysis.analysis_pixels)  # the grid L* and histograms are measured on
     summary: dict[str, Any] = {
         "format": SUMMARY_FORMAT,
         "version": SUMMARY_VERSION,
@@ -64,7 +64,7 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, analys
         "scene_changes_per_hour": len(changes) / hours,
         "shots": int(shot[-1]) + 1,
         "gaps": [[float(t[i - 1]), float(t[i])] for i in after_gap],
-        "transition_params": asdict(params),
+        "transition_params": asdict(config.transitions),
         "created_by": f"wtours {__version__}",
     }
     if detector is not None:
@@ -75,7 +75,7 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, analys
             "per_frame_mean": float(frames["classes"].mean()),
             "objects_per_frame_mean": float(frames["objects"].mean()),
             "objects_per_frame_max": int(frames["objects"].max()),
-            "top": table[:top],
+            "top": table[:config.top],
             "table": table,
         }
     return frames, summary

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from wtours.config import FRACTION, Range, check_fields
+from wtours.config import FRACTION, Checked, Range, option
 from wtours.dora.config import DoRAConfig
 from wtours.errors import UsageError
 from wtours.layout import ROOT_URL_HINT, is_url
-from wtours.models.registry import option
 
 # Bounds far beyond any real run, so that a typo (an extra zero or three) fails at once rather than
 # planning a run of centuries; the metadata flag "free" marks the settings a --resume may change
@@ -23,13 +22,12 @@ DECAY = Range(0, 10)  # DINO's 0.04-0.4; AdamW shrinks the weights by lr x this 
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    shards: tuple[str, ...] = field(metadata={
-        "metavar": "SPEC", "help": "Shards: slug, folder, path pattern, http(s)://, hf://, s3:// (needs s3fs), "
-                                   "gs:// (needs gcsfs) or file:// pattern, or 'pipe:COMMAND' (braces expanded, "
-                                   "one command per shard; index.json beside its .tar argument); repeatable."})
-    out: str = field(metadata={"metavar": "DIR", "help": "Run folder: checkpoints, logs, config.json.",
-                               "free": True, "path": True})
+class TrainConfig(Checked):
+    shards: tuple[str, ...] = option(help="Shards: slug, folder, path pattern, http(s)://, hf://, s3:// (needs s3fs), "
+                                          "gs:// (needs gcsfs) or file:// pattern, or 'pipe:COMMAND' (braces "
+                                          "expanded, one command per shard; index.json beside its .tar argument); "
+                                          "repeatable.", metavar="SPEC")
+    out: str = option(help="Run folder: checkpoints, logs, config.json.", metavar="DIR", free=True, path=True)
     root: str | None = option(None, "Data root (default: $WTOURS_ROOT, else ~/.local/share/wtours).",
                               envvar="WTOURS_ROOT", metavar="DIR", free=True, path=True)
     model: DoRAConfig = field(default_factory=DoRAConfig)
@@ -86,9 +84,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.shards:
             raise UsageError("no shards to train on", "pass --shards SPEC (a slug, a path pattern or a URL)")
-        if self.precision not in (None, "bf16", "fp16", "fp32"):
-            raise UsageError(f"--precision {self.precision}", "use bf16, fp16 or fp32")
-        check_fields(self)
+        super().__post_init__()
         for name, value in (("--root", self.root), ("--out", self.out)):
             if value and is_url(value):
                 raise UsageError(f"{name} {value!r} is a URL; it must be a local folder",
