@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -66,10 +67,14 @@ def run_wtours(args: Sequence[str | Path], env: Mapping[str, str] | None = None,
 
 
 def run_wtours_process(args: Sequence[str | Path], env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                   timeout: float = PROCESS_DEADLINE_S) -> CliResult:
-    """`python -m wtours ARGS` in a process of its own."""
+                   timeout: float = PROCESS_DEADLINE_S, memory_limit: int | None = None) -> CliResult:
+    """`python -m wtours ARGS` in a process of its own; `memory_limit`: its address space in bytes (RLIMIT_AS),
+    so that a regression that would eat the machine's memory fails the test instead."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
     done = subprocess.run([*WTOURS_COMMAND, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=timeout)
+                          timeout=timeout, preexec_fn=limit if memory_limit else None)
     return CliResult(done.returncode, done.stdout, done.stderr, crashed=TRACEBACK in done.stderr)
 
 

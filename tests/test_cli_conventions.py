@@ -241,7 +241,8 @@ def test_configs_built_in_code_are_checked_as_the_options_are():
 
     for make, words in [(lambda: ShardParams(quality=0), "--quality 0 is out of range: it must be in [1, 100]"),
                         (lambda: ShardParams(fps=float("nan")), "--fps nan is not a finite number"),
-                        (lambda: LossConfig(student_temp=0.0), "--student-temp 0 is out of range: it must be > 0"),
+                        (lambda: LossConfig(student_temp=0.0),
+                         "--student-temp 0 is out of range: it must be in (0, 10]"),
                         (lambda: DoRAConfig(drop_path=1.0), "--drop-path 1 is out of range: it must be in [0, 1)"),
                         (lambda: BlurParams(mode="smudge"), "--blur-mode 'smudge' is not one of its choices"),
                         (lambda: BlurParams(threshold=1.0),
@@ -263,3 +264,46 @@ def test_the_free_and_path_flags_are_read_from_the_training_fields():
         "lr": [0.1, 0.2], "workers": [2, 3]}
     assert public_settings({"init_from": "/home/me/dino.pth", "device": "cuda"}) == {
         "init_from": "dino.pth", "device": "cuda"}
+
+
+def numeric_training_leaves() -> list[tuple[str, str, str]]:
+    """(dotted --set key, option, value) for every int and float field of TrainConfig and its nested DoRA and head
+    configs, with the values that once got through: NaN, infinities, and numbers too large for any run."""
+    from wtours.config import _optional, leaves
+    from wtours.train.config import TrainConfig
+
+    cases = []
+    for leaf in leaves(TrainConfig):
+        kind = _optional(leaf.type)[0]
+        if kind in (int, float):
+            huge = ("1e300", "-1e300") if kind is float else (str(10**30), str(-(10**30)), "1e11", "1e12")
+            cases += [(".".join(leaf.path), leaf.option, value) for value in ("nan", "inf", "-inf", *huge)]
+    return cases
+
+
+NUMERIC_SETTINGS = numeric_training_leaves()
+
+
+def test_the_training_settings_walk_reaches_the_nested_configs():
+    keys = {key for key, _, _ in NUMERIC_SETTINGS}
+    assert {"steps", "epochs", "model.out_dim", "model.drop_path", "model.loss.teacher_temp",
+            "model.loss.center_momentum", "model.head.hidden_dim", "model.sinkhorn.sinkhorn_epsilon"} <= keys
+
+
+@pytest.mark.parametrize(("key", "option", "value"), NUMERIC_SETTINGS, ids=[f"{k}={v}" for k, _, v in NUMERIC_SETTINGS])
+def test_every_numeric_training_setting_refuses_nan_infinity_and_huge_values(tmp_path, key, option, value):
+    """`--set KEY=VALUE` for every numeric training field (nested ones by their dotted path): NaN, +-inf and values
+    past any meaningful range (`--set out_dim=1e11` and `steps=1e12` once ended in tracebacks, `student_temp=inf`
+    trained at a constant loss) are usage errors, status 2, naming the field, with no traceback."""
+    result = invoke(("wtours", "train"), "--shards", "walk", "--out", str(tmp_path / "run"), "--set", f"{key}={value}")
+    assert result.exit_code == EXIT_USAGE, (result.exit_code, result.output)
+    assert option in result.output or key.split(".")[-1] in result.output, result.output
+    assert "Traceback" not in result.output and not result.crashed, result.output
+    assert "error:" in result.output and "hint:" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["1e12", str(10**12), "nan"])
+def test_steps_on_the_command_line_refuses_huge_values(tmp_path, value):
+    result = invoke(("wtours", "train"), "--shards", "walk", "--out", str(tmp_path / "run"), "--steps", value)
+    assert_usage_error(result, "--steps")

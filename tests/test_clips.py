@@ -720,12 +720,47 @@ def test_the_window_decoder_refuses_what_the_whole_decode_refuses(gapped):
     assert not decoder.decode_window(jpg, (width - 5, 0, width + 5, 10), window)  # past the frame: refused
 
 
+THREADED_DECODES = """
+import sys, threading, numpy as np
+from tests.test_clips import encoded
+from wtours.clips.jpeg import window_decoder
+jpgs = [encoded(s) for s in ("420", "444", "422")]
+boxes = [(0, 0, 136, 96), (21, 19, 117, 83), (5, 3, 60, 40)]
+def decode(jpg, box):
+    out = np.empty((box[3] - box[1], box[2] - box[0], 3), np.uint8)
+    assert window_decoder().decode_window(jpg, box, out)
+    return out
+expected = {(j, b): decode(jpgs[j], boxes[b]) for j in range(3) for b in range(3)}  # one thread
+start, wrong = threading.Barrier(6), []
+def work(n):
+    start.wait()
+    for i in range(400):  # threads 0-2 decode one JPEG each, 3-5 all three in turn: the same and different
+        j, b = (n if n < 3 else i % 3), (i + n) % 3
+        if not np.array_equal(decode(jpgs[j], boxes[b]), expected[j, b]):
+            wrong.append((n, i))
+threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+sys.exit(3 if wrong else 0)
+"""
+
+
+@needs_window_decoder
+def test_threads_decode_windows_at_once_with_the_single_threaded_pixels():
+    """Six threads decoding the same and different JPEGs at once (one TurboJPEG handle shared between
+    threads crashed the interpreter, exit 139): the child process exits 0 with every window's pixels as
+    one thread decodes them."""
+    child = subprocess.run([sys.executable, "-c", THREADED_DECODES], cwd=Path(__file__).parent.parent,
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+
+
 @pytest.mark.parametrize("setting", ["off", "/nonexistent/libturbojpeg.so.0", "libjpeg.so.62"])
 def test_the_window_decoder_can_be_turned_off_and_ignores_other_libraries(monkeypatch, setting):
     """WTOURS_TURBOJPEG=off, a missing file and a library that is not TurboJPEG 3 all give whole-frame
     decoding (None), never an error."""
     monkeypatch.setenv(jpeg.LIBRARY_ENV, setting)
-    monkeypatch.setattr(jpeg, "_decoders", {})
+    monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
     assert window_decoder() is None
 
 
@@ -736,7 +771,7 @@ def test_whole_frame_decoding_gives_the_same_batch_as_window_decoding(gapped, mo
     config = A.MultiCropConfig(n_local=2)
     first = multicrop_jpegs(clips, np.random.default_rng(4), config)
     monkeypatch.setenv(jpeg.LIBRARY_ENV, "off")
-    monkeypatch.setattr(jpeg, "_decoders", {})
+    monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
     second = multicrop_jpegs(clips, np.random.default_rng(4), config)
     assert window_decoder() is None and first.sources == second.sources == [0, 2, 0]
     assert all(torch.equal(a, b) for a, b in zip(first.views, second.views))

@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.cli import run_wtours
+from tests.cli import run_wtours, run_wtours_process
 from wtours.clips.augment import MultiCropConfig
 from wtours.clips.epoch import ClipConfig, ShardRead
 from wtours.clips.pipeline import ClipDataset, LoaderConfig, make_loader
-from wtours.clips.spec import read_remote_index, resolve, resolve_sets, split_specs
+from wtours.clips.spec import read_remote_index, resolve, resolve_sets, spelled_out, split_specs
 from wtours.clips.stages import Problems, open_shards, tar_samples
 from wtours.errors import WtoursError
 from wtours.redact import shown
@@ -271,6 +272,29 @@ def test_a_range_past_the_last_shard_names_where_the_set_ends(shards, memory):
     # A range inside the set is unaffected, and a wildcard takes what is there.
     assert len(resolve(f"{shards}/walk-{{000000..000001}}.tar")) == 2
     assert len(resolve(f"{shards}/walk-*.tar")) == 2
+
+
+@pytest.mark.parametrize("pattern", ["{shards}/walk-{{000000..999999999}}.tar", "file://{shards}/walk-{{0..999999999}}.tar",
+                                     "https://example.invalid/walk/walk-{{000000..999999999}}.tar",
+                                     "pipe:cat {shards}/{{a,b}}/walk-{{0..99999}}-{{0..9}}.tar"])
+def test_a_huge_brace_range_is_refused_before_it_is_spelled_out(shards, pattern):
+    """`{0..999999999}` once spelled out a billion names (20 GB, killed): under a 2 GiB address space the
+    command ends at once with a usage error naming the SPEC and the count, for local, fsspec, http(s) and pipe:
+    SPECs, before any name is built or any server asked."""
+    spec = pattern.format(shards=shards)
+    began = time.monotonic()
+    result = run_wtours_process(["inspect", spec], memory_limit=2 << 30, timeout=60)
+    assert result.exit_code == 2 and not result.crashed, result.output
+    assert f"error: SPEC {spec!r} spells out" in result.output and "more than the 100000 a SPEC may" in result.output
+    assert "hint: end its range at the set's last shard" in result.output
+    assert time.monotonic() - began < 30
+
+
+def test_a_range_of_many_names_within_the_limit_still_ends_at_the_set(shards):
+    """20,000 names (under the limit) are spelled out and checked against the index as before."""
+    result = run_wtours(["inspect", f"{shards}/walk-{{000000..019999}}.tar"])
+    assert result.exit_code == 2 and "past the last shard of walk" in result.output, result.output
+    assert spelled_out("walk-{000000..019999}.tar") == 20000 and spelled_out("{x{a,b},y}-{0..10..2}") == 4 * 6
 
 
 def test_streamed_stats_skip_a_replaced_remote_shard(shards, memory, tmp_path):

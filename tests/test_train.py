@@ -285,6 +285,17 @@ def test_steps_mode_schedules_span_the_steps():
     assert short.tolist() == np.linspace(0, 1.0, 4).tolist()
 
 
+def test_schedules_longer_than_the_steps_bound_are_refused_before_they_are_built():
+    """--epochs 100000 x 1000 steps per epoch would build 10^8-long schedules (2.4 GB; --steps 10^9 once
+    allowed 24 GB): a usage error naming the product, before any array exists."""
+    from wtours.errors import EXIT_USAGE, UsageError
+
+    with pytest.raises(UsageError) as info:
+        build_schedules(TrainConfig(shards=("x",), out="o", epochs=100_000), 1000, 1)
+    assert info.value.exit_code == EXIT_USAGE and "is 100000000 steps, more than" in info.value.message
+    assert build_schedules(TrainConfig(shards=("x",), out="o", epochs=10_000), 1000, 1).total_steps == 10**7
+
+
 # ---------------------------------------------------------------- settings: one declaration
 
 

@@ -6,7 +6,7 @@ cropped decompression (tj3SetCroppingRegion) decodes only the rows down to the w
 the inverse DCT, upsampling and colour conversion only on its columns. Its pixels are the whole decode's
 when the region starts one iMCU (the JPEG's 8 or 16 px block of chroma samples) left of and above the
 window and ends one iMCU right of it, since chroma upsampling near an edge reads samples beyond it (the
-tests compare every pixel, and `_self_check` once per process): 2.5-2.9x less decoding per clip on the
+tests compare every pixel, and `_self_check` once per thread): 2.5-2.9x less decoding per clip on the
 loader benchmark's frames (docs/benchmarks.md).
 
 The library: $WTOURS_TURBOJPEG (a path to libturbojpeg.so.0 >= 3.0, or `off`), else the system's
@@ -22,6 +22,7 @@ import glob
 import importlib.util
 import logging
 import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -161,15 +162,21 @@ def _self_check(decoder: WindowDecoder) -> bool:
     return True
 
 
-_decoders: dict[int, WindowDecoder | None] = {}
+class _PerThread(threading.local):
+    pid: int = -1  # the process that made `decoder` (a fork's child makes its own)
+    decoder: WindowDecoder | None = None
+
+
+_decoders = _PerThread()
 
 
 def window_decoder() -> WindowDecoder | None:
-    """This process's TurboJPEG 3 decoder, or None (frames are then decoded whole). One per process: a
-    DataLoader worker makes its own after the fork."""
-    pid = os.getpid()
-    if pid not in _decoders:
-        _decoders[pid] = None
+    """This thread's TurboJPEG 3 decoder, or None (frames are then decoded whole). One per thread of each
+    process: two threads sharing a tj3 handle crashed the interpreter, a lock would decode one frame at a
+    time, and a handle costs about 1 ms (the self-check included); a DataLoader worker makes its own after
+    the fork, and a thread's handle is freed with the thread."""
+    if _decoders.pid != os.getpid():
+        _decoders.pid, _decoders.decoder = os.getpid(), None
         for path in _library_paths():
             try:
                 decoder = WindowDecoder(path)
@@ -177,7 +184,7 @@ def window_decoder() -> WindowDecoder | None:
                 log.debug("%s: not a TurboJPEG 3 library (%s)", path, e)
                 continue
             if _self_check(decoder):
-                _decoders[pid] = decoder
+                _decoders.decoder = decoder
                 break
             log.warning("%s decodes JPEG windows unlike the whole decode; decoding whole frames instead", path)
-    return _decoders[pid]
+    return _decoders.decoder

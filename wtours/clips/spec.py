@@ -10,6 +10,7 @@ checked (`layout.validate_shard_name`), so a fetched index.json or Hub listing c
 from __future__ import annotations
 
 import glob
+import math
 import os
 import posixpath
 import re
@@ -139,7 +140,33 @@ def _local_set(folder: str, names: set[str] | None) -> ShardSet:
     return _shard_set(index, folder, names)
 
 
+MAX_NAMES = 100_000  # names one SPEC may spell out: a corpus video has tens of shards, the whole corpus hundreds
+_GROUP = re.compile(r"\{([^{}]*)\}")  # an innermost brace group
+_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?")
+
+
+def spelled_out(spec: str) -> int:
+    """At most how many names `spec`'s braces spell out (each group's size multiplied, innermost first), counted
+    from the text: braceexpand builds every range in memory before it yields a name."""
+    sizes = []
+
+    def size(group: re.Match) -> str:
+        bounds = _RANGE.fullmatch(group[1])
+        step = abs(int(bounds[3] or 1)) or 1 if bounds else 1
+        sizes.append(abs(int(bounds[2]) - int(bounds[1])) // step + 1 if bounds else group[1].count(",") + 1)
+        return "#"
+
+    text, found = spec, 1
+    while found:
+        text, found = _GROUP.subn(size, text)
+    return math.prod(sizes)
+
+
 def _expand(spec: str) -> list[str]:
+    if (count := spelled_out(spec)) > MAX_NAMES:
+        raise UsageError(f"SPEC {spec!r} spells out {count} names, more than the {MAX_NAMES} a SPEC may",
+                         "end its range at the set's last shard (`wtours inspect SLUG` lists them), or give the "
+                         "set's folder or slug to take every shard")
     try:
         return list(braceexpand(spec))
     except Exception as e:  # noqa: BLE001 (braceexpand's UnbalancedBracesError and friends)

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wtours.config import FRACTION, POSITIVE, Checked, Range, option
+from wtours.config import FRACTION, Checked, Range, option
 from wtours.models.registry import HeadConfig, vit_names
 
+# DINO's temperatures are 0.04-0.1 (sharpening); past 10 the unit-scale logits give a flat softmax, a constant loss
+TEMPERATURE = Range(0, 10, open_low=True)
 
 @dataclass(frozen=True)
 class LossConfig(Checked):
     """DINO's loss settings as DoRA runs them; the teacher temperature warms up per epoch as in DINOLoss."""
 
-    teacher_temp: float = option(0.04, "Teacher softmax temperature after its warm-up.", range=POSITIVE)
-    warmup_teacher_temp: float = option(0.04, "Teacher temperature at epoch 0.", range=POSITIVE)
+    teacher_temp: float = option(0.04, "Teacher softmax temperature after its warm-up.", range=TEMPERATURE)
+    warmup_teacher_temp: float = option(0.04, "Teacher temperature at epoch 0.", range=TEMPERATURE)
     warmup_teacher_temp_epochs: int = option(0, "Epochs of linear teacher-temperature warm-up (DINO: 30 when "
                                                 "teacher_temp > 0.04).", range=Range(0, 100_000))
-    student_temp: float = option(0.1, "Student log-softmax temperature.", range=POSITIVE)
+    student_temp: float = option(0.1, "Student log-softmax temperature.", range=TEMPERATURE)
     center_momentum: float = option(0.9, "EMA momentum of the teacher centre.", range=FRACTION)
     weighting: str = option("authors", "The authors' accumulation across objects, or the plain mean.",
                             choices=("authors", "mean"))
@@ -28,7 +30,7 @@ class LossConfig(Checked):
 class SinkhornConfig(Checked):
     """Sinkhorn-Knopp in the object discovery (SwAV's settings, as the authors use them)."""
 
-    sinkhorn_epsilon: float = option(0.05, "Sinkhorn-Knopp entropy (logits / epsilon).", range=POSITIVE)
+    sinkhorn_epsilon: float = option(0.05, "Sinkhorn-Knopp entropy (logits / epsilon).", range=TEMPERATURE)
     sinkhorn_iterations: int = option(30, "Sinkhorn-Knopp normalisation rounds.", range=Range(1, 10_000))
 
 

@@ -25,7 +25,7 @@ from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE, writ
 from wtours.models.checkpoint import read_checkpoint, save_checkpoint
 from wtours.system import default_workers
 from wtours.train import distributed, folder
-from wtours.train.config import TrainConfig
+from wtours.train.config import STEPS, TrainConfig
 from wtours.train.logger import RunLogger, RunState, problems_line
 from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
 
@@ -60,6 +60,9 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int, world_size: int) 
     """DINO's main_dino.py schedules, per iteration; --steps replaces epochs x steps per epoch as
     their length (the warm-up still counts int(warmup_epochs x steps_per_epoch) iterations)."""
     total = config.steps or config.epochs * steps_per_epoch
+    if total not in STEPS:
+        raise UsageError(f"--epochs {config.epochs} x {steps_per_epoch} steps per epoch is {total} steps, more than "
+                         f"the schedules may span ({STEPS})", "lower --epochs, or pass --steps")
     base_lr = config.lr if config.lr is not None else 0.0005 * config.batch_size * world_size / 256
     # DINO's `warmup_epochs * niter_per_ep`, truncated: a fractional epoch count warms up for the whole
     # iterations it covers (DINO takes integer epochs; numpy needs an integer count)
