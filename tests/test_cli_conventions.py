@@ -126,12 +126,14 @@ def every_option(kind: type | tuple[type, ...]) -> list[tuple[tuple[str, ...], c
 
 def out_of_range(kind: click.IntRange | click.FloatRange) -> list[str]:
     """A value just past each bound of an IntRange/FloatRange (an open bound is itself outside)."""
-    step = 1 if isinstance(kind, click.IntRange) else 0.5
+    def step(bound: float) -> float:  # relative for large float bounds: 1e20 + 0.5 is 1e20 again
+        return 1 if isinstance(kind, click.IntRange) else max(0.5, abs(bound) * 1e-3)
+
     values = []
     if kind.min is not None:
-        values.append(kind.min if kind.min_open else kind.min - step)
+        values.append(kind.min if kind.min_open else kind.min - step(kind.min))
     if kind.max is not None:
-        values.append(kind.max if kind.max_open else kind.max + step)
+        values.append(kind.max if kind.max_open else kind.max + step(kind.max))
     return [str(v) for v in values]
 
 
