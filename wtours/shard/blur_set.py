@@ -18,7 +18,7 @@ from wtours.layout import INDEX_FILE, WIDS_SUFFIX, Layout, write_bytes_atomic, w
 from wtours.locks import folder_lock
 from wtours.privacy.params import BlurParams
 from wtours.privacy.stage import FaceBlur
-from wtours.shard.index import ShardEntry, ShardIndex
+from wtours.shard.index import INDEX_VERSION, RESHARD_HINT, ShardEntry, ShardIndex
 from wtours.shard.read import iter_shard
 from wtours.shard.writer import ShardSample, encode_jpeg, write_shard
 
@@ -50,6 +50,8 @@ def blur_shard_set(source: Path, out: Path, settings: BlurParams, workers: int =
         raise UsageError(f"{source}: its frames were already blurred ({done.get('faces')} faces hidden by "
                           f"{done.get('detector')} at threshold {done.get('threshold')})",
                           "blur the original, unblurred shards instead (or `wtours shard --blur-faces`)")
+    if index.version == 1:  # its rounded times would read as version 3's exact ones
+        raise UsageError(f"{source}: its index is version 1, which this rewrite cannot keep", RESHARD_HINT)
     if out.resolve() == source.resolve():
         raise UsageError(f"--out {out} is the source folder", "write the blurred set to a new folder")
     params = dataclasses.replace(index.params, blur_faces=True, blur=settings)
@@ -58,7 +60,8 @@ def blur_shard_set(source: Path, out: Path, settings: BlurParams, workers: int =
         with ThreadPoolExecutor(max_workers=workers) as pool:
             entries = list(pool.map(lambda e: _rewrite(source / e.name, out / e.name, e, blur, params.quality),
                                     index.shards))
-        blurred = dataclasses.replace(index, params=params, shards=tuple(entries), created_by=f"wtours {__version__}")
+        blurred = dataclasses.replace(index, params=params, shards=tuple(entries), version=INDEX_VERSION,
+                                      created_by=f"wtours {__version__}")
         write_json_atomic(out / f"{index.slug}{WIDS_SUFFIX}", blurred.wids_descriptor())
         write_bytes_atomic(out / INDEX_FILE, blurred.to_bytes())  # last: its presence means complete
     say(f"{index.slug}: {blurred.samples} frames in {len(entries)} shards, "
@@ -81,4 +84,4 @@ def _rewrite(source: Path, target: Path, entry: ShardEntry, blur: FaceBlur, qual
         raise WtoursError(f"{source} holds {len(counts)} samples, its index says {entry.samples}",
                           "the source set is damaged: check it with `wtours verify`, or reshard")
     return dataclasses.replace(entry, bytes=written.bytes, sha256=written.sha256, offsets=written.offsets,
-                               faces=tuple(counts))
+                               sample_sha256=written.sample_sha256, faces=tuple(counts))

@@ -257,7 +257,7 @@ class SegmentTally:
     def entry(self, name: str, written: WrittenShard) -> ShardEntry:
         frames, times, cells = zip(*self.kept)
         return ShardEntry(name, len(frames), frames[0], frames[-1], times[0], times[-1], cell_runs(cells),
-                          written.bytes, written.sha256, written.offsets,
+                          written.bytes, written.sha256, written.offsets, written.sample_sha256,
                           tuple(self.faces) if self.faces is not None else None)
 
 
