@@ -25,6 +25,7 @@ from wtours.clips.recycle import Lease, Leases, OutputPool, StorageWeakRef, stor
 from wtours.clips.spec import ShardRef
 from wtours.clips.stages import Clip, Problems, batched, open_shards, samples_to_clips, shuffle, take_quota, tar_samples
 from wtours.errors import UsageError, WtoursError
+from wtours.shard.read import warn_unverified
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ class ClipDataset(IterableDataset):
         if not shards:
             raise WtoursError("no shards to read", "check the --shards SPEC")
         self.shards, self.config, self.rank, self.world_size = shards, config, rank, world_size
+        for ref in shards:  # here, before the workers start: once per set, not once per worker
+            warn_unverified(ref.url, ref.entry)
         self.epoch = 0
         self.skip_batches = 0
         self.problems = Problems()  # filled in this process (workers: in theirs; each batch carries its delta)

@@ -43,10 +43,8 @@ def open_samples(url: str, entry: ShardEntry, first: int = 0, stop: int | None =
     stop = entry.samples if stop is None else stop
     whole, remote = first == 0 and stop == entry.samples, url_scheme(url) not in (None, "file")
     digests = entry.sample_sha256 if remote else None
-    if remote and digests is None and not whole and posixpath.dirname(redact(url)) not in _WARNED:
-        _WARNED.add(posixpath.dirname(redact(url)))
-        log.warning("%s: its index.json (before version 3) records no sha256 per sample, so parts of its shards read "
-                    "from here are not verified (whole shards are); %s", redact(url), RESHARD_HINT)
+    if not whole:
+        warn_unverified(url, entry)
     if entry.offsets is None or (whole and digests is None):
         return (verified_whole(url, open_url(url), entry.bytes, entry.sha256) if whole else open_url(url)), 0
     bounds = (*entry.offsets, entry.bytes)
@@ -55,6 +53,16 @@ def open_samples(url: str, entry: ShardEntry, first: int = 0, stop: int | None =
         return raw, first  # to the end: the shard's own end marker ends the tar
     spans = [(bounds[i + 1] - bounds[i], digests[i] if digests else None) for i in range(first, stop)]
     return VerifiedPart(raw, url, spans, first, b"" if stop == entry.samples else TAR_END), first
+
+
+def warn_unverified(url: str, entry: ShardEntry) -> None:
+    """Warn, once per set and process, when parts of this shard from another machine cannot be checked (an index
+    before version 3). The clip loader calls it before its workers start, so they do not warn again."""
+    folder = posixpath.dirname(redact(url))
+    if entry.sample_sha256 is None and url_scheme(url) not in (None, "file") and folder not in _WARNED:
+        _WARNED.add(folder)
+        log.warning("%s: its index.json (before version 3) records no sha256 per sample, so parts of its shards read "
+                    "from there are not verified (whole shards are); %s", folder, RESHARD_HINT)
 
 
 def iter_shard(source: Path | IO[bytes]) -> Iterator[StoredSample]:
