@@ -235,3 +235,18 @@ def test_hf_reads_of_parts_use_no_sample_a_lying_hub_changed(clean, other, origi
         assert BAD in read["problem"], (name, read["problem"])
         assert name == "viz" or "sha256 is not the one its index.json records" in read["problem"], read["problem"]
     assert token not in result.stdout + result.stderr
+
+
+def test_verify_checks_each_samples_sha256(clean, tmp_path):
+    """`wtours verify` checks what remote readers will check: an index whose sample_sha256 does not match
+    its shard (whole size and sha256 right) names the shard and the sample, exit 1."""
+    from tests.cli import run_wtours
+
+    root = tmp_path / "root"
+    shutil.copytree(clean.parent.parent, root, symlinks=True)
+    assert run_wtours(["verify", "walk", "--root", str(root)]).exit_code == 0
+    index = json.loads((root / "shards" / "walk" / "index.json").read_text())
+    index["shards"][1]["sample_sha256"][3] = "0" * 64
+    (root / "shards" / "walk" / "index.json").write_text(json.dumps(index))
+    result = run_wtours(["verify", "walk", "--root", str(root)])
+    assert result.exit_code == 1 and f"{BAD}: sample 3's bytes are not the ones its sample_sha256" in result.output
