@@ -147,9 +147,12 @@ def test_a_shard_that_failed_a_check_is_never_read_again_in_this_process(clean, 
         assert part(0, 3)[0] == 0  # a worker's failure, reported with its batch, holds in this process too
         FAILED_SHARDS.clear()
         refs = resolve(server.url("index.json"))
-        jpgs, _, problems = epoch_read(refs, ranks=1, epochs=2, workers=2)  # real DataLoader workers
-    assert set(jpgs) <= originals and list(problems.bad_shards) == [ref.url]
-    assert ref.url in FAILED_SHARDS  # learnt from the first epoch's workers: the next epoch's skip it
+        jpgs, _, problems = epoch_read(refs, ranks=1, epochs=1, workers=2)  # real DataLoader workers
+        assert set(jpgs) <= originals and list(problems.bad_shards) == [ref.url]
+        assert ref.url in FAILED_SHARDS  # learnt from the workers' batches
+        before = len(server.requests)
+        jpgs, _, problems = epoch_read(refs, ranks=1, epochs=1, workers=2)  # the next epoch's workers
+        assert set(jpgs) <= originals and not [r for r in server.requests[before:] if r["path"].endswith(BAD)]
 
 
 def test_a_clean_set_reads_the_same_over_http_whatever_the_server_does_with_range(clean):
