@@ -1,4 +1,5 @@
-"""Reading our shards back in time order: the one place that knows a sample's member names."""
+"""Reading our shards back in time order: the one place that knows a sample's member names, and the one reader
+of shard bytes (`open_samples`: whole shards and parts, checked against the index when they come from elsewhere)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from wtours import streams
 from wtours.layout import Layout
 from wtours.redact import redact
 from wtours.shard.index import RESHARD_HINT, ShardEntry, load_index
 from wtours.shard.writer import SampleMeta, ShardSample
-from wtours.streams import (
-    FAILED_SHARDS,
-    ByteStream,
-    ShardMismatchError,
-    VerifiedPart,
-    open_at,
-    open_url,
-    url_scheme,
-    verified_whole,
-)
+from wtours.streams import FAILED_SHARDS, ByteStream, ShardMismatchError, VerifiedPart, open_at, open_url, url_scheme
 
 StoredSample = ShardSample  # a sample read back is what the writer was given
 TAR_END = bytes(1024)  # two zero blocks: the end-of-archive marker a cut-out member range lacks
@@ -46,7 +39,7 @@ def open_samples(url: str, entry: ShardEntry, first: int = 0, stop: int | None =
     if not whole:
         warn_unverified(url, entry)
     if entry.offsets is None or (whole and digests is None):
-        return (verified_whole(url, open_url(url), entry.bytes, entry.sha256) if whole else open_url(url)), 0
+        return (streams.verified_whole(url, open_url(url), entry.bytes, entry.sha256) if whole else open_url(url)), 0
     bounds = (*entry.offsets, entry.bytes)
     raw = open_url(url) if whole else open_at(url, bounds[first], bounds[stop])
     if digests is None and stop == entry.samples:
