@@ -18,7 +18,7 @@ from wtours.cli.train_cmd import config_from_args
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.dora.config import DoRAConfig
 from wtours.errors import WtoursError
-from wtours.hub.export import Geometry, resolve_format, timm_config
+from wtours.hub.export import resolve_format, timm_config
 from wtours.models.checkpoint import load_backbone
 from wtours.models.registry import HeadConfig, vit_config, vit_names
 from wtours.models.vit import VisionTransformer, create_vit
@@ -91,8 +91,7 @@ def test_every_architecture_maps_to_a_timm_vit_of_its_shapes(arch, tmp_path):
     """timm's named ViT where one exists, its generic ViT with config.json's model_args otherwise
     (vit_micro, vit_tiny_patch8): the same parameter names and shapes (built on the meta device: no memory)."""
     c = vit_config(arch)
-    (tmp_path / "config.json").write_text(json.dumps(timm_config(
-        Geometry(arch, c.patch_size, c.dim, c.depth, c.heads, c.mlp_ratio, c.image_size), {"arch": arch})))
+    (tmp_path / "config.json").write_text(json.dumps(timm_config(c, {"arch": arch})))
     with torch.device("meta"):
         model = timm.create_model(f"local-dir:{tmp_path}", pretrained=False, num_classes=0)
     one_block = VisionTransformer(dataclasses.replace(c, depth=1)).state_dict()  # ours, its blocks repeated

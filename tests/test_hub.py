@@ -519,7 +519,8 @@ def test_card_attributes_every_video_and_says_how_to_load(root):
     assert "wds.WebDataset(\"https://huggingface.co/datasets/alice/walks/resolve/main/venice/" \
            "venice-{000000..000003}.tar\"" in card
     assert 'load_dataset("alice/walks", "venice", split="train", streaming=True)' in card
-    assert f"wtours train --shards '{shard_spec('alice/walks', 'venice', videos[0].shard_names)}'" in card
+    names = [s.name for s in videos[0].index.shards]
+    assert f"wtours train --shards '{shard_spec('alice/walks', 'venice', names)}'" in card
     assert render_card("alice/walks", videos[::-1], "https://huggingface.co") == card  # deterministic
 
 

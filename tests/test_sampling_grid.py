@@ -78,7 +78,7 @@ def test_the_old_rounding_loses_frames_where_the_issue_saw_it():
 def test_shard_stats_and_clips_read_every_frame(tmp_path, source_rate, fps):
     from wtours.clips.epoch import ClipConfig, ShardRead, clip_starts, clips_per_epoch
     from wtours.clips.spec import resolve
-    from wtours.clips.stages import Problems, open_shards, samples_to_clips, tar_samples
+    from wtours.clips.stages import Problems, shard_clips
     from wtours.fetch.local import add_local
     from wtours.shard.params import RunOptions, ShardParams
     from wtours.shard.read import iter_video_samples
@@ -103,6 +103,6 @@ def test_shard_stats_and_clips_read_every_frame(tmp_path, source_rate, fps):
     assert expected == 3 * fps - fps
     problems = Problems()
     reads = [ShardRead.whole(ref, clip_starts(ref, config)) for ref in refs]
-    clips = list(samples_to_clips(tar_samples(open_shards(reads, problems), problems), config, problems))
+    clips = list(shard_clips(reads, config, problems))
     assert len(clips) == expected and problems.bad_samples == 0
     assert [s.meta.frame for s in iter_video_samples(layout, "v")] == [c * source_rate // fps for c in range(3 * fps)]

@@ -22,3 +22,8 @@ BIBTEX = f"""@inproceedings{{venkataramanan2024imagenet,
   archivePrefix = {{arXiv}},
   url       = {{{ARXIV_URL}}}
 }}"""
+
+
+def citation_section(why: str) -> str:
+    """The cards' last section: `why` to cite the paper, then its BibTeX entry."""
+    return f"## Citation\n\n{why}\n\n```bibtex\n{BIBTEX}\n```"

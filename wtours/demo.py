@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wtours.catalog import catalog, format_table
 from wtours.fetch.local import add_local
-from wtours.layout import CHECKPOINT_FILE, RUN_LOG_FILE, Layout, replace_atomically, run_data_log
+from wtours.layout import CHECKPOINT_FILE, RUN_LOG_FILE, Layout, replace_atomically
 from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
@@ -108,9 +108,7 @@ def _train(layout: Layout, run: Path, config: DemoConfig, say: Callable[[str], N
         shards=(DEMO_SLUG,), root=str(layout.root), out=str(run), model=DoRAConfig(
             arch="vit_small" if gpu else "vit_micro", out_dim=4096 if gpu else 1024, n_local=6 if gpu else 2),
         batch_size=8 if gpu else 4, clip_frames=8 if gpu else 4, steps=config.steps, warmup_epochs=0.5, lr=5e-4,
-        workers=config.workers, log_every=1, checkpoint_every=config.steps, seed=0, overwrite=True)
-    for stale in (CHECKPOINT_FILE, RUN_LOG_FILE, run_data_log(0)):  # a rerun of the demo trains afresh
-        (run / stale).unlink(missing_ok=True)
+        workers=config.workers, log_every=1, checkpoint_every=config.steps, seed=0, overwrite=True)  # a rerun: afresh
     train(train_config, say=say)
     log = [json.loads(line) for line in (run / RUN_LOG_FILE).read_text().splitlines()]
     curve = run / "loss.png"

@@ -77,7 +77,7 @@ def _set_up_once(huggingface_hub: ModuleType) -> None:
     """huggingface_hub prints through its own handler and propagates too (where the application has configured
     logging, the CLI, every warning came out twice), and logs two warnings per retry (ten lines before our
     one-line error): its messages are printed once, by its handler, and only with -v (the root logger at DEBUG);
-    `_BoundedTransport` says once that a request is being retried. Its HTTP client has no timeout (and many API
+    its transport says once that a request is being retried. Its HTTP client has no timeout (and many API
     calls pass `timeout=None`), so a server that stops answering would hang push and pull forever: its public
     client factory is replaced by one whose client bounds every request of this process by `request_timeout()`
     for whatever the caller left unbounded (its own, smaller limits stay), with the library's own request hooks
@@ -99,53 +99,36 @@ def _set_up_once(huggingface_hub: ModuleType) -> None:
         http: Any = utils.httpx  # httpx2 in 2.x, httpx in 1.x: the public alias (since 1.30) for either
         hooks = {name: list(chain) for name, chain in huggingface_hub.get_session().event_hooks.items()}
         limit = request_timeout()
+        said = threading.Event()
+
+        def say_retrying(request: Any, what: str) -> None:
+            if not said.is_set():
+                said.set()
+                retry_log.warning("the Hub: %s %s: %s; huggingface_hub retries (more retry messages with -v)",
+                                  request.method, redact(str(request.url)), what)
+
+        class BoundedTransport(http.HTTPTransport):
+            """httpx's transport (its public HTTPTransport, extended): a request's unset timeouts (`None`) become
+            `limit`, and the first failure the client will retry is said once (the library's own retry messages
+            are shown with -v only)."""
+
+            def handle_request(self, request: Any) -> Any:
+                timeout = dict(request.extensions.get("timeout") or {})
+                timeout.update({key: limit for key in ("connect", "read", "write", "pool") if timeout.get(key) is None})
+                request.extensions = {**request.extensions, "timeout": timeout}
+                try:
+                    response = super().handle_request(request)
+                except http.TransportError as e:
+                    say_retrying(request, f"no answer ({type(e).__name__}: {_first_line(e)})")
+                    raise
+                if response.status_code in RETRIED_STATUSES:
+                    say_retrying(request, f"HTTP {response.status_code}")
+                return response
 
         def factory() -> Any:
-            return http.Client(event_hooks=hooks, follow_redirects=True, timeout=limit,
-                               transport=_BoundedTransport(http, limit))
+            return http.Client(event_hooks=hooks, follow_redirects=True, timeout=limit, transport=BoundedTransport())
 
         huggingface_hub.set_client_factory(factory)
-
-
-class _BoundedTransport:
-    """An httpx transport (the public `BaseTransport` interface: handle_request, close) around the default
-    one: a request's unset timeouts (`None`) become `limit`, and the first failure the client will retry
-    is said once (the library's own retry messages are shown with -v only)."""
-
-    _said = False
-
-    def __init__(self, http: Any, limit: float):
-        self.http, self.limit, self.inner = http, limit, http.HTTPTransport()
-
-    def handle_request(self, request: Any) -> Any:
-        timeout = dict(request.extensions.get("timeout") or {})
-        timeout.update({key: self.limit for key in ("connect", "read", "write", "pool") if timeout.get(key) is None})
-        request.extensions = {**request.extensions, "timeout": timeout}
-        try:
-            response = self.inner.handle_request(request)
-        except self.http.TransportError as e:
-            self._say_retrying(request, f"no answer ({type(e).__name__}: {_first_line(e)})")
-            raise
-        if response.status_code in RETRIED_STATUSES:
-            self._say_retrying(request, f"HTTP {response.status_code}")
-        return response
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __enter__(self) -> _BoundedTransport:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @classmethod
-    def _say_retrying(cls, request: Any, what: str) -> None:
-        if cls._said:
-            return
-        cls._said = True
-        retry_log.warning("the Hub: %s %s: %s; huggingface_hub retries (more retry messages with -v)",
-                          request.method, redact(str(request.url)), what)
 
 
 def default_endpoint() -> str:
@@ -266,8 +249,3 @@ def hub_errors(what: str, target: HasToken | None = None, write: bool = False) -
         if cause is None:
             raise
         raise describe_error(cause, what, token, write) from e
-
-
-def hf_filesystem(**options: Any) -> Any:
-    """huggingface_hub's HfFileSystem (endpoint from HF_ENDPOINT, token from the login or HF_TOKEN unless given)."""
-    return require_hub().HfFileSystem(**options)

@@ -22,7 +22,6 @@ ROOT_ENV = "WTOURS_ROOT"
 # Anchored with \Z, not $: `$` also matches before a trailing newline, so "venice\n" would pass a .match().
 SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 SHARD_NAME_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<number>\d{6})\.tar\Z")
-SAMPLE_KEY_PATTERN = re.compile(r"^(?P<slug>[a-z0-9][a-z0-9-]*)-(?P<frame>\d{8,})\Z")
 # `scheme://...` (s3://, hf://, http://, file://): a URL, which a data root or --out never is
 URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 ROOT_URL_HINT = ("the data root is a local folder. To fetch shard sets from the Hugging Face Hub use "
@@ -97,13 +96,10 @@ class Layout:
                               f"register the video again with `wtours add FILE --name {slug}`")
         return self.video_dir(slug) / file_name
 
-    def download_template(self, slug: str, ext: str = "%(ext)s") -> Path:
-        """Where yt-dlp writes a video: `<slug>.<ext>` in its folder (`ext` is yt-dlp's template field)."""
+    def video_path(self, slug: str, ext: str) -> Path:
+        """Where a video's file goes, `<slug>.<ext>` in its folder: yt-dlp writes it (`ext`: its template field
+        `%(ext)s`), `wtours add` places it (`ext`: the file's own, lowercased; mp4 when it has none)."""
         return self.video_dir(slug) / f"{slug}.{ext}"
-
-    def added_video_path(self, slug: str, suffix: str) -> Path:
-        """Where `wtours add` places a file: `<slug><suffix>` (suffix lowercased; .mp4 when it has none)."""
-        return self.video_dir(slug) / f"{slug}{suffix.lower() or '.mp4'}"
 
     @staticmethod
     def rejected_path(video: Path) -> Path:
@@ -213,15 +209,6 @@ def shard_number(name: str) -> int:
 def sample_key(slug: str, frame: int) -> str:
     """`<slug>-<frame:08d>`: no dots, since WebDataset splits keys at the first dot."""
     return f"{slug}-{frame:08d}"
-
-
-def parse_sample_key(key: str) -> tuple[str, int]:
-    """`<slug>-<frame:08d>` -> (slug, frame); the inverse of `sample_key`."""
-    match = SAMPLE_KEY_PATTERN.match(key) if isinstance(key, str) else None
-    if match is None:
-        raise WtoursError(f"{key!r} is not a wtours sample key (<slug>-<frame:08d>)",
-                          "the shard was not written by `wtours shard`: reshard the video")
-    return match.group("slug"), int(match.group("frame"))
 
 
 def read_json(path: Path) -> Any | None:

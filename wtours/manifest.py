@@ -32,10 +32,8 @@ class VideoEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    name: str
     title: str
     paper: str
-    mirror: dict[str, Any]
     videos: tuple[VideoEntry, ...]
 
     @property
@@ -73,5 +71,4 @@ def load_manifest() -> Manifest:
     raw = json.loads(text)
     videos = tuple(VideoEntry(**{**v, "aliases": tuple(v.get("aliases", ())),
                                  "previous_ids": tuple(v.get("previous_ids", ()))}) for v in raw["videos"])
-    return Manifest(name=raw["name"], title=raw["title"], paper=raw["paper"], mirror=raw.get("mirror", {}),
-                    videos=videos)
+    return Manifest(title=raw["title"], paper=raw["paper"], videos=videos)

@@ -26,12 +26,12 @@ def is_number(value: Any, kinds: type | tuple[type, ...] = (int, float)) -> Type
     return isinstance(value, kinds) and not isinstance(value, bool)
 
 
-def read_record(cls: type[R], data: Any, where: str, hint: str, unknown_keys: bool = True) -> R:
+def read_record(cls: type[R], data: Any, where: str, hint: str) -> R:
     """`cls` (a dataclass) from `data`, every field checked for its annotated type; a field with a default
     may be missing. `where` names the file (and part) in the error, a WtoursError with `hint` ("": the
-    caller names it). Keys that are no field are ignored, or refused where `unknown_keys` is False."""
+    caller names it). Keys that are no field are ignored."""
     try:
-        return _record(cls, data, "", unknown_keys)
+        return _record(cls, data, "")
     except _Wrong as wrong:
         raise WtoursError(f"{where}: {wrong}" if where else str(wrong), hint) from None
 
@@ -55,25 +55,20 @@ def _field_types(cls: type) -> tuple[tuple[dataclasses.Field, Any], ...]:
     return tuple((f, hints[f.name]) for f in dataclasses.fields(cls) if f.init)
 
 
-def _record(cls: Any, data: Any, path: str, unknown_keys: bool) -> Any:
+def _record(cls: Any, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise _Wrong(f"{path.rstrip('.') or 'it'} is {kind_name(data)}, not an object")
     values = {}
     for field, annotation in _field_types(cls):
         key = f"{path}{field.name}"
         if field.name in data:
-            values[field.name] = _value(annotation, data[field.name], key, unknown_keys)
+            values[field.name] = _value(annotation, data[field.name], key)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise _Wrong(f"{key} is missing")
-    if not unknown_keys:
-        known = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(str(k) for k in data if k not in known)
-        if extra:
-            raise _Wrong(f"{path}{extra[0]} is not a known key")
     return cls(**values)
 
 
-def _value(annotation: Any, value: Any, key: str, unknown_keys: bool) -> Any:
+def _value(annotation: Any, value: Any, key: str) -> Any:
     """`value` checked against `annotation` (containers converted: a JSON list becomes a declared tuple)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is Any:
@@ -84,20 +79,20 @@ def _value(annotation: Any, value: Any, key: str, unknown_keys: bool) -> Any:
         others = [a for a in args if a is not type(None)]
         if len(others) != 1:
             raise TypeError(f"{key}: read_record reads only `X | None` unions, not {annotation}")
-        return _value(others[0], value, key, unknown_keys)
+        return _value(others[0], value, key)
     if dataclasses.is_dataclass(annotation):
-        return _record(typing.cast(type, annotation), value, f"{key}.", unknown_keys)
+        return _record(typing.cast(type, annotation), value, f"{key}.")
     if origin in (tuple, list) or annotation in (tuple, list):
-        return _sequence(origin or annotation, args, value, key, unknown_keys)
+        return _sequence(origin or annotation, args, value, key)
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise _Wrong(f"{key} is {kind_name(value)}, not an object")
         item = args[1] if args else Any
-        return {k: _value(item, v, f"{key}.{k}", unknown_keys) for k, v in value.items()}
+        return {k: _value(item, v, f"{key}.{k}") for k, v in value.items()}
     return _scalar(annotation, value, key)
 
 
-def _sequence(kind: type, args: tuple, value: Any, key: str, unknown_keys: bool) -> Any:
+def _sequence(kind: type, args: tuple, value: Any, key: str) -> Any:
     if not isinstance(value, (list, tuple)):
         raise _Wrong(f"{key} is {kind_name(value)}, not a list")
     if kind is tuple and args and args[-1] is not Ellipsis:  # tuple[X, Y]: exactly these
@@ -108,7 +103,7 @@ def _sequence(kind: type, args: tuple, value: Any, key: str, unknown_keys: bool)
         return kind(value)  # the common long list (a shard's byte offsets): one pass, no per-item calls
     else:
         items = (args[0] if args else Any,) * len(value)
-    return kind(_value(a, v, f"{key}[{i}]", unknown_keys) for i, (a, v) in enumerate(zip(items, value)))
+    return kind(_value(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(items, value)))
 
 
 def _scalar(annotation: Any, value: Any, key: str) -> Any:

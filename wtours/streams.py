@@ -18,11 +18,12 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import IO, Any, Protocol
 from urllib.parse import quote
 
 from wtours.errors import UsageError, WtoursError
-from wtours.hfclient import hf_filesystem, hub_errors
+from wtours.hfclient import hub_errors, require_hub
 from wtours.redact import redact
 
 HTTP_TIMEOUT = 60  # seconds an http(s) server may go without answering
@@ -73,15 +74,9 @@ def open_url(url: str) -> IO[bytes]:
     """A readable binary stream of the whole file: a local path, an http(s), hf:// or fsspec URL (streamed),
     or the output of a `pipe:` command."""
     kind = kind_of(url)
-    if kind == "pipe":
-        return PipeStream(url)  # type: ignore[return-value]
     if kind == "http":
         return _urlopen(url)
-    if kind == "hf":
-        return _open_hf(url)
-    if kind == "fsspec":
-        return _open_fsspec_at(url, 0)
-    return open(url, "rb")
+    return _open_file(url, None) if kind == "hf" else open_at(url, 0)
 
 
 def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
@@ -93,18 +88,16 @@ def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
     if kind == "http":
         ranged = _urlopen(url, {"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
         if getattr(ranged, "status", None) != 206:  # a server that ignores Range sends the whole file
-            return _skipped(ranged, begin, url)
+            return _skipped(ranged, begin, url)  # its first `begin` bytes dropped
         answered = getattr(ranged, "headers", {}).get("Content-Range", "")
         if not answered.startswith(f"bytes {begin}-"):
             ranged.close()
             raise mismatch(url, f"asked for bytes from {begin}, the server answered {answered or 'no Content-Range'!r}")
         return ranged
-    if kind == "hf":
-        return _open_hf(url, begin)
     if kind == "pipe":
-        return _skipped(open_url(url), begin, url)
-    if kind == "fsspec":
-        return _open_fsspec_at(url, begin)
+        return _skipped(PipeStream(url), begin, url)  # type: ignore[arg-type]
+    if kind in ("hf", "fsspec"):
+        return _open_file(url, begin)
     stream = open(url, "rb")
     stream.seek(begin)
     return stream
@@ -112,22 +105,15 @@ def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
 
 def glob_urls(pattern: str) -> list[str]:
     """The files an hf:// or fsspec URL pattern (`*`, `?`, `[...]`) matches, as URLs, sorted."""
-    if kind_of(pattern) == "hf":
-        with hub_errors(pattern):
-            return sorted(f"hf://{p}" for p in hf_filesystem().glob(pattern[len("hf://"):]))
-    fs, path = _fsspec_of(pattern)
-    try:
-        found = fs.glob(path)
-    except Exception as e:  # noqa: BLE001 (each backend raises its own types: credentials, network, ...)
-        raise WtoursError(f"{redact(pattern)}: cannot list ({type(e).__name__}: {e})",
-                          "check the URL, the network and the credentials") from e
-    return sorted(fs.unstrip_protocol(p) for p in found)
+    fs, path = _filesystem(pattern)
+    with _failures(pattern, "list"):
+        return sorted(fs.unstrip_protocol(p) for p in fs.glob(path))
 
 
 def require_backend(url: str) -> None:
     """Fail now, naming what to install, when `url`'s scheme is unknown or its fsspec package is missing."""
     if kind_of(url) == "fsspec":
-        _fsspec_of(url)
+        _filesystem(url)
 
 
 # ------------------------------------------------------------------ http(s)
@@ -160,31 +146,7 @@ def _skipped(raw: IO[bytes], count: int, url: str) -> IO[bytes]:
     return raw
 
 
-# ------------------------------------------------------------------ hf://
-
-
-def _open_hf(url: str, offset: int | None = None) -> IO[bytes]:
-    """An hf:// file. Whole (`offset` None): streamed with one GET (the client resumes a broken stream once with
-    a Range request). From `offset`: huggingface_hub's buffered file fetches what is read with Range requests of
-    HF_READ_BLOCK bytes, so a reader of part of a shard skips the rest. The first read(0) opens the connection,
-    so a missing file, a private repo without a token or a revoked token fails here, as a WtoursError with a
-    login hint (the token itself is never shown)."""
-    options = {"block_size": 0} if offset is None else {"block_size": HF_READ_BLOCK, "cache_type": "readahead"}
-    with hub_errors(url):
-        return _started(hf_filesystem().open(url[len("hf://"):], "rb", **options), offset)
-
-
-def _started(stream: Any, offset: int | None, connect: bool = True) -> IO[bytes]:
-    """`stream` moved to `offset` (None: where it is) and its connection opened (`connect`), or closed on failure."""
-    try:
-        if offset is not None:
-            stream.seek(offset)
-        if connect:
-            stream.read(0)
-    except BaseException:
-        stream.close()
-        raise
-    return stream
+# ------------------------------------------------------------------ hf:// URLs
 
 
 HF_URL_HINT = ("write hf://datasets/USER/NAME[@REVISION]/PATH, e.g. "
@@ -218,10 +180,11 @@ def validate_revision(revision: str) -> str:
     return revision
 
 
-def hf_url(repo: str, path: str, revision: str = DEFAULT_REVISION) -> str:
-    """hf://datasets/USER/NAME[@rev]/path, the form HfFileSystem and `wtours train --shards` read."""
+def hf_url(repo: str, path: str, revision: str = DEFAULT_REVISION, repo_type: str = "dataset") -> str:
+    """hf://datasets/USER/NAME[@rev]/path, the form HfFileSystem and `wtours train --shards` read (a model
+    repo's: hf://USER/NAME[@rev]/path)."""
     at = "" if revision == DEFAULT_REVISION else "@" + quote(revision, safe="")
-    return f"hf://datasets/{repo}{at}/{path}"
+    return f"hf://{'' if repo_type == 'model' else repo_type + 's/'}{repo}{at}/{path}"
 
 
 def check_hf_url(url: str) -> str:
@@ -250,42 +213,65 @@ def _hf_url_problem(url: str) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------ fsspec URLs (s3://, gs://, file://, ...)
+# ------------------------------------------------------------------ hf:// and fsspec files (s3://, gs://, file://, ...)
 
 
-def _fsspec_of(url: str) -> tuple[Any, str]:
-    """(filesystem, path) for an fsspec URL; a missing package is a WtoursError naming what to install."""
+def _filesystem(url: str) -> tuple[Any, str]:
+    """(filesystem, path) of an hf:// or fsspec URL; a missing fsspec backend is a WtoursError naming what to
+    install (fsspec itself is a dependency of wtours, its backends s3fs, gcsfs and adlfs are not)."""
     scheme = url_scheme(url) or ""
+    if scheme == "hf":  # endpoint from HF_ENDPOINT, token from the login or HF_TOKEN
+        return require_hub().HfFileSystem(), url[len("hf://"):]
+    import fsspec
+
     package = FSSPEC_PACKAGES[scheme]
-    needs = "fsspec" + (f" and {package}" if package else "")
-    try:
-        import fsspec
-    except ImportError as e:
-        raise WtoursError(f"{scheme}:// URLs need the fsspec package, which is not installed",
-                          f"pip install fsspec{' ' + package if package else ''}") from e
     try:
         return fsspec.core.url_to_fs(url)
     except ImportError as e:
         raise WtoursError(f"{scheme}:// URLs need the {package} package, which is not installed ({e})",
-                          f"pip install {package}  (wtours reads {scheme}:// through {needs}; credentials "
+                          f"pip install {package}  (wtours reads {scheme}:// through fsspec and {package}; credentials "
                           "come from the usual environment of that package)") from e
     except (ValueError, TypeError, OSError) as e:
         raise WtoursError(f"{redact(url)!r}: {e}", "check the URL") from e
 
 
-def _open_fsspec_at(url: str, offset: int) -> IO[bytes]:
-    """An fsspec file positioned at `offset`, read in blocks of HF_READ_BLOCK (a partial read fetches
-    what it reads, by seek on a local file, Range requests on s3/gs)."""
-    fs, path = _fsspec_of(url)
+def _open_file(url: str, offset: int | None) -> IO[bytes]:
+    """An hf:// or fsspec file from byte `offset`, read in blocks of HF_READ_BLOCK: a partial read fetches what it
+    reads (a seek on a local file, Range requests on hf://, s3, gs), so a reader of part of a shard skips the rest.
+    A whole hf:// file (`offset` None) is streamed with one GET instead (the client resumes a broken stream once with
+    a Range request). The first read(0) opens that stream's connection, so a missing file, a private repo without a
+    token or a revoked token fails here, as a WtoursError with a login hint (the token itself is never shown)."""
+    fs, path = _filesystem(url)
+    whole = offset is None and kind_of(url) == "hf"
+    options = {"block_size": 0} if whole else {"block_size": HF_READ_BLOCK, "cache_type": "readahead"}
+    with _failures(url, "open"):
+        stream = fs.open(path, "rb", **options)
+        try:
+            if offset:
+                stream.seek(offset)
+            stream.read(0)
+        except BaseException:
+            stream.close()
+            raise
+    return stream
+
+
+@contextlib.contextmanager
+def _failures(url: str, action: str) -> Iterator[None]:
+    """Failures to open or list (`action`) an hf:// or fsspec URL in the block as a WtoursError naming it: the
+    Hub's as hfclient describes them, other backends' own exception types (credentials, network, ...) with a hint."""
+    if kind_of(url) == "hf":
+        with hub_errors(url):
+            yield
+        return
     try:
-        stream = fs.open(path, "rb", block_size=HF_READ_BLOCK, cache_type="readahead")
-    except FileNotFoundError as e:
-        raise WtoursError(f"{redact(url)}: no such file",
-                          "check the URL; index.json must sit beside the shards") from e
-    except Exception as e:  # noqa: BLE001 (backend errors: credentials, network, permissions)
-        raise WtoursError(f"{redact(url)}: cannot open ({type(e).__name__}: {e})",
+        yield
+    except Exception as e:  # noqa: BLE001 (each backend raises its own types: credentials, network, permissions)
+        if action == "open" and isinstance(e, FileNotFoundError):
+            raise WtoursError(f"{redact(url)}: no such file",
+                              "check the URL; index.json must sit beside the shards") from e
+        raise WtoursError(f"{redact(url)}: cannot {action} ({type(e).__name__}: {e})",
                           "check the URL, the network and the credentials") from e
-    return _started(stream, offset or None, connect=False)
 
 
 # ------------------------------------------------------------------ pipe:COMMAND
@@ -424,29 +410,21 @@ class VerifiedShard:
 
     def __init__(self, raw: ByteStream, url: str, size: int, sha256: str):
         self.raw, self.url, self.size, self.sha256 = raw, url, size, sha256
-        self.spool: IO[bytes] | None = None
-        self.failed = False
+        self.spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
+        self.checked = False
 
     def __repr__(self) -> str:  # webdataset appends str(stream) to the errors it reports
         return f"<verified shard {self.url}>"
 
     def read(self, size: int = -1, /) -> bytes:
-        if self.failed:
-            return b""
-        if self.spool is None:
-            spool = tempfile.SpooledTemporaryFile(max_size=VERIFY_SPOOL_BYTES, prefix="wtours-shard-")
-            try:
-                self._copy_checked(spool)
-            except BaseException:
-                spool.close()
-                self.failed = True
-                raise
-            spool.seek(0)
-            self.spool = spool
+        if not self.checked:  # once: a shard that fails the check serves nothing (its spool stays at its end)
+            self.checked = True
+            self._copy_checked()
+            self.spool.seek(0)
         return self.spool.read(size if size is not None else -1)
 
-    def _copy_checked(self, spool: Any) -> None:
-        """Copy the raw stream into `spool` (never more than the index records), then check its size and sha256."""
+    def _copy_checked(self) -> None:
+        """Copy the raw stream into the spool (never more than the index records), then check its size and sha256."""
         digest, count = hashlib.sha256(), 0
         try:
             while block := self.raw.read(VERIFY_BLOCK):
@@ -455,7 +433,7 @@ class VerifiedShard:
                     raise mismatch(self.url, f"the server sent more than the {self.size} bytes its index.json "
                                              "records (replaced or hostile shard; skipped)")
                 digest.update(block)
-                spool.write(block)
+                self.spool.write(block)
         except ShardMismatchError:
             raise
         except Exception as e:  # noqa: BLE001 (a broken stream: nothing unverified is served)
@@ -470,8 +448,7 @@ class VerifiedShard:
         try:
             self.raw.close()
         finally:
-            if self.spool is not None:
-                self.spool.close()
+            self.spool.close()
 
 
 def verified_whole(url: str, raw: IO[bytes], size: int | None, sha256: str | None) -> IO[bytes]:

@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from wtours.layout import replace_atomically
 from wtours.media import ffmpeg_exe
 
 
@@ -62,10 +63,8 @@ def make_walk(path: Path, spec: WalkSpec = WalkSpec()) -> Path:
     joined = "".join(f"[s{i}]" for i in range(len(scenes)))
     ramp = f"eq=brightness='{spec.dusk_brightness}*t/{spec.duration}':eval=frame"
     graph = ";".join(parts) + f";{joined}concat=n={len(scenes)}:v=1:a=0,{ramp}[v]"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y", "-filter_complex", graph,
-                    "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", str(spec.rate * 2),
-                    "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(tmp)], check=True)
-    tmp.replace(path)
+    replace_atomically(path, lambda tmp: subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y", "-filter_complex", graph, "-map", "[v]",
+         "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", str(spec.rate * 2), "-pix_fmt", "yuv420p",
+         "-movflags", "+faststart", "-f", "mp4", str(tmp)], check=True))
     return path

@@ -43,23 +43,13 @@ class VideoInfo:
         value = self.source.get("id")
         return value if isinstance(value, str) else None
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.damaged is None:
-            del data["damaged"]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Any, where: Path) -> VideoInfo:
-        """Checked, every field and the probe's too: a damaged or hand-edited info.json fails naming the key."""
-        return read_record(cls, data, str(where), DAMAGED_HINT)
-
 
 def read_video_info(layout: Layout, slug: str) -> VideoInfo | None:
-    """The registered video's record, or None when none is registered under `slug`."""
+    """The registered video's record, or None when none is registered under `slug`. Every field is checked, the
+    probe's too: a damaged or hand-edited info.json fails naming the key."""
     path = layout.info_path(slug)
     data = read_json(path)
-    return None if data is None else VideoInfo.from_dict(data, path)
+    return None if data is None else read_record(VideoInfo, data, str(path), DAMAGED_HINT)
 
 
 def write_video_info(layout: Layout, slug: str, path: Path, probed: media.ProbeResult, source: dict[str, Any],
@@ -71,7 +61,8 @@ def write_video_info(layout: Layout, slug: str, path: Path, probed: media.ProbeR
         mtime_ns=stat.st_mtime_ns, city=entry.city if entry else None, kind=entry.kind if entry else None,
         recorded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         tool={"wtours": __version__, "ffmpeg": media.find_tools().source}, damaged=damaged)
-    write_json_atomic(layout.info_path(slug), info.to_dict())
+    record = {k: v for k, v in asdict(info).items() if k != "damaged" or v is not None}  # damaged: only when it is
+    write_json_atomic(layout.info_path(slug), record)
     return info
 
 
@@ -79,29 +70,20 @@ def completed_file(layout: Layout, slug: str, rehash: bool = False) -> Path | No
     """The recorded video file if info.json says it is complete and the file still matches it (a damaged
     info.json records nothing complete: the video is fetched again)."""
     try:
-        info = read_video_info(layout, slug)
+        return _checked(layout, slug, rehash)[1]
     except WtoursError:
         return None
-    if info is None:
-        return None
-    path = layout.video_file(slug, info.file)
-    return path if _matches(info, path, rehash) else None
-
-
-def _matches(info: VideoInfo, path: Path, rehash: bool = False) -> bool:
-    """`path` is the file `info` recorded: its size, and its checksum when its mtime changed (or `rehash`)."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return False
-    if stat.st_size != info.bytes:
-        return False
-    return not (rehash or stat.st_mtime_ns != info.mtime_ns) or sha256_file(path) == info.sha256
 
 
 def registered_video(layout: Layout, slug: str) -> tuple[VideoInfo, Path]:
     """The video registered as `slug`, checked to be the file recorded (size, and checksum when its mtime
     changed); a missing or changed file is a clear error saying how to register it again."""
+    return _checked(layout, slug, False)
+
+
+def _checked(layout: Layout, slug: str, rehash: bool) -> tuple[VideoInfo, Path]:
+    """`slug`'s record and file, the file checked against it: its size, and its checksum when its mtime changed
+    (or `rehash`)."""
     info = read_video_info(layout, slug)
     if info is None:
         raise WtoursError(f"no video registered as {slug!r} under {layout.root}",
@@ -109,7 +91,9 @@ def registered_video(layout: Layout, slug: str) -> tuple[VideoInfo, Path]:
     path = layout.video_file(slug, info.file)
     if not path.is_file():
         raise WtoursError(f"{path} is missing", f"download or add {slug} again")
-    if not _matches(info, path):
+    stat = path.stat()
+    if stat.st_size != info.bytes or ((rehash or stat.st_mtime_ns != info.mtime_ns)
+                                      and sha256_file(path) != info.sha256):
         raise WtoursError(f"{path} changed since it was recorded (size or checksum differ)",
                           f"register it again with `wtours add {path} --name {slug}` (or download it again)")
     return info, path

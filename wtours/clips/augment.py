@@ -60,9 +60,8 @@ def sample_boxes(rng: np.random.Generator, heights: np.ndarray, widths: np.ndarr
     w, h = w[first, np.arange(n)], h[first, np.arange(n)]
     # fallback (no valid attempt): the largest central crop with a ratio inside the range
     in_ratio = widths / heights
-    fw = np.where(in_ratio < ratio[0], widths, np.where(in_ratio > ratio[1], np.round(heights * ratio[1]), widths))
-    fh = np.where(in_ratio < ratio[0], np.round(widths / ratio[0]), heights)
-    w, h = np.where(found, w, fw), np.where(found, h, fh)
+    w = np.where(found, w, np.where(in_ratio > ratio[1], np.round(heights * ratio[1]), widths))
+    h = np.where(found, h, np.where(in_ratio < ratio[0], np.round(widths / ratio[0]), heights))
     top = np.where(found, np.floor(rng.uniform(0, 1, n) * (heights - h + 1)), (heights - h) // 2)
     left = np.where(found, np.floor(rng.uniform(0, 1, n) * (widths - w + 1)), (widths - w) // 2)
     return np.stack([left, top, left + w, top + h], axis=1)
@@ -212,15 +211,14 @@ def colour_augment(x: torch.Tensor, plan: ColourPlan) -> torch.Tensor:
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) float in [0, 1] -> ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[None, :, None, None]
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[None, :, None, None]
+    mean, std = (torch.tensor(c, dtype=x.dtype, device=x.device)[:, None, None] for c in (IMAGENET_MEAN, IMAGENET_STD))
     return (x - mean) / std
 
 
 # uint8 level v -> v / (255 std) - mean / std, as two float32 operations: the same values the CPU
 # path sent as float32 before it sent uint8 (the constants are float32-rounded once, here)
-_PIXEL_SCALE = torch.tensor([1 / (255.0 * s) for s in IMAGENET_STD])
-_PIXEL_SHIFT = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+_PIXEL_SCALE = torch.tensor([1 / (255.0 * s) for s in IMAGENET_STD])[:, None, None]  # (3, 1, 1)
+_PIXEL_SHIFT = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])[:, None, None]
 
 
 def normalise_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -231,9 +229,7 @@ def normalise_uint8(x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.uint8:
         raise TypeError(f"normalise_uint8 takes uint8 views, not {x.dtype} (the GPU path's views are normalised "
                         "already)")
-    scale = _PIXEL_SCALE.to(x.device)[:, None, None]  # (3, 1, 1)
-    shift = _PIXEL_SHIFT.to(x.device)[:, None, None]
-    return x.float().mul_(scale).sub_(shift)
+    return x.float().mul_(_PIXEL_SCALE.to(x.device)).sub_(_PIXEL_SHIFT.to(x.device))
 
 
 # ----------------------------------------------------------------------------- views
@@ -248,25 +244,18 @@ def multicrop_tensor(frames: torch.Tensor, sizes: np.ndarray, frames_per_clip: i
     Returns [global (B, T, 3, G, G), local_1 .. local_n (B, T, 3, L, L)], float32, normalised."""
     b, t, n = len(sizes), frames_per_clip, config.n_local
     plan = plan_crops(rng, sizes, t, config)
-    globals_, locals_ = [], []
+    globals_: list[torch.Tensor] = []
+    locals_: list[torch.Tensor] = []
     for i in range(b):
         clip = resized_crop(frames[i * t:(i + 1) * t], plan.clip_boxes[i], config.clip_size,
                             "bilinear")  # (T, 3, 300, 300)
         view = resized_crop(clip, plan.global_boxes[i], config.global_size, "bicubic")  # (T, 3, G, G)
         globals_.append(view.flip(-1) if plan.flips[i] else view)
-        for v in range(n):
-            for j in range(t):
-                locals_.append(resized_crop(clip[j:j + 1], plan.local_boxes[i, v, j], config.local_size, "bicubic"))
-    g = _to_unit(torch.cat(globals_))  # (B*T, 3, G, G)
-    g = colour_augment(g, plan_colours(rng, b * t, config.global_blur_p, config))
-    outputs = [normalize(g).reshape(b, t, 3, config.global_size, config.global_size)]
-    loc = _to_unit(torch.cat(locals_))  # (B*n*T, 3, L, L), ordered clip, view, frame
-    loc = colour_augment(loc, plan_colours(rng, b * n * t, config.local_blur_p, config))
-    loc = normalize(loc).reshape(b, n, t, 3, config.local_size, config.local_size)
-    outputs.extend(loc[:, v] for v in range(n))
-    return outputs
-
-
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 or [0, 255] float -> float32 in [0, 1] (bicubic overshoot clamped)."""
-    return (x.float() / 255.0).clamp_(0, 1)
+        locals_.extend(resized_crop(clip[j:j + 1], plan.local_boxes[i, v, j], config.local_size, "bicubic")
+                       for v in range(n) for j in range(t))  # ordered clip, view, frame
+    views = []  # (B*T, 3, G, G), then (B*n*T, 3, L, L)
+    for crops, blur_p in ((globals_, config.global_blur_p), (locals_, config.local_blur_p)):
+        unit = (torch.cat(crops).float() / 255.0).clamp_(0, 1)  # float32 in [0, 1] (bicubic overshoot clamped)
+        views.append(normalize(colour_augment(unit, plan_colours(rng, len(unit), blur_p, config))))
+    g, size = config.global_size, config.local_size
+    return [views[0].reshape(b, t, 3, g, g), *views[1].reshape(b, n, t, 3, size, size).unbind(1)]

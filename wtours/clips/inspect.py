@@ -38,6 +38,9 @@ def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, wo
                 videos[index.slug]["decoded_until"] = index.decoded_until
                 incomplete.append(index.slug)
     missing = [r.url for r in shards if url_scheme(r.url) is None and not os.path.isfile(r.url)]  # paths only
+    per_epoch = clips_per_epoch(shards, config)
+    plan = plan_epoch(shards, config, epoch, world_size, max(1, workers), batch_size)
+    slot_clips = [s.clips for s in plan.slots]
     return {
         "complete": not incomplete,
         "incomplete_videos": incomplete,
@@ -49,19 +52,12 @@ def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, wo
         "clip_frames": config.frames,
         "clip_stride": config.stride,
         "clips_per_shard": config.clips_per_shard,
-        "clips_per_epoch": clips_per_epoch(shards, config),
-        **_reading(shards, config, world_size, workers, batch_size, epoch),
+        "clips_per_epoch": per_epoch,
+        "world_size": world_size, "workers": workers, "batch_size": batch_size,
+        "clips_read_per_epoch": plan.clips_read, "steps_per_epoch": plan.steps,
+        "slot_clips": [min(slot_clips), max(slot_clips)],
+        "shards_per_slot": max(len({r.ref.url for r in plan.reads(i)}) for i in range(len(plan.slots))),
     }
-
-
-def _reading(shards: list[ShardRef], config: ClipConfig, world_size: int, workers: int, batch_size: int,
-             epoch: int) -> dict[str, Any]:
-    plan = plan_epoch(shards, config, epoch, world_size, max(1, workers), batch_size)
-    slot_clips = [s.clips for s in plan.slots]
-    return {"world_size": world_size, "workers": workers, "batch_size": batch_size,
-            "clips_read_per_epoch": plan.clips_read, "steps_per_epoch": plan.steps,
-            "slot_clips": [min(slot_clips), max(slot_clips)],
-            "shards_per_slot": max(len({r.ref.url for r in plan.reads(i)}) for i in range(len(plan.slots)))}
 
 
 def format_description(info: dict[str, Any]) -> str:

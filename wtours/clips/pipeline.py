@@ -23,7 +23,7 @@ from wtours.clips.augment import MultiCropConfig, multicrop_tensor, normalise_ui
 from wtours.clips.epoch import ClipConfig, EpochPlan, clips_per_epoch, plan_epoch
 from wtours.clips.recycle import Lease, Leases, OutputPool, StorageWeakRef, storage_refs
 from wtours.clips.spec import ShardRef
-from wtours.clips.stages import Clip, Problems, batched, open_shards, samples_to_clips, shuffle, take_quota, tar_samples
+from wtours.clips.stages import Clip, Problems, batched, shard_clips, shuffle, take_quota
 from wtours.errors import UsageError, WtoursError
 from wtours.shard.read import warn_unverified
 
@@ -68,20 +68,6 @@ class ClipBatch(list):
     def normalised(self) -> ClipBatch:
         """uint8 views -> float32 ImageNet-normalised views, on the views' device (`augment.normalise_uint8`)."""
         return ClipBatch([normalise_uint8(v) for v in self], self.keys, self.problems)
-
-
-@dataclass(frozen=True)
-class WorkerFailure:
-    """A WtoursError of a worker, sent in place of a batch: the DataLoader would re-raise it with the
-    worker's traceback as its message and without its hint. ClipLoader raises it as it was."""
-
-    kind: type[WtoursError]  # pickled by reference: UsageError, recycle.SharedMemoryFull, ...
-    message: str
-    hint: str | None
-    exit_code: int
-
-    def error(self) -> WtoursError:
-        return self.kind(self.message, self.hint, self.exit_code)
 
 
 @dataclass
@@ -132,7 +118,9 @@ class ClipDataset(IterableDataset):
         except WtoursError as error:
             if info is None:  # the main process: raised as it is
                 raise
-            yield WorkerFailure(type(error), error.message, error.hint, error.exit_code)  # ClipLoader raises it
+            # sent in place of a batch, for ClipLoader to raise as it was: the DataLoader would re-raise it
+            # with the worker's traceback as its message and without its hint
+            yield error
 
     def _batches(self, info) -> Iterator[Any]:
         """The batches of this process's slot (`info`: its DataLoader worker, None in the main process)."""
@@ -146,7 +134,9 @@ class ClipDataset(IterableDataset):
         plan = self.plan(workers)
         seed = (self.config.clip.seed, self.epoch, self.rank, role)
         rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
-        clips = take_quota(lambda n: self._clip_pass(plan, slot), plan.slots[slot].batches * self.config.batch_size)
+        # the slot's stretch, then its padding; read again (take_quota) only where a shard failed to read
+        clips = take_quota(lambda: shard_clips(plan.reads(slot), self.config.clip, self.problems),
+                           plan.slots[slot].batches * self.config.batch_size)
         clips = shuffle(clips, self.config.shuffle_buffer, random.Random(str(seed)))
         skipped = len(range(role, self.skip_batches, workers)) * self.config.batch_size
         clips = itertools.islice(clips, skipped, None)  # skipped before decoding: cheap
@@ -159,12 +149,6 @@ class ClipDataset(IterableDataset):
             now = self.problems.counts()
             out.problems, counted = Problems.since(counted, now), now
             yield out
-
-    def _clip_pass(self, plan: EpochPlan, slot: int) -> Iterator[Clip]:
-        """The slot's clips: its own stretch, then its padding. A further pass (take_quota) happens only
-        when a shard failed to read, to keep this rank's step count."""
-        samples = tar_samples(open_shards(plan.reads(slot), self.problems), self.problems)
-        yield from samples_to_clips(samples, self.config.clip, self.problems)
 
     def _augment(self, batch: list[Clip], rng: np.random.Generator, pool: OutputPool | None = None) -> ClipBatch:
         """Decode and multi-crop, each clip decoded just before its crops; a clip with a frame that does
@@ -252,8 +236,8 @@ class ClipLoader(DataLoader):
                 batch = next(batches, None)
                 if batch is None:
                     return
-                if isinstance(batch, WorkerFailure):
-                    raise batch.error()
+                if isinstance(batch, WtoursError):  # a worker's (ClipDataset.__iter__)
+                    raise batch
                 self.dataset.problems.add(batch.problems)
                 if leases is not None:
                     leases.track(batch.lease, batch.lease_refs or storage_refs(batch))

@@ -87,9 +87,6 @@ class Leases:
         self.closed = torch.zeros(1, dtype=torch.int64).share_memory_()  # 1: the loader stopped; waiters give up
         self._out: list[tuple[Lease, list[StorageWeakRef]]] = []
 
-    def __getstate__(self) -> dict:
-        return {"cells": self.cells, "closed": self.closed, "_out": []}  # a worker needs the table only
-
     def track(self, lease: Lease | None, refs: list[StorageWeakRef]) -> None:
         """Remember a delivered batch's set until the storages of `refs` (`storage_refs` of the views the
         worker filled) are all freed."""
@@ -128,9 +125,8 @@ class OutputPool:
         Where shared memory is full (a container's small /dev/shm), it waits up to `wait_seconds` for
         the loader to free a set the worker already has, so the loader runs with the sets that fit."""
         free = [cell for cell in range(len(self.cells)) if int(self.cells[cell]) == 0]
-        for cell in free:
-            if self._fits(cell, shapes):
-                return self.sets[cell], cell
+        if fitting := [cell for cell in free if self._fits(cell, shapes)]:
+            return self.sets[fitting[0]], fitting[0]
         try:
             if not free:
                 return [shared_empty(shape) for shape in shapes], None

@@ -112,10 +112,8 @@ def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
                               f"run `wtours shard --city {spec}` first, or pass --root")
         return [_local_set(str(layout.shard_dir(spec)), None)]
     path = Path(spec).expanduser()
-    if path.is_dir():
-        return [_local_set(str(path), None)]
-    if path.name == INDEX_FILE:
-        return [_local_set(str(path.parent), None)]
+    if path.is_dir() or path.name == INDEX_FILE:
+        return [_local_set(str(path if path.is_dir() else path.parent), None)]
     patterns = _expand(str(path))
     files = sorted({f for pattern in patterns for f in (glob.glob(pattern) or [])})
     # A name the braces spell out (no wildcard) that is not on disk is asked for, as it is from a server:
@@ -127,7 +125,12 @@ def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
 
 
 def _local_set(folder: str, names: set[str] | None) -> ShardSet:
-    return _shard_set(_read_local_index(Path(folder) / INDEX_FILE), folder, names)
+    index = ShardIndex.read(Path(folder) / INDEX_FILE)
+    if index is None:
+        raise WtoursError(f"no shard index at {Path(folder) / INDEX_FILE}",
+                          "shards made by `wtours shard` have index.json beside them; "
+                          "rerun `wtours shard` to finish it")
+    return _shard_set(index, folder, names)
 
 
 def _expand(spec: str) -> list[str]:
@@ -178,7 +181,7 @@ def _resolve_pipe(spec: str) -> list[ShardSet]:
         by_folder.setdefault(folder, {})[posixpath.basename(target)] = url
     sets: list[ShardSet] = []
     for folder, commands in by_folder.items():
-        found = _shard_set(_pipe_index(spec, folder), folder, set(commands))
+        found = _pipe_set(spec, folder, set(commands))
         sets.append(replace(found, refs=tuple(replace(r, url=commands[r.entry.name]) for r in found.refs)))
     return sets
 
@@ -199,25 +202,17 @@ def _pipe_target(url: str) -> str:
     return os.path.expanduser(target) if "://" not in target else target
 
 
-def _pipe_index(spec: str, folder: str) -> ShardIndex:
+def _pipe_set(spec: str, folder: str, names: set[str]) -> ShardSet:
     if url_scheme(folder) is None:  # a path: the index must be here (the command may read another machine's)
         if not (Path(folder) / INDEX_FILE).is_file():
             raise UsageError(f"SPEC {spec!r}: no {INDEX_FILE} in {folder!r} on this machine", PIPE_INDEX_HINT)
-        return _read_local_index(Path(folder) / INDEX_FILE)
+        return _local_set(folder, names)
     try:
-        return read_remote_index(f"{folder}/{INDEX_FILE}")
+        index = read_remote_index(f"{folder}/{INDEX_FILE}")
     except WtoursError as e:
         raise WtoursError(f"SPEC {spec!r}: cannot read the index beside its shards: {e.message}",
                           PIPE_INDEX_HINT) from e
-
-
-def _read_local_index(path: Path) -> ShardIndex:
-    index = ShardIndex.read(path)
-    if index is None:
-        raise WtoursError(f"no shard index at {path}",
-                          "shards made by `wtours shard` have index.json beside them; "
-                          "rerun `wtours shard` to finish it")
-    return index
+    return _shard_set(index, folder, names)
 
 
 def read_remote_index(url: str) -> ShardIndex:

@@ -198,6 +198,11 @@ def samples_to_clips(samples: Iterable[Sample], config: ClipConfig, problems: Pr
                        [f[1] for f in frames])
 
 
+def shard_clips(reads: Iterable[ShardRead | ShardRef], config: ClipConfig, problems: Problems) -> Iterator[Clip]:
+    """The clips of shard parts, through every stage: open -> tar samples -> clips."""
+    return samples_to_clips(tar_samples(open_shards(reads, problems), problems), config, problems)
+
+
 def shuffle(items: Iterable[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
     """Reservoir-style shuffle buffer: yields every item exactly once."""
     buffer: list[Any] = []
@@ -212,14 +217,14 @@ def shuffle(items: Iterable[Any], buffer_size: int, rng: random.Random) -> Itera
     yield from buffer
 
 
-def take_quota(make_pass: Callable[[int], Iterable[Any]], quota: int) -> Iterator[Any]:
-    """Exactly `quota` items: pass 0, then further passes (repeats) until the quota is met."""
+def take_quota(make_pass: Callable[[], Iterable[Any]], quota: int) -> Iterator[Any]:
+    """Exactly `quota` items: a pass, then further passes (repeats) until the quota is met."""
     if quota <= 0:  # a worker the plan gives no batch (fewer batches per rank than workers)
         return
     produced = 0
-    for pass_number in range(1_000_000):
+    while True:
         before = produced
-        for item in make_pass(pass_number):
+        for item in make_pass():
             yield item
             produced += 1
             if produced == quota:

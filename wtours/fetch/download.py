@@ -19,7 +19,7 @@ from wtours.fetch.ytdlp_options import YtdlpSettings
 from wtours.layout import Layout, validate_slug
 from wtours.locks import folder_lock
 from wtours.manifest import VideoEntry, load_manifest
-from wtours.video import VideoInfo, completed_file, read_video_info, write_video_info
+from wtours.video import completed_file, write_video_info
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,6 @@ class DownloadResult:
     slug: str
     path: Path
     status: str  # "downloaded", "skipped" or "added"
-    info: VideoInfo | None
 
 
 def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
@@ -101,7 +100,7 @@ def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
 def describe_plan(targets: list[DownloadTarget], layout: Layout, config: DownloadConfig) -> list[dict[str, Any]]:
     """What a download would fetch and where; touches no network (for --dry-run)."""
     settings = config.ytdlp.to_dict()
-    return [{"slug": t.slug, "id": t.source_id, "url": t.url, "target": str(layout.download_template(t.slug, "<ext>")),
+    return [{"slug": t.slug, "id": t.source_id, "url": t.url, "target": str(layout.video_path(t.slug, "<ext>")),
              "format": config.ytdlp.from_option.get("format") or format_selector(config.max_height),
              "yt_dlp": settings, "complete": completed_file(layout, t.slug) is not None} for t in targets]
 
@@ -179,9 +178,8 @@ def flag_options(config: DownloadConfig) -> dict[str, Any]:
     return options
 
 
-def _explain(message: str, warnings: list[str], config: DownloadConfig, retries: int | None = None) -> WtoursError:
+def _explain(message: str, warnings: list[str], config: DownloadConfig, retries: int) -> WtoursError:
     """Turn a yt-dlp failure into an error that names the fix (`retries`: as yt-dlp was given them)."""
-    retries = retries if retries is not None else config.retries if config.retries is not None else DEFAULT_RETRIES
     text = " ".join([message, *warnings]).lower()
     short = message.replace("ERROR: ", "").strip()
     if "not a bot" in text or "sign in to confirm" in text or "cookies" in text and "sign in" in text:
@@ -274,7 +272,7 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
     done = completed_file(layout, target.slug, rehash=config.verify)
     if done is not None:
         say(f"{target.slug}: already downloaded and verified ({done}); skipping")
-        return DownloadResult(target.slug, done, "skipped", read_video_info(layout, target.slug))
+        return DownloadResult(target.slug, done, "skipped")
     media.find_tools()  # fail before any transfer when ffmpeg is missing: we cannot verify without it
     # one writer per video folder: two downloads (or a download and an add) would share the .part file
     with folder_lock(folder, f"video folder of {target.slug}"):
@@ -282,7 +280,7 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
 
         logger = _YtdlpLogger()
         bar = _ProgressBar(target.slug, config.progress)
-        options = _ytdlp_options(config, str(layout.download_template(target.slug)), logger, [bar.hook])
+        options = _ytdlp_options(config, str(layout.video_path(target.slug, "%(ext)s")), logger, [bar.hook])
         try:
             with yt_dlp.YoutubeDL(options) as ydl:
                 info = ydl.extract_info(target.url, download=False)
@@ -311,7 +309,7 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
                                   target.entry)
         say(f"{target.slug}: {path} ({record.bytes / 1e6:.1f} MB, {probed.width}x{probed.height}, "
             f"{probed.fps:.2f} fps, {probed.duration / 60:.1f} min, sha256 {record.sha256[:12]}…)")
-        return DownloadResult(target.slug, path, "downloaded", record)
+        return DownloadResult(target.slug, path, "downloaded")
 
 
 def _source_record(info: dict[str, Any], target: DownloadTarget, settings: YtdlpSettings) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from urllib.parse import urlsplit
 
 from wtours import media
 from wtours.errors import UsageError, WtoursError
@@ -16,7 +16,7 @@ from wtours.fetch.download import DownloadResult
 from wtours.layout import Layout, replace_atomically, sha256_file, validate_slug
 from wtours.locks import folder_lock
 from wtours.manifest import load_manifest
-from wtours.video import read_video_info, write_video_info
+from wtours.video import VideoInfo, read_video_info, write_video_info
 
 PROVENANCE_KEYS = ("url", "title", "uploader", "license")  # what `wtours add` records for attribution
 _MAX_TEXT = {"url": 2048, "title": 300, "uploader": 200, "license": 100}
@@ -27,8 +27,6 @@ def validate_provenance(provenance: dict[str, str | None]) -> dict[str, str]:
     """The given attribution fields, checked: an http(s) URL with a host; single-line printable text of a
     sensible length (it lands in a table of the dataset card). A licence is an SPDX id (CC-BY-4.0) or a
     short text ("Creative Commons Attribution license (reuse allowed)", as YouTube states it)."""
-    from urllib.parse import urlsplit
-
     out: dict[str, str] = {}
     for key, value in provenance.items():
         if value is None:
@@ -76,9 +74,9 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
         damaged = e.message
         say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
     with folder_lock(layout.video_dir(slug), f"video folder of {slug}"):  # which also creates the folder
-        current = _refuse_replacing(layout, slug, source_path, force)  # again, under the lock
-        final = layout.added_video_path(slug, source_path.suffix)
-        earlier = _earlier_provenance(layout, slug)  # read before anything is replaced
+        current, existing = _refuse_replacing(layout, slug, source_path, force)  # again, under the lock
+        final = layout.video_path(slug, source_path.suffix[1:].lower() or "mp4")
+        earlier = existing.source if existing else {}  # the attribution recorded before (an add or a download)
         if current is not None:
             say(f"{slug}: replacing the registered video {current.name} (--force)")
         _place(source_path, final, mode)
@@ -86,50 +84,44 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
         source = {"type": "local", "path": str(source_path), "url": entry.url if entry else None,
                   "id": entry.youtube_id if entry else None, "title": None, "uploader": None, "channel_url": None,
                   "license": entry.license if entry else None}
-        kept = {k: v for k, v in earlier.items() if k not in given and source.get(k) != v}
+        kept = {k: v for k, v in earlier.items()
+                if k in (*PROVENANCE_KEYS, "channel_url", "id") and v and k not in given and source.get(k) != v}
         source |= kept | given
         if any(k in _OPTION_OF for k in kept):
             say(f"{slug}: keeping the recorded {', '.join(sorted(kept))} "
                 f"(give {', '.join(_OPTION_OF[k] for k in sorted(kept) if k in _OPTION_OF)} to change)")
-        record = write_video_info(layout, slug, final, probed, source, entry, damaged=damaged)
+        write_video_info(layout, slug, final, probed, source, entry, damaged=damaged)
         say(f"{slug}: added {final} ({probed.width}x{probed.height}, {probed.fps:.2f} fps, {probed.duration:.1f} s)")
-        return DownloadResult(slug, final, "added", record)
+        return DownloadResult(slug, final, "added")
 
 
-def _refuse_replacing(layout: Layout, slug: str, source_path: Path, force: bool) -> Path | None:
-    """The file registered as `slug` where it is another video than `source_path` (re-adding the same file, or
-    a copy of it, is harmless): refused unless `force`."""
+def _refuse_replacing(layout: Layout, slug: str, source_path: Path,
+                      force: bool) -> tuple[Path | None, VideoInfo | None]:
+    """The record of `slug` (None: none, or a damaged one replaced with `force`), and the file it registers where
+    that is another video than `source_path` (re-adding the same file, or a copy of it, is harmless): refused
+    unless `force`."""
+    existing = None
     try:
         existing = read_video_info(layout, slug)
         if existing is None:
-            return None
+            return None, None
         current = layout.video_file(slug, existing.file)
     except WtoursError as damaged:  # which file it names cannot be told: replace it only when asked to
         if force:
-            return None
+            return None, existing
         raise UsageError(f"{slug!r} has a damaged record under {layout.root} ({damaged.message}); nothing was "
                          "changed", f"pass --force to register {source_path} in its place") from None
     with contextlib.suppress(OSError):
         if current.resolve() == source_path or (current.exists() and os.path.samefile(current, source_path)):
-            return None
+            return None, existing
     if source_path.stat().st_size == existing.bytes and sha256_file(source_path) == existing.sha256:
-        return None  # the same video again (e.g. a copy): nothing is lost by registering it anew
+        return None, existing  # the same video again (e.g. a copy): nothing is lost by registering it anew
     if not force:
         raise UsageError(
             f"{slug!r} is already registered under {layout.root} (as {current}); nothing was changed",
             f"choose another --name, or pass --force to replace the registered video with {source_path}"
             + (" (the earlier file in the data root is then replaced)" if current.exists() else ""))
-    return current
-
-
-def _earlier_provenance(layout: Layout, slug: str) -> dict[str, Any]:
-    """The attribution recorded for `slug` before (by an earlier add or a download), to keep on re-adding."""
-    try:
-        info = read_video_info(layout, slug)
-    except WtoursError:
-        return {}  # a damaged info.json is replaced anyway
-    source: dict[str, Any] = info.source if info is not None else {}
-    return {k: source[k] for k in (*PROVENANCE_KEYS, "channel_url", "id") if source.get(k)}
+    return current, existing
 
 
 def _place(source: Path, final: Path, mode: str) -> None:
@@ -148,9 +140,7 @@ def _put(source: Path, tmp: Path, mode: str) -> None:
         os.symlink(source, tmp)
         return
     if mode in ("link", "move"):
-        try:
+        with contextlib.suppress(OSError):  # another filesystem: fall back to a copy
             os.link(source, tmp)
             return
-        except OSError:
-            pass  # another filesystem: fall back to a copy
     shutil.copyfile(source, tmp)

@@ -139,9 +139,7 @@ def load_settings(read_config: bool = True, options: Sequence[str] = (),
 
 def defaults() -> dict[str, Any]:
     """YoutubeDL parameters as yt-dlp's command line sets them with no options and no config."""
-    import yt_dlp
-
-    return _parse(lambda: yt_dlp.parse_options([]).ydl_opts)
+    return _parse([])
 
 
 def _config_files_read() -> tuple[dict[str, Any], list[str]]:
@@ -151,11 +149,9 @@ def _config_files_read() -> tuple[dict[str, Any], list[str]]:
     argv means "ignore config"); it is run on an empty command line instead, exactly as a bare `yt-dlp` run would read
     them: portable, home, user ($XDG_CONFIG_HOME/yt-dlp/config, ~/.config/yt-dlp/..., ~/yt-dlp.conf...) and system
     files, --config-locations inside them, --ignore-config. The files are the ones its --verbose run names."""
-    import yt_dlp
-
     files = _config_files_named()
     with _command_line():
-        configured = _parse(lambda: yt_dlp.parse_options().ydl_opts, files)
+        configured = _parse(None, files)
     base = defaults()
     return {k: v for k, v in configured.items() if k not in _INTERNAL and base.get(k) != v}, files
 
@@ -189,14 +185,16 @@ def _command_line(*args: str) -> Iterator[None]:
         sys.argv[:] = saved
 
 
-def _parse(run, files: Sequence[str] = ()) -> dict[str, Any]:
-    """Run yt-dlp's option parser; its usage errors (it calls sys.exit) become a WtoursError."""
+def _parse(argv: list[str] | None, files: Sequence[str] = ()) -> dict[str, Any]:
+    """yt-dlp's parser run on `argv` (None: sys.argv); its usage errors (it calls sys.exit) become a WtoursError."""
     import optparse
+
+    import yt_dlp
 
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            return run()
+            return yt_dlp.parse_options(argv).ydl_opts
     except (SystemExit, optparse.OptParseError, ValueError) as e:
         text = str(e) if not isinstance(e, SystemExit) else stderr.getvalue() or f"exit status {e.code}"
         text = " ".join(text.rpartition("error: ")[2].split())  # optparse's own message, without its usage line

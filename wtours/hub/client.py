@@ -145,13 +145,17 @@ def client_bars(enabled: bool) -> Iterator[None]:
             enable_progress_bars()
 
 
-def remote_files(target: HubTarget, repo_type: str = REPO_TYPE) -> dict[str, RemoteFile]:
-    """The repo's files at the target's revision; {} when absent."""
+def remote_files(target: HubTarget, repo_type: str = REPO_TYPE, missing_ok: bool = False) -> dict[str, RemoteFile]:
+    """The repo's files at the target's revision; {} when absent, and with `missing_ok` for a repo or branch
+    that does not exist yet."""
     from huggingface_hub.errors import EntryNotFoundError
 
     hub = api(target)
     files: dict[str, RemoteFile] = {}
     with hub_errors(f"{target.repo}@{target.revision}", target):
+        if missing_ok and not (hub.repo_exists(target.repo, repo_type=repo_type)
+                               and hub.revision_exists(target.repo, target.revision, repo_type=repo_type)):
+            return {}
         try:
             for item in hub.list_repo_tree(target.repo, path_in_repo=None, recursive=True,
                                            revision=target.revision, repo_type=repo_type):
@@ -164,11 +168,8 @@ def remote_files(target: HubTarget, repo_type: str = REPO_TYPE) -> dict[str, Rem
 
 
 def read_remote(target: HubTarget, path: str, repo_type: str = REPO_TYPE) -> bytes:
-    url = hf_url(target.repo, path, target.revision)
-    if repo_type != REPO_TYPE:  # HfFileSystem's path of a model repo names no type
-        url = url.removeprefix("hf://datasets/")
     with hub_errors(f"{target.repo}/{path}", target):
-        with filesystem(target).open(url, "rb", block_size=0) as f:
+        with filesystem(target).open(hf_url(target.repo, path, target.revision, repo_type), "rb", block_size=0) as f:
             return f.read()
 
 

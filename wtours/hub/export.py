@@ -9,9 +9,10 @@ Without --format, --out's name picks it (resolve_format). The run's settings are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from wtours.layout import (
     write_json_atomic,
 )
 from wtours.models.checkpoint import load_backbone, read_weights
-from wtours.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from wtours.models.registry import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 from wtours.records import is_number, read_record
 
 PTH_SUFFIXES = (".pth", ".pt")
@@ -101,65 +102,13 @@ def resolve_format(out: str | os.PathLike, format_: str | None) -> str:
 def export(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher",
            format_: str | None = None, license_: str = DEFAULT_LICENSE,
            datasets: tuple[str, ...] = ()) -> Path:
-    """`wtours export`: the format from --format / --out (resolve_format), then the files."""
+    """`wtours export`: the format from --format / --out (resolve_format), then the files. --format timm:
+    DIR/model.safetensors, DIR/config.json and DIR/README.md. config.json goes last and an earlier export's
+    config.json is removed first, so the folder never pairs new weights with another model's config (timm
+    refuses a folder without one). A README.md not written by wtours is kept; a config.json not written by
+    `wtours export` refuses the folder."""
     if resolve_format(out, format_) == "pth":
         return export_backbone(checkpoint_path, out, which)
-    return export_timm(checkpoint_path, out, which, license_, datasets)
-
-
-def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher") -> Path:
-    """--format pth: the backbone's state dict, as timm's ViT of the same size names its weights; checked
-    as --format timm's is (the weights must build a registered ViT) before anything is written."""
-    backbone, _ = load_backbone(read_weights(checkpoint_path), None, which)
-    state = backbone.state_dict()
-    out = Path(out)
-    replace_atomically(out, lambda tmp: torch.save({k: v.contiguous() for k, v in state.items()}, tmp))
-    return out
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The ViT's sizes, as timm's VisionTransformer takes them."""
-
-    arch: str  # wtours' name (wtours/models/registry.py)
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float
-    img_size: int
-
-    @property
-    def timm_name(self) -> str:
-        return TIMM_NAMES.get((self.embed_dim, self.patch_size, self.depth), GENERIC_TIMM_VIT)
-
-    def model_args(self) -> dict[str, Any]:
-        return {"img_size": self.img_size, "patch_size": self.patch_size, "embed_dim": self.embed_dim,
-                "depth": self.depth, "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio}
-
-
-def timm_config(geometry: Geometry, provenance: dict[str, Any]) -> dict[str, Any]:
-    """config.json as timm's `save_config_for_hf` writes it, read by its `local-dir:` / `hf-hub:` loaders:
-    no classifier (num_classes 0: the model returns the [CLS] feature), and the trainer's normalisation."""
-    return {
-        "architecture": geometry.timm_name, "num_classes": 0, "num_features": geometry.embed_dim,
-        "global_pool": "token", "model_args": geometry.model_args(),
-        "pretrained_cfg": {
-            "input_size": [3, geometry.img_size, geometry.img_size], "fixed_input_size": True,
-            "interpolation": "bicubic", "crop_pct": EVAL_CROP / EVAL_RESIZE, "crop_mode": "center",
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": 0, "pool_size": None,
-            "first_conv": "patch_embed.proj", "classifier": "head", "custom_load": False,
-        },
-        EXPORT_KEY: provenance,
-    }
-
-
-def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher",
-                license_: str = DEFAULT_LICENSE, datasets: tuple[str, ...] = ()) -> Path:
-    """--format timm: DIR/model.safetensors, DIR/config.json and DIR/README.md. config.json goes last and
-    an earlier export's config.json is removed first, so the folder never pairs new weights with another
-    model's config (timm refuses a folder without one). A README.md not written by wtours is kept; a
-    config.json not written by `wtours export` refuses the folder."""
     check_license(license_)
     named = dataset_entries([parse_dataset(d) for d in datasets])
     out = Path(out)
@@ -171,24 +120,23 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
     raw = read_weights(checkpoint_path)
     backbone, arch = load_backbone(raw, None, which)
     state = {k: v.contiguous() for k, v in backbone.state_dict().items()}  # exactly timm's ViT's keys
-    c = backbone.config
-    geometry = Geometry(arch, c.patch_size, c.dim, c.depth, c.heads, c.mlp_ratio, c.image_size)
     network = which if ("teacher" in raw or "student" in raw) else BACKBONE
     parameters = sum(v.numel() for v in state.values())
-    provenance = export_provenance(raw, Path(checkpoint_path), network, geometry, parameters)
+    provenance = export_provenance(raw, Path(checkpoint_path), network, arch, parameters)
     provenance["license"] = license_
     pulled = pulled_datasets(raw.get("config"))
     if named or pulled:
         provenance["datasets"] = dataset_entries([(d["repo"], d["revision"]) for d in [*named, *pulled]])
-    config = timm_config(geometry, provenance)
+    config = timm_config(backbone.config, provenance)
 
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
     except ImportError as e:
         raise WtoursError("--format timm needs the safetensors package", "pip install safetensors") from e
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).unlink(missing_ok=True)
-    replace_atomically(out / WEIGHTS_FILE, lambda tmp: _save_readable(save_file, state, tmp))
+    # as bytes: safetensors' save_file would create it 0600, the folder's other files are 0666 less the umask
+    write_bytes_atomic(out / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
     card = out / CARD_FILE
     if not card.exists() or is_generated_model_card(card.read_text(encoding="utf-8", errors="replace")):
         write_bytes_atomic(card, render_model_card(config, repo=None, folder=out.name).encode("utf-8"))
@@ -196,13 +144,31 @@ def export_timm(checkpoint_path: str | os.PathLike, out: str | os.PathLike, whic
     return out
 
 
-def _save_readable(save_file, state: dict[str, torch.Tensor], tmp: Path) -> None:
-    """safetensors creates its file 0600; the folder's other files (and what timm's own tools write) are
-    0666 less the umask: the weights get the same, so whoever may read the folder may load the model."""
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: str = "teacher") -> Path:
+    """--format pth: the backbone's state dict, as timm's ViT of the same size names its weights; checked
+    as --format timm's is (the weights must build a registered ViT) before anything is written."""
+    backbone, _ = load_backbone(read_weights(checkpoint_path), None, which)
+    state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
+    replace_atomically(Path(out), lambda tmp: torch.save(state, tmp))
+    return Path(out)
+
+
+def timm_config(vit: ViTConfig, provenance: dict[str, Any]) -> dict[str, Any]:
+    """config.json as timm's `save_config_for_hf` writes it, read by its `local-dir:` / `hf-hub:` loaders:
+    no classifier (num_classes 0: the model returns the [CLS] feature), and the trainer's normalisation."""
+    return {
+        "architecture": TIMM_NAMES.get((vit.dim, vit.patch_size, vit.depth), GENERIC_TIMM_VIT), "num_classes": 0,
+        "num_features": vit.dim, "global_pool": "token",
+        "model_args": {"img_size": vit.image_size, "patch_size": vit.patch_size, "embed_dim": vit.dim,
+                       "depth": vit.depth, "num_heads": vit.heads, "mlp_ratio": vit.mlp_ratio},
+        "pretrained_cfg": {
+            "input_size": [3, vit.image_size, vit.image_size], "fixed_input_size": True,
+            "interpolation": "bicubic", "crop_pct": EVAL_CROP / EVAL_RESIZE, "crop_mode": "center",
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "num_classes": 0, "pool_size": None,
+            "first_conv": "patch_embed.proj", "classifier": "head", "custom_load": False,
+        },
+        EXPORT_KEY: provenance,
+    }
 
 
 def pulled_datasets(train: Any) -> list[dict[str, Any]]:
@@ -219,19 +185,16 @@ def pulled_datasets(train: Any) -> list[dict[str, Any]]:
     for spec in train["shards"]:
         if not isinstance(spec, str) or "/" in spec or ":" in spec or not spec:
             continue  # a path or a URL: not a shard set of the root
-        try:  # unreadable, or an invalid repo id or revision: skipped
+        with contextlib.suppress(WtoursError, ValueError, OSError):  # unreadable, an invalid repo id or revision
             record = read_json(layout.source_path(spec))
             origin = record.get(PULLED_FROM) if isinstance(record, dict) else None
             if isinstance(origin, dict) and isinstance(origin.get("repo"), str):
                 revision = origin.get("revision") if isinstance(origin.get("revision"), str) else None
                 entries += dataset_entries([(origin["repo"], revision)])
-        except (WtoursError, ValueError, OSError):
-            continue
     return entries
 
 
-def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, geometry: Geometry,
-                      parameters: int) -> dict[str, Any]:
+def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, arch: str, parameters: int) -> dict[str, Any]:
     """What the model card says about the weights: the run's settings (from the checkpoint), its step,
     and k-NN results logged by the run (log.jsonl beside the checkpoint) or by `wtours eval knn`
     (<checkpoint stem>.knn.json beside it)."""
@@ -239,7 +202,7 @@ def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, geometr
     config = public_settings(json.loads(json.dumps(config, default=str))) if isinstance(config, dict) else None
     step, epoch = (raw[k] if is_number(raw.get(k), int) else None for k in ("step", "epoch"))
     record: dict[str, Any] = {
-        "arch": geometry.arch, "which": which, "parameters": parameters, "wtours_version": __version__,
+        "arch": arch, "which": which, "parameters": parameters, "wtours_version": __version__,
         "step": step, "epoch": epoch, "train_config": config,
         "knn_logged": logged_knn(checkpoint.parent / RUN_LOG_FILE, step) if config else None,
         "knn_eval": evaluated_knn(checkpoint.with_name(f"{checkpoint.stem}.knn.json"), which),

@@ -18,7 +18,6 @@ from wtours.errors import UsageError, WtoursError
 from wtours.hfclient import hub_errors
 from wtours.hub.client import (
     HubTarget,
-    RemoteFile,
     api,
     client_bars,
     prepare_repo,
@@ -91,8 +90,7 @@ def with_push_options(config: dict[str, Any], license_: str | None,
     return {**config, EXPORT_KEY: info}
 
 
-def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str,
-                changed: bool = False) -> list[Upload]:
+def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str, changed: bool) -> list[Upload]:
     """What the repo should hold: the weights, config.json and the card. A README.md the export wrote is
     rendered again for the repo (its loading line, links); one written by its owner goes up as it is.
     config.json goes up as the export wrote it, or as `config` when the push `changed` it."""
@@ -105,22 +103,12 @@ def local_files(folder: Path, config: dict[str, Any], repo: str, endpoint: str,
             Upload(CONFIG_FILE, len(config_bytes), data=config_bytes), Upload(CARD_FILE, len(own), data=own)]
 
 
-def model_files(target: HubTarget) -> dict[str, RemoteFile]:
-    """The repo's files at the target's revision; {} for a repo or branch that does not exist yet."""
-    hub = api(target)
-    with hub_errors(f"{target.repo}@{target.revision}", target):
-        if not (hub.repo_exists(target.repo, repo_type=MODEL_REPO_TYPE)
-                and hub.revision_exists(target.repo, target.revision, repo_type=MODEL_REPO_TYPE)):
-            return {}  # not there yet (a dry run's repo or branch)
-    return remote_files(target, repo_type=MODEL_REPO_TYPE)
-
-
 def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> PushSummary:
     target = config.target
     export = read_export(config.folder)
     pushed = with_push_options(export, config.license, config.datasets)
     prepare_repo(target, MODEL_REPO_TYPE, config.private, config.dry_run, say)
-    remote = model_files(target)
+    remote = remote_files(target, MODEL_REPO_TYPE, missing_ok=True)  # a dry run's repo or branch: not there yet
     files = local_files(config.folder, pushed, target.repo, api(target).endpoint, changed=pushed is not export)
     uploads = [f for f in files if not f.is_in(remote)]
     if any(f.path == CARD_FILE for f in uploads) and CARD_FILE in remote and not is_generated_model_card(
@@ -128,10 +116,9 @@ def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> P
         say(f"{CARD_FILE}: written by someone else, left as is (delete it to let wtours write the card)")
         uploads = [f for f in uploads if f.path != CARD_FILE]
     url = f"{api(target).endpoint}/{target.repo}"
-    if not uploads:  # the CLI's summary line says "up to date"
-        return PushSummary(url)
-    say(f"{target.repo}: to upload: " + ", ".join(f"{f.path} ({f.size / 1e6:.1f} MB)" for f in uploads))
-    if config.dry_run:
+    if uploads:  # else the CLI's summary line says "up to date"
+        say(f"{target.repo}: to upload: " + ", ".join(f"{f.path} ({f.size / 1e6:.1f} MB)" for f in uploads))
+    if config.dry_run or not uploads:
         return PushSummary(url)
     _commit(target, uploads, config.progress)
     return PushSummary(url, [f.path for f in uploads], bytes=sum(f.size for f in uploads), commits=1)

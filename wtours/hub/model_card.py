@@ -9,6 +9,7 @@ need neither)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from urllib.parse import unquote
 
 import yaml
 
-from wtours.citation import ARXIV_URL, BIBTEX, PAPER_TITLE
+from wtours.citation import ARXIV_URL, PAPER_TITLE, citation_section
 from wtours.errors import UsageError, WtoursError
 from wtours.records import kind_name, read_record
 from wtours.redact import redact
@@ -147,16 +148,14 @@ def render_model_card(config: dict[str, Any], repo: str | None = None, folder: s
     train = info.get("train_config")
     datasets = hub_datasets(train)
     for item in info.get("datasets") or []:  # pulled shard sets' source repos, `--dataset`: valid ids only
-        try:
-            repo_id = validate_repo_id(item["repo"])
-            revision = validate_revision(item["revision"]) if item.get("revision") else None
-        except WtoursError:
-            continue
-        if repo_id not in [r for r, _ in datasets]:
-            datasets.append((repo_id, revision))
+        with contextlib.suppress(WtoursError):
+            entry = dataset_entries([(item["repo"], item.get("revision"))])[0]
+            if entry["repo"] not in [r for r, _ in datasets]:
+                datasets.append((entry["repo"], entry["revision"]))
     sections = [_front_matter(datasets, info.get("license", DEFAULT_LICENSE)), GENERATED_MARK,
                 _intro(config, info, repo, folder), _loading(repo, folder),
-                _training(info, train, datasets, endpoint.rstrip("/")), _knn(info), _license(info), _citation()]
+                _training(info, train, datasets, endpoint.rstrip("/")), _knn(info), _license(info),
+                citation_section(f"The method (DoRA) and the Walking Tours dataset: {ARXIV_URL}")]
     return "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
 
 
@@ -333,13 +332,3 @@ def _license(info: dict[str, Any]) -> str:
            "under CC-BY 4.0: credit them as the dataset card of the training data does (and cite the paper)."
            if license_ == DEFAULT_LICENSE else "")
     return f"## Licence\n\nThese weights: {_code(license_)} (set with `wtours export --license`).{why}"
-
-
-def _citation() -> str:
-    return f"""## Citation
-
-The method (DoRA) and the Walking Tours dataset: {ARXIV_URL}
-
-```bibtex
-{BIBTEX}
-```"""

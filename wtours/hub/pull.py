@@ -7,7 +7,6 @@ unverified file. A shard already present with the right checksum is kept. The in
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +26,10 @@ from wtours.hub.client import (
     remote_files,
 )
 from wtours.hub.paths import index_path, shard_path, slugs_in, source_path
-from wtours.layout import PULLED_FROM, Layout, replace_atomically, sha256_file, write_json_atomic
+from wtours.layout import PULLED_FROM, Layout, replace_atomically, write_json_atomic
 from wtours.locks import folder_lock
 from wtours.shard.index import ShardEntry, ShardIndex
+from wtours.shard.verify import quick_problem
 
 BLOCK_SIZE = 8 << 20  # bytes per ranged GET (each one retried by the client on transient errors)
 PART_SUFFIX = ".tmp-pull"  # `.<name>.tmp-*`: the shard folder's temporary-file pattern (`shard --overwrite` clears it)
@@ -67,21 +67,20 @@ def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print)
     target = config.target
     remote = remote_files(target)
     sets = [_remote_set(layout, target, slug, remote) for slug in _chosen_slugs(target, remote, config.slugs)]
-    summary = PullSummary(layout.root)
-    total = sum(s.bytes for item in sets for s in item.missing)
     for item in sets:
         size = sum(s.bytes for s in item.missing) / 1e6
         say(f"{item.slug}: {len(item.missing)} of {len(item.index.shards)} shards to download ({size:.1f} MB)"
             if item.missing else f"{item.slug}: up to date ({len(item.index.shards)} shards verified)")
-    with tqdm(total=total, unit="B", unit_scale=True, desc="pull", disable=not config.progress) as bar:
+    # what a pull that returns has done (a failure raises)
+    summary = PullSummary(layout.root, [shard_path(i.slug, s.name) for i in sets for s in i.missing],
+                          [shard_path(i.slug, s.name) for i in sets for s in i.present],
+                          sum(s.bytes for i in sets for s in i.missing))
+    with tqdm(total=summary.bytes, unit="B", unit_scale=True, desc="pull", disable=not config.progress) as bar:
         for item in sets:  # one writer per shard folder: two pulls would append to the same part file
             with folder_lock(layout.shard_dir(item.slug), f"shard folder of {item.slug}"):
                 for shard in item.missing:
                     final = layout.shard_file(item.slug, shard.name)
                     fetch_shard(target, shard_path(item.slug, shard.name), final, shard, bar.update)
-                    summary.downloaded.append(shard_path(item.slug, shard.name))
-                    summary.bytes += shard.bytes
-                summary.kept += [shard_path(item.slug, s.name) for s in item.present]
                 if item.source is not None:  # with where it came from: an export links the dataset repo
                     write_json_atomic(layout.source_path(item.slug), {**item.source, PULLED_FROM: {
                         "repo": target.repo, "revision": target.revision}})
@@ -116,40 +115,26 @@ def _remote_set(layout: Layout, target: HubTarget, slug: str, remote: dict[str, 
         raise WtoursError(f"{where} lists {len(absent)} shards the repo does not hold ({', '.join(absent[:3])})",
                           "the repo was edited after the push: rerun `wtours push` from the machine with the shards")
     source = read_source_record(target, slug) if source_path(slug) in remote else None
-    present: list[ShardEntry] = []
-    missing: list[ShardEntry] = []
-    for shard in index.shards:
-        path = layout.shard_file(slug, shard.name)
-        ok = path.is_file() and path.stat().st_size == shard.bytes and sha256_file(path) == shard.sha256
-        (present if ok else missing).append(shard)
-    return RemoteSet(slug, index, source, missing, present)
+    missing = [s for s in index.shards if quick_problem(layout.shard_file(slug, s.name), s)]
+    return RemoteSet(slug, index, source, missing, [s for s in index.shards if s not in missing])
 
 
 def fetch_shard(target: HubTarget, repo_path: str, final: Path, shard: ShardEntry,
                 progress: Callable[[int], Any] = lambda n: None) -> None:
-    """Download to the temporary name (continuing one a previous run left), verify, rename."""
+    """Download to the temporary name (continuing one a previous run left), verify the whole file, rename."""
     part = final.with_name(f".{final.name}{PART_SUFFIX}")
-    digest, offset = hashlib.sha256(), 0
-    if part.is_file() and part.stat().st_size <= shard.bytes:
-        with open(part, "rb") as f:
-            for block in iter(lambda: f.read(BLOCK_SIZE), b""):
-                digest.update(block)
-                offset += len(block)
-        progress(offset)
-    else:
-        part.unlink(missing_ok=True)
+    if part.is_file() and part.stat().st_size > shard.bytes:
+        part.unlink()  # not a part of this shard
+    offset = part.stat().st_size if part.is_file() else 0
+    progress(offset)
     with hub_errors(f"download {target.repo}/{repo_path}", target):
         with open_remote(target, repo_path, BLOCK_SIZE) as src, open(part, "ab") as out:
             src.seek(offset)
-            while offset < shard.bytes:
-                block = src.read(min(BLOCK_SIZE, shard.bytes - offset))
-                if not block:
-                    break
+            while offset < shard.bytes and (block := src.read(min(BLOCK_SIZE, shard.bytes - offset))):
                 out.write(block)
-                digest.update(block)
                 offset += len(block)
                 progress(len(block))
-    if offset != shard.bytes or part.stat().st_size != shard.bytes or digest.hexdigest() != shard.sha256:
+    if offset != shard.bytes or quick_problem(part, shard):
         part.unlink()
         raise WtoursError(f"{target.repo}/{repo_path}: downloaded {offset} bytes whose sha256 is not the index's",
                           "rerun `wtours pull` (it downloads the shard again); if it fails again, the repo holds "

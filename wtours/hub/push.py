@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from wtours.errors import WtoursError
 from wtours.hfclient import hub_errors
-from wtours.hub import source as provenance
 from wtours.hub.card import CardVideo, is_generated, render_card
 from wtours.hub.client import (
     HubTarget,
@@ -41,7 +40,7 @@ from wtours.hub.paths import (
     source_path,
     wids_path,
 )
-from wtours.hub.source import LocalSet
+from wtours.hub.source import LocalSet, read_local_set
 from wtours.layout import Layout, json_bytes, sha256_file
 from wtours.shard.index import ShardEntry, ShardIndex
 
@@ -79,10 +78,9 @@ class Upload:
         theirs, data, local = remote.get(self.path), self.data, self.local or Path()
         if theirs is None or theirs.size != self.size:
             return False
-        if theirs.sha256 and self.sha256:
-            return theirs.sha256 == self.sha256
         if theirs.sha256:
-            return theirs.sha256 == (hashlib.sha256(data).hexdigest() if data is not None else sha256_file(local))
+            ours = self.sha256 or (hashlib.sha256(data).hexdigest() if data is not None else sha256_file(local))
+            return theirs.sha256 == ours
         return theirs.blob_id == git_blob_id(data if data is not None else local.read_bytes())
 
 
@@ -158,7 +156,7 @@ def batch_operations(operations: list[Operation], max_files: int, max_bytes: int
 
 def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print) -> PushSummary:
     target = config.target
-    sets = {slug: provenance.read_local_set(layout, slug) for slug in config.slugs}
+    sets = {slug: read_local_set(layout, slug) for slug in config.slugs}
     prepare_repo(target, REPO_TYPE, config.private, config.dry_run, say)
     remote, current = _remote_state(target, config.dry_run)
     operations: list[Operation] = []

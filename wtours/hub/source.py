@@ -15,7 +15,7 @@ from wtours.errors import WtoursError
 from wtours.layout import Layout, read_json
 from wtours.manifest import load_manifest
 from wtours.shard.index import ShardIndex, load_index
-from wtours.video import VideoInfo, read_video_info
+from wtours.video import read_video_info
 
 SOURCE_KEYS = ("url", "webpage_url", "id", "title", "uploader", "channel_url", "upload_date", "license")
 VIDEO_KEYS = ("duration", "width", "height", "fps", "codec")
@@ -23,8 +23,11 @@ VIDEO_KEYS = ("duration", "width", "height", "fps", "codec")
 
 def source_record(layout: Layout, slug: str) -> dict[str, Any] | None:
     info = read_video_info(layout, slug)
-    if info is not None:
-        return from_info(info)
+    if info is not None:  # the shareable part of its info.json: no local paths, no machine details
+        probe = info.probe.to_dict()
+        video = {"sha256": info.sha256, "bytes": info.bytes, **{k: probe[k] for k in VIDEO_KEYS}}
+        return {"slug": info.slug, "city": info.city, "kind": info.kind,
+                "source": {k: info.source.get(k) for k in SOURCE_KEYS}, "video": video}
     pulled = read_json(layout.source_path(slug))
     if pulled:
         return pulled
@@ -33,14 +36,6 @@ def source_record(layout: Layout, slug: str) -> dict[str, Any] | None:
         source = {**dict.fromkeys(SOURCE_KEYS), "url": entry.url, "id": entry.youtube_id, "license": entry.license}
         return {"slug": slug, "city": entry.city, "kind": entry.kind, "source": source, "video": None}
     return None
-
-
-def from_info(info: VideoInfo) -> dict[str, Any]:
-    """The shareable part of a video's info.json: no local paths, no machine details."""
-    probe = info.probe.to_dict()
-    video = {"sha256": info.sha256, "bytes": info.bytes, **{k: probe[k] for k in VIDEO_KEYS}}
-    return {"slug": info.slug, "city": info.city, "kind": info.kind,
-            "source": {k: info.source.get(k) for k in SOURCE_KEYS}, "video": video}
 
 
 def check_attribution(slug: str, record: dict[str, Any] | None, layout: Layout) -> dict[str, Any]:

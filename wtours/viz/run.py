@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from wtours.clips.augment import normalize
 from wtours.clips.epoch import ClipConfig, ShardRead, clip_starts
 from wtours.clips.spec import ShardRef, resolve
-from wtours.clips.stages import Clip, Problems, open_shards, samples_to_clips, tar_samples
+from wtours.clips.stages import Clip, Problems, shard_clips
 from wtours.dora import DoRA
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, replace_atomically, write_json_atomic
@@ -96,8 +96,7 @@ def read_clips(shards: list[ShardRef], starts: dict[str, set[int]], config: Clip
     """The clips at `starts`, through the trainer's own stages (open -> tar samples -> clips)."""
     problems = Problems()
     reads = [ShardRead.needed(r, starts[r.url], config) for r in shards if r.url in starts]
-    samples = tar_samples(open_shards(reads, problems), problems)
-    yield from samples_to_clips(samples, config, problems)
+    yield from shard_clips(reads, config, problems)
     if problems.bad_shards:
         raise WtoursError(f"{len(problems.bad_shards)} shard(s) could not be read: {next(iter(problems.bad_shards))}",
                           "check the shards (wtours inspect), or reshard")
