@@ -54,14 +54,14 @@ def training_config(ctx: click.Context, values: dict, config_file: str | None,
                     assignments: tuple[str, ...]) -> TrainConfig:
     """The settings given, over defaults; with --resume in a run folder, over the run's own model settings
     (so only a model option given explicitly differs from the checkpoint's, and is refused there)."""
-    from wtours.train.folder import SOURCE_KEY, refuse_reshaped_model, resumed_model_settings  # (imports torch)
+    from wtours.train.folder import refuse_reshaped_model, resumed_model_settings  # (imports torch)
 
     given = command_settings(TrainConfig, ctx, values, config_file, assignments)
-    run_model = resumed_model_settings(given)
-    base = {"model": run_model["model"]} if run_model else {}
+    resumed = resumed_model_settings(given)  # (the run's model settings, the file they were read from) or None
+    base = {"model": resumed[0]} if resumed else {}
     config = from_command(TrainConfig, ctx, values, config_file, assignments, base=base)
-    if run_model:
-        refuse_reshaped_model(run_model["model"], asdict(config.model), config.out, run_model.get(SOURCE_KEY))
+    if resumed:
+        refuse_reshaped_model(resumed[0], asdict(config.model), resumed[1])
     return config
 
 

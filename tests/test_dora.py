@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from tests.reference_dora import reference_loss, sinkhorn_one
-from wtours.dora import DoRA, DoRALoss
+from wtours.dora import DoRA
 from wtours.dora.config import DoRAConfig, LossConfig, teacher_temperature
+from wtours.dora.loss import DoRALoss
 from wtours.dora.tracker import apply_masks, discover, sinkhorn, track
 from wtours.errors import WtoursError
-from wtours.models import create_vit
-from wtours.models.vit import cls_attention
+from wtours.models.vit import cls_attention, create_vit
 
 
 def crops(b=2, t=3, n=3, seed=0, size=224):

@@ -18,8 +18,8 @@ from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.errors import WtoursError
 from wtours.eval.data import labelled_pair
 from wtours.eval.knn import KnnConfig, evaluate_knn, topk_hits, weighted_knn_scores
-from wtours.models import create_vit
 from wtours.models.checkpoint import infer_arch, load_backbone
+from wtours.models.vit import create_vit
 
 
 def numpy_vote(train_f: np.ndarray, train_l: np.ndarray, val_f: np.ndarray, k: int, temperature: float,

@@ -13,9 +13,9 @@ from wtours.dora.config import DoRAConfig
 from wtours.dora.loss import DoRALoss
 from wtours.dora.tracker import apply_masks, discover, track
 from wtours.errors import WtoursError
-from wtours.models import DINOHead, create_vit
 from wtours.models.checkpoint import NETWORKS, read_checkpoint, strip_prefix
-from wtours.models.vit import VisionTransformer, cls_attention
+from wtours.models.head import DINOHead
+from wtours.models.vit import VisionTransformer, cls_attention, create_vit
 
 
 class Encoder(nn.Module):
@@ -30,9 +30,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        if isinstance(x, torch.Tensor):
-            return self.head(self.backbone(x))
+    def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
         features = torch.cat([self.backbone(batch) for batch in x])  # (sum of batches, D)
         return list(self.head(features).split([len(batch) for batch in x]))
 

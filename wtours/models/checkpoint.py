@@ -7,11 +7,12 @@ the weights' shapes (width, patch size, depth) unless `arch` names it."""
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import re
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
 import torch
 
@@ -39,35 +40,30 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
                           "pass a .pth file written by torch.save") from e
 
 
-class _KeepingErrors:
+class _KeepingErrors(io.BufferedWriter):
     """A file whose write errors are kept: torch.save turns an exception raised by a write (a full disk's OSError,
     a Ctrl-C's KeyboardInterrupt) into a bare RuntimeError ("unexpected pos ..."); the kept one is raised instead."""
 
-    def __init__(self, file):
-        self.file, self.error = file, None
+    error: BaseException | None = None
 
     def write(self, data) -> int:
         try:
-            return self.file.write(data)
+            return super().write(data)
         except BaseException as error:
             self.error = error
             raise
-
-    def flush(self) -> None:
-        self.file.flush()
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save through the one atomic writer: a kill never leaves half a file, and a failed write
     (ENOSPC, EROFS, ...) raises its OSError, leaves no temporary and keeps the previous checkpoint."""
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as file:
-            writer = _KeepingErrors(file)
+        with _KeepingErrors(open(tmp, "wb", buffering=0)) as file:
             try:
-                torch.save({**state, "wtours": __version__}, cast(IO[bytes], writer))
+                torch.save({**state, "wtours": __version__}, file)
             except RuntimeError:
-                if writer.error is not None:
-                    raise writer.error from None
+                if file.error is not None:
+                    raise file.error from None
                 raise
 
     replace_atomically(path, write)

@@ -6,7 +6,8 @@ the node list's first host, on a port derived from the job id unless MASTER_PORT
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -79,8 +80,9 @@ def check_device(device: str | None, launch: Dist) -> torch.device:
     return torch.device("cuda", index)
 
 
-def setup(device: str | None = None) -> Dist:
-    """Join the process group when launched as many processes (nccl on GPUs, gloo on CPUs)."""
+@contextmanager
+def setup(device: str | None = None) -> Iterator[Dist]:
+    """Join the process group for the block when launched as many processes (nccl on GPUs, gloo on CPUs)."""
     launch = read_launch()
     target = check_device(device, launch)
     if target.type == "cuda":
@@ -88,12 +90,11 @@ def setup(device: str | None = None) -> Dist:
     if launch.world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo", init_method=launch.init_method,
                                 rank=launch.rank, world_size=launch.world_size)
-    return replace(launch, device=target)
-
-
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        yield replace(launch, device=target)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def agree(dist: Dist, work):
@@ -105,8 +106,6 @@ def agree(dist: Dist, work):
         try:
             result = work()
         except BaseException as e:  # anything (Ctrl-C, a damaged file's TypeError): the others must not wait
-            if dist.world_size == 1:
-                raise
             failure = e
             error = ((e.message, e.hint, e.exit_code) if isinstance(e, WtoursError) else
                      (f"rank 0 could not prepare the run folder: {type(e).__name__}: {e}", "see rank 0's message",

@@ -53,10 +53,7 @@ def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
     """A nested config dict (as config.json) by leaf name, JSON-normalised (tuples -> lists)."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flat_settings(value))
-        else:
-            flat[key] = json.loads(json.dumps(value))
+        flat.update(flat_settings(value) if isinstance(value, dict) else {key: json.loads(json.dumps(value))})
     return flat
 
 
@@ -98,18 +95,18 @@ def trim_jsonl(path: Path, last_step: int) -> None:
 WEIGHT_SHAPES = ("arch", "out_dim", "hidden_dim", "bottleneck_dim")
 
 
-def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
-    """For `wtours train --resume`: the run's own model settings, nested as TrainConfig's `model`, to be the
-    layer under --config/--set/options (only values given explicitly differ). From the checkpoint's "config"
-    entry (the weights' true shapes, also for a copied checkpoint alone), else --out/config.json; {} when not
-    resuming or when nothing records a model. `given`: what the command was given (config.command_settings)."""
+def resumed_model_settings(given: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """For `wtours train --resume`: the run's own model settings (nested as TrainConfig's `model`: the layer under
+    --config/--set/options, so only values given explicitly differ) and the file they were read from: the
+    checkpoint (its "config" entry: the weights' true shapes, also for a copied checkpoint alone), else
+    --out/config.json. None when not resuming or when nothing records a model. `given`: command_settings'."""
     try:
         resume = coerce(given.get("resume", False), bool, "resume")
         out = coerce(given.get("out"), str, "out") if given.get("out") is not None else None
     except WtoursError:
-        return {}  # building the config names the bad value
+        return None  # building the config names the bad value
     if not resume or not out:
-        return {}
+        return None
     where = Path(out) / CHECKPOINT_FILE
     try:  # memory-mapped: the weights are not read
         raw = read_checkpoint(where, mmap=True)
@@ -121,35 +118,24 @@ def resumed_model_settings(given: dict[str, Any]) -> dict[str, Any]:
     else:  # no checkpoint, or one without settings (the authors')
         where = Path(out) / RUN_CONFIG_FILE
         if not where.is_file():
-            return {}
+            return None
         saved = read_json(where)
         if not isinstance(saved, dict):
             raise WtoursError(f"{where} is not a training run's config.json (no mapping of settings)",
                               f"--resume reads the run's model from it: restore it, or pass --overwrite to start "
                               f"afresh in {out}")
     model = build_dict(TrainConfig, saved, f" in {where}").get("model")  # nested, or flat by option name
-    return {"model": model, SOURCE_KEY: str(where)} if model else {}
+    return (model, str(where)) if model else None
 
 
-SOURCE_KEY = "_from"  # resumed_model_settings' note of the file the model came from (for refuse_reshaped_model)
-
-
-def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], out: str,
-                          source: str | None = None) -> None:
+def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], source: str) -> None:
     """--resume with an explicitly different architecture or head size: the checkpoint's weights do not fit that
     model, so --reschedule cannot accept it either. `source`: the file the run's model was read from (hint)."""
-    saved, now = flat_settings(run_model), flat_settings(model)
-    changed = {k: [saved[k], now[k]] for k in WEIGHT_SHAPES if k in saved and k in now and saved[k] != now[k]}
+    changed = changes(flat_settings(run_model), {k: v for k, v in flat_settings(model).items() if k in WEIGHT_SHAPES})
     if changed:
         raise UsageError(f"--resume: {describe(changed)}: the run's checkpoint holds weights of another shape",
-                         f"leave these options out to resume with the run's own model (from "
-                         f"{source or Path(out) / CHECKPOINT_FILE}), or start a new run with --overwrite or another "
-                         "--out")
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    path = out / CHECKPOINT_FILE
-    return path if path.is_file() else None
+                         f"leave these options out to resume with the run's own model (from {source}), or start a "
+                         "new run with --overwrite or another --out")
 
 
 @contextmanager
@@ -195,8 +181,8 @@ def prepare(out: Path, config: TrainConfig, facts: dict) -> dict:
                 output.unlink()
     changed: dict = {}
     step = 0
-    path = latest_checkpoint(out)
-    if config.resume and path is not None:
+    path = out / CHECKPOINT_FILE
+    if config.resume and path.is_file():
         try:
             meta = read_checkpoint(path, mmap=True)  # the run state: its tensors are not read
         except WtoursError as e:

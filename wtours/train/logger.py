@@ -57,8 +57,9 @@ class RunLogger:
     def __init__(self, out: Path, dist: distributed.Dist, total_steps: int = 0,
                  say: Callable[[str], None] = lambda m: None, clock: Callable[[], float] = time.perf_counter):
         self.dist, self.total_steps, self.say, self.clock = dist, total_steps, say, clock
-        self.log = open(out / RUN_LOG_FILE, "a", encoding="utf-8") if dist.is_main else None
-        self.data = open(out / run_data_log(dist.rank), "a", encoding="utf-8")
+        # line-buffered: each line is on disk once written, so a killed run keeps every step it logged
+        self.log = open(out / RUN_LOG_FILE, "a", buffering=1, encoding="utf-8") if dist.is_main else None
+        self.data = open(out / run_data_log(dist.rank), "a", buffering=1, encoding="utf-8")
         self.tb = _tensorboard(out) if dist.is_main else None
         self.window_start = self.clock()
         self.clips = 0
@@ -108,17 +109,13 @@ class RunLogger:
         self._write(record, state.step, ("knn_top1", "knn_top5"), "knn")
 
     def _write(self, record: dict, step: int, scalars: tuple[str, ...], group: str) -> None:
-        """A log.jsonl line (flushed: a killed run keeps it) and its `scalars` as TensorBoard's group/name."""
+        """A log.jsonl line and its `scalars` as TensorBoard's group/name."""
         if self.log is None:
             return
         self.log.write(json.dumps(record) + "\n")
-        self.log.flush()
         if self.tb is not None:
             for key in scalars:
                 self.tb.add_scalar(f"{group}/{key.removeprefix(group + '_')}", record[key], step)
-
-    def flush(self) -> None:
-        self.data.flush()  # log.jsonl is flushed line by line
 
     def close(self) -> None:
         for file in (self.data, self.log, self.tb):

@@ -8,13 +8,12 @@ import torch
 import torch.nn as nn
 
 
-def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
-                    warmup_start: float = 0.0) -> np.ndarray:
-    """DINO's utils.cosine_scheduler per iteration: np.linspace(warmup_start, base, warmup_steps) (reaching `base`
-    at the last warm-up iteration), then a cosine from `base` to `final` over the remaining iterations. A warm-up
+def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0) -> np.ndarray:
+    """DINO's utils.cosine_scheduler per iteration: np.linspace(0, base, warmup_steps) (reaching `base` at the
+    last warm-up iteration), then a cosine from `base` to `final` over the remaining iterations. A warm-up
     longer than the run (a short --steps run) is shortened to the run: it then reaches `base` at the last step."""
     warmup_steps = min(warmup_steps, total_steps)
-    warmup = np.linspace(warmup_start, base, warmup_steps) if warmup_steps > 0 else np.array([])
+    warmup = np.linspace(0.0, base, warmup_steps)  # empty without a warm-up
     iters = np.arange(total_steps - warmup_steps)
     cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
     return np.concatenate((warmup, cosine))
@@ -31,17 +30,16 @@ def param_groups(module: nn.Module) -> list[dict]:
 
 
 @torch.no_grad()
-def clip_per_tensor(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """The authors' clipping: each parameter's gradient norm capped at max_norm on its own; returns the norms
-    (on device). Scaling by min(1, max/(norm+1e-6)) everywhere equals DINO's `if clip_coef < 1: grad *=
-    clip_coef` without reading any norm on the host."""
+def clip_per_tensor(params: list[torch.Tensor], max_norm: float) -> None:
+    """The authors' clipping: each parameter's gradient norm capped at max_norm on its own. Scaling by
+    min(1, max/(norm+1e-6)) everywhere equals DINO's `if clip_coef < 1: grad *= clip_coef` without reading
+    any norm on the host."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros(0)
-    norms = torch.stack(torch._foreach_norm(grads))
+        return
+    norms = torch.stack(torch._foreach_norm(grads))  # (P,)
     scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     torch._foreach_mul_(grads, list(scales.unbind()))
-    return norms
 
 
 def cancel_last_layer_gradients(student: nn.Module, epoch: int, freeze_epochs: int) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_
 from wtours.clips.spec import resolve
 from wtours.clips.stages import Problems
 from wtours.dora import DoRA
-from wtours.errors import UsageError, WtoursError
+from wtours.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError, WtoursError
 from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE, write_json_atomic
 from wtours.models.checkpoint import read_checkpoint, save_checkpoint
 from wtours.system import default_workers
@@ -28,10 +28,6 @@ from wtours.train import distributed, folder
 from wtours.train.config import TrainConfig
 from wtours.train.logger import RunLogger, RunState, problems_line
 from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
-
-
-class NonFiniteLoss(WtoursError):
-    exit_code = 4
 
 
 @dataclass
@@ -76,23 +72,16 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int, world_size: int) 
 
 
 def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
-    dist = distributed.setup(config.device)  # checks --device first: nothing is created for a missing one
-    if config.workers is None:  # resolved here, so config.json records what ran; a resume keeps the run's
-        saved = folder.saved_workers(config)
-        config = replace(config, workers=saved if saved is not None else default_workers(dist.local_world_size))
-    try:
+    with distributed.setup(config.device) as dist:  # checks --device first: nothing is created for a missing one
+        if config.workers is None:  # resolved here, so config.json records what ran; a resume keeps the run's
+            saved = folder.saved_workers(config)
+            config = replace(config, workers=saved if saved is not None else default_workers(dist.local_world_size))
         return _train(config, dist, say if dist.is_main else (lambda m: None))
-    finally:
-        distributed.teardown()
-
-
-class Interrupted(WtoursError):
-    exit_code = 130  # as a shell reports Ctrl-C
 
 
 @dataclass
 class Run:
-    """One run's parts, built by `_train` and stepped by `_loop`; `state` is updated in place."""
+    """One run's parts, built by `_train` and stepped by `_loop`."""
 
     config: TrainConfig
     dist: distributed.Dist
@@ -107,7 +96,7 @@ class Run:
     facts: dict  # world size, steps per epoch, total steps: what --resume compares besides the settings
     knn: Any  # a KnnMonitor on rank 0 with --knn-train/--knn-val, else None
     logger: RunLogger  # its `say` prints the console's lines (rank 0; silenced by -q)
-    state: RunState = field(default_factory=RunState)
+    state: RunState  # updated in place by _start and _loop: what an interrupted run reports
 
 
 def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], None]) -> RunState:
@@ -116,17 +105,19 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
         raise UsageError(f"--out {out} is a file, not a folder", "choose a folder for --out")
     dataset = build_data(config, dist)  # resolves the shards: still nothing written
     schedules = build_schedules(config, len(dataset), dist.world_size)
-    knn = _knn_monitor(config, dist)  # k-NN monitoring (--knn-train/--knn-val): folders checked now
+    knn = None  # k-NN monitoring (--knn-train/--knn-val) on rank 0: its folders checked now
+    if config.knn_train and config.knn_val and dist.is_main:
+        from wtours.eval.knn import KnnConfig, KnnMonitor
+
+        knn = KnnMonitor(config.knn_train, config.knn_val, config.knn_every,
+                         KnnConfig(workers=min(config.workers or 0, 4)))
     facts = {"world_size": dist.world_size, "steps_per_epoch": len(dataset), "total_steps": schedules.total_steps}
     state = RunState()
     try:
         with folder.run_folder(out, dist, config, facts) as prepared:
-            run = _build_run(config, dist, out, dataset, schedules, facts, knn, say)
-            state = run.state
+            run = _build_run(config, dist, out, dataset, schedules, facts, knn, say, state)
             try:
-                if config.resume:
-                    state = run.state = _resume(run)
-                _record_start(run, prepared)
+                _start(run, prepared)
                 _loop(run)
             finally:
                 run.logger.close()
@@ -134,12 +125,12 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
         hint = ("no checkpoint was written yet: rerun with --resume (it starts afresh)" if state.saved_step is None
                 else f"the checkpoint of step {state.saved_step} ({out / CHECKPOINT_FILE}) is intact; rerun with "
                 "--resume to continue from it")
-        raise Interrupted(f"interrupted at step {state.step}", hint) from None
+        raise WtoursError(f"interrupted at step {state.step}", hint, exit_code=EXIT_INTERRUPTED) from None
     return state
 
 
 def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: ClipDataset, schedules: Schedules,
-               facts: dict, knn: Any, say: Callable[[str], None]) -> Run:
+               facts: dict, knn: Any, say: Callable[[str], None], state: RunState) -> Run:
     """The model (the same initial weights on every rank), its DDP wrapper, optimiser, scaler and logger."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
     model = build_model(config, dist.device)
@@ -154,24 +145,36 @@ def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: 
     precision = config.precision or ("bf16" if dist.device.type == "cuda" else "fp32")
     return Run(config, dist, out, dataset, model, student, torch.optim.AdamW(param_groups(model.student)),
                torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), schedules, precision, facts,
-               knn, RunLogger(out, dist, schedules.total_steps, say))
+               knn, RunLogger(out, dist, schedules.total_steps, say), state)
 
 
-def _record_start(run: Run, prepared: dict) -> None:
-    """config.json (the config itself: --config reads it back), run.json (what it implied), the start line."""
-    config, dist, dataset, schedules = run.config, run.dist, run.dataset, run.schedules
+def _start(run: Run, prepared: dict) -> None:
+    """--resume's checkpoint loaded (into `run.state` too), config.json (the config itself: --config reads it
+    back), run.json (what it implied), the start lines."""
+    config, dist, dataset, schedules, state = run.config, run.dist, run.dataset, run.schedules, run.state
+    path = run.out / CHECKPOINT_FILE
+    if config.resume and path.is_file():
+        checkpoint = read_checkpoint(path)
+        run.model.load_official_checkpoint(checkpoint)
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.scaler.load_state_dict(checkpoint["scaler"])
+        state.step = state.saved_step = checkpoint["step"]
+        state.epoch, state.step_in_epoch = checkpoint["epoch"], checkpoint["step_in_epoch"]
+        run.logger.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
+    elif config.resume:
+        run.logger.say(f"--resume: no checkpoint in {run.out}; starting from scratch")
+    clips = dataset.clips_per_epoch()
     if dist.is_main:
         write_json_atomic(run.out / RUN_CONFIG_FILE, folder.recorded(config))
         write_json_atomic(run.out / RUN_FACTS_FILE, {
-            **run.facts, "precision": run.precision, "workers": config.workers,
-            "clips_per_epoch": dataset.clips_per_epoch(),
-            "reschedules": folder.reschedules(run.out, prepared["changed"], run.state.step)})
-    run.logger.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {dataset.clips_per_epoch()} "
+            **run.facts, "precision": run.precision, "workers": config.workers, "clips_per_epoch": clips,
+            "reschedules": folder.reschedules(run.out, prepared["changed"], state.step)})
+    run.logger.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {clips} "
                    f"clips per epoch, {schedules.steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
                    f"{schedules.total_steps} steps, {run.precision} on {dist.device}")
     if prepared["changed"]:
         run.logger.say(f"--reschedule: {folder.describe(prepared['changed'])}; schedules recomputed from step "
-                       f"{run.state.step}")
+                       f"{state.step}")
 
 
 def _loop(run: Run) -> None:
@@ -208,7 +211,7 @@ def _loop(run: Run) -> None:
             state.step_in_epoch += 1
             logged = state.step % config.log_every == 0 or state.step in (1, schedules.total_steps)
             logger.step(state, loss_value, run.optimizer, float(schedules.momentum[it]), data_seconds, batch.keys,
-                        _gathered(problems).counts() if logged else None)
+                        _gathered(problems) if logged else None)
             if state.step == schedules.total_steps:  # no next step to confirm it: finite weights suffice
                 _checkpoint(run)
             _knn_evaluate(run)
@@ -219,20 +222,20 @@ def _loop(run: Run) -> None:
             state.epoch += 1
             state.step_in_epoch = 0
     logger.say(f"done: {state.step} steps; checkpoint {run.out / CHECKPOINT_FILE}; log {run.out / 'log.jsonl'}")
-    line = problems_line(_gathered(problems).counts())
+    line = problems_line(_gathered(problems))
     if line:
         logger.say(line)
 
 
-def _gathered(problems: Problems) -> Problems:
-    """`problems` summed over the ranks (a collective: every rank calls it at the same step)."""
+def _gathered(problems: Problems) -> dict:
+    """`problems.counts()` summed over the ranks (a collective: every rank calls it at the same step)."""
     total = Problems()
     for counts in distributed.all_gather(problems.counts()):
         total.add(counts)
-    return total
+    return total.counts()
 
 
-def _non_finite(run: Run, what: str) -> NonFiniteLoss:
+def _non_finite(run: Run, what: str) -> WtoursError:
     """The error after a non-finite loss or weights, with what to do for this run's precision."""
     peak_lr = float(max(run.schedules.lr)) if len(run.schedules.lr) else 0.0
     lower = f"a lower --lr (e.g. --lr {peak_lr / 4:.3g}; the peak was {peak_lr:.3g})"
@@ -243,7 +246,7 @@ def _non_finite(run: Run, what: str) -> NonFiniteLoss:
     hint = (f"no checkpoint was written yet; rerun with --overwrite and {fix}" if saved_step is None
             else f"the last good checkpoint is {run.out / CHECKPOINT_FILE} (step {saved_step}); continue from it "
             f"with --resume --reschedule and {fix}")
-    return NonFiniteLoss(f"{what}; training stopped", hint)
+    return WtoursError(f"{what}; training stopped", hint, exit_code=EXIT_DIVERGED)
 
 
 def _checkpoint(run: Run) -> None:
@@ -254,7 +257,6 @@ def _checkpoint(run: Run) -> None:
     # element-wise, one host sync: a norm of huge but finite weights would itself overflow
     if not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
         raise _non_finite(run, f"the weights are not finite after step {state.step}")
-    run.logger.flush()  # the data log is complete up to the checkpoint
     if run.dist.is_main:
         save_checkpoint(run.out / CHECKPOINT_FILE, {
             "student": model.student.state_dict(), "teacher": model.teacher.state_dict(),
@@ -310,30 +312,6 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
     ema_update(list(model.teacher.parameters()), params, settings.momentum)
     model.loss.update_center(output.teacher)
     return loss_value, output
-
-
-def _resume(run: Run) -> RunState:
-    path = folder.latest_checkpoint(run.out)
-    if path is None:
-        run.logger.say(f"--resume: no checkpoint in {run.out}; starting from scratch")
-        return RunState()
-    checkpoint = read_checkpoint(path)
-    run.model.load_official_checkpoint(checkpoint)
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
-    run.scaler.load_state_dict(checkpoint["scaler"])
-    state = RunState(checkpoint["step"], checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["step"])
-    run.logger.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
-    return state
-
-
-def _knn_monitor(config: TrainConfig, dist: distributed.Dist):
-    """A KnnMonitor on rank 0 when --knn-train/--knn-val are given, else None."""
-    if not config.knn_train or not config.knn_val or not dist.is_main:
-        return None
-    from wtours.eval.knn import KnnConfig, KnnMonitor
-
-    return KnnMonitor(config.knn_train, config.knn_val, config.knn_every,
-                      KnnConfig(workers=min(config.workers or 0, 4)))
 
 
 def _knn_evaluate(run: Run) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from wtours.viz.config import VizConfig
 
 __all__ = ["VizConfig", "visualise"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str):
     """`visualise` imports torch: only when asked for, so `wtours.viz.config` stays light for the CLI."""
     if name == "visualise":
         from wtours.viz.run import visualise
