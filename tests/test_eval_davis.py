@@ -8,6 +8,8 @@ import copy
 import json
 import os
 import queue
+import signal
+import time
 from pathlib import Path
 
 import cv2
@@ -18,11 +20,13 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage.morphology import disk as skimage_disk
 
-from tests.cli import assert_clean_error, run_wtours
+from tests.cli import CliResult, assert_clean_error, run_wtours, run_wtours_process, start_wtours
 from wtours.errors import UsageError, WtoursError
 from wtours.eval.config import DavisConfig
 from wtours.eval.davis import PALETTE, hard_labels, propagate_sequence
 from wtours.eval.jf import boundary_f, region_similarity, sequence_measures, statistics
+from wtours.layout import TEMPORARY_GLOB
+from wtours.locks import folder_lock
 from wtours.models.vit import create_vit
 
 # ---- transcriptions of the reference code, loop by loop -------------------------------------------------------
@@ -313,9 +317,9 @@ def render_sequence(root: Path, name: str, frames: int = 5, seed: int = 0) -> No
         mask.save(root / "Annotations/480p" / name / f"{t:05d}.png")
 
 
-def render_davis(root: Path, names=("walk", "turn")) -> Path:
+def render_davis(root: Path, names=("walk", "turn"), frames: int = 5) -> Path:
     for seed, name in enumerate(names):
-        render_sequence(root, name, seed=seed)
+        render_sequence(root, name, frames, seed=seed)
     (root / "ImageSets/2017").mkdir(parents=True)
     (root / "ImageSets/2017/val.txt").write_text("".join(f"{n}\n" for n in names))
     return root
@@ -435,3 +439,41 @@ def test_bad_layout_is_one_clear_error(micro, davis, tmp_path, fault, code, phra
     err = assert_clean_error(eval_davis(micro, davis, out), code, phrase, UsageError if code == 2 else WtoursError)
     assert err.count("error:") == 1
     assert not out.exists()  # checked before anything is written
+
+
+def test_a_second_run_on_the_same_out_is_refused(micro, davis, tmp_path):
+    out = tmp_path / "results"
+    with folder_lock(out, "DAVIS results folder"):  # another live run holds it
+        assert_clean_error(eval_davis(micro, davis, out), 1, "in use by", WtoursError)
+    assert not (out / "walk").exists() and not (out / "run.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_mid_sequence_keeps_only_whole_sequences_and_resumes(micro, tmp_path, sig):
+    """Ctrl-C (exit 130) or kill -9 while a long sequence is being written: no partial sequence folder under
+    its name; the rerun removes what the killed run left and finishes."""
+    davis, out = render_davis(tmp_path / "DAVIS", ("walk", "long"), frames=300), tmp_path / "results"
+    args = ["eval", "davis", micro, "--davis", davis, "--out", out, "--short-side", "64", "--device", "cpu"]
+    process = start_wtours(args, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(len(list(t.glob("*.png"))) > 2 for t in out.glob(".long.tmp-*")):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.005)
+        os.killpg(process.pid, sig)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not (out / "long").exists() and (out / "walk").is_dir()
+    if sig == signal.SIGINT:
+        assert_clean_error(CliResult(process.returncode, stdout, stderr), 130, "interrupted")
+        assert not list(out.glob(TEMPORARY_GLOB))
+    else:
+        assert process.returncode == -signal.SIGKILL and list(out.glob(TEMPORARY_GLOB))
+    again = run_wtours_process(args)
+    assert again.returncode == 0, again.stderr
+    assert "walk: segmented already" in again.stdout and "long: 300 frames segmented" in again.stdout
+    assert len(list((out / "long").glob("*.png"))) == 300 and not list(out.glob(TEMPORARY_GLOB))
