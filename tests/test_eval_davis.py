@@ -400,7 +400,8 @@ def test_rerun_resumes_and_refuses_another_runs_results(micro, davis, tmp_path):
     assert json.loads((out / "davis.json").read_text())["topk"] == 2
 
 
-def break_layout(davis: Path, fault: str) -> None:
+def break_layout(davis: Path, fault: str) -> list[str]:
+    """Breaks `davis` as `fault` says; the extra command-line arguments the fault needs."""
     walk = davis / "Annotations/480p/walk"
     if fault == "no frames folder":
         (davis / "JPEGImages").rename(davis / "frames")
@@ -424,6 +425,9 @@ def break_layout(davis: Path, fault: str) -> None:
         (davis / "ImageSets/2017/val.txt").write_text("walk\n../walk\n")
     elif fault == "frame not an image":
         (davis / "JPEGImages/480p/walk/00001.jpg").write_bytes(b"not a jpeg")
+    elif fault == "image set path":
+        return ["--image-set", "../../secret"]
+    return []
 
 
 @pytest.mark.parametrize("fault, code, phrase", [
@@ -432,11 +436,13 @@ def break_layout(davis: Path, fault: str) -> None:
     ("colour mask", 1, "not an indexed (palette) PNG"), ("annotation of another size", 1, "64 x 32"),
     ("two frames", 1, "has 2 frames"), ("no object", 1, "marks no object"),
     ("path in the list", 1, "'../walk'"), ("frame not an image", 1, "00001.jpg"),
+    ("image set path", 2, "is not a name"),
 ])
 def test_bad_layout_is_one_clear_error(micro, davis, tmp_path, fault, code, phrase):
-    break_layout(davis, fault)
+    extra = break_layout(davis, fault)
     out = tmp_path / "results"
-    err = assert_clean_error(eval_davis(micro, davis, out), code, phrase, UsageError if code == 2 else WtoursError)
+    kind = UsageError if code == 2 else WtoursError
+    err = assert_clean_error(eval_davis(micro, davis, out, *extra), code, phrase, kind)
     assert err.count("error:") == 1
     assert not out.exists()  # checked before anything is written
 

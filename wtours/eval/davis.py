@@ -76,6 +76,8 @@ def read_layout(root: str | os.PathLike, subset: str = "val") -> list[Sequence]:
     first and the last). A folder that is not DAVIS's is a usage error; a DAVIS folder lacking something, a
     runtime one, naming what is missing."""
     root = Path(root)
+    if not subset or subset.startswith(".") or "/" in subset or "\\" in subset:
+        raise UsageError(f"--image-set {subset!r} is not a name", "name a list of ImageSets/2017, e.g. val or train")
     images, annotations = root / "JPEGImages" / "480p", root / "Annotations" / "480p"
     listing = root / "ImageSets" / "2017" / f"{subset}.txt"
     missing = [str(p) for p in (images, annotations, listing) if not p.exists()]
