@@ -88,7 +88,6 @@ def linear(ctx: click.Context, checkpoint, config_file, assignments, **values) -
     """
     from wtours.eval.linear import linear_probe, result_line
 
-    values.pop("checkpoint", None)
     config = from_command(LinearConfig, ctx, values, config_file, assignments)
     result, path = linear_probe(checkpoint, config, say=say)
     click.echo(result_line(result))
