@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,6 +254,15 @@ def test_refusals_are_one_clear_error(checkpoint, shapes, tmp_path):
     with folder_lock(tmp_path / "d", "another probe"):  # a real flock, as a running probe holds it
         assert_clean_error(wtours_linear(checkpoint, train, val, tmp_path / "d", "--epochs", "1", "--mode", "fast"),
                            1, "probe folder")
+    saved = torch.load(tmp_path / "d" / "checkpoint.pth")
+    torch.save({**saved, "linear": {"weight": torch.zeros(2, 2)}}, tmp_path / "d" / "checkpoint.pth")  # replaced
+    assert_clean_error(wtours_linear(checkpoint, train, val, tmp_path / "d", "--epochs", "1", "--mode", "fast"), 1,
+                       "does not hold this probe's state")
+    grown = tmp_path / "grown"
+    shutil.copytree(train, grown)
+    shutil.copytree(train / "red", grown / "yellow")
+    assert_clean_error(wtours_linear(checkpoint, grown, val, tmp_path / "d", "--epochs", "1", "--mode", "fast"), 2,
+                       "other settings (classes, train: 3,")
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "checkpoint.pth").write_bytes(b"not a checkpoint")
     assert_clean_error(wtours_linear(checkpoint, train, val, tmp_path / "e"), 1, "not a readable PyTorch checkpoint")

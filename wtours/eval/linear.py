@@ -201,7 +201,7 @@ def linear_probe(checkpoint: str | os.PathLike, config: LinearConfig,
         train, val = labelled_pair(config.train, config.val, config.resize, config.crop,
                                    None if fast else augmented_view(config.crop))
         out = Path(config.out) if config.out else default_out(checkpoint)
-        settings = probe_settings(checkpoint, config, dist.world_size)
+        settings = {**probe_settings(checkpoint, config, dist.world_size), "classes": train.num_classes}
 
         def prepare() -> dict[str, Any] | None:
             out.mkdir(parents=True, exist_ok=True)
@@ -223,10 +223,14 @@ def linear_probe(checkpoint: str | os.PathLike, config: LinearConfig,
         features = Features(backbone, config, device, dim)
         history: list[dict[str, Any]] = []
         if state is not None:
-            head.load_state_dict(state["linear"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, features.bad = state["history"], set(state["bad_images"])
+            try:
+                head.load_state_dict(state["linear"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                history, features.bad = state["history"], set(state["bad_images"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise WtoursError(f"{out / CHECKPOINT_FILE} does not hold this probe's state ({type(e).__name__}: "
+                                  f"{e})", f"pass another --out, or remove {out} to start afresh") from e
             if state["epoch"] < config.epochs:
                 tell(f"resuming the probe in {out} after epoch {state['epoch']}/{config.epochs}")
 
