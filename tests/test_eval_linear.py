@@ -172,10 +172,15 @@ def test_command_end_to_end_protocol_and_fast_mode(checkpoint, shapes, tmp_path)
     assert "epoch " not in again.stdout and f"top-1 {result['top1']:.2f}%" in again.stdout
     assert torch.equal(torch.load(out / "checkpoint.pth")["linear"]["weight"], weights)
 
-    fast = wtours_linear(checkpoint, *shapes, tmp_path / "fast", "--mode", "fast", "--epochs", "30", "--lr", "1",
-                         "--key", "student")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shapes[0], damaged)
+    (damaged / "red" / "truncated.png").write_bytes((damaged / "red" / "01.png").read_bytes()[:60])
+    fast = wtours_linear(checkpoint, damaged, shapes[1], tmp_path / "fast", "--mode", "fast", "--epochs", "30",
+                         "--lr", "1", "--key", "student")
     assert fast.exit_code == 0, fast.output
     fast_result = json.loads((tmp_path / "fast" / "linear.json").read_text())
+    assert fast_result["bad_images"] == [str(damaged / "red" / "truncated.png")] and fast_result["train_images"] == 36
+    assert "1 images that do not decode skipped" in fast.stdout
     assert fast_result["mode"] == "fast" and "not the authors' protocol" in fast_result["mode_label"]
     assert "[fast mode: features computed once, no augmentation]" in fast.stdout
     assert fast_result["top1"] > 80  # colours are easy: it learns (chance: 33 %)
