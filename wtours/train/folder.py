@@ -2,7 +2,7 @@
 time holds it (wtours.locks.folder_lock, taken by rank 0; docs/troubleshooting.md, "Training runs"). A folder
 holding a run is refused without --resume or --overwrite; --overwrite removes only the files a run writes;
 --resume refuses changed settings that shape the schedules or the data unless --reschedule is given. Rank 0
-decides and wtours.train.distributed.agree tells the other ranks: nothing here needs torch's process group."""
+decides and wtours.distributed.agree tells the other ranks: nothing here needs torch's process group."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from wtours import distributed
 from wtours.clips.spec import split_specs
 from wtours.config import build_dict, coerce, flagged
 from wtours.errors import UsageError, WtoursError
@@ -35,7 +36,6 @@ from wtours.locks import LOCK_FILE, folder_lock
 from wtours.models.checkpoint import read_checkpoint
 from wtours.records import is_number
 from wtours.redact import shown
-from wtours.train import distributed
 from wtours.train.config import TrainConfig
 
 

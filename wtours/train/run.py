@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from wtours import distributed
 from wtours.clips.augment import MultiCropConfig
 from wtours.clips.epoch import ClipConfig
 from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader
@@ -24,7 +25,7 @@ from wtours.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError, WtoursErr
 from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE, write_json_atomic
 from wtours.models.checkpoint import read_checkpoint, save_checkpoint
 from wtours.system import default_workers
-from wtours.train import distributed, folder
+from wtours.train import folder
 from wtours.train.config import STEPS, TrainConfig
 from wtours.train.logger import RunLogger, RunState, problems_line
 from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
