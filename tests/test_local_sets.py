@@ -54,7 +54,8 @@ def kill(process: subprocess.Popen) -> None:
     process.wait(timeout=DEADLINE)
 
 
-# ---------------------------------------------------------------- the lock's groups (in this process: flock is per open file)
+# ---------------------------------------------------------------- the lock's groups (in this process: flock is per
+# open file, so a second holder here is refused as another process would be)
 
 
 def test_readers_share_a_set_and_exclude_writers_and_the_ranks_of_a_multi_node_shard(tmp_path):
@@ -103,6 +104,33 @@ def test_a_set_on_a_read_only_mount_is_read_with_or_without_lock_files(canonical
                     fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
         finally:
             os.close(probe)
+
+
+@pytest.mark.parametrize("command", [
+    [*STATS], ["verify", SLUG], ["blur-faces", SLUG, "--out", "{tmp}/blurred"], ["push", "--city", SLUG, "--repo",
+                                                                                   "me/walk", "--dry-run"]])
+def test_every_reader_is_refused_while_a_writer_holds_the_set(root, tmp_path, command):
+    folder = Layout(root).shard_dir(SLUG)
+    with folder_lock(folder, "shard folder of walk"):  # as `shard --overwrite` holds it (flock: per open file)
+        result = run_wtours([*(a.format(tmp=tmp_path) for a in command), "--root", root])
+    assert_clean_failure(result, f"shard set {folder} is in use by pid {os.getpid()}", code=1)
+    assert not (tmp_path / "blurred").exists() and not Layout(root).stats_dir(SLUG).exists()
+
+
+@pytest.mark.parametrize("command", [
+    [*SHARD, "--overwrite"], ["verify", SLUG, "--repair"], ["blur-faces", "{tmp}/source", "--out", "{folder}",
+                                                            "--overwrite"]])
+def test_every_writer_is_refused_while_a_reader_holds_the_set(canonical_roots, root, tmp_path, command):
+    folder = Layout(root).shard_dir(SLUG)
+    canonical_roots.copy("walk-8s", tmp_path / "other")
+    shutil.move(Layout(tmp_path / "other").shard_dir(SLUG), tmp_path / "source")
+    with open(folder / "walk-000002.tar", "r+b") as f:  # a bad shard: --repair must take the set to redo it
+        f.truncate(1000)
+    before = shard_digests(folder)
+    with reading([folder]):
+        result = run_wtours([*(a.format(tmp=tmp_path, folder=folder) for a in command), "--root", root])
+    assert_clean_failure(result, f"{folder} is in use by pid {os.getpid()}", ", reading, since", code=1)
+    assert shard_digests(folder) == before
 
 
 # ---------------------------------------------------------------- real processes
@@ -165,7 +193,7 @@ def test_training_on_a_local_set_holds_it_for_the_whole_run(root, tmp_path):
 
 @pytest.fixture
 def shadowed(canonical_roots, root, tmp_path) -> Path:
-    """A current folder holding `walk/`: another set (2 shards, one of them damaged) named like the root's (4 shards)."""
+    """A current folder holding `walk/`: another set (2 shards, one damaged) named like the root's (4 shards)."""
     here = tmp_path / "here"
     other = canonical_roots.copy("walk-8s", tmp_path / "other")
     here.mkdir()
