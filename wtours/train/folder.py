@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +32,7 @@ from wtours.layout import (
     run_data_log,
     write_bytes_atomic,
 )
-from wtours.locks import LOCK_FILE, folder_lock
+from wtours.locks import LOCK_FILE, folder_lock, reading
 from wtours.models.checkpoint import read_checkpoint
 from wtours.records import is_number
 from wtours.redact import shown
@@ -141,12 +141,15 @@ def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], sour
 
 
 @contextmanager
-def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: dict) -> Iterator[dict]:
-    """Hold the run folder (rank 0 takes the lock; the others follow its decision) for the block; yields `prepare`'s
+def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: dict,
+               shard_sets: Sequence[Path] = ()) -> Iterator[dict]:
+    """Hold the run folder, and the local `shard_sets` as their reader (so no run replaces or repairs them during
+    training), for the block: rank 0 takes the locks, the others follow its decision. Yields `prepare`'s
     {"changed": ..., "step": ...}. A refused or failed start leaves no folder behind that it created."""
     created = not out.exists()
     with ExitStack() as stack:
         def take() -> dict:
+            stack.enter_context(reading(shard_sets))
             stack.enter_context(folder_lock(out, "run folder"))
             return prepare(out, config, facts)
 
