@@ -162,7 +162,8 @@ PUSH_FAULTS = [("GET", "/api/whoami-v2", 429, "0"), ("GET", "/api/datasets/{repo
                ("POST", "/preupload/", 503, "-1"), ("POST", "/info/lfs/objects/batch", 429, "0"),
                ("POST", "/api/validate-yaml", 503, "0"), ("POST", "/commit/", 429, "0")]
 PULL_FAULTS = [("GET", "/api/datasets/{repo}/tree/", 503, "0"), ("GET", "/api/datasets/{repo}", 429, None),
-               ("GET", f"/resolve/main/{SLUG}/index.json", 503, "0"), ("GET", f"/resolve/main/{SLUG}/{SLUG}-000001", 429, "0")]
+               ("GET", f"/resolve/main/{SLUG}/index.json", 503, "0"),
+               ("GET", f"/resolve/main/{SLUG}/{SLUG}-000001", 429, "0")]
 
 
 def test_every_call_of_push_and_pull_is_retried_on_429_and_503(root, hub, tmp_path):
