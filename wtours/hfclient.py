@@ -105,7 +105,7 @@ def retry_delay(retry_after: str | None, attempt: int) -> float:
     """Seconds before retry number `attempt` + 1: the server's Retry-After (seconds or an HTTP date) where
     it is a sane value, else 1, 2, 4, 8, 8, ... s; never more than MAX_WAIT (a NaN, negative or huge value
     neither crashes nor hangs)."""
-    delay = min(2.0 ** min(attempt, 8), MAX_BACKOFF)
+    delay = min(2.0 ** attempt, MAX_BACKOFF)
     with contextlib.suppress(TypeError, ValueError, OverflowError, IndexError):
         text = (retry_after or "").strip()
         date = None if text[:1].isdigit() else email.utils.parsedate_to_datetime(text)
