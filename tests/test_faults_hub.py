@@ -1,5 +1,7 @@
 """Hub faults end in one `error:` + `hint:` (exit 2, no traceback, no token), lose nothing, and a rerun
-resumes: a server that answers 500 to every upload, 429 to a commit, an invalid index, a server that
+resumes: a server that answers 429 or 503 to any call once (retried: the push or pull goes on) or always (an
+error naming the tries), a wrong token, WTOURS_HUB_* settings out of range (refused before any request),
+500 to every upload, 429 to a commit, an invalid index, a server that
 stops answering, a full disk during pull, a replaced shard while streaming (tests/hub_server.py's
 `inject`). The CLI runs in subprocesses (huggingface_hub reads HF_ENDPOINT when imported) with
 WTOURS_HUB_TIMEOUT=1, so a stalled request fails within seconds."""
@@ -155,13 +157,14 @@ def test_a_commit_answered_503_is_not_retried_and_the_rerun_resumes(root, hub):
 
 # ---------------------------------------------------------------------- one retry policy for every Hub call
 
-# Each request push and pull make, answered 429 or 503 once (Retry-After 0, none, or unusable: then the backoff's
-# 1 s): wtours.hfclient retries every one of them, a commit on 429 only.
+# Each request push and pull make, answered 429 or 503 once (Retry-After 0, none or unusable: then the backoff's
+# 1 s; the unusable values are test_an_unusable_retry_after_...'s): wtours.hfclient retries every one of them, a
+# commit on 429 only.
 PUSH_FAULTS = [("GET", "/api/whoami-v2", 429, "0"), ("GET", "/api/datasets/{repo}", 503, None),
                ("POST", "/api/repos/create", 503, "0"), ("GET", "/api/datasets/{repo}/tree/", 429, "nan"),
-               ("POST", "/preupload/", 503, "-1"), ("POST", "/info/lfs/objects/batch", 429, "0"),
+               ("POST", "/preupload/", 503, "0"), ("POST", "/info/lfs/objects/batch", 429, "0"),
                ("POST", "/api/validate-yaml", 503, "0"), ("POST", "/commit/", 429, "0")]
-PULL_FAULTS = [("GET", "/api/datasets/{repo}/tree/", 503, "0"), ("GET", "/api/datasets/{repo}", 429, None),
+PULL_FAULTS = [("GET", "/api/datasets/{repo}/tree/", 503, "0"), ("GET", "/api/datasets/{repo}", 429, "0"),
                ("GET", f"/resolve/main/{SLUG}/index.json", 503, "0"),
                ("GET", f"/resolve/main/{SLUG}/{SLUG}-000001", 429, "0")]
 
