@@ -1,4 +1,4 @@
-"""Hub faults end in one `error:` + `hint:` (exit 2, no traceback, no token), lose nothing, and a rerun
+"""Hub faults end in one `error:` + `hint:` (exit 1, 2 for a setting; no traceback, no token), lose nothing, and a rerun
 resumes: a server that answers 429 or 503 to any call once (retried: the push or pull goes on) or always (an
 error naming the tries), a wrong token, WTOURS_HUB_* settings out of range (refused before any request),
 500 to every upload, 429 to a commit, an invalid index, a server that
@@ -206,6 +206,18 @@ def test_an_unusable_retry_after_neither_crashes_nor_hangs(retry_after):
     for attempt in (0, 3, 40):
         delay = retry_delay(retry_after, attempt)
         assert 0 <= delay <= MAX_WAIT
+
+
+@pytest.mark.slow
+def test_a_huge_retry_after_on_an_lfs_upload_is_waited_for_at_most_a_minute(root, hub, tmp_path):
+    """An LFS body sent from a file is retried by huggingface_hub itself (it rewinds the file); the wait it
+    reads is made wtours': MAX_WAIT at most, not the 3 years the server asks for (the process deadline of
+    tests/cli.py, 600 s, ends a hang)."""
+    repo = new_repo()
+    fault = hub.inject("PUT", "/lfs-upload/", 429, times=1, retry_after="99999999")
+    result = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env_for(hub, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert fault.hits == 1 and f"{SLUG}/index.json" in hub.files(repo)
 
 
 def test_a_wrong_token_is_named_as_such_by_push_and_pull(root, hub, tmp_path):

@@ -178,8 +178,9 @@ def _set_up_once(huggingface_hub: ModuleType) -> None:
             `limit`, and a request that failed in a way worth retrying is retried WTOURS_HUB_RETRIES times
             (retry_delay); the first retry of the process is said in one line, each one with -v. These go once:
             a request whose body is a stream (an LFS upload from a file: huggingface_hub retries it itself,
-            rewinding the file), and the library's best-effort side requests, sent without its user agent (the
-            registry of AI agents it fetches to build that user agent, which a machine offline must not wait for)."""
+            rewinding the file; the wait it reads is made ours, at most MAX_WAIT), and the library's best-effort
+            side requests, sent without its user agent (the registry of AI agents it fetches to build that user
+            agent, which a machine offline must not wait for)."""
 
             def handle_request(self, request: Any) -> Any:
                 timeout = dict(request.extensions.get("timeout") or {})
@@ -187,7 +188,11 @@ def _set_up_once(huggingface_hub: ModuleType) -> None:
                 request.extensions = {**request.extensions, "timeout": timeout}
                 agent = request.headers.get("user-agent", "")
                 if not isinstance(request.stream, http.ByteStream) or HUB_AGENT not in agent:
-                    return super().handle_request(request)
+                    response = super().handle_request(request)
+                    if response.status_code in RETRIED_STATUSES:  # where huggingface_hub retries: a wait of ours
+                        response.headers["Retry-After"] = f"{retry_delay(response.headers.get('Retry-After'), 0):.0f}"
+                        response.headers.pop("RateLimit", None)  # (it would wait its reset time, unbounded)
+                    return response
                 retries = hub_settings().retries
                 commit = request.method == "POST" and COMMIT.search(request.url.path) is not None
                 retried = unsent if commit else transient
