@@ -188,14 +188,26 @@ def augment_costs(shards, clips: int, repeats: int) -> tuple[float, float]:
     return float(np.median(times["wtours"])), float(np.median(times["pil"]))
 
 
-def jpeg_check_costs(shards, frames: int = 64, repeats: int = 5) -> None:
+def street_jpegs(frames: int) -> list[bytes]:
+    """`frames` frames of the street footage at the shard defaults' size and quality (910x512, q90), with the
+    4K clip's temporal noise, encoded by the shard writer (without the minutes the 4K clip takes to make)."""
+    from wtours.media import ffmpeg_exe
+    from wtours.shard.writer import encode_jpeg
+
+    raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(STREET), "-vf", "scale=910:512:flags=bicubic,"
+                          "noise=alls=6:allf=t", "-frames:v", str(frames), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout
+    return [encode_jpeg(frame, 90) for frame in np.frombuffer(raw, np.uint8).reshape(frames, 512, 910, 3)]
+
+
+def jpeg_check_costs(frames: int = 64, repeats: int = 5) -> None:
     """Per frame, interleaved (median of `repeats` rounds): the structural check every sample passes
     before decoding (`clips/jpeg_check.py`) against decoding it whole (OpenCV) and decoding a 60 % x 60 %
     window of it (TurboJPEG 3, where present)."""
     from wtours.clips.jpeg import decode_frame, window_decoder
     from wtours.clips.jpeg_check import jpeg_damage
 
-    jpgs = [jpg for clip in clip_jpgs(shards, frames // 8) for jpg in clip]
+    jpgs = street_jpegs(frames)
     height, width = decode_frame(jpgs[0]).shape[:2]
     box = (width // 5, height // 5, width * 4 // 5, height * 4 // 5)
     window = np.empty((box[3] - box[1], box[2] - box[0], 3), np.uint8)
@@ -433,6 +445,10 @@ def main() -> None:
     if args.probe:
         print(json.dumps(probe_figures(DATA / "loader-root", args.batches, args.batch_size)))
         return
+    if args.jpeg_check:
+        print(header("loader_bench (the JPEG check)"))
+        jpeg_check_costs(repeats=args.repeats)
+        return
     if args.reading_only:
         print(header("loader_bench (reading)"))
         reading_costs()
@@ -444,9 +460,6 @@ def main() -> None:
     shards = resolve("street", root.root)
     cores = os.cpu_count() or 1
     print(header("loader_bench" + (f" (--baseline {args.baseline})" if args.baseline else "")))
-    if args.jpeg_check:
-        jpeg_check_costs(shards, repeats=args.repeats)
-        return
     if args.baseline:
         compare_with_baseline(root.root, args.baseline, args.repeats, args.batches, args.batch_size)
         return
