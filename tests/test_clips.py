@@ -843,7 +843,7 @@ def path_verdicts(jpg: bytes, height: int, width: int) -> dict[str, str]:
 
 def test_every_decoder_path_counts_the_same_damaged_jpegs(gapped):
     """The test set on every path: what is cut short or zero-filled is damaged before any decoder (TurboJPEG's
-    window above the damage and OpenCV 4 decode those); a whole JPEG that does not decode is refused by all;
+    window above the damage decodes those, and OpenCV may); a whole JPEG that does not decode is refused by all;
     a flipped bit is decoded or refused alike, and some decode without error to wrong pixels on every path
     (what no check of a JPEG's bytes sees: the shard's sha256 does)."""
     jpg = all_clips(resolve("gap", gapped.root), CLIP)[0].jpgs[0]

@@ -1,16 +1,16 @@
 """Is a sample's JPEG whole? One check of its bytes before any decoder sees them, so that every decoder path
 (TurboJPEG 3's clip window, OpenCV's whole frame, nvJPEG on the GPU, PIL in `wtours viz`) counts the same
 frames as damaged: decoders alone disagree. A truncated or zero-filled JPEG is refused by TurboJPEG's whole
-decode but not by its window decode when the window ends above the damage, and OpenCV 4 decodes it to grey
-rows, warning on stderr only.
+decode but not by its window decode when the window ends above the damage, and OpenCV may decode it to grey
+rows, warning on stderr only (OpenCV 5.1 refuses it).
 
 The check walks the marker segments (SOI first, every segment inside the file, a frame header before the
 first scan) and requires each scan's entropy-coded data to end at a marker, the last being EOI as the file's
-last two bytes: a file cut short or zero-filled at its end has no EOI there. About 2 % of decoding a
-910x512 frame (docs/benchmarks.md). What it cannot see: a bit flipped inside entropy-coded data. Such a frame
-decodes without error on every decoder (to wrong pixels; TurboJPEG warns on some, in the rows it decodes,
-and those warnings are not counted, so every path decides alike); the index's sha256 catches it (`wtours
-verify`; shards from another machine are checked as they are read)."""
+last two bytes: a file cut short or zero-filled at its end has no EOI there. It costs 3-5 % of decoding one
+910x512 frame, once per sample (docs/benchmarks.md). What it cannot see: a bit flipped inside entropy-coded
+data. Such a frame decodes without error on every decoder (to wrong pixels; TurboJPEG warns on some, in the
+rows it decodes, and those warnings are not counted, so every path decides alike); the index's sha256 catches
+it (`wtours verify`; shards from another machine are checked as they are read)."""
 
 from __future__ import annotations
 
