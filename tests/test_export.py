@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,14 @@ def test_a_full_disk_is_a_clear_error_that_leaves_nothing_and_the_rerun_exports(
     assert [p.name for p in disk.iterdir()] == [out.name]
     if room != "pth":
         assert timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=0) is not None
+
+
+def test_a_read_only_out_is_a_clear_error(run_checkpoint, tmpfs):
+    disk = tmpfs(1 << 20)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    for out in ("model", "model.pth"):
+        code, _, stderr = wtours("export", str(run_checkpoint), "--out", str(disk / out))
+        assert code == 1 and "Read-only file system" in stderr and "hint: the file system is read-only" in stderr
 
 
 def test_an_export_without_run_records_has_a_plain_card(tmp_path):
