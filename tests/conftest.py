@@ -13,6 +13,9 @@ import pytest
 # that pool's width. A value the caller set wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
 from tests.videos import make_video, sharded_root  # noqa: E402
 
 # The canonical sharded roots: a moving test pattern added as `walk` and sharded at 2 fps, 128 px
@@ -93,3 +96,16 @@ def fresh_shard_reader():
     if "wtours.shard.read" in sys.modules:
         sys.modules["wtours.streams"].FAILED_SHARDS.clear()
         sys.modules["wtours.shard.read"]._WARNED.clear()
+
+
+def write_digits(folder: Path, every: int = 1) -> tuple[Path, Path]:
+    """scikit-learn's 1797 8x8 digits as 32x32 PNGs: train/<digit>/, and every 4th image in val/<digit>/."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    for i in range(0, len(digits.images), every):
+        split = "val" if (i // every) % 4 == 0 else "train"
+        target = folder / split / str(digits.target[i])
+        target.mkdir(parents=True, exist_ok=True)
+        pixels = np.rint(digits.images[i] * 255 / 16).astype(np.uint8)  # 0..16 grey levels
+        Image.fromarray(pixels).resize((32, 32), Image.Resampling.NEAREST).save(target / f"{i:04d}.png")
+    return folder / "train", folder / "val"
