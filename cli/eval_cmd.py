@@ -1,12 +1,12 @@
-"""`wtours eval knn`, `wtours eval davis`."""
+"""`wtours eval knn`, `wtours eval linear`, `wtours eval davis`."""
 
 from __future__ import annotations
 
 import click
 
 from wtours.cli.common import say, verbosity_options
-from wtours.config import click_options, option_type
-from wtours.eval.config import DavisConfig, KnnConfig
+from wtours.config import click_options, from_command, option_type
+from wtours.eval.config import DavisConfig, KnnConfig, LinearConfig
 from wtours.models.registry import vit_names
 
 
@@ -17,6 +17,7 @@ def eval_group() -> None:
     \b
     Examples:
       wtours eval knn runs/venice/checkpoint.pth --train imagenet/train --val imagenet/val
+      wtours eval linear runs/venice/checkpoint.pth --train imagenet/train --val imagenet/val
       wtours eval davis runs/venice/checkpoint.pth --davis DAVIS --out runs/venice/davis
     """
 
@@ -54,6 +55,42 @@ def knn(checkpoint, train_dir, val_dir, k, temperature, arch, which, batch_size,
     config = KnnConfig(k=k, temperature=temperature, batch_size=batch_size, workers=workers)
     result, path = knn_checkpoint(checkpoint, train_dir, val_dir, config, out=out, arch=arch, which=which,
                                   device=device)
+    click.echo(result_line(result))
+    say(f"wrote {path}")
+
+
+@eval_group.command("linear")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="YAML or JSON settings by option name (e.g. `lr: 0.01`); a probe folder's config.json "
+                   "runs it again.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="One setting by option name (lr=0.01); repeatable; over --config.")
+@click_options(LinearConfig)
+@verbosity_options
+@click.pass_context
+def linear(ctx: click.Context, checkpoint, config_file, assignments, **values) -> None:
+    """DINO's linear probe (the DoRA authors' eval_linear.py) on a checkpoint's frozen backbone.
+
+    A linear layer on the [CLS] tokens of the last --n-last-blocks blocks, trained by SGD (momentum
+    0.9, lr x global batch / 256, cosine to 0) on RandomResizedCrop + flip views, measured on
+    resize 256 + centre crop 224 views: top-1/top-5 per epoch and in --out/linear.json.
+    CHECKPOINT: a training checkpoint (ours, or the authors' DoRA/DINO one) or an exported
+    backbone. One process, or one per GPU with torchrun/srun; a rerun resumes the probe in --out.
+    --mode fast computes the features once without augmentation (quicker; not the protocol, and
+    labelled so). Protocol: docs/eval.md.
+
+    \b
+    Examples:
+      wtours eval linear runs/venice/checkpoint.pth --train imagenet/train --val imagenet/val
+      torchrun --nproc-per-node 4 -m wtours eval linear dora_venice.pth --train imagenet/train \\
+        --val imagenet/val --batch-size 512 --lr 0.01 --n-last-blocks 4   # the authors' run
+      wtours eval linear venice_vits16.pth --train pets/train --val pets/val --mode fast --epochs 20
+    """
+    from wtours.eval.linear import linear_probe, result_line
+
+    config = from_command(LinearConfig, ctx, values, config_file, assignments)
+    result, path = linear_probe(checkpoint, config, say=say)
     click.echo(result_line(result))
     say(f"wrote {path}")
 

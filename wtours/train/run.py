@@ -14,17 +14,18 @@ from typing import Any
 
 import torch
 
+from wtours import distributed
 from wtours.clips.augment import MultiCropConfig
 from wtours.clips.epoch import ClipConfig
 from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader
-from wtours.clips.spec import resolve
+from wtours.clips.spec import local_folders, resolve
 from wtours.clips.stages import Problems
 from wtours.dora import DoRA
 from wtours.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError, WtoursError
 from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE, write_json_atomic
 from wtours.models.checkpoint import read_checkpoint, save_checkpoint
 from wtours.system import default_workers
-from wtours.train import distributed, folder
+from wtours.train import folder
 from wtours.train.config import STEPS, TrainConfig
 from wtours.train.logger import RunLogger, RunState, problems_line
 from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
@@ -117,7 +118,7 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
     facts = {"world_size": dist.world_size, "steps_per_epoch": len(dataset), "total_steps": schedules.total_steps}
     state = RunState()
     try:
-        with folder.run_folder(out, dist, config, facts) as prepared:
+        with folder.run_folder(out, dist, config, facts, local_folders(dataset.shards)) as prepared:
             run = _build_run(config, dist, out, dataset, schedules, facts, knn, say, state)
             try:
                 _start(run, prepared)
@@ -195,10 +196,10 @@ def _loop(run: Run) -> None:
         waited = time.perf_counter()
         for batch in make_loader(dataset, pin_memory=dist.device.type == "cuda"):
             data_seconds = time.perf_counter() - waited
-            problems.add(getattr(batch, "problems", None))
             # the CPU path sends uint8 views: normalised on the device, after the (4x smaller) copy
             crops = (gpu_augment(batch) if gpu_augment is not None
                      else batch.to(dist.device, non_blocking=True).normalised())
+            problems.add(crops.problems)  # the GPU path's clips that do not decode included
             it = state.step
             # A checkpoint due after step `it` is written during the next step, once that step's loss (of
             # exactly the state to keep) is known to be finite and before its update: a state that
