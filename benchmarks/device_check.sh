@@ -108,8 +108,8 @@ else
     SIZES=(16 32)
     AUG=(--device cuda --batch-size 32 --batches 12)
     # vit_small as the paper, B=32, T=8, 6 locals, out 65536 on the 200 frames of the street footage; the
-    # evaluations at the protocols' 224 px; about 2 min on an H100 (shards made there with the wheel's ffmpeg)
-    LEARN=(--steps 150 --arch vit_small --batch-size 32 --frames 8 --stride 0.2 --n-local 6 --out-dim 65536
+    # evaluations at the protocols' 224 px (144 clips: 5 steps an epoch); about 2 min on an H100 (not yet run)
+    LEARN=(--steps 100 --arch vit_small --batch-size 32 --frames 8 --stride 0.2 --n-local 6 --out-dim 65536
            --image-size 224 --workers 8 --device cuda)
     VIDEO="testsrc2=size=1280x720:rate=30" LENGTH=300
 fi
@@ -187,7 +187,7 @@ fi
 
 # learning shown: the same vit_small at initialisation and after training, side by side
 [[ -f .whl/digits.npz ]] && LEARN+=(--digits .whl/digits.npz)
-part "learning_bench" 150 "$OUT/learning_bench.txt" $PY -m benchmarks.learning_bench "${LEARN[@]}" --work "$WORK/learning"
+part "learning_bench" 180 "$OUT/learning_bench.txt" $PY -m benchmarks.learning_bench "${LEARN[@]}" --work "$WORK/learning"
 
 # ------------------------------------------------------------------------------------------------ table
 {
