@@ -871,3 +871,34 @@ def test_cpu_augmentation_without_opencv_says_what_to_install(gapped, monkeypatc
     with pytest.raises(WtoursError, match="CPU augmentation") as error:
         next(iter(dataset))
     assert "opencv-python-headless" in error.value.hint
+
+
+def test_a_resumed_epoch_gets_the_same_augmented_batches_and_problem_counts(gapped, tmp_path):
+    """Resumed mid-epoch (set_epoch(e, skip_batches=k), as `train --resume` does), the CPU path's remaining
+    batches equal an uninterrupted epoch's to the last pixel, each with the same problem counts: the augmentation
+    is drawn per batch from its place in the epoch, and what the skipped batches met was counted by the run that
+    made them. Every shard has a sample with broken JSON and a frame that does not decode."""
+    shards = []
+    for source in resolve("gap", gapped.root):
+        problems = Problems()
+        samples = list(tar_samples(open_shards([source], problems), problems))
+        path = tmp_path / Path(source.url).name
+        write_tar(path, [member for i, s in enumerate(samples) for member in (
+            (f"{s.key}.jpg", s.jpg[: len(s.jpg) // 3] if i == 7 else s.jpg),
+            (f"{s.key}.json", b"{" if i == 3 else s.json))])
+        shards.append(without_offsets(dataclasses.replace(source, url=str(path))))
+    config = LoaderConfig(batch_size=2, workers=2, clip=CLIP, shuffle_buffer=4, multicrop=A.MultiCropConfig(n_local=2))
+
+    def epoch(skip: int) -> list:
+        dataset = ClipDataset(shards, config)
+        dataset.set_epoch(1, skip_batches=skip)
+        return [(b.keys, b.problems, [v.clone() for v in b]) for b in make_loader(dataset, reuse_outputs=False)]
+
+    whole = epoch(0)
+    assert sum(p["bad_samples"] for _, p, _ in whole) > 0 and sum(p["bad_clips"] for _, p, _ in whole) > 0
+    for skip in (3, 4):
+        resumed = epoch(skip)
+        assert len(resumed) == len(whole) - skip
+        for (keys, problems, views), (resumed_keys, resumed_problems, resumed_views) in zip(whole[skip:], resumed):
+            assert keys == resumed_keys and problems == resumed_problems
+            assert all(torch.equal(a, b) for a, b in zip(views, resumed_views))
