@@ -17,7 +17,8 @@ clip (the 12 s clip of shard_bench looped to 2 min by stream copy). Measures
   per clip). REV needs the loader's API of 2026-12 (ClipDataset, LoaderConfig, make_loader);
 - the cost of partial shard reads (the epoch plan hands each slot parts of shards): time and bytes to
   reach the middle sample of a 1000-sample shard by seek / http Range request against reading from
-  the start and skipping, and the plan's clips read / distinct clips for 8 x 10 and 64 x 8 slots on a
+  the start and skipping (over http also a quarter of the shard and the whole of it: every sample checked
+  against the index), and the plan's clips read / distinct clips for 8 x 10 and 64 x 8 slots on a
   corpus-shaped set (`--reading-only` runs just this part).
 
     python -m benchmarks.loader_bench [--batches 12] [--batch-size 8] [--reading-only]
@@ -353,16 +354,17 @@ def reading_costs() -> None:
     for name, read in rows:
         ms, size = time_part(read)
         print(f"  {name:28s} {ms:8.1f} ms  {size / 1e6:7.2f} MB read")
+    quarter = ref.entry.samples // 4  # a 64 x 8 slot's typical part: about a quarter of a shard, from its middle
     with FileServer(Path(ref.url).parent) as server:
         remote = dataclasses.replace(ref, url=server.url(ref.entry.name))
         for name, read in (("http Range request", ShardRead(remote, frozenset(), mid, mid + 1)),
                            ("http from start + skip", ShardRead(dataclasses.replace(remote, entry=plain.entry),
-                                                                frozenset(), mid, mid + 1))):
+                                                                frozenset(), mid, mid + 1)),
+                           ("http a quarter (Range)", ShardRead(remote, frozenset(), mid, mid + quarter)),
+                           ("http the whole shard", ShardRead(remote, frozenset()))):
             ms, size = time_part(read)
             print(f"  {name:28s} {ms:8.1f} ms  {size / 1e6:7.2f} MB read")
-    # a 64 x 8 slot's typical part: about a quarter of a shard, from its middle
-    quarter = ShardRead(ref, frozenset(), mid, mid + ref.entry.samples // 4)
-    ms, size = time_part(quarter, repeats=3)
+    ms, size = time_part(ShardRead(ref, frozenset(), mid, mid + quarter), repeats=3)
     whole_ms, whole = time_part(ShardRead(ref, frozenset()), repeats=3)
     print(f"  a quarter of the shard (seek):  {ms:8.1f} ms  {size / 1e6:7.2f} MB; the whole shard: {whole_ms:.1f} ms "
           f"{whole / 1e6:.2f} MB")

@@ -57,3 +57,15 @@ def no_xet(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_shard_reader():
+    """What the shard reader remembers per process (shards that failed a check, sets warned about) starts
+    empty for each test: a URL reused by another test is not refused for an earlier test's fault."""
+    import sys
+
+    yield
+    if "wtours.shard.read" in sys.modules:
+        sys.modules["wtours.streams"].FAILED_SHARDS.clear()
+        sys.modules["wtours.shard.read"]._WARNED.clear()

@@ -10,15 +10,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+LIES = ("replaced", "shifted", "shifted-quietly", "ignores-range", "other-bytes")
+SHIFT = 512  # bytes a shifting server starts after the asked offset
+
 
 class FileServer:
-    """Serves files from a folder on 127.0.0.1; `bytes_per_second` throttles bodies (0: unthrottled)."""
+    """Serves files from a folder on 127.0.0.1; `bytes_per_second` throttles bodies (0: unthrottled).
+
+    `lie` (one of LIES) makes it a server that cannot be trusted about the files `other` (a folder) has, e.g.
+    replaced shards of the same layout, serving them instead of its own: "replaced" serves them to
+    every request; "ignores-range" serves them whole (200) whatever the Range; "other-bytes" serves them to Range
+    requests only (whole files stay right); "shifted" answers a Range request with bytes from SHIFT later (and
+    says so in Content-Range), "shifted-quietly" the same bytes under the asked Content-Range."""
 
     def __init__(self, folder: Path, bytes_per_second: int = 0, content_type: str = "video/mp4",
-                 authorization: str | None = None, token: str | None = None):
+                 authorization: str | None = None, token: str | None = None,
+                 lie: str | None = None, other: Path | None = None):
         """`authorization` (an Authorization header's value) and `token` (a query's `token=`): each, when
         given, required of every request (else 401, saying nothing of what was expected)."""
-        self.folder = Path(folder)
+        assert lie in (None, *LIES)
+        self.folder, self.lie, self.other = Path(folder), lie, other
         self.authorization, self.token = authorization, token
         self.bytes_per_second = bytes_per_second
         self.content_type = content_type
@@ -52,14 +63,18 @@ class FileServer:
                         (server.token and query.get("token") != [server.token]):
                     self.send_error(401)
                     return
-                path = server.folder / self.path.lstrip("/").split("?")[0]
+                name = self.path.lstrip("/").split("?")[0]
+                path = server.folder / name
+                lie = server.lie if server.other and (server.other / name).is_file() else None  # only about those
+                spec = self.headers.get("Range") if lie != "ignores-range" else None
+                if lie in ("replaced", "ignores-range") or (lie == "other-bytes" and spec):
+                    path = server.other / name
                 if not path.is_file():
                     self.send_error(404)
                     return
                 size = path.stat().st_size
                 start, end = 0, size - 1
                 status = 200
-                spec = self.headers.get("Range")
                 if spec and spec.startswith("bytes="):
                     first, _, last = spec[6:].split(",")[0].partition("-")
                     start = int(first) if first else max(0, size - int(last))
@@ -75,8 +90,12 @@ class FileServer:
                 self.send_header("Content-Type", server.content_type)
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("Content-Length", str(end - start + 1))
+                said = start
+                if status == 206 and lie in ("shifted", "shifted-quietly"):
+                    start, end = start + SHIFT, min(end + SHIFT, size - 1)
+                    said = start if lie == "shifted" else said
                 if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                    self.send_header("Content-Range", f"bytes {said}-{said + end - start}/{size}")
                 self.end_headers()
                 if not body:
                     return

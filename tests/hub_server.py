@@ -141,6 +141,7 @@ class HubServer:
         self.cuts: dict[tuple[str, str], int] = {}  # (repo_id, path) -> bytes served before the file vanishes
         self.failing_commits: dict[str, int] = {}  # repo_id -> number of the commit that fails
         self.faults: list[Fault] = []  # injected by `inject`: checked in order, before routing
+        self.lies: dict[str, tuple[str, bytes | None]] = {}  # path in a repo -> (lie, other bytes): `lie`
         self.stopping = threading.Event()  # set on exit: stalled requests give up
         self.lock = threading.RLock()
         self.httpd = HubHTTPServer(self)
@@ -190,9 +191,16 @@ class HubServer:
             self.faults.append(fault_)
         return fault_
 
+    def lie(self, path: str, lie: str, other: bytes | None = None) -> None:
+        """Downloads of `path` (in any repo) lie as tests/http_server.FileServer's `lie` says, with `other` as
+        the other file's bytes ("ignores-range", "other-bytes", "shifted", "shifted-quietly")."""
+        with self.lock:
+            self.lies[path] = (lie, other)
+
     def clear_faults(self) -> None:
         with self.lock:
             self.faults.clear()
+            self.lies.clear()
 
     def _fault_for(self, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -541,12 +549,20 @@ def resolve(call: Call) -> None:
             raise HubError(404, "Entry not found", "EntryNotFound")
         data = hub._content(blob)
         cut = hub.cuts.pop((repo_id, path), None) if call.method == "GET" else None
-    start, end, status = byte_range(call.http.headers.get("Range"), len(data))
+    lie, other = hub.lies.get(path, (None, None))
+    spec = call.http.headers.get("Range") if lie != "ignores-range" else None
+    if other is not None and (lie == "ignores-range" or (lie == "other-bytes" and spec)):
+        data = other
+    start, end, status = byte_range(spec, len(data))
+    said = start
+    if status == 206 and lie in ("shifted", "shifted-quietly"):
+        start, end = start + 512, min(end + 512, len(data) - 1)
+        said = start if lie == "shifted" else said
     headers = {"ETag": f'"{blob.sha256 or blob.oid}"', "X-Repo-Commit": oid, "Accept-Ranges": "bytes"}
     if blob.sha256:
         headers.update({"X-Linked-Etag": f'"{blob.sha256}"', "X-Linked-Size": str(blob.size)})
     if status == 206:
-        headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        headers["Content-Range"] = f"bytes {said}-{said + end - start}/{len(data)}"
     body = data[start:end + 1]
     if cut is None:
         return call.http.reply(status, body, content_type="application/octet-stream", headers=headers)

@@ -181,6 +181,28 @@ def test_official_checkpoint_layout_loads(tmp_path):
         DoRA("vit_micro", out_dim=128, n_local=2).load_official_checkpoint(path)
 
 
+
+@pytest.mark.parametrize("content", [[1, 2, 3], {"teacher": [1, 2]}, {"student": "text", "teacher": {}}])
+def test_an_init_checkpoint_that_is_not_one_is_named_not_a_traceback(tmp_path, content):
+    """`--init-from` reads its file through the same checks as every other checkpoint reader: a pickled list, or
+    networks that are not dicts of weights, end in a WtoursError naming the file (not an AttributeError)."""
+    path = tmp_path / "odd.pth"
+    torch.save(content, path)
+    with pytest.raises(WtoursError, match="odd.pth"):
+        DoRA("vit_micro", out_dim=64, n_local=2).load_official_checkpoint(path)
+
+
+def test_an_init_checkpoint_with_an_odd_loss_entry_loads_its_weights_and_keeps_the_center(tmp_path):
+    source = DoRA("vit_micro", out_dim=64, n_local=2)
+    path = tmp_path / "dora.pth"
+    torch.save({"student": source.student.state_dict(), "teacher": source.teacher.state_dict(),
+                "dora_loss": torch.ones(3)}, path)  # not the dict of buffers a loss's state_dict is
+    target = DoRA("vit_micro", out_dim=64, n_local=2)
+    before = target.loss.center.clone()
+    target.load_official_checkpoint(path)
+    assert torch.equal(target.teacher.backbone.pos_embed, source.teacher.backbone.pos_embed)
+    assert torch.equal(target.loss.center, before)
+
 def test_the_model_takes_its_loss_temperatures_from_its_config():
     """DoRA(config): change the temperatures (and their per-epoch warm-up) in the config, and the loss follows."""
     torch.manual_seed(0)

@@ -304,7 +304,11 @@ def test_a_shard_that_vanishes_mid_stream_is_skipped_with_a_warning(root, hub, t
     assert "skipping unreadable shard" in result.stderr and "venice-000001.tar" in result.stderr
     assert {k: v for k, v in report["counts"].items() if k != "venice-000001.tar"} == {
         "venice-000000.tar": 4, "venice-000002.tar": 4, "venice-000003.tar": 4}
-    assert "venice-000001.tar" not in report["counts"]  # what arrived before the cut was not verified: unused
+    entry = next(e for e in json.loads(hub.files("alice/vanish")["venice/index.json"])["shards"]
+                 if e["name"] == "venice-000001.tar")
+    whole = sum(end <= size // 2 for end in [*entry["offsets"][1:], entry["bytes"]])  # samples wholly before the cut
+    assert 0 < whole < entry["samples"]
+    assert report["counts"]["venice-000001.tar"] == whole  # each checked against its sha256 (index v3): they count
     gets = [r for r in hub.downloads() if r["path"].endswith("alice/vanish/resolve/main/venice/venice-000001.tar")]
     assert [r.get("cut") for r in gets] == [size // 2, None]  # cut, then the client's resume: 404
     assert gets[1]["range"].startswith("bytes=") and gets[1]["status"] == 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 
@@ -99,12 +100,19 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
 # ---------------------------------------------------------------- the index model
 
 
-def test_index_v2_round_trips_byte_for_byte(walk):
+def test_index_v3_round_trips_byte_for_byte(walk):
     raw = walk.index_path("walk").read_bytes()
     index = load_index(walk, "walk")
-    assert index.version == INDEX_VERSION == 2 and len(index.shards) == 3
+    assert index.version == INDEX_VERSION == 3 and len(index.shards) == 3
     assert index.to_bytes() == raw
-    assert all(len(s.offsets) == s.samples for s in index.shards)
+    assert all(len(s.offsets) == len(s.sample_sha256) == s.samples for s in index.shards)
+
+
+def test_sample_sha256_covers_each_samples_bytes_to_the_next_and_the_last_to_the_end(walk):
+    for entry in load_index(walk, "walk").shards:
+        data = walk.shard_file("walk", entry.name).read_bytes()
+        bounds = (*entry.offsets, entry.bytes)
+        assert entry.sample_sha256 == tuple(hashlib.sha256(data[a:b]).hexdigest() for a, b in zip(bounds, bounds[1:]))
 
 
 def test_offsets_point_at_each_samples_first_tar_header(walk):
@@ -126,7 +134,7 @@ def test_version_1_indexes_are_still_read(walk, tmp_path):
     data = json.loads(walk.index_path("walk").read_text())
     data["version"] = 1
     for shard in data["shards"]:
-        del shard["offsets"]
+        del shard["offsets"], shard["sample_sha256"]
     index = ShardIndex.from_dict(data, "old/index.json")
     assert index.version == 1 and all(s.offsets is None for s in index.shards)
     assert json.loads(index.to_bytes()) == data
@@ -139,6 +147,9 @@ def test_version_1_indexes_are_still_read(walk, tmp_path):
     (lambda d: d["shards"][0].update(samples="many"), "shards[0].samples is a string, not an integer"),
     (lambda d: d["shards"][0].update(bytes=True), "shards[0].bytes is a boolean, not an integer"),
     (lambda d: d["shards"][0].update(offsets=[0]), "'offsets' must be"),
+    (lambda d: d["shards"][0].update(sample_sha256=d["shards"][0]["sample_sha256"][1:]), "'sample_sha256' must be"),
+    (lambda d: d["shards"][0].update(sample_sha256=["x" * 64] * d["shards"][0]["samples"]), "'sample_sha256' must"),
+    (lambda d: d["shards"][0].pop("offsets"), "'sample_sha256' must be"),
     (lambda d: d.update(samples=1), "'samples' is 1"),
     (lambda d: d["shards"][1].update(name="../x.tar"), "is not a shard name"),
     # hostile or damaged numbers: absurd plans, seeks outside the shard, infinities, malformed lists

@@ -397,7 +397,8 @@ def corrupt_a_jpeg(folder: Path) -> None:
     written = write_shard(folder / name, samples)
     raw = json.loads((folder / "index.json").read_text())
     entry = next(e for e in raw["shards"] if e["name"] == name)
-    entry.update(bytes=written.bytes, sha256=written.sha256, offsets=list(written.offsets))
+    entry.update(bytes=written.bytes, sha256=written.sha256, offsets=list(written.offsets),
+                 sample_sha256=list(written.sample_sha256))
     (folder / "index.json").write_text(json.dumps(raw))
 
 

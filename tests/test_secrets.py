@@ -174,3 +174,10 @@ def test_push_refuses_a_value_it_cannot_prove_clean(tmp_path):
     err = assert_clean_error(result, 2, "wtours.knn_eval.train may hold credentials")
     assert SECRET not in result.output and "Cookie" not in err
 
+
+
+@pytest.mark.parametrize("url", ["ftp://alice:PASS@host/walk.mp4", "file:///walk.mp4?token=PASS"])
+def test_download_refuses_a_non_http_url_without_printing_its_credentials(tmp_path, url):
+    result = run_wtours(["download", "--url", url, "--name", "my-walk", "--root", str(tmp_path)])
+    stderr = assert_clean_error(result, 2, "is not an http(s) URL")
+    assert "PASS" not in stderr and not (tmp_path / "videos").exists()

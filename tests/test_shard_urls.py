@@ -126,15 +126,17 @@ def test_a_replaced_remote_shard_is_not_served(shards, memory):
     data[-2000] ^= 0xFF  # a byte of the last sample's image: the tar stays readable
     fs.pipe(path, bytes(data))
     ref = resolve(f"{memory}/walk-000000.tar")[0]
-    indexes, problems = read_part(ref, 0, None)  # a whole read is checked against the index's sha256
-    assert indexes == [] and "sha256" in problems.bad_shards[ref.url]
+    indexes, problems = read_part(ref, 0, None)  # each sample is checked against its sha256 before it is served
+    assert indexes == list(range(7)) and "sample 7's sha256" in problems.bad_shards[ref.url]
 
 
-def test_a_failing_pipe_command_is_a_bad_shard_and_nothing_of_it_is_served(shards):
-    # the whole shard arrives intact, but the command fails: an unverified stream is not used
-    ref = resolve(f"pipe:cat {shards}/walk-000000.tar; exit 3")[0]
+def test_a_failing_pipe_command_is_a_bad_shard_and_nothing_unverified_is_served(shards):
+    # the command sends the shard up to the middle of sample 3, then fails: the verified samples before it
+    ref = resolve(f"pipe:cat {shards}/walk-000000.tar")[0]
+    cut = (ref.entry.offsets[3] + ref.entry.offsets[4]) // 2
+    ref = resolve(f"pipe:head -c {cut} {shards}/walk-000000.tar; exit 3")[0]
     indexes, problems = read_part(ref, 0, None)
-    assert indexes == [] and "status 3" in problems.bad_shards[shown(ref.url)]  # named as wtours.redact shows it
+    assert indexes == [0, 1, 2] and "status 3" in problems.bad_shards[shown(ref.url)]  # named as wtours.redact shows it
     ref = resolve(f"pipe:cat {shards}/walk-000000.tar.missing {shards}/walk-000000.tar >/dev/null")[0]
     indexes, problems = read_part(ref, 2, None)  # a part: the stream ends before its first sample
     assert indexes == [] and "status 1" in problems.bad_shards[shown(ref.url)]

@@ -1,7 +1,8 @@
 """Byte streams of local and remote files: one scheme table (a path, file://, http(s)://, hf://, pipe:COMMAND,
 other fsspec protocols) behind every opener: a whole file, a file from a byte offset (a byte range), a
-listing of a pattern, and the whole-shard reader that checks a remote shard's size and sha256 before
-serving a byte. Also the hf:// URL grammar (repo ids, revisions, URLs) shared with wtours.hub.
+listing of a pattern, and the readers that check what another machine sends against a shard's index: a whole
+shard against its size and sha256, samples against their own sha256 (VerifiedPart), and the shards that failed
+a check in this process (FAILED_SHARDS). Also the hf:// URL grammar (repo ids, revisions, URLs) shared with wtours.hub.
 
 A leaf module: the standard library, fsspec, wtours.errors, wtours.redact and wtours.hfclient only.
 A `pipe:` URL is a shell command the user typed (wtours.clips.spec: never one from an index). A URL is named
@@ -84,12 +85,18 @@ def open_url(url: str) -> IO[bytes]:
 def open_at(url: str, begin: int, end: int | None = None) -> IO[bytes]:
     """A stream of `url` from byte `begin` (up to `end`, exclusive, where a Range request can say so; the caller stops
     reading at `end`): a seek on a file, hf:// or fsspec URL, a Range request over http(s) (a server that ignores it is
-    read from the start and the bytes before `begin` dropped), dropped bytes of a pipe: command's output."""
+    read from the start and the bytes before `begin` dropped; one that answers another offset is a mismatch), dropped
+    bytes of a pipe: command's output."""
     kind = kind_of(url)
     if kind == "http":
         ranged = _urlopen(url, {"Range": f"bytes={begin}-{'' if end is None else end - 1}"})
-        # a server that ignores the Range header sends the whole file: its first `begin` bytes are dropped
-        return ranged if getattr(ranged, "status", None) == 206 else _skipped(ranged, begin, url)
+        if getattr(ranged, "status", None) != 206:  # a server that ignores Range sends the whole file
+            return _skipped(ranged, begin, url)  # its first `begin` bytes dropped
+        answered = getattr(ranged, "headers", {}).get("Content-Range", "")
+        if not answered.startswith(f"bytes {begin}-"):
+            ranged.close()
+            raise mismatch(url, f"asked for bytes from {begin}, the server answered {answered or 'no Content-Range'!r}")
+        return ranged
     if kind == "pipe":
         return _skipped(PipeStream(url), begin, url)  # type: ignore[arg-type]
     if kind in ("hf", "fsspec"):
@@ -342,13 +349,74 @@ class ShardMismatchError(OSError):
     An OSError, so the pipeline's stages count it as a bad shard and go on."""
 
 
+FAILED_SHARDS: dict[str, str] = {}  # shard URL (redacted) -> the check it failed: never read again in this process
+
+
+def mismatch(url: str, what: str) -> ShardMismatchError:
+    """`url` failed a check: remembered in FAILED_SHARDS, and the error to raise."""
+    FAILED_SHARDS.setdefault(shown(url), what)
+    return ShardMismatchError(f"{shown(url)}: {what}")
+
+
+class VerifiedPart:
+    """Consecutive samples of a shard: `spans` gives each one's size and the sha256 its index records (None: not
+    checked, a local file). A sample is read whole and checked before its first byte is served; then `tail`.
+    Other bytes, or a stream that ends inside a sample, are a mismatch; a stream that breaks serves nothing of
+    the sample it was in (an OSError, not remembered: the next read may succeed)."""
+
+    def __init__(self, raw: ByteStream, url: str, spans: list[tuple[int, str | None]], first: int, tail: bytes):
+        self.raw, self.url, self.spans, self.sample, self.tail = raw, shown(url), iter(spans), first - 1, tail
+        self.buffer, self.position = b"", 0
+
+    def __repr__(self) -> str:  # webdataset appends str(stream) to the errors it reports
+        return f"<verified shard {self.url}>"
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.position == len(self.buffer):
+            try:
+                self.buffer, self.position = self._next(), 0
+            except BaseException:
+                self.spans, self.tail = iter(()), b""  # nothing more of a shard after a failure
+                raise
+        size = len(self.buffer) if size is None or size < 0 else size
+        data = self.buffer[self.position:self.position + size]
+        self.position += len(data)
+        return data
+
+    def _next(self) -> bytes:
+        self.sample += 1
+        if (span := next(self.spans, None)) is None:
+            data, self.tail = self.tail, b""
+            return data
+        size, sha256 = span
+        chunks, count = [], 0
+        try:
+            while count < size and (block := self.raw.read(size - count)):
+                chunks.append(block)
+                count += len(block)
+        except Exception as e:  # noqa: BLE001 (a broken stream: nothing of this sample is served)
+            raise OSError(f"{self.url}: the stream broke inside sample {self.sample} ({e})") from e
+        data = b"".join(chunks)
+        if count < size:
+            what = f"the stream ended inside sample {self.sample}, {count} of its {size} bytes"
+            raise mismatch(self.url, f"{what} (replaced or damaged; skipped)") if sha256 else OSError(
+                f"{self.url}: {what}")
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise mismatch(self.url, f"sample {self.sample}'s sha256 is not the one its index.json records "
+                                     "(replaced or damaged on the server, or served from another offset; skipped)")
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 class VerifiedShard:
     """A whole remote shard, read to its end and checked against its index entry (size and sha256) before its
     first byte is served: a replaced shard contributes no sample at all. The bytes are held in a spooled
     temporary file (VERIFY_SPOOL_BYTES in memory, the rest on disk, removed on close). More bytes than the index
     records stop the read at once. A stream that breaks before its end cannot be verified, so none of it is
     served: the shard is counted as bad (a server could otherwise send replaced samples and then drop the
-    connection). Partial reads (byte ranges of a shard) are not wrapped: they trust the server (docs/hub.md)."""
+    connection). For indexes without per-sample sha256 (versions 1 and 2); VerifiedPart checks version 3's."""
 
     def __init__(self, raw: ByteStream, url: str, size: int, sha256: str):
         self.raw, self.url, self.size, self.sha256 = raw, url, size, sha256
@@ -372,19 +440,19 @@ class VerifiedShard:
             while block := self.raw.read(VERIFY_BLOCK):
                 count += len(block)
                 if count > self.size:
-                    raise ShardMismatchError(f"{self.url}: the server sent more than the {self.size} bytes its "
-                                             "index.json records (replaced or hostile shard; skipped)")
+                    raise mismatch(self.url, f"the server sent more than the {self.size} bytes its index.json "
+                                             "records (replaced or hostile shard; skipped)")
                 digest.update(block)
                 self.spool.write(block)
         except ShardMismatchError:
             raise
         except Exception as e:  # noqa: BLE001 (a broken stream: nothing unverified is served)
-            raise ShardMismatchError(f"{self.url}: the stream broke after {count} of {self.size} bytes ({e}); "
-                                     "an unverified shard is not used (skipped)") from e
+            raise OSError(f"{self.url}: the stream broke after {count} of {self.size} bytes ({e}); "
+                          "an unverified shard is not used (skipped)") from e
         if count != self.size or digest.hexdigest() != self.sha256:
             what = (f"the server sent {count} bytes, its index.json records {self.size}" if count != self.size
                     else "its sha256 is not the one its index.json records")
-            raise ShardMismatchError(f"{self.url}: {what} (replaced or damaged on the server; skipped)")
+            raise mismatch(self.url, f"{what} (replaced or damaged on the server; skipped)")
 
     def close(self) -> None:
         try:

@@ -28,6 +28,7 @@ from wtours.clips.spec import ShardRef
 from wtours.clips.stages import Clip, Problems, batched, shard_clips, shuffle, take_quota
 from wtours.errors import UsageError, WtoursError
 from wtours.redact import shown
+from wtours.shard.read import warn_unverified
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class ClipDataset(IterableDataset):
         if not shards:
             raise WtoursError("no shards to read", "check the --shards SPEC")
         self.shards, self.config, self.rank, self.world_size = shards, config, rank, world_size
+        for ref in shards:  # here, before the workers start: once per set, not once per worker
+            warn_unverified(ref.url, ref.entry)
         self.epoch = 0
         self.skip_batches = 0
         self.problems = Problems()  # filled in this process (workers: in theirs; each batch carries its delta)

@@ -33,7 +33,7 @@ SPEC_SEPARATOR = "::"
 @dataclass(frozen=True)
 class ShardRef:
     """Where one shard of a set is read from, with its index entry (samples, cell runs, byte offsets, and
-    the size and sha256 that a whole remote read is checked against: verified_whole)."""
+    the sha256s that a remote read is checked against: shard.read.open_samples)."""
 
     url: str  # local path, http(s), hf:// or fsspec URL, or `pipe:COMMAND` (the user's, never an index's)
     slug: str

@@ -23,11 +23,10 @@ from wtours.errors import WtoursError
 from wtours.layout import sample_key
 from wtours.redact import scrub, shown
 from wtours.shard.plan import sample_cell
-from wtours.streams import ByteStream, open_at, open_url, verified_whole
+from wtours.shard.read import open_samples
+from wtours.streams import FAILED_SHARDS, ByteStream, ShardMismatchError
 
 log = logging.getLogger(__name__)
-
-TAR_END = bytes(1024)  # two zero blocks: the end-of-archive marker a cut-out member range lacks
 
 
 @dataclass
@@ -107,47 +106,17 @@ class Problems:
         if counts:
             for url, error in counts["bad_shards"].items():
                 self.bad_shards.setdefault(url, error)
+                if error.startswith(ShardMismatchError.__name__):  # a worker's: this process's next workers skip it
+                    FAILED_SHARDS.setdefault(url, error)
             self.bad_samples += counts["bad_samples"]
             self.bad_clips += counts["bad_clips"]
 
 
-class _MemberRange:
-    """A byte stream cut to `length` bytes, then the tar end-of-archive blocks, so a member range read
-    out of a shard is itself a complete tar for any reader."""
-
-    def __init__(self, raw: ByteStream, length: int):
-        self.raw, self.left, self.tail = raw, length, TAR_END
-
-    def read(self, size: int = -1) -> bytes:
-        size = size if size is not None and size >= 0 else 1 << 62
-        if self.left > 0:
-            data = self.raw.read(min(size, self.left))
-            self.left -= len(data)
-            if not data:  # the file ended inside the range: no end marker, so the tar reader reports it
-                self.left, self.tail = 0, b""
-            return data
-        data, self.tail = self.tail[:size], self.tail[size:]
-        return data
-
-    def close(self) -> None:
-        self.raw.close()
-
-
 def open_part(read: ShardRead) -> ShardStream:
-    """Open a shard part: from its first sample's byte offset when the index gives offsets
-    (streams.open_at: a seek, a Range request, or the bytes before it read and dropped), cut at its
-    stop; otherwise (a version-1 index, or the whole shard) from the shard's start. A whole shard from
-    another machine is checked against its index entry (streams.verified_whole)."""
-    ref, offsets = read.ref, read.ref.entry.offsets
-    whole = read.first_sample == 0 and read.stop_sample is None
-    if offsets is None or whole:
-        raw = open_url(ref.url)
-        return ShardStream(read, verified_whole(ref.url, raw, ref.entry.bytes, ref.entry.sha256) if whole else raw)
-    begin = offsets[read.first_sample]
-    stop = read.stop_sample
-    end = offsets[stop] if stop is not None and stop < len(offsets) else None  # exclusive; None: to the end
-    raw = open_at(ref.url, begin, end)  # to the end: the shard's own end marker ends the tar
-    return ShardStream(read, raw if end is None else _MemberRange(raw, end - begin), read.first_sample)
+    """Open a shard part with the one reader of shard bytes (shard.read.open_samples: a seek, a Range request, or
+    the bytes before it read and dropped; from another machine, every sample checked against its index)."""
+    stream, first = open_samples(read.ref.url, read.ref.entry, read.first_sample, read.stop_sample)
+    return ShardStream(read, stream, first)
 
 
 def open_shards(reads: Iterable[ShardRead | ShardRef], problems: Problems) -> Iterator[ShardStream]:

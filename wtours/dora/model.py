@@ -13,7 +13,7 @@ from wtours.dora.config import DoRAConfig
 from wtours.dora.loss import DoRALoss
 from wtours.dora.tracker import apply_masks, discover, track
 from wtours.errors import WtoursError
-from wtours.models.checkpoint import NETWORKS, read_checkpoint, strip_prefix
+from wtours.models.checkpoint import NETWORKS, read_weights, strip_prefix
 from wtours.models.head import DINOHead
 from wtours.models.vit import VisionTransformer, cls_attention, create_vit
 
@@ -116,7 +116,7 @@ class DoRA(nn.Module):
 
     def load_official_checkpoint(self, checkpoint: str | os.PathLike | dict[str, Any]) -> None:
         """Load the authors' (or DINO's, or our) checkpoint: a dict with 'student' and 'teacher'."""
-        state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+        state = read_weights(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
         for name in NETWORKS:
             if name not in state:
                 raise WtoursError(f"checkpoint has no {name!r} entry (keys: {', '.join(list(state)[:8])})",
@@ -132,6 +132,7 @@ class DoRA(nn.Module):
                 raise WtoursError(f"the checkpoint's {name} does not fit this model ({detail})",
                                   "build the model with the checkpoint's --arch and --out-dim")
             getattr(self, name).load_state_dict(weights)
-        center = (state.get("dora_loss") or state.get("dino_loss") or {}).get("center")
-        if center is not None and center.shape == self.loss.center.shape:
+        loss: dict = next((state[k] for k in ("dora_loss", "dino_loss") if isinstance(state.get(k), dict)), {})
+        center = loss.get("center")
+        if isinstance(center, torch.Tensor) and center.shape == self.loss.center.shape:
             self.loss.center.copy_(center)

@@ -19,6 +19,7 @@ from wtours.fetch.ytdlp_options import YtdlpSettings
 from wtours.layout import Layout, validate_slug
 from wtours.locks import folder_lock
 from wtours.manifest import VideoEntry, load_manifest
+from wtours.redact import shown
 from wtours.video import completed_file, write_video_info
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def resolve_targets(cities: tuple[str, ...], all_videos: bool, url: str | None,
             raise UsageError("--url and --name go together",
                               "e.g. `wtours download --url https://host/walk.mp4 --name my-walk`")
         if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--url {url!r} is not an http(s) URL",
+            raise UsageError(f"--url {shown(url)!r} is not an http(s) URL",
                              "for a file on disk use `wtours add PATH --name NAME`")
         return [DownloadTarget(validate_slug(name), url, None, manifest.get(name))]
     if all_videos:

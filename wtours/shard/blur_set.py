@@ -29,7 +29,7 @@ from wtours.layout import (
 from wtours.locks import folder_lock
 from wtours.privacy.blur import FaceBlur
 from wtours.privacy.params import BlurParams
-from wtours.shard.index import ShardEntry, ShardIndex
+from wtours.shard.index import INDEX_VERSION, RESHARD_HINT, ShardEntry, ShardIndex
 from wtours.shard.read import iter_shard
 from wtours.shard.verify import VerifyReport, shard_problem, still_bad, verify_folder
 from wtours.shard.writer import ShardSample, encode_jpeg, write_shard
@@ -80,6 +80,8 @@ def blur_shard_set(source: Path, out: Path, settings: BlurParams, workers: int =
         raise UsageError(f"{source}: its frames were already blurred ({done.get('faces')} faces hidden by "
                           f"{done.get('detector')} at threshold {done.get('threshold')})",
                           "blur the original, unblurred shards instead (or `wtours shard --blur-faces`)")
+    if index.version == 1:  # its rounded times would read as version 3's exact ones
+        raise UsageError(f"{source}: its index is version 1, which this rewrite cannot keep", RESHARD_HINT)
     if within(out, source):
         raise UsageError(f"--out {out} is the source folder {source} or inside it (by another path)",
                           "write the blurred set to a new folder outside the source")
@@ -103,7 +105,8 @@ def blur_shard_set(source: Path, out: Path, settings: BlurParams, workers: int =
         write_json_atomic(out / BLUR_SOURCE_FILE, {"format": "wtours-blur-source", "source": str(source.resolve()),
                                                    "index_sha256": sha256_file(source / INDEX_FILE)})
         entries = _rewrite_all(source, out, index.shards, blur, params.quality, workers)
-        blurred = dataclasses.replace(index, params=params, shards=tuple(entries), created_by=f"wtours {__version__}")
+        blurred = dataclasses.replace(index, params=params, shards=tuple(entries), version=INDEX_VERSION,
+                                      created_by=f"wtours {__version__}")
         blurred.write(out)  # the index last: its presence means complete
     say(f"{index.slug}: {blurred.samples} frames in {len(entries)} shards, "
         f"{(blurred.privacy or {}).get('faces', 0)} faces hidden -> {out}")

@@ -6,6 +6,7 @@ finished segment under `_segments/`; the index is assembled from them once all a
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +31,9 @@ from wtours.shard.params import ShardParams
 from wtours.shard.plan import Segment, merge_runs
 
 INDEX_FORMAT = "wtours-shards"
-INDEX_VERSION = 2  # 2: shard entries carry `offsets`; 1 (no offsets) is still read
-READABLE_VERSIONS = (1, 2)
+INDEX_VERSION = 3  # 3: each sample's sha256; 2: shard entries carry `offsets`; 1 (no offsets) is still read
+READABLE_VERSIONS = (1, 2, 3)
+SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 RESHARD_HINT = "reshard with this version of wtours (`wtours shard --overwrite`), or re-push the set"
 
 
@@ -53,6 +55,7 @@ class ShardEntry:
     bytes: int
     sha256: str
     offsets: tuple[int, ...] | None = None  # byte offset of each sample's first tar header (version 2)
+    sample_sha256: tuple[str, ...] | None = None  # of each sample's bytes, offsets[i] to the next or the end (3)
     faces: tuple[int, ...] | None = None  # faces hidden in each sample (--blur-faces), in sample order
 
     def check(self, slug: str) -> None:
@@ -73,6 +76,11 @@ class ShardEntry:
                                          or any(b <= a for a, b in zip(self.offsets, self.offsets[1:]))):
             raise _Invalid(f"shard {self.name}: 'offsets' must be {self.samples} increasing byte offsets from 0, "
                            f"inside its {self.bytes} bytes")
+        digests = self.sample_sha256
+        if digests is not None and (self.offsets is None or len(digests) != self.samples
+                                    or not all(map(SHA256_HEX.match, digests))):
+            raise _Invalid(f"shard {self.name}: 'sample_sha256' must be {self.samples} sha256 hex digests, "
+                           "beside 'offsets'")
         if self.faces is not None and len(self.faces) != self.samples:
             raise _Invalid(f"shard {self.name}: 'faces' must have one count per sample ({self.samples})")
 
@@ -241,14 +249,15 @@ class SegmentRecord:
 
 def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord | None:
     """A finished segment's record, if its shard (when it has one) is on disk with the recorded size; None
-    (the segment is redone) for a missing, stale or foreign record, or one from an older version (no offsets)."""
+    (the segment is redone) for a missing, stale or foreign record, or one from an older version (no offsets or
+    sample digests)."""
     data = read_json(layout.segment_record_path(slug, number))
     try:
         record = read_record(SegmentRecord, data, "segment record", RESHARD_HINT)
         if record.shard is not None:
             record.shard.check(slug)
             path = layout.shard_file(slug, record.shard.name)
-            if record.shard.offsets is None or not path.is_file() or path.stat().st_size != record.shard.bytes:
+            if record.shard.sample_sha256 is None or not path.is_file() or path.stat().st_size != record.shard.bytes:
                 return None
     except (_Invalid, WtoursError):
         return None

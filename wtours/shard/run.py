@@ -272,7 +272,8 @@ class SegmentTally:
         """The written shard's index entry; `faces` only with --blur-faces (one count per sample then)."""
         frames, times, cells = zip(*self.kept)
         return ShardEntry(name, len(frames), frames[0], frames[-1], times[0], times[-1], cell_runs(cells),
-                          written.bytes, written.sha256, written.offsets, tuple(self.faces) or None)
+                          written.bytes, written.sha256, written.offsets, written.sample_sha256,
+                          tuple(self.faces) or None)
 
 
 def cell_runs(cells: Iterable[int]) -> tuple[tuple[int, int], ...]:

@@ -1,9 +1,11 @@
 """`wtours verify`: local shards checked against their index.json (size, sha256, members, sample count,
-offsets), and `--repair`, which redoes just the bad shards' segments with the shard pipeline itself (the same
-decoder, writer and records), so that the repaired files are byte-identical to those the index describes."""
+offsets, each sample's sha256), and `--repair`, which redoes just the bad shards' segments with the shard
+pipeline itself (the same decoder, writer and records), so that the repaired files are byte-identical to those
+the index describes."""
 
 from __future__ import annotations
 
+import hashlib
 import tarfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +87,12 @@ def member_problem(path: Path, entry: ShardEntry) -> str | None:
     for i, (offset, (key, start)) in enumerate(zip(entry.offsets or (), samples)):
         if offset != start:
             return f"offset {offset} of sample {i} is not the tar header of {key}.jpg"
+    if entry.sample_sha256 is not None:  # what remote readers check each sample against (version 3)
+        bounds = (*(entry.offsets or ()), entry.bytes)
+        with open(path, "rb") as f:
+            for i, (begin, end) in enumerate(zip(bounds, bounds[1:])):
+                if hashlib.sha256(f.read(end - begin)).hexdigest() != entry.sample_sha256[i]:
+                    return f"sample {i}'s bytes are not the ones its sample_sha256 in the index records"
     return None
 
 

@@ -10,7 +10,7 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -44,6 +44,7 @@ class WrittenShard:
     bytes: int
     sha256: str
     offsets: tuple[int, ...]  # byte offset of each sample's first tar header, in sample order
+    sample_sha256: tuple[str, ...]  # of each sample's bytes: from its offset to the next (the last: to the end)
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
@@ -57,13 +58,20 @@ def encode_json(record: dict) -> bytes:
 
 
 class _HashingFile:
-    """A write-only file wrapper that hashes and counts what passes through."""
+    """A write-only file wrapper that hashes and counts what passes through, and hashes each sample's bytes
+    apart: from its `start_sample()` to the next (the last one to the end of the file)."""
 
     def __init__(self, raw):
         self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
+        self.samples: list[Any] = []
+
+    def start_sample(self) -> None:
+        self.samples.append(hashlib.sha256())
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
+        if self.samples:
+            self.samples[-1].update(data)
         self.size += len(data)
         return self.raw.write(data)
 
@@ -90,9 +98,11 @@ def _write_tar(path: Path, samples: Iterable[ShardSample]) -> WrittenShard:
         with tarfile.open(fileobj=cast(IO[bytes], counted), mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for sample in samples:
                 offsets.append(tar.offset)  # where this sample's first header goes
+                counted.start_sample()
                 _add(tar, f"{sample.key}.jpg", sample.jpg)
                 _add(tar, f"{sample.key}.json", encode_json(asdict(sample.meta)))
-    return WrittenShard(counted.size, counted.digest.hexdigest(), tuple(offsets))
+    return WrittenShard(counted.size, counted.digest.hexdigest(), tuple(offsets),
+                        tuple(d.hexdigest() for d in counted.samples))
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

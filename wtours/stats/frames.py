@@ -23,7 +23,7 @@ from wtours.shard.decode import SegmentDecoder
 from wtours.shard.index import ShardEntry, ShardIndex, load_index
 from wtours.shard.params import DEFAULT_SHORT_SIDE, ShardParams
 from wtours.shard.plan import EPS, output_size, plan_segments, sample_cell
-from wtours.shard.read import iter_shard
+from wtours.shard.read import iter_shard, open_samples
 from wtours.shard.verify import quick_problem
 from wtours.shard.writer import ShardSample
 from wtours.stats.params import DEFAULT_VIDEO_EVERY
@@ -168,18 +168,13 @@ class ShardSource:
                 self.info.skip(entry.name, str(e), remote=True)
 
     def _streamed(self, entry: ShardEntry) -> Iterator[ShardSample]:
-        """A shard from `remote`, never stored: from another machine (http(s), hf://, fsspec, pipe:) it is
-        checked whole against the index (size, sha256) before its first sample counts, as the loader does."""
-        from wtours.streams import open_url, verified_whole
-
-        url = f"{self.folder}/{entry.name}"
-        with open_url(url) as raw:
-            stream = verified_whole(url, raw, entry.bytes, entry.sha256)
-            try:
-                yield from iter_shard(stream)
-            finally:
-                if stream is not raw:
-                    stream.close()
+        """A shard from `remote`, never stored, read as the loader reads it (`open_samples`: from another machine,
+        each sample checked against the index before it counts)."""
+        stream, _ = open_samples(f"{self.folder}/{entry.name}", entry)
+        try:
+            yield from iter_shard(stream)  # type: ignore[arg-type]  # a ByteStream is all tarfile reads
+        finally:
+            stream.close()
 
     def frames(self, after: float | None = None) -> Iterator[Frame]:
         from PIL import Image
