@@ -902,3 +902,26 @@ def test_a_resumed_epoch_gets_the_same_augmented_batches_and_problem_counts(gapp
         for (keys, problems, views), (resumed_keys, resumed_problems, resumed_views) in zip(whole[skip:], resumed):
             assert keys == resumed_keys and problems == resumed_problems
             assert all(torch.equal(a, b) for a, b in zip(views, resumed_views))
+
+
+LEFT_OPEN = """
+import sys
+from wtours.clips.epoch import ClipConfig
+from wtours.clips.pipeline import ClipDataset, LoaderConfig, make_loader
+from wtours.clips.spec import resolve
+loader = iter(make_loader(ClipDataset(resolve("gap", sys.argv[1]), LoaderConfig(batch_size=2, workers=2,
+                                                                             clip=ClipConfig(frames=2)))))
+print(next(loader).keys)
+"""
+
+
+@pytest.mark.slow
+def test_workers_left_running_at_exit_still_end_on_their_parents_sigterm(gapped):
+    """A loader left open when the program ends: multiprocessing terminates its workers (SIGTERM) and waits for
+    them. They survive a stop signal sent to every process of a job (wtours.stop.leave_to_parent) only for a
+    grace period, so the program still exits (it once waited forever)."""
+    from wtours.stop import HELPER_GRACE_S
+
+    done = subprocess.run([sys.executable, "-c", LEFT_OPEN, str(gapped.root)], capture_output=True, text=True,
+                          timeout=HELPER_GRACE_S + 290)
+    assert done.returncode == 0 and "gap-" in done.stdout, done.stderr

@@ -8,12 +8,14 @@ boundaries (a step) and stops there. Ctrl-C (SIGINT) keeps Python's own behaviou
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+HELPER_GRACE_S = 10.0  # a helper process's time to go on serving after a SIGTERM (`leave_to_parent`)
 
 
 class Stopped(KeyboardInterrupt):
@@ -63,8 +65,16 @@ def name(signum: int) -> str:
 
 
 def leave_to_parent(*_: object) -> None:
-    """In a helper process (a DataLoader worker, forked): stop signals do nothing there, so one sent to every process
-    of a job (SLURM signals the whole step) does not kill it mid-batch; the process that owns the run stops at its
-    boundary and shuts its helpers down. A no-op handler, not SIG_IGN: the commands a helper starts get the default."""
-    for s in SIGNALS:
-        signal.signal(s, lambda *args: None)
+    """In a helper process (a DataLoader worker, forked): a stop signal sent to every process of a job (SLURM
+    signals the whole step) must not kill it mid-batch, which would end its parent's step with an error; its parent
+    stops at its own next boundary and shuts it down. SIGUSR1 does nothing there; after SIGTERM it serves for
+    HELPER_GRACE_S more seconds, then exits cleanly (status 0: not a crash to DataLoader), so that its parent's own
+    SIGTERM (DataLoader's terminate, multiprocessing's exit) still ends it. Handlers, not SIG_IGN: the commands a
+    helper starts get the default."""
+    def grace(*args: object) -> None:
+        timer = threading.Timer(HELPER_GRACE_S, os._exit, (0,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGUSR1, lambda *args: None)
+    signal.signal(signal.SIGTERM, grace)
