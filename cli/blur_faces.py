@@ -24,10 +24,11 @@ from wtours.system import usable_cpus
 def blur_faces(spec, out, overwrite, root, workers, **blur) -> None:
     """Hide faces in shards that already exist: SPEC's shards are rewritten into --out with a new index.json.
 
-    SPEC: a slug sharded under --root, or a folder holding index.json. Frames without faces keep their
-    bytes; frames with faces are blurred and encoded again. --out must not be (or lie in) the source
-    folder, by any path; a folder holding another set is refused unless --overwrite. Needs the privacy
-    extra. To blur while sharding (one JPEG generation fewer), use `wtours shard --blur-faces`.
+    SPEC: a slug sharded under --root, or a folder holding index.json (./NAME for one named like a
+    video). Frames without faces keep their bytes; frames with faces are blurred and encoded again.
+    --out must not be (or lie in) the source folder, by any path; a folder holding another set is
+    refused unless --overwrite. Needs the privacy extra. To blur while sharding (one JPEG generation
+    fewer), use `wtours shard --blur-faces`.
 
     \b
     Examples:

@@ -36,8 +36,9 @@ def inspect_shards(specs, root, clip_frames, clip_stride, clips_per_shard, world
     --world-size x --workers data slots at --batch-size reads (the distinct clips plus the padding that
     gives every rank the same number of steps).
 
-    SPEC: a slug under --root, a folder with index.json, a local brace/glob pattern, an http(s)://,
-    hf://datasets/USER/NAME/..., s3://, gs:// or file:// pattern (s3:// needs s3fs, gs:// gcsfs), or
+    SPEC: a slug under --root, a folder with index.json (./NAME for one named like a video), a local
+    brace/glob pattern, an http(s)://, hf://datasets/USER/NAME/..., s3://, gs:// or file:// pattern
+    (s3:// needs s3fs, gs:// gcsfs), or
     'pipe:COMMAND' (a shell command per shard, braces expanded; its index.json is read beside the
     command's .tar argument, and inspect never runs the command); several may be given (or joined
     with '::').

@@ -9,7 +9,8 @@ import click
 from wtours.cli.common import root_option, say, verbosity_options
 from wtours.config import WORKERS, number_type
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import INDEX_FILE, SLUG_PATTERN, Layout
+from wtours.layout import INDEX_FILE, Layout
+from wtours.locks import reading
 from wtours.redact import shown
 from wtours.selection import shard_set_slugs
 from wtours.shard.verify import repair_set, root_of, verify_folder
@@ -24,10 +25,11 @@ def _targets(layout: Layout, specs: tuple[str, ...], cities: tuple[str, ...], al
     for spec in specs:
         path = Path(spec).expanduser()
         path = path.parent if path.name == INDEX_FILE else path
-        if path.is_dir() and (path / INDEX_FILE).is_file():
+        if layout.names_set(spec):  # its folder, even without an index: a run may be writing it (refused then)
+            slug = spec if layout.shard_dir(spec).is_dir() else shard_set_slugs(layout, (spec,), False, "verify")[0]
+            targets.append((layout.shard_dir(slug), slug))
+        elif path.is_dir() and (path / INDEX_FILE).is_file():
             targets.append((path, str(path)))
-        elif SLUG_PATTERN.match(spec):
-            targets.extend((layout.shard_dir(slug), slug) for slug in shard_set_slugs(layout, (spec,), False, "verify"))
         else:
             raise UsageError(f"SPEC {shown(spec)!r} is not a shard set under {layout.root} nor a folder with "
                              f"{INDEX_FILE}",
@@ -53,7 +55,8 @@ def verify(specs, cities, all_sets, root, repair, workers) -> None:
     --repair reshards just those segments from the registered video and checks them again (for a
     blur-faces output: blurs them again from the set it was made from).
 
-    SPEC: a slug under --root, or a shard folder holding index.json (checked in place).
+    SPEC: a slug under --root, or a shard folder holding index.json (checked in place; ./NAME for a
+    folder named like a video).
 
     \b
     Examples:
@@ -66,7 +69,8 @@ def verify(specs, cities, all_sets, root, repair, workers) -> None:
     layout = Layout(root)
     bad: list[str] = []
     for folder, label in _targets(layout, specs, cities, all_sets):
-        report = verify_folder(folder, where=label)
+        with reading([folder]):  # repairs take the folder exclusively, after this
+            report = verify_folder(folder, where=label)
         for line in report.lines():
             click.echo(line)
         if repair and not report.ok:

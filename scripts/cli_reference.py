@@ -34,12 +34,21 @@ SPEC that is no video or shard set) are usage errors: exit status 2, an `error:`
 option, the value and what is allowed, and a `hint:`. A well-formed command that then fails on the
 data, the machine or the network exits 1."""
 
+NAMES_AND_PATHS = """\
+A SPEC (of `inspect`, `verify`, `blur-faces`, `--shards`) shaped like a video name (lowercase letters,
+digits and `-`: no `/`, no `.`) is always the shard set of that name under `--root`, whatever the
+current folder holds; anything else is a path or URL. Where the current folder also holds a folder
+of that name, the command says which it used in one line on stderr (`note: 'venice' is the shard set
+venice under the data root (...), not the folder ./venice here: pass ./venice for that folder`): write
+`./venice` (or any path with a `/`) for that folder."""
+
 
 def exit_statuses() -> list[str]:
     """The exit-status table, from `wtours.errors.EXIT_CODES` (its one owner)."""
     rows = [f"| {code} | {meaning} |" for code, meaning in EXIT_CODES]
     return ["## Exit status", "", "Every command exits with one of these (`wtours --help` ends with the same table):",
-            "", "| status | meaning |", "|---|---|", *rows, "", "## Option values", "", OPTION_VALUES, ""]
+            "", "| status | meaning |", "|---|---|", *rows, "", "## Option values", "", OPTION_VALUES, "",
+            "## A name or a path", "", NAMES_AND_PATHS, ""]
 
 
 def render() -> str:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ import pytest
 # intra-op thread per test process, and per process it starts, keeps the tests calm; no test is about
 # that pool's width. A value the caller set wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from tests.videos import make_video, sharded_root  # noqa: E402
 
@@ -44,6 +48,29 @@ def canonical_roots(tmp_path_factory) -> CanonicalRoots:
     return CanonicalRoots(tmp_path_factory)
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> a fresh tmpfs of `size` bytes under tmp_path (a real full disk); the test is skipped where
+    mounting is not permitted (it needs root). Unmounted after the test."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+        mounted.append(folder)
+        return folder
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def small_video(tmp_path_factory):
     """3 s, 320x240, 30 fps H.264 (faststart, so a cut-off copy still probes)."""
@@ -69,3 +96,16 @@ def fresh_shard_reader():
     if "wtours.shard.read" in sys.modules:
         sys.modules["wtours.streams"].FAILED_SHARDS.clear()
         sys.modules["wtours.shard.read"]._WARNED.clear()
+
+
+def write_digits(folder: Path, every: int = 1) -> tuple[Path, Path]:
+    """scikit-learn's 1797 8x8 digits as 32x32 PNGs: train/<digit>/, and every 4th image in val/<digit>/."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    digits = datasets.load_digits()
+    for i in range(0, len(digits.images), every):
+        split = "val" if (i // every) % 4 == 0 else "train"
+        target = folder / split / str(digits.target[i])
+        target.mkdir(parents=True, exist_ok=True)
+        pixels = np.rint(digits.images[i] * 255 / 16).astype(np.uint8)  # 0..16 grey levels
+        Image.fromarray(pixels).resize((32, 32), Image.Resampling.NEAREST).save(target / f"{i:04d}.png")
+    return folder / "train", folder / "val"

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from tests.cli import run_wtours
+from tests.conftest import write_digits
 from tests.test_viz import train_tiny
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.errors import WtoursError
@@ -38,19 +39,6 @@ def numpy_vote(train_f: np.ndarray, train_l: np.ndarray, val_f: np.ndarray, k: i
 def numpy_accuracy(scores: np.ndarray, labels: np.ndarray, top: int) -> float:
     ranking = np.argsort(-scores, axis=1, kind="stable")[:, :top]
     return 100.0 * (ranking == labels[:, None]).any(axis=1).mean()
-
-
-def write_digits(folder: Path, every: int = 1) -> tuple[Path, Path]:
-    """scikit-learn's 1797 8x8 digits as 32x32 PNGs: train/<digit>/, and every 4th image in val/<digit>/."""
-    datasets = pytest.importorskip("sklearn.datasets")
-    digits = datasets.load_digits()
-    for i in range(0, len(digits.images), every):
-        split = "val" if (i // every) % 4 == 0 else "train"
-        target = folder / split / str(digits.target[i])
-        target.mkdir(parents=True, exist_ok=True)
-        pixels = np.rint(digits.images[i] * 255 / 16).astype(np.uint8)  # 0..16 grey levels
-        Image.fromarray(pixels).resize((32, 32), Image.Resampling.NEAREST).save(target / f"{i:04d}.png")
-    return folder / "train", folder / "val"
 
 
 @pytest.fixture(scope="module")

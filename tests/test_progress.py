@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.cli import run_wtours
-from wtours.train import distributed
+from wtours import distributed
 from wtours.train.logger import RunLogger as _RunLogger
 from wtours.train.logger import RunState
 

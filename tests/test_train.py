@@ -19,11 +19,11 @@ from tests.cli import run_wtours
 from tests.cli import run_wtours_process as run  # the end-to-end runs: real processes
 from wtours.cli.train_cmd import config_from_args
 from wtours.config import leaves
+from wtours.distributed import read_launch, slurm_port
 from wtours.dora import DoRA
 from wtours.errors import WtoursError
 from wtours.system import default_workers, expand_nodelist, usable_cpus
 from wtours.train.config import TrainConfig
-from wtours.train.distributed import read_launch, slurm_port
 from wtours.train.optim import clip_per_tensor, cosine_schedule, ema_update, param_groups
 from wtours.train.run import build_schedules
 
@@ -120,7 +120,8 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(root, tmp_path):
 CHILD = """
 import sys, torch
 from wtours.cli.main import cli
-from wtours.train import distributed, run
+from wtours import distributed
+from wtours.train import run
 built = []
 build = run.build_model
 run.build_model = lambda config, device: built.append(build(config, device)) or built[-1]

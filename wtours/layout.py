@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,6 +113,18 @@ class Layout:
         return _slug_folders(self.root / "videos")
 
     # ---- shards
+    def names_set(self, spec: str) -> bool:
+        """Whether a command's SPEC names the shard set of that name under the root, rather than a path: it does
+        when shaped like a video name (SLUG_PATTERN: no '/', no '.'), whatever the current folder holds. A folder
+        of that name here is not used: a line on stderr says so, and that `./NAME` names it."""
+        if not SLUG_PATTERN.match(spec):
+            return False
+        here, ours = Path(spec), self.shard_dir(spec)
+        if here.is_dir() and not (ours.is_dir() and ours.samefile(here)):
+            print(f"note: {spec!r} is the shard set {spec} under the data root ({ours}), not the folder ./{spec} "
+                  f"here: pass ./{spec} for that folder", file=sys.stderr)
+        return True
+
     def shards_base(self) -> Path:
         return self.root / "shards"
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from braceexpand import braceexpand
 
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, SLUG_PATTERN, Layout, shard_number
+from wtours.layout import INDEX_FILE, SHARD_NAME_PATTERN, Layout, shard_number
+from wtours.locks import refuse_if_written
 from wtours.redact import HIDDEN, shown
 from wtours.shard.index import ShardEntry, ShardIndex
 from wtours.streams import PIPE_PREFIX, check_hf_url, glob_urls, open_url, require_backend, url_scheme
@@ -76,6 +77,11 @@ def resolve(specs: str | Iterable[str], root: str | os.PathLike | None = None) -
     return [ref for found in resolve_sets(specs, root) for ref in found.refs]
 
 
+def local_folders(refs: Iterable[ShardRef]) -> list[Path]:
+    """The local folders the shards are read from: the sets a reader holds (wtours.locks.reading)."""
+    return list(dict.fromkeys(Path(ref.url).parent for ref in refs if url_scheme(ref.url) is None))
+
+
 def resolve_sets(specs: str | Iterable[str], root: str | os.PathLike | None = None) -> list[ShardSet]:
     """The shard sets the specs name, with their shards, in order; each index is read once."""
     sets: list[ShardSet] = []
@@ -91,7 +97,8 @@ def resolve_sets(specs: str | Iterable[str], root: str | os.PathLike | None = No
     return sets
 
 
-SPEC_HINT = ("a SPEC is a video slug with shards under --root, a folder holding index.json, a local pattern such as "
+SPEC_HINT = ("a SPEC is a video slug with shards under --root, a folder holding index.json (./NAME for one named like "
+             "a video), a local pattern such as "
              "'/data/shards/venice/venice-{000000..000009}.tar', the same as an http(s)://, "
              "hf://datasets/USER/NAME/..., s3://, gs:// or file:// URL, or 'pipe:COMMAND' (e.g. "
              "'pipe:cat /data/venice/venice-{000000..000009}.tar'); run `wtours list` to see what is sharded")
@@ -107,8 +114,9 @@ def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
         return _resolve_pipe(spec)
     if "://" in spec:
         return _resolve_remote(spec)
-    if SLUG_PATTERN.match(spec) and "/" not in spec and not Path(spec).exists():
+    if layout.names_set(spec):
         if not layout.index_path(spec).is_file():
+            refuse_if_written(layout.shard_dir(spec))
             from wtours.manifest import load_manifest
 
             # not a corpus video, nor one registered or being sharded: a typo, not a step left to run
@@ -134,6 +142,7 @@ def _resolve_one(spec: str, layout: Layout) -> list[ShardSet]:
 def _local_set(folder: str, names: set[str] | None) -> ShardSet:
     index = ShardIndex.read(Path(folder) / INDEX_FILE)
     if index is None:
+        refuse_if_written(Path(folder))
         raise WtoursError(f"no shard index at {Path(folder) / INDEX_FILE}",
                           "shards made by `wtours shard` have index.json beside them; "
                           "rerun `wtours shard` to finish it")

@@ -65,15 +65,31 @@ def collate_readable(batch: list[tuple[Any, int, str | None]]) -> tuple[torch.Te
     return torch.stack([image for image, _ in good]), torch.tensor([t for _, t in good], dtype=torch.long), bad
 
 
-def labelled_pair(train_dir: str | os.PathLike, val_dir: str | os.PathLike, resize: int = 256,
-                  crop: int = 224) -> tuple[LabelledFolder, LabelledFolder]:
-    """Train and val folders with the same class indices (the train folder's), seen through DINO's k-NN/linear
-    eval view: short side to `resize` (bicubic), centre crop `crop`, ImageNet normalisation."""
-    transform = transforms.Compose([
+def eval_view(resize: int = 256, crop: int = 224) -> Callable:
+    """DINO's k-NN/linear eval view: short side to `resize` (bicubic), centre crop `crop`, ImageNet normalisation."""
+    return transforms.Compose([
         transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(crop),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
-    train = LabelledFolder(train_dir, transform)
-    return train, LabelledFolder(val_dir, transform, class_to_idx=train.class_to_idx)
+
+
+def augmented_view(crop: int = 224) -> Callable:
+    """DINO's linear-probe train view (eval_linear.py): RandomResizedCrop (scale 0.08-1, bilinear), a horizontal
+    flip with probability 0.5, ImageNet normalisation."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(crop),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def labelled_pair(train_dir: str | os.PathLike, val_dir: str | os.PathLike, resize: int = 256,
+                  crop: int = 224, train_view: Callable | None = None) -> tuple[LabelledFolder, LabelledFolder]:
+    """Train and val folders with the same class indices (the train folder's), seen through `eval_view`
+    (the train folder through `train_view` where given)."""
+    view = eval_view(resize, crop)
+    train = LabelledFolder(train_dir, train_view or view)
+    return train, LabelledFolder(val_dir, view, class_to_idx=train.class_to_idx)

@@ -42,6 +42,7 @@ from wtours.hub.paths import (
 )
 from wtours.hub.source import LocalSet, read_local_set
 from wtours.layout import Layout, json_bytes, sha256_file
+from wtours.locks import reading
 from wtours.shard.index import ShardEntry, ShardIndex
 
 MAX_COMMIT_FILES = 50  # the Hub recommends under 100 files per commit
@@ -155,6 +156,12 @@ def batch_operations(operations: list[Operation], max_files: int, max_bytes: int
 
 
 def push(layout: Layout, config: PushConfig, say: Callable[[str], None] = print) -> PushSummary:
+    """Upload the sets, each held as its reader meanwhile (no run replaces or repairs a set being pushed)."""
+    with reading(layout.shard_dir(slug) for slug in config.slugs):
+        return _push(layout, config, say)
+
+
+def _push(layout: Layout, config: PushConfig, say: Callable[[str], None]) -> PushSummary:
     target = config.target
     sets = {slug: read_local_set(layout, slug) for slug in config.slugs}
     prepare_repo(target, REPO_TYPE, config.private, config.dry_run, say)

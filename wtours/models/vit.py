@@ -111,6 +111,16 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_last_attention(x).tokens[:, 0]  # [CLS] (B, D)
 
+    def intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
+        """The final-norm tokens (B, 1+N, D) of each of the last `n` blocks, first to last: DINO's
+        `get_intermediate_layers` (facebookresearch/dino, vision_transformer.py), the linear probe's input."""
+        x, out = self.tokens(x), []
+        for i, block in enumerate(self.blocks):
+            x = block(x)[0]
+            if i >= len(self.blocks) - n:
+                out.append(self.norm(x))
+        return out
+
     def forward_last_attention(self, x: torch.Tensor) -> LastAttention:
         """The final-norm tokens, and the last block's per-head queries and keys."""
         x = self.tokens(x)

@@ -26,7 +26,7 @@ from wtours.layout import (
     sha256_file,
     write_json_atomic,
 )
-from wtours.locks import folder_lock
+from wtours.locks import folder_lock, reading, refuse_if_written
 from wtours.privacy.blur import FaceBlur
 from wtours.privacy.params import BlurParams
 from wtours.shard.index import INDEX_VERSION, RESHARD_HINT, ShardEntry, ShardIndex
@@ -36,16 +36,15 @@ from wtours.shard.writer import ShardSample, encode_jpeg, write_shard
 
 
 def source_folder(spec: str, root: str | None) -> Path:
-    """SPEC: a folder holding index.json, or a slug sharded under the data root."""
-    path = Path(spec)
-    if (path / INDEX_FILE).is_file():
-        return path
-    if "/" not in spec:
-        folder = Layout(root).shard_dir(spec)
-        if (folder / INDEX_FILE).is_file():
-            return folder
-    raise UsageError(f"{spec}: no shard set there (no {INDEX_FILE})",
-                      "give a folder holding index.json, or a slug sharded under --root (`wtours shard` first)")
+    """SPEC: a slug sharded under the data root (`Layout.names_set`), else a folder holding index.json."""
+    layout = Layout(root)
+    folder = layout.shard_dir(spec) if layout.names_set(spec) else Path(spec)
+    if (folder / INDEX_FILE).is_file():
+        return folder
+    refuse_if_written(folder)
+    raise UsageError(f"{spec}: no shard set there (no {folder / INDEX_FILE})",
+                      "give a slug sharded under --root (`wtours shard` first), or a folder holding index.json "
+                      "(./NAME for one named like a video)")
 
 
 def within(out: Path, source: Path) -> bool:
@@ -71,7 +70,14 @@ def blur_shard_set(source: Path, out: Path, settings: BlurParams, workers: int =
     Samples where no face is found keep their JPEG bytes exactly; the others are decoded, blurred and
     encoded again at the set's --quality (one more JPEG generation, on those frames only). The shards are
     deterministic like `wtours shard`'s; a rerun redoes the set (the index is written last). `out` records
-    the source (BLUR_SOURCE_FILE), so that `wtours verify --repair` can blur a damaged shard again."""
+    the source (BLUR_SOURCE_FILE), so that `wtours verify --repair` can blur a damaged shard again. The source is
+    held as its reader meanwhile (no run replaces or repairs it under the blur), `out` as its writer."""
+    with reading([source]):
+        return _blur_shard_set(source, out, settings, workers, say, overwrite)
+
+
+def _blur_shard_set(source: Path, out: Path, settings: BlurParams, workers: int, say: Callable[[str], None],
+                    overwrite: bool) -> ShardIndex:
     index = ShardIndex.read(source / INDEX_FILE)
     if index is None:
         raise WtoursError(f"{source} holds no {INDEX_FILE}", "run `wtours shard` first")
@@ -119,7 +125,9 @@ def repair_blurred_set(folder: Path, report: VerifyReport, workers: int = 1,
     (the blur is deterministic, so the repaired files must be those the index describes)."""
     if report.ok:
         return report
-    with folder_lock(folder, f"blurred set {folder}"):
+    recorded = blurred_from(folder)
+    assert recorded is not None  # recognised before the repair
+    with folder_lock(folder, f"blurred set {folder}"), reading([Path(recorded["source"])]):
         index, record = ShardIndex.read(folder / INDEX_FILE), blurred_from(folder)
         assert index is not None and record is not None  # verified and recognised before the repair
         source = Path(record["source"])

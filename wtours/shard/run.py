@@ -15,7 +15,7 @@ from pathlib import Path
 from wtours import media, stop
 from wtours.errors import IncompleteError, UsageError, WtoursError
 from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name, write_json_atomic
-from wtours.locks import folder_lock
+from wtours.locks import RANKS, folder_lock
 from wtours.privacy.blur import FaceBlur
 from wtours.shard.blank import is_blank
 from wtours.shard.decode import DecodedFrame, SegmentDecoder
@@ -94,11 +94,12 @@ class SegmentCancelled(Exception):
 def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOptions,
                 say: Callable[[str], None] = print) -> ShardSummary:
     """Shard a registered video (a rerun resumes). One run per shard folder: ranks of a multi-node run share
-    it by design, each holding it shared (so no single-node run, pull or repair works beside them) and locking
-    its own rank (so the same rank cannot run twice); stale temporaries are only removed by single-node runs."""
+    it by design, each holding it as one of its RANKS (so no single-node run, pull, repair or reader works beside
+    them) and locking its own rank (so the same rank cannot run twice); stale temporaries are only removed by
+    single-node runs."""
     job = prepare_job(layout, slug, params, options.hwaccel)  # before the lock: nothing created for a typo
     what, rank, shared = f"shard folder of {slug}", options.node_rank, options.num_nodes > 1
-    with folder_lock(layout.shard_dir(slug), what, shared=shared), \
+    with folder_lock(layout.shard_dir(slug), what, RANKS if shared else None), \
             (folder_lock(layout.node_lock_dir(slug, rank), f"{what} (node rank {rank})") if shared else nullcontext()):
         if not shared:
             folders = (layout.shard_dir(slug), layout.segments_dir(slug))

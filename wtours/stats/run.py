@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from wtours.errors import WtoursError
-from wtours.layout import Layout, read_json, remove_stale_temporaries, write_json_atomic
-from wtours.locks import folder_lock
+from wtours.layout import Layout, is_url, read_json, remove_stale_temporaries, write_json_atomic
+from wtours.locks import folder_lock, reading
 from wtours.shard.index import ShardIndex
 from wtours.stats.classes import Detector, detect_stage, load_detector
 from wtours.stats.corpus import write_corpus
@@ -70,9 +70,17 @@ def open_source(layout: Layout, slug: str, config: StatsConfig,
 
 def stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detector | None = None,
                 say: Callable[[str], None] = print, remote: tuple[str, ShardIndex] | None = None) -> VideoStats:
-    """Analyse one video (continuing an interrupted run) and write its table, summary and plots.
+    """Analyse one video (continuing an interrupted run) and write its table, summary and plots; a local shard
+    set is held as its reader meanwhile (wtours.locks: no run replaces or repairs it under the analysis).
 
     `remote`: (folder URL, index) of shards to stream instead of the root's (see `spec.resolve_sets`)."""
+    shards = remote[0] if remote else str(layout.shard_dir(slug)) if config.analysis.source == "shards" else None
+    with reading([Path(shards)] if shards is not None and not is_url(shards) else []):
+        return _stats_video(layout, slug, config, detector, say, remote)
+
+
+def _stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detector | None,
+                 say: Callable[[str], None], remote: tuple[str, ShardIndex] | None) -> VideoStats:
     _require_stats_extra()
     started = time.monotonic()
     source = open_source(layout, slug, config, remote)

@@ -2,18 +2,19 @@
 time holds it (wtours.locks.folder_lock, taken by rank 0; docs/troubleshooting.md, "Training runs"). A folder
 holding a run is refused without --resume or --overwrite; --overwrite removes only the files a run writes;
 --resume refuses changed settings that shape the schedules or the data unless --reschedule is given. Rank 0
-decides and wtours.train.distributed.agree tells the other ranks: nothing here needs torch's process group."""
+decides and wtours.distributed.agree tells the other ranks: nothing here needs torch's process group."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from wtours import distributed
 from wtours.clips.spec import split_specs
 from wtours.config import build_dict, coerce, flagged
 from wtours.errors import UsageError, WtoursError
@@ -31,11 +32,10 @@ from wtours.layout import (
     run_data_log,
     write_bytes_atomic,
 )
-from wtours.locks import LOCK_FILE, folder_lock
+from wtours.locks import LOCK_FILE, folder_lock, reading
 from wtours.models.checkpoint import read_checkpoint
 from wtours.records import is_number
 from wtours.redact import shown
-from wtours.train import distributed
 from wtours.train.config import TrainConfig
 
 
@@ -141,12 +141,15 @@ def refuse_reshaped_model(run_model: dict[str, Any], model: dict[str, Any], sour
 
 
 @contextmanager
-def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: dict) -> Iterator[dict]:
-    """Hold the run folder (rank 0 takes the lock; the others follow its decision) for the block; yields `prepare`'s
+def run_folder(out: Path, dist: distributed.Dist, config: TrainConfig, facts: dict,
+               shard_sets: Sequence[Path] = ()) -> Iterator[dict]:
+    """Hold the run folder, and the local `shard_sets` as their reader (so no run replaces or repairs them during
+    training), for the block: rank 0 takes the locks, the others follow its decision. Yields `prepare`'s
     {"changed": ..., "step": ...}. A refused or failed start leaves no folder behind that it created."""
     created = not out.exists()
     with ExitStack() as stack:
         def take() -> dict:
+            stack.enter_context(reading(shard_sets))
             stack.enter_context(folder_lock(out, "run folder"))
             return prepare(out, config, facts)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wtours import distributed
 from wtours.layout import RUN_LOG_FILE, RUN_TENSORBOARD_DIR, run_data_log
-from wtours.train import distributed
 from wtours.units import format_duration
 
 log = logging.getLogger(__name__)

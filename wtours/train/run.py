@@ -14,18 +14,18 @@ from typing import Any
 
 import torch
 
-from wtours import stop
+from wtours import distributed, stop
 from wtours.clips.augment import MultiCropConfig
 from wtours.clips.epoch import ClipConfig
 from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader
-from wtours.clips.spec import resolve
+from wtours.clips.spec import local_folders, resolve
 from wtours.clips.stages import Problems
 from wtours.dora import DoRA
 from wtours.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_STOPPED, UsageError, WtoursError
 from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE, write_json_atomic
 from wtours.models.checkpoint import read_checkpoint, save_checkpoint
 from wtours.system import default_workers
-from wtours.train import distributed, folder
+from wtours.train import folder
 from wtours.train.config import STEPS, TrainConfig
 from wtours.train.logger import RunLogger, RunState, problems_line
 from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
@@ -124,7 +124,7 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
     facts = {"world_size": dist.world_size, "steps_per_epoch": len(dataset), "total_steps": schedules.total_steps}
     state = RunState()
     try:
-        with folder.run_folder(out, dist, config, facts) as prepared:
+        with folder.run_folder(out, dist, config, facts, local_folders(dataset.shards)) as prepared:
             run = _build_run(config, dist, out, dataset, schedules, facts, knn, say, state)
             try:
                 _start(run, prepared)
@@ -221,7 +221,8 @@ def _loop(run: Run) -> None:
                                        partial(_checkpoint, run) if due else None)
             if not math.isfinite(loss_value):
                 raise _non_finite(run, f"the loss is {loss_value} at step {state.step + 1}")
-            problems.add(getattr(batch, "problems", None))  # after a due checkpoint of the step before it
+            # after a due checkpoint of the step before it; the GPU path's clips that do not decode included
+            problems.add(crops.problems)
             state.step += 1
             state.step_in_epoch += 1
             logged = state.step % config.log_every == 0 or state.step in (1, schedules.total_steps)

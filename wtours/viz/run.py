@@ -18,11 +18,12 @@ from PIL import Image, ImageOps
 
 from wtours.clips.augment import normalize
 from wtours.clips.epoch import ClipConfig, ShardRead, clip_starts
-from wtours.clips.spec import ShardRef, resolve
+from wtours.clips.spec import ShardRef, local_folders, resolve
 from wtours.clips.stages import Clip, Problems, shard_clips
 from wtours.dora import DoRA
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import INDEX_FILE, replace_atomically, write_json_atomic
+from wtours.locks import reading
 from wtours.models.checkpoint import backbone_state, infer_arch, read_weights, strip_prefix
 from wtours.models.vit import cls_attention
 from wtours.redact import shown
@@ -162,10 +163,11 @@ def visualise(checkpoint: str | os.PathLike, shards: str | list[str], out: str |
     clip_config = ClipConfig(config.frames, config.stride)
     labels = column_labels(model.teacher.backbone.config.heads, heads.tolist())
     records = []
-    for clip in read_clips(refs, pick_starts(refs, clip_config, config.clips), clip_config):
-        records.append(render_clip(model, clip, heads.to(device), labels, out, config))
-        say(f"{records[-1]['png']}: objects cover "
-            f"{', '.join(f'{sum(c) / len(c):.0%}' for c in records[-1]['coverage'])} of the frames")
+    with reading(local_folders(refs)):  # a local set is held as its reader: no run replaces it meanwhile
+        for clip in read_clips(refs, pick_starts(refs, clip_config, config.clips), clip_config):
+            records.append(render_clip(model, clip, heads.to(device), labels, out, config))
+            say(f"{records[-1]['png']}: objects cover "
+                f"{', '.join(f'{sum(c) / len(c):.0%}' for c in records[-1]['coverage'])} of the frames")
     index = {"checkpoint": str(checkpoint), "arch": model.arch, "patch_size": model.patch_size,
              "heads": heads.tolist(), "objects": len(heads), "frames": config.frames, "stride": config.stride,
              "size": config.size, "cell": config.size, "header": HEADER, "columns": labels,
