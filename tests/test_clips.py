@@ -1002,10 +1002,10 @@ def test_a_resumed_epoch_gets_the_same_augmented_batches_and_problem_counts(gapp
         problems = Problems()
         samples = list(tar_samples(open_shards([source], problems), problems))
         path = tmp_path / Path(source.url).name
-        write_tar(path, [member for i, s in enumerate(samples) for member in (
-            (f"{s.key}.jpg", s.jpg[: len(s.jpg) // 3] if i == 7 else s.jpg),
-            (f"{s.key}.json", b"{" if i == 3 else s.json))])
-        shards.append(without_offsets(dataclasses.replace(source, url=str(path))))
+        write_tar(path, [member for i, s in enumerate(samples) for member in (  # the same sizes: offsets hold
+            (f"{s.key}.jpg", undecodable(s.jpg) if i == 7 else s.jpg),
+            (f"{s.key}.json", b"x" + s.json[1:] if i == 3 else s.json))])
+        shards.append(dataclasses.replace(source, url=str(path)))
     config = LoaderConfig(batch_size=2, workers=2, clip=CLIP, shuffle_buffer=4, multicrop=A.MultiCropConfig(n_local=2))
 
     def epoch(skip: int) -> list:
