@@ -6,6 +6,8 @@ folders' --knn-every kept."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from tests.cli import assert_clean_error, run_wtours
 from tests.conftest import write_digits
 from tests.test_eval_davis import render_davis
-from tests.test_viz import train_tiny
+from tests.test_viz import TINY, train_tiny
 from wtours.config import build
 from wtours.errors import UsageError
 from wtours.train import folder
@@ -71,7 +73,8 @@ def test_each_evaluation_logged_at_its_steps_and_on_the_card(data, canonical_roo
     assert "step 2: linear probe (short: fast mode, 3 epochs)" in done.stdout and "DAVIS J&F-Mean" in done.stdout
     plain = train_tiny(root, tmp_path / "plain", "--steps", "3")  # the evaluations leave the training's randomness
     assert plain.returncode == 0, plain.stderr
-    assert [r["loss"] for r in lines if "loss" in r] == [r["loss"] for r in log_lines(tmp_path / "plain") if "loss" in r]
+    losses = [[r["loss"] for r in log if "loss" in r] for log in (lines, log_lines(tmp_path / "plain"))]
+    assert losses[0] == losses[1]
 
     assert run_wtours(["export", str(out / "checkpoint.pth"), "--out", str(tmp_path / "model")]).exit_code == 0
     card = (tmp_path / "model" / "README.md").read_text()
@@ -102,6 +105,30 @@ def test_an_evaluation_failing_mid_run_is_logged_and_training_goes_on(data, cano
     assert [r["step"] for r in lines if "linear_top1" in r] == [1, 2]
     assert "step 1: knn evaluation failed: none of the 57 images" in done.stdout
     assert max(r["step"] for r in lines) == 2 and (out / "checkpoint.pth").is_file()
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_evaluates_and_a_refusal_stops_every_rank(data, canonical_roots, tmp_path):
+    """Two processes: bad --davis data is refused on both ranks (exit 2, nothing created), none waits; with good
+    data rank 0 evaluates while rank 1 waits, and each evaluation is logged once."""
+    from tests.test_train import child_env, free_port
+
+    root = canonical_roots.copy("walk-20s", tmp_path / "root")
+
+    def torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), "-m", "wtours", "train", "--shards", "walk", "--root", str(root),
+               "--out", str(out), *TINY, "--steps", "2", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=child_env())
+
+    refused = torchrun(tmp_path / "refused", "--davis", str(data["train"]))
+    assert refused.returncode != 0 and refused.stderr.count("is not a DAVIS-2017 folder") == 2, refused.stderr
+    assert not (tmp_path / "refused").exists()
+    done = torchrun(tmp_path / "run", "--knn-train", str(data["train"]), "--knn-val", str(data["val"]),
+                    "--linear-train", str(data["train"]), "--linear-val", str(data["val"]), "--linear-epochs", "1")
+    assert done.returncode == 0, done.stderr
+    lines = log_lines(tmp_path / "run")
+    assert [r["step"] for r in lines if "knn_top1" in r] == [r["step"] for r in lines if "linear_top1" in r] == [2]
 
 
 def break_data(data: dict[str, Path], tmp_path: Path, fault: str) -> list[str]:

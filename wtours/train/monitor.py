@@ -11,20 +11,22 @@ from typing import Any
 
 import torch
 
+from wtours import distributed
 from wtours.errors import UsageError, WtoursError
 from wtours.eval.config import DavisConfig, KnnConfig, LinearConfig
-from wtours.eval.data import labelled_pair
 from wtours.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-Figures = dict[str, Any]  # a log line's figures, unprefixed; the numeric ones are TensorBoard scalars
+Figures = dict[str, Any]  # a log line's figures, unprefixed; the float ones are also TensorBoard scalars
 
 
 class Monitor:
     """Built on rank 0 when the run starts: a folder that is not usable is refused then (exit 2)."""
 
     def __init__(self, config: TrainConfig):
+        from wtours.eval.data import labelled_pair  # torchvision: imported when the run starts
+
         self.every = config.eval_every
         self.checks: list[tuple[str, Callable[[Any, torch.device], tuple[Figures, str]]]] = []
         workers = min(config.workers or 0, 4)
@@ -66,6 +68,13 @@ class Monitor:
                         f"{len(sequences)} sequences ({result.seconds:.1f} s)")
 
             self.checks.append(("davis", davis_figures))
+
+    @classmethod
+    def on_rank0(cls, config: TrainConfig, dist: distributed.Dist) -> Monitor | None:
+        """Rank 0's monitor (None on the other ranks); its refusal of the data reaches every rank."""
+        made: list[Monitor] = []
+        distributed.agree(dist, lambda: made.append(cls(config)))
+        return made[0] if made else None
 
     def due(self, epochs_done: int | None, run_over: bool) -> bool:
         """epochs_done: epochs completed when an epoch has just ended, else None."""

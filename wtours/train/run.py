@@ -28,6 +28,7 @@ from wtours.system import default_workers
 from wtours.train import folder
 from wtours.train.config import STEPS, TrainConfig
 from wtours.train.logger import RunLogger, RunState, problems_line
+from wtours.train.monitor import Monitor
 from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
 
 
@@ -98,7 +99,7 @@ class Run:
     schedules: Schedules
     precision: str
     facts: dict  # world size, steps per epoch, total steps: what --resume compares besides the settings
-    monitor: Any  # rank 0's wtours.train.monitor.Monitor (the evaluations during training), else None
+    monitor: Monitor | None  # rank 0's (the evaluations during training), None on the others
     logger: RunLogger  # its `say` prints the console's lines (rank 0; silenced by -q)
     state: RunState  # updated in place by _start and _loop: what an interrupted run reports
 
@@ -109,15 +110,7 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
         raise UsageError(f"--out {out} is a file, not a folder", "choose a folder for --out")
     dataset = build_data(config, dist)  # resolves the shards: still nothing written
     schedules = build_schedules(config, len(dataset), dist.world_size)
-    monitor = None  # the evaluations during training (wtours/train/monitor.py): rank 0's, data checked now
-
-    def check_evaluations() -> None:
-        nonlocal monitor
-        from wtours.train.monitor import Monitor
-
-        monitor = Monitor(config)
-
-    distributed.agree(dist, check_evaluations)  # a refusal reaches every rank
+    monitor = Monitor.on_rank0(config, dist)  # the evaluations during training: their data checked now
     facts = {"world_size": dist.world_size, "steps_per_epoch": len(dataset), "total_steps": schedules.total_steps}
     state = RunState()
     try:
@@ -137,7 +130,7 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
 
 
 def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: ClipDataset, schedules: Schedules,
-               facts: dict, monitor: Any, say: Callable[[str], None], state: RunState) -> Run:
+               facts: dict, monitor: Monitor | None, say: Callable[[str], None], state: RunState) -> Run:
     """The model (the same initial weights on every rank), its DDP wrapper, optimiser, scaler and logger."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
     model = build_model(config, dist.device)
