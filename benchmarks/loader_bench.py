@@ -23,6 +23,7 @@ clip (the 12 s clip of shard_bench looped to 2 min by stream copy). Measures
 
     python -m benchmarks.loader_bench [--batches 12] [--batch-size 8] [--reading-only]
     python -m benchmarks.loader_bench --baseline HEAD [--repeats 5]
+    python -m benchmarks.loader_bench --jpeg-check [--repeats 5]   # the JPEG check against decoding
 """
 
 from __future__ import annotations
@@ -185,6 +186,47 @@ def augment_costs(shards, clips: int, repeats: int) -> tuple[float, float]:
             run()
             times[name].append((time.perf_counter() - start) * 1000 / clips)
     return float(np.median(times["wtours"])), float(np.median(times["pil"]))
+
+
+def street_jpegs(frames: int) -> list[bytes]:
+    """`frames` frames of the street footage at the shard defaults' size and quality (910x512, q90), with the
+    4K clip's temporal noise, encoded by the shard writer (without the minutes the 4K clip takes to make)."""
+    from wtours.media import ffmpeg_exe
+    from wtours.shard.writer import encode_jpeg
+
+    raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(STREET), "-vf", "scale=910:512:flags=bicubic,"
+                          "noise=alls=6:allf=t", "-frames:v", str(frames), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout
+    return [encode_jpeg(frame, 90) for frame in np.frombuffer(raw, np.uint8).reshape(frames, 512, 910, 3)]
+
+
+def jpeg_check_costs(frames: int = 64, repeats: int = 5) -> None:
+    """Per frame, interleaved (median of `repeats` rounds): the structural check every sample passes
+    before decoding (`clips/jpeg_check.py`) against decoding it whole (OpenCV) and decoding a 60 % x 60 %
+    window of it (TurboJPEG 3, where present)."""
+    from wtours.clips.jpeg import decode_frame, window_decoder
+    from wtours.clips.jpeg_check import jpeg_damage
+
+    jpgs = street_jpegs(frames)
+    height, width = decode_frame(jpgs[0]).shape[:2]
+    box = (width // 5, height // 5, width * 4 // 5, height * 4 // 5)
+    window = np.empty((box[3] - box[1], box[2] - box[0], 3), np.uint8)
+    decoder = window_decoder()
+    runs = {"check": jpeg_damage, "opencv whole": decode_frame}
+    if decoder is not None:
+        runs["turbojpeg window"] = lambda jpg: decoder.decode_window(jpg, box, window)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for jpg in jpgs:
+                run(jpg)
+            times[name].append((time.perf_counter() - start) * 1e6 / len(jpgs))
+    median = {name: float(np.median(t)) for name, t in times.items()}
+    print(f"per {width}x{height} frame ({np.mean([len(j) for j in jpgs]) / 1000:.0f} kB, {len(jpgs)} frames): "
+          + ", ".join(f"{name} {us:.0f} us" for name, us in median.items())
+          + "; check / decode: " + ", ".join(f"{median['check'] / us:.1%} of {name}" for name, us in median.items()
+                                             if name != "check"))
 
 
 def probe_figures(root: Path, batches: int, batch_size: int) -> dict:
@@ -397,10 +439,15 @@ def main() -> None:
                         help="compare the CPU data path (wtours/ as a whole) with this git revision's, only")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds for --baseline")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # one --baseline contender
+    parser.add_argument("--jpeg-check", action="store_true", help="only the JPEG check's cost against decoding")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.probe:
         print(json.dumps(probe_figures(DATA / "loader-root", args.batches, args.batch_size)))
+        return
+    if args.jpeg_check:
+        print(header("loader_bench (the JPEG check)"))
+        jpeg_check_costs(repeats=args.repeats)
         return
     if args.reading_only:
         print(header("loader_bench (reading)"))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,29 @@ class CanonicalRoots:
 @pytest.fixture(scope="session")
 def canonical_roots(tmp_path_factory) -> CanonicalRoots:
     return CanonicalRoots(tmp_path_factory)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> a fresh tmpfs of `size` bytes under tmp_path (a real full disk); the test is skipped where
+    mounting is not permitted (it needs root). Unmounted after the test."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+        mounted.append(folder)
+        return folder
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import io
 import json
@@ -38,6 +39,7 @@ from wtours.clips.epoch import (
     sample_index,
 )
 from wtours.clips.jpeg import window_decoder
+from wtours.clips.jpeg_check import jpeg_damage
 from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader
 from wtours.clips.spec import ShardRef, resolve
 from wtours.clips.stages import (
@@ -365,10 +367,16 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
+def undecodable(jpg: bytes) -> bytes:
+    """A whole JPEG (it passes `jpeg_check`) that no decoder decodes: its frame header's height is 0."""
+    sof = jpg.index(b"\xff\xc0")  # the shard writer's JPEGs are baseline
+    return jpg[:sof + 5] + b"\0\0" + jpg[sof + 7:]
+
+
 def test_sample_with_missing_field_is_dropped_and_counted(tmp_path):
     members = []
     for cell in range(6):
-        members.append((f"v-{cell:08d}.jpg", b"\xff\xd8fake"))
+        members.append((f"v-{cell:08d}.jpg", encoded("420")))
         if cell != 2:
             members.append((f"v-{cell:08d}.json", encode_json({"t": cell / 2, "frame": cell, "video": "v"})))
     write_tar(tmp_path / "v-000000.tar", members)
@@ -381,15 +389,15 @@ def test_sample_with_missing_field_is_dropped_and_counted(tmp_path):
 
 
 def test_clip_with_an_undecodable_frame_is_counted_and_replaced(gapped, tmp_path, caplog):
-    """A JPEG damaged inside a readable shard: its clips are counted with one warning, and other clips
-    of their batches take their places, so batches keep their size."""
+    """A whole JPEG that does not decode inside a readable shard: its clips are counted with one warning,
+    and other clips of their batches take their places, so batches keep their size."""
     source = resolve("gap", gapped.root)[0]
     problems = Problems()
     samples = list(tar_samples(open_shards([source], problems), problems))
     damaged = samples[5].key
     write_tar(tmp_path / "gap-000000.tar",
               [member for sample in samples for member in (
-                  (f"{sample.key}.jpg", sample.jpg[: len(sample.jpg) // 3] if sample.key == damaged else sample.jpg),
+                  (f"{sample.key}.jpg", undecodable(sample.jpg) if sample.key == damaged else sample.jpg),
                   (f"{sample.key}.json", sample.json))])
     shard = dataclasses.replace(source, url=str(tmp_path / "gap-000000.tar"))
     affected = sum(samples[5].jpg in clip.jpgs for clip in all_clips([source], CLIP))
@@ -403,14 +411,14 @@ def test_clip_with_an_undecodable_frame_is_counted_and_replaced(gapped, tmp_path
 
 
 def test_a_workers_error_arrives_with_its_hint(gapped, tmp_path):
-    """Every JPEG damaged: the worker's "no clip of a batch decodes" reaches the training process as the
+    """No JPEG decodes: the worker's "no clip of a batch decodes" reaches the training process as the
     same WtoursError, hint included (the DataLoader alone would re-raise it with the worker's traceback
     as its message and no hint)."""
     source = resolve("gap", gapped.root)[0]
     problems = Problems()
     samples = list(tar_samples(open_shards([source], problems), problems))
     write_tar(tmp_path / "gap-000000.tar", [member for sample in samples for member in (
-        (f"{sample.key}.jpg", sample.jpg[:100]), (f"{sample.key}.json", sample.json))])
+        (f"{sample.key}.jpg", undecodable(sample.jpg)), (f"{sample.key}.json", sample.json))])
     shard = dataclasses.replace(source, url=str(tmp_path / "gap-000000.tar"))
     with pytest.raises(WtoursError, match="^no clip of a batch decodes") as error:
         next(iter(make_loader(ClipDataset([shard], LoaderConfig(batch_size=2, workers=1, clip=CLIP)))))
@@ -649,7 +657,7 @@ def test_decoding_each_clip_before_its_crops_gives_the_same_views(gapped, damage
     first decodable clips (the loader's rule), multicrop_cpu: the same views, rows and draws."""
     clips = [list(c.jpgs) for c in all_clips(resolve("gap", gapped.root), CLIP)[:4]]
     for i in damaged:
-        clips[i][1] = clips[i][1][:100]  # one truncated frame spoils the clip
+        clips[i][1] = undecodable(clips[i][1])  # one frame that does not decode spoils the clip
     config = A.MultiCropConfig(n_local=2)
     result = multicrop_jpegs(clips, np.random.default_rng(9), config)
     assert result.sources == sources and [i for i, _ in result.failures] == list(damaged)
@@ -660,7 +668,7 @@ def test_decoding_each_clip_before_its_crops_gives_the_same_views(gapped, damage
 
 
 def test_decoding_no_clip_of_a_batch_reports_every_failure(gapped):
-    clips = [[j[:50] for j in c.jpgs] for c in all_clips(resolve("gap", gapped.root), CLIP)[:2]]
+    clips = [[undecodable(j) for j in c.jpgs] for c in all_clips(resolve("gap", gapped.root), CLIP)[:2]]
     result = multicrop_jpegs(clips, np.random.default_rng(0), A.MultiCropConfig(n_local=2))
     assert result.views == [] and result.sources == [] and [i for i, _ in result.failures] == [0, 1]
 
@@ -712,7 +720,7 @@ def test_the_window_decoder_refuses_what_the_whole_decode_refuses(gapped):
     decoder = window_decoder()
     jpg = all_clips(resolve("gap", gapped.root), CLIP)[0].jpgs[0]
     window = np.empty((10, 10, 3), np.uint8)
-    for damaged in (jpg[: len(jpg) // 3], jpg[:100], b"\x00" * 64, b""):
+    for damaged in (undecodable(jpg), jpg[:100], b"\x00" * 64, b""):
         assert not decoder.decode_window(damaged, (0, 0, 10, 10), window)
         with pytest.raises(RuntimeError):
             decode_clip([damaged])
@@ -724,6 +732,7 @@ THREADED_DECODES = """
 import sys, threading, numpy as np
 from tests.test_clips import encoded
 from wtours.clips.jpeg import window_decoder
+from wtours.clips.jpeg_check import jpeg_damage
 jpgs = [encoded(s) for s in ("420", "444", "422")]
 boxes = [(0, 0, 136, 96), (21, 19, 117, 83), (5, 3, 60, 40)]
 def decode(jpg, box):
@@ -767,7 +776,7 @@ def test_the_window_decoder_can_be_turned_off_and_ignores_other_libraries(monkey
 def test_whole_frame_decoding_gives_the_same_batch_as_window_decoding(gapped, monkeypatch):
     """Without TurboJPEG 3 (WTOURS_TURBOJPEG=off, or no library) the views are the same, bit for bit."""
     clips = [list(c.jpgs) for c in all_clips(resolve("gap", gapped.root), CLIP)[:3]]
-    clips[1][2] = clips[1][2][:80]
+    clips[1][2] = undecodable(clips[1][2])
     config = A.MultiCropConfig(n_local=2)
     first = multicrop_jpegs(clips, np.random.default_rng(4), config)
     monkeypatch.setenv(jpeg.LIBRARY_ENV, "off")
@@ -779,9 +788,119 @@ def test_whole_frame_decoding_gives_the_same_batch_as_window_decoding(gapped, mo
 
 def test_decode_refuses_damaged_jpegs(gapped):
     jpg = all_clips(resolve("gap", gapped.root), CLIP)[0].jpgs[0]
-    for damaged in (jpg[: len(jpg) // 3], b"\x00" * 64, b""):
+    for damaged in (undecodable(jpg), b"\x00" * 64, b""):
         with pytest.raises(RuntimeError, match="frame 1 of 2 is not a decodable JPEG"):
             decode_clip([jpg, damaged])
+
+
+def damaged_set(jpg: bytes) -> dict[str, bytes]:
+    """The damaged JPEGs every decoder path is tested on, made from one good JPEG: cut short, zero-filled at
+    the end, bits flipped inside the entropy-coded data, and a whole JPEG that does not decode."""
+    sos = jpg.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(jpg[sos + 2:sos + 4], "big")  # the entropy-coded data's first byte
+    tail = (len(jpg) - start) // 4
+
+    def flipped(at: int, bit: int) -> bytes:
+        return jpg[:at] + bytes([jpg[at] ^ 1 << bit]) + jpg[at + 1:]
+
+    flips = {f"bit {bit} flipped at byte {at}": flipped(at, bit)
+             for at in range(start + 7, len(jpg) - 2, (len(jpg) - start) // 9) for bit in (0, 6)}
+    return {"truncated to half": jpg[:len(jpg) // 2], "truncated by one byte": jpg[:-1],
+            "cut in its header": jpg[:start - 20], "zero-filled tail": jpg[:-tail] + bytes(tail),
+            **flips, "undecodable": undecodable(jpg)}
+
+
+def path_verdicts(jpg: bytes, height: int, width: int) -> dict[str, str]:
+    """What each decoder path makes of one JPEG: 'damaged' (the loader's check, before any decoder),
+    else 'decoded' or 'refused' by TurboJPEG 3's window (two boxes) and whole frame, OpenCV, PIL and
+    torchvision's decode_jpeg (the GPU path's call, here on the CPU)."""
+    from PIL import Image
+    from torchvision.io import decode_jpeg
+
+    def pil() -> bool:
+        try:
+            Image.open(io.BytesIO(jpg)).convert("RGB")
+            return True
+        except OSError:
+            return False
+
+    def torchvision() -> bool:
+        try:
+            decode_jpeg(torch.frombuffer(bytearray(jpg), dtype=torch.uint8))
+            return True
+        except RuntimeError:
+            return False
+
+    decoders = {"opencv": lambda: jpeg.decode_frame(jpg) is not None, "pil": pil, "torchvision": torchvision}
+    if (decoder := window_decoder()) is not None:
+        for name, box in (("top", (0, 0, width // 2, 16)), ("bottom", (8, height - 40, width, height)),
+                          ("whole", (0, 0, width, height))):
+            out = np.empty((box[3] - box[1], box[2] - box[0], 3), np.uint8)
+            decoders[f"turbojpeg {name}"] = functools.partial(decoder.decode_window, jpg, box, out)
+    damaged = jpeg_damage(jpg) is not None
+    return {name: "damaged" if damaged else "decoded" if decode() else "refused" for name, decode in decoders.items()}
+
+
+def test_every_decoder_path_counts_the_same_damaged_jpegs(gapped):
+    """The test set on every path: what is cut short or zero-filled is damaged before any decoder (TurboJPEG's
+    window above the damage decodes those, and OpenCV may); a whole JPEG that does not decode is refused by all;
+    a flipped bit is decoded or refused alike, and some decode without error to wrong pixels on every path
+    (what no check of a JPEG's bytes sees: the shard's sha256 does)."""
+    jpg = all_clips(resolve("gap", gapped.root), CLIP)[0].jpgs[0]
+    height, width, _ = jpeg.decode_frame(jpg).shape
+    assert set(path_verdicts(jpg, height, width).values()) == {"decoded"}
+    verdicts = {name: path_verdicts(damaged, height, width) for name, damaged in damaged_set(jpg).items()}
+    assert all(len(set(v.values())) == 1 for v in verdicts.values()), verdicts  # every path alike
+    kinds = {name: next(iter(v.values())) for name, v in verdicts.items()}
+    assert [name for name, kind in kinds.items() if kind == "damaged"][:4] == [
+        "truncated to half", "truncated by one byte", "cut in its header", "zero-filled tail"]
+    assert kinds["undecodable"] == "refused"
+    unseen = [damaged for name, damaged in damaged_set(jpg).items() if kinds[name] == "decoded"]
+    assert unseen and not np.array_equal(jpeg.decode_frame(unseen[0]), jpeg.decode_frame(jpg))
+    assert set(path_verdicts(jpg, height, width).values()) == {"decoded"}  # a refusal spoils no later decode
+
+
+def test_damaged_jpegs_in_a_shard_are_counted_alike_on_every_decoder_path(gapped, tmp_path, monkeypatch, caplog):
+    """A shard with a truncated, a zero-filled, a bit-flipped and an undecodable JPEG through the loader:
+    TurboJPEG 3's window, OpenCV (WTOURS_TURBOJPEG=off) and the GPU path (raw JPEGs, decoded by GpuAugmenter,
+    here on the CPU) count the same damaged samples (one warning) and clips that do not decode, and make the
+    same batches, no clip spanning a damaged frame and the undecodable one's rows given to other clips."""
+    source = resolve("gap", gapped.root)[0]
+    samples = list(tar_samples(open_shards([source], Problems()), Problems()))
+    test_set = damaged_set(samples[3].jpg)
+    flip = next(j for name, j in test_set.items() if "flipped" in name and jpeg_damage(j) is None)
+    damage = {1: test_set["truncated to half"], 2: test_set["zero-filled tail"], 7: flip, 10: test_set["undecodable"]}
+    write_tar(tmp_path / "gap-000000.tar", [member for i, sample in enumerate(samples) for member in (
+        (f"{sample.key}.jpg", damage.get(i, sample.jpg)), (f"{sample.key}.json", sample.json))])
+    shard = dataclasses.replace(source, url=str(tmp_path / "gap-000000.tar"))
+
+    def run(augment: str) -> tuple[dict, list[list[str]]]:
+        config = LoaderConfig(batch_size=2, workers=0, augment=augment, clip=CLIP)
+        batches = list(ClipDataset([shard], config))
+        if augment == "gpu":
+            batches = [GpuAugmenter(config.multicrop, "cpu")(batch) for batch in batches]
+        total = Problems()  # as `wtours train` sums them
+        for batch in batches:
+            total.add(batch.problems)
+            assert batch[0].shape[0] == 2
+        return total.counts(), [batch.keys for batch in batches]
+
+    with caplog.at_level(logging.WARNING):
+        turbojpeg = run("cpu")
+        monkeypatch.setenv(jpeg.LIBRARY_ENV, "off")
+        monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
+        assert window_decoder() is None
+        opencv, gpu = run("cpu"), run("gpu")
+    assert turbojpeg == opencv == gpu
+    counts, keys = turbojpeg
+    assert counts["bad_samples"] >= 2 and counts["bad_clips"] >= 1
+    assert sum("skipping damaged samples of" in r.message and samples[1].key in r.message
+               for r in caplog.records) == 3  # once per path
+    assert sum("does not decode" in r.message for r in caplog.records) >= 3
+    spoiled = {damage[1], damage[2]}
+    clips = all_clips([shard], CLIP)
+    assert keys and not any(spoiled & set(clip.jpgs) for clip in clips)
+    assert any(flip in clip.jpgs for clip in clips)  # what the check cannot see is trained on, on every path
 
 
 def test_batches_have_the_method_layout_and_normalisation(gapped):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,37 @@ def test_a_run_folder_is_not_overwritten_and_a_reexport_replaces_an_export(run_c
     with pytest.raises(WtoursError, match="is a file"):
         (tmp_path / "file").write_text("x")
         resolve_format(tmp_path / "file", "timm")
+
+
+@pytest.mark.parametrize("room", ["none", "weights only", "pth"])
+def test_a_full_disk_is_a_clear_error_that_leaves_nothing_and_the_rerun_exports(run_checkpoint, tmp_path, tmpfs, room):
+    """A real full disk (a tmpfs, root only: skipped elsewhere) with no room, or room for the weights but not
+    the card: `error:` + `hint:`, exit 1, no folder or file under the final name, no temporary; with room
+    again the same command exports."""
+    reference = tmp_path / "reference"
+    assert wtours("export", str(run_checkpoint), "--out", str(reference))[0] == 0
+    weights = -(-(reference / "model.safetensors").stat().st_size // 4096) * 4096  # in tmpfs pages
+    disk = tmpfs(weights + (1 << 20))
+    disk_free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(bytes(disk_free - (weights if room == "weights only" else 0)))
+    out = disk / ("model.pth" if room == "pth" else "model")
+    code, _, stderr = wtours("export", str(run_checkpoint), "--out", str(out))
+    assert code == 1 and "No space left on device" in stderr and "hint: the disk is full" in stderr, stderr
+    assert "Traceback" not in stderr and sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+    (disk / "filler").unlink()
+    assert wtours("export", str(run_checkpoint), "--out", str(out))[0] == 0
+    assert [p.name for p in disk.iterdir()] == [out.name]
+    if room != "pth":
+        assert timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=0) is not None
+
+
+def test_a_read_only_out_is_a_clear_error(run_checkpoint, tmpfs):
+    disk = tmpfs(1 << 20)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    for out in ("model", "model.pth"):
+        code, _, stderr = wtours("export", str(run_checkpoint), "--out", str(disk / out))
+        assert code == 1 and "Read-only file system" in stderr and "hint: the file system is read-only" in stderr
 
 
 def test_an_export_without_run_records_has_a_plain_card(tmp_path):

@@ -24,7 +24,7 @@ from tests.cli import start_wtours as start
 from tests.http_server import FileServer
 from tests.videos import make_truncated_video, make_video
 from wtours.fetch.local import add_local
-from wtours.layout import TEMPORARY_GLOB, Layout
+from wtours.layout import TEMPORARY_GLOB, Layout, sha256_file
 from wtours.locks import LOCK_FILE
 from wtours.shard.decode import normalise_log_line
 from wtours.shard.params import RunOptions, ShardParams
@@ -174,6 +174,57 @@ def test_adding_the_same_video_again_needs_no_force(videos, tmp_path):
     for _ in range(2):
         result = wtours(["add", str(videos["short"]), "--name", SLUG, "--root", str(root), "--mode", "copy", "-q"])
         assert result.returncode == 0, result.stderr
+
+
+def large_video(path: Path, size: int) -> Path:
+    """A playable mp4 of `size` bytes, nearly all of them a sparse `free` box at its end (no disk space
+    used): large enough that a copy of it takes a while."""
+    make_video(path, seconds=2.0, size="64x48", faststart=True)
+    with open(path, "ab") as f:
+        f.write((1).to_bytes(4, "big") + b"free" + (size - path.stat().st_size).to_bytes(8, "big"))
+    os.truncate(path, size)
+    return path
+
+
+def start_copying_add(source: Path, root: Path) -> tuple[subprocess.Popen, Path]:
+    """A real `wtours add --mode copy` process, once its temporary copy has begun: (process, temporary)."""
+    process = start(["add", str(source), "--name", SLUG, "--root", str(root), "--mode", "copy", "-q"])
+    folder, deadline = root / "videos" / SLUG, time.monotonic() + 600
+    while time.monotonic() < deadline:
+        found = [p for p in temporaries(folder) if p.name.startswith(f".{SLUG}.mp4.tmp-") and p.stat().st_size]
+        if found:
+            return process, found[0]
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.001)
+    raise AssertionError("no temporary copy appeared")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT])
+def test_add_killed_mid_copy_leaves_no_temporary_after_the_rerun(tmp_path, signum):
+    """kill -9 of a real `wtours add` copying 512 MiB: its temporary stays (nothing can remove it then)
+    and the rerun removes it, then copies and verifies the file. Ctrl-C: removed at once, exit 130."""
+    source, root = large_video(tmp_path / "big.mp4", 512 << 20), tmp_path / "root"
+    try:
+        process, temporary = start_copying_add(source, root)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=600)
+        assert not (root / "videos" / SLUG / "info.json").exists(), "the copy ended before the signal"
+        if signum == signal.SIGKILL:
+            assert process.returncode == -signal.SIGKILL and temporary.exists()
+        else:
+            assert_clean_failure(CliResult(process.returncode, out, err), "interrupted", "rerun", code=130)
+            assert not temporaries(root)
+        again = wtours(["add", str(source), "--name", SLUG, "--root", str(root), "--mode", "copy"])
+        assert again.returncode == 0, again.stderr
+        assert ("removed the temporary copy" in again.stdout) == (signum == signal.SIGKILL)
+        assert not temporaries(root)
+        info = json.loads((root / "videos" / SLUG / "info.json").read_text())
+        copied = root / "videos" / SLUG / info["file"]
+        assert info["bytes"] == copied.stat().st_size == source.stat().st_size
+        assert info["sha256"] == sha256_file(copied) == sha256_file(source)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # half a GiB of real blocks: not left to pytest's kept folders
 
 
 # ------------------------------------------------------------------ 2. locks

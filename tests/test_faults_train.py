@@ -306,27 +306,6 @@ def test_a_truncated_shard_read_by_loader_workers_is_counted_and_reported(root, 
 # ---------------------------------------------------------------- item 9: full disk, read-only folder
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    mounted = []
-
-    def mount(size: int) -> Path:
-        folder = tmp_path / f"tmpfs{len(mounted)}"
-        folder.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-        mounted.append(folder)
-        return folder
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    yield mount
-    for folder in mounted:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
 @pytest.mark.slow
 def test_a_full_disk_is_a_clear_error_that_keeps_the_checkpoint_and_resumes(root, base_run, tmpfs):
     size = (base_run / "checkpoint.pth").stat().st_size

@@ -78,6 +78,7 @@ class _Region(ctypes.Structure):
 _TJINIT_DECOMPRESS = 1
 _TJPARAM_SUBSAMP, _TJPARAM_JPEGWIDTH, _TJPARAM_JPEGHEIGHT = 4, 5, 6
 _TJPF_RGB = 0
+_TJERR_WARNING = 0
 # The iMCU (width, height) of each chroma subsampling, by TJSAMP value: 444, 422, 420, GRAY, 440, 411, 441.
 _IMCU = {0: (8, 8), 1: (16, 8), 2: (16, 16), 3: (8, 8), 4: (8, 16), 5: (32, 8), 6: (8, 32)}
 
@@ -92,6 +93,7 @@ class WindowDecoder:
         lib.tj3Destroy.argtypes = [ctypes.c_void_p]
         lib.tj3DecompressHeader.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
         lib.tj3Get.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.tj3GetErrorCode.argtypes = [ctypes.c_void_p]
         lib.tj3SetCroppingRegion.argtypes = [ctypes.c_void_p, _Region]
         lib.tj3Decompress8.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,
                                        ctypes.c_int, ctypes.c_int]
@@ -104,19 +106,30 @@ class WindowDecoder:
         if getattr(self, "handle", None):
             self.lib.tj3Destroy(self.handle)
 
+    def _failed(self) -> bool:
+        """False, with a fresh handle: a fatal error leaves the handle's decoder in a state that refuses
+        every later JPEG (one undecodable frame stopped a whole worker)."""
+        self.lib.tj3Destroy(self.handle)
+        self.handle = self.lib.tj3Init(_TJINIT_DECOMPRESS)
+        if not self.handle:
+            raise OSError(f"{self.path}: tj3Init failed")
+        return False
+
     def size(self, jpg: bytes) -> tuple[int, int] | None:
         """(height, width) from the JPEG's header, or None where it has none."""
         if self.lib.tj3DecompressHeader(self.handle, jpg, len(jpg)) != 0:
+            self._failed()
             return None
         return self.lib.tj3Get(self.handle, _TJPARAM_JPEGHEIGHT), self.lib.tj3Get(self.handle, _TJPARAM_JPEGWIDTH)
 
     def decode_window(self, jpg: bytes, box: tuple[int, int, int, int], out: np.ndarray) -> bool:
         """out (y1 - y0, x1 - x0, 3) <- the box (x0, y0, x1, y1) of the decoded JPEG; False where it does
-        not decode (a warning, such as a truncated file, counts: OpenCV refuses those too)."""
+        not decode. A warning (corrupt data in the rows decoded) does not count, as OpenCV decodes those
+        frames: damage is the structural check's verdict (`jpeg_check`), the same for every decoder."""
         x0, y0, x1, y1 = box
         lib, handle = self.lib, self.handle
         if lib.tj3DecompressHeader(handle, jpg, len(jpg)) != 0:
-            return False
+            return self._failed()
         width, height = lib.tj3Get(handle, _TJPARAM_JPEGWIDTH), lib.tj3Get(handle, _TJPARAM_JPEGHEIGHT)
         imcu = _IMCU.get(lib.tj3Get(handle, _TJPARAM_SUBSAMP))
         if imcu is None or not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
@@ -128,8 +141,9 @@ class WindowDecoder:
         region = np.empty((y1 - top, right - left, 3), np.uint8)  # (h', w', 3)
         if lib.tj3SetCroppingRegion(handle, _Region(left, top, right - left, y1 - top)) != 0:
             return False
-        if lib.tj3Decompress8(handle, jpg, len(jpg), region.ctypes.data, region.strides[0], _TJPF_RGB) != 0:
-            return False
+        if (lib.tj3Decompress8(handle, jpg, len(jpg), region.ctypes.data, region.strides[0], _TJPF_RGB) != 0
+                and lib.tj3GetErrorCode(handle) != _TJERR_WARNING):
+            return self._failed()
         np.copyto(out, region[y0 - top:, x0 - left:x1 - left])
         return True
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import random
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from wtours.clips.stages import Clip, Problems, batched, shard_clips, shuffle, t
 from wtours.errors import UsageError, WtoursError
 from wtours.redact import shown
 from wtours.shard.read import warn_unverified
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -168,9 +171,7 @@ class ClipDataset(IterableDataset):
         for i, error in result.failures:
             self.problems.clip_failed(batch[i].key, batch[i].url, error)
         if not result.sources:
-            raise WtoursError(f"no clip of a batch decodes (first: {batch[0].key} in {shown(batch[0].url)})",
-                              "the shard's JPEGs are damaged: re-make it with wtours shard, or leave it out of "
-                              "the SPEC")
+            raise no_clip_decodes(f"{batch[0].key} in {shown(batch[0].url)}")
         return ClipBatch(result.views, [batch[i].key for i in result.sources],
                          lease=pool.lend(cell) if pool is not None else None)
 
@@ -178,6 +179,11 @@ class ClipDataset(IterableDataset):
         jpgs = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for clip in batch for j in clip.jpgs]
         sizes = np.array([[c.meta[0]["height"], c.meta[0]["width"]] for c in batch])
         return RawClipBatch(jpgs, sizes, [c.key for c in batch], self.config.clip.frames)
+
+
+def no_clip_decodes(first: str) -> WtoursError:
+    return WtoursError(f"no clip of a batch decodes (first: {first})",
+                       "the shard's JPEGs are damaged: re-make it with wtours shard, or leave it out of the SPEC")
 
 
 class GpuAugmenter:
@@ -191,18 +197,40 @@ class GpuAugmenter:
         self.rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
 
     def __call__(self, batch: RawClipBatch) -> ClipBatch:
-        from torchvision.io import decode_jpeg
-
-        device = self.device if self.device.type == "cuda" else "cpu"
-        decoded = decode_jpeg(batch.jpgs, device=device)  # list of (3, h, w) uint8
-        height, width = int(batch.sizes[:, 0].max()), int(batch.sizes[:, 1].max())
+        decoded, rows = self._decoded(batch)  # list of (3, h, w) uint8
+        sizes = batch.sizes[rows]
+        height, width = int(sizes[:, 0].max()), int(sizes[:, 1].max())
         frames = torch.zeros(len(decoded), 3, height, width, dtype=torch.uint8, device=self.device)
         for i, image in enumerate(decoded):  # frames of different videos may differ in size
             frames[i, :, : image.shape[1], : image.shape[2]] = image.to(self.device)
         if self.device.type != "cpu":
             frames = frames.float()  # antialiased resizes on CUDA take float
-        return ClipBatch(multicrop_tensor(frames, batch.sizes, batch.frames, self.rng, self.config), batch.keys,
-                         batch.problems)
+        problems = dict(batch.problems or Problems().counts())
+        problems["bad_clips"] += len(batch.keys) - len(set(rows))
+        return ClipBatch(multicrop_tensor(frames, sizes, batch.frames, self.rng, self.config),
+                         [batch.keys[i] for i in rows], problems)
+
+    def _decoded(self, batch: RawClipBatch) -> tuple[list[torch.Tensor], list[int]]:
+        """The frames, clip-major, and the clip of each row. A clip with a frame that does not decode is
+        counted (the caller adds it to the batch's problems) and its row goes to the first clips that
+        do, as on the CPU path: the frames that reach a decoder passed the same check (`jpeg_check`)."""
+        from torchvision.io import decode_jpeg
+
+        device, t = (self.device if self.device.type == "cuda" else "cpu"), batch.frames
+        try:
+            return decode_jpeg(batch.jpgs, device=device), list(range(len(batch.keys)))
+        except RuntimeError:
+            decoded: dict[int, list[torch.Tensor]] = {}
+            for i, key in enumerate(batch.keys):  # which clips fail
+                try:
+                    decoded[i] = decode_jpeg(batch.jpgs[i * t:(i + 1) * t], device=device)
+                except RuntimeError as error:
+                    log.warning("skipping a clip with a frame that does not decode (%s: %s)", key,
+                                str(error).splitlines()[-1])
+        if not decoded:
+            raise no_clip_decodes(batch.keys[0])
+        rows = [*decoded, *(list(decoded)[r % len(decoded)] for r in range(len(batch.keys) - len(decoded)))]
+        return [frame for i in rows for frame in decoded[i]], rows
 
 
 class ClipLoader(DataLoader):

@@ -18,6 +18,7 @@ from typing import Any
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from wtours.clips.epoch import ClipConfig, ShardRead, cell_step
+from wtours.clips.jpeg_check import jpeg_damage
 from wtours.clips.spec import ShardRef
 from wtours.errors import WtoursError
 from wtours.layout import sample_key
@@ -70,16 +71,22 @@ class Problems:
     """What the pipeline skipped: counted, warned about once per shard, never silently."""
 
     bad_shards: dict[str, str] = field(default_factory=dict)  # url -> error
-    bad_samples: int = 0
+    bad_samples: int = 0  # a file missing, its json not a record, its JPEG damaged (`jpeg_check`)
     bad_clips: int = 0  # clips with a frame that does not decode
-    shards_with_bad_frames: set[str] = field(default_factory=set)
+    warned: set[tuple[str, str]] = field(default_factory=set)  # (what, shard): one warning each
 
     def clip_failed(self, key: str, url: str, error: BaseException) -> None:
         self.bad_clips += 1
-        if shown(url) not in self.shards_with_bad_frames:  # a SPEC's credentials stay out of logs (wtours.redact)
-            self.shards_with_bad_frames.add(shown(url))
-            log.warning("skipping clips of %s with a frame that does not decode (first: %s, %s)", shown(url), key,
-                        scrub(str(error).splitlines()[0], url))
+        self._warn_once("clips with a frame that does not decode", url, key, scrub(str(error).splitlines()[0], url))
+
+    def sample_failed(self, key: str, url: str, why: str) -> None:
+        self.bad_samples += 1
+        self._warn_once("damaged samples", url, key, why)
+
+    def _warn_once(self, what: str, url: str, key: str, detail: str) -> None:
+        if (what, shown(url)) not in self.warned:  # a SPEC's credentials stay out of logs (wtours.redact)
+            self.warned.add((what, shown(url)))
+            log.warning("skipping %s of %s (first: %s, %s)", what, shown(url), key, detail)
 
     def shard_failed(self, url: str, error: BaseException) -> bool:
         raw, url = url, shown(url)  # a SPEC's credentials stay out of the logs and log.jsonl
@@ -178,13 +185,16 @@ def samples_to_clips(samples: Iterable[Sample], config: ClipConfig, problems: Pr
             step = cell_step(config.stride, ref.fps)
             span = (config.frames - 1) * step
         if sample.jpg is None or sample.json is None:
-            problems.bad_samples += 1
+            problems.sample_failed(sample.key, ref.url, "a file of the sample is missing")
+            continue
+        if why := jpeg_damage(sample.jpg):  # before any decoder: every decoder path counts the same frames
+            problems.sample_failed(sample.key, ref.url, why)
             continue
         try:
             meta = json.loads(sample.json)
             cell = sample_cell(meta["t"], ref.fps, ref.t_decimals)
         except (ValueError, KeyError, TypeError):
-            problems.bad_samples += 1
+            problems.sample_failed(sample.key, ref.url, "its json is not a sample record")
             continue
         if window and cell != window[-1][0] + 1:
             window.clear()  # a gap (dropped stretch or bad sample): no clip spans it

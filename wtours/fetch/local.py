@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from wtours import media
 from wtours.errors import UsageError, WtoursError
 from wtours.fetch.download import DownloadResult
-from wtours.layout import Layout, replace_atomically, sha256_file, validate_slug
+from wtours.layout import Layout, remove_stale_temporaries, replace_atomically, sha256_file, validate_slug
 from wtours.locks import folder_lock
 from wtours.manifest import load_manifest
 from wtours.video import VideoInfo, read_video_info, write_video_info
@@ -75,6 +75,8 @@ def add_local(path: str | os.PathLike, name: str, root: Path, mode: str = "link"
         say(f"{slug}: warning: {damaged}; registering it anyway (--allow-damaged)")
     with folder_lock(layout.video_dir(slug), f"video folder of {slug}"):  # which also creates the folder
         current, existing = _refuse_replacing(layout, slug, source_path, force)  # again, under the lock
+        if remove_stale_temporaries(layout.video_dir(slug)):  # a killed add's copy (gigabytes for a real walk)
+            say(f"{slug}: removed the temporary copy left by an interrupted run")
         final = layout.video_path(slug, source_path.suffix[1:].lower() or "mp4")
         earlier = existing.source if existing else {}  # the attribution recorded before (an add or a download)
         if current is not None:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from wtours import __version__
 from wtours.errors import UsageError, WtoursError
@@ -45,11 +44,10 @@ from wtours.layout import (
     Layout,
     is_url,
     read_json,
-    replace_atomically,
     write_bytes_atomic,
     write_json_atomic,
 )
-from wtours.models.checkpoint import load_backbone, read_weights
+from wtours.models.checkpoint import load_backbone, read_weights, save_file
 from wtours.models.registry import IMAGENET_MEAN, IMAGENET_STD, ViTConfig
 from wtours.records import is_number, read_record
 
@@ -136,14 +134,20 @@ def export(checkpoint_path: str | os.PathLike, out: str | os.PathLike, which: st
         from safetensors.torch import save
     except ImportError as e:
         raise WtoursError("--format timm needs the safetensors package", "pip install safetensors") from e
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).unlink(missing_ok=True)
-    # as bytes: safetensors' save_file would create it 0600, the folder's other files are 0666 less the umask
-    write_bytes_atomic(out / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
-    card = out / CARD_FILE
-    if not card.exists() or is_generated_model_card(card.read_text(encoding="utf-8", errors="replace")):
-        write_bytes_atomic(card, render_model_card(config, repo=None, folder=out.name).encode("utf-8"))
-    write_json_atomic(out / CONFIG_FILE, config)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).unlink(missing_ok=True)
+        # as bytes: safetensors' save_file would create it 0600, the folder's other files are 0666 less the umask
+        write_bytes_atomic(out / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
+        card = out / CARD_FILE
+        if not card.exists() or is_generated_model_card(card.read_text(encoding="utf-8", errors="replace")):
+            write_bytes_atomic(card, render_model_card(config, repo=None, folder=out.name).encode("utf-8"))
+        write_json_atomic(out / CONFIG_FILE, config)
+    except BaseException:  # a full disk, Ctrl-C: no half export of a new folder stays under its name
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
 
 
@@ -151,8 +155,7 @@ def export_backbone(checkpoint_path: str | os.PathLike, out: str | os.PathLike, 
     """--format pth: the backbone's state dict, as timm's ViT of the same size names its weights; checked
     as --format timm's is (the weights must build a registered ViT) before anything is written."""
     backbone, _ = load_backbone(read_weights(checkpoint_path), None, which)
-    state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
-    replace_atomically(Path(out), lambda tmp: torch.save(state, tmp))
+    save_file(Path(out), {k: v.contiguous() for k, v in backbone.state_dict().items()})
     return Path(out)
 
 

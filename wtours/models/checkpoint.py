@@ -55,12 +55,17 @@ class _KeepingErrors(io.BufferedWriter):
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """A training checkpoint: `state` and the wtours version, through `save_file`."""
+    save_file(path, {**state, "wtours": __version__})
+
+
+def save_file(path: Path, data: Any) -> None:
     """torch.save through the one atomic writer: a kill never leaves half a file, and a failed write
-    (ENOSPC, EROFS, ...) raises its OSError, leaves no temporary and keeps the previous checkpoint."""
+    (ENOSPC, EROFS, ...) raises its OSError, leaves no temporary and keeps the previous file."""
     def write(tmp: Path) -> None:
         with _KeepingErrors(open(tmp, "wb", buffering=0)) as file:
             try:
-                torch.save({**state, "wtours": __version__}, file)
+                torch.save(data, file)
             except RuntimeError:
                 if file.error is not None:
                     raise file.error from None

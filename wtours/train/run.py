@@ -192,10 +192,10 @@ def _loop(run: Run) -> None:
         waited = time.perf_counter()
         for batch in make_loader(dataset, pin_memory=dist.device.type == "cuda"):
             data_seconds = time.perf_counter() - waited
-            problems.add(getattr(batch, "problems", None))
             # the CPU path sends uint8 views: normalised on the device, after the (4x smaller) copy
             crops = (gpu_augment(batch) if gpu_augment is not None
                      else batch.to(dist.device, non_blocking=True).normalised())
+            problems.add(crops.problems)  # the GPU path's clips that do not decode included
             it = state.step
             # A checkpoint due after step `it` is written during the next step, once that step's loss (of
             # exactly the state to keep) is known to be finite and before its update: a state that
