@@ -105,6 +105,14 @@ def test_an_evaluation_failing_mid_run_is_logged_and_training_goes_on(data, cano
     assert [r["step"] for r in lines if "linear_top1" in r] == [1, 2]
     assert "step 1: knn evaluation failed: none of the 57 images" in done.stdout
     assert max(r["step"] for r in lines) == 2 and (out / "checkpoint.pth").is_file()
+    # the val folder mended (the good one given), --resume continues from the checkpoint and evaluates again
+    resumed = train_tiny(root, out, "--resume", "--reschedule", "--steps", "3", "--knn-train", str(data["train"]),
+                         "--knn-val", str(data["val"]), "--linear-train", str(data["train"]), "--linear-val",
+                         str(data["val"]), "--linear-epochs", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    lines = log_lines(out)
+    assert [r["step"] for r in lines if "knn_top1" in r] == [3] and len([r for r in lines if "knn_error" in r]) == 2
+    assert json.loads((out / "config.json").read_text())["eval_every"] == 1
 
 
 @pytest.mark.slow
