@@ -17,7 +17,7 @@ from tests.conftest import write_digits
 from tests.test_eval_davis import render_davis
 from tests.test_viz import TINY, train_tiny
 from wtours.config import build
-from wtours.errors import UsageError
+from wtours.errors import UsageError, WtoursError
 from wtours.train import folder
 from wtours.train.config import TrainConfig
 
@@ -190,3 +190,24 @@ def test_knn_every_of_older_runs_is_eval_every():
     assert (config.eval_every, config.knn_every) == (5, None)
     assert folder.recorded(config)["eval_every"] == 5
     assert folder.changes(old, folder.flat_settings(folder.recorded(config))) == {}
+
+
+def test_the_short_probe_of_a_folder_where_nothing_decodes_is_an_error(data, tmp_path):
+    """Not a top-1 of 0 %: the probe says which folder holds no image that decodes (logged as linear_error)."""
+    import torch
+
+    from wtours.eval.config import LinearConfig
+    from wtours.eval.data import labelled_pair
+    from wtours.eval.linear import short_probe
+    from wtours.models.vit import create_vit
+
+    for split in ("train", "val"):
+        (tmp_path / split / "0").mkdir(parents=True)
+    image = next(data["train"].glob("0/*.png"))
+    (tmp_path / "train/0" / image.name).write_bytes(image.read_bytes())
+    (tmp_path / "val/0/0000.png").write_bytes(b"not a png")
+    val = tmp_path / "val" / "0"
+    config = LinearConfig(train=str(tmp_path / "train"), val=str(val.parent), workers=0)
+    train, bad = labelled_pair(config.train, config.val, config.resize, config.crop)
+    with pytest.raises(WtoursError, match=f"no image of {val.parent} decodes"):
+        short_probe(create_vit("vit_micro").eval(), train, bad, 1, torch.device("cpu"), config)

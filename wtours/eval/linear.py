@@ -298,6 +298,9 @@ def short_probe(backbone: VisionTransformer, train, val, epochs: int, device: to
     dim = backbone.config.dim * (config.n_last_blocks + int(config.avgpool_patchtokens))
     features = Features(backbone, config, device, dim)
     train_set, val_set = features.cached(train), features.cached(val)
+    for data, folder in ((train_set, train), (val_set, val)):
+        if not len(data):
+            raise WtoursError(f"no image of {folder.root} decodes", "check the folder: ROOT/<class>/<image>")
     torch.manual_seed(config.seed)
     head = linear_layer(dim, train.num_classes).to(device)
     optimizer = torch.optim.SGD(head.parameters(), scaled_lr(config, 1), momentum=0.9, weight_decay=0)

@@ -40,6 +40,7 @@ from wtours.hub.model_card import (
 )
 from wtours.layout import (
     PULLED_FROM,
+    RUN_LOG_FIGURES,
     RUN_LOG_FILE,
     Layout,
     is_url,
@@ -200,11 +201,6 @@ def pulled_datasets(train: Any) -> list[dict[str, Any]]:
     return entries
 
 
-# The figures the run logs (wtours/train/monitor.py) that the card reports: name, keys (log.jsonl: name_key).
-LOGGED_FIGURES = (("knn", ("top1", "top5")), ("linear", ("top1", "top5", "epochs")),
-                  ("davis", ("jf", "j", "f", "sequences")))
-
-
 def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, arch: str, parameters: int) -> dict[str, Any]:
     """What the model card says about the weights: the run's settings (from the checkpoint), its step,
     the figures logged by the run (k-NN, linear probe, DAVIS: log.jsonl beside the checkpoint) and k-NN results
@@ -216,7 +212,7 @@ def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, arch: s
         "arch": arch, "which": which, "parameters": parameters, "wtours_version": __version__,
         "step": step, "epoch": epoch, "train_config": config,
         **({f"{name}_logged": logged_figures(checkpoint.parent / RUN_LOG_FILE, step, name, keys)
-            for name, keys in LOGGED_FIGURES} if config else {}),
+            for name, keys in RUN_LOG_FIGURES.items()} if config else {}),
         "knn_eval": evaluated_knn(checkpoint.with_name(f"{checkpoint.stem}.knn.json"), which),
     }
     return {k: v for k, v in record.items() if v is not None}
