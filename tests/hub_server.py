@@ -113,6 +113,7 @@ class Fault:
     path_part: str
     fault: int | str | bytes
     times: int | None  # how many more requests get it (None: all)
+    retry_after: str | None = "0"  # the Retry-After header of a 429 or 5xx (None: none)
     hits: int = 0
 
 
@@ -181,12 +182,13 @@ class HubServer:
         """The repo's `number`-th commit after its initial one answers 503 (once): an interrupted push."""
         self.failing_commits[repo_id] = number
 
-    def inject(self, method: str, path_part: str, fault: int | str | bytes, times: int | None = None) -> Fault:
+    def inject(self, method: str, path_part: str, fault: int | str | bytes, times: int | None = None,
+               retry_after: str | None = "0") -> Fault:
         """The next `times` (None: every) `method` requests whose path contains `path_part` get `fault`:
-        an HTTP status (an error body, and `Retry-After: 0` on 429/5xx so a retrying client does not
-        sleep long), "stall" (no answer until the server stops or STALL_SECONDS pass), or bytes (200
-        with that body instead of the real one)."""
-        fault_ = Fault(method.upper(), path_part, fault, times)
+        an HTTP status (an error body, and `Retry-After: <retry_after>` on 429/5xx, by default 0 so a
+        retrying client does not sleep long; None sends none), "stall" (no answer until the server stops
+        or STALL_SECONDS pass), or bytes (200 with that body instead of the real one)."""
+        fault_ = Fault(method.upper(), path_part, fault, times, retry_after)
         with self.lock:
             self.faults.append(fault_)
         return fault_
@@ -662,7 +664,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         hub = self.server.hub
         split = urlsplit(self.path)
         self.record: dict[str, Any] = {"method": self.command, "path": unquote(split.path),
-                                       "range": self.headers.get("Range"), "user": None, "status": None}
+                                       "range": self.headers.get("Range"), "user": None, "status": None,
+                                       "agent": self.headers.get("User-Agent")}
         hub.requests.append(self.record)
         self.query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         try:
@@ -688,8 +691,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             return self.reply(200, fault.fault)
         status = int(fault.fault)
         headers = {"X-Error-Message": f"injected fault: HTTP {status}"}
-        if status == 429 or status >= 500:
-            headers["Retry-After"] = "0"
+        if (status == 429 or status >= 500) and fault.retry_after is not None:
+            headers["Retry-After"] = fault.retry_after
         self.reply(status, json.dumps({"error": f"injected fault: HTTP {status}"}).encode(), headers=headers)
 
     def read_body(self) -> bytes:

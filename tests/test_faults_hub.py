@@ -1,5 +1,7 @@
-"""Hub faults end in one `error:` + `hint:` (exit 2, no traceback, no token), lose nothing, and a rerun
-resumes: a server that answers 500 to every upload, 429 to a commit, an invalid index, a server that
+"""Hub faults end in one `error:` + `hint:` (exit 1, 2 for a setting; no traceback, no token), lose nothing, and a rerun
+resumes: a server that answers 429 or 503 to any call once (retried: the push or pull goes on) or always (an
+error naming the tries), a wrong token, WTOURS_HUB_* settings out of range (refused before any request),
+500 to every upload, 429 to a commit, an invalid index, a server that
 stops answering, a full disk during pull, a replaced shard while streaming (tests/hub_server.py's
 `inject`). The CLI runs in subprocesses (huggingface_hub reads HF_ENDPOINT when imported) with
 WTOURS_HUB_TIMEOUT=1, so a stalled request fails within seconds."""
@@ -20,14 +22,16 @@ import pytest
 from tests.cli import CliResult, assert_clean_error, run_wtours, run_wtours_process
 from tests.hub_server import HubServer
 from tests.videos import index_json, sharded_root
-from wtours.errors import EXIT_FAILURE, UsageError, WtoursError
+from wtours.errors import EXIT_FAILURE, EXIT_USAGE, UsageError, WtoursError
+from wtours.hfclient import MAX_WAIT, retry_delay
 from wtours.hub.client import HubTarget
+from wtours.hub.pull import PullConfig, pull
 from wtours.hub.push import PushConfig, push
 from wtours.layout import Layout
 from wtours.locks import LOCK_FILE
 
 TOKEN = "hf_alice_Fa17secret"  # must never appear in any output
-RETRYING = "huggingface_hub retries"  # the one line wtours.hfclient shows when the client starts retrying
+RETRYING = "; retrying (up to"  # the one line wtours.hfclient shows when it first retries a request
 SLUG = "zurich"
 
 
@@ -61,7 +65,8 @@ def env_for_endpoint(endpoint: str, home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "WTOURS_"))}
     env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HOME=str(home / "hf-home"), HF_TOKEN=TOKEN,
                HF_HUB_DISABLE_TELEMETRY="1", WTOURS_HUB_TIMEOUT="1", HF_HUB_DOWNLOAD_TIMEOUT="1",
-               HF_HUB_ETAG_TIMEOUT="1", **extra)
+               HF_HUB_ETAG_TIMEOUT="1")
+    env.update(extra)
     return env
 
 
@@ -85,7 +90,10 @@ def new_repo() -> str:
 
 
 def pushed_repo(root: Path, hub: HubServer) -> str:
-    repo = new_repo()
+    return pushed_repo_named(root, hub, new_repo())
+
+
+def pushed_repo_named(root: Path, hub: HubServer, repo: str) -> str:
     push(Layout(root), PushConfig(HubTarget(repo, endpoint=hub.url, token=TOKEN), (SLUG,), progress=False),
          say=lambda m: None)
     return repo
@@ -132,8 +140,109 @@ def test_a_commit_always_answered_429_fails_clearly(root, hub, tmp_path):
     hub.inject("POST", "/commit/", 429)
     result = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"],
                     env_for(hub, tmp_path, WTOURS_HUB_RETRIES="2"))
-    assert_clean_failure(result, f"push to {repo}", "429", hub.url)
+    assert_clean_failure(result, f"push to {repo}", "HTTP 429 on all 3 tries", "(WTOURS_HUB_RETRIES=2)", hub.url)
     assert [p for p in hub.files(repo) if p.startswith(SLUG)] == []
+
+
+def test_a_commit_answered_503_is_not_retried_and_the_rerun_resumes(root, hub):
+    """A 503 may come after the commit was applied: it is not sent again, and the message says so."""
+    repo = new_repo()
+    fault = hub.inject("POST", f"/api/datasets/{repo}/commit/", 503, times=1)
+    with pytest.raises(WtoursError) as error:
+        pushed_repo_named(root, hub, repo)
+    assert fault.hits == 1 and "HTTP 503 to a commit, which is not retried" in error.value.message
+    pushed_repo_named(root, hub, repo)
+    assert f"{SLUG}/index.json" in hub.files(repo)
+
+
+# ---------------------------------------------------------------------- one retry policy for every Hub call
+
+# Each request push and pull make, answered 429 or 503 once (Retry-After 0, none or unusable: then the backoff's
+# 1 s; the unusable values are test_an_unusable_retry_after_...'s): wtours.hfclient retries every one of them, a
+# commit on 429 only.
+PUSH_FAULTS = [("GET", "/api/whoami-v2", 429, "0"), ("GET", "/api/datasets/{repo}", 503, None),
+               ("POST", "/api/repos/create", 503, "0"), ("GET", "/api/datasets/{repo}/tree/", 429, "nan"),
+               ("POST", "/preupload/", 503, "0"), ("POST", "/info/lfs/objects/batch", 429, "0"),
+               ("POST", "/api/validate-yaml", 503, "0"), ("POST", "/commit/", 429, "0")]
+PULL_FAULTS = [("GET", "/api/datasets/{repo}/tree/", 503, "0"), ("GET", "/api/datasets/{repo}", 429, "0"),
+               ("GET", f"/resolve/main/{SLUG}/index.json", 503, "0"),
+               ("GET", f"/resolve/main/{SLUG}/{SLUG}-000001", 429, "0")]
+
+
+def test_every_call_of_push_and_pull_is_retried_on_429_and_503(root, hub, tmp_path):
+    repo = new_repo()
+    faults = [hub.inject(m, part.format(repo=repo), status, times=1, retry_after=after)
+              for m, part, status, after in PUSH_FAULTS]
+    pushed_repo_named(root, hub, repo)
+    assert [f.hits for f in faults] == [1] * len(faults) and f"{SLUG}/index.json" in hub.files(repo)
+    faults = [hub.inject(m, part.format(repo=repo), status, times=1, retry_after=after)
+              for m, part, status, after in PULL_FAULTS]
+    pull(Layout(tmp_path / "copy"), PullConfig(HubTarget(repo, endpoint=hub.url, token=TOKEN), progress=False),
+         say=lambda m: None)
+    assert [f.hits for f in faults] == [1] * len(faults)
+    assert_same_set(tmp_path / "copy", root)
+
+
+@pytest.mark.parametrize(("command", "method", "part", "status"), [
+    ("push", "GET", "/api/whoami-v2", 503), ("push", "POST", "/api/repos/create", 429),
+    ("pull", "GET", "/resolve/", 503)])
+def test_a_call_failing_on_every_try_ends_in_one_error_naming_the_tries(root, hub, tmp_path, command, method, part,
+                                                                        status):
+    repo = pushed_repo(root, hub) if command == "pull" else new_repo()
+    fault = hub.inject(method, part, status)
+    args = ["--city", SLUG, "--root", str(root)] if command == "push" else ["--root", str(tmp_path / "copy")]
+    result = wtours([command, "--repo", repo, *args], env_for(hub, tmp_path, WTOURS_HUB_RETRIES="2"))
+    assert_clean_failure(result, hub.url, f"HTTP {status} on all 3 tries", "(WTOURS_HUB_RETRIES=2)")
+    assert fault.hits == 3 and result.stderr.count(RETRYING) == 1, result.stderr
+    if command == "push":
+        assert ("dataset", repo) not in hub.repos or not [p for p in hub.files(repo) if p.startswith(SLUG)]
+    else:
+        assert not any(p.is_file() for p in (tmp_path / "copy").rglob("*.tar"))
+
+
+@pytest.mark.parametrize("retry_after", ["nan", "-1", "inf", "1e300", "99999999", "Wed, 21 Oct 2099 07:28:00 GMT",
+                                         "Wed, 21 Oct 2015 07:28:00 GMT", "soon", ""])
+def test_an_unusable_retry_after_neither_crashes_nor_hangs(retry_after):
+    for attempt in (0, 3, 40):
+        delay = retry_delay(retry_after, attempt)
+        assert 0 <= delay <= MAX_WAIT
+
+
+@pytest.mark.slow
+def test_a_huge_retry_after_on_an_lfs_upload_is_waited_for_at_most_a_minute(root, tmp_path):
+    """An LFS body sent from a file is retried by huggingface_hub itself (it rewinds the file); the wait it
+    reads is made wtours': MAX_WAIT at most, not the 3 years the server asks for (the process deadline of
+    tests/cli.py, 600 s, ends a hang). A Hub of its own: the module's already stores these LFS bodies."""
+    repo = new_repo()
+    with HubServer({TOKEN: "alice"}) as fresh:
+        fault = fresh.inject("PUT", "/lfs-upload/", 429, times=1, retry_after="99999999")
+        result = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env_for(fresh, tmp_path))
+        assert result.returncode == 0, result.stderr
+        assert fault.hits == 1 and f"{SLUG}/index.json" in fresh.files(repo)
+
+
+def test_a_wrong_token_is_named_as_such_by_push_and_pull(root, hub, tmp_path):
+    wrong, repo, fresh = "hf_expired_Fa17secret", pushed_repo(root, hub), new_repo()
+    for args in (["push", "--city", SLUG, "--root", str(root), "--repo", fresh],
+                 ["pull", "--root", str(tmp_path / "copy"), "--repo", repo]):
+        result = wtours(args, env_for(hub, tmp_path, HF_TOKEN=wrong))
+        assert_clean_failure(result, "the Hub refused your token (invalid, expired or revoked)", "HF_TOKEN")
+        assert wrong not in result.output and "repository not found" not in result.stderr
+    assert ("dataset", fresh) not in hub.repos and not (tmp_path / "copy").exists()
+
+
+@pytest.mark.parametrize(("command", "name", "value"), [
+    ("push", "WTOURS_HUB_RETRIES", "abc"), ("push", "WTOURS_HUB_RETRIES", "-1"),
+    ("push", "WTOURS_HUB_RETRIES", "1000000"), ("push", "WTOURS_HUB_TIMEOUT", "nan"),
+    ("push", "WTOURS_HUB_TIMEOUT", "0"), ("pull", "WTOURS_HUB_RETRIES", "abc")])
+def test_hub_settings_from_the_environment_are_checked_before_any_request(root, hub, tmp_path, command, name, value):
+    repo, mark = new_repo(), len(hub.requests)
+    args = ["--city", SLUG, "--root", str(root)] if command == "push" else ["--root", str(tmp_path / "copy")]
+    result = wtours([command, "--repo", repo, *args], env_for(hub, tmp_path, **{name: value}))
+    stderr = assert_clean_error(result, EXIT_USAGE)
+    assert f"{name}={value!r}" in stderr and "unset it" in stderr
+    assert hub.requests[mark:] == [] and ("dataset", repo) not in hub.repos
+    assert not (tmp_path / "copy").exists()
 
 
 @pytest.mark.slow

@@ -24,12 +24,12 @@ from tests.cli import run_wtours
 from tests.videos import STREET_SECONDS, STREET_VIDEO, make_video, run_ffmpeg
 from wtours.errors import UsageError, WtoursError
 from wtours.fetch.local import add_local
-from wtours.layout import Layout
+from wtours.layout import Layout, sha256_file
 from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.read import iter_shard
 from wtours.shard.run import shard_video
-from wtours.stats.classes import Detections, TorchDetector, class_table, load_detector
+from wtours.stats.classes import Detections, TorchDetector, cached_state_dict, class_table, load_detector
 from wtours.stats.frames import Frame, on_grid
 from wtours.stats.measure import analysis_grid, measure
 from wtours.stats.params import AnalysisParams, DetectorParams, StatsConfig, TransitionParams
@@ -408,18 +408,20 @@ def torch_home(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_torchvision_backend_loads_cached_weights_and_a_weights_file(torch_home, small_video, tmp_path):
-    """The default backend, built as a user gets it, with COCO-shaped weights placed where torch hub caches
-    downloads. The real file cannot be fetched here: random weights whose classifier is biased towards
-    class 1, so every box it keeps must come out as COCO's "person"."""
+def test_torchvision_backend_loads_a_weights_file_and_refuses_a_cached_one_unlike_its_name(torch_home, small_video,
+                                                                                          tmp_path):
+    """The default backend, built as a user gets it, with COCO-shaped weights. The real file cannot be fetched
+    here: random weights whose classifier is biased towards class 1, so every box it keeps must come out as
+    COCO's "person". Placed in the torch hub cache under the published name, they are refused: their sha256
+    is not the one that name carries."""
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 
     torch.manual_seed(0)
     state = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
     state["roi_heads.box_predictor.cls_score.bias"][1] = 20.0
-    torch_home.mkdir(parents=True)
-    torch.save(state, torch_home / "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth")
-    detector = load_detector(DetectorParams(device="auto"))
+    weights = tmp_path / "weights.pth"
+    torch.save(state, weights)
+    detector = load_detector(DetectorParams(device="auto", weights=weights))
     assert detector.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert detector.vocabulary == "COCO (80 classes)" and len(detector.categories) == 91
     frames = [np.random.default_rng(i).integers(0, 255, (240, 320, 3), np.uint8) for i in range(2)]
@@ -427,8 +429,13 @@ def test_torchvision_backend_loads_cached_weights_and_a_weights_file(torch_home,
     assert len(found) == 2 and all(0 < d.objects <= 100 and set(d.labels) == {"person"} for d in found)
     assert all(s >= 0.5 for d in found for s in d.scores)
 
-    weights = tmp_path / "weights.pth"
-    os.replace(torch_home / "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth", weights)
+    torch_home.mkdir(parents=True)
+    cached = torch_home / "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth"
+    cached.write_bytes(weights.read_bytes())
+    with pytest.raises(WtoursError, match="sha256 does not start with 907ea3f9") as info:
+        load_detector(DetectorParams(device="cpu"))
+    assert str(cached) in info.value.message and "delete the file" in info.value.hint
+
     layout = sharded(tmp_path / "root", small_video, "small")
     result = run_wtours(["stats", "--city", "small", "--root", str(layout.root), "--weights", str(weights),
                          "--device", "cpu", "--every", "1.5", "-q"])
@@ -443,6 +450,49 @@ def test_torchvision_backend_loads_cached_weights_and_a_weights_file(torch_home,
     with pytest.raises(WtoursError, match="do not fit") as info:
         load_detector(DetectorParams(device="cpu", weights=weights))
     assert "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth" in info.value.hint
+
+
+class RunsCode:
+    """A pickle that runs code when loaded unrestricted: it makes the folder `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def published(folder: Path, save) -> tuple[object, Path]:
+    """A torchvision weights enum member whose file, saved by `save(path)` into the torch hub cache `folder`,
+    carries its own sha256 prefix in its name, as torchvision's published files do."""
+    from torchvision.models import Weights, WeightsEnum
+
+    draft = folder / "draft.pth"
+    save(draft)
+    name = f"tiny-{sha256_file(draft)[:8]}.pth"
+    draft.rename(folder / name)
+    url = f"https://download.pytorch.org/models/{name}"
+    return WeightsEnum("Tiny", {"V1": Weights(url=url, transforms=None, meta={})}).V1, folder / name
+
+
+def test_cached_weights_are_checked_against_their_published_hash_and_loaded_as_tensors_only(torch_home, tmp_path):
+    torch_home.mkdir(parents=True)
+    state = {"w": torch.arange(4.0)}
+    weights, cached = published(torch_home, lambda path: torch.save(state, path))
+    assert torch.equal(cached_state_dict(torch, weights, "tiny")["w"], state["w"])
+
+    torch.save({"w": torch.zeros(4)}, cached)  # replaced: another file under the published name
+    with pytest.raises(WtoursError, match="sha256 does not start with") as info:
+        cached_state_dict(torch, weights, "tiny")
+    assert str(cached) in info.value.message and "--weights FILE" in info.value.hint
+
+    marker = tmp_path / "the pickle ran"
+    evil, cached = published(torch_home, lambda path: torch.save(RunsCode(marker), path))  # its hash matches
+    with pytest.raises(WtoursError, match="cannot be read"):
+        cached_state_dict(torch, evil, "tiny")
+    with pytest.raises(WtoursError, match=f"cannot read the weights file {cached}"):
+        load_detector(DetectorParams(device="cpu", weights=cached))
+    assert not marker.exists()
 
 
 def test_missing_weights_is_a_clear_error_and_fails_fast(torch_home, small_video, tmp_path, monkeypatch):

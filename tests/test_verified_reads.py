@@ -21,7 +21,6 @@ from wtours.clips.epoch import ClipConfig, ShardRead, plan_epoch
 from wtours.clips.pipeline import ClipDataset, LoaderConfig, make_loader
 from wtours.clips.spec import resolve
 from wtours.clips.stages import Problems, open_shards, tar_samples
-from wtours.errors import WtoursError
 from wtours.shard.read import iter_shard
 from wtours.streams import FAILED_SHARDS
 from wtours.viz.run import pick_starts, read_clips
@@ -84,13 +83,10 @@ def epoch_read(refs, ranks: int = 2, epochs: int = 2, workers: int = 0,
 
 
 def viz_read(refs) -> tuple[list[bytes], str | None]:
-    jpgs, error = [], None
-    try:
-        for clip in read_clips(refs, pick_starts(refs, CLIP, 8), CLIP):  # parts of shards
-            jpgs += clip.jpgs
-    except WtoursError as e:
-        error = e.message
-    return jpgs, error
+    """viz's clips (parts of shards), and the shards it could not read (viz names them in its error)."""
+    problems = Problems()
+    jpgs = [jpg for clip in read_clips(refs, pick_starts(refs, CLIP, 8), CLIP, problems) for jpg in clip.jpgs]
+    return jpgs, ", ".join(problems.bad_shards) or None
 
 
 def test_the_epochs_read_parts_of_shards_and_pad_from_the_lying_shard(clean):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -12,11 +13,13 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from tests.cli import CliResult, run_wtours
+from tests.cli import CliResult, assert_clean_error, run_wtours
+from tests.http_server import FileServer
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
 from wtours.clips.epoch import ClipConfig, clip_starts
 from wtours.clips.spec import resolve
 from wtours.dora import DoRA
+from wtours.errors import EXIT_FAILURE, EXIT_INCOMPLETE
 from wtours.models.vit import cls_attention
 from wtours.viz.run import pick_starts
 
@@ -163,3 +166,34 @@ def test_clips_are_spread_evenly_in_time(tiny_run):
     assert positions == sorted(positions) and positions[0] < len(everything) / 3 <= positions[1]
     assert positions[2] >= 2 * len(everything) / 3
     assert sum(len(s) for s in pick_starts(shards, config, 10_000).values()) == len(everything)
+
+
+@pytest.mark.slow
+def test_a_damaged_remote_shard_is_named_and_what_could_be_read_is_drawn(tiny_run, tmp_path):
+    """Shards served over http, one with its samples zeroed on the server (a tar reads zeros as its end: no
+    error, just no samples) or cut short: the clips from the intact shard are drawn and the run ends with exit
+    status 3 naming the damaged one; with both damaged, no picture and exit status 1. No hint refers to
+    warnings that were not shown."""
+    root, checkpoint = tiny_run
+    served = tmp_path / "served" / "walk"
+    shutil.copytree(root / "shards" / "walk", served)
+    damaged = served / "walk-000001.tar"
+    intact = damaged.read_bytes()
+    with FileServer(served.parent, content_type="application/x-tar") as server:
+        args = ["viz", str(checkpoint), "--shards", server.url("walk/index.json"), "--clips", "2", "--frames", "2"]
+        for damage in (intact[:2048] + bytes(len(intact) - 2048), intact[:len(intact) // 3]):
+            damaged.write_bytes(damage)
+            out = tmp_path / f"viz-{len(list(tmp_path.glob('viz-*')))}"
+            result = run_wtours([*args, "--out", str(out), "-q"])
+            stderr = assert_clean_error(result, EXIT_INCOMPLETE)
+            assert f"1 of 2 clips could not be read from {server.url('walk/walk-000001.tar')}" in stderr
+            assert "warnings above" not in stderr
+            index = json.loads((out / "index.json").read_text())
+            assert [c["shard"] for c in index["clips"]] == [server.url("walk/walk-000000.tar")]
+            assert sorted(p.name for p in out.iterdir()) == sorted([*(index["clips"][0][k] for k in ("png", "gif")),
+                                                                   "index.json"])
+        (served / "walk-000000.tar").write_bytes(bytes(2048))
+        result = run_wtours([*args, "--out", str(tmp_path / "none")])
+        stderr = assert_clean_error(result, EXIT_FAILURE)
+        assert "no picture written: 2 of 2 clips could not be read" in stderr
+        assert not any((tmp_path / "none").iterdir())

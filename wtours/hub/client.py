@@ -7,11 +7,9 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from wtours.errors import UsageError, WtoursError
 from wtours.hfclient import LOGIN_HINT, has_token, hub_errors, require_hub
@@ -19,12 +17,6 @@ from wtours.hub.paths import REPO_TYPE, source_path
 from wtours.streams import DEFAULT_REVISION, hf_url, validate_repo_id, validate_revision
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-RETRIES_ENV = "WTOURS_HUB_RETRIES"  # retries of a rate-limited (429) commit or preupload
-DEFAULT_RETRIES = 5
-MAX_RETRY_WAIT = 60.0
-
 
 @dataclass(frozen=True)
 class HubTarget:
@@ -47,33 +39,6 @@ class RemoteFile:
     size: int
     blob_id: str  # git blob id (of the content, or of the LFS pointer)
     sha256: str | None  # LFS files only: the content's sha256
-
-
-def with_retries(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`call(*args, **kwargs)`, retried while the Hub answers 429 (rate limited: the request was not
-    processed, so retrying a commit is safe), honouring Retry-After; WTOURS_HUB_RETRIES times at most. The
-    client retries its uploads and downloads itself, but not commits and preuploads."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    retries = int(os.environ.get(RETRIES_ENV) or DEFAULT_RETRIES)
-    wait = 1.0
-    for attempt in range(retries + 1):
-        try:
-            return call(*args, **kwargs)
-        except HfHubHTTPError as e:
-            response = getattr(e, "response", None)
-            if response is None or getattr(response, "status_code", None) != 429 or attempt == retries:
-                raise
-            try:
-                delay = float(response.headers.get("Retry-After", wait))
-            except (TypeError, ValueError):
-                delay = wait
-            delay = min(max(delay, 0.0), MAX_RETRY_WAIT)
-            log.warning("%s: the Hub is rate-limiting (HTTP 429); retry %d of %d in %g s", what, attempt + 1,
-                        retries, delay)
-            time.sleep(delay)
-            wait = min(wait * 2, MAX_RETRY_WAIT)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def api(target: HubTarget):

@@ -23,7 +23,6 @@ from wtours.hub.client import (
     prepare_repo,
     read_remote,
     remote_files,
-    with_retries,
 )
 from wtours.hub.model_card import (
     CARD_FILE,
@@ -127,14 +126,12 @@ def push_model(config: ModelPushConfig, say: Callable[[str], None] = print) -> P
 
 
 def _commit(target: HubTarget, uploads: list[Upload], progress: bool) -> None:
-    """One commit: large files are sent first (preupload, retried on 429), then committed together."""
+    """One commit: large files are sent first (preupload), then committed together."""
     from huggingface_hub import CommitOperationAdd
 
     hub = api(target)
     additions = [CommitOperationAdd(f.path, f.content()) for f in uploads]
     with client_bars(progress), hub_errors(f"push to {target.repo}", target, write=True):
-        with_retries(f"upload to {target.repo}", hub.preupload_lfs_files, target.repo, additions=additions,
-                     repo_type=MODEL_REPO_TYPE, revision=target.revision)
-        with_retries(f"commit to {target.repo}", hub.create_commit, target.repo, additions,
-                     commit_message=f"wtours push --model: {', '.join(f.path for f in uploads)}",
-                     repo_type=MODEL_REPO_TYPE, revision=target.revision)
+        hub.preupload_lfs_files(target.repo, additions=additions, repo_type=MODEL_REPO_TYPE, revision=target.revision)
+        hub.create_commit(target.repo, additions, repo_type=MODEL_REPO_TYPE, revision=target.revision,
+                          commit_message=f"wtours push --model: {', '.join(f.path for f in uploads)}")

@@ -28,7 +28,6 @@ from wtours.hub.client import (
     read_remote,
     read_source_record,
     remote_files,
-    with_retries,
 )
 from wtours.hub.paths import (
     CARD_FILE,
@@ -252,13 +251,12 @@ def _commit_batches(target: HubTarget, batches: list[list[Operation]], progress:
                 add = CommitOperationAdd(op.path, op.content())
                 # One file at a time, so the bar moves per file; the commit then finds it uploaded.
                 with hub_errors(f"push to {target.repo}: upload {op.path}", target, write=True):
-                    with_retries(f"upload {op.path}", hub.preupload_lfs_files, target.repo, additions=[add],
-                                 repo_type=REPO_TYPE, revision=target.revision)
+                    hub.preupload_lfs_files(target.repo, additions=[add], repo_type=REPO_TYPE, revision=target.revision)
                 _check_checksum(op, add)
                 commit_ops.append(add)
                 bar.update(op.size)
-            with_retries(f"commit to {target.repo}", hub.create_commit, target.repo, commit_ops,
-                         commit_message=_commit_message(ops), repo_type=REPO_TYPE, revision=target.revision)
+            hub.create_commit(target.repo, commit_ops, commit_message=_commit_message(ops), repo_type=REPO_TYPE,
+                              revision=target.revision)
             summary.commits += 1
             summary.uploaded += [op.path for op in ops if isinstance(op, Upload)]
             summary.deleted += [op.path for op in ops if isinstance(op, Delete)]

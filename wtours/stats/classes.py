@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,11 +16,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from wtours.errors import WtoursError
+from wtours.layout import sha256_file
 from wtours.stats.params import BACKENDS, Backend, DetectorParams
 from wtours.system import resolve_device
 
 # Placeholders in torchvision's 91-entry COCO list (ids the 80 classes skip): never counted.
 IGNORED_LABELS = frozenset({"__background__", "N/A"})
+# torchvision publishes weights as <name>-<the first hex digits of the file's sha256>.pth
+PUBLISHED_HASH = re.compile(r"-([0-9a-f]{6,64})\.[a-z]+$")
+UNREADABLE = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError)  # weights_only refusals too
 
 
 @dataclass(frozen=True)
@@ -117,29 +123,43 @@ def weights_file(weights: Any) -> str:
 
 
 def _state_dict(torch: Any, weights: Any, spec: Backend, path: Path | None) -> dict:
-    if path is not None:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as e:
-            raise WtoursError(f"cannot read the weights file {path} ({e})",
-                              f"pass a state dict saved with torch.save, e.g. {weights_file(weights)}") from e
-    # Where torch hub caches downloaded weights: $TORCH_HOME/hub/checkpoints (~/.cache/torch/...).
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / weights_file(weights)
+    if path is None:
+        return cached_state_dict(torch, weights, spec.builder)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE as e:
+        raise WtoursError(f"cannot read the weights file {path} ({str(e).splitlines()[0]})",
+                          f"pass a state dict saved with torch.save, e.g. {weights_file(weights)}") from e
+
+
+def cached_state_dict(torch: Any, weights: Any, builder: str) -> dict:
+    """torchvision's `weights` the usual way, from the torch hub cache ($TORCH_HOME/hub/checkpoints), downloaded
+    there the first time (torch checks the download against the hash in the file's name). A file already
+    there, whoever put it, is checked against that hash too, and either is loaded with weights_only=True:
+    tensors only, so a pickle in their place cannot run code."""
+    name = weights_file(weights)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    published = PUBLISHED_HASH.search(name)
+    where = (f"copy {name} (from {weights.url}) into {cached.parent}, where $TORCH_HOME/hub/checkpoints points "
+             "(its sha256 is checked against its name)")
+    if published and cached.is_file() and not sha256_file(cached).startswith(published.group(1)):
+        raise WtoursError(f"the cached weights {cached} are not torchvision's file: their sha256 does not start "
+                          f"with {published.group(1)}, as the published name says",
+                          f"delete the file so that torchvision downloads it again, or {where}; or pass --weights FILE")
     was_cached = cached.is_file()
     try:
-        # torchvision's usual way: load from the torch hub cache, downloading it there the first time.
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except (OSError, RuntimeError, ValueError, EOFError) as e:  # URLError is an OSError; a bad hash a RuntimeError
+        # torchvision's own loader: load from the cache, downloading (hash-checked) to it the first time.
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except UNREADABLE as e:  # URLError is an OSError; a bad hash a RuntimeError
         reason = str(getattr(e, "reason", None) or e).splitlines()[0]
         if was_cached:
             raise WtoursError(f"the cached weights {cached} cannot be read ({reason})",
                               "delete the file so that torchvision downloads it again, or pass --weights FILE") from e
         raise WtoursError(
-            f"cannot load the COCO weights of the {spec.builder} detector: {weights_file(weights)} is not in "
-            f"{cached.parent} and downloading it failed ({reason})",
-            f"torchvision downloads it once into $TORCH_HOME/hub/checkpoints (here {cached.parent}); on a machine "
-            f"without internet fetch {weights.url} elsewhere and copy it to {cached}, or pass "
-            f"--weights FILE; or skip class counts with --no-classes") from e
+            f"cannot load the COCO weights of the {builder} detector: {name} is not in {cached.parent} and "
+            f"downloading it failed ({reason})",
+            f"torchvision downloads it once into $TORCH_HOME/hub/checkpoints; on a machine without internet {where}, "
+            "or pass --weights FILE; or skip class counts with --no-classes") from e
 
 
 # ---------------------------------------------------------------- per-video table

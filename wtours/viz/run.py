@@ -21,7 +21,7 @@ from wtours.clips.epoch import ClipConfig, ShardRead, clip_starts
 from wtours.clips.spec import ShardRef, local_folders, resolve
 from wtours.clips.stages import Clip, Problems, shard_clips
 from wtours.dora import DoRA
-from wtours.errors import UsageError, WtoursError
+from wtours.errors import IncompleteError, UsageError, WtoursError
 from wtours.layout import INDEX_FILE, replace_atomically, write_json_atomic
 from wtours.locks import reading
 from wtours.models.checkpoint import backbone_state, infer_arch, read_weights, strip_prefix
@@ -94,14 +94,27 @@ def pick_starts(shards: list[ShardRef], config: ClipConfig, count: int) -> dict[
     return chosen
 
 
-def read_clips(shards: list[ShardRef], starts: dict[str, set[int]], config: ClipConfig) -> Iterator[Clip]:
-    """The clips at `starts`, through the trainer's own stages (open -> tar samples -> clips)."""
-    problems = Problems()
+def read_clips(shards: list[ShardRef], starts: dict[str, set[int]], config: ClipConfig,
+               problems: Problems) -> Iterator[Clip]:
+    """The clips at `starts`, through the trainer's own stages (open -> tar samples -> clips); what cannot
+    be read is skipped, counted in `problems` and warned about."""
     reads = [ShardRead.needed(r, starts[r.url], config) for r in shards if r.url in starts]
     yield from shard_clips(reads, config, problems)
-    if problems.bad_shards:
-        raise WtoursError(f"{len(problems.bad_shards)} shard(s) could not be read: {next(iter(problems.bad_shards))}",
-                          "check the shards (wtours inspect), or reshard")
+
+
+def unread(starts: dict[str, set[int]], records: list[dict[str, Any]], problems: Problems) -> str | None:
+    """What of the chosen clips could not be read, and why as far as known; None when every clip was drawn.
+    (A damaged shard may also just end early: a zeroed stretch reads as the end of a tar.)"""
+    missing = {url: len(s) - sum(r["url"] == url for r in records) for url, s in starts.items()}
+    missing = {url: n for url, n in missing.items() if n > 0}
+    if not missing:
+        return None
+    why = [f"unreadable: {error.splitlines()[0]}" for error in list(problems.bad_shards.values())[:3]]
+    why += [f"{n} damaged samples" for n in [problems.bad_samples] if n]
+    why += [f"{n} clips with a frame that does not decode" for n in [problems.bad_clips] if n]
+    return (f"{sum(missing.values())} of {sum(map(len, starts.values()))} clips could not be read from "
+            f"{', '.join(shown(url) for url in list(missing)[:3])}{' ...' if len(missing) > 3 else ''}"
+            f" ({'; '.join(why) or 'the shard ends before them'})")
 
 
 def square_frames(jpgs: list[bytes], size: int) -> np.ndarray:
@@ -132,10 +145,9 @@ def choose_heads(model: DoRA, config: VizConfig) -> torch.Tensor:
     return torch.tensor(config.heads)
 
 
-def render_clip(model: DoRA, clip: Clip, heads: torch.Tensor, labels: list[str], out: Path,
+def render_clip(model: DoRA, clip: Clip, frames: np.ndarray, heads: torch.Tensor, labels: list[str], out: Path,
                 config: VizConfig) -> dict[str, Any]:
-    """Track one clip, write its PNG grid and GIF, and return its index record."""
-    frames = square_frames(clip.jpgs, config.size)
+    """Track one clip (its `square_frames`), write its PNG grid and GIF, and return its index record."""
     # (T, S, S, 3) uint8 -> (1, T, 3, S, S) ImageNet-normalised float: the unaugmented global view
     view = normalize(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0)[None]
     attention, masks = track_clip(model, view.to(heads.device), heads)
@@ -144,7 +156,7 @@ def render_clip(model: DoRA, clip: Clip, heads: torch.Tensor, labels: list[str],
     grid = grid_image(pictures, labels)
     replace_atomically(png, lambda tmp: grid.save(tmp, format="PNG"))
     replace_atomically(gif, lambda tmp: save_gif(gif_frames(pictures), tmp, config.gif_ms))
-    return {"key": clip.key, "png": png.name, "gif": gif.name, "shard": shown(clip.url),
+    return {"key": clip.key, "png": png.name, "gif": gif.name, "shard": shown(clip.url), "url": clip.url,
             "times": [m["t"] for m in clip.meta], "source_frames": [m["frame"] for m in clip.meta],
             "coverage": masks.reshape(len(masks), len(frames), -1).mean(axis=2).round(4).tolist()}  # [k][t]
 
@@ -152,7 +164,9 @@ def render_clip(model: DoRA, clip: Clip, heads: torch.Tensor, labels: list[str],
 def visualise(checkpoint: str | os.PathLike, shards: str | list[str], out: str | os.PathLike,
               config: VizConfig = VizConfig(), root: str | os.PathLike | None = None,
               say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Render clip-<key>.png and clip-<key>.gif for `config.clips` clips, and index.json; returns the index."""
+    """Render clip-<key>.png and clip-<key>.gif for `config.clips` clips, and index.json; returns the index.
+    Clips that cannot be read (a damaged shard, a frame that does not decode) are skipped and warned about;
+    then, with no clip drawn, a WtoursError, else an IncompleteError after index.json of those drawn."""
     device = resolve_device(config.device)
     out = prepare_out(out)  # first: a wrong --out fails before the model loads
     model = load_model(checkpoint).to(device)
@@ -162,16 +176,30 @@ def visualise(checkpoint: str | os.PathLike, shards: str | list[str], out: str |
     refs = resolve(shards, root)
     clip_config = ClipConfig(config.frames, config.stride)
     labels = column_labels(model.teacher.backbone.config.heads, heads.tolist())
-    records = []
+    records, problems = [], Problems()
+    starts = pick_starts(refs, clip_config, config.clips)
     with reading(local_folders(refs)):  # a local set is held as its reader: no run replaces it meanwhile
-        for clip in read_clips(refs, pick_starts(refs, clip_config, config.clips), clip_config):
-            records.append(render_clip(model, clip, heads.to(device), labels, out, config))
+        for clip in read_clips(refs, starts, clip_config, problems):
+            try:
+                frames = square_frames(clip.jpgs, config.size)
+            except (OSError, ValueError) as e:  # not an image, truncated: PIL's errors are OSErrors
+                problems.clip_failed(clip.key, clip.url, e)
+                continue
+            records.append(render_clip(model, clip, frames, heads.to(device), labels, out, config))
             say(f"{records[-1]['png']}: objects cover "
                 f"{', '.join(f'{sum(c) / len(c):.0%}' for c in records[-1]['coverage'])} of the frames")
+    damage = unread(starts, records, problems)
+    hint = ("check the shards where they are stored (`wtours verify`, and `--repair` for a local set), fetch "
+            "them again, or pick other --shards")
+    if damage and not records:
+        raise WtoursError(f"no picture written: {damage}", hint)
+    records = [{k: v for k, v in r.items() if k != "url"} for r in records]  # the shown form only is kept
     index = {"checkpoint": str(checkpoint), "arch": model.arch, "patch_size": model.patch_size,
              "heads": heads.tolist(), "objects": len(heads), "frames": config.frames, "stride": config.stride,
              "size": config.size, "cell": config.size, "header": HEADER, "columns": labels,
              "colours": [list(object_colour(k)) for k in range(len(heads))], "mask_alpha": MASK_ALPHA,
              "outside": OUTSIDE, "gif_ms": config.gif_ms, "clips": records}
     write_json_atomic(out / INDEX_FILE, index)
+    if damage:
+        raise IncompleteError(f"wrote {len(records)} clip pictures and {out / INDEX_FILE}; {damage}", hint)
     return index
