@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import click
 
-from wtours.errors import EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, WtoursError
+from wtours import stop
+from wtours.errors import EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_USAGE, WtoursError
 from wtours.layout import ROOT_URL_HINT, is_url
 
 
@@ -85,8 +86,9 @@ def exit_status_epilog() -> str:
 
 
 class WtoursGroup(click.Group):
-    """Turns library errors, bad option values, the machine's faults and Ctrl-C into a message with a
-    hint and an exit status (never a traceback); the root group's help ends with the exit-status table."""
+    """Turns library errors, bad option values, the machine's faults, Ctrl-C and the stop signals (wtours.stop) into
+    a message with a hint and an exit status (never a traceback); the root group's help ends with the exit-status
+    table."""
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         super().format_epilog(ctx, formatter)
@@ -97,7 +99,8 @@ class WtoursGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with stop.handled():
+                return super().invoke(ctx)
         except WtoursError as e:
             _report(e.message, e.hint)
             sys.exit(e.exit_code)
@@ -105,6 +108,10 @@ class WtoursGroup(click.Group):
             command = e.ctx.command_path if e.ctx else "wtours"
             _report(e.format_message(), f"`{command} --help` shows each option's allowed values")
             sys.exit(EXIT_USAGE)
+        except stop.Stopped as e:
+            _report(f"stopped by {stop.name(e.signum)}", "what was finished is kept and nothing partial under a final "
+                    "name; rerun the same command to resume")
+            sys.exit(EXIT_STOPPED)
         except KeyboardInterrupt:
             _report("interrupted", "nothing partial was kept under a final name; rerun the same command to resume")
             sys.exit(EXIT_INTERRUPTED)

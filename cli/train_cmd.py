@@ -33,7 +33,9 @@ def train(ctx: click.Context, config_file: str | None, assignments: tuple[str, .
 
     One run at a time per --out (a second one is refused, naming the holder). A folder that holds a
     run needs --resume (continue it; changed schedule settings need --reschedule) or --overwrite
-    (start afresh). Ctrl-C exits 130 and a kill leaves the last complete checkpoint: rerun with --resume.
+    (start afresh). Ctrl-C exits 130 and a kill leaves the last complete checkpoint; SIGTERM or SIGUSR1 (a
+    scheduler's preemption or time-limit warning) stops every rank at the next step with a checkpoint of it, exit 143:
+    rerun with --resume.
 
     \b
     Examples:

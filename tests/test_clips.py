@@ -990,3 +990,57 @@ def test_cpu_augmentation_without_opencv_says_what_to_install(gapped, monkeypatc
     with pytest.raises(WtoursError, match="CPU augmentation") as error:
         next(iter(dataset))
     assert "opencv-python-headless" in error.value.hint
+
+
+def test_a_resumed_epoch_gets_the_same_augmented_batches_and_problem_counts(gapped, tmp_path):
+    """Resumed mid-epoch (set_epoch(e, skip_batches=k), as `train --resume` does), the CPU path's remaining
+    batches equal an uninterrupted epoch's to the last pixel, each with the same problem counts: the augmentation
+    is drawn per batch from its place in the epoch, and what the skipped batches met was counted by the run that
+    made them. Every shard has a sample with broken JSON and a frame that does not decode."""
+    shards = []
+    for source in resolve("gap", gapped.root):
+        problems = Problems()
+        samples = list(tar_samples(open_shards([source], problems), problems))
+        path = tmp_path / Path(source.url).name
+        write_tar(path, [member for i, s in enumerate(samples) for member in (  # the same sizes: offsets hold
+            (f"{s.key}.jpg", undecodable(s.jpg) if i == 7 else s.jpg),
+            (f"{s.key}.json", b"x" + s.json[1:] if i == 3 else s.json))])
+        shards.append(dataclasses.replace(source, url=str(path)))
+    config = LoaderConfig(batch_size=2, workers=2, clip=CLIP, shuffle_buffer=4, multicrop=A.MultiCropConfig(n_local=2))
+
+    def epoch(skip: int) -> list:
+        dataset = ClipDataset(shards, config)
+        dataset.set_epoch(1, skip_batches=skip)
+        return [(b.keys, b.problems, [v.clone() for v in b]) for b in make_loader(dataset, reuse_outputs=False)]
+
+    whole = epoch(0)
+    assert sum(p["bad_samples"] for _, p, _ in whole) > 0 and sum(p["bad_clips"] for _, p, _ in whole) > 0
+    for skip in (3, 4):
+        resumed = epoch(skip)
+        assert len(resumed) == len(whole) - skip
+        for (keys, problems, views), (resumed_keys, resumed_problems, resumed_views) in zip(whole[skip:], resumed):
+            assert keys == resumed_keys and problems == resumed_problems
+            assert all(torch.equal(a, b) for a, b in zip(views, resumed_views))
+
+
+LEFT_OPEN = """
+import sys
+from wtours.clips.epoch import ClipConfig
+from wtours.clips.pipeline import ClipDataset, LoaderConfig, make_loader
+from wtours.clips.spec import resolve
+loader = iter(make_loader(ClipDataset(resolve("gap", sys.argv[1]), LoaderConfig(batch_size=2, workers=2,
+                                                                             clip=ClipConfig(frames=2)))))
+print(next(loader).keys)
+"""
+
+
+@pytest.mark.slow
+def test_workers_left_running_at_exit_still_end_on_their_parents_sigterm(gapped):
+    """A loader left open when the program ends: multiprocessing terminates its workers (SIGTERM) and waits for
+    them. They survive a stop signal sent to every process of a job (wtours.stop.leave_to_parent) only for a
+    grace period, so the program still exits (it once waited forever)."""
+    from wtours.stop import HELPER_GRACE_S
+
+    done = subprocess.run([sys.executable, "-c", LEFT_OPEN, str(gapped.root)], capture_output=True, text=True,
+                          timeout=HELPER_GRACE_S + 290)
+    assert done.returncode == 0 and "gap-" in done.stdout, done.stderr

@@ -1,8 +1,8 @@
 """Local data faults end in one `error:` + `hint:` (no traceback), lose nothing, and a rerun completes
 byte-identical to an uninterrupted run: `add` over a registered name, concurrent and killed `shard` /
 `stats` runs (real processes, real flock), a full and a read-only disk (a real small tmpfs), a killed
-ffmpeg child, Ctrl-C (SIGINT to the process group, as a terminal sends it), damaged shards in `stats`,
-invalid indexes in `inspect`, and `wtours verify [--repair]`."""
+ffmpeg child, Ctrl-C (SIGINT to the process group, as a terminal sends it) and SIGTERM (as SLURM preempts),
+damaged shards in `stats`, invalid indexes in `inspect`, and `wtours verify [--repair]`."""
 
 from __future__ import annotations
 
@@ -491,7 +491,11 @@ def test_a_truncated_video_gives_the_same_index_bytes_every_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_shard_exits_130_and_the_rerun_is_byte_identical(videos, reference, tmp_path):
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted"),
+                                           (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_ctrl_c_or_sigterm_during_shard_stops_cleanly_and_the_rerun_is_byte_identical(videos, reference, tmp_path,
+                                                                                      sig, code, said):
+    """To the process group: Ctrl-C as a terminal sends it, SIGTERM as SLURM preempts a step (every process)."""
     layout = register(tmp_path / "root", videos["long"])
     args = ["shard", "--city", SLUG, "--root", str(layout.root), "--workers", "2", "-q", *SHARD_ARGS]
     process = start(args, start_new_session=True)  # its own process group, like a terminal's foreground job
@@ -500,14 +504,14 @@ def test_ctrl_c_during_shard_exits_130_and_the_rerun_is_byte_identical(videos, r
         while not list(layout.segments_dir(SLUG).glob("*.json")) and time.monotonic() < deadline:
             assert process.poll() is None, process.communicate()
             time.sleep(0.005)
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: python and its ffmpeg children
+        os.killpg(process.pid, sig)  # python and its ffmpeg children
         out, err = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
     result = CliResult(process.returncode, out, err)
-    assert_clean_failure(result, "interrupted", "rerun", code=130)
+    assert_clean_failure(result, said, "rerun", code=code)
     assert not layout.index_path(SLUG).exists(), "the run finished before the interrupt: make the video longer"
     assert not temporaries(layout.root)
     assert all(r["complete"] and not r["errors"] for r in records(layout))

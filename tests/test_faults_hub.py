@@ -12,14 +12,16 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.cli import CliResult, assert_clean_error, run_wtours, run_wtours_process
+from tests.cli import CliResult, assert_clean_error, run_wtours, run_wtours_process, start_wtours
 from tests.hub_server import HubServer
 from tests.videos import index_json, sharded_root
 from wtours.errors import EXIT_FAILURE, EXIT_USAGE, UsageError, WtoursError
@@ -412,6 +414,38 @@ def test_a_full_disk_during_pull_is_one_line_and_the_rerun_resumes(root, hub, tm
             shard = name[1:-len(".tmp-pull")]
             gets = [r for r in hub.downloads(mark) if r["path"].endswith(f"/{shard}")]
             assert gets[0]["range"].startswith(f"bytes={size}-"), gets
+
+
+@pytest.mark.slow
+def test_sigterm_during_pull_stops_cleanly_and_the_rerun_resumes(root, hub, tmp_path):
+    """SIGTERM (a preemption) while a shard downloads (its server stalls): exit 143 with one `error:` line, the
+    verified shard under its name, no index; the rerun fetches only the rest."""
+    repo = pushed_repo(root, hub)
+    stall = hub.inject("GET", f"{SLUG}-000001.tar", "stall", times=1)
+    copy = tmp_path / "copy"
+    args = ["pull", "--repo", repo, "--root", str(copy), "-q"]
+    process = start_wtours(args, env={**env_for(hub, tmp_path), "WTOURS_HUB_TIMEOUT": "60",
+                                      "HF_HUB_DOWNLOAD_TIMEOUT": "60"})
+    try:
+        deadline = time.monotonic() + 120
+        while not stall.hits and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        assert stall.hits, process.communicate()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    stderr = assert_clean_error(CliResult(process.returncode, out, err), 143, "stopped by SIGTERM")
+    assert len([line for line in stderr.splitlines() if line.startswith("error: ")]) == 1 and TOKEN not in stderr
+    folder = Layout(copy).shard_dir(SLUG)
+    assert (folder / f"{SLUG}-000000.tar").is_file() and not (folder / f"{SLUG}-000001.tar").exists()
+    assert not Layout(copy).index_path(SLUG).exists()
+    mark = len(hub.requests)
+    again = wtours(args, env_for(hub, tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert_same_set(copy, root)
+    fetched = {r["path"].rsplit("/", 1)[1] for r in hub.downloads(mark) if r["path"].endswith(".tar")}
+    assert fetched == {f"{SLUG}-000001.tar", f"{SLUG}-000002.tar"}
 
 
 # ---------------------------------------------------------------------- streaming: what the index promises

@@ -11,10 +11,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -99,10 +101,11 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float = 240) -> None
         time.sleep(0.05)
 
 
-def checkpointed_and_past(out: Path, step: int):
+def checkpointed_and_past(out: Path, step: int, checkpointed: bool = True):
     def ready() -> bool:
         try:
-            return (out / "checkpoint.pth").is_file() and max(steps_logged(out), default=0) >= step
+            checkpoint = (out / "checkpoint.pth").is_file() or not checkpointed
+            return checkpoint and max(steps_logged(out), default=0) >= step
         except (OSError, ValueError):
             return False
     return ready
@@ -378,3 +381,172 @@ def test_the_worker_count_is_kept_on_resume_and_another_one_is_a_change(tmp_path
     assert _saved_workers(dataclasses.replace(resumed, resume=False)) is None
     now = flat_settings(dataclasses.asdict(dataclasses.replace(resumed, workers=4)))
     assert changes(saved, now) == {"workers": [0, 4]}
+
+
+# ---------------------------------------------------------------- issue 23: preemption (SIGTERM, SIGUSR1)
+
+# The command the sbatch example of docs/getting-started.md runs each time its job starts: always --resume.
+PREEMPTED = ["--workers", "2", "--batch-size", "4", "--steps", "12", "--checkpoint-every", "1000", "--resume"]
+
+
+def test_stop_signals_raise_or_are_recorded_and_the_handlers_come_back():
+    from wtours import stop
+
+    before = [signal.getsignal(s) for s in stop.SIGNALS]
+    with stop.handled(), pytest.raises(stop.Stopped) as stopped:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(5)  # the handler raises first
+    assert stopped.value.signum == signal.SIGUSR1 and isinstance(stopped.value, KeyboardInterrupt)
+    with stop.handled(), stop.handled(defer=True):
+        assert stop.requested() is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.requested() == signal.SIGTERM  # the first one
+    assert [signal.getsignal(s) for s in stop.SIGNALS] == before
+
+
+def damage_every_shard(root: Path) -> None:
+    """In each shard, in place (sizes and offsets unchanged): one sample's JSON broken, and in the second one
+    frame's JPEG overwritten, so the loader's problem counts (damaged samples) grow through a run."""
+    for number, shard in enumerate(sorted((root / "shards" / "walk").glob("*.tar"))):
+        with tarfile.open(shard) as tar:
+            where = {member.name: member.offset_data for member in tar}
+        keys = sorted({name.split(".")[0] for name in where})
+        with open(shard, "r+b") as f:
+            f.seek(where[f"{keys[3]}.json"])
+            f.write(b"x")
+            if number == 1:
+                f.seek(where[f"{keys[7]}.jpg"])
+                f.write(b"\0\0")
+
+
+def signalled(process: subprocess.Popen, out: Path, after: int, sig: signal.Signals, group: bool) -> str:
+    """Send `sig` once `out` logged step `after` (to the process group: the loader workers get it too, as SLURM
+    signals every process of a step); the run's stderr."""
+    wait_for(checkpointed_and_past(out, after, checkpointed=False), process)
+    (os.killpg if group else os.kill)(process.pid, sig)
+    try:
+        return process.communicate(timeout=300)[1]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running 5 minutes after {sig.name}: {process.communicate()[1][-3000:]}")
+
+
+def assert_stopped_with_checkpoint(out: Path, code: int, stderr: str, sig: signal.Signals, after: int,
+                                   *data_logs: str) -> int:
+    """Exit 143, the message naming the signal and the step, whose checkpoint is written; each rank logged up
+    to that step exactly. Returns the step."""
+    step = checkpoint_step(out)
+    assert_clean_error(CliResult(code, "", stderr), 143, f"stopped by {sig.name} after step {step}")
+    assert f"rerun with --resume to continue from step {step}" in stderr
+    assert step >= after and all_finite(out) and not temporaries(out)
+    for name in data_logs:
+        assert [json.loads(line)["step"] for line in (out / name).read_text().splitlines()][-1] == step
+    return step
+
+
+def same_run(a: Path, b: Path) -> None:
+    """Bit-identical checkpoints (weights, centre, optimiser, problem counts), log lines and clip keys."""
+    first, second = (torch.load(out / "checkpoint.pth", weights_only=False) for out in (a, b))
+    for net in ("student", "teacher"):
+        assert first[net].keys() == second[net].keys()
+        assert all(torch.equal(first[net][k], second[net][k]) for k in first[net]), net
+    assert torch.equal(first["dora_loss"]["center"], second["dora_loss"]["center"])
+    moments = [(s["exp_avg"], s["exp_avg_sq"]) for c in (first, second) for s in c["optimizer"]["state"].values()]
+    half = len(moments) // 2
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(moments[:half], moments[half:]))
+    assert first["problems"] == second["problems"] and first["step"] == second["step"]
+    kept = ("step", "epoch", "loss", "lr", "bad_shards", "bad_samples", "bad_clips")
+    lines = [[{k: r[k] for k in kept} for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())]
+             for out in (a, b)]
+    assert lines[0] == lines[1]
+    for data in sorted(a.glob("data.rank*.jsonl")):
+        assert data.read_text() == (b / data.name).read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigusr1_checkpoint_at_a_step_and_the_resumed_run_is_bit_identical(root, tmp_path):
+    """The same command each time, as a requeued job runs it: stopped by SIGTERM to every process (workers
+    included), then by SIGUSR1 to the training process alone, then run to its end: the weights, the loader's
+    problem counts, the losses and the clips equal an uninterrupted run's, bit for bit."""
+    data = shutil.copytree(root, tmp_path / "root", symlinks=True)
+    damage_every_shard(data)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    done = run_wtours_process(train_args(data, whole, *PREEMPTED))
+    assert done.returncode == 0, done.stderr
+    for sig, after, group in ((signal.SIGTERM, 3, True), (signal.SIGUSR1, 7, False)):
+        process = start_wtours(train_args(data, split, *PREEMPTED), start_new_session=True)
+        stderr = signalled(process, split, after, sig, group)
+        assert_stopped_with_checkpoint(split, process.returncode, stderr, sig, after, "data.rank0.jsonl")
+    final = run_wtours_process(train_args(data, split, *PREEMPTED))
+    assert final.returncode == 0 and "resumed from" in final.stdout, final.stderr
+    assert torch.load(split / "checkpoint.pth", weights_only=False)["problems"]["bad_samples"] > 0
+    same_run(whole, split)
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_one_rank_or_to_all_stops_every_rank_at_one_step(root, tmp_path):
+    """Two processes as srun starts them (gloo on CPU): SIGUSR1 to rank 1 alone, then SIGTERM to both; each time
+    both ranks stop after the same step with its checkpoint, and the resumed run ends as an uninterrupted one."""
+    from tests.test_train import child_env, free_port
+
+    def ranks(out: Path) -> list[subprocess.Popen]:
+        port = str(free_port())
+        return [start_wtours(train_args(root, out, "--steps", "12", "--checkpoint-every", "1000", "--resume"),
+                             env=child_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
+                                           SLURM_NODELIST="localhost", SLURM_JOB_ID="1", MASTER_PORT=port))
+                for r in range(2)]
+
+    def finish(processes: list[subprocess.Popen]) -> list[str]:
+        try:
+            return [p.communicate(timeout=300)[1] for p in processes]
+        finally:
+            for p in processes:
+                p.kill()
+
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    uninterrupted = ranks(whole)
+    errors = finish(uninterrupted)
+    assert [p.returncode for p in uninterrupted] == [0, 0], errors
+    for sig, after, targets in ((signal.SIGUSR1, 3, [1]), (signal.SIGTERM, 7, [0, 1])):
+        processes = ranks(split)
+        try:
+            wait_for(checkpointed_and_past(split, after, checkpointed=False), processes[0])
+            for r in targets:
+                processes[r].send_signal(sig)
+        finally:
+            errors = finish(processes)
+        for process, stderr in zip(processes, errors):
+            assert_stopped_with_checkpoint(split, process.returncode, stderr, sig, after, "data.rank0.jsonl",
+                                           "data.rank1.jsonl")
+    last = ranks(split)
+    errors = finish(last)
+    assert [p.returncode for p in last] == [0, 0], errors
+    same_run(whole, split)
+
+
+@pytest.mark.parametrize("status,requeued", [(143, True), (0, False), (1, False)])
+def test_the_sbatch_example_requeues_itself_only_when_stopped_with_a_checkpoint(tmp_path, status, requeued):
+    """docs/getting-started.md's train.sbatch, run by bash as SLURM runs it, with an `srun` that exits as `wtours
+    train` would (143: stopped by a stop signal with a checkpoint) and an `scontrol` that records its arguments.
+    What it runs each time is `wtours train ... --resume`: the test above reruns exactly that."""
+    text = (Path(__file__).parents[1] / "docs" / "getting-started.md").read_text()
+    script = re.search(r"```bash\n(#!/bin/bash\n#SBATCH.*?)```", text, re.S)
+    assert script and "#SBATCH --requeue" in script[1] and "#SBATCH --signal=USR1@" in script[1]
+    (tmp_path / "train.sbatch").write_text(script[1])
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "activate").write_text("")
+    fakes = tmp_path / "fakes"
+    fakes.mkdir()
+    for name, body in (("srun", f'echo "$@" >> {tmp_path}/srun.calls; exit {status}'),
+                       ("scontrol", f'echo "$@" >> {tmp_path}/scontrol.calls')):
+        (fakes / name).write_text(f"#!/bin/bash\n{body}\n")
+        (fakes / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+    done = subprocess.run(["bash", "train.sbatch"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == status, done.stderr
+    ran = (tmp_path / "srun.calls").read_text().split()
+    assert ran[:2] == ["wtours", "train"] and "--resume" in ran
+    calls = tmp_path / "scontrol.calls"
+    assert (calls.read_text().split() if calls.exists() else []) == (["requeue", "4242"] if requeued else [])

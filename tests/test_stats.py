@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from skimage.color import rgb2lab
 
-from tests.cli import run_wtours
+from tests.cli import CliResult, assert_clean_error, run_wtours
 from tests.videos import STREET_SECONDS, STREET_VIDEO, make_video, run_ffmpeg
 from wtours.errors import UsageError, WtoursError
 from wtours.fetch.local import add_local
@@ -533,19 +533,24 @@ def test_unknown_detector_and_missing_cuda_are_clear():
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_gives_the_same_table(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_resume_after_kill_9_or_sigterm_gives_the_same_table(tmp_path, sig):
+    """kill -9, or SIGTERM (a preemption: exit 143 with a clean message), then the rerun continues."""
     video = make_video(tmp_path / "long.mp4", seconds=40.0, size="640x360", rate=30)
     layout = registered(tmp_path / "root", video, "long")
     reference = run_stats(layout, "long", source="video", out=tmp_path / "reference")
     cmd = [*WTOURS, "stats", "--city", "long", "--root", str(layout.root), "--from", "video", "--no-classes",
            "--chunk", "4", "-q"]
     parts = layout.stats_dir("long") / "_parts"
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (parts / "part-000001.parquet").exists():
         time.sleep(0.005)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    os.kill(process.pid, sig)
+    stderr = process.communicate(timeout=300)[1]
+    if sig == signal.SIGTERM:  # no temporaries left behind either (kill -9 may leave one: the rerun removes it)
+        assert_clean_error(CliResult(process.returncode, "", stderr), 143, "stopped by SIGTERM")
+        assert not list(layout.stats_dir("long").rglob(".*.tmp-*"))
     assert not (layout.stats_dir("long") / "summary.json").exists(), "finished before it could be killed"
     done = len(list(parts.glob("part-*.parquet")))
     assert 2 <= done < 20

@@ -128,3 +128,12 @@ def all_gather(obj) -> list:
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, obj)
     return parts
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (a collective: every rank calls it at the same step)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())

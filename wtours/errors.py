@@ -14,6 +14,7 @@ EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3
 EXIT_DIVERGED = 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_STOPPED = 143  # 128 + SIGTERM: stopped on a scheduler's request (wtours.stop), resumable
 
 EXIT_CODES = (
     (EXIT_OK, "success"),
@@ -22,6 +23,8 @@ EXIT_CODES = (
     (EXIT_INCOMPLETE, "incomplete: finished partly (e.g. a truncated video); what was done is kept"),
     (EXIT_DIVERGED, "training diverged (non-finite loss); the last good checkpoint is kept"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C); rerun the same command to resume"),
+    (EXIT_STOPPED, "stopped by SIGTERM or SIGUSR1 (preemption, a time limit): train wrote a checkpoint at the step "
+     "it stopped; rerun the same command (train: with --resume) to continue"),
 )
 
 

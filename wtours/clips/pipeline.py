@@ -7,6 +7,7 @@ quota -> shuffle buffer -> decode + augment (CPU) or raw JPEG batches for the GP
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from wtours import stop
 from wtours.clips.augment import MultiCropConfig, multicrop_tensor, normalise_uint8
 from wtours.clips.epoch import ClipConfig, EpochPlan, clips_per_epoch, plan_epoch
 from wtours.clips.recycle import Lease, Leases, OutputPool, StorageWeakRef, storage_refs
@@ -137,16 +139,19 @@ class ClipDataset(IterableDataset):
         slot = self.rank * workers + role
         plan = self.plan(workers)
         seed = (self.config.clip.seed, self.epoch, self.rank, role)
-        rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
         # the slot's stretch, then its padding; read again (take_quota) only where a shard failed to read
         clips = take_quota(lambda: shard_clips(plan.reads(slot), self.config.clip, self.problems),
                            plan.slots[slot].batches * self.config.batch_size)
         clips = shuffle(clips, self.config.shuffle_buffer, random.Random(str(seed)))
-        skipped = len(range(role, self.skip_batches, workers)) * self.config.batch_size
-        clips = itertools.islice(clips, skipped, None)  # skipped before decoding: cheap
+        done = len(range(role, self.skip_batches, workers))  # this role's batches before the resumed position
+        # skipped before decoding (cheap); what they skipped was counted by the run that made them
+        collections.deque(itertools.islice(clips, done * self.config.batch_size), maxlen=0)
         counted = self.problems.counts()
         pool = OutputPool(self.leases, worker) if info and self.leases is not None else None
-        for batch in batched(clips, self.config.batch_size):
+        for number, batch in enumerate(batched(clips, self.config.batch_size), start=done):
+            # each batch's augmentation draws follow from its place in the epoch, so a resumed epoch draws
+            # exactly what an uninterrupted one does
+            rng = np.random.default_rng([self.config.clip.seed, self.epoch, self.rank, role + number * workers])
             out = self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng, pool)
             # what this worker skipped since its last batch travels with the batch, so the training
             # process counts every worker's (and, gathered, every rank's) skipped shards and clips
@@ -301,6 +306,7 @@ def make_loader(dataset: ClipDataset, pin_memory: bool = False, reuse_outputs: b
     another process without a copy (that process's references are not seen)."""
     workers = dataset.config.workers
     loader = ClipLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                        prefetch_factor=2 if workers else None, persistent_workers=False)
+                        prefetch_factor=2 if workers else None, persistent_workers=False,
+                        worker_init_fn=stop.leave_to_parent)
     loader.reuse_outputs = reuse_outputs
     return loader

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wtours import media
+from wtours import media, stop
 from wtours.errors import IncompleteError, UsageError, WtoursError
 from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name, write_json_atomic
 from wtours.locks import RANKS, folder_lock
@@ -88,7 +88,7 @@ class DecoderKilledError(WtoursError):
 
 
 class SegmentCancelled(Exception):
-    """The run was interrupted (Ctrl-C): segments in flight stop without writing anything."""
+    """The run was interrupted (Ctrl-C, a stop signal): segments in flight stop without writing anything."""
 
 
 def shard_video(layout: Layout, slug: str, params: ShardParams, options: RunOptions,
@@ -225,6 +225,8 @@ def _checked(decoder: SegmentDecoder, job: ShardJob, segment: Segment,
     if killed is not None:
         if killed == signal.SIGINT:
             raise KeyboardInterrupt  # a Ctrl-C reached ffmpeg first: this run is being interrupted
+        if killed in stop.SIGNALS:
+            raise stop.Stopped(killed)  # so did a scheduler's stop signal (SLURM signals every process of a step)
         name = next((s.name for s in signal.Signals if s == killed), f"signal {killed}")
         raise DecoderKilledError(
             f"{job.slug}: ffmpeg was killed by {name} while decoding {shard_name(job.slug, segment.number)} "

@@ -7,21 +7,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wtours import distributed
+from wtours import distributed, stop
 from wtours.clips.augment import MultiCropConfig
 from wtours.clips.epoch import ClipConfig
 from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader
 from wtours.clips.spec import local_folders, resolve
 from wtours.clips.stages import Problems
 from wtours.dora import DoRA
-from wtours.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UsageError, WtoursError
+from wtours.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_STOPPED, UsageError, WtoursError
 from wtours.layout import CHECKPOINT_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE, write_json_atomic
 from wtours.models.checkpoint import read_checkpoint, save_checkpoint
 from wtours.system import default_workers
@@ -77,7 +77,10 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int, world_size: int) 
 
 
 def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
-    with distributed.setup(config.device) as dist:  # checks --device first: nothing is created for a missing one
+    """A stop signal (SIGTERM, SIGUSR1: wtours.stop) stops every rank at the next step boundary with a checkpoint of
+    that step (exit EXIT_STOPPED); Ctrl-C stops at once, keeping the last checkpoint (exit EXIT_INTERRUPTED)."""
+    # distributed.setup checks --device first: nothing is created for a missing one
+    with stop.handled(defer=True), distributed.setup(config.device) as dist:
         if config.workers is None:  # resolved here, so config.json records what ran; a resume keeps the run's
             saved = folder.saved_workers(config)
             config = replace(config, workers=saved if saved is not None else default_workers(dist.local_world_size))
@@ -102,6 +105,9 @@ class Run:
     monitor: Monitor | None  # rank 0's (the evaluations during training), None on the others
     logger: RunLogger  # its `say` prints the console's lines (rank 0; silenced by -q)
     state: RunState  # updated in place by _start and _loop: what an interrupted run reports
+    # what the loader skipped, summed over this process's workers (the batches' deltas); on rank 0 also the
+    # checkpoint's totals (all ranks) when resumed, so the sums over the ranks continue where they were saved
+    problems: Problems = field(default_factory=Problems)
 
 
 def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], None]) -> RunState:
@@ -160,6 +166,8 @@ def _start(run: Run, prepared: dict) -> None:
         run.scaler.load_state_dict(checkpoint["scaler"])
         state.step = state.saved_step = checkpoint["step"]
         state.epoch, state.step_in_epoch = checkpoint["epoch"], checkpoint["step_in_epoch"]
+        if dist.is_main:
+            run.problems.add(checkpoint.get("problems"))
         run.logger.say(f"resumed from {path} at step {state.step} (epoch {state.epoch}, batch {state.step_in_epoch})")
     elif config.resume:
         run.logger.say(f"--resume: no checkpoint in {run.out}; starting from scratch")
@@ -182,21 +190,23 @@ def _loop(run: Run) -> None:
     config, dist, dataset, state, schedules, logger = (run.config, run.dist, run.dataset, run.state, run.schedules,
                                                        run.logger)
     gpu_augment = GpuAugmenter(dataset.config.multicrop, dist.device) if config.augment == "gpu" else None
-    problems = Problems()  # what the loader skipped, summed over this process's workers (the batches' deltas)
+    problems = run.problems
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
     first_step = state.step
     while state.step < schedules.total_steps:
         dataset.set_epoch(state.epoch, skip_batches=state.step_in_epoch)
-        if gpu_augment is not None:
-            gpu_augment.reseed(config.seed, state.epoch, dist.rank, state.step_in_epoch)
         waited = time.perf_counter()
         for batch in make_loader(dataset, pin_memory=dist.device.type == "cuda"):
             data_seconds = time.perf_counter() - waited
+            it = state.step
+            # every random draw follows from (seed, epoch or step, rank, batch): a resumed run draws what an
+            # uninterrupted one does (the CPU path's augmentation is seeded per batch in the loader)
+            torch.manual_seed(hash((config.seed, dist.rank, it)))  # drop-path and the tracked heads
+            if gpu_augment is not None:
+                gpu_augment.reseed(config.seed, state.epoch, dist.rank, state.step_in_epoch)
             # the CPU path sends uint8 views: normalised on the device, after the (4x smaller) copy
             crops = (gpu_augment(batch) if gpu_augment is not None
                      else batch.to(dist.device, non_blocking=True).normalised())
-            problems.add(crops.problems)  # the GPU path's clips that do not decode included
-            it = state.step
             # A checkpoint due after step `it` is written during the next step, once that step's loss (of
             # exactly the state to keep) is known to be finite and before its update: a state that
             # already diverged is never kept as the "last good" one.
@@ -207,6 +217,8 @@ def _loop(run: Run) -> None:
                                        partial(_checkpoint, run) if due else None)
             if not math.isfinite(loss_value):
                 raise _non_finite(run, f"the loss is {loss_value} at step {state.step + 1}")
+            # after a due checkpoint of the step before it; the GPU path's clips that do not decode included
+            problems.add(crops.problems)
             state.step += 1
             state.step_in_epoch += 1
             logged = state.step % config.log_every == 0 or state.step in (1, schedules.total_steps)
@@ -217,6 +229,7 @@ def _loop(run: Run) -> None:
             _evaluate(run)
             if state.step >= schedules.total_steps:
                 break
+            _stop_if_requested(run)
             waited = time.perf_counter()
         else:
             state.epoch += 1
@@ -225,6 +238,19 @@ def _loop(run: Run) -> None:
     line = problems_line(_gathered(problems))
     if line:
         logger.say(line)
+
+
+def _stop_if_requested(run: Run) -> None:
+    """At a step boundary: a stop signal to any rank (wtours.stop) stops every rank here, with a checkpoint of
+    this step (the ranks agree by a collective, so it works when the signal reached one rank or all)."""
+    signum = distributed.max_over_ranks(stop.requested() or 0, run.dist.device)
+    if not signum:
+        return
+    _checkpoint(run)
+    distributed.all_gather(None)  # the ranks leave once it is written: a launcher may kill the rest when one exits
+    raise WtoursError(f"stopped by {stop.name(signum)} after step {run.state.step}; its checkpoint is written",
+                      f"rerun with --resume to continue from step {run.state.step} ({run.out / CHECKPOINT_FILE})",
+                      exit_code=EXIT_STOPPED)
 
 
 def _gathered(problems: Problems) -> dict:
@@ -257,13 +283,14 @@ def _checkpoint(run: Run) -> None:
     # element-wise, one host sync: a norm of huge but finite weights would itself overflow
     if not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
         raise _non_finite(run, f"the weights are not finite after step {state.step}")
+    problems = _gathered(run.problems)  # the loader's tallies so far (all ranks), which --resume continues
     if run.dist.is_main:
         save_checkpoint(run.out / CHECKPOINT_FILE, {
             "student": model.student.state_dict(), "teacher": model.teacher.state_dict(),
             "dora_loss": {"center": model.loss.center}, "optimizer": run.optimizer.state_dict(),
             "scaler": run.scaler.state_dict(), "step": state.step, "epoch": state.epoch,
             "step_in_epoch": state.step_in_epoch, "arch": config.model.arch, "out_dim": config.model.out_dim,
-            "config": folder.recorded(config), "schedule": run.facts})
+            "config": folder.recorded(config), "schedule": run.facts, "problems": problems})
     state.saved_step = state.step
 
 
