@@ -82,19 +82,19 @@ class Monitor:
 
     def evaluate(self, backbone: torch.nn.Module, device: torch.device) -> list[tuple[str, Figures, str]]:
         """(name, figures, console line) of each evaluation; a failed one's figures are {"error": why}. The
-        backbone runs in eval mode and the RNG state is restored: training goes on as it would have."""
+        backbone runs in eval mode and back (the training reseeds its random draws every step: it goes on as it
+        would have without the evaluations)."""
         done = []
         was_training = backbone.training
         backbone.eval()
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                for name, figures in self.checks:
-                    try:
-                        done.append((name, *figures(backbone, device)))
-                    except (WtoursError, OSError, RuntimeError, ValueError) as e:  # OOM is a RuntimeError
-                        why = e.message if isinstance(e, WtoursError) else f"{type(e).__name__}: {e}"
-                        log.warning("the %s evaluation failed (%s); training goes on", name, why)
-                        done.append((name, {"error": why}, f"{name} evaluation failed: {why}"))
+            for name, figures in self.checks:
+                try:
+                    done.append((name, *figures(backbone, device)))
+                except (WtoursError, OSError, RuntimeError, ValueError) as e:  # OOM is a RuntimeError
+                    why = e.message if isinstance(e, WtoursError) else f"{type(e).__name__}: {e}"
+                    log.warning("the %s evaluation failed (%s); training goes on", name, why)
+                    done.append((name, {"error": why}, f"{name} evaluation failed: {why}"))
         finally:
             backbone.train(was_training)
         return done
