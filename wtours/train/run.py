@@ -346,6 +346,8 @@ def _evaluate(run: Run) -> None:
     backbone, logged."""
     state, schedules = run.state, run.schedules
     epochs_done = state.epoch + 1 if state.step_in_epoch == schedules.steps_per_epoch else None
+    if stop.requested():  # a scheduler's grace period is for the checkpoint, not for an evaluation
+        return
     if run.monitor is not None and run.monitor.due(epochs_done, run_over=state.step == schedules.total_steps):
         for name, figures, line in run.monitor.evaluate(run.model.teacher.backbone, run.dist.device):
             run.logger.evaluation(state, name, figures)
