@@ -259,7 +259,8 @@ def test_the_free_and_path_flags_are_read_from_the_training_fields():
     from wtours.hub.model_card import path_settings, public_settings
     from wtours.train.folder import changes, free_settings
 
-    assert path_settings() == {"out", "root", "knn_train", "knn_val", "init_from"}
+    assert path_settings() == {"out", "root", "knn_train", "knn_val", "linear_train", "linear_val", "davis",
+                               "init_from"}
     assert {"out", "device", "log_every", "precision"} <= free_settings()
     assert not {"workers", "lr", "batch_size", "seed", "out_dim"} & free_settings()  # they shape the run
     assert changes({"device": "cpu", "lr": 0.1, "workers": 2}, {"device": "cuda", "lr": 0.2, "workers": 3}) == {

@@ -296,6 +296,8 @@ def test_the_card_survives_a_hand_edited_hostile_config():
     (lambda c: c["wtours"].update(knn_eval=["not", "a", "dict"]), "wtours.knn_eval is a list"),
     (lambda c: c["wtours"].update(knn_eval={"top1": 1}), "wtours.knn_eval.top5 is missing"),
     (lambda c: c["wtours"].update(knn_eval={"top1": float("nan"), "top5": 1}), "wtours.knn_eval.top1 is nan"),
+    (lambda c: c["wtours"].update(linear_logged={"top1": 1.0}), "wtours.linear_logged.top5 is missing"),
+    (lambda c: c["wtours"].update(davis_logged={"jf": "x", "j": 1, "f": 1}), "wtours.davis_logged.jf is a string"),
     (lambda c: c["wtours"].update(datasets=["alice/x"]), "wtours.datasets[0] is a string, not an object"),
     (lambda c: c["wtours"].update(datasets=[{}]), "wtours.datasets[0].repo is missing"),
     (lambda c: c["wtours"].update(license=["mit"]), "wtours.license is a list"),
@@ -364,6 +366,32 @@ def test_the_card_reports_the_knn_of_the_checkpoints_step_not_a_later_one(tmp_pa
     assert wtours("export", str(checkpoint), "--out", str(tmp_path / "b"))[0] == 0
     card = (tmp_path / "b" / "README.md").read_text()  # none at step 30: the last before it, saying so
     assert "| logged by the run at step 20 (the checkpoint is of step 30) | `train` / `val` | 41.50 |" in card
+
+
+def test_the_card_reports_the_probe_and_davis_of_the_checkpoints_step(tmp_path):
+    """`--eval-every` lines: the card takes the linear probe's and DAVIS's figures of the checkpoint's step (30),
+    never the later ones; with none at step 30, the last one before it, naming both steps; a failed
+    evaluation's line (`_error`) holds no figures."""
+    checkpoint = write_run(tmp_path / "run", knn=False)
+    saved = torch.load(checkpoint)
+    saved["config"] |= {"linear_train": "/home/walker/pets/train", "linear_val": "/home/walker/pets/val",
+                        "davis": "/home/walker/DAVIS"}
+    torch.save(saved, checkpoint)
+    lines = [{"step": 20, "epoch": 2, "linear_top1": 30.0, "linear_top5": 70.0, "linear_epochs": 10,
+              "linear_mode": "fast"}, {"step": 20, "epoch": 2, "davis_jf": 0.25, "davis_j": 0.2, "davis_f": 0.3,
+                                       "davis_sequences": 3},
+             {"step": 30, "epoch": 3, "linear_top1": 35.5, "linear_top5": 75.25, "linear_epochs": 10,
+              "linear_mode": "fast"}, {"step": 30, "epoch": 3, "davis_error": "RuntimeError: out of memory"},
+             {"step": 40, "epoch": 4, "linear_top1": 99.0, "linear_top5": 99.5, "linear_epochs": 10},
+             {"step": 40, "epoch": 4, "davis_jf": 0.99, "davis_j": 0.99, "davis_f": 0.99, "davis_sequences": 3}]
+    (checkpoint.parent / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert wtours("export", str(checkpoint), "--out", str(tmp_path / "a"))[0] == 0
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert ("| short linear probe (fast mode: features computed once, no augmentation, 10 epochs; not the authors' "
+            "protocol) | `train` / `val` | step 30 | top-1 35.50 %, top-5 75.25 % |") in card
+    assert ("| DAVIS-2017 label propagation (3 val sequences) | `DAVIS` | step 20 (the checkpoint is of step 30) | "
+            "J&F-Mean 0.250 (J-Mean 0.200, F-Mean 0.300) |") in card
+    assert "99.00" not in card and "0.990" not in card and "/home/walker" not in card
 
 
 def test_datasets_are_linked_from_pulled_sets_and_from_the_option(tmp_path):

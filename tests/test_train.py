@@ -335,8 +335,9 @@ def leaf_value(config, leaf):
 
 
 def test_every_train_setting_is_an_option():
-    required = {"shards": ["--shards", "s"], "out": ["--out", "o"],  # and k-NN monitoring takes both folders
-                "knn_train": ["--knn-train", "t"], "knn_val": ["--knn-val", "v"]}
+    required = {"shards": ["--shards", "s"], "out": ["--out", "o"],  # and the evaluations take their folders
+                "knn_train": ["--knn-train", "t"], "knn_val": ["--knn-val", "v"],
+                "linear_train": ["--linear-train", "t"], "linear_val": ["--linear-val", "v"], "davis": ["--davis", "d"]}
     fields = leaves(TrainConfig)
     assert len(fields) > 40 and {"teacher_temp", "sinkhorn_iterations", "min_lr", "weight_decay_end"} <= \
         {f.name for f in fields}
@@ -344,6 +345,9 @@ def test_every_train_setting_is_an_option():
         value = other_value(leaf)
         others = [w for name, words in required.items() if name != leaf.name for w in words]
         config = config_from_args([*others, *as_args(leaf, value)])
+        if leaf.name == "knn_every":  # the deprecated name of --eval-every sets it
+            assert (config.eval_every, config.knn_every) == (value, None)
+            continue
         assert leaf_value(config, leaf) == value, leaf.name
 
 

@@ -49,6 +49,10 @@ RUN_FILES = (CHECKPOINT_FILE, RUN_LOG_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE)
 RUN_DATA_LOG_PREFIX = "data.rank"  # data.rank<r>.jsonl: each rank's clip keys of every step
 RUN_DATA_LOG_GLOB = RUN_DATA_LOG_PREFIX + "*.jsonl"
 RUN_TENSORBOARD_DIR = "tensorboard"
+# The figures of the evaluations during training (wtours/train/monitor.py), each its own log.jsonl line as
+# <name>_<figure> (knn_top1), with <name>_error where one failed; the model card reports them (wtours/hub/export.py).
+RUN_LOG_FIGURES = {"knn": ("top1", "top5"), "linear": ("top1", "top5", "epochs"),
+                   "davis": ("jf", "j", "f", "sequences")}
 TEMPORARY_GLOB = ".*.tmp-*"  # what `replace_atomically` leaves behind when the process is killed mid-write
 
 T = TypeVar("T")

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -70,11 +71,11 @@ class Sequence:
     annotations: list[Path]  # the .png of each frame, same stem
 
 
-def read_layout(root: str | os.PathLike, subset: str = "val") -> list[Sequence]:
-    """The sequences ImageSets/2017/<subset>.txt lists, checked before any work: every frame annotated with an
-    indexed (palette) PNG of the frame's size, one size per sequence, at least 3 frames (J and F leave out the
-    first and the last). A folder that is not DAVIS's is a usage error; a DAVIS folder lacking something, a
-    runtime one, naming what is missing."""
+def read_layout(root: str | os.PathLike, subset: str = "val", only: tuple[str, ...] = ()) -> list[Sequence]:
+    """The sequences ImageSets/2017/<subset>.txt lists (`only` those, where given), checked before any work: every
+    frame annotated with an indexed (palette) PNG of the frame's size, one size per sequence, at least 3 frames (J
+    and F leave out the first and the last). A folder that is not DAVIS's is a usage error; a DAVIS folder lacking
+    something, a runtime one, naming what is missing."""
     root = Path(root)
     if not subset or subset.startswith(".") or "/" in subset or "\\" in subset:
         raise UsageError(f"--image-set {subset!r} is not a name", "name a list of ImageSets/2017, e.g. val or train")
@@ -89,6 +90,11 @@ def read_layout(root: str | os.PathLike, subset: str = "val") -> list[Sequence]:
     if odd or not names:
         raise WtoursError(f"{listing} lists no sequence" if not names else
                           f"{listing} lists {odd[0]!r}, not a sequence folder name", LAYOUT_HINT)
+    unlisted = [n for n in only if n not in names]
+    if unlisted:
+        raise UsageError(f"{listing} does not list {', '.join(unlisted[:5])}", f"name sequences it lists, e.g. "
+                         f"{', '.join(names[:3])}")
+    names = [n for n in names if n in only] if only else names
     absent = [n for n in names if not (images / n).is_dir()]
     if absent:
         raise WtoursError(f"{listing} lists {len(absent)} sequences that {images} lacks: {', '.join(absent[:5])}",
@@ -320,6 +326,19 @@ def davis_checkpoint(checkpoint: str | os.PathLike, davis: str | os.PathLike, ou
         result.seconds = time.perf_counter() - started
         write_json_atomic(out / RESULT_FILE, {**run, "results": str(out), **asdict(result)})
     return result, out / RESULT_FILE
+
+
+def davis_backbone(backbone: VisionTransformer, sequences: list[Sequence], config: DavisConfig,
+                   device: torch.device) -> DavisResult:
+    """The trainer's DAVIS figures of an in-memory backbone: `sequences` segmented in a temporary folder, scored."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="wtours-davis-") as tmp:
+        for sequence in sequences:
+            (Path(tmp) / sequence.name).mkdir()
+            segment_sequence(backbone, sequence, config, device, Path(tmp) / sequence.name)
+        result = score(sequences, Path(tmp))
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 def result_table(result: DavisResult) -> str:

@@ -137,22 +137,6 @@ def knn_checkpoint(checkpoint: str | os.PathLike, train_dir: str | os.PathLike, 
     return result, out
 
 
-class KnnMonitor:
-    """The trainer's periodic k-NN: folders are read when the run starts, so a bad path fails at once."""
-
-    def __init__(self, train_dir: str | os.PathLike, val_dir: str | os.PathLike, every: int = 1,
-                 config: KnnConfig = KnnConfig()):
-        self.every, self.config = every, config  # every: >= 1, as TrainConfig.knn_every is checked
-        self.train, self.val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
-
-    def due(self, epochs_done: int | None, run_over: bool) -> bool:
-        """epochs_done: epochs completed when an epoch has just ended, else None."""
-        return run_over or (epochs_done is not None and epochs_done % self.every == 0)
-
-    def evaluate(self, backbone: nn.Module, device: torch.device | str) -> KnnResult:
-        return evaluate_knn(backbone, self.train, self.val, self.config, device)
-
-
 def result_line(result: KnnResult) -> str:
     return (f"k-NN (k={result.k}, T={result.temperature:g}) on {result.val_images} val / {result.train_images} "
             f"train images, {result.classes} classes: top-1 {result.top1:.2f}%, top-5 {result.top5:.2f}% "

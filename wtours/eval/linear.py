@@ -290,3 +290,28 @@ def linear_probe(checkpoint: str | os.PathLike, config: LinearConfig,
             write_json_atomic(out / RESULT_FILE, result)
         return result, out / RESULT_FILE
 
+
+def short_probe(backbone: VisionTransformer, train, val, epochs: int, device: torch.device,
+                config: LinearConfig) -> dict[str, Any]:
+    """The trainer's probe, in this process: the fast mode (features computed once with the val view) for
+    `epochs` epochs, otherwise `config`'s settings (train and val are `labelled_pair`'s); top-1/top-5 in percent."""
+    dim = backbone.config.dim * (config.n_last_blocks + int(config.avgpool_patchtokens))
+    features = Features(backbone, config, device, dim)
+    train_set, val_set = features.cached(train), features.cached(val)
+    for data, folder in ((train_set, train), (val_set, val)):
+        if not len(data):
+            raise WtoursError(f"no image of {folder.root} decodes", "check the folder: ROOT/<class>/<image>")
+    torch.manual_seed(config.seed)
+    head = linear_layer(dim, train.num_classes).to(device)
+    optimizer = torch.optim.SGD(head.parameters(), scaled_lr(config, 1), momentum=0.9, weight_decay=0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs, eta_min=0)
+    order = torch.Generator().manual_seed(config.seed)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            shuffled = torch.randperm(len(train_set), generator=order).tolist()
+            train_epoch(head, optimizer, tensor_batches(train_set, shuffled, config.batch_size))
+            scheduler.step()
+    counts = evaluate(head, tensor_batches(val_set, range(len(val_set)), config.batch_size), train.num_classes)
+    images = max(float(counts[0]), 1.0)
+    return {"top1": 100 * float(counts[1]) / images, "top5": 100 * float(counts[2]) / images,
+            "epochs": epochs, "mode": FAST, "bad_images": len(features.bad)}

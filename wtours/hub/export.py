@@ -40,6 +40,7 @@ from wtours.hub.model_card import (
 )
 from wtours.layout import (
     PULLED_FROM,
+    RUN_LOG_FIGURES,
     RUN_LOG_FILE,
     Layout,
     is_url,
@@ -202,24 +203,25 @@ def pulled_datasets(train: Any) -> list[dict[str, Any]]:
 
 def export_provenance(raw: dict[str, Any], checkpoint: Path, which: str, arch: str, parameters: int) -> dict[str, Any]:
     """What the model card says about the weights: the run's settings (from the checkpoint), its step,
-    and k-NN results logged by the run (log.jsonl beside the checkpoint) or by `wtours eval knn`
-    (<checkpoint stem>.knn.json beside it)."""
+    the figures logged by the run (k-NN, linear probe, DAVIS: log.jsonl beside the checkpoint) and k-NN results
+    of `wtours eval knn` (<checkpoint stem>.knn.json beside it)."""
     config = raw.get("config")  # as config.json holds it (tuples as lists), whatever the checkpoint pickled
     config = public_settings(json.loads(json.dumps(config, default=str))) if isinstance(config, dict) else None
     step, epoch = (raw[k] if is_number(raw.get(k), int) else None for k in ("step", "epoch"))
     record: dict[str, Any] = {
         "arch": arch, "which": which, "parameters": parameters, "wtours_version": __version__,
         "step": step, "epoch": epoch, "train_config": config,
-        "knn_logged": logged_knn(checkpoint.parent / RUN_LOG_FILE, step) if config else None,
+        **({f"{name}_logged": logged_figures(checkpoint.parent / RUN_LOG_FILE, step, name, keys)
+            for name, keys in RUN_LOG_FIGURES.items()} if config else {}),
         "knn_eval": evaluated_knn(checkpoint.with_name(f"{checkpoint.stem}.knn.json"), which),
     }
     return {k: v for k, v in record.items() if v is not None}
 
 
-def logged_knn(log: Path, step: int | None) -> dict[str, Any] | None:
-    """The run's k-NN line in log.jsonl (`--knn-train/--knn-val`) of these weights: the one logged at the
-    checkpoint's step, else the last one before it (the card names its step); never one logged after it
-    (other weights: the run went on after this checkpoint). None without a step to match."""
+def logged_figures(log: Path, step: int | None, name: str, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """An evaluation's line in log.jsonl (`wtours train --eval-every`: `<name>_<key>` figures) of these weights:
+    the one logged at the checkpoint's step, else the last one before it (the card names its step); never one
+    logged after it (other weights: the run went on after this checkpoint). None without a step to match."""
     if step is None or not log.is_file():
         return None
     best: dict[str, Any] | None = None
@@ -229,11 +231,10 @@ def logged_knn(log: Path, step: int | None) -> dict[str, Any] | None:
         except ValueError:
             continue  # a torn last line of a killed run
         at = record.get("step") if isinstance(record, dict) else None
-        if (is_number(at, int) and at <= step and is_number(record.get("knn_top1"))
-                and is_number(record.get("knn_top5"))
+        if (is_number(at, int) and at <= step and all(is_number(record.get(f"{name}_{k}")) for k in keys)
                 and (best is None or at >= best["step"])):  # a resumed run may log a step again: the later line
             epoch = record["epoch"] if is_number(record.get("epoch"), int) else None
-            best = {"step": at, "epoch": epoch, "top1": record["knn_top1"], "top5": record["knn_top5"]}
+            best = {"step": at, "epoch": epoch, **{k: record[f"{name}_{k}"] for k in keys}}
     return best
 
 

@@ -80,6 +80,29 @@ class KnnScores:
 
 
 @dataclass(frozen=True)
+class LinearScores:
+    """The short linear probe logged by the run (`--linear-train/--linear-val`: the fast mode, `epochs` epochs)."""
+
+    top1: float
+    top5: float
+    step: int | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class DavisScores:
+    """DAVIS-2017 label propagation logged by the run (`--davis`): J&F-Mean, J-Mean, F-Mean over `sequences`."""
+
+    jf: float
+    j: float
+    f: float
+    step: int | None = None
+    epoch: int | None = None
+    sequences: int | None = None
+
+
+@dataclass(frozen=True)
 class _ModelArgs:
     img_size: int | None = None
     patch_size: int | None = None
@@ -113,6 +136,8 @@ class _ExportInfo:
     train_config: _TrainSettings | None = None
     knn_logged: KnnScores | None = None
     knn_eval: KnnScores | None = None
+    linear_logged: LinearScores | None = None
+    davis_logged: DavisScores | None = None
     datasets: list[_Dataset] | None = None
 
 
@@ -163,7 +188,8 @@ def render_model_card(config: dict[str, Any], repo: str | None = None, folder: s
                 datasets.append((entry["repo"], entry["revision"]))
     sections = [_front_matter(datasets, info.get("license", DEFAULT_LICENSE)), GENERATED_MARK,
                 _intro(config, info, repo, folder), _loading(repo, folder),
-                _training(info, train, datasets, endpoint.rstrip("/")), _knn(info), _license(info),
+                _training(info, train, datasets, endpoint.rstrip("/")), _knn(info), _logged(info),
+                _license(info),
                 citation_section(f"The method (DoRA) and the Walking Tours dataset: {ARXIV_URL}")]
     return "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
 
@@ -308,7 +334,7 @@ def _training(info: dict[str, Any], train: dict[str, Any] | None, datasets: list
     lines.append("\nThe run's settings, with local paths cut to their last part and credentials replaced by `***`. "
                  "To rerun them, save this JSON as FILE and pass what was cut again: `wtours train --config FILE "
                  "--out DIR --root DIR --shards ...` (options on the command line win over --config; "
-                 "likewise --knn-train/--knn-val and --init-from where they are set):\n\n"
+                 "likewise --knn-*, --linear-*, --davis and --init-from where they are set):\n\n"
                  f"```json\n{settings}\n```")
     return "\n".join(lines)
 
@@ -319,10 +345,8 @@ def _knn(info: dict[str, Any]) -> str:
     if logged is not None:
         train = info.get("train_config") or {}
         where = " / ".join(_code(train.get(k)) for k in ("knn_train", "knn_val"))
-        at = logged.get("step")
-        # the last k-NN line at or before the checkpoint's step (wtours/hub/export.py logged_knn)
-        before = f" (the checkpoint is of step {info['step']})" if info.get("step") not in (None, at) else ""
-        rows.append(f"| logged by the run at step {at}{before} | {where} | {logged['top1']:.2f} | "
+        # the last k-NN line at or before the checkpoint's step (wtours/hub/export.py logged_figures)
+        rows.append(f"| logged by the run at {_step(info, logged)} | {where} | {logged['top1']:.2f} | "
                     f"{logged['top5']:.2f} |")
     if evaluated is not None:
         where = f"{_code(evaluated.get('train'))} / {_code(evaluated.get('val'))}"
@@ -333,6 +357,31 @@ def _knn(info: dict[str, Any]) -> str:
         return ""
     return ("## k-NN evaluation\n\nDINO's weighted k-NN on the frozen [CLS] features (docs/eval.md of wtours):\n\n"
             "| run | train / val images | top-1 % | top-5 % |\n|---|---|---|---|\n" + "\n".join(rows))
+
+
+def _step(info: dict[str, Any], logged: dict[str, Any]) -> str:
+    """The step a logged figure is of, and the checkpoint's where that differs (no line at its own step)."""
+    at = logged.get("step")
+    return f"step {at}" + (f" (the checkpoint is of step {info['step']})" if info.get("step") not in (None, at) else "")
+
+
+def _logged(info: dict[str, Any]) -> str:
+    """The linear probe's and DAVIS's figures the run logged at the checkpoint's step (else the last before it)."""
+    train, rows = info.get("train_config") or {}, []
+    if (linear := info.get("linear_logged")) is not None:
+        where = " / ".join(_code(train.get(k)) for k in ("linear_train", "linear_val"))
+        rows.append(f"| short linear probe (fast mode: features computed once, no augmentation, "
+                    f"{linear.get('epochs')} epochs; not the authors' protocol) | {where} | {_step(info, linear)} | "
+                    f"top-1 {linear['top1']:.2f} %, top-5 {linear['top5']:.2f} % |")
+    if (davis := info.get("davis_logged")) is not None:
+        rows.append(f"| DAVIS-2017 label propagation ({davis.get('sequences')} val sequences) | "
+                    f"{_code(train.get('davis'))} | {_step(info, davis)} | J&F-Mean {davis['jf']:.3f} (J-Mean "
+                    f"{davis['j']:.3f}, F-Mean {davis['f']:.3f}) |")
+    if not rows:
+        return ""
+    return ("## Evaluations during training\n\nLogged by the run (`wtours train --eval-every`, docs/eval.md of "
+            "wtours) on the teacher's backbone:\n\n| evaluation | data | at | figures |\n|---|---|---|---|\n"
+            + "\n".join(rows))
 
 
 def _license(info: dict[str, Any]) -> str:

@@ -74,11 +74,24 @@ class TrainConfig(Checked):
     init_from: str | None = option(None, "Start from a DoRA/DINO checkpoint.", metavar="FILE", free=True, path=True)
     device: str | None = option(None, "cuda, cuda:1 or cpu (default: cuda when available); checked before the "
                                       "run starts.", free=True)
+    eval_every: int = option(1, "Epochs between the evaluations given (k-NN, linear probe, DAVIS), on rank 0; also "
+                                "after the run's last step.", range=EPOCHS, free=True)
     knn_train: str | None = option(None, "ImageFolder for k-NN monitoring (with --knn-val).", metavar="DIR",
                                    free=True, path=True)
     knn_val: str | None = option(None, "ImageFolder for k-NN monitoring (with --knn-train).", metavar="DIR",
                                  free=True, path=True)
-    knn_every: int = option(1, "Epochs between k-NN evaluations.", range=EPOCHS, free=True)
+    knn_every: int | None = option(None, "Deprecated: --eval-every (what it sets).", range=EPOCHS, free=True)
+    linear_train: str | None = option(None, "ImageFolder for a short linear probe while training (with "
+                                            "--linear-val; `eval linear`'s fast mode).", metavar="DIR", free=True,
+                                      path=True)
+    linear_val: str | None = option(None, "ImageFolder for the linear probe (with --linear-train).", metavar="DIR",
+                                    free=True, path=True)
+    linear_epochs: int = option(10, "Epochs of that probe (features computed once, no augmentation).",
+                                range=Range(1, 1000), free=True)
+    davis: str | None = option(None, "DAVIS-2017 folder for label propagation (J&F) while training.",
+                               metavar="DIR", free=True, path=True)
+    davis_sequences: tuple[str, ...] = option((), "Only these sequences of its val list (repeatable; default: all).",
+                                              metavar="NAME", free=True)
 
     def __post_init__(self) -> None:
         if not self.shards:
@@ -92,8 +105,21 @@ class TrainConfig(Checked):
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other",
                               "--resume continues the run in --out; --overwrite replaces it: pass one")
-        if bool(self.knn_train) != bool(self.knn_val):
-            raise UsageError("k-NN monitoring needs both --knn-train and --knn-val", "pass both, or neither")
+        for name, (train, val) in (("k-NN", (self.knn_train, self.knn_val)),
+                                   ("linear", (self.linear_train, self.linear_val))):
+            if bool(train) != bool(val):
+                flag = "knn" if name == "k-NN" else name
+                raise UsageError(f"{name} monitoring needs both --{flag}-train and --{flag}-val",
+                                 "pass both, or neither")
+        if self.davis_sequences and not self.davis:
+            raise UsageError("--davis-sequences without --davis",
+                             "pass --davis DIR too, or leave out --davis-sequences")
+        if self.knn_every is not None:  # the old name (config.json of older runs holds it): folded into eval_every
+            if self.eval_every not in (1, self.knn_every):
+                raise UsageError(f"--knn-every {self.knn_every} and --eval-every {self.eval_every} contradict each "
+                                 "other", "pass --eval-every only (--knn-every is its old name)")
+            object.__setattr__(self, "eval_every", self.knn_every)
+            object.__setattr__(self, "knn_every", None)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -103,10 +103,12 @@ class RunLogger:
             return None
         return (self.total_steps - step) * (now - self.warm[1]) / (step - self.warm[0])
 
-    def knn(self, state: RunState, top1: float, top5: float) -> None:
-        """A k-NN evaluation: its own log.jsonl line and TensorBoard scalars."""
-        record = {"step": state.step, "epoch": state.epoch, "knn_top1": top1, "knn_top5": top5}
-        self._write(record, state.step, ("knn_top1", "knn_top5"), "knn")
+    def evaluation(self, state: RunState, name: str, figures: dict[str, Any]) -> None:
+        """An evaluation during training (wtours/train/monitor.py): its own log.jsonl line, figures prefixed
+        with its name (knn_top1), the floats also TensorBoard scalars (knn/top1)."""
+        record = {"step": state.step, "epoch": state.epoch, **{f"{name}_{k}": v for k, v in figures.items()}}
+        self._write(record, state.step, tuple(f"{name}_{k}" for k, v in figures.items() if isinstance(v, float)),
+                    name)
 
     def _write(self, record: dict, step: int, scalars: tuple[str, ...], group: str) -> None:
         """A log.jsonl line and its `scalars` as TensorBoard's group/name."""

@@ -28,6 +28,7 @@ from wtours.system import default_workers
 from wtours.train import folder
 from wtours.train.config import STEPS, TrainConfig
 from wtours.train.logger import RunLogger, RunState, problems_line
+from wtours.train.monitor import Monitor
 from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
 
 
@@ -101,7 +102,7 @@ class Run:
     schedules: Schedules
     precision: str
     facts: dict  # world size, steps per epoch, total steps: what --resume compares besides the settings
-    knn: Any  # a KnnMonitor on rank 0 with --knn-train/--knn-val, else None
+    monitor: Monitor | None  # rank 0's (the evaluations during training), None on the others
     logger: RunLogger  # its `say` prints the console's lines (rank 0; silenced by -q)
     state: RunState  # updated in place by _start and _loop: what an interrupted run reports
     # what the loader skipped, summed over this process's workers (the batches' deltas); on rank 0 also the
@@ -115,17 +116,12 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
         raise UsageError(f"--out {out} is a file, not a folder", "choose a folder for --out")
     dataset = build_data(config, dist)  # resolves the shards: still nothing written
     schedules = build_schedules(config, len(dataset), dist.world_size)
-    knn = None  # k-NN monitoring (--knn-train/--knn-val) on rank 0: its folders checked now
-    if config.knn_train and config.knn_val and dist.is_main:
-        from wtours.eval.knn import KnnConfig, KnnMonitor
-
-        knn = KnnMonitor(config.knn_train, config.knn_val, config.knn_every,
-                         KnnConfig(workers=min(config.workers or 0, 4)))
+    monitor = Monitor.on_rank0(config, dist)  # the evaluations during training: their data checked now
     facts = {"world_size": dist.world_size, "steps_per_epoch": len(dataset), "total_steps": schedules.total_steps}
     state = RunState()
     try:
         with folder.run_folder(out, dist, config, facts, local_folders(dataset.shards)) as prepared:
-            run = _build_run(config, dist, out, dataset, schedules, facts, knn, say, state)
+            run = _build_run(config, dist, out, dataset, schedules, facts, monitor, say, state)
             try:
                 _start(run, prepared)
                 _loop(run)
@@ -140,7 +136,7 @@ def _train(config: TrainConfig, dist: distributed.Dist, say: Callable[[str], Non
 
 
 def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: ClipDataset, schedules: Schedules,
-               facts: dict, knn: Any, say: Callable[[str], None], state: RunState) -> Run:
+               facts: dict, monitor: Monitor | None, say: Callable[[str], None], state: RunState) -> Run:
     """The model (the same initial weights on every rank), its DDP wrapper, optimiser, scaler and logger."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank: the teacher is not DDP-synced
     model = build_model(config, dist.device)
@@ -155,7 +151,7 @@ def _build_run(config: TrainConfig, dist: distributed.Dist, out: Path, dataset: 
     precision = config.precision or ("bf16" if dist.device.type == "cuda" else "fp32")
     return Run(config, dist, out, dataset, model, student, torch.optim.AdamW(param_groups(model.student)),
                torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), schedules, precision, facts,
-               knn, RunLogger(out, dist, schedules.total_steps, say), state)
+               monitor, RunLogger(out, dist, schedules.total_steps, say), state)
 
 
 def _start(run: Run, prepared: dict) -> None:
@@ -230,7 +226,7 @@ def _loop(run: Run) -> None:
                         _gathered(problems) if logged else None)
             if state.step == schedules.total_steps:  # no next step to confirm it: finite weights suffice
                 _checkpoint(run)
-            _knn_evaluate(run)
+            _evaluate(run)
             if state.step >= schedules.total_steps:
                 break
             _stop_if_requested(run)
@@ -345,13 +341,14 @@ def train_step(model: DoRA, student: torch.nn.Module, crops: list[torch.Tensor],
     return loss_value, output
 
 
-def _knn_evaluate(run: Run) -> None:
-    """After the last step of every --knn-every-th epoch and of the run: the teacher backbone's k-NN, logged."""
+def _evaluate(run: Run) -> None:
+    """After the last step of every --eval-every-th epoch and of the run: the evaluations given, on the teacher
+    backbone, logged."""
     state, schedules = run.state, run.schedules
     epochs_done = state.epoch + 1 if state.step_in_epoch == schedules.steps_per_epoch else None
-    if run.knn is not None and run.knn.due(epochs_done, run_over=state.step == schedules.total_steps):
-        from wtours.eval.knn import result_line
-
-        result = run.knn.evaluate(run.model.teacher.backbone, run.dist.device)
-        run.logger.knn(state, result.top1, result.top5)
-        run.logger.say(f"step {state.step}: {result_line(result)}")
+    if stop.requested():  # a scheduler's grace period is for the checkpoint, not for an evaluation
+        return
+    if run.monitor is not None and run.monitor.due(epochs_done, run_over=state.step == schedules.total_steps):
+        for name, figures, line in run.monitor.evaluate(run.model.teacher.backbone, run.dist.device):
+            run.logger.evaluation(state, name, figures)
+            run.logger.say(f"step {state.step}: {line}")
