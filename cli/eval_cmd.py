@@ -23,7 +23,7 @@ def eval_group() -> None:
 
 
 @eval_group.command("knn")
-@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("--train", "train_dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="Labelled images: DIR/<class>/<image>.")
 @click.option("--val", "val_dir", required=True, type=click.Path(file_okay=False, exists=True),
@@ -41,7 +41,8 @@ def knn(checkpoint, train_dir, val_dir, k, temperature, arch, which, batch_size,
     """DINO's weighted k-NN top-1/top-5 of a checkpoint's frozen backbone on ImageFolder sets.
 
     [CLS] features, L2-normalised; resize 256, centre crop 224, ImageNet normalisation. CHECKPOINT is a
-    wtours training checkpoint, the authors' DoRA/DINO checkpoint, or a `wtours export` backbone.
+    wtours training checkpoint, the authors' DoRA/DINO checkpoint, or a `wtours export` backbone (a .pth,
+    or a --format timm folder).
     Protocol and formulas: docs/eval.md.
 
     \b
@@ -60,7 +61,7 @@ def knn(checkpoint, train_dir, val_dir, k, temperature, arch, which, batch_size,
 
 
 @eval_group.command("linear")
-@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
               help="YAML or JSON settings by option name (e.g. `lr: 0.01`); a probe folder's config.json "
                    "runs it again.")
@@ -96,7 +97,7 @@ def linear(ctx: click.Context, checkpoint, config_file, assignments, **values) -
 
 
 @eval_group.command("davis")
-@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("--davis", "davis_dir", required=True, type=click.Path(file_okay=False, exists=True),
               help="DAVIS-2017: JPEGImages/480p, Annotations/480p, ImageSets/2017.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),

@@ -20,7 +20,7 @@ def _heads(value: str | None) -> tuple[int, ...] | None:
 
 
 @click.command("viz")
-@click.argument("checkpoint", type=click.Path(dir_okay=False, exists=True))
+@click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("--shards", "shards", multiple=True, required=True, metavar="SPEC",
               help="Shards to take clips from: slug, path pattern, http(s):// or hf:// pattern; repeatable.")
 @root_option

@@ -16,6 +16,7 @@ from tests.cli import run_wtours
 from tests.conftest import write_digits
 from tests.test_viz import train_tiny
 from wtours.clips.augment import IMAGENET_MEAN, IMAGENET_STD
+from wtours.dora.model import DoRA
 from wtours.errors import WtoursError
 from wtours.eval.data import labelled_pair
 from wtours.eval.knn import KnnConfig, evaluate_knn, topk_hits, weighted_knn_scores
@@ -210,3 +211,36 @@ def test_val_subset_keeps_train_class_indices(digits, tmp_path):
             (subset / name / path.name).write_bytes(path.read_bytes())
     train, val = labelled_pair(train_dir, subset)
     assert sorted(set(val.targets)) == [3, 7] and train.num_classes == 10  # the train folder's indices
+
+
+def test_an_exported_timm_folder_evaluates_as_its_checkpoint(digits, tmp_path):
+    """Every evaluation takes a `wtours export --format timm` folder (its model.safetensors) as it takes the .pth
+    it came from; a folder without weights, or with damaged ones, is one clear error."""
+    from wtours.models.checkpoint import read_weights
+
+    source = DoRA("vit_micro", out_dim=64, n_local=2)
+    checkpoint = tmp_path / "run" / "checkpoint.pth"
+    checkpoint.parent.mkdir()
+    torch.save({"student": source.student.state_dict(), "teacher": source.teacher.state_dict()}, checkpoint)
+    folder = tmp_path / "exported"
+    assert run_wtours(["export", str(checkpoint), "--out", str(folder), "--format", "timm"]).exit_code == 0
+    from_folder, from_file = read_weights(folder), load_backbone(checkpoint)[0].state_dict()
+    assert from_folder.keys() == from_file.keys() and all(torch.equal(from_folder[k], from_file[k]) for k in from_file)
+
+    train_dir, val_dir = digits
+    code, stdout, stderr = wtours("eval", "knn", str(folder), "--train", str(train_dir), "--val", str(val_dir),
+                                  "--workers", "0", "--device", "cpu")
+    assert code == 0, stderr
+    via_folder = json.loads((tmp_path / "exported.knn.json").read_text())
+    code, _, stderr = wtours("eval", "knn", str(checkpoint), "--train", str(train_dir), "--val", str(val_dir),
+                             "--workers", "0", "--device", "cpu")
+    assert code == 0, stderr
+    via_file = json.loads((checkpoint.parent / "checkpoint.knn.json").read_text())
+    assert (via_folder["top1"], via_folder["top5"]) == (via_file["top1"], via_file["top5"])
+
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    code, _, stderr = wtours("eval", "knn", str(folder), "--train", str(train_dir), "--val", str(val_dir))
+    assert code == 1 and "not a readable safetensors file" in stderr and "hint:" in stderr
+    (folder / "model.safetensors").unlink()
+    code, _, stderr = wtours("eval", "knn", str(folder), "--train", str(train_dir), "--val", str(val_dir))
+    assert code == 1 and "model.safetensors" in stderr and "Traceback" not in stderr

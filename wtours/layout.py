@@ -45,6 +45,7 @@ CHECKPOINT_FILE = "checkpoint.pth"
 RUN_LOG_FILE = "log.jsonl"
 RUN_CONFIG_FILE = "config.json"
 RUN_FACTS_FILE = "run.json"
+EXPORT_WEIGHTS_FILE = "model.safetensors"  # a `wtours export --format timm` folder's weights (timm's name)
 RUN_FILES = (CHECKPOINT_FILE, RUN_LOG_FILE, RUN_CONFIG_FILE, RUN_FACTS_FILE)
 RUN_DATA_LOG_PREFIX = "data.rank"  # data.rank<r>.jsonl: each rank's clip keys of every step
 RUN_DATA_LOG_GLOB = RUN_DATA_LOG_PREFIX + "*.jsonl"

@@ -129,7 +129,7 @@ def knn_checkpoint(checkpoint: str | os.PathLike, train_dir: str | os.PathLike, 
     backbone, arch = load_backbone(checkpoint, arch, which)
     train, val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
     result = evaluate_knn(backbone.to(where), train, val, config, where)
-    out = Path(out) if out else Path(checkpoint).with_name(f"{Path(checkpoint).stem}.knn.json")
+    out = Path(out) if out else Path(checkpoint).resolve().with_name(f"{Path(checkpoint).resolve().stem}.knn.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, {"checkpoint": str(checkpoint), "arch": arch, "which": which,
                             "train": str(train_dir), "val": str(val_dir), "resize": config.resize,

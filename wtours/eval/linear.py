@@ -139,7 +139,7 @@ def evaluate(model: nn.Module, batches: Batches, classes: int) -> torch.Tensor:
 
 
 def default_out(checkpoint: str | os.PathLike) -> Path:
-    return Path(checkpoint).with_name(f"{Path(checkpoint).stem}.linear")
+    return Path(checkpoint).resolve().with_name(f"{Path(checkpoint).resolve().stem}.linear")
 
 
 def probe_settings(checkpoint: str | os.PathLike, config: LinearConfig, world_size: int) -> dict[str, Any]:

@@ -20,13 +20,15 @@ import yaml
 
 from wtours.citation import ARXIV_URL, PAPER_TITLE, citation_section
 from wtours.errors import UsageError, WtoursError
+from wtours.layout import EXPORT_WEIGHTS_FILE
 from wtours.records import kind_name, read_record
 from wtours.redact import shown, unclean_field
 from wtours.streams import is_repo_id, validate_repo_id, validate_revision
 
 # The export folder's files and formats (one owner: wtours/hub/export.py writes them, wtours/hub/model.py
 # pushes them, the CLI names them without importing torch).
-WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
+CONFIG_FILE, CARD_FILE = "config.json", "README.md"
+WEIGHTS_FILE = EXPORT_WEIGHTS_FILE
 EXPORT_FORMATS = ("timm", "pth")
 BACKBONE = "backbone"  # "which" of an exported bare backbone: no teacher or student to choose from
 # The weights derive from the Walking Tours videos, published under CC-BY 4.0: by default the card says so.

@@ -18,7 +18,7 @@ import torch
 
 from wtours import __version__
 from wtours.errors import UsageError, WtoursError
-from wtours.layout import replace_atomically
+from wtours.layout import EXPORT_WEIGHTS_FILE, replace_atomically
 from wtours.models.registry import vit_config, vit_names
 from wtours.models.vit import VisionTransformer, create_vit
 
@@ -29,7 +29,10 @@ NETWORKS = ("student", "teacher")
 
 def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
     """A checkpoint file's contents, unchecked (`read_weights` checks them). `mmap` maps the tensors
-    instead of reading them: for a look at a large checkpoint's run state."""
+    instead of reading them: for a look at a large checkpoint's run state. A folder is read as an export
+    (`wtours export --format timm`: its model.safetensors), as is a .safetensors file."""
+    if Path(path).is_dir() or str(path).endswith(".safetensors"):
+        return _read_safetensors(Path(path) / EXPORT_WEIGHTS_FILE if Path(path).is_dir() else Path(path))
     torch.serialization.add_safe_globals([argparse.Namespace])  # the authors' checkpoints carry their args
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -38,6 +41,23 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
     except Exception as e:  # noqa: BLE001 (torch raises many types for a bad file)
         raise WtoursError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})",
                           "pass a .pth file written by torch.save") from e
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """An exported backbone's weights (timm's names, which are this ViT's)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise WtoursError(f"{path}: reading safetensors needs the safetensors package",
+                          "pip install safetensors") from e
+    if not path.is_file():
+        raise WtoursError(f"{path} not found", f"pass a checkpoint file, or a `wtours export --format timm` folder "
+                                               f"(it holds {EXPORT_WEIGHTS_FILE})")
+    try:
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own error types for a damaged file)
+        raise WtoursError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})",
+                          "export the checkpoint again (`wtours export --format timm`)") from e
 
 
 class _KeepingErrors(io.BufferedWriter):
