@@ -51,14 +51,14 @@ def make_face_video(path: Path, rate: int = 30, seconds: float = 4.0) -> Path:
     return path
 
 
-def registered(folder: Path, video: Path) -> Layout:
+def registered(folder: Path, video: Path, slug: str = "walk") -> Layout:
     layout = Layout(folder / "root")
-    add_local(video, "walk", layout.root, mode="symlink", say=lambda m: None)
+    add_local(video, slug, layout.root, mode="symlink", say=lambda m: None)
     return layout
 
 
-def shard(layout: Layout, params: ShardParams, **options):
-    return shard_video(layout, "walk", params, RunOptions(progress=False, **options), say=lambda m: None)
+def shard(layout: Layout, params: ShardParams, slug: str = "walk", **options):
+    return shard_video(layout, slug, params, RunOptions(progress=False, **options), say=lambda m: None)
 
 
 def frames(folder: Path) -> dict[str, tuple[bytes, np.ndarray]]:
@@ -247,7 +247,10 @@ def test_inspect_card_and_stats_report_the_blurring(face_sets):
 
 
 @pytest.mark.slow
-def test_push_warns_about_unblurred_shards_of_people(face_sets, tmp_path, monkeypatch):
+def test_push_warns_about_unblurred_shards_of_a_corpus_city_walk_only(face_sets, tmp_path, monkeypatch):
+    """The warning is for a corpus city walk (here the face video added as `venice`, as `wtours add FILE
+    --name venice` registers the figshare file) sharded plain; not for it blurred, nor for own footage
+    (`walk`: a name outside the manifest), whose content wtours cannot know."""
     import shutil
 
     import huggingface_hub.constants
@@ -257,22 +260,41 @@ def test_push_warns_about_unblurred_shards_of_people(face_sets, tmp_path, monkey
     from wtours.hub.push import PushConfig, push
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
-    _, plain, blurred = face_sets
+    video, plain, _ = face_sets
+    own = Layout(shutil.copytree(plain.root, tmp_path / "own" / "root", symlinks=True))
+    info_path = own.info_path("walk")
+    info = json.loads(info_path.read_text())
+    info["source"].update(url="https://example.org/walk", license="CC-BY")  # the card must attribute it
+    info_path.write_text(json.dumps(info))
+    sets = {"own": (own, "walk")}
+    for name, params in (("corpus-plain", PLAIN), ("corpus-blurred", BLURRED)):
+        sets[name] = (registered(tmp_path / name, video, "venice"), "venice")  # the manifest's URL and licence
+        shard(sets[name][0], params, "venice", workers=1)
     said: dict[str, list[str]] = {}
     with HubServer({"token": "alice"}) as hub:
-        for name, layout in (("plain", plain), ("blurred", blurred)):
-            root = tmp_path / name
-            shutil.copytree(layout.root, root, symlinks=True)
-            info_path = Layout(root).info_path("walk")
-            info = json.loads(info_path.read_text())
-            info["source"].update(url="https://example.org/walk", license="CC-BY")  # the card must attribute
-            info_path.write_text(json.dumps(info))
+        for name, (layout, slug) in sets.items():
             lines: list[str] = []
-            push(Layout(root), PushConfig(HubTarget(f"alice/{name}", endpoint=hub.url, token="token"), ("walk",),
-                                          dry_run=True, progress=False), say=lines.append)
+            push(layout, PushConfig(HubTarget(f"alice/{name}", endpoint=hub.url, token="token"), (slug,),
+                                    dry_run=True, progress=False), say=lines.append)
             said[name] = lines
-    assert any(line.startswith("warning: walk: faces are not blurred") for line in said["plain"]), said["plain"]
-    assert not any("faces are not blurred" in line for line in said["blurred"]), said["blurred"]
+    warned = {name for name, lines in said.items() if any(line.startswith("warning:") and "faces are not blurred"
+                                                          in line for line in lines)}
+    assert warned == {"corpus-plain"}, said
+
+
+def test_only_a_corpus_city_walk_is_known_to_show_people(tmp_path):
+    """The rule behind the push warning, from what `wtours add` records: the manifest's kind for a corpus
+    name, nothing for a name of one's own."""
+    from tests.videos import make_video
+    from wtours.hub.source import is_corpus_city_walk, source_record
+
+    video = make_video(tmp_path / "clip.mp4", seconds=1.0, size="64x48", rate=5)
+    layout = Layout(tmp_path / "root")
+    for slug in ("venice", "wildlife", "my-walk"):
+        add_local(video, slug, layout.root, mode="symlink", say=lambda m: None)
+    assert [is_corpus_city_walk(source_record(layout, slug)) for slug in ("venice", "wildlife", "my-walk")] == [
+        True, False, False]
+    assert not is_corpus_city_walk(None)
 
 
 @pytest.mark.parametrize("mode", ["blur", "pixelate", "box"])

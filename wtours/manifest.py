@@ -15,6 +15,9 @@ from wtours.errors import UsageError
 MANIFEST_FILE = "walking_tours.json"
 
 
+CITY_WALK = "city-walk"  # a video's kind: a walk through a city (the other kind: wildlife)
+
+
 @dataclass(frozen=True)
 class VideoEntry:
     slug: str

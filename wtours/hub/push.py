@@ -39,7 +39,7 @@ from wtours.hub.paths import (
     source_path,
     wids_path,
 )
-from wtours.hub.source import LocalSet, read_local_set
+from wtours.hub.source import LocalSet, is_corpus_city_walk, read_local_set
 from wtours.layout import Layout, json_bytes, sha256_file
 from wtours.locks import reading
 from wtours.shard.index import ShardEntry, ShardIndex
@@ -170,8 +170,8 @@ def _push(layout: Layout, config: PushConfig, say: Callable[[str], None]) -> Pus
         ops = plan_set(slug, local.index.shards, layout.shard_dir(slug), set_metadata(local),
                        {p: f for p, f in remote.items() if p.startswith(slug + "/")})
         say(_describe_plan(slug, len(local.index.shards), ops))
-        if local.index.privacy is None and local.record.get("kind") != "wildlife":  # city walks: bystanders' faces
-            say(f"warning: {slug}: faces are not blurred in these shards of footage with people in it; consider "
+        if local.index.privacy is None and is_corpus_city_walk(local.record):  # not own footage, nor the wildlife walk
+            say(f"warning: {slug}: faces are not blurred in these shards of a city walk full of people; consider "
                 f"`wtours blur-faces {slug} --out DIR` or `wtours shard --city {slug} --blur-faces --overwrite`")
         operations += ops
     operations += _card_operation(target, current, sets, remote, say)

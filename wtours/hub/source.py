@@ -13,7 +13,7 @@ from typing import Any
 
 from wtours.errors import WtoursError
 from wtours.layout import Layout, read_json
-from wtours.manifest import load_manifest
+from wtours.manifest import CITY_WALK, load_manifest
 from wtours.shard.index import ShardIndex, load_index
 from wtours.video import read_video_info
 
@@ -36,6 +36,13 @@ def source_record(layout: Layout, slug: str) -> dict[str, Any] | None:
         source = {**dict.fromkeys(SOURCE_KEYS), "url": entry.url, "id": entry.youtube_id, "license": entry.license}
         return {"slug": slug, "city": entry.city, "kind": entry.kind, "source": source, "video": None}
     return None
+
+
+def is_corpus_city_walk(record: dict[str, Any] | None) -> bool:
+    """Whether a set's video is one of the corpus's city walks (the manifest's kind, recorded with the video
+    by `wtours download` / `wtours add` under a corpus name): footage known to be full of bystanders. A
+    video of your own (a name outside the manifest) has no kind: what it shows is yours to know."""
+    return (record or {}).get("kind") == CITY_WALK
 
 
 def check_attribution(slug: str, record: dict[str, Any] | None, layout: Layout) -> dict[str, Any]:
