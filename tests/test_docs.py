@@ -62,10 +62,10 @@ def test_cli_reference_is_current():
 
 def command_lines():
     for doc, _, lang, block, _ in snippets():
-        if lang in ("bash", "sh", ""):
+        if lang in ("bash", "sh", "shell", "console", ""):
             joined = block.replace("\\\n", " ")
             for line in joined.splitlines():
-                line = line.split(" #")[0].strip()
+                line = line.split(" #")[0].strip().removeprefix("$ ")
                 match = re.search(r"(?:^|-m )wtours (.*)$", line)
                 if match and not line.startswith("#") and "import" not in line:
                     yield doc, match.group(1)
@@ -114,9 +114,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
 #     <!-- doc-test: skip reason="..." -->          only for what truly cannot run here (network, GPU,
 #                                                   third-party weights); the reason is required
 #
-# A python fence without a marker fails. A ```bash fence runs too (with `bash -e`, the venv's
-# `wtours` and `python` first on PATH) when it carries a marker; unmarked bash fences are only
-# checked line by line above.
+# A python fence without a marker fails. Shell fences (```bash, ```sh, ```shell, ```console) take the
+# same markers and run in tests/test_doc_blocks.py: each doc's, in order, in one fresh root.
 
 def parse_marker(marker: str) -> tuple[list[str], str | None]:
     """`setup=a,b [slow]` -> (["a", "b"], None); `setup=none` -> ([], None); `skip reason="..."` -> ([], reason)."""
@@ -134,6 +133,8 @@ def parse_marker(marker: str) -> tuple[list[str], str | None]:
 
 # setup name -> (what it prepares, session fixture, slow). Slow: its fixture takes over 3 s to build.
 SETUPS = {
+    "venice-video": ("$WTOURS_ROOT holds `venice` registered (a 40 s synthetic walk, 192x128 at 10 fps, as "
+                     "`wtours add` leaves it), not sharded", "doc_root", False),
     "venice-shards": ("$WTOURS_ROOT holds `venice` (a 40 s synthetic walk, registered and sharded: 2 fps, 128 px, "
                       "2 shards of 40 samples)", "doc_root", False),
     "venice-run": ("venice-shards, and runs/venice/ in the working folder: a 2-step vit_micro `wtours train` run "
@@ -142,6 +143,8 @@ SETUPS = {
                   "(tests/hub_server.py); HF_ENDPOINT points at it, HF_HUB_OFFLINE is unset", "doc_hub", True),
     "digits": ("digits/train/<digit>/*.png and digits/val/<digit>/*.png in the working folder: scikit-learn's digits "
                "as eval.md's script writes them, a quarter of them (337 train, 113 val)", "doc_digits", False),
+    "hub-login": ("a local Hub of its own (tests/hub_server.py) where the user is logged in as alice: HF_ENDPOINT "
+                  "points at it, HF_TOKEN is alice's, HF_HUB_OFFLINE is unset", "doc_hub_login", False),
 }
 
 
@@ -149,11 +152,11 @@ def snippet_params():
     for doc, line, lang, code, marker in snippets():
         if lang == "stray":
             yield pytest.param(doc, line, lang, code, marker, id=f"{doc}:{line}:stray-marker")
-        elif lang == "python" or (lang in ("bash", "sh") and marker is not None):
+        elif lang == "python":
             slow = False
             if marker is not None and not marker.startswith("skip"):
                 names = re.findall(r"[\w-]+", marker.partition("=")[2])
-                slow = any(SETUPS.get(n, ("", "", False))[2] for n in names) or "slow" in names or lang != "python"
+                slow = any(SETUPS.get(n, ("", "", False))[2] for n in names) or "slow" in names
             yield pytest.param(doc, line, lang, code, marker, id=f"{doc}:{line}",
                                marks=[pytest.mark.slow] if slow else [])
 
@@ -194,6 +197,16 @@ def doc_hub(doc_run, tmp_path_factory):
         yield hub
 
 
+@pytest.fixture
+def doc_hub_login():
+    """A fresh local Hub where TOKEN is alice's (what `hf auth login` as alice gives)."""
+    from tests.hub_server import HubServer
+    from tests.test_hub import TOKEN
+
+    with HubServer({TOKEN: "alice"}) as hub:
+        yield hub
+
+
 @pytest.fixture(scope="session")
 def doc_digits(tmp_path_factory) -> Path:
     import numpy as np
@@ -214,7 +227,10 @@ def prepare(names: list[str], request, work: Path, env: dict) -> None:
     """Put what the named setups provide into the working folder and environment."""
     for name in names:
         fixture = request.getfixturevalue(SETUPS[name][1])
-        if name == "venice-shards":
+        if name == "venice-video":  # a root of its own: the snippet may shard it
+            env["WTOURS_ROOT"] = str(work.parent / "video-root")
+            shutil.copytree(fixture / "videos", work.parent / "video-root" / "videos", symlinks=True)
+        elif name == "venice-shards":
             env["WTOURS_ROOT"] = str(fixture)
         elif name == "venice-run":
             env["WTOURS_ROOT"] = str(request.getfixturevalue("doc_root"))
@@ -225,6 +241,11 @@ def prepare(names: list[str], request, work: Path, env: dict) -> None:
             env.update(HF_ENDPOINT=fixture.url, HF_HUB_DISABLE_XET="1")
         elif name == "digits":
             (work / "digits").symlink_to(fixture, target_is_directory=True)
+        elif name == "hub-login":
+            from tests.test_hub import TOKEN
+
+            env.pop("HF_HUB_OFFLINE", None)
+            env.update(HF_ENDPOINT=fixture.url, HF_HUB_DISABLE_XET="1", HF_TOKEN=TOKEN)
 
 
 @pytest.mark.parametrize("doc,line,lang,code,marker", list(snippet_params()))
@@ -246,10 +267,10 @@ def test_doc_snippet_runs(doc, line, lang, code, marker, request, tmp_path):
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     env.pop("HF_TOKEN", None)
     prepare(names, request, work, env)
-    script = work / ("snippet.py" if lang == "python" else "snippet.sh")
+    script = work / "snippet.py"
     script.write_text(code)
-    command = [sys.executable, script.name] if lang == "python" else ["bash", "-e", script.name]
-    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, script.name], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, f"{where} failed:\n{code}\n--- stdout\n{result.stdout[-2000:]}\n--- stderr\n" \
                                    f"{result.stderr[-4000:]}"
 
