@@ -9,8 +9,9 @@ Each block carries the doc-test marker of tests/test_docs.py on the line before 
 `<!-- doc-test: setup=NAME[,NAME] -->` prepares what the block needs before it first runs (test_docs.py's
 SETUPS, copied into the doc's fresh root and folder), `setup=none` runs it as it is, and
 `skip reason="..."` is for what cannot run on this machine (YouTube, the real Hub, a GPU, SLURM, hours of
-compute), with the reason shown in the test's skip line. A block with neither fails, in the fast tier
-too (test_every_shell_block_runs_or_says_why), so a new command in the docs is run or explained."""
+compute), with the reason in the doc for its readers too (and in the test's skip line when none of a doc's
+blocks can run). A block with neither fails, in the fast tier too (test_every_shell_block_runs_or_says_why),
+so a new command in the docs is run or explained."""
 
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ from tests.test_docs import (  # noqa: F401  (the fixtures the setups name, by S
 
 SHELL = ("bash", "sh", "shell", "console")
 BLOCK_TIMEOUT_S = 600
+
+
 @dataclass(frozen=True)
 class ShellBlock:
     doc: str
-    line: int  # of the opening fence (of the marker, for a stray marker)
+    line: int  # of the opening fence
     lang: str
     code: str
     marker: str | None
@@ -178,3 +181,32 @@ def test_doc_shell_blocks_run_top_to_bottom(doc: Path, tmp_path: Path, request: 
         ran += 1
     if not ran:
         pytest.skip(f"{doc.name}: every shell block needs what this machine lacks: " + "; ".join(skipped))
+
+
+def test_blocks_are_read_as_a_user_pastes_them(tmp_path):
+    """A ```console block runs its `$ ` lines (with their continuations), not the output shown; a shell
+    block without a marker is refused, one with a reason is skipped."""
+    doc = tmp_path / "x.md"
+    doc.write_text("""<!-- doc-test: setup=none -->
+```console
+$ wtours list --root r \\
+    --json
+{"videos": []}
+$ echo done
+done
+```
+
+```sh
+wtours list
+```
+
+<!-- doc-test: skip reason="needs a GPU and hours" -->
+```bash
+wtours train --shards venice --out runs/venice
+```
+""")
+    console, unmarked, skipped = shell_blocks(doc)
+    assert script_of(console) == "wtours list --root r \\\n    --json\necho done\n"
+    assert setups_of(console) == ([], None) and setups_of(skipped) == ([], "needs a GPU and hours")
+    with pytest.raises(AssertionError, match="x.md:10: this sh block has no doc-test marker"):
+        setups_of(unmarked)
