@@ -179,7 +179,8 @@ def test_add_corpus_video_keeps_manifest_provenance(small_video, tmp_path):
 
 def test_youtube_errors_name_the_fix():
     config = DownloadConfig(root=Path("/tmp"))
-    bot = _explain("ERROR: [youtube] fGX0Te6pFvk: Sign in to confirm you’re not a bot. Use --cookies", [], config, 10)
+    bot = _explain("ERROR: [youtube] fGX0Te6pFvk: Sign in to confirm you’re not a bot. Use --cookies", [], config, 10,
+                   "venice")
     assert "--cookies" in bot.hint and "figshare" in bot.hint and "wtours add" in bot.hint
     js = _explain("ERROR: [youtube] x: Requested format is not available",
                   ["No supported JavaScript runtime could be found."], config, 10)
