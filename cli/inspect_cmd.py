@@ -34,7 +34,8 @@ def inspect_shards(specs, root, clip_frames, clip_stride, clips_per_shard, world
                    as_json) -> None:
     """Show what a shard SPEC holds, how many clips an epoch has, and how many a training run with
     --world-size x --workers data slots at --batch-size reads (the distinct clips plus the padding that
-    gives every rank the same number of steps).
+    gives every rank the same number of steps). Per video: gaps between the shards, and the blank
+    stretches `wtours shard` dropped with their times (a blank tail named as such).
 
     SPEC: a slug under --root, a folder with index.json (./NAME for one named like a video), a local
     brace/glob pattern, an http(s)://, hf://datasets/USER/NAME/..., s3://, gs:// or file:// pattern
