@@ -16,16 +16,17 @@ log = logging.getLogger(__name__)
 
 Series = list[tuple[int, float]]  # (step, value)
 WIDTH, PANEL_HEIGHT, MARGIN = 800, 280, (70, 30, 20, 40)  # margins: left, top, right, bottom
-COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207))
-PERCENT_FIGURES = ("top1", "top5", "jf", "j", "f")  # the evaluations' figures drawn (counts such as epochs are not)
+COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34))  # matplotlib's tab10
+SCORE_FIGURES = ("top1", "top5", "jf", "j", "f")  # the evaluations' figures drawn (counts such as epochs are not)
 
 
 def read_curves(log_path: Path) -> dict[str, Series]:
     """log.jsonl's `loss_mean` and `loss` (drawn in this order: where they are equal, --log-every 1, the logged
-    step's is seen) and each evaluation's percentages (knn_top1, ...), by step; a line cut
+    step's is seen) and each evaluation's scores (knn_top1, davis_jf, ...), by step; a line cut
     short (a run killed while writing it) or a non-finite value is left out."""
     wanted = ["loss_mean", "loss", *(f"{name}_{figure}" for name, figures in RUN_LOG_FIGURES.items()
-                                     for figure in figures if figure in PERCENT_FIGURES)]
+                                     for figure in figures if figure in SCORE_FIGURES)]
     curves: dict[str, Series] = {}
     for line in log_path.read_text(encoding="utf-8").splitlines() if log_path.is_file() else ():
         try:
@@ -43,10 +44,10 @@ def read_curves(log_path: Path) -> dict[str, Series]:
 
 def render_curves(curves: dict[str, Series], title: str) -> Image.Image:
     """One panel for the loss (the logged step's and the mean since the last line), one for the evaluations
-    (percent) when there are any."""
+    (as logged: k-NN and linear in percent, DAVIS J&F as its evaluation reports it) when there are any."""
     losses = {k: v for k, v in curves.items() if k.startswith("loss")}
     evaluations = {k: v for k, v in curves.items() if not k.startswith("loss")}
-    panels = [("DoRA loss", losses), *([("evaluation (%)", evaluations)] if evaluations else [])]
+    panels = [("DoRA loss", losses), *([("evaluations", evaluations)] if evaluations else [])]
     image = Image.new("RGB", (WIDTH, PANEL_HEIGHT * len(panels)), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
@@ -84,6 +85,7 @@ def _panel(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.Free
     draw.text((x0, y1 + 6), f"step {s_lo}", fill=(0, 0, 0), font=font)
     last = f"step {s_hi}"
     draw.text((x1 - draw.textlength(last, font=font), y1 + 6), last, fill=(0, 0, 0), font=font)
+    legend = x0 + draw.textlength(title, font=font) + 24
     for n, (name, curve) in enumerate(series.items()):
         colour = COLOURS[n % len(COLOURS)]
         line = [xy(step, value) for step, value in curve]
@@ -91,7 +93,8 @@ def _panel(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.Free
             draw.line(line, fill=colour, width=2)
         for x, y in line if len(line) <= 200 else ():  # the logged points, where they can be told apart
             draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-        draw.text((x1 - 120, y0 + 8 + 14 * n), name, fill=colour, font=font)
+        draw.text((legend, origin[1] + 8), name, fill=colour, font=font)  # in the header: never over a curve
+        legend += draw.textlength(name, font=font) + 16
 
 
 def write_curves(out: Path, title: str = "wtours train") -> Path | None:
