@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,12 @@ class DocSession:
             self.add_venice(self.request.getfixturevalue("doc_root"), sharded=name != "venice-video")
             if name == "venice-run":
                 shutil.copytree(fixture, self.work / "runs" / "venice")
+        elif name == "mirror-download":
+            downloads = self.home / "Downloads"
+            downloads.mkdir()
+            video = shutil.copyfile(next((fixture / "videos" / "venice").glob("*.mp4")), downloads / "Venice.mp4")
+            with zipfile.ZipFile(downloads / "Venice.zip", "w") as archive:
+                archive.write(video, "Venice.mp4")
         elif name == "digits":
             (self.work / "digits").symlink_to(fixture, target_is_directory=True)
         elif name in ("hub-model", "hub-login"):

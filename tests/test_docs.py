@@ -143,6 +143,9 @@ SETUPS = {
                   "(tests/hub_server.py); HF_ENDPOINT points at it, HF_HUB_OFFLINE is unset", "doc_hub", True),
     "digits": ("digits/train/<digit>/*.png and digits/val/<digit>/*.png in the working folder: scikit-learn's digits "
                "as eval.md's script writes them, a quarter of them (337 train, 113 val)", "doc_digits", False),
+    "mirror-download": ("~/Downloads/Venice.mp4 and ~/Downloads/Venice.zip (holding it) in a home of the block's "
+                        "own: venice-video's file as if downloaded from the figshare mirror (shell blocks only)",
+                        "doc_root", False),
     "hub-login": ("a local Hub of its own (tests/hub_server.py) where the user is logged in as alice: HF_ENDPOINT "
                   "points at it, HF_TOKEN is alice's, HF_HUB_OFFLINE is unset", "doc_hub_login", False),
 }
