@@ -249,6 +249,8 @@ def prepare(names: list[str], request, work: Path, env: dict) -> None:
 
             env.pop("HF_HUB_OFFLINE", None)
             env.update(HF_ENDPOINT=fixture.url, HF_HUB_DISABLE_XET="1", HF_TOKEN=TOKEN)
+        else:
+            pytest.fail(f"doc-test setup {name!r} is prepared for shell blocks only (tests/test_doc_blocks.py)")
 
 
 @pytest.mark.parametrize("doc,line,lang,code,marker", list(snippet_params()))
