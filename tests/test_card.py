@@ -27,19 +27,18 @@ from wtours.errors import UsageError, WtoursError
 from wtours.fetch.local import add_local
 from wtours.hub import source as provenance
 from wtours.hub.card import (
-    EARLIER_MARKS,
     MIXED_LICENSE_NAME,
     CardVideo,
     is_cc_by,
     is_generated,
     local_card,
     render_card,
-    sample_features,
 )
 from wtours.hub.client import HubTarget
 from wtours.hub.push import PushConfig, push
 from wtours.layout import Layout
 from wtours.privacy.params import BlurParams
+from wtours.shard.card import EARLIER_MARKS, sample_features
 from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video

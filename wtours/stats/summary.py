@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from wtours import __version__
+from wtours.layout import sample_key
 from wtours.stats.classes import class_table
 from wtours.stats.frames import SourceInfo
 from wtours.stats.lightness import video_lightness
@@ -24,8 +25,10 @@ from wtours.stats.transitions import (
 
 SUMMARY_FORMAT = "wtours-stats"
 SUMMARY_VERSION = 1
-# Columns other tools rely on come first in frames.parquet (docs/stats.md lists them all).
-LEADING_COLUMNS = ["t", "frame", "lightness", "change", "objects", "classes"]
+# Columns other tools rely on come first in frames.parquet (docs/stats.md lists them all): `__key__` and `video`
+# join a row to its shard sample (webdataset's and `datasets`' `__key__`, the sample json's `video`).
+KEY_COLUMN = "__key__"
+LEADING_COLUMNS = [KEY_COLUMN, "video", "t", "frame", "lightness", "change", "objects", "classes"]
 
 
 def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, config: StatsConfig,
@@ -39,7 +42,9 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, config
     drift, reference = drift_scores(t, hists, table["lightness"].to_numpy(), shot, config.transitions)
     changes = detect_scene_changes(t, drift, reference, config.transitions)
 
-    frames = table.assign(change=change, drift=drift, shot=shot, cut=np.isin(np.arange(len(t)), cuts))
+    keys = [sample_key(slug, int(frame)) for frame in table["frame"]]  # the shards' key of the same frame
+    frames = table.assign(change=change, drift=drift, shot=shot, cut=np.isin(np.arange(len(t)), cuts),
+                          **{KEY_COLUMN: keys, "video": slug})
     frames = frames[[c for c in LEADING_COLUMNS if c in frames] + [c for c in frames if c not in LEADING_COLUMNS]]
     hours = (t[-1] - t[0] + info.every) / 3600  # time the analysed frames stand for
     width, height = info.frame_size
