@@ -71,8 +71,9 @@ def rows(*args, **kwargs):
 report = {}
 for shards in sys.argv[1:]:
     a, b = (sorted(glob.glob(f"{shards}/{slug}/*.tar")) for slug in ("venice", "my-walk"))
-    report[shards] = {"venice first": rows("webdataset", data_files=a + b), "my-walk first": rows("webdataset", data_files=b + a),
-                      "root": rows(shards), "venice": rows(shards, "venice"), "my-walk": rows(shards, "my-walk")}
+    report[shards] = {"venice first": rows("webdataset", data_files=a + b),
+                      "my-walk first": rows("webdataset", data_files=b + a), "root": rows(shards),
+                      "venice": rows(shards, "venice"), "my-walk": rows(shards, "my-walk")}
 print(json.dumps(report))
 """
 
