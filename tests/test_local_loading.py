@@ -176,9 +176,17 @@ def test_wids_reads_local_shards_in_place_with_localname(root, tmp_path, monkeyp
 
 
 def test_frames_parquet_joins_the_samples_and_inspect_where_filters_them(root):
+    """Every row's key is its sample's; the faces a blurred set's index counts per sample come with it (here
+    counts written into the index, as `--blur-faces` records them); --where picks rows by any column."""
     import pandas as pd
 
     layout = Layout(root)
+    index = json.loads(layout.index_path("venice").read_text())
+    counts = iter([0, 2, 0, 1, 0, 3])
+    for entry in index["shards"]:
+        entry["faces"] = [next(counts) for _ in range(entry["samples"])]
+    layout.index_path("venice").write_text(json.dumps(index))
+    faces = dict(zip(shard_samples(layout, "venice"), [f for e in index["shards"] for f in e["faces"]]))
     stats = run_wtours(["stats", "--city", "venice", "--no-classes", "-q", "--root", str(root)])
     assert stats.returncode == 0, stats.stderr
     frames = pd.read_parquet(layout.stats_dir("venice") / "frames.parquet")
@@ -188,6 +196,10 @@ def test_frames_parquet_joins_the_samples_and_inspect_where_filters_them(root):
     joined = frames.merge(pd.DataFrame.from_dict(samples, orient="index"), left_on="__key__", right_index=True,
                           suffixes=("", "_sample"), validate="one_to_one")
     assert (joined["frame"] == joined["frame_sample"]).all() and (joined["t"] == joined["t_sample"]).all()
+    assert dict(zip(frames["__key__"], frames["faces"])) == faces
+    with_faces = run_wtours(["inspect", "venice", "--root", str(root), "--clip-frames", "2", "--json",
+                             "--where", "faces > 0"])
+    assert json.loads(with_faces.stdout)["where"]["videos"]["venice"]["keys"] == [k for k, n in faces.items() if n]
 
     threshold = float(frames["lightness"].median())
     expected = [k for k, light in zip(frames["__key__"], frames["lightness"]) if light > threshold]

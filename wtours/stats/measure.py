@@ -20,7 +20,7 @@ BATCH = 32  # frames converted per rgb2lab call: amortises numpy's per-call cost
 @dataclass
 class Measured:
     frame: Frame  # kept (with its pixels) until the detector has seen it
-    row: dict[str, Any]  # t, frame, width, height, lightness, lightness_p10/_p50/_p90
+    row: dict[str, Any]  # t, frame, width, height, lightness, lightness_p10/_p50/_p90 (and faces, when counted)
     hist: np.ndarray  # (BINS,) uint16 colour histogram of the analysis grid
 
 
@@ -47,5 +47,7 @@ def measure(frames: Iterable[Frame], pixels: int) -> Iterator[Measured]:
             hists = colour_histograms(lab)  # (B, BINS)
             for k, f in enumerate(batch):
                 row = {"t": f.t, "frame": f.frame, "width": width, "height": height}
+                if f.faces is not None:
+                    row["faces"] = f.faces
                 row.update({name: float(values[k]) for name, values in light.items()})
                 yield Measured(f, row, hists[k])

@@ -50,7 +50,7 @@ class Parts:
         import pyarrow.parquet as pq
 
         types = {"t": pa.float64(), "frame": pa.int64(), "width": pa.int32(), "height": pa.int32(),
-                 "objects": pa.int32(), "classes": pa.int32(), "labels": pa.list_(pa.string())}
+                 "objects": pa.int32(), "classes": pa.int32(), "labels": pa.list_(pa.string()), "faces": pa.int32()}
         columns = {name: pa.array([row[name] for row in rows], type=types.get(name, pa.float64())) for name in rows[0]}
         columns[HIST_COLUMN] = pa.array([h.astype("<u2").tobytes() for h in hists], type=pa.binary())
         table = pa.table(columns)
