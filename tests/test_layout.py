@@ -8,6 +8,7 @@ import tarfile
 
 import pytest
 
+from tests.cli import run_wtours
 from tests.videos import sharded_root
 from wtours.errors import WtoursError
 from wtours.layout import (
@@ -239,6 +240,9 @@ def test_a_set_from_before_version_4_is_read_and_a_rerun_reshards_it(canonical_r
     index = json.loads(layout.index_path("walk").read_text())
     layout.index_path("walk").write_text(json.dumps({**index, "version": 3}))
     assert load_index(layout, "walk").version == 3
+    for command in (["verify", "--city", "walk"], ["inspect", "walk", "--clip-frames", "2"]):  # still read
+        result = run_wtours([*command, "--root", str(layout.root)])
+        assert result.returncode == 0, result.stderr
     said: list[str] = []
     shard_video(layout, "walk", ShardParams(fps=2.0, short_side=128, samples_per_shard=8),
                 RunOptions(workers=1, progress=False), say=said.append)
