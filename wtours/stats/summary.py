@@ -15,6 +15,7 @@ from wtours.stats.lightness import video_lightness
 from wtours.stats.measure import grid_step
 from wtours.stats.params import StatsConfig
 from wtours.stats.transitions import (
+    agreement,
     change_scores,
     detect_cuts,
     detect_scene_changes,
@@ -22,6 +23,7 @@ from wtours.stats.transitions import (
     gaps,
     shots,
 )
+from wtours.stats.transnet import cuts_from_probabilities
 
 SUMMARY_FORMAT = "wtours-stats"
 SUMMARY_VERSION = 1
@@ -32,8 +34,10 @@ LEADING_COLUMNS = [KEY_COLUMN, "video", "t", "frame", "lightness", "change", "ob
 
 
 def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, config: StatsConfig,
-              detector: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
-    """(per-frame table from the parts, (N, BINS) histograms) -> (frames table to write, summary dict)."""
+              detector: dict[str, Any] | None, transnet: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(per-frame table from the parts, (N, BINS) histograms) -> (frames table to write, summary dict).
+
+    `transnet`: {"package", "probability": (N,) TransNetV2's per-frame output} when --cuts transnetv2 ran."""
     t = table["t"].to_numpy(dtype=np.float64)
     change = change_scores(hists)  # hists stay (N, BINS) uint16: the scores normalise block by block
     cuts = detect_cuts(t, change, hists, config.transitions)
@@ -72,6 +76,8 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, config
         "transition_params": asdict(config.transitions),
         "created_by": f"wtours {__version__}",
     }
+    if transnet is not None:
+        frames = _compare_cuts(frames, summary, transnet, config)
     if detector is not None:
         table = class_table(frames["labels"])
         summary["classes"] = {
@@ -84,6 +90,21 @@ def summarise(slug: str, table: Any, hists: np.ndarray, info: SourceInfo, config
             "table": table,
         }
     return frames, summary
+
+
+def _compare_cuts(frames: Any, summary: dict[str, Any], transnet: dict[str, Any], config: StatsConfig) -> Any:
+    """TransNetV2's cuts (its per-frame probability and cut flags join the table) and their agreement with the
+    built-in detector's."""
+    t = frames["t"].to_numpy(dtype=np.float64)
+    params = config.cut_detectors
+    probability = np.asarray(transnet["probability"], dtype=np.float64)  # (N,)
+    cuts = cuts_from_probabilities(t, probability, params.transnetv2_threshold, config.transitions.min_gap)
+    summary["transnetv2"] = {"package": transnet["package"], "threshold": params.transnetv2_threshold,
+                             "cuts": [float(t[i]) for i in cuts], "cuts_per_hour": len(cuts) / summary["hours"]}
+    agree = agreement(summary["cuts"], summary["transnetv2"]["cuts"], params.cut_tolerance)
+    summary["cut_agreement"] = {"tolerance": agree.tolerance, "both": [list(pair) for pair in agree.both],
+                                "builtin_only": agree.first_only, "transnetv2_only": agree.second_only}
+    return frames.assign(transnetv2=probability, transnetv2_cut=np.isin(np.arange(len(t)), cuts))
 
 
 def _stat(function, values: np.ndarray) -> float | None:
