@@ -40,6 +40,9 @@ from tests.test_docs import (  # noqa: F401  (the fixtures the setups name, by S
 
 SHELL = ("bash", "sh", "shell", "console")
 BLOCK_TIMEOUT_S = 600
+# The setups that put venice into the doc's root, and which of its folders (videos/, shards/, stats/) each brings.
+VENICE_PARTS = {"venice-video": ("videos",), "venice-shards": ("videos", "shards"),
+                "venice-stats": ("videos", "shards", "stats"), "venice-run": ("videos", "shards")}
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,9 @@ class DocSession:
 
     def _prepare(self, name: str) -> None:
         fixture = self.request.getfixturevalue(SETUPS[name][1])
-        if name in ("venice-video", "venice-shards", "venice-run"):
-            self.add_venice(self.request.getfixturevalue("doc_root"), sharded=name != "venice-video")
+        if name in VENICE_PARTS:
+            self.add_venice(fixture if name == "venice-stats" else self.request.getfixturevalue("doc_root"),
+                            VENICE_PARTS[name])
             if name == "venice-run":
                 shutil.copytree(fixture, self.work / "runs" / "venice")
         elif name == "mirror-download":
@@ -149,13 +153,12 @@ class DocSession:
         else:
             pytest.fail(f"doc-test setup {name!r} is not prepared for shell blocks: add it to DocSession._prepare")
 
-    def add_venice(self, built: Path, sharded: bool) -> None:
-        """Copy the prepared venice (its registered video; its shards too if `sharded`, replacing any the
-        blocks made) into the doc's root: blocks write there."""
-        parts = ["videos", "shards"] if sharded else ["videos"]
+    def add_venice(self, built: Path, parts: tuple[str, ...]) -> None:
+        """Copy these parts of the prepared venice into the doc's root, where blocks write: its registered
+        video (kept if there), its shards and its statistics (replacing any the blocks made)."""
         for part in parts:
             target = self.root / part / "venice"
-            if part == "shards" or not target.exists():
+            if part != "videos" or not target.exists():
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.copytree(built / part / "venice", target, symlinks=True)
 
