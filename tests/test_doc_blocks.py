@@ -26,17 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_docs import (  # noqa: F401  (the fixtures the setups name, by SETUPS)
-    DOCS,
-    SETUPS,
-    doc_digits,
-    doc_hub,
-    doc_hub_login,
-    doc_root,
-    doc_run,
-    fenced_blocks,
-    parse_marker,
-)
+from tests import test_docs
+from tests.test_docs import DOCS, SETUPS, fenced_blocks, parse_marker
+
+# The fixtures the setups name (and those they use), shared with test_docs.py: a setup added there works here.
+for _fixture in {"doc_root", *(fixture for _, fixture, _ in SETUPS.values())}:
+    globals()[_fixture] = getattr(test_docs, _fixture)
 
 SHELL = ("bash", "sh", "shell", "console")
 BLOCK_TIMEOUT_S = 600
