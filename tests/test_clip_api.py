@@ -162,7 +162,7 @@ def test_bad_arguments_say_what_to_do(root):
 
 
 @pytest.mark.slow  # importing Lightning takes several seconds
-def test_the_lightning_datamodule_trains_epoch_by_epoch_and_resumes_mid_epoch(root, tmp_path):
+def test_the_lightning_datamodule_trains_epoch_by_epoch_and_resumes_where_it_stopped(root, tmp_path):
     """A real Trainer on CPU: each epoch's batches are Clips' for that epoch, and a run restored from a
     checkpoint (mid-epoch, or at an epoch's end) gets the batches the uninterrupted run got after it."""
     lightning = pytest.importorskip("lightning")
@@ -203,6 +203,17 @@ def test_the_lightning_datamodule_trains_epoch_by_epoch_and_resumes_mid_epoch(ro
         seen.clear()
         fit({"max_epochs": 3, "enable_checkpointing": False}, ckpt_path=str(saved / checkpoint))
         assert seen == whole[done:], checkpoint
+    # an epoch cut short by limit_train_batches ends there: its checkpoint resumes with the next epoch
+    seen.clear()
+    at_ends = ModelCheckpoint(dirpath=tmp_path / "short", filename="end-{epoch}", every_n_epochs=1, save_top_k=-1,
+                              save_on_train_epoch_end=True)
+    fit({"max_epochs": 2, "limit_train_batches": 3, "callbacks": [at_ends]})
+    short = list(seen)
+    assert short == [batch for batch in expected if batch[0] < 2 and batch[1] < 3]
+    seen.clear()
+    fit({"max_epochs": 2, "limit_train_batches": 3, "enable_checkpointing": False},
+        ckpt_path=str(tmp_path / "short" / "end-epoch=0.ckpt"))
+    assert seen == short[3:]
 
 
 @pytest.mark.slow
