@@ -153,8 +153,8 @@ class Clips(ClipDataset):
 
     def _make_batch(self, batch: list[Clip], index: int, pool: OutputPool | None) -> ClipItems:
         """The batch's clips through the transform. A clip that does not decode is counted and its place
-        goes to a clip of the batch that does (the first ones, in turn), so batches keep
-        their size and every rank its step count."""
+        goes to a clip of the batch that does (the first ones, in turn), so batches keep their size and
+        every rank its step count."""
         seed = (self.config.clip.seed, self.epoch, self.rank, index)
         outputs: list[Any] = [None] * len(batch)
         good: list[int] = []
