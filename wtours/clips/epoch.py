@@ -178,7 +178,7 @@ class SlotPlan:
 class EpochPlan:
     """The epoch's clip sequence (shards in this epoch's order, each with its starts) cut into slots."""
 
-    shards: tuple[ShardRef, ...]  # this epoch's shard order
+    shards: tuple[ShardRef, ...]  # this epoch's shard order (the authors' epoch: one order per grid pass)
     starts: tuple[tuple[int, ...], ...]  # each of those shards' clip starts this epoch, ascending
     bounds: tuple[int, ...]  # sequence position of each shard's first clip, then the total
     slots: tuple[SlotPlan, ...]  # slot = rank * workers + worker
@@ -187,7 +187,7 @@ class EpochPlan:
 
     @property
     def total_clips(self) -> int:
-        """The epoch's distinct clips."""
+        """The epoch's clips: distinct, but for the grid passes an authors' epoch repeats."""
         return self.bounds[-1]
 
     @property
