@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wtours import __version__
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.layout import (
     INDEX_FILE,
     WIDS_SUFFIX,
@@ -31,8 +31,10 @@ from wtours.shard.params import ShardParams
 from wtours.shard.plan import Segment, merge_runs
 
 INDEX_FORMAT = "wtours-shards"
-INDEX_VERSION = 3  # 3: each sample's sha256; 2: shard entries carry `offsets`; 1 (no offsets) is still read
-READABLE_VERSIONS = (1, 2, 3)
+# 4: a sample's `source_id` is "" where it was null; 3: each sample's sha256; 2: shard entries carry `offsets`;
+# 1 (no offsets) is still read
+INDEX_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 RESHARD_HINT = "reshard with this version of wtours (`wtours shard --overwrite`), or re-push the set"
 
@@ -255,6 +257,8 @@ class SegmentRecord:
     complete: bool
     decoded_until: float
     errors: tuple[str, ...] = ()
+    version: int = 3  # the index version its shard was written for (`shard_segment` passes INDEX_VERSION);
+    # records written before version 4 have no such field and read as 3
 
     def to_dict(self) -> dict[str, Any]:  # for JSON: tuples are written as lists
         return {**asdict(self), "shard": self.shard.to_dict() if self.shard else None}
@@ -262,11 +266,13 @@ class SegmentRecord:
 
 def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord | None:
     """A finished segment's record, if its shard (when it has one) is on disk with the recorded size; None
-    (the segment is redone) for a missing, stale or foreign record, or one from an older version (no offsets or
-    sample digests)."""
+    (the segment is redone) for a missing, stale or foreign record, or one from an older version (its samples'
+    json may hold a null `source_id`, and a set must not mix both: `datasets` would fail to load it)."""
     data = read_json(layout.segment_record_path(slug, number))
     try:
         record = read_record(SegmentRecord, data, "segment record", RESHARD_HINT)
+        if record.version != INDEX_VERSION:
+            return None
         if record.shard is not None:
             record.shard.check(slug)
             path = layout.shard_file(slug, record.shard.name)
@@ -293,6 +299,8 @@ def build_index(video: IndexVideo, params: ShardParams, records: list[SegmentRec
 
 # ------------------------------------------------------------------ plan
 
+PLAN_FORMAT = "wtours-shard-plan"
+
 
 def write_plan(layout: Layout, video: IndexVideo, params: ShardParams, segments: int, output: tuple[int, int],
                overwrite: bool) -> None:
@@ -300,7 +308,7 @@ def write_plan(layout: Layout, video: IndexVideo, params: ShardParams, segments:
     made from other inputs."""
     slug = video.slug
     existing = read_json(layout.plan_path(slug))
-    new: dict[str, Any] = {"format": "wtours-shard-plan", "video": asdict(video), "params": params.to_dict(),
+    new: dict[str, Any] = {"format": PLAN_FORMAT, "video": asdict(video), "params": params.to_dict(),
                            "segments": segments, "output": {"width": output[0], "height": output[1]}}
     if existing is not None and existing != new and not overwrite:
         changes = [k for k in ("video", "params", "segments") if existing.get(k) != new.get(k)]
@@ -313,6 +321,19 @@ def write_plan(layout: Layout, video: IndexVideo, params: ShardParams, segments:
                           "rerun with --overwrite to replace them, or keep the old parameters (a rerun resumes)")
     if existing != new:
         write_json_atomic(layout.plan_path(slug), new)
+
+
+def planned_settings(layout: Layout, slug: str) -> dict[str, Any]:
+    """The settings `slug`'s shard set is being made with, as its plan records them (nested as the ShardParams
+    fields are), for `wtours shard --finalize`: it finishes that set, whatever its flags were. No plan: an error."""
+    plan = read_json(layout.plan_path(slug))
+    if plan is None:
+        raise UsageError(f"{slug}: nothing to finalize: {layout.plan_path(slug)} does not exist",
+                         f"shard it first: `wtours shard --city {slug}` (with the settings you want)")
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT or not isinstance(plan.get("params"), dict):
+        raise WtoursError(f"{layout.plan_path(slug)} is not a wtours shard plan",
+                          f"rerun `wtours shard --city {slug}` with the settings of the set (or --overwrite)")
+    return ShardParams.nested(plan["params"])
 
 
 def clear_shard_dir(layout: Layout, slug: str) -> None:
