@@ -117,7 +117,7 @@ def test_card_then_hf_upload_as_documented_gives_a_repo_wtours_reads(root, hub, 
     repo holds the card, the shards, the indexes and the wids lists, and `wtours inspect` streams it."""
     import shlex
 
-    assert upload_command("alice/walking-tours", "/data/wtours/shards") in (
+    assert upload_command("alice/walking-tours", '"$WTOURS_ROOT/shards"') in (
         Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text()
     shards = Layout(root).root / "shards"
     card = tmp_path / "README.md"

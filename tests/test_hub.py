@@ -587,8 +587,8 @@ def test_hf_download_as_documented_gives_a_root_wtours_verifies_and_wids_reads(r
     import wids
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "hub.md").read_text()
-    assert download_command("alice/walking-tours", "/data/wtours", "venice") in docs
-    assert download_command("alice/walking-tours", "/data/wtours") in docs
+    assert download_command("alice/walking-tours", '"$WTOURS_ROOT"', "venice") in docs  # the card's form
+    assert download_command("alice/walking-tours", '"$WTOURS_ROOT"') in docs
     env = env_for(hub, tmp_path)
     fresh = tmp_path / "fresh"
     hf = [str(Path(sys.executable).with_name("hf"))]
