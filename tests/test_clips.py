@@ -773,6 +773,66 @@ def test_the_window_decoder_can_be_turned_off_and_ignores_other_libraries(monkey
     assert window_decoder() is None
 
 
+SHADOWING_MODULE = """
+import pathlib
+pathlib.Path(__file__).with_name("imported").write_text("yes")
+class TurboJPEG:  # PyTurboJPEG's API, by name
+    pass
+"""
+
+
+def test_the_wheels_library_is_found_by_its_distribution_never_by_a_turbojpeg_module(tmp_path):
+    """A PyTurboJPEG-like `turbojpeg` module first on sys.path is neither imported nor taken for the
+    turbojpeg wheel: the wheel's bundled library is still found (its distribution's files) and used."""
+    if not jpeg.wheel_library_paths():
+        pytest.skip("the turbojpeg wheel (wtours[fast-jpeg]) is not installed")
+    (tmp_path / "turbojpeg.py").write_text(SHADOWING_MODULE)
+    probe = ("import sys; from wtours.clips import jpeg; decoder = jpeg.window_decoder(); "
+             "print(decoder.path if decoder else None, 'turbojpeg' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{Path(__file__).parent.parent}"}
+    env.pop(jpeg.LIBRARY_ENV, None)
+    child = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr[-2000:]
+    path, imported = child.stdout.split()
+    assert path in jpeg.wheel_library_paths() or path == ctypes_util_library(), path
+    assert imported == "False" and not (tmp_path / "imported").exists()
+
+
+def ctypes_util_library() -> str | None:
+    import ctypes.util
+
+    return ctypes.util.find_library("turbojpeg")
+
+
+def test_without_a_library_frames_are_decoded_whole_with_one_note(monkeypatch, caplog):
+    """No system library and no wheel: None (whole frames), and one warning for the process that says how to
+    get the window decoder, however many threads ask; WTOURS_TURBOJPEG=off asks for whole frames: no note."""
+    import ctypes.util
+    import threading
+
+    monkeypatch.delenv(jpeg.LIBRARY_ENV, raising=False)
+    monkeypatch.setattr(jpeg, "WHEEL", "no-such-wheel-wtours-test")
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
+    monkeypatch.setattr(jpeg, "_noted", False)
+    results: list[object] = []
+    with caplog.at_level(logging.WARNING, logger=jpeg.__name__):
+        results.append(window_decoder())
+        thread = threading.Thread(target=lambda: results.append(window_decoder()))
+        thread.start()
+        thread.join()
+    assert results == [None, None]
+    notes = [r.getMessage() for r in caplog.records if r.name == jpeg.__name__]
+    assert notes == [jpeg.NO_LIBRARY_NOTE] and "wtours[fast-jpeg]" in notes[0]
+    caplog.clear()
+    monkeypatch.setenv(jpeg.LIBRARY_ENV, "off")
+    monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
+    monkeypatch.setattr(jpeg, "_noted", False)
+    with caplog.at_level(logging.WARNING, logger=jpeg.__name__):
+        assert window_decoder() is None
+    assert not caplog.records
+
+
 def test_whole_frame_decoding_gives_the_same_batch_as_window_decoding(gapped, monkeypatch):
     """Without TurboJPEG 3 (WTOURS_TURBOJPEG=off, or no library) the views are the same, bit for bit."""
     clips = [list(c.jpgs) for c in all_clips(resolve("gap", gapped.root), CLIP)[:3]]

@@ -300,11 +300,23 @@ def opencv_serial() -> Iterator[None]:
         cv2.setNumThreads(threads)
 
 
+def _choose_jpeg_decoder() -> None:
+    """The JPEG decoder is chosen here first (`jpeg.window_decoder`), so that its note on whole-frame decoding
+    comes once, not from each worker; a missing OpenCV is reported where the workers need it (`_augment`)."""
+    try:
+        from wtours.clips.jpeg import window_decoder
+    except ImportError:
+        return
+    window_decoder()
+
+
 def make_loader(dataset: ClipDataset, pin_memory: bool = False, reuse_outputs: bool = True) -> ClipLoader:
     """The DataLoader of `dataset`. With `reuse_outputs` (the default) CPU-path workers refill the memory
     of batches this process has dropped (`recycle`); turn it off where views of a batch are handed to
     another process without a copy (that process's references are not seen)."""
     workers = dataset.config.workers
+    if dataset.config.augment == "cpu":
+        _choose_jpeg_decoder()
     loader = ClipLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                         prefetch_factor=2 if workers else None, persistent_workers=False,
                         worker_init_fn=stop.leave_to_parent)
