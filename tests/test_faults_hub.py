@@ -128,6 +128,19 @@ def test_upload_failing_after_retries_says_the_hub_cannot_be_reached_and_the_rer
     assert f"{SLUG}/index.json" in hub.files(repo)
 
 
+def test_a_push_through_xet_to_a_server_without_xet_is_one_line_naming_the_setting(root, hub, tmp_path):
+    """hf_xet installed and HF_HUB_DISABLE_XET unset: huggingface_hub sends the shards through Xet, which this
+    server refuses (501): one error naming the setting that sends them over HTTP; the rerun with it completes."""
+    pytest.importorskip("hf_xet")
+    repo = new_repo()
+    env = env_for(hub, tmp_path)
+    del env["HF_HUB_DISABLE_XET"]
+    first = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env)
+    assert_clean_failure(first, "the Xet transfer with", "xet-write-token", "HF_HUB_DISABLE_XET=1")
+    second = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env_for(hub, tmp_path))
+    assert second.returncode == 0, second.stderr
+
+
 def test_a_commit_answered_429_is_retried(root, hub, tmp_path):
     repo = new_repo()
     fault = hub.inject("POST", "/commit/", 429, times=1)

@@ -39,6 +39,12 @@ RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 HUB_AGENT = "hf_hub/"  # in the user agent of each request huggingface_hub sends to the Hub
 COMMIT = re.compile(r"/api/(?:models|datasets|spaces)/[^/]+/[^/]+/commit/")
 
+# huggingface_hub sends LFS files through hf_xet (its own client, not the HTTP client set up here) whenever
+# hf_xet is installed; a server without Xet (a mirror, a local test Hub) needs this set to "1".
+DISABLE_XET_ENV = "HF_HUB_DISABLE_XET"
+XET_HINT = (f"the server did not accept a Xet transfer: against a Hub server without Xet (a mirror, a local test "
+            f"Hub) set {DISABLE_XET_ENV}=1 to send LFS files over plain HTTP; then rerun (it resumes)")
+
 LOGIN_HINT = ("log in with `hf auth login` (`huggingface-cli login` in older huggingface_hub) or set HF_TOKEN; "
               "create a token at https://huggingface.co/settings/tokens")
 
@@ -284,6 +290,8 @@ def describe_error(error: BaseException, what: str, token: str | None = None, wr
                            "the server failed; rerun later (it resumes: what was sent is not sent again)")
     if isinstance(error, HfHubHTTPError):
         return WtoursError(f"{what}: {_first_line(error)}", "check the network and rerun (it resumes)")
+    if _is_xet_error(error):
+        return WtoursError(f"{what}: the Xet transfer with {endpoint} failed ({redact(_first_line(error))})", XET_HINT)
     if "Timeout" in type(error).__name__:
         return WtoursError(f"{what}: the Hub at {endpoint} did not answer within "
                            f"{_limit_that_fired(error, request)}){tried}",
@@ -303,6 +311,12 @@ def _limit_that_fired(error: BaseException, request: Any) -> str:
     if not isinstance(limit, (int, float)) or limit == ours:
         return f"{ours:g} s ({kind}, the limit {TIMEOUT_ENV}={ours:g}"
     return f"{limit:g} s ({kind}, huggingface_hub's own limit for this request"
+
+
+def _is_xet_error(error: BaseException) -> bool:
+    """hf_xet's failures reach Python as the builtin ConnectionError (or RuntimeError) whose text names the Xet
+    route that failed (`.../xet-write-token/...`, `.../xet-read-token/...`)."""
+    return isinstance(error, (ConnectionError, RuntimeError)) and "xet-" in str(error).lower()
 
 
 def _first_line(error: BaseException) -> str:
@@ -363,7 +377,7 @@ def hub_errors(what: str, target: HasToken | None = None, write: bool = False) -
     except WtoursError:  # already described (by an inner hub_errors)
         raise
     except Exception as e:
-        if is_hub_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
+        if is_hub_error(e) or _is_xet_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
             raise describe_error(e, what, token, write) from e
         # The client wraps some failures (an LFS upload that failed after its retries is a RuntimeError
         # raised from the HTTP error): describe the Hub's error underneath.
