@@ -773,6 +773,18 @@ def test_the_window_decoder_can_be_turned_off_and_ignores_other_libraries(monkey
     assert window_decoder() is None
 
 
+def test_a_missing_opencv_is_one_error_whose_hint_reinstalls_it(gapped, monkeypatch):
+    """cv2 not importable (the wheel removed, or its files gone while pip still records it): the loader's
+    error gives the install command that works in both cases (a plain install is 'already satisfied')."""
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
+    for module in ("wtours.clips.augment_cpu", "wtours.clips.jpeg"):
+        monkeypatch.delitem(sys.modules, module)
+    dataset = ClipDataset(resolve("gap", gapped.root)[:1], LoaderConfig(batch_size=2, workers=0, clip=CLIP))
+    with pytest.raises(WtoursError, match="the CPU augmentation cannot load") as caught:
+        next(iter(dataset))
+    assert "pip install --force-reinstall --no-deps 'opencv-python-headless>=4.10'" in caught.value.hint
+
+
 SHADOWING_MODULE = """
 import pathlib
 pathlib.Path(__file__).with_name("imported").write_text("yes")

@@ -34,6 +34,13 @@ from wtours.shard.read import warn_unverified
 log = logging.getLogger(__name__)
 
 
+# --force-reinstall: where pip records an OpenCV wheel whose cv2 files are gone or mixed (removing or upgrading
+# opencv-python, which shares the cv2 folder with the headless build), a plain install finds it "already satisfied"
+# and changes nothing; --no-deps leaves numpy as it is.
+OPENCV_HINT = ("install OpenCV >= 4.10 (wtours[train] brings it): "
+               "pip install --force-reinstall --no-deps 'opencv-python-headless>=4.10'")
+
+
 @dataclass(frozen=True)
 class LoaderConfig:
     batch_size: int = 16
@@ -166,9 +173,7 @@ class ClipDataset(IterableDataset):
         try:
             from wtours.clips.augment_cpu import multicrop_jpegs, output_shapes
         except ImportError as exc:  # OpenCV (its decoder and colour kernels) is missing or too old
-            raise WtoursError(f"the CPU augmentation cannot load: {exc}",
-                              "install OpenCV >= 4.10: pip install 'opencv-python-headless>=4.10' (it comes with "
-                              "wtours[train])") from exc
+            raise WtoursError(f"the CPU augmentation cannot load: {exc}", OPENCV_HINT) from exc
         outputs, cell = None, None
         if pool is not None:
             outputs, cell = pool.take(output_shapes(len(batch), self.config.clip.frames, self.config.multicrop))
