@@ -173,12 +173,12 @@ def _set_up_once(huggingface_hub: ModuleType) -> None:
 
         class RetryingTransport(http.HTTPTransport):
             """httpx's transport (its public HTTPTransport, extended): a request's timeouts become `limit` (a side
-            request's only where it set none), and a request that failed in a way worth retrying is retried WTOURS_HUB_RETRIES times
-            (retry_delay); the first retry of the process is said in one line, each one with -v. These go once:
-            a request whose body is a stream (an LFS upload from a file: huggingface_hub retries it itself,
-            rewinding the file; the wait it reads is made ours, at most MAX_WAIT), and the library's best-effort
-            side requests, sent without its user agent (the registry of AI agents it fetches to build that user
-            agent, which a machine offline must not wait for)."""
+            request's only where it set none), and a request that failed in a way worth retrying is retried
+            WTOURS_HUB_RETRIES times (retry_delay); the first retry of the process is said in one line, each one
+            with -v. These go once: a request whose body is a stream (an LFS upload from a file: huggingface_hub
+            retries it itself, rewinding the file; the wait it reads is made ours, at most MAX_WAIT), and the
+            library's best-effort side requests, sent without its user agent (the registry of AI agents it
+            fetches to build that user agent, which a machine offline must not wait for)."""
 
             def handle_request(self, request: Any) -> Any:
                 agent = request.headers.get("user-agent", "")

@@ -24,6 +24,7 @@ import importlib.metadata
 import logging
 import os
 import threading
+
 import cv2
 import numpy as np
 import torch
