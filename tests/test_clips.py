@@ -793,27 +793,26 @@ class TurboJPEG:  # PyTurboJPEG's API, by name
 """
 
 
-def test_the_wheels_library_is_found_by_its_distribution_never_by_a_turbojpeg_module(tmp_path):
+def test_the_wheels_library_is_found_by_its_distribution_never_by_a_turbojpeg_module(tmp_path, monkeypatch):
     """A PyTurboJPEG-like `turbojpeg` module first on sys.path is neither imported nor taken for the
     turbojpeg wheel: the wheel's bundled library is still found (its distribution's files) and used."""
-    if not jpeg.wheel_library_paths():
+    import ctypes.util
+    import importlib
+
+    wheel = jpeg.wheel_library_paths()
+    if not wheel:
         pytest.skip("the turbojpeg wheel (wtours[fast-jpeg]) is not installed")
     (tmp_path / "turbojpeg.py").write_text(SHADOWING_MODULE)
-    probe = ("import sys; from wtours.clips import jpeg; decoder = jpeg.window_decoder(); "
-             "print(decoder.path if decoder else None, 'turbojpeg' in sys.modules)")
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{Path(__file__).parent.parent}"}
-    env.pop(jpeg.LIBRARY_ENV, None)
-    child = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
-    assert child.returncode == 0, child.stderr[-2000:]
-    path, imported = child.stdout.split()
-    assert path in jpeg.wheel_library_paths() or path == ctypes_util_library(), path
-    assert imported == "False" and not (tmp_path / "imported").exists()
-
-
-def ctypes_util_library() -> str | None:
-    import ctypes.util
-
-    return ctypes.util.find_library("turbojpeg")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert importlib.util.find_spec("turbojpeg").origin == str(tmp_path / "turbojpeg.py")  # it would win a lookup
+    monkeypatch.delitem(sys.modules, "turbojpeg", raising=False)
+    monkeypatch.delenv(jpeg.LIBRARY_ENV, raising=False)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)  # the wheel's copy, not the system's
+    monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
+    decoder = window_decoder()
+    assert decoder is not None and decoder.path in wheel
+    assert "turbojpeg" not in sys.modules and not (tmp_path / "imported").exists()
 
 
 def test_without_a_library_frames_are_decoded_whole_with_one_note(monkeypatch, caplog):

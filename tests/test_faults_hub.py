@@ -383,17 +383,17 @@ def test_hub_errors_after_retries_on_download_name_the_file(root, hub, tmp_path)
 
 
 def test_wtours_hub_timeout_governs_downloads_and_the_error_names_the_limit_that_fired(root, hub, tmp_path):
-    """A shard download stalls: it fails after WTOURS_HUB_TIMEOUT (3 s), not after huggingface_hub's own
+    """A shard download stalls: it fails after WTOURS_HUB_TIMEOUT (2 s), not after huggingface_hub's own
     HF_HUB_DOWNLOAD_TIMEOUT (1 s here, 10 s by default), and the error names the limit that fired."""
     repo = pushed_repo(root, hub)
-    env = env_for(hub, tmp_path, WTOURS_HUB_TIMEOUT="3", WTOURS_HUB_RETRIES="0", HF_HUB_DOWNLOAD_TIMEOUT="1")
+    env = env_for(hub, tmp_path, WTOURS_HUB_TIMEOUT="2", WTOURS_HUB_RETRIES="0", HF_HUB_DOWNLOAD_TIMEOUT="1")
     stall = hub.inject("GET", f"{repo}/resolve/main/{SLUG}/{SLUG}-000001.tar", "stall")
     started = time.monotonic()
     first = wtours(["pull", "--repo", repo, "--root", str(tmp_path / "copy"), "-q"], env)
     took = time.monotonic() - started
     assert_clean_failure(first, f"{repo}/{SLUG}/{SLUG}-000001.tar",
-                         "did not answer within 3 s (ReadTimeout, the limit WTOURS_HUB_TIMEOUT=3)")
-    assert stall.hits == 1 and took >= 3, (stall.hits, took)
+                         "did not answer within 2 s (ReadTimeout, the limit WTOURS_HUB_TIMEOUT=2)")
+    assert stall.hits == 1 and took >= 2, (stall.hits, took)
 
 
 @pytest.fixture
