@@ -765,12 +765,20 @@ def test_threads_decode_windows_at_once_with_the_single_threaded_pixels():
 
 
 @pytest.mark.parametrize("setting", ["off", "/nonexistent/libturbojpeg.so.0", "libjpeg.so.62"])
-def test_the_window_decoder_can_be_turned_off_and_ignores_other_libraries(monkeypatch, setting):
+def test_the_window_decoder_can_be_turned_off_and_ignores_other_libraries(monkeypatch, caplog, setting):
     """WTOURS_TURBOJPEG=off, a missing file and a library that is not TurboJPEG 3 all give whole-frame
-    decoding (None), never an error."""
+    decoding (None), never an error; a file that is not usable is named once, `off` is not."""
     monkeypatch.setenv(jpeg.LIBRARY_ENV, setting)
     monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
-    assert window_decoder() is None
+    monkeypatch.setattr(jpeg, "_noted", False)
+    with caplog.at_level(logging.WARNING, logger=jpeg.__name__):
+        assert window_decoder() is None
+    notes = [r.getMessage() for r in caplog.records if r.name == jpeg.__name__]
+    if setting == "off":
+        assert notes == []
+    else:
+        assert len(notes) == 1 and f"{jpeg.LIBRARY_ENV}={setting} is not a usable" in notes[0], notes
+        assert "decoded whole" in notes[0]
 
 
 def test_a_missing_opencv_is_one_error_whose_hint_reinstalls_it(gapped, monkeypatch):

@@ -220,8 +220,13 @@ def window_decoder() -> WindowDecoder | None:
                 _decoders.decoder = decoder
                 break
             log.warning("%s decodes JPEG windows unlike the whole decode; decoding whole frames instead", path)
-        if _decoders.decoder is None and not _noted:
+        chosen = os.environ.get(LIBRARY_ENV, "")
+        if _decoders.decoder is None and not _noted and chosen.lower() not in LIBRARY_OFF:
             _noted = True
-            if os.environ.get(LIBRARY_ENV, "").lower() not in LIBRARY_OFF:
+            if chosen:
+                log.warning("%s=%s is not a usable TurboJPEG 3 library: JPEG frames are decoded whole (the same "
+                            "pixels, more slowly); point it at a libturbojpeg.so.0 >= 3.0, or set it to off",
+                            LIBRARY_ENV, chosen)
+            else:
                 log.warning(NO_LIBRARY_NOTE)
     return _decoders.decoder
