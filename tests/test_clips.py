@@ -52,7 +52,7 @@ from wtours.clips.stages import (
     take_quota,
     tar_samples,
 )
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.fetch.local import add_local
 from wtours.layout import Layout, sample_key
 from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION, ShardEntry
@@ -190,6 +190,46 @@ def test_epoch_plan_is_deterministic_and_changes_with_the_epoch():
     assert plan != plan_epoch(shards, dataclasses.replace(CLIP, seed=1), 3, 2, 2, 4)
     with pytest.raises(WtoursError, match="at least 1"):
         plan_epoch(shards, CLIP, 0, 0, 2, 4)
+
+
+@pytest.mark.parametrize("cells, ranks, workers, batch, clips", [
+    ([40, 30, 9], 2, 3, 4, 1000),  # 16 whole passes over the 70 grid starts, then 10 of a 17th pass
+    ([40, 30, 9], 8, 2, 6, 200),  # 2 passes and part of a third
+    ([25, 7, 31, 18], 1, 4, 3, 50),  # fewer than one pass: a subset without repeats
+    ([20], 3, 2, 2, 7),  # ceil(7 / 3) = 3 clips per rank: one whole batch each
+])
+def test_authors_epoch_is_their_step_count_from_whole_passes_and_a_subset(cells, ranks, workers, batch, clips):
+    """--epoch-length source-frames: the authors' count N of clip starts gives their steps per epoch,
+    floor(ceil(N / ranks) / B) (DistributedSampler, then DataLoader(drop_last=True)), all whole batches;
+    the clips are the grid's starts in whole passes, then a seeded subset of one more pass."""
+    shards = [ref(f"s{i}", n, first=100 * i) for i, n in enumerate(cells)]
+    config = dataclasses.replace(CLIP, epoch_clips=clips)
+    grid = [(s.url, c) for s in shards for c in clip_starts(s, CLIP)]
+    steps = -(-clips // ranks) // batch  # the authors' len(data_loader)
+    for epoch in (0, 5):
+        plan = plan_epoch(shards, config, epoch, ranks, workers, batch)
+        assert plan.steps == steps and plan.total_clips == plan.clips_read == steps * ranks * batch
+        assert clips_per_epoch(shards, config) == clips
+        seen = Counter((r.url, c) for r, c in map(plan.clip_at, range(plan.total_clips)))
+        passes, rest = divmod(plan.total_clips, len(grid))
+        expected = [passes] * (len(grid) - rest) + [passes + 1] * rest  # each start's count, spread evenly
+        assert set(seen) <= set(grid) and sorted(seen.values()) == [n for n in expected if n]
+        read = Counter((r.ref.url, c) for slot in range(len(plan.slots)) for r in plan.reads(slot) for c in r.starts)
+        assert read == seen  # every slot reads its own clips, no padding
+        for rank in range(ranks):
+            slots = plan.slots[rank * workers:(rank + 1) * workers]
+            assert [s.batches for s in slots] == [len(range(w, steps, workers)) for w in range(workers)]
+            assert all(s.clips == s.batches * batch and not s.padding for s in slots)
+    assert plan_epoch(shards, config, 5, ranks, workers, batch) == plan
+    assert plan_epoch(shards, config, 6, ranks, workers, batch) != plan
+
+
+def test_authors_epoch_refuses_what_gives_no_batch():
+    shards = [ref("s0", 20)]
+    with pytest.raises(UsageError, match="no whole batch of 8 on each of 4"):
+        plan_epoch(shards, dataclasses.replace(CLIP, epoch_clips=28), 0, 4, 1, 8)  # 7 per rank
+    with pytest.raises(UsageError, match="--clips-per-shard and --epoch-length source-frames"):
+        ClipConfig(clips_per_shard=3, epoch_clips=10)
 
 
 def corpus_shaped(folder: Path) -> list[str]:
