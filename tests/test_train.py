@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -402,6 +403,42 @@ def test_every_train_setting_is_an_option():
             assert (config.eval_every, config.knn_every) == (value, None)
             continue
         assert leaf_value(config, leaf) == value, leaf.name
+
+
+def test_print_config_prints_yaml_that_config_reads_back_and_creates_nothing(tmp_path):
+    """--print-config: the resolved settings (defaults, --config, --set and options merged), then exit 0 with
+    nothing created; the YAML given to --config builds the same config."""
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": {"loss": {"teacher_temp": 0.06}}, "epochs": 7}))
+    args = ["--shards", "walk", "--shards", "pipe:cat x.tar", "--out", str(tmp_path / "run"), "--config",
+            str(tmp_path / "base.yaml"), "--set", "model.sinkhorn.sinkhorn_iterations=5", "--arch", "vit_tiny",
+            "--davis", "DAVIS", "--davis-sequences", "bike", "--no-norm-last-layer", "--lr", "0.002"]
+    printed = run_wtours(["train", *args, "--print-config"], cwd=tmp_path)
+    assert printed.exit_code == 0, printed.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml"]  # no run folder, no log
+    (tmp_path / "printed.yaml").write_text(printed.stdout)
+    expected = config_from_args(args)
+    assert config_from_args(["--config", str(tmp_path / "printed.yaml")]) == expected
+    assert expected.epochs == 7 and expected.model.loss.teacher_temp == 0.06 and expected.davis_sequences == ("bike",)
+
+
+def test_train_help_groups_the_options_by_sub_config():
+    """Each option once, under a heading: the model's by their sub-config (model.loss.* ...), the top config's
+    by the command's table (no stale names in it)."""
+    from wtours.cli.train_cmd import TRAIN_SECTIONS
+
+    text = run_wtours(["train", "--help"]).output
+    headings = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert headings[0] == "Options:" and "Model loss options (model.loss.*):" in headings, headings
+    assert len(headings) >= 8, headings
+    names = {leaf.name for leaf in leaves(TrainConfig)}
+    assert set(TRAIN_SECTIONS) <= names
+    blocks = dict(zip(headings, re.split(r"^\S.*:$", text, flags=re.M)[1:], strict=True))
+    for leaf in leaves(TrainConfig):
+        where = [h for h, block in blocks.items() if re.search(rf"^  {leaf.option}(?=[\s/]|$)", block, flags=re.M)]
+        expected = (f"{' '.join(leaf.path[:-1]).capitalize()} options ({'.'.join(leaf.path[:-1])}.*):"
+                    if len(leaf.path) > 1 else f"{TRAIN_SECTIONS.get(leaf.name, 'Options')}:")
+        assert where == [expected], (leaf.option, where)
+    assert re.search(r"^  --print-config\b", blocks["Options:"], flags=re.M)
 
 
 def test_yaml_and_set_build_the_same_config_as_the_options(tmp_path):
