@@ -12,7 +12,7 @@ import click
 
 from wtours import stop
 from wtours.errors import EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_USAGE, WtoursError
-from wtours.layout import ROOT_URL_HINT, is_url
+from wtours.layout import ROOT_ENV, ROOT_URL_HINT, is_url
 
 
 def local_root(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -28,6 +28,16 @@ def root_option(func: Callable) -> Callable:
     return click.option("--root", type=click.Path(), metavar="DIRECTORY", envvar="WTOURS_ROOT", show_envvar=True,
                         callback=local_root,
                         help="Data root, a local folder (default: $WTOURS_ROOT, else ~/.local/share/wtours).")(func)
+
+
+def root_origin(ctx: click.Context) -> str:
+    """Where the command's data root came from: `--root`, `$WTOURS_ROOT` or the default folder."""
+    source = ctx.get_parameter_source("root")
+    if source == click.core.ParameterSource.COMMANDLINE:
+        return "--root"
+    if source == click.core.ParameterSource.ENVIRONMENT:
+        return f"${ROOT_ENV}"
+    return "default"
 
 
 def verbosity_options(func: Callable) -> Callable:

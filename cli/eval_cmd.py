@@ -32,8 +32,8 @@ def eval_group() -> None:
 @click.option("--arch", type=click.Choice(vit_names()), help="Default: inferred from the weights' shapes.")
 @click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
               help="Which network of a training checkpoint.")
-@click.option("--workers", default=4, show_default=True, help="Image-decoding processes.",
-              type=option_type(KnnConfig, "workers"))
+@click.option("--workers", help="Image-decoding processes (default: one per usable CPU, as `wtours train`; 0: in "
+                                "this process).", type=option_type(KnnConfig, "workers"))
 @click.option("--device", help="cuda, cuda:1 or cpu (default: cuda when available).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Result json (default: CHECKPOINT's name + .knn.json).")
 @verbosity_options
@@ -55,7 +55,7 @@ def knn(checkpoint, train_dir, val_dir, k, temperature, arch, which, batch_size,
 
     config = KnnConfig(k=k, temperature=temperature, batch_size=batch_size, workers=workers)
     result, path = knn_checkpoint(checkpoint, train_dir, val_dir, config, out=out, arch=arch, which=which,
-                                  device=device)
+                                  device=device, say=say)
     click.echo(result_line(result))
     say(f"wrote {path}")
 

@@ -91,17 +91,23 @@ def download(cities, all_videos, url, name, root, max_height, retries, rate_limi
 @click.option("--license", "license_", metavar="LICENCE",
               help="The video's licence: an SPDX id (CC-BY-4.0) or as the source states it; `wtours push` needs it.")
 @click.option("--title", metavar="TEXT", help="The video's title, shown in the dataset card.")
+@click.option("--mirror", is_flag=True,
+              help="The file comes from the figshare mirror: record the mirror (its page, the file's name) as the "
+                   "source, beside the original YouTube page.")
 @verbosity_options
-def add(path, name, root, mode, allow_damaged, force, source_url, uploader, license_, title) -> None:
+def add(path, name, root, mode, allow_damaged, force, source_url, uploader, license_, title, mirror) -> None:
     """Register a local video file (e.g. from the figshare mirror) under the data root.
 
+    PATH is an mp4 or mkv (any name), or a .zip holding one such video (extracted into the
+    root; the archive is kept). info.json records the file's sha256, to compare with the source's.
     --source-url, --uploader and --license record its provenance (your own video, or one from
     elsewhere), so `wtours push` can attribute it in the dataset card. Adding the same file again
     updates them; fields not given keep what was recorded.
 
     \b
     Examples:
-      wtours add ~/Downloads/Venice.mp4 --name venice
+      wtours add ~/Downloads/Venice.mp4 --name venice --mirror
+      wtours add ~/Downloads/Venice.zip --name venice --mirror
       wtours add walk.mp4 --name my-walk --mode copy
       wtours add walk-fixed.mp4 --name my-walk --force   # replace the registered video
       wtours add walk.mp4 --name my-walk --source-url https://example.org/walk --uploader 'Jane Walker' \\
@@ -109,6 +115,6 @@ def add(path, name, root, mode, allow_damaged, force, source_url, uploader, lice
     """
     provenance = {"url": source_url, "uploader": uploader, "license": license_, "title": title}
     result = add_local(path, name, Layout(root).root, mode=mode, allow_damaged=allow_damaged, say=say, force=force,
-                       provenance=provenance)
+                       provenance=provenance, mirror=mirror)
     if is_quiet():
         click.echo(f"{result.slug}: {result.status} {result.path}")

@@ -30,11 +30,18 @@ from wtours.train.config import TrainConfig  # inspect plans the epochs `wtours 
 @click.option("--batch-size", default=16, show_default=True, type=option_type(TrainConfig, "batch_size"),
               help="Clips per process.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--grid", nargs=2, type=(number_type(int, Range(1, 64)), click.Path(dir_okay=False)),
+              metavar="N OUT.png", help="Also draw N clips of the first batch and the multi-crop views the trainer "
+                                        "makes of them into OUT.png (needs wtours[train]).")
+@click.option("--n-local", default=6, show_default=True, type=number_type(int, Range(0, 64)),
+              help="Local views per clip drawn by --grid (as `wtours train --n-local`).")
 def inspect_shards(specs, root, clip_frames, clip_stride, clips_per_shard, world_size, workers, batch_size,
-                   as_json) -> None:
+                   as_json, grid, n_local) -> None:
     """Show what a shard SPEC holds, how many clips an epoch has, and how many a training run with
     --world-size x --workers data slots at --batch-size reads (the distinct clips plus the padding that
-    gives every rank the same number of steps).
+    gives every rank the same number of steps). Per video: gaps between the shards, and the blank
+    stretches `wtours shard` dropped with their times (a blank tail named as such). --grid N OUT.png
+    draws N clips as the trainer reads them: their frames, then the global and local views.
 
     SPEC: a slug under --root, a folder with index.json (./NAME for one named like a video), a local
     brace/glob pattern, an http(s)://, hf://datasets/USER/NAME/..., s3://, gs:// or file:// pattern
@@ -51,6 +58,7 @@ def inspect_shards(specs, root, clip_frames, clip_stride, clips_per_shard, world
       wtours inspect 's3://bucket/wtours/venice/venice-{000000..000004}.tar'
       wtours inspect 'pipe:cat /data/shards/venice/venice-{000000..000004}.tar'
       wtours inspect venice --world-size 8 --workers 10 --batch-size 32 --json
+      wtours inspect venice --grid 4 venice-views.png
     """
     sets = resolve_sets(specs, root)
     shards = [ref for found in sets for ref in found.refs]
@@ -58,3 +66,18 @@ def inspect_shards(specs, root, clip_frames, clip_stride, clips_per_shard, world
     info = describe(shards, ClipConfig(frames=clip_frames, stride=clip_stride, clips_per_shard=clips_per_shard),
                     world_size=world_size, workers=workers, batch_size=batch_size, sets=list(folders.items()))
     click.echo(json.dumps(info, indent=2) if as_json else format_description(info))
+    if grid:
+        _draw_grid(shards, grid, ClipConfig(frames=clip_frames, stride=clip_stride, clips_per_shard=clips_per_shard),
+                   n_local)
+
+
+def _draw_grid(shards, grid: tuple[int, str], clip: ClipConfig, n_local: int) -> None:
+    """--grid N OUT.png: the trainer's view of N clips (wtours/clips/views.py; torch and OpenCV load only here)."""
+    from pathlib import Path
+
+    from wtours.clips.augment import MultiCropConfig
+    from wtours.clips.views import write_grid
+
+    clips, out = grid
+    keys = write_grid(shards, clips, Path(out), clip, MultiCropConfig(n_local=n_local))
+    click.echo(f"wrote {out}: {len(keys)} clip(s) ({', '.join(keys)}), their frames and multi-crop views", err=True)

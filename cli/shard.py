@@ -8,6 +8,7 @@ from wtours.cli.common import is_quiet, root_option, say, verbosity_options
 from wtours.config import WORKERS, Range, click_options, from_command, number_type
 from wtours.layout import Layout
 from wtours.selection import video_slugs
+from wtours.shard.index import planned_settings
 from wtours.shard.params import RunOptions, ShardParams, nodes_from_environment
 from wtours.shard.run import shard_video
 from wtours.system import usable_cpus
@@ -31,7 +32,9 @@ NODES = Range(1, 100_000)  # machines of one sharding job (a SLURM array's tasks
               help="Machines sharing the work (default: from SLURM, else 1).")
 @click.option("--node-rank", type=number_type(int, Range(0, NODES.high, open_high=True)),
               help="This machine's rank, 0..num-nodes-1 (default: from SLURM, else 0).")
-@click.option("--finalize", is_flag=True, help="Only write the index, once every segment is done.")
+@click.option("--finalize", is_flag=True,
+              help="Only write the index, once every segment is done; the settings are the set's own (its "
+                   "plan.json), so none need repeating.")
 @click.option("--overwrite", is_flag=True, help="Replace shards made with other parameters or another source.")
 @verbosity_options
 @click.pass_context
@@ -49,15 +52,17 @@ def shard(ctx: click.Context, cities, all_videos, root, workers, hwaccel, num_no
       wtours shard --all --root /data/wtours
       # SLURM array of 4 tasks (ranks come from the environment), then nothing else to do:
       sbatch --array=0-3 --wrap "wtours shard --city venice"
+      wtours shard --city venice --finalize   # after such a job: the set's own settings
     """
     layout = Layout(root)
     slugs = video_slugs(layout, cities, all_videos, "shard")
     env_nodes, env_rank = nodes_from_environment()
-    params = from_command(ShardParams, ctx, values, None, ())
     options = RunOptions(workers=workers or usable_cpus(), hwaccel=hwaccel, num_nodes=num_nodes or env_nodes,
                          node_rank=node_rank if node_rank is not None else env_rank, overwrite=overwrite,
                          finalize_only=finalize, progress=not is_quiet())
     for slug in slugs:
+        planned = planned_settings(layout, slug) if finalize else None  # settings given anyway must match them
+        params = from_command(ShardParams, ctx, values, None, (), base=planned)
         summary = shard_video(layout, slug, params, options, say=say)
         if summary.index is not None or summary.segments_done:
             info = read_video_info(layout, slug)

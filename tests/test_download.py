@@ -134,7 +134,7 @@ def test_add_then_list_shows_probe(small_video, tmp_path):
     listed = run_wtours(["list", "--root", str(tmp_path)])
     line = next(line for line in listed.output.splitlines() if line.startswith("mywalk"))
     assert "0:00:03" in line and "320x240@30" in line
-    rows = json.loads(run_wtours(["list", "--root", str(tmp_path), "--json"]).output)
+    rows = json.loads(run_wtours(["list", "--root", str(tmp_path), "--json"]).stdout)
     row = next(r for r in rows if r["slug"] == "mywalk")
     assert row["downloaded"] and row["duration"] == pytest.approx(3.0, abs=0.05) and row["width"] == 320
 
@@ -179,7 +179,8 @@ def test_add_corpus_video_keeps_manifest_provenance(small_video, tmp_path):
 
 def test_youtube_errors_name_the_fix():
     config = DownloadConfig(root=Path("/tmp"))
-    bot = _explain("ERROR: [youtube] fGX0Te6pFvk: Sign in to confirm you’re not a bot. Use --cookies", [], config, 10)
+    bot = _explain("ERROR: [youtube] fGX0Te6pFvk: Sign in to confirm you’re not a bot. Use --cookies", [], config, 10,
+                   "venice")
     assert "--cookies" in bot.hint and "figshare" in bot.hint and "wtours add" in bot.hint
     js = _explain("ERROR: [youtube] x: Requested format is not available",
                   ["No supported JavaScript runtime could be found."], config, 10)
@@ -365,3 +366,24 @@ def test_pushed_card_attributes_an_added_video(small_video, tmp_path, monkeypatc
         card = hub.files("jane/walks")["README.md"].decode()
     row = next(line for line in card.splitlines() if line.startswith("| `my-walk` |"))
     assert "Jane Walker" in row and "<https://example.org/walks/1>" in row and "CC-BY-4.0" in row
+
+
+def test_list_names_its_root_and_where_it_came_from_and_the_stated_specs(small_video, tmp_path):
+    """Before a download the manifest's stated specs show, marked; after `add`, the file's own."""
+    given = run_wtours(["list", "--root", str(tmp_path / "a")])
+    assert given.stdout.splitlines()[0] == f"root: {tmp_path / 'a'} (from --root)"
+    wildlife = next(line for line in given.stdout.splitlines() if line.startswith("wildlife"))
+    assert "~0:59:00" in wildlife and "~3840x2160@60" in wildlife
+    assert "amsterdam" in given.stdout and given.stdout.splitlines()[-1].startswith("~: as the corpus manifest")
+    env = {**os.environ, "WTOURS_ROOT": str(tmp_path / "b")}
+    assert run_wtours(["list"], env=env).stdout.startswith(f"root: {tmp_path / 'b'} (from $WTOURS_ROOT)")
+    env = {k: v for k, v in os.environ.items() if k != "WTOURS_ROOT"} | {"XDG_DATA_HOME": str(tmp_path / "xdg")}
+    assert run_wtours(["list"], env=env).stdout.startswith(f"root: {tmp_path / 'xdg' / 'wtours'} (from default)")
+    run_wtours(["add", str(small_video), "--name", "wildlife", "--root", str(tmp_path / "a")])
+    listed = run_wtours(["list", "--root", str(tmp_path / "a"), "--json"])
+    assert listed.stderr.startswith(f"root: {tmp_path / 'a'} (from --root)")
+    row = next(r for r in json.loads(listed.stdout) if r["slug"] == "wildlife")
+    assert row["duration"] == pytest.approx(3.0, abs=0.05) and row["stated_duration"] == 3540
+    line = next(line for line in run_wtours(["list", "--root", str(tmp_path / "a")]).stdout.splitlines()
+                if line.startswith("wildlife"))
+    assert "0:00:03" in line and "~" not in line and "320x240@30" in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,25 @@ def test_an_exported_timm_folder_evaluates_as_its_checkpoint(digits, tmp_path):
     (folder / "model.safetensors").unlink()
     code, _, stderr = wtours("eval", "knn", str(folder), "--train", str(train_dir), "--val", str(val_dir))
     assert code == 1 and "model.safetensors" in stderr and "Traceback" not in stderr
+
+
+def test_eval_knn_reports_progress_and_decodes_with_the_usable_cpus(digits, tmp_path, monkeypatch):
+    """`eval knn` says how far feature extraction is (done/total, rate) and, without --workers, decodes with one
+    process per usable CPU (wtours.system.default_workers, as train)."""
+    from wtours.eval import knn as knn_module
+    from wtours.system import default_workers
+
+    micro = tmp_path / "micro.pth"
+    torch.save(create_vit("vit_micro").state_dict(), micro)
+    train_dir, val_dir = digits
+    monkeypatch.setattr(knn_module, "PROGRESS_EVERY_S", 0.0)  # a line per batch: several for this small set
+    code, stdout, stderr = wtours("eval", "knn", str(micro), "--train", str(train_dir), "--val", str(val_dir),
+                                  "--device", "cpu", "--batch-size", "128", "--out", str(tmp_path / "knn.json"))
+    assert code == 0, stderr
+    assert f"features of 337 train and 113 val images on cpu, {default_workers()} decoding worker(s)" in stdout
+    train_lines = re.findall(r"^train: (\d+)/337 images, [\d.]+ images/s$", stdout, re.M)
+    assert [int(n) for n in train_lines] == [128, 256, 337]
+    assert re.search(r"^val: 113/113 images, [\d.]+ images/s$", stdout, re.M)
+    quiet = wtours("eval", "knn", str(micro), "--train", str(train_dir), "--val", str(val_dir), "--device", "cpu",
+                   "--workers", "0", "--out", str(tmp_path / "q.json"), "-q")
+    assert quiet[0] == 0 and "images/s" not in quiet[1] and "top-1" in quiet[1]

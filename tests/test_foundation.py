@@ -137,5 +137,5 @@ def test_wheel_ships_cli_and_manifest(tmp_path):
 
 def test_list_json_shows_manifest(tmp_path):
     result = run_wtours(["list", "--root", str(tmp_path), "--json"])
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [r["slug"] for r in rows][:2] == ["amsterdam", "bangkok"] and len(rows) == 10

@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.cli import run_wtours
 from tests.videos import index_json, make_truncated_video, make_video, make_video_with_black_tail, run_ffmpeg
-from wtours.errors import IncompleteError, WtoursError
+from wtours.errors import IncompleteError, UsageError, WtoursError
 from wtours.fetch.local import add_local
 from wtours.layout import TEMPORARY_GLOB, Layout
 from wtours.shard.blank import is_blank, luma_spread
@@ -220,6 +220,16 @@ def test_nodes_share_the_work_and_the_last_writes_the_index(walk20, tmp_path):
     second = shard(split, num_nodes=2, node_rank=1)
     assert second.index is not None
     assert digests(single.shard_dir("walk")) == digests(split.shard_dir("walk"))
+
+
+def test_overwrite_is_refused_when_machines_share_a_set(tmp_path):
+    """Each machine of a multi-node run would clear the set on --overwrite, a late one removing segments the
+    others finished: refused before anything is touched, with the way to do it."""
+    with pytest.raises(UsageError, match="every machine would clear the set"):
+        RunOptions(num_nodes=2, node_rank=1, overwrite=True)
+    result = run_wtours(["shard", "--city", "venice", "--root", str(tmp_path), "--num-nodes", "2", "--node-rank", "0",
+                         "--overwrite"])
+    assert result.exit_code == 2 and "without --overwrite" in result.output and not any(tmp_path.iterdir())
 
 
 def test_slurm_environment_sets_nodes():

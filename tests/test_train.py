@@ -215,6 +215,53 @@ def test_launch_read_from_slurm_or_torchrun():
     assert read_launch({}).world_size == 1
 
 
+class _Cycle:
+    """Holds a model in a reference cycle, which only the garbage collector frees."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.me = model, self
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_leaving_the_process_group_frees_a_ddp_model_left_in_a_cycle(fails):
+    """A DDP model keeps Gloo's process group alive; freed only at interpreter exit it aborted a torchrun rank
+    (CI: rank 0 'terminate called without an active exception'). setup frees it before the process ends, on the
+    error path too (the error's frames hold it); the collector is off here, so only setup can free it."""
+    import gc
+    import weakref
+
+    import torch.distributed as torch_dist
+
+    from wtours.distributed import setup
+
+    def build_and_train(fail: bool):
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+        _Cycle(model)
+        model(torch.randn(3, 4)).sum().backward()  # the reducer's buckets: as a training step leaves them
+        refs.append(weakref.ref(model))
+        if fail:
+            raise WtoursError("stopped", "rerun")
+
+    refs: list = []
+    gc.collect()
+    gc.disable()
+    try:
+        torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        if fails:
+            with pytest.raises(WtoursError) as raised, setup("cpu"):
+                build_and_train(True)
+            assert raised.value.__traceback__ is not None  # the error and its traceback are still alive here
+        else:
+            with setup("cpu"):
+                build_and_train(False)
+        assert not torch_dist.is_initialized()
+        assert refs[0]() is None
+    finally:
+        gc.enable()
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("nodelist,hosts", [
     ("node[01-03,07]", ["node01", "node02", "node03", "node07"]),
     ("gpu-a[1-2],gpu-b5", ["gpu-a1", "gpu-a2", "gpu-b5"]),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wtours.catalog import catalog, format_table
 from wtours.fetch.local import add_local
-from wtours.layout import CHECKPOINT_FILE, RUN_LOG_FILE, Layout, replace_atomically
+from wtours.layout import CHECKPOINT_FILE, RUN_CURVES_FILE, RUN_LOG_FILE, Layout
 from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.run import shard_video
@@ -111,27 +111,9 @@ def _train(layout: Layout, run: Path, config: DemoConfig, say: Callable[[str], N
         workers=config.workers, log_every=1, checkpoint_every=config.steps, seed=0, overwrite=True)  # a rerun: afresh
     train(train_config, say=say)
     log = [json.loads(line) for line in (run / RUN_LOG_FILE).read_text().splitlines()]
-    curve = run / "loss.png"
-    _plot_loss(log, curve)
+    curve = run / RUN_CURVES_FILE  # drawn by the run itself
     return {"run": str(run), "steps": len(log), "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"],
             "clips_per_s": log[-1]["clips_per_s"], "loss_curve": str(curve)}
-
-
-def _plot_loss(log: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    ax.plot([r["step"] for r in log], [r["loss"] for r in log], marker=".")
-    ax.set_xlabel("step")
-    ax.set_ylabel("DoRA loss")
-    ax.set_title("wtours demo: training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
 
 
 def _report(report: dict, say: Callable[[str], None]) -> None:

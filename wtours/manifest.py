@@ -31,10 +31,20 @@ class VideoEntry:
 
 
 @dataclass(frozen=True)
+class Mirror:
+    """Where the videos are mirrored besides YouTube (figshare): its page, article number and title."""
+
+    url: str
+    figshare_article: int
+    title: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     title: str
     paper: str
     videos: tuple[VideoEntry, ...]
+    mirror: Mirror
 
     @property
     def slugs(self) -> list[str]:
@@ -71,4 +81,4 @@ def load_manifest() -> Manifest:
     raw = json.loads(text)
     videos = tuple(VideoEntry(**{**v, "aliases": tuple(v.get("aliases", ())),
                                  "previous_ids": tuple(v.get("previous_ids", ()))}) for v in raw["videos"])
-    return Manifest(title=raw["title"], paper=raw["paper"], videos=videos)
+    return Manifest(title=raw["title"], paper=raw["paper"], videos=videos, mirror=Mirror(**raw["mirror"]))

@@ -9,6 +9,7 @@ from wtours.clips.epoch import ClipConfig, clips_per_epoch, plan_epoch
 from wtours.clips.spec import ShardRef
 from wtours.shard.index import ShardIndex
 from wtours.streams import url_scheme
+from wtours.units import format_duration
 
 
 def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, workers: int = 1,
@@ -34,6 +35,7 @@ def describe(shards: list[ShardRef], config: ClipConfig, world_size: int = 1, wo
         if index.slug in videos:
             videos[index.slug]["complete"] = index.complete
             videos[index.slug]["privacy"] = index.privacy  # None: frames stored as decoded, faces not blurred
+            videos[index.slug]["blank"] = blank_report(index)
             if not index.complete:
                 videos[index.slug]["decoded_until"] = index.decoded_until
                 incomplete.append(index.slug)
@@ -66,6 +68,8 @@ def format_description(info: dict[str, Any]) -> str:
         gaps = ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in v["gaps"]) or "none"
         lines.append(f"  {slug}: {v['shards']} shards, {v['frames']} frames at {v['fps']:g} fps, "
                      f"{v['seconds'] / 60:.1f} min; dropped stretches (gaps): {gaps}")
+        if "blank" in v:
+            lines.append(f"  {slug}: {blank_line(v['blank'])}")
         if "privacy" in v:
             lines.append(f"  {slug}: {privacy_line(v['privacy'], v['frames'])}")
         if v.get("complete") is False:
@@ -84,6 +88,44 @@ def format_description(info: dict[str, Any]) -> str:
                  f"{info['steps_per_epoch']} steps per rank; {info['slot_clips'][0]}-{info['slot_clips'][1]} "
                  f"distinct clips per worker, at most {info['shards_per_slot']} shard(s) each")
     return "\n".join(lines)
+
+
+def blank_report(index: ShardIndex) -> dict[str, Any]:
+    """The set's blank frames (dropped by `wtours shard`, index.json's `blank_stretches`) as stretches with times,
+    each marked `tail` when it runs to the video's end; and `tail`: the end of the video no shard covers, with why
+    (blank, --end, decoding stopped), None when the shards reach the end. Times in seconds of the video."""
+    cell = 1 / index.fps
+    duration = index.video.duration
+    stretches = []
+    for start, last in index.blank_stretches:  # `last`: the last blank cell's time; the stretch ends a cell later
+        end = min(last + cell, duration)
+        stretches.append({"start": start, "end": end, "seconds": round(end - start, 3),
+                          "tail": last + 1.5 * cell >= duration})
+    covered = max((last + 1 for s in index.shards for _, last in s.cell_runs), default=0) * cell
+    tail = None
+    if duration - covered > 1.5 * cell:
+        why = ("blank" if stretches and stretches[-1]["tail"]
+               else "--end" if index.params.end is not None and index.params.end < duration
+               else "decoding stopped" if not index.complete else "no frames kept")
+        tail = {"start": round(covered, 3), "end": duration, "why": why}
+    return {"frames": index.dropped.get("blank", 0), "stretches": stretches, "tail": tail}
+
+
+def blank_line(blank: dict[str, Any]) -> str:
+    """'blank: none', or the blank stretches with their times (a tail named) and what the shards leave uncovered
+    at the end."""
+    stretches = blank["stretches"]
+    seconds = sum(s["seconds"] for s in stretches)
+    shown = [f"{format_duration(s['start'])}-{format_duration(s['end'])}" + (" (tail, to the end)" * s["tail"])
+             for s in stretches[:8]]
+    more = f" ... ({len(stretches) - 8} more; --json lists them)" if len(stretches) > 8 else ""
+    text = (f"blank: {blank['frames']} frames dropped in {len(stretches)} stretch(es), {format_duration(seconds)}: "
+            + ", ".join(shown) + more) if stretches else "blank: none"
+    tail = blank["tail"]
+    if tail:
+        text += (f"; shards end at {format_duration(tail['start'])} of {format_duration(tail['end'])} "
+                 f"({tail['why']})")
+    return text
 
 
 def privacy_line(privacy: dict[str, Any] | None, frames: int) -> str:

@@ -18,7 +18,8 @@ class KnnConfig(Checked):
     resize: int = option(256, "Short side the images are resized to.", range=IMAGE_SIDE)
     crop: int = option(224, "Side of the centre crop.", range=IMAGE_SIDE)
     batch_size: int = option(128, "Images per forward pass.", range=Range(1, 1 << 16))  # DINO's per-GPU default
-    workers: int = option(0, "Image-decoding processes (0: in this process).", range=Range(0, 1024))
+    workers: int | None = option(None, "Image-decoding processes (default: one per usable CPU, as `wtours train`; 0: "
+                                       "in this process).", range=Range(0, 1024))
     chunk: int = option(256, "Val images per similarity block.", range=Range(1, 1 << 20))  # memory: chunk x train set
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from wtours.eval.config import KnnConfig
 from wtours.eval.data import LabelledFolder, collate_readable, labelled_pair
 from wtours.layout import write_json_atomic
 from wtours.models.checkpoint import load_backbone
-from wtours.system import resolve_device
+from wtours.system import default_workers, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,37 @@ class KnnResult:
 MAX_NAMED = 10  # bad images named one by one in the log; the rest are counted
 
 
+PROGRESS_EVERY_S = 10.0  # seconds between progress lines while features are extracted (and one at the end)
+
+
+def knn_workers(config: KnnConfig) -> int:
+    """--workers, else one image-decoding process per usable CPU (affinity, SLURM), as `wtours train` takes."""
+    return config.workers if config.workers is not None else default_workers()
+
+
 @torch.no_grad()
-def extract_features(backbone: nn.Module, dataset: LabelledFolder, config: KnnConfig,
-                     device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def extract_features(backbone: nn.Module, dataset: LabelledFolder, config: KnnConfig, device: torch.device | str,
+                     say: Callable[[str], None] | None = None,
+                     what: str = "images") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(N, D) L2-normalised [CLS] features and (N,) labels of the images that decode, in the dataset's
     order, on `device`, and the files that do not: skipped and warned about by name; none decoding at
-    all is an error."""
+    all is an error. `say` gets a progress line (`what`: done/total images, rate) every PROGRESS_EVERY_S
+    seconds and at the end."""
     device = torch.device(device)
     loader: DataLoader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
-                                    num_workers=config.workers, pin_memory=device.type == "cuda",
+                                    num_workers=knn_workers(config), pin_memory=device.type == "cuda",
                                     collate_fn=collate_readable)
     features: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     skipped: list[str] = []
+    started = last_said = time.perf_counter()
+    done = 0
     for images, targets, unreadable in loader:
+        done += len(unreadable) + (0 if images is None else len(images))
+        now = time.perf_counter()
+        if say is not None and (now - last_said >= PROGRESS_EVERY_S or done == len(dataset)):
+            say(f"{what}: {done}/{len(dataset)} images, {done / max(now - started, 1e-9):.1f} images/s")
+            last_said = now
         for path in unreadable:
             if len(skipped) < MAX_NAMED:
                 log.warning("skipping an image that does not decode (empty, truncated or not an image): %s", path)
@@ -98,16 +116,20 @@ def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> int:
 
 
 def evaluate_knn(backbone: nn.Module, train: LabelledFolder, val: LabelledFolder, config: KnnConfig = KnnConfig(),
-                 device: torch.device | str = "cpu") -> KnnResult:
-    """Top-1/top-5 of DINO's weighted k-NN; the backbone runs in eval mode and is restored afterwards."""
+                 device: torch.device | str = "cpu", say: Callable[[str], None] | None = None) -> KnnResult:
+    """Top-1/top-5 of DINO's weighted k-NN; the backbone runs in eval mode and is restored afterwards. `say`: progress
+    lines (extract_features)."""
     started = time.perf_counter()
     if config.k > len(train):
         log.warning("k = %d is more than the %d train images: using k = %d", config.k, len(train), len(train))
     was_training = backbone.training
     backbone.eval()
     try:
-        train_features, train_labels, train_bad = extract_features(backbone, train, config, device)
-        val_features, val_labels, val_bad = extract_features(backbone, val, config, device)
+        if say is not None:
+            say(f"k-NN: features of {len(train)} train and {len(val)} val images on {device}, "
+                f"{knn_workers(config)} decoding worker(s)")
+        train_features, train_labels, train_bad = extract_features(backbone, train, config, device, say, "train")
+        val_features, val_labels, val_bad = extract_features(backbone, val, config, device, say, "val")
     finally:
         backbone.train(was_training)
     classes = train.num_classes
@@ -123,12 +145,14 @@ def evaluate_knn(backbone: nn.Module, train: LabelledFolder, val: LabelledFolder
 
 def knn_checkpoint(checkpoint: str | os.PathLike, train_dir: str | os.PathLike, val_dir: str | os.PathLike,
                    config: KnnConfig = KnnConfig(), out: str | os.PathLike | None = None, arch: str | None = None,
-                   which: str = "teacher", device: str | None = None) -> tuple[KnnResult, Path]:
-    """`wtours eval knn`: load the backbone, evaluate, write the result json (default: beside the checkpoint)."""
+                   which: str = "teacher", device: str | None = None,
+                   say: Callable[[str], None] | None = None) -> tuple[KnnResult, Path]:
+    """`wtours eval knn`: load the backbone, evaluate (`say`: progress lines), write the result json (default: beside
+    the checkpoint)."""
     where = resolve_device(device)
     backbone, arch = load_backbone(checkpoint, arch, which)
     train, val = labelled_pair(train_dir, val_dir, config.resize, config.crop)
-    result = evaluate_knn(backbone.to(where), train, val, config, where)
+    result = evaluate_knn(backbone.to(where), train, val, config, where, say)
     out = Path(out) if out else Path(checkpoint).resolve().with_name(f"{Path(checkpoint).resolve().stem}.knn.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, {"checkpoint": str(checkpoint), "arch": arch, "which": which,

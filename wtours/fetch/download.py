@@ -24,10 +24,10 @@ from wtours.video import completed_file, write_video_info
 
 log = logging.getLogger(__name__)
 
-MIRROR_HINT = ("the videos are also mirrored on figshare (article 25189275, 'Dora_WalkingTours_Dataset_ICLR_2024'); "
-               "download a file there and register it with `wtours add FILE --name SLUG`")
+MIRROR_HINT = ("; the corpus videos are also mirrored on figshare ({url}): download the video's file there (mp4, mkv "
+               "or a zip of one) and register it with `wtours add FILE --name {slug} --mirror`")
 COOKIES_HINT = ("YouTube asks to sign in ('confirm you're not a bot'): pass cookies from a browser that is logged in "
-                "to YouTube, `--cookies cookies.txt` (Netscape format) or `--cookies-from-browser firefox`; ")
+                "to YouTube, `--cookies cookies.txt` (Netscape format) or `--cookies-from-browser firefox`")
 JS_HINT = ("yt-dlp needs a JavaScript runtime for full YouTube support: install deno (https://deno.com) and "
            "`pip install yt-dlp-ejs`, then rerun")
 DISK_MARGIN = 1.02  # keep 2% headroom over the announced size
@@ -176,12 +176,20 @@ def flag_options(config: DownloadConfig) -> dict[str, Any]:
     return options
 
 
-def _explain(message: str, warnings: list[str], config: DownloadConfig, retries: int) -> WtoursError:
-    """Turn a yt-dlp failure into an error that names the fix (`retries`: as yt-dlp was given them)."""
+def mirror_hint(corpus_slug: str | None) -> str:
+    """How to get corpus video `corpus_slug` without YouTube (nothing for another video: the mirror lacks it)."""
+    return MIRROR_HINT.format(url=load_manifest().mirror.url, slug=corpus_slug) if corpus_slug else ""
+
+
+def _explain(message: str, warnings: list[str], config: DownloadConfig, retries: int,
+             corpus_slug: str | None = None) -> WtoursError:
+    """Turn a yt-dlp failure into an error that names the fix (`retries`: as yt-dlp was given them;
+    `corpus_slug`: the corpus video it was, which the figshare mirror also serves)."""
+    mirror = mirror_hint(corpus_slug)
     text = " ".join([message, *warnings]).lower()
     short = message.replace("ERROR: ", "").strip()
     if "not a bot" in text or "sign in to confirm" in text or "cookies" in text and "sign in" in text:
-        return WtoursError(f"YouTube refused the download: {short}", COOKIES_HINT + MIRROR_HINT)
+        return WtoursError(f"YouTube refused the download: {short}", COOKIES_HINT + mirror)
     if "javascript runtime" in text or "challenge solver" in text:
         return WtoursError(f"yt-dlp could not solve YouTube's challenge: {short}", JS_HINT)
     if "requested format is not available" in text:
@@ -191,11 +199,12 @@ def _explain(message: str, warnings: list[str], config: DownloadConfig, retries:
                "urlopen error", "connection reset", "remote end closed", "failed to resolve", "giving up after")
     if any(word in text for word in network):
         return WtoursError(f"network failure after {retries} retries: {short}",
-                           "check the connection (or proxy) and rerun: a partial download resumes where it stopped")
+                           "check the connection (or proxy) and rerun: a partial download resumes where it stopped"
+                           + mirror)
     if "no space left" in text:
         return WtoursError(f"disk full: {short}",
                            "free space under the data root or pass another --root; a rerun resumes")
-    return WtoursError(f"download failed: {short}", "rerun with -v for yt-dlp's full log; " + MIRROR_HINT)
+    return WtoursError(f"download failed: {short}", "rerun with -v for yt-dlp's full log" + mirror)
 
 
 class _ProgressBar:
@@ -276,6 +285,7 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
     with folder_lock(folder, f"video folder of {target.slug}"):
         import yt_dlp
 
+        corpus_slug = target.entry.slug if target.entry else None
         logger = _YtdlpLogger()
         bar = _ProgressBar(target.slug, config.progress)
         options = _ytdlp_options(config, str(layout.video_path(target.slug, "%(ext)s")), logger, [bar.hook])
@@ -286,10 +296,10 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
                 _check_disk(info, folder)
                 info = ydl.process_ie_result(info, download=True)
         except yt_dlp.utils.DownloadError as e:
-            raise _explain(str(e), logger.warnings, config, options["retries"]) from e
+            raise _explain(str(e), logger.warnings, config, options["retries"], corpus_slug) from e
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise _explain("No space left on device", [], config, options["retries"]) from e
+                raise _explain("No space left on device", [], config, options["retries"], corpus_slug) from e
             raise
         finally:
             bar.close()

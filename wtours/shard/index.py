@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wtours import __version__
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.layout import (
     INDEX_FILE,
     WIDS_SUFFIX,
@@ -280,6 +280,8 @@ def build_index(video: IndexVideo, params: ShardParams, records: list[SegmentRec
 
 # ------------------------------------------------------------------ plan
 
+PLAN_FORMAT = "wtours-shard-plan"
+
 
 def write_plan(layout: Layout, video: IndexVideo, params: ShardParams, segments: int, output: tuple[int, int],
                overwrite: bool) -> None:
@@ -287,7 +289,7 @@ def write_plan(layout: Layout, video: IndexVideo, params: ShardParams, segments:
     made from other inputs."""
     slug = video.slug
     existing = read_json(layout.plan_path(slug))
-    new: dict[str, Any] = {"format": "wtours-shard-plan", "video": asdict(video), "params": params.to_dict(),
+    new: dict[str, Any] = {"format": PLAN_FORMAT, "video": asdict(video), "params": params.to_dict(),
                            "segments": segments, "output": {"width": output[0], "height": output[1]}}
     if existing is not None and existing != new and not overwrite:
         changes = [k for k in ("video", "params", "segments") if existing.get(k) != new.get(k)]
@@ -300,6 +302,19 @@ def write_plan(layout: Layout, video: IndexVideo, params: ShardParams, segments:
                           "rerun with --overwrite to replace them, or keep the old parameters (a rerun resumes)")
     if existing != new:
         write_json_atomic(layout.plan_path(slug), new)
+
+
+def planned_settings(layout: Layout, slug: str) -> dict[str, Any]:
+    """The settings `slug`'s shard set is being made with, as its plan records them (nested as the ShardParams
+    fields are), for `wtours shard --finalize`: it finishes that set, whatever its flags were. No plan: an error."""
+    plan = read_json(layout.plan_path(slug))
+    if plan is None:
+        raise UsageError(f"{slug}: nothing to finalize: {layout.plan_path(slug)} does not exist",
+                         f"shard it first: `wtours shard --city {slug}` (with the settings you want)")
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT or not isinstance(plan.get("params"), dict):
+        raise WtoursError(f"{layout.plan_path(slug)} is not a wtours shard plan",
+                          f"rerun `wtours shard --city {slug}` with the settings of the set (or --overwrite)")
+    return ShardParams.nested(plan["params"])
 
 
 def clear_shard_dir(layout: Layout, slug: str) -> None:

@@ -81,6 +81,11 @@ class RunOptions:
         if not 0 <= self.node_rank < self.num_nodes:
             raise UsageError(f"--node-rank {self.node_rank} is outside 0..{self.num_nodes - 1}",
                               "give each of the --num-nodes machines a distinct rank from 0")
+        if self.overwrite and self.num_nodes > 1:  # machines start at different times: a late one would clear
+            raise UsageError(f"--overwrite with --num-nodes {self.num_nodes}: every machine would clear the set, "
+                             "removing segments that another machine has already finished",
+                             "clear the set once before the job (delete its folder under ROOT/shards/), then "
+                             "start every machine without --overwrite")
 
 
 def nodes_from_environment(env: dict[str, str] | None = None) -> tuple[int, int]:

@@ -63,11 +63,22 @@ class ShardSummary:
     missing_segments: int = 0  # segments other nodes still have to do
 
     def line(self, source_fps: float) -> str:
+        """What this run did; where it decoded nothing (a rerun of a finished set, --finalize), what the set holds."""
+        if self.index is not None and not self.segments_done:
+            return f"{self.slug}: complete, nothing left to decode: {self.set_figures()}"
         rate = self.samples / self.seconds if self.seconds else 0.0
         decoded = self.source_seconds * source_fps / self.seconds if self.seconds else 0.0
+        whole = f"; the set: {self.set_figures()}" if self.index is not None and self.index.samples != self.samples \
+            else ""
         return (f"{self.slug}: {self.samples} frames in {self.shards} shards, {self.bytes / 1e6:.1f} MB, "
                 f"{rate:.1f} frames/s written ({decoded:.0f} source frames/s decoded), {self.dropped} dropped, "
-                f"{self.seconds:.1f} s")
+                f"{self.seconds:.1f} s{whole}")
+
+    def set_figures(self) -> str:
+        index = self.index
+        assert index is not None
+        return (f"{index.samples} frames in {len(index.shards)} shards, "
+                f"{sum(s.bytes for s in index.shards) / 1e6:.1f} MB, {index.dropped.get('blank', 0)} blank dropped")
 
 
 def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) -> ShardJob:

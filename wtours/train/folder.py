@@ -177,7 +177,7 @@ def prepare(out: Path, config: TrainConfig, facts: dict) -> dict:
         names = ", ".join(p.name for p in outputs[:4]) + (", ..." if len(outputs) > 4 else "")
         raise UsageError(f"{out} already holds a training run ({names})",
                          "pass --resume to continue it, or --overwrite to start afresh (removes the run's "
-                         "checkpoint, logs, config.json and TensorBoard events), or choose another --out")
+                         "checkpoint, logs, loss.png, config.json and TensorBoard events), or choose another --out")
     if config.overwrite:
         for output in outputs:
             if output.is_dir() and not output.is_symlink():

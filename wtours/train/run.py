@@ -27,6 +27,7 @@ from wtours.models.checkpoint import read_checkpoint, save_checkpoint
 from wtours.system import default_workers
 from wtours.train import folder
 from wtours.train.config import STEPS, TrainConfig
+from wtours.train.curves import write_curves
 from wtours.train.logger import RunLogger, RunState, problems_line
 from wtours.train.monitor import Monitor
 from wtours.train.optim import cancel_last_layer_gradients, clip_per_tensor, cosine_schedule, ema_update, param_groups
@@ -234,7 +235,9 @@ def _loop(run: Run) -> None:
         else:
             state.epoch += 1
             state.step_in_epoch = 0
-    logger.say(f"done: {state.step} steps; checkpoint {run.out / CHECKPOINT_FILE}; log {run.out / 'log.jsonl'}")
+    curve = write_curves(run.out) if run.dist.is_main else None  # with the evaluations of the last step
+    logger.say(f"done: {state.step} steps; checkpoint {run.out / CHECKPOINT_FILE}; log {run.out / 'log.jsonl'}"
+               + (f"; curves {curve}" if curve else ""))
     line = problems_line(_gathered(problems))
     if line:
         logger.say(line)
@@ -291,6 +294,7 @@ def _checkpoint(run: Run) -> None:
             "scaler": run.scaler.state_dict(), "step": state.step, "epoch": state.epoch,
             "step_in_epoch": state.step_in_epoch, "arch": config.model.arch, "out_dim": config.model.out_dim,
             "config": folder.recorded(config), "schedule": run.facts, "problems": problems})
+        write_curves(run.out)  # the curve so far, beside the log, at every checkpoint
     state.saved_step = state.step
 
 
