@@ -10,10 +10,11 @@
 # the ffmpeg of the imageio-ffmpeg wheel; train_bench.py at B=16 and 32 in bf16, eager (with the
 # authors-style step and the shard-fed step) then compiled; the GPU augmentation path's device side
 # (nvJPEG decode + batched multi-crop) and its peak memory; learning_bench.py at a real scale (vit_small
-# trained on the repository's street footage, evaluated at init and after: J&F, k-NN, linear probe).
+# trained on the repository's street footage, evaluated at init and after: J&F, k-NN, linear probe); the cost of
+# `wtours stats --detector owlv2` per frame (owlv2_bench.py; skipped when the image has no transformers).
 # Every part has its own time limit inside a 450 s budget (DEVICE_CHECK_BUDGET; 450 leaves a rerun room in a
 # session's 15 device minutes), so the script ends, with a table, whatever
-# hangs. Output: $OUT/ (7 files), table last.
+# hangs. Output: $OUT/ (8 files), table last.
 set -uo pipefail
 
 MODE=${1:-}
@@ -113,6 +114,8 @@ else
     LEARN=(--steps 100 --arch vit_small --batch-size 32 --frames 8 --stride 0.2 --n-local 6 --out-dim 65536
            --image-size 224 --workers 8 --device cuda)
     VIDEO="testsrc2=size=1280x720:rate=30" LENGTH=300
+    # OWLv2 B/16 at 960 px, random weights (the released ones cost the same), 1,203 LVIS queries: 64 frames
+    OWL=(--device cuda --frames 64 --batch-size 16)
 fi
 
 DEVICE=$($PY -c "import torch, torchvision; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU', '| torch', torch.__version__, '| torchvision', torchvision.__version__)")
@@ -186,6 +189,15 @@ else
         --batch-sizes 32 16 --skip-authors "${TRAIN[@]}"
 fi
 
+# the open-vocabulary class counter's cost per frame (transformers is not in .whl/: skipped cleanly without it)
+if [[ $SMOKE == 1 ]]; then
+    echo "[owlv2_bench] skipped in --cpu-smoke (OWLv2 B/16 takes over 30 s a frame on a shared CPU)" | tee -a "$OUT/owlv2_bench.txt"
+elif $PY -c "import transformers" 2>/dev/null; then
+    part "owlv2_bench" 60 "$OUT/owlv2_bench.txt" $PY -m benchmarks.owlv2_bench "${OWL[@]}"
+else
+    echo "[owlv2_bench] skipped: transformers is not installed in this image" | tee -a "$OUT/owlv2_bench.txt"
+fi
+
 # learning shown: the same vit_small at initialisation and after training, side by side
 [[ -f .whl/digits.npz ]] && LEARN+=(--digits .whl/digits.npz)
 part "learning_bench" 180 "$OUT/learning_bench.txt" $PY -m benchmarks.learning_bench "${LEARN[@]}" --work "$WORK/learning"
@@ -198,6 +210,7 @@ part "learning_bench" 180 "$OUT/learning_bench.txt" $PY -m benchmarks.learning_b
     grep -h "^B=" "$OUT/train_bench.txt" | sed 's/^/eager        /'
     grep -h "^B=" "$OUT/train_bench_compiled.txt" 2>/dev/null | sed 's/^/compiled     /'
     grep -h "^ROW" "$OUT/gpu_augment.txt" | sed 's/^ROW //'
+    grep -h "^ROW\|skipped" "$OUT/owlv2_bench.txt" 2>/dev/null | sed 's/^ROW //'
     sed -n '/^budget:/,/^total/p' "$OUT/learning_bench.txt" 2>/dev/null | sed 's/^/learning     /'
     grep -h "skipped: budget\|rc=[1-9]" "$OUT"/*.txt | sed 's/^/problem: /'
 } >"$OUT/summary.txt"

@@ -246,6 +246,14 @@ def test_owlv2_counts_in_the_summary_and_the_corpus_union(tiny_owlv2, names_file
     assert corpus.loc["(corpus)", "unique_classes"] == len(union)
     assert corpus.loc["(corpus)", "frames"] == sum(s["frames"] for s in summaries)
     assert (layout.stats_base(None) / "corpus_unique_classes.png").stat().st_size > 1000
+    table = pd.read_csv(layout.stats_base(None) / "corpus_classes.csv").set_index("name")
+    assert set(table.index) == union
+    for name in union:
+        rows = [row for s in summaries for row in s["classes"]["table"] if row["name"] == name]
+        assert table.loc[name, "objects"] == sum(row["objects"] for row in rows)
+        assert table.loc[name, "videos"] == len(rows)
+        share = sum(row["frames"] for row in rows) / corpus.loc["(corpus)", "frames"]
+        assert table.loc[name, "frame_share"] == pytest.approx(share, abs=1e-6)
 
 
 # ------------------------------------------------------------------ weights from huggingface_hub's cache

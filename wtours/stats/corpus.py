@@ -13,6 +13,7 @@ from wtours.stats.report import new_figure, save_figure
 
 CSV_FILE = "corpus.csv"
 MARKDOWN_FILE = "corpus.md"
+CLASSES_FILE = "corpus_classes.csv"  # the corpus's class table (when classes were counted)
 CORPUS_ROW = "(corpus)"  # the last row when classes were counted: no slug has parentheses
 # (column, header in Markdown, decimals)
 COLUMNS = [
@@ -73,6 +74,23 @@ def corpus_union(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
             "unique_classes": len(union)}
 
 
+def corpus_class_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per class over the videos that counted classes: objects, frames showing it, its share of all their
+    frames and the videos it appears in; most frequent first (the per-video table's order)."""
+    counted = [s for s in summaries if s.get("classes")]
+    total = sum(s["frames"] for s in counted)
+    rows: dict[str, dict[str, Any]] = {}
+    for summary in counted:
+        for row in summary["classes"]["table"]:
+            merged = rows.setdefault(row["name"], {"name": row["name"], "objects": 0, "frames": 0, "videos": 0})
+            merged["objects"] += row["objects"]
+            merged["frames"] += row["frames"]
+            merged["videos"] += 1
+    for row in rows.values():
+        row["frame_share"] = round(row["frames"] / total, 6)
+    return sorted(rows.values(), key=lambda r: (-r["frames"], -r["objects"], r["name"]))
+
+
 def write_corpus(base: Path, summaries: list[dict[str, Any]]) -> dict[str, Path]:
     import pandas as pd
 
@@ -83,6 +101,13 @@ def write_corpus(base: Path, summaries: list[dict[str, Any]]) -> dict[str, Path]
     written = {"csv": base / CSV_FILE, "markdown": base / MARKDOWN_FILE}
     replace_atomically(written["csv"], lambda tmp: table.to_csv(tmp, index=False))
     replace_atomically(written["markdown"], lambda tmp: tmp.write_text(markdown(table), encoding="utf-8"))
+    if union is None:
+        (base / CLASSES_FILE).unlink(missing_ok=True)  # left by an earlier comparison with classes: no longer true
+    else:
+        classes = pd.DataFrame(corpus_class_table(summaries), columns=["name", "objects", "frames", "frame_share",
+                                                                       "videos"])
+        written["classes_csv"] = base / CLASSES_FILE
+        replace_atomically(written["classes_csv"], lambda tmp: classes.to_csv(tmp, index=False))
     videos = table[table["video"] != CORPUS_ROW]
     for name in ("lightness", *PAIRS, "unique_classes"):
         path = base / f"corpus_{name}.png"
