@@ -27,22 +27,23 @@ from wtours.errors import UsageError, WtoursError
 from wtours.fetch.local import add_local
 from wtours.hub import source as provenance
 from wtours.hub.card import (
-    EARLIER_MARKS,
     MIXED_LICENSE_NAME,
     CardVideo,
     is_cc_by,
     is_generated,
     local_card,
     render_card,
-    sample_features,
 )
 from wtours.hub.client import HubTarget
 from wtours.hub.push import PushConfig, push
 from wtours.layout import Layout
 from wtours.privacy.params import BlurParams
+from wtours.shard.card import EARLIER_MARKS, sample_features
 from wtours.shard.index import load_index
 from wtours.shard.params import RunOptions, ShardParams
+from wtours.shard.read import iter_shard
 from wtours.shard.run import shard_video
+from wtours.shard.writer import write_shard
 
 OWN = {"url": "https://example.org/my-walk", "title": "My walk", "uploader": "Me", "license": "CC BY 4.0"}
 SETS = {"venice": 3.0, "my-walk": 2.0}  # 2 fps, 4 samples per shard: 6 and 4 frames, 2 and 1 shards
@@ -302,13 +303,19 @@ print(json.dumps(report))
 
 @pytest.mark.slow
 def test_datasets_loads_a_repo_mixing_corpus_and_own_videos(root, hub, tmp_path):
-    """Every config and the default, prepared (non-streaming) and streaming. Without the declared
-    features (the card of earlier versions) the prepared default fails: `source_id` is a string in
-    venice's shards and null in my-walk's."""
+    """Every config and the default, prepared (non-streaming) and streaming, with my-walk's shard as version 3
+    wrote it (`source_id` null; version 4 writes ""). Without the declared features (the card of earlier
+    versions) the prepared default then fails: `source_id` is a string in venice's shards and null in my-walk's."""
     from huggingface_hub import HfApi
 
-    push_sets(root, hub, "alice/declared")
-    push_sets(root, hub, "alice/undeclared")
+    as_version_3 = tmp_path / "my-walk-000000.tar"
+    samples = iter_shard(Layout(root).shard_file("my-walk", "my-walk-000000.tar"))
+    write_shard(as_version_3, (dataclasses.replace(s, meta=dataclasses.replace(s.meta, source_id=None))  # type: ignore[arg-type]
+                               for s in samples))
+    for repo in ("alice/declared", "alice/undeclared"):
+        push_sets(root, hub, repo)
+        HfApi(endpoint=hub.url, token=TOKEN).upload_file(path_or_fileobj=as_version_3.read_bytes(), repo_id=repo,
+                                                         path_in_repo="my-walk/my-walk-000000.tar", repo_type="dataset")
     card = hub.files("alice/undeclared")["README.md"].decode()
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     meta = yaml.safe_load(front)

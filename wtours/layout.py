@@ -36,6 +36,7 @@ SEGMENTS_DIR = "_segments"
 NODES_DIR = "_nodes"
 WIDS_SUFFIX = ".wids.json"
 SOURCE_FILE = "source.json"
+DATASET_CARD_FILE = "README.md"  # a dataset card: <root>/shards/README.md here, a Hub repo's README.md there
 BLUR_SOURCE_FILE = "blurred_from.json"  # in a `wtours blur-faces` output: the set it was blurred from
 PULLED_FROM = "pulled_from"  # source.json's record of the Hub repo and revision `wtours pull` fetched a set from
 STATS_SUMMARY_FILE = "summary.json"
@@ -134,12 +135,20 @@ class Layout:
     def shards_base(self) -> Path:
         return self.root / "shards"
 
+    def shards_card_path(self) -> Path:
+        """The data root's own dataset card: what lets `datasets.load_dataset(<root>/shards)` read the sets."""
+        return self.shards_base() / DATASET_CARD_FILE
+
     def shard_dir(self, slug: str) -> Path:
         return self.shards_base() / validate_slug(slug)
 
     def sharded_slugs(self) -> list[str]:
         """Slugs with a folder under shards/ (sharded here or pulled from the Hub)."""
         return _slug_folders(self.shards_base())
+
+    def indexed_slugs(self) -> list[str]:
+        """The complete shard sets under shards/: those with an index.json."""
+        return [slug for slug in self.sharded_slugs() if self.index_path(slug).is_file()]
 
     def shard_path(self, slug: str, number: int) -> Path:
         return self.shard_dir(slug) / shard_name(slug, number)

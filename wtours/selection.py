@@ -25,7 +25,7 @@ def video_slugs(layout: Layout, cities: tuple[str, ...], all_videos: bool, actio
 def shard_set_slugs(layout: Layout, cities: tuple[str, ...], all_sets: bool, action: str) -> list[str]:
     """Shard sets with an index.json (--all), or each --city as a shard folder's name or a corpus city."""
     if all_sets:
-        slugs = [slug for slug in layout.sharded_slugs() if layout.index_path(slug).is_file()]
+        slugs = layout.indexed_slugs()
         if not slugs:
             raise WtoursError(f"no shard sets under {layout.shards_base()}", "run `wtours shard --city SLUG` first")
         return slugs

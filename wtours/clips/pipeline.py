@@ -87,6 +87,17 @@ class RawClipBatch:
     problems: dict | None = None  # as ClipBatch.problems
 
 
+@dataclass
+class SlotClips:
+    """A process's clips of the epoch (`ClipDataset._slot_clips`), in batch order, the skipped ones already read."""
+
+    clips: Iterator[Clip]
+    worker: int  # the DataLoader worker (0 in the main process) ...
+    workers: int  # ... of this many
+    role: int  # the worker whose batches it makes (`_slot_clips`: after a resume, not always `worker`)
+    done: int  # of its batches, those made before the resumed position
+
+
 class ClipDataset(IterableDataset):
     """DoRA batches from shards; call `set_epoch(e)` before iterating each epoch."""
 
@@ -130,6 +141,19 @@ class ClipDataset(IterableDataset):
 
     def _batches(self, info) -> Iterator[Any]:
         """The batches of this process's slot (`info`: its DataLoader worker, None in the main process)."""
+        slot = self._slot_clips(info)
+        counted = self.problems.counts()
+        pool = OutputPool(self.leases, slot.worker) if info and self.leases is not None else None
+        for number, batch in enumerate(batched(slot.clips, self.config.batch_size), start=slot.done):
+            out = self._make_batch(batch, slot.role + number * slot.workers, pool)
+            # what this worker skipped since its last batch travels with the batch, so the training
+            # process counts every worker's (and, gathered, every rank's) skipped shards and clips
+            now = self.problems.counts()
+            out.problems, counted = Problems.since(counted, now), now
+            yield out
+
+    def _slot_clips(self, info) -> SlotClips:
+        """This process's clips of the epoch, in batch order, past those of the batches skipped on resuming."""
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         # The DataLoader takes whole batches from its workers in turn, starting with worker 0, and the
         # plan gives worker w the batches w, w + workers, ... of the epoch. Resumed after k batches,
@@ -146,18 +170,19 @@ class ClipDataset(IterableDataset):
         done = len(range(role, self.skip_batches, workers))  # this role's batches before the resumed position
         # skipped before decoding (cheap); what they skipped was counted by the run that made them
         collections.deque(itertools.islice(clips, done * self.config.batch_size), maxlen=0)
-        counted = self.problems.counts()
-        pool = OutputPool(self.leases, worker) if info and self.leases is not None else None
-        for number, batch in enumerate(batched(clips, self.config.batch_size), start=done):
-            # each batch's augmentation draws follow from its place in the epoch, so a resumed epoch draws
-            # exactly what an uninterrupted one does
-            rng = np.random.default_rng([self.config.clip.seed, self.epoch, self.rank, role + number * workers])
-            out = self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng, pool)
-            # what this worker skipped since its last batch travels with the batch, so the training
-            # process counts every worker's (and, gathered, every rank's) skipped shards and clips
-            now = self.problems.counts()
-            out.problems, counted = Problems.since(counted, now), now
-            yield out
+        return SlotClips(clips, worker, workers, role, done)
+
+    @property
+    def recycles_outputs(self) -> bool:
+        """Whether its workers can write batches into memory the loader lends back (`recycle`): the CPU path's."""
+        return self.config.augment == "cpu"
+
+    def _make_batch(self, batch: list[Clip], index: int, pool: OutputPool | None) -> Any:
+        """The batch of `batch`'s clips; `index`: its place among the rank's batches of the epoch."""
+        # each batch's augmentation draws follow from its place in the epoch, so a resumed epoch draws
+        # exactly what an uninterrupted one does
+        rng = np.random.default_rng([self.config.clip.seed, self.epoch, self.rank, index])
+        return self._raw(batch) if self.config.augment == "gpu" else self._augment(batch, rng, pool)
 
     def _augment(self, batch: list[Clip], rng: np.random.Generator, pool: OutputPool | None = None) -> ClipBatch:
         """Decode and multi-crop, each clip decoded just before its crops; a clip with a frame that does
@@ -252,7 +277,7 @@ class ClipLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         if not self.num_workers:
             return super().__iter__()
-        reuse = self.reuse_outputs and self.dataset.config.augment == "cpu"
+        reuse = self.reuse_outputs and self.dataset.recycles_outputs
         leases = Leases(self.num_workers) if reuse else None
         self.dataset.leases = leases  # before super().__iter__() starts the workers, which copy the dataset
         with opencv_serial():
@@ -300,12 +325,14 @@ def opencv_serial() -> Iterator[None]:
         cv2.setNumThreads(threads)
 
 
-def make_loader(dataset: ClipDataset, pin_memory: bool = False, reuse_outputs: bool = True) -> ClipLoader:
+def make_loader(dataset: ClipDataset, pin_memory: bool = False, reuse_outputs: bool = True,
+                loader_class: type[ClipLoader] = ClipLoader) -> ClipLoader:
     """The DataLoader of `dataset`. With `reuse_outputs` (the default) CPU-path workers refill the memory
     of batches this process has dropped (`recycle`); turn it off where views of a batch are handed to
-    another process without a copy (that process's references are not seen)."""
+    another process without a copy (that process's references are not seen). `loader_class`: a subclass
+    of ClipLoader to make instead (`datamodule.EpochLoader`)."""
     workers = dataset.config.workers
-    loader = ClipLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+    loader = loader_class(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                         prefetch_factor=2 if workers else None, persistent_workers=False,
                         worker_init_fn=stop.leave_to_parent)
     loader.reuse_outputs = reuse_outputs

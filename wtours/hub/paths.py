@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from wtours.layout import (
+    DATASET_CARD_FILE,
     INDEX_FILE,
     SHARD_NAME_PATTERN,
     SLUG_PATTERN,
@@ -21,7 +22,7 @@ from wtours.layout import (
 from wtours.streams import DEFAULT_REVISION, hf_url  # the hf:// URL grammar lives with the readers of hf:// URLs
 
 REPO_TYPE = "dataset"
-CARD_FILE = "README.md"
+CARD_FILE = DATASET_CARD_FILE
 
 
 def shard_path(slug: str, name: str) -> str:

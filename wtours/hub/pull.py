@@ -28,6 +28,7 @@ from wtours.hub.client import (
 from wtours.hub.paths import index_path, shard_path, slugs_in, source_path
 from wtours.layout import PULLED_FROM, Layout, replace_atomically, write_json_atomic
 from wtours.locks import folder_lock
+from wtours.shard.card import write_local_card
 from wtours.shard.index import ShardEntry, ShardIndex
 from wtours.shard.verify import quick_problem
 
@@ -85,6 +86,8 @@ def pull(layout: Layout, config: PullConfig, say: Callable[[str], None] = print)
                     write_json_atomic(layout.source_path(item.slug), {**item.source, PULLED_FROM: {
                         "repo": target.repo, "revision": target.revision}})
                 item.index.write(layout.shard_dir(item.slug))  # last: its presence means every shard is here
+    if sets:
+        write_local_card(layout)  # `datasets` loads the pulled sets by it (left alone when it is not our local card)
     return summary
 
 

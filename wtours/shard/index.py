@@ -31,8 +31,10 @@ from wtours.shard.params import ShardParams
 from wtours.shard.plan import Segment, merge_runs
 
 INDEX_FORMAT = "wtours-shards"
-INDEX_VERSION = 3  # 3: each sample's sha256; 2: shard entries carry `offsets`; 1 (no offsets) is still read
-READABLE_VERSIONS = (1, 2, 3)
+# 4: a sample's `source_id` is "" where it was null; 3: each sample's sha256; 2: shard entries carry `offsets`;
+# 1 (no offsets) is still read
+INDEX_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 RESHARD_HINT = "reshard with this version of wtours (`wtours shard --overwrite`), or re-push the set"
 
@@ -242,6 +244,8 @@ class SegmentRecord:
     complete: bool
     decoded_until: float
     errors: tuple[str, ...] = ()
+    version: int = 3  # the index version its shard was written for (`shard_segment` passes INDEX_VERSION);
+    # records written before version 4 have no such field and read as 3
 
     def to_dict(self) -> dict[str, Any]:  # for JSON: tuples are written as lists
         return {**asdict(self), "shard": self.shard.to_dict() if self.shard else None}
@@ -249,11 +253,13 @@ class SegmentRecord:
 
 def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord | None:
     """A finished segment's record, if its shard (when it has one) is on disk with the recorded size; None
-    (the segment is redone) for a missing, stale or foreign record, or one from an older version (no offsets or
-    sample digests)."""
+    (the segment is redone) for a missing, stale or foreign record, or one from an older version (its samples'
+    json may hold a null `source_id`, and a set must not mix both: `datasets` would fail to load it)."""
     data = read_json(layout.segment_record_path(slug, number))
     try:
         record = read_record(SegmentRecord, data, "segment record", RESHARD_HINT)
+        if record.version != INDEX_VERSION:
+            return None
         if record.shard is not None:
             record.shard.check(slug)
             path = layout.shard_file(slug, record.shard.name)

@@ -3,7 +3,6 @@ of shard bytes (`open_samples`: whole shards and parts, checked against the inde
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 import tarfile
@@ -70,5 +69,5 @@ def iter_shard(source: Path | IO[bytes]) -> Iterator[ShardSample]:
             fields[extension] = handle.read()
             if "jpg" in fields and "json" in fields:
                 del pending[key]
-                yield ShardSample(key, fields["jpg"], SampleMeta(**json.loads(fields["json"])))
+                yield ShardSample(key, fields["jpg"], SampleMeta.from_json(fields["json"]))
 

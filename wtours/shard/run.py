@@ -18,8 +18,10 @@ from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_na
 from wtours.locks import RANKS, folder_lock
 from wtours.privacy.blur import FaceBlur
 from wtours.shard.blank import is_blank
+from wtours.shard.card import write_local_card
 from wtours.shard.decode import DecodedFrame, SegmentDecoder
 from wtours.shard.index import (
+    INDEX_VERSION,
     IndexVideo,
     SegmentRecord,
     ShardEntry,
@@ -152,6 +154,9 @@ def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOp
     index = build_index(job.video, params, [r for r in records if r is not None])
     index.write(layout.shard_dir(slug))
     summary.index = index
+    if write_local_card(layout) is None:  # a README of the user's own (or a Hub card, which loads too)
+        say(f"{layout.shards_card_path()}: not written by `wtours shard`, left as is (`wtours card --local "
+            "--overwrite` replaces it with the card `datasets` loads the sets by)")
     if not index.complete:
         raise IncompleteError(
             f"{slug}: decoding stopped at {index.decoded_until:.2f} s of {job.probe.duration:.2f} s "
@@ -220,6 +225,7 @@ def shard_segment(layout: Layout, job: ShardJob, segment: Segment,
         complete=complete,
         decoded_until=(last + 1) / fps if last is not None else segment.t_start(fps),
         errors=() if complete else outcome.error_summary(),
+        version=INDEX_VERSION,
     )
     write_json_atomic(layout.segment_record_path(job.slug, segment.number), record.to_dict())
     return record
@@ -277,7 +283,7 @@ class SegmentTally:
                 rgb, faces = job.blur.apply(rgb)
                 self.faces.append(faces)
             height, width = rgb.shape[:2]
-            meta = SampleMeta(job.slug, job.video.source_id, frame.frame, frame.t, width, height)
+            meta = SampleMeta(job.slug, job.video.source_id or "", frame.frame, frame.t, width, height)
             yield ShardSample(sample_key(job.slug, frame.frame), encode_jpeg(rgb, job.params.quality), meta)
 
     def entry(self, name: str, written: WrittenShard) -> ShardEntry:

@@ -20,14 +20,23 @@ from wtours.layout import replace_atomically
 
 @dataclass(frozen=True)
 class SampleMeta:
-    """A sample's `<key>.json` (docs/data-format.md)."""
+    """A sample's `<key>.json` (docs/data-format.md). Every field has one JSON type in every set, so that tools
+    that infer a schema from the first shard they read (Hugging Face `datasets`) can mix sets: `source_id` is ""
+    for a video from outside the corpus, never null (null in sets before index version 4; `from_json`)."""
 
     video: str
-    source_id: str | None
+    source_id: str  # the corpus video's YouTube id; "" for a video from anywhere else
     frame: int  # index of the frame in the source video
     t: float  # seconds from the first timestamp, unrounded (see `shard.plan.frame_time`)
     width: int
     height: int
+
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SampleMeta:
+        """A stored `<key>.json`, of any version: a null `source_id` (index versions 1 to 3) reads as ""."""
+        fields = json.loads(data)
+        return cls(**{**fields, "source_id": fields.get("source_id") or ""})
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,11 @@ COLUMNS = [
     ("objects_per_frame", "objects / frame", 2),
     ("classes_per_frame", "classes / frame", 2),
     ("unique_classes", "unique classes", 0),
+    # --cuts transnetv2: its cuts and their agreement with the built-in detector's (empty where it did not run)
+    ("transnetv2_cuts_per_hour", "TransNetV2 cuts / h", 1),
+    ("cuts_both", "cuts found by both", 0),
+    ("cuts_builtin_only", "built-in only", 0),
+    ("cuts_transnetv2_only", "TransNetV2 only", 0),
 ]
 # The plots of two columns side by side: ((column, legend) left and right of each video, y label, title).
 PAIRS = {
@@ -43,6 +48,7 @@ PAIRS = {
 def corpus_row(summary: dict[str, Any]) -> dict[str, Any]:
     video, light = summary["video"], summary["lightness"]
     classes = summary.get("classes")
+    agree = summary.get("cut_agreement")  # only where --cuts transnetv2 ran
     return {
         "video": video["slug"],
         "duration_s": video["duration"],
@@ -54,6 +60,10 @@ def corpus_row(summary: dict[str, Any]) -> dict[str, Any]:
         "lightness_max": light["max"],
         "cuts_per_hour": summary["cuts_per_hour"],
         "scene_changes_per_hour": summary["scene_changes_per_hour"],
+        "transnetv2_cuts_per_hour": summary["transnetv2"]["cuts_per_hour"] if agree else None,
+        "cuts_both": len(agree["both"]) if agree else None,
+        "cuts_builtin_only": len(agree["builtin_only"]) if agree else None,
+        "cuts_transnetv2_only": len(agree["transnetv2_only"]) if agree else None,
         "objects_per_frame": classes["objects_per_frame_mean"] if classes else None,
         "classes_per_frame": classes["per_frame_mean"] if classes else None,
         "unique_classes": classes["unique"] if classes else None,

@@ -37,6 +37,7 @@ class Frame:
     t: float  # seconds from the video's first timestamp
     frame: int  # index of the frame in the source video
     rgb: np.ndarray  # (H, W, 3) uint8
+    faces: int | None = None  # faces hidden in the stored frame (a set made with --blur-faces); None: not counted
 
 
 @dataclass
@@ -126,6 +127,7 @@ class ShardSource:
                               f"`wtours stats --city {slug} --from video`")
         self.folder: str | None = remote[0] if remote is not None else None
         self.index: ShardIndex = remote[1] if remote is not None else load_index(layout, slug)
+        self.faces: dict[str, int] = {}  # by sample key, of the shards read so far: the index's per-sample counts
         self.layout, self.slug = layout, slug
         shard_every = 1 / self.index.fps
         if every is not None and every < shard_every - EPS:
@@ -157,15 +159,22 @@ class ShardSource:
                     if problem:
                         self.info.skip(entry.name, problem)
                         continue
-                    yield from iter_shard(path)
+                    yield from self._counted(iter_shard(path), entry)
                 else:
-                    yield from self._streamed(entry)
+                    yield from self._counted(self._streamed(entry), entry)
             except (tarfile.TarError, EOFError, zlib.error, UnicodeDecodeError, ValueError, TypeError) as e:
                 self.info.skip(entry.name, f"unreadable ({e})", remote=self.folder is not None)
             except WtoursError as e:  # a remote shard that cannot be fetched
                 self.info.skip(entry.name, e.message, remote=True)
             except OSError as e:  # a remote shard that is not the one its index describes, or a broken stream
                 self.info.skip(entry.name, str(e), remote=True)
+
+    def _counted(self, samples: Iterator[ShardSample], entry: ShardEntry) -> Iterator[ShardSample]:
+        """The shard's samples, each one's count of hidden faces (the index's `faces`, in sample order) noted."""
+        for i, sample in enumerate(samples):
+            if entry.faces is not None and i < len(entry.faces):
+                self.faces[sample.key] = entry.faces[i]
+            yield sample
 
     def _streamed(self, entry: ShardEntry) -> Iterator[ShardSample]:
         """A shard from `remote`, never stored, read as the loader reads it (`open_samples`: from another machine,
@@ -188,7 +197,7 @@ class ShardSource:
             chosen = on_grid(samples, self.info.fps, after, time_of=lambda s: s.meta.t, t_decimals=t_decimals)
         for s in chosen:  # grid selection reads only the json; JPEGs are decoded for the samples kept
             with Image.open(io.BytesIO(s.jpg)) as image:
-                yield Frame(s.meta.t, s.meta.frame, np.asarray(image.convert("RGB")))
+                yield Frame(s.meta.t, s.meta.frame, np.asarray(image.convert("RGB")), self.faces.get(s.key))
 
 
 class VideoSource:

@@ -13,6 +13,7 @@ import numpy as np
 from wtours.stats.frames import Frame
 from wtours.stats.lightness import frame_lightness, to_lab
 from wtours.stats.transitions import colour_histograms
+from wtours.stats.transnet import thumbnail
 
 BATCH = 32  # frames converted per rgb2lab call: amortises numpy's per-call cost on small grids
 
@@ -20,8 +21,9 @@ BATCH = 32  # frames converted per rgb2lab call: amortises numpy's per-call cost
 @dataclass
 class Measured:
     frame: Frame  # kept (with its pixels) until the detector has seen it
-    row: dict[str, Any]  # t, frame, width, height, lightness, lightness_p10/_p50/_p90
+    row: dict[str, Any]  # t, frame, width, height, lightness, lightness_p10/_p50/_p90 (and faces, when counted)
     hist: np.ndarray  # (BINS,) uint16 colour histogram of the analysis grid
+    thumb: np.ndarray | None = None  # (27, 48, 3) uint8 TransNetV2 input, when --cuts transnetv2
 
 
 def grid_step(height: int, width: int, pixels: int) -> int:
@@ -38,8 +40,9 @@ def analysis_grid(rgb: np.ndarray, pixels: int) -> np.ndarray:
     return rgb[::step, ::step]
 
 
-def measure(frames: Iterable[Frame], pixels: int) -> Iterator[Measured]:
-    """Stage: frames -> Measured, converting batches of same-size frames at once."""
+def measure(frames: Iterable[Frame], pixels: int, thumbnails: bool = False) -> Iterator[Measured]:
+    """Stage: frames -> Measured, converting batches of same-size frames at once (`thumbnails`: with each frame
+    shrunk to TransNetV2's input as well)."""
     for (height, width, _), same_size in groupby(frames, key=lambda f: f.rgb.shape):
         while batch := list(islice(same_size, BATCH)):
             lab = to_lab(np.stack([analysis_grid(f.rgb, pixels) for f in batch]))  # (B, h, w, 3) float32
@@ -47,5 +50,7 @@ def measure(frames: Iterable[Frame], pixels: int) -> Iterator[Measured]:
             hists = colour_histograms(lab)  # (B, BINS)
             for k, f in enumerate(batch):
                 row = {"t": f.t, "frame": f.frame, "width": width, "height": height}
+                if f.faces is not None:
+                    row["faces"] = f.faces
                 row.update({name: float(values[k]) for name, values in light.items()})
-                yield Measured(f, row, hists[k])
+                yield Measured(f, row, hists[k], thumbnail(f.rgb) if thumbnails else None)

@@ -86,7 +86,8 @@ class DetectorParams(Checked):
     vocabulary: Path | None = option(None, "owlv2: class names to look for, one per line (a tab and a threshold "
                                            "may follow a name; default: LVIS v1's 1,203 categories).",
                                      metavar="FILE")
-    device: str = option("auto", "Where the detector runs.", choices=("auto", "cpu", "cuda"))
+    device: str = option("auto", "Where the detector (and TransNetV2, with --cuts transnetv2) runs.",
+                         choices=("auto", "cpu", "cuda"))
     batch_size: int = option(8, "Frames per detector call.", range=Range(1, 4096))
     weights: Path | None = option(None, "Detector weights: a state dict file for the torchvision backends (default: "
                                         "torchvision's cache), a save_pretrained folder for owlv2 (default: "
@@ -100,10 +101,25 @@ class DetectorParams(Checked):
         return DEFAULT_SCORE_THRESHOLD[OWLV2 if self.name == OWLV2 else "coco"]
 
 
+CUT_DETECTORS = ("builtin", "transnetv2")
+
+
+@dataclass(frozen=True)
+class CutParams(Checked):
+    """Which cut detectors run and how their cuts are compared (docs/stats.md, "Two cut detectors")."""
+
+    cuts: str = option("builtin", "Cut detectors: the built-in colour-histogram one, or TransNetV2 as well (a neural "
+                                  "network; pip install 'wtours[cuts]'), with the two compared.", choices=CUT_DETECTORS)
+    transnetv2_threshold: float = option(0.5, "TransNetV2 probability at which a frame ends a shot.", range=FRACTION)
+    cut_tolerance: float = option(1.0, "Seconds within which a cut of each detector is the same cut.",
+                                  range=NOT_NEGATIVE)
+
+
 @dataclass(frozen=True)
 class StatsConfig(Checked):
     analysis: AnalysisParams = field(default_factory=AnalysisParams)
     transitions: TransitionParams = field(default_factory=TransitionParams)
+    cut_detectors: CutParams = field(default_factory=CutParams)
     classes: bool = option(True, "Count objects and classes with a detector.")
     detector: DetectorParams = field(default_factory=DetectorParams)
     out: Path | None = option(None, "Folder for <slug>/ outputs and the corpus table (default: <root>/stats).",

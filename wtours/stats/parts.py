@@ -16,6 +16,7 @@ from wtours.layout import STATS_PARTS_DIR, read_json, remove_stale_temporaries, 
 
 KEY_FILE = "key.json"
 HIST_COLUMN = "hist"  # uint16 histogram bytes: needed to find transitions, not written to frames.parquet
+THUMB_COLUMN = "thumb"  # (27, 48, 3) uint8 bytes, TransNetV2's input (--cuts transnetv2 only)
 
 
 class Parts:
@@ -45,14 +46,17 @@ class Parts:
     def paths(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet"))
 
-    def write(self, rows: list[dict[str, Any]], hists: list[np.ndarray]) -> None:
+    def write(self, rows: list[dict[str, Any]], hists: list[np.ndarray], thumbs: list[np.ndarray] | None = None
+              ) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         types = {"t": pa.float64(), "frame": pa.int64(), "width": pa.int32(), "height": pa.int32(),
-                 "objects": pa.int32(), "classes": pa.int32(), "labels": pa.list_(pa.string())}
+                 "objects": pa.int32(), "classes": pa.int32(), "labels": pa.list_(pa.string()), "faces": pa.int32()}
         columns = {name: pa.array([row[name] for row in rows], type=types.get(name, pa.float64())) for name in rows[0]}
         columns[HIST_COLUMN] = pa.array([h.astype("<u2").tobytes() for h in hists], type=pa.binary())
+        if thumbs is not None:
+            columns[THUMB_COLUMN] = pa.array([np.ascontiguousarray(f).tobytes() for f in thumbs], type=pa.binary())
         table = pa.table(columns)
         path = self.folder / f"part-{len(self.paths()):06d}.parquet"
         replace_atomically(path, lambda tmp: pq.write_table(table, tmp))
@@ -69,8 +73,22 @@ class Parts:
         for path in self.paths():  # one part at a time, so no per-frame Python objects exist at once
             table = pq.read_table(path)
             hist_parts.append(np.frombuffer(b"".join(table.column(HIST_COLUMN).to_pylist()), dtype="<u2"))
-            tables.append(table.drop_columns([HIST_COLUMN]))
+            tables.append(table.drop_columns([c for c in (HIST_COLUMN, THUMB_COLUMN) if c in table.column_names]))
         frame = pa.concat_tables(tables).to_pandas()
         hists = np.concatenate(hist_parts).reshape(len(frame), -1)  # (N, BINS) uint16
         order = np.argsort(frame["t"].to_numpy(), kind="stable")
         return frame.iloc[order].reset_index(drop=True), hists[order]
+
+    def read_thumbnails(self, shape: tuple[int, ...]) -> np.ndarray:
+        """(N, *shape) uint8 frames stored with the rows, in the time order of `read`."""
+        import pyarrow.parquet as pq
+
+        times, blobs = [], []
+        for path in self.paths():
+            table = pq.read_table(path, columns=["t", THUMB_COLUMN])
+            times.append(table.column("t").to_numpy())
+            blobs.append(np.frombuffer(b"".join(table.column(THUMB_COLUMN).to_pylist()), dtype=np.uint8))
+        if not times:
+            return np.zeros((0, *shape), dtype=np.uint8)
+        order = np.argsort(np.concatenate(times), kind="stable")
+        return np.concatenate(blobs).reshape(-1, *shape)[order]

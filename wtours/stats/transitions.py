@@ -172,3 +172,29 @@ def shots(n: int, cuts: list[int], gaps: list[int]) -> np.ndarray:
 def gaps(t: np.ndarray, every: float) -> list[int]:
     """Indices of frames that follow a stretch with no analysed frame (blank frames left out of the shards)."""
     return [int(i) + 1 for i in np.flatnonzero(np.diff(t) > 1.5 * every)]
+
+
+@dataclass(frozen=True)
+class CutAgreement:
+    """Two detectors' cuts matched one to one: pairs within `tolerance` seconds, nearest pairs first."""
+
+    tolerance: float
+    both: list[tuple[float, float]]  # (first detector's time, second's)
+    first_only: list[float]
+    second_only: list[float]
+
+
+def agreement(first: list[float], second: list[float], tolerance: float) -> CutAgreement:
+    """Match cut times of two detectors: a cut found by both lies within `tolerance` seconds of its partner, and
+    each cut has at most one partner (the closest pairs are matched first)."""
+    pairs = sorted((abs(a - b), i, j) for i, a in enumerate(first) for j, b in enumerate(second)
+                   if abs(a - b) <= tolerance + 1e-9)
+    partner: dict[int, int] = {}
+    taken: set[int] = set()
+    for _, i, j in pairs:
+        if i not in partner and j not in taken:
+            partner[i] = j
+            taken.add(j)
+    both = sorted((first[i], second[j]) for i, j in partner.items())
+    return CutAgreement(tolerance, both, [a for i, a in enumerate(first) if i not in partner],
+                        [b for j, b in enumerate(second) if j not in taken])
