@@ -10,11 +10,12 @@
 # the ffmpeg of the imageio-ffmpeg wheel; train_bench.py at B=16 and 32 in bf16, eager (with the
 # authors-style step and the shard-fed step) then compiled; the GPU augmentation path's device side
 # (nvJPEG decode + batched multi-crop) and its peak memory; learning_bench.py at a real scale (vit_small
-# trained on the repository's street footage, evaluated at init and after: J&F, k-NN, linear probe); the cost of
+# trained on the repository's street footage, evaluated at init and after: J&F, k-NN, linear probe); the wtours
+# step alone at the authors' 6 clips per GPU, its peak memory and the authors' run's planned time; the cost of
 # `wtours stats --detector owlv2` per frame (owlv2_bench.py; skipped when the image has no transformers).
 # Every part has its own time limit inside a 450 s budget (DEVICE_CHECK_BUDGET; 450 leaves a rerun room in a
 # session's 15 device minutes), so the script ends, with a table, whatever
-# hangs. Output: $OUT/ (8 files), table last.
+# hangs. Output: $OUT/ (9 files), table last.
 set -uo pipefail
 
 MODE=${1:-}
@@ -126,6 +127,11 @@ head -n 12 "$OUT/nvidia-smi.txt"
 part "cuda tests" 150 "$OUT/pytest.txt" $PY -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py \
     "tests/test_clips.py::test_gpu_augmenter_on_cuda_matches_cpu_tensor_path"
 
+# the authors' run (docs/dora.md, "The authors' published run"): 6 clips per GPU; the wtours step alone, so the
+# peak memory is its own; the summary turns it into the run's planned time (824,000 steps on Venice)
+part "authors batch" 60 "$OUT/train_bench_b6.txt" $PY -m benchmarks.train_bench --batch-sizes 6 --skip-authors \
+    --steps 20 --warmup 5 "${TRAIN[@]}"
+
 # shards for the shard-fed step and the augmentation path: a 720p test pattern, 2 fps, 512 px short side
 make_shards() {
     local ff; ff=$($PY -c "import wtours.media as m; print(m.ffmpeg_exe())")
@@ -210,6 +216,12 @@ part "learning_bench" 180 "$OUT/learning_bench.txt" $PY -m benchmarks.learning_b
     grep -h "^B=" "$OUT/train_bench.txt" | sed 's/^/eager        /'
     grep -h "^B=" "$OUT/train_bench_compiled.txt" 2>/dev/null | sed 's/^/compiled     /'
     grep -h "^ROW" "$OUT/gpu_augment.txt" | sed 's/^ROW //'
+    # one GPU's step at B=6 x the authors' 824,000 steps (DDP's all-reduce across 8 GPUs is not timed here)
+    grep -h "^B=" "$OUT/train_bench_b6.txt" 2>/dev/null | awk -v steps=824000 '{
+        for (i = 1; i < NF; i++) if ($i == "wtours") rate = $(i + 1)
+        plan = rate > 0 ? sprintf(" | authors run: %.3f s x %d steps = %.1f h on 8 GPUs (plan)", 6 / rate, steps,
+                                  steps * 6 / rate / 3600) : ""
+        print "authors B=6  " $0 plan }'
     grep -h "^ROW\|skipped" "$OUT/owlv2_bench.txt" 2>/dev/null | sed 's/^ROW //'
     sed -n '/^budget:/,/^total/p' "$OUT/learning_bench.txt" 2>/dev/null | sed 's/^/learning     /'
     grep -h "skipped: budget\|rc=[1-9]" "$OUT"/*.txt | sed 's/^/problem: /'

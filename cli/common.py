@@ -95,6 +95,34 @@ def exit_status_epilog() -> str:
     return f"\b\nExit status:\n{rows}"
 
 
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options under headings: an option's `help_section` attribute, else
+    its sub-config (`config_path`, set by wtours.config.click_options: "Model loss options (model.loss.*)"),
+    else the plain "Options" (first: the command's own options, -q, -v, --help). Sections keep the order in
+    which their first option comes."""
+
+    def __init__(self, *args, sections: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sections = sections or {}  # option name -> heading, for options of the top config
+
+    def section_of(self, param: click.Parameter) -> str:
+        path = getattr(param, "config_path", ())
+        if path:
+            return f"{' '.join(path).capitalize()} options ({'.'.join(path)}.*)"
+        return self.sections.get(param.name or "", "Options")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {"Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(self.section_of(param), []).append(record)
+        for title, records in sections.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
 class WtoursGroup(click.Group):
     """Turns library errors, bad option values, the machine's faults, Ctrl-C and the stop signals (wtours.stop) into
     a message with a hint and an exit status (never a traceback); the root group's help ends with the exit-status

@@ -6,8 +6,8 @@ from dataclasses import asdict
 
 import click
 
-from wtours.cli.common import say, verbosity_options
-from wtours.config import click_options, command_settings, from_command
+from wtours.cli.common import SectionedCommand, say, verbosity_options
+from wtours.config import as_yaml, click_options, command_settings, from_command
 from wtours.hub.model_card import DEFAULT_LICENSE, EXPORT_FORMATS  # (no torch: --help stays fast)
 from wtours.train.config import TrainConfig
 
@@ -15,16 +15,35 @@ CONFIG_HELP = ("YAML or JSON settings, nested as a run's config.json or flat by 
                "(e.g. `teacher_temp: 0.07`); a run's config.json runs it again.")
 
 
-@click.command("train")
+# `wtours train --help`'s headings for the top config's options (the model's come from its sub-configs); an
+# option not named here is listed under "Options".
+TRAIN_SECTIONS = {
+    **dict.fromkeys(("shards", "out", "root", "resume", "overwrite", "reschedule", "init_from"),
+                    "Input and run folder options"),
+    **dict.fromkeys(("epochs", "steps", "lr", "min_lr", "warmup_epochs", "weight_decay", "weight_decay_end",
+                     "momentum_teacher", "clip_grad", "freeze_last_layer", "seed"), "Schedule options"),
+    **dict.fromkeys(("batch_size", "clip_frames", "clip_stride", "clips_per_shard", "epoch_length", "workers",
+                     "augment", "shuffle_buffer"), "Clip and loader options"),
+    **dict.fromkeys(("device", "precision", "compile", "checkpoint_every", "log_every"), "Machine and logging options"),
+    **dict.fromkeys(("eval_every", "knn_train", "knn_val", "knn_every", "linear_train", "linear_val", "linear_epochs",
+                     "davis", "davis_sequences"), "Evaluation options (while training)"),
+}
+
+
+@click.command("train", cls=SectionedCommand, sections=TRAIN_SECTIONS)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
               help=CONFIG_HELP)
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="One setting by option name (teacher_temp=0.07) or path (model.loss.teacher_temp=0.07); "
                    "repeatable; over --config.")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved settings as YAML (what --config FILE reads back) and exit; nothing is "
+                   "created or started.")
 @click_options(TrainConfig)
 @verbosity_options
 @click.pass_context
-def train(ctx: click.Context, config_file: str | None, assignments: tuple[str, ...], **values) -> None:
+def train(ctx: click.Context, config_file: str | None, assignments: tuple[str, ...], print_config: bool,
+          **values) -> None:
     """Train DoRA from shards (one process, one per GPU with torchrun, or one per srun task).
 
     Settings: every option below, or --config FILE and --set KEY=VALUE. Precedence, lowest first:
@@ -46,10 +65,15 @@ def train(ctx: click.Context, config_file: str | None, assignments: tuple[str, .
       wtours train --shards 'hf://datasets/me/wtours/venice/venice-{000000..000013}.tar' --out runs/hf
       wtours train --shards demo-walk --out runs/tiny --arch vit_tiny --steps 20 --out-dim 4096 --resume
       wtours train --config runs/venice/config.json --set teacher_temp=0.07 --out runs/venice-t07
+      wtours train --shards venice --out runs/venice --print-config > venice.yaml   # then --config venice.yaml
     """
+    config = training_config(ctx, values, config_file, assignments)
+    if print_config:
+        click.echo(as_yaml(config), nl=False)
+        return
     from wtours.train.run import train as run_training
 
-    run_training(training_config(ctx, values, config_file, assignments), say=say)
+    run_training(config, say=say)
 
 
 def training_config(ctx: click.Context, values: dict, config_file: str | None,
@@ -71,6 +95,7 @@ def config_from_args(args: list[str]) -> TrainConfig:
     """The TrainConfig that `wtours train ARGS` would run, parsed by the command itself (for tests, scripts)."""
     with train.make_context("train", list(args)) as ctx:
         params = dict(ctx.params)
+        params.pop("print_config")
         return training_config(ctx, params, params.pop("config_file"), params.pop("assignments"))
 
 

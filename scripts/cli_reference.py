@@ -30,9 +30,12 @@ choices are declared once, beside each setting's help, as metadata of the typed 
 (`wtours/config.py`). One validator checks every value, whether it comes from the command line,
 `--config FILE` or `--set KEY=VALUE`: a value outside its range, NaN or infinity for a number, a
 value that is not one of an option's choices, and a name that names nothing (an unknown city, a
-SPEC that is no video or shard set) are usage errors: exit status 2, an `error:` line naming the
-option, the value and what is allowed, and a `hint:`. A well-formed command that then fails on the
-data, the machine or the network exits 1."""
+SPEC that names no corpus video and nothing registered or sharded under `--root`) are usage errors:
+exit status 2, an `error:` line naming the option, the value and what is allowed, and a `hint:`. A
+well-formed command that then fails on the data, the machine or the network exits 1; so does a
+corpus video (or a registered one) that is not downloaded or not sharded yet under `--root`: a step
+left to run, which the hint names (`wtours download --city venice`, `wtours shard --city venice`), after
+which the same command succeeds."""
 
 NAMES_AND_PATHS = """\
 A SPEC (of `inspect`, `verify`, `blur-faces`, `--shards`) shaped like a video name (lowercase letters,

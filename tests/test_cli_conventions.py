@@ -310,3 +310,42 @@ def test_every_numeric_training_setting_refuses_nan_infinity_and_huge_values(tmp
 def test_steps_on_the_command_line_refuses_huge_values(tmp_path, value):
     result = invoke(("wtours", "train"), "--shards", "walk", "--out", str(tmp_path / "run"), "--steps", value)
     assert_usage_error(result, "--steps")
+
+
+@pytest.mark.parametrize(("args", "step"), [
+    (["shard", "--city", "venice"], "wtours download --city venice"),
+    (["stats", "--city", "venice"], "wtours download --city venice"),  # before the detector's weights are read
+    (["inspect", "venice"], "wtours shard --city venice"),
+    (["train", "--shards", "venice", "--epochs", "1"], "wtours shard --city venice"),
+])
+def test_a_corpus_video_not_downloaded_or_sharded_exits_1_naming_the_step(tmp_path, args, step):
+    """A step left to run (docs/cli.md, "Option values"): exit 1 and a hint naming it; a name that names
+    nothing is a usage error (exit 2)."""
+    if args[0] == "train":
+        args = [*args, "--out", str(tmp_path / "run")]
+    result = run_wtours([*args, "--root", str(tmp_path / "root")])
+    assert step in assert_clean_error(result, EXIT_FAILURE, kind=WtoursError)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_spec_that_names_nothing_is_a_usage_error(tmp_path):
+    result = run_wtours(["inspect", "no-such-walk", "--root", str(tmp_path)])
+    assert "names no video" in assert_clean_error(result, EXIT_USAGE, kind=UsageError)
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", "knn", "CHECKPOINT", "--train", "FOLDER", "--val", "FOLDER", "--k", "3", "--device", "cuda"],
+    ["viz", "CHECKPOINT", "--shards", "FOLDER", "--device", "cuda"],
+])
+def test_cuda_named_on_a_machine_without_one_is_a_usage_error(tmp_path, args):
+    """docs/cli.md's examples pass --device cuda: without a GPU that is exit 2 and a hint, before any work."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    checkpoint = tmp_path / "model.pth"
+    torch.save({}, checkpoint)
+    (tmp_path / "folder").mkdir()
+    swaps = {"CHECKPOINT": str(checkpoint), "FOLDER": str(tmp_path / "folder")}
+    result = run_wtours([swaps.get(arg, arg) for arg in args])
+    assert "no CUDA device is available here" in assert_clean_error(result, EXIT_USAGE, kind=UsageError)

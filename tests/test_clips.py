@@ -52,7 +52,7 @@ from wtours.clips.stages import (
     take_quota,
     tar_samples,
 )
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.fetch.local import add_local
 from wtours.layout import Layout, sample_key
 from wtours.shard.index import INDEX_FORMAT, INDEX_VERSION, ShardEntry
@@ -190,6 +190,46 @@ def test_epoch_plan_is_deterministic_and_changes_with_the_epoch():
     assert plan != plan_epoch(shards, dataclasses.replace(CLIP, seed=1), 3, 2, 2, 4)
     with pytest.raises(WtoursError, match="at least 1"):
         plan_epoch(shards, CLIP, 0, 0, 2, 4)
+
+
+@pytest.mark.parametrize("cells, ranks, workers, batch, clips", [
+    ([40, 30, 9], 2, 3, 4, 1000),  # 16 whole passes over the 70 grid starts, then 10 of a 17th pass
+    ([40, 30, 9], 8, 2, 6, 200),  # 2 passes and part of a third
+    ([25, 7, 31, 18], 1, 4, 3, 50),  # fewer than one pass: a subset without repeats
+    ([20], 3, 2, 2, 7),  # ceil(7 / 3) = 3 clips per rank: one whole batch each
+])
+def test_authors_epoch_is_their_step_count_from_whole_passes_and_a_subset(cells, ranks, workers, batch, clips):
+    """--epoch-length source-frames: the authors' count N of clip starts gives their steps per epoch,
+    floor(ceil(N / ranks) / B) (DistributedSampler, then DataLoader(drop_last=True)), all whole batches;
+    the clips are the grid's starts in whole passes, then a seeded subset of one more pass."""
+    shards = [ref(f"s{i}", n, first=100 * i) for i, n in enumerate(cells)]
+    config = dataclasses.replace(CLIP, epoch_clips=clips)
+    grid = [(s.url, c) for s in shards for c in clip_starts(s, CLIP)]
+    steps = -(-clips // ranks) // batch  # the authors' len(data_loader)
+    for epoch in (0, 5):
+        plan = plan_epoch(shards, config, epoch, ranks, workers, batch)
+        assert plan.steps == steps and plan.total_clips == plan.clips_read == steps * ranks * batch
+        assert clips_per_epoch(shards, config) == clips
+        seen = Counter((r.url, c) for r, c in map(plan.clip_at, range(plan.total_clips)))
+        passes, rest = divmod(plan.total_clips, len(grid))
+        expected = [passes] * (len(grid) - rest) + [passes + 1] * rest  # each start's count, spread evenly
+        assert set(seen) <= set(grid) and sorted(seen.values()) == [n for n in expected if n]
+        read = Counter((r.ref.url, c) for slot in range(len(plan.slots)) for r in plan.reads(slot) for c in r.starts)
+        assert read == seen  # every slot reads its own clips, no padding
+        for rank in range(ranks):
+            slots = plan.slots[rank * workers:(rank + 1) * workers]
+            assert [s.batches for s in slots] == [len(range(w, steps, workers)) for w in range(workers)]
+            assert all(s.clips == s.batches * batch and not s.padding for s in slots)
+    assert plan_epoch(shards, config, 5, ranks, workers, batch) == plan
+    assert plan_epoch(shards, config, 6, ranks, workers, batch) != plan
+
+
+def test_authors_epoch_refuses_what_gives_no_batch():
+    shards = [ref("s0", 20)]
+    with pytest.raises(UsageError, match="no whole batch of 8 on each of 4"):
+        plan_epoch(shards, dataclasses.replace(CLIP, epoch_clips=28), 0, 4, 1, 8)  # 7 per rank
+    with pytest.raises(UsageError, match="--clips-per-shard and --epoch-length source-frames"):
+        ClipConfig(clips_per_shard=3, epoch_clips=10)
 
 
 def corpus_shaped(folder: Path) -> list[str]:
@@ -765,12 +805,91 @@ def test_threads_decode_windows_at_once_with_the_single_threaded_pixels():
 
 
 @pytest.mark.parametrize("setting", ["off", "/nonexistent/libturbojpeg.so.0", "libjpeg.so.62"])
-def test_the_window_decoder_can_be_turned_off_and_ignores_other_libraries(monkeypatch, setting):
+def test_the_window_decoder_can_be_turned_off_and_ignores_other_libraries(monkeypatch, caplog, setting):
     """WTOURS_TURBOJPEG=off, a missing file and a library that is not TurboJPEG 3 all give whole-frame
-    decoding (None), never an error."""
+    decoding (None), never an error; a file that is not usable is named once, `off` is not."""
     monkeypatch.setenv(jpeg.LIBRARY_ENV, setting)
     monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
-    assert window_decoder() is None
+    monkeypatch.setattr(jpeg, "_noted", False)
+    with caplog.at_level(logging.WARNING, logger=jpeg.__name__):
+        assert window_decoder() is None
+    notes = [r.getMessage() for r in caplog.records if r.name == jpeg.__name__]
+    if setting == "off":
+        assert notes == []
+    else:
+        assert len(notes) == 1 and f"{jpeg.LIBRARY_ENV}={setting} is not a usable" in notes[0], notes
+        assert "decoded whole" in notes[0]
+
+
+def test_a_missing_opencv_is_one_error_whose_hint_reinstalls_it(gapped, monkeypatch):
+    """cv2 not importable (the wheel removed, or its files gone while pip still records it): the loader's
+    error gives the install command that works in both cases (a plain install is 'already satisfied')."""
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
+    for module in ("wtours.clips.augment_cpu", "wtours.clips.jpeg"):
+        monkeypatch.delitem(sys.modules, module)
+    dataset = ClipDataset(resolve("gap", gapped.root)[:1], LoaderConfig(batch_size=2, workers=0, clip=CLIP))
+    with pytest.raises(WtoursError, match="the CPU augmentation cannot load") as caught:
+        next(iter(dataset))
+    assert "pip install --force-reinstall --no-deps 'opencv-python-headless>=4.10'" in caught.value.hint
+
+
+SHADOWING_MODULE = """
+import pathlib
+pathlib.Path(__file__).with_name("imported").write_text("yes")
+class TurboJPEG:  # PyTurboJPEG's API, by name
+    pass
+"""
+
+
+def test_the_wheels_library_is_found_by_its_distribution_never_by_a_turbojpeg_module(tmp_path, monkeypatch):
+    """A PyTurboJPEG-like `turbojpeg` module first on sys.path is neither imported nor taken for the
+    turbojpeg wheel: the wheel's bundled library is still found (its distribution's files) and used."""
+    import ctypes.util
+    import importlib
+
+    wheel = jpeg.wheel_library_paths()
+    if not wheel:
+        pytest.skip("the turbojpeg wheel (wtours[fast-jpeg]) is not installed")
+    (tmp_path / "turbojpeg.py").write_text(SHADOWING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert importlib.util.find_spec("turbojpeg").origin == str(tmp_path / "turbojpeg.py")  # it would win a lookup
+    monkeypatch.delitem(sys.modules, "turbojpeg", raising=False)
+    monkeypatch.delenv(jpeg.LIBRARY_ENV, raising=False)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)  # the wheel's copy, not the system's
+    monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
+    decoder = window_decoder()
+    assert decoder is not None and decoder.path in wheel
+    assert "turbojpeg" not in sys.modules and not (tmp_path / "imported").exists()
+
+
+def test_without_a_library_frames_are_decoded_whole_with_one_note(monkeypatch, caplog):
+    """No system library and no wheel: None (whole frames), and one warning for the process that says how to
+    get the window decoder, however many threads ask; WTOURS_TURBOJPEG=off asks for whole frames: no note."""
+    import ctypes.util
+    import threading
+
+    monkeypatch.delenv(jpeg.LIBRARY_ENV, raising=False)
+    monkeypatch.setattr(jpeg, "WHEEL", "no-such-wheel-wtours-test")
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
+    monkeypatch.setattr(jpeg, "_noted", False)
+    results: list[object] = []
+    with caplog.at_level(logging.WARNING, logger=jpeg.__name__):
+        results.append(window_decoder())
+        thread = threading.Thread(target=lambda: results.append(window_decoder()))
+        thread.start()
+        thread.join()
+    assert results == [None, None]
+    notes = [r.getMessage() for r in caplog.records if r.name == jpeg.__name__]
+    assert notes == [jpeg.NO_LIBRARY_NOTE] and "wtours[fast-jpeg]" in notes[0]
+    caplog.clear()
+    monkeypatch.setenv(jpeg.LIBRARY_ENV, "off")
+    monkeypatch.setattr(jpeg, "_decoders", jpeg._PerThread())
+    monkeypatch.setattr(jpeg, "_noted", False)
+    with caplog.at_level(logging.WARNING, logger=jpeg.__name__):
+        assert window_decoder() is None
+    assert not caplog.records
 
 
 def test_whole_frame_decoding_gives_the_same_batch_as_window_decoding(gapped, monkeypatch):

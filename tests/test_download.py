@@ -125,7 +125,21 @@ def test_unreachable_network_says_so(tmp_path):
     result = run_wtours(["download", "--url", f"http://127.0.0.1:{port}/walk.mp4", "--name", "x", "--retries", "1",
                          "--root", str(tmp_path), "-q"])
     assert result.returncode == 1
-    assert "network failure" in result.stderr and "resumes" in result.stderr
+    assert "network failure (without a retry by yt-dlp)" in result.stderr and "resumes" in result.stderr
+
+
+def test_a_network_failure_names_the_retries_yt_dlp_made(tmp_path):
+    """Offline (the page request goes to a proxy nobody listens on): yt-dlp retries reading the page
+    extractor_retries times (3) per request, not --retries' 10, and the error says the number made of the request
+    it gave up on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run_wtours_process(["download", "--city", "venice", "--yt-dlp-option", f"proxy=http://127.0.0.1:{port}",
+                                 "--root", str(tmp_path)])
+    retried = [line for line in result.stderr.splitlines() if "Retrying (" in line]
+    assert result.returncode == 1 and retried and retried[-1].endswith("Retrying (3/3)..."), result.stderr
+    assert "network failure (after 3 retries by yt-dlp)" in result.stderr and "10 retries" not in result.stderr
 
 
 def test_add_then_list_shows_probe(small_video, tmp_path):
@@ -179,11 +193,11 @@ def test_add_corpus_video_keeps_manifest_provenance(small_video, tmp_path):
 
 def test_youtube_errors_name_the_fix():
     config = DownloadConfig(root=Path("/tmp"))
-    bot = _explain("ERROR: [youtube] fGX0Te6pFvk: Sign in to confirm you’re not a bot. Use --cookies", [], config, 10,
+    bot = _explain("ERROR: [youtube] fGX0Te6pFvk: Sign in to confirm you’re not a bot. Use --cookies", [], config,
                    "venice")
     assert "--cookies" in bot.hint and "figshare" in bot.hint and "wtours add" in bot.hint
     js = _explain("ERROR: [youtube] x: Requested format is not available",
-                  ["No supported JavaScript runtime could be found."], config, 10)
+                  ["No supported JavaScript runtime could be found."], config)
     assert "deno" in js.hint
 
 

@@ -128,6 +128,19 @@ def test_upload_failing_after_retries_says_the_hub_cannot_be_reached_and_the_rer
     assert f"{SLUG}/index.json" in hub.files(repo)
 
 
+def test_a_push_through_xet_to_a_server_without_xet_is_one_line_naming_the_setting(root, hub, tmp_path):
+    """hf_xet installed and HF_HUB_DISABLE_XET unset: huggingface_hub sends the shards through Xet, which this
+    server refuses (501): one error naming the setting that sends them over HTTP; the rerun with it completes."""
+    pytest.importorskip("hf_xet")
+    repo = new_repo()
+    env = env_for(hub, tmp_path)
+    del env["HF_HUB_DISABLE_XET"]
+    first = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env)
+    assert_clean_failure(first, "the Xet transfer with", "xet-write-token", "HF_HUB_DISABLE_XET=1")
+    second = wtours(["push", "--city", SLUG, "--repo", repo, "--root", str(root), "-q"], env_for(hub, tmp_path))
+    assert second.returncode == 0, second.stderr
+
+
 def test_a_commit_answered_429_is_retried(root, hub, tmp_path):
     repo = new_repo()
     fault = hub.inject("POST", "/commit/", 429, times=1)
@@ -367,6 +380,20 @@ def test_hub_errors_after_retries_on_download_name_the_file(root, hub, tmp_path)
     second = wtours(["pull", "--repo", repo, "--root", str(copy), "-q"], env)
     assert second.returncode == 0, second.stderr
     assert_same_set(copy, root)
+
+
+def test_wtours_hub_timeout_governs_downloads_and_the_error_names_the_limit_that_fired(root, hub, tmp_path):
+    """A shard download stalls: it fails after WTOURS_HUB_TIMEOUT (2 s), not after huggingface_hub's own
+    HF_HUB_DOWNLOAD_TIMEOUT (1 s here, 10 s by default), and the error names the limit that fired."""
+    repo = pushed_repo(root, hub)
+    env = env_for(hub, tmp_path, WTOURS_HUB_TIMEOUT="2", WTOURS_HUB_RETRIES="0", HF_HUB_DOWNLOAD_TIMEOUT="1")
+    stall = hub.inject("GET", f"{repo}/resolve/main/{SLUG}/{SLUG}-000001.tar", "stall")
+    started = time.monotonic()
+    first = wtours(["pull", "--repo", repo, "--root", str(tmp_path / "copy"), "-q"], env)
+    took = time.monotonic() - started
+    assert_clean_failure(first, f"{repo}/{SLUG}/{SLUG}-000001.tar",
+                         "did not answer within 2 s (ReadTimeout, the limit WTOURS_HUB_TIMEOUT=2)")
+    assert stall.hits == 1 and took >= 2, (stall.hits, took)
 
 
 @pytest.fixture

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -17,15 +21,18 @@ import yaml
 
 from tests.cli import run_wtours
 from tests.cli import run_wtours_process as run  # the end-to-end runs: real processes
+from tests.videos import sharded_root
 from wtours.cli.train_cmd import config_from_args
+from wtours.clips.spec import resolve_sets
 from wtours.config import leaves
-from wtours.distributed import read_launch, slurm_port
+from wtours.distributed import Dist, read_launch, slurm_port
 from wtours.dora import DoRA
 from wtours.errors import WtoursError
+from wtours.layout import Layout
 from wtours.system import default_workers, expand_nodelist, usable_cpus
 from wtours.train.config import TrainConfig
 from wtours.train.optim import clip_per_tensor, cosine_schedule, ema_update, param_groups
-from wtours.train.run import build_schedules
+from wtours.train.run import build_data, build_schedules
 
 WTOURS = [sys.executable, "-m", "wtours"]
 TINY = ["--arch", "vit_tiny", "--out-dim", "512", "--batch-size", "2", "--clip-frames", "2", "--n-local", "2",
@@ -398,6 +405,42 @@ def test_every_train_setting_is_an_option():
         assert leaf_value(config, leaf) == value, leaf.name
 
 
+def test_print_config_prints_yaml_that_config_reads_back_and_creates_nothing(tmp_path):
+    """--print-config: the resolved settings (defaults, --config, --set and options merged), then exit 0 with
+    nothing created; the YAML given to --config builds the same config."""
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": {"loss": {"teacher_temp": 0.06}}, "epochs": 7}))
+    args = ["--shards", "walk", "--shards", "pipe:cat x.tar", "--out", str(tmp_path / "run"), "--config",
+            str(tmp_path / "base.yaml"), "--set", "model.sinkhorn.sinkhorn_iterations=5", "--arch", "vit_tiny",
+            "--davis", "DAVIS", "--davis-sequences", "bike", "--no-norm-last-layer", "--lr", "0.002"]
+    printed = run_wtours(["train", *args, "--print-config"], cwd=tmp_path)
+    assert printed.exit_code == 0, printed.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.yaml"]  # no run folder, no log
+    (tmp_path / "printed.yaml").write_text(printed.stdout)
+    expected = config_from_args(args)
+    assert config_from_args(["--config", str(tmp_path / "printed.yaml")]) == expected
+    assert expected.epochs == 7 and expected.model.loss.teacher_temp == 0.06 and expected.davis_sequences == ("bike",)
+
+
+def test_train_help_groups_the_options_by_sub_config():
+    """Each option once, under a heading: the model's by their sub-config (model.loss.* ...), the top config's
+    by the command's table (no stale names in it)."""
+    from wtours.cli.train_cmd import TRAIN_SECTIONS
+
+    text = run_wtours(["train", "--help"]).output
+    headings = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert headings[0] == "Options:" and "Model loss options (model.loss.*):" in headings, headings
+    assert len(headings) >= 8, headings
+    names = {leaf.name for leaf in leaves(TrainConfig)}
+    assert set(TRAIN_SECTIONS) <= names
+    blocks = dict(zip(headings, re.split(r"^\S.*:$", text, flags=re.M)[1:], strict=True))
+    for leaf in leaves(TrainConfig):
+        where = [h for h, block in blocks.items() if re.search(rf"^  {leaf.option}(?=[\s/]|$)", block, flags=re.M)]
+        expected = (f"{' '.join(leaf.path[:-1]).capitalize()} options ({'.'.join(leaf.path[:-1])}.*):"
+                    if len(leaf.path) > 1 else f"{TRAIN_SECTIONS.get(leaf.name, 'Options')}:")
+        assert where == [expected], (leaf.option, where)
+    assert re.search(r"^  --print-config\b", blocks["Options:"], flags=re.M)
+
+
 def test_yaml_and_set_build_the_same_config_as_the_options(tmp_path):
     flags = ["--shards", "walk", "--shards", "other", "--out", "runs/x", "--arch", "vit_tiny", "--out-dim", "512",
              "--teacher-temp", "0.07", "--warmup-teacher-temp-epochs", "30", "--min-lr", "1e-6", "--steps", "9",
@@ -457,3 +500,67 @@ def test_schedules_and_optimiser_pieces():
     teacher, student = [torch.ones(2)], [torch.zeros(2)]
     ema_update(teacher, student, 0.9)
     assert torch.allclose(teacher[0], torch.full((2,), 0.9))
+
+
+def documented_authors_run() -> list[str]:
+    """The options of docs/dora.md's "authors' published run" command, as a user copies them."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "dora.md").read_text()
+    block = page.split("### The authors' published run", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    words = shlex.split(block.replace("\\\n", " "))
+    assert words[:3] == ["torchrun", "--nproc-per-node", "8"], words
+    return words[words.index("train") + 1:]
+
+
+def test_the_documented_authors_run_makes_their_steps_and_breakpoints(tmp_path):
+    """A video of known length (21 s at 10 fps: 210 frames), sharded at 2 fps: the documented command on 8
+    processes makes the optimiser steps of the authors' main.py on that video, with their warm-up ends."""
+    seconds, source_fps = 21, 10  # tests.videos.sharded_root's rate
+    root = sharded_root(tmp_path, seconds=seconds, samples_per_shard=40)
+    args = documented_authors_run()
+    args[args.index("--shards") + 1], args[args.index("--out") + 1] = "walk", str(tmp_path / "run")
+    config = config_from_args([*args, "--root", str(root), "--workers", "1"])
+    ranks = 8
+    # the authors' numbers, from their code (WTDataloader.py, main.py): a clip start per source frame but the
+    # last frames x step_between_clips; DistributedSampler's ceil per rank; DataLoader(drop_last=True)
+    step_between_clips = round(config.clip_stride * source_fps)
+    clips = seconds * source_fps - config.clip_frames * step_between_clips
+    steps_per_epoch = math.ceil(clips / ranks) // config.batch_size
+    assert (clips, steps_per_epoch) == (130, 2)  # ... not the grid's 2 fps epoch (26 clips: no whole batch)
+    (found,) = resolve_sets("walk", root)
+    assert found.index.video.frames == found.index.source_frames == seconds * source_fps  # probed, in index.json
+    older = dataclasses.replace(found.index, video=dataclasses.replace(found.index.video, frames=None))
+    assert older.source_frames == round(found.index.video.duration * source_fps)  # before `frames` was recorded
+    part = dataclasses.replace(found.index, params=dataclasses.replace(found.index.params, start=2.0, end=12.0))
+    assert part.source_frames == 10 * source_fps  # a set of --start 2 --end 12: that part's frames
+
+    dataset = build_data(config, Dist(world_size=ranks, local_world_size=ranks))
+    schedules = build_schedules(config, len(dataset), ranks)
+    assert dataset.clips_per_epoch() == clips and len(dataset) == steps_per_epoch
+    assert schedules.total_steps == 100 * steps_per_epoch == config.epochs * steps_per_epoch
+    assert schedules.breakpoints(config) == {"lr_warmup_steps": 10 * steps_per_epoch,
+                                             "teacher_temp_warmup_steps": 30 * steps_per_epoch}
+    base = 0.0005 * config.batch_size * ranks / 256
+    warmup = 10 * steps_per_epoch
+    assert schedules.lr[warmup - 1] == pytest.approx(base) and schedules.lr[warmup - 2] < base
+    assert schedules.lr[warmup] == pytest.approx(base) and schedules.lr[warmup + 1] < base  # the cosine starts at base
+    assert schedules.lr[-1] == pytest.approx(1e-5, rel=1e-3)
+    assert config.model.loss.warmup_teacher_temp_epochs == 30 and config.precision == "fp16"
+    assert (config.model.n_local, config.model.head.norm_last_layer, config.min_lr) == (6, False, 1e-5)
+
+
+@pytest.mark.slow
+def test_a_source_frames_run_records_the_authors_epoch(root, tmp_path):
+    """run.json holds what --epoch-length source-frames implied: the authors' clip count and steps per epoch
+    for the canonical 20 s, 10 fps video (200 frames), with the warm-up ends."""
+    out = tmp_path / "run"
+    result = run(["train", "--shards", "walk", "--root", str(root), "--out", str(out), *TINY,
+                  "--epoch-length", "source-frames", "--steps", "2", "--warmup-epochs", "0.5"])
+    assert result.returncode == 0, result.stderr
+    facts = json.loads((out / "run.json").read_text())
+    clips = 200 - 2 * 10  # 2 frames, 1 s = 10 source frames apart
+    assert facts["clips_per_epoch"] == clips and facts["steps_per_epoch"] == clips // 2
+    assert facts["epoch_length"] == "source-frames" and facts["lr_warmup_steps"] == 2  # int(0.5 x 90), cut to 2
+    assert f"{clips} clips per epoch, {clips // 2} steps per epoch" in result.stdout + result.stderr
+    subset = run(["train", "--shards", str(Layout(root).shard_dir("walk") / "walk-000000.tar"), "--out",
+                  str(tmp_path / "subset"), *TINY, "--epoch-length", "source-frames", "--steps", "1"])
+    assert subset.returncode == 2 and "names 1 of the 4 shards of walk" in subset.stderr

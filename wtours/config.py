@@ -345,6 +345,15 @@ def read_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def as_yaml(config: Any) -> str:
+    """A config as nested YAML that `read_file` (--config FILE) reads back to the same config: tuples as lists,
+    fields in declaration order."""
+    import yaml
+
+    plain = json.loads(json.dumps(dataclasses.asdict(config)))
+    return str(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
+
+
 def parse_assignments(items: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -361,7 +370,8 @@ def parse_assignments(items: tuple[str, ...]) -> dict[str, str]:
 def click_options(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None
                   ) -> Callable[[Callable], Callable]:
     """A decorator adding one Click option per leaf field of `cls` (in field order), but those in `skip`,
-    or only those in `only`."""
+    or only those in `only`. Each option's `config_path` attribute is its sub-config's path (("model", "loss")
+    for model.loss.teacher_temp, () at the top): help can group the options by it."""
 
     def decorate(func: Callable) -> Callable:
         chosen = [leaf for leaf in leaves(cls) if leaf.name not in skip and (only is None or leaf.name in only)]
@@ -370,6 +380,7 @@ def click_options(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] |
             switch = _optional(leaf.type)[0] is bool
             names = [f"{leaf.option}/--no-{leaf.option[2:]}" if switch else leaf.option, leaf.name]
             func = click.option(*names, **_option_kwargs(leaf))(func)
+            func.__click_params__[-1].config_path = leaf.path[:-1]  # type: ignore[attr-defined]
         return func
 
     return decorate

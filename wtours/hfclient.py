@@ -1,5 +1,6 @@
 """The huggingface_hub client, set up through its public API only: imported with a clear error when missing,
-its settings from the environment checked first, every request bounded by WTOURS_HUB_TIMEOUT and retried by
+its settings from the environment checked first, every request bounded by WTOURS_HUB_TIMEOUT (huggingface_hub's
+own HF_HUB_DOWNLOAD_TIMEOUT and HF_HUB_ETAG_TIMEOUT, 10 s by default, do not apply) and retried by
 one policy (WTOURS_HUB_RETRIES, bounded backoff honouring Retry-After, said in one line), and its exceptions
 turned into WtoursErrors a user can act on (the token is never shown). A leaf module: streams (hf:// reads)
 and the publishing layer (wtours.hub) both use it."""
@@ -30,14 +31,19 @@ DEFAULT_RETRIES = 5
 MAX_RETRIES = 100
 MAX_BACKOFF = 8.0  # seconds between retries: 1, 2, 4, 8, 8, ... unless the server says (Retry-After)
 MAX_WAIT = 60.0  # seconds before a retry at most, whatever Retry-After says
-# huggingface_hub's own limits for downloads and metadata requests (read when it is imported): set from
-# WTOURS_HUB_TIMEOUT when the user sets that and not these.
-HUB_TIMEOUT_ENVS = ("HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_ETAG_TIMEOUT")
+# The phase of a request each of httpx's timeouts is for (its `timeout` extension's keys).
+TIMEOUT_PHASES = {"ConnectTimeout": "connect", "ReadTimeout": "read", "WriteTimeout": "write", "PoolTimeout": "pool"}
 # The answers a request is retried on (besides connection failures and timeouts): a timeout, rate limiting,
 # a server failure. A commit is retried only where it surely was not applied: on 429, or when never sent.
 RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 HUB_AGENT = "hf_hub/"  # in the user agent of each request huggingface_hub sends to the Hub
 COMMIT = re.compile(r"/api/(?:models|datasets|spaces)/[^/]+/[^/]+/commit/")
+
+# huggingface_hub sends LFS files through hf_xet (its own client, not the HTTP client set up here) whenever
+# hf_xet is installed; a server without Xet (a mirror, a local test Hub) needs this set to "1".
+DISABLE_XET_ENV = "HF_HUB_DISABLE_XET"
+XET_HINT = (f"the server did not accept a Xet transfer: against a Hub server without Xet (a mirror, a local test "
+            f"Hub) set {DISABLE_XET_ENV}=1 to send LFS files over plain HTTP; then rerun (it resumes)")
 
 LOGIN_HINT = ("log in with `hf auth login` (`huggingface-cli login` in older huggingface_hub) or set HF_TOKEN; "
               "create a token at https://huggingface.co/settings/tokens")
@@ -87,7 +93,6 @@ def require_hub() -> Any:
     """The huggingface_hub module, its HTTP client set up for wtours (once per process); the settings
     from the environment checked first."""
     hub_settings()
-    _timeouts_from_env()
     try:
         import huggingface_hub
     except ImportError as e:
@@ -97,7 +102,8 @@ def require_hub() -> Any:
 
 
 def request_timeout() -> float:
-    """Seconds a Hub request may go without an answer (connect, each read, each write): WTOURS_HUB_TIMEOUT."""
+    """Seconds a Hub request may go without an answer (connect, each read, each write): WTOURS_HUB_TIMEOUT,
+    for every request huggingface_hub sends, downloads and streamed reads included."""
     return float(hub_settings().timeout)
 
 
@@ -128,16 +134,6 @@ class RetriesExhausted(Exception):
         return f" on {tries} ({RETRIES_ENV}={self.tries - 1})"
 
 
-def _timeouts_from_env() -> None:
-    """WTOURS_HUB_TIMEOUT also bounds huggingface_hub's own download and metadata limits (whole seconds),
-    unless the user set those; it reads them when imported, so this runs before the import."""
-    if not os.environ.get(TIMEOUT_ENV):
-        return
-    seconds = str(max(1, math.ceil(request_timeout())))
-    for name in HUB_TIMEOUT_ENVS:
-        os.environ.setdefault(name, seconds)
-
-
 _set_up = False
 _set_up_lock = threading.Lock()
 
@@ -146,10 +142,12 @@ def _set_up_once(huggingface_hub: ModuleType) -> None:
     """huggingface_hub prints through its own handler and propagates too (where the application has configured
     logging, the CLI, every warning came out twice): its messages are printed once, by its handler, and only
     with -v (the root logger at DEBUG). Its HTTP client has no timeout (and many API calls pass `timeout=None`),
-    so a server that stops answering would hang push and pull forever, and it retries only some calls (not
-    whoami, repo_info, create_repo, preupload or commits), each its own way: its public client factory is
-    replaced by one whose transport bounds every request of this process by `request_timeout()` for whatever
-    the caller left unbounded (its own, smaller limits stay) and retries every request by one policy, so the
+    so a server that stops answering would hang push and pull forever, while downloads and range reads pass
+    its own HF_HUB_DOWNLOAD_TIMEOUT (10 s), which a slow mirror exceeds whatever WTOURS_HUB_TIMEOUT says; and
+    it retries only some calls (not whoami, repo_info, create_repo, preupload or commits), each its own way:
+    its public client factory is replaced by one whose transport bounds every request it sends by
+    `request_timeout()` (connect, read, write and pool: one limit, the one the error names) and retries every
+    request by one policy, so the
     library's own backoff never sees a failure worth retrying; the library's request hooks (offline mode,
     request ids) are taken from the client it would have made."""
     global _set_up
@@ -174,19 +172,20 @@ def _set_up_once(huggingface_hub: ModuleType) -> None:
         transient = (http.TimeoutException, http.NetworkError, http.RemoteProtocolError)
 
         class RetryingTransport(http.HTTPTransport):
-            """httpx's transport (its public HTTPTransport, extended): a request's unset timeouts (`None`) become
-            `limit`, and a request that failed in a way worth retrying is retried WTOURS_HUB_RETRIES times
-            (retry_delay); the first retry of the process is said in one line, each one with -v. These go once:
-            a request whose body is a stream (an LFS upload from a file: huggingface_hub retries it itself,
-            rewinding the file; the wait it reads is made ours, at most MAX_WAIT), and the library's best-effort
-            side requests, sent without its user agent (the registry of AI agents it fetches to build that user
-            agent, which a machine offline must not wait for)."""
+            """httpx's transport (its public HTTPTransport, extended): a request's timeouts become `limit` (a side
+            request's only where it set none), and a request that failed in a way worth retrying is retried
+            WTOURS_HUB_RETRIES times (retry_delay); the first retry of the process is said in one line, each one
+            with -v. These go once: a request whose body is a stream (an LFS upload from a file: huggingface_hub
+            retries it itself, rewinding the file; the wait it reads is made ours, at most MAX_WAIT), and the
+            library's best-effort side requests, sent without its user agent (the registry of AI agents it
+            fetches to build that user agent, which a machine offline must not wait for)."""
 
             def handle_request(self, request: Any) -> Any:
-                timeout = dict(request.extensions.get("timeout") or {})
-                timeout.update({key: limit for key in ("connect", "read", "write", "pool") if timeout.get(key) is None})
-                request.extensions = {**request.extensions, "timeout": timeout}
                 agent = request.headers.get("user-agent", "")
+                timeout = dict(request.extensions.get("timeout") or {})
+                timeout.update({key: limit for key in TIMEOUT_PHASES.values()
+                                if timeout.get(key) is None or HUB_AGENT in agent})
+                request.extensions = {**request.extensions, "timeout": timeout}
                 if not isinstance(request.stream, http.ByteStream) or HUB_AGENT not in agent:
                     response = super().handle_request(request)
                     if response.status_code in RETRIED_STATUSES:  # where huggingface_hub retries: a wait of ours
@@ -250,6 +249,7 @@ def describe_error(error: BaseException, what: str, token: str | None = None, wr
 
     access = "write" if write else "read"
     tried = error.tried() if isinstance(error, RetriesExhausted) else ""
+    request = error.request if isinstance(error, RetriesExhausted) else _request_of(error)
     status = getattr(getattr(error, "response", None), "status_code", None) or getattr(error, "status", None)
     endpoint = _endpoint_of(error)
     if isinstance(error, RetriesExhausted) and error.error is not None:
@@ -290,13 +290,33 @@ def describe_error(error: BaseException, what: str, token: str | None = None, wr
                            "the server failed; rerun later (it resumes: what was sent is not sent again)")
     if isinstance(error, HfHubHTTPError):
         return WtoursError(f"{what}: {_first_line(error)}", "check the network and rerun (it resumes)")
+    if _is_xet_error(error):
+        return WtoursError(f"{what}: the Xet transfer with {endpoint} failed ({redact(_first_line(error))})", XET_HINT)
     if "Timeout" in type(error).__name__:
-        return WtoursError(f"{what}: the Hub at {endpoint} did not answer within {request_timeout():g} s "
-                           f"({type(error).__name__}){tried}",
+        return WtoursError(f"{what}: the Hub at {endpoint} did not answer within "
+                           f"{_limit_that_fired(error, request)}){tried}",
                            f"check the network (and HF_ENDPOINT), or allow longer with {TIMEOUT_ENV}=SECONDS; "
                            "then rerun (it resumes)")
     return WtoursError(f"{what}: cannot reach the Hub at {endpoint} ({type(error).__name__}: {_first_line(error)})"
                        f"{tried}", "check the network (and HF_ENDPOINT if you use a mirror), then rerun (it resumes)")
+
+
+def _limit_that_fired(error: BaseException, request: Any) -> str:
+    """The timeout that `error` (httpx's ConnectTimeout, ReadTimeout, ...) ran out, as the request carried it:
+    `N s (ReadTimeout, the limit WTOURS_HUB_TIMEOUT=N`, or the caller's own limit where the transport left it
+    (a side request); the closing parenthesis is the caller's."""
+    ours, kind = request_timeout(), type(error).__name__
+    timeout = getattr(request, "extensions", {}).get("timeout") or {}
+    limit = timeout.get(TIMEOUT_PHASES.get(kind, "read"))
+    if not isinstance(limit, (int, float)) or limit == ours:
+        return f"{ours:g} s ({kind}, the limit {TIMEOUT_ENV}={ours:g}"
+    return f"{limit:g} s ({kind}, huggingface_hub's own limit for this request"
+
+
+def _is_xet_error(error: BaseException) -> bool:
+    """hf_xet's failures reach Python as the builtin ConnectionError (or RuntimeError) whose text names the Xet
+    route that failed (`.../xet-write-token/...`, `.../xet-read-token/...`)."""
+    return isinstance(error, (ConnectionError, RuntimeError)) and "xet-" in str(error).lower()
 
 
 def _first_line(error: BaseException) -> str:
@@ -357,7 +377,7 @@ def hub_errors(what: str, target: HasToken | None = None, write: bool = False) -
     except WtoursError:  # already described (by an inner hub_errors)
         raise
     except Exception as e:
-        if is_hub_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
+        if is_hub_error(e) or _is_xet_error(e) or type(e).__name__ == "OfflineModeIsEnabled":
             raise describe_error(e, what, token, write) from e
         # The client wraps some failures (an LFS upload that failed after its retries is a RuntimeError
         # raised from the HTTP error): describe the Hub's error underneath.

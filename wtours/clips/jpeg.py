@@ -10,20 +10,20 @@ tests compare every pixel, and `_self_check` once per thread): 2.5-2.9x less dec
 loader benchmark's frames (docs/benchmarks.md).
 
 The library: $WTOURS_TURBOJPEG (a path to libturbojpeg.so.0 >= 3.0, or `off`), else the system's
-libturbojpeg when it is version 3 (Fedora 40+, Arch, Homebrew, conda-forge), else the `turbojpeg`
-wheel's copy (wtours[train] installs it on Linux x86_64). Without one, OpenCV decodes whole frames,
-with the same pixels: only the speed differs."""
+libturbojpeg when it is version 3 (Fedora 40+, Arch, Homebrew, conda-forge), else the copy that the
+`turbojpeg` 0.0.2 wheel bundles (`wtours[fast-jpeg]`: Linux x86_64, CPython 3.8-3.13). That copy is found
+through the distribution's own file list, never through the module name `turbojpeg`, which PyTurboJPEG's
+module has too. Without one, OpenCV decodes whole frames, with the same pixels: only the speed differs,
+and the process says so once."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import glob
-import importlib.util
+import importlib.metadata
 import logging
 import os
 import threading
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -36,6 +36,14 @@ if not hasattr(cv2, "IMREAD_COLOR_RGB"):  # an ImportError: the pipeline turns i
 _DECODE_FLAGS = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 
 LIBRARY_ENV = "WTOURS_TURBOJPEG"
+LIBRARY_OFF = ("off", "0", "none")
+# The wheel that bundles a TurboJPEG 3 library (auditwheel's `turbojpeg.libs` folder), by distribution name:
+# PyTurboJPEG's distribution is `PyTurboJPEG`, so its module of the same name is never taken for this one.
+WHEEL = "turbojpeg"
+WHEEL_LIBRARIES = "turbojpeg.libs"
+NO_LIBRARY_NOTE = ("JPEG frames are decoded whole (the same pixels, more slowly): no TurboJPEG 3 library for "
+                   "decoding only the clip window; pip install 'wtours[fast-jpeg]' (Linux x86_64, Python 3.10-3.13), "
+                   f"or set {LIBRARY_ENV} to a libturbojpeg.so.0 >= 3.0 ({LIBRARY_ENV}=off silences this)")
 
 
 def not_decodable(i: int, count: int, jpg: bytes) -> RuntimeError:
@@ -151,12 +159,20 @@ class WindowDecoder:
 def _library_paths() -> list[str]:
     chosen = os.environ.get(LIBRARY_ENV)
     if chosen:
-        return [] if chosen.lower() in ("off", "0", "none") else [chosen]
+        return [] if chosen.lower() in LIBRARY_OFF else [chosen]
     paths = [system] if (system := ctypes.util.find_library("turbojpeg")) else []
-    spec = importlib.util.find_spec("turbojpeg")  # the wheel's bundled copy (auditwheel's <name>.libs folder)
-    if spec is not None and spec.origin:
-        paths += sorted(glob.glob(str(Path(spec.origin).parent / "turbojpeg.libs" / "libturbojpeg*.so*")))
-    return paths
+    return paths + wheel_library_paths()
+
+
+def wheel_library_paths() -> list[str]:
+    """The libturbojpeg files the `turbojpeg` wheel installed, from its distribution's RECORD: nothing is
+    imported, and no module lookup is involved (another package's `turbojpeg` module cannot win it)."""
+    try:
+        files = importlib.metadata.distribution(WHEEL).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    return sorted(str(file.locate()) for file in files
+                  if file.parts[:1] == (WHEEL_LIBRARIES,) and file.name.startswith("libturbojpeg"))
 
 
 def _self_check(decoder: WindowDecoder) -> bool:
@@ -182,13 +198,16 @@ class _PerThread(threading.local):
 
 
 _decoders = _PerThread()
+_noted = False  # the note on whole-frame decoding was given (a forked worker inherits it)
 
 
 def window_decoder() -> WindowDecoder | None:
     """This thread's TurboJPEG 3 decoder, or None (frames are then decoded whole). One per thread of each
     process: two threads sharing a tj3 handle crashed the interpreter, a lock would decode one frame at a
     time, and a handle costs about 1 ms (the self-check included); a DataLoader worker makes its own after
-    the fork, and a thread's handle is freed with the thread."""
+    the fork, and a thread's handle is freed with the thread. Without a library the process says so once
+    (`make_loader` asks first, so that forked workers do not repeat it)."""
+    global _noted
     if _decoders.pid != os.getpid():
         _decoders.pid, _decoders.decoder = os.getpid(), None
         for path in _library_paths():
@@ -201,4 +220,13 @@ def window_decoder() -> WindowDecoder | None:
                 _decoders.decoder = decoder
                 break
             log.warning("%s decodes JPEG windows unlike the whole decode; decoding whole frames instead", path)
+        chosen = os.environ.get(LIBRARY_ENV, "")
+        if _decoders.decoder is None and not _noted and chosen.lower() not in LIBRARY_OFF:
+            _noted = True
+            if chosen:
+                log.warning("%s=%s is not a usable TurboJPEG 3 library: JPEG frames are decoded whole (the same "
+                            "pixels, more slowly); point it at a libturbojpeg.so.0 >= 3.0, or set it to off",
+                            LIBRARY_ENV, chosen)
+            else:
+                log.warning(NO_LIBRARY_NOTE)
     return _decoders.decoder

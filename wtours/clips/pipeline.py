@@ -34,6 +34,13 @@ from wtours.shard.read import warn_unverified
 log = logging.getLogger(__name__)
 
 
+# --force-reinstall: where pip records an OpenCV wheel whose cv2 files are gone or mixed (removing or upgrading
+# opencv-python, which shares the cv2 folder with the headless build), a plain install finds it "already satisfied"
+# and changes nothing; --no-deps leaves numpy as it is.
+OPENCV_HINT = ("install OpenCV >= 4.10 (wtours[train] brings it): "
+               "pip install --force-reinstall --no-deps 'opencv-python-headless>=4.10'")
+
+
 @dataclass(frozen=True)
 class LoaderConfig:
     batch_size: int = 16
@@ -191,9 +198,7 @@ class ClipDataset(IterableDataset):
         try:
             from wtours.clips.augment_cpu import multicrop_jpegs, output_shapes
         except ImportError as exc:  # OpenCV (its decoder and colour kernels) is missing or too old
-            raise WtoursError(f"the CPU augmentation cannot load: {exc}",
-                              "install OpenCV >= 4.10: pip install 'opencv-python-headless>=4.10' (it comes with "
-                              "wtours[train])") from exc
+            raise WtoursError(f"the CPU augmentation cannot load: {exc}", OPENCV_HINT) from exc
         outputs, cell = None, None
         if pool is not None:
             outputs, cell = pool.take(output_shapes(len(batch), self.config.clip.frames, self.config.multicrop))
@@ -325,6 +330,16 @@ def opencv_serial() -> Iterator[None]:
         cv2.setNumThreads(threads)
 
 
+def _choose_jpeg_decoder() -> None:
+    """The JPEG decoder is chosen here first (`jpeg.window_decoder`), so that its note on whole-frame decoding
+    comes once, not from each worker; a missing OpenCV is reported where the workers need it (`_augment`)."""
+    try:
+        from wtours.clips.jpeg import window_decoder
+    except ImportError:
+        return
+    window_decoder()
+
+
 def make_loader(dataset: ClipDataset, pin_memory: bool = False, reuse_outputs: bool = True,
                 loader_class: type[ClipLoader] = ClipLoader) -> ClipLoader:
     """The DataLoader of `dataset`. With `reuse_outputs` (the default) CPU-path workers refill the memory
@@ -332,6 +347,8 @@ def make_loader(dataset: ClipDataset, pin_memory: bool = False, reuse_outputs: b
     another process without a copy (that process's references are not seen). `loader_class`: a subclass
     of ClipLoader to make instead (`datamodule.EpochLoader`)."""
     workers = dataset.config.workers
+    if dataset.config.augment == "cpu":
+        _choose_jpeg_decoder()
     loader = loader_class(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                         prefetch_factor=2 if workers else None, persistent_workers=False,
                         worker_init_fn=stop.leave_to_parent)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,15 +177,26 @@ def flag_options(config: DownloadConfig) -> dict[str, Any]:
     return options
 
 
+# yt-dlp's warning before each retry ("... Retrying (2/3)...", or "... Retrying fragment 4 (2/10)..."): the retry
+# made and the most it allows for that request, which differ by stage (--retries per download request,
+# extractor_retries when reading the page), so the number given up after is the one counted here.
+_RETRY_WARNING = re.compile(r"Retrying\b[^()]*\((\d+)/\d+\)")
+
+
+def retries_made(warnings: list[str]) -> int:
+    """The retries yt-dlp made of the request it gave up on: the last retry warning's count (0 where none)."""
+    counts = [int(m.group(1)) for w in warnings for m in [_RETRY_WARNING.search(w)] if m]
+    return counts[-1] if counts else 0
+
+
 def mirror_hint(corpus_slug: str | None) -> str:
     """How to get corpus video `corpus_slug` without YouTube (nothing for another video: the mirror lacks it)."""
     return MIRROR_HINT.format(url=load_manifest().mirror.url, slug=corpus_slug) if corpus_slug else ""
 
 
-def _explain(message: str, warnings: list[str], config: DownloadConfig, retries: int,
-             corpus_slug: str | None = None) -> WtoursError:
-    """Turn a yt-dlp failure into an error that names the fix (`retries`: as yt-dlp was given them;
-    `corpus_slug`: the corpus video it was, which the figshare mirror also serves)."""
+def _explain(message: str, warnings: list[str], config: DownloadConfig, corpus_slug: str | None = None) -> WtoursError:
+    """Turn a yt-dlp failure into an error that names the fix (`corpus_slug`: the corpus video it was, which the
+    figshare mirror also serves)."""
     mirror = mirror_hint(corpus_slug)
     text = " ".join([message, *warnings]).lower()
     short = message.replace("ERROR: ", "").strip()
@@ -198,7 +210,9 @@ def _explain(message: str, warnings: list[str], config: DownloadConfig, retries:
     network = ("unable to download", "connection refused", "timed out", "network is unreachable", "name resolution",
                "urlopen error", "connection reset", "remote end closed", "failed to resolve", "giving up after")
     if any(word in text for word in network):
-        return WtoursError(f"network failure after {retries} retries: {short}",
+        retries = retries_made(warnings)
+        tried = f"after {retries} {'retry' if retries == 1 else 'retries'}" if retries else "without a retry"
+        return WtoursError(f"network failure ({tried} by yt-dlp): {short}",
                            "check the connection (or proxy) and rerun: a partial download resumes where it stopped"
                            + mirror)
     if "no space left" in text:
@@ -296,10 +310,10 @@ def download(target: DownloadTarget, config: DownloadConfig, say: Callable[[str]
                 _check_disk(info, folder)
                 info = ydl.process_ie_result(info, download=True)
         except yt_dlp.utils.DownloadError as e:
-            raise _explain(str(e), logger.warnings, config, options["retries"], corpus_slug) from e
+            raise _explain(str(e), logger.warnings, config, corpus_slug) from e
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise _explain("No space left on device", [], config, options["retries"], corpus_slug) from e
+                raise _explain("No space left on device", [], config, corpus_slug) from e
             raise
         finally:
             bar.close()

@@ -106,6 +106,7 @@ class IndexVideo:
     fps: float
     width: int
     height: int
+    frames: int | None = None  # the probed frame count (indexes before it: duration x fps, `source_frames`)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,17 @@ class ShardIndex:
     @property
     def fps(self) -> float:
         return float(self.params.fps)
+
+    @property
+    def source_frames(self) -> int:
+        """Frames of the source video in the part the set was made from (--start to --end): the probed count for
+        the whole video (duration x fps where the index predates it), else that part's duration x fps."""
+        video, p = self.video, self.params
+        whole = video.frames if video.frames is not None else round(video.duration * video.fps)
+        if p.start == 0 and (p.end is None or p.end >= video.duration):
+            return whole
+        end = video.duration if p.end is None else min(p.end, video.duration)
+        return min(whole, max(0, round((end - p.start) * video.fps)))
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> ShardIndex:
@@ -179,7 +191,8 @@ class ShardIndex:
         data: dict[str, Any] = {
             "format": INDEX_FORMAT,
             "version": self.version,
-            "video": asdict(self.video),
+            # an index from before `frames` was recorded keeps its bytes when written again
+            "video": {k: v for k, v in asdict(self.video).items() if k != "frames" or v is not None},
             "params": self.params.to_dict(),
             "shards": [s.to_dict() for s in self.shards],
             "samples": self.samples,

@@ -86,7 +86,7 @@ class ShardSummary:
 def prepare_job(layout: Layout, slug: str, params: ShardParams, hwaccel: str) -> ShardJob:
     info, path = registered_video(layout, slug)
     p = info.probe
-    video = IndexVideo(slug, info.source_id, info.sha256, p.duration, p.fps, p.width, p.height)
+    video = IndexVideo(slug, info.source_id, info.sha256, p.duration, p.fps, p.width, p.height, p.frames)
     blur = FaceBlur.from_params(params.blur) if params.blur_faces else None  # a missing extra fails here, early
     if hwaccel == "auto":
         hwaccel = "cuda" if media.cuda_decoding_available() else "none"

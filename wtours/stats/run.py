@@ -59,12 +59,17 @@ class VideoStats:
         return text + f"; {work} -> {self.folder}"
 
 
+def is_registered(layout: Layout, slug: str) -> bool:
+    """A video downloaded or added under `layout`, or its shard set: something to analyse."""
+    return read_video_info(layout, slug) is not None or layout.index_path(slug).is_file()
+
+
 def open_source(layout: Layout, slug: str, config: StatsConfig,
                 remote: tuple[str, ShardIndex] | None = None) -> ShardSource | VideoSource:
     analysis = config.analysis
     if remote is not None:
         return ShardSource(layout, slug, analysis.every, remote)
-    if read_video_info(layout, slug) is None and not layout.index_path(slug).is_file():
+    if not is_registered(layout, slug):
         raise WtoursError(f"no video registered as {slug!r} under {layout.root}",
                           f"run `wtours download --city {slug}` or `wtours add FILE --name {slug}` first")
     if analysis.source == "shards":
@@ -152,8 +157,8 @@ def stats_videos(layout: Layout, slugs: list[str], config: StatsConfig, detector
     """Analyse videos one after the other (`finished` hears of each); with `corpus`, then write the table
     over every video analysed under the same folder. A video that fails is reported and skipped, and the
     run ends with an error naming it."""
-    if config.classes and detector is None:
-        detector = load_detector(config.detector)  # loaded once for all videos
+    if config.classes and detector is None and any(is_registered(layout, slug) for slug in slugs):
+        detector = load_detector(config.detector)  # loaded once for all videos (none: each says what to run)
     failed = []
     for slug in slugs:
         try:

@@ -40,6 +40,13 @@ class TrainConfig(Checked):
     clip_stride: float = option(1.0, "Seconds between a clip's frames.", range=Range(0, 3600, open_low=True))
     clips_per_shard: int | None = option(None, "A random subset of clips per shard and epoch (default: all).",
                                          range=Range(1, 10**9))
+    epoch_length: str = option("grid", "What an epoch is: 'grid', one pass over the shards' clip starts; "
+                                       "'source-frames', the authors' epoch: as many clips as their loader has "
+                                       "starts (one per source frame: source frames - clip frames x stride in "
+                                       "frames), drawn from the shards' starts in whole passes and a seeded part "
+                                       "of one more; steps per epoch as their DistributedSampler and "
+                                       "drop_last DataLoader give (docs/dora.md).",
+                               choices=("grid", "source-frames"))
     lr: float | None = option(None, "Peak learning rate (default: 0.0005 x global batch / 256, as the authors).",
                               range=Range(0, 1, open_low=True))
     min_lr: float = option(1e-5, "Learning rate at the end of the cosine.", range=Range(0, 1))
@@ -102,6 +109,9 @@ class TrainConfig(Checked):
                 raise UsageError(f"{name} {value!r} is a URL; it must be a local folder",
                                  ROOT_URL_HINT if name == "--root" else "write the run to a local folder; "
                                  "`wtours export` and `wtours push --model` publish it")
+        if self.epoch_length == "source-frames" and self.clips_per_shard is not None:
+            raise UsageError("--clips-per-shard and --epoch-length source-frames both set the epoch's clips",
+                             "pass one of them")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other",
                               "--resume continues the run in --out; --overwrite replaces it: pass one")

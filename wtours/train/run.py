@@ -16,9 +16,9 @@ import torch
 
 from wtours import distributed, stop
 from wtours.clips.augment import MultiCropConfig
-from wtours.clips.epoch import ClipConfig
+from wtours.clips.epoch import ClipConfig, source_clips_per_epoch
 from wtours.clips.pipeline import ClipDataset, GpuAugmenter, LoaderConfig, make_loader
-from wtours.clips.spec import local_folders, resolve
+from wtours.clips.spec import local_folders, resolve_sets
 from wtours.clips.stages import Problems
 from wtours.dora import DoRA
 from wtours.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_STOPPED, UsageError, WtoursError
@@ -40,15 +40,27 @@ class Schedules:
     momentum: Any
     steps_per_epoch: int
     total_steps: int
+    warmup_steps: int = 0  # the lr warm-up's iterations: the lr reaches its base value at the last of them
+
+    def breakpoints(self, config: TrainConfig) -> dict[str, int]:
+        """Where the schedules change course, in optimiser steps (run.json): the lr warm-up's end and the
+        teacher temperature's (per epoch, as DINOLoss's teacher_temp_schedule)."""
+        return {"lr_warmup_steps": min(self.warmup_steps, self.total_steps),
+                "teacher_temp_warmup_steps": min(config.model.loss.warmup_teacher_temp_epochs * self.steps_per_epoch,
+                                                 self.total_steps)}
 
 
 def build_data(config: TrainConfig, dist: distributed.Dist) -> ClipDataset:
-    shards = resolve(config.shards, config.root)
+    """The run's clips; with --epoch-length source-frames an epoch holds the authors' count of them, so its
+    steps (len) are theirs for the same video, processes and batch size."""
+    sets = resolve_sets(config.shards, config.root)
     workers = config.workers if config.workers is not None else default_workers(dist.local_world_size)
+    clip = ClipConfig(config.clip_frames, config.clip_stride, config.clips_per_shard, config.seed)
+    if config.epoch_length == "source-frames":
+        clip = replace(clip, epoch_clips=source_clips_per_epoch(sets, clip))
     loader = LoaderConfig(batch_size=config.batch_size, workers=workers, shuffle_buffer=config.shuffle_buffer,
-                          augment=config.augment,
-                          clip=ClipConfig(config.clip_frames, config.clip_stride, config.clips_per_shard, config.seed),
-                          multicrop=MultiCropConfig(n_local=config.model.n_local))
+                          augment=config.augment, clip=clip, multicrop=MultiCropConfig(n_local=config.model.n_local))
+    shards = [ref for found in sets for ref in found.refs]
     return ClipDataset(shards, loader, rank=dist.rank, world_size=dist.world_size)
 
 
@@ -74,7 +86,7 @@ def build_schedules(config: TrainConfig, steps_per_epoch: int, world_size: int) 
         lr=cosine_schedule(base_lr, config.min_lr, total, warmup),
         wd=cosine_schedule(config.weight_decay, config.weight_decay_end, total),
         momentum=cosine_schedule(config.momentum_teacher, 1.0, total),
-        steps_per_epoch=steps_per_epoch, total_steps=total)
+        steps_per_epoch=steps_per_epoch, total_steps=total, warmup_steps=warmup)
 
 
 def train(config: TrainConfig, say: Callable[[str], None] = print) -> RunState:
@@ -177,6 +189,7 @@ def _start(run: Run, prepared: dict) -> None:
         write_json_atomic(run.out / RUN_CONFIG_FILE, folder.recorded(config))
         write_json_atomic(run.out / RUN_FACTS_FILE, {
             **run.facts, "precision": run.precision, "workers": config.workers, "clips_per_epoch": clips,
+            "epoch_length": config.epoch_length, **schedules.breakpoints(config),
             "reschedules": folder.reschedules(run.out, prepared["changed"], state.step)})
     run.logger.say(f"training {config.model.arch} on {len(dataset.shards)} shards: {clips} "
                    f"clips per epoch, {schedules.steps_per_epoch} steps per epoch x {dist.world_size} process(es), "
