@@ -11,10 +11,11 @@
 # authors-style step and the shard-fed step) then compiled; the GPU augmentation path's device side
 # (nvJPEG decode + batched multi-crop) and its peak memory; learning_bench.py at a real scale (vit_small
 # trained on the repository's street footage, evaluated at init and after: J&F, k-NN, linear probe); the wtours
-# step alone at the authors' 6 clips per GPU, its peak memory and the authors' run's planned time.
+# step alone at the authors' 6 clips per GPU, its peak memory and the authors' run's planned time; the cost of
+# `wtours stats --detector owlv2` per frame (owlv2_bench.py; skipped when the image has no transformers).
 # Every part has its own time limit inside a 450 s budget (DEVICE_CHECK_BUDGET; 450 leaves a rerun room in a
 # session's 15 device minutes), so the script ends, with a table, whatever
-# hangs. Output: $OUT/ (8 files), table last.
+# hangs. Output: $OUT/ (9 files), table last.
 set -uo pipefail
 
 MODE=${1:-}
@@ -114,6 +115,8 @@ else
     LEARN=(--steps 100 --arch vit_small --batch-size 32 --frames 8 --stride 0.2 --n-local 6 --out-dim 65536
            --image-size 224 --workers 8 --device cuda)
     VIDEO="testsrc2=size=1280x720:rate=30" LENGTH=300
+    # OWLv2 B/16 at 960 px, random weights (the released ones cost the same), 1,203 LVIS queries: 64 frames
+    OWL=(--device cuda --frames 64 --batch-size 16)
 fi
 
 DEVICE=$($PY -c "import torch, torchvision; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU', '| torch', torch.__version__, '| torchvision', torchvision.__version__)")
@@ -192,6 +195,15 @@ else
         --batch-sizes 32 16 --skip-authors "${TRAIN[@]}"
 fi
 
+# the open-vocabulary class counter's cost per frame (transformers is not in .whl/: skipped cleanly without it)
+if [[ $SMOKE == 1 ]]; then
+    echo "[owlv2_bench] skipped in --cpu-smoke (OWLv2 B/16 takes over 30 s a frame on a shared CPU)" | tee -a "$OUT/owlv2_bench.txt"
+elif $PY -c "import transformers" 2>/dev/null; then
+    part "owlv2_bench" 60 "$OUT/owlv2_bench.txt" $PY -m benchmarks.owlv2_bench "${OWL[@]}"
+else
+    echo "[owlv2_bench] skipped: transformers is not installed in this image" | tee -a "$OUT/owlv2_bench.txt"
+fi
+
 # learning shown: the same vit_small at initialisation and after training, side by side
 [[ -f .whl/digits.npz ]] && LEARN+=(--digits .whl/digits.npz)
 part "learning_bench" 180 "$OUT/learning_bench.txt" $PY -m benchmarks.learning_bench "${LEARN[@]}" --work "$WORK/learning"
@@ -210,6 +222,7 @@ part "learning_bench" 180 "$OUT/learning_bench.txt" $PY -m benchmarks.learning_b
         plan = rate > 0 ? sprintf(" | authors run: %.3f s x %d steps = %.1f h on 8 GPUs (plan)", 6 / rate, steps,
                                   steps * 6 / rate / 3600) : ""
         print "authors B=6  " $0 plan }'
+    grep -h "^ROW\|skipped" "$OUT/owlv2_bench.txt" 2>/dev/null | sed 's/^ROW //'
     sed -n '/^budget:/,/^total/p' "$OUT/learning_bench.txt" 2>/dev/null | sed 's/^/learning     /'
     grep -h "skipped: budget\|rc=[1-9]" "$OUT"/*.txt | sed 's/^/problem: /'
 } >"$OUT/summary.txt"

@@ -41,6 +41,7 @@ def stats(ctx, cities, all_videos, shard_specs, root, **values) -> None:
       wtours stats --city venice
       wtours stats --city venice --from video --every 1 --no-classes
       wtours stats --all --device cuda --root /data/wtours
+      wtours stats --all --device cuda --detector owlv2   # LVIS v1's 1,203 classes (extra: owlv2)
       wtours stats compare            # corpus table from the videos analysed so far
       wtours stats --shards hf://datasets/me/wtours/venice/index.json --no-classes
     """

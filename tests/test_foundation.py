@@ -120,6 +120,7 @@ def test_wheel_ships_cli_and_manifest(tmp_path):
     wheel = next(tmp_path.glob("wtours-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "wtours/manifests/walking_tours.json" in names
+    assert "wtours/stats/vocabularies/lvis_v1.txt" in names  # --detector owlv2's default vocabulary
     assert "wtours/cli/main.py" in names
     assert not any(n.startswith("cli/") or n.startswith("manifests/") for n in names)
     for package in (REPO / "wtours").glob("*/__init__.py"):  # every subpackage ships
@@ -127,10 +128,11 @@ def test_wheel_ships_cli_and_manifest(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True)
-    code = "from wtours.manifest import load_manifest; print(len(load_manifest().videos))"
+    code = ("from wtours.manifest import load_manifest; from wtours.stats.vocabulary import read_vocabulary; "
+            "print(len(load_manifest().videos), len(read_vocabulary(None).classes))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, check=True)
-    assert out.stdout.strip() == "10"
+    assert out.stdout.split() == ["10", "1203"]
 
 
 def test_list_json_shows_manifest(tmp_path):

@@ -1,5 +1,6 @@
-"""Objects and classes per frame: a pluggable detector interface and the torchvision backends of `params.BACKENDS`
-(COCO's 80 classes; docs/stats.md names their weights files). torch and torchvision load only to count classes."""
+"""Objects and classes per frame: the detector stage, the backend dispatch, the torchvision backends of
+`params.BACKENDS` (COCO's 80 classes; docs/stats.md names their weights files) and the per-video class table.
+torch and torchvision load only to count classes; the open-vocabulary backend lives in owlv2.py."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import pickle
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from wtours.errors import WtoursError
+from wtours.errors import UsageError, WtoursError
 from wtours.layout import sha256_file
-from wtours.stats.params import BACKENDS, Backend, DetectorParams
+from wtours.stats.detections import Detections, Detector
+from wtours.stats.params import BACKENDS, OWLV2, Backend, DetectorParams
 from wtours.system import resolve_device
 
 # Placeholders in torchvision's 91-entry COCO list (ids the 80 classes skip): never counted.
@@ -25,32 +26,6 @@ IGNORED_LABELS = frozenset({"__background__", "N/A"})
 # torchvision publishes weights as <name>-<the first hex digits of the file's sha256>.pth
 PUBLISHED_HASH = re.compile(r"-([0-9a-f]{6,64})\.[a-z]+$")
 UNREADABLE = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError)  # weights_only refusals too
-
-
-@dataclass(frozen=True)
-class Detections:
-    """What a detector found in one frame, above its score threshold."""
-
-    labels: tuple[str, ...]  # one class name per object
-    scores: tuple[float, ...]
-
-    @property
-    def objects(self) -> int:
-        return len(self.labels)
-
-    @property
-    def classes(self) -> int:
-        return len(set(self.labels))
-
-
-class Detector(Protocol):
-    """Anything that maps a batch of RGB frames to detections can count classes."""
-
-    name: str  # recorded in summary.json (and part of the resume key)
-    vocabulary: str  # e.g. "COCO (80 classes)"
-
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        """(H, W, 3) uint8 frames -> one Detections per frame, in order."""
 
 
 class TorchDetector:
@@ -91,8 +66,20 @@ def detect_stage(items: Iterable[Any], detector: Detector, batch_size: int,
 # ---------------------------------------------------------------- torchvision backends
 
 
-def load_detector(params: DetectorParams) -> TorchDetector:
+def load_detector(params: DetectorParams) -> Detector:
+    """The backend `params` names, ready to detect: weights and vocabulary are loaded here, before any frame."""
+    if params.name == OWLV2:
+        from wtours.stats.owlv2 import load_owlv2  # transformers loads only for this backend
+
+        return load_owlv2(params)
+    return load_coco_detector(params)
+
+
+def load_coco_detector(params: DetectorParams) -> TorchDetector:
     """Build the named torchvision backend with its COCO weights (torchvision's cache, else a download)."""
+    if params.vocabulary is not None:
+        raise UsageError(f"--vocabulary applies to --detector {OWLV2}; {params.name} knows COCO's 80 classes only",
+                         f"add --detector {OWLV2}, or leave --vocabulary out")
     spec = BACKENDS[params.name]  # a known name: DetectorParams checked it
     try:
         import torch
@@ -114,7 +101,7 @@ def load_detector(params: DetectorParams) -> TorchDetector:
                           f"pass the COCO weights file {weights_file(weights)} (or another state dict of this "
                           "architecture) with --weights, or pick the matching --detector") from e
     counted = sum(name not in IGNORED_LABELS for name in categories)
-    return TorchDetector(model, categories, params.name, f"COCO ({counted} classes)", params.score_threshold, device,
+    return TorchDetector(model, categories, params.name, f"COCO ({counted} classes)", params.threshold, device,
                          weights=str(params.weights) if params.weights else weights_file(weights))
 
 

@@ -13,6 +13,8 @@ from wtours.stats.report import new_figure, save_figure
 
 CSV_FILE = "corpus.csv"
 MARKDOWN_FILE = "corpus.md"
+CLASSES_FILE = "corpus_classes.csv"  # the corpus's class table (when classes were counted)
+CORPUS_ROW = "(corpus)"  # the last row when classes were counted: no slug has parentheses
 # (column, header in Markdown, decimals)
 COLUMNS = [
     ("video", "video", None),
@@ -68,21 +70,63 @@ def corpus_row(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def corpus_union(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The whole corpus as one row (`CORPUS_ROW`): durations and frames summed, objects and classes per frame
+    over all frames, and `unique_classes` the union of the videos' classes; None when no video counted classes."""
+    counted = [s for s in summaries if s.get("classes")]
+    if not counted:
+        return None
+    frames = sum(s["frames"] for s in counted)
+    union = {row["name"] for s in counted for row in s["classes"]["table"]}
+    return {"video": CORPUS_ROW, "duration_s": sum(s["video"]["duration"] for s in counted), "frames": frames,
+            "objects_per_frame": sum(s["classes"]["objects_per_frame_mean"] * s["frames"] for s in counted) / frames,
+            "classes_per_frame": sum(s["classes"]["per_frame_mean"] * s["frames"] for s in counted) / frames,
+            "unique_classes": len(union)}
+
+
+def corpus_class_table(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per class over the videos that counted classes: objects, frames showing it, its share of all their
+    frames and the videos it appears in; most frequent first (the per-video table's order)."""
+    counted = [s for s in summaries if s.get("classes")]
+    total = sum(s["frames"] for s in counted)
+    rows: dict[str, dict[str, Any]] = {}
+    for summary in counted:
+        for row in summary["classes"]["table"]:
+            merged = rows.setdefault(row["name"], {"name": row["name"], "objects": 0, "frames": 0, "videos": 0})
+            merged["objects"] += row["objects"]
+            merged["frames"] += row["frames"]
+            merged["videos"] += 1
+    for row in rows.values():
+        row["frame_share"] = round(row["frames"] / total, 6)
+    return sorted(rows.values(), key=lambda r: (-r["frames"], -r["objects"], r["name"]))
+
+
 def write_corpus(base: Path, summaries: list[dict[str, Any]]) -> dict[str, Path]:
     import pandas as pd
 
     table = pd.DataFrame([corpus_row(s) for s in summaries], columns=[c for c, _, _ in COLUMNS])
     table = table.sort_values("video").reset_index(drop=True)
+    if (union := corpus_union(summaries)) is not None:  # last: the classes the videos show together
+        table = pd.concat([table, pd.DataFrame([union], columns=table.columns)], ignore_index=True)
     written = {"csv": base / CSV_FILE, "markdown": base / MARKDOWN_FILE}
     replace_atomically(written["csv"], lambda tmp: table.to_csv(tmp, index=False))
     replace_atomically(written["markdown"], lambda tmp: tmp.write_text(markdown(table), encoding="utf-8"))
-    for name in ("lightness", *PAIRS):
+    if union is None:
+        (base / CLASSES_FILE).unlink(missing_ok=True)  # left by an earlier comparison with classes: no longer true
+    else:
+        classes = pd.DataFrame(corpus_class_table(summaries), columns=["name", "objects", "frames", "frame_share",
+                                                                       "videos"])
+        written["classes_csv"] = base / CLASSES_FILE
+        replace_atomically(written["classes_csv"], lambda tmp: classes.to_csv(tmp, index=False))
+    videos = table[table["video"] != CORPUS_ROW]
+    for name in ("lightness", *PAIRS, "unique_classes"):
         path = base / f"corpus_{name}.png"
-        if name == "classes" and table["objects_per_frame"].isna().all():
+        if name in ("classes", "unique_classes") and union is None:
             path.unlink(missing_ok=True)
-        else:
-            save_figure(plot(table, name), path)
-            written[name] = path
+            continue
+        save_figure(plot(videos, name) if name != "unique_classes" or union is None else plot_unique(videos, union),
+                    path)
+        written[name] = path
     return written
 
 
@@ -116,4 +160,17 @@ def plot(table: Any, name: str):
         axes.set(ylabel=ylabel, title=title)
         axes.legend(fontsize="small")
     axes.set_xticks(x, table["video"], rotation=45, ha="right")
+    return figure
+
+
+def plot_unique(videos: Any, union: dict[str, Any]):
+    """Unique classes per video, and the union over the corpus as a line."""
+    figure, axes = new_figure(max(6, 0.6 * len(videos) + 3), 3.5)
+    x = np.arange(len(videos))
+    axes.bar(x, videos["unique_classes"].fillna(0), label="classes seen in the video")
+    axes.axhline(union["unique_classes"], color="black", lw=1, ls="--",
+                 label=f"corpus: {union['unique_classes']} classes (union)")
+    axes.set(ylabel="unique classes", title="classes per video and in the whole corpus")
+    axes.legend(fontsize="small")
+    axes.set_xticks(x, videos["video"], rotation=45, ha="right")
     return figure

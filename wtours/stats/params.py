@@ -62,15 +62,43 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
+# The open-vocabulary backend (wtours/stats/owlv2.py): OWLv2 through transformers, asked for a vocabulary's names.
+OWLV2 = "owlv2"
+OWLV2_MODEL = "google/owlv2-base-patch16-ensemble"  # Apache-2.0 weights on the Hugging Face Hub
+# Default score thresholds: COCO detectors' softmax scores, OWLv2's per-class sigmoid scores (lower by design;
+# 0.1 is the threshold of transformers' own OWLv2 example). docs/stats.md says more.
+DEFAULT_SCORE_THRESHOLD = {"coco": 0.5, OWLV2: 0.1}
+
+
+def detector_names() -> tuple[str, ...]:
+    return (*BACKENDS, OWLV2)
+
+
 @dataclass(frozen=True)
 class DetectorParams(Checked):
-    name: str = option("fasterrcnn-mobilenet-320", "Detector backend (torchvision, COCO weights).",
-                       option="--detector", choices=BACKENDS.keys)
-    score_threshold: float = option(0.5, "Detections below this score are not counted.", range=FRACTION)
+    name: str = option("fasterrcnn-mobilenet-320", "Detector backend: torchvision (COCO weights) or owlv2 "
+                       "(open vocabulary, LVIS v1's 1,203 classes by default).", option="--detector",
+                       choices=detector_names)
+    score_threshold: float | None = option(None, "Detections below this score are not counted (default: 0.5 for "
+                                                 "COCO backends, 0.1 for owlv2).", range=FRACTION)
+    nms_iou: float = option(0.5, "owlv2: of two boxes of one class overlapping by more than this IoU, only the "
+                                 "higher-scoring one is counted.", range=FRACTION)
+    vocabulary: Path | None = option(None, "owlv2: class names to look for, one per line (a tab and a threshold "
+                                           "may follow a name; default: LVIS v1's 1,203 categories).",
+                                     metavar="FILE")
     device: str = option("auto", "Where the detector (and TransNetV2, with --cuts transnetv2) runs.",
                          choices=("auto", "cpu", "cuda"))
     batch_size: int = option(8, "Frames per detector call.", range=Range(1, 4096))
-    weights: Path | None = option(None, "Detector weights file (default: torchvision's cache, downloaded once).")
+    weights: Path | None = option(None, "Detector weights: a state dict file for the torchvision backends (default: "
+                                        "torchvision's cache), a save_pretrained folder for owlv2 (default: "
+                                        "huggingface_hub's cache).", metavar="PATH")
+
+    @property
+    def threshold(self) -> float:
+        """The score threshold in force: the one given, else the backend's default."""
+        if self.score_threshold is not None:
+            return self.score_threshold
+        return DEFAULT_SCORE_THRESHOLD[OWLV2 if self.name == OWLV2 else "coco"]
 
 
 CUT_DETECTORS = ("builtin", "transnetv2")

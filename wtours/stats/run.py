@@ -236,8 +236,9 @@ def _describe(detector: Detector, config: StatsConfig) -> dict[str, Any]:
     return {
         "detector": detector.name,
         "vocabulary": getattr(detector, "vocabulary", None),
-        "score_threshold": getattr(detector, "score_threshold", config.detector.score_threshold),
+        "score_threshold": getattr(detector, "score_threshold", config.detector.threshold),
         "weights": getattr(detector, "weights", None),
+        **getattr(detector, "settings", {}),  # a backend's own: owlv2's model revision, vocabulary hash, NMS
     }
 
 
