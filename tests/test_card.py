@@ -55,8 +55,12 @@ pytestmark = pytest.mark.usefixtures("no_xet")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """A corpus video (venice: its YouTube id is each sample's `source_id`) and an own video (my-walk:
-    `wtours add --source-url ...`, no id, so `source_id` is null)."""
-    folder = tmp_path_factory.mktemp("card")
+    `wtours add --source-url ...`, no id, so `source_id` is "")."""
+    return corpus_and_own_root(tmp_path_factory.mktemp("card"))
+
+
+def corpus_and_own_root(folder: Path) -> Path:
+    """SETS under folder/root: venice (a corpus video) and my-walk (own footage, OWN's provenance), sharded."""
     layout = Layout(folder / "root")
     for slug, seconds in SETS.items():
         video = make_video(folder / f"{slug}.mp4", seconds=seconds, size="192x128", rate=10)

@@ -15,32 +15,18 @@ from pathlib import Path
 import pytest
 
 from tests.cli import assert_clean_error, run_wtours
-from tests.videos import make_video
-from wtours.fetch.local import add_local
+from tests.test_card import corpus_and_own_root
 from wtours.layout import Layout
 from wtours.shard.card import LOCAL_MARK, card_mark
-from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.read import iter_shard
-from wtours.shard.run import shard_video
 from wtours.shard.writer import write_shard
-
-OWN = {"url": "https://example.org/my-walk", "title": "My walk", "uploader": "Me", "license": "CC BY 4.0"}
-SETS = {"venice": 3.0, "my-walk": 2.0}  # 2 fps, 4 samples per shard: 6 and 4 frames, 2 and 1 shards
-PARAMS = ShardParams(fps=2.0, short_side=128, samples_per_shard=4)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """A corpus video (venice: its YouTube id is each sample's `source_id`) and an own video (my-walk: no id, so
     `source_id` is ""), each sharded by `shard_video`, which also writes the root's card."""
-    folder = tmp_path_factory.mktemp("local-loading")
-    layout = Layout(folder / "root")
-    for slug, seconds in SETS.items():
-        video = make_video(folder / f"{slug}.mp4", seconds=seconds, size="192x128", rate=10)
-        add_local(video, slug, layout.root, mode="symlink", say=lambda m: None,
-                  provenance=OWN if slug == "my-walk" else None)
-        shard_video(layout, slug, PARAMS, RunOptions(workers=1, progress=False), say=lambda m: None)
-    return layout.root
+    return corpus_and_own_root(tmp_path_factory.mktemp("local-loading"))
 
 
 @pytest.fixture
