@@ -180,6 +180,7 @@ def test_transnetv2_beside_the_builtin_detector_on_real_shots(shots_video, tmp_p
     assert (row["cuts_both"], row["cuts_builtin_only"], row["cuts_transnetv2_only"]) == (len(neural), 4 - len(neural),
                                                                                        0)
     assert row["transnetv2_cuts_per_hour"] == pytest.approx(summary["transnetv2"]["cuts_per_hour"])
+    assert "| TransNetV2 cuts / h | cuts found by both |" in (layout.root / "stats" / "corpus.md").read_text()
     # Without --cuts transnetv2 the parts (which hold its input frames) are another run's: it starts over.
     assert run_wtours(args).exit_code == 0
     plain = json.loads((folder / "summary.json").read_text())
@@ -347,6 +348,7 @@ def test_outputs_are_consistent_and_the_corpus_table_matches(walk, boxes_video, 
         assert row["duration_s"] == pytest.approx(summary["video"]["duration"])
     markdown = (base / "corpus.md").read_text().splitlines()
     assert markdown[0].startswith("| video | duration (s) | frames analysed |") and len(markdown) == 4
+    assert "TransNetV2" not in markdown[0]  # its columns only where it ran (corpus.csv keeps them, empty)
     assert markdown[2].startswith("| boxes |") and markdown[3].startswith("| walk |")
     for plot in ("corpus_lightness.png", "corpus_transitions.png"):
         assert (base / plot).stat().st_size > 1000

@@ -130,11 +130,16 @@ def write_corpus(base: Path, summaries: list[dict[str, Any]]) -> dict[str, Path]
     return written
 
 
+# Shown in corpus.md only where some video has them (corpus.csv keeps every column, empty where not run)
+WHERE_RUN = {"transnetv2_cuts_per_hour", "cuts_both", "cuts_builtin_only", "cuts_transnetv2_only"}
+
+
 def markdown(table: Any) -> str:
-    lines = ["| " + " | ".join(header for _, header, _ in COLUMNS) + " |",
-             "|" + "|".join("---" if digits is None else "---:" for _, _, digits in COLUMNS) + "|"]
+    columns = [c for c in COLUMNS if c[0] not in WHERE_RUN or any(_cell(v, c[2]) for v in table[c[0]])]
+    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |",
+             "|" + "|".join("---" if digits is None else "---:" for _, _, digits in columns) + "|"]
     for _, row in table.iterrows():
-        lines.append("| " + " | ".join(_cell(row[column], digits) for column, _, digits in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(row[column], digits) for column, _, digits in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
