@@ -18,7 +18,7 @@ from wtours.layout import (
     validate_shard_name,
     write_json_atomic,
 )
-from wtours.shard.index import INDEX_VERSION, ShardIndex, load_index
+from wtours.shard.index import INDEX_VERSION, ShardIndex, load_index, read_segment_record
 from wtours.shard.params import RunOptions, ShardParams
 from wtours.shard.read import iter_shard
 from wtours.shard.run import shard_video
@@ -250,3 +250,21 @@ def test_a_set_from_before_version_4_is_read_and_a_rerun_reshards_it(canonical_r
     assert load_index(layout, "walk").version == INDEX_VERSION
     records = list(layout.segments_dir("walk").glob("*.json"))
     assert records and all(json.loads(r.read_text())["version"] == INDEX_VERSION for r in records)
+
+
+def test_a_corpus_videos_version_3_segments_are_kept(canonical_roots, tmp_path):
+    """A corpus video (a YouTube id) wrote the same sample bytes in version 3 as now: its records stay valid, so
+    an upgrade does not redo hours of 4K decoding; without an id (null in version 3) they are redone."""
+    layout = Layout(canonical_roots.copy("walk-8s", tmp_path / "root"))
+    numbers = []
+    for record in layout.segments_dir("walk").glob("*.json"):
+        data = json.loads(record.read_text())
+        data.pop("version")
+        record.write_text(json.dumps(data))  # as version 3 wrote it
+        numbers.append(data["segment"]["number"])
+    assert numbers
+    for number in numbers:
+        assert read_segment_record(layout, "walk", number) is None
+        assert read_segment_record(layout, "walk", number, "") is None
+        kept = read_segment_record(layout, "walk", number, "dQw4w9WgXcQ")
+        assert kept is not None and kept.version == 3

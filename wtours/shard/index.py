@@ -264,14 +264,16 @@ class SegmentRecord:
         return {**asdict(self), "shard": self.shard.to_dict() if self.shard else None}
 
 
-def read_segment_record(layout: Layout, slug: str, number: int) -> SegmentRecord | None:
+def read_segment_record(layout: Layout, slug: str, number: int, source_id: str | None = None) -> SegmentRecord | None:
     """A finished segment's record, if its shard (when it has one) is on disk with the recorded size; None
-    (the segment is redone) for a missing, stale or foreign record, or one from an older version (its samples'
-    json may hold a null `source_id`, and a set must not mix both: `datasets` would fail to load it)."""
+    (the segment is redone) for a missing, stale or foreign record, or one from an older version whose samples
+    differ from this version's: before version 4 a video without a `source_id` (not a corpus video) wrote a null
+    one, and a set must not mix null and "" (`datasets` would fail to load it). A corpus video's version-3
+    samples are byte for byte this version's, so its hours of decoding are kept."""
     data = read_json(layout.segment_record_path(slug, number))
     try:
         record = read_record(SegmentRecord, data, "segment record", RESHARD_HINT)
-        if record.version != INDEX_VERSION:
+        if record.version != INDEX_VERSION and not (record.version == 3 and source_id):
             return None
         if record.shard is not None:
             record.shard.check(slug)

@@ -135,13 +135,13 @@ def _shard_locked(layout: Layout, slug: str, params: ShardParams, options: RunOp
     summary = ShardSummary(slug)
     if not options.finalize_only:
         mine = [s for s in segments if s.number % options.num_nodes == options.node_rank]
-        done = [read_segment_record(layout, slug, s.number) for s in mine]
+        done = [read_segment_record(layout, slug, s.number, job.video.source_id) for s in mine]
         todo = [s for s, record in zip(mine, done) if record is None or not record.complete]
         if len(todo) < len(mine):
             say(f"{slug}: {len(mine) - len(todo)} of {len(mine)} segments already done; resuming")
         _run_segments(layout, job, todo, options, summary)
 
-    records = [read_segment_record(layout, slug, s.number) for s in segments]
+    records = [read_segment_record(layout, slug, s.number, job.video.source_id) for s in segments]
     missing = [s.number for s, r in zip(segments, records) if r is None]
     summary.missing_segments = len(missing)
     if missing:
