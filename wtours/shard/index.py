@@ -26,6 +26,7 @@ from wtours.layout import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from wtours.privacy.params import FaceBox
 from wtours.records import read_record
 from wtours.shard.params import ShardParams
 from wtours.shard.plan import Segment, merge_runs
@@ -59,6 +60,7 @@ class ShardEntry:
     offsets: tuple[int, ...] | None = None  # byte offset of each sample's first tar header (version 2)
     sample_sha256: tuple[str, ...] | None = None  # of each sample's bytes, offsets[i] to the next or the end (3)
     faces: tuple[int, ...] | None = None  # faces hidden in each sample (--blur-faces), in sample order
+    face_boxes: tuple[tuple[FaceBox, ...], ...] | None = None  # the boxes hidden in each sample, `faces[i]` of them
 
     def check(self, slug: str) -> None:
         """Named as a shard of `slug` and consistent with itself, so that a damaged or hostile index cannot
@@ -85,10 +87,20 @@ class ShardEntry:
                            "beside 'offsets'")
         if self.faces is not None and len(self.faces) != self.samples:
             raise _Invalid(f"shard {self.name}: 'faces' must have one count per sample ({self.samples})")
+        boxes = self.face_boxes
+        if boxes is not None and (self.faces is None or len(boxes) != self.samples
+                                  or any(len(b) != n for b, n in zip(boxes, self.faces))
+                                  or not all(0 <= x0 < x1 and 0 <= y0 < y1 and 0 <= score <= 1
+                                             for sample in boxes for x0, y0, x1, y1, score in sample)):
+            raise _Invalid(f"shard {self.name}: 'face_boxes' must have one list per sample ({self.samples}), "
+                           "beside 'faces' and as long as its count, of [x0, y0, x1, y1, score] boxes "
+                           "(0 <= x0 < x1, 0 <= y0 < y1, score in [0, 1])")
 
     def to_dict(self) -> dict[str, Any]:  # a field that is None is not recorded
         data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v is not None}
         data["cell_runs"] = [list(run) for run in self.cell_runs]
+        if self.face_boxes is not None:
+            data["face_boxes"] = [[list(box) for box in sample] for sample in self.face_boxes]
         return data
 
 

@@ -17,6 +17,7 @@ from wtours.errors import IncompleteError, UsageError, WtoursError
 from wtours.layout import Layout, remove_stale_temporaries, sample_key, shard_name, write_json_atomic
 from wtours.locks import RANKS, folder_lock
 from wtours.privacy.blur import FaceBlur
+from wtours.privacy.params import FaceBox
 from wtours.shard.blank import is_blank
 from wtours.shard.card import write_local_card
 from wtours.shard.decode import DecodedFrame, SegmentDecoder
@@ -259,7 +260,7 @@ class SegmentTally:
 
     reported: int  # the next cell the progress bar has not counted yet
     kept: list[tuple[int, float, int]] = field(default_factory=list)  # (frame, t, cell) per written sample
-    faces: list[int] = field(default_factory=list)  # faces hidden per written sample, with --blur-faces
+    face_boxes: list[tuple[FaceBox, ...]] = field(default_factory=list)  # hidden per written sample (--blur-faces)
     blank_times: list[float] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=lambda: {"blank": 0, "duplicate": 0})
 
@@ -280,18 +281,18 @@ class SegmentTally:
             self.kept.append((frame.frame, frame.t, frame.cell))
             rgb = frame.rgb
             if job.blur is not None:
-                rgb, faces = job.blur.apply(rgb)
-                self.faces.append(faces)
+                rgb, found = job.blur.apply(rgb)
+                self.face_boxes.append(found)
             height, width = rgb.shape[:2]
             meta = SampleMeta(job.slug, job.video.source_id or "", frame.frame, frame.t, width, height)
             yield ShardSample(sample_key(job.slug, frame.frame), encode_jpeg(rgb, job.params.quality), meta)
 
     def entry(self, name: str, written: WrittenShard) -> ShardEntry:
-        """The written shard's index entry; `faces` only with --blur-faces (one count per sample then)."""
+        """The written shard's index entry; `faces` and `face_boxes` only with --blur-faces (one per sample then)."""
         frames, times, cells = zip(*self.kept)
         return ShardEntry(name, len(frames), frames[0], frames[-1], times[0], times[-1], cell_runs(cells),
                           written.bytes, written.sha256, written.offsets, written.sample_sha256,
-                          tuple(self.faces) or None)
+                          tuple(map(len, self.face_boxes)) or None, tuple(self.face_boxes) or None)
 
 
 def cell_runs(cells: Iterable[int]) -> tuple[tuple[int, int], ...]:

@@ -19,6 +19,7 @@ import numpy as np
 from wtours.errors import UsageError, WtoursError
 from wtours.layout import Layout
 from wtours.media import ProbeResult
+from wtours.privacy.params import FaceBox
 from wtours.shard.decode import SegmentDecoder
 from wtours.shard.index import ShardEntry, ShardIndex, load_index
 from wtours.shard.params import DEFAULT_SHORT_SIDE, ShardParams
@@ -38,6 +39,7 @@ class Frame:
     frame: int  # index of the frame in the source video
     rgb: np.ndarray  # (H, W, 3) uint8
     faces: int | None = None  # faces hidden in the stored frame (a set made with --blur-faces); None: not counted
+    face_boxes: tuple[FaceBox, ...] | None = None  # where they were (the index's `face_boxes`); None: not recorded
 
 
 @dataclass
@@ -128,6 +130,7 @@ class ShardSource:
         self.folder: str | None = remote[0] if remote is not None else None
         self.index: ShardIndex = remote[1] if remote is not None else load_index(layout, slug)
         self.faces: dict[str, int] = {}  # by sample key, of the shards read so far: the index's per-sample counts
+        self.face_boxes: dict[str, tuple[FaceBox, ...]] = {}  # likewise, the index's per-sample boxes
         self.layout, self.slug = layout, slug
         shard_every = 1 / self.index.fps
         if every is not None and every < shard_every - EPS:
@@ -170,10 +173,13 @@ class ShardSource:
                 self.info.skip(entry.name, str(e), remote=True)
 
     def _counted(self, samples: Iterator[ShardSample], entry: ShardEntry) -> Iterator[ShardSample]:
-        """The shard's samples, each one's count of hidden faces (the index's `faces`, in sample order) noted."""
+        """The shard's samples, each one's hidden faces (the index's `faces` and `face_boxes`, in sample order)
+        noted."""
         for i, sample in enumerate(samples):
             if entry.faces is not None and i < len(entry.faces):
                 self.faces[sample.key] = entry.faces[i]
+            if entry.face_boxes is not None and i < len(entry.face_boxes):
+                self.face_boxes[sample.key] = entry.face_boxes[i]
             yield sample
 
     def _streamed(self, entry: ShardEntry) -> Iterator[ShardSample]:
@@ -197,7 +203,8 @@ class ShardSource:
             chosen = on_grid(samples, self.info.fps, after, time_of=lambda s: s.meta.t, t_decimals=t_decimals)
         for s in chosen:  # grid selection reads only the json; JPEGs are decoded for the samples kept
             with Image.open(io.BytesIO(s.jpg)) as image:
-                yield Frame(s.meta.t, s.meta.frame, np.asarray(image.convert("RGB")), self.faces.get(s.key))
+                yield Frame(s.meta.t, s.meta.frame, np.asarray(image.convert("RGB")), self.faces.get(s.key),
+                            self.face_boxes.get(s.key))
 
 
 class VideoSource:

@@ -21,7 +21,7 @@ BATCH = 32  # frames converted per rgb2lab call: amortises numpy's per-call cost
 @dataclass
 class Measured:
     frame: Frame  # kept (with its pixels) until the detector has seen it
-    row: dict[str, Any]  # t, frame, width, height, lightness, lightness_p10/_p50/_p90 (and faces, when counted)
+    row: dict[str, Any]  # t, frame, width, height, lightness, lightness_p10/_p50/_p90 (faces, face_boxes: when counted)
     hist: np.ndarray  # (BINS,) uint16 colour histogram of the analysis grid
     thumb: np.ndarray | None = None  # (27, 48, 3) uint8 TransNetV2 input, when --cuts transnetv2
 
@@ -52,5 +52,6 @@ def measure(frames: Iterable[Frame], pixels: int, thumbnails: bool = False) -> I
                 row = {"t": f.t, "frame": f.frame, "width": width, "height": height}
                 if f.faces is not None:
                     row["faces"] = f.faces
+                    row["face_boxes"] = None if f.face_boxes is None else [list(box) for box in f.face_boxes]
                 row.update({name: float(values[k]) for name, values in light.items()})
                 yield Measured(f, row, hists[k], thumbnail(f.rgb) if thumbnails else None)

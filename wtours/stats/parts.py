@@ -52,7 +52,8 @@ class Parts:
         import pyarrow.parquet as pq
 
         types = {"t": pa.float64(), "frame": pa.int64(), "width": pa.int32(), "height": pa.int32(),
-                 "objects": pa.int32(), "classes": pa.int32(), "labels": pa.list_(pa.string()), "faces": pa.int32()}
+                 "objects": pa.int32(), "classes": pa.int32(), "labels": pa.list_(pa.string()), "faces": pa.int32(),
+                 "face_boxes": pa.list_(pa.list_(pa.float64()))}  # per face [x0, y0, x1, y1, score]
         columns = {name: pa.array([row[name] for row in rows], type=types.get(name, pa.float64())) for name in rows[0]}
         columns[HIST_COLUMN] = pa.array([h.astype("<u2").tobytes() for h in hists], type=pa.binary())
         if thumbs is not None:
@@ -74,7 +75,7 @@ class Parts:
             table = pq.read_table(path)
             hist_parts.append(np.frombuffer(b"".join(table.column(HIST_COLUMN).to_pylist()), dtype="<u2"))
             tables.append(table.drop_columns([c for c in (HIST_COLUMN, THUMB_COLUMN) if c in table.column_names]))
-        frame = pa.concat_tables(tables).to_pandas()
+        frame = pa.concat_tables(tables, promote_options="default").to_pandas()  # parts from before a column: null
         hists = np.concatenate(hist_parts).reshape(len(frame), -1)  # (N, BINS) uint16
         order = np.argsort(frame["t"].to_numpy(), kind="stable")
         return frame.iloc[order].reset_index(drop=True), hists[order]
