@@ -650,3 +650,18 @@ def test_streamed_stats_refuse_part_of_a_set_and_options_they_would_ignore(canon
         result = run_wtours(["stats", "--shards", *args, "--root", str(root), "--no-classes"])
         assert result.exit_code == 2 and message in result.output and "hint:" in result.output, result.output
     assert not (root / "stats").exists()
+
+
+def test_parts_from_before_a_column_read_with_it_null(tmp_path):
+    """A run resumed across an upgrade that added a column (here `face_boxes` beside `faces`): the earlier
+    parts' rows read with it null, not a schema error."""
+    from wtours.stats.parts import Parts
+
+    parts = Parts(tmp_path, {"source": "test"})
+    parts.prepare(overwrite=False, say=lambda m: None)
+    hist = np.zeros(4, dtype=np.uint16)
+    parts.write([{"t": 0.0, "frame": 0, "faces": 1}], [hist])
+    parts.write([{"t": 0.5, "frame": 15, "faces": 1, "face_boxes": [[1, 2, 30, 40, 0.9]]}], [hist])
+    table, hists = parts.read()
+    assert list(table["faces"]) == [1, 1] and hists.shape == (2, 4)
+    assert table["face_boxes"][0] is None and [list(b) for b in table["face_boxes"][1]] == [[1, 2, 30, 40, 0.9]]
