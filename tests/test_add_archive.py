@@ -100,8 +100,8 @@ def test_a_damaged_archive_or_member_is_a_clear_error(tmp_path):
 
 def test_download_failures_point_corpus_videos_to_the_mirror():
     config = DownloadConfig(root=Path("/tmp"))
-    network = _explain("ERROR: Unable to download webpage: timed out", [], config, 10, "venice")
+    network = _explain("ERROR: Unable to download webpage: timed out", [], config, "venice")
     assert "network failure" in network.message and "resumes" in network.hint
     assert load_manifest().mirror.url in network.hint and "wtours add FILE --name venice --mirror" in network.hint
-    other = _explain("ERROR: Unable to download webpage: timed out", [], config, 10, None)
+    other = _explain("ERROR: Unable to download webpage: timed out", [], config, None)
     assert "figshare" not in other.hint  # a video of the user's own is not on the mirror
