@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 
 from wtours.clips.augment import MultiCropConfig
 from wtours.clips.epoch import ClipConfig
-from wtours.clips.pipeline import ClipDataset, ClipLoader, LoaderConfig, make_loader, no_clip_decodes
+from wtours.clips.pipeline import OPENCV_HINT, ClipDataset, ClipLoader, LoaderConfig, make_loader, no_clip_decodes
 from wtours.clips.recycle import OutputPool
 from wtours.clips.spec import ShardRef, resolve
 from wtours.clips.stages import Clip
@@ -103,8 +103,7 @@ def decoded_frames(jpgs: list[bytes]) -> torch.Tensor:
     try:
         from wtours.clips.jpeg import decode_clip  # OpenCV: loaded where frames are decoded
     except ImportError as exc:  # OpenCV is missing or too old
-        raise WtoursError(f"clips cannot be decoded: {exc}", "install OpenCV >= 4.10: pip install "
-                          "'opencv-python-headless>=4.10' (it comes with wtours[train]), or use output='jpeg'") from exc
+        raise WtoursError(f"clips cannot be decoded: {exc}", OPENCV_HINT + ", or use output='jpeg'") from exc
     try:
         return torch.stack([frame.permute(1, 2, 0) for frame in decode_clip(jpgs)])  # (3, H, W) views back to rows
     except RuntimeError as error:

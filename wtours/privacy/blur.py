@@ -41,11 +41,17 @@ def anonymise(rgb: np.ndarray, boxes: np.ndarray, mode: str = "blur", scale: flo
     """A copy of `rgb` (H, W, 3 uint8) with each box hidden; pixels outside the grown boxes are untouched.
     blur: a Gaussian of radius a quarter of the box's short side over the box; pixelate: the box as
     PIXELATE_CELLS blocks across; box: the box filled black."""
+    height, width = rgb.shape[:2]
+    return hide(rgb, mask_boxes(boxes, scale, width, height), mode)
+
+
+def hide(rgb: np.ndarray, boxes: list[Box], mode: str = "blur") -> np.ndarray:
+    """`anonymise` of boxes already grown and clipped (`mask_boxes`)."""
     if mode not in BLUR_MODES:
         raise ValueError(f"unknown blur mode {mode!r}")
     height, width = rgb.shape[:2]
     out = rgb.copy()
-    for box in mask_boxes(boxes, scale, width, height):
+    for box in boxes:
         region = out[box.y1:box.y2, box.x1:box.x2]  # (h, w, 3) view into out
         h, w = region.shape[:2]
         if mode == "box":
@@ -85,9 +91,9 @@ class FaceBlur:
         (the detector's grown by `scale`, clipped to the frame) with the detector's score: the frame's faces."""
         found = self.detector.detect(rgb)
         height, width = rgb.shape[:2]
-        hidden = tuple((b.x1, b.y1, b.x2, b.y2, round(float(score), SCORE_DECIMALS))
-                       for box, score in zip(found.boxes, found.scores)
-                       for b in mask_boxes(box, self.scale, width, height))  # none where it falls outside
-        if not hidden:
+        grown = [(b, score) for box, score in zip(found.boxes, found.scores)
+                 for b in mask_boxes(box, self.scale, width, height)]  # none where it falls outside
+        if not grown:
             return rgb, ()
-        return anonymise(rgb, found.boxes, self.mode, self.scale), hidden
+        hidden = tuple((b.x1, b.y1, b.x2, b.y2, round(float(score), SCORE_DECIMALS)) for b, score in grown)
+        return hide(rgb, [b for b, _ in grown], self.mode), hidden

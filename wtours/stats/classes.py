@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from wtours.errors import UsageError, WtoursError
+from wtours.errors import WtoursError
 from wtours.layout import sha256_file
 from wtours.stats.detections import Detections, Detector
 from wtours.stats.params import BACKENDS, OWLV2, Backend, DetectorParams
@@ -77,9 +77,6 @@ def load_detector(params: DetectorParams) -> Detector:
 
 def load_coco_detector(params: DetectorParams) -> TorchDetector:
     """Build the named torchvision backend with its COCO weights (torchvision's cache, else a download)."""
-    if params.vocabulary is not None:
-        raise UsageError(f"--vocabulary applies to --detector {OWLV2}; {params.name} knows COCO's 80 classes only",
-                         f"add --detector {OWLV2}, or leave --vocabulary out")
     spec = BACKENDS[params.name]  # a known name: DetectorParams checked it
     try:
         import torch

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wtours.config import AT_LEAST_1, FRACTION, NOT_NEGATIVE, POSITIVE, Checked, Range, option
+from wtours.errors import UsageError
 from wtours.shard.params import DEFAULT_FPS
 
 # --from video samples on the same grid as the default shards, so both sources analyse the same frames.
@@ -92,6 +93,12 @@ class DetectorParams(Checked):
     weights: Path | None = option(None, "Detector weights: a state dict file for the torchvision backends (default: "
                                         "torchvision's cache), a save_pretrained folder for owlv2 (default: "
                                         "huggingface_hub's cache).", metavar="PATH")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vocabulary is not None and self.name != OWLV2:  # checked even when no detector is loaded
+            raise UsageError(f"--vocabulary applies to --detector {OWLV2}; {self.name} knows COCO's 80 classes only",
+                             f"add --detector {OWLV2}, or leave --vocabulary out")
 
     @property
     def threshold(self) -> float:

@@ -88,7 +88,7 @@ class TransNetV2Cuts:
         with global_state_kept(), torch.inference_mode():
             single, _ = self.model.predict_frames(torch.from_numpy(np.ascontiguousarray(frames)).to(self.device),
                                                   quiet=True)  # (N,), (N,)
-        return single.float().numpy().astype(np.float64)
+        return single.float().cpu().numpy().astype(np.float64)
 
 
 def load_transnet(device: str) -> TransNetV2Cuts:

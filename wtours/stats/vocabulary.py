@@ -46,15 +46,17 @@ def read_vocabulary(path: Path | None) -> Vocabulary:
         raise WtoursError(f"cannot read the vocabulary file {file} ({e})",
                           "pass --vocabulary a UTF-8 text file with one class name per line") from e
     names: list[str] = []
+    seen: set[str] = set()
     thresholds: list[float | None] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, threshold = _parse(line, number, file)
-        if name in names:
+        if name in seen:
             raise WtoursError(f"{file}, line {number}: the class {name!r} is listed twice",
                               "list each class once: its detections would be counted under one name anyway")
         names.append(name)
+        seen.add(name)
         thresholds.append(threshold)
     if not names:
         raise WtoursError(f"the vocabulary file {file} lists no class names",
@@ -70,7 +72,7 @@ def _parse(line: str, number: int, file: Path) -> tuple[str, float | None]:
     name, _, threshold = line.partition("\t")
     name = " ".join(name.split())  # runs of spaces are one space: the same query
     where = f"{file}, line {number}"
-    if len(name) > MAX_NAME_CHARS or not name.isprintable():
+    if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
         raise WtoursError(f"{where}: not a class name ({name[:40]!r}...)",
                           f"one printable name of at most {MAX_NAME_CHARS} characters per line")
     if not threshold.strip():

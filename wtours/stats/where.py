@@ -22,10 +22,10 @@ class Selection:
     keys: tuple[str, ...]  # the sample key of each frame that meets it, in time order
 
 
-def select_frames(layout: Layout, slug: str, expression: str, stats_base: Path | None = None) -> Selection:
-    """The frames of `slug`'s frames.parquet (under `stats_base`, else <root>/stats) for which `expression`, a
+def select_frames(layout: Layout, slug: str, expression: str) -> Selection:
+    """The frames of `slug`'s frames.parquet (under <root>/stats) for which `expression`, a
     pandas expression over its columns (`lightness > 30 and not cut`, `` `__key__` ``), is true."""
-    path = layout.stats_dir(slug, stats_base) / FRAMES_FILE
+    path = layout.stats_dir(slug) / FRAMES_FILE
     if not path.is_file():
         raise UsageError(f"{slug} has no per-frame statistics ({path}), which --where filters",
                          f"run `wtours stats --city {slug}` first (add --no-classes to skip the detector)")

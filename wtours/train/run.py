@@ -225,6 +225,7 @@ def _loop(run: Run) -> None:
             # exactly the state to keep) is known to be finite and before its update: a state that
             # already diverged is never kept as the "last good" one.
             due = it > first_step and it % config.checkpoint_every == 0
+            saved_before = state.saved_step
             settings = StepSettings(float(schedules.lr[it]), float(schedules.wd[it]), float(schedules.momentum[it]),
                                     state.epoch, config.clip_grad, config.freeze_last_layer, autocast_dtype)
             loss_value, _ = train_step(run.model, run.student, list(crops), run.optimizer, run.scaler, settings,
@@ -242,7 +243,9 @@ def _loop(run: Run) -> None:
                 _checkpoint(run)
             _evaluate(run)
             if state.step >= schedules.total_steps:
-                break
+                break  # the run's end draws the last curve
+            if dist.is_main and state.saved_step != saved_before:  # the curve so far, beside each checkpoint: drawn
+                write_curves(run.out)  # here, not inside the step (where the checkpoint is written) for all to wait
             _stop_if_requested(run)
             waited = time.perf_counter()
         else:
@@ -263,6 +266,8 @@ def _stop_if_requested(run: Run) -> None:
     if not signum:
         return
     _checkpoint(run)
+    if run.dist.is_main:
+        write_curves(run.out)
     distributed.all_gather(None)  # the ranks leave once it is written: a launcher may kill the rest when one exits
     raise WtoursError(f"stopped by {stop.name(signum)} after step {run.state.step}; its checkpoint is written",
                       f"rerun with --resume to continue from step {run.state.step} ({run.out / CHECKPOINT_FILE})",
@@ -307,7 +312,6 @@ def _checkpoint(run: Run) -> None:
             "scaler": run.scaler.state_dict(), "step": state.step, "epoch": state.epoch,
             "step_in_epoch": state.step_in_epoch, "arch": config.model.arch, "out_dim": config.model.out_dim,
             "config": folder.recorded(config), "schedule": run.facts, "problems": problems})
-        write_curves(run.out)  # the curve so far, beside the log, at every checkpoint
     state.saved_step = state.step
 
 
